@@ -1,0 +1,290 @@
+//! Topic and subscription management, and the views the Admin service returns.
+
+use super::broker::Broker;
+use super::error::BrokerError;
+use super::name;
+use super::subscription::{Cursor, StartPosition, Subscription};
+use super::topic::Topic;
+
+/// A topic as Admin reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+    pub subscriptions: Vec<String>,
+}
+
+/// One partition's retained range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+}
+
+/// What a subscription is created with. `None` takes the default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubscriptionSpec {
+    pub name: String,
+    pub topic: String,
+    pub ack_deadline_ms: Option<u64>,
+    pub start: StartPosition,
+}
+
+/// A subscription as Admin reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionInfo {
+    pub name: String,
+    pub topic: String,
+    pub ack_deadline_ms: u64,
+    pub start: StartPosition,
+    pub ephemeral: bool,
+}
+
+/// Backlog and leases of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    pub name: String,
+    pub topic: String,
+    pub backlog: u64,
+    pub outstanding: u64,
+    pub streams: u32,
+    pub partitions: Vec<PartitionStats>,
+}
+
+/// One partition of [`SubscriptionStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub partition: u32,
+    pub committed_offset: u64,
+    pub end_offset: u64,
+    pub backlog: u64,
+    pub outstanding: u64,
+}
+
+impl Broker {
+    /// Creates a topic with `partitions` (default `default_partitions`).
+    pub fn create_topic(&mut self, topic: &str, partitions: Option<u32>) -> Result<TopicInfo, BrokerError> {
+        name::check_new("name", topic)?;
+        let partitions = partitions.unwrap_or(self.config.default_partitions);
+        if !(1..=self.config.partitions_max).contains(&partitions) {
+            return Err(BrokerError::InvalidArgument {
+                field: "partitions",
+                reason: format!(
+                    "{partitions} partitions; allowed is 1 to partitions_max = {}",
+                    self.config.partitions_max
+                ),
+            });
+        }
+        if self.topics.contains_key(topic) {
+            return Err(BrokerError::TopicExists { topic: topic.to_string() });
+        }
+        if self.topics.len() >= self.config.topics_max {
+            return Err(BrokerError::LimitReached {
+                what: format!("cannot create topic `{topic}`"),
+                limit_name: "topics_max",
+                limit: self.config.topics_max as u64,
+            });
+        }
+        let logs = (0..partitions).map(|p| self.storage.open(topic, p)).collect::<Result<Vec<_>, _>>()?;
+        let uid = self.next_topic_uid;
+        self.next_topic_uid += 1;
+        self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs));
+        self.topic_info(topic)
+    }
+
+    pub fn topic_info(&self, topic: &str) -> Result<TopicInfo, BrokerError> {
+        name::check("name", topic)?;
+        let t = self.topic(topic)?;
+        let partitions = t
+            .logs
+            .iter()
+            .enumerate()
+            .map(|(p, log)| PartitionInfo {
+                partition: p as u32,
+                start_offset: log.start_offset(),
+                end_offset: log.end_offset(),
+            })
+            .collect();
+        Ok(TopicInfo { name: t.name.clone(), partitions, subscriptions: t.subscriptions.iter().cloned().collect() })
+    }
+
+    /// Up to `limit` topics in name order, after `after`; the second value is the last name
+    /// returned when more may follow.
+    pub fn list_topics(&self, after: Option<&str>, limit: usize) -> (Vec<TopicInfo>, Option<String>) {
+        let names: Vec<&String> = match after {
+            Some(after) => self.topics.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => self.topics.range::<str, _>(..),
+        }
+        .map(|(name, _)| name)
+        .take(limit + 1)
+        .collect();
+        let more = names.len() > limit;
+        let page: Vec<TopicInfo> =
+            names.into_iter().take(limit).map(|n| self.topic_info(n).expect("listed topic exists")).collect();
+        let next = if more { page.last().map(|t| t.name.clone()) } else { None };
+        (page, next)
+    }
+
+    /// Deletes a topic. With subscriptions attached it is refused unless `force`, which
+    /// deletes them too (their streams end with NOT_FOUND). Returns the subscriptions deleted.
+    pub fn delete_topic(&mut self, topic: &str, force: bool) -> Result<Vec<String>, BrokerError> {
+        name::check("name", topic)?;
+        let subscriptions: Vec<String> = self.topic(topic)?.subscriptions.iter().cloned().collect();
+        if !subscriptions.is_empty() && !force {
+            return Err(BrokerError::TopicInUse { topic: topic.to_string(), subscriptions });
+        }
+        for sub in &subscriptions {
+            self.delete_subscription(sub)?;
+        }
+        let t = self.topics.remove(topic).expect("topic checked above");
+        self.storage.remove(topic, t.logs)?;
+        Ok(subscriptions)
+    }
+
+    pub fn create_subscription(&mut self, spec: SubscriptionSpec) -> Result<SubscriptionInfo, BrokerError> {
+        name::check_new("name", &spec.name)?;
+        name::check("topic", &spec.topic)?;
+        self.insert_subscription(spec, false)
+    }
+
+    /// Creates a subscription (the name is already checked).
+    pub(super) fn insert_subscription(
+        &mut self,
+        spec: SubscriptionSpec,
+        ephemeral: bool,
+    ) -> Result<SubscriptionInfo, BrokerError> {
+        let ack_deadline_ms = spec.ack_deadline_ms.unwrap_or(self.config.ack_deadline_ms);
+        let max = self.config.ack_deadline_max_ms;
+        if !(1000..=max).contains(&ack_deadline_ms) {
+            return Err(BrokerError::InvalidArgument {
+                field: "ack_deadline_seconds",
+                reason: format!("{} s; allowed is 1 to {} s", ack_deadline_ms / 1000, max / 1000),
+            });
+        }
+        if self.subscription_uids.contains_key(&spec.name) {
+            return Err(BrokerError::SubscriptionExists { subscription: spec.name });
+        }
+        let t = self.topic(&spec.topic)?;
+        if self.subscriptions.len() >= self.config.subscriptions_max {
+            return Err(BrokerError::LimitReached {
+                what: format!("cannot create subscription `{}`", spec.name),
+                limit_name: "subscriptions_max",
+                limit: self.config.subscriptions_max as u64,
+            });
+        }
+        let cursors = t
+            .logs
+            .iter()
+            .map(|log| match spec.start {
+                StartPosition::Earliest => Cursor::at(log.start_offset()),
+                StartPosition::Latest => Cursor::at(log.end_offset()),
+            })
+            .collect();
+        let uid = self.next_subscription_uid;
+        self.next_subscription_uid += 1;
+        let sub = Subscription {
+            name: spec.name.clone(),
+            uid,
+            topic: spec.topic.clone(),
+            ack_deadline_ms,
+            start: spec.start,
+            ephemeral,
+            cursors,
+            members: Vec::new(),
+            next_member: 0,
+            next_partition: 0,
+        };
+        let info = subscription_info(&sub);
+        self.topics.get_mut(&spec.topic).expect("topic checked above").subscriptions.insert(spec.name.clone());
+        self.subscription_uids.insert(spec.name, uid);
+        self.subscriptions.insert(uid, sub);
+        Ok(info)
+    }
+
+    pub fn subscription_info(&self, subscription: &str) -> Result<SubscriptionInfo, BrokerError> {
+        name::check("name", subscription)?;
+        self.subscription_by_name(subscription).map(subscription_info)
+    }
+
+    /// Up to `limit` subscriptions in name order after `after`, of `topic` when given.
+    pub fn list_subscriptions(
+        &self,
+        topic: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<SubscriptionInfo>, Option<String>), BrokerError> {
+        if let Some(topic) = topic {
+            name::check("topic", topic)?;
+            self.topic(topic)?;
+        }
+        let mut page: Vec<SubscriptionInfo> = self
+            .subscription_uids
+            .iter()
+            .filter(|(name, _)| after.is_none_or(|after| name.as_str() > after))
+            .map(|(_, uid)| &self.subscriptions[uid])
+            .filter(|s| topic.is_none_or(|t| s.topic == t))
+            .take(limit + 1)
+            .map(subscription_info)
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more { page.last().map(|s| s.name.clone()) } else { None };
+        Ok((page, next))
+    }
+
+    /// Deletes a subscription: its leases end and its streams end with NOT_FOUND.
+    pub fn delete_subscription(&mut self, subscription: &str) -> Result<(), BrokerError> {
+        name::check("name", subscription)?;
+        let uid = self.subscription_uid(subscription)?;
+        let members = self.subscriptions[&uid].members.clone();
+        for stream in members {
+            self.end_stream(stream, BrokerError::SubscriptionNotFound { subscription: subscription.to_string() });
+        }
+        self.remove_subscription(uid);
+        Ok(())
+    }
+
+    pub fn subscription_stats(&self, subscription: &str) -> Result<SubscriptionStats, BrokerError> {
+        name::check("name", subscription)?;
+        let sub = self.subscription_by_name(subscription)?;
+        let topic = self.topic(&sub.topic)?;
+        let partitions: Vec<PartitionStats> = sub
+            .cursors
+            .iter()
+            .zip(&topic.logs)
+            .enumerate()
+            .map(|(p, (cursor, log))| {
+                let end = log.end_offset();
+                let start = log.start_offset();
+                let committed = cursor.committed.max(start);
+                let acked_above = cursor.acked.range(committed..).count() as u64;
+                PartitionStats {
+                    partition: p as u32,
+                    committed_offset: committed,
+                    end_offset: end,
+                    backlog: end.saturating_sub(committed) - acked_above,
+                    outstanding: cursor.leased.range(start..).count() as u64,
+                }
+            })
+            .collect();
+        Ok(SubscriptionStats {
+            name: sub.name.clone(),
+            topic: sub.topic.clone(),
+            backlog: partitions.iter().map(|p| p.backlog).sum(),
+            outstanding: partitions.iter().map(|p| p.outstanding).sum(),
+            streams: sub.members.len() as u32,
+            partitions,
+        })
+    }
+}
+
+fn subscription_info(sub: &Subscription) -> SubscriptionInfo {
+    SubscriptionInfo {
+        name: sub.name.clone(),
+        topic: sub.topic.clone(),
+        ack_deadline_ms: sub.ack_deadline_ms,
+        start: sub.start,
+        ephemeral: sub.ephemeral,
+    }
+}

@@ -1,0 +1,109 @@
+//! The broker: topics, subscriptions and streams, and the counters that number them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::config::BrokerConfig;
+use super::delivery::{Output, StreamState};
+use super::error::BrokerError;
+use super::subscription::Subscription;
+use super::topic::Topic;
+use super::StreamId;
+use crate::storage::Storage;
+
+/// The whole broker state. See the module docs for how a driver calls it.
+pub struct Broker {
+    pub(super) config: BrokerConfig,
+    pub(super) storage: Box<dyn Storage>,
+    pub(super) topics: BTreeMap<String, Topic>,
+    /// Subscriptions by uid; `subscription_uids` finds them by name.
+    pub(super) subscriptions: BTreeMap<u64, Subscription>,
+    pub(super) subscription_uids: BTreeMap<String, u64>,
+    pub(super) streams: BTreeMap<StreamId, StreamState>,
+    /// Every live lease by deadline: (deadline_ms, subscription uid, partition, offset).
+    pub(super) deadlines: BTreeSet<(u64, u64, u32, u64)>,
+    pub(super) outputs: VecDeque<Output>,
+    pub(super) next_topic_uid: u64,
+    pub(super) next_subscription_uid: u64,
+    pub(super) next_stream_id: u64,
+    pub(super) next_lease_seq: u64,
+    pub(super) next_ephemeral: u64,
+}
+
+impl Broker {
+    /// A broker with no topics, storing partitions in `storage`.
+    pub fn new(config: BrokerConfig, storage: Box<dyn Storage>) -> Result<Self, BrokerError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            storage,
+            topics: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            subscription_uids: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            next_topic_uid: 1,
+            next_subscription_uid: 1,
+            next_stream_id: 1,
+            next_lease_seq: 1,
+            next_ephemeral: 1,
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The next output (a delivery, or a stream the broker ended), oldest first.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called: the earliest lease deadline.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.deadlines.first().map(|(deadline, ..)| *deadline)
+    }
+
+    pub(super) fn subscription_by_name(&self, name: &str) -> Result<&Subscription, BrokerError> {
+        self.subscription_uids
+            .get(name)
+            .and_then(|uid| self.subscriptions.get(uid))
+            .ok_or_else(|| BrokerError::SubscriptionNotFound { subscription: name.to_string() })
+    }
+
+    pub(super) fn subscription_uid(&self, name: &str) -> Result<u64, BrokerError> {
+        self.subscription_by_name(name).map(|s| s.uid)
+    }
+
+    pub(super) fn topic(&self, name: &str) -> Result<&Topic, BrokerError> {
+        self.topics.get(name).ok_or_else(|| BrokerError::TopicNotFound { topic: name.to_string() })
+    }
+
+    /// Panics if any invariant is broken: cursors, lease index, stream accounting.
+    pub fn assert_invariants(&self) {
+        let mut leases = 0;
+        let mut per_stream: BTreeMap<StreamId, (u32, u64)> = BTreeMap::new();
+        for sub in self.subscriptions.values() {
+            let topic = &self.topics[&sub.topic];
+            assert_eq!(sub.cursors.len(), topic.logs.len(), "subscription {} cursor count", sub.name);
+            for (partition, cursor) in sub.cursors.iter().enumerate() {
+                cursor.assert_invariants();
+                for (offset, lease) in &cursor.leased {
+                    leases += 1;
+                    let key = (lease.deadline_ms, sub.uid, partition as u32, *offset);
+                    assert!(self.deadlines.contains(&key), "lease {key:?} missing from the deadline index");
+                    if let Some(stream) = lease.stream {
+                        let entry = per_stream.entry(stream).or_default();
+                        entry.0 += 1;
+                        entry.1 += lease.bytes;
+                    }
+                }
+            }
+        }
+        assert_eq!(leases, self.deadlines.len(), "deadline index has stale entries");
+        for (id, stream) in &self.streams {
+            let counted = per_stream.get(id).copied().unwrap_or_default();
+            assert_eq!((stream.outstanding_messages, stream.outstanding_bytes), counted, "{id} outstanding");
+        }
+    }
+}

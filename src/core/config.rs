@@ -1,0 +1,118 @@
+//! The broker core's settings: defaults and every bound, with what happens when it is hit.
+
+use super::error::BrokerError;
+
+/// Settings of the broker core. Every bound says what happens when it is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Create a topic on its first publish (with `default_partitions`). When false, a
+    /// publish to an unknown topic is refused with NOT_FOUND.
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created without a count.
+    pub default_partitions: u32,
+    /// Most partitions a topic may have; more is INVALID_ARGUMENT.
+    pub partitions_max: u32,
+    /// Most topics; creating another is RESOURCE_EXHAUSTED.
+    pub topics_max: usize,
+    /// Most subscriptions, ephemeral ones included; another is RESOURCE_EXHAUSTED.
+    pub subscriptions_max: usize,
+    /// Most open Subscribe streams; another is RESOURCE_EXHAUSTED.
+    pub streams_max: usize,
+    /// Largest message (value + key + attribute keys and values); larger is INVALID_ARGUMENT.
+    pub max_message_bytes: usize,
+    /// Most attributes on one message; more is INVALID_ARGUMENT.
+    pub attributes_max: usize,
+    /// Most messages in one publish request; more is INVALID_ARGUMENT.
+    pub publish_batch_messages_max: usize,
+    /// Lease length of subscriptions created without one.
+    pub ack_deadline_ms: u64,
+    /// Longest lease a subscription or a ModifyAckDeadline may ask for.
+    pub ack_deadline_max_ms: u64,
+    /// A stream's `max_outstanding_messages` when it asks for 0.
+    pub max_outstanding_messages: u32,
+    /// A stream's `max_outstanding_bytes` when it asks for 0.
+    pub max_outstanding_bytes: u64,
+    /// Most messages one Pull may return (and the cap on a stream's outstanding messages).
+    pub pull_messages_max: u32,
+    /// Retained bytes per partition; past it the oldest messages are dropped (the log start
+    /// moves), as Kafka's `retention.bytes`.
+    pub partition_retention_bytes: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            auto_create_topics: true,
+            default_partitions: 1,
+            partitions_max: 1024,
+            topics_max: 10_000,
+            subscriptions_max: 10_000,
+            streams_max: 10_000,
+            max_message_bytes: 1024 * 1024,
+            attributes_max: 100,
+            publish_batch_messages_max: 1000,
+            ack_deadline_ms: 30_000,
+            ack_deadline_max_ms: 600_000,
+            max_outstanding_messages: 1000,
+            max_outstanding_bytes: 100 * 1024 * 1024,
+            pull_messages_max: 1000,
+            partition_retention_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Refuses settings that cannot work, naming the key and the allowed range.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let check = |ok: bool, key: &'static str, allowed: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(BrokerError::InvalidArgument { field: key, reason: format!("must be {allowed}") })
+            }
+        };
+        check(
+            (1..=self.partitions_max).contains(&self.default_partitions),
+            "default_partitions",
+            "1 to partitions_max",
+        )?;
+        check((1..=65_536).contains(&self.partitions_max), "partitions_max", "1 to 65536")?;
+        check(self.topics_max >= 1, "topics_max", "at least 1")?;
+        check(self.subscriptions_max >= 1, "subscriptions_max", "at least 1")?;
+        check(self.streams_max >= 1, "streams_max", "at least 1")?;
+        check((1..=64 * 1024 * 1024).contains(&self.max_message_bytes), "max_message_bytes", "1 B to 64 MiB")?;
+        check(self.publish_batch_messages_max >= 1, "publish_batch_messages_max", "at least 1")?;
+        check(self.ack_deadline_max_ms >= 1000, "ack_deadline_max_ms", "at least 1000")?;
+        check(
+            (1000..=self.ack_deadline_max_ms).contains(&self.ack_deadline_ms),
+            "ack_deadline_ms",
+            "1000 to ack_deadline_max_ms",
+        )?;
+        check((1..=100_000).contains(&self.pull_messages_max), "pull_messages_max", "1 to 100000")?;
+        check(
+            (1..=self.pull_messages_max).contains(&self.max_outstanding_messages),
+            "max_outstanding_messages",
+            "1 to pull_messages_max",
+        )?;
+        check(self.max_outstanding_bytes >= 1, "max_outstanding_bytes", "at least 1")?;
+        check(
+            self.partition_retention_bytes >= self.max_message_bytes as u64,
+            "partition_retention_bytes",
+            "at least max_message_bytes",
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_named() {
+        BrokerConfig::default().validate().unwrap();
+        let bad = BrokerConfig { ack_deadline_ms: 10, ..Default::default() };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("ack_deadline_ms"), "{err}");
+    }
+}

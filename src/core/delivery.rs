@@ -1,0 +1,458 @@
+//! Streams, leases and deliveries: who gets which message, and what acks do.
+
+use std::sync::Arc;
+
+use super::admin::SubscriptionSpec;
+use super::broker::Broker;
+use super::error::BrokerError;
+use super::lease::{AckId, AckOp, AckOutcome, AckReply, Lease, StreamId};
+use super::name;
+use super::subscription::StartPosition;
+use crate::storage::Record;
+
+/// What a new stream joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamTarget {
+    /// An existing subscription, as one more competing member.
+    Subscription(String),
+    /// A topic, through a new ephemeral subscription deleted when the stream ends.
+    Topic { topic: String, ack_deadline_ms: Option<u64>, start: StartPosition },
+}
+
+/// A stream's flow control. 0 takes the broker default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flow {
+    pub max_outstanding_messages: u32,
+    pub max_outstanding_bytes: u64,
+}
+
+/// Where a Seek moves a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeekTarget {
+    Earliest,
+    Latest,
+    /// The first message published at or after this wall-clock time, per partition.
+    TimeMs(u64),
+    /// Explicit offsets for the partitions named.
+    Offsets(Vec<(u32, u64)>),
+}
+
+/// One leased message, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub ack_id: String,
+    pub message_id: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub record: Arc<Record>,
+    pub delivery_attempt: u32,
+}
+
+/// What the broker tells its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Messages for a stream, in delivery order.
+    Deliver { stream: StreamId, deliveries: Vec<Delivery> },
+    /// The broker ended a stream (its subscription was deleted); it gets no more outputs.
+    EndStream { stream: StreamId, reason: BrokerError },
+}
+
+/// A stream's membership and flow-control accounting.
+#[derive(Debug, Clone)]
+pub(super) struct StreamState {
+    pub subscription_uid: u64,
+    pub max_outstanding_messages: u32,
+    pub max_outstanding_bytes: u64,
+    pub outstanding_messages: u32,
+    pub outstanding_bytes: u64,
+}
+
+impl StreamState {
+    /// Room for one more message. A stream with nothing outstanding always has room, so a
+    /// message larger than `max_outstanding_bytes` is still delivered, alone.
+    fn has_room(&self) -> bool {
+        self.outstanding_messages == 0
+            || (self.outstanding_messages < self.max_outstanding_messages
+                && self.outstanding_bytes < self.max_outstanding_bytes)
+    }
+}
+
+impl Broker {
+    /// Opens a stream on a subscription (or a topic, through an ephemeral subscription) and
+    /// returns its id and the subscription's name. Deliveries follow as outputs.
+    pub fn open_stream(
+        &mut self,
+        now_ms: u64,
+        target: StreamTarget,
+        flow: Flow,
+    ) -> Result<(StreamId, String), BrokerError> {
+        if self.streams.len() >= self.config.streams_max {
+            return Err(BrokerError::LimitReached {
+                what: "cannot open another Subscribe stream".to_string(),
+                limit_name: "streams_max",
+                limit: self.config.streams_max as u64,
+            });
+        }
+        let max_messages = self.config.pull_messages_max;
+        if flow.max_outstanding_messages > max_messages {
+            return Err(BrokerError::InvalidArgument {
+                field: "max_outstanding_messages",
+                reason: format!("{}; allowed is 1 to {max_messages} (0 = default)", flow.max_outstanding_messages),
+            });
+        }
+        let uid = match target {
+            StreamTarget::Subscription(name) => {
+                name::check("subscription", &name)?;
+                self.subscription_uid(&name)?
+            }
+            StreamTarget::Topic { topic, ack_deadline_ms, start } => {
+                name::check("topic", &topic)?;
+                self.topic(&topic)?;
+                let name = format!("{}ephemeral.{}", name::RESERVED_PREFIX, self.next_ephemeral);
+                let spec = SubscriptionSpec { name: name.clone(), topic, ack_deadline_ms, start };
+                self.insert_subscription(spec, true)?;
+                self.next_ephemeral += 1;
+                self.subscription_uid(&name)?
+            }
+        };
+        let id = StreamId(self.next_stream_id);
+        self.next_stream_id += 1;
+        let or_default = |asked: u64, default: u64| if asked == 0 { default } else { asked };
+        self.streams.insert(
+            id,
+            StreamState {
+                subscription_uid: uid,
+                max_outstanding_messages: or_default(
+                    flow.max_outstanding_messages.into(),
+                    self.config.max_outstanding_messages.into(),
+                ) as u32,
+                max_outstanding_bytes: or_default(flow.max_outstanding_bytes, self.config.max_outstanding_bytes),
+                outstanding_messages: 0,
+                outstanding_bytes: 0,
+            },
+        );
+        let sub = self.subscriptions.get_mut(&uid).expect("subscription resolved above");
+        sub.members.push(id);
+        let name = sub.name.clone();
+        self.dispatch(now_ms, uid);
+        Ok((id, name))
+    }
+
+    /// The client left: its leases are released for redelivery to the other members. An
+    /// ephemeral subscription ends with its stream. Unknown streams are ignored.
+    pub fn close_stream(&mut self, now_ms: u64, stream: StreamId) {
+        let Some(state) = self.streams.remove(&stream) else { return };
+        let uid = state.subscription_uid;
+        let sub = self.subscriptions.get_mut(&uid).expect("a stream's subscription exists");
+        sub.members.retain(|m| *m != stream);
+        if sub.ephemeral && sub.members.is_empty() {
+            self.remove_subscription(uid);
+            return;
+        }
+        let mut released = Vec::new();
+        for (partition, cursor) in sub.cursors.iter_mut().enumerate() {
+            let offsets: Vec<u64> =
+                cursor.leased.iter().filter(|(_, l)| l.stream == Some(stream)).map(|(o, _)| *o).collect();
+            for offset in offsets {
+                let lease = cursor.release(offset).expect("offset is leased");
+                released.push((lease.deadline_ms, uid, partition as u32, offset));
+            }
+        }
+        for key in released {
+            self.deadlines.remove(&key);
+        }
+        self.dispatch(now_ms, uid);
+    }
+
+    /// Applies acks, nacks or deadline changes that arrived on `stream`.
+    pub fn stream_acks(&mut self, now_ms: u64, stream: StreamId, op: AckOp, ack_ids: &[String]) -> Vec<AckReply> {
+        match self.streams.get(&stream) {
+            Some(state) => self.apply_ack_op(now_ms, state.subscription_uid, op, ack_ids),
+            None => invalid_all(op, ack_ids),
+        }
+    }
+
+    /// Applies acks, nacks or deadline changes for `subscription` (the unary calls).
+    pub fn acks(
+        &mut self,
+        now_ms: u64,
+        subscription: &str,
+        op: AckOp,
+        ack_ids: &[String],
+    ) -> Result<Vec<AckReply>, BrokerError> {
+        name::check("subscription", subscription)?;
+        self.check_deadline(op)?;
+        let uid = self.subscription_uid(subscription)?;
+        Ok(self.apply_ack_op(now_ms, uid, op, ack_ids))
+    }
+
+    pub(super) fn check_deadline(&self, op: AckOp) -> Result<(), BrokerError> {
+        let max = self.config.ack_deadline_max_ms;
+        match op {
+            AckOp::ModifyDeadline { deadline_ms } if deadline_ms > max => Err(BrokerError::InvalidArgument {
+                field: "ack_deadline_seconds",
+                reason: format!("{} s; allowed is 0 to {} s", deadline_ms / 1000, max / 1000),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_ack_op(&mut self, now_ms: u64, uid: u64, op: AckOp, ack_ids: &[String]) -> Vec<AckReply> {
+        let replies = ack_ids
+            .iter()
+            .map(|text| AckReply { ack_id: text.clone(), op, outcome: self.apply_one(now_ms, uid, op, text) })
+            .collect();
+        self.dispatch(now_ms, uid);
+        replies
+    }
+
+    fn apply_one(&mut self, now_ms: u64, uid: u64, op: AckOp, text: &str) -> AckOutcome {
+        let Some(id) = AckId::parse(text) else { return AckOutcome::Invalid };
+        let issued = self.next_lease_seq;
+        let sub = self.subscriptions.get_mut(&uid).expect("caller resolved the subscription");
+        let Some(cursor) = sub.cursors.get_mut(id.partition as usize) else { return AckOutcome::Invalid };
+        if id.subscription_uid != uid || id.offset >= cursor.next || id.seq >= issued {
+            return AckOutcome::Invalid;
+        }
+        let Some(lease) = cursor.leased.get(&id.offset) else { return AckOutcome::Expired };
+        if lease.seq != id.seq || lease.deadline_ms <= now_ms {
+            return AckOutcome::Expired;
+        }
+        let old_key = (lease.deadline_ms, uid, id.partition, id.offset);
+        let ended = match op {
+            AckOp::Ack => cursor.ack(id.offset),
+            AckOp::Nack | AckOp::ModifyDeadline { deadline_ms: 0 } => cursor.release(id.offset),
+            AckOp::ModifyDeadline { deadline_ms } => {
+                let lease = cursor.leased.get_mut(&id.offset).expect("lease found above");
+                lease.deadline_ms = now_ms + deadline_ms;
+                let new_key = (lease.deadline_ms, uid, id.partition, id.offset);
+                self.deadlines.remove(&old_key);
+                self.deadlines.insert(new_key);
+                return AckOutcome::Applied;
+            }
+        };
+        let lease = ended.expect("lease found above");
+        self.deadlines.remove(&old_key);
+        self.uncount(&lease);
+        AckOutcome::Applied
+    }
+
+    /// Takes an ended lease off its stream's flow-control accounting.
+    fn uncount(&mut self, lease: &Lease) {
+        if let Some(state) = lease.stream.and_then(|s| self.streams.get_mut(&s)) {
+            state.outstanding_messages -= 1;
+            state.outstanding_bytes -= lease.bytes;
+        }
+    }
+
+    /// Leases up to `max_messages` (0 = 100) available messages of `subscription` now.
+    pub fn pull(&mut self, now_ms: u64, subscription: &str, max_messages: u32) -> Result<Vec<Delivery>, BrokerError> {
+        name::check("subscription", subscription)?;
+        let limit = self.config.pull_messages_max;
+        if max_messages > limit {
+            return Err(BrokerError::InvalidArgument {
+                field: "max_messages",
+                reason: format!("{max_messages}; allowed is 1 to {limit} (0 = 100)"),
+            });
+        }
+        let max = if max_messages == 0 { 100.min(limit) } else { max_messages };
+        let uid = self.subscription_uid(subscription)?;
+        let mut out = Vec::new();
+        while out.len() < max as usize {
+            match self.lease_next(now_ms, uid, None) {
+                Some(delivery) => out.push(delivery),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves `subscription` to `target` on every partition it names. Outstanding leases
+    /// there end (their ack ids become expired). Returns each partition's committed offset.
+    pub fn seek(
+        &mut self,
+        now_ms: u64,
+        subscription: &str,
+        target: SeekTarget,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        name::check("subscription", subscription)?;
+        let uid = self.subscription_uid(subscription)?;
+        let sub = &self.subscriptions[&uid];
+        let topic = self.topic(&sub.topic)?;
+        let mut moves: Vec<(u32, u64)> = Vec::new();
+        for (p, log) in topic.logs.iter().enumerate() {
+            let offset = match &target {
+                SeekTarget::Earliest => log.start_offset(),
+                SeekTarget::Latest => log.end_offset(),
+                SeekTarget::TimeMs(time) => log.offset_for_time(*time)?,
+                SeekTarget::Offsets(_) => continue,
+            };
+            moves.push((p as u32, offset));
+        }
+        if let SeekTarget::Offsets(offsets) = &target {
+            for (i, &(partition, offset)) in offsets.iter().enumerate() {
+                let Some(log) = topic.logs.get(partition as usize) else {
+                    return Err(BrokerError::PartitionOutOfRange {
+                        field: format!("offsets[{i}].partition"),
+                        topic: topic.name.clone(),
+                        partition,
+                        partitions: topic.partition_count(),
+                    });
+                };
+                let (start, end) = (log.start_offset(), log.end_offset());
+                if !(start..=end).contains(&offset) {
+                    return Err(BrokerError::InvalidArgument {
+                        field: "offsets.offset",
+                        reason: format!(
+                            "offset {offset} of partition {partition} is outside the retained range {start} to {end}"
+                        ),
+                    });
+                }
+                moves.push((partition, offset));
+            }
+        }
+        for &(partition, offset) in &moves {
+            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
+            for (leased, lease) in cursor.reset(offset) {
+                self.deadlines.remove(&(lease.deadline_ms, uid, partition, leased));
+                self.uncount(&lease);
+            }
+        }
+        self.dispatch(now_ms, uid);
+        let sub = &self.subscriptions[&uid];
+        Ok(sub.cursors.iter().enumerate().map(|(p, c)| (p as u32, c.committed)).collect())
+    }
+
+    /// Expires every lease whose deadline is at or before `now_ms`; the messages are
+    /// redelivered with the next attempt number.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let mut touched = Vec::new();
+        while let Some(&(deadline, uid, partition, offset)) = self.deadlines.first() {
+            if deadline > now_ms {
+                break;
+            }
+            self.deadlines.pop_first();
+            let cursor = &mut self.subscriptions.get_mut(&uid).expect("indexed lease's subscription").cursors
+                [partition as usize];
+            let lease = cursor.release(offset).expect("indexed lease exists");
+            self.uncount(&lease);
+            if touched.last() != Some(&uid) {
+                touched.push(uid);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for uid in touched {
+            self.dispatch(now_ms, uid);
+        }
+    }
+
+    pub(super) fn dispatch_topic(&mut self, now_ms: u64, topic: &str) {
+        let uids: Vec<u64> = self.topics[topic].subscriptions.iter().map(|name| self.subscription_uids[name]).collect();
+        for uid in uids {
+            self.dispatch(now_ms, uid);
+        }
+    }
+
+    /// Hands available messages to the members with room, round-robin, one message at a
+    /// time, until no member has room or no message is left. Bounded by the members' free
+    /// flow-control room.
+    pub(super) fn dispatch(&mut self, now_ms: u64, uid: u64) {
+        let mut batches: Vec<(StreamId, Vec<Delivery>)> = Vec::new();
+        loop {
+            let sub = &self.subscriptions[&uid];
+            let count = sub.members.len();
+            let Some(member) =
+                (0..count).map(|i| sub.members[(sub.next_member + i) % count]).find(|m| self.streams[m].has_room())
+            else {
+                break;
+            };
+            let Some(delivery) = self.lease_next(now_ms, uid, Some(member)) else { break };
+            let sub = self.subscriptions.get_mut(&uid).expect("dispatching subscription");
+            let index = sub.members.iter().position(|m| *m == member).expect("member found above");
+            sub.next_member = (index + 1) % count;
+            match batches.iter_mut().find(|(s, _)| *s == member) {
+                Some((_, batch)) => batch.push(delivery),
+                None => batches.push((member, vec![delivery])),
+            }
+        }
+        for (stream, deliveries) in batches {
+            self.outputs.push_back(Output::Deliver { stream, deliveries });
+        }
+    }
+
+    /// Leases the next available message of the subscription (partitions in turn,
+    /// redeliveries first within a partition) to `stream`, or to a puller when `None`.
+    fn lease_next(&mut self, now_ms: u64, uid: u64, stream: Option<StreamId>) -> Option<Delivery> {
+        let seq = self.next_lease_seq;
+        let sub = self.subscriptions.get_mut(&uid).expect("leasing subscription");
+        let topic = self.topics.get(&sub.topic).expect("a subscription's topic exists");
+        let partitions = topic.partition_count();
+        for i in 0..partitions {
+            let partition = (sub.next_partition + i) % partitions;
+            let log = &topic.logs[partition as usize];
+            let cursor = &mut sub.cursors[partition as usize];
+            for (offset, lease) in cursor.skip_to_log_start(log.start_offset()) {
+                self.deadlines.remove(&(lease.deadline_ms, uid, partition, offset));
+                if let Some(state) = lease.stream.and_then(|s| self.streams.get_mut(&s)) {
+                    state.outstanding_messages -= 1;
+                    state.outstanding_bytes -= lease.bytes;
+                }
+            }
+            let Some(offset) = cursor.next_to_deliver(log.end_offset()) else { continue };
+            // A storage error here leaves the message where it is; the next dispatch retries.
+            let record = log.read(offset, 1, usize::MAX).ok()?.into_iter().next()?;
+            let deadline_ms = now_ms + sub.ack_deadline_ms;
+            let bytes = record.record.size_bytes() as u64;
+            let attempt = cursor.lease(offset, Lease { seq, stream, deadline_ms, bytes });
+            sub.next_partition = (partition + 1) % partitions;
+            self.next_lease_seq += 1;
+            self.deadlines.insert((deadline_ms, uid, partition, offset));
+            if let Some(state) = stream.and_then(|s| self.streams.get_mut(&s)) {
+                state.outstanding_messages += 1;
+                state.outstanding_bytes += bytes;
+            }
+            let ack_id = AckId { subscription_uid: uid, partition, offset, seq };
+            return Some(Delivery {
+                ack_id: ack_id.to_string(),
+                message_id: topic.message_id(partition, offset),
+                topic: topic.name.clone(),
+                partition,
+                offset,
+                record: record.record,
+                delivery_attempt: attempt,
+            });
+        }
+        None
+    }
+
+    /// Ends a stream from the broker's side, telling the driver why.
+    pub(super) fn end_stream(&mut self, stream: StreamId, reason: BrokerError) {
+        if let Some(state) = self.streams.remove(&stream) {
+            if let Some(sub) = self.subscriptions.get_mut(&state.subscription_uid) {
+                sub.members.retain(|m| *m != stream);
+            }
+            self.outputs.push_back(Output::EndStream { stream, reason });
+        }
+    }
+
+    /// Removes a subscription with no members left, and every lease it held.
+    pub(super) fn remove_subscription(&mut self, uid: u64) {
+        let sub = self.subscriptions.remove(&uid).expect("removing a known subscription");
+        assert!(sub.members.is_empty(), "subscription {} removed with open streams", sub.name);
+        for (partition, cursor) in sub.cursors.iter().enumerate() {
+            for (offset, lease) in &cursor.leased {
+                self.deadlines.remove(&(lease.deadline_ms, uid, partition as u32, *offset));
+            }
+        }
+        self.subscription_uids.remove(&sub.name);
+        if let Some(topic) = self.topics.get_mut(&sub.topic) {
+            topic.subscriptions.remove(&sub.name);
+        }
+    }
+}
+
+fn invalid_all(op: AckOp, ack_ids: &[String]) -> Vec<AckReply> {
+    ack_ids.iter().map(|id| AckReply { ack_id: id.clone(), op, outcome: AckOutcome::Invalid }).collect()
+}

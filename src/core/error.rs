@@ -1,0 +1,41 @@
+//! What a request can do wrong, or what the world refused. Each variant names the thing
+//! and the limit; `wire::status` maps every variant to its gRPC code in one place.
+
+use crate::storage::StorageError;
+
+/// Why the broker refused a request. A refused request changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// A malformed argument (INVALID_ARGUMENT).
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// A message larger than `max_message_bytes` (INVALID_ARGUMENT).
+    #[error("{field}: message is {size} bytes (value, key and attributes); the limit is max_message_bytes = {limit}")]
+    MessageTooLarge { field: String, size: usize, limit: usize },
+    /// A partition the topic does not have (INVALID_ARGUMENT).
+    #[error("{field}: partition {partition} does not exist; topic `{topic}` has partitions 0 to {last}", last = partitions - 1)]
+    PartitionOutOfRange { field: String, topic: String, partition: u32, partitions: u32 },
+    /// NOT_FOUND.
+    #[error("topic `{topic}` not found")]
+    TopicNotFound { topic: String },
+    /// NOT_FOUND.
+    #[error("subscription `{subscription}` not found")]
+    SubscriptionNotFound { subscription: String },
+    /// ALREADY_EXISTS.
+    #[error("topic `{topic}` already exists")]
+    TopicExists { topic: String },
+    /// ALREADY_EXISTS.
+    #[error("subscription `{subscription}` already exists")]
+    SubscriptionExists { subscription: String },
+    /// FAILED_PRECONDITION: deleting a topic that subscriptions still read.
+    #[error(
+        "topic `{topic}` has subscriptions {subscriptions:?}; delete them first, or delete the topic with force = true to delete them with it"
+    )]
+    TopicInUse { topic: String, subscriptions: Vec<String> },
+    /// RESOURCE_EXHAUSTED: a configured bound was reached.
+    #[error("{what}: the limit is {limit_name} = {limit}")]
+    LimitReached { what: String, limit_name: &'static str, limit: u64 },
+    /// UNAVAILABLE: the storage refused; nothing was acknowledged.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

@@ -1,0 +1,107 @@
+//! Leases and the ack ids that name them.
+//!
+//! Every delivery is a lease: the message is the consumer's until its deadline, and the
+//! ack id names exactly that lease (subscription, partition, offset, and the lease's
+//! sequence number). When the lease ends (ack, nack, expiry, seek), the ack id stops being
+//! current: a later ack with it is confirmed as expired, never applied to a newer lease.
+
+use std::fmt;
+
+/// A Subscribe stream (a member of a subscription), numbered from a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u64);
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream-{}", self.0)
+    }
+}
+
+/// One outstanding delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// From the broker's lease counter; part of the ack id.
+    pub seq: u64,
+    /// The stream it was delivered on; `None` for Pull, which has no flow control.
+    pub stream: Option<StreamId>,
+    /// When the lease expires, in the core's monotonic milliseconds.
+    pub deadline_ms: u64,
+    /// Counted against the stream's `max_outstanding_bytes`.
+    pub bytes: u64,
+}
+
+/// The parts of an ack id: `subscription-uid "-" partition "-" offset "-" lease-seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckId {
+    pub subscription_uid: u64,
+    pub partition: u32,
+    pub offset: u64,
+    pub seq: u64,
+}
+
+impl AckId {
+    /// Parses an ack id; `None` when it is malformed.
+    pub fn parse(text: &str) -> Option<AckId> {
+        let mut parts = text.split('-');
+        let mut next = || parts.next().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let subscription_uid = next()?.parse().ok()?;
+        let partition = next()?.parse().ok()?;
+        let offset = next()?.parse().ok()?;
+        let seq = next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(AckId { subscription_uid, partition, offset, seq })
+    }
+}
+
+impl fmt::Display for AckId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}-{}", self.subscription_uid, self.partition, self.offset, self.seq)
+    }
+}
+
+/// What happened to one ack id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The lease was current and the operation took effect.
+    Applied,
+    /// Malformed, or not an ack id this subscription ever issued.
+    Invalid,
+    /// A lease this subscription issued, but no longer current.
+    Expired,
+}
+
+/// The three things a consumer can do to a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOp {
+    Ack,
+    /// Release for immediate redelivery.
+    Nack,
+    /// Extend (or with 0, release) the lease to this many milliseconds from now.
+    ModifyDeadline {
+        deadline_ms: u64,
+    },
+}
+
+/// The answer for one ack id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckReply {
+    pub ack_id: String,
+    pub op: AckOp,
+    pub outcome: AckOutcome,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_ids_round_trip_and_garbage_is_rejected() {
+        let id = AckId { subscription_uid: 3, partition: 1, offset: 42, seq: 7 };
+        assert_eq!(AckId::parse(&id.to_string()), Some(id));
+        for bad in ["", "1-2-3", "1-2-3-4-5", "a-b-c-d", "1--3-4", "-1-2-3", "1-2-3-+4", "1-99999999999-3-4"] {
+            assert_eq!(AckId::parse(bad), None, "{bad:?}");
+        }
+    }
+}

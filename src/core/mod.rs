@@ -1,0 +1,45 @@
+//! The broker core: a deterministic, sans-IO state machine.
+//!
+//! It knows nothing of tokio, tonic, sockets, files or clocks. Time comes in as an argument
+//! (`now_ms`, monotonic milliseconds; `wall_ms`, for publish times), maps are ordered
+//! (`BTreeMap`), and ids come from counters, so the same inputs in the same order give the
+//! same outputs, byte for byte.
+//!
+//! # How a driver runs it
+//!
+//! 1. Call an input method (`publish`, `open_stream`, `stream_acks`, `acks`, `pull`,
+//!    `seek`, `close_stream`, an admin method) with the current time. Requests get their
+//!    answer as the return value.
+//! 2. Drain [`Broker::poll_output`] until it returns `None`: deliveries for streams, and
+//!    streams the broker ended. Every input may produce outputs.
+//! 3. Ask [`Broker::poll_timeout`] for the next deadline, and call
+//!    [`Broker::handle_timeout`] when the clock reaches it (then drain outputs again).
+//!
+//! Storage is the one thing the core calls out to, through the [`PartitionLog`] trait
+//! object; the memory log does no IO at all.
+//!
+//! [`PartitionLog`]: crate::storage::PartitionLog
+
+mod admin;
+mod broker;
+mod config;
+mod delivery;
+mod error;
+mod lease;
+pub mod name;
+mod publish;
+mod subscription;
+mod topic;
+
+pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
+pub use broker::Broker;
+pub use config::BrokerConfig;
+pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
+pub use error::BrokerError;
+pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
+pub use publish::{OutgoingMessage, Published};
+pub use subscription::StartPosition;
+pub use topic::{message_id, murmur2, partition_for_key};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! Publishing: validate the whole request, then append it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::broker::Broker;
+use super::error::BrokerError;
+use super::name;
+use crate::storage::{message_size, Record};
+
+/// A message as a publisher sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    pub value: Bytes,
+    pub key: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+    /// An explicit partition; overrides the key.
+    pub partition: Option<u32>,
+}
+
+/// Where a published message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub message_id: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl Broker {
+    /// Appends `messages` to `topic` and returns where each went, in request order.
+    ///
+    /// Everything is checked before anything is stored, so a refused request stores
+    /// nothing. Messages of one partition keep their request order.
+    pub fn publish(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        topic: &str,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Published>, BrokerError> {
+        name::check("topic", topic)?;
+        self.check_messages(&messages)?;
+        if !self.topics.contains_key(topic) {
+            if !self.config.auto_create_topics {
+                return Err(BrokerError::TopicNotFound { topic: topic.to_string() });
+            }
+            name::check_new("topic", topic)?;
+            self.create_topic(topic, None)?;
+        }
+        let Some(t) = self.topics.get_mut(topic) else { unreachable!("topic `{topic}` was just made") };
+        let partitions = t.partition_count();
+        for (i, message) in messages.iter().enumerate() {
+            if let Some(partition) = message.partition.filter(|p| *p >= partitions) {
+                return Err(BrokerError::PartitionOutOfRange {
+                    field: field_name(messages.len(), i, "partition"),
+                    topic: topic.to_string(),
+                    partition,
+                    partitions,
+                });
+            }
+        }
+
+        let mut by_partition: BTreeMap<u32, Vec<(usize, Record)>> = BTreeMap::new();
+        for (i, message) in messages.into_iter().enumerate() {
+            let partition = t.choose_partition(message.key.as_deref(), message.partition);
+            let record = Record {
+                key: message.key,
+                value: message.value,
+                attributes: message.attributes,
+                publish_time_ms: wall_ms,
+            };
+            by_partition.entry(partition).or_default().push((i, record));
+        }
+
+        let mut results = vec![None; by_partition.values().map(Vec::len).sum()];
+        for (partition, batch) in by_partition {
+            let log = &mut t.logs[partition as usize];
+            // Publish times never decrease within a partition, so Seek by time can search.
+            let last_time = match log.end_offset().checked_sub(1) {
+                Some(last) if last >= log.start_offset() => {
+                    log.read(last, 1, usize::MAX)?.first().map_or(0, |r| r.record.publish_time_ms)
+                }
+                _ => 0,
+            };
+            let (indexes, mut records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
+            for record in &mut records {
+                record.publish_time_ms = record.publish_time_ms.max(last_time);
+            }
+            let first = log.append(records)?;
+            log.apply_retention(self.config.partition_retention_bytes)?;
+            for (n, i) in indexes.into_iter().enumerate() {
+                let offset = first + n as u64;
+                results[i] = Some(Published { message_id: t.message_id(partition, offset), partition, offset });
+            }
+        }
+        let results = results.into_iter().map(|r| r.expect("every message was placed")).collect();
+        self.dispatch_topic(now_ms, topic);
+        Ok(results)
+    }
+
+    fn check_messages(&self, messages: &[OutgoingMessage]) -> Result<(), BrokerError> {
+        let limit = self.config.publish_batch_messages_max;
+        if messages.is_empty() {
+            return Err(BrokerError::InvalidArgument {
+                field: "messages",
+                reason: "no message to publish; send a value or a non-empty messages list".to_string(),
+            });
+        }
+        if messages.len() > limit {
+            return Err(BrokerError::InvalidArgument {
+                field: "messages",
+                reason: format!(
+                    "{} messages in one request; the limit is publish_batch_messages_max = {limit}",
+                    messages.len()
+                ),
+            });
+        }
+        for (i, message) in messages.iter().enumerate() {
+            let size = message_size(&message.value, message.key.as_deref(), &message.attributes);
+            if size > self.config.max_message_bytes {
+                return Err(BrokerError::MessageTooLarge {
+                    field: field_name(messages.len(), i, "value"),
+                    size,
+                    limit: self.config.max_message_bytes,
+                });
+            }
+            if message.attributes.len() > self.config.attributes_max {
+                return Err(BrokerError::InvalidArgument {
+                    field: "attributes",
+                    reason: format!(
+                        "{} attributes on message {i}; the limit is attributes_max = {}",
+                        message.attributes.len(),
+                        self.config.attributes_max
+                    ),
+                });
+            }
+            if message.attributes.keys().any(String::is_empty) {
+                return Err(BrokerError::InvalidArgument {
+                    field: "attributes",
+                    reason: format!("message {i} has an attribute with an empty key"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `value` for a single message, `messages[3].value` in a batch.
+fn field_name(count: usize, index: usize, field: &str) -> String {
+    if count == 1 {
+        field.to_string()
+    } else {
+        format!("messages[{index}].{field}")
+    }
+}

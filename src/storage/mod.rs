@@ -1,0 +1,99 @@
+//! The partition log: what the broker core stores messages in.
+//!
+//! A [`PartitionLog`] is one partition's append-only sequence of records, addressed by
+//! contiguous offsets from its start offset to its end offset (the offset the next append
+//! gets). The core holds logs as trait objects made by a [`Storage`], so the segmented
+//! file log can replace [`memory::MemoryStorage`] without touching the core.
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use memory::MemoryStorage;
+
+/// One message as stored: everything the publisher sent plus the broker's publish time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Bytes,
+    pub attributes: BTreeMap<String, String>,
+    /// Wall-clock milliseconds since the Unix epoch, never decreasing within a partition.
+    pub publish_time_ms: u64,
+}
+
+impl Record {
+    /// The size counted against `max_message_bytes` and flow control: value, key, and
+    /// attribute keys and values.
+    pub fn size_bytes(&self) -> usize {
+        message_size(&self.value, self.key.as_deref(), &self.attributes)
+    }
+}
+
+/// The size of a message's payload, key and attributes.
+pub fn message_size(value: &[u8], key: Option<&str>, attributes: &BTreeMap<String, String>) -> usize {
+    let attrs: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    value.len() + key.map_or(0, str::len) + attrs
+}
+
+/// A record with its offset, as read back. Cloning is cheap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub record: Arc<Record>,
+}
+
+/// What the world (a disk, a full memory budget) can do to a storage operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage is full: {0}")]
+    Full(String),
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    #[error("offset {offset} is outside the log [{start}, {end})")]
+    OutOfRange { offset: u64, start: u64, end: u64 },
+}
+
+/// One partition's log.
+pub trait PartitionLog: Send {
+    /// Appends `records` in order and returns the offset of the first one. All or nothing.
+    fn append(&mut self, records: Vec<Record>) -> Result<u64, StorageError>;
+
+    /// Reads contiguous records from `from` on: at most `max_records`, and stops before the
+    /// record that would pass `max_bytes` (but always returns at least one record when
+    /// `from` is below the end). Empty when `from` is at or past the end.
+    fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, StorageError>;
+
+    /// The oldest retained offset.
+    fn start_offset(&self) -> u64;
+
+    /// The offset the next appended record will get.
+    fn end_offset(&self) -> u64;
+
+    /// The first offset whose publish time is at or after `time_ms`, or the end offset.
+    fn offset_for_time(&self, time_ms: u64) -> Result<u64, StorageError>;
+
+    /// Makes every appended record durable. A no-op for memory.
+    fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// Removes every record at or after `from` (a torn tail, an unreplicated suffix).
+    fn truncate(&mut self, from: u64) -> Result<(), StorageError>;
+
+    /// Drops the oldest records until the log holds at most `max_bytes`, moving the start
+    /// offset forward. Returns the new start offset.
+    fn apply_retention(&mut self, max_bytes: u64) -> Result<u64, StorageError>;
+
+    /// Bytes of records currently retained.
+    fn size_bytes(&self) -> u64;
+}
+
+/// Makes and removes partition logs.
+pub trait Storage: Send {
+    /// Opens (creating if needed) the log of one partition of a topic.
+    fn open(&mut self, topic: &str, partition: u32) -> Result<Box<dyn PartitionLog>, StorageError>;
+
+    /// Removes a deleted topic's logs for good.
+    fn remove(&mut self, topic: &str, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError>;
+}
