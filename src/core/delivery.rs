@@ -187,7 +187,8 @@ impl Broker {
         Ok(self.apply_ack_op(now_ms, uid, op, ack_ids))
     }
 
-    pub(super) fn check_deadline(&self, op: AckOp) -> Result<(), BrokerError> {
+    /// Refuses a deadline change past `ack_deadline_max_ms`.
+    pub fn check_deadline(&self, op: AckOp) -> Result<(), BrokerError> {
         let max = self.config.ack_deadline_max_ms;
         match op {
             AckOp::ModifyDeadline { deadline_ms } if deadline_ms > max => Err(BrokerError::InvalidArgument {

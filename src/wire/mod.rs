@@ -1,4 +1,17 @@
+//! The wire edge: generated protobuf types, their conversions to and from core types, and
+//! the one mapping of broker errors to gRPC statuses. Generated types go no further in.
+
+mod convert;
+mod status;
+
+pub use convert::*;
+pub use status::status_of;
+
+/// The generated `pubsub` package.
+#[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("pubsub");
+
+    /// The encoded descriptors of `pubsub.proto`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pubsub_descriptor");
 }

@@ -1,0 +1,138 @@
+//! The server shell: the driver task that owns the core, the tonic services, health and
+//! reflection, all started by [`run`] on whatever listener and shutdown signal it is given.
+
+mod admin;
+mod driver;
+mod pubsub;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+use tonic::Status;
+use tracing::info;
+
+pub use driver::{Driver, DriverHandle};
+
+use crate::core::{Broker, BrokerConfig, BrokerError};
+use crate::env::Clock;
+use crate::storage::Storage;
+use crate::wire::pb;
+
+/// Settings of the server shell (the core's are in `broker`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub broker: BrokerConfig,
+    /// Requests waiting for the driver; when full, handlers wait (backpressure).
+    pub command_queue_max: usize,
+    /// Responses queued on one Subscribe stream; when full, the client is not reading and
+    /// the stream ends with RESOURCE_EXHAUSTED (its leases go to the other members).
+    pub stream_queue_max: usize,
+    /// HTTP/2 keepalive pings on idle connections, so a stream cut by a partition is
+    /// detected instead of hanging.
+    pub keepalive_interval_ms: u64,
+    /// How long a keepalive ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            broker: BrokerConfig::default(),
+            command_queue_max: 1024,
+            stream_queue_max: 1024,
+            keepalive_interval_ms: 10_000,
+            keepalive_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] BrokerError),
+    #[error("invalid configuration: {key} must be {allowed}")]
+    ServerConfig { key: &'static str, allowed: &'static str },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServerConfig {
+    /// Refuses settings that cannot work, naming the key and the allowed range.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.broker.validate()?;
+        let check = |ok: bool, key, allowed| if ok { Ok(()) } else { Err(ServerError::ServerConfig { key, allowed }) };
+        check((1..=1_000_000).contains(&self.command_queue_max), "command_queue_max", "1 to 1000000")?;
+        check((2..=1_000_000).contains(&self.stream_queue_max), "stream_queue_max", "2 to 1000000")?;
+        check(self.keepalive_interval_ms >= 100, "keepalive_interval_ms", "at least 100")?;
+        check(self.keepalive_timeout_ms >= 100, "keepalive_timeout_ms", "at least 100")?;
+        Ok(())
+    }
+}
+
+/// Serves the broker on `incoming` until `shutdown` resolves.
+///
+/// On shutdown, open Subscribe streams end with UNAVAILABLE (a status, not a reset), health
+/// turns NOT_SERVING, and in-flight requests finish before this returns. Production passes
+/// a TCP listener and Ctrl-C; the simulator passes a turmoil listener and its own signal.
+pub async fn run<I, IO, IE>(
+    incoming: I,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    config: ServerConfig,
+    storage: Box<dyn Storage>,
+    clock: Arc<dyn Clock>,
+) -> Result<(), ServerError>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    config.validate()?;
+    let broker = Broker::new(config.broker.clone(), storage)?;
+    let driver = Driver::spawn(broker, clock, config.command_queue_max);
+
+    let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone() };
+    let admin = admin::AdminService { driver: driver.clone() };
+    let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub);
+    let admin = pb::admin_server::AdminServer::new(admin);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
+    health.set_serving::<pb::admin_server::AdminServer<admin::AdminService>>().await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let signal = async move {
+        shutdown.await;
+        info!("shutting down: ending open streams");
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        health.set_not_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
+        let status = Status::unavailable("the server is shutting down; reconnect to another broker or retry later");
+        let _ = driver.call(move |d| d.end_all_streams(status)).await;
+    };
+
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)))
+        .add_service(pubsub)
+        .add_service(admin)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await?;
+    info!("stopped");
+    Ok(())
+}

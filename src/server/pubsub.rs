@@ -1,0 +1,178 @@
+//! The `pubsub.PubSub` service.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info_span, Instrument};
+
+use super::driver::{DriverHandle, ResponseTx};
+use super::ServerConfig;
+use crate::core::{AckOp, StreamId};
+use crate::wire::{self, pb};
+
+/// How long a stream's task waits to queue its final status behind undelivered responses.
+const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// Publishing and consuming, backed by the driver.
+pub struct PubSubService {
+    pub(super) driver: DriverHandle,
+    pub(super) config: ServerConfig,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::pub_sub_server::PubSub for PubSubService {
+    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        let (topic, messages) = wire::publish_messages(request.into_inner())?;
+        let published = self
+            .driver
+            .call(move |d| {
+                let (now, wall) = (d.now_ms(), d.wall_ms());
+                d.broker.publish(now, wall, &topic, messages)
+            })
+            .await??;
+        Ok(Response::new(wire::publish_response(published)))
+    }
+
+    type SubscribeStream = ResponseStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Status::invalid_argument(
+                "subscription: the stream ended before its first request, which must name a subscription or a topic",
+            ));
+        };
+        let (target, flow) = wire::stream_open(&first)?;
+        let first_ops = wire::stream_ack_ops(&first)?;
+        let (responses, rx) = mpsc::channel(self.config.stream_queue_max);
+        let (end_tx, end_rx) = oneshot::channel();
+        let sink = responses.clone();
+        let stream = self.driver.call(move |d| d.open_stream(target, flow, sink, end_tx)).await??;
+        if !first_ops.is_empty() {
+            self.driver.call(move |d| d.stream_acks(stream, first_ops)).await??;
+        }
+        let span = info_span!("subscribe", %stream);
+        tokio::spawn(pump(inbound, self.driver.clone(), stream, responses, end_rx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<pb::PullResponse>, Status> {
+        let req = request.into_inner();
+        let deliveries = self
+            .driver
+            .call(move |d| {
+                let now = d.now_ms();
+                d.broker.pull(now, &req.subscription, req.max_messages)
+            })
+            .await??;
+        let received_messages = deliveries.into_iter().map(wire::received_message).collect();
+        Ok(Response::new(pb::PullResponse { received_messages }))
+    }
+
+    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let req = request.into_inner();
+        self.acks(req.subscription, AckOp::Ack, req.ack_ids).await
+    }
+
+    async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let req = request.into_inner();
+        self.acks(req.subscription, AckOp::Nack, req.ack_ids).await
+    }
+
+    async fn modify_ack_deadline(
+        &self,
+        request: Request<pb::ModifyAckDeadlineRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let req = request.into_inner();
+        let op = AckOp::ModifyDeadline { deadline_ms: u64::from(req.ack_deadline_seconds) * 1000 };
+        self.acks(req.subscription, op, req.ack_ids).await
+    }
+
+    async fn seek(&self, request: Request<pb::SeekRequest>) -> Result<Response<pb::SeekResponse>, Status> {
+        let req = request.into_inner();
+        let target = wire::seek_target(req.target)?;
+        let offsets = self
+            .driver
+            .call(move |d| {
+                let now = d.now_ms();
+                d.broker.seek(now, &req.subscription, target)
+            })
+            .await??;
+        let offsets =
+            offsets.into_iter().map(|(partition, offset)| pb::PartitionOffset { partition, offset }).collect();
+        Ok(Response::new(pb::SeekResponse { offsets }))
+    }
+}
+
+impl PubSubService {
+    async fn acks(
+        &self,
+        subscription: String,
+        op: AckOp,
+        ids: Vec<String>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("ack_ids: empty; name at least one ack id"));
+        }
+        let replies = self
+            .driver
+            .call(move |d| {
+                let now = d.now_ms();
+                d.broker.acks(now, &subscription, op, &ids)
+            })
+            .await??;
+        Ok(Response::new(pb::AckResponse { confirmations: replies.into_iter().map(wire::ack_confirmation).collect() }))
+    }
+}
+
+/// Carries a stream's later requests to the driver until the stream ends: the client goes
+/// away, or the server ends it (`end`). After the client half-closes, the stream keeps
+/// delivering (grpcurl half-closes right after sending its request).
+async fn pump(
+    mut inbound: Streaming<pb::SubscribeRequest>,
+    driver: DriverHandle,
+    stream: StreamId,
+    responses: ResponseTx,
+    mut end: oneshot::Receiver<Status>,
+) {
+    let mut half_closed = false;
+    let status = loop {
+        tokio::select! {
+            status = &mut end => break status.ok(),
+            () = responses.closed() => break None,
+            request = inbound.message(), if !half_closed => match request {
+                Ok(Some(request)) => {
+                    let applied = match wire::stream_ack_ops(&request) {
+                        Ok(ops) => driver.call(move |d| d.stream_acks(stream, ops)).await.and_then(|r| Ok(r?)),
+                        Err(status) => Err(status),
+                    };
+                    if let Err(status) = applied {
+                        break Some(status);
+                    }
+                }
+                Ok(None) => {
+                    debug!("client half-closed; still delivering");
+                    half_closed = true;
+                }
+                Err(error) => {
+                    debug!(%error, "client stream failed");
+                    break None;
+                }
+            },
+        }
+    };
+    if let Some(status) = status {
+        debug!(code = ?status.code(), message = status.message(), "ending stream");
+        let _ = tokio::time::timeout(FINAL_STATUS_WAIT, responses.send(Err(status))).await;
+    }
+    let _ = driver.call(move |d| d.close_stream(stream)).await;
+}

@@ -1,0 +1,238 @@
+//! Conversions between generated protobuf types and core types. Validation of the wire's
+//! own shape (one form or the other, enum values, paired lists) happens here; the core
+//! validates meaning (names, sizes, ranges).
+
+use prost_types::Timestamp;
+use tonic::Status;
+
+use super::pb;
+use crate::core::{
+    AckOp, AckOutcome, AckReply, Delivery, Flow, OutgoingMessage, Published, SeekTarget, StartPosition, StreamTarget,
+    SubscriptionInfo, SubscriptionStats, TopicInfo,
+};
+
+/// Most items one List call returns.
+pub const PAGE_SIZE_MAX: u32 = 1000;
+/// Items a List call returns when it asks for 0.
+pub const PAGE_SIZE_DEFAULT: u32 = 100;
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+/// The topic and messages of a Publish: the single form (value, key, attributes,
+/// partition) or the batch form (messages), never both.
+pub fn publish_messages(req: pb::PublishRequest) -> Result<(String, Vec<OutgoingMessage>), Status> {
+    if req.messages.is_empty() {
+        let message =
+            OutgoingMessage { value: req.value, key: req.key, attributes: req.attributes, partition: req.partition };
+        return Ok((req.topic, vec![message]));
+    }
+    let single = !req.value.is_empty() || req.key.is_some() || !req.attributes.is_empty() || req.partition.is_some();
+    if single {
+        return Err(invalid(
+            "messages",
+            "a request carries either one message (value, key, attributes, partition) or a batch (messages), not both",
+        ));
+    }
+    let messages = req
+        .messages
+        .into_iter()
+        .map(|m| OutgoingMessage { value: m.value, key: m.key, attributes: m.attributes, partition: m.partition })
+        .collect();
+    Ok((req.topic, messages))
+}
+
+pub fn publish_response(published: Vec<Published>) -> pb::PublishResponse {
+    let results = published
+        .into_iter()
+        .map(|p| pb::PublishResult { message_id: p.message_id, partition: p.partition, offset: p.offset })
+        .collect();
+    pb::PublishResponse { results }
+}
+
+pub fn timestamp(ms: u64) -> Timestamp {
+    Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+fn timestamp_ms(field: &str, t: &Timestamp) -> Result<u64, Status> {
+    if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid(field, "must be a time after 1970-01-01T00:00:00Z with nanos in 0 to 999999999"));
+    }
+    Ok(t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000)
+}
+
+pub fn received_message(d: Delivery) -> pb::ReceivedMessage {
+    let record = d.record;
+    pb::ReceivedMessage {
+        ack_id: d.ack_id,
+        message: Some(pb::Message {
+            message_id: d.message_id,
+            topic: d.topic,
+            partition: d.partition,
+            offset: d.offset,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            attributes: record.attributes.clone(),
+            publish_time: Some(timestamp(record.publish_time_ms)),
+        }),
+        delivery_attempt: d.delivery_attempt,
+    }
+}
+
+pub fn ack_confirmation(reply: AckReply) -> pb::AckConfirmation {
+    let operation = match reply.op {
+        AckOp::Ack => pb::AckOperation::Ack,
+        AckOp::Nack => pb::AckOperation::Nack,
+        AckOp::ModifyDeadline { .. } => pb::AckOperation::ModifyDeadline,
+    };
+    let result = match reply.outcome {
+        AckOutcome::Applied => pb::AckResult::Applied,
+        AckOutcome::Invalid => pb::AckResult::Invalid,
+        AckOutcome::Expired => pb::AckResult::Expired,
+    };
+    pb::AckConfirmation { ack_id: reply.ack_id, operation: operation.into(), result: result.into() }
+}
+
+pub fn start_position(field: &str, value: i32) -> Result<StartPosition, Status> {
+    match pb::StartPosition::try_from(value) {
+        Ok(pb::StartPosition::Unspecified | pb::StartPosition::Earliest) => Ok(StartPosition::Earliest),
+        Ok(pb::StartPosition::Latest) => Ok(StartPosition::Latest),
+        Err(_) => Err(invalid(field, format!("{value} is not a StartPosition (0, 1 or 2)"))),
+    }
+}
+
+fn start_position_pb(start: StartPosition) -> pb::StartPosition {
+    match start {
+        StartPosition::Earliest => pb::StartPosition::Earliest,
+        StartPosition::Latest => pb::StartPosition::Latest,
+    }
+}
+
+/// 0 means "the default".
+pub fn ack_deadline_ms(seconds: u32) -> Option<u64> {
+    (seconds != 0).then_some(u64::from(seconds) * 1000)
+}
+
+/// What the first Subscribe request opens.
+pub fn stream_open(first: &pb::SubscribeRequest) -> Result<(StreamTarget, Flow), Status> {
+    let target = match (first.subscription.is_empty(), first.topic.is_empty()) {
+        (false, true) => StreamTarget::Subscription(first.subscription.clone()),
+        (true, false) => StreamTarget::Topic {
+            topic: first.topic.clone(),
+            ack_deadline_ms: ack_deadline_ms(first.ack_deadline_seconds),
+            start: start_position("start_position", first.start_position)?,
+        },
+        (true, true) => {
+            return Err(invalid(
+                "subscription",
+                "the first Subscribe request must name a subscription, or a topic for an ephemeral subscription",
+            ))
+        }
+        (false, false) => {
+            return Err(invalid("subscription", "name a subscription or a topic in the first request, not both"))
+        }
+    };
+    let flow = Flow {
+        max_outstanding_messages: first.max_outstanding_messages,
+        max_outstanding_bytes: first.max_outstanding_bytes,
+    };
+    Ok((target, flow))
+}
+
+/// The acks, nacks and deadline changes a Subscribe request carries, in that order.
+pub fn stream_ack_ops(req: &pb::SubscribeRequest) -> Result<Vec<(AckOp, Vec<String>)>, Status> {
+    let (ids, seconds) = (&req.modify_deadline_ack_ids, &req.modify_deadline_seconds);
+    if ids.len() != seconds.len() {
+        return Err(invalid(
+            "modify_deadline_seconds",
+            format!("has {} entries for {} modify_deadline_ack_ids; they pair up one to one", seconds.len(), ids.len()),
+        ));
+    }
+    let mut ops = Vec::new();
+    if !req.ack_ids.is_empty() {
+        ops.push((AckOp::Ack, req.ack_ids.clone()));
+    }
+    if !req.nack_ids.is_empty() {
+        ops.push((AckOp::Nack, req.nack_ids.clone()));
+    }
+    for (id, s) in ids.iter().zip(seconds) {
+        ops.push((AckOp::ModifyDeadline { deadline_ms: u64::from(*s) * 1000 }, vec![id.clone()]));
+    }
+    Ok(ops)
+}
+
+pub fn seek_target(target: Option<pb::seek_request::Target>) -> Result<SeekTarget, Status> {
+    use pb::seek_request::Target;
+    match target {
+        Some(Target::Earliest(true)) => Ok(SeekTarget::Earliest),
+        Some(Target::Latest(true)) => Ok(SeekTarget::Latest),
+        Some(Target::Time(t)) => Ok(SeekTarget::TimeMs(timestamp_ms("time", &t)?)),
+        Some(Target::Offsets(o)) if !o.offsets.is_empty() => {
+            Ok(SeekTarget::Offsets(o.offsets.into_iter().map(|p| (p.partition, p.offset)).collect()))
+        }
+        _ => Err(invalid("target", "set one of earliest: true, latest: true, time, or a non-empty offsets list")),
+    }
+}
+
+/// A List call's page size: 0 means the default, past the maximum is refused.
+pub fn page_size(requested: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(PAGE_SIZE_DEFAULT as usize),
+        n if n <= PAGE_SIZE_MAX => Ok(n as usize),
+        n => Err(invalid("page_size", format!("{n}; allowed is 1 to {PAGE_SIZE_MAX} (0 = {PAGE_SIZE_DEFAULT})"))),
+    }
+}
+
+/// An empty page token means the first page.
+pub fn page_token(token: &str) -> Option<&str> {
+    (!token.is_empty()).then_some(token)
+}
+
+pub fn topic(info: TopicInfo) -> pb::Topic {
+    pb::Topic {
+        name: info.name,
+        partitions: info.partitions.len() as u32,
+        partition_info: info
+            .partitions
+            .into_iter()
+            .map(|p| pb::PartitionInfo {
+                partition: p.partition,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+            })
+            .collect(),
+        subscriptions: info.subscriptions,
+    }
+}
+
+pub fn subscription(info: SubscriptionInfo) -> pb::Subscription {
+    pb::Subscription {
+        name: info.name,
+        topic: info.topic,
+        ack_deadline_seconds: (info.ack_deadline_ms / 1000) as u32,
+        start_position: start_position_pb(info.start).into(),
+        ephemeral: info.ephemeral,
+    }
+}
+
+pub fn subscription_stats(stats: SubscriptionStats) -> pb::SubscriptionStats {
+    pb::SubscriptionStats {
+        name: stats.name,
+        topic: stats.topic,
+        backlog: stats.backlog,
+        outstanding: stats.outstanding,
+        streams: stats.streams,
+        partitions: stats
+            .partitions
+            .into_iter()
+            .map(|p| pb::PartitionStats {
+                partition: p.partition,
+                committed_offset: p.committed_offset,
+                end_offset: p.end_offset,
+                backlog: p.backlog,
+                outstanding: p.outstanding,
+            })
+            .collect(),
+    }
+}

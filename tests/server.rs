@@ -1,0 +1,279 @@
+//! The real server on 127.0.0.1:0, driven with the generated tonic clients.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use mini_pubsub::server::ServerConfig;
+use mini_pubsub::wire::pb;
+use tonic::Code;
+
+#[tokio::test]
+async fn seed_walkthrough_publish_then_subscribe_then_ack() {
+    let server = start().await;
+    // The seed README's exact request: topic + base64 value, nothing else.
+    let req = pb::PublishRequest { topic: "events".into(), value: "hello".into(), ..Default::default() };
+    let results = server.pubsub.clone().publish(req).await.unwrap().into_inner().results;
+    assert_eq!(results, vec![pb::PublishResult { message_id: "1-0-0".into(), partition: 0, offset: 0 }]);
+
+    server.create_subscription("events-sub", "events", 0).await;
+    let mut sub = server.subscribe(on_subscription("events-sub")).await;
+    assert_eq!(sub.subscription, "events-sub");
+    let got = sub.messages(1).await;
+    assert_eq!((value(&got[0]), got[0].delivery_attempt), ("hello".to_string(), 1));
+    let message = got[0].message.as_ref().unwrap();
+    assert_eq!((message.topic.as_str(), message.partition, message.offset), ("events", 0, 0));
+    assert!(message.publish_time.is_some());
+
+    let confirmations = sub.ack(ack_ids(&got)).await;
+    assert_eq!(confirmations[0].result(), pb::AckResult::Applied);
+    assert_eq!(confirmations[0].operation(), pb::AckOperation::Ack);
+    let stats = server.stats("events-sub").await;
+    assert_eq!((stats.backlog, stats.outstanding, stats.partitions[0].committed_offset), (0, 0, 1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn topic_stream_keeps_delivering_after_the_client_half_closes() {
+    let server = start().await;
+    let first = pb::SubscribeRequest { topic: "events".into(), ..Default::default() };
+    server.create_topic("events", 0).await;
+    let mut sub = server.subscribe(first).await;
+    assert!(sub.subscription.starts_with("__ephemeral."), "{}", sub.subscription);
+    sub.requests = None; // half-close, as grpcurl does after its -d request
+    server.publish("events", &["after"]).await;
+    assert_eq!(value(&sub.messages(1).await[0]), "after");
+    drop(sub);
+    // The ephemeral subscription ends with its stream.
+    let list = pb::ListSubscriptionsRequest { topic: "events".into(), ..Default::default() };
+    for _ in 0..50 {
+        if server.admin.clone().list_subscriptions(list.clone()).await.unwrap().into_inner().subscriptions.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the ephemeral subscription outlived its stream");
+}
+
+#[tokio::test]
+async fn expired_lease_is_redelivered_with_attempt_2() {
+    let server = start().await;
+    server.publish("t", &["a"]).await;
+    server.create_subscription("s", "t", 1).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    let first = sub.messages(1).await;
+    assert_eq!(first[0].delivery_attempt, 1);
+    let second = sub.messages(1).await; // after the 1 s deadline
+    assert_eq!((value(&second[0]), second[0].delivery_attempt), ("a".to_string(), 2));
+    let confirmations = sub.ack(vec![first[0].ack_id.clone(), second[0].ack_id.clone()]).await;
+    let results: Vec<_> = confirmations.iter().map(|c| c.result()).collect();
+    assert_eq!(results, [pb::AckResult::Expired, pb::AckResult::Applied]);
+}
+
+#[tokio::test]
+async fn members_of_one_subscription_share_messages_without_overlap() {
+    let server = start().await;
+    server.create_topic("t", 2).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut one = server.subscribe(on_subscription("s")).await;
+    let mut two = server.subscribe(on_subscription("s")).await;
+    let values: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    server.publish("t", &values.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let a = one.messages(10).await;
+    let b = two.messages(10).await;
+    let all: BTreeSet<String> = a.iter().chain(&b).map(value).collect();
+    assert_eq!(all.len(), 20, "every message once, none to both");
+    one.expect_quiet(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn keyed_messages_arrive_in_order_per_partition() {
+    let server = start().await;
+    server.create_topic("t", 4).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut messages = Vec::new();
+    for i in 0..40 {
+        let key = format!("key-{}", i % 7);
+        messages.push(pb::OutgoingMessage { key: Some(key), value: format!("{i}").into(), ..Default::default() });
+    }
+    let req = pb::PublishRequest { topic: "t".into(), messages, ..Default::default() };
+    let results = server.pubsub.clone().publish(req).await.unwrap().into_inner().results;
+    for (i, r) in results.iter().enumerate() {
+        let expected = mini_pubsub::core::partition_for_key(format!("key-{}", i % 7).as_bytes(), 4);
+        assert_eq!(r.partition, expected);
+    }
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    let got = sub.messages(40).await;
+    let mut last = [None::<u64>; 4];
+    let mut per_key: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for m in &got {
+        let message = m.message.as_ref().unwrap();
+        let p = message.partition as usize;
+        assert!(last[p].is_none_or(|l| message.offset == l + 1), "partition {p} out of order");
+        last[p] = Some(message.offset);
+        per_key.entry(message.key.clone().unwrap()).or_default().push(value(m).parse().unwrap());
+    }
+    for (key, values) in per_key {
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{key}: {values:?}");
+    }
+}
+
+#[tokio::test]
+async fn seek_replays_acknowledged_messages() {
+    let server = start().await;
+    server.publish("t", &["a", "b", "c"]).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    let got = sub.messages(3).await;
+    sub.ack(ack_ids(&got)).await;
+    let seek = |target| pb::SeekRequest { subscription: "s".into(), target: Some(target) };
+    let offsets = pb::PartitionOffsets { offsets: vec![pb::PartitionOffset { partition: 0, offset: 1 }] };
+    let reply = server.pubsub.clone().seek(seek(pb::seek_request::Target::Offsets(offsets))).await.unwrap();
+    assert_eq!(reply.into_inner().offsets, vec![pb::PartitionOffset { partition: 0, offset: 1 }]);
+    let replay: Vec<String> = sub.messages(2).await.iter().map(value).collect();
+    assert_eq!(replay, ["b", "c"]);
+    server.pubsub.clone().seek(seek(pb::seek_request::Target::Earliest(true))).await.unwrap();
+    assert_eq!(sub.messages(3).await.len(), 3);
+    server.pubsub.clone().seek(seek(pb::seek_request::Target::Latest(true))).await.unwrap();
+    assert_eq!(server.stats("s").await.backlog, 0);
+    let future = prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 };
+    server.pubsub.clone().seek(seek(pb::seek_request::Target::Time(future))).await.unwrap();
+    let past = prost_types::Timestamp { seconds: 0, nanos: 0 };
+    server.pubsub.clone().seek(seek(pb::seek_request::Target::Time(past))).await.unwrap();
+    assert_eq!(sub.messages(3).await.len(), 3);
+}
+
+#[tokio::test]
+async fn flow_control_stops_at_the_limit_and_resumes_on_ack() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let first = pb::SubscribeRequest { subscription: "s".into(), max_outstanding_messages: 3, ..Default::default() };
+    let mut sub = server.subscribe(first).await;
+    server.publish("t", &["0", "1", "2", "3", "4", "5"]).await;
+    let got = sub.messages(3).await;
+    sub.expect_quiet(Duration::from_millis(200)).await;
+    sub.ack(ack_ids(&got[..2])).await;
+    let more: Vec<String> = sub.messages(2).await.iter().map(value).collect();
+    assert_eq!(more, ["3", "4"]);
+    sub.expect_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn pull_then_unary_ack_nack_and_modify_deadline() {
+    let server = start().await;
+    server.publish("t", &["a", "b", "c"]).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut client = server.pubsub.clone();
+    let pulled = client.pull(pb::PullRequest { subscription: "s".into(), max_messages: 2 }).await.unwrap();
+    let pulled = pulled.into_inner().received_messages;
+    assert_eq!(pulled.iter().map(value).collect::<Vec<_>>(), ["a", "b"]);
+    let ack = pb::AckRequest { subscription: "s".into(), ack_ids: vec![pulled[0].ack_id.clone()] };
+    let confirmations = client.ack(ack).await.unwrap().into_inner().confirmations;
+    assert_eq!(confirmations[0].result(), pb::AckResult::Applied);
+    let extend = pb::ModifyAckDeadlineRequest {
+        subscription: "s".into(),
+        ack_ids: vec![pulled[1].ack_id.clone()],
+        ack_deadline_seconds: 120,
+    };
+    assert_eq!(
+        client.modify_ack_deadline(extend).await.unwrap().into_inner().confirmations[0].result(),
+        pb::AckResult::Applied
+    );
+    let nack = pb::NackRequest { subscription: "s".into(), ack_ids: vec![pulled[1].ack_id.clone()] };
+    assert_eq!(client.nack(nack).await.unwrap().into_inner().confirmations[0].result(), pb::AckResult::Applied);
+    let again = client.pull(pb::PullRequest { subscription: "s".into(), max_messages: 10 }).await.unwrap();
+    let again: Vec<(String, u32)> =
+        again.into_inner().received_messages.iter().map(|m| (value(m), m.delivery_attempt)).collect();
+    assert_eq!(again, [("b".to_string(), 2), ("c".to_string(), 1)]);
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_every_service() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let server = start().await;
+    let channel = channel(server.addr).await;
+    let expected = ["grpc.health.v1.Health", "pubsub.Admin", "pubsub.PubSub"];
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1 reflection did not list services")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in expected {
+        assert!(names.iter().any(|n| n == name), "v1 lacks {name}: {names:?}");
+    }
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha reflection did not list services")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in expected {
+        assert!(names.iter().any(|n| n == name), "v1alpha lacks {name}: {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let server = start().await;
+    let mut health = HealthClient::new(channel(server.addr).await);
+    for service in ["", "pubsub.PubSub", "pubsub.Admin"] {
+        let reply = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(reply.status(), ServingStatus::Serving, "{service:?}");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable() {
+    let mut server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    server.signal_stop();
+    let ended = tokio::time::timeout(PROMPT, sub.inbound.message()).await.expect("the stream ends promptly");
+    let status = ended.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_stream_that_is_not_read_is_ended_and_its_leases_go_to_others() {
+    let config = ServerConfig { stream_queue_max: 2, ..Default::default() };
+    let server = start_with(config).await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let first = pb::SubscribeRequest { subscription: "s".into(), max_outstanding_messages: 1000, ..Default::default() };
+    let slow = server.subscribe(first).await;
+    // One response per publish, and enough bytes to fill HTTP/2's windows and send buffer,
+    // so the stream's own queue fills up behind them.
+    let count = 300;
+    let padding = "x".repeat(8 * 1024);
+    for i in 0..count {
+        server.publish("t", &[&format!("{i:03}{padding}")]).await;
+    }
+    let mut other = server.subscribe(on_subscription("s")).await;
+    let got = other.messages(count).await;
+    let seen: BTreeSet<String> = got.iter().map(|m| value(m)[..3].to_string()).collect();
+    assert_eq!(seen.len(), count);
+    let redelivered = got.iter().filter(|m| m.delivery_attempt == 2).count();
+    assert!(redelivered > 0, "the slow stream's leases were released when it was ended");
+    drop(slow);
+}
