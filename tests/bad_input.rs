@@ -1,0 +1,262 @@
+//! Every kind of bad input gets the right gRPC code, a message naming the field and the
+//! limit, and changes nothing that is stored.
+
+mod common;
+
+use common::*;
+use mini_pubsub::server::ServerConfig;
+use mini_pubsub::wire::pb;
+use tonic::{Code, Status};
+
+#[track_caller]
+fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, words: &[&str]) {
+    let status = result.expect_err("the request is refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(status.message().contains(word), "{:?} lacks {word:?}", status.message());
+    }
+}
+
+fn publish_req(topic: &str, value: &[u8]) -> pb::PublishRequest {
+    pb::PublishRequest { topic: topic.into(), value: value.to_vec().into(), ..Default::default() }
+}
+
+/// The retained range of every partition of every topic: what a refusal must not change.
+async fn stored(server: &TestServer) -> Vec<(String, Vec<(u64, u64)>)> {
+    let list = server.admin.clone().list_topics(pb::ListTopicsRequest::default()).await.unwrap().into_inner();
+    list.topics
+        .into_iter()
+        .map(|t| (t.name, t.partition_info.iter().map(|p| (p.start_offset, p.end_offset)).collect()))
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_publishes_are_refused_and_store_nothing() {
+    let server = start().await;
+    server.create_topic("t", 2).await;
+    server.publish("t", &["kept"]).await;
+    let before = stored(&server).await;
+    let mut client = server.pubsub.clone();
+
+    refused(client.publish(publish_req("", b"x")).await, Code::InvalidArgument, &["topic", "is empty", "1 to 249"]);
+    refused(
+        client.publish(publish_req("a b", b"x")).await,
+        Code::InvalidArgument,
+        &["topic", "a space", "[A-Za-z0-9._-]"],
+    );
+    let long = "x".repeat(250);
+    refused(client.publish(publish_req(&long, b"x")).await, Code::InvalidArgument, &["topic", "250 characters"]);
+    refused(client.publish(publish_req("__t", b"x")).await, Code::InvalidArgument, &["topic", "reserved"]);
+    let big = vec![b'x'; 1024 * 1024 + 1];
+    refused(
+        client.publish(publish_req("t", &big)).await,
+        Code::InvalidArgument,
+        &["value", "1048577", "max_message_bytes = 1048576"],
+    );
+
+    let wrong_partition = pb::PublishRequest { partition: Some(2), ..publish_req("t", b"x") };
+    refused(client.publish(wrong_partition).await, Code::InvalidArgument, &["partition", "partition 2", "0 to 1"]);
+
+    let ok = pb::OutgoingMessage { value: "fine".into(), ..Default::default() };
+    let bad = pb::OutgoingMessage { partition: Some(9), ..ok.clone() };
+    let batch = pb::PublishRequest { topic: "t".into(), messages: vec![ok.clone(), bad], ..Default::default() };
+    refused(client.publish(batch).await, Code::InvalidArgument, &["messages[1].partition"]);
+
+    let both = pb::PublishRequest { messages: vec![ok], ..publish_req("t", b"x") };
+    refused(client.publish(both).await, Code::InvalidArgument, &["messages", "not both"]);
+
+    let too_many = pb::PublishRequest {
+        topic: "t".into(),
+        messages: vec![pb::OutgoingMessage::default(); 1001],
+        ..Default::default()
+    };
+    refused(
+        client.publish(too_many).await,
+        Code::InvalidArgument,
+        &["1001 messages", "publish_batch_messages_max = 1000"],
+    );
+
+    assert_eq!(stored(&server).await, before, "refusals changed nothing stored");
+}
+
+#[tokio::test]
+async fn publish_to_an_unknown_topic_without_auto_create_is_not_found() {
+    let mut config = ServerConfig::default();
+    config.broker.auto_create_topics = false;
+    let server = start_with(config).await;
+    refused(
+        server.pubsub.clone().publish(publish_req("nope", b"x")).await,
+        Code::NotFound,
+        &["topic `nope` not found"],
+    );
+    assert!(stored(&server).await.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_names_are_not_found() {
+    let server = start().await;
+    let mut admin = server.admin.clone();
+    let mut pubsub = server.pubsub.clone();
+    refused(admin.get_topic(pb::GetTopicRequest { name: "nope".into() }).await, Code::NotFound, &["topic `nope`"]);
+    let sub = pb::CreateSubscriptionRequest { name: "s".into(), topic: "nope".into(), ..Default::default() };
+    refused(admin.create_subscription(sub).await, Code::NotFound, &["topic `nope`"]);
+    refused(
+        admin.get_subscription_stats(pb::GetSubscriptionStatsRequest { name: "nope".into() }).await,
+        Code::NotFound,
+        &["subscription `nope`"],
+    );
+    refused(
+        pubsub.pull(pb::PullRequest { subscription: "nope".into(), max_messages: 1 }).await,
+        Code::NotFound,
+        &["nope"],
+    );
+    let ack = pb::AckRequest { subscription: "nope".into(), ack_ids: vec!["1-0-0-1".into()] };
+    refused(pubsub.ack(ack).await, Code::NotFound, &["subscription `nope`"]);
+    let first = tokio_stream::iter([on_subscription("nope")]);
+    refused(pubsub.subscribe(first).await, Code::NotFound, &["subscription `nope`"]);
+    let first = tokio_stream::iter([pb::SubscribeRequest { topic: "nope".into(), ..Default::default() }]);
+    refused(pubsub.subscribe(first).await, Code::NotFound, &["topic `nope`"]);
+    refused(admin.delete_topic(pb::DeleteTopicRequest { name: "nope".into(), force: true }).await, Code::NotFound, &[]);
+}
+
+#[tokio::test]
+async fn duplicates_and_reserved_names_are_refused() {
+    let server = start().await;
+    let mut admin = server.admin.clone();
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    refused(
+        admin.create_topic(pb::CreateTopicRequest { name: "t".into(), partitions: 1 }).await,
+        Code::AlreadyExists,
+        &["topic `t`"],
+    );
+    let again = pb::CreateSubscriptionRequest { name: "s".into(), topic: "t".into(), ..Default::default() };
+    refused(admin.create_subscription(again).await, Code::AlreadyExists, &["subscription `s`"]);
+    let reserved = pb::CreateSubscriptionRequest { name: "__s".into(), topic: "t".into(), ..Default::default() };
+    refused(admin.create_subscription(reserved).await, Code::InvalidArgument, &["name", "reserved"]);
+    let partitions = pb::CreateTopicRequest { name: "u".into(), partitions: 5000 };
+    refused(admin.create_topic(partitions).await, Code::InvalidArgument, &["partitions", "partitions_max = 1024"]);
+    let deadline = pb::CreateSubscriptionRequest {
+        name: "d".into(),
+        topic: "t".into(),
+        ack_deadline_seconds: 601,
+        ..Default::default()
+    };
+    refused(admin.create_subscription(deadline).await, Code::InvalidArgument, &["ack_deadline_seconds", "1 to 600 s"]);
+    let position =
+        pb::CreateSubscriptionRequest { name: "p".into(), topic: "t".into(), start_position: 9, ..Default::default() };
+    refused(admin.create_subscription(position).await, Code::InvalidArgument, &["start_position", "9"]);
+    let page = pb::ListTopicsRequest { page_size: 5000, ..Default::default() };
+    refused(admin.list_topics(page).await, Code::InvalidArgument, &["page_size", "1 to 1000"]);
+    assert_eq!(stored(&server).await, vec![("t".to_string(), vec![(0, 0)])]);
+}
+
+#[tokio::test]
+async fn malformed_and_foreign_ack_ids_are_confirmed_invalid() {
+    let server = start().await;
+    server.publish("t", &["a"]).await;
+    server.create_subscription("mine", "t", 0).await;
+    server.create_subscription("theirs", "t", 0).await;
+    let mut theirs = server.subscribe(on_subscription("theirs")).await;
+    let foreign = theirs.messages(1).await[0].ack_id.clone();
+    let mut mine = server.subscribe(on_subscription("mine")).await;
+    let own = mine.messages(1).await[0].ack_id.clone();
+
+    let confirmations = mine.ack(vec!["not-an-ack-id".into(), foreign, "1-0-77-1".into(), own]).await;
+    let results: Vec<pb::AckResult> = confirmations.iter().map(|c| c.result()).collect();
+    assert_eq!(
+        results,
+        [pb::AckResult::Invalid, pb::AckResult::Invalid, pb::AckResult::Invalid, pb::AckResult::Applied]
+    );
+
+    let empty = pb::AckRequest { subscription: "mine".into(), ack_ids: vec![] };
+    refused(server.pubsub.clone().ack(empty).await, Code::InvalidArgument, &["ack_ids"]);
+    let far = pb::ModifyAckDeadlineRequest {
+        subscription: "mine".into(),
+        ack_ids: vec!["1-0-0-1".into()],
+        ack_deadline_seconds: 601,
+    };
+    refused(
+        server.pubsub.clone().modify_ack_deadline(far).await,
+        Code::InvalidArgument,
+        &["ack_deadline_seconds", "0 to 600 s"],
+    );
+}
+
+#[tokio::test]
+async fn a_bad_later_stream_request_ends_the_stream_with_invalid_argument() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    let unpaired = pb::SubscribeRequest { modify_deadline_ack_ids: vec!["1-0-0-1".into()], ..Default::default() };
+    sub.send(unpaired).await;
+    let status = sub.inbound.message().await.expect_err("the stream ends");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("modify_deadline_seconds"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_first_subscribe_request_must_name_a_subscription_or_a_topic() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut pubsub = server.pubsub.clone();
+    let neither = tokio_stream::iter([pb::SubscribeRequest::default()]);
+    refused(
+        pubsub.subscribe(neither).await,
+        Code::InvalidArgument,
+        &["subscription", "must name a subscription, or a topic"],
+    );
+    let both = pb::SubscribeRequest { subscription: "s".into(), topic: "t".into(), ..Default::default() };
+    refused(pubsub.subscribe(tokio_stream::iter([both])).await, Code::InvalidArgument, &["not both"]);
+    let nothing = tokio_stream::iter(Vec::<pb::SubscribeRequest>::new());
+    refused(pubsub.subscribe(nothing).await, Code::InvalidArgument, &["first request"]);
+    let greedy =
+        pb::SubscribeRequest { subscription: "s".into(), max_outstanding_messages: 5000, ..Default::default() };
+    refused(
+        pubsub.subscribe(tokio_stream::iter([greedy])).await,
+        Code::InvalidArgument,
+        &["max_outstanding_messages", "1 to 1000"],
+    );
+}
+
+#[tokio::test]
+async fn seek_outside_the_log_or_without_a_target_is_refused() {
+    let server = start().await;
+    server.publish("t", &["a", "b"]).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut pubsub = server.pubsub.clone();
+    refused(
+        pubsub.seek(pb::SeekRequest { subscription: "s".into(), target: None }).await,
+        Code::InvalidArgument,
+        &["target"],
+    );
+    let offsets = |partition, offset| {
+        let offsets = pb::PartitionOffsets { offsets: vec![pb::PartitionOffset { partition, offset }] };
+        pb::SeekRequest { subscription: "s".into(), target: Some(pb::seek_request::Target::Offsets(offsets)) }
+    };
+    refused(pubsub.seek(offsets(0, 3)).await, Code::InvalidArgument, &["offset 3", "0 to 2"]);
+    refused(pubsub.seek(offsets(1, 0)).await, Code::InvalidArgument, &["partition 1", "0 to 0"]);
+    assert_eq!(server.stats("s").await.partitions[0].committed_offset, 0, "a refused seek moved nothing");
+}
+
+#[tokio::test]
+async fn deleting_a_topic_in_use_is_refused_until_forced() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    let mut admin = server.admin.clone();
+    refused(
+        admin.delete_topic(pb::DeleteTopicRequest { name: "t".into(), force: false }).await,
+        Code::FailedPrecondition,
+        &["topic `t` has subscriptions [\"s\"]", "force"],
+    );
+    assert_eq!(stored(&server).await.len(), 1);
+    let deleted = admin.delete_topic(pb::DeleteTopicRequest { name: "t".into(), force: true }).await.unwrap();
+    assert_eq!(deleted.into_inner().deleted_subscriptions, ["s"]);
+    let status = sub.inbound.message().await.expect_err("the subscription's stream ends");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(stored(&server).await.is_empty());
+}
