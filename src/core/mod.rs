@@ -42,4 +42,6 @@ pub use subscription::StartPosition;
 pub use topic::{message_id, murmur2, partition_for_key};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
