@@ -373,3 +373,55 @@ fn same_inputs_give_the_same_outputs() {
     };
     assert_eq!(run(), run());
 }
+
+/// A readable trace of a short session; the snapshot shows any change in who gets what,
+/// when, and with which attempt.
+#[test]
+fn trace_of_a_session_with_two_members_expiry_and_nack() {
+    let mut b = broker_with(BrokerConfig { ack_deadline_ms: 5 * SEC, ..Default::default() });
+    let mut trace = Vec::new();
+    let mut step = |b: &mut Broker, now: u64, what: String, trace: &mut Vec<String>| {
+        trace.push(format!("@{now:>6}ms {what}"));
+        while let Some(output) = b.poll_output() {
+            match output {
+                Output::Deliver { stream, deliveries } => {
+                    for d in deliveries {
+                        let value = String::from_utf8_lossy(&d.record.value).into_owned();
+                        trace.push(format!(
+                            "          deliver {stream} p{}@{} {value:?} attempt={} ack_id={}",
+                            d.partition, d.offset, d.delivery_attempt, d.ack_id
+                        ));
+                    }
+                }
+                Output::EndStream { stream, reason } => trace.push(format!("          end {stream}: {reason}")),
+            }
+        }
+        b.assert_invariants();
+    };
+    b.create_topic("orders", Some(2)).unwrap();
+    sub(&mut b, "audit", "orders");
+    let w1 = open(&mut b, 0, "audit", 2);
+    step(&mut b, 0, format!("open {w1} on audit max=2"), &mut trace);
+    let w2 = open(&mut b, 0, "audit", 2);
+    step(&mut b, 0, format!("open {w2} on audit max=2"), &mut trace);
+    let batch = vec![keyed("a", "a1"), keyed("b", "b1"), keyed("a", "a2"), msg("x"), msg("y")];
+    let published = b.publish(10, 1_000, "orders", batch).unwrap();
+    let places: Vec<String> = published.iter().map(|p| format!("p{}@{}", p.partition, p.offset)).collect();
+    step(&mut b, 10, format!("publish a1 b1 a2 x y -> {}", places.join(" ")), &mut trace);
+    let outcome = b.stream_acks(20, w1, AckOp::Ack, &["1-0-0-1".to_string()]);
+    step(&mut b, 20, format!("{w1} ack 1-0-0-1 -> {:?}", outcome[0].outcome), &mut trace);
+    let outcome = b.stream_acks(30, w2, AckOp::Nack, &["1-1-0-2".to_string()]);
+    step(&mut b, 30, format!("{w2} nack 1-1-0-2 -> {:?}", outcome[0].outcome), &mut trace);
+    b.handle_timeout(5_010);
+    step(&mut b, 5_010, "timeout".to_string(), &mut trace);
+    b.close_stream(5_020, w1);
+    step(&mut b, 5_020, format!("close {w1}"), &mut trace);
+    let stats = b.subscription_stats("audit").unwrap();
+    for p in stats.partitions {
+        trace.push(format!(
+            "partition {}: committed={} end={} backlog={} outstanding={}",
+            p.partition, p.committed_offset, p.end_offset, p.backlog, p.outstanding
+        ));
+    }
+    insta::assert_snapshot!(trace.join("\n"));
+}
