@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Runs every `$ grpcurl ...` command of README.md against a fresh release server and
+compares the output with what the README prints (publish times masked).
+
+The two Subscribe streams run in the background while a message is published from "another
+terminal", as the README describes. Needs grpcurl on PATH and port 50051 free.
+Usage: cargo build --release && python3 scripts/check-readme.py
+"""
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIVE = "grpcurl -plaintext -d '{\"topic\":\"events\",\"value\":\"bGl2ZQ==\"}' localhost:50051 pubsub.PubSub/Publish"
+
+
+def blocks(readme):
+    """(command, expected output) for every `$ grpcurl` line in ```text blocks."""
+    out = []
+    for block in re.findall(r"```text\n(.*?)```", readme, re.S):
+        command, expected = None, []
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                if command:
+                    out.append((command, "\n".join(expected)))
+                command, expected = line[2:], []
+            elif command:
+                expected.append(line)
+        if command:
+            out.append((command, "\n".join(expected)))
+    return [(c, e) for c, e in out if c.startswith("grpcurl")]
+
+
+def mask(text):
+    text = re.sub(r'"publishTime": "[^"]*"', '"publishTime": "…"', text)
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+def run(command):
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=20)
+    return done.stdout + done.stderr
+
+
+def main():
+    readme = (ROOT / "README.md").read_text()
+    server = subprocess.Popen(
+        [str(ROOT / "target/release/mini-pubsub"), "serve"], stderr=subprocess.PIPE, text=True
+    )
+    failures = 0
+    try:
+        startup = server.stderr.readline()
+        assert "listening on 127.0.0.1:50051" in startup, startup
+        streams = []
+        for command, expected in blocks(readme):
+            if "Subscribe" in command:
+                streams.append((command, expected, subprocess.Popen(
+                    shlex.split(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+                continue
+            if streams:  # both streams are open: publish from "another terminal"
+                time.sleep(1)
+                run(LIVE)
+                time.sleep(1)
+                for stream_command, stream_expected, proc in streams:
+                    proc.terminate()
+                    failures += compare(stream_command, stream_expected, proc.communicate()[0])
+                streams = []
+            failures += compare(command, expected, run(command))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print(f"{failures} failed" if failures else "every README command printed what the README shows")
+    return 1 if failures else 0
+
+
+def compare(command, expected, actual):
+    if mask(expected) == mask(actual):
+        print(f"ok    {command[:100]}")
+        return 0
+    print(f"FAIL  {command}\n--- README\n{mask(expected)}\n--- actual\n{mask(actual)}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
