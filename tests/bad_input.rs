@@ -54,6 +54,12 @@ async fn bad_publishes_are_refused_and_store_nothing() {
         &["value", "1048577", "max_message_bytes = 1048576"],
     );
 
+    // Over max_message_bytes but within what gRPC decodes: the broker's own answer.
+    let bigger = vec![b'x'; 5 * 1024 * 1024];
+    refused(client.publish(publish_req("t", &bigger)).await, Code::InvalidArgument, &["value", "max_message_bytes"]);
+    let fresh = pb::PublishRequest { partition: Some(5), ..publish_req("fresh", b"x") };
+    refused(client.publish(fresh).await, Code::InvalidArgument, &["partition 5"]);
+
     let wrong_partition = pb::PublishRequest { partition: Some(2), ..publish_req("t", b"x") };
     refused(client.publish(wrong_partition).await, Code::InvalidArgument, &["partition", "partition 2", "0 to 1"]);
 
@@ -76,7 +82,7 @@ async fn bad_publishes_are_refused_and_store_nothing() {
         &["1001 messages", "publish_batch_messages_max = 1000"],
     );
 
-    assert_eq!(stored(&server).await, before, "refusals changed nothing stored");
+    assert_eq!(stored(&server).await, before, "refusals changed nothing stored, and made no topic");
 }
 
 #[tokio::test]
@@ -238,6 +244,9 @@ async fn seek_outside_the_log_or_without_a_target_is_refused() {
     };
     refused(pubsub.seek(offsets(0, 3)).await, Code::InvalidArgument, &["offset 3", "0 to 2"]);
     refused(pubsub.seek(offsets(1, 0)).await, Code::InvalidArgument, &["partition 1", "0 to 0"]);
+    let far = prost_types::Timestamp { seconds: i64::MAX, nanos: 0 };
+    let seek = pb::SeekRequest { subscription: "s".into(), target: Some(pb::seek_request::Target::Time(far)) };
+    refused(pubsub.seek(seek).await, Code::InvalidArgument, &["time", "9999-12-31"]);
     assert_eq!(server.stats("s").await.partitions[0].committed_offset, 0, "a refused seek moved nothing");
 }
 
@@ -259,4 +268,44 @@ async fn deleting_a_topic_in_use_is_refused_until_forced() {
     let status = sub.inbound.message().await.expect_err("the subscription's stream ends");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(stored(&server).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_first_subscribe_request_opens_nothing() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    let first = pb::SubscribeRequest {
+        topic: "t".into(),
+        modify_deadline_ack_ids: vec!["x".into()],
+        modify_deadline_seconds: vec![601],
+        ..Default::default()
+    };
+    refused(server.pubsub.clone().subscribe(tokio_stream::iter([first])).await, Code::InvalidArgument, &["0 to 600 s"]);
+    let list = pb::ListSubscriptionsRequest::default();
+    assert!(server.admin.clone().list_subscriptions(list).await.unwrap().into_inner().subscriptions.is_empty());
+    let delete = pb::DeleteTopicRequest { name: "t".into(), force: false };
+    server.admin.clone().delete_topic(delete).await.expect("no ephemeral subscription was left behind");
+}
+
+#[tokio::test]
+async fn a_refused_later_request_applies_none_of_its_acks() {
+    let server = start().await;
+    server.publish("t", &["a"]).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    let id = sub.messages(1).await[0].ack_id.clone();
+    let mixed = pb::SubscribeRequest {
+        ack_ids: vec![id.clone()],
+        modify_deadline_ack_ids: vec![id],
+        modify_deadline_seconds: vec![601],
+        ..Default::default()
+    };
+    sub.send(mixed).await;
+    let status = sub.inbound.message().await.expect_err("the stream ends");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        server.stats("s").await.partitions[0].committed_offset,
+        0,
+        "the ack in the refused request was not applied"
+    );
 }

@@ -256,7 +256,7 @@ async fn shutdown_ends_open_streams_with_unavailable() {
 
 #[tokio::test]
 async fn a_stream_that_is_not_read_is_ended_and_its_leases_go_to_others() {
-    let config = ServerConfig { stream_queue_max: 2, ..Default::default() };
+    let config = ServerConfig { stream_queue_max: 4, ..Default::default() };
     let server = start_with(config).await;
     server.create_topic("t", 1).await;
     server.create_subscription("s", "t", 0).await;
@@ -272,8 +272,35 @@ async fn a_stream_that_is_not_read_is_ended_and_its_leases_go_to_others() {
     let mut other = server.subscribe(on_subscription("s")).await;
     let got = other.messages(count).await;
     let seen: BTreeSet<String> = got.iter().map(|m| value(m)[..3].to_string()).collect();
+    let mut slow = slow;
+    let status = loop {
+        match slow.inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the slow stream ended with OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("stream_queue_max = 4"), "{status:?}");
     assert_eq!(seen.len(), count);
     let redelivered = got.iter().filter(|m| m.delivery_attempt == 2).count();
     assert!(redelivered > 0, "the slow stream's leases were released when it was ended");
-    drop(slow);
+}
+
+#[tokio::test]
+async fn messages_near_the_size_limit_reach_a_default_client() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let big = "x".repeat(1000 * 1024);
+    for _ in 0..5 {
+        server.publish("t", &[&big]).await;
+    }
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    assert_eq!(sub.messages(5).await.len(), 5, "split into responses a default tonic client accepts");
+    drop(sub);
+    let pull = pb::PullRequest { subscription: "s".into(), max_messages: 0 };
+    let pulled = server.pubsub.clone().pull(pull).await.expect("a Pull response under 4 MiB");
+    let n = pulled.into_inner().received_messages.len();
+    assert!((1..5).contains(&n), "{n} messages in one Pull");
 }

@@ -34,6 +34,10 @@ pub struct BrokerConfig {
     pub max_outstanding_bytes: u64,
     /// Most messages one Pull may return (and the cap on a stream's outstanding messages).
     pub pull_messages_max: u32,
+    /// Most message bytes in one Pull or Subscribe response: past it a Subscribe delivery is
+    /// split into several responses and a Pull returns fewer messages (one always fits).
+    /// It stays under the 4 MiB that gRPC clients accept by default.
+    pub response_bytes_max: usize,
     /// Retained bytes per partition; past it the oldest messages are dropped (the log start
     /// moves), as Kafka's `retention.bytes`.
     pub partition_retention_bytes: u64,
@@ -56,6 +60,7 @@ impl Default for BrokerConfig {
             max_outstanding_messages: 1000,
             max_outstanding_bytes: 100 * 1024 * 1024,
             pull_messages_max: 1000,
+            response_bytes_max: 3 * 1024 * 1024 + 512 * 1024,
             partition_retention_bytes: 1024 * 1024 * 1024,
         }
     }
@@ -80,7 +85,13 @@ impl BrokerConfig {
         check(self.topics_max >= 1, "topics_max", "at least 1")?;
         check(self.subscriptions_max >= 1, "subscriptions_max", "at least 1")?;
         check(self.streams_max >= 1, "streams_max", "at least 1")?;
-        check((1..=64 * 1024 * 1024).contains(&self.max_message_bytes), "max_message_bytes", "1 B to 64 MiB")?;
+        // A message and its envelope must fit the 4 MiB a default gRPC client accepts.
+        check((1..=3 * 1024 * 1024).contains(&self.max_message_bytes), "max_message_bytes", "1 B to 3 MiB")?;
+        check(
+            (self.max_message_bytes..=4 * 1024 * 1024 - 64 * 1024).contains(&self.response_bytes_max),
+            "response_bytes_max",
+            "max_message_bytes to 4032 KiB",
+        )?;
         check(self.publish_batch_messages_max >= 1, "publish_batch_messages_max", "at least 1")?;
         check(self.ack_deadline_max_ms >= 1000, "ack_deadline_max_ms", "at least 1000")?;
         check(

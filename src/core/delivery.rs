@@ -165,12 +165,21 @@ impl Broker {
         self.dispatch(now_ms, uid);
     }
 
-    /// Applies acks, nacks or deadline changes that arrived on `stream`.
-    pub fn stream_acks(&mut self, now_ms: u64, stream: StreamId, op: AckOp, ack_ids: &[String]) -> Vec<AckReply> {
-        match self.streams.get(&stream) {
-            Some(state) => self.apply_ack_op(now_ms, state.subscription_uid, op, ack_ids),
-            None => invalid_all(op, ack_ids),
+    /// Applies the acks, nacks and deadline changes that arrived on `stream`, in order.
+    /// All of them are checked first: a refused request applies none.
+    pub fn stream_acks(
+        &mut self,
+        now_ms: u64,
+        stream: StreamId,
+        ops: &[(AckOp, Vec<String>)],
+    ) -> Result<Vec<AckReply>, BrokerError> {
+        for (op, _) in ops {
+            self.check_deadline(*op)?;
         }
+        let Some(uid) = self.streams.get(&stream).map(|s| s.subscription_uid) else {
+            return Ok(ops.iter().flat_map(|(op, ids)| invalid_all(*op, ids)).collect());
+        };
+        Ok(ops.iter().flat_map(|(op, ids)| self.apply_ack_op(now_ms, uid, *op, ids)).collect())
     }
 
     /// Applies acks, nacks or deadline changes for `subscription` (the unary calls).
@@ -213,7 +222,7 @@ impl Broker {
         let issued = self.next_lease_seq;
         let sub = self.subscriptions.get_mut(&uid).expect("caller resolved the subscription");
         let Some(cursor) = sub.cursors.get_mut(id.partition as usize) else { return AckOutcome::Invalid };
-        if id.subscription_uid != uid || id.offset >= cursor.next || id.seq >= issued {
+        if id.subscription_uid != uid || id.offset >= cursor.high || id.seq >= issued {
             return AckOutcome::Invalid;
         }
         let Some(lease) = cursor.leased.get(&id.offset) else { return AckOutcome::Expired };
@@ -226,7 +235,7 @@ impl Broker {
             AckOp::Nack | AckOp::ModifyDeadline { deadline_ms: 0 } => cursor.release(id.offset),
             AckOp::ModifyDeadline { deadline_ms } => {
                 let lease = cursor.leased.get_mut(&id.offset).expect("lease found above");
-                lease.deadline_ms = now_ms + deadline_ms;
+                lease.deadline_ms = now_ms.saturating_add(deadline_ms);
                 let new_key = (lease.deadline_ms, uid, id.partition, id.offset);
                 self.deadlines.remove(&old_key);
                 self.deadlines.insert(new_key);
@@ -260,9 +269,13 @@ impl Broker {
         let max = if max_messages == 0 { 100.min(limit) } else { max_messages };
         let uid = self.subscription_uid(subscription)?;
         let mut out = Vec::new();
-        while out.len() < max as usize {
+        let mut bytes = 0;
+        while out.len() < max as usize && bytes < self.config.response_bytes_max {
             match self.lease_next(now_ms, uid, None) {
-                Some(delivery) => out.push(delivery),
+                Some(delivery) => {
+                    bytes += delivery.record.size_bytes();
+                    out.push(delivery);
+                }
                 None => break,
             }
         }
@@ -349,6 +362,20 @@ impl Broker {
         }
     }
 
+    /// Retention moved the start of `partition` to `start`: every subscription forgets the
+    /// offsets below it, and leases on them end (later acks of them are expired).
+    pub(super) fn retention_moved(&mut self, topic: &str, partition: u32, start: u64) {
+        let uids: Vec<u64> = self.topics[topic].subscriptions.iter().map(|name| self.subscription_uids[name]).collect();
+        for uid in uids {
+            let cursor =
+                &mut self.subscriptions.get_mut(&uid).expect("attached subscription").cursors[partition as usize];
+            for (offset, lease) in cursor.skip_to_log_start(start) {
+                self.deadlines.remove(&(lease.deadline_ms, uid, partition, offset));
+                self.uncount(&lease);
+            }
+        }
+    }
+
     pub(super) fn dispatch_topic(&mut self, now_ms: u64, topic: &str) {
         let uids: Vec<u64> = self.topics[topic].subscriptions.iter().map(|name| self.subscription_uids[name]).collect();
         for uid in uids {
@@ -358,9 +385,10 @@ impl Broker {
 
     /// Hands available messages to the members with room, round-robin, one message at a
     /// time, until no member has room or no message is left. Bounded by the members' free
-    /// flow-control room.
+    /// flow-control room. A member's messages go out in batches of at most
+    /// `response_bytes_max` (one message always fits).
     pub(super) fn dispatch(&mut self, now_ms: u64, uid: u64) {
-        let mut batches: Vec<(StreamId, Vec<Delivery>)> = Vec::new();
+        let mut batches: Vec<(StreamId, Vec<Delivery>, usize)> = Vec::new();
         loop {
             let sub = &self.subscriptions[&uid];
             let count = sub.members.len();
@@ -373,12 +401,17 @@ impl Broker {
             let sub = self.subscriptions.get_mut(&uid).expect("dispatching subscription");
             let index = sub.members.iter().position(|m| *m == member).expect("member found above");
             sub.next_member = (index + 1) % count;
-            match batches.iter_mut().find(|(s, _)| *s == member) {
-                Some((_, batch)) => batch.push(delivery),
-                None => batches.push((member, vec![delivery])),
+            let size = delivery.record.size_bytes();
+            let limit = self.config.response_bytes_max;
+            match batches.iter_mut().rev().find(|(s, ..)| *s == member) {
+                Some((_, batch, bytes)) if *bytes + size <= limit => {
+                    *bytes += size;
+                    batch.push(delivery);
+                }
+                _ => batches.push((member, vec![delivery], size)),
             }
         }
-        for (stream, deliveries) in batches {
+        for (stream, deliveries, _) in batches {
             self.outputs.push_back(Output::Deliver { stream, deliveries });
         }
     }
@@ -394,17 +427,10 @@ impl Broker {
             let partition = (sub.next_partition + i) % partitions;
             let log = &topic.logs[partition as usize];
             let cursor = &mut sub.cursors[partition as usize];
-            for (offset, lease) in cursor.skip_to_log_start(log.start_offset()) {
-                self.deadlines.remove(&(lease.deadline_ms, uid, partition, offset));
-                if let Some(state) = lease.stream.and_then(|s| self.streams.get_mut(&s)) {
-                    state.outstanding_messages -= 1;
-                    state.outstanding_bytes -= lease.bytes;
-                }
-            }
             let Some(offset) = cursor.next_to_deliver(log.end_offset()) else { continue };
             // A storage error here leaves the message where it is; the next dispatch retries.
             let record = log.read(offset, 1, usize::MAX).ok()?.into_iter().next()?;
-            let deadline_ms = now_ms + sub.ack_deadline_ms;
+            let deadline_ms = now_ms.saturating_add(sub.ack_deadline_ms);
             let bytes = record.record.size_bytes() as u64;
             let attempt = cursor.lease(offset, Lease { seq, stream, deadline_ms, bytes });
             sub.next_partition = (partition + 1) % partitions;

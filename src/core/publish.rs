@@ -41,15 +41,14 @@ impl Broker {
     ) -> Result<Vec<Published>, BrokerError> {
         name::check("topic", topic)?;
         self.check_messages(&messages)?;
-        if !self.topics.contains_key(topic) {
-            if !self.config.auto_create_topics {
-                return Err(BrokerError::TopicNotFound { topic: topic.to_string() });
+        let partitions = match self.topics.get(topic) {
+            Some(t) => t.partition_count(),
+            None if self.config.auto_create_topics => {
+                name::check_new("topic", topic)?;
+                self.config.default_partitions
             }
-            name::check_new("topic", topic)?;
-            self.create_topic(topic, None)?;
-        }
-        let Some(t) = self.topics.get_mut(topic) else { unreachable!("topic `{topic}` was just made") };
-        let partitions = t.partition_count();
+            None => return Err(BrokerError::TopicNotFound { topic: topic.to_string() }),
+        };
         for (i, message) in messages.iter().enumerate() {
             if let Some(partition) = message.partition.filter(|p| *p >= partitions) {
                 return Err(BrokerError::PartitionOutOfRange {
@@ -60,6 +59,10 @@ impl Broker {
                 });
             }
         }
+        if !self.topics.contains_key(topic) {
+            self.create_topic(topic, None)?;
+        }
+        let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
 
         let mut by_partition: BTreeMap<u32, Vec<(usize, Record)>> = BTreeMap::new();
         for (i, message) in messages.into_iter().enumerate() {
@@ -74,6 +77,7 @@ impl Broker {
         }
 
         let mut results = vec![None; by_partition.values().map(Vec::len).sum()];
+        let mut trimmed = Vec::new();
         for (partition, batch) in by_partition {
             let log = &mut t.logs[partition as usize];
             // Publish times never decrease within a partition, so Seek by time can search.
@@ -87,14 +91,20 @@ impl Broker {
             for record in &mut records {
                 record.publish_time_ms = record.publish_time_ms.max(last_time);
             }
+            let start = log.start_offset();
             let first = log.append(records)?;
-            log.apply_retention(self.config.partition_retention_bytes)?;
+            if log.apply_retention(self.config.partition_retention_bytes, first)? > start {
+                trimmed.push((partition, log.start_offset()));
+            }
             for (n, i) in indexes.into_iter().enumerate() {
                 let offset = first + n as u64;
                 results[i] = Some(Published { message_id: t.message_id(partition, offset), partition, offset });
             }
         }
         let results = results.into_iter().map(|r| r.expect("every message was placed")).collect();
+        for (partition, start) in trimmed {
+            self.retention_moved(topic, partition, start);
+        }
         self.dispatch_topic(now_ms, topic);
         Ok(results)
     }

@@ -53,6 +53,9 @@ pub struct Cursor {
     pub pending: BTreeSet<u64>,
     /// Deliveries so far of each unacknowledged offset below `next`.
     pub attempts: BTreeMap<u64, u32>,
+    /// One past the highest offset ever leased. It survives seeks, so an ack id from
+    /// before a seek back is still recognised (as expired, not invalid).
+    pub high: u64,
 }
 
 impl Cursor {
@@ -94,6 +97,7 @@ impl Cursor {
             let was_pending = self.pending.remove(&offset);
             assert!(was_pending, "leased offset {offset} was neither pending nor next");
         }
+        self.high = self.high.max(offset + 1);
         let previous = self.leased.insert(offset, lease);
         assert!(previous.is_none(), "offset {offset} leased twice");
         let attempt = self.attempts.entry(offset).or_insert(0);
@@ -124,7 +128,7 @@ impl Cursor {
     /// and returns the leases that ended.
     pub fn reset(&mut self, offset: u64) -> Vec<(u64, Lease)> {
         let leases = std::mem::take(&mut self.leased).into_iter().collect();
-        *self = Cursor::at(offset);
+        *self = Cursor { high: self.high, ..Cursor::at(offset) };
         leases
     }
 

@@ -47,7 +47,7 @@ fn drain(b: &mut Broker) -> Vec<(StreamId, String, u32, String)> {
 }
 
 fn ack(b: &mut Broker, now: u64, stream: StreamId, id: &str) -> AckOutcome {
-    b.stream_acks(now, stream, AckOp::Ack, &[id.to_string()])[0].outcome
+    b.stream_acks(now, stream, &[(AckOp::Ack, vec![id.to_string()])]).unwrap()[0].outcome
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn nack_redelivers_at_once_with_next_attempt() {
     sub(&mut b, "s", "t");
     let s = open(&mut b, 0, "s", 0);
     let got = drain(&mut b);
-    let replies = b.stream_acks(5, s, AckOp::Nack, std::slice::from_ref(&got[0].3));
+    let replies = b.stream_acks(5, s, &[(AckOp::Nack, vec![got[0].3.clone()])]).unwrap();
     assert_eq!(replies[0].outcome, AckOutcome::Applied);
     let again = drain(&mut b);
     assert_eq!((again[0].1.as_str(), again[0].2), ("a", 2));
@@ -114,12 +114,18 @@ fn modify_deadline_extends_and_zero_releases() {
     let s = open(&mut b, 0, "s", 0);
     let got = drain(&mut b);
     let extend = AckOp::ModifyDeadline { deadline_ms: 60 * SEC };
-    assert_eq!(b.stream_acks(20 * SEC, s, extend, std::slice::from_ref(&got[0].3))[0].outcome, AckOutcome::Applied);
+    assert_eq!(
+        b.stream_acks(20 * SEC, s, &[(extend, vec![got[0].3.clone()])]).unwrap()[0].outcome,
+        AckOutcome::Applied
+    );
     assert_eq!(b.poll_timeout(), Some(80 * SEC));
     b.handle_timeout(79 * SEC);
     assert!(drain(&mut b).is_empty());
     let release = AckOp::ModifyDeadline { deadline_ms: 0 };
-    assert_eq!(b.stream_acks(79 * SEC, s, release, std::slice::from_ref(&got[0].3))[0].outcome, AckOutcome::Applied);
+    assert_eq!(
+        b.stream_acks(79 * SEC, s, &[(release, vec![got[0].3.clone()])]).unwrap()[0].outcome,
+        AckOutcome::Applied
+    );
     assert_eq!(drain(&mut b)[0].2, 2);
 }
 
@@ -380,7 +386,7 @@ fn same_inputs_give_the_same_outputs() {
 fn trace_of_a_session_with_two_members_expiry_and_nack() {
     let mut b = broker_with(BrokerConfig { ack_deadline_ms: 5 * SEC, ..Default::default() });
     let mut trace = Vec::new();
-    let mut step = |b: &mut Broker, now: u64, what: String, trace: &mut Vec<String>| {
+    let step = |b: &mut Broker, now: u64, what: String, trace: &mut Vec<String>| {
         trace.push(format!("@{now:>6}ms {what}"));
         while let Some(output) = b.poll_output() {
             match output {
@@ -408,9 +414,9 @@ fn trace_of_a_session_with_two_members_expiry_and_nack() {
     let published = b.publish(10, 1_000, "orders", batch).unwrap();
     let places: Vec<String> = published.iter().map(|p| format!("p{}@{}", p.partition, p.offset)).collect();
     step(&mut b, 10, format!("publish a1 b1 a2 x y -> {}", places.join(" ")), &mut trace);
-    let outcome = b.stream_acks(20, w1, AckOp::Ack, &["1-0-0-1".to_string()]);
+    let outcome = b.stream_acks(20, w1, &[(AckOp::Ack, vec!["1-0-0-1".to_string()])]).unwrap();
     step(&mut b, 20, format!("{w1} ack 1-0-0-1 -> {:?}", outcome[0].outcome), &mut trace);
-    let outcome = b.stream_acks(30, w2, AckOp::Nack, &["1-1-0-2".to_string()]);
+    let outcome = b.stream_acks(30, w2, &[(AckOp::Nack, vec!["1-1-0-2".to_string()])]).unwrap();
     step(&mut b, 30, format!("{w2} nack 1-1-0-2 -> {:?}", outcome[0].outcome), &mut trace);
     b.handle_timeout(5_010);
     step(&mut b, 5_010, "timeout".to_string(), &mut trace);
@@ -424,4 +430,69 @@ fn trace_of_a_session_with_two_members_expiry_and_nack() {
         ));
     }
     insta::assert_snapshot!(trace.join("\n"));
+}
+
+#[test]
+fn an_ack_id_from_before_a_seek_back_is_expired_not_invalid() {
+    let mut b = broker();
+    sub_on_new_topic(&mut b, 1);
+    b.publish(0, 0, "t", vec![msg("a"), msg("b")]).unwrap();
+    let pulled = b.pull(0, "s", 2).unwrap();
+    b.seek(1, "s", SeekTarget::Earliest).unwrap();
+    let ids: Vec<String> = pulled.iter().map(|d| d.ack_id.clone()).collect();
+    let replies = b.acks(2, "s", AckOp::Ack, &ids).unwrap();
+    assert!(replies.iter().all(|r| r.outcome == AckOutcome::Expired), "{replies:?}");
+}
+
+#[test]
+fn a_refused_ack_request_applies_nothing() {
+    let mut b = broker();
+    sub_on_new_topic(&mut b, 1);
+    let s = open(&mut b, 0, "s", 0);
+    b.publish(0, 0, "t", vec![msg("a")]).unwrap();
+    let id = drain(&mut b)[0].3.clone();
+    let too_long = AckOp::ModifyDeadline { deadline_ms: 601 * SEC };
+    let err = b.stream_acks(1, s, &[(AckOp::Ack, vec![id.clone()]), (too_long, vec![id.clone()])]).unwrap_err();
+    assert!(err.to_string().contains("0 to 600 s"), "{err}");
+    assert_eq!(b.subscription_stats("s").unwrap().partitions[0].committed_offset, 0, "the ack was not applied");
+    assert_eq!(ack(&mut b, 2, s, &id), AckOutcome::Applied);
+}
+
+#[test]
+fn a_publish_refused_for_its_partition_does_not_create_the_topic() {
+    let mut b = broker();
+    let explicit = OutgoingMessage { partition: Some(5), ..msg("x") };
+    assert!(b.publish(0, 0, "fresh", vec![explicit]).is_err());
+    assert!(b.topic_info("fresh").is_err());
+}
+
+#[test]
+fn retention_never_drops_the_batch_it_was_applied_for() {
+    let config = BrokerConfig { max_message_bytes: 100, partition_retention_bytes: 100, ..Default::default() };
+    let mut b = broker_with(config);
+    sub_on_new_topic(&mut b, 1);
+    let value = "v".repeat(100);
+    let first = b.publish(0, 0, "t", vec![msg(&value)]).unwrap();
+    assert_eq!(b.topic_info("t").unwrap().partitions[0].start_offset, first[0].offset);
+    let pulled = b.pull(0, "s", 10).unwrap();
+    assert_eq!(pulled.len(), 1, "the acknowledged publish is readable");
+    b.publish(1, 0, "t", vec![msg(&value)]).unwrap();
+    assert_eq!(b.topic_info("t").unwrap().partitions[0].start_offset, 1, "the older one is dropped now");
+    assert_eq!(b.acks(2, "s", AckOp::Ack, &[pulled[0].ack_id.clone()]).unwrap()[0].outcome, AckOutcome::Expired);
+    b.assert_invariants();
+}
+
+#[test]
+fn large_deliveries_are_split_into_responses_under_the_byte_limit() {
+    let config = BrokerConfig { response_bytes_max: 2500, max_message_bytes: 1000, ..Default::default() };
+    let mut b = broker_with(config);
+    sub_on_new_topic(&mut b, 1);
+    open(&mut b, 0, "s", 0);
+    b.publish(0, 0, "t", (0..5).map(|_| msg(&"x".repeat(1000))).collect()).unwrap();
+    let mut sizes = Vec::new();
+    while let Some(Output::Deliver { deliveries, .. }) = b.poll_output() {
+        sizes.push(deliveries.len());
+    }
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(b.pull(0, "s", 10).unwrap().len(), 0);
 }

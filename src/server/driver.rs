@@ -63,13 +63,15 @@ pub struct Driver {
     pub broker: Broker,
     clock: Arc<dyn Clock>,
     sinks: BTreeMap<StreamId, Sink>,
+    /// Set by shutdown: no new stream may open, so graceful shutdown is not kept waiting.
+    closing: bool,
 }
 
 impl Driver {
     /// Starts the driver task; it runs until every handle is dropped.
     pub fn spawn(broker: Broker, clock: Arc<dyn Clock>, queue_max: usize) -> DriverHandle {
         let (jobs, rx) = mpsc::channel(queue_max);
-        let driver = Driver { broker, clock, sinks: BTreeMap::new() };
+        let driver = Driver { broker, clock, sinks: BTreeMap::new(), closing: false };
         tokio::spawn(driver.run(rx));
         DriverHandle { jobs }
     }
@@ -122,16 +124,26 @@ impl Driver {
     }
 
     /// Queues a response on a stream without waiting. A full queue means the client is not
-    /// reading: the stream ends, and its leases go to the other members.
+    /// reading: the stream ends, and its leases go to the other members. The last slot of
+    /// the queue is kept for the status that ends the stream.
     fn send(&mut self, stream: StreamId, response: pb::SubscribeResponse) {
         let Some(sink) = self.sinks.get(&stream) else { return };
-        match sink.responses.try_send(Ok(response)) {
+        let sent = if sink.responses.is_closed() {
+            Err(mpsc::error::TrySendError::Closed(()))
+        } else if sink.responses.capacity() > 1 {
+            sink.responses.try_send(Ok(response)).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+            })
+        } else {
+            Err(mpsc::error::TrySendError::Full(()))
+        };
+        match sent {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let capacity = sink.responses.max_capacity();
                 let status = Status::resource_exhausted(format!(
-                    "the client is not reading this stream: {capacity} responses are queued, the limit is \
-                     stream_queue_max = {capacity}"
+                    "the client is not reading this stream: its queue of stream_queue_max = {capacity} responses is full"
                 ));
                 self.end_stream(stream, status);
             }
@@ -139,34 +151,42 @@ impl Driver {
         }
     }
 
-    /// Opens a stream: the first response names the subscription, deliveries follow.
+    /// Opens a stream and applies what its first request carried: the first response names
+    /// the subscription, confirmations and deliveries follow. A refused first request opens
+    /// nothing.
     pub fn open_stream(
         &mut self,
         target: StreamTarget,
         flow: Flow,
+        first_ops: Vec<(AckOp, Vec<String>)>,
         responses: ResponseTx,
         end: oneshot::Sender<Status>,
-    ) -> Result<StreamId, BrokerError> {
+    ) -> Result<StreamId, Status> {
+        if self.closing {
+            return Err(stopped());
+        }
+        for (op, _) in &first_ops {
+            self.broker.check_deadline(*op)?;
+        }
         let now = self.now_ms();
         let (stream, subscription) = self.broker.open_stream(now, target, flow)?;
         let hello = pb::SubscribeResponse { subscription, ..Default::default() };
         self.sinks.insert(stream, Sink { responses, end });
         self.send(stream, hello);
+        self.stream_acks(stream, first_ops)?;
         Ok(stream)
     }
 
-    /// Applies a stream's acks, nacks and deadline changes and queues their confirmations.
+    /// Applies a stream's acks, nacks and deadline changes (all, or none if one is refused)
+    /// and queues their confirmations.
     pub fn stream_acks(&mut self, stream: StreamId, ops: Vec<(AckOp, Vec<String>)>) -> Result<(), BrokerError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
         let now = self.now_ms();
-        let mut confirmations = Vec::new();
-        for (op, ids) in ops {
-            self.broker.check_deadline(op)?;
-            confirmations
-                .extend(self.broker.stream_acks(now, stream, op, &ids).into_iter().map(wire::ack_confirmation));
-        }
-        if !confirmations.is_empty() {
-            self.send(stream, pb::SubscribeResponse { ack_confirmations: confirmations, ..Default::default() });
-        }
+        let replies = self.broker.stream_acks(now, stream, &ops)?;
+        let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
+        self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
         Ok(())
     }
 
@@ -186,8 +206,9 @@ impl Driver {
         self.broker.close_stream(now, stream);
     }
 
-    /// Ends every open stream with `status` (shutdown).
+    /// Ends every open stream with `status` and refuses new ones (shutdown).
     pub fn end_all_streams(&mut self, status: Status) {
+        self.closing = true;
         let streams: Vec<StreamId> = self.sinks.keys().copied().collect();
         for stream in streams {
             self.end_stream(stream, status.clone());

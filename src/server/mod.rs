@@ -28,8 +28,12 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     /// Requests waiting for the driver; when full, handlers wait (backpressure).
     pub command_queue_max: usize,
-    /// Responses queued on one Subscribe stream; when full, the client is not reading and
-    /// the stream ends with RESOURCE_EXHAUSTED (its leases go to the other members).
+    /// Largest request the server decodes, in bytes (a Publish batch); larger is refused by
+    /// gRPC itself with OUT_OF_RANGE. Single messages are bounded by `max_message_bytes`.
+    pub request_bytes_max: usize,
+    /// Responses queued on one Subscribe stream, the last slot kept for the status that ends
+    /// it; when full, the client is not reading and the stream ends with RESOURCE_EXHAUSTED
+    /// (its leases go to the other members).
     pub stream_queue_max: usize,
     /// HTTP/2 keepalive pings on idle connections, so a stream cut by a partition is
     /// detected instead of hanging.
@@ -43,6 +47,7 @@ impl Default for ServerConfig {
         Self {
             broker: BrokerConfig::default(),
             command_queue_max: 1024,
+            request_bytes_max: 16 * 1024 * 1024,
             stream_queue_max: 1024,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
@@ -70,6 +75,11 @@ impl ServerConfig {
         let check = |ok: bool, key, allowed| if ok { Ok(()) } else { Err(ServerError::ServerConfig { key, allowed }) };
         check((1..=1_000_000).contains(&self.command_queue_max), "command_queue_max", "1 to 1000000")?;
         check((2..=1_000_000).contains(&self.stream_queue_max), "stream_queue_max", "2 to 1000000")?;
+        check(
+            self.request_bytes_max >= self.broker.max_message_bytes + 64 * 1024,
+            "request_bytes_max",
+            "at least max_message_bytes + 64 KiB",
+        )?;
         check(self.keepalive_interval_ms >= 100, "keepalive_interval_ms", "at least 100")?;
         check(self.keepalive_timeout_ms >= 100, "keepalive_timeout_ms", "at least 100")?;
         Ok(())
@@ -99,8 +109,8 @@ where
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone() };
     let admin = admin::AdminService { driver: driver.clone() };
-    let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub);
-    let admin = pb::admin_server::AdminServer::new(admin);
+    let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
+    let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;

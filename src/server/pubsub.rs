@@ -54,14 +54,25 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let (target, flow) = wire::stream_open(&first)?;
         let first_ops = wire::stream_ack_ops(&first)?;
         let (responses, rx) = mpsc::channel(self.config.stream_queue_max);
-        let (end_tx, end_rx) = oneshot::channel();
-        let sink = responses.clone();
-        let stream = self.driver.call(move |d| d.open_stream(target, flow, sink, end_tx)).await??;
-        if !first_ops.is_empty() {
-            self.driver.call(move |d| d.stream_acks(stream, first_ops)).await??;
-        }
-        let span = info_span!("subscribe", %stream);
-        tokio::spawn(pump(inbound, self.driver.clone(), stream, responses, end_rx).instrument(span));
+        let (opened_tx, opened_rx) = oneshot::channel();
+        // The stream's own task opens it and then serves it, so a client that goes away at
+        // any moment still has its stream closed: the task sees the response side dropped.
+        let driver = self.driver.clone();
+        tokio::spawn(async move {
+            let (end_tx, end_rx) = oneshot::channel();
+            let sink = responses.clone();
+            let opened = driver.call(move |d| d.open_stream(target, flow, first_ops, sink, end_tx)).await;
+            match opened.and_then(|r| r) {
+                Ok(stream) => {
+                    let _ = opened_tx.send(Ok(()));
+                    pump(inbound, driver, stream, responses, end_rx).instrument(info_span!("subscribe", %stream)).await;
+                }
+                Err(status) => {
+                    let _ = opened_tx.send(Err(status));
+                }
+            }
+        });
+        opened_rx.await.map_err(|_| Status::unavailable("the broker is shutting down"))??;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

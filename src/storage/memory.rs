@@ -89,8 +89,8 @@ impl PartitionLog for MemoryLog {
         Ok(())
     }
 
-    fn apply_retention(&mut self, max_bytes: u64) -> Result<u64, StorageError> {
-        while self.bytes > max_bytes {
+    fn apply_retention(&mut self, max_bytes: u64, keep_from: u64) -> Result<u64, StorageError> {
+        while self.bytes > max_bytes && self.start < keep_from {
             let Some(record) = self.records.pop_front() else { break };
             self.bytes -= charged_bytes(&record);
             self.start += 1;
@@ -135,7 +135,8 @@ mod tests {
         let mut log = MemoryLog::default();
         log.append(vec![record("a", 1), record("b", 2), record("c", 3)]).unwrap();
         let one = charged_bytes(&record("a", 0));
-        assert_eq!(log.apply_retention(2 * one).unwrap(), 1);
+        assert_eq!(log.apply_retention(2 * one, 3).unwrap(), 1);
+        assert_eq!(log.apply_retention(0, 1).unwrap(), 1, "records from keep_from on stay");
         assert!(matches!(log.read(0, 1, 1), Err(StorageError::OutOfRange { .. })));
         log.truncate(2).unwrap();
         assert_eq!((log.start_offset(), log.end_offset()), (1, 2));

@@ -82,8 +82,9 @@ pub trait PartitionLog: Send {
     fn truncate(&mut self, from: u64) -> Result<(), StorageError>;
 
     /// Drops the oldest records until the log holds at most `max_bytes`, moving the start
-    /// offset forward. Returns the new start offset.
-    fn apply_retention(&mut self, max_bytes: u64) -> Result<u64, StorageError>;
+    /// offset forward, but never a record at or after `keep_from` (the batch just appended
+    /// stays readable even when it alone is over the budget). Returns the new start offset.
+    fn apply_retention(&mut self, max_bytes: u64, keep_from: u64) -> Result<u64, StorageError>;
 
     /// Bytes of records currently retained.
     fn size_bytes(&self) -> u64;

@@ -56,8 +56,12 @@ pub fn timestamp(ms: u64) -> Timestamp {
 }
 
 fn timestamp_ms(field: &str, t: &Timestamp) -> Result<u64, Status> {
-    if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(invalid(field, "must be a time after 1970-01-01T00:00:00Z with nanos in 0 to 999999999"));
+    // 253402300799 is 9999-12-31T23:59:59Z, the last second protobuf's Timestamp allows.
+    if !(0..=253_402_300_799).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid(
+            field,
+            "must be a time from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z, with nanos in 0 to 999999999",
+        ));
     }
     Ok(t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000)
 }
