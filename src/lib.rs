@@ -1,3 +1,22 @@
+//! mini-pubsub: a gRPC publish/subscribe broker whose behaviour can be replayed
+//! deterministically.
+//!
+//! The crate is layered so that everything that decides what the broker does is a pure
+//! function of its inputs, and everything that touches the world sits at the edge:
+//!
+//! - [`core`]: the broker as a sans-IO state machine. Topics with partitions, subscriptions
+//!   (consumer groups) with a cursor per partition, leases with ack deadlines, deliveries and
+//!   acks. Time is an argument; maps are ordered; ids come from counters.
+//! - [`storage`]: the partition log trait the core appends to and reads from, and the
+//!   in-memory log.
+//! - [`env`]: the `Clock` and `Net` traits with their tokio implementations; a simulator
+//!   supplies its own.
+//! - [`wire`]: the generated protobuf types (`pubsub.proto`), conversions to and from core
+//!   types, and the one mapping of broker errors to gRPC statuses.
+//! - [`server`]: the driver task that owns the core, the tonic services, health and
+//!   reflection, started by [`server::run`] on whatever listener and shutdown signal it is
+//!   given.
+
 pub mod core;
 pub mod env;
 pub mod server;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::broker::Broker;
 use super::error::BrokerError;
 use super::name;
-use crate::storage::{message_size, Record};
+use crate::storage::{message_size, PartitionLog, Record};
 
 /// A message as a publisher sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,23 +79,10 @@ impl Broker {
         let mut results = vec![None; by_partition.values().map(Vec::len).sum()];
         let mut trimmed = Vec::new();
         for (partition, batch) in by_partition {
+            let (indexes, records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
             let log = &mut t.logs[partition as usize];
-            // Publish times never decrease within a partition, so Seek by time can search.
-            let last_time = match log.end_offset().checked_sub(1) {
-                Some(last) if last >= log.start_offset() => {
-                    log.read(last, 1, usize::MAX)?.first().map_or(0, |r| r.record.publish_time_ms)
-                }
-                _ => 0,
-            };
-            let (indexes, mut records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
-            for record in &mut records {
-                record.publish_time_ms = record.publish_time_ms.max(last_time);
-            }
-            let start = log.start_offset();
-            let first = log.append(records)?;
-            if log.apply_retention(self.config.partition_retention_bytes, first)? > start {
-                trimmed.push((partition, log.start_offset()));
-            }
+            let (first, moved_start) = append(log.as_mut(), records, self.config.partition_retention_bytes)?;
+            trimmed.extend(moved_start.map(|start| (partition, start)));
             for (n, i) in indexes.into_iter().enumerate() {
                 let offset = first + n as u64;
                 results[i] = Some(Published { message_id: t.message_id(partition, offset), partition, offset });
@@ -154,6 +141,29 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// Appends one partition's share of a publish and applies retention. Returns the first
+/// offset, and the new start offset when retention moved it.
+fn append(
+    log: &mut dyn PartitionLog,
+    mut records: Vec<Record>,
+    retention_bytes: u64,
+) -> Result<(u64, Option<u64>), BrokerError> {
+    // Publish times never decrease within a partition, so Seek by time can search.
+    let last_time = match log.end_offset().checked_sub(1) {
+        Some(last) if last >= log.start_offset() => {
+            log.read(last, 1, usize::MAX)?.first().map_or(0, |r| r.record.publish_time_ms)
+        }
+        _ => 0,
+    };
+    for record in &mut records {
+        record.publish_time_ms = record.publish_time_ms.max(last_time);
+    }
+    let start = log.start_offset();
+    let first = log.append(records)?;
+    let new_start = log.apply_retention(retention_bytes, first)?;
+    Ok((first, (new_start > start).then_some(new_start)))
 }
 
 /// `value` for a single message, `messages[3].value` in a batch.
