@@ -9,7 +9,7 @@
 //!   acks. Time is an argument; maps are ordered; ids come from counters.
 //! - [`storage`]: the partition log trait the core appends to and reads from, and the
 //!   in-memory log.
-//! - [`env`]: the `Clock` and `Net` traits with their tokio implementations; a simulator
+//! - [`env`](mod@crate::env): the `Clock` and `Net` traits with their tokio implementations; a simulator
 //!   supplies its own.
 //! - [`wire`]: the generated protobuf types (`pubsub.proto`), conversions to and from core
 //!   types, and the one mapping of broker errors to gRPC statuses.
