@@ -256,35 +256,56 @@ async fn shutdown_ends_open_streams_with_unavailable() {
 
 #[tokio::test]
 async fn a_stream_that_is_not_read_is_ended_and_its_leases_go_to_others() {
-    let config = ServerConfig { stream_queue_max: 4, ..Default::default() };
+    let mut config = ServerConfig { stream_queue_max: 26, ..Default::default() };
+    config.broker.pull_messages_max = 10;
+    config.broker.max_outstanding_messages = 10;
     let server = start_with(config).await;
     server.create_topic("t", 1).await;
     server.create_subscription("s", "t", 0).await;
-    let first = pb::SubscribeRequest { subscription: "s".into(), max_outstanding_messages: 1000, ..Default::default() };
-    let slow = server.subscribe(first).await;
-    // One response per publish, and enough bytes to fill HTTP/2's windows and send buffer,
-    // so the stream's own queue fills up behind them.
-    let count = 300;
-    let padding = "x".repeat(8 * 1024);
-    for i in 0..count {
-        server.publish("t", &[&format!("{i:03}{padding}")]).await;
-    }
+    let values: Vec<String> = (0..20).map(|i| format!("{i:02}")).collect();
+    server.publish("t", &values.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut slow = server.subscribe(on_subscription("s")).await;
+    assert_eq!(slow.messages(10).await.len(), 10, "flow control holds the slow member to 10");
     let mut other = server.subscribe(on_subscription("s")).await;
-    let got = other.messages(count).await;
-    let seen: BTreeSet<String> = got.iter().map(|m| value(m)[..3].to_string()).collect();
-    let mut slow = slow;
+    let first = other.messages(10).await;
+    let first_ten: Vec<String> = first.iter().map(value).collect();
+    // Deliveries alone cannot fill a queue (flow control bounds them); a client that keeps
+    // sending acks and never reads the confirmations can. Enough of them to fill HTTP/2's
+    // windows and send buffer too.
+    let garbage: Vec<String> = (0..1000).map(|i| format!("not-an-ack-id-{i:06}")).collect();
+    let requests = slow.requests.take().unwrap();
+    // The sender blocks once the server stops reading, so it runs beside the reader.
+    let spam = tokio::spawn(async move {
+        for _ in 0..200 {
+            let request = pb::SubscribeRequest { ack_ids: garbage.clone(), ..Default::default() };
+            if requests.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Without reading anything, wait for the broker to drop the slow member.
+    for _ in 0..250 {
+        if server.stats("s").await.streams == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.stats("s").await.streams, 1, "the stream that is not read was ended");
     let status = loop {
-        match slow.inbound.message().await {
+        match tokio::time::timeout(PROMPT, slow.inbound.message()).await.expect("the queued responses end") {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("the slow stream ended with OK"),
             Err(status) => break status,
         }
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("stream_queue_max = 4"), "{status:?}");
-    assert_eq!(seen.len(), count);
-    let redelivered = got.iter().filter(|m| m.delivery_attempt == 2).count();
-    assert!(redelivered > 0, "the slow stream's leases were released when it was ended");
+    assert!(status.message().contains("stream_queue_max = 26"), "{status:?}");
+    spam.abort();
+    other.ack(ack_ids(&first)).await;
+    let moved = other.messages(10).await;
+    assert!(moved.iter().all(|m| m.delivery_attempt == 2), "the slow member's leases were released");
+    let all: BTreeSet<String> = first_ten.into_iter().chain(moved.iter().map(value)).collect();
+    assert_eq!(all.len(), 20);
 }
 
 #[tokio::test]
@@ -292,7 +313,7 @@ async fn messages_near_the_size_limit_reach_a_default_client() {
     let server = start().await;
     server.create_topic("t", 1).await;
     server.create_subscription("s", "t", 0).await;
-    let big = "x".repeat(1000 * 1024);
+    let big = "x".repeat(1024 * 1024); // exactly max_message_bytes
     for _ in 0..5 {
         server.publish("t", &[&big]).await;
     }
@@ -303,4 +324,19 @@ async fn messages_near_the_size_limit_reach_a_default_client() {
     let pulled = server.pubsub.clone().pull(pull).await.expect("a Pull response under 4 MiB");
     let n = pulled.into_inner().received_messages.len();
     assert!((1..5).contains(&n), "{n} messages in one Pull");
+}
+
+#[tokio::test]
+async fn many_attributes_do_not_push_a_response_past_a_default_client_limit() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    // 3600 counted bytes a message, but 100 map entries of framing each on the wire.
+    let attributes: std::collections::BTreeMap<String, String> =
+        (0..100).map(|i| (format!("a{i:02}"), "v".repeat(33))).collect();
+    let message = pb::OutgoingMessage { attributes, ..Default::default() };
+    let req = pb::PublishRequest { topic: "t".into(), messages: vec![message; 1000], ..Default::default() };
+    server.pubsub.clone().publish(req).await.unwrap();
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    assert_eq!(sub.messages(1000).await.len(), 1000);
 }

@@ -34,9 +34,10 @@ pub struct BrokerConfig {
     pub max_outstanding_bytes: u64,
     /// Most messages one Pull may return (and the cap on a stream's outstanding messages).
     pub pull_messages_max: u32,
-    /// Most message bytes in one Pull or Subscribe response: past it a Subscribe delivery is
-    /// split into several responses and a Pull returns fewer messages (one always fits).
-    /// It stays under the 4 MiB that gRPC clients accept by default.
+    /// Most bytes in one Pull or Subscribe response, counting each message's envelope (ids,
+    /// topic, framing): past it a Subscribe delivery is split into several responses and a
+    /// Pull returns fewer messages (one always fits). It stays under the 4 MiB that gRPC
+    /// clients accept by default.
     pub response_bytes_max: usize,
     /// Retained bytes per partition; past it the oldest messages are dropped (the log start
     /// moves), as Kafka's `retention.bytes`.

@@ -49,6 +49,25 @@ pub struct Delivery {
     pub delivery_attempt: u32,
 }
 
+impl Delivery {
+    /// An upper bound of this delivery's size on the wire, envelope included: what
+    /// `response_bytes_max` counts.
+    pub fn encoded_len_max(&self) -> usize {
+        encoded_len_max(&self.topic, &self.record)
+    }
+}
+
+/// Bytes a delivery may take on the wire beyond its payload: the ack id and message id (at
+/// most 83 and 62 characters), offsets, attempt, publish time and field framing.
+const DELIVERY_ENVELOPE_BYTES_MAX: usize = 200;
+/// Framing of one attribute map entry (tags and lengths), beyond its key and value.
+const ATTRIBUTE_ENVELOPE_BYTES_MAX: usize = 12;
+
+fn encoded_len_max(topic: &str, record: &Record) -> usize {
+    let framing = DELIVERY_ENVELOPE_BYTES_MAX + topic.len() + ATTRIBUTE_ENVELOPE_BYTES_MAX * record.attributes.len();
+    record.size_bytes() + framing
+}
+
 /// What the broker tells its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -268,16 +287,14 @@ impl Broker {
         }
         let max = if max_messages == 0 { 100.min(limit) } else { max_messages };
         let uid = self.subscription_uid(subscription)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while out.len() < max as usize && bytes < self.config.response_bytes_max {
-            match self.lease_next(now_ms, uid, None) {
-                Some(delivery) => {
-                    bytes += delivery.record.size_bytes();
-                    out.push(delivery);
-                }
-                None => break,
-            }
+        let mut out: Vec<Delivery> = Vec::new();
+        let mut room = self.config.response_bytes_max;
+        while out.len() < max as usize {
+            // The first message always fits; later ones only while the response has room.
+            let budget = (!out.is_empty()).then_some(room);
+            let Some(delivery) = self.lease_next(now_ms, uid, None, budget) else { break };
+            room = room.saturating_sub(delivery.encoded_len_max());
+            out.push(delivery);
         }
         Ok(out)
     }
@@ -397,11 +414,11 @@ impl Broker {
             else {
                 break;
             };
-            let Some(delivery) = self.lease_next(now_ms, uid, Some(member)) else { break };
+            let Some(delivery) = self.lease_next(now_ms, uid, Some(member), None) else { break };
             let sub = self.subscriptions.get_mut(&uid).expect("dispatching subscription");
             let index = sub.members.iter().position(|m| *m == member).expect("member found above");
             sub.next_member = (index + 1) % count;
-            let size = delivery.record.size_bytes();
+            let size = delivery.encoded_len_max();
             let limit = self.config.response_bytes_max;
             match batches.iter_mut().rev().find(|(s, ..)| *s == member) {
                 Some((_, batch, bytes)) if *bytes + size <= limit => {
@@ -418,7 +435,14 @@ impl Broker {
 
     /// Leases the next available message of the subscription (partitions in turn,
     /// redeliveries first within a partition) to `stream`, or to a puller when `None`.
-    fn lease_next(&mut self, now_ms: u64, uid: u64, stream: Option<StreamId>) -> Option<Delivery> {
+    /// With a `budget`, a message whose encoded size would pass it is left where it is.
+    fn lease_next(
+        &mut self,
+        now_ms: u64,
+        uid: u64,
+        stream: Option<StreamId>,
+        budget: Option<usize>,
+    ) -> Option<Delivery> {
         let seq = self.next_lease_seq;
         let sub = self.subscriptions.get_mut(&uid).expect("leasing subscription");
         let topic = self.topics.get(&sub.topic).expect("a subscription's topic exists");
@@ -430,6 +454,9 @@ impl Broker {
             let Some(offset) = cursor.next_to_deliver(log.end_offset()) else { continue };
             // A storage error here leaves the message where it is; the next dispatch retries.
             let record = log.read(offset, 1, usize::MAX).ok()?.into_iter().next()?;
+            if budget.is_some_and(|b| encoded_len_max(&topic.name, &record.record) > b) {
+                return None;
+            }
             let deadline_ms = now_ms.saturating_add(sub.ack_deadline_ms);
             let bytes = record.record.size_bytes() as u64;
             let attempt = cursor.lease(offset, Lease { seq, stream, deadline_ms, bytes });

@@ -496,3 +496,34 @@ fn large_deliveries_are_split_into_responses_under_the_byte_limit() {
     assert_eq!(sizes, [2, 2, 1]);
     assert_eq!(b.pull(0, "s", 10).unwrap().len(), 0);
 }
+
+#[test]
+fn pull_stops_before_the_response_byte_limit() {
+    let config = BrokerConfig { response_bytes_max: 2500, max_message_bytes: 1000, ..Default::default() };
+    let mut b = broker_with(config);
+    sub_on_new_topic(&mut b, 1);
+    b.publish(0, 0, "t", (0..5).map(|_| msg(&"x".repeat(1000))).collect()).unwrap();
+    let pulled = b.pull(0, "s", 10).unwrap();
+    assert_eq!(pulled.len(), 2);
+    assert!(pulled.iter().map(Delivery::encoded_len_max).sum::<usize>() <= 2500);
+    assert_eq!(b.subscription_stats("s").unwrap().outstanding, 2, "the message that did not fit stays unleased");
+}
+
+#[test]
+fn the_byte_limit_counts_each_attribute_s_framing() {
+    let config = BrokerConfig { response_bytes_max: 4000, max_message_bytes: 4000, ..Default::default() };
+    let mut b = broker_with(config);
+    sub_on_new_topic(&mut b, 1);
+    open(&mut b, 0, "s", 0);
+    let attributes: std::collections::BTreeMap<String, String> =
+        (0..100).map(|i| (format!("{i:02}"), "v".into())).collect();
+    let message = OutgoingMessage { attributes, ..Default::default() };
+    b.publish(0, 0, "t", vec![message; 6]).unwrap();
+    let mut sizes = Vec::new();
+    while let Some(Output::Deliver { deliveries, .. }) = b.poll_output() {
+        assert!(deliveries.iter().map(Delivery::encoded_len_max).sum::<usize>() <= 4000);
+        sizes.push(deliveries.len());
+    }
+    // 300 payload bytes but 1701 with framing: two a response, not thirteen.
+    assert_eq!(sizes, [2, 2, 2]);
+}

@@ -22,6 +22,10 @@ use crate::env::Clock;
 use crate::storage::Storage;
 use crate::wire::pb;
 
+/// Stream queue slots beyond one per outstanding message: the opening response, the final
+/// status, and confirmations not yet read.
+const STREAM_QUEUE_SLACK: usize = 16;
+
 /// Settings of the server shell (the core's are in `broker`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -32,8 +36,9 @@ pub struct ServerConfig {
     /// gRPC itself with OUT_OF_RANGE. Single messages are bounded by `max_message_bytes`.
     pub request_bytes_max: usize,
     /// Responses queued on one Subscribe stream, the last slot kept for the status that ends
-    /// it; when full, the client is not reading and the stream ends with RESOURCE_EXHAUSTED
-    /// (its leases go to the other members).
+    /// it. At least `pull_messages_max + 16`, so deliveries (bounded by flow control) always
+    /// fit; it fills only when a client keeps sending acks without reading the answers, and
+    /// then the stream ends with RESOURCE_EXHAUSTED (its leases go to the other members).
     pub stream_queue_max: usize,
     /// HTTP/2 keepalive pings on idle connections, so a stream cut by a partition is
     /// detected instead of hanging.
@@ -62,6 +67,8 @@ pub enum ServerError {
     Config(#[from] BrokerError),
     #[error("invalid configuration: {key} must be {allowed}")]
     ServerConfig { key: &'static str, allowed: &'static str },
+    #[error("invalid configuration: stream_queue_max must be from pull_messages_max + 16 = {least} to 1000000")]
+    StreamQueue { least: usize },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -74,7 +81,13 @@ impl ServerConfig {
         self.broker.validate()?;
         let check = |ok: bool, key, allowed| if ok { Ok(()) } else { Err(ServerError::ServerConfig { key, allowed }) };
         check((1..=1_000_000).contains(&self.command_queue_max), "command_queue_max", "1 to 1000000")?;
-        check((2..=1_000_000).contains(&self.stream_queue_max), "stream_queue_max", "2 to 1000000")?;
+        // Flow control bounds what a stream has in flight: at most one response per
+        // outstanding message, plus the opening response and confirmations. The queue must
+        // hold all of it, so that only a client that stops reading can fill it.
+        let least = self.broker.pull_messages_max as usize + STREAM_QUEUE_SLACK;
+        if !(least..=1_000_000).contains(&self.stream_queue_max) {
+            return Err(ServerError::StreamQueue { least });
+        }
         check(
             self.request_bytes_max >= self.broker.max_message_bytes + 64 * 1024,
             "request_bytes_max",
