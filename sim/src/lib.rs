@@ -1,0 +1,12 @@
+//! mini-pubsub-sim: the production broker on turmoil's simulated network and clock.
+//!
+//! - [`world`]: turmoil implementations of the broker's `Net` and `Clock` traits, and a
+//!   tonic client that connects over the simulated network.
+
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "mini-pubsub-sim must be built with --cfg tokio_unstable (the workspace's .cargo/config.toml sets it): \
+     without it turmoil cannot seed tokio's scheduler and runs are not reproducible"
+);
+
+pub mod world;

@@ -1,0 +1,114 @@
+//! The simulated world: turmoil's network and clock behind the broker's own traits, so the
+//! production `server::run` runs unchanged on a turmoil host.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use mini_pubsub::env::{Clock, Net};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint};
+
+/// Wall-clock time at simulated time zero: 2026-01-01T00:00:00Z. Publish times in traces
+/// are this plus the simulated elapsed time, the same on every run.
+pub const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Connections accepted but not yet taken by the server, per listener.
+const ACCEPT_QUEUE_MAX: usize = 64;
+
+/// Time inside the simulation: monotonic time is turmoil's elapsed time, wall time is
+/// [`EPOCH_MS`] plus it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimClock;
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+    }
+
+    fn wall_ms(&self) -> u64 {
+        EPOCH_MS + self.now_ms()
+    }
+}
+
+/// A turmoil TCP connection that tonic can serve.
+pub struct SimConn(turmoil::net::TcpStream);
+
+impl Connected for SimConn {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for SimConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// turmoil's network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimNet;
+
+impl Net for SimNet {
+    type Conn = SimConn;
+    type Incoming = ReceiverStream<io::Result<SimConn>>;
+
+    async fn bind(&self, addr: SocketAddr) -> io::Result<(SocketAddr, Self::Incoming)> {
+        let listener = turmoil::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE_MAX);
+        tokio::spawn(async move {
+            loop {
+                let accepted = listener.accept().await.map(|(stream, _)| SimConn(stream));
+                if tx.send(accepted).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((local, ReceiverStream::new(rx)))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<SimConn> {
+        turmoil::net::TcpStream::connect(addr).await.map(SimConn)
+    }
+}
+
+/// The address every broker host listens on inside the simulation.
+pub fn listen_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+}
+
+/// A tonic channel to `host:port` over turmoil's network, with HTTP/2 keepalive so a
+/// stream cut by a partition fails instead of hanging (turmoil's TCP does not retransmit).
+pub async fn channel(host: &str, port: u16) -> Result<Channel, tonic::transport::Error> {
+    let addr = SocketAddr::new(turmoil::lookup(host), port);
+    let endpoint = Endpoint::from_shared(format!("http://{host}:{port}"))
+        .expect("a host name and port make a valid uri")
+        .connect_timeout(Duration::from_secs(1))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    let connector = tower::service_fn(move |_| async move { SimNet.connect(addr).await.map(TokioIo::new) });
+    endpoint.connect_with_connector(connector).await
+}

@@ -1,0 +1,108 @@
+//! The production server on turmoil hosts: same code, simulated network and clock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mini_pubsub::env::Net;
+use mini_pubsub::server::{self, ServerConfig};
+use mini_pubsub::storage::MemoryStorage;
+use mini_pubsub::wire::pb;
+use mini_pubsub_sim::world::{channel, listen_addr, SimClock, SimNet};
+use tokio_stream::wrappers::ReceiverStream;
+
+const PORT: u16 = 50051;
+
+type Trace = Arc<Mutex<Vec<String>>>;
+
+fn note(trace: &Trace, line: String) {
+    let ms = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+    trace.lock().unwrap().push(format!("@{ms:>6}ms {line}"));
+}
+
+fn sim(seed: u64) -> turmoil::Sim<'static> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .enable_random_order()
+        .simulation_duration(Duration::from_secs(120))
+        .build();
+    sim.host("broker", || async {
+        let mut config = ServerConfig::default();
+        config.broker.ack_deadline_ms = 5_000;
+        let (_, incoming) = SimNet.bind(listen_addr(PORT)).await?;
+        let shutdown = std::future::pending::<()>();
+        server::run(incoming, shutdown, config, Box::new(MemoryStorage), Arc::new(SimClock)).await?;
+        Ok(())
+    });
+    sim
+}
+
+/// Publish, subscribe, leave one message unacked until its lease expires.
+fn lease_expiry_run(seed: u64) -> Vec<String> {
+    let trace: Trace = Arc::default();
+    let mut sim = sim(seed);
+    let t = trace.clone();
+    sim.client("app", async move {
+        let channel = channel("broker", PORT).await?;
+        let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel.clone());
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let messages = ["a", "b", "c"].map(|v| pb::OutgoingMessage { value: v.into(), ..Default::default() }).to_vec();
+        let req = pb::PublishRequest { topic: "orders".into(), messages, ..Default::default() };
+        let results = pubsub.publish(req).await?.into_inner().results;
+        note(&t, format!("published {:?}", results.iter().map(|r| r.offset).collect::<Vec<_>>()));
+        let sub = pb::CreateSubscriptionRequest { name: "audit".into(), topic: "orders".into(), ..Default::default() };
+        admin.create_subscription(sub).await?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::SubscribeRequest { subscription: "audit".into(), ..Default::default() }).await?;
+        let mut stream = pubsub.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+        let mut acked = 0;
+        while let Some(response) = stream.message().await? {
+            for m in response.received_messages {
+                let value = String::from_utf8_lossy(&m.message.as_ref().unwrap().value).into_owned();
+                note(
+                    &t,
+                    format!(
+                        "received {value} attempt={} publish_time={:?}",
+                        m.delivery_attempt,
+                        m.message.unwrap().publish_time
+                    ),
+                );
+                if value != "b" || m.delivery_attempt == 2 {
+                    tx.send(pb::SubscribeRequest { ack_ids: vec![m.ack_id], ..Default::default() }).await?;
+                    acked += 1;
+                }
+            }
+            if acked == 3 {
+                break;
+            }
+        }
+        let stats = admin.get_subscription_stats(pb::GetSubscriptionStatsRequest { name: "audit".into() }).await?;
+        let stats = stats.into_inner();
+        note(&t, format!("backlog={} committed={}", stats.backlog, stats.partitions[0].committed_offset));
+        Ok(())
+    });
+    sim.run().unwrap();
+    let trace = trace.lock().unwrap().clone();
+    trace
+}
+
+#[test]
+fn the_production_server_runs_on_turmoil_and_expires_leases_in_simulated_time() {
+    let trace = lease_expiry_run(7);
+    let text = trace.join("\n");
+    assert!(text.contains("received b attempt=2"), "{text}");
+    assert!(text.ends_with("backlog=0 committed=3"), "{text}");
+    let redelivered_at: u128 = trace
+        .iter()
+        .find(|l| l.contains("received b attempt=2"))
+        .and_then(|l| l.trim_start_matches('@').trim_start().split("ms").next()?.parse().ok())
+        .unwrap();
+    assert!((5_000..6_000).contains(&redelivered_at), "the 5 s lease expired on simulated time: {text}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let first = lease_expiry_run(42);
+    assert!(first.len() >= 6, "{first:?}");
+    assert_eq!(first, lease_expiry_run(42));
+}
