@@ -1,5 +1,6 @@
 //! mini-pubsub-sim: the production broker on turmoil's simulated network and clock.
 //!
+//! - [`scenario`]: the scenario language and its parser.
 //! - [`world`]: turmoil implementations of the broker's `Net` and `Clock` traits, and a
 //!   tonic client that connects over the simulated network.
 
@@ -9,4 +10,5 @@ compile_error!(
      without it turmoil cannot seed tokio's scheduler and runs are not reproducible"
 );
 
+pub mod scenario;
 pub mod world;
