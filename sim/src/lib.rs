@@ -10,5 +10,9 @@ compile_error!(
      without it turmoil cannot seed tokio's scheduler and runs are not reproducible"
 );
 
+pub mod agent;
+pub mod checker;
+pub mod history;
+pub mod runner;
 pub mod scenario;
 pub mod world;

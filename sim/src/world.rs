@@ -103,12 +103,28 @@ pub fn listen_addr(port: u16) -> SocketAddr {
 /// stream cut by a partition fails instead of hanging (turmoil's TCP does not retransmit).
 pub async fn channel(host: &str, port: u16) -> Result<Channel, tonic::transport::Error> {
     let addr = SocketAddr::new(turmoil::lookup(host), port);
-    let endpoint = Endpoint::from_shared(format!("http://{host}:{port}"))
+    let endpoint = endpoint(host, port);
+    let connector = tower::service_fn(move |_| async move { SimNet.connect(addr).await.map(TokioIo::new) });
+    endpoint.connect_with_connector(connector).await
+}
+
+/// A channel that connects on first use and reconnects after failures, with a deadline on
+/// every request: what an app host uses, so it survives partitions and broker restarts.
+pub fn lazy_channel(host: &str, port: u16, timeout: Duration) -> Channel {
+    let name = host.to_string();
+    let endpoint = endpoint(host, port).timeout(timeout);
+    let connector = tower::service_fn(move |_| {
+        let addr = SocketAddr::new(turmoil::lookup(name.as_str()), port);
+        async move { SimNet.connect(addr).await.map(TokioIo::new) }
+    });
+    endpoint.connect_with_connector_lazy(connector)
+}
+
+fn endpoint(host: &str, port: u16) -> Endpoint {
+    Endpoint::from_shared(format!("http://{host}:{port}"))
         .expect("a host name and port make a valid uri")
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true);
-    let connector = tower::service_fn(move |_| async move { SimNet.connect(addr).await.map(TokioIo::new) });
-    endpoint.connect_with_connector(connector).await
+        .keep_alive_while_idle(true)
 }

@@ -1,0 +1,289 @@
+//! A client app host: it takes commands from the scenario driver and runs them against the
+//! broker with the generated tonic client, recording what it sees in the history.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mini_pubsub::wire::pb;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::history::{Event, History};
+use crate::world;
+
+/// The broker's port inside the simulation.
+pub const PORT: u16 = 50051;
+/// Attempts of one publish before the publisher gives up on it.
+const PUBLISH_ATTEMPTS_MAX: u32 = 20;
+/// Wait between publish attempts and between stream reconnects.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How long one request may take before the client gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Something the driver tells an app to do.
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateTopic { topic: String, partitions: u32 },
+    DeleteTopic { topic: String },
+    CreateSub { sub: String, topic: String, ack_deadline_s: u32, latest: bool },
+    DeleteSub { sub: String },
+    Seek { sub: String, latest: bool },
+    Publish(PublishSpec),
+    Subscribe { sub: String, ack: bool, max_outstanding: u32 },
+    Disconnect,
+}
+
+/// A `publish` step.
+#[derive(Debug, Clone)]
+pub struct PublishSpec {
+    pub topic: String,
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub size: usize,
+    pub count: u64,
+    pub every: Duration,
+    pub partition: Option<u32>,
+}
+
+/// State that outlives a crash of the host: message and stream numbering.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub messages: AtomicU64,
+    pub streams: Arc<AtomicU64>,
+}
+
+/// Runs an app host: takes commands until the simulation ends.
+pub async fn run(
+    name: String,
+    broker: String,
+    commands: Arc<Mutex<mpsc::Receiver<Command>>>,
+    counters: Arc<Counters>,
+    history: History,
+) -> turmoil::Result {
+    let channel = world::lazy_channel(&broker, PORT, REQUEST_TIMEOUT);
+    let mut streams: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let Some(command) = commands.lock().await.recv().await else { return Ok(()) };
+        let app = App { name: name.clone(), channel: channel.clone(), history: history.clone() };
+        match command {
+            Command::Publish(spec) => {
+                let counters = counters.clone();
+                tokio::spawn(async move { app.publish(spec, &counters).await });
+            }
+            Command::Subscribe { sub, ack, max_outstanding } => {
+                let numbers = counters.streams.clone();
+                streams.push(tokio::spawn(async move { app.subscribe(sub, ack, max_outstanding, numbers).await }));
+            }
+            Command::Disconnect => {
+                for stream in streams.drain(..) {
+                    stream.abort();
+                }
+            }
+            admin => {
+                tokio::spawn(async move { app.admin(admin).await });
+            }
+        }
+    }
+}
+
+struct App {
+    name: String,
+    channel: Channel,
+    history: History,
+}
+
+impl App {
+    fn record(&self, event: Event) {
+        self.history.record(&self.name, event);
+    }
+
+    async fn admin(self, command: Command) {
+        let mut admin = pb::admin_client::AdminClient::new(self.channel.clone());
+        let mut pubsub = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
+        let start = |latest| if latest { pb::StartPosition::Latest } else { pb::StartPosition::Earliest } as i32;
+        let (what, result) = match command {
+            Command::CreateTopic { topic, partitions } => {
+                let req = pb::CreateTopicRequest { name: topic.clone(), partitions };
+                (format!("topic create {topic}"), admin.create_topic(req).await.map(drop))
+            }
+            Command::DeleteTopic { topic } => {
+                let req = pb::DeleteTopicRequest { name: topic.clone(), force: true };
+                (format!("topic delete {topic}"), admin.delete_topic(req).await.map(drop))
+            }
+            Command::CreateSub { sub, topic, ack_deadline_s, latest } => {
+                let req = pb::CreateSubscriptionRequest {
+                    name: sub.clone(),
+                    topic,
+                    ack_deadline_seconds: ack_deadline_s,
+                    start_position: start(latest),
+                };
+                (format!("sub create {sub}"), admin.create_subscription(req).await.map(drop))
+            }
+            Command::DeleteSub { sub } => {
+                let req = pb::DeleteSubscriptionRequest { name: sub.clone() };
+                (format!("sub delete {sub}"), admin.delete_subscription(req).await.map(drop))
+            }
+            Command::Seek { sub, latest } => {
+                let target = if latest {
+                    pb::seek_request::Target::Latest(true)
+                } else {
+                    pb::seek_request::Target::Earliest(true)
+                };
+                let req = pb::SeekRequest { subscription: sub.clone(), target: Some(target) };
+                (format!("seek {sub}"), pubsub.seek(req).await.map(drop))
+            }
+            other => unreachable!("not an admin command: {other:?}"),
+        };
+        if let Err(status) = result {
+            self.record(Event::AdminFailed { what, code: code_name(status.code()) });
+        }
+    }
+
+    async fn publish(self, spec: PublishSpec, counters: &Counters) {
+        let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
+        for i in 0..spec.count {
+            if i > 0 {
+                tokio::time::sleep(spec.every).await;
+            }
+            let n = counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = format!("{}-{n}", self.name);
+            let mut value = spec.value.clone().unwrap_or_else(|| id.clone());
+            if value.len() < spec.size {
+                value.extend(std::iter::repeat_n('.', spec.size - value.len()));
+            }
+            let message = pb::OutgoingMessage {
+                value: value.into(),
+                key: spec.key.clone(),
+                attributes: [("id".to_string(), id.clone())].into(),
+                partition: spec.partition,
+            };
+            let req = pb::PublishRequest { topic: spec.topic.clone(), messages: vec![message], ..Default::default() };
+            self.publish_one(&mut client, id, req).await;
+        }
+    }
+
+    /// Sends one publish until it is acknowledged, definitely refused, or out of attempts.
+    async fn publish_one(
+        &self,
+        client: &mut pb::pub_sub_client::PubSubClient<Channel>,
+        id: String,
+        req: pb::PublishRequest,
+    ) {
+        let topic = req.topic.clone();
+        for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
+            self.record(Event::PublishInvoked { id: id.clone(), topic: topic.clone(), attempt });
+            match client.publish(req.clone()).await {
+                Ok(reply) => {
+                    let result = &reply.into_inner().results[0];
+                    let (partition, offset) = (result.partition, result.offset);
+                    self.record(Event::Published { id, topic, partition, offset });
+                    return;
+                }
+                Err(status) if is_definite(status.code()) => {
+                    self.record(Event::PublishFailed { id, code: code_name(status.code()), definite: true });
+                    return;
+                }
+                Err(status) if attempt == PUBLISH_ATTEMPTS_MAX => {
+                    self.record(Event::PublishFailed { id, code: code_name(status.code()), definite: false });
+                    return;
+                }
+                Err(_) => tokio::time::sleep(RETRY_DELAY).await,
+            }
+        }
+    }
+
+    /// Keeps a stream open on `sub`, reopening it after failures, and acks what arrives
+    /// when `ack` is set.
+    async fn subscribe(self, sub: String, ack: bool, max_outstanding: u32, numbers: Arc<AtomicU64>) {
+        let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
+        loop {
+            let stream = numbers.fetch_add(1, Ordering::Relaxed) + 1;
+            let (tx, rx) = mpsc::channel(64);
+            let first = pb::SubscribeRequest {
+                subscription: sub.clone(),
+                max_outstanding_messages: max_outstanding,
+                ..Default::default()
+            };
+            let _ = tx.send(first).await;
+            let code = match client.subscribe(ReceiverStream::new(rx)).await {
+                Ok(response) => {
+                    self.record(Event::StreamOpened { sub: sub.clone(), stream });
+                    self.read_stream(&sub, stream, ack, &tx, response.into_inner()).await
+                }
+                Err(status) => status.code(),
+            };
+            self.record(Event::StreamFailed { sub: sub.clone(), stream, code: code_name(code) });
+            if code == Code::NotFound {
+                return;
+            }
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        sub: &str,
+        stream: u64,
+        ack: bool,
+        tx: &mpsc::Sender<pb::SubscribeRequest>,
+        mut inbound: tonic::Streaming<pb::SubscribeResponse>,
+    ) -> Code {
+        let mut ids: std::collections::BTreeMap<String, String> = Default::default();
+        loop {
+            let response = match inbound.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return Code::Ok,
+                Err(status) => return status.code(),
+            };
+            for m in response.received_messages {
+                let message = m.message.unwrap_or_default();
+                let id = message.attributes.get("id").cloned().unwrap_or_default();
+                let value = String::from_utf8_lossy(&message.value).into_owned();
+                let (partition, offset, attempt) = (message.partition, message.offset, m.delivery_attempt);
+                self.record(Event::Delivered {
+                    id: id.clone(),
+                    sub: sub.to_string(),
+                    stream,
+                    partition,
+                    offset,
+                    attempt,
+                    value,
+                });
+                if ack {
+                    ids.insert(m.ack_id.clone(), id);
+                    let _ = tx.send(pb::SubscribeRequest { ack_ids: vec![m.ack_id], ..Default::default() }).await;
+                }
+            }
+            for c in response.ack_confirmations {
+                let id = ids.remove(&c.ack_id).unwrap_or_default();
+                let result = c.result().as_str_name().trim_start_matches("ACK_RESULT_").to_lowercase();
+                self.record(Event::AckAnswered { id, sub: sub.to_string(), result });
+            }
+        }
+    }
+}
+
+/// Codes after which the broker certainly stored nothing.
+fn is_definite(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted
+    )
+}
+
+pub fn code_name(code: Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .flat_map(|c| if c.is_uppercase() { vec!['_', c] } else { vec![c.to_ascii_uppercase()] })
+        .collect::<String>()
+        .trim_start_matches('_')
+        .to_string()
+}

@@ -1,0 +1,157 @@
+//! The queue checker: reads a run's history in Jepsen's total-queue terms.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::history::{Entry, Event};
+
+/// One checker result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Runs every check. `audited` maps each subscription that must see every acknowledged
+/// publish of its topic (created at the earliest position, never seeked or deleted) to
+/// that topic.
+pub fn check(entries: &[Entry], audited: &BTreeMap<String, String>) -> Vec<Check> {
+    vec![
+        lost(entries, audited),
+        unexpected(entries),
+        duplicated(entries),
+        redelivered_after_ack(entries),
+        out_of_order(entries),
+        inconsistent_offsets(entries, audited),
+    ]
+}
+
+fn result(name: &'static str, problems: Vec<String>, ok: String) -> Check {
+    const SHOWN: usize = 5;
+    if problems.is_empty() {
+        return Check { name, passed: true, detail: ok };
+    }
+    let mut detail = problems.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if problems.len() > SHOWN {
+        detail.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    Check { name, passed: false, detail }
+}
+
+/// Acknowledged publishes never delivered to an audited subscription of their topic.
+fn lost(entries: &[Entry], audited: &BTreeMap<String, String>) -> Check {
+    let delivered: BTreeSet<(&str, &str)> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Delivered { id, sub, .. } => Some((sub.as_str(), id.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut acknowledged = 0;
+    let mut problems = Vec::new();
+    for entry in entries {
+        let Event::Published { id, topic, .. } = &entry.event else { continue };
+        acknowledged += 1;
+        for (sub, _) in audited.iter().filter(|(_, t)| *t == topic) {
+            if !delivered.contains(&(sub.as_str(), id.as_str())) {
+                problems.push(format!("{id} never reached {sub}"));
+            }
+        }
+    }
+    let subs = audited.keys().cloned().collect::<Vec<_>>().join(", ");
+    result("lost", problems, format!("{acknowledged} acknowledged publishes, all delivered to [{subs}]"))
+}
+
+/// Deliveries of messages nobody published.
+fn unexpected(entries: &[Entry]) -> Check {
+    let invoked: BTreeSet<&str> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::PublishInvoked { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let problems = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Delivered { id, sub, .. } if !invoked.contains(id.as_str()) => {
+                Some(format!("{sub} received `{id}`, never published"))
+            }
+            _ => None,
+        })
+        .collect();
+    result("unexpected", problems, "none".to_string())
+}
+
+/// Messages delivered more than once to one subscription: allowed (at-least-once), counted.
+fn duplicated(entries: &[Entry]) -> Check {
+    let mut seen: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for e in entries {
+        if let Event::Delivered { id, sub, .. } = &e.event {
+            *seen.entry((sub.as_str(), id.as_str())).or_default() += 1;
+        }
+    }
+    let extra: u32 = seen.values().map(|n| n - 1).sum();
+    Check { name: "duplicated (allowed)", passed: true, detail: format!("{extra} redeliveries") }
+}
+
+/// A message delivered to a subscription after an ack of it there was applied.
+fn redelivered_after_ack(entries: &[Entry]) -> Check {
+    let mut acked: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for e in entries {
+        match &e.event {
+            Event::AckAnswered { id, sub, result } if result == "applied" => {
+                acked.entry((sub.as_str(), id.as_str())).or_insert(e.at_ms);
+            }
+            Event::Delivered { id, sub, .. } => {
+                if let Some(at) = acked.get(&(sub.as_str(), id.as_str())) {
+                    problems.push(format!("{id} redelivered to {sub} at {} ms after its ack at {at} ms", e.at_ms));
+                }
+            }
+            _ => {}
+        }
+    }
+    result("redelivered-after-ack", problems, "none".to_string())
+}
+
+/// First deliveries going backwards within a partition on one stream.
+fn out_of_order(entries: &[Entry]) -> Check {
+    let mut last: BTreeMap<(&str, u64, u32), u64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for e in entries {
+        if let Event::Delivered { sub, stream, partition, offset, attempt: 1, .. } = &e.event {
+            let key = (sub.as_str(), *stream, *partition);
+            if let Some(previous) = last.insert(key, *offset) {
+                if *offset < previous {
+                    problems.push(format!("{sub}#{stream} p{partition}: offset {offset} after {previous}"));
+                }
+            }
+        }
+    }
+    result("order", problems, "offsets rise per partition and stream".to_string())
+}
+
+/// Two different messages seen at one (topic, partition, offset).
+fn inconsistent_offsets(entries: &[Entry], audited: &BTreeMap<String, String>) -> Check {
+    let mut at: BTreeMap<(String, u32, u64), String> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut see = |topic: &str, partition: u32, offset: u64, id: &str| {
+        let previous = at.entry((topic.to_string(), partition, offset)).or_insert_with(|| id.to_string());
+        if previous != id {
+            problems.push(format!("{topic} p{partition}@{offset} holds both {previous} and {id}"));
+        }
+    };
+    for e in entries {
+        match &e.event {
+            Event::Published { id, topic, partition, offset } => see(topic, *partition, *offset, id),
+            Event::Delivered { id, sub, partition, offset, .. } => {
+                if let Some(topic) = audited.get(sub) {
+                    see(topic, *partition, *offset, id);
+                }
+            }
+            _ => {}
+        }
+    }
+    result("offsets", problems, "one message per offset".to_string())
+}

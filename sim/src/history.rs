@@ -1,0 +1,85 @@
+//! What happened in a run: every client-visible event, stamped with simulated time. The
+//! trace is rendered from it, and the checker reads it.
+
+use std::sync::{Arc, Mutex};
+
+/// One event seen by a client host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A publish was sent (again, on retry) for message `id`.
+    PublishInvoked { id: String, topic: String, attempt: u32 },
+    /// The broker acknowledged the publish.
+    Published { id: String, topic: String, partition: u32, offset: u64 },
+    /// The publish failed; `definite` when the broker certainly did not store it.
+    PublishFailed { id: String, code: String, definite: bool },
+    /// A message arrived on a subscription.
+    Delivered { id: String, sub: String, stream: u64, partition: u32, offset: u64, attempt: u32, value: String },
+    /// The broker answered an ack.
+    AckAnswered { id: String, sub: String, result: String },
+    /// A stream opened (or reopened).
+    StreamOpened { sub: String, stream: u64 },
+    /// A stream ended with an error.
+    StreamFailed { sub: String, stream: u64, code: String },
+    /// An admin request failed.
+    AdminFailed { what: String, code: String },
+    /// A fault or workload step the driver applied.
+    Step { text: String },
+}
+
+/// An event with when and where it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub at_ms: u64,
+    pub host: String,
+    pub event: Event,
+}
+
+/// The shared, append-only history of a run.
+#[derive(Debug, Clone, Default)]
+pub struct History(Arc<Mutex<Vec<Entry>>>);
+
+impl History {
+    pub fn record(&self, host: &str, event: Event) {
+        let at_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+        self.record_at(at_ms, host, event);
+    }
+
+    pub fn record_at(&self, at_ms: u64, host: &str, event: Event) {
+        self.0.lock().expect("history lock").push(Entry { at_ms, host: host.to_string(), event });
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.0.lock().expect("history lock").clone()
+    }
+
+    /// How many entries match `f`.
+    pub fn count(&self, f: impl Fn(&Entry) -> bool) -> usize {
+        self.0.lock().expect("history lock").iter().filter(|e| f(e)).count()
+    }
+}
+
+/// One line of the condensed trace.
+pub fn trace_line(entry: &Entry) -> String {
+    let what = match &entry.event {
+        Event::PublishInvoked { id, topic, attempt } => {
+            if *attempt == 1 {
+                return String::new();
+            }
+            format!("publish {id} to {topic}: retry {attempt}")
+        }
+        Event::Published { id, topic, partition, offset } => format!("published {id} to {topic} p{partition}@{offset}"),
+        Event::PublishFailed { id, code, definite } => {
+            let kind = if *definite { "definite" } else { "indeterminate" };
+            format!("publish {id} failed: {code} ({kind})")
+        }
+        Event::Delivered { id, sub, stream, partition, offset, attempt, .. } => {
+            format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}")
+        }
+        Event::AckAnswered { id, sub, result } => format!("ack {id} on {sub}: {result}"),
+        Event::StreamOpened { sub, stream } => format!("subscribed to {sub}#{stream}"),
+        Event::StreamFailed { sub, stream, code } => format!("stream {sub}#{stream} ended: {code}"),
+        Event::AdminFailed { what, code } => format!("{what} failed: {code}"),
+        Event::Step { text } => text.clone(),
+    };
+    format!("@{:>7}ms {:<10} {what}", entry.at_ms, entry.host)
+}

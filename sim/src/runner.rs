@@ -1,0 +1,416 @@
+//! Runs a scenario: brokers and apps on turmoil hosts, the driver stepping simulated time
+//! and applying each step when its time comes, then the verdict.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mini_pubsub::env::Net;
+use mini_pubsub::server::{self, ServerConfig};
+use mini_pubsub::storage::MemoryStorage;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::agent::{self, Command, Counters, PublishSpec, PORT};
+use crate::checker;
+use crate::history::{trace_line, Entry, Event, History};
+use crate::scenario::{duration, Scenario, Step, Verb};
+use crate::world::{listen_addr, SimClock, SimNet};
+
+/// The host that runs admin steps (topic and subscription create, delete, seek).
+pub const ADMIN_HOST: &str = "admin";
+/// How long the run goes on after the last step, with every fault healed, so that what
+/// was published can be delivered before the checker reads the history.
+const DRAIN: Duration = Duration::from_secs(30);
+/// Commands waiting for an app host.
+const COMMAND_QUEUE_MAX: usize = 256;
+/// A host with no delivery for this long counts as stalled.
+const STALL: Duration = Duration::from_secs(1);
+
+/// The outcome of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub seed: u64,
+    /// One line per event, stamped with simulated time.
+    pub trace: String,
+    /// Expectations, history counts, checker results, faults.
+    pub verdict: String,
+    pub passed: bool,
+}
+
+/// Runs `scenario` with `seed` (or its `config seed`, or 0).
+pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
+    let seed = seed.or_else(|| scenario.config.get("seed").and_then(|s| s.parse().ok())).unwrap_or(0);
+    let mut driver = Driver::new(scenario, seed);
+    let mut failures = Vec::new();
+    let mut lines = Vec::new();
+    for step in &scenario.steps {
+        if let Err(message) = driver.advance_to(step.at) {
+            failures.push(message);
+            break;
+        }
+        match driver.apply(step) {
+            Ok(Some(line)) => lines.push(line),
+            Ok(None) => {}
+            Err(line) => {
+                failures.push(line.clone());
+                lines.push(line);
+            }
+        }
+    }
+    driver.heal_all();
+    let end = driver.elapsed() + DRAIN;
+    if let Err(message) = driver.advance_to(end) {
+        failures.push(message);
+    }
+    let entries = driver.history.entries();
+    let checks = checker::check(&entries, &audited(scenario));
+    failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}: {}", c.name, c.detail)));
+    let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
+    Report { seed, trace: trace(&entries), verdict, passed: failures.is_empty() }
+}
+
+struct Driver<'a> {
+    sim: turmoil::Sim<'a>,
+    history: History,
+    apps: BTreeMap<String, mpsc::Sender<Command>>,
+    brokers: Vec<String>,
+    /// Every pair of hosts a fault touched, to heal at the end.
+    touched: Vec<(String, String)>,
+    crashed: Vec<String>,
+    /// Faults applied, in order.
+    faults: Vec<String>,
+    ack_deadline_s: u32,
+}
+
+impl<'a> Driver<'a> {
+    fn new(scenario: &Scenario, seed: u64) -> Self {
+        let last = scenario.steps.iter().map(|s| s.at + s.within.unwrap_or_default()).max().unwrap_or_default();
+        let mut sim = turmoil::Builder::new()
+            .rng_seed(seed)
+            .enable_random_order()
+            .simulation_duration(last + DRAIN + Duration::from_secs(60))
+            .build();
+        let history = History::default();
+        let ack_deadline =
+            scenario.config.get("ack_deadline").and_then(|d| duration(d)).unwrap_or(Duration::from_secs(10));
+        let partitions: u32 = scenario.config.get("partitions").and_then(|p| p.parse().ok()).unwrap_or(1);
+        for broker in &scenario.brokers {
+            let mut config = ServerConfig::default();
+            config.broker.ack_deadline_ms = ack_deadline.as_millis() as u64;
+            config.broker.default_partitions = partitions;
+            config.keepalive_interval_ms = 1_000;
+            config.keepalive_timeout_ms = 2_000;
+            sim.host(broker.as_str(), move || {
+                let config = config.clone();
+                async move {
+                    let (_, incoming) = SimNet.bind(listen_addr(PORT)).await?;
+                    let shutdown = std::future::pending::<()>();
+                    server::run(incoming, shutdown, config, Box::new(MemoryStorage), Arc::new(SimClock)).await?;
+                    Ok(())
+                }
+            });
+        }
+        let mut apps = BTreeMap::new();
+        let hosts = scenario.apps.iter().map(String::as_str).chain([ADMIN_HOST]);
+        for app in hosts {
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+            let rx = Arc::new(Mutex::new(rx));
+            let counters = Arc::new(Counters::default());
+            let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
+            sim.host(app, move || agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone()));
+            apps.insert(app.to_string(), tx);
+        }
+        Driver {
+            sim,
+            history,
+            apps,
+            brokers: scenario.brokers.clone(),
+            touched: Vec::new(),
+            crashed: Vec::new(),
+            faults: Vec::new(),
+            ack_deadline_s: ack_deadline.as_secs().max(1) as u32,
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// Steps simulated time forward to `at`.
+    fn advance_to(&mut self, at: Duration) -> Result<(), String> {
+        while self.sim.elapsed() < at {
+            self.sim
+                .step()
+                .map_err(|e| format!("the simulation failed at {} ms: {e}", self.sim.elapsed().as_millis()))?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, host: &str, command: Command) {
+        let tx = self.apps.get(host).expect("the parser checked every host");
+        if tx.try_send(command).is_err() {
+            self.history.record_at(self.now_ms(), host, Event::Step { text: "command dropped: queue full".into() });
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.sim.elapsed().as_millis() as u64
+    }
+
+    fn note(&mut self, text: String) {
+        self.history.record_at(self.now_ms(), "driver", Event::Step { text });
+    }
+
+    /// Applies one step. Expectations answer with their verdict line (`Err` when failed).
+    fn apply(&mut self, step: &Step) -> Result<Option<String>, String> {
+        let (a, b) = (step.arg("a").to_string(), step.arg("b").to_string());
+        let oneway = step.option("oneway") == Some("true");
+        match step.verb {
+            Verb::TopicCreate => {
+                let partitions = step.option("partitions").and_then(|p| p.parse().ok()).unwrap_or(0);
+                self.send(ADMIN_HOST, Command::CreateTopic { topic: step.arg("topic").into(), partitions });
+            }
+            Verb::TopicDelete => self.send(ADMIN_HOST, Command::DeleteTopic { topic: step.arg("topic").into() }),
+            Verb::SubCreate => {
+                let ack_deadline_s =
+                    step.option("ack_deadline").and_then(duration).map_or(self.ack_deadline_s, |d| d.as_secs() as u32);
+                let command = Command::CreateSub {
+                    sub: step.arg("sub").into(),
+                    topic: step.option("topic").unwrap_or(step.arg("sub")).into(),
+                    ack_deadline_s,
+                    latest: step.option("start") == Some("latest"),
+                };
+                self.send(ADMIN_HOST, command);
+            }
+            Verb::SubDelete => self.send(ADMIN_HOST, Command::DeleteSub { sub: step.arg("sub").into() }),
+            Verb::Seek => {
+                self.send(ADMIN_HOST, Command::Seek { sub: step.arg("sub").into(), latest: step.arg("to") == "latest" })
+            }
+            Verb::Publish => {
+                let number = |k: &str, default: u64| step.option(k).and_then(|v| v.parse().ok()).unwrap_or(default);
+                let spec = PublishSpec {
+                    topic: step.arg("topic").into(),
+                    key: step.option("key").map(str::to_string),
+                    value: step.option("value").map(str::to_string),
+                    size: number("size", 0) as usize,
+                    count: number("count", 1),
+                    every: step.option("every").and_then(duration).unwrap_or_default(),
+                    partition: step.option("partition").and_then(|p| p.parse().ok()),
+                };
+                self.send(step.arg("host"), Command::Publish(spec));
+            }
+            Verb::Subscribe => {
+                let command = Command::Subscribe {
+                    sub: step.arg("sub").into(),
+                    ack: step.option("ack") != Some("none"),
+                    max_outstanding: step.option("max").and_then(|m| m.parse().ok()).unwrap_or(0),
+                };
+                self.send(step.arg("host"), command);
+            }
+            Verb::Disconnect => self.send(step.arg("host"), Command::Disconnect),
+            Verb::Partition if oneway => {
+                self.fault(format!("partition {a} -> {b}"), |s| s.partition_oneway(a.as_str(), b.as_str()), step)
+            }
+            Verb::Partition => {
+                self.fault(format!("partition {a} <-> {b}"), |s| s.partition(a.as_str(), b.as_str()), step)
+            }
+            Verb::Heal if oneway => {
+                self.fault(format!("heal {a} -> {b}"), |s| s.repair_oneway(a.as_str(), b.as_str()), step)
+            }
+            Verb::Heal => self.fault(format!("heal {a} <-> {b}"), |s| s.repair(a.as_str(), b.as_str()), step),
+            Verb::Hold => self.fault(format!("hold {a} <-> {b}"), |s| s.hold(a.as_str(), b.as_str()), step),
+            Verb::Release => self.fault(format!("release {a} <-> {b}"), |s| s.release(a.as_str(), b.as_str()), step),
+            Verb::Latency => {
+                let delay = step.arg("delay").to_string();
+                let d = duration(&delay).unwrap_or_default();
+                self.fault(
+                    format!("latency {a} <-> {b} {delay}"),
+                    |s| s.set_link_latency(a.as_str(), b.as_str(), d),
+                    step,
+                );
+            }
+            Verb::FailRate => {
+                let rate: f64 = step.arg("rate").parse().unwrap_or(0.0);
+                self.fault(format!("fail_rate {rate}"), |s| s.set_fail_rate(rate), step);
+            }
+            Verb::Crash => return self.crash(step.arg("host")),
+            Verb::Restart => return self.restart(step.arg("host")),
+            Verb::Isolate => {
+                let host = step.arg("host").to_string();
+                let others: Vec<String> = self.all_hosts().into_iter().filter(|h| *h != host).collect();
+                for other in &others {
+                    self.sim.partition(host.as_str(), other.as_str());
+                    self.touched.push((host.clone(), other.clone()));
+                }
+                self.faults.push(format!("isolate {host}"));
+                self.note(format!("isolate {host}"));
+            }
+            Verb::Advance => {}
+            Verb::Expect => return self.expect(step).map(Some),
+            Verb::Check => {}
+        }
+        Ok(None)
+    }
+
+    fn fault(&mut self, text: String, apply: impl FnOnce(&mut turmoil::Sim<'a>), step: &Step) {
+        apply(&mut self.sim);
+        if !step.arg("a").is_empty() {
+            self.touched.push((step.arg("a").to_string(), step.arg("b").to_string()));
+        }
+        self.faults.push(text.clone());
+        self.note(text);
+    }
+
+    fn crash(&mut self, host: &str) -> Result<Option<String>, String> {
+        if !self.sim.is_host_running(host) {
+            return Err(format!("crash {host}: the host was not running, so the fault did nothing"));
+        }
+        self.sim.crash(host);
+        self.crashed.push(host.to_string());
+        self.faults.push(format!("crash {host}"));
+        self.note(format!("crash {host}"));
+        Ok(None)
+    }
+
+    fn restart(&mut self, host: &str) -> Result<Option<String>, String> {
+        if self.sim.is_host_running(host) {
+            return Err(format!("restart {host}: the host was running, so the step did nothing"));
+        }
+        self.sim.bounce(host);
+        self.crashed.retain(|h| h != host);
+        self.faults.push(format!("restart {host}"));
+        self.note(format!("restart {host}"));
+        Ok(None)
+    }
+
+    fn all_hosts(&self) -> Vec<String> {
+        self.brokers.iter().chain(self.apps.keys()).cloned().collect()
+    }
+
+    /// Evaluates an expectation now, or (eventually) as soon as it holds within its bound.
+    fn expect(&mut self, step: &Step) -> Result<String, String> {
+        let deadline = self.sim.elapsed() + step.within.unwrap_or_default();
+        loop {
+            if let Some(seen) = self.holds(step) {
+                let line = format!("line {}: pass at {} ms: {}", step.line, self.now_ms(), describe(step, &seen));
+                self.note(format!("expect {} ok", describe(step, &seen)));
+                return Ok(line);
+            }
+            if self.sim.elapsed() >= deadline {
+                let line = format!("line {}: FAIL at {} ms: {}", step.line, self.now_ms(), describe(step, "not seen"));
+                self.note(format!("expect {} FAILED", describe(step, "not seen")));
+                return Err(line);
+            }
+            if let Err(message) = self.advance_to(self.sim.elapsed() + Duration::from_millis(1)) {
+                return Err(format!("line {}: FAIL: {message}", step.line));
+            }
+        }
+    }
+
+    /// `Some(what was seen)` when the expectation holds now.
+    fn holds(&self, step: &Step) -> Option<String> {
+        let host = step.arg("host");
+        let sub = step.option("sub");
+        let count: usize = step.option("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+        let attempt: Option<u32> = step.option("attempt").and_then(|a| a.parse().ok());
+        let at_host = |e: &Entry| e.host == host;
+        let seen = match step.arg("what") {
+            "received" => self.history.count(|e| {
+                at_host(e)
+                    && matches!(&e.event, Event::Delivered { sub: s, attempt: a, .. }
+                        if sub.is_none_or(|x| x == s) && attempt.is_none_or(|x| x == *a))
+            }),
+            "acked" => self.history.count(|e| {
+                at_host(e) && matches!(&e.event, Event::AckAnswered { sub: s, result, .. } if result == "applied" && sub.is_none_or(|x| x == s))
+            }),
+            "error" => {
+                let code = step.option("code");
+                self.history.count(|e| {
+                    at_host(e)
+                        && match &e.event {
+                            Event::PublishFailed { code: c, .. } | Event::StreamFailed { code: c, .. } | Event::AdminFailed { code: c, .. } => {
+                                code.is_none_or(|x| x == c)
+                            }
+                            _ => false,
+                        }
+                })
+            }
+            "stalled" => {
+                let since = self.now_ms().saturating_sub(STALL.as_millis() as u64);
+                let recent = self.history.count(|e| at_host(e) && e.at_ms > since && matches!(e.event, Event::Delivered { .. }));
+                return (recent == 0).then(|| "nothing for 1 s".to_string());
+            }
+            other => unreachable!("the parser allows no `{other}`"),
+        };
+        (seen >= count).then(|| format!("{seen} seen"))
+    }
+
+    fn heal_all(&mut self) {
+        for (a, b) in std::mem::take(&mut self.touched) {
+            self.sim.repair(a.as_str(), b.as_str());
+            self.sim.release(a.as_str(), b.as_str());
+            self.sim.set_link_latency(a.as_str(), b.as_str(), Duration::ZERO);
+        }
+        self.sim.set_fail_rate(0.0);
+        for host in std::mem::take(&mut self.crashed) {
+            self.sim.bounce(host.as_str());
+        }
+        self.note("heal everything and drain".to_string());
+    }
+}
+
+/// Subscriptions that must see every acknowledged publish of their topic: created at the
+/// earliest position, and never seeked or deleted.
+fn audited(scenario: &Scenario) -> BTreeMap<String, String> {
+    let mut audited = BTreeMap::new();
+    for step in &scenario.steps {
+        let sub = step.arg("sub").to_string();
+        match step.verb {
+            Verb::SubCreate if step.option("start") != Some("latest") => {
+                audited.insert(sub.clone(), step.option("topic").unwrap_or(&sub).to_string());
+            }
+            Verb::SubDelete | Verb::Seek => {
+                audited.remove(&sub);
+            }
+            _ => {}
+        }
+    }
+    audited
+}
+
+fn describe(step: &Step, seen: &str) -> String {
+    let mut words = vec![step.arg("host").to_string(), step.arg("what").to_string()];
+    words.extend(step.options.iter().map(|(k, v)| format!("{k}={v}")));
+    let within = step.within.map(|w| format!(" within {} ms", w.as_millis())).unwrap_or_default();
+    format!("{}{within} ({seen})", words.join(" "))
+}
+
+fn trace(entries: &[Entry]) -> String {
+    entries.iter().map(trace_line).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
+}
+
+fn verdict(
+    seed: u64,
+    expectations: &[String],
+    entries: &[Entry],
+    checks: &[checker::Check],
+    faults: &[String],
+) -> String {
+    let count = |f: fn(&Event) -> bool| entries.iter().filter(|e| f(&e.event)).count();
+    let mut out = vec![format!("seed: {seed}"), "expectations:".to_string()];
+    out.extend(expectations.iter().map(|e| format!("  {e}")));
+    out.push(format!(
+        "history: {} published, {} publish failures, {} deliveries, {} acks applied, {} stream failures",
+        count(|e| matches!(e, Event::Published { .. })),
+        count(|e| matches!(e, Event::PublishFailed { .. })),
+        count(|e| matches!(e, Event::Delivered { .. })),
+        count(|e| matches!(e, Event::AckAnswered { result, .. } if result == "applied")),
+        count(|e| matches!(e, Event::StreamFailed { .. })),
+    ));
+    out.push("checks:".to_string());
+    out.extend(
+        checks.iter().map(|c| format!("  {:<24} {} {}", c.name, if c.passed { "ok  " } else { "FAIL" }, c.detail)),
+    );
+    out.push(format!("faults fired: {}", if faults.is_empty() { "none".to_string() } else { faults.join(", ") }));
+    out.join("\n")
+}
