@@ -27,14 +27,38 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Something the driver tells an app to do.
 #[derive(Debug, Clone)]
 pub enum Command {
-    CreateTopic { topic: String, partitions: u32 },
-    DeleteTopic { topic: String },
-    CreateSub { sub: String, topic: String, ack_deadline_s: u32, latest: bool },
-    DeleteSub { sub: String },
-    Seek { sub: String, latest: bool },
+    CreateTopic {
+        topic: String,
+        partitions: u32,
+    },
+    DeleteTopic {
+        topic: String,
+    },
+    CreateSub {
+        sub: String,
+        topic: String,
+        ack_deadline_s: u32,
+        latest: bool,
+    },
+    DeleteSub {
+        sub: String,
+    },
+    Seek {
+        sub: String,
+        latest: bool,
+    },
     Publish(PublishSpec),
-    Subscribe { sub: String, ack: bool, max_outstanding: u32 },
+    Subscribe {
+        sub: String,
+        ack: bool,
+        max_outstanding: u32,
+    },
     Disconnect,
+    /// Pull and ack everything left on these subscriptions until the run ends (the final
+    /// drain, so that what is never read counts as lost only if it cannot be read).
+    Drain {
+        subs: Vec<String>,
+    },
 }
 
 /// A `publish` step.
@@ -49,11 +73,13 @@ pub struct PublishSpec {
     pub partition: Option<u32>,
 }
 
-/// State that outlives a crash of the host: message and stream numbering.
+/// State that outlives a crash of the host: message and stream numbering, and how many
+/// admin steps it has finished (the driver waits for them).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub messages: AtomicU64,
     pub streams: Arc<AtomicU64>,
+    pub admin_done: AtomicU64,
 }
 
 /// Runs an app host: takes commands until the simulation ends.
@@ -78,13 +104,19 @@ pub async fn run(
                 let numbers = counters.streams.clone();
                 streams.push(tokio::spawn(async move { app.subscribe(sub, ack, max_outstanding, numbers).await }));
             }
+            Command::Drain { subs } => {
+                tokio::spawn(async move { app.drain(subs).await });
+            }
             Command::Disconnect => {
                 for stream in streams.drain(..) {
                     stream.abort();
                 }
             }
+            // Admin steps run one after another, in scenario order: a subscription is
+            // created only once its topic exists.
             admin => {
-                tokio::spawn(async move { app.admin(admin).await });
+                app.admin(admin).await;
+                counters.admin_done.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -101,11 +133,32 @@ impl App {
         self.history.record(&self.name, event);
     }
 
-    async fn admin(self, command: Command) {
+    /// Runs an admin step, retrying while the broker is unreachable. A create that meets
+    /// ALREADY_EXISTS on a retry had succeeded before its answer was lost.
+    async fn admin(&self, command: Command) {
+        for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
+            let (what, result) = self.admin_once(&command).await;
+            let code = match result {
+                Ok(()) => return,
+                Err(status) => status.code(),
+            };
+            let retried_create = attempt > 1 && code == Code::AlreadyExists;
+            if retried_create {
+                return;
+            }
+            if is_definite(code) || attempt == PUBLISH_ATTEMPTS_MAX {
+                self.record(Event::AdminFailed { what, code: code_name(code) });
+                return;
+            }
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+    }
+
+    async fn admin_once(&self, command: &Command) -> (String, Result<(), tonic::Status>) {
         let mut admin = pb::admin_client::AdminClient::new(self.channel.clone());
         let mut pubsub = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         let start = |latest| if latest { pb::StartPosition::Latest } else { pb::StartPosition::Earliest } as i32;
-        let (what, result) = match command {
+        match command.clone() {
             Command::CreateTopic { topic, partitions } => {
                 let req = pb::CreateTopicRequest { name: topic.clone(), partitions };
                 (format!("topic create {topic}"), admin.create_topic(req).await.map(drop))
@@ -137,9 +190,6 @@ impl App {
                 (format!("seek {sub}"), pubsub.seek(req).await.map(drop))
             }
             other => unreachable!("not an admin command: {other:?}"),
-        };
-        if let Err(status) = result {
-            self.record(Event::AdminFailed { what, code: code_name(status.code()) });
         }
     }
 
@@ -232,7 +282,7 @@ impl App {
         tx: &mpsc::Sender<pb::SubscribeRequest>,
         mut inbound: tonic::Streaming<pb::SubscribeResponse>,
     ) -> Code {
-        let mut ids: std::collections::BTreeMap<String, String> = Default::default();
+        let mut ids: std::collections::BTreeMap<String, (String, u32, u64)> = Default::default();
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
@@ -254,15 +304,59 @@ impl App {
                     value,
                 });
                 if ack {
-                    ids.insert(m.ack_id.clone(), id);
+                    ids.insert(m.ack_id.clone(), (id, partition, offset));
                     let _ = tx.send(pb::SubscribeRequest { ack_ids: vec![m.ack_id], ..Default::default() }).await;
                 }
             }
             for c in response.ack_confirmations {
-                let id = ids.remove(&c.ack_id).unwrap_or_default();
-                let result = c.result().as_str_name().trim_start_matches("ACK_RESULT_").to_lowercase();
-                self.record(Event::AckAnswered { id, sub: sub.to_string(), result });
+                let (id, partition, offset) = ids.remove(&c.ack_id).unwrap_or_default();
+                let result = result_name(c.result());
+                self.record(Event::AckAnswered { id, sub: sub.to_string(), partition, offset, result });
             }
+        }
+    }
+}
+
+fn result_name(result: pb::AckResult) -> String {
+    result.as_str_name().trim_start_matches("ACK_RESULT_").to_lowercase()
+}
+
+impl App {
+    async fn drain(self, subs: Vec<String>) {
+        let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
+        loop {
+            for sub in &subs {
+                let pulled = client.pull(pb::PullRequest { subscription: sub.clone(), max_messages: 100 }).await;
+                let Ok(pulled) = pulled else { continue };
+                let mut stored = std::collections::BTreeMap::new();
+                for m in pulled.into_inner().received_messages {
+                    let message = m.message.unwrap_or_default();
+                    let id = message.attributes.get("id").cloned().unwrap_or_default();
+                    let value = String::from_utf8_lossy(&message.value).into_owned();
+                    let (partition, offset, attempt) = (message.partition, message.offset, m.delivery_attempt);
+                    stored.insert(m.ack_id, (id.clone(), partition, offset));
+                    self.record(Event::Delivered {
+                        id,
+                        sub: sub.clone(),
+                        stream: 0,
+                        partition,
+                        offset,
+                        attempt,
+                        value,
+                    });
+                }
+                if stored.is_empty() {
+                    continue;
+                }
+                let req = pb::AckRequest { subscription: sub.clone(), ack_ids: stored.keys().cloned().collect() };
+                let Ok(reply) = client.ack(req).await else { continue };
+                for c in reply.into_inner().confirmations {
+                    let (id, partition, offset) = stored.remove(&c.ack_id).unwrap_or_default();
+                    let result = result_name(c.result());
+                    self.record(Event::AckAnswered { id, sub: sub.clone(), partition, offset, result });
+                }
+            }
+            tokio::time::sleep(RETRY_DELAY).await;
         }
     }
 }

@@ -14,8 +14,8 @@ pub enum Event {
     PublishFailed { id: String, code: String, definite: bool },
     /// A message arrived on a subscription.
     Delivered { id: String, sub: String, stream: u64, partition: u32, offset: u64, attempt: u32, value: String },
-    /// The broker answered an ack.
-    AckAnswered { id: String, sub: String, result: String },
+    /// The broker answered an ack of the message stored at `partition`/`offset`.
+    AckAnswered { id: String, sub: String, partition: u32, offset: u64, result: String },
     /// A stream opened (or reopened).
     StreamOpened { sub: String, stream: u64 },
     /// A stream ended with an error.
@@ -75,7 +75,7 @@ pub fn trace_line(entry: &Entry) -> String {
         Event::Delivered { id, sub, stream, partition, offset, attempt, .. } => {
             format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}")
         }
-        Event::AckAnswered { id, sub, result } => format!("ack {id} on {sub}: {result}"),
+        Event::AckAnswered { id, sub, result, .. } => format!("ack {id} on {sub}: {result}"),
         Event::StreamOpened { sub, stream } => format!("subscribed to {sub}#{stream}"),
         Event::StreamFailed { sub, stream, code } => format!("stream {sub}#{stream} ended: {code}"),
         Event::AdminFailed { what, code } => format!("{what} failed: {code}"),

@@ -18,11 +18,14 @@ use crate::world::{listen_addr, SimClock, SimNet};
 
 /// The host that runs admin steps (topic and subscription create, delete, seek).
 pub const ADMIN_HOST: &str = "admin";
-/// How long the run goes on after the last step, with every fault healed, so that what
-/// was published can be delivered before the checker reads the history.
+/// How long the run goes on after the last step, with every fault healed and the admin
+/// host pulling what is left on every audited subscription, so that what was published
+/// can be delivered before the checker reads the history.
 const DRAIN: Duration = Duration::from_secs(30);
 /// Commands waiting for an app host.
 const COMMAND_QUEUE_MAX: usize = 256;
+/// Longest the driver waits for an admin step to finish before going on.
+const ADMIN_WAIT_MAX: Duration = Duration::from_secs(15);
 /// A host with no delivery for this long counts as stalled.
 const STALL: Duration = Duration::from_secs(1);
 
@@ -35,6 +38,9 @@ pub struct Report {
     /// Expectations, history counts, checker results, faults.
     pub verdict: String,
     pub passed: bool,
+    /// What failed, as a stable signature (the failing expectations' lines and checks'
+    /// names), or `None` when the run passed.
+    pub failure: Option<String>,
 }
 
 /// Runs `scenario` with `seed` (or its `config seed`, or 0).
@@ -52,27 +58,34 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
             Ok(Some(line)) => lines.push(line),
             Ok(None) => {}
             Err(line) => {
-                failures.push(line.clone());
+                // The signature leaves out line numbers and times, so shrinking can match it.
+                let what = line.split_once("ms: ").map_or(line.as_str(), |(_, what)| what).to_string();
+                failures.push(format!("expectation {what}"));
                 lines.push(line);
             }
         }
     }
     driver.heal_all();
+    driver.send(ADMIN_HOST, Command::Drain { subs: audited(scenario).into_keys().collect() });
     let end = driver.elapsed() + DRAIN;
     if let Err(message) = driver.advance_to(end) {
         failures.push(message);
     }
     let entries = driver.history.entries();
     let checks = checker::check(&entries, &audited(scenario));
-    failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}: {}", c.name, c.detail)));
+    failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
     let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
-    Report { seed, trace: trace(&entries), verdict, passed: failures.is_empty() }
+    let failure = (!failures.is_empty()).then(|| failures.join("; "));
+    Report { seed, trace: trace(&entries), verdict, passed: failure.is_none(), failure }
 }
 
 struct Driver<'a> {
     sim: turmoil::Sim<'a>,
     history: History,
     apps: BTreeMap<String, mpsc::Sender<Command>>,
+    /// The admin host's counters, and how many admin steps were sent to it.
+    admin: Arc<Counters>,
+    admin_sent: u64,
     brokers: Vec<String>,
     /// Every pair of hosts a fault touched, to heal at the end.
     touched: Vec<(String, String)>,
@@ -111,11 +124,15 @@ impl<'a> Driver<'a> {
             });
         }
         let mut apps = BTreeMap::new();
+        let mut admin = Arc::default();
         let hosts = scenario.apps.iter().map(String::as_str).chain([ADMIN_HOST]);
         for app in hosts {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
             let rx = Arc::new(Mutex::new(rx));
             let counters = Arc::new(Counters::default());
+            if app == ADMIN_HOST {
+                admin = counters.clone();
+            }
             let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
             sim.host(app, move || agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone()));
             apps.insert(app.to_string(), tx);
@@ -124,6 +141,8 @@ impl<'a> Driver<'a> {
             sim,
             history,
             apps,
+            admin,
+            admin_sent: 0,
             brokers: scenario.brokers.clone(),
             touched: Vec::new(),
             crashed: Vec::new(),
@@ -153,6 +172,21 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// Sends an admin step and runs the simulation until the admin host has finished it
+    /// (bounded): a scenario's admin steps complete before the steps after them.
+    fn admin_step(&mut self, command: Command) -> Result<(), String> {
+        self.send(ADMIN_HOST, command);
+        self.admin_sent += 1;
+        let deadline = self.sim.elapsed() + ADMIN_WAIT_MAX;
+        while self.admin.admin_done.load(std::sync::atomic::Ordering::Relaxed) < self.admin_sent {
+            if self.sim.elapsed() >= deadline {
+                return Err(format!("an admin step did not finish within {} s", ADMIN_WAIT_MAX.as_secs()));
+            }
+            self.advance_to(self.sim.elapsed() + Duration::from_millis(1))?;
+        }
+        Ok(())
+    }
+
     fn now_ms(&self) -> u64 {
         self.sim.elapsed().as_millis() as u64
     }
@@ -168,9 +202,9 @@ impl<'a> Driver<'a> {
         match step.verb {
             Verb::TopicCreate => {
                 let partitions = step.option("partitions").and_then(|p| p.parse().ok()).unwrap_or(0);
-                self.send(ADMIN_HOST, Command::CreateTopic { topic: step.arg("topic").into(), partitions });
+                self.admin_step(Command::CreateTopic { topic: step.arg("topic").into(), partitions })?;
             }
-            Verb::TopicDelete => self.send(ADMIN_HOST, Command::DeleteTopic { topic: step.arg("topic").into() }),
+            Verb::TopicDelete => self.admin_step(Command::DeleteTopic { topic: step.arg("topic").into() })?,
             Verb::SubCreate => {
                 let ack_deadline_s =
                     step.option("ack_deadline").and_then(duration).map_or(self.ack_deadline_s, |d| d.as_secs() as u32);
@@ -180,11 +214,11 @@ impl<'a> Driver<'a> {
                     ack_deadline_s,
                     latest: step.option("start") == Some("latest"),
                 };
-                self.send(ADMIN_HOST, command);
+                self.admin_step(command)?;
             }
-            Verb::SubDelete => self.send(ADMIN_HOST, Command::DeleteSub { sub: step.arg("sub").into() }),
+            Verb::SubDelete => self.admin_step(Command::DeleteSub { sub: step.arg("sub").into() })?,
             Verb::Seek => {
-                self.send(ADMIN_HOST, Command::Seek { sub: step.arg("sub").into(), latest: step.arg("to") == "latest" })
+                self.admin_step(Command::Seek { sub: step.arg("sub").into(), latest: step.arg("to") == "latest" })?;
             }
             Verb::Publish => {
                 let number = |k: &str, default: u64| step.option(k).and_then(|v| v.parse().ok()).unwrap_or(default);

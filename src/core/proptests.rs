@@ -172,7 +172,12 @@ fn drain_everything(b: &mut Broker, m: &mut Model, mut now: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // A fixed seed keeps CI reproducible; run with other seeds by changing it.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(2026),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_operations_keep_invariants_and_lose_nothing(ops in proptest::collection::vec(op(), 1..60)) {
