@@ -50,7 +50,8 @@ pub enum Command {
     Publish(PublishSpec),
     Subscribe {
         sub: String,
-        ack: bool,
+        ack: AckMode,
+        ack_delay: Duration,
         max_outstanding: u32,
     },
     Disconnect,
@@ -59,6 +60,17 @@ pub enum Command {
     Drain {
         subs: Vec<String>,
     },
+}
+
+/// What a subscriber does with each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// Ack every message.
+    All,
+    /// Never ack: leases expire and messages come back.
+    None,
+    /// Nack the first delivery, ack the redeliveries.
+    Nack,
 }
 
 /// A `publish` step.
@@ -100,9 +112,10 @@ pub async fn run(
                 let counters = counters.clone();
                 tokio::spawn(async move { app.publish(spec, &counters).await });
             }
-            Command::Subscribe { sub, ack, max_outstanding } => {
+            Command::Subscribe { sub, ack, ack_delay, max_outstanding } => {
                 let numbers = counters.streams.clone();
-                streams.push(tokio::spawn(async move { app.subscribe(sub, ack, max_outstanding, numbers).await }));
+                let mode = Mode { ack, ack_delay, max_outstanding };
+                streams.push(tokio::spawn(async move { app.subscribe(sub, mode, numbers).await }));
             }
             Command::Drain { subs } => {
                 tokio::spawn(async move { app.drain(subs).await });
@@ -122,6 +135,15 @@ pub async fn run(
     }
 }
 
+/// How a subscriber consumes.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    ack: AckMode,
+    /// How long the subscriber works on a message before answering it.
+    ack_delay: Duration,
+    max_outstanding: u32,
+}
+
 struct App {
     name: String,
     channel: Channel,
@@ -139,7 +161,12 @@ impl App {
         for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
             let (what, result) = self.admin_once(&command).await;
             let code = match result {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Command::Seek { sub, .. } = &command {
+                        self.record(Event::Seeked { sub: sub.clone() });
+                    }
+                    return;
+                }
                 Err(status) => status.code(),
             };
             let retried_create = attempt > 1 && code == Code::AlreadyExists;
@@ -248,21 +275,21 @@ impl App {
 
     /// Keeps a stream open on `sub`, reopening it after failures, and acks what arrives
     /// when `ack` is set.
-    async fn subscribe(self, sub: String, ack: bool, max_outstanding: u32, numbers: Arc<AtomicU64>) {
+    async fn subscribe(self, sub: String, mode: Mode, numbers: Arc<AtomicU64>) {
         let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         loop {
             let stream = numbers.fetch_add(1, Ordering::Relaxed) + 1;
             let (tx, rx) = mpsc::channel(64);
             let first = pb::SubscribeRequest {
                 subscription: sub.clone(),
-                max_outstanding_messages: max_outstanding,
+                max_outstanding_messages: mode.max_outstanding,
                 ..Default::default()
             };
             let _ = tx.send(first).await;
             let code = match client.subscribe(ReceiverStream::new(rx)).await {
                 Ok(response) => {
                     self.record(Event::StreamOpened { sub: sub.clone(), stream });
-                    self.read_stream(&sub, stream, ack, &tx, response.into_inner()).await
+                    self.read_stream(&sub, stream, mode, &tx, response.into_inner()).await
                 }
                 Err(status) => status.code(),
             };
@@ -278,7 +305,7 @@ impl App {
         &self,
         sub: &str,
         stream: u64,
-        ack: bool,
+        mode: Mode,
         tx: &mpsc::Sender<pb::SubscribeRequest>,
         mut inbound: tonic::Streaming<pb::SubscribeResponse>,
     ) -> Code {
@@ -303,18 +330,37 @@ impl App {
                     attempt,
                     value,
                 });
-                if ack {
-                    ids.insert(m.ack_id.clone(), (id, partition, offset));
-                    let _ = tx.send(pb::SubscribeRequest { ack_ids: vec![m.ack_id], ..Default::default() }).await;
+                let request = match mode.ack {
+                    AckMode::None => continue,
+                    AckMode::Nack if attempt == 1 => {
+                        pb::SubscribeRequest { nack_ids: vec![m.ack_id.clone()], ..Default::default() }
+                    }
+                    AckMode::All | AckMode::Nack => {
+                        pb::SubscribeRequest { ack_ids: vec![m.ack_id.clone()], ..Default::default() }
+                    }
+                };
+                ids.insert(m.ack_id, (id, partition, offset));
+                if mode.ack_delay.is_zero() {
+                    let _ = tx.send(request).await;
+                } else {
+                    let (tx, delay) = (tx.clone(), mode.ack_delay);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = tx.send(request).await;
+                    });
                 }
             }
             for c in response.ack_confirmations {
                 let (id, partition, offset) = ids.remove(&c.ack_id).unwrap_or_default();
-                let result = result_name(c.result());
-                self.record(Event::AckAnswered { id, sub: sub.to_string(), partition, offset, result });
+                let (op, result) = (op_name(c.operation()), result_name(c.result()));
+                self.record(Event::AckAnswered { id, sub: sub.to_string(), op, partition, offset, result });
             }
         }
     }
+}
+
+fn op_name(op: pb::AckOperation) -> String {
+    op.as_str_name().trim_start_matches("ACK_OPERATION_").to_lowercase()
 }
 
 fn result_name(result: pb::AckResult) -> String {
@@ -353,7 +399,8 @@ impl App {
                 for c in reply.into_inner().confirmations {
                     let (id, partition, offset) = stored.remove(&c.ack_id).unwrap_or_default();
                     let result = result_name(c.result());
-                    self.record(Event::AckAnswered { id, sub: sub.clone(), partition, offset, result });
+                    let op = "ack".to_string();
+                    self.record(Event::AckAnswered { id, sub: sub.clone(), op, partition, offset, result });
                 }
             }
             tokio::time::sleep(RETRY_DELAY).await;

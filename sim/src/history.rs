@@ -14,8 +14,11 @@ pub enum Event {
     PublishFailed { id: String, code: String, definite: bool },
     /// A message arrived on a subscription.
     Delivered { id: String, sub: String, stream: u64, partition: u32, offset: u64, attempt: u32, value: String },
-    /// The broker answered an ack of the message stored at `partition`/`offset`.
-    AckAnswered { id: String, sub: String, partition: u32, offset: u64, result: String },
+    /// The broker answered an ack or a nack (`op`) of the message stored at
+    /// `partition`/`offset`.
+    AckAnswered { id: String, sub: String, op: String, partition: u32, offset: u64, result: String },
+    /// A subscription was moved by a seek: what it replays afterwards is not a redelivery.
+    Seeked { sub: String },
     /// A stream opened (or reopened).
     StreamOpened { sub: String, stream: u64 },
     /// A stream ended with an error.
@@ -75,7 +78,8 @@ pub fn trace_line(entry: &Entry) -> String {
         Event::Delivered { id, sub, stream, partition, offset, attempt, .. } => {
             format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}")
         }
-        Event::AckAnswered { id, sub, result, .. } => format!("ack {id} on {sub}: {result}"),
+        Event::AckAnswered { id, sub, op, result, .. } => format!("{op} {id} on {sub}: {result}"),
+        Event::Seeked { sub } => format!("seeked {sub}"),
         Event::StreamOpened { sub, stream } => format!("subscribed to {sub}#{stream}"),
         Event::StreamFailed { sub, stream, code } => format!("stream {sub}#{stream} ended: {code}"),
         Event::AdminFailed { what, code } => format!("{what} failed: {code}"),

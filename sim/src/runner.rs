@@ -10,7 +10,7 @@ use mini_pubsub::server::{self, ServerConfig};
 use mini_pubsub::storage::MemoryStorage;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::agent::{self, Command, Counters, PublishSpec, PORT};
+use crate::agent::{self, AckMode, Command, Counters, PublishSpec, PORT};
 use crate::checker;
 use crate::history::{trace_line, Entry, Event, History};
 use crate::scenario::{duration, Scenario, Step, Verb};
@@ -72,7 +72,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
         failures.push(message);
     }
     let entries = driver.history.entries();
-    let checks = checker::check(&entries, &audited(scenario));
+    let loss_allowed = scenario.config.get("loss").is_some_and(|l| l == "allowed");
+    let checks = checker::check(&entries, &audited(scenario), loss_allowed);
     failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
     let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
@@ -234,9 +235,15 @@ impl<'a> Driver<'a> {
                 self.send(step.arg("host"), Command::Publish(spec));
             }
             Verb::Subscribe => {
+                let ack = match step.option("ack") {
+                    Some("none") => AckMode::None,
+                    Some("nack") => AckMode::Nack,
+                    _ => AckMode::All,
+                };
                 let command = Command::Subscribe {
                     sub: step.arg("sub").into(),
-                    ack: step.option("ack") != Some("none"),
+                    ack,
+                    ack_delay: step.option("ack_delay").and_then(duration).unwrap_or_default(),
                     max_outstanding: step.option("max").and_then(|m| m.parse().ok()).unwrap_or(0),
                 };
                 self.send(step.arg("host"), command);
@@ -354,24 +361,30 @@ impl<'a> Driver<'a> {
                     && matches!(&e.event, Event::Delivered { sub: s, attempt: a, .. }
                         if sub.is_none_or(|x| x == s) && attempt.is_none_or(|x| x == *a))
             }),
-            "acked" => self.history.count(|e| {
-                at_host(e) && matches!(&e.event, Event::AckAnswered { sub: s, result, .. } if result == "applied" && sub.is_none_or(|x| x == s))
-            }),
+            "acked" | "expired" => {
+                let wanted = if step.arg("what") == "acked" { "applied" } else { "expired" };
+                self.history.count(|e| {
+                    at_host(e)
+                        && matches!(&e.event, Event::AckAnswered { sub: s, op, result, .. }
+                            if op == "ack" && result == wanted && sub.is_none_or(|x| x == s))
+                })
+            }
             "error" => {
                 let code = step.option("code");
                 self.history.count(|e| {
                     at_host(e)
                         && match &e.event {
-                            Event::PublishFailed { code: c, .. } | Event::StreamFailed { code: c, .. } | Event::AdminFailed { code: c, .. } => {
-                                code.is_none_or(|x| x == c)
-                            }
+                            Event::PublishFailed { code: c, .. }
+                            | Event::StreamFailed { code: c, .. }
+                            | Event::AdminFailed { code: c, .. } => code.is_none_or(|x| x == c),
                             _ => false,
                         }
                 })
             }
             "stalled" => {
                 let since = self.now_ms().saturating_sub(STALL.as_millis() as u64);
-                let recent = self.history.count(|e| at_host(e) && e.at_ms > since && matches!(e.event, Event::Delivered { .. }));
+                let recent =
+                    self.history.count(|e| at_host(e) && e.at_ms > since && matches!(e.event, Event::Delivered { .. }));
                 return (recent == 0).then(|| "nothing for 1 s".to_string());
             }
             other => unreachable!("the parser allows no `{other}`"),
@@ -438,7 +451,7 @@ fn verdict(
         count(|e| matches!(e, Event::Published { .. })),
         count(|e| matches!(e, Event::PublishFailed { .. })),
         count(|e| matches!(e, Event::Delivered { .. })),
-        count(|e| matches!(e, Event::AckAnswered { result, .. } if result == "applied")),
+        count(|e| matches!(e, Event::AckAnswered { op, result, .. } if op == "ack" && result == "applied")),
         count(|e| matches!(e, Event::StreamFailed { .. })),
     ));
     out.push("checks:".to_string());

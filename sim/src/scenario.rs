@@ -104,8 +104,8 @@ struct Spec {
 }
 
 const START: Kind = Kind::OneOf(&["earliest", "latest"]);
-const ACK_MODE: Kind = Kind::OneOf(&["all", "none"]);
-const WHAT: Kind = Kind::OneOf(&["received", "acked", "error", "stalled"]);
+const ACK_MODE: Kind = Kind::OneOf(&["all", "none", "nack"]);
+const WHAT: Kind = Kind::OneOf(&["received", "acked", "expired", "error", "stalled"]);
 const CHECKS: Kind =
     Kind::OneOf(&["all", "lost", "unexpected", "order", "offsets", "redelivered-after-ack", "liveness"]);
 
@@ -141,7 +141,7 @@ const SPECS: &[Spec] = &[
         words: &["subscribe"],
         verb: Verb::Subscribe,
         positionals: &[("host", Kind::Host), ("sub", Kind::Name)],
-        options: &[("ack", ACK_MODE), ("max", Kind::Count)],
+        options: &[("ack", ACK_MODE), ("ack_delay", Kind::Dur), ("max", Kind::Count)],
     },
     Spec { words: &["disconnect"], verb: Verb::Disconnect, positionals: &[("host", Kind::Host)], options: &[] },
     Spec { words: &["seek"], verb: Verb::Seek, positionals: &[("sub", Kind::Name), ("to", START)], options: &[] },
@@ -191,6 +191,7 @@ const CONFIG_KEYS: &[(&str, Kind)] = &[
     ("ack_deadline", Kind::Dur),
     ("partitions", Kind::Count),
     ("duration", Kind::Dur),
+    ("loss", Kind::OneOf(&["allowed", "forbidden"])),
 ];
 
 /// A scenario that cannot run, located in its file.
