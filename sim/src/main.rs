@@ -27,6 +27,15 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Measures simulation speed: runs every scenario in a folder and reports simulated
+    /// seconds per wall second and scenarios per second (build with --release).
+    Bench {
+        #[arg(long, default_value = "scenarios")]
+        dir: PathBuf,
+        /// Runs of each scenario.
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
+    },
     /// Prints the scenario `explore` generates for a seed.
     Generate {
         #[arg(long)]
@@ -50,11 +59,56 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { file, seed } => run(&file, seed),
         Command::Explore { seeds, start, out } => explore(seeds, start, &out),
+        Command::Bench { dir, repeat } => bench(&dir, repeat),
         Command::Generate { seed } => {
             print!("{}", explore::generate(seed));
             ExitCode::SUCCESS
         }
     }
+}
+
+#[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time; the simulation never reads it")]
+fn bench(dir: &std::path::Path, repeat: u32) -> ExitCode {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "scn"))
+            .collect(),
+        Err(error) => {
+            eprintln!("{}: {error}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    files.sort();
+    println!("{:<44} {:>10} {:>10} {:>12}", "scenario", "simulated", "wall", "sim s/wall s");
+    let (mut simulated_total, mut wall_total, mut runs) = (0.0, 0.0, 0u32);
+    for file in files {
+        let Ok(parsed) = std::fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| scenario::parse(&file.display().to_string(), &t).map_err(|e| e.to_string()))
+        else {
+            eprintln!("{}: cannot be read or parsed", file.display());
+            return ExitCode::from(2);
+        };
+        let started = std::time::Instant::now();
+        let mut simulated = 0.0;
+        for _ in 0..repeat {
+            simulated += runner::run(&parsed, None).simulated.as_secs_f64();
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("{name:<44} {simulated:>9.1}s {wall:>9.2}s {:>12.0}", simulated / wall);
+        simulated_total += simulated;
+        wall_total += wall;
+        runs += repeat;
+    }
+    println!(
+        "total: {runs} runs, {simulated_total:.0} simulated s in {wall_total:.2} wall s: {:.0}x real time, {:.1} scenarios/s",
+        simulated_total / wall_total,
+        f64::from(runs) / wall_total
+    );
+    ExitCode::SUCCESS
 }
 
 fn explore(seeds: u64, start: u64, out: &std::path::Path) -> ExitCode {

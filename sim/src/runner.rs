@@ -41,6 +41,8 @@ pub struct Report {
     /// What failed, as a stable signature (the failing expectations' lines and checks'
     /// names), or `None` when the run passed.
     pub failure: Option<String>,
+    /// Simulated time the run covered, drain included.
+    pub simulated: Duration,
 }
 
 /// Runs `scenario` with `seed` (or its `config seed`, or 0).
@@ -77,7 +79,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
     let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
-    Report { seed, trace: trace(&entries), verdict, passed: failure.is_none(), failure }
+    let simulated = driver.elapsed();
+    Report { seed, trace: trace(&entries), verdict, passed: failure.is_none(), failure, simulated }
 }
 
 struct Driver<'a> {
