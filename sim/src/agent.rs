@@ -92,6 +92,8 @@ pub struct Counters {
     pub messages: AtomicU64,
     pub streams: Arc<AtomicU64>,
     pub admin_done: AtomicU64,
+    /// Bytes the host has written to the network, shared with its connections.
+    pub bytes_written: Arc<AtomicU64>,
 }
 
 /// Runs an app host: takes commands until the simulation ends.
@@ -102,7 +104,7 @@ pub async fn run(
     counters: Arc<Counters>,
     history: History,
 ) -> turmoil::Result {
-    let channel = world::lazy_channel(&broker, PORT, REQUEST_TIMEOUT);
+    let channel = world::lazy_channel(&broker, PORT, REQUEST_TIMEOUT, counters.bytes_written.clone());
     let mut streams: Vec<JoinHandle<()>> = Vec::new();
     loop {
         let Some(command) = commands.lock().await.recv().await else { return Ok(()) };
@@ -309,7 +311,7 @@ impl App {
         tx: &mpsc::Sender<pb::SubscribeRequest>,
         mut inbound: tonic::Streaming<pb::SubscribeResponse>,
     ) -> Code {
-        let mut ids: std::collections::BTreeMap<String, (String, u32, u64)> = Default::default();
+        let mut ids: std::collections::BTreeMap<String, (String, u32, u64, u32)> = Default::default();
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
@@ -339,7 +341,7 @@ impl App {
                         pb::SubscribeRequest { ack_ids: vec![m.ack_id.clone()], ..Default::default() }
                     }
                 };
-                ids.insert(m.ack_id, (id, partition, offset));
+                ids.insert(m.ack_id, (id, partition, offset, attempt));
                 if mode.ack_delay.is_zero() {
                     let _ = tx.send(request).await;
                 } else {
@@ -351,9 +353,10 @@ impl App {
                 }
             }
             for c in response.ack_confirmations {
-                let (id, partition, offset) = ids.remove(&c.ack_id).unwrap_or_default();
+                let (id, partition, offset, attempt) = ids.remove(&c.ack_id).unwrap_or_default();
                 let (op, result) = (op_name(c.operation()), result_name(c.result()));
-                self.record(Event::AckAnswered { id, sub: sub.to_string(), op, partition, offset, result });
+                let sub = sub.to_string();
+                self.record(Event::AckAnswered { id, sub, op, partition, offset, attempt, result });
             }
         }
     }
@@ -380,7 +383,7 @@ impl App {
                     let id = message.attributes.get("id").cloned().unwrap_or_default();
                     let value = String::from_utf8_lossy(&message.value).into_owned();
                     let (partition, offset, attempt) = (message.partition, message.offset, m.delivery_attempt);
-                    stored.insert(m.ack_id, (id.clone(), partition, offset));
+                    stored.insert(m.ack_id, (id.clone(), partition, offset, attempt));
                     self.record(Event::Delivered {
                         id,
                         sub: sub.clone(),
@@ -397,10 +400,11 @@ impl App {
                 let req = pb::AckRequest { subscription: sub.clone(), ack_ids: stored.keys().cloned().collect() };
                 let Ok(reply) = client.ack(req).await else { continue };
                 for c in reply.into_inner().confirmations {
-                    let (id, partition, offset) = stored.remove(&c.ack_id).unwrap_or_default();
+                    let (id, partition, offset, attempt) = stored.remove(&c.ack_id).unwrap_or_default();
                     let result = result_name(c.result());
                     let op = "ack".to_string();
-                    self.record(Event::AckAnswered { id, sub: sub.clone(), op, partition, offset, result });
+                    let sub = sub.clone();
+                    self.record(Event::AckAnswered { id, sub, op, partition, offset, attempt, result });
                 }
             }
             tokio::time::sleep(RETRY_DELAY).await;

@@ -14,9 +14,9 @@ pub enum Event {
     PublishFailed { id: String, code: String, definite: bool },
     /// A message arrived on a subscription.
     Delivered { id: String, sub: String, stream: u64, partition: u32, offset: u64, attempt: u32, value: String },
-    /// The broker answered an ack or a nack (`op`) of the message stored at
-    /// `partition`/`offset`.
-    AckAnswered { id: String, sub: String, op: String, partition: u32, offset: u64, result: String },
+    /// The broker answered an ack or a nack (`op`) of delivery `attempt` of the message
+    /// stored at `partition`/`offset`.
+    AckAnswered { id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32, result: String },
     /// A subscription was moved by a seek: what it replays afterwards is not a redelivery.
     Seeked { sub: String },
     /// A stream opened (or reopened).

@@ -113,11 +113,15 @@ fn bench(dir: &std::path::Path, repeat: u32) -> ExitCode {
 
 fn explore(seeds: u64, start: u64, out: &std::path::Path) -> ExitCode {
     let failure = |text: &str| scenario::parse("generated.scn", text).ok().and_then(|s| runner::run(&s, None).failure);
-    let mut failing = 0;
+    let (mut failing, mut inconclusive) = (0, 0);
     for (i, seed) in (start..start + seeds).enumerate() {
         eprint!("\rexplore: {}/{seeds} seeds, {failing} failing", i + 1);
         let text = explore::generate(seed);
         let Some(why) = failure(&text) else { continue };
+        if explore::is_inconclusive(&why) {
+            inconclusive += 1;
+            continue;
+        }
         failing += 1;
         eprintln!();
         let shrunk = explore::shrink(&text, failure);
@@ -130,7 +134,7 @@ fn explore(seeds: u64, start: u64, out: &std::path::Path) -> ExitCode {
         println!("  replay: cargo run -p mini-pubsub-sim -- run {}", path.display());
     }
     eprintln!();
-    println!("{failing} of {seeds} seeds failed");
+    println!("{failing} of {seeds} seeds failed; {inconclusive} inconclusive (a generated fault did nothing)");
     if failing == 0 {
         ExitCode::SUCCESS
     } else {

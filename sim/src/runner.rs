@@ -67,7 +67,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
             }
         }
     }
-    driver.heal_all();
+    failures.extend(driver.heal_all());
     driver.send(ADMIN_HOST, Command::Drain { subs: audited(scenario).into_keys().collect() });
     let end = driver.elapsed() + DRAIN;
     if let Err(message) = driver.advance_to(end) {
@@ -87,13 +87,16 @@ struct Driver<'a> {
     sim: turmoil::Sim<'a>,
     history: History,
     apps: BTreeMap<String, mpsc::Sender<Command>>,
-    /// The admin host's counters, and how many admin steps were sent to it.
+    /// Every app host's counters; the admin host's, and how many admin steps it was sent.
+    counters: BTreeMap<String, Arc<Counters>>,
     admin: Arc<Counters>,
     admin_sent: u64,
     brokers: Vec<String>,
     /// Every pair of hosts a fault touched, to heal at the end.
     touched: Vec<(String, String)>,
     crashed: Vec<String>,
+    /// Network faults in place: (key, description, app hosts on it, bytes they had written).
+    open_faults: Vec<(String, String, Vec<String>, u64)>,
     /// Faults applied, in order.
     faults: Vec<String>,
     ack_deadline_s: u32,
@@ -129,6 +132,7 @@ impl<'a> Driver<'a> {
         }
         let mut apps = BTreeMap::new();
         let mut admin = Arc::default();
+        let mut all_counters = BTreeMap::new();
         let hosts = scenario.apps.iter().map(String::as_str).chain([ADMIN_HOST]);
         for app in hosts {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
@@ -137,6 +141,7 @@ impl<'a> Driver<'a> {
             if app == ADMIN_HOST {
                 admin = counters.clone();
             }
+            all_counters.insert(app.to_string(), counters.clone());
             let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
             sim.host(app, move || agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone()));
             apps.insert(app.to_string(), tx);
@@ -145,8 +150,10 @@ impl<'a> Driver<'a> {
             sim,
             history,
             apps,
+            counters: all_counters,
             admin,
             admin_sent: 0,
+            open_faults: Vec::new(),
             brokers: scenario.brokers.clone(),
             touched: Vec::new(),
             crashed: Vec::new(),
@@ -199,8 +206,66 @@ impl<'a> Driver<'a> {
         self.history.record_at(self.now_ms(), "driver", Event::Step { text });
     }
 
-    /// Applies one step. Expectations answer with their verdict line (`Err` when failed).
+    /// Bytes the app hosts among `hosts` (all apps when empty) have written so far.
+    fn written(&self, hosts: &[String]) -> u64 {
+        let apps = self.counters.iter().filter(|(h, _)| hosts.is_empty() || hosts.contains(h));
+        apps.map(|(_, c)| c.bytes_written.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
+    /// Opens the traffic window of a network fault, or closes one: a fault across which
+    /// the apps on it wrote nothing while it was in place did nothing, and fails the run.
+    fn track_fault(&mut self, step: &Step) -> Result<(), String> {
+        let (a, b) = (step.arg("a"), step.arg("b"));
+        let pair = |kind: &str| {
+            let (x, y) = if a <= b { (a, b) } else { (b, a) };
+            format!("{kind} {x} {y}")
+        };
+        let oneway = step.option("oneway") == Some("true");
+        let on_link = vec![a.to_string(), b.to_string()];
+        let (key, opens, hosts) = match step.verb {
+            Verb::Partition | Verb::Heal if oneway => {
+                (format!("oneway {a} {b}"), step.verb == Verb::Partition, on_link)
+            }
+            Verb::Partition | Verb::Heal => (pair("link"), step.verb == Verb::Partition, on_link),
+            Verb::Hold | Verb::Release => (pair("hold"), step.verb == Verb::Hold, on_link),
+            Verb::Latency => (pair("latency"), duration(step.arg("delay")).is_some_and(|d| !d.is_zero()), on_link),
+            Verb::FailRate => {
+                ("fail_rate".to_string(), step.arg("rate").parse::<f64>().is_ok_and(|r| r > 0.0), Vec::new())
+            }
+            Verb::Isolate => (format!("isolate {}", step.arg("host")), true, vec![step.arg("host").to_string()]),
+            _ => return Ok(()),
+        };
+        let closed = self.close_fault(&key);
+        if opens {
+            let apps: Vec<String> = hosts.into_iter().filter(|h| self.counters.contains_key(h)).collect();
+            if apps.is_empty() && !hosts_empty(&key) {
+                return closed;
+            }
+            let written = self.written(&apps);
+            self.open_faults.push((key, step_text(step), apps, written));
+        }
+        closed
+    }
+
+    fn close_fault(&mut self, key: &str) -> Result<(), String> {
+        let Some(index) = self.open_faults.iter().position(|(k, ..)| k == key) else { return Ok(()) };
+        let (_, text, hosts, before) = self.open_faults.remove(index);
+        if self.written(&hosts) == before {
+            return Err(format!("fault `{text}` did nothing: no app on it sent anything while it was in place"));
+        }
+        Ok(())
+    }
+
+    /// Applies one step. Expectations answer with their verdict line (`Err` when failed);
+    /// a heal that ends a fault which did nothing is an `Err` too (the heal still happens).
     fn apply(&mut self, step: &Step) -> Result<Option<String>, String> {
+        let tracked = self.track_fault(step);
+        let applied = self.apply_step(step);
+        tracked?;
+        applied
+    }
+
+    fn apply_step(&mut self, step: &Step) -> Result<Option<String>, String> {
         let (a, b) = (step.arg("a").to_string(), step.arg("b").to_string());
         let oneway = step.option("oneway") == Some("true");
         match step.verb {
@@ -395,7 +460,10 @@ impl<'a> Driver<'a> {
         (seen >= count).then(|| format!("{seen} seen"))
     }
 
-    fn heal_all(&mut self) {
+    /// Heals everything; returns the faults that were still in place and did nothing.
+    fn heal_all(&mut self) -> Vec<String> {
+        let keys: Vec<String> = self.open_faults.iter().map(|(k, ..)| k.clone()).collect();
+        let idle: Vec<String> = keys.iter().filter_map(|k| self.close_fault(k).err()).collect();
         for (a, b) in std::mem::take(&mut self.touched) {
             self.sim.repair(a.as_str(), b.as_str());
             self.sim.release(a.as_str(), b.as_str());
@@ -406,6 +474,7 @@ impl<'a> Driver<'a> {
             self.sim.bounce(host.as_str());
         }
         self.note("heal everything and drain".to_string());
+        idle
     }
 }
 
@@ -426,6 +495,18 @@ fn audited(scenario: &Scenario) -> BTreeMap<String, String> {
         }
     }
     audited
+}
+
+/// Whether a fault key stands for every app (fail_rate, isolate), not a link's two ends.
+fn hosts_empty(key: &str) -> bool {
+    key == "fail_rate" || key.starts_with("isolate ")
+}
+
+/// A step as its scenario line would say it (without time).
+fn step_text(step: &Step) -> String {
+    let mut words: Vec<String> = step.args.values().cloned().collect();
+    words.extend(step.options.iter().map(|(k, v)| format!("{k}={v}")));
+    format!("{:?} {}", step.verb, words.join(" ")).to_lowercase()
 }
 
 fn describe(step: &Step, seen: &str) -> String {

@@ -4,6 +4,8 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,8 +39,9 @@ impl Clock for SimClock {
     }
 }
 
-/// A turmoil TCP connection that tonic can serve.
-pub struct SimConn(turmoil::net::TcpStream);
+/// A turmoil TCP connection that tonic can serve or connect over. It may count the bytes
+/// written through it, so the driver can tell whether traffic crossed a fault.
+pub struct SimConn(turmoil::net::TcpStream, Option<Arc<AtomicU64>>);
 
 impl Connected for SimConn {
     type ConnectInfo = ();
@@ -54,7 +57,11 @@ impl AsyncRead for SimConn {
 
 impl AsyncWrite for SimConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let written = Pin::new(&mut self.0).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(counter)) = (&written, &self.1) {
+            counter.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -80,7 +87,7 @@ impl Net for SimNet {
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE_MAX);
         tokio::spawn(async move {
             loop {
-                let accepted = listener.accept().await.map(|(stream, _)| SimConn(stream));
+                let accepted = listener.accept().await.map(|(stream, _)| SimConn(stream, None));
                 if tx.send(accepted).await.is_err() {
                     break;
                 }
@@ -90,7 +97,7 @@ impl Net for SimNet {
     }
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<SimConn> {
-        turmoil::net::TcpStream::connect(addr).await.map(SimConn)
+        turmoil::net::TcpStream::connect(addr).await.map(|stream| SimConn(stream, None))
     }
 }
 
@@ -110,12 +117,19 @@ pub async fn channel(host: &str, port: u16) -> Result<Channel, tonic::transport:
 
 /// A channel that connects on first use and reconnects after failures, with a deadline on
 /// every request: what an app host uses, so it survives partitions and broker restarts.
-pub fn lazy_channel(host: &str, port: u16, timeout: Duration) -> Channel {
+/// Every byte it writes, and every connection attempt, is added to `written`.
+pub fn lazy_channel(host: &str, port: u16, timeout: Duration, written: Arc<AtomicU64>) -> Channel {
     let name = host.to_string();
     let endpoint = endpoint(host, port).timeout(timeout);
     let connector = tower::service_fn(move |_| {
         let addr = SocketAddr::new(turmoil::lookup(name.as_str()), port);
-        async move { SimNet.connect(addr).await.map(TokioIo::new) }
+        let written = written.clone();
+        async move {
+            // A connection attempt is traffic too: a partition that blocks it did something.
+            written.fetch_add(1, Ordering::Relaxed);
+            let stream = turmoil::net::TcpStream::connect(addr).await?;
+            Ok::<_, io::Error>(TokioIo::new(SimConn(stream, Some(written))))
+        }
     });
     endpoint.connect_with_connector_lazy(connector)
 }

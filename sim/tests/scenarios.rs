@@ -29,3 +29,17 @@ fn the_same_seed_gives_byte_identical_output() {
         assert_eq!(first, second, "{} differs between two runs with seed 99", path.display());
     });
 }
+
+#[test]
+fn a_fault_that_did_nothing_fails_the_run() {
+    // The publisher only starts after the partition is healed: no traffic tried to cross it.
+    let idle_partition = "topic create t\nsub create s topic=t\n@100ms subscribe w s\n\
+                          @200ms partition p broker\n@300ms heal p broker\n@400ms publish p t\ncheck all\n";
+    let report = runner::run(&scenario::parse("idle.scn", idle_partition).unwrap(), None);
+    assert!(!report.passed);
+    assert!(report.failure.unwrap().contains("fault `partition p broker` did nothing"));
+
+    let dead_restart = "topic create t\n@100ms restart broker\ncheck all\n";
+    let report = runner::run(&scenario::parse("restart.scn", dead_restart).unwrap(), None);
+    assert!(report.failure.unwrap().contains("restart broker: the host was running"));
+}
