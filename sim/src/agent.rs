@@ -55,6 +55,16 @@ pub enum Command {
         max_outstanding: u32,
     },
     Disconnect,
+    /// Ack the oldest held message (`all: false`) or every held message.
+    Ack {
+        all: bool,
+    },
+    /// Nack every held message.
+    Nack,
+    /// Change the deadline of every held message (they stay held).
+    Modack {
+        seconds: u32,
+    },
     /// Pull and ack everything left on these subscriptions until the run ends (the final
     /// drain, so that what is never read counts as lost only if it cannot be read).
     Drain {
@@ -71,7 +81,12 @@ pub enum AckMode {
     None,
     /// Nack the first delivery, ack the redeliveries.
     Nack,
+    /// Hold every message until an `ack`, `nack` or `modack` step says what to do.
+    Manual,
 }
+
+/// Messages a manual subscriber holds, oldest first, with the stream each came on.
+type Held = Arc<std::sync::Mutex<std::collections::VecDeque<(String, mpsc::Sender<pb::SubscribeRequest>)>>>;
 
 /// A `publish` step.
 #[derive(Debug, Clone)]
@@ -106,10 +121,41 @@ pub async fn run(
 ) -> turmoil::Result {
     let channel = world::lazy_channel(&broker, PORT, REQUEST_TIMEOUT, counters.bytes_written.clone());
     let mut streams: Vec<JoinHandle<()>> = Vec::new();
+    let held = Held::default();
     loop {
         let Some(command) = commands.lock().await.recv().await else { return Ok(()) };
-        let app = App { name: name.clone(), channel: channel.clone(), history: history.clone() };
+        let app = App { name: name.clone(), channel: channel.clone(), history: history.clone(), held: held.clone() };
         match command {
+            Command::Ack { all } => {
+                let taken: Vec<_> = {
+                    let mut held = held.lock().expect("held lock");
+                    if all {
+                        held.drain(..).collect()
+                    } else {
+                        held.pop_front().into_iter().collect()
+                    }
+                };
+                for (ack_id, tx) in taken {
+                    let _ = tx.try_send(pb::SubscribeRequest { ack_ids: vec![ack_id], ..Default::default() });
+                }
+            }
+            Command::Nack => {
+                let taken: Vec<_> = held.lock().expect("held lock").drain(..).collect();
+                for (ack_id, tx) in taken {
+                    let _ = tx.try_send(pb::SubscribeRequest { nack_ids: vec![ack_id], ..Default::default() });
+                }
+            }
+            Command::Modack { seconds } => {
+                let kept: Vec<_> = held.lock().expect("held lock").iter().cloned().collect();
+                for (ack_id, tx) in kept {
+                    let request = pb::SubscribeRequest {
+                        modify_deadline_ack_ids: vec![ack_id],
+                        modify_deadline_seconds: vec![seconds],
+                        ..Default::default()
+                    };
+                    let _ = tx.try_send(request);
+                }
+            }
             Command::Publish(spec) => {
                 let counters = counters.clone();
                 tokio::spawn(async move { app.publish(spec, &counters).await });
@@ -150,6 +196,7 @@ struct App {
     name: String,
     channel: Channel,
     history: History,
+    held: Held,
 }
 
 impl App {
@@ -334,6 +381,11 @@ impl App {
                 });
                 let request = match mode.ack {
                     AckMode::None => continue,
+                    AckMode::Manual => {
+                        ids.insert(m.ack_id.clone(), (id, partition, offset, attempt));
+                        self.held.lock().expect("held lock").push_back((m.ack_id, tx.clone()));
+                        continue;
+                    }
                     AckMode::Nack if attempt == 1 => {
                         pb::SubscribeRequest { nack_ids: vec![m.ack_id.clone()], ..Default::default() }
                     }
@@ -353,8 +405,11 @@ impl App {
                 }
             }
             for c in response.ack_confirmations {
-                let (id, partition, offset, attempt) = ids.remove(&c.ack_id).unwrap_or_default();
                 let (op, result) = (op_name(c.operation()), result_name(c.result()));
+                // A deadline change leaves the message held: keep its entry for the answer
+                // to the ack or nack that follows.
+                let entry = if op == "modify_deadline" { ids.get(&c.ack_id).cloned() } else { ids.remove(&c.ack_id) };
+                let (id, partition, offset, attempt) = entry.unwrap_or_default();
                 let sub = sub.to_string();
                 self.record(Event::AckAnswered { id, sub, op, partition, offset, attempt, result });
             }

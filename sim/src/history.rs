@@ -61,15 +61,19 @@ impl History {
     }
 }
 
-/// One line of the condensed trace.
-pub fn trace_line(entry: &Entry) -> String {
+/// The trace of a run: one line per event. The condensed trace leaves out first publish
+/// attempts (their outcome has a line of its own); the full one keeps every event.
+pub fn render(entries: &[Entry], full: bool) -> String {
+    let lines = entries.iter().filter_map(|e| trace_line(e, full));
+    lines.collect::<Vec<_>>().join("\n")
+}
+
+/// One line of the trace, or `None` for an event the condensed trace leaves out.
+pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
     let what = match &entry.event {
-        Event::PublishInvoked { id, topic, attempt } => {
-            if *attempt == 1 {
-                return String::new();
-            }
-            format!("publish {id} to {topic}: retry {attempt}")
-        }
+        Event::PublishInvoked { id, topic, attempt: 1 } if full => format!("publish {id} to {topic}"),
+        Event::PublishInvoked { attempt: 1, .. } => return None,
+        Event::PublishInvoked { id, topic, attempt } => format!("publish {id} to {topic}: retry {attempt}"),
         Event::Published { id, topic, partition, offset } => format!("published {id} to {topic} p{partition}@{offset}"),
         Event::PublishFailed { id, code, definite } => {
             let kind = if *definite { "definite" } else { "indeterminate" };
@@ -85,5 +89,5 @@ pub fn trace_line(entry: &Entry) -> String {
         Event::AdminFailed { what, code } => format!("{what} failed: {code}"),
         Event::Step { text } => text.clone(),
     };
-    format!("@{:>7}ms {:<10} {what}", entry.at_ms, entry.host)
+    Some(format!("@{:>7}ms {:<10} {what}", entry.at_ms, entry.host))
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mini_pubsub_sim::{explore, runner, scenario};
+use mini_pubsub_sim::{explore, history, runner, scenario};
 
 #[derive(Parser)]
 #[command(name = "mini-pubsub-sim", about = "Deterministic scenarios for mini-pubsub")]
@@ -26,6 +26,9 @@ enum Command {
         /// Overrides the scenario's `config seed`.
         #[arg(long)]
         seed: Option<u64>,
+        /// `full` prints every event, first publish attempts included.
+        #[arg(long, default_value = "condensed", value_parser = ["condensed", "full"])]
+        trace: String,
     },
     /// Measures simulation speed: runs every scenario in a folder and reports simulated
     /// seconds per wall second and scenarios per second (build with --release).
@@ -57,7 +60,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { file, seed } => run(&file, seed),
+        Command::Run { file, seed, trace } => run(&file, seed, trace == "full"),
         Command::Explore { seeds, start, out } => explore(seeds, start, &out),
         Command::Bench { dir, repeat } => bench(&dir, repeat),
         Command::Generate { seed } => {
@@ -142,7 +145,7 @@ fn explore(seeds: u64, start: u64, out: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(file: &PathBuf, seed: Option<u64>) -> ExitCode {
+fn run(file: &PathBuf, seed: Option<u64>, full: bool) -> ExitCode {
     let name = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
@@ -159,7 +162,8 @@ fn run(file: &PathBuf, seed: Option<u64>) -> ExitCode {
         }
     };
     let report = runner::run(&parsed, seed);
-    println!("{}\n\n{}", report.trace, report.verdict);
+    let trace = if full { history::render(&report.entries, true) } else { report.trace.clone() };
+    println!("{trace}\n\n{}", report.verdict);
     println!("\nreplay: cargo run -p mini-pubsub-sim -- run {name} --seed {}", report.seed);
     if report.passed {
         println!("PASS");

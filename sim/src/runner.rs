@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::agent::{self, AckMode, Command, Counters, PublishSpec, PORT};
 use crate::checker;
-use crate::history::{trace_line, Entry, Event, History};
+use crate::history::{render, Entry, Event, History};
 use crate::scenario::{duration, Scenario, Step, Verb};
 use crate::world::{listen_addr, SimClock, SimNet};
 
@@ -33,8 +33,10 @@ const STALL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub seed: u64,
-    /// One line per event, stamped with simulated time.
+    /// One line per event, stamped with simulated time (condensed).
     pub trace: String,
+    /// Every event of the run, for `--trace full`.
+    pub entries: Vec<Entry>,
     /// Expectations, history counts, checker results, faults.
     pub verdict: String,
     pub passed: bool,
@@ -80,7 +82,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
     let simulated = driver.elapsed();
-    Report { seed, trace: trace(&entries), verdict, passed: failure.is_none(), failure, simulated }
+    let trace = render(&entries, false);
+    Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated }
 }
 
 struct Driver<'a> {
@@ -306,6 +309,7 @@ impl<'a> Driver<'a> {
                 let ack = match step.option("ack") {
                     Some("none") => AckMode::None,
                     Some("nack") => AckMode::Nack,
+                    Some("manual") => AckMode::Manual,
                     _ => AckMode::All,
                 };
                 let command = Command::Subscribe {
@@ -317,6 +321,12 @@ impl<'a> Driver<'a> {
                 self.send(step.arg("host"), command);
             }
             Verb::Disconnect => self.send(step.arg("host"), Command::Disconnect),
+            Verb::Ack => self.send(step.arg("host"), Command::Ack { all: step.arg("which") == "all" }),
+            Verb::Nack => self.send(step.arg("host"), Command::Nack),
+            Verb::Modack => {
+                let seconds = duration(step.arg("deadline")).unwrap_or_default().as_secs() as u32;
+                self.send(step.arg("host"), Command::Modack { seconds });
+            }
             Verb::Partition if oneway => {
                 self.fault(format!("partition {a} -> {b}"), |s| s.partition_oneway(a.as_str(), b.as_str()), step)
             }
@@ -514,10 +524,6 @@ fn describe(step: &Step, seen: &str) -> String {
     words.extend(step.options.iter().map(|(k, v)| format!("{k}={v}")));
     let within = step.within.map(|w| format!(" within {} ms", w.as_millis())).unwrap_or_default();
     format!("{}{within} ({seen})", words.join(" "))
-}
-
-fn trace(entries: &[Entry]) -> String {
-    entries.iter().map(trace_line).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
 }
 
 fn verdict(

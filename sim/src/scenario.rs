@@ -69,6 +69,9 @@ pub enum Verb {
     Publish,
     Subscribe,
     Disconnect,
+    Ack,
+    Nack,
+    Modack,
     Seek,
     Partition,
     Heal,
@@ -104,7 +107,7 @@ struct Spec {
 }
 
 const START: Kind = Kind::OneOf(&["earliest", "latest"]);
-const ACK_MODE: Kind = Kind::OneOf(&["all", "none", "nack"]);
+const ACK_MODE: Kind = Kind::OneOf(&["all", "none", "nack", "manual"]);
 const WHAT: Kind = Kind::OneOf(&["received", "acked", "expired", "error", "stalled"]);
 const CHECKS: Kind =
     Kind::OneOf(&["all", "lost", "unexpected", "order", "offsets", "redelivered-after-ack", "liveness"]);
@@ -144,6 +147,19 @@ const SPECS: &[Spec] = &[
         options: &[("ack", ACK_MODE), ("ack_delay", Kind::Dur), ("max", Kind::Count)],
     },
     Spec { words: &["disconnect"], verb: Verb::Disconnect, positionals: &[("host", Kind::Host)], options: &[] },
+    Spec {
+        words: &["ack"],
+        verb: Verb::Ack,
+        positionals: &[("host", Kind::Host), ("which", Kind::OneOf(&["next", "all"]))],
+        options: &[],
+    },
+    Spec { words: &["nack"], verb: Verb::Nack, positionals: &[("host", Kind::Host)], options: &[] },
+    Spec {
+        words: &["modack"],
+        verb: Verb::Modack,
+        positionals: &[("host", Kind::Host), ("deadline", Kind::Dur)],
+        options: &[],
+    },
     Spec { words: &["seek"], verb: Verb::Seek, positionals: &[("sub", Kind::Name), ("to", START)], options: &[] },
     Spec {
         words: &["partition"],
