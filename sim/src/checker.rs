@@ -16,7 +16,14 @@ pub struct Check {
 /// publish of its topic (created at the earliest position, never seeked or deleted) to
 /// that topic. With `loss_allowed` (a scenario that declares it, such as a crash of a
 /// broker on the memory log) lost messages are reported but do not fail the run.
-pub fn check(entries: &[Entry], audited: &BTreeMap<String, String>, loss_allowed: bool) -> Vec<Check> {
+pub fn check(
+    entries: &[Entry],
+    audited: &BTreeMap<String, String>,
+    loss_allowed: bool,
+    healed_at_ms: u64,
+    bound_ms: u64,
+) -> Vec<Check> {
+    let liveness = liveness(entries, audited, healed_at_ms, bound_ms);
     let mut lost = lost(entries, audited);
     if loss_allowed && !lost.passed {
         lost = Check { name: "lost (allowed)", passed: true, detail: lost.detail };
@@ -28,7 +35,42 @@ pub fn check(entries: &[Entry], audited: &BTreeMap<String, String>, loss_allowed
         redelivered_after_ack(entries),
         out_of_order(entries),
         inconsistent_offsets(entries, audited),
+        liveness,
     ]
+}
+
+/// After the last heal (`healed_at_ms`), every acknowledged publish not yet delivered to an
+/// audited subscription of its topic must be delivered within `bound_ms`. Reports how long
+/// the slowest took. Messages that are never delivered are the `lost` check's to report.
+fn liveness(entries: &[Entry], audited: &BTreeMap<String, String>, healed_at_ms: u64, bound_ms: u64) -> Check {
+    let mut first: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for e in entries {
+        if let Event::Delivered { id, sub, .. } = &e.event {
+            first.entry((sub.as_str(), id.as_str())).or_insert(e.at_ms);
+        }
+    }
+    let (mut slowest, mut pending) = (0, 0);
+    let mut problems = Vec::new();
+    for e in entries {
+        let Event::Published { id, topic, .. } = &e.event else { continue };
+        for (sub, _) in audited.iter().filter(|(_, t)| *t == topic) {
+            let Some(&at) = first.get(&(sub.as_str(), id.as_str())) else { continue };
+            let after_heal = at.saturating_sub(healed_at_ms.max(e.at_ms));
+            if at >= healed_at_ms {
+                pending += 1;
+                slowest = slowest.max(after_heal);
+                if after_heal > bound_ms {
+                    problems.push(format!("{id} reached {sub} {after_heal} ms after the last heal"));
+                }
+            }
+        }
+    }
+    let ok = if pending == 0 {
+        format!("nothing was waiting at the last heal (bound {bound_ms} ms)")
+    } else {
+        format!("{pending} deliveries waiting at the last heal arrived within {slowest} ms (bound {bound_ms} ms)")
+    };
+    result("liveness", problems, ok)
 }
 
 fn result(name: &'static str, problems: Vec<String>, ok: String) -> Check {

@@ -70,6 +70,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
         }
     }
     failures.extend(driver.heal_all());
+    let healed_at_ms = driver.calm_since_ms.unwrap_or(driver.now_ms());
     driver.send(ADMIN_HOST, Command::Drain { subs: audited(scenario).into_keys().collect() });
     let end = driver.elapsed() + DRAIN;
     if let Err(message) = driver.advance_to(end) {
@@ -77,7 +78,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     }
     let entries = driver.history.entries();
     let loss_allowed = scenario.config.get("loss").is_some_and(|l| l == "allowed");
-    let checks = checker::check(&entries, &audited(scenario), loss_allowed);
+    let bound_ms = DRAIN.as_millis() as u64;
+    let checks = checker::check(&entries, &audited(scenario), loss_allowed, healed_at_ms, bound_ms);
     failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
     let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
@@ -100,6 +102,8 @@ struct Driver<'a> {
     crashed: Vec<String>,
     /// Network faults in place: (key, description, app hosts on it, bytes they had written).
     open_faults: Vec<(String, String, Vec<String>, u64)>,
+    /// When the last fault ended, while none is in place: liveness is measured from here.
+    calm_since_ms: Option<u64>,
     /// Faults applied, in order.
     faults: Vec<String>,
     ack_deadline_s: u32,
@@ -157,6 +161,7 @@ impl<'a> Driver<'a> {
             admin,
             admin_sent: 0,
             open_faults: Vec::new(),
+            calm_since_ms: Some(0),
             brokers: scenario.brokers.clone(),
             touched: Vec::new(),
             crashed: Vec::new(),
@@ -264,6 +269,12 @@ impl<'a> Driver<'a> {
     fn apply(&mut self, step: &Step) -> Result<Option<String>, String> {
         let tracked = self.track_fault(step);
         let applied = self.apply_step(step);
+        let calm = self.open_faults.is_empty() && self.crashed.is_empty();
+        self.calm_since_ms = match (calm, self.calm_since_ms) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(self.now_ms()),
+            (false, _) => None,
+        };
         tracked?;
         applied
     }
