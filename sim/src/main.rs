@@ -55,13 +55,25 @@ enum Command {
         /// Where shrunk failures are written.
         #[arg(long, default_value = "scenarios/regressions")]
         out: PathBuf,
+        /// Explore this scenario under many seeds instead of generated ones.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { file, seed, trace } => run(&file, seed, trace == "full"),
-        Command::Explore { seeds, start, out } => explore(seeds, start, &out),
+        Command::Explore { seeds, start, out, scenario } => match scenario {
+            Some(file) => match std::fs::read_to_string(&file) {
+                Ok(text) => explore(seeds, start, &out, |seed| with_seed(&text, seed)),
+                Err(error) => {
+                    eprintln!("{}: {error}", file.display());
+                    ExitCode::from(2)
+                }
+            },
+            None => explore(seeds, start, &out, explore::generate),
+        },
         Command::Bench { dir, repeat } => bench(&dir, repeat),
         Command::Generate { seed } => {
             print!("{}", explore::generate(seed));
@@ -114,12 +126,26 @@ fn bench(dir: &std::path::Path, repeat: u32) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn explore(seeds: u64, start: u64, out: &std::path::Path) -> ExitCode {
+/// `text` with its `config seed` replaced by `seed`.
+fn with_seed(text: &str, seed: u64) -> String {
+    let body: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if !line.trim_start().starts_with("config") {
+                return line.to_string();
+            }
+            line.split_whitespace().filter(|word| !word.starts_with("seed=")).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    format!("config seed={seed}\n{}\n", body.join("\n"))
+}
+
+fn explore(seeds: u64, start: u64, out: &std::path::Path, scenario_for: impl Fn(u64) -> String) -> ExitCode {
     let failure = |text: &str| scenario::parse("generated.scn", text).ok().and_then(|s| runner::run(&s, None).failure);
     let (mut failing, mut inconclusive) = (0, 0);
     for (i, seed) in (start..start + seeds).enumerate() {
         eprint!("\rexplore: {}/{seeds} seeds, {failing} failing", i + 1);
-        let text = explore::generate(seed);
+        let text = scenario_for(seed);
         let Some(why) = failure(&text) else { continue };
         if explore::is_inconclusive(&why) {
             inconclusive += 1;
@@ -137,7 +163,7 @@ fn explore(seeds: u64, start: u64, out: &std::path::Path) -> ExitCode {
         println!("  replay: cargo run -p mini-pubsub-sim -- run {}", path.display());
     }
     eprintln!();
-    println!("{failing} of {seeds} seeds failed; {inconclusive} inconclusive (a generated fault did nothing)");
+    println!("{failing} of {seeds} seeds failed; {inconclusive} inconclusive (a fault did nothing)");
     if failing == 0 {
         ExitCode::SUCCESS
     } else {
