@@ -358,7 +358,7 @@ impl App {
         tx: &mpsc::Sender<pb::SubscribeRequest>,
         mut inbound: tonic::Streaming<pb::SubscribeResponse>,
     ) -> Code {
-        let mut ids: std::collections::BTreeMap<String, (String, u32, u64, u32)> = Default::default();
+        let mut ids: std::collections::BTreeMap<String, Leased> = Default::default();
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
@@ -366,34 +366,23 @@ impl App {
                 Err(status) => return status.code(),
             };
             for m in response.received_messages {
-                let message = m.message.unwrap_or_default();
-                let id = message.attributes.get("id").cloned().unwrap_or_default();
-                let value = String::from_utf8_lossy(&message.value).into_owned();
-                let (partition, offset, attempt) = (message.partition, message.offset, m.delivery_attempt);
-                self.record(Event::Delivered {
-                    id: id.clone(),
-                    sub: sub.to_string(),
-                    stream,
-                    partition,
-                    offset,
-                    attempt,
-                    value,
-                });
+                let (ack_id, leased) = self.record_delivery(sub, stream, m);
+                let attempt = leased.attempt;
                 let request = match mode.ack {
                     AckMode::None => continue,
                     AckMode::Manual => {
-                        ids.insert(m.ack_id.clone(), (id, partition, offset, attempt));
-                        self.held.lock().expect("held lock").push_back((m.ack_id, tx.clone()));
+                        ids.insert(ack_id.clone(), leased);
+                        self.held.lock().expect("held lock").push_back((ack_id, tx.clone()));
                         continue;
                     }
                     AckMode::Nack if attempt == 1 => {
-                        pb::SubscribeRequest { nack_ids: vec![m.ack_id.clone()], ..Default::default() }
+                        pb::SubscribeRequest { nack_ids: vec![ack_id.clone()], ..Default::default() }
                     }
                     AckMode::All | AckMode::Nack => {
-                        pb::SubscribeRequest { ack_ids: vec![m.ack_id.clone()], ..Default::default() }
+                        pb::SubscribeRequest { ack_ids: vec![ack_id.clone()], ..Default::default() }
                     }
                 };
-                ids.insert(m.ack_id, (id, partition, offset, attempt));
+                ids.insert(ack_id, leased);
                 if mode.ack_delay.is_zero() {
                     let _ = tx.send(request).await;
                 } else {
@@ -405,15 +394,49 @@ impl App {
                 }
             }
             for c in response.ack_confirmations {
-                let (op, result) = (op_name(c.operation()), result_name(c.result()));
                 // A deadline change leaves the message held: keep its entry for the answer
                 // to the ack or nack that follows.
-                let entry = if op == "modify_deadline" { ids.get(&c.ack_id).cloned() } else { ids.remove(&c.ack_id) };
-                let (id, partition, offset, attempt) = entry.unwrap_or_default();
-                let sub = sub.to_string();
-                self.record(Event::AckAnswered { id, sub, op, partition, offset, attempt, result });
+                let keep = c.operation() == pb::AckOperation::ModifyDeadline;
+                let leased = if keep { ids.get(&c.ack_id).cloned() } else { ids.remove(&c.ack_id) };
+                self.record_answer(sub, leased.unwrap_or_default(), &c);
             }
         }
+    }
+}
+
+/// What a client remembers of a lease it holds: which stored message, which attempt.
+#[derive(Debug, Clone, Default)]
+struct Leased {
+    id: String,
+    partition: u32,
+    offset: u64,
+    attempt: u32,
+}
+
+impl App {
+    /// Records a received message and returns its ack id and what to remember of it.
+    fn record_delivery(&self, sub: &str, stream: u64, m: pb::ReceivedMessage) -> (String, Leased) {
+        let message = m.message.unwrap_or_default();
+        let id = message.attributes.get("id").cloned().unwrap_or_default();
+        let value = String::from_utf8_lossy(&message.value).into_owned();
+        let leased = Leased { id, partition: message.partition, offset: message.offset, attempt: m.delivery_attempt };
+        self.record(Event::Delivered {
+            id: leased.id.clone(),
+            sub: sub.to_string(),
+            stream,
+            partition: leased.partition,
+            offset: leased.offset,
+            attempt: leased.attempt,
+            value,
+        });
+        (m.ack_id, leased)
+    }
+
+    /// Records the broker's answer to an ack, nack or deadline change of `leased`.
+    fn record_answer(&self, sub: &str, leased: Leased, c: &pb::AckConfirmation) {
+        let Leased { id, partition, offset, attempt } = leased;
+        let (op, result) = (op_name(c.operation()), result_name(c.result()));
+        self.record(Event::AckAnswered { id, sub: sub.to_string(), op, partition, offset, attempt, result });
     }
 }
 
@@ -434,20 +457,8 @@ impl App {
                 let Ok(pulled) = pulled else { continue };
                 let mut stored = std::collections::BTreeMap::new();
                 for m in pulled.into_inner().received_messages {
-                    let message = m.message.unwrap_or_default();
-                    let id = message.attributes.get("id").cloned().unwrap_or_default();
-                    let value = String::from_utf8_lossy(&message.value).into_owned();
-                    let (partition, offset, attempt) = (message.partition, message.offset, m.delivery_attempt);
-                    stored.insert(m.ack_id, (id.clone(), partition, offset, attempt));
-                    self.record(Event::Delivered {
-                        id,
-                        sub: sub.clone(),
-                        stream: 0,
-                        partition,
-                        offset,
-                        attempt,
-                        value,
-                    });
+                    let (ack_id, leased) = self.record_delivery(sub, 0, m);
+                    stored.insert(ack_id, leased);
                 }
                 if stored.is_empty() {
                     continue;
@@ -455,11 +466,8 @@ impl App {
                 let req = pb::AckRequest { subscription: sub.clone(), ack_ids: stored.keys().cloned().collect() };
                 let Ok(reply) = client.ack(req).await else { continue };
                 for c in reply.into_inner().confirmations {
-                    let (id, partition, offset, attempt) = stored.remove(&c.ack_id).unwrap_or_default();
-                    let result = result_name(c.result());
-                    let op = "ack".to_string();
-                    let sub = sub.clone();
-                    self.record(Event::AckAnswered { id, sub, op, partition, offset, attempt, result });
+                    let leased = stored.remove(&c.ack_id).unwrap_or_default();
+                    self.record_answer(sub, leased, &c);
                 }
             }
             tokio::time::sleep(RETRY_DELAY).await;
