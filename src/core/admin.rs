@@ -4,7 +4,7 @@ use super::broker::Broker;
 use super::error::BrokerError;
 use super::name;
 use super::subscription::{Cursor, StartPosition, Subscription};
-use super::topic::Topic;
+use super::topic::{visible_end, Topic};
 
 /// A topic as Admin reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,10 +86,15 @@ impl Broker {
                 limit: self.config.topics_max as u64,
             });
         }
-        let logs = (0..partitions).map(|p| self.storage.open(topic, p)).collect::<Result<Vec<_>, _>>()?;
         let uid = self.next_topic_uid;
+        let logs = (0..partitions).map(|p| self.storage.open(uid, p)).collect::<Result<Vec<_>, _>>()?;
         self.next_topic_uid += 1;
         self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs));
+        if let Err(e) = self.save_meta() {
+            let t = self.topics.remove(topic).expect("inserted above");
+            let _ = self.storage.remove(uid, t.logs);
+            return Err(e);
+        }
         self.topic_info(topic)
     }
 
@@ -103,7 +108,7 @@ impl Broker {
             .map(|(p, log)| PartitionInfo {
                 partition: p as u32,
                 start_offset: log.start_offset(),
-                end_offset: log.end_offset(),
+                end_offset: visible_end(log.as_ref(), self.after_sync),
             })
             .collect();
         Ok(TopicInfo { name: t.name.clone(), partitions, subscriptions: t.subscriptions.iter().cloned().collect() })
@@ -138,7 +143,10 @@ impl Broker {
             self.delete_subscription(sub)?;
         }
         let t = self.topics.remove(topic).expect("topic checked above");
-        self.storage.remove(topic, t.logs)?;
+        // The metadata goes first: a crash between the two leaves unreferenced files, never
+        // a topic whose files are gone.
+        self.save_meta_or_retry_later();
+        self.storage.remove(t.uid, t.logs)?;
         Ok(subscriptions)
     }
 
@@ -178,7 +186,7 @@ impl Broker {
             .iter()
             .map(|log| match spec.start {
                 StartPosition::Earliest => Cursor::at(log.start_offset()),
-                StartPosition::Latest => Cursor::at(log.end_offset()),
+                StartPosition::Latest => Cursor::at(visible_end(log.as_ref(), self.after_sync)),
             })
             .collect();
         let uid = self.next_subscription_uid;
@@ -197,8 +205,14 @@ impl Broker {
         };
         let info = subscription_info(&sub);
         self.topics.get_mut(&spec.topic).expect("topic checked above").subscriptions.insert(spec.name.clone());
-        self.subscription_uids.insert(spec.name, uid);
+        self.subscription_uids.insert(spec.name.clone(), uid);
         self.subscriptions.insert(uid, sub);
+        if !ephemeral {
+            if let Err(e) = self.save_meta() {
+                self.remove_subscription(uid);
+                return Err(e);
+            }
+        }
         Ok(info)
     }
 
@@ -241,7 +255,11 @@ impl Broker {
         for stream in members {
             self.end_stream(stream, BrokerError::SubscriptionNotFound { subscription: subscription.to_string() });
         }
+        let ephemeral = self.subscriptions[&uid].ephemeral;
         self.remove_subscription(uid);
+        if !ephemeral {
+            self.save_meta_or_retry_later();
+        }
         Ok(())
     }
 
@@ -255,7 +273,7 @@ impl Broker {
             .zip(&topic.logs)
             .enumerate()
             .map(|(p, (cursor, log))| {
-                let end = log.end_offset();
+                let end = visible_end(log.as_ref(), self.after_sync);
                 let start = log.start_offset();
                 let committed = cursor.committed.max(start);
                 let acked_above = cursor.acked.range(committed..).count() as u64;

@@ -27,12 +27,18 @@ pub struct Broker {
     pub(super) next_stream_id: u64,
     pub(super) next_lease_seq: u64,
     pub(super) next_ephemeral: u64,
+    /// Publishes are acknowledged (and records shown to readers) only once synced.
+    pub(super) after_sync: bool,
+    /// The metadata as last saved, so a checkpoint writes only when something changed.
+    pub(super) saved_meta: Vec<u8>,
 }
 
 impl Broker {
-    /// A broker with no topics, storing partitions in `storage`.
+    /// A broker with no topics, storing partitions in `storage` (whatever it holds is
+    /// ignored: [`Broker::open`] restores it).
     pub fn new(config: BrokerConfig, storage: Box<dyn Storage>) -> Result<Self, BrokerError> {
         config.validate()?;
+        let after_sync = storage.fsync_policy().acks_after_sync();
         Ok(Self {
             config,
             storage,
@@ -47,6 +53,8 @@ impl Broker {
             next_stream_id: 1,
             next_lease_seq: 1,
             next_ephemeral: 1,
+            after_sync,
+            saved_meta: Vec::new(),
         })
     }
 

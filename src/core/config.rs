@@ -42,6 +42,9 @@ pub struct BrokerConfig {
     /// Retained bytes per partition; past it the oldest messages are dropped (the log start
     /// moves), as Kafka's `retention.bytes`.
     pub partition_retention_bytes: u64,
+    /// How long a message is kept, by publish time; older ones are dropped (whole segments
+    /// in the file log), as Kafka's `retention.ms`. `None` keeps them until size retention.
+    pub partition_retention_ms: Option<u64>,
 }
 
 impl Default for BrokerConfig {
@@ -63,6 +66,7 @@ impl Default for BrokerConfig {
             pull_messages_max: 1000,
             response_bytes_max: 3 * 1024 * 1024 + 512 * 1024,
             partition_retention_bytes: 1024 * 1024 * 1024,
+            partition_retention_ms: Some(7 * 24 * 3600 * 1000),
         }
     }
 }
@@ -111,6 +115,11 @@ impl BrokerConfig {
             self.partition_retention_bytes >= self.max_message_bytes as u64,
             "partition_retention_bytes",
             "at least max_message_bytes",
+        )?;
+        check(
+            self.partition_retention_ms.is_none_or(|ms| ms >= 1000),
+            "partition_retention_ms",
+            "at least 1000 (or unset)",
         )?;
         Ok(())
     }

@@ -8,6 +8,7 @@ use super::error::BrokerError;
 use super::lease::{AckId, AckOp, AckOutcome, AckReply, Lease, StreamId};
 use super::name;
 use super::subscription::StartPosition;
+use super::topic::visible_end;
 use crate::storage::Record;
 
 /// What a new stream joins.
@@ -315,7 +316,7 @@ impl Broker {
         for (p, log) in topic.logs.iter().enumerate() {
             let offset = match &target {
                 SeekTarget::Earliest => log.start_offset(),
-                SeekTarget::Latest => log.end_offset(),
+                SeekTarget::Latest => visible_end(log.as_ref(), self.after_sync),
                 SeekTarget::TimeMs(time) => log.offset_for_time(*time)?,
                 SeekTarget::Offsets(_) => continue,
             };
@@ -331,7 +332,7 @@ impl Broker {
                         partitions: topic.partition_count(),
                     });
                 };
-                let (start, end) = (log.start_offset(), log.end_offset());
+                let (start, end) = (log.start_offset(), visible_end(log.as_ref(), self.after_sync));
                 if !(start..=end).contains(&offset) {
                     return Err(BrokerError::InvalidArgument {
                         field: "offsets.offset",
@@ -444,6 +445,7 @@ impl Broker {
         budget: Option<usize>,
     ) -> Option<Delivery> {
         let seq = self.next_lease_seq;
+        let after_sync = self.after_sync;
         let sub = self.subscriptions.get_mut(&uid).expect("leasing subscription");
         let topic = self.topics.get(&sub.topic).expect("a subscription's topic exists");
         let partitions = topic.partition_count();
@@ -451,9 +453,11 @@ impl Broker {
             let partition = (sub.next_partition + i) % partitions;
             let log = &topic.logs[partition as usize];
             let cursor = &mut sub.cursors[partition as usize];
-            let Some(offset) = cursor.next_to_deliver(log.end_offset()) else { continue };
-            // A storage error here leaves the message where it is; the next dispatch retries.
-            let record = log.read(offset, 1, usize::MAX).ok()?.into_iter().next()?;
+            let Some(offset) = cursor.next_to_deliver(visible_end(log.as_ref(), after_sync)) else { continue };
+            // A storage error (a disk error, a record that fails its CRC) leaves the message
+            // where it is, undelivered; the other partitions go on, and the next dispatch retries.
+            let Ok(records) = log.read(offset, 1, usize::MAX) else { continue };
+            let Some(record) = records.into_iter().next() else { continue };
             if budget.is_some_and(|b| encoded_len_max(&topic.name, &record.record) > b) {
                 return None;
             }

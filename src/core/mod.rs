@@ -27,6 +27,7 @@ mod delivery;
 mod error;
 mod lease;
 pub mod name;
+mod persist;
 mod publish;
 mod subscription;
 mod topic;
@@ -37,9 +38,10 @@ pub use config::BrokerConfig;
 pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
 pub use error::BrokerError;
 pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
+pub use persist::SyncFailure;
 pub use publish::{OutgoingMessage, Published};
 pub use subscription::StartPosition;
-pub use topic::{message_id, murmur2, partition_for_key};
+pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
 #[cfg(test)]
 mod proptests;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::broker::Broker;
 use super::error::BrokerError;
 use super::name;
-use crate::storage::{message_size, PartitionLog, Record};
+use crate::storage::{message_size, PartitionLog, Record, Retention};
 
 /// A message as a publisher sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,10 +78,14 @@ impl Broker {
 
         let mut results = vec![None; by_partition.values().map(Vec::len).sum()];
         let mut trimmed = Vec::new();
+        let retention = Retention {
+            max_bytes: self.config.partition_retention_bytes,
+            min_publish_time_ms: self.config.partition_retention_ms.map(|ms| wall_ms.saturating_sub(ms)),
+        };
         for (partition, batch) in by_partition {
             let (indexes, records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
             let log = &mut t.logs[partition as usize];
-            let (first, moved_start) = append(log.as_mut(), records, self.config.partition_retention_bytes)?;
+            let (first, moved_start) = append(log.as_mut(), records, &retention)?;
             trimmed.extend(moved_start.map(|start| (partition, start)));
             for (n, i) in indexes.into_iter().enumerate() {
                 let offset = first + n as u64;
@@ -148,7 +152,7 @@ impl Broker {
 fn append(
     log: &mut dyn PartitionLog,
     mut records: Vec<Record>,
-    retention_bytes: u64,
+    retention: &Retention,
 ) -> Result<(u64, Option<u64>), BrokerError> {
     // Publish times never decrease within a partition, so Seek by time can search.
     let last_time = match log.end_offset().checked_sub(1) {
@@ -162,7 +166,7 @@ fn append(
     }
     let start = log.start_offset();
     let first = log.append(records)?;
-    let new_start = log.apply_retention(retention_bytes, first)?;
+    let new_start = log.apply_retention(retention, first)?;
     Ok((first, (new_start > start).then_some(new_start)))
 }
 

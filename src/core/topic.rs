@@ -47,6 +47,16 @@ impl Topic {
     }
 }
 
+/// The end of what readers may see: with acknowledgement after fsync, only what is synced
+/// (a record that a crash could still take away is neither acknowledged nor delivered).
+pub fn visible_end(log: &dyn PartitionLog, after_sync: bool) -> u64 {
+    if after_sync {
+        log.synced_end()
+    } else {
+        log.end_offset()
+    }
+}
+
 /// Message ids are `topic-uid "-" partition "-" offset`: unique, and stable across reads.
 pub fn message_id(topic_uid: u64, partition: u32, offset: u64) -> String {
     format!("{topic_uid}-{partition}-{offset}")

@@ -1,5 +1,12 @@
-//! The world the server runs in: a clock and a network, as traits, with their tokio
-//! implementations. The simulator supplies turmoil ones, and the same server runs on both.
+//! The world the server runs in: a clock, a network and a filesystem, as traits, with their
+//! tokio and std implementations. The simulator supplies turmoil ones, and the same server
+//! runs on both.
+
+mod faults;
+mod fs;
+
+pub use faults::{DiskFault, FaultyFs};
+pub use fs::{read_exact_at, Fs, FsFile, StdFs};
 
 use std::future::Future;
 use std::io;

@@ -3,19 +3,31 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{PartitionLog, Record, Storage, StorageError, StoredRecord};
+use super::{FsyncPolicy, PartitionLog, Record, Retention, Storage, StorageError, StoredRecord};
 
 /// Makes [`MemoryLog`]s. Nothing survives the process.
 #[derive(Debug, Default)]
 pub struct MemoryStorage;
 
 impl Storage for MemoryStorage {
-    fn open(&mut self, _topic: &str, _partition: u32) -> Result<Box<dyn PartitionLog>, StorageError> {
+    fn open(&mut self, _topic_uid: u64, _partition: u32) -> Result<Box<dyn PartitionLog>, StorageError> {
         Ok(Box::new(MemoryLog::default()))
     }
 
-    fn remove(&mut self, _topic: &str, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError> {
+    fn remove(&mut self, _topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError> {
         drop(logs);
+        Ok(())
+    }
+
+    fn fsync_policy(&self) -> FsyncPolicy {
+        FsyncPolicy::Never
+    }
+
+    fn load_meta(&mut self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(None)
+    }
+
+    fn save_meta(&mut self, _meta: &[u8]) -> Result<(), StorageError> {
         Ok(())
     }
 }
@@ -77,6 +89,10 @@ impl PartitionLog for MemoryLog {
         Ok(self.start + index as u64)
     }
 
+    fn synced_end(&self) -> u64 {
+        self.end_offset()
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
@@ -89,8 +105,11 @@ impl PartitionLog for MemoryLog {
         Ok(())
     }
 
-    fn apply_retention(&mut self, max_bytes: u64, keep_from: u64) -> Result<u64, StorageError> {
-        while self.bytes > max_bytes && self.start < keep_from {
+    fn apply_retention(&mut self, retention: &Retention, keep_from: u64) -> Result<u64, StorageError> {
+        let expired = |r: &Record| retention.min_publish_time_ms.is_some_and(|t| r.publish_time_ms < t);
+        while self.start < keep_from
+            && (self.bytes > retention.max_bytes || self.records.front().is_some_and(|r| expired(r)))
+        {
             let Some(record) = self.records.pop_front() else { break };
             self.bytes -= charged_bytes(&record);
             self.start += 1;
@@ -135,8 +154,9 @@ mod tests {
         let mut log = MemoryLog::default();
         log.append(vec![record("a", 1), record("b", 2), record("c", 3)]).unwrap();
         let one = charged_bytes(&record("a", 0));
-        assert_eq!(log.apply_retention(2 * one, 3).unwrap(), 1);
-        assert_eq!(log.apply_retention(0, 1).unwrap(), 1, "records from keep_from on stay");
+        let bytes = |max_bytes| Retention { max_bytes, min_publish_time_ms: None };
+        assert_eq!(log.apply_retention(&bytes(2 * one), 3).unwrap(), 1);
+        assert_eq!(log.apply_retention(&bytes(0), 1).unwrap(), 1, "records from keep_from on stay");
         assert!(matches!(log.read(0, 1, 1), Err(StorageError::OutOfRange { .. })));
         log.truncate(2).unwrap();
         assert_eq!((log.start_offset(), log.end_offset()), (1, 2));

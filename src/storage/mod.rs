@@ -5,6 +5,7 @@
 //! gets). The core holds logs as trait objects made by a [`Storage`], so the segmented
 //! file log can replace [`memory::MemoryStorage`] without touching the core.
 
+pub mod file;
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use file::{FileStorage, FileStorageConfig};
 pub use memory::MemoryStorage;
 
 /// One message as stored: everything the publisher sent plus the broker's publish time.
@@ -54,6 +56,46 @@ pub enum StorageError {
     Io(String),
     #[error("offset {offset} is outside the log [{start}, {end})")]
     OutOfRange { offset: u64, start: u64, end: u64 },
+    /// Stored bytes that are not what was written: never served as data.
+    #[error("corrupt data in {file} at byte {position}: {reason}")]
+    Corrupt { file: String, position: u64, reason: String },
+}
+
+/// When an appended record is made durable, and so when its publish is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Acknowledge only after an fsync that covers the record. One fsync covers every
+    /// append waiting for it (group commit).
+    Always,
+    /// Acknowledge once written (to the page cache); fsync every this many milliseconds.
+    IntervalMs(u64),
+    /// Acknowledge once written; fsync only when a segment rolls or the broker stops.
+    Never,
+}
+
+impl FsyncPolicy {
+    /// Whether a publish waits for the fsync.
+    pub fn acks_after_sync(self) -> bool {
+        self == FsyncPolicy::Always
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => write!(f, "always"),
+            FsyncPolicy::IntervalMs(ms) => write!(f, "interval ({ms} ms)"),
+            FsyncPolicy::Never => write!(f, "never"),
+        }
+    }
+}
+
+/// What a partition keeps: at most `max_bytes`, and nothing published before
+/// `min_publish_time_ms` when that is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_bytes: u64,
+    pub min_publish_time_ms: Option<u64>,
 }
 
 /// One partition's log.
@@ -75,26 +117,41 @@ pub trait PartitionLog: Send {
     /// The first offset whose publish time is at or after `time_ms`, or the end offset.
     fn offset_for_time(&self, time_ms: u64) -> Result<u64, StorageError>;
 
+    /// The end of the prefix made durable by the last `sync` (the end offset for memory).
+    fn synced_end(&self) -> u64;
+
     /// Makes every appended record durable. A no-op for memory.
     fn sync(&mut self) -> Result<(), StorageError>;
 
     /// Removes every record at or after `from` (a torn tail, an unreplicated suffix).
     fn truncate(&mut self, from: u64) -> Result<(), StorageError>;
 
-    /// Drops the oldest records until the log holds at most `max_bytes`, moving the start
-    /// offset forward, but never a record at or after `keep_from` (the batch just appended
-    /// stays readable even when it alone is over the budget). Returns the new start offset.
-    fn apply_retention(&mut self, max_bytes: u64, keep_from: u64) -> Result<u64, StorageError>;
+    /// Drops the oldest records that `retention` no longer keeps, moving the start offset
+    /// forward, but never a record at or after `keep_from` (the batch just appended stays
+    /// readable even when it alone is over the budget). The file log drops whole segments.
+    /// Returns the new start offset.
+    fn apply_retention(&mut self, retention: &Retention, keep_from: u64) -> Result<u64, StorageError>;
 
     /// Bytes of records currently retained.
     fn size_bytes(&self) -> u64;
 }
 
-/// Makes and removes partition logs.
+/// Makes and removes partition logs, and keeps the broker's metadata.
 pub trait Storage: Send {
-    /// Opens (creating if needed) the log of one partition of a topic.
-    fn open(&mut self, topic: &str, partition: u32) -> Result<Box<dyn PartitionLog>, StorageError>;
+    /// Opens (creating if needed, recovering if it exists) the log of one partition of a
+    /// topic, named by the topic's uid so a topic made again under the same name starts
+    /// afresh.
+    fn open(&mut self, topic_uid: u64, partition: u32) -> Result<Box<dyn PartitionLog>, StorageError>;
 
     /// Removes a deleted topic's logs for good.
-    fn remove(&mut self, topic: &str, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError>;
+    fn remove(&mut self, topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError>;
+
+    /// When appends become durable.
+    fn fsync_policy(&self) -> FsyncPolicy;
+
+    /// The metadata last saved, if any.
+    fn load_meta(&mut self) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Replaces the metadata atomically and durably: after a crash, the old or the new.
+    fn save_meta(&mut self, meta: &[u8]) -> Result<(), StorageError>;
 }

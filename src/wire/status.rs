@@ -18,6 +18,7 @@ pub fn status_of(error: &BrokerError) -> Status {
         BrokerError::Storage(StorageError::Full(_)) => Code::ResourceExhausted,
         BrokerError::Storage(StorageError::Io(_)) => Code::Unavailable,
         BrokerError::Storage(StorageError::OutOfRange { .. }) => Code::Internal,
+        BrokerError::Storage(StorageError::Corrupt { .. }) => Code::DataLoss,
     };
     Status::new(code, error.to_string())
 }

@@ -1,0 +1,257 @@
+//! What survives a restart: topics, subscriptions and committed offsets (the metadata),
+//! and the partition logs' own durability (sync, and what a failed sync undoes).
+//!
+//! The metadata is a small protobuf message that the storage replaces atomically. Topic and
+//! subscription changes save it before they are answered; committed offsets are saved by
+//! [`Broker::checkpoint`], which the driver calls on a timer and at shutdown. Offsets acked
+//! after the last checkpoint are delivered again after a crash: at least once, never lost.
+
+use prost::Message;
+
+use super::broker::Broker;
+use super::config::BrokerConfig;
+use super::error::BrokerError;
+use super::subscription::{Cursor, StartPosition, Subscription};
+use super::topic::{visible_end, Topic};
+use crate::storage::{Retention, Storage, StorageError};
+
+#[derive(Clone, PartialEq, Message)]
+struct Meta {
+    #[prost(uint64, tag = "1")]
+    next_topic_uid: u64,
+    #[prost(uint64, tag = "2")]
+    next_subscription_uid: u64,
+    #[prost(message, repeated, tag = "3")]
+    topics: Vec<TopicMeta>,
+    #[prost(message, repeated, tag = "4")]
+    subscriptions: Vec<SubscriptionMeta>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TopicMeta {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(uint64, tag = "2")]
+    uid: u64,
+    #[prost(uint32, tag = "3")]
+    partitions: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SubscriptionMeta {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(uint64, tag = "2")]
+    uid: u64,
+    #[prost(string, tag = "3")]
+    topic: String,
+    #[prost(uint64, tag = "4")]
+    ack_deadline_ms: u64,
+    #[prost(bool, tag = "5")]
+    start_latest: bool,
+    /// The committed offset of each partition.
+    #[prost(uint64, repeated, tag = "6")]
+    committed: Vec<u64>,
+}
+
+/// A partition whose fsync failed. With acknowledgement after fsync, its unsynced records
+/// were cut off again, so every publish waiting on it must be refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFailure {
+    pub topic: String,
+    pub partition: u32,
+    pub error: StorageError,
+}
+
+impl Broker {
+    /// Opens a broker on `storage`, restoring the topics, subscriptions and committed
+    /// offsets it last saved (a new storage starts empty). Each partition log recovers as
+    /// it opens; a committed offset past what the log kept is brought back to its end.
+    pub fn open(config: BrokerConfig, mut storage: Box<dyn Storage>) -> Result<Self, BrokerError> {
+        let saved = storage.load_meta()?;
+        let mut broker = Self::new(config, storage)?;
+        if let Some(bytes) = saved {
+            let meta = Meta::decode(bytes.as_slice()).map_err(|e| {
+                BrokerError::Storage(StorageError::Corrupt {
+                    file: "meta".to_string(),
+                    position: 0,
+                    reason: format!("metadata does not decode: {e}"),
+                })
+            })?;
+            broker.restore(&meta)?;
+            broker.saved_meta = bytes;
+        }
+        Ok(broker)
+    }
+
+    fn restore(&mut self, meta: &Meta) -> Result<(), BrokerError> {
+        for t in &meta.topics {
+            let logs = (0..t.partitions).map(|p| self.storage.open(t.uid, p)).collect::<Result<Vec<_>, _>>()?;
+            self.topics.insert(t.name.clone(), Topic::new(t.name.clone(), t.uid, logs));
+        }
+        for s in &meta.subscriptions {
+            let Some(topic) = self.topics.get_mut(&s.topic) else { continue };
+            let cursors = topic
+                .logs
+                .iter()
+                .enumerate()
+                .map(|(p, log)| {
+                    let end = visible_end(log.as_ref(), self.after_sync);
+                    let committed = s.committed.get(p).copied().unwrap_or(0);
+                    Cursor::at(committed.clamp(log.start_offset(), end))
+                })
+                .collect();
+            topic.subscriptions.insert(s.name.clone());
+            let start = if s.start_latest { StartPosition::Latest } else { StartPosition::Earliest };
+            self.subscription_uids.insert(s.name.clone(), s.uid);
+            self.subscriptions.insert(
+                s.uid,
+                Subscription {
+                    name: s.name.clone(),
+                    uid: s.uid,
+                    topic: s.topic.clone(),
+                    ack_deadline_ms: s.ack_deadline_ms,
+                    start,
+                    ephemeral: false,
+                    cursors,
+                    members: Vec::new(),
+                    next_member: 0,
+                    next_partition: 0,
+                },
+            );
+        }
+        self.next_topic_uid = self.next_topic_uid.max(meta.next_topic_uid);
+        self.next_subscription_uid = self.next_subscription_uid.max(meta.next_subscription_uid);
+        Ok(())
+    }
+
+    /// The metadata as it is now. Ephemeral subscriptions are not kept: their streams do
+    /// not survive a restart either.
+    fn snapshot(&self) -> Vec<u8> {
+        let topics = self
+            .topics
+            .values()
+            .map(|t| TopicMeta { name: t.name.clone(), uid: t.uid, partitions: t.partition_count() })
+            .collect();
+        let subscriptions = self
+            .subscriptions
+            .values()
+            .filter(|s| !s.ephemeral)
+            .map(|s| SubscriptionMeta {
+                name: s.name.clone(),
+                uid: s.uid,
+                topic: s.topic.clone(),
+                ack_deadline_ms: s.ack_deadline_ms,
+                start_latest: s.start == StartPosition::Latest,
+                committed: s.cursors.iter().map(|c| c.committed).collect(),
+            })
+            .collect();
+        let meta = Meta {
+            next_topic_uid: self.next_topic_uid,
+            next_subscription_uid: self.next_subscription_uid,
+            topics,
+            subscriptions,
+        };
+        meta.encode_to_vec()
+    }
+
+    /// Saves the metadata now (a topic or subscription change is answered only after).
+    pub(super) fn save_meta(&mut self) -> Result<(), BrokerError> {
+        let bytes = self.snapshot();
+        self.storage.save_meta(&bytes)?;
+        self.saved_meta = bytes;
+        Ok(())
+    }
+
+    /// Saves the metadata; a failure is left for the next [`Broker::checkpoint`] to retry
+    /// (used where the change cannot be undone, such as a deletion).
+    pub(super) fn save_meta_or_retry_later(&mut self) {
+        let _ = self.save_meta();
+    }
+
+    /// Saves the metadata if it changed since the last save (committed offsets move with
+    /// every ack). Returns whether anything was written.
+    pub fn checkpoint(&mut self) -> Result<bool, BrokerError> {
+        let bytes = self.snapshot();
+        if bytes == self.saved_meta {
+            return Ok(false);
+        }
+        self.storage.save_meta(&bytes)?;
+        self.saved_meta = bytes;
+        Ok(true)
+    }
+
+    /// Whether any partition has records that are not yet synced.
+    pub fn needs_sync(&self) -> bool {
+        self.topics.values().flat_map(|t| &t.logs).any(|log| log.synced_end() < log.end_offset())
+    }
+
+    /// Whether a publish is answered only after [`Broker::sync`] covered it.
+    pub fn acks_after_sync(&self) -> bool {
+        self.after_sync
+    }
+
+    /// Syncs every partition with unsynced records; one fsync covers every append before
+    /// it (group commit). With acknowledgement after fsync, newly synced records become
+    /// visible and are dispatched, and a partition whose sync failed has its unsynced
+    /// records cut off again: they were never acknowledged nor delivered.
+    pub fn sync(&mut self, now_ms: u64) -> Vec<SyncFailure> {
+        let mut failures = Vec::new();
+        let mut grown: Vec<String> = Vec::new();
+        for (name, topic) in &mut self.topics {
+            for (p, log) in topic.logs.iter_mut().enumerate() {
+                if log.synced_end() >= log.end_offset() {
+                    continue;
+                }
+                match log.sync() {
+                    Ok(()) => {
+                        if grown.last() != Some(name) {
+                            grown.push(name.clone());
+                        }
+                    }
+                    Err(error) => {
+                        if self.after_sync {
+                            let synced = log.synced_end();
+                            // If even the cut fails the records stay invisible, and a later
+                            // sync may still make them durable: then they are delivered,
+                            // though their publish was refused (at least once, not lost).
+                            let _ = log.truncate(synced);
+                        }
+                        failures.push(SyncFailure { topic: name.clone(), partition: p as u32, error });
+                    }
+                }
+            }
+        }
+        if self.after_sync {
+            for topic in grown {
+                self.dispatch_topic(now_ms, &topic);
+            }
+        }
+        failures
+    }
+
+    /// Applies time retention to every partition (size retention runs on every append);
+    /// `wall_ms` is the wall clock that publish times are stamped with.
+    pub fn enforce_retention(&mut self, wall_ms: u64) -> Result<(), BrokerError> {
+        let Some(retention_ms) = self.config.partition_retention_ms else { return Ok(()) };
+        let retention = Retention {
+            max_bytes: self.config.partition_retention_bytes,
+            min_publish_time_ms: Some(wall_ms.saturating_sub(retention_ms)),
+        };
+        let mut moved = Vec::new();
+        for (name, topic) in &mut self.topics {
+            for (p, log) in topic.logs.iter_mut().enumerate() {
+                let before = log.start_offset();
+                let keep_from = log.synced_end().min(log.end_offset());
+                let start = log.apply_retention(&retention, keep_from)?;
+                if start > before {
+                    moved.push((name.clone(), p as u32, start));
+                }
+            }
+        }
+        for (topic, partition, start) in moved {
+            self.retention_moved(&topic, partition, start);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! A filesystem that fails on command: what a full disk, a dying disk or a torn write look
+//! like to the file log, injected from a scenario (`disk <host> eio|full|torn|ok`) or a test.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::fs::{Fs, FsFile};
+
+/// A fault the disk shows until it is cleared (a torn write clears itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    /// Every write, truncate, sync and create fails with EIO; reads still work.
+    Eio,
+    /// Writes that would grow a file and file creation fail with ENOSPC.
+    Full,
+    /// The next write stores only its first half, then fails with EIO.
+    TornWrite,
+}
+
+/// Wraps a filesystem and injects the current [`DiskFault`]. Clones share the fault.
+#[derive(Clone)]
+pub struct FaultyFs {
+    inner: Arc<dyn Fs>,
+    fault: Arc<Mutex<Option<DiskFault>>>,
+}
+
+impl FaultyFs {
+    pub fn new(inner: Arc<dyn Fs>) -> Self {
+        Self { inner, fault: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Sets (or with `None`, clears) the fault.
+    pub fn set_fault(&self, fault: Option<DiskFault>) {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = fault;
+    }
+
+    pub fn fault(&self) -> Option<DiskFault> {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_mutation(&self) -> io::Result<()> {
+        match self.fault() {
+            Some(DiskFault::Eio) => Err(eio()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn eio() -> io::Error {
+    io::Error::other("injected I/O error (EIO)")
+}
+
+fn enospc() -> io::Error {
+    io::Error::new(io::ErrorKind::StorageFull, "injected full disk (ENOSPC)")
+}
+
+impl Fs for FaultyFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.check_mutation()?;
+        self.inner.create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn FsFile>> {
+        if create && !self.inner.exists(path) {
+            match self.fault() {
+                Some(DiskFault::Eio) => return Err(eio()),
+                Some(DiskFault::Full) => return Err(enospc()),
+                _ => {}
+            }
+        }
+        let file = self.inner.open(path, create)?;
+        Ok(Box::new(FaultyFile { inner: file, fault: Arc::clone(&self.fault) }))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check_mutation()?;
+        self.inner.remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.check_mutation()?;
+        self.inner.remove_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_mutation()?;
+        self.inner.rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.check_mutation()?;
+        self.inner.sync_dir(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+}
+
+struct FaultyFile {
+    inner: Box<dyn FsFile>,
+    fault: Arc<Mutex<Option<DiskFault>>>,
+}
+
+impl FaultyFile {
+    fn fault(&self) -> Option<DiskFault> {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl FsFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self.fault() {
+            Some(DiskFault::Eio) => Err(eio()),
+            Some(DiskFault::Full) if offset + buf.len() as u64 > self.inner.len()? => Err(enospc()),
+            Some(DiskFault::TornWrite) => {
+                *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
+                Err(eio())
+            }
+            _ => self.inner.write_all_at(buf, offset),
+        }
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        match self.fault() {
+            Some(DiskFault::Eio) => Err(eio()),
+            Some(DiskFault::Full) if len > self.inner.len()? => Err(enospc()),
+            _ => self.inner.set_len(len),
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        match self.fault() {
+            Some(DiskFault::Eio) => Err(eio()),
+            _ => self.inner.sync_data(),
+        }
+    }
+}

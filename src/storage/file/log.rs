@@ -1,0 +1,336 @@
+//! One partition as a directory of segments, the newest of which takes appends.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::record;
+use super::segment::{self, Damage, Segment};
+use super::{io_error, FileStorageConfig, RecoveryNote};
+use crate::env::Fs;
+use crate::storage::{PartitionLog, Record, Retention, StorageError, StoredRecord};
+
+/// Records read from disk per read, kept for the reads that follow (consumers read on).
+const READ_AHEAD_BYTES: usize = 256 * 1024;
+
+/// A partition's segmented log.
+pub struct FileLog {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    config: FileStorageConfig,
+    /// By base offset; the last one takes appends. Never empty.
+    segments: BTreeMap<u64, Segment>,
+    synced_end: u64,
+    /// Bytes of records in all segments.
+    size: u64,
+    /// The newest records, served without touching the disk.
+    tail: Records,
+    /// Records read from disk ahead of the reader.
+    ahead: RefCell<Records>,
+}
+
+/// A contiguous run of records with a byte budget, dropping the oldest when over it.
+#[derive(Default)]
+struct Records {
+    records: VecDeque<StoredRecord>,
+    bytes: usize,
+}
+
+impl Records {
+    fn push(&mut self, record: StoredRecord, budget: usize) {
+        if self.records.back().is_some_and(|last| last.offset + 1 != record.offset) {
+            self.clear();
+        }
+        self.bytes += record.record.size_bytes();
+        self.records.push_back(record);
+        while self.bytes > budget && self.records.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(r) = self.records.pop_front() {
+            self.bytes -= r.record.size_bytes();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+
+    fn drop_from(&mut self, from: u64) {
+        while self.records.back().is_some_and(|r| r.offset >= from) {
+            let r = self.records.pop_back().expect("checked");
+            self.bytes -= r.record.size_bytes();
+        }
+    }
+
+    fn drop_before(&mut self, start: u64) {
+        while self.records.front().is_some_and(|r| r.offset < start) {
+            self.pop_front();
+        }
+    }
+
+    /// Serves a read from these records if `from` is among them.
+    fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Option<Vec<StoredRecord>> {
+        let first = self.records.front()?.offset;
+        if from < first || from >= first + self.records.len() as u64 {
+            return None;
+        }
+        Some(take(self.records.range((from - first) as usize..).cloned(), max_records, max_bytes))
+    }
+}
+
+/// At most `max_records`, stopping before the record that passes `max_bytes` (but at least one).
+fn take(records: impl Iterator<Item = StoredRecord>, max_records: usize, max_bytes: usize) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for r in records.take(max_records) {
+        bytes += r.record.size_bytes();
+        if bytes > max_bytes && !out.is_empty() {
+            break;
+        }
+        out.push(r);
+    }
+    out
+}
+
+impl FileLog {
+    /// Opens (or creates) the log in `dir`, checking every record. The newest segment's
+    /// torn or bad tail is cut and reported; damage in an older segment refuses to open
+    /// unless `config.truncate_corrupt`, which cuts the log there.
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        dir: PathBuf,
+        config: FileStorageConfig,
+        notes: &mut Vec<RecoveryNote>,
+    ) -> Result<Self, StorageError> {
+        let names = fs.list_dir(&dir).map_err(|e| io_error(&dir, "list", e))?;
+        let bases: Vec<u64> = names.iter().filter_map(|n| segment::parse_file_name(n)).collect();
+        let mut segments = BTreeMap::new();
+        let mut expected: Option<u64> = None;
+        let mut cut_at: Option<usize> = None;
+        for (i, base) in bases.iter().copied().enumerate() {
+            let path = dir.join(segment::file_name(base));
+            if let Some(end) = expected.filter(|end| *end != base) {
+                let reason = format!("segment starts at offset {base} but the one before ends at {end}");
+                return Err(StorageError::Corrupt { file: path.display().to_string(), position: 0, reason });
+            }
+            let (mut seg, damage) = Segment::scan(fs.as_ref(), &path, base)?;
+            expected = Some(seg.end);
+            if let Some(Damage { position, file_len, reason }) = damage {
+                let newest = i + 1 == bases.len();
+                if !newest && !config.truncate_corrupt {
+                    return Err(StorageError::Corrupt { file: path.display().to_string(), position, reason });
+                }
+                seg.cut_tail()?;
+                seg.sync()?;
+                notes.push(RecoveryNote { file: path.clone(), position, cut_bytes: file_len - position, reason });
+                if !newest {
+                    cut_at = Some(i + 1);
+                }
+            }
+            segments.insert(base, seg);
+            if cut_at.is_some() {
+                break;
+            }
+        }
+        if let Some(first_removed) = cut_at {
+            for base in &bases[first_removed..] {
+                let path = dir.join(segment::file_name(*base));
+                let len = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
+                fs.remove_file(&path).map_err(|e| io_error(&path, "remove", e))?;
+                let reason = "follows a cut in an older segment".to_string();
+                notes.push(RecoveryNote { file: path, position: 0, cut_bytes: len, reason });
+            }
+            fs.sync_dir(&dir).map_err(|e| io_error(&dir, "sync directory", e))?;
+        }
+        if segments.is_empty() {
+            segments.insert(0, Segment::create(fs.as_ref(), &dir, 0)?);
+        }
+        let size = segments.values().map(|s| s.size).sum();
+        let end = segments.values().next_back().expect("never empty").end;
+        Ok(Self {
+            fs,
+            dir,
+            config,
+            segments,
+            synced_end: end,
+            size,
+            tail: Records::default(),
+            ahead: RefCell::new(Records::default()),
+        })
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has a segment")
+    }
+
+    fn active_ref(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has a segment")
+    }
+
+    /// Starts a new segment at the end when the active one is full or old.
+    fn roll_if_due(&mut self, incoming_bytes: u64, first_time_ms: u64) -> Result<(), StorageError> {
+        let active = self.active_ref();
+        if active.size == 0 {
+            return Ok(());
+        }
+        let full = active.size + incoming_bytes > self.config.segment_bytes;
+        let first_time = self.first_time_of_active()?;
+        let old = first_time.is_some_and(|t| first_time_ms.saturating_sub(t) >= self.config.segment_ms);
+        if full || old {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    fn first_time_of_active(&self) -> Result<Option<u64>, StorageError> {
+        let active = self.active_ref();
+        Ok(active.read(active.base, 1, usize::MAX)?.first().map(|r| r.record.publish_time_ms))
+    }
+
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let end = self.end_offset();
+        self.active().cut_tail()?;
+        let segment = Segment::create(self.fs.as_ref(), &self.dir, end)?;
+        self.segments.insert(end, segment);
+        Ok(())
+    }
+
+    /// Removes the oldest segment (never the only one).
+    fn remove_oldest(&mut self) -> Result<(), StorageError> {
+        let (_, seg) = self.segments.pop_first().expect("checked by the caller");
+        self.fs.remove_file(&seg.path).map_err(|e| io_error(&seg.path, "remove", e))?;
+        self.size -= seg.size;
+        let start = self.start_offset();
+        self.tail.drop_before(start);
+        self.ahead.borrow_mut().drop_before(start);
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl PartitionLog for FileLog {
+    fn append(&mut self, records: Vec<Record>) -> Result<u64, StorageError> {
+        let first = self.end_offset();
+        let Some(first_time) = records.first().map(|r| r.publish_time_ms) else { return Ok(first) };
+        let mut frames = Vec::new();
+        let mut entries = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let offset = first + i as u64;
+            let len = record::encode(offset, r, &mut frames);
+            entries.push((offset, r.publish_time_ms, len));
+        }
+        self.roll_if_due(frames.len() as u64, first_time)?;
+        self.active().append(&frames, &entries)?;
+        self.size += frames.len() as u64;
+        for (i, r) in records.into_iter().enumerate() {
+            let stored = StoredRecord { offset: first + i as u64, record: Arc::new(r) };
+            self.tail.push(stored, self.config.tail_cache_bytes);
+        }
+        Ok(first)
+    }
+
+    fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, StorageError> {
+        let (start, end) = (self.start_offset(), self.end_offset());
+        if from < start || from > end {
+            return Err(StorageError::OutOfRange { offset: from, start, end });
+        }
+        if from == end || max_records == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(hit) = self.tail.read(from, max_records, max_bytes) {
+            return Ok(hit);
+        }
+        if let Some(hit) = self.ahead.borrow().read(from, max_records, max_bytes) {
+            return Ok(hit);
+        }
+        let (_, seg) = self.segments.range(..=from).next_back().expect("from is within the log");
+        let batch = seg.read(from, usize::MAX, READ_AHEAD_BYTES.max(max_bytes))?;
+        let mut ahead = self.ahead.borrow_mut();
+        ahead.clear();
+        for r in batch {
+            ahead.push(r, usize::MAX);
+        }
+        Ok(ahead.read(from, max_records, max_bytes).unwrap_or_default())
+    }
+
+    fn start_offset(&self) -> u64 {
+        *self.segments.keys().next().expect("a log always has a segment")
+    }
+
+    fn end_offset(&self) -> u64 {
+        self.active_ref().end
+    }
+
+    fn synced_end(&self) -> u64 {
+        self.synced_end
+    }
+
+    fn offset_for_time(&self, time_ms: u64) -> Result<u64, StorageError> {
+        for seg in self.segments.values() {
+            if let Some(offset) = seg.offset_for_time(time_ms)? {
+                return Ok(offset);
+            }
+        }
+        Ok(self.end_offset())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        for seg in self.segments.values_mut() {
+            seg.sync()?;
+        }
+        self.synced_end = self.end_offset();
+        Ok(())
+    }
+
+    fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
+        let from = from.max(self.start_offset());
+        if from >= self.end_offset() {
+            return Ok(());
+        }
+        self.tail.drop_from(from);
+        self.ahead.borrow_mut().clear();
+        while self.segments.len() > 1 && self.active_ref().base >= from {
+            let (_, seg) = self.segments.pop_last().expect("more than one");
+            self.fs.remove_file(&seg.path).map_err(|e| io_error(&seg.path, "remove", e))?;
+            self.size -= seg.size;
+        }
+        let before = self.active_ref().size;
+        self.active().truncate(from)?;
+        self.size -= before - self.active_ref().size;
+        self.active().sync()?;
+        self.fs.sync_dir(&self.dir).map_err(|e| io_error(&self.dir, "sync directory", e))?;
+        self.synced_end = self.synced_end.min(from);
+        Ok(())
+    }
+
+    fn apply_retention(&mut self, retention: &Retention, keep_from: u64) -> Result<u64, StorageError> {
+        loop {
+            let oldest = self.segments.values().next().expect("never empty");
+            let expired = retention.min_publish_time_ms.is_some_and(|t| oldest.last_time_ms.is_some_and(|l| l < t));
+            // Size retention deletes sealed segments only, so the log holds at most
+            // `max_bytes` plus the active segment; expiry may seal the active one first.
+            let over = self.size > retention.max_bytes && self.segments.len() > 1;
+            let removable = oldest.end <= keep_from && oldest.end > oldest.base;
+            if !(removable && (expired || over)) {
+                break;
+            }
+            if self.segments.len() == 1 {
+                self.roll()?;
+            }
+            self.remove_oldest()?;
+        }
+        Ok(self.start_offset())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+}
