@@ -9,6 +9,7 @@ Usage: cargo build --release && python3 scripts/check-readme.py
 import re
 import shlex
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -46,8 +47,10 @@ def run(command):
 
 def main():
     readme = (ROOT / "README.md").read_text()
+    # A fresh data directory: the walk-through starts from an empty broker.
+    data = tempfile.mkdtemp(prefix="check-readme-")
     server = subprocess.Popen(
-        [str(ROOT / "target/release/mini-pubsub"), "serve"], stderr=subprocess.PIPE, text=True
+        [str(ROOT / "target/release/mini-pubsub"), "serve", "--data-dir", data], stderr=subprocess.PIPE, text=True
     )
     failures = 0
     try:

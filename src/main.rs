@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use mini_pubsub::env::{Net, TokioClock, TokioNet};
+use mini_pubsub::env::{Net, StdFs, TokioClock, TokioNet};
 use mini_pubsub::server::{self, ServerConfig};
-use mini_pubsub::storage::MemoryStorage;
+use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemoryStorage, Storage};
 
 #[derive(Parser)]
 #[command(name = "mini-pubsub", version, about = "A gRPC publish/subscribe broker")]
@@ -43,6 +43,41 @@ struct ServeArgs {
     /// Largest message (value + key + attributes), in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_message_bytes: usize,
+    /// Where messages are kept: `file` (a segmented log in --data-dir) or `memory` (lost
+    /// when the process ends).
+    #[arg(long, value_enum, default_value_t = StorageKind::File)]
+    storage: StorageKind,
+    /// The file log's directory.
+    #[arg(long, default_value = "./data")]
+    data_dir: std::path::PathBuf,
+    /// When a publish is acknowledged: `always` after an fsync that covers it (group
+    /// commit), `interval` after the write with an fsync every --fsync-interval-ms, `never`
+    /// after the write (the OS flushes when it likes).
+    #[arg(long, value_enum, default_value_t = FsyncArg::Always)]
+    fsync: FsyncArg,
+    /// Milliseconds between fsyncs under --fsync interval.
+    #[arg(long, default_value_t = 100)]
+    fsync_interval_ms: u64,
+    /// Size at which a segment file rolls, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    segment_bytes: u64,
+    /// On damage in an older segment, cut the log there (losing what follows) instead of
+    /// refusing to start. Damage at the tail of the newest segment is always cut.
+    #[arg(long)]
+    truncate_corrupt: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StorageKind {
+    File,
+    Memory,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FsyncArg {
+    Always,
+    Interval,
+    Never,
 }
 
 #[tokio::main]
@@ -64,12 +99,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.broker.ack_deadline_ms = args.ack_deadline_seconds.saturating_mul(1000);
     config.broker.max_message_bytes = args.max_message_bytes;
     config.validate()?;
+    let (storage, described) = open_storage(&args)?;
 
     let (addr, incoming) =
         TokioNet.bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    info!("mini-pubsub listening on {addr} (storage: memory)");
-    server::run(incoming, shutdown_signal(), config, Box::new(MemoryStorage), Arc::new(TokioClock::new())).await?;
+    info!("mini-pubsub listening on {addr} (storage: {described})");
+    server::run(incoming, shutdown_signal(), config, storage, Arc::new(TokioClock::new())).await?;
     Ok(())
+}
+
+fn open_storage(args: &ServeArgs) -> anyhow::Result<(Box<dyn Storage>, String)> {
+    if let StorageKind::Memory = args.storage {
+        return Ok((Box::new(MemoryStorage), "memory".to_string()));
+    }
+    anyhow::ensure!(
+        (1024 * 1024..=1 << 40).contains(&args.segment_bytes),
+        "--segment-bytes must be 1 MiB to 1 TiB; it is {}",
+        args.segment_bytes
+    );
+    anyhow::ensure!(
+        (1..=3_600_000).contains(&args.fsync_interval_ms),
+        "--fsync-interval-ms must be 1 to 3600000; it is {}",
+        args.fsync_interval_ms
+    );
+    let mut config = FileStorageConfig::new(&args.data_dir);
+    config.fsync = match args.fsync {
+        FsyncArg::Always => FsyncPolicy::Always,
+        FsyncArg::Interval => FsyncPolicy::IntervalMs(args.fsync_interval_ms),
+        FsyncArg::Never => FsyncPolicy::Never,
+    };
+    config.segment_bytes = args.segment_bytes;
+    config.truncate_corrupt = args.truncate_corrupt;
+    let described = format!("file log in {}, fsync {}", args.data_dir.display(), config.fsync);
+    let storage = FileStorage::open(Arc::new(StdFs), config)
+        .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
+    Ok((Box::new(storage), described))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -14,9 +14,11 @@ use tonic::Code;
 
 #[tokio::test]
 async fn serve_names_its_address_and_stops_gracefully_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
     let mut server = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()

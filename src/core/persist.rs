@@ -186,6 +186,11 @@ impl Broker {
         self.topics.values().flat_map(|t| &t.logs).any(|log| log.synced_end() < log.end_offset())
     }
 
+    /// The storage's fsync policy.
+    pub fn fsync_policy(&self) -> crate::storage::FsyncPolicy {
+        self.storage.fsync_policy()
+    }
+
     /// Whether a publish is answered only after [`Broker::sync`] covered it.
     pub fn acks_after_sync(&self) -> bool {
         self.after_sync

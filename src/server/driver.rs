@@ -4,6 +4,12 @@
 //! their answers; between jobs it fires lease timers and routes the core's outputs to the
 //! Subscribe streams. The core never waits on a client: a stream whose response queue is
 //! full is ended with RESOURCE_EXHAUSTED, and its leases go back to the other members.
+//!
+//! Durability is the driver's turn structure. Under `fsync=always` a publish is appended
+//! but not answered; at the end of the turn one sync covers every append of the turn (group
+//! commit), and only then are the publishes answered and the records delivered. While that
+//! fsync runs, new requests queue and form the next group. Under `interval` the driver
+//! syncs on a timer; committed offsets are checkpointed on a timer and at shutdown.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +18,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::core::{AckOp, Broker, BrokerError, Flow, Output, StreamId, StreamTarget};
+use crate::core::{AckOp, Broker, BrokerError, Flow, OutgoingMessage, Output, Published, StreamId, StreamTarget};
 use crate::env::Clock;
+use crate::storage::FsyncPolicy;
 use crate::wire::{self, pb};
 
 /// What a Subscribe stream's responses travel on.
@@ -23,7 +30,21 @@ pub type ResponseTx = mpsc::Sender<Result<pb::SubscribeResponse, Status>>;
 /// requests can delay deliveries and timers.
 const JOBS_PER_TURN_MAX: usize = 256;
 
+/// How often committed offsets are saved (and time retention applied). A crash forgets at
+/// most this much ack progress: those messages are delivered again.
+const CHECKPOINT_INTERVAL_MS: u64 = 1000;
+
 type Job = Box<dyn FnOnce(&mut Driver) + Send>;
+
+/// Where a publish's answer goes.
+type PublishReply = oneshot::Sender<Result<Vec<Published>, BrokerError>>;
+
+/// A publish appended in this turn, answered once the turn's sync covers it.
+struct AwaitingSync {
+    reply: PublishReply,
+    topic: String,
+    published: Vec<Published>,
+}
 
 /// The handlers' side of the driver.
 #[derive(Clone)]
@@ -45,6 +66,24 @@ impl DriverHandle {
         self.jobs.send(job).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
+
+    /// Publishes, and answers once the storage's fsync policy is met.
+    pub async fn publish(&self, topic: String, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>, Status> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |driver| driver.publish(topic, messages, tx));
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?.map_err(Status::from)
+    }
+}
+
+/// Runs a call that may block on the disk (an fsync) without stalling the runtime's other
+/// tasks: on a multi-threaded runtime they move to other threads meanwhile. The simulator's
+/// runtime is single-threaded, and its disk does not block.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn stopped() -> Status {
@@ -65,13 +104,32 @@ pub struct Driver {
     sinks: BTreeMap<StreamId, Sink>,
     /// Set by shutdown: no new stream may open, so graceful shutdown is not kept waiting.
     closing: bool,
+    /// Publishes of this turn waiting for its sync; at most `JOBS_PER_TURN_MAX`.
+    awaiting_sync: Vec<AwaitingSync>,
+    fsync: FsyncPolicy,
+    next_checkpoint_ms: u64,
+    next_interval_sync_ms: u64,
 }
 
 impl Driver {
     /// Starts the driver task; it runs until every handle is dropped.
     pub fn spawn(broker: Broker, clock: Arc<dyn Clock>, queue_max: usize) -> DriverHandle {
         let (jobs, rx) = mpsc::channel(queue_max);
-        let driver = Driver { broker, clock, sinks: BTreeMap::new(), closing: false };
+        let now = clock.now_ms();
+        let fsync = broker.fsync_policy();
+        let driver = Driver {
+            broker,
+            clock,
+            sinks: BTreeMap::new(),
+            closing: false,
+            awaiting_sync: Vec::new(),
+            fsync,
+            next_checkpoint_ms: now + CHECKPOINT_INTERVAL_MS,
+            next_interval_sync_ms: match fsync {
+                FsyncPolicy::IntervalMs(ms) => now + ms,
+                _ => u64::MAX,
+            },
+        };
         tokio::spawn(driver.run(rx));
         DriverHandle { jobs }
     }
@@ -86,8 +144,13 @@ impl Driver {
 
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         loop {
-            let deadline = self.broker.poll_timeout();
-            let wait = deadline.map(|d| Duration::from_millis(d.saturating_sub(self.now_ms())));
+            let deadline =
+                [self.broker.poll_timeout(), Some(self.next_checkpoint_ms), Some(self.next_interval_sync_ms)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .expect("the checkpoint deadline is always set");
+            let wait = Duration::from_millis(deadline.saturating_sub(self.now_ms()));
             tokio::select! {
                 job = jobs.recv() => {
                     let Some(job) = job else { break };
@@ -97,12 +160,89 @@ impl Driver {
                         job(&mut self);
                     }
                 }
-                () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
-                    let now = self.now_ms();
-                    self.broker.handle_timeout(now);
-                }
+                () = tokio::time::sleep(wait) => self.handle_timers(),
             }
+            self.commit();
             self.flush();
+        }
+        self.stop();
+    }
+
+    fn handle_timers(&mut self) {
+        let now = self.now_ms();
+        self.broker.handle_timeout(now);
+        if now >= self.next_interval_sync_ms {
+            if let FsyncPolicy::IntervalMs(ms) = self.fsync {
+                self.next_interval_sync_ms = now + ms;
+            }
+            self.sync_logging_failures();
+        }
+        if now >= self.next_checkpoint_ms {
+            self.next_checkpoint_ms = now + CHECKPOINT_INTERVAL_MS;
+            let wall = self.wall_ms();
+            if let Err(e) = self.broker.enforce_retention(wall) {
+                tracing::warn!(error = %e, "time retention failed; it is tried again at the next checkpoint");
+            }
+            if let Err(e) = self.broker.checkpoint() {
+                tracing::warn!(error = %e, "saving committed offsets failed; it is tried again at the next checkpoint");
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: String, messages: Vec<OutgoingMessage>, reply: PublishReply) {
+        let (now, wall) = (self.now_ms(), self.wall_ms());
+        match self.broker.publish(now, wall, &topic, messages) {
+            Ok(published) if self.broker.acks_after_sync() => {
+                self.awaiting_sync.push(AwaitingSync { reply, topic, published });
+            }
+            result => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Ends a turn under `fsync=always`: one sync for every append of the turn, then the
+    /// answers. A publish that touched a partition whose sync failed is refused.
+    fn commit(&mut self) {
+        if !self.broker.acks_after_sync() || (self.awaiting_sync.is_empty() && !self.broker.needs_sync()) {
+            return;
+        }
+        let now = self.now_ms();
+        let broker = &mut self.broker;
+        let failures = blocking(|| broker.sync(now));
+        for failure in &failures {
+            tracing::warn!(topic = %failure.topic, partition = failure.partition, error = %failure.error,
+                "fsync failed: the partition's unsynced records were cut and their publishes refused");
+        }
+        for waiting in self.awaiting_sync.drain(..) {
+            let failed = failures
+                .iter()
+                .find(|f| f.topic == waiting.topic && waiting.published.iter().any(|p| p.partition == f.partition));
+            let answer = match failed {
+                Some(f) => Err(BrokerError::Storage(f.error.clone())),
+                None => Ok(waiting.published),
+            };
+            let _ = waiting.reply.send(answer);
+        }
+    }
+
+    fn sync_logging_failures(&mut self) {
+        let now = self.now_ms();
+        let broker = &mut self.broker;
+        for failure in blocking(|| broker.sync(now)) {
+            tracing::warn!(topic = %failure.topic, partition = failure.partition, error = %failure.error,
+                "fsync failed; it is tried again");
+        }
+    }
+
+    /// The last turn: everything written is synced and the offsets saved, whatever the
+    /// policy, so a clean stop loses nothing.
+    pub fn stop(&mut self) {
+        self.commit();
+        self.sync_logging_failures();
+        match self.broker.checkpoint() {
+            Ok(_) => tracing::info!("storage synced and committed offsets saved"),
+            Err(e) => tracing::warn!(error = %e, "saving committed offsets at shutdown failed"),
         }
     }
 

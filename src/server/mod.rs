@@ -69,6 +69,8 @@ pub enum ServerError {
     ServerConfig { key: &'static str, allowed: &'static str },
     #[error("invalid configuration: stream_queue_max must be from pull_messages_max + 16 = {least} to 1000000")]
     StreamQueue { least: usize },
+    #[error("cannot open the stored state: {0}")]
+    Recovery(BrokerError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -117,7 +119,7 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     config.validate()?;
-    let broker = Broker::new(config.broker.clone(), storage)?;
+    let broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
     let driver = Driver::spawn(broker, clock, config.command_queue_max);
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone() };
@@ -137,6 +139,7 @@ where
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let last_call = driver.clone();
     let signal = async move {
         shutdown.await;
         info!("shutting down: ending open streams");
@@ -156,6 +159,8 @@ where
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
+    // In-flight requests are done: sync what was written and save the offsets.
+    let _ = last_call.call(Driver::stop).await;
     info!("stopped");
     Ok(())
 }
