@@ -125,7 +125,7 @@ impl FsFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match self.fault() {
             Some(DiskFault::Eio) => Err(eio()),
-            Some(DiskFault::Full) if offset + buf.len() as u64 > self.inner.len()? => Err(enospc()),
+            Some(DiskFault::Full) if offset + buf.len() as u64 > self.inner.size()? => Err(enospc()),
             Some(DiskFault::TornWrite) => {
                 *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
@@ -135,14 +135,14 @@ impl FsFile for FaultyFile {
         }
     }
 
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         match self.fault() {
             Some(DiskFault::Eio) => Err(eio()),
-            Some(DiskFault::Full) if len > self.inner.len()? => Err(enospc()),
+            Some(DiskFault::Full) if len > self.inner.size()? => Err(enospc()),
             _ => self.inner.set_len(len),
         }
     }

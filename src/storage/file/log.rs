@@ -140,7 +140,7 @@ impl FileLog {
         if let Some(first_removed) = cut_at {
             for base in &bases[first_removed..] {
                 let path = dir.join(segment::file_name(*base));
-                let len = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
+                let len = fs.open(&path, false).and_then(|f| f.size()).unwrap_or(0);
                 fs.remove_file(&path).map_err(|e| io_error(&path, "remove", e))?;
                 let reason = "follows a cut in an older segment".to_string();
                 notes.push(RecoveryNote { file: path, position: 0, cut_bytes: len, reason });

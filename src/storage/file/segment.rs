@@ -76,7 +76,7 @@ impl Segment {
     /// then holds the intact records before it.
     pub fn scan(fs: &dyn Fs, path: &Path, base: u64) -> Result<(Self, Option<Damage>), StorageError> {
         let file = fs.open(path, false).map_err(|e| io_error(path, "open", e))?;
-        let file_len = file.len().map_err(|e| io_error(path, "stat", e))?;
+        let file_len = file.size().map_err(|e| io_error(path, "stat", e))?;
         let mut segment = Self {
             base,
             end: base,
@@ -251,7 +251,7 @@ impl Segment {
     /// Cuts whatever follows the intact records (a torn tail found by a scan, or a failed
     /// write), so a sealed segment ends exactly at its last record.
     pub fn cut_tail(&mut self) -> Result<(), StorageError> {
-        let len = self.file.len().map_err(|e| io_error(&self.path, "stat", e))?;
+        let len = self.file.size().map_err(|e| io_error(&self.path, "stat", e))?;
         if len != self.size {
             self.file.set_len(self.size).map_err(|e| io_error(&self.path, "truncate", e))?;
             self.dirty = true;
