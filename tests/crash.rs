@@ -1,0 +1,299 @@
+//! Durability across a crash: with `--fsync always`, every publish the real binary answered
+//! before a SIGKILL is read back after a restart on the same data directory, at the same
+//! partition and offset with the same payload; every partition is contiguous from offset 0;
+//! and nothing appears that no publisher sent.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use common::{channel, PROMPT};
+use mini_pubsub::wire::pb;
+use pb::admin_client::AdminClient;
+use pb::pub_sub_client::PubSubClient;
+use tonic::transport::Channel;
+
+const TOPIC: &str = "crash";
+const PARTITIONS: u32 = 3;
+const PUBLISHERS: u32 = 4;
+/// Acknowledged messages after which the server is killed, publishers still running.
+const ACKED_BEFORE_KILL: usize = 300;
+/// Requests a publisher sends at most; far more than the kill needs, so publishers are
+/// still running at the kill, yet they stop by themselves if it never comes.
+const REQUESTS_PER_PUBLISHER_MAX: u64 = 5_000;
+/// Longest the load may take to reach `ACKED_BEFORE_KILL`; past it the test fails.
+const LOAD_MAX: Duration = Duration::from_secs(10);
+/// Longest a start (and the recovery scan of a restart) may take to print its address.
+const STARTUP_MAX: Duration = Duration::from_secs(10);
+/// Messages asked for by each Pull of the read-back.
+const PULL_MESSAGES: u32 = 500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_publish_survives_sigkill_under_fsync_always() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data.path());
+    let (pubsub, mut admin) = server.clients().await;
+    let req = pb::CreateTopicRequest { name: TOPIC.into(), partitions: PARTITIONS };
+    admin.create_topic(req).await.unwrap();
+
+    let acked_total = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|id| tokio::spawn(publish_until_refused(id, pubsub.clone(), acked_total.clone(), killed.clone())))
+        .collect();
+    let enough = async {
+        while acked_total.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
+            assert!(!publishers.iter().any(|p| p.is_finished()), "a publisher stopped before the kill");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(LOAD_MAX, enough).await.expect("the load reaches the kill point in time");
+    assert!(!publishers.iter().any(|p| p.is_finished()), "the kill must land while publishers run");
+    killed.store(true, Ordering::SeqCst);
+    server.kill();
+
+    let mut ledger = Ledger::default();
+    for publisher in publishers {
+        let log = tokio::time::timeout(PROMPT, publisher).await.expect("publishers notice the kill").unwrap();
+        ledger.absorb(log);
+    }
+
+    let mut server = Server::start(data.path());
+    let (pubsub, admin) = server.clients().await;
+    let found = read_back(pubsub, admin).await;
+    ledger.check(&found);
+    server.kill();
+}
+
+/// What one publisher sent and what the broker answered.
+struct PublisherLog {
+    /// Payloads of every request sent, answered or not.
+    sent: Vec<String>,
+    /// Answered messages: (partition, offset, payload).
+    acked: Vec<(u32, u64, String)>,
+    /// Payloads of the request the kill cut off.
+    in_flight: Vec<String>,
+}
+
+/// Publishes `p{id}-{seq}` payloads (singles, keyed batches, batches with explicit
+/// partitions) one request at a time until a request fails, which must come after the kill.
+async fn publish_until_refused(
+    id: u32,
+    mut pubsub: PubSubClient<Channel>,
+    acked_total: Arc<AtomicUsize>,
+    killed: Arc<AtomicBool>,
+) -> PublisherLog {
+    let mut log = PublisherLog { sent: Vec::new(), acked: Vec::new(), in_flight: Vec::new() };
+    let mut seq = 0u64;
+    for request in 0..REQUESTS_PER_PUBLISHER_MAX {
+        let batch = if request.is_multiple_of(3) { 1 } else { 2 + request % 4 };
+        // Varying lengths so records straddle the log's frame and index boundaries differently.
+        let payloads: Vec<String> =
+            (seq..seq + batch).map(|s| format!("p{id}-{s}-{}", "x".repeat((s % 97) as usize))).collect();
+        seq += batch;
+        log.sent.extend(payloads.iter().cloned());
+        let req = publish_request(request, &payloads);
+        let answer = tokio::time::timeout(PROMPT, pubsub.publish(req)).await.expect("a publish answered or refused");
+        match answer {
+            Ok(response) => {
+                let results = response.into_inner().results;
+                assert_eq!(results.len(), payloads.len(), "one result per message");
+                for (result, payload) in results.into_iter().zip(payloads) {
+                    log.acked.push((result.partition, result.offset, payload));
+                }
+                acked_total.fetch_add(batch as usize, Ordering::SeqCst);
+            }
+            Err(status) => {
+                assert!(killed.load(Ordering::SeqCst), "publisher {id} refused before the kill: {status:?}");
+                log.in_flight = payloads;
+                break;
+            }
+        }
+    }
+    log
+}
+
+/// Every third request is the single form; the others are batches, keyed or with explicit
+/// partitions, so all three ways of choosing a partition are in the load.
+fn publish_request(request: u64, payloads: &[String]) -> pb::PublishRequest {
+    let topic = TOPIC.to_string();
+    if let [only] = payloads {
+        return pb::PublishRequest { topic, value: only.clone().into_bytes().into(), ..Default::default() };
+    }
+    let messages = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let mut message = pb::OutgoingMessage { value: payload.clone().into_bytes().into(), ..Default::default() };
+            if request.is_multiple_of(2) {
+                message.key = Some(payload.clone());
+            } else {
+                message.partition = Some((request as u32 + i as u32) % PARTITIONS);
+            }
+            message
+        })
+        .collect();
+    pb::PublishRequest { topic, messages, ..Default::default() }
+}
+
+/// Reads every partition from offset 0 with Pull on a new EARLIEST subscription, acking
+/// as it goes. Returns payloads by (partition, offset) and asserts each partition is read
+/// exactly over `0..end_offset`.
+async fn read_back(mut pubsub: PubSubClient<Channel>, mut admin: AdminClient<Channel>) -> BTreeMap<(u32, u64), String> {
+    let topic = admin.get_topic(pb::GetTopicRequest { name: TOPIC.into() }).await.unwrap().into_inner();
+    assert_eq!(topic.partitions, PARTITIONS, "the topic keeps its partitions across the restart");
+    let ends: BTreeMap<u32, u64> = topic
+        .partition_info
+        .iter()
+        .map(|p| {
+            assert_eq!(p.start_offset, 0, "partition {} starts at 0: nothing was retained away", p.partition);
+            (p.partition, p.end_offset)
+        })
+        .collect();
+    let total: u64 = ends.values().sum();
+    let req = pb::CreateSubscriptionRequest {
+        name: "crash-check".into(),
+        topic: TOPIC.into(),
+        start_position: pb::StartPosition::Earliest.into(),
+        ..Default::default()
+    };
+    admin.create_subscription(req).await.unwrap();
+
+    let mut found = BTreeMap::new();
+    // Each Pull but the last returns at least one message, so this many always suffices.
+    let pulls_max = total + 2;
+    for _ in 0..pulls_max {
+        let req = pb::PullRequest { subscription: "crash-check".into(), max_messages: PULL_MESSAGES };
+        let pulled = tokio::time::timeout(PROMPT, pubsub.pull(req)).await.expect("a prompt Pull").unwrap();
+        let received = pulled.into_inner().received_messages;
+        if received.is_empty() {
+            break;
+        }
+        let ack_ids = received.iter().map(|m| m.ack_id.clone()).collect();
+        for m in received {
+            let message = m.message.expect("a received message carries its message");
+            let payload = String::from_utf8(message.value.to_vec()).expect("payloads are UTF-8");
+            let before = found.insert((message.partition, message.offset), payload);
+            assert!(before.is_none(), "({}, {}) delivered twice", message.partition, message.offset);
+        }
+        let req = pb::AckRequest { subscription: "crash-check".into(), ack_ids };
+        tokio::time::timeout(PROMPT, pubsub.ack(req)).await.expect("a prompt Ack").unwrap();
+    }
+    for (&partition, &end) in &ends {
+        let offsets: Vec<u64> = found.range((partition, 0)..(partition + 1, 0)).map(|((_, o), _)| *o).collect();
+        assert!(
+            offsets.iter().copied().eq(0..end),
+            "partition {partition} must read as offsets 0..{end} with no gap; read {} offsets, first gap after {:?}",
+            offsets.len(),
+            offsets.iter().zip(0..).find(|(o, i)| **o != *i).map(|(_, i)| i)
+        );
+    }
+    assert_eq!(found.len() as u64, total, "the read-back holds exactly the topic's messages");
+    found
+}
+
+/// Every publisher's log, merged.
+#[derive(Default)]
+struct Ledger {
+    sent: BTreeSet<String>,
+    acked: Vec<(u32, u64, String)>,
+    in_flight: BTreeSet<String>,
+}
+
+impl Ledger {
+    fn absorb(&mut self, log: PublisherLog) {
+        // One request at a time: all a publisher sent was answered, but for the one the kill cut.
+        assert_eq!(log.sent.len(), log.acked.len() + log.in_flight.len(), "a publisher's sends are accounted for");
+        self.sent.extend(log.sent);
+        self.acked.extend(log.acked);
+        self.in_flight.extend(log.in_flight);
+    }
+
+    /// Asserts the read-back keeps every acknowledged message in place and holds only sent ones.
+    fn check(&self, found: &BTreeMap<(u32, u64), String>) {
+        for (partition, offset, payload) in &self.acked {
+            match found.get(&(*partition, *offset)) {
+                Some(stored) if stored == payload => {}
+                Some(stored) => panic!("acknowledged ({partition}, {offset}) = {payload:?} reads back as {stored:?}"),
+                None => panic!("acknowledged ({partition}, {offset}) = {payload:?} is lost"),
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for ((partition, offset), payload) in found {
+            assert!(self.sent.contains(payload), "({partition}, {offset}) = {payload:?} was never published");
+            assert!(seen.insert(payload), "{payload:?} is stored twice");
+        }
+        let survived = self.in_flight.iter().filter(|p| seen.contains(p)).count();
+        eprintln!(
+            "crash: {} acknowledged, {} found after restart, {} of {} in flight at the kill survived",
+            self.acked.len(),
+            found.len(),
+            survived,
+            self.in_flight.len()
+        );
+        assert_eq!(found.len(), self.acked.len() + survived, "only acknowledged and in-flight messages are stored");
+    }
+}
+
+/// The real `mini-pubsub serve` on 127.0.0.1:0 with `--fsync always`; killed on drop, so a
+/// failing test leaves no server behind.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--fsync", "always", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        // A thread drains stderr (so the server never blocks on a full pipe) and hands over
+        // the first line, which a hung start must not make the test wait for forever.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // The guard exists before the startup line is parsed, so a bad line still kills the child.
+        let mut server = Server { child, addr: "0.0.0.0:0".parse().unwrap() };
+        let startup = rx.recv_timeout(STARTUP_MAX).expect("a startup line in time");
+        assert!(startup.contains("fsync always"), "{startup}");
+        let addr = startup
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {startup:?}"));
+        server.addr = addr.parse().unwrap();
+        server
+    }
+
+    async fn clients(&self) -> (PubSubClient<Channel>, AdminClient<Channel>) {
+        let channel = tokio::time::timeout(PROMPT, channel(self.addr)).await.expect("the server accepts in time");
+        (PubSubClient::new(channel.clone()), AdminClient::new(channel))
+    }
+
+    /// SIGKILL (what `Child::kill` sends on unix), then reaps the process.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
