@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use crate::storage::{PartitionLog, Record, Retention, StorageError, StoredRecord
 
 /// Records read from disk per read, kept for the reads that follow (consumers read on).
 const READ_AHEAD_BYTES: usize = 256 * 1024;
+/// At most this many records are read ahead, however small they are: a read that misses
+/// the caches costs one bounded batch, not the rest of a segment of tiny records.
+const READ_AHEAD_RECORDS_MAX: usize = 4096;
 
 /// A partition's segmented log.
 pub struct FileLog {
@@ -28,6 +32,9 @@ pub struct FileLog {
     tail: Records,
     /// Records read from disk ahead of the reader.
     ahead: RefCell<Records>,
+    /// Files of segments already cut from the log whose removal the disk refused, newest
+    /// first: removed before the next write, so a new segment never meets an old file.
+    doomed: Vec<PathBuf>,
 }
 
 /// A contiguous run of records with a byte budget, dropping the oldest when over it.
@@ -111,12 +118,17 @@ impl FileLog {
         let bases: Vec<u64> = names.iter().filter_map(|n| segment::parse_file_name(n)).collect();
         let mut segments = BTreeMap::new();
         let mut expected: Option<u64> = None;
-        let mut cut_at: Option<usize> = None;
+        // The first segment removed by a cut in an older one, and why.
+        let mut cut_at: Option<(usize, String)> = None;
         for (i, base) in bases.iter().copied().enumerate() {
             let path = dir.join(segment::file_name(base));
             if let Some(end) = expected.filter(|end| *end != base) {
                 let reason = format!("segment starts at offset {base} but the one before ends at {end}");
-                return Err(StorageError::Corrupt { file: path.display().to_string(), position: 0, reason });
+                if !config.truncate_corrupt {
+                    return Err(StorageError::Corrupt { file: path.display().to_string(), position: 0, reason });
+                }
+                cut_at = Some((i, reason));
+                break;
             }
             let (mut seg, damage) = Segment::scan(fs.as_ref(), &path, base)?;
             expected = Some(seg.end);
@@ -129,7 +141,7 @@ impl FileLog {
                 seg.sync()?;
                 notes.push(RecoveryNote { file: path.clone(), position, cut_bytes: file_len - position, reason });
                 if !newest {
-                    cut_at = Some(i + 1);
+                    cut_at = Some((i + 1, "follows a cut in an older segment".to_string()));
                 }
             }
             segments.insert(base, seg);
@@ -137,15 +149,8 @@ impl FileLog {
                 break;
             }
         }
-        if let Some(first_removed) = cut_at {
-            for base in &bases[first_removed..] {
-                let path = dir.join(segment::file_name(*base));
-                let len = fs.open(&path, false).and_then(|f| f.size()).unwrap_or(0);
-                fs.remove_file(&path).map_err(|e| io_error(&path, "remove", e))?;
-                let reason = "follows a cut in an older segment".to_string();
-                notes.push(RecoveryNote { file: path, position: 0, cut_bytes: len, reason });
-            }
-            fs.sync_dir(&dir).map_err(|e| io_error(&dir, "sync directory", e))?;
+        if let Some((first_removed, reason)) = cut_at {
+            remove_after_cut(fs.as_ref(), &dir, &bases[first_removed..], reason, notes)?;
         }
         if segments.is_empty() {
             segments.insert(0, Segment::create(fs.as_ref(), &dir, 0)?);
@@ -161,6 +166,7 @@ impl FileLog {
             size,
             tail: Records::default(),
             ahead: RefCell::new(Records::default()),
+            doomed: Vec::new(),
         })
     }
 
@@ -179,7 +185,7 @@ impl FileLog {
             return Ok(());
         }
         let full = active.size + incoming_bytes > self.config.segment_bytes;
-        let first_time = self.first_time_of_active()?;
+        let first_time = active.first_time_ms();
         let old = first_time.is_some_and(|t| first_time_ms.saturating_sub(t) >= self.config.segment_ms);
         if full || old {
             self.roll()?;
@@ -187,28 +193,43 @@ impl FileLog {
         Ok(())
     }
 
-    fn first_time_of_active(&self) -> Result<Option<u64>, StorageError> {
-        let active = self.active_ref();
-        Ok(active.read(active.base, 1, usize::MAX)?.first().map(|r| r.record.publish_time_ms))
-    }
-
     fn roll(&mut self) -> Result<(), StorageError> {
         let end = self.end_offset();
-        self.active().cut_tail()?;
+        // The sealed segment is durable before the next one exists, so after a crash only
+        // the newest segment can miss records, and recovery cuts only there.
+        let sealed = self.active();
+        sealed.cut_tail()?;
+        sealed.sync()?;
         let segment = Segment::create(self.fs.as_ref(), &self.dir, end)?;
         self.segments.insert(end, segment);
         Ok(())
     }
 
-    /// Removes the oldest segment (never the only one).
+    /// Removes the oldest segment (never the only one); if the disk refuses, the log keeps it.
     fn remove_oldest(&mut self) -> Result<(), StorageError> {
-        let (_, seg) = self.segments.pop_first().expect("checked by the caller");
-        self.fs.remove_file(&seg.path).map_err(|e| io_error(&seg.path, "remove", e))?;
+        let path = &self.segments.values().next().expect("checked by the caller").path;
+        self.fs.remove_file(path).map_err(|e| io_error(path, "remove", e))?;
+        let (_, seg) = self.segments.pop_first().expect("checked above");
         self.size -= seg.size;
         let start = self.start_offset();
         self.tail.drop_before(start);
-        self.ahead.borrow_mut().drop_before(start);
+        self.ahead.get_mut().drop_before(start);
         Ok(())
+    }
+
+    /// Removes the files of segments that a truncate cut but the disk kept, newest first,
+    /// so the files left always hold a contiguous run of offsets.
+    fn finish_cuts(&mut self) -> Result<(), StorageError> {
+        if self.doomed.is_empty() {
+            return Ok(());
+        }
+        while let Some(path) = self.doomed.first() {
+            match self.fs.remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(path, "remove", e)),
+                _ => self.doomed.remove(0),
+            };
+        }
+        self.fs.sync_dir(&self.dir).map_err(|e| io_error(&self.dir, "sync directory", e))
     }
 
     pub fn dir(&self) -> &Path {
@@ -216,10 +237,37 @@ impl FileLog {
     }
 }
 
+impl Drop for FileLog {
+    /// A last try at removing cut segments, so that a clean restart does not find them.
+    fn drop(&mut self) {
+        let _ = self.finish_cuts();
+    }
+}
+
+/// Removes the segment files `bases` that follow a cut made while opening, noting each.
+fn remove_after_cut(
+    fs: &dyn Fs,
+    dir: &Path,
+    bases: &[u64],
+    first_reason: String,
+    notes: &mut Vec<RecoveryNote>,
+) -> Result<(), StorageError> {
+    let mut reason = first_reason;
+    for base in bases {
+        let path = dir.join(segment::file_name(*base));
+        let len = fs.open(&path, false).and_then(|f| f.size()).unwrap_or(0);
+        fs.remove_file(&path).map_err(|e| io_error(&path, "remove", e))?;
+        notes.push(RecoveryNote { file: path, position: 0, cut_bytes: len, reason });
+        reason = "follows a cut in an older segment".to_string();
+    }
+    fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))
+}
+
 impl PartitionLog for FileLog {
     fn append(&mut self, records: Vec<Record>) -> Result<u64, StorageError> {
         let first = self.end_offset();
         let Some(first_time) = records.first().map(|r| r.publish_time_ms) else { return Ok(first) };
+        self.finish_cuts()?;
         let mut frames = Vec::new();
         let mut entries = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
@@ -252,7 +300,7 @@ impl PartitionLog for FileLog {
             return Ok(hit);
         }
         let (_, seg) = self.segments.range(..=from).next_back().expect("from is within the log");
-        let batch = seg.read(from, usize::MAX, READ_AHEAD_BYTES.max(max_bytes))?;
+        let batch = seg.read(from, READ_AHEAD_RECORDS_MAX.max(max_records), READ_AHEAD_BYTES.max(max_bytes))?;
         let mut ahead = self.ahead.borrow_mut();
         ahead.clear();
         for r in batch {
@@ -283,6 +331,7 @@ impl PartitionLog for FileLog {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        self.finish_cuts()?;
         for seg in self.segments.values_mut() {
             seg.sync()?;
         }
@@ -290,28 +339,32 @@ impl PartitionLog for FileLog {
         Ok(())
     }
 
+    /// The records leave the log at once, even when the disk refuses to cut or remove
+    /// their files (the error is still returned): those files are finished before the
+    /// next write or sync, and a later sync never brings the records back.
     fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
         let from = from.max(self.start_offset());
         if from >= self.end_offset() {
             return Ok(());
         }
         self.tail.drop_from(from);
-        self.ahead.borrow_mut().clear();
+        self.ahead.get_mut().clear();
+        self.synced_end = self.synced_end.min(from);
         while self.segments.len() > 1 && self.active_ref().base >= from {
             let (_, seg) = self.segments.pop_last().expect("more than one");
-            self.fs.remove_file(&seg.path).map_err(|e| io_error(&seg.path, "remove", e))?;
             self.size -= seg.size;
+            self.doomed.push(seg.path.clone());
         }
         let before = self.active_ref().size;
-        self.active().truncate(from)?;
+        let cut = self.active().truncate(from);
         self.size -= before - self.active_ref().size;
-        self.active().sync()?;
-        self.fs.sync_dir(&self.dir).map_err(|e| io_error(&self.dir, "sync directory", e))?;
-        self.synced_end = self.synced_end.min(from);
-        Ok(())
+        cut?;
+        self.finish_cuts()?;
+        self.active().sync()
     }
 
     fn apply_retention(&mut self, retention: &Retention, keep_from: u64) -> Result<u64, StorageError> {
+        self.finish_cuts()?;
         loop {
             let oldest = self.segments.values().next().expect("never empty");
             let expired = retention.min_publish_time_ms.is_some_and(|t| oldest.last_time_ms.is_some_and(|l| l < t));

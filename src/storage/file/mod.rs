@@ -16,6 +16,8 @@
 mod log;
 mod record;
 mod segment;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -45,6 +45,9 @@ pub struct Segment {
     pub last_time_ms: Option<u64>,
     /// Bytes written since the last sync.
     pub dirty: bool,
+    /// The file may hold bytes past `size` that a cut or a failed write could not remove;
+    /// they are cut before the next write or sync, so they never follow a new record.
+    cut_pending: bool,
     pub path: PathBuf,
     file: Box<dyn FsFile>,
     index: Vec<IndexEntry>,
@@ -68,7 +71,17 @@ impl Segment {
         let file = fs.open(&path, true).map_err(|e| io_error(&path, "create", e))?;
         file.set_len(0).map_err(|e| io_error(&path, "truncate", e))?;
         fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))?;
-        Ok(Self { base, end: base, size: 0, last_time_ms: None, dirty: false, path, file, index: Vec::new() })
+        Ok(Self {
+            base,
+            end: base,
+            size: 0,
+            last_time_ms: None,
+            dirty: false,
+            cut_pending: false,
+            path,
+            file,
+            index: Vec::new(),
+        })
     }
 
     /// Opens a segment and checks every record: CRC, framing, and that offsets run on from
@@ -83,6 +96,7 @@ impl Segment {
             size: 0,
             last_time_ms: None,
             dirty: false,
+            cut_pending: false,
             path: path.to_path_buf(),
             file,
             index: Vec::new(),
@@ -136,10 +150,12 @@ impl Segment {
     }
 
     /// Writes framed records (`frames`, whose offsets and times are `entries`) at the end.
-    /// On failure the segment is as before (a partial write is cut off again if possible).
+    /// On failure the segment is as before (a partial write is cut off now, or before the
+    /// next write if the disk refuses that too).
     pub fn append(&mut self, frames: &[u8], entries: &[(u64, u64, usize)]) -> Result<(), StorageError> {
+        self.finish_cut()?;
         if let Err(e) = self.file.write_all_at(frames, self.size) {
-            let _ = self.file.set_len(self.size);
+            self.cut_pending = self.file.set_len(self.size).is_err();
             return Err(io_error(&self.path, "write", e));
         }
         self.dirty = true;
@@ -153,16 +169,23 @@ impl Segment {
     }
 
     /// Reads records from `from` (which is in this segment) on, until `max_records` or the
-    /// segment's end, stopping before a record that would pass `max_bytes` of payload.
+    /// segment's end, stopping before a record that would pass `max_bytes` of payload. A
+    /// damaged record ends the read: it is an error when it is the first one asked for,
+    /// else the records before it are returned.
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, StorageError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let mut position = self.entry_before(from).map_or(0, |e| e.position);
+        let (mut position, mut expected) = self.entry_before(from).map_or((0, self.base), |e| (e.position, e.offset));
         let mut chunk = Bytes::new();
         let mut chunk_at = position;
         while position < self.size && out.len() < max_records {
             let within = (position - chunk_at) as usize;
-            match record::decode(&chunk.slice(within.min(chunk.len())..)) {
+            let damage = match record::decode(&chunk.slice(within.min(chunk.len())..)) {
+                // The offset is checked too: an intact frame at the wrong place (a stale or
+                // misdirected block) must not be served as the record that belongs there.
+                Decoded::Record { offset, .. } if offset != expected => {
+                    format!("record with offset {offset} where {expected} belongs")
+                }
                 Decoded::Record { offset, record, frame_len } => {
                     if offset >= from {
                         bytes += record.size_bytes();
@@ -172,17 +195,24 @@ impl Segment {
                         out.push(StoredRecord { offset, record: Arc::new(record) });
                     }
                     position += frame_len as u64;
+                    expected += 1;
+                    continue;
                 }
                 Decoded::Short { needed } => {
                     let left = (self.size - position) as usize;
-                    if needed > left {
-                        return Err(self.corrupt(position, format!("a frame needs {needed} bytes, {left} are left")));
+                    if needed <= left {
+                        chunk = self.read_bytes(position, needed.max(READ_CHUNK_BYTES).min(left))?;
+                        chunk_at = position;
+                        continue;
                     }
-                    chunk = self.read_bytes(position, needed.max(READ_CHUNK_BYTES).min(left))?;
-                    chunk_at = position;
+                    format!("a frame needs {needed} bytes, {left} are left")
                 }
-                Decoded::Bad(reason) => return Err(self.corrupt(position, reason)),
+                Decoded::Bad(reason) => reason,
+            };
+            if out.is_empty() {
+                return Err(self.corrupt(position, damage));
             }
+            break;
         }
         Ok(out)
     }
@@ -215,23 +245,25 @@ impl Segment {
         Ok(None)
     }
 
-    /// Cuts the segment so that `from` is its end.
+    /// Cuts the segment so that `from` is its end. Once the records are found, they are
+    /// gone from the segment even if the disk refuses the cut: it is retried before the
+    /// next write or sync (and when the segment is dropped).
     pub fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
         assert!((self.base..=self.end).contains(&from), "{}: truncate to {from}", self.path.display());
         if from == self.end {
             return Ok(());
         }
         let position = self.position_of(from)?;
-        self.file.set_len(position).map_err(|e| io_error(&self.path, "truncate", e))?;
-        self.index.retain(|e| e.offset < from);
-        self.size = position;
-        self.end = from;
-        self.dirty = true;
-        self.last_time_ms = match from.checked_sub(1).filter(|last| *last >= self.base) {
+        let last_time_ms = match from.checked_sub(1).filter(|last| *last >= self.base) {
             Some(last) => self.read(last, 1, usize::MAX)?.first().map(|r| r.record.publish_time_ms),
             None => None,
         };
-        Ok(())
+        self.index.retain(|e| e.offset < from);
+        self.size = position;
+        self.end = from;
+        self.last_time_ms = last_time_ms;
+        self.cut_pending = true;
+        self.cut_tail()
     }
 
     /// The byte position where the record `offset` starts.
@@ -256,16 +288,41 @@ impl Segment {
             self.file.set_len(self.size).map_err(|e| io_error(&self.path, "truncate", e))?;
             self.dirty = true;
         }
+        self.cut_pending = false;
         Ok(())
     }
 
-    /// Makes the written records durable.
+    /// Retries a cut that the disk refused.
+    fn finish_cut(&mut self) -> Result<(), StorageError> {
+        if self.cut_pending {
+            self.cut_tail()?;
+        }
+        Ok(())
+    }
+
+    /// The publish time of the first record, from the index (no IO).
+    pub fn first_time_ms(&self) -> Option<u64> {
+        self.index.first().map(|e| e.time_ms)
+    }
+
+    /// Makes the written records durable (and a pending cut, first).
     pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.finish_cut()?;
         if self.dirty {
             self.file.sync_data().map_err(|e| io_error(&self.path, "fsync", e))?;
             self.dirty = false;
         }
         Ok(())
+    }
+}
+
+impl Drop for Segment {
+    /// A last try at a cut the disk refused, so that a clean restart does not find the
+    /// cut records again. It only ever shrinks the file (a crash may have shrunk it more).
+    fn drop(&mut self) {
+        if self.cut_pending && self.file.size().is_ok_and(|len| len > self.size) {
+            let _ = self.file.set_len(self.size);
+        }
     }
 }
 

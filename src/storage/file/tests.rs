@@ -1,0 +1,858 @@
+//! The file log on a real directory (`StdFs` in a temp dir), and under injected faults
+//! (`FaultyFs` around it). Records have a fixed size, so every frame is [`frame`] bytes and
+//! a test can name the byte position of any record.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::record;
+use super::*;
+use crate::env::{DiskFault, FaultyFs, Fs, FsFile, StdFs};
+use crate::storage::{Record, Retention, StoredRecord};
+
+/// Small segments, so a hundred records span several.
+const SEGMENT_BYTES: u64 = 4096;
+
+fn small(dir: &Path) -> FileStorageConfig {
+    FileStorageConfig { segment_bytes: SEGMENT_BYTES, ..FileStorageConfig::new(dir) }
+}
+
+/// A config whose reads go to the disk: the tail cache holds one record only.
+fn uncached(dir: &Path) -> FileStorageConfig {
+    FileStorageConfig { tail_cache_bytes: 1, ..small(dir) }
+}
+
+/// A 100-byte value that names the record: `tag` then the offset, zero-padded.
+fn value(tag: &str, i: u64) -> Bytes {
+    Bytes::from(format!("{tag}{i:0>width$}", width = 100 - tag.len()))
+}
+
+fn tagged(tag: &str, i: u64, time_ms: u64) -> Record {
+    Record { key: None, value: value(tag, i), attributes: BTreeMap::new(), publish_time_ms: time_ms }
+}
+
+fn rec(i: u64) -> Record {
+    tagged("", i, i * 10)
+}
+
+/// Bytes of one framed record (all test records frame to the same length).
+fn frame() -> u64 {
+    let mut buf = Vec::new();
+    record::encode(0, &rec(0), &mut buf) as u64
+}
+
+/// Records that fit in one segment of `SEGMENT_BYTES`.
+fn per_segment() -> u64 {
+    SEGMENT_BYTES / frame()
+}
+
+fn open_on(fs: Arc<dyn Fs>, config: &FileStorageConfig) -> Result<(FileLog, Vec<RecoveryNote>), StorageError> {
+    let mut notes = Vec::new();
+    let log = FileLog::open(fs, config.dir.clone(), config.clone(), &mut notes)?;
+    Ok((log, notes))
+}
+
+fn open(config: &FileStorageConfig) -> (FileLog, Vec<RecoveryNote>) {
+    open_on(Arc::new(StdFs), config).unwrap()
+}
+
+/// Appends `rec(i)` for each `i`, one append per record.
+fn append_each(log: &mut FileLog, range: std::ops::Range<u64>) {
+    for i in range {
+        assert_eq!(log.append(vec![rec(i)]).unwrap(), i);
+    }
+}
+
+/// Every record from `from` to the end, read in small steps.
+fn read_all(log: &FileLog, from: u64) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let batch = log.read(next, 7, usize::MAX).unwrap();
+        let Some(last) = batch.last() else { return out };
+        next = last.offset + 1;
+        out.extend(batch);
+    }
+}
+
+/// Asserts that the log holds exactly `rec(i)` at offset `i` for `range`.
+fn assert_holds(log: &FileLog, range: std::ops::Range<u64>) {
+    assert_eq!((log.start_offset(), log.end_offset()), (range.start, range.end), "start and end");
+    let got = read_all(log, range.start);
+    let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, range.clone().collect::<Vec<_>>());
+    for r in got {
+        assert_eq!(*r.record, rec(r.offset), "record at offset {}", r.offset);
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn seg_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+fn flip_byte(path: &Path, position: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[position as usize] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+fn assert_corrupt(result: Result<impl std::fmt::Debug, StorageError>, file: &Path, at: u64) {
+    match result {
+        Err(StorageError::Corrupt { file: f, position, .. }) => {
+            assert_eq!((f.as_str(), position), (file.to_str().unwrap(), at), "corrupt file and position");
+        }
+        other => panic!("expected Corrupt in {} at {at}, got {other:?}", file.display()),
+    }
+}
+
+/// `StdFs` that remembers how much of each file a sync made durable, so a test can crash
+/// (cut every file back to that), and counts the bytes read.
+#[derive(Clone, Default)]
+struct TrackingFs {
+    durable: Arc<std::sync::Mutex<BTreeMap<PathBuf, u64>>>,
+    bytes_read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct TrackedFile {
+    inner: Box<dyn FsFile>,
+    path: PathBuf,
+    fs: TrackingFs,
+}
+
+impl TrackingFs {
+    /// What a power cut leaves: each file as of its last sync.
+    fn crash(&self) {
+        for (path, durable) in self.durable.lock().unwrap().iter() {
+            if path.exists() && file_len(path) > *durable {
+                std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(*durable).unwrap();
+            }
+        }
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Fs for TrackingFs {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        StdFs.list_dir(path)
+    }
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn FsFile>> {
+        let len = if path.exists() { file_len(path) } else { 0 };
+        self.durable.lock().unwrap().entry(path.to_path_buf()).or_insert(len);
+        let inner = StdFs.open(path, create)?;
+        Ok(Box::new(TrackedFile { inner, path: path.to_path_buf(), fs: self.clone() }))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        StdFs.read(path)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.durable.lock().unwrap().remove(path);
+        StdFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        StdFs.exists(path)
+    }
+}
+
+impl FsFile for TrackedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let n = self.inner.read_at(buf, offset)?;
+        self.fs.bytes_read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)?;
+        let mut durable = self.fs.durable.lock().unwrap();
+        durable.entry(self.path.clone()).and_modify(|d| *d = (*d).min(len));
+        Ok(())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()?;
+        let len = self.inner.size()?;
+        self.fs.durable.lock().unwrap().insert(self.path.clone(), len);
+        Ok(())
+    }
+}
+
+// Appending and reading.
+
+#[test]
+fn records_round_trip_across_segments_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    let mut next = 0;
+    for batch in (1..=7).cycle().take(25) {
+        let records: Vec<Record> = (next..next + batch).map(rec).collect();
+        assert_eq!(log.append(records).unwrap(), next, "a batch starts at the end");
+        next += batch;
+    }
+    assert!(segment_files(dir.path()).len() >= 4, "{:?}", segment_files(dir.path()));
+    assert_holds(&log, 0..next);
+    assert_eq!(log.size_bytes(), next * frame());
+    log.sync().unwrap();
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..next);
+    assert_eq!(log.size_bytes(), next * frame());
+}
+
+#[test]
+fn reads_from_disk_start_anywhere_and_honour_both_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..100);
+    // Fresh logs each time, so no read is served by what an earlier read cached.
+    for from in 0..100 {
+        let (log, _) = open(&config);
+        let got = log.read(from, 3, usize::MAX).unwrap();
+        assert!(!got.is_empty() && got.len() <= 3, "read at {from} gave {} records", got.len());
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!((r.offset, &*r.record), (from + i as u64, &rec(from + i as u64)));
+        }
+    }
+    let (log, _) = open(&config);
+    assert_eq!(log.read(5, 3, usize::MAX).unwrap().len(), 3, "max_records");
+    assert_eq!(log.read(5, 100, 250).unwrap().len(), 2, "max_bytes stops before the record that passes it");
+    assert_eq!(log.read(5, 100, 1).unwrap().len(), 1, "one record even over max_bytes");
+    assert!(log.read(5, 0, usize::MAX).unwrap().is_empty());
+    assert_holds(&log, 0..100);
+}
+
+#[test]
+fn reads_at_the_end_are_empty_and_outside_the_log_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(&small(dir.path()));
+    assert!(log.read(0, 10, usize::MAX).unwrap().is_empty(), "an empty log reads empty at 0");
+    append_each(&mut log, 0..100);
+    assert!(log.read(100, 10, usize::MAX).unwrap().is_empty());
+    assert_eq!(log.read(101, 10, usize::MAX), Err(StorageError::OutOfRange { offset: 101, start: 0, end: 100 }));
+    let retention = Retention { max_bytes: 0, min_publish_time_ms: None };
+    let start = log.apply_retention(&retention, 100).unwrap();
+    assert!(start > 0);
+    assert_eq!(
+        log.read(start - 1, 1, usize::MAX),
+        Err(StorageError::OutOfRange { offset: start - 1, start, end: 100 })
+    );
+    assert_eq!(log.read(start, 1, usize::MAX).unwrap()[0].offset, start);
+}
+
+#[test]
+fn a_read_that_misses_the_caches_reads_a_bounded_batch_of_tiny_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FileStorageConfig { segment_bytes: 4 * 1024 * 1024, ..uncached(dir.path()) };
+    let (mut log, _) = open(&config);
+    let empty = |i| Record { key: None, value: Bytes::new(), attributes: BTreeMap::new(), publish_time_ms: i };
+    log.append((0..100_000).map(empty).collect()).unwrap();
+    drop(log);
+    let disk = TrackingFs::default();
+    let (log, _) = open_on(Arc::new(disk.clone()), &config).unwrap();
+    let scanned = disk.bytes_read();
+    assert_eq!(log.read(10, 1, usize::MAX).unwrap()[0].offset, 10);
+    let read = disk.bytes_read() - scanned;
+    assert!(read <= 512 * 1024, "one record cost {read} bytes of a {scanned}-byte segment");
+}
+
+// Rolling.
+
+#[test]
+fn segments_roll_by_size_and_are_named_by_their_base_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(&small(dir.path()));
+    let n = per_segment();
+    append_each(&mut log, 0..n);
+    assert_eq!(segment_files(dir.path()), vec!["00000000000000000000.log"], "{n} records fit one segment");
+    append_each(&mut log, n..n + 1);
+    assert_eq!(segment_files(dir.path()), vec!["00000000000000000000.log".to_string(), format!("{n:020}.log")]);
+    assert_eq!(file_len(&seg_path(dir.path(), 0)), n * frame());
+    assert_eq!(file_len(&seg_path(dir.path(), n)), frame());
+}
+
+#[test]
+fn a_batch_larger_than_a_segment_goes_whole_into_a_fresh_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(&small(dir.path()));
+    append_each(&mut log, 0..1);
+    let n = per_segment() + 5;
+    assert_eq!(log.append((1..1 + n).map(rec).collect()).unwrap(), 1);
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0), format!("{:020}.log", 1)]);
+    assert_eq!(file_len(&seg_path(dir.path(), 1)), n * frame());
+    assert_holds(&log, 0..1 + n);
+}
+
+#[test]
+fn segments_roll_when_their_first_record_is_segment_ms_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FileStorageConfig { segment_ms: 1000, ..small(dir.path()) };
+    let (mut log, _) = open(&config);
+    for (i, time) in [5000, 5500, 5999].into_iter().enumerate() {
+        log.append(vec![tagged("", i as u64, time)]).unwrap();
+    }
+    assert_eq!(segment_files(dir.path()).len(), 1, "younger than segment_ms");
+    log.append(vec![tagged("", 3, 6000)]).unwrap();
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0), format!("{:020}.log", 3)]);
+    log.append(vec![tagged("", 4, 6999)]).unwrap();
+    log.append(vec![tagged("", 5, 7000)]).unwrap();
+    assert_eq!(segment_files(dir.path()).last().unwrap(), &format!("{:020}.log", 5));
+    drop(log);
+    let (mut log, _) = open(&config);
+    log.append(vec![tagged("", 6, 7999)]).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 3, "after a reopen the age counts from the same first record");
+    log.append(vec![tagged("", 7, 8000)]).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 4);
+}
+
+#[test]
+fn a_crash_after_a_roll_loses_only_unsynced_records_of_the_newest_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let disk = TrackingFs::default();
+    let (mut log, _) = open_on(Arc::new(disk.clone()), &config).unwrap();
+    let n = per_segment();
+    append_each(&mut log, 0..n - 5);
+    log.sync().unwrap();
+    append_each(&mut log, n - 5..n + 3); // the last five of the first segment, then a roll
+    drop(log);
+    disk.crash();
+    // Had the roll not synced the first segment, it would now end early, the newer one
+    // would not follow on, and the log would refuse to open.
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..n);
+}
+
+// Recovery.
+
+#[test]
+fn torn_tail_of_newest_segment_is_cut_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..n + 10);
+    drop(log);
+    let newest = seg_path(dir.path(), n);
+    let torn_len = 10 * frame() - 50;
+    std::fs::OpenOptions::new().write(true).open(&newest).unwrap().set_len(torn_len).unwrap();
+    let (mut log, notes) = open(&config);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let note = &notes[0];
+    assert_eq!((note.file.as_path(), note.position, note.cut_bytes), (newest.as_path(), 9 * frame(), frame() - 50));
+    assert!(note.to_string().contains(&newest.display().to_string()), "{note}");
+    assert_eq!(file_len(&newest), 9 * frame(), "the torn frame is gone from the file");
+    assert_holds(&log, 0..n + 9);
+    assert_eq!(log.append(vec![rec(n + 9)]).unwrap(), n + 9);
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..n + 10);
+}
+
+#[test]
+fn zeros_or_garbage_after_the_last_record_are_cut_and_reported() {
+    for junk in [vec![0u8; 300], b"not a record at all, just some bytes that a crash left".to_vec()] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small(dir.path());
+        let (mut log, _) = open(&config);
+        append_each(&mut log, 0..5);
+        drop(log);
+        let path = seg_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&junk);
+        std::fs::write(&path, bytes).unwrap();
+        let (mut log, notes) = open(&config);
+        let expected = RecoveryNote {
+            file: path.clone(),
+            position: 5 * frame(),
+            cut_bytes: junk.len() as u64,
+            reason: notes[0].reason.clone(),
+        };
+        assert_eq!(notes, vec![expected]);
+        assert_eq!(file_len(&path), 5 * frame());
+        assert_eq!(log.append(vec![rec(5)]).unwrap(), 5);
+        assert_holds(&log, 0..6);
+    }
+}
+
+#[test]
+fn flipped_byte_in_an_older_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..2 * n + 3);
+    drop(log);
+    let older = seg_path(dir.path(), n);
+    flip_byte(&older, 5 * frame() + 40);
+    assert_corrupt(open_on(Arc::new(StdFs), &config).map(|_| ()), &older, 5 * frame());
+    assert_eq!(segment_files(dir.path()).len(), 3, "a refused open changes nothing");
+}
+
+#[test]
+fn truncate_corrupt_cuts_an_older_segment_at_the_damage_and_removes_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FileStorageConfig { truncate_corrupt: true, ..small(dir.path()) };
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..2 * n + 3);
+    drop(log);
+    let older = seg_path(dir.path(), n);
+    flip_byte(&older, 5 * frame() + 40);
+    let (mut log, notes) = open(&config);
+    let cut: Vec<(PathBuf, u64, u64)> = notes.iter().map(|n| (n.file.clone(), n.position, n.cut_bytes)).collect();
+    let newest = seg_path(dir.path(), 2 * n);
+    assert_eq!(cut, vec![(older.clone(), 5 * frame(), (n - 5) * frame()), (newest, 0, 3 * frame())]);
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0), format!("{n:020}.log")]);
+    assert_eq!(file_len(&older), 5 * frame());
+    assert_holds(&log, 0..n + 5);
+    append_each(&mut log, n + 5..n + 6);
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..n + 6);
+}
+
+#[test]
+fn a_missing_middle_segment_refuses_to_open_or_is_cut_at_with_truncate_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..3 * n + 1);
+    drop(log);
+    std::fs::remove_file(seg_path(dir.path(), n)).unwrap();
+    let after_gap = seg_path(dir.path(), 2 * n);
+    assert_corrupt(open_on(Arc::new(StdFs), &config).map(|_| ()), &after_gap, 0);
+    let config = FileStorageConfig { truncate_corrupt: true, ..config };
+    let (log, notes) = open(&config);
+    let cut: Vec<(PathBuf, u64)> = notes.iter().map(|n| (n.file.clone(), n.position)).collect();
+    assert_eq!(cut, vec![(after_gap, 0), (seg_path(dir.path(), 3 * n), 0)]);
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0)]);
+    assert_holds(&log, 0..n);
+}
+
+#[test]
+fn corrupt_record_read_after_open_is_an_error_never_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..20);
+    let path = seg_path(dir.path(), 0);
+    flip_byte(&path, 7 * frame() + 60);
+    assert_corrupt(log.read(7, 1, usize::MAX), &path, 7 * frame());
+    assert_corrupt(log.read(7, 1, usize::MAX), &path, 7 * frame());
+    // The records before the damage are still served, and no read passes it.
+    assert_eq!(*log.read(0, 1, usize::MAX).unwrap()[0].record, rec(0));
+    let before: Vec<u64> = log.read(2, 100, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
+    assert_eq!(before, (2..7).collect::<Vec<_>>());
+    assert_corrupt(log.offset_for_time(75), &path, 7 * frame());
+    assert_eq!(*log.read(19, 1, usize::MAX).unwrap()[0].record, rec(19), "the tail cache still serves");
+}
+
+#[test]
+fn a_record_at_the_wrong_place_is_corrupt_not_served_as_another_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..20);
+    // A stale or misdirected block: record 8's intact frame where record 7's belongs.
+    let path = seg_path(dir.path(), 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let f = frame() as usize;
+    bytes.copy_within(8 * f..9 * f, 7 * f);
+    std::fs::write(&path, bytes).unwrap();
+    assert_corrupt(log.read(7, 1, usize::MAX), &path, 7 * frame());
+    let before: Vec<u64> = log.read(5, 10, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
+    assert_eq!(before, vec![5, 6]);
+}
+
+// Truncate and sync.
+
+#[test]
+fn truncate_cuts_across_segment_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..3 * n + 4);
+    log.truncate(n + 5).unwrap();
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0), format!("{n:020}.log")]);
+    assert_eq!(file_len(&seg_path(dir.path(), n)), 5 * frame());
+    assert_eq!(log.size_bytes(), (n + 5) * frame());
+    assert_holds(&log, 0..n + 5);
+    append_each(&mut log, n + 5..n + 7);
+    log.truncate(n).unwrap();
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0)], "a segment cut at its base goes");
+    assert_holds(&log, 0..n);
+    append_each(&mut log, n..n + 2);
+    assert_eq!(segment_files(dir.path()).len(), 2, "the next append rolls again");
+    log.truncate(3 * n).unwrap();
+    assert_holds(&log, 0..n + 2);
+    drop(log);
+    let (mut log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..n + 2);
+    log.truncate(0).unwrap();
+    assert_holds(&log, 0..0);
+    assert_eq!(log.size_bytes(), 0);
+    append_each(&mut log, 0..1);
+}
+
+#[test]
+fn sync_raises_synced_end_to_the_end_and_truncate_lowers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..10);
+    assert_eq!(log.synced_end(), 0);
+    log.sync().unwrap();
+    assert_eq!(log.synced_end(), 10);
+    append_each(&mut log, 10..15);
+    assert_eq!((log.synced_end(), log.end_offset()), (10, 15));
+    log.truncate(12).unwrap();
+    assert_eq!((log.synced_end(), log.end_offset()), (10, 12));
+    log.truncate(8).unwrap();
+    assert_eq!((log.synced_end(), log.end_offset()), (8, 8));
+    log.truncate(20).unwrap();
+    assert_eq!((log.synced_end(), log.end_offset()), (8, 8), "truncating past the end changes nothing");
+    drop(log);
+    let (log, _) = open(&config);
+    assert_eq!(log.synced_end(), 8, "what a reopen finds counts as synced");
+}
+
+// Retention.
+
+#[test]
+fn size_retention_deletes_whole_oldest_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(&small(dir.path()));
+    let n = per_segment();
+    append_each(&mut log, 0..3 * n + 4);
+    let by_size = |max_bytes| Retention { max_bytes, min_publish_time_ms: None };
+    assert_eq!(log.apply_retention(&by_size((2 * n + 10) * frame()), 3 * n + 4).unwrap(), n);
+    assert_eq!(segment_files(dir.path()).len(), 3);
+    assert_eq!(log.size_bytes(), (2 * n + 4) * frame());
+    assert_eq!(log.apply_retention(&by_size(0), n + 1).unwrap(), n, "keep_from inside a segment keeps all of it");
+    assert_eq!(log.apply_retention(&by_size(0), 2 * n).unwrap(), 2 * n);
+    assert_eq!(log.apply_retention(&by_size(0), 3 * n + 4).unwrap(), 3 * n, "never the active segment");
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 3 * n)]);
+    assert_holds(&log, 3 * n..3 * n + 4);
+    assert_eq!(log.size_bytes(), 4 * frame());
+}
+
+#[test]
+fn time_retention_deletes_segments_whose_newest_record_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..3 * n + 4); // record i was published at i * 10
+    let before = |t| Retention { max_bytes: u64::MAX, min_publish_time_ms: Some(t) };
+    assert_eq!(log.apply_retention(&before((n - 1) * 10), u64::MAX).unwrap(), 0, "its newest record is not expired");
+    assert_eq!(log.apply_retention(&before((n - 1) * 10 + 1), u64::MAX).unwrap(), n);
+    assert_eq!(log.apply_retention(&before(u64::MAX), n).unwrap(), n, "keep_from keeps the rest");
+    assert_eq!(log.apply_retention(&before(2 * n * 10 + 5), u64::MAX).unwrap(), 2 * n);
+    drop(log);
+    let (log, _) = open(&config);
+    assert_holds(&log, 2 * n..3 * n + 4);
+}
+
+#[test]
+fn time_retention_rolls_an_expired_only_segment_then_deletes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..10);
+    let expire_all = Retention { max_bytes: u64::MAX, min_publish_time_ms: Some(1000) };
+    assert_eq!(log.apply_retention(&expire_all, 9).unwrap(), 0, "keep_from below the end keeps the segment");
+    assert_eq!(log.apply_retention(&expire_all, 10).unwrap(), 10);
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 10)]);
+    assert_eq!((log.start_offset(), log.end_offset(), log.size_bytes()), (10, 10, 0));
+    assert!(log.read(10, 1, usize::MAX).unwrap().is_empty());
+    assert_eq!(log.apply_retention(&expire_all, 10).unwrap(), 10, "an empty log has nothing to expire");
+    append_each(&mut log, 10..11);
+    drop(log);
+    let (log, _) = open(&config);
+    assert_holds(&log, 10..11);
+}
+
+#[test]
+fn retention_the_disk_refuses_leaves_the_log_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let (mut log, _) = open_on(Arc::new(faulty.clone()), &small(dir.path())).unwrap();
+    let n = per_segment();
+    append_each(&mut log, 0..2 * n + 3);
+    let by_size = Retention { max_bytes: 0, min_publish_time_ms: None };
+    faulty.set_fault(Some(DiskFault::Eio));
+    assert!(matches!(log.apply_retention(&by_size, 2 * n + 3), Err(StorageError::Io(_))));
+    assert_holds(&log, 0..2 * n + 3);
+    assert_eq!(log.size_bytes(), (2 * n + 3) * frame());
+    faulty.set_fault(None);
+    assert_eq!(log.apply_retention(&by_size, 2 * n + 3).unwrap(), 2 * n);
+    assert_eq!(log.size_bytes(), 3 * frame());
+}
+
+#[test]
+fn offset_for_time_finds_the_first_record_at_or_after_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FileStorageConfig { segment_bytes: 64 * 1024, ..uncached(dir.path()) };
+    let (mut log, _) = open(&config);
+    // Times 0, 0, 0, 30, 30, 30, ...: groups of equal times, several index entries per segment.
+    let time = |i: u64| i / 3 * 30;
+    for i in 0..1500 {
+        log.append(vec![tagged("", i, time(i))]).unwrap();
+    }
+    assert!(segment_files(dir.path()).len() >= 3);
+    let expected = |t: u64| (0..1500).find(|i| time(*i) >= t).unwrap_or(1500);
+    for t in (0..=15_100).step_by(7).chain([0, 30, 31, 14_970, 14_971]) {
+        assert_eq!(log.offset_for_time(t).unwrap(), expected(t), "time {t}");
+    }
+    let retention = Retention { max_bytes: u64::MAX, min_publish_time_ms: Some(5000) };
+    let start = log.apply_retention(&retention, 1500).unwrap();
+    assert!(start > 0);
+    assert_eq!(log.offset_for_time(0).unwrap(), start, "before the start is the start");
+}
+
+// Faults.
+
+#[test]
+fn full_disk_on_append_is_full_and_leaves_the_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let (mut log, _) = open_on(Arc::new(faulty.clone()), &config).unwrap();
+    let n = per_segment();
+    append_each(&mut log, 0..n - 1);
+    faulty.set_fault(Some(DiskFault::Full));
+    assert!(matches!(log.append(vec![rec(n - 1)]), Err(StorageError::Full(_))));
+    assert_holds(&log, 0..n - 1);
+    assert_eq!(file_len(&seg_path(dir.path(), 0)), (n - 1) * frame());
+    faulty.set_fault(None);
+    append_each(&mut log, n - 1..n);
+    faulty.set_fault(Some(DiskFault::Full));
+    assert!(matches!(log.append(vec![rec(n)]), Err(StorageError::Full(_))), "a roll needs a new file");
+    assert_holds(&log, 0..n);
+    assert_eq!(file_len(&seg_path(dir.path(), 0)), n * frame());
+    faulty.set_fault(None);
+    append_each(&mut log, n..n + 2);
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..n + 2);
+}
+
+#[test]
+fn eio_on_sync_is_an_io_error_and_synced_end_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let (mut log, _) = open_on(Arc::new(faulty.clone()), &small(dir.path())).unwrap();
+    append_each(&mut log, 0..3);
+    log.sync().unwrap();
+    append_each(&mut log, 3..5);
+    faulty.set_fault(Some(DiskFault::Eio));
+    assert!(matches!(log.sync(), Err(StorageError::Io(_))));
+    assert_eq!((log.synced_end(), log.end_offset()), (3, 5));
+    assert!(matches!(log.append(vec![rec(5)]), Err(StorageError::Io(_))));
+    assert_holds(&log, 0..5);
+    faulty.set_fault(None);
+    log.sync().unwrap();
+    assert_eq!(log.synced_end(), 5);
+}
+
+#[test]
+fn torn_write_leaves_the_log_readable_and_no_partial_record_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let (mut log, _) = open_on(Arc::new(faulty.clone()), &config).unwrap();
+    append_each(&mut log, 0..10);
+    faulty.set_fault(Some(DiskFault::TornWrite));
+    assert!(matches!(log.append((10..13).map(rec).collect()), Err(StorageError::Io(_))));
+    assert_eq!(faulty.fault(), None, "a torn write clears itself");
+    assert_holds(&log, 0..10);
+    assert_eq!(file_len(&seg_path(dir.path(), 0)), 10 * frame(), "the half-written batch is cut off");
+    drop(log);
+    let (mut log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..10);
+    append_each(&mut log, 10..12);
+    assert_holds(&log, 0..12);
+}
+
+#[test]
+fn a_cut_the_disk_refuses_still_hides_the_records_and_is_finished_before_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let (mut log, _) = open_on(Arc::new(faulty.clone()), &config).unwrap();
+    let n = per_segment();
+    append_each(&mut log, 0..n - 5);
+    log.sync().unwrap();
+    append_each(&mut log, n - 5..n + 5); // unsynced, across a roll
+    faulty.set_fault(Some(DiskFault::Eio));
+    assert!(log.sync().is_err());
+    assert!(matches!(log.truncate(n - 5), Err(StorageError::Io(_))));
+    assert_eq!((log.synced_end(), log.end_offset()), (n - 5, n - 5), "cut in memory though the disk refused");
+    assert!(log.read(n - 5, 1, usize::MAX).unwrap().is_empty());
+    faulty.set_fault(None);
+    log.sync().unwrap();
+    assert_eq!(log.synced_end(), n - 5, "a sync does not bring the cut records back");
+    for i in n - 5..n + 2 {
+        assert_eq!(log.append(vec![tagged("new", i, i * 10)]).unwrap(), i);
+    }
+    log.sync().unwrap();
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(log.end_offset(), n + 2);
+    let values: Vec<Bytes> = read_all(&log, n - 5).iter().map(|r| r.record.value.clone()).collect();
+    assert_eq!(values, (n - 5..n + 2).map(|i| value("new", i)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_cut_the_disk_refuses_is_finished_when_the_log_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let (mut log, _) = open_on(Arc::new(faulty.clone()), &config).unwrap();
+    append_each(&mut log, 0..8);
+    faulty.set_fault(Some(DiskFault::Eio));
+    assert!(log.truncate(5).is_err());
+    faulty.set_fault(None);
+    drop(log);
+    let (log, _) = open(&config);
+    assert_holds(&log, 0..5);
+}
+
+// The storage and its metadata.
+
+#[test]
+fn storage_keeps_logs_by_topic_uid_and_partition_and_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = FileStorage::open(Arc::new(StdFs), small(&dir.path().join("data"))).unwrap();
+    let mut log = storage.open(7, 2).unwrap();
+    log.append(vec![rec(0)]).unwrap();
+    let partition_dir = dir.path().join("data/topics/7/2");
+    assert_eq!(segment_files(&partition_dir), vec![format!("{:020}.log", 0)]);
+    storage.remove(7, vec![log]).unwrap();
+    assert!(!dir.path().join("data/topics/7").exists());
+    assert!(storage.open(7, 2).unwrap().read(0, 1, 1).unwrap().is_empty(), "a removed topic's log starts afresh");
+}
+
+#[test]
+fn storage_reports_what_recovery_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let mut storage = FileStorage::open(Arc::new(StdFs), config.clone()).unwrap();
+    storage.open(1, 0).unwrap().append(vec![rec(0), rec(1)]).unwrap();
+    let path = dir.path().join("topics/1/0").join(format!("{:020}.log", 0));
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(frame() + 3).unwrap();
+    let mut storage = FileStorage::open(Arc::new(StdFs), config).unwrap();
+    assert!(storage.recovery_notes().is_empty());
+    assert_eq!(storage.open(1, 0).unwrap().end_offset(), 1);
+    let notes = storage.recovery_notes();
+    assert_eq!(
+        notes.iter().map(|n| (n.file.clone(), n.position, n.cut_bytes)).collect::<Vec<_>>(),
+        vec![(path, frame(), 3)]
+    );
+}
+
+#[test]
+fn metadata_round_trips_and_a_new_directory_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = FileStorage::open(Arc::new(StdFs), small(dir.path())).unwrap();
+    assert_eq!(storage.load_meta().unwrap(), None);
+    storage.save_meta(b"first").unwrap();
+    storage.save_meta(b"second, longer than the first").unwrap();
+    assert_eq!(storage.load_meta().unwrap().as_deref(), Some(&b"second, longer than the first"[..]));
+    storage.save_meta(b"").unwrap();
+    let mut again = FileStorage::open(Arc::new(StdFs), small(dir.path())).unwrap();
+    assert_eq!(again.load_meta().unwrap(), Some(Vec::new()));
+}
+
+#[test]
+fn damaged_metadata_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = FileStorage::open(Arc::new(StdFs), small(dir.path())).unwrap();
+    storage.save_meta(b"topics and subscriptions").unwrap();
+    let path = dir.path().join("meta");
+    let good = std::fs::read(&path).unwrap();
+    for position in [0, 5, 9, 12, good.len() - 1] {
+        flip_byte(&path, position as u64);
+        assert_corrupt(storage.load_meta(), &path, 0);
+        std::fs::write(&path, &good).unwrap();
+    }
+    for len in [0, 11, good.len() - 1] {
+        std::fs::write(&path, &good[..len]).unwrap();
+        assert_corrupt(storage.load_meta(), &path, 0);
+    }
+    std::fs::write(&path, [&good[..], b"x"].concat()).unwrap();
+    assert_corrupt(storage.load_meta(), &path, 0);
+}
+
+#[test]
+fn a_temp_metadata_file_left_behind_does_not_matter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = FileStorage::open(Arc::new(StdFs), small(dir.path())).unwrap();
+    std::fs::write(dir.path().join("meta.tmp"), b"half a save, never renamed").unwrap();
+    assert_eq!(storage.load_meta().unwrap(), None);
+    storage.save_meta(b"saved").unwrap();
+    std::fs::write(dir.path().join("meta.tmp"), b"a longer half of a save that was never renamed").unwrap();
+    assert_eq!(storage.load_meta().unwrap().as_deref(), Some(&b"saved"[..]));
+    storage.save_meta(b"next").unwrap();
+    assert_eq!(storage.load_meta().unwrap().as_deref(), Some(&b"next"[..]));
+}
+
+#[test]
+fn a_failed_metadata_save_keeps_the_old_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let mut storage = FileStorage::open(Arc::new(faulty.clone()), small(dir.path())).unwrap();
+    storage.save_meta(b"old").unwrap();
+    for fault in [DiskFault::Full, DiskFault::Eio, DiskFault::TornWrite] {
+        faulty.set_fault(Some(fault));
+        assert!(storage.save_meta(b"new metadata").is_err(), "{fault:?}");
+        faulty.set_fault(None);
+        assert_eq!(storage.load_meta().unwrap().as_deref(), Some(&b"old"[..]), "{fault:?}");
+    }
+}
