@@ -290,6 +290,26 @@ fn a_read_that_misses_the_caches_reads_a_bounded_batch_of_tiny_records() {
     assert_eq!(log.read(10, 1, usize::MAX).unwrap()[0].offset, 10);
     let read = disk.bytes_read() - scanned;
     assert!(read <= 512 * 1024, "one record cost {read} bytes of a {scanned}-byte segment");
+    // The sparse index starts a read near its record, not at the segment's start.
+    let before = disk.bytes_read();
+    assert_eq!(log.read(99_990, 1, usize::MAX).unwrap()[0].offset, 99_990);
+    let read = disk.bytes_read() - before;
+    assert!(read <= 64 * 1024, "a record near the end cost {read} bytes");
+}
+
+#[test]
+fn a_record_that_exactly_fills_max_bytes_is_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FileStorageConfig { segment_bytes: 1024 * 1024, ..uncached(dir.path()) };
+    let (mut log, _) = open(&config);
+    let kib = |i| Record { key: None, value: vec![b'x'; 1024].into(), attributes: BTreeMap::new(), publish_time_ms: i };
+    log.append((0..300).map(kib).collect()).unwrap();
+    log.append((300..303).map(rec).collect()).unwrap();
+    assert_eq!(log.read(300, 10, 200).unwrap().len(), 2, "from the tail cache");
+    drop(log);
+    let (log, _) = open(&config);
+    assert_eq!(log.read(0, 1000, 256 * 1024).unwrap().len(), 256, "from the disk");
+    assert_eq!(log.read(0, 1000, 3 * 1024).unwrap().len(), 3, "from what was read ahead");
 }
 
 // Rolling.
