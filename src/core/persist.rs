@@ -236,7 +236,9 @@ impl Broker {
     }
 
     /// Applies time retention to every partition (size retention runs on every append);
-    /// `wall_ms` is the wall clock that publish times are stamped with.
+    /// `wall_ms` is the wall clock that publish times are stamped with. A partition the
+    /// storage fails on does not stop the others, and returns the first error after all
+    /// have run.
     pub fn enforce_retention(&mut self, wall_ms: u64) -> Result<(), BrokerError> {
         let Some(retention_ms) = self.config.partition_retention_ms else { return Ok(()) };
         let retention = Retention {
@@ -244,11 +246,17 @@ impl Broker {
             min_publish_time_ms: Some(wall_ms.saturating_sub(retention_ms)),
         };
         let mut moved = Vec::new();
+        let mut first_error = None;
         for (name, topic) in &mut self.topics {
             for (p, log) in topic.logs.iter_mut().enumerate() {
                 let before = log.start_offset();
                 let keep_from = log.synced_end().min(log.end_offset());
-                let start = log.apply_retention(&retention, keep_from)?;
+                if let Err(e) = log.apply_retention(&retention, keep_from) {
+                    first_error.get_or_insert(e);
+                }
+                // Read back rather than taken from the result: retention may fail after it
+                // removed segments, and the subscriptions must still skip what is gone.
+                let start = log.start_offset();
                 if start > before {
                     moved.push((name.clone(), p as u32, start));
                 }
@@ -257,6 +265,6 @@ impl Broker {
         for (topic, partition, start) in moved {
             self.retention_moved(&topic, partition, start);
         }
-        Ok(())
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 }

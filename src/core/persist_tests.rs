@@ -1,0 +1,363 @@
+//! The broker on the file log: what a reopen restores (topics, subscriptions, committed
+//! offsets, the counters behind ids), and what `fsync=always` shows readers before and
+//! after a sync, including one the disk refuses.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::env::{DiskFault, FaultyFs, Fs, StdFs};
+use crate::storage::{FileStorage, FileStorageConfig, FsyncPolicy, StorageError};
+
+/// Small segments, so a few dozen messages span several.
+fn storage_config(dir: &Path) -> FileStorageConfig {
+    FileStorageConfig { segment_bytes: 4096, ..FileStorageConfig::new(dir) }
+}
+
+fn open_on(fs: Arc<dyn Fs>, storage: FileStorageConfig, config: BrokerConfig) -> Broker {
+    Broker::open(config, Box::new(FileStorage::open(fs, storage).unwrap())).unwrap()
+}
+
+/// A broker on `dir` with `fsync=always` (the default) and the default core config.
+fn open(dir: &Path) -> Broker {
+    open_on(Arc::new(StdFs), storage_config(dir), BrokerConfig::default())
+}
+
+/// A 100-byte message whose value starts with `text`.
+fn msg(text: &str) -> OutgoingMessage {
+    OutgoingMessage { value: format!("{text:.<100}").into(), ..Default::default() }
+}
+
+fn to(partition: u32, text: &str) -> OutgoingMessage {
+    OutgoingMessage { partition: Some(partition), ..msg(text) }
+}
+
+/// The text a message was made from.
+fn text(record: &crate::storage::Record) -> String {
+    String::from_utf8(record.value.to_vec()).unwrap().trim_end_matches('.').to_string()
+}
+
+fn texts(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries.iter().map(|d| text(&d.record)).collect()
+}
+
+/// Publishes and syncs, as the driver does in one turn under `fsync=always`.
+fn publish(b: &mut Broker, topic: &str, messages: Vec<OutgoingMessage>) -> Vec<Published> {
+    let published = b.publish(0, 0, topic, messages).unwrap();
+    assert_eq!(b.sync(0), Vec::new(), "sync failures");
+    published
+}
+
+fn subscribe(b: &mut Broker, name: &str, topic: &str, ack_deadline_ms: Option<u64>, start: StartPosition) {
+    let spec = SubscriptionSpec { name: name.into(), topic: topic.into(), ack_deadline_ms, start };
+    b.create_subscription(spec).unwrap();
+}
+
+fn ack(b: &mut Broker, subscription: &str, deliveries: &[Delivery]) {
+    let ids: Vec<String> = deliveries.iter().map(|d| d.ack_id.clone()).collect();
+    for reply in b.acks(0, subscription, AckOp::Ack, &ids).unwrap() {
+        assert_eq!(reply.outcome, AckOutcome::Applied, "{}", reply.ack_id);
+    }
+}
+
+fn committed(b: &Broker, subscription: &str) -> Vec<u64> {
+    b.subscription_stats(subscription).unwrap().partitions.iter().map(|p| p.committed_offset).collect()
+}
+
+fn ends(b: &Broker, topic: &str) -> Vec<u64> {
+    b.topic_info(topic).unwrap().partitions.iter().map(|p| p.end_offset).collect()
+}
+
+#[test]
+fn topics_subscriptions_and_committed_offsets_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("orders", Some(3)).unwrap();
+    b.create_topic("audit", None).unwrap();
+    subscribe(&mut b, "billing", "orders", Some(45_000), StartPosition::Earliest);
+    publish(&mut b, "orders", vec![to(0, "a0"), to(0, "a1"), to(1, "b0"), to(2, "c0"), to(2, "c1")]);
+    subscribe(&mut b, "late", "orders", None, StartPosition::Latest);
+    let pulled = b.pull(0, "billing", 10).unwrap();
+    let acked: Vec<Delivery> = pulled.into_iter().filter(|d| ["a0", "a1", "c0"].contains(&&*text(&d.record))).collect();
+    ack(&mut b, "billing", &acked);
+    assert_eq!(committed(&b, "billing"), vec![2, 0, 1]);
+    assert!(b.checkpoint().unwrap());
+    drop(b);
+
+    let mut b = open(dir.path());
+    let (topics, _) = b.list_topics(None, 10);
+    let shape: Vec<(String, usize, Vec<String>)> =
+        topics.into_iter().map(|t| (t.name, t.partitions.len(), t.subscriptions)).collect();
+    assert_eq!(
+        shape,
+        vec![("audit".into(), 1, vec![]), ("orders".into(), 3, vec!["billing".to_string(), "late".to_string()])]
+    );
+    let billing = b.subscription_info("billing").unwrap();
+    assert_eq!(
+        (billing.topic.as_str(), billing.ack_deadline_ms, billing.start),
+        ("orders", 45_000, StartPosition::Earliest)
+    );
+    let late = b.subscription_info("late").unwrap();
+    assert_eq!((late.ack_deadline_ms, late.start, late.ephemeral), (30_000, StartPosition::Latest, false));
+    assert_eq!(committed(&b, "billing"), vec![2, 0, 1]);
+    assert_eq!(committed(&b, "late"), vec![2, 1, 2]);
+    assert_eq!(ends(&b, "orders"), vec![2, 1, 2]);
+    let mut rest = texts(&b.pull(0, "billing", 10).unwrap());
+    rest.sort();
+    assert_eq!(rest, vec!["b0", "c1"], "acked messages are not delivered again");
+    assert!(b.pull(0, "late", 10).unwrap().is_empty());
+    publish(&mut b, "orders", vec![to(1, "b1")]);
+    assert_eq!(texts(&b.pull(0, "late", 10).unwrap()), vec!["b1"]);
+    b.assert_invariants();
+}
+
+#[test]
+fn message_ids_offsets_and_topic_uids_continue_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    let first = publish(&mut b, "events", vec![msg("a"), msg("b"), msg("c")]);
+    assert_eq!(first.iter().map(|p| p.message_id.as_str()).collect::<Vec<_>>(), vec!["1-0-0", "1-0-1", "1-0-2"]);
+    b.create_topic("gone", None).unwrap();
+    b.delete_topic("gone", false).unwrap();
+    drop(b);
+
+    let mut b = open(dir.path());
+    let next = publish(&mut b, "events", vec![msg("d")]);
+    assert_eq!((next[0].message_id.as_str(), next[0].offset), ("1-0-3", 3));
+    let other = publish(&mut b, "other", vec![msg("x")]);
+    assert_eq!(other[0].message_id, "3-0-0", "uid 2 went to the deleted topic and is not reused");
+    subscribe(&mut b, "s", "events", None, StartPosition::Earliest);
+    let all = b.pull(0, "s", 10).unwrap();
+    assert_eq!(texts(&all), vec!["a", "b", "c", "d"]);
+    assert_eq!(all.iter().map(|d| d.message_id.as_str()).collect::<Vec<_>>(), vec!["1-0-0", "1-0-1", "1-0-2", "1-0-3"]);
+}
+
+#[test]
+fn acks_after_the_last_checkpoint_are_delivered_again_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    publish(&mut b, "t", vec![msg("a"), msg("b"), msg("c"), msg("d")]);
+    let pulled = b.pull(0, "s", 10).unwrap();
+    ack(&mut b, "s", &pulled[..2]);
+    assert!(b.checkpoint().unwrap());
+    ack(&mut b, "s", &pulled[2..]);
+    assert_eq!(committed(&b, "s"), vec![4]);
+    drop(b);
+
+    let mut b = open(dir.path());
+    assert_eq!(committed(&b, "s"), vec![2]);
+    let again = b.pull(0, "s", 10).unwrap();
+    assert_eq!(texts(&again), vec!["c", "d"], "at least once: acked after the checkpoint, so delivered again");
+}
+
+#[test]
+fn checkpoint_writes_only_when_something_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    assert!(!b.checkpoint().unwrap(), "a subscription change saves at once");
+    publish(&mut b, "t", vec![msg("a")]);
+    assert!(!b.checkpoint().unwrap(), "a publish changes no metadata");
+    let pulled = b.pull(0, "s", 10).unwrap();
+    ack(&mut b, "s", &pulled);
+    assert!(b.checkpoint().unwrap());
+    assert!(!b.checkpoint().unwrap());
+    drop(b);
+    let mut b = open(dir.path());
+    assert!(!b.checkpoint().unwrap(), "a reopen restores exactly what was saved");
+}
+
+#[test]
+fn a_topic_deleted_and_made_again_under_its_name_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    publish(&mut b, "t", vec![msg("old 1"), msg("old 2")]);
+    assert_eq!(b.delete_topic("t", true).unwrap(), vec!["s"]);
+    assert!(!dir.path().join("topics/1").exists(), "the deleted topic's logs are gone");
+    b.create_topic("t", None).unwrap();
+    assert_eq!(ends(&b, "t"), vec![0]);
+    let new = publish(&mut b, "t", vec![msg("new")]);
+    assert_eq!((new[0].message_id.as_str(), new[0].offset), ("2-0-0", 0));
+    drop(b);
+
+    let mut b = open(dir.path());
+    assert_eq!(ends(&b, "t"), vec![1]);
+    assert!(b.subscription_info("s").is_err(), "the forced delete took the subscription");
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    let all = b.pull(0, "s", 10).unwrap();
+    assert_eq!((texts(&all), all[0].message_id.as_str()), (vec!["new".to_string()], "2-0-0"));
+}
+
+#[test]
+fn ephemeral_subscriptions_are_not_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    let target = StreamTarget::Topic { topic: "t".into(), ack_deadline_ms: None, start: StartPosition::Earliest };
+    let (_, name) = b.open_stream(0, target, Flow::default()).unwrap();
+    assert!(b.subscription_info(&name).unwrap().ephemeral);
+    b.checkpoint().unwrap();
+    drop(b);
+    let b = open(dir.path());
+    assert_eq!(b.list_subscriptions(None, None, 10).unwrap().0, vec![]);
+}
+
+#[test]
+fn a_committed_offset_past_what_recovery_kept_is_brought_back_to_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    publish(&mut b, "t", (0..5).map(|i| msg(&format!("m{i}"))).collect());
+    let pulled = b.pull(0, "s", 10).unwrap();
+    ack(&mut b, "s", &pulled);
+    b.checkpoint().unwrap();
+    drop(b);
+    // The disk kept two records and part of the third.
+    let segment = dir.path().join("topics/1/0").join(format!("{:020}.log", 0));
+    let frame = std::fs::metadata(&segment).unwrap().len() / 5;
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(2 * frame + 10).unwrap();
+
+    let mut b = open(dir.path());
+    assert_eq!((ends(&b, "t"), committed(&b, "s")), (vec![2], vec![2]));
+    assert_eq!(b.subscription_stats("s").unwrap().backlog, 0);
+    let next = publish(&mut b, "t", vec![msg("after")]);
+    assert_eq!(next[0].offset, 2);
+    assert_eq!(texts(&b.pull(0, "s", 10).unwrap()), vec!["after"], "the new record at the cut offset is delivered");
+}
+
+#[test]
+fn damaged_metadata_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    drop(b);
+    let path = dir.path().join("meta");
+    let mut bytes = std::fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let storage = FileStorage::open(Arc::new(StdFs), storage_config(dir.path())).unwrap();
+    match Broker::open(BrokerConfig::default(), Box::new(storage)) {
+        Err(BrokerError::Storage(StorageError::Corrupt { file, .. })) => assert_eq!(file, path.display().to_string()),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("a damaged metadata file was accepted"),
+    }
+}
+
+#[test]
+fn unsynced_records_are_invisible_until_sync_under_fsync_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    assert!(b.acks_after_sync());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "pulled", "t", None, StartPosition::Earliest);
+    subscribe(&mut b, "streamed", "t", None, StartPosition::Earliest);
+    let stream = b.open_stream(0, StreamTarget::Subscription("streamed".into()), Flow::default()).unwrap().0;
+    let published = b.publish(0, 0, "t", vec![msg("a"), msg("b"), msg("c")]).unwrap();
+    assert_eq!(published.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(b.needs_sync());
+    assert_eq!(ends(&b, "t"), vec![0]);
+    assert_eq!(b.subscription_stats("pulled").unwrap().backlog, 0);
+    assert!(b.poll_output().is_none(), "nothing is delivered before the sync");
+    assert!(b.pull(0, "pulled", 10).unwrap().is_empty());
+    b.seek(0, "pulled", SeekTarget::Latest).unwrap();
+    assert_eq!(committed(&b, "pulled"), vec![0], "Latest is the synced end");
+
+    assert_eq!(b.sync(1), Vec::new());
+    assert!(!b.needs_sync());
+    assert_eq!(ends(&b, "t"), vec![3]);
+    match b.poll_output() {
+        Some(Output::Deliver { stream: s, deliveries }) => {
+            assert_eq!((s, texts(&deliveries)), (stream, vec!["a".into(), "b".into(), "c".into()]))
+        }
+        other => panic!("expected the synced records delivered, got {other:?}"),
+    }
+    assert_eq!(texts(&b.pull(1, "pulled", 10).unwrap()), vec!["a", "b", "c"]);
+    b.assert_invariants();
+}
+
+#[test]
+fn records_are_visible_at_once_without_fsync_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FileStorageConfig { fsync: FsyncPolicy::IntervalMs(100), ..storage_config(dir.path()) };
+    let mut b = open_on(Arc::new(StdFs), storage, BrokerConfig::default());
+    assert!(!b.acks_after_sync());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    b.publish(0, 0, "t", vec![msg("a")]).unwrap();
+    assert!(b.needs_sync());
+    assert_eq!(ends(&b, "t"), vec![1]);
+    assert_eq!(texts(&b.pull(0, "s", 10).unwrap()), vec!["a"]);
+}
+
+#[test]
+fn a_failed_sync_cuts_the_unsynced_records_and_they_never_become_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let mut b = open_on(Arc::new(faulty.clone()), storage_config(dir.path()), BrokerConfig::default());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    publish(&mut b, "t", vec![msg("a"), msg("b")]);
+    // Refused records in the first segment, and a batch that rolls to a second one.
+    for batch in [10, 30] {
+        let refused: Vec<OutgoingMessage> = (0..batch).map(|i| msg(&format!("refused {i}"))).collect();
+        b.publish(0, 0, "t", refused).unwrap();
+    }
+    assert_eq!(std::fs::read_dir(dir.path().join("topics/1/0")).unwrap().count(), 2);
+    faulty.set_fault(Some(DiskFault::Eio));
+    let failures = b.sync(0);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!((failures[0].topic.as_str(), failures[0].partition), ("t", 0));
+    assert!(matches!(failures[0].error, StorageError::Io(_)), "{:?}", failures[0].error);
+    assert_eq!(ends(&b, "t"), vec![2]);
+    faulty.set_fault(None);
+
+    assert_eq!(b.sync(0), Vec::new());
+    assert!(!b.needs_sync(), "the refused records are gone, not waiting for a sync");
+    assert_eq!(ends(&b, "t"), vec![2]);
+    assert_eq!(texts(&b.pull(0, "s", 100).unwrap()), vec!["a", "b"]);
+    let next = publish(&mut b, "t", vec![msg("c")]);
+    assert_eq!(next[0].offset, 2, "the next record takes the first refused offset");
+    assert_eq!(texts(&b.pull(0, "s", 100).unwrap()), vec!["c"]);
+    drop(b);
+
+    let mut b = open(dir.path());
+    assert_eq!(ends(&b, "t"), vec![3]);
+    assert_eq!(texts(&b.pull(0, "s", 100).unwrap()), vec!["a", "b", "c"]);
+}
+
+#[test]
+fn retention_that_fails_part_way_still_moves_subscriptions_to_the_new_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let config = BrokerConfig { partition_retention_ms: Some(1_000_000), ..BrokerConfig::default() };
+    let mut b = open_on(Arc::new(faulty.clone()), storage_config(dir.path()), config);
+    b.create_topic("t", Some(2)).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    for i in 0..40 {
+        b.publish(0, 0, "t", vec![to(0, &format!("p0 {i}")), to(1, &format!("p1 {i}"))]).unwrap();
+    }
+    b.publish(0, 500_000, "t", vec![to(1, "p1 new")]).unwrap();
+    assert_eq!(b.sync(0), Vec::new());
+    // Partition 0's segments have all expired: the first goes, but the second needs a new
+    // segment to roll to, which the full disk refuses. Partition 1 keeps its newer one.
+    faulty.set_fault(Some(DiskFault::Full));
+    assert!(matches!(b.enforce_retention(1_000_001), Err(BrokerError::Storage(StorageError::Full(_)))));
+    let starts: Vec<u64> = b.topic_info("t").unwrap().partitions.iter().map(|p| p.start_offset).collect();
+    assert_eq!(starts, vec![30, 30]);
+    assert_eq!(committed(&b, "s"), vec![30, 30]);
+    let pulled = b.pull(0, "s", 100).unwrap();
+    assert_eq!(pulled.len(), 10 + 11, "every record from the new starts is delivered");
+    assert!(pulled.iter().all(|d| d.offset >= 30));
+    b.assert_invariants();
+    faulty.set_fault(None);
+    b.enforce_retention(1_000_001).unwrap();
+    assert_eq!(ends(&b, "t"), vec![40, 41]);
+    assert_eq!(b.topic_info("t").unwrap().partitions[0].start_offset, 40);
+    b.assert_invariants();
+}
