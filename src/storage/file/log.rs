@@ -200,9 +200,18 @@ impl FileLog {
         let sealed = self.active();
         sealed.cut_tail()?;
         sealed.sync()?;
-        let segment = Segment::create(self.fs.as_ref(), &self.dir, end)?;
-        self.segments.insert(end, segment);
-        Ok(())
+        match Segment::create(self.fs.as_ref(), &self.dir, end) {
+            Ok(segment) => {
+                self.segments.insert(end, segment);
+                Ok(())
+            }
+            Err(e) => {
+                // A file half made must go before the next write: after a cut below its
+                // base it would no longer follow on, and the log would refuse to open.
+                self.doomed.push(self.dir.join(segment::file_name(end)));
+                Err(e)
+            }
+        }
     }
 
     /// Removes the oldest segment (never the only one); if the disk refuses, the log keeps it.

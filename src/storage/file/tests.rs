@@ -123,11 +123,12 @@ fn assert_corrupt(result: Result<impl std::fmt::Debug, StorageError>, file: &Pat
 }
 
 /// `StdFs` that remembers how much of each file a sync made durable, so a test can crash
-/// (cut every file back to that), and counts the bytes read.
+/// (cut every file back to that), counts the bytes read, and can fail directory syncs.
 #[derive(Clone, Default)]
 struct TrackingFs {
     durable: Arc<std::sync::Mutex<BTreeMap<PathBuf, u64>>>,
     bytes_read: Arc<std::sync::atomic::AtomicU64>,
+    sync_dir_fails: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct TrackedFile {
@@ -148,6 +149,10 @@ impl TrackingFs {
 
     fn bytes_read(&self) -> u64 {
         self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn fail_sync_dir(&self, fail: bool) {
+        self.sync_dir_fails.store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -178,6 +183,9 @@ impl Fs for TrackingFs {
         StdFs.rename(from, to)
     }
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        if self.sync_dir_fails.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("injected directory sync failure"));
+        }
         StdFs.sync_dir(path)
     }
     fn exists(&self, path: &Path) -> bool {
@@ -378,6 +386,25 @@ fn a_crash_after_a_roll_loses_only_unsynced_records_of_the_newest_segment() {
     let (log, notes) = open(&config);
     assert!(notes.is_empty(), "{notes:?}");
     assert_holds(&log, 0..n);
+}
+
+#[test]
+fn a_segment_file_whose_roll_failed_does_not_outlive_a_later_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let disk = TrackingFs::default();
+    let (mut log, _) = open_on(Arc::new(disk.clone()), &config).unwrap();
+    let n = per_segment();
+    append_each(&mut log, 0..n);
+    disk.fail_sync_dir(true);
+    assert!(matches!(log.append(vec![rec(n)]), Err(StorageError::Io(_))), "the new segment was not made durable");
+    disk.fail_sync_dir(false);
+    log.truncate(n - 5).unwrap();
+    log.append((n - 5..n + 5).map(rec).collect()).unwrap(); // rolls at n - 5
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..n + 5);
 }
 
 // Recovery.
