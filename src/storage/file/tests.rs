@@ -2,15 +2,18 @@
 //! (`FaultyFs` around it). Records have a fixed size, so every frame is [`frame`] bytes and
 //! a test can name the byte position of any record.
 
+mod tracking_fs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use self::tracking_fs::TrackingFs;
 use super::record;
 use super::*;
-use crate::env::{DiskFault, FaultyFs, Fs, FsFile, StdFs};
+use crate::env::{DiskFault, FaultyFs, Fs, StdFs};
 use crate::storage::{Record, Retention, StoredRecord};
 
 /// Small segments, so a hundred records span several.
@@ -119,103 +122,6 @@ fn assert_corrupt(result: Result<impl std::fmt::Debug, StorageError>, file: &Pat
             assert_eq!((f.as_str(), position), (file.to_str().unwrap(), at), "corrupt file and position");
         }
         other => panic!("expected Corrupt in {} at {at}, got {other:?}", file.display()),
-    }
-}
-
-/// `StdFs` that remembers how much of each file a sync made durable, so a test can crash
-/// (cut every file back to that), counts the bytes read, and can fail directory syncs.
-#[derive(Clone, Default)]
-struct TrackingFs {
-    durable: Arc<std::sync::Mutex<BTreeMap<PathBuf, u64>>>,
-    bytes_read: Arc<std::sync::atomic::AtomicU64>,
-    sync_dir_fails: Arc<std::sync::atomic::AtomicBool>,
-}
-
-struct TrackedFile {
-    inner: Box<dyn FsFile>,
-    path: PathBuf,
-    fs: TrackingFs,
-}
-
-impl TrackingFs {
-    /// What a power cut leaves: each file as of its last sync.
-    fn crash(&self) {
-        for (path, durable) in self.durable.lock().unwrap().iter() {
-            if path.exists() && file_len(path) > *durable {
-                std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(*durable).unwrap();
-            }
-        }
-    }
-
-    fn bytes_read(&self) -> u64 {
-        self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn fail_sync_dir(&self, fail: bool) {
-        self.sync_dir_fails.store(fail, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Fs for TrackingFs {
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        StdFs.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
-        StdFs.list_dir(path)
-    }
-    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn FsFile>> {
-        let len = if path.exists() { file_len(path) } else { 0 };
-        self.durable.lock().unwrap().entry(path.to_path_buf()).or_insert(len);
-        let inner = StdFs.open(path, create)?;
-        Ok(Box::new(TrackedFile { inner, path: path.to_path_buf(), fs: self.clone() }))
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        StdFs.read(path)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        self.durable.lock().unwrap().remove(path);
-        StdFs.remove_file(path)
-    }
-    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        StdFs.remove_dir_all(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        if self.sync_dir_fails.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(std::io::Error::other("injected directory sync failure"));
-        }
-        StdFs.sync_dir(path)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        StdFs.exists(path)
-    }
-}
-
-impl FsFile for TrackedFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let n = self.inner.read_at(buf, offset)?;
-        self.fs.bytes_read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(n)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, offset)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        self.inner.size()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)?;
-        let mut durable = self.fs.durable.lock().unwrap();
-        durable.entry(self.path.clone()).and_modify(|d| *d = (*d).min(len));
-        Ok(())
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()?;
-        let len = self.inner.size()?;
-        self.fs.durable.lock().unwrap().insert(self.path.clone(), len);
-        Ok(())
     }
 }
 
