@@ -33,7 +33,8 @@ pub struct FileLog {
     /// Records read from disk ahead of the reader.
     ahead: RefCell<Records>,
     /// Files of segments already cut from the log whose removal the disk refused, newest
-    /// first: removed before the next write, so a new segment never meets an old file.
+    /// first: removed before the next write or sync, so a new segment never meets an old
+    /// file and a restart does not find the cut records.
     doomed: Vec<PathBuf>,
 }
 
@@ -243,13 +244,6 @@ impl FileLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-}
-
-impl Drop for FileLog {
-    /// A last try at removing cut segments, so that a clean restart does not find them.
-    fn drop(&mut self) {
-        let _ = self.finish_cuts();
     }
 }
 

@@ -247,7 +247,7 @@ impl Segment {
 
     /// Cuts the segment so that `from` is its end. Once the records are found, they are
     /// gone from the segment even if the disk refuses the cut: it is retried before the
-    /// next write or sync (and when the segment is dropped).
+    /// next write or sync.
     pub fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
         assert!((self.base..=self.end).contains(&from), "{}: truncate to {from}", self.path.display());
         if from == self.end {
@@ -313,16 +313,6 @@ impl Segment {
             self.dirty = false;
         }
         Ok(())
-    }
-}
-
-impl Drop for Segment {
-    /// A last try at a cut the disk refused, so that a clean restart does not find the
-    /// cut records again. It only ever shrinks the file (a crash may have shrunk it more).
-    fn drop(&mut self) {
-        if self.cut_pending && self.file.size().is_ok_and(|len| len > self.size) {
-            let _ = self.file.set_len(self.size);
-        }
     }
 }
 

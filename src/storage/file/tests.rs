@@ -679,39 +679,45 @@ fn a_cut_the_disk_refuses_still_hides_the_records_and_is_finished_before_the_nex
     let faulty = FaultyFs::new(Arc::new(StdFs));
     let (mut log, _) = open_on(Arc::new(faulty.clone()), &config).unwrap();
     let n = per_segment();
-    append_each(&mut log, 0..n - 5);
+    append_each(&mut log, 0..n - 10);
     log.sync().unwrap();
-    append_each(&mut log, n - 5..n + 5); // unsynced, across a roll
+    append_each(&mut log, n - 10..n + 5); // unsynced, across a roll
     faulty.set_fault(Some(DiskFault::Eio));
     assert!(log.sync().is_err());
-    assert!(matches!(log.truncate(n - 5), Err(StorageError::Io(_))));
-    assert_eq!((log.synced_end(), log.end_offset()), (n - 5, n - 5), "cut in memory though the disk refused");
-    assert!(log.read(n - 5, 1, usize::MAX).unwrap().is_empty());
+    assert!(matches!(log.truncate(n - 10), Err(StorageError::Io(_))));
+    assert_eq!((log.synced_end(), log.end_offset()), (n - 10, n - 10), "cut in memory though the disk refused");
+    assert!(log.read(n - 10, 1, usize::MAX).unwrap().is_empty());
     faulty.set_fault(None);
-    log.sync().unwrap();
-    assert_eq!(log.synced_end(), n - 5, "a sync does not bring the cut records back");
-    for i in n - 5..n + 2 {
-        assert_eq!(log.append(vec![tagged("new", i, i * 10)]).unwrap(), i);
-    }
-    log.sync().unwrap();
+    // One new record where ten were cut: the stale ones after it must not come back.
+    assert_eq!(log.append(vec![tagged("new", n - 10, 0)]).unwrap(), n - 10);
     drop(log);
-    let (log, notes) = open(&config);
+    let (mut log, notes) = open(&config);
     assert!(notes.is_empty(), "{notes:?}");
-    assert_eq!(log.end_offset(), n + 2);
-    let values: Vec<Bytes> = read_all(&log, n - 5).iter().map(|r| r.record.value.clone()).collect();
-    assert_eq!(values, (n - 5..n + 2).map(|i| value("new", i)).collect::<Vec<_>>());
+    assert_eq!(log.end_offset(), n - 9);
+    for i in n - 9..n + 2 {
+        assert_eq!(log.append(vec![tagged("new", i, 0)]).unwrap(), i);
+    }
+    drop(log);
+    let (log, _) = open(&config);
+    let values: Vec<Bytes> = read_all(&log, n - 10).iter().map(|r| r.record.value.clone()).collect();
+    assert_eq!(values, (n - 10..n + 2).map(|i| value("new", i)).collect::<Vec<_>>());
 }
 
 #[test]
-fn a_cut_the_disk_refuses_is_finished_when_the_log_is_dropped() {
+fn a_cut_the_disk_refuses_is_finished_by_the_next_sync() {
     let dir = tempfile::tempdir().unwrap();
     let config = small(dir.path());
     let faulty = FaultyFs::new(Arc::new(StdFs));
     let (mut log, _) = open_on(Arc::new(faulty.clone()), &config).unwrap();
     append_each(&mut log, 0..8);
+    log.sync().unwrap();
     faulty.set_fault(Some(DiskFault::Eio));
     assert!(log.truncate(5).is_err());
+    assert!(log.sync().is_err(), "the cut is still refused");
     faulty.set_fault(None);
+    log.sync().unwrap();
+    assert_eq!(log.synced_end(), 5, "a sync does not bring the cut records back");
+    assert_eq!(file_len(&seg_path(dir.path(), 0)), 5 * frame());
     drop(log);
     let (log, _) = open(&config);
     assert_holds(&log, 0..5);
