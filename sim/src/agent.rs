@@ -300,8 +300,9 @@ impl App {
         req: pb::PublishRequest,
     ) {
         let topic = req.topic.clone();
+        let mut after = None;
         for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
-            self.record(Event::PublishInvoked { id: id.clone(), topic: topic.clone(), attempt });
+            self.record(Event::PublishInvoked { id: id.clone(), topic: topic.clone(), attempt, after: after.take() });
             match client.publish(req.clone()).await {
                 Ok(reply) => {
                     let result = &reply.into_inner().results[0];
@@ -309,15 +310,15 @@ impl App {
                     self.record(Event::Published { id, topic, partition, offset });
                     return;
                 }
-                Err(status) if is_definite(status.code()) => {
-                    self.record(Event::PublishFailed { id, code: code_name(status.code()), definite: true });
+                Err(status) if !is_retryable(status.code()) || attempt == PUBLISH_ATTEMPTS_MAX => {
+                    let definite = is_definite(status.code());
+                    self.record(Event::PublishFailed { id, code: code_name(status.code()), definite });
                     return;
                 }
-                Err(status) if attempt == PUBLISH_ATTEMPTS_MAX => {
-                    self.record(Event::PublishFailed { id, code: code_name(status.code()), definite: false });
-                    return;
+                Err(status) => {
+                    after = Some(code_name(status.code()));
+                    tokio::time::sleep(RETRY_DELAY).await;
                 }
-                Err(_) => tokio::time::sleep(RETRY_DELAY).await,
             }
         }
     }
@@ -473,6 +474,12 @@ impl App {
             tokio::time::sleep(RETRY_DELAY).await;
         }
     }
+}
+
+/// Codes a publisher retries, as Pub/Sub's client libraries do: the broker may accept the
+/// same request later (it was unreachable, overloaded, or its disk was full).
+fn is_retryable(code: Code) -> bool {
+    !matches!(code, Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition)
 }
 
 /// Codes after which the broker certainly stored nothing.

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A publish was sent (again, on retry) for message `id`.
-    PublishInvoked { id: String, topic: String, attempt: u32 },
+    /// An attempt to publish; a retry says which code refused the attempt before it.
+    PublishInvoked { id: String, topic: String, attempt: u32, after: Option<String> },
     /// The broker acknowledged the publish.
     Published { id: String, topic: String, partition: u32, offset: u64 },
     /// The publish failed; `definite` when the broker certainly did not store it.
@@ -71,9 +72,14 @@ pub fn render(entries: &[Entry], full: bool) -> String {
 /// One line of the trace, or `None` for an event the condensed trace leaves out.
 pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
     let what = match &entry.event {
-        Event::PublishInvoked { id, topic, attempt: 1 } if full => format!("publish {id} to {topic}"),
+        Event::PublishInvoked { id, topic, attempt: 1, .. } if full => format!("publish {id} to {topic}"),
         Event::PublishInvoked { attempt: 1, .. } => return None,
-        Event::PublishInvoked { id, topic, attempt } => format!("publish {id} to {topic}: retry {attempt}"),
+        Event::PublishInvoked { id, topic, attempt, after: Some(code) } => {
+            format!("publish {id} to {topic}: retry {attempt} after {code}")
+        }
+        Event::PublishInvoked { id, topic, attempt, after: None } => {
+            format!("publish {id} to {topic}: retry {attempt}")
+        }
         Event::Published { id, topic, partition, offset } => format!("published {id} to {topic} p{partition}@{offset}"),
         Event::PublishFailed { id, code, definite } => {
             let kind = if *definite { "definite" } else { "indeterminate" };

@@ -12,6 +12,7 @@ compile_error!(
 
 pub mod agent;
 pub mod checker;
+pub mod disk;
 pub mod explore;
 pub mod history;
 pub mod runner;

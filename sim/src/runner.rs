@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mini_pubsub::env::Net;
+use mini_pubsub::env::{DiskFault, FaultyFs, Fs, Net};
 use mini_pubsub::server::{self, ServerConfig};
-use mini_pubsub::storage::MemoryStorage;
+use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemoryStorage, Storage};
+use rand::{RngExt, SeedableRng};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::agent::{self, AckMode, Command, Counters, PublishSpec, PORT};
 use crate::checker;
+use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
 use crate::history::{render, Entry, Event, History};
 use crate::scenario::{duration, Scenario, Step, Verb};
 use crate::world::{listen_addr, SimClock, SimNet};
@@ -28,6 +30,10 @@ const COMMAND_QUEUE_MAX: usize = 256;
 const ADMIN_WAIT_MAX: Duration = Duration::from_secs(15);
 /// A host with no delivery for this long counts as stalled.
 const STALL: Duration = Duration::from_secs(1);
+/// Where a broker keeps its file log on its simulated disk.
+const DATA_DIR: &str = "/data";
+/// Turmoil's torn-write block: a crash may keep any whole-block prefix of a pending write.
+const DISK_BLOCK_BYTES: u64 = 512;
 
 /// The outcome of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,35 +113,71 @@ struct Driver<'a> {
     /// Faults applied, in order.
     faults: Vec<String>,
     ack_deadline_s: u32,
+    /// Each broker's disk, whose faults `disk` steps set.
+    disks: BTreeMap<String, FaultyFs>,
+    /// Asks a broker host to corrupt a byte of its newest segment (at a fraction of it):
+    /// that needs the host's own filesystem, so a task on the host does it.
+    corrupters: BTreeMap<String, mpsc::Sender<f64>>,
+    /// Set while a broker host crashes, so its connections close without a FIN.
+    crash_flags: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    /// Draws corruption positions, from the run's seed.
+    rng: rand::rngs::StdRng,
 }
 
 impl<'a> Driver<'a> {
     fn new(scenario: &Scenario, seed: u64) -> Self {
         let last = scenario.steps.iter().map(|s| s.at + s.within.unwrap_or_default()).max().unwrap_or_default();
-        let mut sim = turmoil::Builder::new()
-            .rng_seed(seed)
-            .enable_random_order()
-            .simulation_duration(last + DRAIN + Duration::from_secs(60))
-            .build();
+        let mut builder = turmoil::Builder::new();
+        builder.rng_seed(seed).enable_random_order().simulation_duration(last + DRAIN + Duration::from_secs(60));
+        builder.fs().block_size(DISK_BLOCK_BYTES);
+        let mut sim = builder.build();
         let history = History::default();
         let ack_deadline =
             scenario.config.get("ack_deadline").and_then(|d| duration(d)).unwrap_or(Duration::from_secs(10));
         let partitions: u32 = scenario.config.get("partitions").and_then(|p| p.parse().ok()).unwrap_or(1);
+        let storage = storage_config(scenario);
+        let mut disks = BTreeMap::new();
+        let mut corrupters = BTreeMap::new();
+        let mut crash_flags = BTreeMap::new();
         for broker in &scenario.brokers {
             let mut config = ServerConfig::default();
             config.broker.ack_deadline_ms = ack_deadline.as_millis() as u64;
             config.broker.default_partitions = partitions;
             config.keepalive_interval_ms = 1_000;
             config.keepalive_timeout_ms = 2_000;
+            let disk = FaultyFs::new(Arc::new(TurmoilFs));
+            let (corrupt_tx, corrupt_rx) = mpsc::channel::<f64>(COMMAND_QUEUE_MAX);
+            let corrupt_rx = Arc::new(Mutex::new(corrupt_rx));
+            let (name, h) = (broker.clone(), history.clone());
+            let (storage, host_disk) = (storage.clone(), disk.clone());
+            let crashing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let host_crashing = crashing.clone();
             sim.host(broker.as_str(), move || {
-                let config = config.clone();
+                let (config, storage, disk) = (config.clone(), storage.clone(), host_disk.clone());
+                let corrupter = corrupter(name.clone(), disk.clone(), corrupt_rx.clone(), h.clone());
+                let (name, h) = (name.clone(), h.clone());
+                let crashing = host_crashing.clone();
                 async move {
-                    let (_, incoming) = SimNet.bind(listen_addr(PORT)).await?;
+                    tokio::spawn(corrupter);
+                    let store: Box<dyn Storage> = match storage {
+                        Some(config) => Box::new(ObservedStorage {
+                            inner: FileStorage::open(Arc::new(disk), config)?,
+                            host: name.clone(),
+                            history: h.clone(),
+                            reported: 0,
+                        }),
+                        None => Box::new(MemoryStorage),
+                    };
+                    let net = SimNet { crashing: Some(crashing.clone()) };
+                    let (_, incoming) = net.bind(listen_addr(PORT)).await?;
                     let shutdown = std::future::pending::<()>();
-                    server::run(incoming, shutdown, config, Box::new(MemoryStorage), Arc::new(SimClock)).await?;
+                    server::run(incoming, shutdown, config, store, Arc::new(SimClock)).await?;
                     Ok(())
                 }
             });
+            disks.insert(broker.clone(), disk);
+            crash_flags.insert(broker.clone(), crashing);
+            corrupters.insert(broker.clone(), corrupt_tx);
         }
         let mut apps = BTreeMap::new();
         let mut admin = Arc::default();
@@ -167,6 +209,10 @@ impl<'a> Driver<'a> {
             crashed: Vec::new(),
             faults: Vec::new(),
             ack_deadline_s: ack_deadline.as_secs().max(1) as u32,
+            disks,
+            corrupters,
+            crash_flags,
+            rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0xd15c),
         }
     }
 
@@ -241,6 +287,9 @@ impl<'a> Driver<'a> {
                 ("fail_rate".to_string(), step.arg("rate").parse::<f64>().is_ok_and(|r| r > 0.0), Vec::new())
             }
             Verb::Isolate => (format!("isolate {}", step.arg("host")), true, vec![step.arg("host").to_string()]),
+            Verb::Disk if step.arg("fault") != "corrupt" => {
+                (format!("disk {}", step.arg("host")), step.arg("fault") != "ok", Vec::new())
+            }
             _ => return Ok(()),
         };
         let closed = self.close_fault(&key);
@@ -364,6 +413,7 @@ impl<'a> Driver<'a> {
                 self.fault(format!("fail_rate {rate}"), |s| s.set_fail_rate(rate), step);
             }
             Verb::Crash => return self.crash(step.arg("host")),
+            Verb::Disk => return self.disk(step.arg("host"), step.arg("fault")),
             Verb::Restart => return self.restart(step.arg("host")),
             Verb::Isolate => {
                 let host = step.arg("host").to_string();
@@ -395,10 +445,36 @@ impl<'a> Driver<'a> {
         if !self.sim.is_host_running(host) {
             return Err(format!("crash {host}: the host was not running, so the fault did nothing"));
         }
+        let flag = self.crash_flags.get(host);
+        flag.inspect(|f| f.store(true, std::sync::atomic::Ordering::Relaxed));
         self.sim.crash(host);
+        flag.inspect(|f| f.store(false, std::sync::atomic::Ordering::Relaxed));
         self.crashed.push(host.to_string());
         self.faults.push(format!("crash {host}"));
         self.note(format!("crash {host}"));
+        Ok(None)
+    }
+
+    /// Sets a broker's disk fault, or corrupts a byte of its newest segment.
+    fn disk(&mut self, host: &str, fault: &str) -> Result<Option<String>, String> {
+        let Some(disk) = self.disks.get(host) else {
+            return Err(format!("disk {host}: not a broker, so it has no disk"));
+        };
+        match fault {
+            "eio" => disk.set_fault(Some(DiskFault::Eio)),
+            "full" => disk.set_fault(Some(DiskFault::Full)),
+            "torn" => disk.set_fault(Some(DiskFault::TornWrite)),
+            "ok" => disk.set_fault(None),
+            _ => {
+                let fraction = self.rng.random_range(0.0..1.0);
+                let sent = self.corrupters[host].try_send(fraction);
+                if sent.is_err() || !self.sim.is_host_running(host) {
+                    return Err(format!("disk {host} corrupt: the host is not running, so the fault did nothing"));
+                }
+            }
+        }
+        self.faults.push(format!("disk {host} {fault}"));
+        self.note(format!("disk {host} {fault}"));
         Ok(None)
     }
 
@@ -464,6 +540,7 @@ impl<'a> Driver<'a> {
                     at_host(e)
                         && match &e.event {
                             Event::PublishFailed { code: c, .. }
+                            | Event::PublishInvoked { after: Some(c), .. }
                             | Event::StreamFailed { code: c, .. }
                             | Event::AdminFailed { code: c, .. } => code.is_none_or(|x| x == c),
                             _ => false,
@@ -491,6 +568,9 @@ impl<'a> Driver<'a> {
             self.sim.set_link_latency(a.as_str(), b.as_str(), Duration::ZERO);
         }
         self.sim.set_fail_rate(0.0);
+        for disk in self.disks.values() {
+            disk.set_fault(None);
+        }
         for host in std::mem::take(&mut self.crashed) {
             self.sim.bounce(host.as_str());
         }
@@ -520,7 +600,40 @@ fn audited(scenario: &Scenario) -> BTreeMap<String, String> {
 
 /// Whether a fault key stands for every app (fail_rate, isolate), not a link's two ends.
 fn hosts_empty(key: &str) -> bool {
-    key == "fail_rate" || key.starts_with("isolate ")
+    key == "fail_rate" || key.starts_with("isolate ") || key.starts_with("disk ")
+}
+
+/// The file log a scenario's brokers run on (`config storage=file`, the default, with
+/// `fsync=always|interval|never`), or `None` for the memory log.
+fn storage_config(scenario: &Scenario) -> Option<FileStorageConfig> {
+    if scenario.config.get("storage").is_some_and(|s| s == "memory") {
+        return None;
+    }
+    let mut config = FileStorageConfig::new(DATA_DIR);
+    let interval =
+        scenario.config.get("fsync_interval").and_then(|d| duration(d)).unwrap_or(Duration::from_millis(100));
+    config.fsync = match scenario.config.get("fsync").map(String::as_str) {
+        Some("interval") => FsyncPolicy::IntervalMs(interval.as_millis() as u64),
+        Some("never") => FsyncPolicy::Never,
+        _ => FsyncPolicy::Always,
+    };
+    // Small segments and cache, so scenarios roll segments and read from the disk.
+    config.segment_bytes = 64 * 1024;
+    config.tail_cache_bytes = 16 * 1024;
+    Some(config)
+}
+
+/// Runs on a broker host: corrupts a byte of its newest segment when asked, and notes
+/// where in the history.
+async fn corrupter(host: String, disk: FaultyFs, asks: Arc<Mutex<mpsc::Receiver<f64>>>, history: History) {
+    while let Some(fraction) = asks.lock().await.recv().await {
+        let text = match corrupt_newest_segment(&disk as &dyn Fs, std::path::Path::new(DATA_DIR), fraction) {
+            Ok(Some((file, position))) => format!("disk corrupted: flipped byte {position} of {file}"),
+            Ok(None) => "disk corrupt: no segment with data to corrupt".to_string(),
+            Err(e) => format!("disk corrupt failed: {e}"),
+        };
+        history.record(&host, Event::Step { text });
+    }
 }
 
 /// A step as its scenario line would say it (without time).

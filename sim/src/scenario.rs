@@ -79,6 +79,7 @@ pub enum Verb {
     Release,
     Crash,
     Restart,
+    Disk,
     Isolate,
     Latency,
     FailRate,
@@ -182,6 +183,12 @@ const SPECS: &[Spec] = &[
     },
     Spec { words: &["crash"], verb: Verb::Crash, positionals: &[("host", Kind::Host)], options: &[] },
     Spec { words: &["restart"], verb: Verb::Restart, positionals: &[("host", Kind::Host)], options: &[] },
+    Spec {
+        words: &["disk"],
+        verb: Verb::Disk,
+        positionals: &[("host", Kind::Host), ("fault", Kind::OneOf(&["eio", "full", "torn", "corrupt", "ok"]))],
+        options: &[],
+    },
     Spec { words: &["isolate"], verb: Verb::Isolate, positionals: &[("host", Kind::Host)], options: &[] },
     Spec {
         words: &["latency"],
@@ -208,6 +215,9 @@ const CONFIG_KEYS: &[(&str, Kind)] = &[
     ("partitions", Kind::Count),
     ("duration", Kind::Dur),
     ("loss", Kind::OneOf(&["allowed", "forbidden"])),
+    ("storage", Kind::OneOf(&["file", "memory"])),
+    ("fsync", Kind::OneOf(&["always", "interval", "never"])),
+    ("fsync_interval", Kind::Dur),
 ];
 
 /// A scenario that cannot run, located in its file.

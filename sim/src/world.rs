@@ -2,9 +2,10 @@
 //! production `server::run` runs unchanged on a turmoil host.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,7 +42,32 @@ impl Clock for SimClock {
 
 /// A turmoil TCP connection that tonic can serve or connect over. It may count the bytes
 /// written through it, so the driver can tell whether traffic crossed a fault.
-pub struct SimConn(turmoil::net::TcpStream, Option<Arc<AtomicU64>>);
+///
+/// A connection of a host that is crashing closes without a word: a machine that loses
+/// power sends no FIN (and the disk model is power loss too). It also keeps a crash
+/// replayable: turmoil drops a crashed host's tasks in an order that depends on tokio's
+/// process-wide task ids, so FINs sent from those drops would draw network latencies in a
+/// different order in a second run in the same process.
+pub struct SimConn(ManuallyDrop<turmoil::net::TcpStream>, Option<Arc<AtomicU64>>, Option<Arc<AtomicBool>>);
+
+impl SimConn {
+    fn new(
+        stream: turmoil::net::TcpStream,
+        written: Option<Arc<AtomicU64>>,
+        crashing: Option<Arc<AtomicBool>>,
+    ) -> Self {
+        Self(ManuallyDrop::new(stream), written, crashing)
+    }
+}
+
+impl Drop for SimConn {
+    fn drop(&mut self) {
+        if !self.2.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            // SAFETY: the stream is dropped once, here, and never used again.
+            unsafe { ManuallyDrop::drop(&mut self.0) }
+        }
+    }
+}
 
 impl Connected for SimConn {
     type ConnectInfo = ();
@@ -51,13 +77,13 @@ impl Connected for SimConn {
 
 impl AsyncRead for SimConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut *self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for SimConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.0).poll_write(cx, buf);
+        let written = Pin::new(&mut *self.0).poll_write(cx, buf);
         if let (Poll::Ready(Ok(n)), Some(counter)) = (&written, &self.1) {
             counter.fetch_add(*n as u64, Ordering::Relaxed);
         }
@@ -65,17 +91,20 @@ impl AsyncWrite for SimConn {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut *self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut *self.0).poll_shutdown(cx)
     }
 }
 
-/// turmoil's network.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SimNet;
+/// turmoil's network. With a crash flag, the connections it makes close silently once the
+/// flag is set (see [`SimConn`]).
+#[derive(Debug, Clone, Default)]
+pub struct SimNet {
+    pub crashing: Option<Arc<AtomicBool>>,
+}
 
 impl Net for SimNet {
     type Conn = SimConn;
@@ -85,9 +114,10 @@ impl Net for SimNet {
         let listener = turmoil::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE_MAX);
+        let crashing = self.crashing.clone();
         tokio::spawn(async move {
             loop {
-                let accepted = listener.accept().await.map(|(stream, _)| SimConn(stream, None));
+                let accepted = listener.accept().await.map(|(stream, _)| SimConn::new(stream, None, crashing.clone()));
                 if tx.send(accepted).await.is_err() {
                     break;
                 }
@@ -97,7 +127,7 @@ impl Net for SimNet {
     }
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<SimConn> {
-        turmoil::net::TcpStream::connect(addr).await.map(|stream| SimConn(stream, None))
+        turmoil::net::TcpStream::connect(addr).await.map(|stream| SimConn::new(stream, None, self.crashing.clone()))
     }
 }
 
@@ -111,7 +141,7 @@ pub fn listen_addr(port: u16) -> SocketAddr {
 pub async fn channel(host: &str, port: u16) -> Result<Channel, tonic::transport::Error> {
     let addr = SocketAddr::new(turmoil::lookup(host), port);
     let endpoint = endpoint(host, port);
-    let connector = tower::service_fn(move |_| async move { SimNet.connect(addr).await.map(TokioIo::new) });
+    let connector = tower::service_fn(move |_| async move { SimNet::default().connect(addr).await.map(TokioIo::new) });
     endpoint.connect_with_connector(connector).await
 }
 
@@ -128,7 +158,7 @@ pub fn lazy_channel(host: &str, port: u16, timeout: Duration, written: Arc<Atomi
             // A connection attempt is traffic too: a partition that blocks it did something.
             written.fetch_add(1, Ordering::Relaxed);
             let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok::<_, io::Error>(TokioIo::new(SimConn(stream, Some(written))))
+            Ok::<_, io::Error>(TokioIo::new(SimConn::new(stream, Some(written), None)))
         }
     });
     endpoint.connect_with_connector_lazy(connector)

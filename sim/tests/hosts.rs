@@ -28,7 +28,7 @@ fn sim(seed: u64) -> turmoil::Sim<'static> {
     sim.host("broker", || async {
         let mut config = ServerConfig::default();
         config.broker.ack_deadline_ms = 5_000;
-        let (_, incoming) = SimNet.bind(listen_addr(PORT)).await?;
+        let (_, incoming) = SimNet::default().bind(listen_addr(PORT)).await?;
         let shutdown = std::future::pending::<()>();
         server::run(incoming, shutdown, config, Box::new(MemoryStorage), Arc::new(SimClock)).await?;
         Ok(())

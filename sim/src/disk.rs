@@ -1,0 +1,168 @@
+//! The simulated disk: turmoil's per-host filesystem behind mini-pubsub's `Fs` trait. A
+//! crash loses what was not synced (file data and directory entries alike), and pending
+//! writes that span blocks can be torn.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use mini_pubsub::env::{Fs, FsFile};
+use turmoil::fs::shim::std::fs as sim_fs;
+
+/// The filesystem of the host the caller runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TurmoilFs;
+
+impl Fs for TurmoilFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        sim_fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = sim_fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn FsFile>> {
+        let file = sim_fs::OpenOptions::new().read(true).write(true).create(create).open(path)?;
+        Ok(Box::new(TurmoilFile(file)))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        sim_fs::read(path)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        sim_fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        sim_fs::remove_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        sim_fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        sim_fs::sync_dir(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        sim_fs::exists(path)
+    }
+}
+
+struct TurmoilFile(sim_fs::File);
+
+impl FsFile for TurmoilFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+/// Flips one byte of the newest segment file under `dir`, at `fraction` of its length,
+/// and syncs it: damage that only a CRC can see. Returns the file and position.
+pub fn corrupt_newest_segment(fs: &dyn Fs, dir: &Path, fraction: f64) -> io::Result<Option<(String, u64)>> {
+    let mut newest: Option<(std::path::PathBuf, u64)> = None;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut visited = 0;
+    while let Some(at) = stack.pop() {
+        visited += 1;
+        if visited > 10_000 {
+            break;
+        }
+        // An entry that is not a directory (the metadata file) does not list.
+        let Ok(names) = fs.list_dir(&at) else { continue };
+        for name in names {
+            let path = at.join(&name);
+            if name.ends_with(".log") {
+                let len = fs.open(&path, false)?.size()?;
+                if len > 0 && newest.as_ref().is_none_or(|(p, _)| path > *p) {
+                    newest = Some((path, len));
+                }
+            } else if !name.contains('.') && !name.starts_with("meta") {
+                stack.push(path);
+            }
+        }
+    }
+    let Some((path, len)) = newest else { return Ok(None) };
+    let position = ((len as f64 * fraction) as u64).min(len - 1);
+    let file = fs.open(&path, false)?;
+    let mut byte = [0u8; 1];
+    file.read_at(&mut byte, position)?;
+    file.write_all_at(&[byte[0] ^ 0x5a], position)?;
+    file.sync_data()?;
+    Ok(Some((path.display().to_string(), position)))
+}
+
+/// The file log of a simulated broker, reporting into the history what recovery cut, so
+/// a scenario's trace shows a torn tail or a CRC mismatch being found.
+pub struct ObservedStorage {
+    pub inner: mini_pubsub::storage::FileStorage,
+    pub host: String,
+    pub history: crate::history::History,
+    /// Notes already reported.
+    pub reported: usize,
+}
+
+impl mini_pubsub::storage::Storage for ObservedStorage {
+    fn open(
+        &mut self,
+        topic_uid: u64,
+        partition: u32,
+    ) -> Result<Box<dyn mini_pubsub::storage::PartitionLog>, mini_pubsub::storage::StorageError> {
+        let log = self.inner.open(topic_uid, partition)?;
+        for note in &self.inner.recovery_notes()[self.reported..] {
+            let text = format!(
+                "recovery cut {} bytes at byte {} of {}: {}",
+                note.cut_bytes,
+                note.position,
+                note.file.display(),
+                note.reason
+            );
+            self.history.record(&self.host, crate::history::Event::Step { text });
+        }
+        self.reported = self.inner.recovery_notes().len();
+        Ok(log)
+    }
+
+    fn remove(
+        &mut self,
+        topic_uid: u64,
+        logs: Vec<Box<dyn mini_pubsub::storage::PartitionLog>>,
+    ) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.inner.remove(topic_uid, logs)
+    }
+
+    fn fsync_policy(&self) -> mini_pubsub::storage::FsyncPolicy {
+        self.inner.fsync_policy()
+    }
+
+    fn load_meta(&mut self) -> Result<Option<Vec<u8>>, mini_pubsub::storage::StorageError> {
+        self.inner.load_meta()
+    }
+
+    fn save_meta(&mut self, meta: &[u8]) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.inner.save_meta(meta)
+    }
+}
