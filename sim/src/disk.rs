@@ -154,6 +154,10 @@ impl mini_pubsub::storage::Storage for ObservedStorage {
         self.inner.remove(topic_uid, logs)
     }
 
+    fn retain_topics(&mut self, topic_uids: &[u64]) -> Result<Vec<u64>, mini_pubsub::storage::StorageError> {
+        self.inner.retain_topics(topic_uids)
+    }
+
     fn fsync_policy(&self) -> mini_pubsub::storage::FsyncPolicy {
         self.inner.fsync_policy()
     }

@@ -143,10 +143,12 @@ impl Broker {
             self.delete_subscription(sub)?;
         }
         let t = self.topics.remove(topic).expect("topic checked above");
-        // The metadata goes first: a crash between the two leaves unreferenced files, never
-        // a topic whose files are gone.
-        self.save_meta_or_retry_later();
-        self.storage.remove(t.uid, t.logs)?;
+        // The metadata goes first: a crash between the two leaves files that the next start
+        // sweeps, never a listed topic whose files are gone. If the save fails, the files
+        // stay until a checkpoint saves the deletion and a start sweeps them.
+        if self.save_meta().is_ok() {
+            self.storage.remove(t.uid, t.logs)?;
+        }
         Ok(subscriptions)
     }
 

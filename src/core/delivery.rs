@@ -317,7 +317,7 @@ impl Broker {
             let offset = match &target {
                 SeekTarget::Earliest => log.start_offset(),
                 SeekTarget::Latest => visible_end(log.as_ref(), self.after_sync),
-                SeekTarget::TimeMs(time) => log.offset_for_time(*time)?,
+                SeekTarget::TimeMs(time) => log.offset_for_time(*time)?.min(visible_end(log.as_ref(), self.after_sync)),
                 SeekTarget::Offsets(_) => continue,
             };
             moves.push((p as u32, offset));

@@ -81,6 +81,8 @@ impl Broker {
             broker.restore(&meta)?;
             broker.saved_meta = bytes;
         }
+        let uids: Vec<u64> = broker.topics.values().map(|t| t.uid).collect();
+        broker.storage.retain_topics(&uids)?;
         Ok(broker)
     }
 

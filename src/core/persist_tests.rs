@@ -364,3 +364,73 @@ fn retention_that_fails_part_way_still_moves_subscriptions_to_the_new_start() {
     assert_eq!(b.topic_info("t").unwrap().partitions[0].start_offset, 40);
     b.assert_invariants();
 }
+
+#[test]
+fn a_publish_a_partition_refuses_leaves_nothing_in_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let mut b = open_on(Arc::new(faulty.clone()), storage_config(dir.path()), BrokerConfig::default());
+    b.create_topic("t", Some(2)).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    publish(&mut b, "t", vec![to(0, "a"), to(1, "b")]);
+    // Partition 0 takes its share, then partition 1's write is torn and refused.
+    faulty.set_fault(Some(DiskFault::TornWrite));
+    let refused = b.publish(0, 0, "t", vec![to(0, "x0"), to(0, "x1"), to(1, "y")]).unwrap_err();
+    assert!(matches!(refused, BrokerError::Storage(StorageError::Io(_))), "{refused:?}");
+    assert_eq!(b.sync(0), Vec::new());
+    assert_eq!(ends(&b, "t"), vec![1, 1], "partition 0's share was cut again");
+    let later = publish(&mut b, "t", vec![to(0, "c")]);
+    assert_eq!(later[0].offset, 1, "the refused offsets are taken by the next publish");
+    drop(b);
+    let mut b = open(dir.path());
+    assert_eq!(ends(&b, "t"), vec![2, 1]);
+    let mut seen = texts(&b.pull(0, "s", 100).unwrap());
+    seen.sort();
+    assert_eq!(seen, vec!["a", "b", "c"]);
+}
+
+#[test]
+fn files_of_topics_the_metadata_does_not_list_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("kept", None).unwrap();
+    publish(&mut b, "kept", vec![msg("a")]);
+    drop(b);
+    // What a crash between a deletion's metadata save and its file removal leaves.
+    let orphan = dir.path().join("topics/77/0");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("00000000000000000000.log"), b"left over").unwrap();
+    let b = open(dir.path());
+    assert!(!dir.path().join("topics/77").exists());
+    assert_eq!(ends(&b, "kept"), vec![1]);
+}
+
+#[test]
+fn a_deletion_whose_metadata_save_fails_keeps_the_files_until_it_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let mut b = open_on(Arc::new(faulty.clone()), storage_config(dir.path()), BrokerConfig::default());
+    b.create_topic("t", None).unwrap();
+    publish(&mut b, "t", vec![msg("a")]);
+    faulty.set_fault(Some(DiskFault::Eio));
+    b.delete_topic("t", false).unwrap();
+    faulty.set_fault(None);
+    assert!(dir.path().join("topics/1").exists(), "the metadata still lists the topic, so its files stay");
+    assert!(b.checkpoint().unwrap(), "the checkpoint saves the deletion");
+    drop(b);
+    let b = open(dir.path());
+    assert!(!dir.path().join("topics/1").exists(), "the next start sweeps the files");
+    assert!(b.topic_info("t").is_err());
+}
+
+#[test]
+fn seek_by_time_stops_at_what_readers_may_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    b.publish(0, 5_000, "t", vec![msg("unsynced")]).unwrap();
+    // Past every record: the log's end would be offset 1, but offset 0 is not yet visible.
+    let moved = b.seek(0, "s", SeekTarget::TimeMs(9_000)).unwrap();
+    assert_eq!(moved, vec![(0, 0)]);
+}

@@ -77,22 +77,45 @@ impl Broker {
         }
 
         let mut results = vec![None; by_partition.values().map(Vec::len).sum()];
-        let mut trimmed = Vec::new();
-        let retention = Retention {
-            max_bytes: self.config.partition_retention_bytes,
-            min_publish_time_ms: self.config.partition_retention_ms.map(|ms| wall_ms.saturating_sub(ms)),
-        };
+        // All or nothing: when one partition refuses, what the others took is cut off again
+        // before anyone could read it (nothing is dispatched until the request is done).
+        let mut appended: Vec<(u32, u64)> = Vec::new();
         for (partition, batch) in by_partition {
             let (indexes, records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
             let log = &mut t.logs[partition as usize];
-            let (first, moved_start) = append(log.as_mut(), records, &retention)?;
-            trimmed.extend(moved_start.map(|start| (partition, start)));
+            let first = match append(log.as_mut(), records) {
+                Ok(first) => first,
+                Err(error) => {
+                    for (partition, end) in appended {
+                        // A cut the disk refuses stays pending in the log and keeps the
+                        // records unread until it is done.
+                        let _ = t.logs[partition as usize].truncate(end);
+                    }
+                    return Err(error);
+                }
+            };
+            appended.push((partition, first));
             for (n, i) in indexes.into_iter().enumerate() {
                 let offset = first + n as u64;
                 results[i] = Some(Published { message_id: t.message_id(partition, offset), partition, offset });
             }
         }
         let results = results.into_iter().map(|r| r.expect("every message was placed")).collect();
+        // Retention runs after the append has succeeded everywhere. If the disk refuses it,
+        // the publish still stands; the next append or checkpoint tries again.
+        let retention = Retention {
+            max_bytes: self.config.partition_retention_bytes,
+            min_publish_time_ms: self.config.partition_retention_ms.map(|ms| wall_ms.saturating_sub(ms)),
+        };
+        let mut trimmed = Vec::new();
+        for (partition, first) in appended {
+            let log = &mut t.logs[partition as usize];
+            let start = log.start_offset();
+            let _ = log.apply_retention(&retention, first);
+            if log.start_offset() > start {
+                trimmed.push((partition, log.start_offset()));
+            }
+        }
         for (partition, start) in trimmed {
             self.retention_moved(topic, partition, start);
         }
@@ -147,13 +170,8 @@ impl Broker {
     }
 }
 
-/// Appends one partition's share of a publish and applies retention. Returns the first
-/// offset, and the new start offset when retention moved it.
-fn append(
-    log: &mut dyn PartitionLog,
-    mut records: Vec<Record>,
-    retention: &Retention,
-) -> Result<(u64, Option<u64>), BrokerError> {
+/// Appends one partition's share of a publish; returns the first offset.
+fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Result<u64, BrokerError> {
     // Publish times never decrease within a partition, so Seek by time can search.
     let last_time = match log.end_offset().checked_sub(1) {
         Some(last) if last >= log.start_offset() => {
@@ -164,10 +182,7 @@ fn append(
     for record in &mut records {
         record.publish_time_ms = record.publish_time_ms.max(last_time);
     }
-    let start = log.start_offset();
-    let first = log.append(records)?;
-    let new_start = log.apply_retention(retention, first)?;
-    Ok((first, (new_start > start).then_some(new_start)))
+    Ok(log.append(records)?)
 }
 
 /// `value` for a single message, `messages[3].value` in a batch.

@@ -19,6 +19,10 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn retain_topics(&mut self, _topic_uids: &[u64]) -> Result<Vec<u64>, StorageError> {
+        Ok(Vec::new())
+    }
+
     fn fsync_policy(&self) -> FsyncPolicy {
         FsyncPolicy::Never
     }

@@ -149,6 +149,23 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    fn retain_topics(&mut self, topic_uids: &[u64]) -> Result<Vec<u64>, StorageError> {
+        let topics = self.config.dir.join("topics");
+        let names = self.fs.list_dir(&topics).map_err(|e| io_error(&topics, "list", e))?;
+        // Only directories named by a uid are ours to remove.
+        let orphans: Vec<u64> =
+            names.iter().filter_map(|n| n.parse::<u64>().ok()).filter(|uid| !topic_uids.contains(uid)).collect();
+        for uid in &orphans {
+            let dir = self.topic_dir(*uid);
+            self.fs.remove_dir_all(&dir).map_err(|e| io_error(&dir, "remove", e))?;
+            tracing::warn!(dir = %dir.display(), "removed the files of a topic the metadata does not list");
+        }
+        if !orphans.is_empty() {
+            self.fs.sync_dir(&topics).map_err(|e| io_error(&topics, "sync directory", e))?;
+        }
+        Ok(orphans)
+    }
+
     fn fsync_policy(&self) -> FsyncPolicy {
         self.config.fsync
     }
