@@ -162,25 +162,59 @@ fn duplicated(entries: &[Entry]) -> Check {
 /// A new delivery of a stored message to a subscription after an ack of it there was
 /// applied: an attempt higher than the acked one. A lower or equal attempt was leased
 /// before the ack and only arrived late (it was held in the network), which is allowed.
+///
+/// A broker crash forgets the acks applied since its last checkpoint: their messages come
+/// again (at least once), which is allowed. An ack the client saw answered before the
+/// checkpoint was applied before it, so it survives the crash and still binds; since the
+/// restarted broker counts attempts from 1 again, any delivery of it on a stream opened
+/// after the restart is a redelivery. An answer that reaches the client while the broker
+/// is down was given after the last checkpoint, so it is forgotten too.
 fn redelivered_after_ack(entries: &[Entry]) -> Check {
-    let mut acked: BTreeMap<(&str, u32, u64), (u64, u32)> = BTreeMap::new();
+    struct Acked {
+        at_ms: u64,
+        attempt: u32,
+        /// Set for an ack that survived a crash: the restart it survived.
+        survived_restart_ms: Option<u64>,
+    }
+    let mut acked: BTreeMap<(&str, u32, u64), Acked> = BTreeMap::new();
+    let mut opened: BTreeMap<(&str, &str, u64), u64> = BTreeMap::new();
+    let mut last_checkpoint_ms: Option<u64> = None;
+    let mut crashed = false;
     let mut problems = Vec::new();
     for e in entries {
         match &e.event {
+            // An answer that arrives while the broker is down was given by the crashed
+            // incarnation after its last checkpoint: forgotten like the acks above.
             Event::AckAnswered { sub, op, partition, offset, attempt, result, .. }
-                if result == "applied" && op == "ack" =>
+                if result == "applied" && op == "ack" && !crashed =>
             {
-                acked.entry((sub.as_str(), *partition, *offset)).or_insert((e.at_ms, *attempt));
+                let key = (sub.as_str(), *partition, *offset);
+                acked.entry(key).or_insert(Acked { at_ms: e.at_ms, attempt: *attempt, survived_restart_ms: None });
             }
             Event::Seeked { sub } => acked.retain(|(s, ..), _| s != sub),
-            Event::Delivered { id, sub, partition, offset, attempt, .. } => {
-                if let Some(&(at, acked_attempt)) = acked.get(&(sub.as_str(), *partition, *offset)) {
-                    if *attempt > acked_attempt {
-                        let when = e.at_ms;
-                        problems.push(format!(
-                            "{id} (p{partition}@{offset}) delivered to {sub} as attempt {attempt} at {when} ms, after attempt {acked_attempt} was acked at {at} ms"
-                        ));
-                    }
+            Event::Checkpoint => last_checkpoint_ms = Some(e.at_ms),
+            Event::Crashed { .. } => {
+                acked.retain(|_, a| last_checkpoint_ms.is_some_and(|k| a.at_ms < k));
+                crashed = true;
+            }
+            Event::Restarted { .. } if crashed => {
+                for a in acked.values_mut() {
+                    a.survived_restart_ms.get_or_insert(e.at_ms);
+                }
+                crashed = false;
+            }
+            Event::StreamOpened { sub, stream } => {
+                opened.insert((e.host.as_str(), sub.as_str(), *stream), e.at_ms);
+            }
+            Event::Delivered { id, sub, stream, partition, offset, attempt, .. } => {
+                let Some(a) = acked.get(&(sub.as_str(), *partition, *offset)) else { continue };
+                let stream_opened = opened.get(&(e.host.as_str(), sub.as_str(), *stream)).copied();
+                let after_restart = a.survived_restart_ms.is_some_and(|r| stream_opened.is_some_and(|o| o >= r));
+                if *attempt > a.attempt || after_restart {
+                    let (when, at, acked_attempt) = (e.at_ms, a.at_ms, a.attempt);
+                    problems.push(format!(
+                        "{id} (p{partition}@{offset}) delivered to {sub} as attempt {attempt} at {when} ms, after attempt {acked_attempt} was acked at {at} ms"
+                    ));
                 }
             }
             _ => {}

@@ -167,6 +167,8 @@ impl mini_pubsub::storage::Storage for ObservedStorage {
     }
 
     fn save_meta(&mut self, meta: &[u8]) -> Result<(), mini_pubsub::storage::StorageError> {
-        self.inner.save_meta(meta)
+        self.inner.save_meta(meta)?;
+        self.history.record(&self.host, crate::history::Event::Checkpoint);
+        Ok(())
     }
 }

@@ -7,7 +7,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 /// The fault kinds a generated scenario draws from.
-const FAULT_KINDS: [&str; 6] = ["partition", "oneway", "hold", "latency", "fail_rate", "isolate"];
+/// New kinds go last, so a seed keeps the faults it drew before.
+const FAULT_KINDS: [&str; 8] = ["partition", "oneway", "hold", "latency", "fail_rate", "isolate", "crash", "disk"];
 /// Passes over the steps while shrinking; each pass tries to drop every step once.
 const SHRINK_PASSES_MAX: usize = 3;
 
@@ -68,6 +69,17 @@ pub fn generate(seed: u64) -> String {
                 let percent = rng.random_range(1..5u32);
                 faults.push((start, format!("fail_rate 0.0{percent}")));
                 faults.push((end, "fail_rate 0".to_string()));
+            }
+            "crash" => {
+                // The broker runs the file log with fsync=always: nothing acknowledged may
+                // be lost, whatever the crash tears.
+                faults.push((start, "crash broker".to_string()));
+                faults.push((start + rng.random_range(200..3000u32), "restart broker".to_string()));
+            }
+            "disk" => {
+                let fault = if rng.random_bool(0.5) { "eio" } else { "full" };
+                faults.push((start, format!("disk broker {fault}")));
+                faults.push((end, "disk broker ok".to_string()));
             }
             _ => {
                 faults.push((start, format!("isolate {host}")));

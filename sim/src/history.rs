@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 /// One event seen by a client host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A publish was sent (again, on retry) for message `id`.
-    /// An attempt to publish; a retry says which code refused the attempt before it.
+    /// A publish of message `id` was sent (again, on retry); a retry says which code
+    /// refused the attempt before it.
     PublishInvoked { id: String, topic: String, attempt: u32, after: Option<String> },
     /// The broker acknowledged the publish.
     Published { id: String, topic: String, partition: u32, offset: u64 },
@@ -28,6 +28,12 @@ pub enum Event {
     AdminFailed { what: String, code: String },
     /// A fault or workload step the driver applied.
     Step { text: String },
+    /// A broker saved its metadata: acks it applied before now survive a crash.
+    Checkpoint,
+    /// A broker host crashed (its memory, connections and unsynced writes are gone).
+    Crashed { host: String },
+    /// A crashed broker host started again.
+    Restarted { host: String },
 }
 
 /// An event with when and where it happened.
@@ -94,6 +100,10 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::StreamFailed { sub, stream, code } => format!("stream {sub}#{stream} ended: {code}"),
         Event::AdminFailed { what, code } => format!("{what} failed: {code}"),
         Event::Step { text } => text.clone(),
+        Event::Checkpoint if full => "checkpoint: committed offsets saved".to_string(),
+        Event::Checkpoint => return None,
+        Event::Crashed { host } => format!("crash {host}"),
+        Event::Restarted { host } => format!("restart {host}"),
     };
     Some(format!("@{:>7}ms {:<10} {what}", entry.at_ms, entry.host))
 }

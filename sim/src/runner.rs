@@ -451,7 +451,7 @@ impl<'a> Driver<'a> {
         flag.inspect(|f| f.store(false, std::sync::atomic::Ordering::Relaxed));
         self.crashed.push(host.to_string());
         self.faults.push(format!("crash {host}"));
-        self.note(format!("crash {host}"));
+        self.history.record_at(self.now_ms(), "driver", Event::Crashed { host: host.to_string() });
         Ok(None)
     }
 
@@ -485,7 +485,7 @@ impl<'a> Driver<'a> {
         self.sim.bounce(host);
         self.crashed.retain(|h| h != host);
         self.faults.push(format!("restart {host}"));
-        self.note(format!("restart {host}"));
+        self.history.record_at(self.now_ms(), "driver", Event::Restarted { host: host.to_string() });
         Ok(None)
     }
 
@@ -573,6 +573,7 @@ impl<'a> Driver<'a> {
         }
         for host in std::mem::take(&mut self.crashed) {
             self.sim.bounce(host.as_str());
+            self.history.record_at(self.now_ms(), "driver", Event::Restarted { host });
         }
         self.note("heal everything and drain".to_string());
         idle

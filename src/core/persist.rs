@@ -52,6 +52,37 @@ struct SubscriptionMeta {
     /// The committed offset of each partition.
     #[prost(uint64, repeated, tag = "6")]
     committed: Vec<u64>,
+    /// The offsets acked above each partition's committed offset, so that an ack a
+    /// checkpoint saved is never undone by a crash (a lease left hanging below it keeps
+    /// the committed offset back).
+    #[prost(message, repeated, tag = "7")]
+    acked: Vec<AckedRanges>,
+}
+
+/// Offsets as `[start, end)` pairs, flattened: start0, end0, start1, end1...
+#[derive(Clone, PartialEq, Message)]
+struct AckedRanges {
+    #[prost(uint64, repeated, tag = "1")]
+    ranges: Vec<u64>,
+}
+
+impl AckedRanges {
+    fn of(offsets: &std::collections::BTreeSet<u64>) -> Self {
+        let mut ranges: Vec<u64> = Vec::new();
+        for &offset in offsets {
+            match ranges.last_mut() {
+                Some(end) if *end == offset => *end += 1,
+                _ => ranges.extend([offset, offset + 1]),
+            }
+        }
+        Self { ranges }
+    }
+
+    /// The offsets, at most `limit` of them (a damaged file cannot make a huge set).
+    fn offsets(&self, limit: u64) -> std::collections::BTreeSet<u64> {
+        let pairs = self.ranges.chunks_exact(2);
+        pairs.flat_map(|p| p[0]..p[1].min(p[0].saturating_add(limit))).take(limit as usize).collect()
+    }
 }
 
 /// A partition whose fsync failed. With acknowledgement after fsync, its unsynced records
@@ -98,9 +129,11 @@ impl Broker {
                 .iter()
                 .enumerate()
                 .map(|(p, log)| {
-                    let end = visible_end(log.as_ref(), self.after_sync);
-                    let committed = s.committed.get(p).copied().unwrap_or(0);
-                    Cursor::at(committed.clamp(log.start_offset(), end))
+                    let (start, end) = (log.start_offset(), visible_end(log.as_ref(), self.after_sync));
+                    let committed = s.committed.get(p).copied().unwrap_or(0).clamp(start, end);
+                    let acked = s.acked.get(p).map(|a| a.offsets(end - committed)).unwrap_or_default();
+                    let acked = acked.into_iter().filter(|o| (committed..end).contains(o)).collect();
+                    Cursor::restored(committed, acked)
                 })
                 .collect();
             topic.subscriptions.insert(s.name.clone());
@@ -146,6 +179,7 @@ impl Broker {
                 ack_deadline_ms: s.ack_deadline_ms,
                 start_latest: s.start == StartPosition::Latest,
                 committed: s.cursors.iter().map(|c| c.committed).collect(),
+                acked: s.cursors.iter().map(|c| AckedRanges::of(&c.acked)).collect(),
             })
             .collect();
         let meta = Meta {

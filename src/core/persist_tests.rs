@@ -434,3 +434,28 @@ fn seek_by_time_stops_at_what_readers_may_see() {
     let moved = b.seek(0, "s", SeekTarget::TimeMs(9_000)).unwrap();
     assert_eq!(moved, vec![(0, 0)]);
 }
+
+#[test]
+fn acks_above_a_hanging_lease_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    let values = ["a", "b", "c", "d", "e", "f"];
+    publish(&mut b, "t", values.iter().map(|v| msg(v)).collect());
+    let pulled = b.pull(0, "s", 10).unwrap();
+    // "a" stays leased (its consumer went quiet); b, c and e are acked above it.
+    ack(&mut b, "s", &[pulled[1].clone(), pulled[2].clone(), pulled[4].clone()]);
+    assert_eq!(committed(&b, "s"), vec![0]);
+    assert!(b.checkpoint().unwrap());
+    drop(b);
+
+    let mut b = open(dir.path());
+    assert_eq!(committed(&b, "s"), vec![0]);
+    let again = b.pull(0, "s", 10).unwrap();
+    assert_eq!(texts(&again), vec!["a", "d", "f"], "only what no checkpointed ack covers comes again");
+    assert!(again.iter().all(|d| d.delivery_attempt == 1));
+    ack(&mut b, "s", &again);
+    assert_eq!(committed(&b, "s"), vec![6]);
+    b.assert_invariants();
+}

@@ -63,6 +63,15 @@ impl Cursor {
         Self { committed: offset, next: offset, ..Default::default() }
     }
 
+    /// A cursor as a restart restores it: the floor, and the offsets acked above it (saved
+    /// by a checkpoint). Every other offset between them waits for redelivery.
+    pub fn restored(committed: u64, acked: BTreeSet<u64>) -> Self {
+        let acked: BTreeSet<u64> = acked.into_iter().filter(|o| *o > committed).collect();
+        let next = acked.last().map_or(committed, |last| last + 1);
+        let pending = (committed..next).filter(|o| !acked.contains(o)).collect();
+        Self { committed, next, acked, pending, high: next, ..Default::default() }
+    }
+
     /// Forgets offsets that retention removed from the log: they can no longer be read, so
     /// they count as gone, and their leases end (later acks of them are expired). Returns
     /// the leases that ended.
