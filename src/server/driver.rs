@@ -239,9 +239,11 @@ impl Driver {
     /// policy, so a clean stop loses nothing.
     pub fn stop(&mut self) {
         self.commit();
+        let unsynced = self.broker.needs_sync();
         self.sync_logging_failures();
         match self.broker.checkpoint() {
-            Ok(_) => tracing::info!("storage synced and committed offsets saved"),
+            Ok(saved) if saved || unsynced => tracing::info!("storage synced and committed offsets saved"),
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "saving committed offsets at shutdown failed"),
         }
     }
