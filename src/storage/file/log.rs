@@ -36,6 +36,8 @@ pub struct FileLog {
     /// first: removed before the next write or sync, so a new segment never meets an old
     /// file and a restart does not find the cut records.
     doomed: Vec<PathBuf>,
+    /// Files were removed from the directory since its last successful sync.
+    dir_dirty: bool,
 }
 
 /// A contiguous run of records with a byte budget, dropping the oldest when over it.
@@ -156,6 +158,11 @@ impl FileLog {
         if segments.is_empty() {
             segments.insert(0, Segment::create(fs.as_ref(), &dir, 0)?);
         }
+        // What a killed process wrote but never synced is in the page cache only: it counts
+        // as synced from now on, so it must be on the disk before anyone reads it.
+        let newest = segments.values_mut().next_back().expect("never empty");
+        newest.dirty = true;
+        newest.sync()?;
         let size = segments.values().map(|s| s.size).sum();
         let end = segments.values().next_back().expect("never empty").end;
         Ok(Self {
@@ -168,6 +175,7 @@ impl FileLog {
             tail: Records::default(),
             ahead: RefCell::new(Records::default()),
             doomed: Vec::new(),
+            dir_dirty: false,
         })
     }
 
@@ -219,6 +227,7 @@ impl FileLog {
     fn remove_oldest(&mut self) -> Result<(), StorageError> {
         let path = &self.segments.values().next().expect("checked by the caller").path;
         self.fs.remove_file(path).map_err(|e| io_error(path, "remove", e))?;
+        self.dir_dirty = true;
         let (_, seg) = self.segments.pop_first().expect("checked above");
         self.size -= seg.size;
         let start = self.start_offset();
@@ -230,16 +239,18 @@ impl FileLog {
     /// Removes the files of segments that a truncate cut but the disk kept, newest first,
     /// so the files left always hold a contiguous run of offsets.
     fn finish_cuts(&mut self) -> Result<(), StorageError> {
-        if self.doomed.is_empty() {
-            return Ok(());
-        }
         while let Some(path) = self.doomed.first() {
             match self.fs.remove_file(path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(path, "remove", e)),
                 _ => self.doomed.remove(0),
             };
+            self.dir_dirty = true;
         }
-        self.fs.sync_dir(&self.dir).map_err(|e| io_error(&self.dir, "sync directory", e))
+        if self.dir_dirty {
+            self.fs.sync_dir(&self.dir).map_err(|e| io_error(&self.dir, "sync directory", e))?;
+            self.dir_dirty = false;
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -255,14 +266,16 @@ fn remove_after_cut(
     first_reason: String,
     notes: &mut Vec<RecoveryNote>,
 ) -> Result<(), StorageError> {
-    let mut reason = first_reason;
-    for base in bases {
+    // Newest first, so the files left always hold a contiguous run of offsets.
+    let mut removed = Vec::new();
+    for (i, base) in bases.iter().enumerate().rev() {
         let path = dir.join(segment::file_name(*base));
         let len = fs.open(&path, false).and_then(|f| f.size()).unwrap_or(0);
         fs.remove_file(&path).map_err(|e| io_error(&path, "remove", e))?;
-        notes.push(RecoveryNote { file: path, position: 0, cut_bytes: len, reason });
-        reason = "follows a cut in an older segment".to_string();
+        let reason = if i == 0 { first_reason.clone() } else { "follows a cut in an older segment".to_string() };
+        removed.push(RecoveryNote { file: path, position: 0, cut_bytes: len, reason });
     }
+    notes.extend(removed.into_iter().rev());
     fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))
 }
 
@@ -358,11 +371,17 @@ impl PartitionLog for FileLog {
             self.size -= seg.size;
             self.doomed.push(seg.path.clone());
         }
+        // Newer files go first: a crash between the two must not leave an older segment cut
+        // short with a newer one still after it (the log would not open).
+        let removed = self.finish_cuts();
         let before = self.active_ref().size;
-        let cut = self.active().truncate(from);
+        let cut = match removed {
+            Ok(()) => self.active().truncate(from),
+            Err(_) => self.active().truncate_later(from),
+        };
         self.size -= before - self.active_ref().size;
+        removed?;
         cut?;
-        self.finish_cuts()?;
         self.active().sync()
     }
 

@@ -249,6 +249,13 @@ impl Segment {
     /// gone from the segment even if the disk refuses the cut: it is retried before the
     /// next write or sync.
     pub fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
+        self.truncate_later(from)?;
+        self.cut_tail()
+    }
+
+    /// Cuts the segment in memory only; the file is cut by the next write or sync (when
+    /// newer files must go first).
+    pub fn truncate_later(&mut self, from: u64) -> Result<(), StorageError> {
         assert!((self.base..=self.end).contains(&from), "{}: truncate to {from}", self.path.display());
         if from == self.end {
             return Ok(());
@@ -263,7 +270,7 @@ impl Segment {
         self.end = from;
         self.last_time_ms = last_time_ms;
         self.cut_pending = true;
-        self.cut_tail()
+        Ok(())
     }
 
     /// The byte position where the record `offset` starts.

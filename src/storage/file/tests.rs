@@ -313,6 +313,44 @@ fn a_segment_file_whose_roll_failed_does_not_outlive_a_later_cut() {
     assert_holds(&log, 0..n + 5);
 }
 
+#[test]
+fn a_cut_across_a_roll_removes_the_newer_file_before_it_shortens_the_older() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let disk = TrackingFs::default();
+    let (mut log, _) = open_on(Arc::new(disk.clone()), &config).unwrap();
+    let n = per_segment();
+    append_each(&mut log, 0..n - 5);
+    log.sync().unwrap();
+    append_each(&mut log, n - 5..n + 3); // rolls: the first segment is synced, the new one not
+    disk.fail_remove(true);
+    assert!(log.truncate(n - 5).is_err(), "the newer file could not be removed");
+    drop(log);
+    disk.crash();
+    disk.fail_remove(false);
+    // Had the older segment been cut on disk with the newer file still there, the newer one
+    // would not follow on and the log would refuse to open.
+    let (log, _) = open(&config);
+    assert_eq!(log.start_offset(), 0);
+    assert!(log.end_offset() >= n - 5);
+}
+
+#[test]
+fn opening_a_log_syncs_what_a_killed_process_left_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let disk = TrackingFs::default();
+    let (mut log, _) = open_on(Arc::new(disk.clone()), &config).unwrap();
+    append_each(&mut log, 0..5);
+    drop(log); // killed: written, never synced
+    let (log, _) = open_on(Arc::new(disk.clone()), &config).unwrap();
+    assert_eq!(log.synced_end(), 5, "readers may see them now");
+    drop(log);
+    disk.crash();
+    let (log, _) = open(&config);
+    assert_holds(&log, 0..5);
+}
+
 // Recovery.
 
 #[test]

@@ -15,6 +15,7 @@ pub struct TrackingFs {
     durable: Arc<Mutex<BTreeMap<PathBuf, u64>>>,
     bytes_read: Arc<AtomicU64>,
     sync_dir_fails: Arc<AtomicBool>,
+    remove_fails: Arc<AtomicBool>,
 }
 
 struct TrackedFile {
@@ -40,6 +41,10 @@ impl TrackingFs {
     pub fn fail_sync_dir(&self, fail: bool) {
         self.sync_dir_fails.store(fail, Ordering::Relaxed);
     }
+
+    pub fn fail_remove(&self, fail: bool) {
+        self.remove_fails.store(fail, Ordering::Relaxed);
+    }
 }
 
 impl Fs for TrackingFs {
@@ -59,6 +64,9 @@ impl Fs for TrackingFs {
         StdFs.read(path)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        if self.remove_fails.load(Ordering::Relaxed) {
+            return Err(io::Error::other("injected unlink failure"));
+        }
         self.durable.lock().unwrap().remove(path);
         StdFs.remove_file(path)
     }
