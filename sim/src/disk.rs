@@ -154,8 +154,12 @@ impl mini_pubsub::storage::Storage for ObservedStorage {
         self.inner.remove(topic_uid, logs)
     }
 
-    fn retain_topics(&mut self, topic_uids: &[u64]) -> Result<Vec<u64>, mini_pubsub::storage::StorageError> {
-        self.inner.retain_topics(topic_uids)
+    fn retain_topics(
+        &mut self,
+        topic_uids: &[u64],
+        next_topic_uid: u64,
+    ) -> Result<Vec<u64>, mini_pubsub::storage::StorageError> {
+        self.inner.retain_topics(topic_uids, next_topic_uid)
     }
 
     fn fsync_policy(&self) -> mini_pubsub::storage::FsyncPolicy {

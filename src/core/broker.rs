@@ -8,7 +8,7 @@ use super::error::BrokerError;
 use super::subscription::Subscription;
 use super::topic::Topic;
 use super::StreamId;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 /// The whole broker state. See the module docs for how a driver calls it.
 pub struct Broker {
@@ -31,6 +31,8 @@ pub struct Broker {
     pub(super) after_sync: bool,
     /// The metadata as last saved, so a checkpoint writes only when something changed.
     pub(super) saved_meta: Vec<u8>,
+    /// Records that could not be read, by (topic uid, partition, offset).
+    pub(super) read_faults: BTreeMap<(u64, u32, u64), StorageError>,
 }
 
 impl Broker {
@@ -55,6 +57,7 @@ impl Broker {
             next_ephemeral: 1,
             after_sync,
             saved_meta: Vec::new(),
+            read_faults: BTreeMap::new(),
         })
     }
 

@@ -9,7 +9,11 @@ use super::lease::{AckId, AckOp, AckOutcome, AckReply, Lease, StreamId};
 use super::name;
 use super::subscription::StartPosition;
 use super::topic::visible_end;
-use crate::storage::Record;
+use crate::storage::{Record, StorageError};
+
+/// Unreadable records remembered at once (so a damaged one is not read again at every
+/// dispatch, and is reported once). Past it, new ones are still skipped but not remembered.
+const READ_FAULTS_MAX: usize = 1024;
 
 /// What a new stream joins.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +80,9 @@ pub enum Output {
     Deliver { stream: StreamId, deliveries: Vec<Delivery> },
     /// The broker ended a stream (its subscription was deleted); it gets no more outputs.
     EndStream { stream: StreamId, reason: BrokerError },
+    /// A stored record could not be read (a disk error, or a CRC mismatch). It is not
+    /// delivered, and its partition's deliveries wait at it; told once per record.
+    ReadFailed { topic: String, partition: u32, offset: u64, error: StorageError },
 }
 
 /// A stream's membership and flow-control accounting.
@@ -297,7 +304,22 @@ impl Broker {
             room = room.saturating_sub(delivery.encoded_len_max());
             out.push(delivery);
         }
+        if out.is_empty() {
+            if let Some(error) = self.blocking_read_fault(uid) {
+                return Err(BrokerError::Storage(error));
+            }
+        }
         Ok(out)
+    }
+
+    /// The storage error that holds back one of the subscription's partitions, if any.
+    fn blocking_read_fault(&self, uid: u64) -> Option<StorageError> {
+        let sub = &self.subscriptions[&uid];
+        let topic = self.topics.get(&sub.topic)?;
+        topic.logs.iter().zip(&sub.cursors).enumerate().find_map(|(p, (log, cursor))| {
+            let offset = cursor.next_to_deliver(visible_end(log.as_ref(), self.after_sync))?;
+            self.read_faults.get(&(topic.uid, p as u32, offset)).cloned()
+        })
     }
 
     /// Moves `subscription` to `target` on every partition it names. Outstanding leases
@@ -454,9 +476,25 @@ impl Broker {
             let log = &topic.logs[partition as usize];
             let cursor = &mut sub.cursors[partition as usize];
             let Some(offset) = cursor.next_to_deliver(visible_end(log.as_ref(), after_sync)) else { continue };
-            // A storage error (a disk error, a record that fails its CRC) leaves the message
-            // where it is, undelivered; the other partitions go on, and the next dispatch retries.
-            let Ok(records) = log.read(offset, 1, usize::MAX) else { continue };
+            // A record that failed its CRC stays damaged: it is not read again.
+            let fault_key = (topic.uid, partition, offset);
+            if matches!(self.read_faults.get(&fault_key), Some(StorageError::Corrupt { .. })) {
+                continue;
+            }
+            // A storage error leaves the message where it is, undelivered; the other
+            // partitions go on. A disk error is retried at the next dispatch.
+            let records = match log.read(offset, 1, usize::MAX) {
+                Ok(records) => records,
+                Err(error) => {
+                    if self.read_faults.len() < READ_FAULTS_MAX && !self.read_faults.contains_key(&fault_key) {
+                        self.read_faults.insert(fault_key, error.clone());
+                        let topic = topic.name.clone();
+                        self.outputs.push_back(Output::ReadFailed { topic, partition, offset, error });
+                    }
+                    continue;
+                }
+            };
+            self.read_faults.remove(&fault_key);
             let Some(record) = records.into_iter().next() else { continue };
             if budget.is_some_and(|b| encoded_len_max(&topic.name, &record.record) > b) {
                 return None;

@@ -113,7 +113,7 @@ impl Broker {
             broker.saved_meta = bytes;
         }
         let uids: Vec<u64> = broker.topics.values().map(|t| t.uid).collect();
-        broker.storage.retain_topics(&uids)?;
+        broker.storage.retain_topics(&uids, broker.next_topic_uid)?;
         Ok(broker)
     }
 
@@ -255,9 +255,8 @@ impl Broker {
                     Err(error) => {
                         if self.after_sync {
                             let synced = log.synced_end();
-                            // If even the cut fails the records stay invisible, and a later
-                            // sync may still make them durable: then they are delivered,
-                            // though their publish was refused (at least once, not lost).
+                            // The records leave the log even when the disk refuses the cut;
+                            // the log finishes it before its next write or sync.
                             let _ = log.truncate(synced);
                         }
                         failures.push(SyncFailure { topic: name.clone(), partition: p as u32, error });

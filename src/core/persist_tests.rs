@@ -390,19 +390,53 @@ fn a_publish_a_partition_refuses_leaves_nothing_in_the_others() {
 }
 
 #[test]
-fn files_of_topics_the_metadata_does_not_list_are_removed_at_open() {
+fn files_of_topics_the_metadata_does_not_list_are_removed_at_open_when_it_explains_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = open(dir.path());
+    b.create_topic("gone", None).unwrap();
     b.create_topic("kept", None).unwrap();
     publish(&mut b, "kept", vec![msg("a")]);
+    b.delete_topic("gone", false).unwrap();
     drop(b);
-    // What a crash between a deletion's metadata save and its file removal leaves.
-    let orphan = dir.path().join("topics/77/0");
-    std::fs::create_dir_all(&orphan).unwrap();
-    std::fs::write(orphan.join("00000000000000000000.log"), b"left over").unwrap();
+    let leftover = |uid: u64, contents: &[u8]| {
+        let partition = dir.path().join(format!("topics/{uid}/0"));
+        std::fs::create_dir_all(&partition).unwrap();
+        std::fs::write(partition.join("00000000000000000000.log"), contents).unwrap();
+    };
+    // What a crash between a deletion's metadata save and its file removal leaves, and an
+    // empty log of a creation whose metadata was never saved.
+    leftover(1, b"records of the deleted topic");
+    leftover(3, b"");
     let b = open(dir.path());
-    assert!(!dir.path().join("topics/77").exists());
+    assert!(!dir.path().join("topics/1").exists());
+    assert!(!dir.path().join("topics/3").exists());
     assert_eq!(ends(&b, "kept"), vec![1]);
+    drop(b);
+
+    // Records under a uid the metadata never handed out: it is older than the data.
+    leftover(77, b"records the metadata does not know");
+    let refused = Broker::open(
+        BrokerConfig::default(),
+        Box::new(FileStorage::open(Arc::new(StdFs), storage_config(dir.path())).unwrap()),
+    );
+    assert!(matches!(refused, Err(BrokerError::Storage(StorageError::Corrupt { .. }))), "{:?}", refused.err());
+    assert!(dir.path().join("topics/77").exists(), "nothing is removed");
+}
+
+#[test]
+fn a_missing_metadata_file_with_topic_data_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", None).unwrap();
+    publish(&mut b, "t", vec![msg("a")]);
+    drop(b);
+    std::fs::remove_file(dir.path().join("meta")).unwrap();
+    let refused = Broker::open(
+        BrokerConfig::default(),
+        Box::new(FileStorage::open(Arc::new(StdFs), storage_config(dir.path())).unwrap()),
+    );
+    assert!(matches!(refused, Err(BrokerError::Storage(StorageError::Corrupt { .. }))), "{:?}", refused.err());
+    assert!(dir.path().join("topics/1/0/00000000000000000000.log").exists());
 }
 
 #[test]
@@ -458,4 +492,40 @@ fn acks_above_a_hanging_lease_survive_a_reopen() {
     ack(&mut b, "s", &again);
     assert_eq!(committed(&b, "s"), vec![6]);
     b.assert_invariants();
+}
+
+#[test]
+fn a_record_that_fails_its_crc_while_serving_is_reported_and_never_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("t", Some(2)).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    publish(&mut b, "t", vec![to(0, "a0"), to(0, "a1"), to(1, "b0")]);
+    drop(b);
+    let mut b = open(dir.path()); // nothing cached: reads go to the disk
+                                  // Damage the second record of partition 0 (each frame is the same size).
+    let path = dir.path().join("topics/1/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let frame = bytes.len() / 2;
+    bytes[frame + 40] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let first = b.pull(0, "s", 10).unwrap();
+    let mut seen = texts(&first);
+    seen.sort();
+    assert_eq!(seen, vec!["a0", "b0"], "the damaged record is not delivered; the other partition goes on");
+    let reported: Vec<Output> = std::iter::from_fn(|| b.poll_output()).collect();
+    assert!(
+        matches!(
+            &reported[..],
+            [Output::ReadFailed { partition: 0, offset: 1, error: StorageError::Corrupt { .. }, .. }]
+        ),
+        "{reported:?}"
+    );
+    let refused = b.pull(0, "s", 10).unwrap_err();
+    assert!(matches!(refused, BrokerError::Storage(StorageError::Corrupt { .. })), "{refused:?}");
+    assert!(b.poll_output().is_none(), "reported once");
+    // An operator seeks past it.
+    b.seek(0, "s", SeekTarget::Offsets(vec![(0, 2)])).unwrap();
+    assert!(b.pull(0, "s", 10).unwrap().is_empty());
 }

@@ -20,7 +20,7 @@ use tonic::Status;
 
 use crate::core::{AckOp, Broker, BrokerError, Flow, OutgoingMessage, Output, Published, StreamId, StreamTarget};
 use crate::env::Clock;
-use crate::storage::FsyncPolicy;
+use crate::storage::{FsyncPolicy, StorageError};
 use crate::wire::{self, pb};
 
 /// What a Subscribe stream's responses travel on.
@@ -218,8 +218,12 @@ impl Driver {
             let failed = failures
                 .iter()
                 .find(|f| f.topic == waiting.topic && waiting.published.iter().any(|p| p.partition == f.partition));
+            // Indeterminate: the publish's share in partitions that synced is stored.
             let answer = match failed {
-                Some(f) => Err(BrokerError::Storage(f.error.clone())),
+                Some(f) => Err(BrokerError::Storage(StorageError::Io(format!(
+                    "not acknowledged: {}; its messages in other partitions may be stored, so a retry may store them twice",
+                    f.error
+                )))),
                 None => Ok(waiting.published),
             };
             let _ = waiting.reply.send(answer);
@@ -255,6 +259,10 @@ impl Driver {
                 Output::Deliver { stream, deliveries } => {
                     let received_messages = deliveries.into_iter().map(wire::received_message).collect();
                     self.send(stream, pb::SubscribeResponse { received_messages, ..Default::default() });
+                }
+                Output::ReadFailed { topic, partition, offset, error } => {
+                    tracing::error!(%topic, partition, offset, %error,
+                        "a stored record cannot be read: it is not delivered, and its partition waits at it (Seek past it to go on)");
                 }
                 Output::EndStream { stream, reason } => {
                     if let Some(sink) = self.sinks.remove(&stream) {

@@ -19,7 +19,7 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    fn retain_topics(&mut self, _topic_uids: &[u64]) -> Result<Vec<u64>, StorageError> {
+    fn retain_topics(&mut self, _topic_uids: &[u64], _next_topic_uid: u64) -> Result<Vec<u64>, StorageError> {
         Ok(Vec::new())
     }
 

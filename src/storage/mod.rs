@@ -146,10 +146,12 @@ pub trait Storage: Send {
     /// Removes a deleted topic's logs for good.
     fn remove(&mut self, topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError>;
 
-    /// Removes the logs of every topic not in `topic_uids`: what a crash left between a
-    /// deletion's metadata save and its file removal, or a creation whose metadata was
-    /// never saved. Returns the uids removed.
-    fn retain_topics(&mut self, topic_uids: &[u64]) -> Result<Vec<u64>, StorageError>;
+    /// Removes the logs of topics not in `topic_uids` that the metadata explains: a topic
+    /// deleted (its uid is below `next_topic_uid`) whose files a crash left behind, or a
+    /// creation whose metadata was never saved (its uid is not below it) if its logs are
+    /// empty. Logs with records that the metadata does not know refuse the start: the
+    /// metadata is missing or older than the data. Returns the uids removed.
+    fn retain_topics(&mut self, topic_uids: &[u64], next_topic_uid: u64) -> Result<Vec<u64>, StorageError>;
 
     /// When appends become durable.
     fn fsync_policy(&self) -> FsyncPolicy;

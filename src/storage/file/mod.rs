@@ -106,6 +106,22 @@ impl FileStorage {
         self.config.dir.join("topics").join(topic_uid.to_string())
     }
 
+    /// Whether any segment file of the topic directory `dir` has bytes in it.
+    fn holds_records(&self, dir: &Path) -> Result<bool, StorageError> {
+        for partition in self.fs.list_dir(dir).map_err(|e| io_error(dir, "list", e))? {
+            let partition_dir = dir.join(partition);
+            let Ok(files) = self.fs.list_dir(&partition_dir) else { continue };
+            for file in files.iter().filter(|f| f.ends_with(".log")) {
+                let path = partition_dir.join(file);
+                let size = self.fs.open(&path, false).and_then(|f| f.size()).map_err(|e| io_error(&path, "stat", e))?;
+                if size > 0 {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Creates `dir` and its missing parents, and syncs each parent so that the new
     /// entries survive a crash.
     fn create_dirs(&self, dir: &Path) -> Result<(), StorageError> {
@@ -149,12 +165,23 @@ impl Storage for FileStorage {
         Ok(())
     }
 
-    fn retain_topics(&mut self, topic_uids: &[u64]) -> Result<Vec<u64>, StorageError> {
+    fn retain_topics(&mut self, topic_uids: &[u64], next_topic_uid: u64) -> Result<Vec<u64>, StorageError> {
         let topics = self.config.dir.join("topics");
         let names = self.fs.list_dir(&topics).map_err(|e| io_error(&topics, "list", e))?;
         // Only directories named by a uid are ours to remove.
         let orphans: Vec<u64> =
             names.iter().filter_map(|n| n.parse::<u64>().ok()).filter(|uid| !topic_uids.contains(uid)).collect();
+        for uid in orphans.iter().filter(|uid| **uid >= next_topic_uid) {
+            let dir = self.topic_dir(*uid);
+            if self.holds_records(&dir)? {
+                let reason = format!(
+                    "topic uid {uid} holds records but the metadata does not list it (it numbers topics up to {}): \
+                     the metadata file is missing or older than the data; restore it, or move the directory away",
+                    next_topic_uid.saturating_sub(1)
+                );
+                return Err(StorageError::Corrupt { file: dir.display().to_string(), position: 0, reason });
+            }
+        }
         for uid in &orphans {
             let dir = self.topic_dir(*uid);
             self.fs.remove_dir_all(&dir).map_err(|e| io_error(&dir, "remove", e))?;
