@@ -136,6 +136,7 @@ impl<'a> Driver<'a> {
             scenario.config.get("ack_deadline").and_then(|d| duration(d)).unwrap_or(Duration::from_secs(10));
         let partitions: u32 = scenario.config.get("partitions").and_then(|p| p.parse().ok()).unwrap_or(1);
         let storage = storage_config(scenario);
+        let disk_latency = scenario.config.get("disk_latency").and_then(|d| duration(d)).unwrap_or_default();
         let mut disks = BTreeMap::new();
         let mut corrupters = BTreeMap::new();
         let mut crash_flags = BTreeMap::new();
@@ -145,6 +146,7 @@ impl<'a> Driver<'a> {
             config.broker.default_partitions = partitions;
             config.keepalive_interval_ms = 1_000;
             config.keepalive_timeout_ms = 2_000;
+            config.sync_delay_ms = disk_latency.as_millis() as u64;
             let disk = FaultyFs::new(Arc::new(TurmoilFs));
             let (corrupt_tx, corrupt_rx) = mpsc::channel::<f64>(COMMAND_QUEUE_MAX);
             let corrupt_rx = Arc::new(Mutex::new(corrupt_rx));
@@ -298,19 +300,33 @@ impl<'a> Driver<'a> {
             if apps.is_empty() && !hosts_empty(&key) {
                 return closed;
             }
-            let written = self.written(&apps);
-            self.open_faults.push((key, step_text(step), apps, written));
+            let activity = self.activity(&key, &apps);
+            self.open_faults.push((key, step_text(step), apps, activity));
         }
         closed
     }
 
     fn close_fault(&mut self, key: &str) -> Result<(), String> {
         let Some(index) = self.open_faults.iter().position(|(k, ..)| k == key) else { return Ok(()) };
-        let (_, text, hosts, before) = self.open_faults.remove(index);
-        if self.written(&hosts) == before {
-            return Err(format!("fault `{text}` did nothing: no app on it sent anything while it was in place"));
+        let (key, text, hosts, before) = self.open_faults.remove(index);
+        if self.activity(&key, &hosts) == before {
+            let what = if key.starts_with("disk ") {
+                "the disk refused nothing while it was in place"
+            } else {
+                "no app on it sent anything while it was in place"
+            };
+            return Err(format!("fault `{text}` did nothing: {what}"));
         }
         Ok(())
+    }
+
+    /// What a fault acts on, counted: for a disk fault the operations the disk refused,
+    /// for a network fault the bytes the apps on it wrote.
+    fn activity(&self, key: &str, apps: &[String]) -> u64 {
+        match key.strip_prefix("disk ").and_then(|host| self.disks.get(host)) {
+            Some(disk) => disk.refused(),
+            None => self.written(apps),
+        }
     }
 
     /// Applies one step. Expectations answer with their verdict line (`Err` when failed);

@@ -218,6 +218,7 @@ const CONFIG_KEYS: &[(&str, Kind)] = &[
     ("storage", Kind::OneOf(&["file", "memory"])),
     ("fsync", Kind::OneOf(&["always", "interval", "never"])),
     ("fsync_interval", Kind::Dur),
+    ("disk_latency", Kind::Dur),
 ];
 
 /// A scenario that cannot run, located in its file.

@@ -43,3 +43,14 @@ fn a_fault_that_did_nothing_fails_the_run() {
     let report = runner::run(&scenario::parse("restart.scn", dead_restart).unwrap(), None);
     assert!(report.failure.unwrap().contains("restart broker: the host was running"));
 }
+
+#[test]
+fn a_disk_fault_that_refused_nothing_fails_the_run() {
+    // Nothing touches the disk while it fails: the publish comes after it recovers.
+    let idle_disk = "topic create t\nsub create s topic=t\n@100ms subscribe w s\n\
+                     @200ms disk broker eio\n@300ms disk broker ok\n@400ms publish p t\ncheck all\n";
+    let report = runner::run(&scenario::parse("idle_disk.scn", idle_disk).unwrap(), None);
+    assert!(!report.passed);
+    let failure = report.failure.unwrap();
+    assert!(failure.contains("did nothing: the disk refused nothing"), "{failure}");
+}

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::fs::{Fs, FsFile};
@@ -23,11 +24,23 @@ pub enum DiskFault {
 pub struct FaultyFs {
     inner: Arc<dyn Fs>,
     fault: Arc<Mutex<Option<DiskFault>>>,
+    refused: Arc<AtomicU64>,
 }
 
 impl FaultyFs {
     pub fn new(inner: Arc<dyn Fs>) -> Self {
-        Self { inner, fault: Arc::new(Mutex::new(None)) }
+        Self { inner, fault: Arc::new(Mutex::new(None)), refused: Arc::default() }
+    }
+
+    /// How many operations an injected fault has refused so far: whether a fault did
+    /// anything.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn refuse(&self, error: io::Error) -> io::Error {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        error
     }
 
     /// Sets (or with `None`, clears) the fault.
@@ -41,7 +54,7 @@ impl FaultyFs {
 
     fn check_mutation(&self) -> io::Result<()> {
         match self.fault() {
-            Some(DiskFault::Eio) => Err(eio()),
+            Some(DiskFault::Eio) => Err(self.refuse(eio())),
             _ => Ok(()),
         }
     }
@@ -68,13 +81,13 @@ impl Fs for FaultyFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn FsFile>> {
         if create && !self.inner.exists(path) {
             match self.fault() {
-                Some(DiskFault::Eio) => return Err(eio()),
-                Some(DiskFault::Full) => return Err(enospc()),
+                Some(DiskFault::Eio) => return Err(self.refuse(eio())),
+                Some(DiskFault::Full) => return Err(self.refuse(enospc())),
                 _ => {}
             }
         }
         let file = self.inner.open(path, create)?;
-        Ok(Box::new(FaultyFile { inner: file, fault: Arc::clone(&self.fault) }))
+        Ok(Box::new(FaultyFile { inner: file, fault: Arc::clone(&self.fault), refused: Arc::clone(&self.refused) }))
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -109,11 +122,17 @@ impl Fs for FaultyFs {
 struct FaultyFile {
     inner: Box<dyn FsFile>,
     fault: Arc<Mutex<Option<DiskFault>>>,
+    refused: Arc<AtomicU64>,
 }
 
 impl FaultyFile {
     fn fault(&self) -> Option<DiskFault> {
         *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn refuse(&self, error: io::Error) -> io::Error {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        error
     }
 }
 
@@ -123,13 +142,20 @@ impl FsFile for FaultyFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        match self.fault() {
-            Some(DiskFault::Eio) => Err(eio()),
-            Some(DiskFault::Full) if offset + buf.len() as u64 > self.inner.size()? => Err(enospc()),
+        // A torn write is taken under the same lock that reads it, so it tears one write.
+        let fault = {
+            let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+            match *fault {
+                Some(DiskFault::TornWrite) => fault.take(),
+                other => other,
+            }
+        };
+        match fault {
+            Some(DiskFault::Eio) => Err(self.refuse(eio())),
+            Some(DiskFault::Full) if offset + buf.len() as u64 > self.inner.size()? => Err(self.refuse(enospc())),
             Some(DiskFault::TornWrite) => {
-                *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
-                Err(eio())
+                Err(self.refuse(eio()))
             }
             _ => self.inner.write_all_at(buf, offset),
         }
@@ -141,15 +167,15 @@ impl FsFile for FaultyFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         match self.fault() {
-            Some(DiskFault::Eio) => Err(eio()),
-            Some(DiskFault::Full) if len > self.inner.size()? => Err(enospc()),
+            Some(DiskFault::Eio) => Err(self.refuse(eio())),
+            Some(DiskFault::Full) if len > self.inner.size()? => Err(self.refuse(enospc())),
             _ => self.inner.set_len(len),
         }
     }
 
     fn sync_data(&self) -> io::Result<()> {
         match self.fault() {
-            Some(DiskFault::Eio) => Err(eio()),
+            Some(DiskFault::Eio) => Err(self.refuse(eio())),
             _ => self.inner.sync_data(),
         }
     }

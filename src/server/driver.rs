@@ -109,11 +109,13 @@ pub struct Driver {
     fsync: FsyncPolicy,
     next_checkpoint_ms: u64,
     next_interval_sync_ms: u64,
+    sync_delay_ms: u64,
 }
 
 impl Driver {
-    /// Starts the driver task; it runs until every handle is dropped.
-    pub fn spawn(broker: Broker, clock: Arc<dyn Clock>, queue_max: usize) -> DriverHandle {
+    /// Starts the driver task. `sync_delay_ms` is the simulated disk's fsync latency (see
+    /// [`ServerConfig::sync_delay_ms`](super::ServerConfig::sync_delay_ms)).
+    pub fn spawn(broker: Broker, clock: Arc<dyn Clock>, queue_max: usize, sync_delay_ms: u64) -> DriverHandle {
         let (jobs, rx) = mpsc::channel(queue_max);
         let now = clock.now_ms();
         let fsync = broker.fsync_policy();
@@ -129,6 +131,7 @@ impl Driver {
                 FsyncPolicy::IntervalMs(ms) => now + ms,
                 _ => u64::MAX,
             },
+            sync_delay_ms,
         };
         tokio::spawn(driver.run(rx));
         DriverHandle { jobs }
@@ -162,7 +165,7 @@ impl Driver {
                 }
                 () = tokio::time::sleep(wait) => self.handle_timers(),
             }
-            self.commit();
+            self.commit().await;
             self.flush();
         }
         self.stop();
@@ -203,8 +206,20 @@ impl Driver {
 
     /// Ends a turn under `fsync=always`: one sync for every append of the turn, then the
     /// answers. A publish that touched a partition whose sync failed is refused.
-    fn commit(&mut self) {
-        if !self.broker.acks_after_sync() || (self.awaiting_sync.is_empty() && !self.broker.needs_sync()) {
+    async fn commit(&mut self) {
+        if self.sync_delay_ms > 0 && self.commit_due() {
+            tokio::time::sleep(Duration::from_millis(self.sync_delay_ms)).await;
+        }
+        self.commit_now();
+    }
+
+    fn commit_due(&self) -> bool {
+        self.broker.acks_after_sync() && (!self.awaiting_sync.is_empty() || self.broker.needs_sync())
+    }
+
+    /// `commit` without the disk latency.
+    fn commit_now(&mut self) {
+        if !self.commit_due() {
             return;
         }
         let now = self.now_ms();
@@ -242,7 +257,7 @@ impl Driver {
     /// The last turn: everything written is synced and the offsets saved, whatever the
     /// policy, so a clean stop loses nothing.
     pub fn stop(&mut self) {
-        self.commit();
+        self.commit_now();
         let unsynced = self.broker.needs_sync();
         self.sync_logging_failures();
         match self.broker.checkpoint() {

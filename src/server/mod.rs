@@ -45,6 +45,11 @@ pub struct ServerConfig {
     pub keepalive_interval_ms: u64,
     /// How long a keepalive ping may go unanswered before the connection is dropped.
     pub keepalive_timeout_ms: u64,
+    /// Simulated fsync latency: under `fsync=always` the driver waits this long between a
+    /// turn's writes and its fsync. 0 in production, where the fsync itself takes the time;
+    /// the simulator sets it (its disk syncs instantly) so that a crash can land between
+    /// a write and the fsync that would make it durable.
+    pub sync_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +61,7 @@ impl Default for ServerConfig {
             stream_queue_max: 1024,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
+            sync_delay_ms: 0,
         }
     }
 }
@@ -97,6 +103,7 @@ impl ServerConfig {
         )?;
         check(self.keepalive_interval_ms >= 100, "keepalive_interval_ms", "at least 100")?;
         check(self.keepalive_timeout_ms >= 100, "keepalive_timeout_ms", "at least 100")?;
+        check(self.sync_delay_ms <= 1000, "sync_delay_ms", "0 to 1000")?;
         Ok(())
     }
 }
@@ -120,7 +127,7 @@ where
 {
     config.validate()?;
     let broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
-    let driver = Driver::spawn(broker, clock, config.command_queue_max);
+    let driver = Driver::spawn(broker, clock, config.command_queue_max, config.sync_delay_ms);
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone() };
     let admin = admin::AdminService { driver: driver.clone() };
