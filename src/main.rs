@@ -61,6 +61,12 @@ struct ServeArgs {
     /// Size at which a segment file rolls, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
+    /// Bytes each partition keeps; past it the oldest segments are deleted.
+    #[arg(long, default_value_t = 1 << 30)]
+    retention_bytes: u64,
+    /// Hours a message is kept (by publish time); 0 keeps messages until --retention-bytes.
+    #[arg(long, default_value_t = 168)]
+    retention_hours: u64,
     /// On damage in an older segment, cut the log there (losing what follows) instead of
     /// refusing to start. Damage at the tail of the newest segment is always cut.
     #[arg(long)]
@@ -98,6 +104,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.broker.default_partitions = args.default_partitions;
     config.broker.ack_deadline_ms = args.ack_deadline_seconds.saturating_mul(1000);
     config.broker.max_message_bytes = args.max_message_bytes;
+    config.broker.partition_retention_bytes = args.retention_bytes;
+    config.broker.partition_retention_ms =
+        (args.retention_hours > 0).then(|| args.retention_hours.saturating_mul(3_600_000));
     config.validate()?;
     let (storage, described) = open_storage(&args)?;
 

@@ -13,7 +13,7 @@ use tonic::Streaming;
 
 use mini_pubsub::env::{Net, TokioClock, TokioNet};
 use mini_pubsub::server::{self, ServerConfig, ServerError};
-use mini_pubsub::storage::MemoryStorage;
+use mini_pubsub::storage::{MemoryStorage, Storage};
 use mini_pubsub::wire::pb;
 use pb::admin_client::AdminClient;
 use pb::pub_sub_client::PubSubClient;
@@ -34,13 +34,17 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(config: ServerConfig) -> TestServer {
+    start_on(config, Box::new(MemoryStorage)).await
+}
+
+/// A server on the given storage (a file log in a temporary directory, say).
+pub async fn start_on(config: ServerConfig, storage: Box<dyn Storage>) -> TestServer {
     let (addr, incoming) = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let signal = async move {
         let _ = rx.await;
     };
-    let task =
-        tokio::spawn(server::run(incoming, signal, config, Box::new(MemoryStorage), Arc::new(TokioClock::new())));
+    let task = tokio::spawn(server::run(incoming, signal, config, storage, Arc::new(TokioClock::new())));
     let channel = channel(addr).await;
     TestServer {
         addr,
