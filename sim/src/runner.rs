@@ -30,6 +30,8 @@ const COMMAND_QUEUE_MAX: usize = 256;
 const ADMIN_WAIT_MAX: Duration = Duration::from_secs(15);
 /// A host with no delivery for this long counts as stalled.
 const STALL: Duration = Duration::from_secs(1);
+/// Times a broker host tries to start before its software gives up.
+const START_ATTEMPTS_MAX: u32 = 600;
 /// Where a broker keeps its file log on its simulated disk.
 const DATA_DIR: &str = "/data";
 /// Turmoil's torn-write block: a crash may keep any whole-block prefix of a pending write.
@@ -161,20 +163,35 @@ impl<'a> Driver<'a> {
                 let crashing = host_crashing.clone();
                 async move {
                     tokio::spawn(corrupter);
-                    let store: Box<dyn Storage> = match storage {
-                        Some(config) => Box::new(ObservedStorage {
-                            inner: FileStorage::open(Arc::new(disk), config)?,
-                            host: name.clone(),
-                            history: h.clone(),
-                            reported: 0,
-                        }),
-                        None => Box::new(MemoryStorage),
-                    };
-                    let net = SimNet { crashing: Some(crashing.clone()) };
-                    let (_, incoming) = net.bind(listen_addr(PORT)).await?;
-                    let shutdown = std::future::pending::<()>();
-                    server::run(incoming, shutdown, config, store, Arc::new(SimClock)).await?;
-                    Ok(())
+                    // A supervisor: a broker that cannot start (its disk is failing) is
+                    // started again a second later, as systemd would.
+                    for _ in 0..START_ATTEMPTS_MAX {
+                        let started = async {
+                            let store: Box<dyn Storage> = match storage.clone() {
+                                Some(config) => Box::new(ObservedStorage {
+                                    inner: FileStorage::open(Arc::new(disk.clone()), config)?,
+                                    host: name.clone(),
+                                    history: h.clone(),
+                                    reported: 0,
+                                }),
+                                None => Box::new(MemoryStorage),
+                            };
+                            let net = SimNet { crashing: Some(crashing.clone()) };
+                            let (_, incoming) = net.bind(listen_addr(PORT)).await?;
+                            let shutdown = std::future::pending::<()>();
+                            server::run(incoming, shutdown, config.clone(), store, Arc::new(SimClock)).await?;
+                            Ok::<(), Box<dyn std::error::Error>>(())
+                        };
+                        match started.await {
+                            Ok(()) => return Ok(()),
+                            Err(e) => {
+                                let text = format!("broker failed to start: {e}; starting again in 1 s");
+                                h.record(&name, Event::Step { text });
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                    Err(format!("{name} failed to start {START_ATTEMPTS_MAX} times").into())
                 }
             });
             disks.insert(broker.clone(), disk);

@@ -115,9 +115,14 @@ impl Net for SimNet {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE_MAX);
         let crashing = self.crashing.clone();
+        // The listener goes when the server drops its incoming stream, so it can bind again.
         tokio::spawn(async move {
             loop {
-                let accepted = listener.accept().await.map(|(stream, _)| SimConn::new(stream, None, crashing.clone()));
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => break,
+                };
+                let accepted = accepted.map(|(stream, _)| SimConn::new(stream, None, crashing.clone()));
                 if tx.send(accepted).await.is_err() {
                     break;
                 }
