@@ -252,10 +252,6 @@ impl FileLog {
         }
         Ok(())
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 /// Removes the segment files `bases` that follow a cut made while opening, noting each.

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::log::FileLog;
-pub use self::segment::Damage;
 use super::{FsyncPolicy, PartitionLog, Storage, StorageError};
 use crate::env::Fs;
 

@@ -71,7 +71,12 @@ impl Segment {
         let file = fs.open(&path, true).map_err(|e| io_error(&path, "create", e))?;
         file.set_len(0).map_err(|e| io_error(&path, "truncate", e))?;
         fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))?;
-        Ok(Self {
+        Ok(Self::empty(base, path, file))
+    }
+
+    /// A segment with no records known yet.
+    fn empty(base: u64, path: PathBuf, file: Box<dyn FsFile>) -> Self {
+        Self {
             base,
             end: base,
             size: 0,
@@ -81,7 +86,7 @@ impl Segment {
             path,
             file,
             index: Vec::new(),
-        })
+        }
     }
 
     /// Opens a segment and checks every record: CRC, framing, and that offsets run on from
@@ -90,17 +95,7 @@ impl Segment {
     pub fn scan(fs: &dyn Fs, path: &Path, base: u64) -> Result<(Self, Option<Damage>), StorageError> {
         let file = fs.open(path, false).map_err(|e| io_error(path, "open", e))?;
         let file_len = file.size().map_err(|e| io_error(path, "stat", e))?;
-        let mut segment = Self {
-            base,
-            end: base,
-            size: 0,
-            last_time_ms: None,
-            dirty: false,
-            cut_pending: false,
-            path: path.to_path_buf(),
-            file,
-            index: Vec::new(),
-        };
+        let mut segment = Self::empty(base, path.to_path_buf(), file);
         let damage = segment.scan_records(file_len)?;
         Ok((segment, damage))
     }
