@@ -182,7 +182,8 @@ async fn pull_then_unary_ack_nack_and_modify_deadline() {
         client.modify_ack_deadline(extend).await.unwrap().into_inner().confirmations[0].result(),
         pb::AckResult::Applied
     );
-    let nack = pb::NackRequest { subscription: "s".into(), ack_ids: vec![pulled[1].ack_id.clone()] };
+    let nack =
+        pb::NackRequest { subscription: "s".into(), ack_ids: vec![pulled[1].ack_id.clone()], ..Default::default() };
     assert_eq!(client.nack(nack).await.unwrap().into_inner().confirmations[0].result(), pb::AckResult::Applied);
     let again = client.pull(pb::PullRequest { subscription: "s".into(), max_messages: 10 }).await.unwrap();
     let again: Vec<(String, u32)> =

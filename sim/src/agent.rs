@@ -249,6 +249,7 @@ impl App {
                     topic,
                     ack_deadline_seconds: ack_deadline_s,
                     start_position: start(latest),
+                    ..Default::default()
                 };
                 (format!("sub create {sub}"), admin.create_subscription(req).await.map(drop))
             }

@@ -3,6 +3,7 @@
 use super::broker::Broker;
 use super::error::BrokerError;
 use super::name;
+use super::retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec};
 use super::subscription::{Cursor, StartPosition, Subscription};
 use super::topic::{visible_end, Topic};
 
@@ -29,6 +30,10 @@ pub struct SubscriptionSpec {
     pub topic: String,
     pub ack_deadline_ms: Option<u64>,
     pub start: StartPosition,
+    /// Backoff between redeliveries; `None` redelivers at once.
+    pub retry: Option<RetrySpec>,
+    /// Where messages go after too many attempts; `None` keeps redelivering them.
+    pub dead_letter: Option<DeadLetterSpec>,
 }
 
 /// A subscription as Admin reports it.
@@ -39,6 +44,8 @@ pub struct SubscriptionInfo {
     pub ack_deadline_ms: u64,
     pub start: StartPosition,
     pub ephemeral: bool,
+    pub retry: Option<RetryPolicy>,
+    pub dead_letter: Option<DeadLetterPolicy>,
 }
 
 /// Backlog and leases of a subscription.
@@ -50,6 +57,13 @@ pub struct SubscriptionStats {
     pub outstanding: u64,
     pub streams: u32,
     pub partitions: Vec<PartitionStats>,
+    /// Messages moved to the dead-letter topic since the subscription was made.
+    pub dead_lettered: u64,
+    /// Messages waiting out a retry backoff (part of the backlog).
+    pub delayed: u64,
+    /// Age of the oldest message not yet acked, by publish time and the wall clock the
+    /// driver last gave; `None` when nothing is waiting.
+    pub oldest_unacked_age_ms: Option<u64>,
 }
 
 /// One partition of [`SubscriptionStats`].
@@ -60,6 +74,11 @@ pub struct PartitionStats {
     pub end_offset: u64,
     pub backlog: u64,
     pub outstanding: u64,
+    /// `end_offset - committed_offset`: how far the ack floor trails the log, as Kafka's
+    /// consumer lag (acks above the floor do not shrink it; `backlog` counts those).
+    pub lag: u64,
+    /// Messages waiting out a retry backoff.
+    pub delayed: u64,
 }
 
 impl Broker {
@@ -139,6 +158,19 @@ impl Broker {
         if !subscriptions.is_empty() && !force {
             return Err(BrokerError::TopicInUse { topic: topic.to_string(), subscriptions });
         }
+        let dead_lettering: Vec<u64> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.dead_letter.as_ref().is_some_and(|p| p.topic == topic) && s.topic != topic)
+            .map(|s| s.uid)
+            .collect();
+        if !dead_lettering.is_empty() && !force {
+            let names = dead_lettering.iter().map(|uid| self.subscriptions[uid].name.clone()).collect();
+            return Err(BrokerError::DeadLetterTopicInUse { topic: topic.to_string(), subscriptions: names });
+        }
+        for uid in dead_lettering {
+            self.subscriptions.get_mut(&uid).expect("listed above").dead_letter = None;
+        }
         for sub in &subscriptions {
             self.delete_subscription(sub)?;
         }
@@ -176,6 +208,8 @@ impl Broker {
         if self.subscription_uids.contains_key(&spec.name) {
             return Err(BrokerError::SubscriptionExists { subscription: spec.name });
         }
+        let retry = spec.retry.map(|r| self.retry_policy(r)).transpose()?;
+        let dead_letter = spec.dead_letter.map(|d| self.dead_letter_policy(d, &spec.topic)).transpose()?;
         let t = self.topic(&spec.topic)?;
         if self.subscriptions.len() >= self.config.subscriptions_max {
             return Err(BrokerError::LimitReached {
@@ -205,6 +239,9 @@ impl Broker {
             members: Vec::new(),
             next_member: 0,
             next_partition: 0,
+            retry,
+            dead_letter,
+            dead_lettered: 0,
         };
         let info = subscription_info(&sub);
         self.topics.get_mut(&spec.topic).expect("topic checked above").subscriptions.insert(spec.name.clone());
@@ -217,6 +254,51 @@ impl Broker {
             }
         }
         Ok(info)
+    }
+
+    /// A retry policy with its defaults filled in, refused when out of range.
+    fn retry_policy(&self, spec: RetrySpec) -> Result<RetryPolicy, BrokerError> {
+        let max = self.config.nack_delay_max_ms;
+        let minimum_backoff_ms = spec.minimum_backoff_ms.unwrap_or(self.config.retry_minimum_backoff_ms);
+        let maximum_backoff_ms =
+            spec.maximum_backoff_ms.unwrap_or(self.config.retry_maximum_backoff_ms.max(minimum_backoff_ms));
+        if minimum_backoff_ms > max {
+            return Err(BrokerError::InvalidArgument {
+                field: "retry_policy.minimum_backoff",
+                reason: format!("{minimum_backoff_ms} ms; allowed is 0 to {max} ms (nack_delay_max_ms)"),
+            });
+        }
+        if !(minimum_backoff_ms..=max).contains(&maximum_backoff_ms) {
+            return Err(BrokerError::InvalidArgument {
+                field: "retry_policy.maximum_backoff",
+                reason: format!(
+                    "{maximum_backoff_ms} ms; allowed is minimum_backoff ({minimum_backoff_ms} ms) to {max} ms (nack_delay_max_ms)"
+                ),
+            });
+        }
+        Ok(RetryPolicy { minimum_backoff_ms, maximum_backoff_ms })
+    }
+
+    /// A dead-letter policy with its default filled in; the topic must exist and differ
+    /// from the subscription's own (a message would loop back to it).
+    fn dead_letter_policy(&self, spec: DeadLetterSpec, topic: &str) -> Result<DeadLetterPolicy, BrokerError> {
+        name::check("dead_letter_policy.dead_letter_topic", &spec.topic)?;
+        if spec.topic == topic {
+            return Err(BrokerError::InvalidArgument {
+                field: "dead_letter_policy.dead_letter_topic",
+                reason: format!("`{topic}` is the subscription's own topic; dead letters need a topic of their own"),
+            });
+        }
+        self.topic(&spec.topic)?;
+        let max = self.config.max_delivery_attempts_max;
+        let attempts = spec.max_delivery_attempts.unwrap_or(self.config.max_delivery_attempts);
+        if !(1..=max).contains(&attempts) {
+            return Err(BrokerError::InvalidArgument {
+                field: "dead_letter_policy.max_delivery_attempts",
+                reason: format!("{attempts}; allowed is 1 to {max} (0 = {})", self.config.max_delivery_attempts),
+            });
+        }
+        Ok(DeadLetterPolicy { topic: spec.topic, max_delivery_attempts: attempts })
     }
 
     pub fn subscription_info(&self, subscription: &str) -> Result<SubscriptionInfo, BrokerError> {
@@ -270,31 +352,39 @@ impl Broker {
         name::check("name", subscription)?;
         let sub = self.subscription_by_name(subscription)?;
         let topic = self.topic(&sub.topic)?;
-        let partitions: Vec<PartitionStats> = sub
-            .cursors
-            .iter()
-            .zip(&topic.logs)
-            .enumerate()
-            .map(|(p, (cursor, log))| {
-                let end = visible_end(log.as_ref(), self.after_sync);
-                let start = log.start_offset();
-                let committed = cursor.committed.max(start);
-                let acked_above = cursor.acked.range(committed..).count() as u64;
-                PartitionStats {
-                    partition: p as u32,
-                    committed_offset: committed,
-                    end_offset: end,
-                    backlog: end.saturating_sub(committed) - acked_above,
-                    outstanding: cursor.leased.range(start..).count() as u64,
+        let mut oldest_publish_ms: Option<u64> = None;
+        let mut partitions: Vec<PartitionStats> = Vec::with_capacity(sub.cursors.len());
+        for (p, (cursor, log)) in sub.cursors.iter().zip(&topic.logs).enumerate() {
+            let end = visible_end(log.as_ref(), self.after_sync);
+            let start = log.start_offset();
+            let committed = cursor.committed.max(start);
+            let acked_above = cursor.acked.range(committed..).count() as u64;
+            if committed < end {
+                // The floor is never acked: it is the oldest message still waiting.
+                if let Some(first) = log.read(committed, 1, 0).ok().and_then(|r| r.into_iter().next()) {
+                    let time = first.record.publish_time_ms;
+                    oldest_publish_ms = Some(oldest_publish_ms.map_or(time, |t| t.min(time)));
                 }
-            })
-            .collect();
+            }
+            partitions.push(PartitionStats {
+                partition: p as u32,
+                committed_offset: committed,
+                end_offset: end,
+                backlog: end.saturating_sub(committed) - acked_above,
+                outstanding: cursor.leased.range(start..).count() as u64,
+                lag: end.saturating_sub(committed),
+                delayed: cursor.delayed.range(start..).count() as u64,
+            });
+        }
         Ok(SubscriptionStats {
             name: sub.name.clone(),
             topic: sub.topic.clone(),
             backlog: partitions.iter().map(|p| p.backlog).sum(),
             outstanding: partitions.iter().map(|p| p.outstanding).sum(),
             streams: sub.members.len() as u32,
+            dead_lettered: sub.dead_lettered,
+            delayed: partitions.iter().map(|p| p.delayed).sum(),
+            oldest_unacked_age_ms: oldest_publish_ms.map(|t| self.wall_ms.saturating_sub(t)),
             partitions,
         })
     }
@@ -307,5 +397,7 @@ fn subscription_info(sub: &Subscription) -> SubscriptionInfo {
         ack_deadline_ms: sub.ack_deadline_ms,
         start: sub.start,
         ephemeral: sub.ephemeral,
+        retry: sub.retry,
+        dead_letter: sub.dead_letter.clone(),
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::config::BrokerConfig;
+use super::dead_letter::Transit;
 use super::delivery::{Output, StreamState};
 use super::error::BrokerError;
 use super::subscription::Subscription;
@@ -21,6 +22,14 @@ pub struct Broker {
     pub(super) streams: BTreeMap<StreamId, StreamState>,
     /// Every live lease by deadline: (deadline_ms, subscription uid, partition, offset).
     pub(super) deadlines: BTreeSet<(u64, u64, u32, u64)>,
+    /// Every backoff by end: (ready_ms, subscription uid, partition, offset).
+    pub(super) backoffs: BTreeSet<(u64, u64, u32, u64)>,
+    /// Dead-letter copies waiting for a sync (acknowledgement after fsync only).
+    pub(super) transits: Vec<Transit>,
+    /// Topics that got dead-letter copies during the current input, dispatched at its end.
+    pub(super) topics_to_dispatch: BTreeSet<String>,
+    /// The latest wall-clock time the driver gave (publish times of dead-letter copies).
+    pub(super) wall_ms: u64,
     pub(super) outputs: VecDeque<Output>,
     pub(super) next_topic_uid: u64,
     pub(super) next_subscription_uid: u64,
@@ -49,6 +58,10 @@ impl Broker {
             subscription_uids: BTreeMap::new(),
             streams: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            backoffs: BTreeSet::new(),
+            transits: Vec::new(),
+            topics_to_dispatch: BTreeSet::new(),
+            wall_ms: 0,
             outputs: VecDeque::new(),
             next_topic_uid: 1,
             next_subscription_uid: 1,
@@ -70,9 +83,28 @@ impl Broker {
         self.outputs.pop_front()
     }
 
-    /// When `handle_timeout` must next be called: the earliest lease deadline.
+    /// When `handle_timeout` must next be called: the earliest lease deadline or end of a
+    /// backoff.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.deadlines.first().map(|(deadline, ..)| *deadline)
+        let lease = self.deadlines.first().map(|(deadline, ..)| *deadline);
+        let backoff = self.backoffs.first().map(|(ready, ..)| *ready);
+        lease.into_iter().chain(backoff).min()
+    }
+
+    /// Tells the core the wall-clock time (milliseconds since the Unix epoch), which it
+    /// never reads itself: dead-letter copies are stamped with it. Call it before each
+    /// turn's inputs; a time earlier than one already given is ignored.
+    pub fn set_wall_ms(&mut self, wall_ms: u64) {
+        self.wall_ms = self.wall_ms.max(wall_ms);
+    }
+
+    /// Dispatches the topics that received dead-letter copies during this input.
+    pub(super) fn dispatch_dead_letters(&mut self, now_ms: u64) {
+        for topic in std::mem::take(&mut self.topics_to_dispatch) {
+            if self.topics.contains_key(&topic) {
+                self.dispatch_topic(now_ms, &topic);
+            }
+        }
     }
 
     pub(super) fn subscription_by_name(&self, name: &str) -> Result<&Subscription, BrokerError> {
@@ -93,12 +125,18 @@ impl Broker {
     /// Panics if any invariant is broken: cursors, lease index, stream accounting.
     pub fn assert_invariants(&self) {
         let mut leases = 0;
+        let mut backoffs = 0;
         let mut per_stream: BTreeMap<StreamId, (u32, u64)> = BTreeMap::new();
         for sub in self.subscriptions.values() {
             let topic = &self.topics[&sub.topic];
             assert_eq!(sub.cursors.len(), topic.logs.len(), "subscription {} cursor count", sub.name);
             for (partition, cursor) in sub.cursors.iter().enumerate() {
                 cursor.assert_invariants();
+                for (offset, ready) in &cursor.delayed {
+                    backoffs += 1;
+                    let key = (*ready, sub.uid, partition as u32, *offset);
+                    assert!(self.backoffs.contains(&key), "backoff {key:?} missing from the backoff index");
+                }
                 for (offset, lease) in &cursor.leased {
                     leases += 1;
                     let key = (lease.deadline_ms, sub.uid, partition as u32, *offset);
@@ -112,6 +150,7 @@ impl Broker {
             }
         }
         assert_eq!(leases, self.deadlines.len(), "deadline index has stale entries");
+        assert_eq!(backoffs, self.backoffs.len(), "backoff index has stale entries");
         for (id, stream) in &self.streams {
             let counted = per_stream.get(id).copied().unwrap_or_default();
             assert_eq!((stream.outstanding_messages, stream.outstanding_bytes), counted, "{id} outstanding");

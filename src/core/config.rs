@@ -28,6 +28,22 @@ pub struct BrokerConfig {
     pub ack_deadline_ms: u64,
     /// Longest lease a subscription or a ModifyAckDeadline may ask for.
     pub ack_deadline_max_ms: u64,
+    /// Backoff after the first failed delivery, for a retry policy that leaves it unset.
+    pub retry_minimum_backoff_ms: u64,
+    /// Longest backoff, for a retry policy that leaves it unset.
+    pub retry_maximum_backoff_ms: u64,
+    /// Longest backoff or nack delay anyone may ask for; more is INVALID_ARGUMENT.
+    pub nack_delay_max_ms: u64,
+    /// Longest nack reason (it travels with a dead-letter copy); longer is INVALID_ARGUMENT.
+    pub nack_reason_bytes_max: usize,
+    /// Deliveries before dead-lettering, for a dead-letter policy that leaves it unset.
+    pub max_delivery_attempts: u32,
+    /// Most deliveries a dead-letter policy may allow; more is INVALID_ARGUMENT.
+    pub max_delivery_attempts_max: u32,
+    /// How far behind its committed offset a redrive may put a message back, in offsets
+    /// (every offset between is remembered as acked); farther ones are left in the
+    /// dead-letter topic and reported.
+    pub redrive_rewind_offsets_max: u64,
     /// A stream's `max_outstanding_messages` when it asks for 0.
     pub max_outstanding_messages: u32,
     /// A stream's `max_outstanding_bytes` when it asks for 0.
@@ -61,6 +77,13 @@ impl Default for BrokerConfig {
             publish_batch_messages_max: 1000,
             ack_deadline_ms: 30_000,
             ack_deadline_max_ms: 600_000,
+            retry_minimum_backoff_ms: 1000,
+            retry_maximum_backoff_ms: 60_000,
+            nack_delay_max_ms: 600_000,
+            nack_reason_bytes_max: 1024,
+            max_delivery_attempts: 5,
+            max_delivery_attempts_max: 100,
+            redrive_rewind_offsets_max: 100_000,
             max_outstanding_messages: 1000,
             max_outstanding_bytes: 100 * 1024 * 1024,
             pull_messages_max: 1000,
@@ -104,6 +127,25 @@ impl BrokerConfig {
             "ack_deadline_ms",
             "1000 to ack_deadline_max_ms",
         )?;
+        check((1..=3_600_000).contains(&self.nack_delay_max_ms), "nack_delay_max_ms", "1 to 3600000")?;
+        check(
+            self.retry_maximum_backoff_ms <= self.nack_delay_max_ms,
+            "retry_maximum_backoff_ms",
+            "at most nack_delay_max_ms",
+        )?;
+        check(
+            self.retry_minimum_backoff_ms <= self.retry_maximum_backoff_ms,
+            "retry_minimum_backoff_ms",
+            "at most retry_maximum_backoff_ms",
+        )?;
+        check((1..=64 * 1024).contains(&self.nack_reason_bytes_max), "nack_reason_bytes_max", "1 to 65536")?;
+        check((1..=10_000).contains(&self.max_delivery_attempts_max), "max_delivery_attempts_max", "1 to 10000")?;
+        check(
+            (1..=self.max_delivery_attempts_max).contains(&self.max_delivery_attempts),
+            "max_delivery_attempts",
+            "1 to max_delivery_attempts_max",
+        )?;
+        check(self.redrive_rewind_offsets_max <= 10_000_000, "redrive_rewind_offsets_max", "0 to 10000000")?;
         check((1..=100_000).contains(&self.pull_messages_max), "pull_messages_max", "1 to 100000")?;
         check(
             (1..=self.pull_messages_max).contains(&self.max_outstanding_messages),

@@ -7,6 +7,7 @@ use super::broker::Broker;
 use super::error::BrokerError;
 use super::lease::{AckId, AckOp, AckOutcome, AckReply, Lease, StreamId};
 use super::name;
+use super::retry::Unacked;
 use super::subscription::StartPosition;
 use super::topic::visible_end;
 use crate::storage::{Record, StorageError};
@@ -137,7 +138,7 @@ impl Broker {
                 name::check("topic", &topic)?;
                 self.topic(&topic)?;
                 let name = format!("{}ephemeral.{}", name::RESERVED_PREFIX, self.next_ephemeral);
-                let spec = SubscriptionSpec { name: name.clone(), topic, ack_deadline_ms, start };
+                let spec = SubscriptionSpec { name: name.clone(), topic, ack_deadline_ms, start, ..Default::default() };
                 self.insert_subscription(spec, true)?;
                 self.next_ephemeral += 1;
                 self.subscription_uid(&name)?
@@ -179,17 +180,18 @@ impl Broker {
         }
         let mut released = Vec::new();
         for (partition, cursor) in sub.cursors.iter_mut().enumerate() {
-            let offsets: Vec<u64> =
-                cursor.leased.iter().filter(|(_, l)| l.stream == Some(stream)).map(|(o, _)| *o).collect();
-            for offset in offsets {
-                let lease = cursor.release(offset).expect("offset is leased");
-                released.push((lease.deadline_ms, uid, partition as u32, offset));
+            for (offset, lease) in cursor.leased.iter().filter(|(_, l)| l.stream == Some(stream)) {
+                released.push((lease.deadline_ms, uid, partition as u32, *offset));
             }
         }
-        for key in released {
-            self.deadlines.remove(&key);
+        for (deadline, uid, partition, offset) in released {
+            self.deadlines.remove(&(deadline, uid, partition, offset));
+            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
+            cursor.end_lease(offset).expect("offset is leased");
+            self.lease_ended(now_ms, uid, partition, offset, &Unacked::StreamClosed);
         }
         self.dispatch(now_ms, uid);
+        self.dispatch_dead_letters(now_ms);
     }
 
     /// Applies the acks, nacks and deadline changes that arrived on `stream`, in order.
@@ -201,12 +203,15 @@ impl Broker {
         ops: &[(AckOp, Vec<String>)],
     ) -> Result<Vec<AckReply>, BrokerError> {
         for (op, _) in ops {
-            self.check_deadline(*op)?;
+            self.check_deadline(op)?;
         }
         let Some(uid) = self.streams.get(&stream).map(|s| s.subscription_uid) else {
-            return Ok(ops.iter().flat_map(|(op, ids)| invalid_all(*op, ids)).collect());
+            return Ok(ops.iter().flat_map(|(op, ids)| invalid_all(op, ids)).collect());
         };
-        Ok(ops.iter().flat_map(|(op, ids)| self.apply_ack_op(now_ms, uid, *op, ids)).collect())
+        for (op, _) in ops {
+            self.check_terminal(uid, op)?;
+        }
+        Ok(ops.iter().flat_map(|(op, ids)| self.apply_ack_op(now_ms, uid, op, ids)).collect())
     }
 
     /// Applies acks, nacks or deadline changes for `subscription` (the unary calls).
@@ -218,33 +223,63 @@ impl Broker {
         ack_ids: &[String],
     ) -> Result<Vec<AckReply>, BrokerError> {
         name::check("subscription", subscription)?;
-        self.check_deadline(op)?;
+        self.check_deadline(&op)?;
         let uid = self.subscription_uid(subscription)?;
-        Ok(self.apply_ack_op(now_ms, uid, op, ack_ids))
+        self.check_terminal(uid, &op)?;
+        Ok(self.apply_ack_op(now_ms, uid, &op, ack_ids))
     }
 
-    /// Refuses a deadline change past `ack_deadline_max_ms`.
-    pub fn check_deadline(&self, op: AckOp) -> Result<(), BrokerError> {
+    /// Refuses a deadline change past `ack_deadline_max_ms`, a nack delay past
+    /// `nack_delay_max_ms` and a nack reason past `nack_reason_bytes_max`.
+    pub fn check_deadline(&self, op: &AckOp) -> Result<(), BrokerError> {
         let max = self.config.ack_deadline_max_ms;
+        let delay_max = self.config.nack_delay_max_ms;
+        let reason_max = self.config.nack_reason_bytes_max;
         match op {
-            AckOp::ModifyDeadline { deadline_ms } if deadline_ms > max => Err(BrokerError::InvalidArgument {
+            AckOp::ModifyDeadline { deadline_ms } if *deadline_ms > max => Err(BrokerError::InvalidArgument {
                 field: "ack_deadline_seconds",
                 reason: format!("{} s; allowed is 0 to {} s", deadline_ms / 1000, max / 1000),
             }),
+            AckOp::Nack { delay_ms: Some(delay), .. } if *delay > delay_max => Err(BrokerError::InvalidArgument {
+                field: "nack_delay",
+                reason: format!("{delay} ms; allowed is 0 to {delay_max} ms (nack_delay_max_ms)"),
+            }),
+            AckOp::Nack { reason: Some(reason), .. } if reason.len() > reason_max => {
+                Err(BrokerError::InvalidArgument {
+                    field: "nack_reason",
+                    reason: format!("{} bytes; the limit is nack_reason_bytes_max = {reason_max}", reason.len()),
+                })
+            }
             _ => Ok(()),
         }
     }
 
-    fn apply_ack_op(&mut self, now_ms: u64, uid: u64, op: AckOp, ack_ids: &[String]) -> Vec<AckReply> {
+    /// Refuses a terminal nack on a subscription with nowhere to put the message.
+    fn check_terminal(&self, uid: u64, op: &AckOp) -> Result<(), BrokerError> {
+        let sub = &self.subscriptions[&uid];
+        match op {
+            AckOp::Nack { terminal: true, .. } if sub.dead_letter.is_none() => {
+                Err(BrokerError::NoDeadLetterPolicy { subscription: sub.name.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_ack_op(&mut self, now_ms: u64, uid: u64, op: &AckOp, ack_ids: &[String]) -> Vec<AckReply> {
         let replies = ack_ids
             .iter()
-            .map(|text| AckReply { ack_id: text.clone(), op, outcome: self.apply_one(now_ms, uid, op, text) })
+            .map(|text| AckReply {
+                ack_id: text.clone(),
+                op: op.clone(),
+                outcome: self.apply_one(now_ms, uid, op, text),
+            })
             .collect();
         self.dispatch(now_ms, uid);
+        self.dispatch_dead_letters(now_ms);
         replies
     }
 
-    fn apply_one(&mut self, now_ms: u64, uid: u64, op: AckOp, text: &str) -> AckOutcome {
+    fn apply_one(&mut self, now_ms: u64, uid: u64, op: &AckOp, text: &str) -> AckOutcome {
         let Some(id) = AckId::parse(text) else { return AckOutcome::Invalid };
         let issued = self.next_lease_seq;
         let sub = self.subscriptions.get_mut(&uid).expect("caller resolved the subscription");
@@ -257,21 +292,33 @@ impl Broker {
             return AckOutcome::Expired;
         }
         let old_key = (lease.deadline_ms, uid, id.partition, id.offset);
-        let ended = match op {
-            AckOp::Ack => cursor.ack(id.offset),
-            AckOp::Nack | AckOp::ModifyDeadline { deadline_ms: 0 } => cursor.release(id.offset),
+        let unacked = match op {
+            AckOp::Ack => None,
+            AckOp::Nack { delay_ms, terminal, reason } => {
+                Some(Unacked::Nacked { delay_ms: *delay_ms, terminal: *terminal, reason: reason.clone() })
+            }
+            AckOp::ModifyDeadline { deadline_ms: 0 } => {
+                Some(Unacked::Nacked { delay_ms: None, terminal: false, reason: None })
+            }
             AckOp::ModifyDeadline { deadline_ms } => {
                 let lease = cursor.leased.get_mut(&id.offset).expect("lease found above");
-                lease.deadline_ms = now_ms.saturating_add(deadline_ms);
+                lease.deadline_ms = now_ms.saturating_add(*deadline_ms);
                 let new_key = (lease.deadline_ms, uid, id.partition, id.offset);
                 self.deadlines.remove(&old_key);
                 self.deadlines.insert(new_key);
                 return AckOutcome::Applied;
             }
         };
+        let ended = match unacked {
+            None => cursor.ack(id.offset),
+            Some(_) => cursor.end_lease(id.offset),
+        };
         let lease = ended.expect("lease found above");
         self.deadlines.remove(&old_key);
         self.uncount(&lease);
+        if let Some(why) = unacked {
+            self.lease_ended(now_ms, uid, id.partition, id.offset, &why);
+        }
         AckOutcome::Applied
     }
 
@@ -368,18 +415,21 @@ impl Broker {
         }
         for &(partition, offset) in &moves {
             let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
-            for (leased, lease) in cursor.reset(offset) {
+            let dropped = cursor.reset(offset);
+            for (leased, lease) in dropped.leases {
                 self.deadlines.remove(&(lease.deadline_ms, uid, partition, leased));
                 self.uncount(&lease);
             }
+            self.forget_backoffs(uid, partition, &dropped.delayed);
         }
         self.dispatch(now_ms, uid);
         let sub = &self.subscriptions[&uid];
         Ok(sub.cursors.iter().enumerate().map(|(p, c)| (p as u32, c.committed)).collect())
     }
 
-    /// Expires every lease whose deadline is at or before `now_ms`; the messages are
-    /// redelivered with the next attempt number.
+    /// Expires every lease whose deadline is at or before `now_ms` (the messages are
+    /// redelivered with the next attempt number, after their backoff, or dead-lettered),
+    /// and ends every backoff due by then.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         let mut touched = Vec::new();
         while let Some(&(deadline, uid, partition, offset)) = self.deadlines.first() {
@@ -389,17 +439,18 @@ impl Broker {
             self.deadlines.pop_first();
             let cursor = &mut self.subscriptions.get_mut(&uid).expect("indexed lease's subscription").cursors
                 [partition as usize];
-            let lease = cursor.release(offset).expect("indexed lease exists");
+            let lease = cursor.end_lease(offset).expect("indexed lease exists");
             self.uncount(&lease);
-            if touched.last() != Some(&uid) {
-                touched.push(uid);
-            }
+            self.lease_ended(now_ms, uid, partition, offset, &Unacked::Expired);
+            touched.push(uid);
         }
+        touched.extend(self.wake_backoffs(now_ms));
         touched.sort_unstable();
         touched.dedup();
         for uid in touched {
             self.dispatch(now_ms, uid);
         }
+        self.dispatch_dead_letters(now_ms);
     }
 
     /// Retention moved the start of `partition` to `start`: every subscription forgets the
@@ -409,10 +460,12 @@ impl Broker {
         for uid in uids {
             let cursor =
                 &mut self.subscriptions.get_mut(&uid).expect("attached subscription").cursors[partition as usize];
-            for (offset, lease) in cursor.skip_to_log_start(start) {
+            let dropped = cursor.skip_to_log_start(start);
+            for (offset, lease) in dropped.leases {
                 self.deadlines.remove(&(lease.deadline_ms, uid, partition, offset));
                 self.uncount(&lease);
             }
+            self.forget_backoffs(uid, partition, &dropped.delayed);
         }
     }
 
@@ -541,6 +594,9 @@ impl Broker {
             for (offset, lease) in &cursor.leased {
                 self.deadlines.remove(&(lease.deadline_ms, uid, partition as u32, *offset));
             }
+            for (offset, ready) in &cursor.delayed {
+                self.backoffs.remove(&(*ready, uid, partition as u32, *offset));
+            }
         }
         self.subscription_uids.remove(&sub.name);
         if let Some(topic) = self.topics.get_mut(&sub.topic) {
@@ -549,6 +605,6 @@ impl Broker {
     }
 }
 
-fn invalid_all(op: AckOp, ack_ids: &[String]) -> Vec<AckReply> {
-    ack_ids.iter().map(|id| AckReply { ack_id: id.clone(), op, outcome: AckOutcome::Invalid }).collect()
+fn invalid_all(op: &AckOp, ack_ids: &[String]) -> Vec<AckReply> {
+    ack_ids.iter().map(|id| AckReply { ack_id: id.clone(), op: op.clone(), outcome: AckOutcome::Invalid }).collect()
 }

@@ -32,6 +32,16 @@ pub enum BrokerError {
         "topic `{topic}` has subscriptions {subscriptions:?}; delete them first, or delete the topic with force = true to delete them with it"
     )]
     TopicInUse { topic: String, subscriptions: Vec<String> },
+    /// FAILED_PRECONDITION: a terminal nack on a subscription without a dead-letter policy.
+    #[error(
+        "nack_terminal: subscription `{subscription}` has no dead_letter_policy, so a terminal nack has nowhere to put the message; set a dead_letter_policy, or ack the message"
+    )]
+    NoDeadLetterPolicy { subscription: String },
+    /// FAILED_PRECONDITION: deleting a topic that subscriptions dead-letter into.
+    #[error(
+        "topic `{topic}` is the dead-letter topic of subscriptions {subscriptions:?}; change their dead_letter_policy first, or delete the topic with force = true to remove those policies"
+    )]
+    DeadLetterTopicInUse { topic: String, subscriptions: Vec<String> },
     /// RESOURCE_EXHAUSTED: a configured bound was reached.
     #[error("{what}: the limit is {limit_name} = {limit}")]
     LimitReached { what: String, limit_name: &'static str, limit: u64 },

@@ -55,6 +55,13 @@ impl AckId {
     }
 }
 
+impl AckOp {
+    /// A plain nack: redeliver after the subscription's backoff.
+    pub fn nack() -> AckOp {
+        AckOp::Nack { delay_ms: None, terminal: false, reason: None }
+    }
+}
+
 impl fmt::Display for AckId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}-{}-{}", self.subscription_uid, self.partition, self.offset, self.seq)
@@ -73,11 +80,17 @@ pub enum AckOutcome {
 }
 
 /// The three things a consumer can do to a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckOp {
     Ack,
-    /// Release for immediate redelivery.
-    Nack,
+    /// Give the message back: it is redelivered after `delay_ms` when given, else after the
+    /// subscription's backoff (at once without a retry policy). `terminal` dead-letters it
+    /// now (the subscription needs a dead-letter policy); `reason` goes with the copy.
+    Nack {
+        delay_ms: Option<u64>,
+        terminal: bool,
+        reason: Option<String>,
+    },
     /// Extend (or with 0, release) the lease to this many milliseconds from now.
     ModifyDeadline {
         deadline_ms: u64,

@@ -23,23 +23,27 @@
 mod admin;
 mod broker;
 mod config;
+mod dead_letter;
 mod delivery;
 mod error;
 mod lease;
 pub mod name;
 mod persist;
 mod publish;
+mod retry;
 mod subscription;
 mod topic;
 
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
 pub use broker::Broker;
 pub use config::BrokerConfig;
+pub use dead_letter::DEAD_LETTER_ATTRIBUTES;
 pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
 pub use error::BrokerError;
 pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
 pub use persist::SyncFailure;
 pub use publish::{OutgoingMessage, Published};
+pub use retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec, Unacked};
 pub use subscription::StartPosition;
 pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
@@ -47,5 +51,7 @@ pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 mod persist_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod retry_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use prost::Message;
 use super::broker::Broker;
 use super::config::BrokerConfig;
 use super::error::BrokerError;
+use super::retry::{DeadLetterPolicy, RetryPolicy};
 use super::subscription::{Cursor, StartPosition, Subscription};
 use super::topic::{visible_end, Topic};
 use crate::storage::{Retention, Storage, StorageError};
@@ -57,6 +58,31 @@ struct SubscriptionMeta {
     /// the committed offset back).
     #[prost(message, repeated, tag = "7")]
     acked: Vec<AckedRanges>,
+    /// The retry policy, when the subscription has one.
+    #[prost(message, optional, tag = "8")]
+    retry: Option<RetryMeta>,
+    /// The dead-letter policy, when the subscription has one.
+    #[prost(message, optional, tag = "9")]
+    dead_letter: Option<DeadLetterMeta>,
+    /// Messages dead-lettered so far (reported by stats).
+    #[prost(uint64, tag = "10")]
+    dead_lettered: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct RetryMeta {
+    #[prost(uint64, tag = "1")]
+    minimum_backoff_ms: u64,
+    #[prost(uint64, tag = "2")]
+    maximum_backoff_ms: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DeadLetterMeta {
+    #[prost(string, tag = "1")]
+    topic: String,
+    #[prost(uint32, tag = "2")]
+    max_delivery_attempts: u32,
 }
 
 /// Offsets as `[start, end)` pairs, flattened: start0, end0, start1, end1...
@@ -152,6 +178,15 @@ impl Broker {
                     members: Vec::new(),
                     next_member: 0,
                     next_partition: 0,
+                    retry: s.retry.as_ref().map(|r| RetryPolicy {
+                        minimum_backoff_ms: r.minimum_backoff_ms,
+                        maximum_backoff_ms: r.maximum_backoff_ms,
+                    }),
+                    dead_letter: s.dead_letter.as_ref().map(|d| DeadLetterPolicy {
+                        topic: d.topic.clone(),
+                        max_delivery_attempts: d.max_delivery_attempts,
+                    }),
+                    dead_lettered: s.dead_lettered,
                 },
             );
         }
@@ -180,6 +215,15 @@ impl Broker {
                 start_latest: s.start == StartPosition::Latest,
                 committed: s.cursors.iter().map(|c| c.committed).collect(),
                 acked: s.cursors.iter().map(|c| AckedRanges::of(&c.acked)).collect(),
+                retry: s.retry.map(|r| RetryMeta {
+                    minimum_backoff_ms: r.minimum_backoff_ms,
+                    maximum_backoff_ms: r.maximum_backoff_ms,
+                }),
+                dead_letter: s
+                    .dead_letter
+                    .as_ref()
+                    .map(|d| DeadLetterMeta { topic: d.topic.clone(), max_delivery_attempts: d.max_delivery_attempts }),
+                dead_lettered: s.dead_lettered,
             })
             .collect();
         let meta = Meta {
@@ -268,6 +312,9 @@ impl Broker {
             for topic in grown {
                 self.dispatch_topic(now_ms, &topic);
             }
+            for uid in self.settle_transits() {
+                self.dispatch(now_ms, uid);
+            }
         }
         failures
     }
@@ -277,6 +324,7 @@ impl Broker {
     /// storage fails on does not stop the others, and returns the first error after all
     /// have run.
     pub fn enforce_retention(&mut self, wall_ms: u64) -> Result<(), BrokerError> {
+        self.set_wall_ms(wall_ms);
         let Some(retention_ms) = self.config.partition_retention_ms else { return Ok(()) };
         let retention = Retention {
             max_bytes: self.config.partition_retention_bytes,

@@ -49,7 +49,8 @@ fn publish(b: &mut Broker, topic: &str, messages: Vec<OutgoingMessage>) -> Vec<P
 }
 
 fn subscribe(b: &mut Broker, name: &str, topic: &str, ack_deadline_ms: Option<u64>, start: StartPosition) {
-    let spec = SubscriptionSpec { name: name.into(), topic: topic.into(), ack_deadline_ms, start };
+    let spec =
+        SubscriptionSpec { name: name.into(), topic: topic.into(), ack_deadline_ms, start, ..Default::default() };
     b.create_subscription(spec).unwrap();
 }
 

@@ -110,7 +110,7 @@ fn run(ops: Vec<Op>) {
                 if let Some(i) = pick(m.deliveries.len(), delivery) {
                     let ack_op = match op {
                         Op::Ack { .. } => AckOp::Ack,
-                        Op::Nack { .. } => AckOp::Nack,
+                        Op::Nack { .. } => AckOp::nack(),
                         Op::Modify { seconds, .. } => AckOp::ModifyDeadline { deadline_ms: seconds * 1000 },
                         _ => unreachable!(),
                     };

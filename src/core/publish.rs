@@ -39,6 +39,7 @@ impl Broker {
         topic: &str,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<Published>, BrokerError> {
+        self.set_wall_ms(wall_ms);
         name::check("topic", topic)?;
         self.check_messages(&messages)?;
         let partitions = match self.topics.get(topic) {
@@ -171,7 +172,7 @@ impl Broker {
 }
 
 /// Appends one partition's share of a publish; returns the first offset.
-fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Result<u64, BrokerError> {
+pub(super) fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Result<u64, BrokerError> {
     // Publish times never decrease within a partition, so Seek by time can search.
     let last_time = match log.end_offset().checked_sub(1) {
         Some(last) if last >= log.start_offset() => {

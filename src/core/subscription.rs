@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::lease::{Lease, StreamId};
+use super::retry::{DeadLetterPolicy, RetryPolicy};
 
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,13 +33,21 @@ pub struct Subscription {
     pub next_member: usize,
     /// The next partition to take a message from, so partitions share the members fairly.
     pub next_partition: u32,
+    /// Backoff before a message whose lease ended unacked is offered again; `None`
+    /// redelivers at once.
+    pub retry: Option<RetryPolicy>,
+    /// Where messages go after too many attempts (or a terminal nack); `None` keeps
+    /// redelivering them.
+    pub dead_letter: Option<DeadLetterPolicy>,
+    /// Messages moved to the dead-letter topic since the subscription was created.
+    pub dead_lettered: u64,
 }
 
 /// A subscription's state on one partition.
 ///
-/// Every offset below `committed` is acknowledged. Every offset in `[committed, next)` is
-/// in exactly one of `acked`, `leased` and `pending`. Offsets from `next` on have never
-/// been delivered.
+/// Every offset below `committed` is acknowledged (or dead-lettered). Every offset in
+/// `[committed, next)` is in exactly one of `acked`, `leased`, `pending`, `delayed` and
+/// `in_transit`. Offsets from `next` on have never been delivered.
 #[derive(Debug, Default)]
 pub struct Cursor {
     /// The ack floor (the committed offset).
@@ -49,13 +58,30 @@ pub struct Cursor {
     pub acked: BTreeSet<u64>,
     /// Offsets leased out now.
     pub leased: BTreeMap<u64, Lease>,
-    /// Offsets whose lease ended without an ack, waiting for redelivery (lowest first).
+    /// Offsets whose lease ended without an ack, ready for redelivery (lowest first).
     pub pending: BTreeSet<u64>,
+    /// Offsets whose lease ended without an ack, waiting out a backoff: offset to the
+    /// time (monotonic ms) it becomes pending.
+    pub delayed: BTreeMap<u64, u64>,
+    /// Offsets copied to the dead-letter topic whose copy is not yet synced (acknowledgement
+    /// after fsync): they count as acked once it is, and come back as pending if the sync
+    /// fails, so a crash never loses a message that was neither acked nor dead-lettered.
+    pub in_transit: BTreeSet<u64>,
     /// Deliveries so far of each unacknowledged offset below `next`.
     pub attempts: BTreeMap<u64, u32>,
     /// One past the highest offset ever leased. It survives seeks, so an ack id from
     /// before a seek back is still recognised (as expired, not invalid).
     pub high: u64,
+}
+
+/// Leases and backoffs that a seek or retention ended, so the broker can take them out of
+/// its deadline and backoff indexes.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    /// (offset, lease).
+    pub leases: Vec<(u64, Lease)>,
+    /// (offset, ready_ms).
+    pub delayed: Vec<(u64, u64)>,
 }
 
 impl Cursor {
@@ -73,24 +99,27 @@ impl Cursor {
     }
 
     /// Forgets offsets that retention removed from the log: they can no longer be read, so
-    /// they count as gone, and their leases end (later acks of them are expired). Returns
-    /// the leases that ended.
-    pub fn skip_to_log_start(&mut self, start: u64) -> Vec<(u64, Lease)> {
+    /// they count as gone, and their leases and backoffs end (later acks of them are
+    /// expired). Returns what ended.
+    pub fn skip_to_log_start(&mut self, start: u64) -> Dropped {
         if self.committed >= start {
-            return Vec::new();
+            return Dropped::default();
         }
         let kept = self.leased.split_off(&start);
-        let dropped = std::mem::replace(&mut self.leased, kept).into_iter().collect();
+        let leases = std::mem::replace(&mut self.leased, kept).into_iter().collect();
+        let kept = self.delayed.split_off(&start);
+        let delayed = std::mem::replace(&mut self.delayed, kept).into_iter().collect();
         self.committed = start;
         self.next = self.next.max(start);
         self.pending = self.pending.split_off(&start);
+        self.in_transit = self.in_transit.split_off(&start);
         self.acked = self.acked.split_off(&start);
         self.attempts = self.attempts.split_off(&start);
         while self.acked.first() == Some(&self.committed) {
             self.acked.pop_first();
             self.committed += 1;
         }
-        dropped
+        Dropped { leases, delayed }
     }
 
     /// The next offset to deliver, redeliveries first; `None` when there is nothing.
@@ -114,31 +143,72 @@ impl Cursor {
         *attempt
     }
 
-    /// Ends the lease on `offset` without an ack: it waits for redelivery.
-    pub fn release(&mut self, offset: u64) -> Option<Lease> {
-        let lease = self.leased.remove(&offset)?;
+    /// Ends the lease on `offset` without deciding what comes next: the caller must put
+    /// the offset in `pending`, `delayed` or `in_transit` (see `Broker::lease_ended`).
+    pub fn end_lease(&mut self, offset: u64) -> Option<Lease> {
+        self.leased.remove(&offset)
+    }
+
+    /// `offset`, whose lease just ended, waits until `ready_ms` before it is offered again.
+    pub fn delay(&mut self, offset: u64, ready_ms: u64) {
+        assert!(!self.leased.contains_key(&offset), "delaying leased offset {offset}");
+        let previous = self.delayed.insert(offset, ready_ms);
+        assert!(previous.is_none(), "offset {offset} delayed twice");
+    }
+
+    /// A backoff ended: `offset` is ready for redelivery. False if it no longer waits
+    /// (a seek or retention took it away).
+    pub fn wake(&mut self, offset: u64) -> bool {
+        if self.delayed.remove(&offset).is_none() {
+            return false;
+        }
         self.pending.insert(offset);
-        Some(lease)
+        true
     }
 
     /// Ends the lease on `offset` with an ack, and moves the floor over acked offsets.
     pub fn ack(&mut self, offset: u64) -> Option<Lease> {
         let lease = self.leased.remove(&offset)?;
+        self.mark_acked(offset);
+        Some(lease)
+    }
+
+    /// Counts `offset` as done (acked, or dead-lettered and synced) and moves the floor.
+    pub fn mark_acked(&mut self, offset: u64) {
         self.attempts.remove(&offset);
         self.acked.insert(offset);
         while self.acked.first() == Some(&self.committed) {
             self.acked.pop_first();
             self.committed += 1;
         }
-        Some(lease)
     }
 
-    /// Moves the cursor to `offset` (a seek): drops every lease, ack and pending offset,
-    /// and returns the leases that ended.
-    pub fn reset(&mut self, offset: u64) -> Vec<(u64, Lease)> {
+    /// The dead-letter copy of `offset` is synced: it is done. False if a seek or
+    /// retention already took it away.
+    pub fn finish_transit(&mut self, offset: u64) -> bool {
+        if !self.in_transit.remove(&offset) {
+            return false;
+        }
+        self.mark_acked(offset);
+        true
+    }
+
+    /// The dead-letter copy of `offset` was lost (its sync failed): deliver it again.
+    pub fn abort_transit(&mut self, offset: u64) -> bool {
+        if !self.in_transit.remove(&offset) {
+            return false;
+        }
+        self.pending.insert(offset);
+        true
+    }
+
+    /// Moves the cursor to `offset` (a seek): drops every lease, ack, backoff and pending
+    /// offset, and returns the leases and backoffs that ended.
+    pub fn reset(&mut self, offset: u64) -> Dropped {
         let leases = std::mem::take(&mut self.leased).into_iter().collect();
+        let delayed = std::mem::take(&mut self.delayed).into_iter().collect();
         *self = Cursor { high: self.high, ..Cursor::at(offset) };
-        leases
+        Dropped { leases, delayed }
     }
 
     /// Panics if the cursor's invariants do not hold (debug builds and tests).
@@ -148,8 +218,17 @@ impl Cursor {
         assert!(self.acked.iter().all(|o| *o > self.committed && below(o)), "acked offset outside (committed, next)");
         assert!(self.pending.iter().all(below), "pending offset at or past next");
         assert!(self.leased.keys().all(below), "leased offset at or past next");
-        let overlap = self.pending.iter().any(|o| self.leased.contains_key(o) || self.acked.contains(o));
-        assert!(!overlap, "an offset is in two of pending, leased and acked");
+        assert!(self.delayed.keys().all(below), "delayed offset at or past next");
+        assert!(self.in_transit.iter().all(below), "in-transit offset at or past next");
+        let states = |o: &u64| {
+            [self.pending.contains(o), self.leased.contains_key(o), self.acked.contains(o)]
+                .into_iter()
+                .chain([self.delayed.contains_key(o), self.in_transit.contains(o)])
+                .filter(|in_state| *in_state)
+                .count()
+        };
+        let overlap = self.pending.iter().chain(self.delayed.keys()).chain(&self.in_transit).any(|o| states(o) > 1);
+        assert!(!overlap, "an offset is in two of pending, delayed, in transit, leased and acked");
     }
 }
 
@@ -179,7 +258,8 @@ mod tests {
         let mut c = Cursor::at(0);
         assert_eq!(c.lease(0, lease(1)), 1);
         c.lease(1, lease(2));
-        c.release(0).unwrap();
+        c.end_lease(0).unwrap();
+        c.pending.insert(0);
         assert_eq!(c.next_to_deliver(5), Some(0));
         assert_eq!(c.lease(0, lease(3)), 2);
         assert_eq!(c.next_to_deliver(5), Some(2));
@@ -192,7 +272,7 @@ mod tests {
         for offset in 0..7 {
             c.lease(offset, lease(offset));
         }
-        assert_eq!(c.skip_to_log_start(5).len(), 5);
+        assert_eq!(c.skip_to_log_start(5).leases.len(), 5);
         assert_eq!((c.committed, c.next), (5, 7));
         assert!(c.ack(0).is_none());
         c.assert_invariants();

@@ -100,7 +100,7 @@ fn nack_redelivers_at_once_with_next_attempt() {
     sub(&mut b, "s", "t");
     let s = open(&mut b, 0, "s", 0);
     let got = drain(&mut b);
-    let replies = b.stream_acks(5, s, &[(AckOp::Nack, vec![got[0].3.clone()])]).unwrap();
+    let replies = b.stream_acks(5, s, &[(AckOp::nack(), vec![got[0].3.clone()])]).unwrap();
     assert_eq!(replies[0].outcome, AckOutcome::Applied);
     let again = drain(&mut b);
     assert_eq!((again[0].1.as_str(), again[0].2), ("a", 2));
@@ -419,7 +419,7 @@ fn trace_of_a_session_with_two_members_expiry_and_nack() {
     step(&mut b, 10, format!("publish a1 b1 a2 x y -> {}", places.join(" ")), &mut trace);
     let outcome = b.stream_acks(20, w1, &[(AckOp::Ack, vec!["1-0-0-1".to_string()])]).unwrap();
     step(&mut b, 20, format!("{w1} ack 1-0-0-1 -> {:?}", outcome[0].outcome), &mut trace);
-    let outcome = b.stream_acks(30, w2, &[(AckOp::Nack, vec!["1-1-0-2".to_string()])]).unwrap();
+    let outcome = b.stream_acks(30, w2, &[(AckOp::nack(), vec!["1-1-0-2".to_string()])]).unwrap();
     step(&mut b, 30, format!("{w2} nack 1-1-0-2 -> {:?}", outcome[0].outcome), &mut trace);
     b.handle_timeout(5_010);
     step(&mut b, 5_010, "timeout".to_string(), &mut trace);

@@ -52,6 +52,8 @@ impl pb::admin_server::Admin for AdminService {
             topic: req.topic,
             ack_deadline_ms: wire::ack_deadline_ms(req.ack_deadline_seconds),
             start: wire::start_position("start_position", req.start_position)?,
+            retry: wire::retry_spec(req.retry_policy)?,
+            dead_letter: wire::dead_letter_spec(req.dead_letter_policy),
         };
         let info = self.driver.call(move |d| d.broker.create_subscription(spec)).await??;
         Ok(Response::new(wire::subscription(info)))

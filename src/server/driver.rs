@@ -157,6 +157,8 @@ impl Driver {
             tokio::select! {
                 job = jobs.recv() => {
                     let Some(job) = job else { break };
+                    let wall = self.wall_ms();
+                    self.broker.set_wall_ms(wall);
                     job(&mut self);
                     for _ in 1..JOBS_PER_TURN_MAX {
                         let Ok(job) = jobs.try_recv() else { break };
@@ -172,7 +174,8 @@ impl Driver {
     }
 
     fn handle_timers(&mut self) {
-        let now = self.now_ms();
+        let (now, wall) = (self.now_ms(), self.wall_ms());
+        self.broker.set_wall_ms(wall);
         self.broker.handle_timeout(now);
         if now >= self.next_interval_sync_ms {
             if let FsyncPolicy::IntervalMs(ms) = self.fsync {
@@ -331,7 +334,7 @@ impl Driver {
             return Err(stopped());
         }
         for (op, _) in &first_ops {
-            self.broker.check_deadline(*op)?;
+            self.broker.check_deadline(op)?;
         }
         let now = self.now_ms();
         let (stream, subscription) = self.broker.open_stream(now, target, flow)?;

@@ -90,7 +90,8 @@ impl pb::pub_sub_server::PubSub for PubSubService {
 
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let req = request.into_inner();
-        self.acks(req.subscription, AckOp::Nack, req.ack_ids).await
+        let op = wire::nack_op("delay", req.delay.as_ref(), &req.reason, req.terminal)?;
+        self.acks(req.subscription, op, req.ack_ids).await
     }
 
     async fn modify_ack_deadline(

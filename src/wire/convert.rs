@@ -2,13 +2,13 @@
 //! own shape (one form or the other, enum values, paired lists) happens here; the core
 //! validates meaning (names, sizes, ranges).
 
-use prost_types::Timestamp;
+use prost_types::{Duration, Timestamp};
 use tonic::Status;
 
 use super::pb;
 use crate::core::{
-    AckOp, AckOutcome, AckReply, Delivery, Flow, OutgoingMessage, Published, SeekTarget, StartPosition, StreamTarget,
-    SubscriptionInfo, SubscriptionStats, TopicInfo,
+    AckOp, AckOutcome, AckReply, DeadLetterPolicy, DeadLetterSpec, Delivery, Flow, OutgoingMessage, Published,
+    RetryPolicy, RetrySpec, SeekTarget, StartPosition, StreamTarget, SubscriptionInfo, SubscriptionStats, TopicInfo,
 };
 
 /// Most items one List call returns.
@@ -66,6 +66,54 @@ fn timestamp_ms(field: &str, t: &Timestamp) -> Result<u64, Status> {
     Ok(t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000)
 }
 
+/// Longest Duration accepted anywhere (ten years): past it, milliseconds could overflow.
+const DURATION_SECONDS_MAX: i64 = 10 * 366 * 24 * 3600;
+
+/// A Duration as milliseconds; negative or malformed ones are refused naming `field`.
+pub fn duration_ms(field: &str, d: &Duration) -> Result<u64, Status> {
+    if !(0..=DURATION_SECONDS_MAX).contains(&d.seconds) || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(invalid(field, "must be a duration from 0 to 10 years, with nanos in 0 to 999999999"));
+    }
+    Ok(d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000)
+}
+
+pub fn duration(ms: u64) -> Duration {
+    Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+/// A nack with its optional delay, reason and terminal flag (empty reason = none).
+pub fn nack_op(field: &str, delay: Option<&Duration>, reason: &str, terminal: bool) -> Result<AckOp, Status> {
+    let delay_ms = delay.map(|d| duration_ms(field, d)).transpose()?;
+    let reason = (!reason.is_empty()).then(|| reason.to_string());
+    Ok(AckOp::Nack { delay_ms, terminal, reason })
+}
+
+pub fn retry_spec(policy: Option<pb::RetryPolicy>) -> Result<Option<RetrySpec>, Status> {
+    let Some(p) = policy else { return Ok(None) };
+    Ok(Some(RetrySpec {
+        minimum_backoff_ms: p.minimum_backoff.map(|d| duration_ms("retry_policy.minimum_backoff", &d)).transpose()?,
+        maximum_backoff_ms: p.maximum_backoff.map(|d| duration_ms("retry_policy.maximum_backoff", &d)).transpose()?,
+    }))
+}
+
+pub fn dead_letter_spec(policy: Option<pb::DeadLetterPolicy>) -> Option<DeadLetterSpec> {
+    policy.map(|p| DeadLetterSpec {
+        topic: p.dead_letter_topic,
+        max_delivery_attempts: (p.max_delivery_attempts != 0).then_some(p.max_delivery_attempts),
+    })
+}
+
+fn retry_policy_pb(p: RetryPolicy) -> pb::RetryPolicy {
+    pb::RetryPolicy {
+        minimum_backoff: Some(duration(p.minimum_backoff_ms)),
+        maximum_backoff: Some(duration(p.maximum_backoff_ms)),
+    }
+}
+
+fn dead_letter_policy_pb(p: DeadLetterPolicy) -> pb::DeadLetterPolicy {
+    pb::DeadLetterPolicy { dead_letter_topic: p.topic, max_delivery_attempts: p.max_delivery_attempts }
+}
+
 pub fn received_message(d: Delivery) -> pb::ReceivedMessage {
     let record = d.record;
     pb::ReceivedMessage {
@@ -87,7 +135,7 @@ pub fn received_message(d: Delivery) -> pb::ReceivedMessage {
 pub fn ack_confirmation(reply: AckReply) -> pb::AckConfirmation {
     let operation = match reply.op {
         AckOp::Ack => pb::AckOperation::Ack,
-        AckOp::Nack => pb::AckOperation::Nack,
+        AckOp::Nack { .. } => pb::AckOperation::Nack,
         AckOp::ModifyDeadline { .. } => pb::AckOperation::ModifyDeadline,
     };
     let result = match reply.outcome {
@@ -158,7 +206,8 @@ pub fn stream_ack_ops(req: &pb::SubscribeRequest) -> Result<Vec<(AckOp, Vec<Stri
         ops.push((AckOp::Ack, req.ack_ids.clone()));
     }
     if !req.nack_ids.is_empty() {
-        ops.push((AckOp::Nack, req.nack_ids.clone()));
+        let nack = nack_op("nack_delay", req.nack_delay.as_ref(), &req.nack_reason, req.nack_terminal)?;
+        ops.push((nack, req.nack_ids.clone()));
     }
     for (id, s) in ids.iter().zip(seconds) {
         ops.push((AckOp::ModifyDeadline { deadline_ms: u64::from(*s) * 1000 }, vec![id.clone()]));
@@ -217,6 +266,8 @@ pub fn subscription(info: SubscriptionInfo) -> pb::Subscription {
         ack_deadline_seconds: (info.ack_deadline_ms / 1000) as u32,
         start_position: start_position_pb(info.start).into(),
         ephemeral: info.ephemeral,
+        retry_policy: info.retry.map(retry_policy_pb),
+        dead_letter_policy: info.dead_letter.map(dead_letter_policy_pb),
     }
 }
 
@@ -227,6 +278,9 @@ pub fn subscription_stats(stats: SubscriptionStats) -> pb::SubscriptionStats {
         backlog: stats.backlog,
         outstanding: stats.outstanding,
         streams: stats.streams,
+        dead_lettered: stats.dead_lettered,
+        delayed: stats.delayed,
+        oldest_unacked_age: stats.oldest_unacked_age_ms.map(duration),
         partitions: stats
             .partitions
             .into_iter()
@@ -236,6 +290,8 @@ pub fn subscription_stats(stats: SubscriptionStats) -> pb::SubscriptionStats {
                 end_offset: p.end_offset,
                 backlog: p.backlog,
                 outstanding: p.outstanding,
+                lag: p.lag,
+                delayed: p.delayed,
             })
             .collect(),
     }

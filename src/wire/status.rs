@@ -13,7 +13,9 @@ pub fn status_of(error: &BrokerError) -> Status {
         | BrokerError::PartitionOutOfRange { .. } => Code::InvalidArgument,
         BrokerError::TopicNotFound { .. } | BrokerError::SubscriptionNotFound { .. } => Code::NotFound,
         BrokerError::TopicExists { .. } | BrokerError::SubscriptionExists { .. } => Code::AlreadyExists,
-        BrokerError::TopicInUse { .. } => Code::FailedPrecondition,
+        BrokerError::TopicInUse { .. }
+        | BrokerError::NoDeadLetterPolicy { .. }
+        | BrokerError::DeadLetterTopicInUse { .. } => Code::FailedPrecondition,
         BrokerError::LimitReached { .. } => Code::ResourceExhausted,
         BrokerError::Storage(StorageError::Full(_)) => Code::ResourceExhausted,
         BrokerError::Storage(StorageError::Io(_)) => Code::Unavailable,
