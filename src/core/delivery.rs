@@ -512,7 +512,7 @@ impl Broker {
     /// Leases the next available message of the subscription (partitions in turn,
     /// redeliveries first within a partition) to `stream`, or to a puller when `None`.
     /// With a `budget`, a message whose encoded size would pass it is left where it is.
-    fn lease_next(
+    pub(super) fn lease_next(
         &mut self,
         now_ms: u64,
         uid: u64,

@@ -303,3 +303,98 @@ fn policies_and_the_dead_letter_count_survive_a_restart() {
     let stats = b.subscription_stats("s").unwrap();
     assert_eq!((stats.partitions[0].committed_offset, stats.dead_lettered), (1, 1));
 }
+
+/// `s` on `t` dead-letters into `dlq`, read by `dead`; `t` holds `count` messages.
+fn dead_letter_setup(b: &mut Broker, count: usize) {
+    b.create_topic("dlq", None).unwrap();
+    let messages = (0..count).map(|i| msg(&format!("m{i}"))).collect();
+    b.publish(0, 0, "t", messages).unwrap();
+    b.create_subscription(SubscriptionSpec { dead_letter: with_dead_letter("dlq", 5), ..spec("s", "t") }).unwrap();
+    b.create_subscription(spec("dead", "dlq")).unwrap();
+}
+
+/// Pulls everything from `s`, dead-letters the values in `dead`, acks the rest.
+fn settle(b: &mut Broker, dead: &[&str]) {
+    for (value, _, id) in pull(b, 0, "s") {
+        let op = if dead.contains(&value.as_str()) { terminal("bad") } else { AckOp::Ack };
+        assert_eq!(nack_with(b, 0, "s", &id, op), AckOutcome::Applied);
+    }
+}
+
+#[test]
+fn redrive_moves_dead_letters_back_with_attempts_starting_over() {
+    let mut b = broker();
+    dead_letter_setup(&mut b, 3);
+    b.create_subscription(spec("other", "t")).unwrap();
+    settle(&mut b, &["m1"]);
+    assert_eq!(b.subscription_stats("s").unwrap().partitions[0].committed_offset, 3);
+
+    let moved = b.redrive_dead_letters(0, "dead", 10).unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!((moved[0].source_subscription.as_str(), moved[0].offset, &moved[0].outcome), ("s", 1, &Ok(())));
+    b.assert_invariants();
+    let stats = b.subscription_stats("s").unwrap();
+    assert_eq!((stats.partitions[0].committed_offset, stats.backlog), (1, 1), "the floor moved back to it");
+    assert_eq!(b.subscription_stats("dead").unwrap().backlog, 0, "the copy was acked");
+    let again = pull(&mut b, 0, "s");
+    assert_eq!((again[0].0.as_str(), again[0].1), ("m1", 1));
+    b.acks(0, "s", AckOp::Ack, &[again[0].2.clone()]).unwrap();
+    assert_eq!(b.subscription_stats("s").unwrap().partitions[0].committed_offset, 3);
+    assert_eq!(b.subscription_stats("other").unwrap().backlog, 3, "other subscriptions see nothing new");
+    assert!(b.redrive_dead_letters(0, "dead", 10).unwrap().is_empty());
+}
+
+#[test]
+fn redrive_leaves_copies_it_cannot_move_and_says_why() {
+    let mut b = broker();
+    dead_letter_setup(&mut b, 1);
+    settle(&mut b, &["m0"]);
+    b.publish(0, 0, "dlq", vec![msg("not a copy")]).unwrap();
+    b.delete_subscription("s").unwrap();
+    let results = b.redrive_dead_letters(0, "dead", 10).unwrap();
+    b.assert_invariants();
+    let reasons: Vec<String> = results.iter().map(|r| r.outcome.clone().unwrap_err()).collect();
+    assert!(reasons[0].contains("subscription `s` no longer exists"), "{reasons:?}");
+    assert!(reasons[1].contains("not a dead-letter copy"), "{reasons:?}");
+    assert_eq!(b.subscription_stats("dead").unwrap().backlog, 2, "both copies stay");
+    assert_eq!(pull(&mut b, 0, "dead").len(), 2, "and are offered again at once");
+}
+
+#[test]
+fn redrive_refuses_to_rewind_past_its_bound() {
+    let config = BrokerConfig { redrive_rewind_offsets_max: 2, ..Default::default() };
+    let mut b = Broker::new(config, Box::new(MemoryStorage)).unwrap();
+    dead_letter_setup(&mut b, 5);
+    settle(&mut b, &["m0", "m3"]);
+    let results = b.redrive_dead_letters(0, "dead", 10).unwrap();
+    assert!(results[0].outcome.as_ref().unwrap_err().contains("redrive_rewind_offsets_max = 2"), "{results:?}");
+    assert_eq!((results[1].offset, &results[1].outcome), (3, &Ok(())));
+    b.assert_invariants();
+    assert_eq!(b.subscription_stats("s").unwrap().partitions[0].committed_offset, 3);
+}
+
+#[test]
+fn list_pending_says_where_each_unfinished_message_is_and_pages() {
+    let mut b = broker();
+    b.publish(0, 0, "t", (0..4).map(|i| msg(&format!("m{i}"))).collect()).unwrap();
+    b.create_subscription(SubscriptionSpec { retry: with_retry(5, 5), ..spec("s", "t") }).unwrap();
+    let got = pull(&mut b, 0, "s");
+    nack_with(&mut b, 1000, "s", &got[1].2, AckOp::nack());
+    nack_with(&mut b, 1000, "s", &got[2].2, AckOp::Nack { delay_ms: Some(0), terminal: false, reason: None });
+    b.acks(1000, "s", AckOp::Ack, &[got[3].2.clone()]).unwrap();
+
+    let (page, next) = b.list_pending(2000, "s", None, 2).unwrap();
+    let states: Vec<(u64, PendingState)> = page.iter().map(|m| (m.offset, m.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (0, PendingState::Leased { stream: None, expires_in_ms: 8000 }),
+            (1, PendingState::Backoff { ready_in_ms: 4000 }),
+        ]
+    );
+    assert_eq!((page[0].message_id.as_str(), page[0].delivery_attempts), ("1-0-0", 1));
+    assert_eq!(next, Some((0, 1)));
+    let (rest, next) = b.list_pending(2000, "s", next, 2).unwrap();
+    assert_eq!(rest.iter().map(|m| (m.offset, m.state)).collect::<Vec<_>>(), [(2, PendingState::Ready)]);
+    assert_eq!(next, None, "acked offset 3 is not pending");
+}

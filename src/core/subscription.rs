@@ -202,6 +202,41 @@ impl Cursor {
         true
     }
 
+    /// Puts a dead-lettered `offset` back for delivery (a redrive), with its attempts
+    /// starting over. Below the committed offset the floor moves back to it, and every
+    /// offset between is remembered as acked, at most `rewind_max` of them. Says why not
+    /// when it cannot.
+    pub fn reopen(&mut self, offset: u64, log_start: u64, rewind_max: u64) -> Result<(), String> {
+        if offset < log_start {
+            return Err(format!("offset {offset} was removed by retention (the log starts at {log_start})"));
+        }
+        let waiting = offset >= self.next
+            || self.pending.contains(&offset)
+            || self.delayed.contains_key(&offset)
+            || self.leased.contains_key(&offset)
+            || self.in_transit.contains(&offset);
+        if waiting {
+            return Err(format!("offset {offset} is already waiting for delivery"));
+        }
+        if offset < self.committed {
+            let behind = self.committed - offset;
+            if behind > rewind_max {
+                return Err(format!(
+                    "offset {offset} is {behind} behind the committed offset {}; the limit is redrive_rewind_offsets_max = {rewind_max}",
+                    self.committed
+                ));
+            }
+            self.acked.extend(offset + 1..self.committed);
+            self.committed = offset;
+        } else {
+            let was_acked = self.acked.remove(&offset);
+            assert!(was_acked, "offset {offset} in [committed, next) was in no state");
+        }
+        self.attempts.remove(&offset);
+        self.pending.insert(offset);
+        Ok(())
+    }
+
     /// Moves the cursor to `offset` (a seek): drops every lease, ack, backoff and pending
     /// offset, and returns the leases and backoffs that ended.
     pub fn reset(&mut self, offset: u64) -> Dropped {

@@ -101,4 +101,38 @@ impl pb::admin_server::Admin for AdminService {
         let stats = self.driver.call(move |d| d.broker.subscription_stats(&req.name)).await??;
         Ok(Response::new(wire::subscription_stats(stats)))
     }
+
+    async fn list_pending(&self, request: Request<pb::ListPendingRequest>) -> Reply<pb::ListPendingResponse> {
+        let req = request.into_inner();
+        let limit = wire::page_size(req.page_size)?;
+        let after = wire::pending_token(&req.page_token)?;
+        let (page, next, wall) = self
+            .driver
+            .call(move |d| {
+                let (now, wall) = (d.now_ms(), d.wall_ms());
+                d.broker.list_pending(now, &req.subscription, after, limit).map(|(page, next)| (page, next, wall))
+            })
+            .await??;
+        Ok(Response::new(pb::ListPendingResponse {
+            messages: page.into_iter().map(|m| wire::pending_message(m, wall)).collect(),
+            next_page_token: wire::pending_token_of(next),
+        }))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Reply<pb::RedriveDeadLettersResponse> {
+        let req = request.into_inner();
+        let results = self
+            .driver
+            .call(move |d| {
+                let now = d.now_ms();
+                d.broker.redrive_dead_letters(now, &req.subscription, req.max_messages)
+            })
+            .await??;
+        Ok(Response::new(pb::RedriveDeadLettersResponse {
+            results: results.into_iter().map(wire::redrive_result).collect(),
+        }))
+    }
 }

@@ -7,8 +7,9 @@ use tonic::Status;
 
 use super::pb;
 use crate::core::{
-    AckOp, AckOutcome, AckReply, DeadLetterPolicy, DeadLetterSpec, Delivery, Flow, OutgoingMessage, Published,
-    RetryPolicy, RetrySpec, SeekTarget, StartPosition, StreamTarget, SubscriptionInfo, SubscriptionStats, TopicInfo,
+    AckOp, AckOutcome, AckReply, DeadLetterPolicy, DeadLetterSpec, Delivery, Flow, OutgoingMessage, PendingMessage,
+    PendingState, Published, Redriven, RetryPolicy, RetrySpec, SeekTarget, StartPosition, StreamTarget,
+    SubscriptionInfo, SubscriptionStats, TopicInfo,
 };
 
 /// Most items one List call returns.
@@ -294,5 +295,55 @@ pub fn subscription_stats(stats: SubscriptionStats) -> pb::SubscriptionStats {
                 delayed: p.delayed,
             })
             .collect(),
+    }
+}
+
+/// A ListPending page token: `partition-offset` of the last row of the previous page.
+pub fn pending_token(token: &str) -> Result<Option<(u32, u64)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let parsed = token.split_once('-').and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)));
+    parsed.map(Some).ok_or_else(|| invalid("page_token", format!("`{token}` is not a token this server gave")))
+}
+
+pub fn pending_token_of(position: Option<(u32, u64)>) -> String {
+    position.map(|(p, o)| format!("{p}-{o}")).unwrap_or_default()
+}
+
+/// A pending row; times in the core's monotonic clock become wall-clock timestamps.
+pub fn pending_message(m: PendingMessage, wall_ms: u64) -> pb::PendingMessage {
+    let mut row = pb::PendingMessage {
+        message_id: m.message_id,
+        partition: m.partition,
+        offset: m.offset,
+        delivery_attempt: m.delivery_attempts,
+        ..Default::default()
+    };
+    let state = match m.state {
+        PendingState::Leased { stream, expires_in_ms } => {
+            row.member = stream.map_or_else(|| "pull".to_string(), |s| s.to_string());
+            row.lease_expiry = Some(timestamp(wall_ms.saturating_add(expires_in_ms)));
+            pb::PendingState::Leased
+        }
+        PendingState::Backoff { ready_in_ms } => {
+            row.retry_time = Some(timestamp(wall_ms.saturating_add(ready_in_ms)));
+            pb::PendingState::Backoff
+        }
+        PendingState::Ready => pb::PendingState::Ready,
+        PendingState::DeadLettering => pb::PendingState::DeadLettering,
+    };
+    row.state = state.into();
+    row
+}
+
+pub fn redrive_result(r: Redriven) -> pb::RedriveResult {
+    pb::RedriveResult {
+        message_id: r.message_id,
+        source_subscription: r.source_subscription,
+        partition: r.partition,
+        offset: r.offset,
+        redriven: r.outcome.is_ok(),
+        error: r.outcome.err().unwrap_or_default(),
     }
 }
