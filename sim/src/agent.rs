@@ -39,6 +39,10 @@ pub enum Command {
         topic: String,
         ack_deadline_s: u32,
         latest: bool,
+        /// Minimum and maximum backoff, when the subscription has a retry policy.
+        retry: Option<(Option<Duration>, Option<Duration>)>,
+        /// Dead-letter topic and max delivery attempts (0 = the broker default).
+        dead_letter: Option<(String, u32)>,
     },
     DeleteSub {
         sub: String,
@@ -47,12 +51,19 @@ pub enum Command {
         sub: String,
         latest: bool,
     },
+    /// Move up to `max` dead letters read by `sub` back to their subscriptions.
+    Redrive {
+        sub: String,
+        max: u32,
+    },
     Publish(PublishSpec),
     Subscribe {
         sub: String,
         ack: AckMode,
         ack_delay: Duration,
         max_outstanding: u32,
+        /// How its nacks are sent (`ack=nack`, `nack-all`, `reject`).
+        nack: NackSpec,
     },
     Disconnect,
     /// Ack the oldest held message (`all: false`) or every held message.
@@ -60,7 +71,7 @@ pub enum Command {
         all: bool,
     },
     /// Nack every held message.
-    Nack,
+    Nack(NackSpec),
     /// Change the deadline of every held message (they stay held).
     Modack {
         seconds: u32,
@@ -81,8 +92,34 @@ pub enum AckMode {
     None,
     /// Nack the first delivery, ack the redeliveries.
     Nack,
+    /// Nack every delivery: the message comes back until it is dead-lettered.
+    NackAll,
+    /// Nack every delivery as terminal: dead-lettered at once.
+    Reject,
     /// Hold every message until an `ack`, `nack` or `modack` step says what to do.
     Manual,
+}
+
+/// What a nack carries beside its ack id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NackSpec {
+    pub delay: Option<Duration>,
+    pub reason: String,
+    pub terminal: bool,
+}
+
+impl NackSpec {
+    fn request(&self, ack_id: String) -> pb::SubscribeRequest {
+        pb::SubscribeRequest {
+            nack_ids: vec![ack_id],
+            nack_delay: self
+                .delay
+                .map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
+            nack_reason: self.reason.clone(),
+            nack_terminal: self.terminal,
+            ..Default::default()
+        }
+    }
 }
 
 /// Messages a manual subscriber holds, oldest first, with the stream each came on.
@@ -139,10 +176,10 @@ pub async fn run(
                     let _ = tx.try_send(pb::SubscribeRequest { ack_ids: vec![ack_id], ..Default::default() });
                 }
             }
-            Command::Nack => {
+            Command::Nack(nack) => {
                 let taken: Vec<_> = held.lock().expect("held lock").drain(..).collect();
                 for (ack_id, tx) in taken {
-                    let _ = tx.try_send(pb::SubscribeRequest { nack_ids: vec![ack_id], ..Default::default() });
+                    let _ = tx.try_send(nack.request(ack_id));
                 }
             }
             Command::Modack { seconds } => {
@@ -160,9 +197,9 @@ pub async fn run(
                 let counters = counters.clone();
                 tokio::spawn(async move { app.publish(spec, &counters).await });
             }
-            Command::Subscribe { sub, ack, ack_delay, max_outstanding } => {
+            Command::Subscribe { sub, ack, ack_delay, max_outstanding, nack } => {
                 let numbers = counters.streams.clone();
-                let mode = Mode { ack, ack_delay, max_outstanding };
+                let mode = Mode { ack, ack_delay, max_outstanding, nack };
                 streams.push(tokio::spawn(async move { app.subscribe(sub, mode, numbers).await }));
             }
             Command::Drain { subs } => {
@@ -184,12 +221,13 @@ pub async fn run(
 }
 
 /// How a subscriber consumes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Mode {
     ack: AckMode,
     /// How long the subscriber works on a message before answering it.
     ack_delay: Duration,
     max_outstanding: u32,
+    nack: NackSpec,
 }
 
 struct App {
@@ -243,13 +281,22 @@ impl App {
                 let req = pb::DeleteTopicRequest { name: topic.clone(), force: true };
                 (format!("topic delete {topic}"), admin.delete_topic(req).await.map(drop))
             }
-            Command::CreateSub { sub, topic, ack_deadline_s, latest } => {
+            Command::CreateSub { sub, topic, ack_deadline_s, latest, retry, dead_letter } => {
+                let duration =
+                    |d: Duration| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 };
                 let req = pb::CreateSubscriptionRequest {
                     name: sub.clone(),
                     topic,
                     ack_deadline_seconds: ack_deadline_s,
                     start_position: start(latest),
-                    ..Default::default()
+                    retry_policy: retry.map(|(min, max)| pb::RetryPolicy {
+                        minimum_backoff: min.map(duration),
+                        maximum_backoff: max.map(duration),
+                    }),
+                    dead_letter_policy: dead_letter.map(|(topic, attempts)| pb::DeadLetterPolicy {
+                        dead_letter_topic: topic,
+                        max_delivery_attempts: attempts,
+                    }),
                 };
                 (format!("sub create {sub}"), admin.create_subscription(req).await.map(drop))
             }
@@ -265,6 +312,19 @@ impl App {
                 };
                 let req = pb::SeekRequest { subscription: sub.clone(), target: Some(target) };
                 (format!("seek {sub}"), pubsub.seek(req).await.map(drop))
+            }
+            Command::Redrive { sub, max } => {
+                let req = pb::RedriveDeadLettersRequest { subscription: sub.clone(), max_messages: max };
+                let answer = admin.redrive_dead_letters(req).await;
+                let answer = answer.map(|reply| {
+                    for r in reply.into_inner().results {
+                        let error = (!r.redriven).then_some(r.error);
+                        let (partition, offset) = (r.partition, r.offset);
+                        let source = r.source_subscription;
+                        self.record(Event::Redriven { dead: sub.clone(), sub: source, partition, offset, error });
+                    }
+                });
+                (format!("redrive {sub}"), answer)
             }
             other => unreachable!("not an admin command: {other:?}"),
         }
@@ -340,7 +400,7 @@ impl App {
             let code = match client.subscribe(ReceiverStream::new(rx)).await {
                 Ok(response) => {
                     self.record(Event::StreamOpened { sub: sub.clone(), stream });
-                    self.read_stream(&sub, stream, mode, &tx, response.into_inner()).await
+                    self.read_stream(&sub, stream, &mode, &tx, response.into_inner()).await
                 }
                 Err(status) => status.code(),
             };
@@ -356,7 +416,7 @@ impl App {
         &self,
         sub: &str,
         stream: u64,
-        mode: Mode,
+        mode: &Mode,
         tx: &mpsc::Sender<pb::SubscribeRequest>,
         mut inbound: tonic::Streaming<pb::SubscribeResponse>,
     ) -> Code {
@@ -377,9 +437,9 @@ impl App {
                         self.held.lock().expect("held lock").push_back((ack_id, tx.clone()));
                         continue;
                     }
-                    AckMode::Nack if attempt == 1 => {
-                        pb::SubscribeRequest { nack_ids: vec![ack_id.clone()], ..Default::default() }
-                    }
+                    AckMode::Nack if attempt == 1 => mode.nack.request(ack_id.clone()),
+                    AckMode::NackAll => mode.nack.request(ack_id.clone()),
+                    AckMode::Reject => NackSpec { terminal: true, ..mode.nack.clone() }.request(ack_id.clone()),
                     AckMode::All | AckMode::Nack => {
                         pb::SubscribeRequest { ack_ids: vec![ack_id.clone()], ..Default::default() }
                     }
@@ -421,6 +481,9 @@ impl App {
         let message = m.message.unwrap_or_default();
         let id = message.attributes.get("id").cloned().unwrap_or_default();
         let value = String::from_utf8_lossy(&message.value).into_owned();
+        let attribute = |name: &str| message.attributes.get(name).cloned();
+        let dead_letter = attribute("dead_letter_source_subscription")
+            .map(|from| (from, attribute("dead_letter_reason").unwrap_or_default()));
         let leased = Leased { id, partition: message.partition, offset: message.offset, attempt: m.delivery_attempt };
         self.record(Event::Delivered {
             id: leased.id.clone(),
@@ -430,6 +493,7 @@ impl App {
             offset: leased.offset,
             attempt: leased.attempt,
             value,
+            dead_letter,
         });
         (m.ack_id, leased)
     }

@@ -12,33 +12,173 @@ pub struct Check {
     pub detail: String,
 }
 
-/// Runs every check. `audited` maps each subscription that must see every acknowledged
-/// publish of its topic (created at the earliest position, never seeked or deleted) to
-/// that topic. With `loss_allowed` (a scenario that declares it, such as a crash of a
-/// broker on the memory log, or under `fsync=never`) lost messages are reported but do not
-/// fail the run, and neither do offsets that held a lost message and then a new one.
-pub fn check(
-    entries: &[Entry],
-    audited: &BTreeMap<String, String>,
-    loss_allowed: bool,
-    healed_at_ms: u64,
-    bound_ms: u64,
-) -> Vec<Check> {
-    let liveness = liveness(entries, audited, healed_at_ms, bound_ms);
+/// What the checker knows beside the history, from the scenario and the driver.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Each subscription that must see every acknowledged publish of its topic (created at
+    /// the earliest position, never seeked or deleted), and that topic.
+    pub audited: BTreeMap<String, String>,
+    /// The scenario declares loss (a crash of a broker on the memory log, or under
+    /// `fsync=never`): lost messages are reported but do not fail the run, and neither do
+    /// offsets that held a lost message and then a new one.
+    pub loss_allowed: bool,
+    /// When the last fault ended; liveness is measured from here, within `bound_ms`.
+    pub healed_at_ms: u64,
+    pub bound_ms: u64,
+    /// The retry policy of each subscription that has one.
+    pub retry: BTreeMap<String, RetryBounds>,
+    pub unsettled: Unsettled,
+}
+
+/// A subscription's retry policy, and the shortest explicit nack delay the scenario uses
+/// (which replaces the backoff for that redelivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBounds {
+    pub minimum_ms: u64,
+    pub maximum_ms: u64,
+    pub nack_delay_min_ms: Option<u64>,
+}
+
+impl RetryBounds {
+    /// The least time between delivery `attempt` and the next one.
+    fn least_gap_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64.checked_shl(attempt.saturating_sub(1)).unwrap_or(u64::MAX);
+        let backoff = self.minimum_ms.saturating_mul(factor).min(self.maximum_ms);
+        self.nack_delay_min_ms.map_or(backoff, |delay| backoff.min(delay))
+    }
+}
+
+/// When what a client sees may lag what the broker did: while faults were in place, and
+/// when a host disconnected its streams (their leases end at once, with no backoff).
+#[derive(Debug, Clone, Default)]
+pub struct Unsettled {
+    /// (from, to) in simulated milliseconds.
+    pub faults: Vec<(u64, u64)>,
+    /// (host, when).
+    pub disconnects: Vec<(String, u64)>,
+}
+
+/// Runs every check.
+pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
+    let audited = &context.audited;
+    let liveness = liveness(entries, audited, context.healed_at_ms, context.bound_ms);
     let mut lost = lost(entries, audited);
-    if loss_allowed && !lost.passed {
+    if context.loss_allowed && !lost.passed {
         lost = Check { name: "lost (allowed)", passed: true, detail: lost.detail };
     }
-    let offsets = inconsistent_offsets(entries, audited, loss_allowed);
+    let mut conservation = conservation(entries, audited);
+    if context.loss_allowed && !conservation.passed {
+        conservation = Check { name: "conservation (allowed)", passed: true, detail: conservation.detail };
+    }
+    let offsets = inconsistent_offsets(entries, audited, context.loss_allowed);
     vec![
         lost,
+        conservation,
         unexpected(entries),
         duplicated(entries),
         redelivered_after_ack(entries),
         out_of_order(entries),
         offsets,
+        backoff(entries, &context.retry, &context.unsettled),
         liveness,
     ]
+}
+
+/// Every acknowledged publish ends, on every audited subscription of its topic, either
+/// acked there or dead-lettered from there (a dead-letter copy of it was delivered on a
+/// subscription of the dead-letter topic, so scenarios that dead-letter read that topic).
+fn conservation(entries: &[Entry], audited: &BTreeMap<String, String>) -> Check {
+    let mut acked: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut dead: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for e in entries {
+        match &e.event {
+            Event::AckAnswered { id, sub, op, result, .. } if op == "ack" && result == "applied" => {
+                acked.insert((sub.as_str(), id.as_str()));
+            }
+            Event::Delivered { id, dead_letter: Some((from, _)), .. } => {
+                dead.insert((from.as_str(), id.as_str()));
+            }
+            _ => {}
+        }
+    }
+    let (mut finished, mut problems) = (0, Vec::new());
+    for e in entries {
+        let Event::Published { id, topic, .. } = &e.event else { continue };
+        for (sub, _) in audited.iter().filter(|(_, t)| *t == topic) {
+            let key = (sub.as_str(), id.as_str());
+            if acked.contains(&key) || dead.contains(&key) {
+                finished += 1;
+            } else {
+                problems.push(format!("{id} neither acked on {sub} nor dead-lettered from it"));
+            }
+        }
+    }
+    let dead_count = dead.iter().filter(|(sub, _)| audited.contains_key(*sub)).count();
+    result("conservation", problems, format!("{finished} acked or dead-lettered ({dead_count} dead-lettered)"))
+}
+
+/// On a subscription with a retry policy, delivery `n + 1` of a message comes no sooner
+/// than its backoff after delivery `n` arrived. Only pairs of deliveries the client saw in a
+/// settled stretch count (no fault in place, the earlier one's stream not ended, no seek,
+/// redrive or crash between), with a slack for the link's latency: the client's clock
+/// stands in for the broker's only there.
+fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: &Unsettled) -> Check {
+    /// turmoil's largest default link latency, twice: the earlier delivery's trip, and one
+    /// more for the order of events on the wire.
+    const LINK_SLACK_MS: u64 = 200;
+    if retry.is_empty() {
+        return Check { name: "backoff", passed: true, detail: "no subscription has a retry policy".to_string() };
+    }
+    struct Last<'e> {
+        attempt: u32,
+        at_ms: u64,
+        host: &'e str,
+        stream: u64,
+    }
+    let mut last: BTreeMap<(&str, &str), Last> = BTreeMap::new();
+    let mut ended: Vec<(&str, &str, u64, u64)> = Vec::new();
+    let (mut checked, mut tightest, mut problems) = (0, u64::MAX, Vec::new());
+    for e in entries {
+        match &e.event {
+            Event::Seeked { sub } | Event::Redriven { sub, .. } => last.retain(|(s, _), _| s != sub),
+            Event::Crashed { .. } => last.clear(),
+            Event::StreamFailed { sub, stream, .. } => ended.push((e.host.as_str(), sub.as_str(), *stream, e.at_ms)),
+            Event::Delivered { id, sub, stream, attempt, dead_letter: None, .. } => {
+                let Some(bounds) = retry.get(sub) else { continue };
+                let key = (sub.as_str(), id.as_str());
+                if let Some(prev) = last.get(&key).filter(|p| p.attempt + 1 == *attempt) {
+                    let window = (prev.at_ms.saturating_sub(LINK_SLACK_MS), e.at_ms);
+                    let faulted = unsettled.faults.iter().any(|&(from, to)| from <= window.1 && to >= window.0);
+                    let disconnected = unsettled
+                        .disconnects
+                        .iter()
+                        .any(|(h, at)| h == prev.host && (window.0..=window.1).contains(at));
+                    let stream_ended = ended.iter().any(|&(h, s, n, at)| {
+                        h == prev.host && s == *sub && n == prev.stream && (window.0..=window.1).contains(&at)
+                    });
+                    if !(faulted || disconnected || stream_ended) {
+                        let (gap, least) = (e.at_ms - prev.at_ms, bounds.least_gap_ms(prev.attempt));
+                        checked += 1;
+                        tightest = tightest.min((gap + LINK_SLACK_MS).saturating_sub(least));
+                        if gap + LINK_SLACK_MS < least {
+                            problems.push(format!(
+                                "{id} attempt {attempt} reached {sub} {gap} ms after attempt {}; its backoff is {least} ms",
+                                prev.attempt
+                            ));
+                        }
+                    }
+                }
+                last.insert(key, Last { attempt: *attempt, at_ms: e.at_ms, host: e.host.as_str(), stream: *stream });
+            }
+            _ => {}
+        }
+    }
+    let ok = if checked == 0 {
+        "no redelivery in a settled stretch to measure".to_string()
+    } else {
+        format!("{checked} redeliveries waited out their backoff (closest by {tightest} ms)")
+    };
+    result("backoff", problems, ok)
 }
 
 /// After the last heal (`healed_at_ms`), every acknowledged publish not yet delivered to an
@@ -145,9 +285,12 @@ fn duplicated(entries: &[Entry]) -> Check {
     let mut stored: BTreeMap<&str, BTreeSet<(u32, u64)>> = BTreeMap::new();
     for e in entries {
         match &e.event {
-            Event::Delivered { id, sub, partition, offset, .. } => {
+            Event::Delivered { id, sub, partition, offset, dead_letter, .. } => {
                 *deliveries.entry((sub.as_str(), *partition, *offset)).or_default() += 1;
-                stored.entry(id.as_str()).or_default().insert((*partition, *offset));
+                // A dead-letter copy is stored in another topic on purpose.
+                if dead_letter.is_none() {
+                    stored.entry(id.as_str()).or_default().insert((*partition, *offset));
+                }
             }
             Event::Published { id, partition, offset, .. } => {
                 stored.entry(id.as_str()).or_default().insert((*partition, *offset));
@@ -238,7 +381,9 @@ fn out_of_order(entries: &[Entry]) -> Check {
     let mut last: BTreeMap<(&str, &str, u64, u32), u64> = BTreeMap::new();
     let mut problems = Vec::new();
     for e in entries {
-        if let Event::Seeked { sub: seeked } = &e.event {
+        // A seek starts over, and so does a redrive: the message it brings back comes with
+        // attempt 1 at its old offset.
+        if let Event::Seeked { sub: seeked } | Event::Redriven { sub: seeked, .. } = &e.event {
             last.retain(|(_, s, ..), _| s != seeked);
         }
         if let Event::Delivered { sub, stream, partition, offset, attempt: 1, .. } = &e.event {

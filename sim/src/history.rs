@@ -13,13 +13,26 @@ pub enum Event {
     Published { id: String, topic: String, partition: u32, offset: u64 },
     /// The publish failed; `definite` when the broker certainly did not store it.
     PublishFailed { id: String, code: String, definite: bool },
-    /// A message arrived on a subscription.
-    Delivered { id: String, sub: String, stream: u64, partition: u32, offset: u64, attempt: u32, value: String },
+    /// A message arrived on a subscription; a dead-letter copy names the subscription that
+    /// gave up on it and why.
+    Delivered {
+        id: String,
+        sub: String,
+        stream: u64,
+        partition: u32,
+        offset: u64,
+        attempt: u32,
+        value: String,
+        dead_letter: Option<(String, String)>,
+    },
     /// The broker answered an ack or a nack (`op`) of delivery `attempt` of the message
     /// stored at `partition`/`offset`.
     AckAnswered { id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32, result: String },
     /// A subscription was moved by a seek: what it replays afterwards is not a redelivery.
     Seeked { sub: String },
+    /// A redrive read dead letters from `dead`: the message at `partition`/`offset` went
+    /// back to `sub` (its attempts start over), or stayed (`error` says why).
+    Redriven { dead: String, sub: String, partition: u32, offset: u64, error: Option<String> },
     /// A stream opened (or reopened).
     StreamOpened { sub: String, stream: u64 },
     /// A stream ended with an error.
@@ -91,11 +104,21 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
             let kind = if *definite { "definite" } else { "indeterminate" };
             format!("publish {id} failed: {code} ({kind})")
         }
-        Event::Delivered { id, sub, stream, partition, offset, attempt, .. } => {
-            format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}")
+        Event::Delivered { id, sub, stream, partition, offset, attempt, dead_letter, .. } => {
+            let line = format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}");
+            match dead_letter {
+                Some((from, reason)) => format!("{line}, dead-lettered from {from} ({reason})"),
+                None => line,
+            }
         }
         Event::AckAnswered { id, sub, op, result, .. } => format!("{op} {id} on {sub}: {result}"),
         Event::Seeked { sub } => format!("seeked {sub}"),
+        Event::Redriven { dead, sub, partition, offset, error: None } => {
+            format!("redrive {dead}: p{partition}@{offset} back to {sub}")
+        }
+        Event::Redriven { dead, sub, partition, offset, error: Some(error) } => {
+            format!("redrive {dead}: p{partition}@{offset} of {sub} stays: {error}")
+        }
         Event::StreamOpened { sub, stream } => format!("subscribed to {sub}#{stream}"),
         Event::StreamFailed { sub, stream, code } => format!("stream {sub}#{stream} ended: {code}"),
         Event::AdminFailed { what, code } => format!("{what} failed: {code}"),

@@ -11,7 +11,7 @@ use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemorySt
 use rand::{RngExt, SeedableRng};
 use tokio::sync::{mpsc, Mutex};
 
-use crate::agent::{self, AckMode, Command, Counters, PublishSpec, PORT};
+use crate::agent::{self, AckMode, Command, Counters, NackSpec, PublishSpec, PORT};
 use crate::checker;
 use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
 use crate::history::{render, Entry, Event, History};
@@ -87,7 +87,16 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let entries = driver.history.entries();
     let loss_allowed = scenario.config.get("loss").is_some_and(|l| l == "allowed");
     let bound_ms = DRAIN.as_millis() as u64;
-    let checks = checker::check(&entries, &audited(scenario), loss_allowed, healed_at_ms, bound_ms);
+    let settled = checker::Unsettled { faults: driver.fault_windows.clone(), disconnects: driver.disconnects.clone() };
+    let context = checker::Context {
+        audited: audited(scenario),
+        loss_allowed,
+        healed_at_ms,
+        bound_ms,
+        retry: retry_bounds(scenario),
+        unsettled: settled,
+    };
+    let checks = checker::check(&entries, &context);
     failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
     let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
@@ -112,6 +121,10 @@ struct Driver<'a> {
     open_faults: Vec<(String, String, Vec<String>, u64)>,
     /// When the last fault ended, while none is in place: liveness is measured from here.
     calm_since_ms: Option<u64>,
+    /// When faults were in place: (first began, last ended; `u64::MAX` while open).
+    fault_windows: Vec<(u64, u64)>,
+    /// `disconnect` steps: (host, when).
+    disconnects: Vec<(String, u64)>,
     /// Faults applied, in order.
     faults: Vec<String>,
     ack_deadline_s: u32,
@@ -223,6 +236,8 @@ impl<'a> Driver<'a> {
             admin_sent: 0,
             open_faults: Vec::new(),
             calm_since_ms: Some(0),
+            fault_windows: Vec::new(),
+            disconnects: Vec::new(),
             brokers: scenario.brokers.clone(),
             touched: Vec::new(),
             crashed: Vec::new(),
@@ -354,8 +369,18 @@ impl<'a> Driver<'a> {
         let calm = self.open_faults.is_empty() && self.crashed.is_empty();
         self.calm_since_ms = match (calm, self.calm_since_ms) {
             (true, Some(since)) => Some(since),
-            (true, None) => Some(self.now_ms()),
-            (false, _) => None,
+            (true, None) => {
+                let now = self.now_ms();
+                if let Some(window) = self.fault_windows.last_mut() {
+                    window.1 = now;
+                }
+                Some(self.now_ms())
+            }
+            (false, Some(_)) => {
+                self.fault_windows.push((self.now_ms(), u64::MAX));
+                None
+            }
+            (false, None) => None,
         };
         tracked?;
         applied
@@ -373,15 +398,24 @@ impl<'a> Driver<'a> {
             Verb::SubCreate => {
                 let ack_deadline_s =
                     step.option("ack_deadline").and_then(duration).map_or(self.ack_deadline_s, |d| d.as_secs() as u32);
+                let (min, max) = (step.option("min_backoff"), step.option("max_backoff"));
+                let retry = (min.is_some() || max.is_some()).then(|| (min.and_then(duration), max.and_then(duration)));
+                let attempts = step.option("max_attempts").and_then(|a| a.parse().ok()).unwrap_or(0);
                 let command = Command::CreateSub {
                     sub: step.arg("sub").into(),
                     topic: step.option("topic").unwrap_or(step.arg("sub")).into(),
                     ack_deadline_s,
                     latest: step.option("start") == Some("latest"),
+                    retry,
+                    dead_letter: step.option("dead_letter").map(|topic| (topic.to_string(), attempts)),
                 };
                 self.admin_step(command)?;
             }
             Verb::SubDelete => self.admin_step(Command::DeleteSub { sub: step.arg("sub").into() })?,
+            Verb::Redrive => {
+                let max = step.option("max").and_then(|m| m.parse().ok()).unwrap_or(0);
+                self.admin_step(Command::Redrive { sub: step.arg("sub").into(), max })?;
+            }
             Verb::Seek => {
                 self.admin_step(Command::Seek { sub: step.arg("sub").into(), latest: step.arg("to") == "latest" })?;
             }
@@ -402,20 +436,38 @@ impl<'a> Driver<'a> {
                 let ack = match step.option("ack") {
                     Some("none") => AckMode::None,
                     Some("nack") => AckMode::Nack,
+                    Some("nack-all") => AckMode::NackAll,
+                    Some("reject") => AckMode::Reject,
                     Some("manual") => AckMode::Manual,
                     _ => AckMode::All,
+                };
+                let nack = NackSpec {
+                    delay: step.option("nack_delay").and_then(duration),
+                    reason: step.option("reason").unwrap_or_default().to_string(),
+                    terminal: false,
                 };
                 let command = Command::Subscribe {
                     sub: step.arg("sub").into(),
                     ack,
                     ack_delay: step.option("ack_delay").and_then(duration).unwrap_or_default(),
                     max_outstanding: step.option("max").and_then(|m| m.parse().ok()).unwrap_or(0),
+                    nack,
                 };
                 self.send(step.arg("host"), command);
             }
-            Verb::Disconnect => self.send(step.arg("host"), Command::Disconnect),
+            Verb::Disconnect => {
+                self.disconnects.push((step.arg("host").to_string(), self.now_ms()));
+                self.send(step.arg("host"), Command::Disconnect);
+            }
             Verb::Ack => self.send(step.arg("host"), Command::Ack { all: step.arg("which") == "all" }),
-            Verb::Nack => self.send(step.arg("host"), Command::Nack),
+            Verb::Nack => {
+                let nack = NackSpec {
+                    delay: step.option("delay").and_then(duration),
+                    reason: step.option("reason").unwrap_or_default().to_string(),
+                    terminal: step.option("terminal") == Some("true"),
+                };
+                self.send(step.arg("host"), Command::Nack(nack));
+            }
             Verb::Modack => {
                 let seconds = duration(step.arg("deadline")).unwrap_or_default().as_secs() as u32;
                 self.send(step.arg("host"), Command::Modack { seconds });
@@ -608,9 +660,40 @@ impl<'a> Driver<'a> {
             self.sim.bounce(host.as_str());
             self.history.record_at(self.now_ms(), "driver", Event::Restarted { host });
         }
+        let now = self.now_ms();
+        if let Some(window) = self.fault_windows.last_mut().filter(|w| w.1 == u64::MAX) {
+            window.1 = now;
+        }
         self.note("heal everything and drain".to_string());
         idle
     }
+}
+
+/// The retry policy of every subscription that has one, as the scenario declares it (the
+/// broker's defaults fill what it leaves out), and the shortest nack delay any step gives.
+fn retry_bounds(scenario: &Scenario) -> BTreeMap<String, checker::RetryBounds> {
+    let ms = |d: Option<&str>| d.and_then(duration).map(|d| d.as_millis() as u64);
+    let mut nack_delay_min: Option<u64> = None;
+    for step in &scenario.steps {
+        for delay in [ms(step.option("nack_delay")), ms(step.option("delay")).filter(|_| step.verb == Verb::Nack)] {
+            nack_delay_min = match (nack_delay_min, delay) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    let mut bounds = BTreeMap::new();
+    for step in scenario.steps.iter().filter(|s| s.verb == Verb::SubCreate) {
+        let (min, max) = (ms(step.option("min_backoff")), ms(step.option("max_backoff")));
+        if min.is_none() && max.is_none() {
+            continue;
+        }
+        let minimum_ms = min.unwrap_or(1000);
+        let maximum_ms = max.unwrap_or(60_000.max(minimum_ms));
+        let sub = step.arg("sub").to_string();
+        bounds.insert(sub, checker::RetryBounds { minimum_ms, maximum_ms, nack_delay_min_ms: nack_delay_min });
+    }
+    bounds
 }
 
 /// Subscriptions that must see every acknowledged publish of their topic: created at the

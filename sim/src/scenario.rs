@@ -73,6 +73,7 @@ pub enum Verb {
     Nack,
     Modack,
     Seek,
+    Redrive,
     Partition,
     Heal,
     Hold,
@@ -108,10 +109,19 @@ struct Spec {
 }
 
 const START: Kind = Kind::OneOf(&["earliest", "latest"]);
-const ACK_MODE: Kind = Kind::OneOf(&["all", "none", "nack", "manual"]);
+const ACK_MODE: Kind = Kind::OneOf(&["all", "none", "nack", "nack-all", "reject", "manual"]);
 const WHAT: Kind = Kind::OneOf(&["received", "acked", "expired", "error", "stalled"]);
-const CHECKS: Kind =
-    Kind::OneOf(&["all", "lost", "unexpected", "order", "offsets", "redelivered-after-ack", "liveness"]);
+const CHECKS: Kind = Kind::OneOf(&[
+    "all",
+    "lost",
+    "unexpected",
+    "order",
+    "offsets",
+    "redelivered-after-ack",
+    "liveness",
+    "conservation",
+    "backoff",
+]);
 
 const SPECS: &[Spec] = &[
     Spec {
@@ -125,7 +135,15 @@ const SPECS: &[Spec] = &[
         words: &["sub", "create"],
         verb: Verb::SubCreate,
         positionals: &[("sub", Kind::Name)],
-        options: &[("topic", Kind::Name), ("ack_deadline", Kind::Dur), ("start", START)],
+        options: &[
+            ("topic", Kind::Name),
+            ("ack_deadline", Kind::Dur),
+            ("start", START),
+            ("min_backoff", Kind::Dur),
+            ("max_backoff", Kind::Dur),
+            ("dead_letter", Kind::Name),
+            ("max_attempts", Kind::Count),
+        ],
     },
     Spec { words: &["sub", "delete"], verb: Verb::SubDelete, positionals: &[("sub", Kind::Name)], options: &[] },
     Spec {
@@ -145,7 +163,13 @@ const SPECS: &[Spec] = &[
         words: &["subscribe"],
         verb: Verb::Subscribe,
         positionals: &[("host", Kind::Host), ("sub", Kind::Name)],
-        options: &[("ack", ACK_MODE), ("ack_delay", Kind::Dur), ("max", Kind::Count)],
+        options: &[
+            ("ack", ACK_MODE),
+            ("ack_delay", Kind::Dur),
+            ("max", Kind::Count),
+            ("nack_delay", Kind::Dur),
+            ("reason", Kind::Text),
+        ],
     },
     Spec { words: &["disconnect"], verb: Verb::Disconnect, positionals: &[("host", Kind::Host)], options: &[] },
     Spec {
@@ -154,12 +178,23 @@ const SPECS: &[Spec] = &[
         positionals: &[("host", Kind::Host), ("which", Kind::OneOf(&["next", "all"]))],
         options: &[],
     },
-    Spec { words: &["nack"], verb: Verb::Nack, positionals: &[("host", Kind::Host)], options: &[] },
+    Spec {
+        words: &["nack"],
+        verb: Verb::Nack,
+        positionals: &[("host", Kind::Host)],
+        options: &[("delay", Kind::Dur), ("reason", Kind::Text), ("terminal", Kind::OneOf(&["true", "false"]))],
+    },
     Spec {
         words: &["modack"],
         verb: Verb::Modack,
         positionals: &[("host", Kind::Host), ("deadline", Kind::Dur)],
         options: &[],
+    },
+    Spec {
+        words: &["redrive"],
+        verb: Verb::Redrive,
+        positionals: &[("sub", Kind::Name)],
+        options: &[("max", Kind::Count)],
     },
     Spec { words: &["seek"], verb: Verb::Seek, positionals: &[("sub", Kind::Name), ("to", START)], options: &[] },
     Spec {
