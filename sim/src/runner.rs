@@ -87,7 +87,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let entries = driver.history.entries();
     let loss_allowed = scenario.config.get("loss").is_some_and(|l| l == "allowed");
     let bound_ms = DRAIN.as_millis() as u64;
-    let checks = checker::check(&entries, &audited(scenario), loss_allowed, healed_at_ms, bound_ms);
+    let window_ms = ServerConfig::default().broker.dedupe_window_ms;
+    let checks = checker::check(&entries, &audited(scenario), loss_allowed, healed_at_ms, bound_ms, window_ms);
     failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
     let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
@@ -395,6 +396,7 @@ impl<'a> Driver<'a> {
                     count: number("count", 1),
                     every: step.option("every").and_then(duration).unwrap_or_default(),
                     partition: step.option("partition").and_then(|p| p.parse().ok()),
+                    idempotency_key: step.option("idempotency_key").map(str::to_string),
                 };
                 self.send(step.arg("host"), Command::Publish(spec));
             }

@@ -23,6 +23,7 @@
 mod admin;
 mod broker;
 mod config;
+mod dedupe;
 mod delivery;
 mod error;
 mod lease;
@@ -35,6 +36,7 @@ mod topic;
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
 pub use broker::Broker;
 pub use config::BrokerConfig;
+pub use dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
 pub use error::BrokerError;
 pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
