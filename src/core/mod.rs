@@ -46,6 +46,8 @@ pub use subscription::StartPosition;
 pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
 #[cfg(test)]
+mod dedupe_tests;
+#[cfg(test)]
 mod persist_tests;
 #[cfg(test)]
 mod proptests;
