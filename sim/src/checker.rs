@@ -92,7 +92,7 @@ fn duplicated_publish(entries: &[Entry], audited: &BTreeMap<String, String>, win
             }
         }
     }
-    let ok = format!("each idempotency key stored once; {answered} publishes answered as duplicates of the original");
+    let ok = format!("each idempotency key stored once; duplicate answers naming the original: {answered}");
     result("duplicated-publish", problems, ok)
 }
 
