@@ -47,6 +47,9 @@ pub fn check(
     checks
 }
 
+/// A stored message: publish time (wall ms), partition, offset.
+type Place = (u64, u32, u64);
+
 /// Idempotent publishing held: no two stored messages of a topic carry one idempotency
 /// key within the dedupe window, and every publish answered `duplicate` names the place
 /// of a message stored with its key.
@@ -61,7 +64,8 @@ fn duplicated_publish(entries: &[Entry], audited: &BTreeMap<String, String>, win
         }
     }
     let mut problems = Vec::new();
-    let mut by_key: BTreeMap<(&str, &str), Vec<(u64, u32, u64)>> = BTreeMap::new();
+    // (topic, key) -> (publish time, partition, offset) of each stored message with it.
+    let mut by_key: BTreeMap<(&str, &str), Vec<Place>> = BTreeMap::new();
     for (&(topic, partition, offset), &(key, publish_ms)) in &stored {
         if let Some(key) = key {
             by_key.entry((topic, key)).or_default().push((publish_ms, partition, offset));

@@ -226,6 +226,9 @@ fn plan(
     Ok(slots)
 }
 
+/// (partition, first offset appended) for every partition a publish appended to.
+type Appended = Vec<(u32, u64)>;
+
 /// A request sorted by where its messages go.
 struct Placement {
     /// New records by partition, each with its index in the request.
@@ -269,7 +272,7 @@ fn place(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Placement {
 /// Appends the new messages of a request, all or nothing, then teaches the index their
 /// keys and answers every slot. Returns the answers and, per partition appended to, the
 /// first offset.
-fn store(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Result<(Vec<Published>, Vec<(u32, u64)>), BrokerError> {
+fn store(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Result<(Vec<Published>, Appended), BrokerError> {
     let Placement { by_partition, mut answers, same_as } = place(t, wall_ms, slots);
     let mut keys = Vec::new();
     // All or nothing: when one partition refuses, what the others took is cut off again
