@@ -315,7 +315,13 @@ fn value_of(bytes: usize) -> Bytes {
 }
 
 fn record_of(value: &Bytes) -> Record {
-    Record { key: None, value: value.clone(), attributes: BTreeMap::new(), publish_time_ms: PUBLISH_TIME_MS }
+    Record {
+        key: None,
+        value: value.clone(),
+        attributes: BTreeMap::new(),
+        publish_time_ms: PUBLISH_TIME_MS,
+        idempotency_key: None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -503,7 +509,7 @@ fn run_publish(
     let value = value_of(case.value_bytes);
     let (row, fsyncs) = client_rt.block_on(async {
         let channels = connect(server.addr, case.publishers).await?;
-        let req = pb::CreateTopicRequest { name: "bench".into(), partitions: 1 };
+        let req = pb::CreateTopicRequest { name: "bench".into(), partitions: 1, ..Default::default() };
         pb::admin_client::AdminClient::new(channels[0].clone()).create_topic(req).await?;
         let warmup = Duration::from_millis(plan.publish_warmup_ms);
         publish_for(&channels, &value, warmup, plan.publish_case_msgs_max).await?;

@@ -132,7 +132,7 @@ async fn duplicates_and_reserved_names_are_refused() {
     server.create_topic("t", 1).await;
     server.create_subscription("s", "t", 0).await;
     refused(
-        admin.create_topic(pb::CreateTopicRequest { name: "t".into(), partitions: 1 }).await,
+        admin.create_topic(pb::CreateTopicRequest { name: "t".into(), partitions: 1, ..Default::default() }).await,
         Code::AlreadyExists,
         &["topic `t`"],
     );
@@ -140,7 +140,7 @@ async fn duplicates_and_reserved_names_are_refused() {
     refused(admin.create_subscription(again).await, Code::AlreadyExists, &["subscription `s`"]);
     let reserved = pb::CreateSubscriptionRequest { name: "__s".into(), topic: "t".into(), ..Default::default() };
     refused(admin.create_subscription(reserved).await, Code::InvalidArgument, &["name", "reserved"]);
-    let partitions = pb::CreateTopicRequest { name: "u".into(), partitions: 5000 };
+    let partitions = pb::CreateTopicRequest { name: "u".into(), partitions: 5000, ..Default::default() };
     refused(admin.create_topic(partitions).await, Code::InvalidArgument, &["partitions", "partitions_max = 1024"]);
     let deadline = pb::CreateSubscriptionRequest {
         name: "d".into(),

@@ -40,7 +40,7 @@ async fn every_acknowledged_publish_survives_sigkill_under_fsync_always() {
     let data = tempfile::tempdir().unwrap();
     let mut server = Server::start(data.path());
     let (pubsub, mut admin) = server.clients().await;
-    let req = pb::CreateTopicRequest { name: TOPIC.into(), partitions: PARTITIONS };
+    let req = pb::CreateTopicRequest { name: TOPIC.into(), partitions: PARTITIONS, ..Default::default() };
     admin.create_topic(req).await.unwrap();
 
     let acked_total = Arc::new(AtomicUsize::new(0));

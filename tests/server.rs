@@ -16,7 +16,10 @@ async fn seed_walkthrough_publish_then_subscribe_then_ack() {
     // The seed README's exact request: topic + base64 value, nothing else.
     let req = pb::PublishRequest { topic: "events".into(), value: "hello".into(), ..Default::default() };
     let results = server.pubsub.clone().publish(req).await.unwrap().into_inner().results;
-    assert_eq!(results, vec![pb::PublishResult { message_id: "1-0-0".into(), partition: 0, offset: 0 }]);
+    assert_eq!(
+        results,
+        vec![pb::PublishResult { message_id: "1-0-0".into(), partition: 0, offset: 0, duplicate: false }]
+    );
 
     server.create_subscription("events-sub", "events", 0).await;
     let mut sub = server.subscribe(on_subscription("events-sub")).await;

@@ -135,6 +135,9 @@ pub struct PublishSpec {
     pub count: u64,
     pub every: Duration,
     pub partition: Option<u32>,
+    /// The idempotency key of a single message, or the stem of `stem-1`, `stem-2`... for
+    /// several. A retry resends the same key.
+    pub idempotency_key: Option<String>,
 }
 
 /// State that outlives a crash of the host: message and stream numbering, and how many
@@ -274,7 +277,7 @@ impl App {
         let start = |latest| if latest { pb::StartPosition::Latest } else { pb::StartPosition::Earliest } as i32;
         match command.clone() {
             Command::CreateTopic { topic, partitions } => {
-                let req = pb::CreateTopicRequest { name: topic.clone(), partitions };
+                let req = pb::CreateTopicRequest { name: topic.clone(), partitions, ..Default::default() };
                 (format!("topic create {topic}"), admin.create_topic(req).await.map(drop))
             }
             Command::DeleteTopic { topic } => {
@@ -342,11 +345,16 @@ impl App {
             if value.len() < spec.size {
                 value.extend(std::iter::repeat_n('.', spec.size - value.len()));
             }
+            let idempotency_key = match &spec.idempotency_key {
+                Some(stem) if spec.count > 1 => Some(format!("{stem}-{}", i + 1)),
+                other => other.clone(),
+            };
             let message = pb::OutgoingMessage {
                 value: value.into(),
                 key: spec.key.clone(),
                 attributes: [("id".to_string(), id.clone())].into(),
                 partition: spec.partition,
+                idempotency_key,
             };
             let req = pb::PublishRequest { topic: spec.topic.clone(), messages: vec![message], ..Default::default() };
             self.publish_one(&mut client, id, req).await;
@@ -367,8 +375,9 @@ impl App {
             match client.publish(req.clone()).await {
                 Ok(reply) => {
                     let result = &reply.into_inner().results[0];
-                    let (partition, offset) = (result.partition, result.offset);
-                    self.record(Event::Published { id, topic, partition, offset });
+                    let (partition, offset, duplicate) = (result.partition, result.offset, result.duplicate);
+                    let idempotency_key = req.messages[0].idempotency_key.clone();
+                    self.record(Event::Published { id, topic, partition, offset, idempotency_key, duplicate });
                     return;
                 }
                 Err(status) if !is_retryable(status.code()) || attempt == PUBLISH_ATTEMPTS_MAX => {
@@ -494,6 +503,8 @@ impl App {
             attempt: leased.attempt,
             value,
             dead_letter,
+            idempotency_key: message.idempotency_key.clone(),
+            publish_ms: message.publish_time.map_or(0, |t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000),
         });
         (m.ack_id, leased)
     }

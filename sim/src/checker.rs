@@ -28,6 +28,8 @@ pub struct Context {
     /// The retry policy of each subscription that has one.
     pub retry: BTreeMap<String, RetryBounds>,
     pub unsettled: Unsettled,
+    /// The broker's dedupe window, for the duplicated-publish check.
+    pub dedupe_window_ms: u64,
 }
 
 /// A subscription's retry policy, and the shortest explicit nack delay the scenario uses
@@ -71,7 +73,7 @@ pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
         conservation = Check { name: "conservation (allowed)", passed: true, detail: conservation.detail };
     }
     let offsets = inconsistent_offsets(entries, audited, context.loss_allowed);
-    vec![
+    let mut checks = vec![
         lost,
         conservation,
         unexpected(entries),
@@ -81,7 +83,65 @@ pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
         offsets,
         backoff(entries, &context.retry, &context.unsettled),
         liveness,
-    ]
+    ];
+    // Only runs that publish with idempotency keys have a verdict on them.
+    if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
+        checks.push(duplicated_publish(entries, audited, context.dedupe_window_ms));
+    }
+    checks
+}
+
+/// A stored message: publish time (wall ms), partition, offset.
+type Place = (u64, u32, u64);
+
+/// Idempotent publishing held: no two stored messages of a topic carry one idempotency
+/// key within the dedupe window, and every publish answered `duplicate` names the place
+/// of a message stored with its key.
+fn duplicated_publish(entries: &[Entry], audited: &BTreeMap<String, String>, window_ms: u64) -> Check {
+    // (topic, partition, offset) -> (idempotency key, publish time) of what is stored there.
+    let mut stored: BTreeMap<(&str, u32, u64), (Option<&str>, u64)> = BTreeMap::new();
+    for e in entries {
+        if let Event::Delivered { sub, partition, offset, idempotency_key, publish_ms, .. } = &e.event {
+            if let Some(topic) = audited.get(sub) {
+                stored.insert((topic.as_str(), *partition, *offset), (idempotency_key.as_deref(), *publish_ms));
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    // (topic, key) -> (publish time, partition, offset) of each stored message with it.
+    let mut by_key: BTreeMap<(&str, &str), Vec<Place>> = BTreeMap::new();
+    for (&(topic, partition, offset), &(key, publish_ms)) in &stored {
+        if let Some(key) = key {
+            by_key.entry((topic, key)).or_default().push((publish_ms, partition, offset));
+        }
+    }
+    for ((topic, key), mut places) in by_key {
+        places.sort_unstable();
+        for pair in places.windows(2) {
+            let ((t0, p0, o0), (t1, p1, o1)) = (pair[0], pair[1]);
+            if t1 - t0 < window_ms {
+                problems.push(format!(
+                    "{topic} stores idempotency key {key} at p{p0}@{o0} and p{p1}@{o1}, {} ms apart",
+                    t1 - t0
+                ));
+            }
+        }
+    }
+    let mut answered = 0;
+    for e in entries {
+        let Event::Published { id, topic, partition, offset, idempotency_key: Some(key), duplicate: true } = &e.event
+        else {
+            continue;
+        };
+        answered += 1;
+        if let Some((held, _)) = stored.get(&(topic.as_str(), *partition, *offset)) {
+            if *held != Some(key.as_str()) {
+                problems.push(format!("{id} was answered as a duplicate at {topic} p{partition}@{offset}, which holds key {held:?}, not {key}"));
+            }
+        }
+    }
+    let ok = format!("each idempotency key stored once; duplicate answers naming the original: {answered}");
+    result("duplicated-publish", problems, ok)
 }
 
 /// Every acknowledged publish ends, on every audited subscription of its topic, either
@@ -241,13 +301,26 @@ fn lost(entries: &[Entry], audited: &BTreeMap<String, String>) -> Check {
             _ => None,
         })
         .collect();
+    // A duplicate answer stored nothing of its own: what must arrive is the original,
+    // which may carry another id (a publisher that sent the same key twice on purpose).
+    let delivered_at: BTreeSet<(&str, u32, u64)> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Delivered { sub, partition, offset, .. } => Some((sub.as_str(), *partition, *offset)),
+            _ => None,
+        })
+        .collect();
     let mut acknowledged = 0;
     let mut problems = Vec::new();
     for entry in entries {
-        let Event::Published { id, topic, .. } = &entry.event else { continue };
+        let Event::Published { id, topic, partition, offset, duplicate, .. } = &entry.event else { continue };
         acknowledged += 1;
         for (sub, _) in audited.iter().filter(|(_, t)| *t == topic) {
-            if !delivered.contains(&(sub.as_str(), id.as_str())) {
+            let arrived = match duplicate {
+                true => delivered_at.contains(&(sub.as_str(), *partition, *offset)),
+                false => delivered.contains(&(sub.as_str(), id.as_str())),
+            };
+            if !arrived {
                 problems.push(format!("{id} never reached {sub}"));
             }
         }
@@ -278,8 +351,8 @@ fn unexpected(entries: &[Entry]) -> Check {
 }
 
 /// Duplicates, allowed under at-least-once and counted: a stored message delivered again
-/// to one subscription, and a publish stored more than once (a retry after a lost answer;
-/// publishes are not idempotent yet).
+/// to one subscription, and a publish stored more than once (a retry after a lost answer,
+/// when it carries no idempotency key).
 fn duplicated(entries: &[Entry]) -> Check {
     let mut deliveries: BTreeMap<(&str, u32, u64), u32> = BTreeMap::new();
     let mut stored: BTreeMap<&str, BTreeSet<(u32, u64)>> = BTreeMap::new();
@@ -411,7 +484,9 @@ fn inconsistent_offsets(entries: &[Entry], audited: &BTreeMap<String, String>, l
                 crashes.push(e.at_ms);
                 continue;
             }
-            Event::Published { id, topic, partition, offset } => (topic.as_str(), *partition, *offset, id),
+            // A duplicate answer names another publish's place; duplicated-publish checks it.
+            Event::Published { duplicate: true, .. } => continue,
+            Event::Published { id, topic, partition, offset, .. } => (topic.as_str(), *partition, *offset, id),
             Event::Delivered { id, sub, partition, offset, .. } => match audited.get(sub) {
                 Some(topic) => (topic.as_str(), *partition, *offset, id),
                 None => continue,

@@ -9,11 +9,20 @@ pub enum Event {
     /// A publish of message `id` was sent (again, on retry); a retry says which code
     /// refused the attempt before it.
     PublishInvoked { id: String, topic: String, attempt: u32, after: Option<String> },
-    /// The broker acknowledged the publish.
-    Published { id: String, topic: String, partition: u32, offset: u64 },
+    /// The broker acknowledged the publish; `duplicate` when it answered with the place of
+    /// an earlier message with the same idempotency key and stored nothing.
+    Published {
+        id: String,
+        topic: String,
+        partition: u32,
+        offset: u64,
+        idempotency_key: Option<String>,
+        duplicate: bool,
+    },
     /// The publish failed; `definite` when the broker certainly did not store it.
     PublishFailed { id: String, code: String, definite: bool },
-    /// A message arrived on a subscription; a dead-letter copy names the subscription that
+    /// A message arrived on a subscription, with the idempotency key it was stored with and
+    /// its publish time (wall milliseconds); a dead-letter copy names the subscription that
     /// gave up on it and why.
     Delivered {
         id: String,
@@ -24,6 +33,8 @@ pub enum Event {
         attempt: u32,
         value: String,
         dead_letter: Option<(String, String)>,
+        idempotency_key: Option<String>,
+        publish_ms: u64,
     },
     /// The broker answered an ack or a nack (`op`) of delivery `attempt` of the message
     /// stored at `partition`/`offset`.
@@ -99,7 +110,11 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::PublishInvoked { id, topic, attempt, after: None } => {
             format!("publish {id} to {topic}: retry {attempt}")
         }
-        Event::Published { id, topic, partition, offset } => format!("published {id} to {topic} p{partition}@{offset}"),
+        Event::Published { id, topic, partition, offset, idempotency_key, duplicate } => {
+            let key = idempotency_key.as_ref().map(|k| format!(" idempotency_key={k}")).unwrap_or_default();
+            let duplicate = if *duplicate { " (duplicate: stored before)" } else { "" };
+            format!("published {id} to {topic} p{partition}@{offset}{key}{duplicate}")
+        }
         Event::PublishFailed { id, code, definite } => {
             let kind = if *definite { "definite" } else { "indeterminate" };
             format!("publish {id} failed: {code} ({kind})")

@@ -95,6 +95,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
         bound_ms,
         retry: retry_bounds(scenario),
         unsettled: settled,
+        dedupe_window_ms: ServerConfig::default().broker.dedupe_window_ms,
     };
     let checks = checker::check(&entries, &context);
     failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
@@ -429,6 +430,7 @@ impl<'a> Driver<'a> {
                     count: number("count", 1),
                     every: step.option("every").and_then(duration).unwrap_or_default(),
                     partition: step.option("partition").and_then(|p| p.parse().ok()),
+                    idempotency_key: step.option("idempotency_key").map(str::to_string),
                 };
                 self.send(step.arg("host"), Command::Publish(spec));
             }

@@ -157,6 +157,7 @@ const SPECS: &[Spec] = &[
             ("count", Kind::Count),
             ("every", Kind::Dur),
             ("partition", Kind::Count),
+            ("idempotency_key", Kind::Text),
         ],
     },
     Spec {

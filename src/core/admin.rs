@@ -1,6 +1,7 @@
 //! Topic and subscription management, and the views the Admin service returns.
 
 use super::broker::Broker;
+use super::dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 use super::error::BrokerError;
 use super::name;
 use super::retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec};
@@ -13,6 +14,8 @@ pub struct TopicInfo {
     pub name: String,
     pub partitions: Vec<PartitionInfo>,
     pub subscriptions: Vec<String>,
+    /// How long the topic remembers an idempotency key.
+    pub dedupe_window_ms: u64,
 }
 
 /// One partition's retained range.
@@ -84,7 +87,27 @@ pub struct PartitionStats {
 impl Broker {
     /// Creates a topic with `partitions` (default `default_partitions`).
     pub fn create_topic(&mut self, topic: &str, partitions: Option<u32>) -> Result<TopicInfo, BrokerError> {
+        self.create_topic_with(topic, partitions, None)
+    }
+
+    /// Creates a topic with `partitions` (default `default_partitions`) and a dedupe window
+    /// (default `dedupe_window_ms`) of 1 s to 24 h.
+    pub fn create_topic_with(
+        &mut self,
+        topic: &str,
+        partitions: Option<u32>,
+        dedupe_window_ms: Option<u64>,
+    ) -> Result<TopicInfo, BrokerError> {
         name::check_new("name", topic)?;
+        let dedupe_window_ms = dedupe_window_ms.unwrap_or(self.config.dedupe_window_ms);
+        if !(DEDUPE_WINDOW_MS_MIN..=DEDUPE_WINDOW_MS_MAX).contains(&dedupe_window_ms) {
+            return Err(BrokerError::InvalidArgument {
+                field: "dedupe_window",
+                reason: format!(
+                    "{dedupe_window_ms} ms; allowed is 1s to 86400s (24 h), or unset or 0s for the default"
+                ),
+            });
+        }
         let partitions = partitions.unwrap_or(self.config.default_partitions);
         if !(1..=self.config.partitions_max).contains(&partitions) {
             return Err(BrokerError::InvalidArgument {
@@ -108,7 +131,7 @@ impl Broker {
         let uid = self.next_topic_uid;
         let logs = (0..partitions).map(|p| self.storage.open(uid, p)).collect::<Result<Vec<_>, _>>()?;
         self.next_topic_uid += 1;
-        self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs));
+        self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs, dedupe_window_ms));
         if let Err(e) = self.save_meta() {
             let t = self.topics.remove(topic).expect("inserted above");
             let _ = self.storage.remove(uid, t.logs);
@@ -130,7 +153,12 @@ impl Broker {
                 end_offset: visible_end(log.as_ref(), self.after_sync),
             })
             .collect();
-        Ok(TopicInfo { name: t.name.clone(), partitions, subscriptions: t.subscriptions.iter().cloned().collect() })
+        Ok(TopicInfo {
+            name: t.name.clone(),
+            partitions,
+            subscriptions: t.subscriptions.iter().cloned().collect(),
+            dedupe_window_ms: t.dedupe.window_ms(),
+        })
     }
 
     /// Up to `limit` topics in name order, after `after`; the second value is the last name

@@ -151,6 +151,9 @@ impl Broker {
         }
         assert_eq!(leases, self.deadlines.len(), "deadline index has stale entries");
         assert_eq!(backoffs, self.backoffs.len(), "backoff index has stale entries");
+        for topic in self.topics.values() {
+            topic.dedupe.assert_invariants(&topic.logs);
+        }
         for (id, stream) in &self.streams {
             let counted = per_stream.get(id).copied().unwrap_or_default();
             assert_eq!((stream.outstanding_messages, stream.outstanding_bytes), counted, "{id} outstanding");

@@ -1,6 +1,11 @@
 //! The broker core's settings: defaults and every bound, with what happens when it is hit.
 
+use super::dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 use super::error::BrokerError;
+
+/// The most `idempotency_key_bytes_max` may allow: keys are held in memory for the whole
+/// dedupe window, `dedupe_keys_max` of them per topic.
+const IDEMPOTENCY_KEY_BYTES_LIMIT: usize = 1024;
 
 /// Settings of the broker core. Every bound says what happens when it is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +66,16 @@ pub struct BrokerConfig {
     /// How long a message is kept, by publish time; older ones are dropped (whole segments
     /// in the file log), as Kafka's `retention.ms`. `None` keeps them until size retention.
     pub partition_retention_ms: Option<u64>,
+    /// How long an idempotency key is remembered after its message's publish time, for
+    /// topics created without a window of their own (JetStream's `duplicate_window`).
+    /// Within it a publish with the same key stores nothing and gets the original's place.
+    pub dedupe_window_ms: u64,
+    /// Most idempotency keys a topic remembers at once. A publish that would add keys past
+    /// it is refused with RESOURCE_EXHAUSTED (and stores nothing) until older keys expire:
+    /// forgetting a key early would silently store a retry twice.
+    pub dedupe_keys_max: usize,
+    /// Longest idempotency key, in bytes; longer is INVALID_ARGUMENT.
+    pub idempotency_key_bytes_max: usize,
 }
 
 impl Default for BrokerConfig {
@@ -90,6 +105,9 @@ impl Default for BrokerConfig {
             response_bytes_max: 3 * 1024 * 1024 + 512 * 1024,
             partition_retention_bytes: 1024 * 1024 * 1024,
             partition_retention_ms: Some(7 * 24 * 3600 * 1000),
+            dedupe_window_ms: 120_000,
+            dedupe_keys_max: 100_000,
+            idempotency_key_bytes_max: 256,
         }
     }
 }
@@ -162,6 +180,17 @@ impl BrokerConfig {
             self.partition_retention_ms.is_none_or(|ms| ms >= 1000),
             "partition_retention_ms",
             "at least 1000 (or unset)",
+        )?;
+        check(
+            (DEDUPE_WINDOW_MS_MIN..=DEDUPE_WINDOW_MS_MAX).contains(&self.dedupe_window_ms),
+            "dedupe_window_ms",
+            "1000 to 86400000 (1 s to 24 h)",
+        )?;
+        check(self.dedupe_keys_max >= 1, "dedupe_keys_max", "at least 1")?;
+        check(
+            (1..=IDEMPOTENCY_KEY_BYTES_LIMIT).contains(&self.idempotency_key_bytes_max),
+            "idempotency_key_bytes_max",
+            "1 to 1024",
         )?;
         Ok(())
     }

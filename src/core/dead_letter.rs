@@ -90,11 +90,13 @@ impl Broker {
             value: original.value.clone(),
             attributes,
             publish_time_ms: self.wall_ms.max(original.publish_time_ms),
+            // The copy is not the publisher's retry: it must never answer for the key.
+            idempotency_key: None,
         };
         let target_name = policy.topic.clone();
         let Some(target) = self.topics.get_mut(&target_name) else { return false };
         let target_partition = target.choose_partition(copy.key.as_deref(), None);
-        let Ok(target_offset) = append(target.logs[target_partition as usize].as_mut(), vec![copy]) else {
+        let Ok((target_offset, _)) = append(target.logs[target_partition as usize].as_mut(), vec![copy]) else {
             return false;
         };
         let target_uid = target.uid;

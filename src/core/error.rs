@@ -9,6 +9,9 @@ pub enum BrokerError {
     /// A malformed argument (INVALID_ARGUMENT).
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
+    /// An idempotency key that is empty or too long (INVALID_ARGUMENT).
+    #[error("{field}: {reason}")]
+    InvalidIdempotencyKey { field: String, reason: String },
     /// A message larger than `max_message_bytes` (INVALID_ARGUMENT).
     #[error("{field}: message is {size} bytes (value, key and attributes); the limit is max_message_bytes = {limit}")]
     MessageTooLarge { field: String, size: usize, limit: usize },

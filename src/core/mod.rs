@@ -24,6 +24,7 @@ mod admin;
 mod broker;
 mod config;
 mod dead_letter;
+mod dedupe;
 mod delivery;
 mod error;
 mod lease;
@@ -40,6 +41,7 @@ pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpe
 pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use dead_letter::DEAD_LETTER_ATTRIBUTES;
+pub use dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
 pub use error::BrokerError;
 pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
@@ -51,6 +53,8 @@ pub use retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec, Unacke
 pub use subscription::StartPosition;
 pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
+#[cfg(test)]
+mod dedupe_tests;
 #[cfg(test)]
 mod persist_tests;
 #[cfg(test)]

@@ -10,6 +10,7 @@ use prost::Message;
 
 use super::broker::Broker;
 use super::config::BrokerConfig;
+use super::dedupe::Dedupe;
 use super::error::BrokerError;
 use super::retry::{DeadLetterPolicy, RetryPolicy};
 use super::subscription::{Cursor, StartPosition, Subscription};
@@ -36,6 +37,12 @@ struct TopicMeta {
     uid: u64,
     #[prost(uint32, tag = "3")]
     partitions: u32,
+    /// Unset in metadata saved before topics had their own window: the broker default.
+    #[prost(uint64, optional, tag = "4")]
+    dedupe_window_ms: Option<u64>,
+    /// Whether any record of the topic may carry an idempotency key.
+    #[prost(bool, tag = "5")]
+    dedupe_keys_used: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -146,7 +153,12 @@ impl Broker {
     fn restore(&mut self, meta: &Meta) -> Result<(), BrokerError> {
         for t in &meta.topics {
             let logs = (0..t.partitions).map(|p| self.storage.open(t.uid, p)).collect::<Result<Vec<_>, _>>()?;
-            self.topics.insert(t.name.clone(), Topic::new(t.name.clone(), t.uid, logs));
+            let window_ms = t.dedupe_window_ms.unwrap_or(self.config.dedupe_window_ms);
+            let mut topic = Topic::new(t.name.clone(), t.uid, logs, window_ms);
+            if t.dedupe_keys_used {
+                topic.dedupe = Dedupe::rebuild(window_ms, self.config.dedupe_keys_max, &topic.logs);
+            }
+            self.topics.insert(t.name.clone(), topic);
         }
         for s in &meta.subscriptions {
             let Some(topic) = self.topics.get_mut(&s.topic) else { continue };
@@ -201,7 +213,13 @@ impl Broker {
         let topics = self
             .topics
             .values()
-            .map(|t| TopicMeta { name: t.name.clone(), uid: t.uid, partitions: t.partition_count() })
+            .map(|t| TopicMeta {
+                name: t.name.clone(),
+                uid: t.uid,
+                partitions: t.partition_count(),
+                dedupe_window_ms: Some(t.dedupe.window_ms()),
+                dedupe_keys_used: t.dedupe.keys_used(),
+            })
             .collect();
         let subscriptions = self
             .subscriptions
@@ -302,6 +320,9 @@ impl Broker {
                             // The records leave the log even when the disk refuses the cut;
                             // the log finishes it before its next write or sync.
                             let _ = log.truncate(synced);
+                            // A retry of a publish cut here must be stored, not answered
+                            // as a duplicate of a record that is gone.
+                            topic.dedupe.cut(p as u32, synced);
                         }
                         failures.push(SyncFailure { topic: name.clone(), partition: p as u32, error });
                     }
@@ -325,6 +346,11 @@ impl Broker {
     /// have run.
     pub fn enforce_retention(&mut self, wall_ms: u64) -> Result<(), BrokerError> {
         self.set_wall_ms(wall_ms);
+        // Expired keys also leave on the next publish to their topic; this frees the memory
+        // of topics nobody publishes to any more.
+        for topic in self.topics.values_mut() {
+            topic.dedupe.expire(wall_ms);
+        }
         let Some(retention_ms) = self.config.partition_retention_ms else { return Ok(()) };
         let retention = Retention {
             max_bytes: self.config.partition_retention_bytes,
@@ -343,6 +369,7 @@ impl Broker {
                 // removed segments, and the subscriptions must still skip what is gone.
                 let start = log.start_offset();
                 if start > before {
+                    topic.dedupe.retained_from(p as u32, start);
                     moved.push((name.clone(), p as u32, start));
                 }
             }

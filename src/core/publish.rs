@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::broker::Broker;
+use super::dedupe::{Dedupe, Original};
 use super::error::BrokerError;
 use super::name;
+use super::topic::Topic;
 use crate::storage::{message_size, PartitionLog, Record, Retention};
 
 /// A message as a publisher sends it.
@@ -17,6 +19,9 @@ pub struct OutgoingMessage {
     pub attributes: BTreeMap<String, String>,
     /// An explicit partition; overrides the key.
     pub partition: Option<u32>,
+    /// Names the message for dedupe: within the topic's window, the same key again is
+    /// answered with this message's place and not stored.
+    pub idempotency_key: Option<String>,
 }
 
 /// Where a published message was stored.
@@ -25,13 +30,18 @@ pub struct Published {
     pub message_id: String,
     pub partition: u32,
     pub offset: u64,
+    /// The message was not stored: its idempotency key named an earlier one, whose place
+    /// this is.
+    pub duplicate: bool,
 }
 
 impl Broker {
     /// Appends `messages` to `topic` and returns where each went, in request order.
     ///
     /// Everything is checked before anything is stored, so a refused request stores
-    /// nothing. Messages of one partition keep their request order.
+    /// nothing. Messages of one partition keep their request order. A message whose
+    /// idempotency key the topic holds (or that an earlier message of the same request
+    /// carries) is not stored: it is answered with the original's place, `duplicate` set.
     pub fn publish(
         &mut self,
         now_ms: u64,
@@ -63,45 +73,14 @@ impl Broker {
         if !self.topics.contains_key(topic) {
             self.create_topic(topic, None)?;
         }
+        if messages.iter().any(|m| m.idempotency_key.is_some()) {
+            self.mark_keys_used(topic)?;
+        }
+        let keys_max = self.config.dedupe_keys_max;
         let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
-
-        let mut by_partition: BTreeMap<u32, Vec<(usize, Record)>> = BTreeMap::new();
-        for (i, message) in messages.into_iter().enumerate() {
-            let partition = t.choose_partition(message.key.as_deref(), message.partition);
-            let record = Record {
-                key: message.key,
-                value: message.value,
-                attributes: message.attributes,
-                publish_time_ms: wall_ms,
-            };
-            by_partition.entry(partition).or_default().push((i, record));
-        }
-
-        let mut results = vec![None; by_partition.values().map(Vec::len).sum()];
-        // All or nothing: when one partition refuses, what the others took is cut off again
-        // before anyone could read it (nothing is dispatched until the request is done).
-        let mut appended: Vec<(u32, u64)> = Vec::new();
-        for (partition, batch) in by_partition {
-            let (indexes, records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
-            let log = &mut t.logs[partition as usize];
-            let first = match append(log.as_mut(), records) {
-                Ok(first) => first,
-                Err(error) => {
-                    for (partition, end) in appended {
-                        // A cut the disk refuses stays pending in the log and keeps the
-                        // records unread until it is done.
-                        let _ = t.logs[partition as usize].truncate(end);
-                    }
-                    return Err(error);
-                }
-            };
-            appended.push((partition, first));
-            for (n, i) in indexes.into_iter().enumerate() {
-                let offset = first + n as u64;
-                results[i] = Some(Published { message_id: t.message_id(partition, offset), partition, offset });
-            }
-        }
-        let results = results.into_iter().map(|r| r.expect("every message was placed")).collect();
+        t.dedupe.expire(wall_ms);
+        let slots = plan(&t.dedupe, messages, keys_max, topic)?;
+        let (results, appended) = store(t, wall_ms, slots)?;
         // Retention runs after the append has succeeded everywhere. If the disk refuses it,
         // the publish still stands; the next append or checkpoint tries again.
         let retention = Retention {
@@ -115,6 +94,7 @@ impl Broker {
             let _ = log.apply_retention(&retention, first);
             if log.start_offset() > start {
                 trimmed.push((partition, log.start_offset()));
+                t.dedupe.retained_from(partition, log.start_offset());
             }
         }
         for (partition, start) in trimmed {
@@ -122,6 +102,19 @@ impl Broker {
         }
         self.dispatch_topic(now_ms, topic);
         Ok(results)
+    }
+
+    /// Saves, before a topic's first idempotency key is stored, that its log holds keys,
+    /// so that the broker rebuilds its dedupe index when it opens. Once per topic.
+    fn mark_keys_used(&mut self, topic: &str) -> Result<(), BrokerError> {
+        let dedupe = &mut self.topics.get_mut(topic).expect("the topic exists").dedupe;
+        if dedupe.keys_used() {
+            return Ok(());
+        }
+        dedupe.set_keys_used(true);
+        self.save_meta().inspect_err(|_| {
+            self.topics.get_mut(topic).expect("the topic exists").dedupe.set_keys_used(false);
+        })
     }
 
     fn check_messages(&self, messages: &[OutgoingMessage]) -> Result<(), BrokerError> {
@@ -166,13 +159,165 @@ impl Broker {
                     reason: format!("message {i} has an attribute with an empty key"),
                 });
             }
+            if let Some(key) = &message.idempotency_key {
+                self.check_idempotency_key(messages.len(), i, key)?;
+            }
         }
         Ok(())
     }
+
+    fn check_idempotency_key(&self, count: usize, index: usize, key: &str) -> Result<(), BrokerError> {
+        let limit = self.config.idempotency_key_bytes_max;
+        let reason = if key.is_empty() {
+            format!("is empty; an idempotency key is 1 to idempotency_key_bytes_max = {limit} bytes (or unset)")
+        } else if key.len() > limit {
+            format!("is {} bytes; the limit is idempotency_key_bytes_max = {limit}", key.len())
+        } else {
+            return Ok(());
+        };
+        Err(BrokerError::InvalidIdempotencyKey { field: field_name(count, index, "idempotency_key"), reason })
+    }
 }
 
-/// Appends one partition's share of a publish; returns the first offset.
-pub(super) fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Result<u64, BrokerError> {
+/// What a publish does with one message of the request.
+enum Slot {
+    /// Stored; the index learns its idempotency key, if any, once the request succeeded.
+    New(OutgoingMessage),
+    /// A key the topic already holds: answered with the original's place.
+    Held(Original),
+    /// A key an earlier message of this request carries: answered like that message.
+    SameAs(usize),
+}
+
+/// Sorts the messages of a request into new ones and duplicates, and refuses the request
+/// if its new keys would take the index past `dedupe_keys_max`.
+fn plan(
+    dedupe: &Dedupe,
+    messages: Vec<OutgoingMessage>,
+    keys_max: usize,
+    topic: &str,
+) -> Result<Vec<Slot>, BrokerError> {
+    let mut first_with_key: BTreeMap<String, usize> = BTreeMap::new();
+    let mut slots = Vec::with_capacity(messages.len());
+    for (i, message) in messages.into_iter().enumerate() {
+        let slot = match message.idempotency_key.as_deref() {
+            Some(key) => match (dedupe.get(key), first_with_key.get(key)) {
+                (Some(original), _) => Slot::Held(original),
+                (None, Some(&first)) => Slot::SameAs(first),
+                (None, None) => {
+                    first_with_key.insert(key.to_string(), i);
+                    Slot::New(message)
+                }
+            },
+            None => Slot::New(message),
+        };
+        slots.push(slot);
+    }
+    if dedupe.len() + first_with_key.len() > keys_max {
+        return Err(BrokerError::LimitReached {
+            what: format!(
+                "topic `{topic}` holds {} idempotency keys and this publish adds {}; retry when older keys pass the dedupe window",
+                dedupe.len(),
+                first_with_key.len()
+            ),
+            limit_name: "dedupe_keys_max",
+            limit: keys_max as u64,
+        });
+    }
+    Ok(slots)
+}
+
+/// (partition, first offset appended) for every partition a publish appended to.
+type Appended = Vec<(u32, u64)>;
+
+/// A request sorted by where its messages go.
+struct Placement {
+    /// New records by partition, each with its index in the request.
+    by_partition: BTreeMap<u32, Vec<(usize, Record)>>,
+    /// Answers by request index; the new messages' are filled in once appended.
+    answers: Vec<Option<Published>>,
+    /// (index, index of the earlier message of the request with the same key).
+    same_as: Vec<(usize, usize)>,
+}
+
+/// Chooses the partition of every new message and answers the duplicates of held keys.
+fn place(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Placement {
+    let mut placement = Placement { by_partition: BTreeMap::new(), answers: Vec::new(), same_as: Vec::new() };
+    for (i, slot) in slots.into_iter().enumerate() {
+        let answer = match slot {
+            Slot::New(message) => {
+                let partition = t.choose_partition(message.key.as_deref(), message.partition);
+                let record = Record {
+                    key: message.key,
+                    value: message.value,
+                    attributes: message.attributes,
+                    publish_time_ms: wall_ms,
+                    idempotency_key: message.idempotency_key,
+                };
+                placement.by_partition.entry(partition).or_default().push((i, record));
+                None
+            }
+            Slot::Held(Original { partition, offset, .. }) => {
+                Some(Published { message_id: t.message_id(partition, offset), partition, offset, duplicate: true })
+            }
+            Slot::SameAs(first) => {
+                placement.same_as.push((i, first));
+                None
+            }
+        };
+        placement.answers.push(answer);
+    }
+    placement
+}
+
+/// Appends the new messages of a request, all or nothing, then teaches the index their
+/// keys and answers every slot. Returns the answers and, per partition appended to, the
+/// first offset.
+fn store(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Result<(Vec<Published>, Appended), BrokerError> {
+    let Placement { by_partition, mut answers, same_as } = place(t, wall_ms, slots);
+    let mut keys = Vec::new();
+    // All or nothing: when one partition refuses, what the others took is cut off again
+    // before anyone could read it (nothing is dispatched until the request is done), and
+    // the index has learnt none of the keys yet.
+    let mut appended: Vec<(u32, u64)> = Vec::new();
+    for (partition, batch) in by_partition {
+        let (indexes, records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
+        let batch_keys: Vec<Option<String>> = records.iter().map(|r| r.idempotency_key.clone()).collect();
+        let (first, time_ms) = match append(t.logs[partition as usize].as_mut(), records) {
+            Ok(placed) => placed,
+            Err(error) => {
+                for (partition, end) in appended {
+                    // A cut the disk refuses stays pending in the log and keeps the
+                    // records unread until it is done.
+                    let _ = t.logs[partition as usize].truncate(end);
+                }
+                return Err(error);
+            }
+        };
+        appended.push((partition, first));
+        for (n, (i, key)) in indexes.into_iter().zip(batch_keys).enumerate() {
+            let offset = first + n as u64;
+            answers[i] =
+                Some(Published { message_id: t.message_id(partition, offset), partition, offset, duplicate: false });
+            if let Some(key) = key {
+                keys.push((key, Original { partition, offset, time_ms }));
+            }
+        }
+    }
+    for (key, original) in keys {
+        t.dedupe.insert(key, original);
+    }
+    for (i, first) in same_as {
+        let original = answers[first].clone().expect("an earlier message of the request was placed");
+        answers[i] = Some(Published { duplicate: true, ..original });
+    }
+    let answers = answers.into_iter().map(|a| a.expect("every message was answered")).collect();
+    Ok((answers, appended))
+}
+
+/// Appends one partition's share of a publish; returns the first offset and the publish
+/// time the records were stored with.
+pub(super) fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Result<(u64, u64), BrokerError> {
     // Publish times never decrease within a partition, so Seek by time can search.
     let last_time = match log.end_offset().checked_sub(1) {
         Some(last) if last >= log.start_offset() => {
@@ -180,10 +325,12 @@ pub(super) fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Re
         }
         _ => 0,
     };
+    let mut time_ms = last_time;
     for record in &mut records {
         record.publish_time_ms = record.publish_time_ms.max(last_time);
+        time_ms = record.publish_time_ms;
     }
-    Ok(log.append(records)?)
+    Ok((log.append(records)?, time_ms))
 }
 
 /// `value` for a single message, `messages[3].value` in a batch.

@@ -54,7 +54,7 @@ fn ack(b: &mut Broker, now: u64, stream: StreamId, id: &str) -> AckOutcome {
 fn published_message_is_delivered_and_ack_moves_the_floor() {
     let mut b = broker();
     let published = b.publish(0, 1_700_000_000_000, "events", vec![msg("hello")]).unwrap();
-    assert_eq!(published, vec![Published { message_id: "1-0-0".into(), partition: 0, offset: 0 }]);
+    assert_eq!(published, vec![Published { message_id: "1-0-0".into(), partition: 0, offset: 0, duplicate: false }]);
     sub(&mut b, "s", "events");
     let s = open(&mut b, 0, "s", 0);
     let got = drain(&mut b);
@@ -208,7 +208,7 @@ fn keyless_messages_go_round_robin_and_explicit_partitions_are_honoured() {
     let explicit = OutgoingMessage { partition: Some(2), key: Some("k".into()), ..msg("x") };
     assert_eq!(
         b.publish(0, 0, "t", vec![explicit]).unwrap()[0],
-        Published { message_id: "1-2-2".into(), partition: 2, offset: 2 }
+        Published { message_id: "1-2-2".into(), partition: 2, offset: 2, duplicate: false }
     );
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use super::dedupe::Dedupe;
 use crate::storage::PartitionLog;
 
 /// A topic and its partitions. Partition `i` is `logs[i]`.
@@ -12,14 +13,18 @@ pub struct Topic {
     pub logs: Vec<Box<dyn PartitionLog>>,
     /// Subscriptions attached to this topic, by name.
     pub subscriptions: BTreeSet<String>,
+    /// Idempotency keys published within the topic's dedupe window.
+    pub dedupe: Dedupe,
     /// The partition the next keyless message without an explicit partition goes to.
     round_robin: u32,
 }
 
 impl Topic {
-    pub fn new(name: String, uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Self {
+    /// A topic over `logs` whose idempotency keys live `dedupe_window_ms`.
+    pub fn new(name: String, uid: u64, logs: Vec<Box<dyn PartitionLog>>, dedupe_window_ms: u64) -> Self {
         assert!(!logs.is_empty(), "a topic has at least one partition");
-        Self { name, uid, logs, subscriptions: BTreeSet::new(), round_robin: 0 }
+        let dedupe = Dedupe::new(dedupe_window_ms);
+        Self { name, uid, logs, subscriptions: BTreeSet::new(), dedupe, round_robin: 0 }
     }
 
     pub fn partition_count(&self) -> u32 {

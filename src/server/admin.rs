@@ -18,7 +18,8 @@ impl pb::admin_server::Admin for AdminService {
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Reply<pb::Topic> {
         let req = request.into_inner();
         let partitions = (req.partitions != 0).then_some(req.partitions);
-        let info = self.driver.call(move |d| d.broker.create_topic(&req.name, partitions)).await??;
+        let window_ms = wire::dedupe_window_ms(req.dedupe_window.as_ref())?;
+        let info = self.driver.call(move |d| d.broker.create_topic_with(&req.name, partitions, window_ms)).await??;
         Ok(Response::new(wire::topic(info)))
     }
 

@@ -195,6 +195,10 @@ impl Driver {
         }
     }
 
+    /// Under `fsync=always` every answer waits for the turn's sync, duplicates included: a
+    /// duplicate may name a record appended earlier in this very turn, and it must not be
+    /// acknowledged before that record is durable. It names the original's partition, so
+    /// a failed sync there refuses it like the original.
     fn publish(&mut self, topic: String, messages: Vec<OutgoingMessage>, reply: PublishReply) {
         let (now, wall) = (self.now_ms(), self.wall_ms());
         match self.broker.publish(now, wall, &topic, messages) {

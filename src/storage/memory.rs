@@ -131,7 +131,13 @@ mod tests {
     use super::*;
 
     fn record(value: &'static str, time: u64) -> Record {
-        Record { key: None, value: value.into(), attributes: Default::default(), publish_time_ms: time }
+        Record {
+            key: None,
+            value: value.into(),
+            attributes: Default::default(),
+            publish_time_ms: time,
+            idempotency_key: None,
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct Record {
     pub attributes: BTreeMap<String, String>,
     /// Wall-clock milliseconds since the Unix epoch, never decreasing within a partition.
     pub publish_time_ms: u64,
+    /// The publisher's idempotency key, kept with the record so that the broker's dedupe
+    /// index can be rebuilt from the log when it opens. Not counted in `size_bytes`: it has
+    /// its own bound (`idempotency_key_bytes_max`).
+    pub idempotency_key: Option<String>,
 }
 
 impl Record {

@@ -25,21 +25,36 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
 /// partition) or the batch form (messages), never both.
 pub fn publish_messages(req: pb::PublishRequest) -> Result<(String, Vec<OutgoingMessage>), Status> {
     if req.messages.is_empty() {
-        let message =
-            OutgoingMessage { value: req.value, key: req.key, attributes: req.attributes, partition: req.partition };
+        let message = OutgoingMessage {
+            value: req.value,
+            key: req.key,
+            attributes: req.attributes,
+            partition: req.partition,
+            idempotency_key: req.idempotency_key,
+        };
         return Ok((req.topic, vec![message]));
     }
-    let single = !req.value.is_empty() || req.key.is_some() || !req.attributes.is_empty() || req.partition.is_some();
+    let single = !req.value.is_empty()
+        || req.key.is_some()
+        || !req.attributes.is_empty()
+        || req.partition.is_some()
+        || req.idempotency_key.is_some();
     if single {
         return Err(invalid(
             "messages",
-            "a request carries either one message (value, key, attributes, partition) or a batch (messages), not both",
+            "a request carries either one message (value, key, attributes, partition, idempotency_key) or a batch (messages), not both",
         ));
     }
     let messages = req
         .messages
         .into_iter()
-        .map(|m| OutgoingMessage { value: m.value, key: m.key, attributes: m.attributes, partition: m.partition })
+        .map(|m| OutgoingMessage {
+            value: m.value,
+            key: m.key,
+            attributes: m.attributes,
+            partition: m.partition,
+            idempotency_key: m.idempotency_key,
+        })
         .collect();
     Ok((req.topic, messages))
 }
@@ -47,9 +62,28 @@ pub fn publish_messages(req: pb::PublishRequest) -> Result<(String, Vec<Outgoing
 pub fn publish_response(published: Vec<Published>) -> pb::PublishResponse {
     let results = published
         .into_iter()
-        .map(|p| pb::PublishResult { message_id: p.message_id, partition: p.partition, offset: p.offset })
+        .map(|p| pb::PublishResult {
+            message_id: p.message_id,
+            partition: p.partition,
+            offset: p.offset,
+            duplicate: p.duplicate,
+        })
         .collect();
     pb::PublishResponse { results }
+}
+
+/// A topic's dedupe window in milliseconds: `None` (the default) when unset or zero. The
+/// range is the core's to check; here only the shape of the Duration.
+pub fn dedupe_window_ms(window: Option<&Duration>) -> Result<Option<u64>, Status> {
+    let Some(d) = window else { return Ok(None) };
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(invalid(
+            "dedupe_window",
+            format!("{}s {}ns is not a valid positive Duration; allowed is 1s to 86400s", d.seconds, d.nanos),
+        ));
+    }
+    let ms = (d.seconds as u64).saturating_mul(1000).saturating_add(d.nanos as u64 / 1_000_000);
+    Ok((d.seconds != 0 || d.nanos != 0).then_some(ms))
 }
 
 pub fn timestamp(ms: u64) -> Timestamp {
@@ -128,6 +162,7 @@ pub fn received_message(d: Delivery) -> pb::ReceivedMessage {
             value: record.value.clone(),
             attributes: record.attributes.clone(),
             publish_time: Some(timestamp(record.publish_time_ms)),
+            idempotency_key: record.idempotency_key.clone(),
         }),
         delivery_attempt: d.delivery_attempt,
     }
@@ -257,6 +292,7 @@ pub fn topic(info: TopicInfo) -> pb::Topic {
             })
             .collect(),
         subscriptions: info.subscriptions,
+        dedupe_window: Some(duration(info.dedupe_window_ms)),
     }
 }
 

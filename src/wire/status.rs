@@ -10,6 +10,7 @@ pub fn status_of(error: &BrokerError) -> Status {
     let code = match error {
         BrokerError::InvalidArgument { .. }
         | BrokerError::MessageTooLarge { .. }
+        | BrokerError::InvalidIdempotencyKey { .. }
         | BrokerError::PartitionOutOfRange { .. } => Code::InvalidArgument,
         BrokerError::TopicNotFound { .. } | BrokerError::SubscriptionNotFound { .. } => Code::NotFound,
         BrokerError::TopicExists { .. } | BrokerError::SubscriptionExists { .. } => Code::AlreadyExists,

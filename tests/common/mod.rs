@@ -82,7 +82,7 @@ impl TestServer {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> pb::Topic {
-        let req = pb::CreateTopicRequest { name: name.into(), partitions };
+        let req = pb::CreateTopicRequest { name: name.into(), partitions, ..Default::default() };
         self.admin.clone().create_topic(req).await.unwrap().into_inner()
     }
 

@@ -6,10 +6,17 @@
 //!        | key_len u32 (u32::MAX: no key) | key
 //!        | attribute_count u32 | (name_len u32 | name | value_len u32 | value)*
 //!        | value_len u32 | value
+//!        [ | idempotency_key_len u32 | idempotency_key ]
 //! ```
 //!
 //! Integers are little-endian. The offset is inside the CRC, so a record that lands at the
 //! wrong place (a misdirected write, a stale block) is caught like a flipped bit.
+//!
+//! The idempotency key is a trailer after the value, present only when the record has one.
+//! Frames written before keys existed end at the value and still read (with no key), and a
+//! record without a key is written byte for byte as before. A broker of that older version
+//! would refuse a frame with the trailer as damage, so going back to it after keys were
+//! used is not supported.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +52,9 @@ pub fn encode(offset: u64, record: &Record, out: &mut Vec<u8>) -> usize {
         put_bytes(out, value.as_bytes());
     }
     put_bytes(out, &record.value);
+    if let Some(key) = &record.idempotency_key {
+        put_bytes(out, key.as_bytes());
+    }
     let body = &out[start + FRAME_HEADER_BYTES..];
     assert!(body.len() <= BODY_BYTES_MAX, "a record of {} bytes passed the broker's size checks", body.len());
     let crc = crc32c::crc32c(body);
@@ -113,10 +123,16 @@ fn parse_body(body: &Bytes) -> Result<(u64, Record), String> {
     }
     let value_len = take_u32(body, &mut at)? as usize;
     let value = take_slice(body, &mut at, value_len)?;
+    let idempotency_key = if at == body.len() {
+        None
+    } else {
+        let key_len = take_u32(body, &mut at)?;
+        Some(take_string(body, &mut at, key_len)?)
+    };
     if at != body.len() {
-        return Err(format!("{} bytes after the value", body.len() - at));
+        return Err(format!("{} bytes after the idempotency key", body.len() - at));
     }
-    Ok((offset, Record { key, value, attributes, publish_time_ms }))
+    Ok((offset, Record { key, value, attributes, publish_time_ms, idempotency_key }))
 }
 
 fn take_slice(body: &Bytes, at: &mut usize, len: usize) -> Result<Bytes, String> {
@@ -150,7 +166,13 @@ mod tests {
 
     fn sample() -> Record {
         let attributes = BTreeMap::from([("a".to_string(), "1".to_string()), ("bb".to_string(), String::new())]);
-        Record { key: Some("k".into()), value: Bytes::from_static(b"hello"), attributes, publish_time_ms: 42 }
+        Record {
+            key: Some("k".into()),
+            value: Bytes::from_static(b"hello"),
+            attributes,
+            publish_time_ms: 42,
+            idempotency_key: Some("order-17".into()),
+        }
     }
 
     #[test]
@@ -165,7 +187,13 @@ mod tests {
             }
             other => panic!("expected a record, got {other:?}"),
         }
-        let keyless = Record { key: None, value: Bytes::new(), attributes: BTreeMap::new(), publish_time_ms: 0 };
+        let keyless = Record {
+            key: None,
+            value: Bytes::new(),
+            attributes: BTreeMap::new(),
+            publish_time_ms: 0,
+            idempotency_key: None,
+        };
         let mut buf = Vec::new();
         encode(0, &keyless, &mut buf);
         assert!(matches!(decode(&Bytes::from(buf)), Decoded::Record { record, .. } if record == keyless));
@@ -183,6 +211,39 @@ mod tests {
         for cut in 0..buf.len() {
             assert!(matches!(decode(&Bytes::copy_from_slice(&buf[..cut])), Decoded::Short { .. }), "cut at {cut}");
         }
+    }
+
+    /// A frame as the format was before idempotency keys, built by hand so that a change to
+    /// `encode` cannot hide a change in what old segments hold.
+    #[test]
+    fn a_frame_written_before_idempotency_keys_still_reads() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&9u64.to_le_bytes());
+        body.extend_from_slice(&1234u64.to_le_bytes());
+        body.extend_from_slice(&[1, 0, 0, 0, b'k']);
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&[1, 0, 0, 0, b'a', 1, 0, 0, 0, b'1']);
+        body.extend_from_slice(&[2, 0, 0, 0, b'h', b'i']);
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let expected = Record {
+            key: Some("k".into()),
+            value: Bytes::from_static(b"hi"),
+            attributes: BTreeMap::from([("a".to_string(), "1".to_string())]),
+            publish_time_ms: 1234,
+            idempotency_key: None,
+        };
+        match decode(&Bytes::from(frame.clone())) {
+            Decoded::Record { offset: 9, record, frame_len } => {
+                assert_eq!((record, frame_len), (expected.clone(), frame.len()));
+            }
+            other => panic!("expected the old record, got {other:?}"),
+        }
+        // And a record without a key is still written in exactly that format.
+        let mut written = Vec::new();
+        encode(9, &expected, &mut written);
+        assert_eq!(written, frame);
     }
 
     #[test]

@@ -34,7 +34,13 @@ fn value(tag: &str, i: u64) -> Bytes {
 }
 
 fn tagged(tag: &str, i: u64, time_ms: u64) -> Record {
-    Record { key: None, value: value(tag, i), attributes: BTreeMap::new(), publish_time_ms: time_ms }
+    Record {
+        key: None,
+        value: value(tag, i),
+        attributes: BTreeMap::new(),
+        publish_time_ms: time_ms,
+        idempotency_key: None,
+    }
 }
 
 fn rec(i: u64) -> Record {
@@ -195,7 +201,13 @@ fn a_read_that_misses_the_caches_reads_a_bounded_batch_of_tiny_records() {
     let dir = tempfile::tempdir().unwrap();
     let config = FileStorageConfig { segment_bytes: 4 * 1024 * 1024, ..uncached(dir.path()) };
     let (mut log, _) = open(&config);
-    let empty = |i| Record { key: None, value: Bytes::new(), attributes: BTreeMap::new(), publish_time_ms: i };
+    let empty = |i| Record {
+        key: None,
+        value: Bytes::new(),
+        attributes: BTreeMap::new(),
+        publish_time_ms: i,
+        idempotency_key: None,
+    };
     log.append((0..100_000).map(empty).collect()).unwrap();
     drop(log);
     let disk = TrackingFs::default();
@@ -216,7 +228,13 @@ fn a_record_that_exactly_fills_max_bytes_is_returned() {
     let dir = tempfile::tempdir().unwrap();
     let config = FileStorageConfig { segment_bytes: 1024 * 1024, ..uncached(dir.path()) };
     let (mut log, _) = open(&config);
-    let kib = |i| Record { key: None, value: vec![b'x'; 1024].into(), attributes: BTreeMap::new(), publish_time_ms: i };
+    let kib = |i| Record {
+        key: None,
+        value: vec![b'x'; 1024].into(),
+        attributes: BTreeMap::new(),
+        publish_time_ms: i,
+        idempotency_key: None,
+    };
     log.append((0..300).map(kib).collect()).unwrap();
     log.append((300..303).map(rec).collect()).unwrap();
     assert_eq!(log.read(300, 10, 200).unwrap().len(), 2, "from the tail cache");
