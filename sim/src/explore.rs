@@ -9,6 +9,43 @@ use rand::{RngExt, SeedableRng};
 /// The fault kinds a generated scenario draws from.
 /// New kinds go last, so a seed keeps the faults it drew before.
 const FAULT_KINDS: [&str; 8] = ["partition", "oneway", "hold", "latency", "fail_rate", "isolate", "crash", "disk"];
+/// Mixed into the seed for the delivery-policy draws.
+const POLICY_SEED_SALT: u64 = 0x005e_ed0f_de11_7e57;
+
+/// The retry and dead-letter policy of a generated subscription, and whether one of its
+/// workers fails deliveries.
+struct DeliveryPolicy {
+    /// (minimum, maximum) backoff in milliseconds.
+    retry: Option<(u32, u32)>,
+    /// Max delivery attempts.
+    dead_letter: Option<u32>,
+    nacker: bool,
+}
+
+impl DeliveryPolicy {
+    /// The `sub create` options.
+    fn options(&self) -> String {
+        let mut options = String::new();
+        if let Some((min, max)) = self.retry {
+            let _ = write!(options, " min_backoff={min}ms max_backoff={max}ms");
+        }
+        if let Some(attempts) = self.dead_letter {
+            let _ = write!(options, " dead_letter=t-dlq max_attempts={attempts}");
+        }
+        options
+    }
+}
+
+fn delivery_policy(rng: &mut StdRng) -> DeliveryPolicy {
+    let retry = rng.random_bool(0.5).then(|| {
+        let min = rng.random_range(100..=1000u32);
+        (min, rng.random_range(min..=4000u32))
+    });
+    let dead_letter = rng.random_bool(0.5).then(|| rng.random_range(2..=5u32));
+    let nacker = (retry.is_some() || dead_letter.is_some()) && rng.random_bool(0.7);
+    DeliveryPolicy { retry, dead_letter, nacker }
+}
+
 /// Passes over the steps while shrinking; each pass tries to drop every step once.
 const SHRINK_PASSES_MAX: usize = 3;
 
@@ -23,10 +60,27 @@ pub fn generate(seed: u64) -> String {
     // the fsync that makes it durable.
     let _ = writeln!(out, "config seed={seed} ack_deadline={ack_deadline}s disk_latency=1ms");
     let _ = writeln!(out, "topic create t partitions={partitions}");
-    let _ = writeln!(out, "sub create s topic=t");
+    // Delivery policies come from a second generator, so a seed keeps the workload and
+    // faults it drew before they existed.
+    let mut policy_rng = StdRng::seed_from_u64(seed ^ POLICY_SEED_SALT);
+    let policy = delivery_policy(&mut policy_rng);
+    if policy.dead_letter.is_some() {
+        let _ = writeln!(out, "topic create t-dlq");
+    }
+    let _ = writeln!(out, "sub create s topic=t{}", policy.options());
+    if policy.dead_letter.is_some() {
+        let _ = writeln!(out, "sub create s-dead topic=t-dlq");
+    }
     let workers = rng.random_range(1..=2u32);
     for w in 1..=workers {
-        let _ = writeln!(out, "@100ms subscribe w{w} s");
+        // The last worker fails deliveries: with two it nacks every one (they go round to
+        // the other, or to the dead-letter topic), alone it nacks each first delivery.
+        let mode = match (policy.nacker, w == workers, workers) {
+            (true, true, 2) => " ack=nack-all",
+            (true, true, _) => " ack=nack",
+            _ => "",
+        };
+        let _ = writeln!(out, "@100ms subscribe w{w} s{mode}");
     }
     let producers = rng.random_range(1..=2u32);
     for p in 1..=producers {

@@ -79,6 +79,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     }
     failures.extend(driver.heal_all());
     let healed_at_ms = driver.calm_since_ms.unwrap_or(driver.now_ms());
+    let drain_from_ms = driver.now_ms();
     driver.send(ADMIN_HOST, Command::Drain { subs: audited(scenario).into_keys().collect() });
     let end = driver.elapsed() + DRAIN;
     if let Err(message) = driver.advance_to(end) {
@@ -92,6 +93,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
         audited: audited(scenario),
         loss_allowed,
         healed_at_ms,
+        drain_from_ms,
         bound_ms,
         retry: retry_bounds(scenario),
         unsettled: settled,
