@@ -198,3 +198,35 @@ async fn bad_retry_and_dead_letter_input_is_refused_naming_the_field() {
     let confirmed = pubsub.ack(ack).await.unwrap().into_inner().confirmations;
     assert_eq!(confirmed[0].result(), pb::AckResult::Applied, "the refusals changed nothing");
 }
+
+#[tokio::test]
+async fn ordering_keys_deliver_one_message_per_key_at_a_time() {
+    let server = start().await;
+    server.create_topic("payments", 1).await;
+    let req = pb::CreateSubscriptionRequest {
+        name: "ordered".into(),
+        topic: "payments".into(),
+        enable_message_ordering: true,
+        ..Default::default()
+    };
+    let created = server.admin.clone().create_subscription(req).await.unwrap().into_inner();
+    assert!(created.enable_message_ordering);
+    let message = |key: &str, value: &str| pb::OutgoingMessage {
+        key: Some(key.into()),
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    };
+    let batch = vec![message("alice", "a1"), message("alice", "a2"), message("bob", "b1")];
+    let publish = pb::PublishRequest { topic: "payments".into(), messages: batch, ..Default::default() };
+    server.pubsub.clone().publish(publish).await.unwrap();
+
+    let first = pull(&server, "ordered").await;
+    assert_eq!(first.iter().map(value).collect::<Vec<_>>(), ["a1", "b1"]);
+    let list = pb::ListPendingRequest { subscription: "ordered".into(), ..Default::default() };
+    let pending = server.admin.clone().list_pending(list).await.unwrap().into_inner();
+    let states: Vec<_> = pending.messages.iter().map(|m| (m.offset, m.state())).collect();
+    assert_eq!(states[1], (1, pb::PendingState::KeyBlocked));
+    let ack = pb::AckRequest { subscription: "ordered".into(), ack_ids: vec![first[0].ack_id.clone()] };
+    server.pubsub.clone().ack(ack).await.unwrap();
+    assert_eq!(pull(&server, "ordered").await.iter().map(value).collect::<Vec<_>>(), ["a2"]);
+}

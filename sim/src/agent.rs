@@ -43,6 +43,8 @@ pub enum Command {
         retry: Option<(Option<Duration>, Option<Duration>)>,
         /// Dead-letter topic and max delivery attempts (0 = the broker default).
         dead_letter: Option<(String, u32)>,
+        /// Message ordering by key.
+        ordered: bool,
     },
     DeleteSub {
         sub: String,
@@ -122,8 +124,19 @@ impl NackSpec {
     }
 }
 
-/// Messages a manual subscriber holds, oldest first, with the stream each came on.
-type Held = Arc<std::sync::Mutex<std::collections::VecDeque<(String, mpsc::Sender<pb::SubscribeRequest>)>>>;
+/// A message a manual subscriber holds: its ack id, the stream it came on, its
+/// subscription and what the client knows of it.
+type HeldMessage = (String, mpsc::Sender<pb::SubscribeRequest>, String, Leased);
+
+/// Messages a manual subscriber holds, oldest first.
+type Held = Arc<std::sync::Mutex<std::collections::VecDeque<HeldMessage>>>;
+
+/// Records that the client sent an ack or a nack of `leased` (its answer may never come).
+fn record_sent(history: &History, host: &str, sub: &str, leased: &Leased, op: &str) {
+    let Leased { id, partition, offset, attempt } = leased.clone();
+    let event = Event::AckSent { id, sub: sub.to_string(), op: op.to_string(), partition, offset, attempt };
+    history.record(host, event);
+}
 
 /// A `publish` step.
 #[derive(Debug, Clone)]
@@ -175,19 +188,21 @@ pub async fn run(
                         held.pop_front().into_iter().collect()
                     }
                 };
-                for (ack_id, tx) in taken {
+                for (ack_id, tx, sub, leased) in taken {
+                    record_sent(&history, &name, &sub, &leased, "ack");
                     let _ = tx.try_send(pb::SubscribeRequest { ack_ids: vec![ack_id], ..Default::default() });
                 }
             }
             Command::Nack(nack) => {
                 let taken: Vec<_> = held.lock().expect("held lock").drain(..).collect();
-                for (ack_id, tx) in taken {
+                for (ack_id, tx, sub, leased) in taken {
+                    record_sent(&history, &name, &sub, &leased, "nack");
                     let _ = tx.try_send(nack.request(ack_id));
                 }
             }
             Command::Modack { seconds } => {
                 let kept: Vec<_> = held.lock().expect("held lock").iter().cloned().collect();
-                for (ack_id, tx) in kept {
+                for (ack_id, tx, ..) in kept {
                     let request = pb::SubscribeRequest {
                         modify_deadline_ack_ids: vec![ack_id],
                         modify_deadline_seconds: vec![seconds],
@@ -284,7 +299,7 @@ impl App {
                 let req = pb::DeleteTopicRequest { name: topic.clone(), force: true };
                 (format!("topic delete {topic}"), admin.delete_topic(req).await.map(drop))
             }
-            Command::CreateSub { sub, topic, ack_deadline_s, latest, retry, dead_letter } => {
+            Command::CreateSub { sub, topic, ack_deadline_s, latest, retry, dead_letter, ordered } => {
                 let duration =
                     |d: Duration| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 };
                 let req = pb::CreateSubscriptionRequest {
@@ -300,6 +315,7 @@ impl App {
                         dead_letter_topic: topic,
                         max_delivery_attempts: attempts,
                     }),
+                    enable_message_ordering: ordered,
                 };
                 (format!("sub create {sub}"), admin.create_subscription(req).await.map(drop))
             }
@@ -442,8 +458,9 @@ impl App {
                 let request = match mode.ack {
                     AckMode::None => continue,
                     AckMode::Manual => {
-                        ids.insert(ack_id.clone(), leased);
-                        self.held.lock().expect("held lock").push_back((ack_id, tx.clone()));
+                        let entry = (ack_id.clone(), tx.clone(), sub.to_string(), leased.clone());
+                        self.held.lock().expect("held lock").push_back(entry);
+                        ids.insert(ack_id, leased);
                         continue;
                     }
                     AckMode::Nack if attempt == 1 => mode.nack.request(ack_id.clone()),
@@ -453,16 +470,21 @@ impl App {
                         pb::SubscribeRequest { ack_ids: vec![ack_id.clone()], ..Default::default() }
                     }
                 };
-                ids.insert(ack_id, leased);
+                let op = if request.ack_ids.is_empty() { "nack" } else { "ack" };
                 if mode.ack_delay.is_zero() {
+                    record_sent(&self.history, &self.name, sub, &leased, op);
                     let _ = tx.send(request).await;
                 } else {
                     let (tx, delay) = (tx.clone(), mode.ack_delay);
+                    let (history, host, sub, leased) =
+                        (self.history.clone(), self.name.clone(), sub.to_string(), leased.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
+                        record_sent(&history, &host, &sub, &leased, op);
                         let _ = tx.send(request).await;
                     });
                 }
+                ids.insert(ack_id, leased);
             }
             for c in response.ack_confirmations {
                 // A deadline change leaves the message held: keep its entry for the answer
@@ -494,6 +516,7 @@ impl App {
         let dead_letter = attribute("dead_letter_source_subscription")
             .map(|from| (from, attribute("dead_letter_reason").unwrap_or_default()));
         let leased = Leased { id, partition: message.partition, offset: message.offset, attempt: m.delivery_attempt };
+        let key = message.key.clone();
         self.record(Event::Delivered {
             id: leased.id.clone(),
             sub: sub.to_string(),
@@ -503,6 +526,7 @@ impl App {
             attempt: leased.attempt,
             value,
             dead_letter,
+            key,
             idempotency_key: message.idempotency_key.clone(),
             publish_ms: message.publish_time.map_or(0, |t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000),
         });
@@ -526,9 +550,13 @@ fn result_name(result: pb::AckResult) -> String {
 }
 
 impl App {
+    /// Pulls and acks until the run ends. It goes straight on while pulls bring messages
+    /// (an ordered subscription gives one message per key per round), and waits between
+    /// rounds that brought none. The loop ends with the simulation.
     async fn drain(self, subs: Vec<String>) {
         let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         loop {
+            let mut pulled_any = false;
             for sub in &subs {
                 let pulled = client.pull(pb::PullRequest { subscription: sub.clone(), max_messages: 100 }).await;
                 let Ok(pulled) = pulled else { continue };
@@ -540,6 +568,10 @@ impl App {
                 if stored.is_empty() {
                     continue;
                 }
+                pulled_any = true;
+                for leased in stored.values() {
+                    record_sent(&self.history, &self.name, sub, leased, "ack");
+                }
                 let req = pb::AckRequest { subscription: sub.clone(), ack_ids: stored.keys().cloned().collect() };
                 let Ok(reply) = client.ack(req).await else { continue };
                 for c in reply.into_inner().confirmations {
@@ -547,7 +579,9 @@ impl App {
                     self.record_answer(sub, leased, &c);
                 }
             }
-            tokio::time::sleep(RETRY_DELAY).await;
+            if !pulled_any {
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
         }
     }
 }

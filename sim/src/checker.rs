@@ -29,6 +29,8 @@ pub struct Context {
     pub bound_ms: u64,
     /// The retry policy of each subscription that has one.
     pub retry: BTreeMap<String, RetryBounds>,
+    /// Subscriptions with message ordering by key.
+    pub ordered: BTreeSet<String>,
     pub unsettled: Unsettled,
     /// The broker's dedupe window, for the duplicated-publish check.
     pub dedupe_window_ms: u64,
@@ -81,11 +83,15 @@ pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
         unexpected(entries),
         duplicated(entries),
         redelivered_after_ack(entries),
-        out_of_order(entries),
+        out_of_order(entries, &context.ordered),
         offsets,
         backoff(entries, &context.retry, &context.unsettled),
         liveness,
     ];
+    // Only runs with an ordered subscription have a verdict on key order.
+    if !context.ordered.is_empty() {
+        checks.push(key_order(entries, &context.ordered));
+    }
     // Only runs that publish with idempotency keys have a verdict on them.
     if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
         checks.push(duplicated_publish(entries, audited, context.dedupe_window_ms));
@@ -156,7 +162,19 @@ fn conservation(entries: &[Entry], audited: &BTreeMap<String, String>, drain_fro
     let mut acked: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut dead: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut alive: BTreeSet<(&str, &str)> = BTreeSet::new();
+    // Acks sent minus acks answered, per (sub, id): more than zero left means an answer
+    // never came, so the ack may have been applied (indeterminate, like a lost publish answer).
+    let mut unanswered: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for e in entries {
+        match &e.event {
+            Event::AckSent { id, sub, op, .. } if op == "ack" => {
+                *unanswered.entry((sub.as_str(), id.as_str())).or_default() += 1;
+            }
+            Event::AckAnswered { id, sub, op, .. } if op == "ack" => {
+                *unanswered.entry((sub.as_str(), id.as_str())).or_default() -= 1;
+            }
+            _ => {}
+        }
         match &e.event {
             Event::Delivered { id, sub, dead_letter: None, .. } if e.at_ms >= drain_from_ms => {
                 alive.insert((sub.as_str(), id.as_str()));
@@ -170,7 +188,7 @@ fn conservation(entries: &[Entry], audited: &BTreeMap<String, String>, drain_fro
             _ => {}
         }
     }
-    let (mut finished, mut going, mut problems) = (0, 0, Vec::new());
+    let (mut finished, mut going, mut unknown, mut problems) = (0, 0, 0, Vec::new());
     for e in entries {
         let Event::Published { id, topic, .. } = &e.event else { continue };
         for (sub, _) in audited.iter().filter(|(_, t)| *t == topic) {
@@ -179,15 +197,81 @@ fn conservation(entries: &[Entry], audited: &BTreeMap<String, String>, drain_fro
                 finished += 1;
             } else if alive.contains(&key) {
                 going += 1;
+            } else if unanswered.get(&key).is_some_and(|n| *n > 0) {
+                unknown += 1;
             } else {
                 problems.push(format!("{id} neither acked on {sub}, nor dead-lettered from it, nor still there"));
             }
         }
     }
     let dead_count = dead.iter().filter(|(sub, _)| audited.contains_key(*sub)).count();
-    let ok =
+    let mut ok =
         format!("{finished} acked or dead-lettered ({dead_count} dead-lettered), {going} still going round at the end");
+    // Only where it happened, so runs without lost answers read as before.
+    if unknown > 0 {
+        ok.push_str(&format!(", {unknown} acked with the answer lost"));
+    }
     result("conservation", problems, ok)
+}
+
+/// On an ordered subscription, the messages of one key (per partition) go out one at a
+/// time and in order: a message reaches a client only once every earlier message of its
+/// key that a client received is finished, that is acked (the ack was sent after its
+/// latest delivery: the broker applies an ack only after it is sent, and leases the next
+/// message only after that) or dead-lettered (its copy reached the dead-letter topic's
+/// reader). A crash, a seek or a redrive starts the reckoning over.
+fn key_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check {
+    /// An offset of a key as the clients saw it: its id, its latest attempt, and whether
+    /// an ack was sent after that delivery.
+    struct Seen<'e> {
+        id: &'e str,
+        attempt: u32,
+        acked: bool,
+    }
+    let dead: BTreeSet<(&str, &str)> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Delivered { id, dead_letter: Some((from, _)), .. } => Some((from.as_str(), id.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut seen: BTreeMap<(&str, u32, &str), BTreeMap<u64, Seen>> = BTreeMap::new();
+    let mut keys: BTreeMap<(&str, u32, u64), &str> = BTreeMap::new();
+    let (mut checked, mut problems) = (0, Vec::new());
+    for e in entries {
+        match &e.event {
+            Event::Crashed { .. } => seen.clear(),
+            Event::Seeked { sub } | Event::Redriven { sub, .. } => seen.retain(|(s, ..), _| s != sub),
+            Event::AckSent { sub, op, partition, offset, attempt, .. } if op == "ack" => {
+                let Some(key) = keys.get(&(sub.as_str(), *partition, *offset)) else { continue };
+                let offsets = seen.get_mut(&(sub.as_str(), *partition, *key));
+                if let Some(s) = offsets.and_then(|o| o.get_mut(offset)).filter(|s| s.attempt <= *attempt) {
+                    s.acked = true;
+                }
+            }
+            Event::Delivered { id, sub, partition, offset, attempt, key: Some(key), dead_letter: None, .. }
+                if ordered.contains(sub) =>
+            {
+                keys.insert((sub.as_str(), *partition, *offset), key.as_str());
+                let offsets = seen.entry((sub.as_str(), *partition, key.as_str())).or_default();
+                checked += 1;
+                for (earlier, s) in offsets.range(..*offset) {
+                    if !s.acked && !dead.contains(&(sub.as_str(), s.id)) {
+                        problems.push(format!(
+                            "{id} (p{partition}@{offset}, key {key}) reached {sub} while {} (@{earlier}) was unfinished",
+                            s.id
+                        ));
+                    }
+                }
+                let entry = offsets.entry(*offset).or_insert(Seen { id: id.as_str(), attempt: 0, acked: false });
+                if *attempt > entry.attempt {
+                    *entry = Seen { id: id.as_str(), attempt: *attempt, acked: false };
+                }
+            }
+            _ => {}
+        }
+    }
+    result("key-order", problems, format!("{checked} keyed deliveries, each after the one before it finished"))
 }
 
 /// On a subscription with a retry policy, delivery `n + 1` of a message comes no sooner
@@ -305,11 +389,15 @@ fn summary(problems: &[String]) -> String {
     detail
 }
 
-/// Acknowledged publishes never delivered to an audited subscription of their topic.
+/// Acknowledged publishes never delivered to an audited subscription of their topic. A
+/// message dead-lettered from the subscription counts as delivered there: the broker may
+/// give up on leases that never reached the client (a partition hid them until they expired
+/// max_attempts times), and the copy in the dead-letter topic is the message.
 fn lost(entries: &[Entry], audited: &BTreeMap<String, String>) -> Check {
     let delivered: BTreeSet<(&str, &str)> = entries
         .iter()
         .filter_map(|e| match &e.event {
+            Event::Delivered { id, dead_letter: Some((from, _)), .. } => Some((from.as_str(), id.as_str())),
             Event::Delivered { id, sub, .. } => Some((sub.as_str(), id.as_str())),
             _ => None,
         })
@@ -462,8 +550,9 @@ fn redelivered_after_ack(entries: &[Entry]) -> Check {
 }
 
 /// First deliveries going backwards within a partition on one stream (streams are
-/// numbered per host). A seek starts the count again.
-fn out_of_order(entries: &[Entry]) -> Check {
+/// numbered per host). A seek starts the count again. Ordered subscriptions are the
+/// key-order check's: holding a key back lets later offsets of other keys go first.
+fn out_of_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check {
     let mut last: BTreeMap<(&str, &str, u64, u32), u64> = BTreeMap::new();
     let mut problems = Vec::new();
     for e in entries {
@@ -473,6 +562,9 @@ fn out_of_order(entries: &[Entry]) -> Check {
             last.retain(|(_, s, ..), _| s != seeked);
         }
         if let Event::Delivered { sub, stream, partition, offset, attempt: 1, .. } = &e.event {
+            if ordered.contains(sub) {
+                continue;
+            }
             let key = (e.host.as_str(), sub.as_str(), *stream, *partition);
             if let Some(previous) = last.insert(key, *offset) {
                 if *offset < previous {

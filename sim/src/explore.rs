@@ -20,6 +20,8 @@ struct DeliveryPolicy {
     /// Max delivery attempts.
     dead_letter: Option<u32>,
     nacker: bool,
+    /// Message ordering by key.
+    ordered: bool,
 }
 
 impl DeliveryPolicy {
@@ -32,6 +34,9 @@ impl DeliveryPolicy {
         if let Some(attempts) = self.dead_letter {
             let _ = write!(options, " dead_letter=t-dlq max_attempts={attempts}");
         }
+        if self.ordered {
+            options.push_str(" ordered=true");
+        }
         options
     }
 }
@@ -43,7 +48,13 @@ fn delivery_policy(rng: &mut StdRng) -> DeliveryPolicy {
     });
     let dead_letter = rng.random_bool(0.5).then(|| rng.random_range(2..=5u32));
     let nacker = (retry.is_some() || dead_letter.is_some()) && rng.random_bool(0.7);
-    DeliveryPolicy { retry, dead_letter, nacker }
+    // New draws go last, so a seed keeps the policies it drew before.
+    let ordered = rng.random_bool(0.4);
+    // A worker that fails every delivery of an ordered key makes each message of the key
+    // wait out backoffs one after another: correct, but too slow to finish within the
+    // drain. Ordering is explored under the faults instead.
+    let nacker = nacker && !ordered;
+    DeliveryPolicy { retry, dead_letter, nacker, ordered }
 }
 
 /// Passes over the steps while shrinking; each pass tries to drop every step once.

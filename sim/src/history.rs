@@ -33,12 +33,17 @@ pub enum Event {
         attempt: u32,
         value: String,
         dead_letter: Option<(String, String)>,
+        /// The message's key (ordering keys are per partition and key).
+        key: Option<String>,
         idempotency_key: Option<String>,
         publish_ms: u64,
     },
     /// The broker answered an ack or a nack (`op`) of delivery `attempt` of the message
     /// stored at `partition`/`offset`.
     AckAnswered { id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32, result: String },
+    /// The client sent an ack or nack (`op`) of delivery `attempt`; its answer is an
+    /// `AckAnswered`, or never comes (the request or the answer was lost).
+    AckSent { id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32 },
     /// A subscription was moved by a seek: what it replays afterwards is not a redelivery.
     Seeked { sub: String },
     /// A redrive read dead letters from `dead`: the message at `partition`/`offset` went
@@ -127,6 +132,8 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
             }
         }
         Event::AckAnswered { id, sub, op, result, .. } => format!("{op} {id} on {sub}: {result}"),
+        Event::AckSent { id, sub, op, attempt, .. } if full => format!("send {op} {id} on {sub} attempt={attempt}"),
+        Event::AckSent { .. } => return None,
         Event::Seeked { sub } => format!("seeked {sub}"),
         Event::Redriven { dead, sub, partition, offset, error: None } => {
             format!("redrive {dead}: p{partition}@{offset} back to {sub}")

@@ -1,7 +1,7 @@
 //! Runs a scenario: brokers and apps on turmoil hosts, the driver stepping simulated time
 //! and applying each step when its time comes, then the verdict.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +96,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
         drain_from_ms,
         bound_ms,
         retry: retry_bounds(scenario),
+        ordered: ordered_subscriptions(scenario),
         unsettled: settled,
         dedupe_window_ms: ServerConfig::default().broker.dedupe_window_ms,
     };
@@ -411,6 +412,7 @@ impl<'a> Driver<'a> {
                     latest: step.option("start") == Some("latest"),
                     retry,
                     dead_letter: step.option("dead_letter").map(|topic| (topic.to_string(), attempts)),
+                    ordered: step.option("ordered") == Some("true"),
                 };
                 self.admin_step(command)?;
             }
@@ -698,6 +700,12 @@ fn retry_bounds(scenario: &Scenario) -> BTreeMap<String, checker::RetryBounds> {
         bounds.insert(sub, checker::RetryBounds { minimum_ms, maximum_ms, nack_delay_min_ms: nack_delay_min });
     }
     bounds
+}
+
+/// Subscriptions created with message ordering.
+fn ordered_subscriptions(scenario: &Scenario) -> BTreeSet<String> {
+    let creates = scenario.steps.iter().filter(|s| s.verb == Verb::SubCreate);
+    creates.filter(|s| s.option("ordered") == Some("true")).map(|s| s.arg("sub").to_string()).collect()
 }
 
 /// Subscriptions that must see every acknowledged publish of their topic: created at the

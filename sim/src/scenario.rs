@@ -121,6 +121,7 @@ const CHECKS: Kind = Kind::OneOf(&[
     "liveness",
     "conservation",
     "backoff",
+    "key-order",
 ]);
 
 const SPECS: &[Spec] = &[
@@ -143,6 +144,7 @@ const SPECS: &[Spec] = &[
             ("max_backoff", Kind::Dur),
             ("dead_letter", Kind::Name),
             ("max_attempts", Kind::Count),
+            ("ordered", Kind::OneOf(&["true", "false"])),
         ],
     },
     Spec { words: &["sub", "delete"], verb: Verb::SubDelete, positionals: &[("sub", Kind::Name)], options: &[] },

@@ -37,6 +37,8 @@ pub struct SubscriptionSpec {
     pub retry: Option<RetrySpec>,
     /// Where messages go after too many attempts; `None` keeps redelivering them.
     pub dead_letter: Option<DeadLetterSpec>,
+    /// Deliver the messages of one ordering key in order, one at a time.
+    pub ordered: bool,
 }
 
 /// A subscription as Admin reports it.
@@ -49,6 +51,7 @@ pub struct SubscriptionInfo {
     pub ephemeral: bool,
     pub retry: Option<RetryPolicy>,
     pub dead_letter: Option<DeadLetterPolicy>,
+    pub ordered: bool,
 }
 
 /// Backlog and leases of a subscription.
@@ -270,6 +273,7 @@ impl Broker {
             retry,
             dead_letter,
             dead_lettered: 0,
+            ordered: spec.ordered,
         };
         let info = subscription_info(&sub);
         self.topics.get_mut(&spec.topic).expect("topic checked above").subscriptions.insert(spec.name.clone());
@@ -427,5 +431,6 @@ fn subscription_info(sub: &Subscription) -> SubscriptionInfo {
         ephemeral: sub.ephemeral,
         retry: sub.retry,
         dead_letter: sub.dead_letter.clone(),
+        ordered: sub.ordered,
     }
 }

@@ -49,6 +49,10 @@ pub struct BrokerConfig {
     /// (every offset between is remembered as acked); farther ones are left in the
     /// dead-letter topic and reported.
     pub redrive_rewind_offsets_max: u64,
+    /// Messages one partition of an ordered subscription may hold back behind the
+    /// unfinished messages of their keys. Past it the partition delivers nothing new until
+    /// a key moves on (head-of-line blocking), so the held-back set stays bounded.
+    pub ordered_parked_messages_max: usize,
     /// A stream's `max_outstanding_messages` when it asks for 0.
     pub max_outstanding_messages: u32,
     /// A stream's `max_outstanding_bytes` when it asks for 0.
@@ -99,6 +103,7 @@ impl Default for BrokerConfig {
             max_delivery_attempts: 5,
             max_delivery_attempts_max: 100,
             redrive_rewind_offsets_max: 100_000,
+            ordered_parked_messages_max: 10_000,
             max_outstanding_messages: 1000,
             max_outstanding_bytes: 100 * 1024 * 1024,
             pull_messages_max: 1000,
@@ -164,6 +169,11 @@ impl BrokerConfig {
             "1 to max_delivery_attempts_max",
         )?;
         check(self.redrive_rewind_offsets_max <= 10_000_000, "redrive_rewind_offsets_max", "0 to 10000000")?;
+        check(
+            (1..=1_000_000).contains(&self.ordered_parked_messages_max),
+            "ordered_parked_messages_max",
+            "1 to 1000000",
+        )?;
         check((1..=100_000).contains(&self.pull_messages_max), "pull_messages_max", "1 to 100000")?;
         check(
             (1..=self.pull_messages_max).contains(&self.max_outstanding_messages),

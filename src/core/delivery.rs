@@ -521,6 +521,7 @@ impl Broker {
     ) -> Option<Delivery> {
         let seq = self.next_lease_seq;
         let after_sync = self.after_sync;
+        let parked_max = self.config.ordered_parked_messages_max;
         let sub = self.subscriptions.get_mut(&uid).expect("leasing subscription");
         let topic = self.topics.get(&sub.topic).expect("a subscription's topic exists");
         let partitions = topic.partition_count();
@@ -528,29 +529,45 @@ impl Broker {
             let partition = (sub.next_partition + i) % partitions;
             let log = &topic.logs[partition as usize];
             let cursor = &mut sub.cursors[partition as usize];
-            let Some(offset) = cursor.next_to_deliver(visible_end(log.as_ref(), after_sync)) else { continue };
-            // A record that failed its CRC stays damaged: it is not read again.
-            let fault_key = (topic.uid, partition, offset);
-            if matches!(self.read_faults.get(&fault_key), Some(StorageError::Corrupt { .. })) {
-                continue;
-            }
-            // A storage error leaves the message where it is, undelivered; the other
-            // partitions go on. A disk error is retried at the next dispatch.
-            let records = match log.read(offset, 1, usize::MAX) {
-                Ok(records) => records,
-                Err(error) => {
-                    if self.read_faults.len() < READ_FAULTS_MAX && !self.read_faults.contains_key(&fault_key) {
-                        self.read_faults.insert(fault_key, error.clone());
-                        let topic = topic.name.clone();
-                        self.outputs.push_back(Output::ReadFailed { topic, partition, offset, error });
+            let end = visible_end(log.as_ref(), after_sync);
+            // Parking an offset behind its key moves the cursor on, so look again; each
+            // pass parks one more, up to the bound.
+            let found = loop {
+                let Some(offset) = cursor.next_to_deliver(end) else { break None };
+                // A record that failed its CRC stays damaged: it is not read again.
+                let fault_key = (topic.uid, partition, offset);
+                if matches!(self.read_faults.get(&fault_key), Some(StorageError::Corrupt { .. })) {
+                    break None;
+                }
+                // A storage error leaves the message where it is, undelivered; the other
+                // partitions go on. A disk error is retried at the next dispatch.
+                let records = match log.read(offset, 1, usize::MAX) {
+                    Ok(records) => records,
+                    Err(error) => {
+                        if self.read_faults.len() < READ_FAULTS_MAX && !self.read_faults.contains_key(&fault_key) {
+                            self.read_faults.insert(fault_key, error.clone());
+                            let topic = topic.name.clone();
+                            self.outputs.push_back(Output::ReadFailed { topic, partition, offset, error });
+                        }
+                        break None;
                     }
-                    continue;
+                };
+                self.read_faults.remove(&fault_key);
+                let Some(record) = records.into_iter().next() else { break None };
+                let held = record.record.key.as_deref().filter(|k| sub.ordered && cursor.keys.blocked(offset, k));
+                match held {
+                    // Past the bound the partition waits for its keys to move.
+                    Some(_) if cursor.keys.parked_len() >= parked_max => break None,
+                    Some(key) => cursor.park(offset, key),
+                    None => break Some((offset, record)),
                 }
             };
-            self.read_faults.remove(&fault_key);
-            let Some(record) = records.into_iter().next() else { continue };
+            let Some((offset, record)) = found else { continue };
             if budget.is_some_and(|b| encoded_len_max(&topic.name, &record.record) > b) {
                 return None;
+            }
+            if let Some(key) = record.record.key.as_deref().filter(|_| sub.ordered) {
+                cursor.keys.deliver(offset, key);
             }
             let deadline_ms = now_ms.saturating_add(sub.ack_deadline_ms);
             let bytes = record.record.size_bytes() as u64;

@@ -29,6 +29,7 @@ mod delivery;
 mod error;
 mod lease;
 pub mod name;
+mod ordering;
 mod pending;
 mod persist;
 mod publish;
@@ -55,6 +56,8 @@ pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
 #[cfg(test)]
 mod dedupe_tests;
+#[cfg(test)]
+mod ordering_tests;
 #[cfg(test)]
 mod persist_tests;
 #[cfg(test)]

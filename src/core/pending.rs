@@ -18,6 +18,8 @@ pub enum PendingState {
     Ready,
     /// Copied to the dead-letter topic; done once the copy is synced.
     DeadLettering,
+    /// Held back until an earlier message of its ordering key is acked or dead-lettered.
+    KeyBlocked,
 }
 
 /// A page of [`Broker::list_pending`], and the position after which the next page starts
@@ -70,6 +72,7 @@ impl Broker {
             );
             rows.extend(cursor.pending.range(from..).take(want).map(|o| (*o, PendingState::Ready)));
             rows.extend(cursor.in_transit.range(from..).take(want).map(|o| (*o, PendingState::DeadLettering)));
+            rows.extend(cursor.keys.parked_from(from).take(want).map(|o| (o, PendingState::KeyBlocked)));
             rows.sort_unstable_by_key(|(offset, _)| *offset);
             rows.truncate(want);
             page.extend(rows.into_iter().map(|(offset, state)| PendingMessage {

@@ -74,6 +74,9 @@ struct SubscriptionMeta {
     /// Messages dead-lettered so far (reported by stats).
     #[prost(uint64, tag = "10")]
     dead_lettered: u64,
+    /// Message ordering by key.
+    #[prost(bool, tag = "11")]
+    ordered: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -199,6 +202,7 @@ impl Broker {
                         max_delivery_attempts: d.max_delivery_attempts,
                     }),
                     dead_lettered: s.dead_lettered,
+                    ordered: s.ordered,
                 },
             );
         }
@@ -242,6 +246,7 @@ impl Broker {
                     .as_ref()
                     .map(|d| DeadLetterMeta { topic: d.topic.clone(), max_delivery_attempts: d.max_delivery_attempts }),
                 dead_lettered: s.dead_lettered,
+                ordered: s.ordered,
             })
             .collect();
         let meta = Meta {

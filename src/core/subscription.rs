@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::lease::{Lease, StreamId};
+use super::ordering::KeyOrder;
 use super::retry::{DeadLetterPolicy, RetryPolicy};
 
 /// Where a new subscription starts.
@@ -41,13 +42,16 @@ pub struct Subscription {
     pub dead_letter: Option<DeadLetterPolicy>,
     /// Messages moved to the dead-letter topic since the subscription was created.
     pub dead_lettered: u64,
+    /// Messages of one ordering key are delivered in order, one at a time.
+    pub ordered: bool,
 }
 
 /// A subscription's state on one partition.
 ///
 /// Every offset below `committed` is acknowledged (or dead-lettered). Every offset in
-/// `[committed, next)` is in exactly one of `acked`, `leased`, `pending`, `delayed` and
-/// `in_transit`. Offsets from `next` on have never been delivered.
+/// `[committed, next)` is in exactly one of `acked`, `leased`, `pending`, `delayed`,
+/// `in_transit` and (ordered subscriptions) parked in `keys`. Offsets from `next` on have
+/// never been delivered.
 #[derive(Debug, Default)]
 pub struct Cursor {
     /// The ack floor (the committed offset).
@@ -72,6 +76,8 @@ pub struct Cursor {
     /// One past the highest offset ever leased. It survives seeks, so an ack id from
     /// before a seek back is still recognised (as expired, not invalid).
     pub high: u64,
+    /// Ordering-key heads and parked offsets (ordered subscriptions only).
+    pub keys: KeyOrder,
 }
 
 /// Leases and backoffs that a seek or retention ended, so the broker can take them out of
@@ -112,6 +118,8 @@ impl Cursor {
         self.committed = start;
         self.next = self.next.max(start);
         self.pending = self.pending.split_off(&start);
+        // Heads below the start finish (their messages are gone); their keys' next go on.
+        self.pending.extend(self.keys.drop_below(start));
         self.in_transit = self.in_transit.split_off(&start);
         self.acked = self.acked.split_off(&start);
         self.attempts = self.attempts.split_off(&start);
@@ -173,8 +181,23 @@ impl Cursor {
         Some(lease)
     }
 
+    /// Parks `offset` (the next offset, or a pending one) behind its ordering key's head.
+    pub fn park(&mut self, offset: u64, key: &str) {
+        if offset == self.next {
+            self.next += 1;
+        } else {
+            let was_pending = self.pending.remove(&offset);
+            assert!(was_pending, "parked offset {offset} was neither pending nor next");
+        }
+        self.keys.park(offset, key);
+    }
+
     /// Counts `offset` as done (acked, or dead-lettered and synced) and moves the floor.
+    /// The next message of its ordering key, if one is parked, is ready now.
     pub fn mark_acked(&mut self, offset: u64) {
+        if let Some(next) = self.keys.finish(offset) {
+            self.pending.insert(next);
+        }
         self.attempts.remove(&offset);
         self.acked.insert(offset);
         while self.acked.first() == Some(&self.committed) {
@@ -214,7 +237,8 @@ impl Cursor {
             || self.pending.contains(&offset)
             || self.delayed.contains_key(&offset)
             || self.leased.contains_key(&offset)
-            || self.in_transit.contains(&offset);
+            || self.in_transit.contains(&offset)
+            || self.keys.is_parked(offset);
         if waiting {
             return Err(format!("offset {offset} is already waiting for delivery"));
         }
@@ -258,12 +282,31 @@ impl Cursor {
         let states = |o: &u64| {
             [self.pending.contains(o), self.leased.contains_key(o), self.acked.contains(o)]
                 .into_iter()
-                .chain([self.delayed.contains_key(o), self.in_transit.contains(o)])
+                .chain([self.delayed.contains_key(o), self.in_transit.contains(o), self.keys.is_parked(*o)])
                 .filter(|in_state| *in_state)
                 .count()
         };
-        let overlap = self.pending.iter().chain(self.delayed.keys()).chain(&self.in_transit).any(|o| states(o) > 1);
-        assert!(!overlap, "an offset is in two of pending, delayed, in transit, leased and acked");
+        let parked: Vec<u64> = self.keys.parked_from(0).collect();
+        assert!(
+            parked.iter().all(|o| *o >= self.committed && *o < self.next),
+            "parked offset outside [committed, next)"
+        );
+        let overlap = self
+            .pending
+            .iter()
+            .chain(self.delayed.keys())
+            .chain(&self.in_transit)
+            .chain(&parked)
+            .any(|o| states(o) > 1);
+        assert!(!overlap, "an offset is in two of pending, delayed, in transit, parked, leased and acked");
+        for head in self.keys.heads() {
+            let unfinished = self.leased.contains_key(&head)
+                || self.pending.contains(&head)
+                || self.delayed.contains_key(&head)
+                || self.in_transit.contains(&head);
+            assert!(unfinished, "ordering head {head} is not an unfinished delivery");
+        }
+        self.keys.assert_invariants();
     }
 }
 

@@ -305,6 +305,7 @@ pub fn subscription(info: SubscriptionInfo) -> pb::Subscription {
         ephemeral: info.ephemeral,
         retry_policy: info.retry.map(retry_policy_pb),
         dead_letter_policy: info.dead_letter.map(dead_letter_policy_pb),
+        enable_message_ordering: info.ordered,
     }
 }
 
@@ -368,6 +369,7 @@ pub fn pending_message(m: PendingMessage, wall_ms: u64) -> pb::PendingMessage {
         }
         PendingState::Ready => pb::PendingState::Ready,
         PendingState::DeadLettering => pb::PendingState::DeadLettering,
+        PendingState::KeyBlocked => pb::PendingState::KeyBlocked,
     };
     row.state = state.into();
     row
