@@ -556,6 +556,7 @@ impl Broker {
                 let Some(record) = records.into_iter().next() else { break None };
                 let held = record.record.key.as_deref().filter(|k| sub.ordered && cursor.keys.blocked(offset, k));
                 match held {
+                    Some(key) if cursor.take_over_head(offset, key) => break Some((offset, record)),
                     // Past the bound the partition waits for its keys to move.
                     Some(_) if cursor.keys.parked_len() >= parked_max => break None,
                     Some(key) => cursor.park(offset, key),

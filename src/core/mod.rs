@@ -61,6 +61,8 @@ mod ordering_tests;
 #[cfg(test)]
 mod persist_tests;
 #[cfg(test)]
+mod policy_proptests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod retry_tests;

@@ -192,6 +192,20 @@ impl Cursor {
         self.keys.park(offset, key);
     }
 
+    /// Lets `offset` (a message that came back, earlier than its key's head) go before a
+    /// head that was never delivered, which is parked again. False if the head was
+    /// delivered: then `offset` waits behind it.
+    pub fn take_over_head(&mut self, offset: u64, key: &str) -> bool {
+        let Some(head) = self.keys.head(key) else { return false };
+        let undelivered = self.pending.contains(&head) && !self.attempts.contains_key(&head);
+        if head < offset || !undelivered {
+            return false;
+        }
+        self.pending.remove(&head);
+        self.keys.take_over(offset, key);
+        true
+    }
+
     /// Counts `offset` as done (acked, or dead-lettered and synced) and moves the floor.
     /// The next message of its ordering key, if one is parked, is ready now.
     pub fn mark_acked(&mut self, offset: u64) {
