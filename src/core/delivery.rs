@@ -330,9 +330,9 @@ impl Broker {
         }
     }
 
-    /// Leases up to `max_messages` (0 = 100) available messages of `subscription` now.
-    pub fn pull(&mut self, now_ms: u64, subscription: &str, max_messages: u32) -> Result<Vec<Delivery>, BrokerError> {
-        name::check("subscription", subscription)?;
+    /// How many messages a request for `max_messages` takes: 0 means 100, and past
+    /// `pull_messages_max` is refused.
+    pub(super) fn batch_size(&self, max_messages: u32) -> Result<u32, BrokerError> {
         let limit = self.config.pull_messages_max;
         if max_messages > limit {
             return Err(BrokerError::InvalidArgument {
@@ -340,7 +340,13 @@ impl Broker {
                 reason: format!("{max_messages}; allowed is 1 to {limit} (0 = 100)"),
             });
         }
-        let max = if max_messages == 0 { 100.min(limit) } else { max_messages };
+        Ok(if max_messages == 0 { 100.min(limit) } else { max_messages })
+    }
+
+    /// Leases up to `max_messages` (0 = 100) available messages of `subscription` now.
+    pub fn pull(&mut self, now_ms: u64, subscription: &str, max_messages: u32) -> Result<Vec<Delivery>, BrokerError> {
+        name::check("subscription", subscription)?;
+        let max = self.batch_size(max_messages)?;
         let uid = self.subscription_uid(subscription)?;
         let mut out: Vec<Delivery> = Vec::new();
         let mut room = self.config.response_bytes_max;

@@ -47,14 +47,7 @@ impl Broker {
         max_messages: u32,
     ) -> Result<Vec<Redriven>, BrokerError> {
         name::check("subscription", subscription)?;
-        let limit = self.config.pull_messages_max;
-        if max_messages > limit {
-            return Err(BrokerError::InvalidArgument {
-                field: "max_messages",
-                reason: format!("{max_messages}; allowed is 1 to {limit} (0 = 100)"),
-            });
-        }
-        let max = if max_messages == 0 { 100.min(limit) } else { max_messages };
+        let max = self.batch_size(max_messages)?;
         let uid = self.subscription_uid(subscription)?;
         let mut results = Vec::new();
         let mut stay: Vec<Delivery> = Vec::new();
