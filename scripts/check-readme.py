@@ -37,6 +37,7 @@ def blocks(readme):
 
 def mask(text):
     text = re.sub(r'"publishTime": "[^"]*"', '"publishTime": "…"', text)
+    text = re.sub(r'"oldestUnackedAge": "[^"]*"', '"oldestUnackedAge": "…"', text)
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
