@@ -5,7 +5,9 @@ compares the output with what the README prints (publish times masked).
 The two Subscribe streams run in the background while a message is published from "another
 terminal", as the README describes. Needs grpcurl on PATH and port 50051 free.
 Usage: cargo build --release && python3 scripts/check-readme.py
+(MINI_PUBSUB_BIN names another build of the server, such as target/debug/mini-pubsub.)
 """
+import os
 import re
 import shlex
 import subprocess
@@ -51,7 +53,9 @@ def main():
     # A fresh data directory: the walk-through starts from an empty broker.
     data = tempfile.mkdtemp(prefix="check-readme-")
     server = subprocess.Popen(
-        [str(ROOT / "target/release/mini-pubsub"), "serve", "--data-dir", data], stderr=subprocess.PIPE, text=True
+        [os.environ.get("MINI_PUBSUB_BIN", str(ROOT / "target/release/mini-pubsub")), "serve", "--data-dir", data],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     failures = 0
     try:

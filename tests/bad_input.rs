@@ -309,3 +309,33 @@ async fn a_refused_later_request_applies_none_of_its_acks() {
         "the ack in the refused request was not applied"
     );
 }
+
+#[tokio::test]
+async fn a_first_subscribe_request_with_a_terminal_nack_and_no_dead_letter_policy_opens_nothing() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    server.publish("t", &["a", "b"]).await;
+    for first in [
+        pb::SubscribeRequest {
+            subscription: "s".into(),
+            nack_ids: vec!["x".into()],
+            nack_terminal: true,
+            ..Default::default()
+        },
+        pb::SubscribeRequest {
+            topic: "t".into(),
+            nack_ids: vec!["x".into()],
+            nack_terminal: true,
+            ..Default::default()
+        },
+    ] {
+        let refusal = server.pubsub.clone().subscribe(tokio_stream::iter([first])).await;
+        refused(refusal, Code::FailedPrecondition, &["dead_letter_policy"]);
+    }
+    let stats = server.stats("s").await;
+    assert_eq!((stats.streams, stats.outstanding), (0, 0), "no stream was left holding leases");
+    let list = pb::ListSubscriptionsRequest::default();
+    let subscriptions = server.admin.clone().list_subscriptions(list).await.unwrap().into_inner().subscriptions;
+    assert_eq!(subscriptions.len(), 1, "no ephemeral subscription was left behind");
+}

@@ -24,7 +24,7 @@ pub const ATTR_MESSAGE_ID: &str = "dead_letter_message_id";
 pub const ATTR_PARTITION: &str = "dead_letter_partition";
 pub const ATTR_OFFSET: &str = "dead_letter_offset";
 
-/// Every attribute a dead-letter copy adds (a redrive takes them off again).
+/// Every attribute a dead-letter copy adds.
 pub const DEAD_LETTER_ATTRIBUTES: [&str; 8] = [
     ATTR_REASON,
     ATTR_DETAIL,
@@ -124,7 +124,8 @@ impl Broker {
 
     /// After a sync: source offsets whose dead-letter copy is now synced are done; those
     /// whose copy was cut (the sync failed) or whose topic is gone are offered again.
-    /// Returns the subscriptions that got messages back.
+    /// Returns the subscriptions that may have messages to deliver now: those that got one
+    /// back, and those where a finished message let the next of its ordering key go.
     pub(super) fn settle_transits(&mut self) -> Vec<u64> {
         let mut returned = Vec::new();
         let transits = std::mem::take(&mut self.transits);
@@ -137,7 +138,9 @@ impl Broker {
             let cursor = &mut sub.cursors[t.source_partition as usize];
             match log {
                 Some((synced, _)) if synced > t.offset => {
-                    cursor.finish_transit(t.source_offset);
+                    if cursor.finish_transit(t.source_offset) {
+                        returned.push(t.source_uid);
+                    }
                 }
                 Some((_, end)) if end > t.offset => self.transits.push(t),
                 _ => {

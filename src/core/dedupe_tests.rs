@@ -125,7 +125,7 @@ fn retention_forgets_the_keys_of_the_records_it_removes() {
     let mut b = memory(config);
     b.create_topic_with("t", None, Some(600_000)).unwrap();
     b.publish(0, 0, "t", vec![keyed("a", "k")]).unwrap();
-    b.enforce_retention(60_001).unwrap();
+    b.enforce_retention(0, 60_001).unwrap();
     let again = b.publish(0, 60_002, "t", vec![keyed("a", "k")]).unwrap();
     assert_eq!(places(&again), vec![(0, 1, false)], "its original is gone, so it is stored");
     b.assert_invariants();

@@ -241,17 +241,47 @@ impl Broker {
                 reason: format!("{} s; allowed is 0 to {} s", deadline_ms / 1000, max / 1000),
             }),
             AckOp::Nack { delay_ms: Some(delay), .. } if *delay > delay_max => Err(BrokerError::InvalidArgument {
-                field: "nack_delay",
-                reason: format!("{delay} ms; allowed is 0 to {delay_max} ms (nack_delay_max_ms)"),
+                field: "delay",
+                reason: format!(
+                    "{delay} ms (nack_delay on a Subscribe stream); allowed is 0 to {delay_max} ms (nack_delay_max_ms)"
+                ),
             }),
             AckOp::Nack { reason: Some(reason), .. } if reason.len() > reason_max => {
                 Err(BrokerError::InvalidArgument {
-                    field: "nack_reason",
-                    reason: format!("{} bytes; the limit is nack_reason_bytes_max = {reason_max}", reason.len()),
+                    field: "reason",
+                    reason: format!(
+                        "{} bytes (nack_reason on a Subscribe stream); the limit is nack_reason_bytes_max = {reason_max}",
+                        reason.len()
+                    ),
                 })
             }
             _ => Ok(()),
         }
+    }
+
+    /// Checks what the first request of a stream carries before the stream opens, so a
+    /// refused first request opens nothing: deadline changes and nack delays in range, and
+    /// no terminal nack where the target has no dead-letter policy (an ephemeral
+    /// subscription never has one). An unknown subscription is left for `open_stream`.
+    pub fn check_stream_ops(&self, target: &StreamTarget, ops: &[(AckOp, Vec<String>)]) -> Result<(), BrokerError> {
+        for (op, _) in ops {
+            self.check_deadline(op)?;
+            if !matches!(op, AckOp::Nack { terminal: true, .. }) {
+                continue;
+            }
+            match target {
+                StreamTarget::Subscription(name) => {
+                    if let Ok(sub) = self.subscription_by_name(name) {
+                        self.check_terminal(sub.uid, op)?;
+                    }
+                }
+                StreamTarget::Topic { topic, .. } => {
+                    let subscription = format!("(an ephemeral subscription on topic `{topic}`)");
+                    return Err(BrokerError::NoDeadLetterPolicy { subscription });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a terminal nack on a subscription with nowhere to put the message.
@@ -563,8 +593,10 @@ impl Broker {
                 let held = record.record.key.as_deref().filter(|k| sub.ordered && cursor.keys.blocked(offset, k));
                 match held {
                     Some(key) if cursor.take_over_head(offset, key) => break Some((offset, record)),
-                    // Past the bound the partition waits for its keys to move.
-                    Some(_) if cursor.keys.parked_len() >= parked_max => break None,
+                    // Past the bound the partition reads no further for its keys to move. An
+                    // offset already pending only moves between sets, so it is parked anyway:
+                    // a redriven message must not stop the head it waits for.
+                    Some(_) if offset == cursor.next && cursor.keys.parked_len() >= parked_max => break None,
                     Some(key) => cursor.park(offset, key),
                     None => break Some((offset, record)),
                 }

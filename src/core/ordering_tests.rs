@@ -140,3 +140,90 @@ fn after_a_restart_the_order_holds_without_saved_state() {
     answer(&mut b, 0, AckOp::Ack, &first[0].1);
     assert_eq!(values(&pull(&mut b, 0, "s")), ["a2"]);
 }
+
+fn ordered_with_dlq(config: BrokerConfig) -> Broker {
+    let mut b = Broker::new(config, Box::new(MemoryStorage)).unwrap();
+    b.create_topic("t", None).unwrap();
+    b.create_topic("dlq", None).unwrap();
+    let dead_letter = Some(DeadLetterSpec { topic: "dlq".into(), max_delivery_attempts: Some(5) });
+    b.create_subscription(SubscriptionSpec { dead_letter, ..ordered("s") }).unwrap();
+    b.create_subscription(SubscriptionSpec { name: "dead".into(), topic: "dlq".into(), ..Default::default() }).unwrap();
+    b
+}
+
+/// A review found this: with the parking bound reached, a redriven message pending below
+/// its key's delivered head stopped the partition for good.
+#[test]
+fn a_redriven_message_at_the_parking_bound_does_not_stall_its_partition() {
+    let mut b = ordered_with_dlq(BrokerConfig { ordered_parked_messages_max: 1, ..Default::default() });
+    b.publish(0, 0, "t", vec![keyed("a", "a0"), keyed("a", "a1"), keyed("a", "a2")]).unwrap();
+    let first = pull(&mut b, 0, "s");
+    assert_eq!(values(&first), ["a0"]);
+    answer(&mut b, 0, AckOp::Nack { delay_ms: None, terminal: true, reason: None }, &first[0].1);
+    let second = pull(&mut b, 0, "s");
+    assert_eq!(values(&second), ["a1"]);
+    assert!(b.redrive_dead_letters(0, "dead", 10).unwrap()[0].outcome.is_ok());
+    answer(&mut b, 0, AckOp::nack(), &second[0].1);
+    assert_eq!(values(&pull(&mut b, 0, "s")), ["a1"], "the head goes on; the redriven a0 waits behind it");
+}
+
+/// A review found this: under fsync=always a dead-lettered head finished at the sync, and
+/// the next message of its key was not dispatched.
+#[test]
+fn the_sync_that_finishes_a_dead_letter_delivers_the_next_message_of_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FileStorage::open(Arc::new(StdFs), FileStorageConfig::new(dir.path())).unwrap();
+    let mut b = Broker::open(BrokerConfig::default(), Box::new(storage)).unwrap();
+    b.create_topic("dlq", None).unwrap();
+    b.publish(0, 0, "t", vec![keyed("a", "a1"), keyed("a", "a2")]).unwrap();
+    assert!(b.sync(0).is_empty());
+    let dead_letter = Some(DeadLetterSpec { topic: "dlq".into(), max_delivery_attempts: Some(5) });
+    b.create_subscription(SubscriptionSpec { dead_letter, ..ordered("s") }).unwrap();
+    let flow = Flow { max_outstanding_messages: 10, max_outstanding_bytes: 0 };
+    let (stream, _) = b.open_stream(0, StreamTarget::Subscription("s".into()), flow).unwrap();
+    let delivered = |b: &mut Broker| -> Vec<(String, String)> {
+        let mut got = Vec::new();
+        while let Some(output) = b.poll_output() {
+            if let Output::Deliver { deliveries, .. } = output {
+                got.extend(
+                    deliveries.into_iter().map(|d| (String::from_utf8(d.record.value.to_vec()).unwrap(), d.ack_id)),
+                );
+            }
+        }
+        got
+    };
+    let first = delivered(&mut b);
+    assert_eq!(values(&first), ["a1"]);
+    let terminal = AckOp::Nack { delay_ms: None, terminal: true, reason: None };
+    b.stream_acks(0, stream, &[(terminal, vec![first[0].1.clone()])]).unwrap();
+    assert!(delivered(&mut b).is_empty(), "a1's copy is not synced yet: a2 waits");
+    assert!(b.sync(0).is_empty());
+    assert_eq!(values(&delivered(&mut b)), ["a2"]);
+    b.assert_invariants();
+}
+
+/// A review found this: time retention that removed a key's head did not dispatch the
+/// key's next message.
+#[test]
+fn time_retention_that_removes_a_head_delivers_the_next_message_of_its_key() {
+    let config = BrokerConfig { partition_retention_ms: Some(10 * SEC), ..Default::default() };
+    let mut b = Broker::new(config, Box::new(MemoryStorage)).unwrap();
+    b.publish(0, 0, "t", vec![keyed("a", "a0")]).unwrap();
+    b.publish(0, 5 * SEC, "t", vec![keyed("a", "a1")]).unwrap();
+    b.create_subscription(ordered("s")).unwrap();
+    let flow = Flow { max_outstanding_messages: 10, max_outstanding_bytes: 0 };
+    b.open_stream(0, StreamTarget::Subscription("s".into()), flow).unwrap();
+    let count = |b: &mut Broker| {
+        let mut n = Vec::new();
+        while let Some(output) = b.poll_output() {
+            if let Output::Deliver { deliveries, .. } = output {
+                n.extend(deliveries.into_iter().map(|d| String::from_utf8(d.record.value.to_vec()).unwrap()));
+            }
+        }
+        n
+    };
+    assert_eq!(count(&mut b), ["a0"]);
+    b.enforce_retention(SEC, 12 * SEC).unwrap();
+    assert_eq!(count(&mut b), ["a1"], "a0 is gone, so a1 goes");
+    b.assert_invariants();
+}

@@ -349,7 +349,7 @@ impl Broker {
     /// `wall_ms` is the wall clock that publish times are stamped with. A partition the
     /// storage fails on does not stop the others, and returns the first error after all
     /// have run.
-    pub fn enforce_retention(&mut self, wall_ms: u64) -> Result<(), BrokerError> {
+    pub fn enforce_retention(&mut self, now_ms: u64, wall_ms: u64) -> Result<(), BrokerError> {
         self.set_wall_ms(wall_ms);
         // Expired keys also leave on the next publish to their topic; this frees the memory
         // of topics nobody publishes to any more.
@@ -379,8 +379,14 @@ impl Broker {
                 }
             }
         }
-        for (topic, partition, start) in moved {
-            self.retention_moved(&topic, partition, start);
+        for (topic, partition, start) in &moved {
+            self.retention_moved(topic, *partition, *start);
+        }
+        // A removed message that was its ordering key's head lets the key's next one go.
+        let mut topics: Vec<&String> = moved.iter().map(|(topic, ..)| topic).collect();
+        topics.dedup();
+        for topic in topics {
+            self.dispatch_topic(now_ms, topic);
         }
         first_error.map_or(Ok(()), |e| Err(e.into()))
     }

@@ -351,7 +351,7 @@ fn retention_that_fails_part_way_still_moves_subscriptions_to_the_new_start() {
     // Partition 0's segments have all expired: the first goes, but the second needs a new
     // segment to roll to, which the full disk refuses. Partition 1 keeps its newer one.
     faulty.set_fault(Some(DiskFault::Full));
-    assert!(matches!(b.enforce_retention(1_000_001), Err(BrokerError::Storage(StorageError::Full(_)))));
+    assert!(matches!(b.enforce_retention(0, 1_000_001), Err(BrokerError::Storage(StorageError::Full(_)))));
     let starts: Vec<u64> = b.topic_info("t").unwrap().partitions.iter().map(|p| p.start_offset).collect();
     assert_eq!(starts, vec![30, 30]);
     assert_eq!(committed(&b, "s"), vec![30, 30]);
@@ -360,7 +360,7 @@ fn retention_that_fails_part_way_still_moves_subscriptions_to_the_new_start() {
     assert!(pulled.iter().all(|d| d.offset >= 30));
     b.assert_invariants();
     faulty.set_fault(None);
-    b.enforce_retention(1_000_001).unwrap();
+    b.enforce_retention(0, 1_000_001).unwrap();
     assert_eq!(ends(&b, "t"), vec![40, 41]);
     assert_eq!(b.topic_info("t").unwrap().partitions[0].start_offset, 40);
     b.assert_invariants();

@@ -1,14 +1,19 @@
 //! Random operation sequences on a subscription with a retry policy, a dead-letter policy
 //! and (half the time) ordering keys: the invariants hold after every step, a message of a
 //! key is delivered only once every earlier message of its key is acked or dead-lettered,
-//! and in the end every message is acked or dead-lettered.
+//! and in the end every message is acked or dead-lettered. Some runs park at most a few
+//! messages per partition; some run on the file log with acknowledgement after fsync, and
+//! sync after every step as the driver does each turn (dead-letter copies in transit).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
+use std::sync::Arc;
+
 use super::*;
-use crate::storage::MemoryStorage;
+use crate::env::StdFs;
+use crate::storage::{FileStorage, FileStorageConfig, MemoryStorage, Storage};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -47,8 +52,9 @@ struct Model {
     streams: Vec<StreamId>,
     /// Acked offsets (the ack was applied).
     acked: BTreeSet<(u32, u64)>,
-    /// Dead-letter copies made of each offset, and redrives that brought it back.
-    redriven: BTreeMap<(u32, u64), usize>,
+    /// Dead-letter copies (by offset in the dead-letter topic) that no longer stand for
+    /// their message: a redrive brought it back, or a seek started over after them.
+    consumed: BTreeSet<u64>,
     /// Offsets below a seek's target count as done.
     floor: Vec<u64>,
     /// For each redriven offset, the offsets of its key delivered before it came back:
@@ -58,18 +64,14 @@ struct Model {
 }
 
 impl Model {
-    /// Copies of `(p, o)` in the dead-letter topic, minus those redriven.
+    /// Whether `(p, o)` has a dead-letter copy that still stands for it.
     fn dead(&self, b: &Broker, at: (u32, u64)) -> bool {
         let log = &b.topics["dlq"].logs[0];
         let copies = log.read(0, usize::MAX, usize::MAX).unwrap();
-        let made = copies
-            .iter()
-            .filter(|r| {
-                let attr = |k: &str| r.record.attributes.get(k).and_then(|v| v.parse::<u64>().ok());
-                attr("dead_letter_partition") == Some(u64::from(at.0)) && attr("dead_letter_offset") == Some(at.1)
-            })
-            .count();
-        made > self.redriven.get(&at).copied().unwrap_or(0)
+        copies.iter().filter(|r| !self.consumed.contains(&r.offset)).any(|r| {
+            let attr = |k: &str| r.record.attributes.get(k).and_then(|v| v.parse::<u64>().ok());
+            attr("dead_letter_partition") == Some(u64::from(at.0)) && attr("dead_letter_offset") == Some(at.1)
+        })
     }
 
     fn finished(&self, b: &Broker, at: (u32, u64)) -> bool {
@@ -114,9 +116,23 @@ impl Model {
     }
 }
 
-fn broker(ordered: bool) -> Broker {
-    let config = BrokerConfig { ack_deadline_ms: 1000, ..Default::default() };
-    let mut b = Broker::new(config, Box::new(MemoryStorage)).unwrap();
+/// How a run is set up.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    ordered: bool,
+    parked_max: usize,
+    durable: bool,
+}
+
+fn broker(setup: Setup, dir: &std::path::Path) -> Broker {
+    let config =
+        BrokerConfig { ack_deadline_ms: 1000, ordered_parked_messages_max: setup.parked_max, ..Default::default() };
+    let storage: Box<dyn Storage> = if setup.durable {
+        Box::new(FileStorage::open(Arc::new(StdFs), FileStorageConfig::new(dir)).unwrap())
+    } else {
+        Box::new(MemoryStorage)
+    };
+    let mut b = Broker::open(config, storage).unwrap();
     b.create_topic("t", Some(2)).unwrap();
     b.create_topic("dlq", Some(1)).unwrap();
     let spec = SubscriptionSpec {
@@ -124,7 +140,7 @@ fn broker(ordered: bool) -> Broker {
         topic: "t".into(),
         retry: Some(RetrySpec { minimum_backoff_ms: Some(100), maximum_backoff_ms: Some(800) }),
         dead_letter: Some(DeadLetterSpec { topic: "dlq".into(), max_delivery_attempts: Some(3) }),
-        ordered,
+        ordered: setup.ordered,
         ..Default::default()
     };
     b.create_subscription(spec).unwrap();
@@ -132,9 +148,10 @@ fn broker(ordered: bool) -> Broker {
     b
 }
 
-fn run(ops: Vec<Op>, ordered: bool) {
-    let mut b = broker(ordered);
-    let mut m = Model { ordered, floor: vec![0, 0], ..Default::default() };
+fn run(ops: Vec<Op>, setup: Setup) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = broker(setup, dir.path());
+    let mut m = Model { ordered: setup.ordered, floor: vec![0, 0], ..Default::default() };
     let (mut now, mut serial) = (0u64, 0u64);
     for op in ops {
         let committed_before: Vec<u64> =
@@ -186,7 +203,8 @@ fn run(ops: Vec<Op>, ordered: bool) {
                         let delivered = m.deliveries.iter().filter(|d| d.partition == r.partition);
                         let offsets = delivered.map(|d| d.offset).filter(|o| *o > r.offset).collect();
                         m.overtaken.insert((r.partition, r.offset), offsets);
-                        *m.redriven.entry((r.partition, r.offset)).or_default() += 1;
+                        let copy = r.message_id.rsplit('-').next().and_then(|o| o.parse().ok());
+                        m.consumed.insert(copy.expect("a dead-letter topic message id"));
                         m.acked.remove(&(r.partition, r.offset));
                         rewound = true;
                     }
@@ -199,14 +217,18 @@ fn run(ops: Vec<Op>, ordered: bool) {
                 m.acked.clear();
                 m.overtaken.clear();
                 // Offsets dead-lettered before the seek are behind us or will be offered again.
-                let dead: Vec<(u32, u64)> = m.keys.keys().copied().filter(|at| m.dead(&b, *at)).collect();
-                for at in dead {
-                    *m.redriven.entry(at).or_default() += 1;
-                }
+                m.consumed
+                    .extend(b.topics["dlq"].logs[0].read(0, usize::MAX, usize::MAX).unwrap().iter().map(|r| r.offset));
                 rewound = true;
             }
         }
         m.drain(&mut b);
+        if setup.durable {
+            // The end of a driver's turn: one sync makes the turn's records visible and
+            // settles dead-letter copies in transit.
+            assert!(b.sync(now).is_empty());
+            m.drain(&mut b);
+        }
         b.assert_invariants();
         let stats = b.subscription_stats("s").unwrap();
         if !rewound {
@@ -216,6 +238,12 @@ fn run(ops: Vec<Op>, ordered: bool) {
         }
     }
     finish(&mut b, &mut m, now);
+}
+
+/// The end of a turn: under acknowledgement after fsync, a sync, and what it delivered.
+fn end_turn(b: &mut Broker, m: &mut Model, now: u64) {
+    assert!(b.sync(now).is_empty());
+    m.drain(b);
 }
 
 /// Closes the streams, then acks everything that comes on a fresh one until the backlog is
@@ -237,6 +265,7 @@ fn finish(b: &mut Broker, m: &mut Model, mut now: u64) {
             m.acked.insert((d.partition, d.offset));
         }
         m.drain(b);
+        end_turn(b, m, now);
         if b.subscription_stats("s").unwrap().backlog == 0 {
             break;
         }
@@ -260,7 +289,9 @@ proptest! {
     fn random_operations_with_retry_dead_letters_and_ordering_keep_every_promise(
         ops in proptest::collection::vec(op(), 1..60),
         ordered in any::<bool>(),
+        parked_max in prop_oneof![Just(10_000usize), 1usize..4],
+        durable in proptest::bool::weighted(0.25),
     ) {
-        run(ops, ordered);
+        run(ops, Setup { ordered, parked_max, durable });
     }
 }

@@ -52,11 +52,12 @@ impl Broker {
         let mut results = Vec::new();
         let mut stay: Vec<Delivery> = Vec::new();
         let mut reopened: Vec<u64> = Vec::new();
+        let dead_topic = self.subscriptions[&uid].topic.clone();
         while results.len() < max as usize {
             let Some(copy) = self.lease_next(now_ms, uid, None, None) else { break };
             let source = source_of(&copy.record);
             let outcome = match &source {
-                Ok(source) => self.reopen(source),
+                Ok(source) => self.reopen(source, &dead_topic),
                 Err(reason) => Err(reason.clone()),
             };
             match outcome {
@@ -78,12 +79,18 @@ impl Broker {
             });
         }
         // Refused copies go back to the dead-letter subscription as they were, at once: a
-        // redrive's own leases are not failed deliveries.
+        // redrive's own leases are not failed deliveries, so their attempts are undone.
         for copy in stay {
             let cursor =
                 &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[copy.partition as usize];
             let lease = cursor.end_lease(copy.offset).expect("leased by this redrive");
             cursor.pending.insert(copy.offset);
+            match cursor.attempts.get_mut(&copy.offset) {
+                Some(n) if *n > 1 => *n -= 1,
+                _ => {
+                    cursor.attempts.remove(&copy.offset);
+                }
+            }
             self.deadlines.remove(&(lease.deadline_ms, uid, copy.partition, copy.offset));
         }
         reopened.sort_unstable();
@@ -95,14 +102,19 @@ impl Broker {
         Ok(results)
     }
 
-    /// Reopens the source offset a copy names; returns the source subscription's uid.
-    fn reopen(&mut self, source: &Source) -> Result<u64, String> {
+    /// Reopens the source offset a copy in `dead_topic` names; returns the source
+    /// subscription's uid. Only a subscription that dead-letters into `dead_topic` takes
+    /// messages back from it, so a message published there by hand cannot rewind others.
+    fn reopen(&mut self, source: &Source, dead_topic: &str) -> Result<u64, String> {
         let uid = self
             .subscription_uids
             .get(&source.subscription)
             .copied()
             .ok_or_else(|| format!("subscription `{}` no longer exists", source.subscription))?;
         let sub = self.subscriptions.get_mut(&uid).expect("indexed subscription");
+        if sub.dead_letter.as_ref().is_none_or(|policy| policy.topic != dead_topic) {
+            return Err(format!("subscription `{}` does not dead-letter into `{dead_topic}`", source.subscription));
+        }
         let topic = self.topics.get(&sub.topic).expect("a subscription's topic exists");
         if sub.topic != source.topic || topic.message_id(source.partition, source.offset) != source.message_id {
             return Err(format!(

@@ -357,7 +357,33 @@ fn redrive_leaves_copies_it_cannot_move_and_says_why() {
     assert!(reasons[0].contains("subscription `s` no longer exists"), "{reasons:?}");
     assert!(reasons[1].contains("not a dead-letter copy"), "{reasons:?}");
     assert_eq!(b.subscription_stats("dead").unwrap().backlog, 2, "both copies stay");
-    assert_eq!(pull(&mut b, 0, "dead").len(), 2, "and are offered again at once");
+    b.redrive_dead_letters(0, "dead", 10).unwrap();
+    let copies = pull(&mut b, 0, "dead");
+    assert_eq!(copies.iter().map(|c| c.1).collect::<Vec<_>>(), [1, 1], "offered at once, no attempt counted");
+}
+
+#[test]
+fn redrive_refuses_a_copy_naming_a_subscription_that_does_not_dead_letter_there() {
+    let mut b = broker();
+    dead_letter_setup(&mut b, 1);
+    b.create_subscription(spec("bystander", "t")).unwrap();
+    settle(&mut b, &[]);
+    let bystander = pull(&mut b, 0, "bystander");
+    b.acks(0, "bystander", AckOp::Ack, &[bystander[0].2.clone()]).unwrap();
+    // A hand-made "copy" that would rewind `bystander` to offset 0.
+    let forged = [
+        ("dead_letter_source_subscription", "bystander"),
+        ("dead_letter_source_topic", "t"),
+        ("dead_letter_message_id", "2-0-0"),
+        ("dead_letter_partition", "0"),
+        ("dead_letter_offset", "0"),
+    ];
+    let attributes = forged.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    b.publish(0, 0, "dlq", vec![OutgoingMessage { attributes, ..msg("forged") }]).unwrap();
+    let results = b.redrive_dead_letters(0, "dead", 10).unwrap();
+    let error = results[0].outcome.as_ref().unwrap_err();
+    assert!(error.contains("`bystander` does not dead-letter into `dlq`"), "{error}");
+    assert_eq!(b.subscription_stats("bystander").unwrap().partitions[0].committed_offset, 1, "not rewound");
 }
 
 #[test]

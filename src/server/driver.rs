@@ -186,7 +186,7 @@ impl Driver {
         if now >= self.next_checkpoint_ms {
             self.next_checkpoint_ms = now + CHECKPOINT_INTERVAL_MS;
             let wall = self.wall_ms();
-            if let Err(e) = self.broker.enforce_retention(wall) {
+            if let Err(e) = self.broker.enforce_retention(now, wall) {
                 tracing::warn!(error = %e, "time retention failed; it is tried again at the next checkpoint");
             }
             if let Err(e) = self.broker.checkpoint() {
@@ -337,9 +337,7 @@ impl Driver {
         if self.closing {
             return Err(stopped());
         }
-        for (op, _) in &first_ops {
-            self.broker.check_deadline(op)?;
-        }
+        self.broker.check_stream_ops(&target, &first_ops)?;
         let now = self.now_ms();
         let (stream, subscription) = self.broker.open_stream(now, target, flow)?;
         let hello = pb::SubscribeResponse { subscription, ..Default::default() };
