@@ -12,6 +12,7 @@ use super::broker::Broker;
 use super::config::BrokerConfig;
 use super::dedupe::Dedupe;
 use super::error::BrokerError;
+use super::group::Group;
 use super::retry::{DeadLetterPolicy, RetryPolicy};
 use super::subscription::{Cursor, StartPosition, Subscription};
 use super::topic::{visible_end, Topic};
@@ -74,6 +75,11 @@ struct SubscriptionMeta {
     /// Messages dead-lettered so far (reported by stats).
     #[prost(uint64, tag = "10")]
     dead_lettered: u64,
+    /// Partition-exclusive (consumer group) delivery; false, as in metadata saved before
+    /// the mode existed, is shared. Members do not survive a restart: the group starts
+    /// empty, at generation 0.
+    #[prost(bool, tag = "16")]
+    exclusive: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -199,6 +205,7 @@ impl Broker {
                         max_delivery_attempts: d.max_delivery_attempts,
                     }),
                     dead_lettered: s.dead_lettered,
+                    group: s.exclusive.then(|| Group::new(topic.logs.len())),
                 },
             );
         }
@@ -242,6 +249,7 @@ impl Broker {
                     .as_ref()
                     .map(|d| DeadLetterMeta { topic: d.topic.clone(), max_delivery_attempts: d.max_delivery_attempts }),
                 dead_lettered: s.dead_lettered,
+                exclusive: s.group.is_some(),
             })
             .collect();
         let meta = Meta {

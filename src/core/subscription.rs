@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::group::Group;
 use super::lease::{Lease, StreamId};
 use super::retry::{DeadLetterPolicy, RetryPolicy};
 
@@ -41,6 +42,8 @@ pub struct Subscription {
     pub dead_letter: Option<DeadLetterPolicy>,
     /// Messages moved to the dead-letter topic since the subscription was created.
     pub dead_lettered: u64,
+    /// The partition assignment of an exclusive subscription; `None` when shared.
+    pub group: Option<Group>,
 }
 
 /// A subscription's state on one partition.

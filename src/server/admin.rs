@@ -55,6 +55,7 @@ impl pb::admin_server::Admin for AdminService {
             start: wire::start_position("start_position", req.start_position)?,
             retry: wire::retry_spec(req.retry_policy)?,
             dead_letter: wire::dead_letter_spec(req.dead_letter_policy),
+            delivery_mode: wire::delivery_mode("delivery_mode", req.delivery_mode)?,
         };
         let info = self.driver.call(move |d| d.broker.create_subscription(spec)).await??;
         Ok(Response::new(wire::subscription(info)))
