@@ -90,7 +90,56 @@ pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
     if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
         checks.push(duplicated_publish(entries, audited, context.dedupe_window_ms));
     }
+    // Only runs with exclusive subscriptions (whose members are told assignments) have a
+    // verdict on them.
+    if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {
+        checks.push(exclusive(entries));
+    }
     checks
+}
+
+/// Partition-exclusive subscriptions held: within one generation, every partition's
+/// messages reached one member (stream) only. A broker crash starts the generations over
+/// (members do not survive it), so generations are told apart by the broker's life too.
+fn exclusive(entries: &[Entry]) -> Check {
+    let subs: BTreeSet<&str> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Assigned { sub, .. } => Some(sub.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut life = 0u32;
+    // (broker life, subscription, generation, partition) -> the stream that got it first.
+    let mut holders: BTreeMap<(u32, &str, u64, u32), u64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut deliveries = 0;
+    for e in entries {
+        match &e.event {
+            Event::Crashed { .. } => life += 1,
+            Event::Delivered { sub, stream, partition, generation, id, .. } if subs.contains(sub.as_str()) => {
+                deliveries += 1;
+                let holder = *holders.entry((life, sub.as_str(), *generation, *partition)).or_insert(*stream);
+                if holder != *stream {
+                    problems.push(format!(
+                        "{sub} p{partition} gen={generation}: {id} reached #{stream}, but #{holder} holds the partition"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let generations: BTreeSet<(u32, &str, u64)> = holders.keys().map(|(l, s, g, _)| (*l, *s, *g)).collect();
+    let detail = if problems.is_empty() {
+        format!(
+            "{deliveries} deliveries on exclusive subscriptions in {} generations; no partition reached two members within one",
+            generations.len()
+        )
+    } else {
+        problems.truncate(5);
+        problems.join("; ")
+    };
+    Check { name: "exclusive", passed: problems.is_empty(), detail }
 }
 
 /// A stored message: publish time (wall ms), partition, offset.

@@ -20,6 +20,8 @@ struct DeliveryPolicy {
     /// Max delivery attempts.
     dead_letter: Option<u32>,
     nacker: bool,
+    /// Partition-exclusive delivery (a consumer group).
+    exclusive: bool,
 }
 
 impl DeliveryPolicy {
@@ -32,6 +34,9 @@ impl DeliveryPolicy {
         if let Some(attempts) = self.dead_letter {
             let _ = write!(options, " dead_letter=t-dlq max_attempts={attempts}");
         }
+        if self.exclusive {
+            options.push_str(" mode=exclusive");
+        }
         options
     }
 }
@@ -43,7 +48,9 @@ fn delivery_policy(rng: &mut StdRng) -> DeliveryPolicy {
     });
     let dead_letter = rng.random_bool(0.5).then(|| rng.random_range(2..=5u32));
     let nacker = (retry.is_some() || dead_letter.is_some()) && rng.random_bool(0.7);
-    DeliveryPolicy { retry, dead_letter, nacker }
+    // Drawn last, so the draws above keep the values they had before it existed.
+    let exclusive = rng.random_bool(0.3);
+    DeliveryPolicy { retry, dead_letter, nacker, exclusive }
 }
 
 /// Passes over the steps while shrinking; each pass tries to drop every step once.
@@ -75,8 +82,10 @@ pub fn generate(seed: u64) -> String {
     for w in 1..=workers {
         // The last worker fails deliveries: with two it nacks every one (they go round to
         // the other, or to the dead-letter topic), alone it nacks each first delivery.
+        // On an exclusive subscription a message stays with its partition's member, so a
+        // worker that nacks every delivery would keep it forever: it nacks first ones only.
         let mode = match (policy.nacker, w == workers, workers) {
-            (true, true, 2) => " ack=nack-all",
+            (true, true, 2) if !policy.exclusive => " ack=nack-all",
             (true, true, _) => " ack=nack",
             _ => "",
         };
