@@ -110,6 +110,9 @@ fn exclusive(entries: &[Entry]) -> Check {
         })
         .collect();
     let mut life = 0u32;
+    // A stream lives in the broker life it opened in: what it receives after a crash was
+    // sent before it, by the broker that crashed.
+    let mut opened_in: BTreeMap<(&str, u64), u32> = BTreeMap::new();
     // (broker life, subscription, generation, partition) -> the stream that got it first.
     let mut holders: BTreeMap<(u32, &str, u64, u32), u64> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -117,8 +120,12 @@ fn exclusive(entries: &[Entry]) -> Check {
     for e in entries {
         match &e.event {
             Event::Crashed { .. } => life += 1,
+            Event::StreamOpened { sub, stream } => {
+                opened_in.insert((sub.as_str(), *stream), life);
+            }
             Event::Delivered { sub, stream, partition, generation, id, .. } if subs.contains(sub.as_str()) => {
                 deliveries += 1;
+                let life = opened_in.get(&(sub.as_str(), *stream)).copied().unwrap_or(life);
                 let holder = *holders.entry((life, sub.as_str(), *generation, *partition)).or_insert(*stream);
                 if holder != *stream {
                     problems.push(format!(
