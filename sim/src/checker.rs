@@ -263,6 +263,7 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
         at_ms: u64,
         host: &'e str,
         stream: u64,
+        generation: u64,
     }
     let mut last: BTreeMap<(&str, &str), Last> = BTreeMap::new();
     let mut ended: Vec<(&str, &str, u64, u64)> = Vec::new();
@@ -272,7 +273,7 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
             Event::Seeked { sub } | Event::Redriven { sub, .. } => last.retain(|(s, _), _| s != sub),
             Event::Crashed { .. } => last.clear(),
             Event::StreamFailed { sub, stream, .. } => ended.push((e.host.as_str(), sub.as_str(), *stream, e.at_ms)),
-            Event::Delivered { id, sub, stream, attempt, dead_letter: None, .. } => {
+            Event::Delivered { id, sub, stream, attempt, dead_letter: None, generation, .. } => {
                 let Some(bounds) = retry.get(sub) else { continue };
                 let key = (sub.as_str(), id.as_str());
                 if let Some(prev) = last.get(&key).filter(|p| p.attempt + 1 == *attempt) {
@@ -285,7 +286,10 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
                     let stream_ended = ended.iter().any(|&(h, s, n, at)| {
                         h == prev.host && s == *sub && n == prev.stream && (window.0..=window.1).contains(&at)
                     });
-                    if !(faulted || disconnected || stream_ended) {
+                    // On an exclusive subscription a partition that moved to another member
+                    // takes its messages along at once, as a closed stream does.
+                    let moved = *generation != prev.generation;
+                    if !(faulted || disconnected || stream_ended || moved) {
                         let (gap, least) = (e.at_ms - prev.at_ms, bounds.least_gap_ms(prev.attempt));
                         checked += 1;
                         tightest = tightest.min((gap + LINK_SLACK_MS).saturating_sub(least));
@@ -297,7 +301,11 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
                         }
                     }
                 }
-                last.insert(key, Last { attempt: *attempt, at_ms: e.at_ms, host: e.host.as_str(), stream: *stream });
+                let generation = *generation;
+                last.insert(
+                    key,
+                    Last { attempt: *attempt, at_ms: e.at_ms, host: e.host.as_str(), stream: *stream, generation },
+                );
             }
             _ => {}
         }
