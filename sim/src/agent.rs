@@ -23,6 +23,30 @@ const PUBLISH_ATTEMPTS_MAX: u32 = 20;
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long one request may take before the client gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The broker's default session timeout, for members that ask for none.
+const SESSION_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Sends an empty request (a heartbeat) three times per session timeout, so the member
+/// keeps its partitions while the network lets it.
+async fn heartbeat(tx: mpsc::Sender<pb::SubscribeRequest>, session: Duration) {
+    loop {
+        tokio::time::sleep(session / 3).await;
+        if tx.is_closed() {
+            return;
+        }
+        // A full queue already carries requests, which count as heartbeats too.
+        let _ = tx.try_send(pb::SubscribeRequest::default());
+    }
+}
+
+/// A task that ends when its owner is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Something the driver tells an app to do.
 #[derive(Debug, Clone)]
@@ -45,6 +69,8 @@ pub enum Command {
         dead_letter: Option<(String, u32)>,
         /// Message ordering by key.
         ordered: bool,
+        /// Partition-exclusive delivery (a consumer group).
+        exclusive: bool,
     },
     DeleteSub {
         sub: String,
@@ -66,6 +92,8 @@ pub enum Command {
         max_outstanding: u32,
         /// How its nacks are sent (`ack=nack`, `nack-all`, `reject`).
         nack: NackSpec,
+        /// Session timeout on an exclusive subscription (`None`: the broker default).
+        session: Option<Duration>,
     },
     Disconnect,
     /// Ack the oldest held message (`all: false`) or every held message.
@@ -215,9 +243,9 @@ pub async fn run(
                 let counters = counters.clone();
                 tokio::spawn(async move { app.publish(spec, &counters).await });
             }
-            Command::Subscribe { sub, ack, ack_delay, max_outstanding, nack } => {
+            Command::Subscribe { sub, ack, ack_delay, max_outstanding, nack, session } => {
                 let numbers = counters.streams.clone();
-                let mode = Mode { ack, ack_delay, max_outstanding, nack };
+                let mode = Mode { ack, ack_delay, max_outstanding, nack, session };
                 streams.push(tokio::spawn(async move { app.subscribe(sub, mode, numbers).await }));
             }
             Command::Drain { subs } => {
@@ -246,6 +274,7 @@ struct Mode {
     ack_delay: Duration,
     max_outstanding: u32,
     nack: NackSpec,
+    session: Option<Duration>,
 }
 
 struct App {
@@ -299,7 +328,7 @@ impl App {
                 let req = pb::DeleteTopicRequest { name: topic.clone(), force: true };
                 (format!("topic delete {topic}"), admin.delete_topic(req).await.map(drop))
             }
-            Command::CreateSub { sub, topic, ack_deadline_s, latest, retry, dead_letter, ordered } => {
+            Command::CreateSub { sub, topic, ack_deadline_s, latest, retry, dead_letter, ordered, exclusive } => {
                 let duration =
                     |d: Duration| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 };
                 let req = pb::CreateSubscriptionRequest {
@@ -316,6 +345,8 @@ impl App {
                         max_delivery_attempts: attempts,
                     }),
                     enable_message_ordering: ordered,
+                    delivery_mode: if exclusive { pb::DeliveryMode::Exclusive } else { pb::DeliveryMode::Unspecified }
+                        .into(),
                 };
                 (format!("sub create {sub}"), admin.create_subscription(req).await.map(drop))
             }
@@ -419,6 +450,7 @@ impl App {
             let first = pb::SubscribeRequest {
                 subscription: sub.clone(),
                 max_outstanding_messages: mode.max_outstanding,
+                session_timeout_seconds: mode.session.map_or(0, |s| s.as_secs() as u32),
                 ..Default::default()
             };
             let _ = tx.send(first).await;
@@ -446,12 +478,24 @@ impl App {
         mut inbound: tonic::Streaming<pb::SubscribeResponse>,
     ) -> Code {
         let mut ids: std::collections::BTreeMap<String, Leased> = Default::default();
+        // Only members of exclusive subscriptions (told an assignment) have sessions. The
+        // heartbeats stop with this function (even when its task is aborted): a sender left
+        // behind would keep the request half of the stream, and so the stream, open.
+        let mut heartbeating: Option<AbortOnDrop> = None;
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return Code::Ok,
                 Err(status) => return status.code(),
             };
+            if let Some(assigned) = response.assignment {
+                let (generation, partitions) = (assigned.generation, assigned.partitions);
+                self.record(Event::Assigned { sub: sub.to_string(), stream, generation, partitions });
+                if heartbeating.is_none() {
+                    let every = mode.session.unwrap_or(SESSION_DEFAULT);
+                    heartbeating = Some(AbortOnDrop(tokio::spawn(heartbeat(tx.clone(), every))));
+                }
+            }
             for m in response.received_messages {
                 let (ack_id, leased) = self.record_delivery(sub, stream, m);
                 let attempt = leased.attempt;
@@ -529,6 +573,7 @@ impl App {
             key,
             idempotency_key: message.idempotency_key.clone(),
             publish_ms: message.publish_time.map_or(0, |t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000),
+            generation: m.generation,
         });
         (m.ack_id, leased)
     }

@@ -96,7 +96,63 @@ pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
     if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
         checks.push(duplicated_publish(entries, audited, context.dedupe_window_ms));
     }
+    // Only runs with exclusive subscriptions (whose members are told assignments) have a
+    // verdict on them.
+    if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {
+        checks.push(exclusive(entries));
+    }
     checks
+}
+
+/// Partition-exclusive subscriptions held: within one generation, every partition's
+/// messages reached one member (stream) only. A broker crash starts the generations over
+/// (members do not survive it), so generations are told apart by the broker's life too.
+fn exclusive(entries: &[Entry]) -> Check {
+    let subs: BTreeSet<&str> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Assigned { sub, .. } => Some(sub.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut life = 0u32;
+    // A stream lives in the broker life it opened in: what it receives after a crash was
+    // sent before it, by the broker that crashed.
+    let mut opened_in: BTreeMap<(&str, u64), u32> = BTreeMap::new();
+    // (broker life, subscription, generation, partition) -> the stream that got it first.
+    let mut holders: BTreeMap<(u32, &str, u64, u32), u64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut deliveries = 0;
+    for e in entries {
+        match &e.event {
+            Event::Crashed { .. } => life += 1,
+            Event::StreamOpened { sub, stream } => {
+                opened_in.insert((sub.as_str(), *stream), life);
+            }
+            Event::Delivered { sub, stream, partition, generation, id, .. } if subs.contains(sub.as_str()) => {
+                deliveries += 1;
+                let life = opened_in.get(&(sub.as_str(), *stream)).copied().unwrap_or(life);
+                let holder = *holders.entry((life, sub.as_str(), *generation, *partition)).or_insert(*stream);
+                if holder != *stream {
+                    problems.push(format!(
+                        "{sub} p{partition} gen={generation}: {id} reached #{stream}, but #{holder} holds the partition"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let generations: BTreeSet<(u32, &str, u64)> = holders.keys().map(|(l, s, g, _)| (*l, *s, *g)).collect();
+    let detail = if problems.is_empty() {
+        format!(
+            "{deliveries} deliveries on exclusive subscriptions in {} generations; no partition reached two members within one",
+            generations.len()
+        )
+    } else {
+        problems.truncate(5);
+        problems.join("; ")
+    };
+    Check { name: "exclusive", passed: problems.is_empty(), detail }
 }
 
 /// A stored message: publish time (wall ms), partition, offset.
@@ -291,6 +347,7 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
         at_ms: u64,
         host: &'e str,
         stream: u64,
+        generation: u64,
     }
     let mut last: BTreeMap<(&str, &str), Last> = BTreeMap::new();
     let mut ended: Vec<(&str, &str, u64, u64)> = Vec::new();
@@ -300,7 +357,7 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
             Event::Seeked { sub } | Event::Redriven { sub, .. } => last.retain(|(s, _), _| s != sub),
             Event::Crashed { .. } => last.clear(),
             Event::StreamFailed { sub, stream, .. } => ended.push((e.host.as_str(), sub.as_str(), *stream, e.at_ms)),
-            Event::Delivered { id, sub, stream, attempt, dead_letter: None, .. } => {
+            Event::Delivered { id, sub, stream, attempt, dead_letter: None, generation, .. } => {
                 let Some(bounds) = retry.get(sub) else { continue };
                 let key = (sub.as_str(), id.as_str());
                 if let Some(prev) = last.get(&key).filter(|p| p.attempt + 1 == *attempt) {
@@ -313,7 +370,10 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
                     let stream_ended = ended.iter().any(|&(h, s, n, at)| {
                         h == prev.host && s == *sub && n == prev.stream && (window.0..=window.1).contains(&at)
                     });
-                    if !(faulted || disconnected || stream_ended) {
+                    // On an exclusive subscription a partition that moved to another member
+                    // takes its messages along at once, as a closed stream does.
+                    let moved = *generation != prev.generation;
+                    if !(faulted || disconnected || stream_ended || moved) {
                         let (gap, least) = (e.at_ms - prev.at_ms, bounds.least_gap_ms(prev.attempt));
                         checked += 1;
                         tightest = tightest.min((gap + LINK_SLACK_MS).saturating_sub(least));
@@ -325,7 +385,11 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
                         }
                     }
                 }
-                last.insert(key, Last { attempt: *attempt, at_ms: e.at_ms, host: e.host.as_str(), stream: *stream });
+                let generation = *generation;
+                last.insert(
+                    key,
+                    Last { attempt: *attempt, at_ms: e.at_ms, host: e.host.as_str(), stream: *stream, generation },
+                );
             }
             _ => {}
         }

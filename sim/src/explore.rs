@@ -9,6 +9,8 @@ use rand::{RngExt, SeedableRng};
 /// The fault kinds a generated scenario draws from.
 /// New kinds go last, so a seed keeps the faults it drew before.
 const FAULT_KINDS: [&str; 8] = ["partition", "oneway", "hold", "latency", "fail_rate", "isolate", "crash", "disk"];
+/// The share of generated subscriptions that are partition-exclusive.
+const EXCLUSIVE_SHARE: f64 = 0.3;
 /// Mixed into the seed for the delivery-policy draws.
 const POLICY_SEED_SALT: u64 = 0x005e_ed0f_de11_7e57;
 
@@ -22,6 +24,8 @@ struct DeliveryPolicy {
     nacker: bool,
     /// Message ordering by key.
     ordered: bool,
+    /// Partition-exclusive delivery (a consumer group).
+    exclusive: bool,
 }
 
 impl DeliveryPolicy {
@@ -36,6 +40,9 @@ impl DeliveryPolicy {
         }
         if self.ordered {
             options.push_str(" ordered=true");
+        }
+        if self.exclusive {
+            options.push_str(" mode=exclusive");
         }
         options
     }
@@ -54,7 +61,9 @@ fn delivery_policy(rng: &mut StdRng) -> DeliveryPolicy {
     // wait out backoffs one after another: correct, but too slow to finish within the
     // drain. Ordering is explored under the faults instead.
     let nacker = nacker && !ordered;
-    DeliveryPolicy { retry, dead_letter, nacker, ordered }
+    // Drawn last, so the draws above keep the values they had before it existed.
+    let exclusive = rng.random_bool(EXCLUSIVE_SHARE);
+    DeliveryPolicy { retry, dead_letter, nacker, ordered, exclusive }
 }
 
 /// Passes over the steps while shrinking; each pass tries to drop every step once.
@@ -86,8 +95,10 @@ pub fn generate(seed: u64) -> String {
     for w in 1..=workers {
         // The last worker fails deliveries: with two it nacks every one (they go round to
         // the other, or to the dead-letter topic), alone it nacks each first delivery.
+        // On an exclusive subscription a message stays with its partition's member, so a
+        // worker that nacks every delivery would keep it forever: it nacks first ones only.
         let mode = match (policy.nacker, w == workers, workers) {
-            (true, true, 2) => " ack=nack-all",
+            (true, true, 2) if !policy.exclusive => " ack=nack-all",
             (true, true, _) => " ack=nack",
             _ => "",
         };

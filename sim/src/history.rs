@@ -37,7 +37,11 @@ pub enum Event {
         key: Option<String>,
         idempotency_key: Option<String>,
         publish_ms: u64,
+        /// The generation of an exclusive subscription it was leased under; 0 when shared.
+        generation: u64,
     },
+    /// A member of an exclusive subscription was told its partitions from `generation` on.
+    Assigned { sub: String, stream: u64, generation: u64, partitions: Vec<u32> },
     /// The broker answered an ack or a nack (`op`) of delivery `attempt` of the message
     /// stored at `partition`/`offset`.
     AckAnswered { id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32, result: String },
@@ -124,8 +128,10 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
             let kind = if *definite { "definite" } else { "indeterminate" };
             format!("publish {id} failed: {code} ({kind})")
         }
-        Event::Delivered { id, sub, stream, partition, offset, attempt, dead_letter, .. } => {
-            let line = format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}");
+        Event::Delivered { id, sub, stream, partition, offset, attempt, dead_letter, generation, .. } => {
+            // Shared subscriptions (generation 0) keep the line they always had.
+            let generation = if *generation > 0 { format!(" gen={generation}") } else { String::new() };
+            let line = format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}{generation}");
             match dead_letter {
                 Some((from, reason)) => format!("{line}, dead-lettered from {from} ({reason})"),
                 None => line,
@@ -142,6 +148,10 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
             format!("redrive {dead}: p{partition}@{offset} of {sub} stays: {error}")
         }
         Event::StreamOpened { sub, stream } => format!("subscribed to {sub}#{stream}"),
+        Event::Assigned { sub, stream, generation, partitions } => {
+            let partitions: Vec<String> = partitions.iter().map(|p| format!("p{p}")).collect();
+            format!("assigned {sub}#{stream} gen={generation}: [{}]", partitions.join(" "))
+        }
         Event::StreamFailed { sub, stream, code } => format!("stream {sub}#{stream} ended: {code}"),
         Event::AdminFailed { what, code } => format!("{what} failed: {code}"),
         Event::Step { text } => text.clone(),

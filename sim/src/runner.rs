@@ -413,6 +413,7 @@ impl<'a> Driver<'a> {
                     retry,
                     dead_letter: step.option("dead_letter").map(|topic| (topic.to_string(), attempts)),
                     ordered: step.option("ordered") == Some("true"),
+                    exclusive: step.option("mode") == Some("exclusive"),
                 };
                 self.admin_step(command)?;
             }
@@ -458,6 +459,7 @@ impl<'a> Driver<'a> {
                     ack_delay: step.option("ack_delay").and_then(duration).unwrap_or_default(),
                     max_outstanding: step.option("max").and_then(|m| m.parse().ok()).unwrap_or(0),
                     nack,
+                    session: step.option("session").and_then(duration),
                 };
                 self.send(step.arg("host"), command);
             }

@@ -3,6 +3,8 @@
 use super::broker::Broker;
 use super::dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 use super::error::BrokerError;
+use super::group::{DeliveryMode, Group};
+use super::lease::StreamId;
 use super::name;
 use super::retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec};
 use super::subscription::{Cursor, StartPosition, Subscription};
@@ -39,6 +41,8 @@ pub struct SubscriptionSpec {
     pub dead_letter: Option<DeadLetterSpec>,
     /// Deliver the messages of one ordering key in order, one at a time.
     pub ordered: bool,
+    /// Whether members share messages or partitions.
+    pub delivery_mode: DeliveryMode,
 }
 
 /// A subscription as Admin reports it.
@@ -52,6 +56,7 @@ pub struct SubscriptionInfo {
     pub retry: Option<RetryPolicy>,
     pub dead_letter: Option<DeadLetterPolicy>,
     pub ordered: bool,
+    pub delivery_mode: DeliveryMode,
 }
 
 /// Backlog and leases of a subscription.
@@ -70,6 +75,8 @@ pub struct SubscriptionStats {
     /// Age of the oldest message not yet acked, by publish time and the wall clock the
     /// driver last gave; `None` when nothing is waiting.
     pub oldest_unacked_age_ms: Option<u64>,
+    /// The generation of an exclusive subscription's assignment; 0 when shared.
+    pub generation: u64,
 }
 
 /// One partition of [`SubscriptionStats`].
@@ -85,6 +92,9 @@ pub struct PartitionStats {
     pub lag: u64,
     /// Messages waiting out a retry backoff.
     pub delayed: u64,
+    /// The member an exclusive subscription leases this partition to; `None` when shared
+    /// or when it has no members.
+    pub member: Option<StreamId>,
 }
 
 impl Broker {
@@ -242,6 +252,7 @@ impl Broker {
         let retry = spec.retry.map(|r| self.retry_policy(r)).transpose()?;
         let dead_letter = spec.dead_letter.map(|d| self.dead_letter_policy(d, &spec.topic)).transpose()?;
         let t = self.topic(&spec.topic)?;
+        let partition_count = t.logs.len();
         if self.subscriptions.len() >= self.config.subscriptions_max {
             return Err(BrokerError::LimitReached {
                 what: format!("cannot create subscription `{}`", spec.name),
@@ -274,6 +285,7 @@ impl Broker {
             dead_letter,
             dead_lettered: 0,
             ordered: spec.ordered,
+            group: (spec.delivery_mode == DeliveryMode::Exclusive).then(|| Group::new(partition_count)),
         };
         let info = subscription_info(&sub);
         self.topics.get_mut(&spec.topic).expect("topic checked above").subscriptions.insert(spec.name.clone());
@@ -406,6 +418,7 @@ impl Broker {
                 outstanding: cursor.leased.range(start..).count() as u64,
                 lag: end.saturating_sub(committed),
                 delayed: cursor.delayed.range(start..).count() as u64,
+                member: sub.group.as_ref().and_then(|g| g.owners[p]),
             });
         }
         Ok(SubscriptionStats {
@@ -417,6 +430,7 @@ impl Broker {
             dead_lettered: sub.dead_lettered,
             delayed: partitions.iter().map(|p| p.delayed).sum(),
             oldest_unacked_age_ms: oldest_publish_ms.map(|t| self.wall_ms.saturating_sub(t)),
+            generation: sub.generation(),
             partitions,
         })
     }
@@ -432,5 +446,6 @@ fn subscription_info(sub: &Subscription) -> SubscriptionInfo {
         retry: sub.retry,
         dead_letter: sub.dead_letter.clone(),
         ordered: sub.ordered,
+        delivery_mode: sub.delivery_mode(),
     }
 }

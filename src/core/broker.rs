@@ -24,6 +24,9 @@ pub struct Broker {
     pub(super) deadlines: BTreeSet<(u64, u64, u32, u64)>,
     /// Every backoff by end: (ready_ms, subscription uid, partition, offset).
     pub(super) backoffs: BTreeSet<(u64, u64, u32, u64)>,
+    /// Every session of a member of an exclusive subscription by end: (deadline_ms,
+    /// stream). Entries of streams that are gone are skipped when they come due.
+    pub(super) sessions: BTreeSet<(u64, StreamId)>,
     /// Dead-letter copies waiting for a sync (acknowledgement after fsync only).
     pub(super) transits: Vec<Transit>,
     /// Topics that got dead-letter copies during the current input, dispatched at its end.
@@ -59,6 +62,7 @@ impl Broker {
             streams: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             backoffs: BTreeSet::new(),
+            sessions: BTreeSet::new(),
             transits: Vec::new(),
             topics_to_dispatch: BTreeSet::new(),
             wall_ms: 0,
@@ -83,12 +87,13 @@ impl Broker {
         self.outputs.pop_front()
     }
 
-    /// When `handle_timeout` must next be called: the earliest lease deadline or end of a
-    /// backoff.
+    /// When `handle_timeout` must next be called: the earliest lease deadline, end of a
+    /// backoff, or end of a member's session.
     pub fn poll_timeout(&self) -> Option<u64> {
         let lease = self.deadlines.first().map(|(deadline, ..)| *deadline);
         let backoff = self.backoffs.first().map(|(ready, ..)| *ready);
-        lease.into_iter().chain(backoff).min()
+        let session = self.sessions.first().map(|(deadline, _)| *deadline);
+        lease.into_iter().chain(backoff).chain(session).min()
     }
 
     /// Tells the core the wall-clock time (milliseconds since the Unix epoch), which it
@@ -130,6 +135,7 @@ impl Broker {
         for sub in self.subscriptions.values() {
             let topic = &self.topics[&sub.topic];
             assert_eq!(sub.cursors.len(), topic.logs.len(), "subscription {} cursor count", sub.name);
+            self.assert_group_invariants(sub);
             for (partition, cursor) in sub.cursors.iter().enumerate() {
                 cursor.assert_invariants();
                 for (offset, ready) in &cursor.delayed {

@@ -80,6 +80,12 @@ pub struct BrokerConfig {
     pub dedupe_keys_max: usize,
     /// Longest idempotency key, in bytes; longer is INVALID_ARGUMENT.
     pub idempotency_key_bytes_max: usize,
+    /// How long a member of an exclusive subscription may send nothing (no ack, no empty
+    /// heartbeat request) when it asks for no session timeout of its own. Past it the
+    /// member's stream is ended with ABORTED and its partitions go to the other members.
+    pub session_timeout_ms: u64,
+    /// Longest session timeout a member may ask for; more is INVALID_ARGUMENT.
+    pub session_timeout_max_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -113,6 +119,8 @@ impl Default for BrokerConfig {
             dedupe_window_ms: 120_000,
             dedupe_keys_max: 100_000,
             idempotency_key_bytes_max: 256,
+            session_timeout_ms: 10_000,
+            session_timeout_max_ms: 300_000,
         }
     }
 }
@@ -201,6 +209,12 @@ impl BrokerConfig {
             (1..=IDEMPOTENCY_KEY_BYTES_LIMIT).contains(&self.idempotency_key_bytes_max),
             "idempotency_key_bytes_max",
             "1 to 1024",
+        )?;
+        check((1000..=3_600_000).contains(&self.session_timeout_max_ms), "session_timeout_max_ms", "1000 to 3600000")?;
+        check(
+            (1000..=self.session_timeout_max_ms).contains(&self.session_timeout_ms),
+            "session_timeout_ms",
+            "1000 to session_timeout_max_ms",
         )?;
         Ok(())
     }

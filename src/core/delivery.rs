@@ -53,6 +53,8 @@ pub struct Delivery {
     pub offset: u64,
     pub record: Arc<Record>,
     pub delivery_attempt: u32,
+    /// The generation of an exclusive subscription the lease was made in; 0 when shared.
+    pub generation: u64,
 }
 
 impl Delivery {
@@ -79,8 +81,11 @@ fn encoded_len_max(topic: &str, record: &Record) -> usize {
 pub enum Output {
     /// Messages for a stream, in delivery order.
     Deliver { stream: StreamId, deliveries: Vec<Delivery> },
-    /// The broker ended a stream (its subscription was deleted); it gets no more outputs.
+    /// The broker ended a stream (its subscription was deleted, or its session timed out);
+    /// it gets no more outputs.
     EndStream { stream: StreamId, reason: BrokerError },
+    /// A member of an exclusive subscription holds `partitions` from `generation` on.
+    Assignment { stream: StreamId, generation: u64, partitions: Vec<u32> },
     /// A stored record could not be read (a disk error, or a CRC mismatch). It is not
     /// delivered, and its partition's deliveries wait at it; told once per record.
     ReadFailed { topic: String, partition: u32, offset: u64, error: StorageError },
@@ -99,7 +104,7 @@ pub(super) struct StreamState {
 impl StreamState {
     /// Room for one more message. A stream with nothing outstanding always has room, so a
     /// message larger than `max_outstanding_bytes` is still delivered, alone.
-    fn has_room(&self) -> bool {
+    pub(super) fn has_room(&self) -> bool {
         self.outstanding_messages == 0
             || (self.outstanding_messages < self.max_outstanding_messages
                 && self.outstanding_bytes < self.max_outstanding_bytes)
@@ -163,6 +168,7 @@ impl Broker {
         let sub = self.subscriptions.get_mut(&uid).expect("subscription resolved above");
         sub.members.push(id);
         let name = sub.name.clone();
+        self.join_group(now_ms, uid, id);
         self.dispatch(now_ms, uid);
         Ok((id, name))
     }
@@ -190,6 +196,7 @@ impl Broker {
             cursor.end_lease(offset).expect("offset is leased");
             self.lease_ended(now_ms, uid, partition, offset, &Unacked::StreamClosed);
         }
+        self.leave_group(now_ms, uid, stream);
         self.dispatch(now_ms, uid);
         self.dispatch_dead_letters(now_ms);
     }
@@ -353,7 +360,7 @@ impl Broker {
     }
 
     /// Takes an ended lease off its stream's flow-control accounting.
-    fn uncount(&mut self, lease: &Lease) {
+    pub(super) fn uncount(&mut self, lease: &Lease) {
         if let Some(state) = lease.stream.and_then(|s| self.streams.get_mut(&s)) {
             state.outstanding_messages -= 1;
             state.outstanding_bytes -= lease.bytes;
@@ -465,8 +472,10 @@ impl Broker {
 
     /// Expires every lease whose deadline is at or before `now_ms` (the messages are
     /// redelivered with the next attempt number, after their backoff, or dead-lettered),
-    /// and ends every backoff due by then.
+    /// and ends every backoff due by then. First, members of exclusive subscriptions that
+    /// were silent past their session timeout leave (their streams end).
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.expire_sessions(now_ms);
         let mut touched = Vec::new();
         while let Some(&(deadline, uid, partition, offset)) = self.deadlines.first() {
             if deadline > now_ms {
@@ -517,6 +526,9 @@ impl Broker {
     /// flow-control room. A member's messages go out in batches of at most
     /// `response_bytes_max` (one message always fits).
     pub(super) fn dispatch(&mut self, now_ms: u64, uid: u64) {
+        if self.subscriptions[&uid].group.is_some() {
+            return self.dispatch_exclusive(now_ms, uid);
+        }
         let mut batches: Vec<(StreamId, Vec<Delivery>, usize)> = Vec::new();
         loop {
             let sub = &self.subscriptions[&uid];
@@ -563,6 +575,9 @@ impl Broker {
         let partitions = topic.partition_count();
         for i in 0..partitions {
             let partition = (sub.next_partition + i) % partitions;
+            if !sub.may_lease(partition, stream) {
+                continue;
+            }
             let log = &topic.logs[partition as usize];
             let cursor = &mut sub.cursors[partition as usize];
             let end = visible_end(log.as_ref(), after_sync);
@@ -627,6 +642,7 @@ impl Broker {
                 offset,
                 record: record.record,
                 delivery_attempt: attempt,
+                generation: sub.generation(),
             });
         }
         None

@@ -45,6 +45,12 @@ pub enum BrokerError {
         "topic `{topic}` is the dead-letter topic of subscriptions {subscriptions:?}; change their dead_letter_policy first, or delete the topic with force = true to remove those policies"
     )]
     DeadLetterTopicInUse { topic: String, subscriptions: Vec<String> },
+    /// ABORTED: a member of an exclusive subscription sent nothing for its session timeout;
+    /// it left the group and its partitions went to the other members.
+    #[error(
+        "subscription `{subscription}`: {stream} sent no request for {timeout_ms} ms (its session timeout) and left the group; send an empty SubscribeRequest as a heartbeat more often, then subscribe again"
+    )]
+    SessionTimedOut { subscription: String, stream: String, timeout_ms: u64 },
     /// RESOURCE_EXHAUSTED: a configured bound was reached.
     #[error("{what}: the limit is {limit_name} = {limit}")]
     LimitReached { what: String, limit_name: &'static str, limit: u64 },

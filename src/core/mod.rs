@@ -15,6 +15,10 @@
 //! 3. Ask [`Broker::poll_timeout`] for the next deadline, and call
 //!    [`Broker::handle_timeout`] when the clock reaches it (then drain outputs again).
 //!
+//! Every request that arrives on a Subscribe stream, empty ones included, is also told to
+//! [`Broker::heartbeat`]: members of exclusive subscriptions that stay silent past their
+//! session timeout leave their group.
+//!
 //! Storage is the one thing the core calls out to, through the [`PartitionLog`] trait
 //! object; the memory log does no IO at all.
 //!
@@ -27,6 +31,7 @@ mod dead_letter;
 mod dedupe;
 mod delivery;
 mod error;
+mod group;
 mod lease;
 pub mod name;
 mod ordering;
@@ -45,6 +50,7 @@ pub use dead_letter::DEAD_LETTER_ATTRIBUTES;
 pub use dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
 pub use error::BrokerError;
+pub use group::{assign, DeliveryMode};
 pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
 pub use pending::{PendingMessage, PendingState};
 pub use persist::SyncFailure;
@@ -56,6 +62,8 @@ pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
 #[cfg(test)]
 mod dedupe_tests;
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod ordering_tests;
 #[cfg(test)]

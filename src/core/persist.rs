@@ -12,6 +12,7 @@ use super::broker::Broker;
 use super::config::BrokerConfig;
 use super::dedupe::Dedupe;
 use super::error::BrokerError;
+use super::group::Group;
 use super::retry::{DeadLetterPolicy, RetryPolicy};
 use super::subscription::{Cursor, StartPosition, Subscription};
 use super::topic::{visible_end, Topic};
@@ -77,6 +78,11 @@ struct SubscriptionMeta {
     /// Message ordering by key.
     #[prost(bool, tag = "11")]
     ordered: bool,
+    /// Partition-exclusive (consumer group) delivery; false, as in metadata saved before
+    /// the mode existed, is shared. Members do not survive a restart: the group starts
+    /// empty, at generation 0.
+    #[prost(bool, tag = "16")]
+    exclusive: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -203,6 +209,7 @@ impl Broker {
                     }),
                     dead_lettered: s.dead_lettered,
                     ordered: s.ordered,
+                    group: s.exclusive.then(|| Group::new(topic.logs.len())),
                 },
             );
         }
@@ -247,6 +254,7 @@ impl Broker {
                     .map(|d| DeadLetterMeta { topic: d.topic.clone(), max_delivery_attempts: d.max_delivery_attempts }),
                 dead_lettered: s.dead_lettered,
                 ordered: s.ordered,
+                exclusive: s.group.is_some(),
             })
             .collect();
         let meta = Meta {

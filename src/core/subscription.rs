@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::group::Group;
 use super::lease::{Lease, StreamId};
 use super::ordering::KeyOrder;
 use super::retry::{DeadLetterPolicy, RetryPolicy};
@@ -44,6 +45,8 @@ pub struct Subscription {
     pub dead_lettered: u64,
     /// Messages of one ordering key are delivered in order, one at a time.
     pub ordered: bool,
+    /// The partition assignment of an exclusive subscription; `None` when shared.
+    pub group: Option<Group>,
 }
 
 /// A subscription's state on one partition.

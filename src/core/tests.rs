@@ -400,6 +400,7 @@ fn trace_of_a_session_with_two_members_expiry_and_nack() {
                     }
                 }
                 Output::EndStream { stream, reason } => trace.push(format!("          end {stream}: {reason}")),
+                Output::Assignment { .. } => unreachable!("no exclusive subscription here"),
                 Output::ReadFailed { topic, partition, offset, error } => {
                     trace.push(format!("          unreadable {topic} p{partition}@{offset}: {error}"))
                 }

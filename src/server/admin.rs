@@ -56,6 +56,7 @@ impl pb::admin_server::Admin for AdminService {
             retry: wire::retry_spec(req.retry_policy)?,
             dead_letter: wire::dead_letter_spec(req.dead_letter_policy),
             ordered: req.enable_message_ordering,
+            delivery_mode: wire::delivery_mode("delivery_mode", req.delivery_mode)?,
         };
         let info = self.driver.call(move |d| d.broker.create_subscription(spec)).await??;
         Ok(Response::new(wire::subscription(info)))

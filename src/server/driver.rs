@@ -291,6 +291,9 @@ impl Driver {
                         let _ = sink.end.send(wire::status_of(&reason));
                     }
                 }
+                Output::Assignment { stream, generation, partitions } => {
+                    self.send(stream, wire::assignment(generation, partitions));
+                }
             }
         }
     }
@@ -330,6 +333,7 @@ impl Driver {
         &mut self,
         target: StreamTarget,
         flow: Flow,
+        session_timeout_ms: Option<u64>,
         first_ops: Vec<(AckOp, Vec<String>)>,
         responses: ResponseTx,
         end: oneshot::Sender<Status>,
@@ -339,21 +343,24 @@ impl Driver {
         }
         self.broker.check_stream_ops(&target, &first_ops)?;
         let now = self.now_ms();
-        let (stream, subscription) = self.broker.open_stream(now, target, flow)?;
+        let (stream, subscription) = self.broker.open_member(now, target, flow, session_timeout_ms)?;
         let hello = pb::SubscribeResponse { subscription, ..Default::default() };
         self.sinks.insert(stream, Sink { responses, end });
+        // The hello goes first; the assignment and deliveries the join made are flushed
+        // after it, at the end of the turn.
         self.send(stream, hello);
         self.stream_acks(stream, first_ops)?;
         Ok(stream)
     }
 
     /// Applies a stream's acks, nacks and deadline changes (all, or none if one is refused)
-    /// and queues their confirmations.
+    /// and queues their confirmations. Every request, an empty one too, is a heartbeat.
     pub fn stream_acks(&mut self, stream: StreamId, ops: Vec<(AckOp, Vec<String>)>) -> Result<(), BrokerError> {
+        let now = self.now_ms();
+        self.broker.heartbeat(now, stream);
         if ops.is_empty() {
             return Ok(());
         }
-        let now = self.now_ms();
         let replies = self.broker.stream_acks(now, stream, &ops)?;
         let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
         self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });

@@ -47,6 +47,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         };
         let (target, flow) = wire::stream_open(&first)?;
         let first_ops = wire::stream_ack_ops(&first)?;
+        let session_timeout_ms = wire::session_timeout_ms(&first);
         let (responses, rx) = mpsc::channel(self.config.stream_queue_max);
         let (opened_tx, opened_rx) = oneshot::channel();
         // The stream's own task opens it and then serves it, so a client that goes away at
@@ -55,7 +56,8 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         tokio::spawn(async move {
             let (end_tx, end_rx) = oneshot::channel();
             let sink = responses.clone();
-            let opened = driver.call(move |d| d.open_stream(target, flow, first_ops, sink, end_tx)).await;
+            let opened =
+                driver.call(move |d| d.open_stream(target, flow, session_timeout_ms, first_ops, sink, end_tx)).await;
             match opened.and_then(|r| r) {
                 Ok(stream) => {
                     let _ = opened_tx.send(Ok(()));

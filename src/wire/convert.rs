@@ -7,8 +7,8 @@ use tonic::Status;
 
 use super::pb;
 use crate::core::{
-    AckOp, AckOutcome, AckReply, DeadLetterPolicy, DeadLetterSpec, Delivery, Flow, OutgoingMessage, PendingMessage,
-    PendingState, Published, Redriven, RetryPolicy, RetrySpec, SeekTarget, StartPosition, StreamTarget,
+    AckOp, AckOutcome, AckReply, DeadLetterPolicy, DeadLetterSpec, Delivery, DeliveryMode, Flow, OutgoingMessage,
+    PendingMessage, PendingState, Published, Redriven, RetryPolicy, RetrySpec, SeekTarget, StartPosition, StreamTarget,
     SubscriptionInfo, SubscriptionStats, TopicInfo,
 };
 
@@ -165,6 +165,7 @@ pub fn received_message(d: Delivery) -> pb::ReceivedMessage {
             idempotency_key: record.idempotency_key.clone(),
         }),
         delivery_attempt: d.delivery_attempt,
+        generation: d.generation,
     }
 }
 
@@ -195,6 +196,31 @@ fn start_position_pb(start: StartPosition) -> pb::StartPosition {
         StartPosition::Earliest => pb::StartPosition::Earliest,
         StartPosition::Latest => pb::StartPosition::Latest,
     }
+}
+
+pub fn delivery_mode(field: &str, value: i32) -> Result<DeliveryMode, Status> {
+    match pb::DeliveryMode::try_from(value) {
+        Ok(pb::DeliveryMode::Unspecified | pb::DeliveryMode::Shared) => Ok(DeliveryMode::Shared),
+        Ok(pb::DeliveryMode::Exclusive) => Ok(DeliveryMode::Exclusive),
+        Err(_) => Err(invalid(field, format!("{value} is not a DeliveryMode (0 or 1 = shared, 2 = exclusive)"))),
+    }
+}
+
+fn delivery_mode_pb(mode: DeliveryMode) -> pb::DeliveryMode {
+    match mode {
+        DeliveryMode::Shared => pb::DeliveryMode::Shared,
+        DeliveryMode::Exclusive => pb::DeliveryMode::Exclusive,
+    }
+}
+
+/// A member's session timeout from the first Subscribe request; 0 means "the default".
+pub fn session_timeout_ms(first: &pb::SubscribeRequest) -> Option<u64> {
+    (first.session_timeout_seconds != 0).then_some(u64::from(first.session_timeout_seconds) * 1000)
+}
+
+/// A new assignment for a member of an exclusive subscription.
+pub fn assignment(generation: u64, partitions: Vec<u32>) -> pb::SubscribeResponse {
+    pb::SubscribeResponse { assignment: Some(pb::Assignment { generation, partitions }), ..Default::default() }
 }
 
 /// 0 means "the default".
@@ -306,6 +332,7 @@ pub fn subscription(info: SubscriptionInfo) -> pb::Subscription {
         retry_policy: info.retry.map(retry_policy_pb),
         dead_letter_policy: info.dead_letter.map(dead_letter_policy_pb),
         enable_message_ordering: info.ordered,
+        delivery_mode: delivery_mode_pb(info.delivery_mode).into(),
     }
 }
 
@@ -319,6 +346,7 @@ pub fn subscription_stats(stats: SubscriptionStats) -> pb::SubscriptionStats {
         dead_lettered: stats.dead_lettered,
         delayed: stats.delayed,
         oldest_unacked_age: stats.oldest_unacked_age_ms.map(duration),
+        generation: stats.generation,
         partitions: stats
             .partitions
             .into_iter()
@@ -330,6 +358,7 @@ pub fn subscription_stats(stats: SubscriptionStats) -> pb::SubscriptionStats {
                 outstanding: p.outstanding,
                 lag: p.lag,
                 delayed: p.delayed,
+                member: p.member.map(|m| m.to_string()).unwrap_or_default(),
             })
             .collect(),
     }
