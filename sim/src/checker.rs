@@ -363,17 +363,18 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
         stream: u64,
         generation: u64,
     }
-    let mut last: BTreeMap<(&str, &str), Last> = BTreeMap::new();
+    // By stored message: a publish retried without an idempotency key stores one id twice.
+    let mut last: BTreeMap<(&str, u32, u64), Last> = BTreeMap::new();
     let mut ended: Vec<(&str, &str, u64, u64)> = Vec::new();
     let (mut checked, mut tightest, mut problems) = (0, u64::MAX, Vec::new());
     for e in entries {
         match &e.event {
-            Event::Seeked { sub } | Event::Redriven { sub, .. } => last.retain(|(s, _), _| s != sub),
+            Event::Seeked { sub } | Event::Redriven { sub, .. } => last.retain(|(s, ..), _| s != sub),
             Event::Crashed { .. } => last.clear(),
             Event::StreamFailed { sub, stream, .. } => ended.push((e.host.as_str(), sub.as_str(), *stream, e.at_ms)),
-            Event::Delivered { id, sub, stream, attempt, dead_letter: None, generation, .. } => {
+            Event::Delivered { id, sub, stream, partition, offset, attempt, dead_letter: None, generation, .. } => {
                 let Some(bounds) = retry.get(sub) else { continue };
-                let key = (sub.as_str(), id.as_str());
+                let key = (sub.as_str(), *partition, *offset);
                 if let Some(prev) = last.get(&key).filter(|p| p.attempt + 1 == *attempt) {
                     let window = (prev.at_ms.saturating_sub(LINK_SLACK_MS), e.at_ms);
                     let faulted = unsettled.faults.iter().any(|&(from, to)| from <= window.1 && to >= window.0);
