@@ -14,6 +14,7 @@ pub mod agent;
 pub mod checker;
 pub mod disk;
 pub mod explore;
+pub mod facts;
 pub mod history;
 pub mod runner;
 pub mod scenario;

@@ -1,7 +1,7 @@
 //! Runs a scenario: brokers and apps on turmoil hosts, the driver stepping simulated time
 //! and applying each step when its time comes, then the verdict.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::agent::{self, AckMode, Command, Counters, NackSpec, PublishSpec, PORT};
 use crate::checker;
 use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
+use crate::facts;
 use crate::history::{render, Entry, Event, History};
 use crate::scenario::{duration, Scenario, Step, Verb};
 use crate::world::{listen_addr, SimClock, SimNet};
@@ -80,7 +81,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     failures.extend(driver.heal_all());
     let healed_at_ms = driver.calm_since_ms.unwrap_or(driver.now_ms());
     let drain_from_ms = driver.now_ms();
-    driver.send(ADMIN_HOST, Command::Drain { subs: audited(scenario).into_keys().collect() });
+    driver.send(ADMIN_HOST, Command::Drain { subs: facts::audited(scenario).into_keys().collect() });
     let end = driver.elapsed() + DRAIN;
     if let Err(message) = driver.advance_to(end) {
         failures.push(message);
@@ -90,13 +91,13 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let bound_ms = DRAIN.as_millis() as u64;
     let settled = checker::Unsettled { faults: driver.fault_windows.clone(), disconnects: driver.disconnects.clone() };
     let context = checker::Context {
-        audited: audited(scenario),
+        audited: facts::audited(scenario),
         loss_allowed,
         healed_at_ms,
         drain_from_ms,
         bound_ms,
-        retry: retry_bounds(scenario),
-        ordered: ordered_subscriptions(scenario),
+        retry: facts::retry_bounds(scenario),
+        ordered: facts::ordered_subscriptions(scenario),
         unsettled: settled,
         dedupe_window_ms: ServerConfig::default().broker.dedupe_window_ms,
     };
@@ -675,58 +676,6 @@ impl<'a> Driver<'a> {
         self.note("heal everything and drain".to_string());
         idle
     }
-}
-
-/// The retry policy of every subscription that has one, as the scenario declares it (the
-/// broker's defaults fill what it leaves out), and the shortest nack delay any step gives.
-fn retry_bounds(scenario: &Scenario) -> BTreeMap<String, checker::RetryBounds> {
-    let ms = |d: Option<&str>| d.and_then(duration).map(|d| d.as_millis() as u64);
-    let mut nack_delay_min: Option<u64> = None;
-    for step in &scenario.steps {
-        for delay in [ms(step.option("nack_delay")), ms(step.option("delay")).filter(|_| step.verb == Verb::Nack)] {
-            nack_delay_min = match (nack_delay_min, delay) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-    }
-    let mut bounds = BTreeMap::new();
-    for step in scenario.steps.iter().filter(|s| s.verb == Verb::SubCreate) {
-        let (min, max) = (ms(step.option("min_backoff")), ms(step.option("max_backoff")));
-        if min.is_none() && max.is_none() {
-            continue;
-        }
-        let minimum_ms = min.unwrap_or(1000);
-        let maximum_ms = max.unwrap_or(60_000.max(minimum_ms));
-        let sub = step.arg("sub").to_string();
-        bounds.insert(sub, checker::RetryBounds { minimum_ms, maximum_ms, nack_delay_min_ms: nack_delay_min });
-    }
-    bounds
-}
-
-/// Subscriptions created with message ordering.
-fn ordered_subscriptions(scenario: &Scenario) -> BTreeSet<String> {
-    let creates = scenario.steps.iter().filter(|s| s.verb == Verb::SubCreate);
-    creates.filter(|s| s.option("ordered") == Some("true")).map(|s| s.arg("sub").to_string()).collect()
-}
-
-/// Subscriptions that must see every acknowledged publish of their topic: created at the
-/// earliest position, and never seeked or deleted.
-fn audited(scenario: &Scenario) -> BTreeMap<String, String> {
-    let mut audited = BTreeMap::new();
-    for step in &scenario.steps {
-        let sub = step.arg("sub").to_string();
-        match step.verb {
-            Verb::SubCreate if step.option("start") != Some("latest") => {
-                audited.insert(sub.clone(), step.option("topic").unwrap_or(&sub).to_string());
-            }
-            Verb::SubDelete | Verb::Seek => {
-                audited.remove(&sub);
-            }
-            _ => {}
-        }
-    }
-    audited
 }
 
 /// Whether a fault key stands for every app (fail_rate, isolate), not a link's two ends.
