@@ -43,13 +43,21 @@ pub struct RetryBounds {
     pub minimum_ms: u64,
     pub maximum_ms: u64,
     pub nack_delay_min_ms: Option<u64>,
+    /// Whether a nacked message must come back within its backoff (plus slack): not when
+    /// nacks carry their own delays, nor when a subscriber's flow limit may hold it back.
+    pub upper_bound: bool,
 }
 
 impl RetryBounds {
+    /// The policy's backoff after delivery `attempt`.
+    fn backoff_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64.checked_shl(attempt.saturating_sub(1)).unwrap_or(u64::MAX);
+        self.minimum_ms.saturating_mul(factor).min(self.maximum_ms)
+    }
+
     /// The least time between delivery `attempt` and the next one.
     fn least_gap_ms(&self, attempt: u32) -> u64 {
-        let factor = 1u64.checked_shl(attempt.saturating_sub(1)).unwrap_or(u64::MAX);
-        let backoff = self.minimum_ms.saturating_mul(factor).min(self.maximum_ms);
+        let backoff = self.backoff_ms(attempt);
         self.nack_delay_min_ms.map_or(backoff, |delay| backoff.min(delay))
     }
 }
@@ -345,14 +353,18 @@ fn key_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check {
 }
 
 /// On a subscription with a retry policy, delivery `n + 1` of a message comes no sooner
-/// than its backoff after delivery `n` arrived. Only pairs of deliveries the client saw in a
-/// settled stretch count (no fault in place, the earlier one's stream not ended, no seek,
-/// redrive or crash between), with a slack for the link's latency: the client's clock
-/// stands in for the broker's only there.
+/// than its backoff after delivery `n` arrived, and, when delivery `n` was nacked (and the
+/// nack applied), no later than its backoff after the nack was sent, give or take the
+/// trips. Only pairs of deliveries the client saw in a settled stretch count (no fault in
+/// place, the earlier one's stream not ended, no seek, redrive, crash or move to another
+/// member between), with a slack for the link's latency: the client's clock stands in for
+/// the broker's only there.
 fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: &Unsettled) -> Check {
     /// turmoil's largest default link latency, twice: the earlier delivery's trip, and one
     /// more for the order of events on the wire.
     const LINK_SLACK_MS: u64 = 200;
+    /// The nack's trip, the broker's turn, and the redelivery's trip, with room to spare.
+    const LATE_SLACK_MS: u64 = 400;
     if retry.is_empty() {
         return Check { name: "backoff", passed: true, detail: "no subscription has a retry policy".to_string() };
     }
@@ -366,9 +378,24 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
     // By stored message: a publish retried without an idempotency key stores one id twice.
     let mut last: BTreeMap<(&str, u32, u64), Last> = BTreeMap::new();
     let mut ended: Vec<(&str, &str, u64, u64)> = Vec::new();
+    // Nacks sent, by (sub, partition, offset, attempt): when; and those the broker applied.
+    let mut nack_sent: BTreeMap<(&str, u32, u64, u32), u64> = BTreeMap::new();
+    let mut nack_applied: BTreeMap<(&str, u32, u64, u32), u64> = BTreeMap::new();
     let (mut checked, mut tightest, mut problems) = (0, u64::MAX, Vec::new());
+    let (mut nacked, mut spare) = (0, u64::MAX);
     for e in entries {
         match &e.event {
+            Event::AckSent { sub, op, partition, offset, attempt, .. } if op == "nack" => {
+                nack_sent.insert((sub.as_str(), *partition, *offset, *attempt), e.at_ms);
+            }
+            Event::AckAnswered { sub, op, partition, offset, attempt, result, .. }
+                if op == "nack" && result == "applied" =>
+            {
+                let key = (sub.as_str(), *partition, *offset, *attempt);
+                if let Some(sent) = nack_sent.get(&key) {
+                    nack_applied.insert(key, *sent);
+                }
+            }
             Event::Seeked { sub } | Event::Redriven { sub, .. } => last.retain(|(s, ..), _| s != sub),
             Event::Crashed { .. } => last.clear(),
             Event::StreamFailed { sub, stream, .. } => ended.push((e.host.as_str(), sub.as_str(), *stream, e.at_ms)),
@@ -398,6 +425,18 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
                                 prev.attempt
                             ));
                         }
+                        let nack = nack_applied.get(&(sub.as_str(), *partition, *offset, prev.attempt));
+                        if let Some(sent) = nack.filter(|_| bounds.upper_bound) {
+                            let (waited, most) = (e.at_ms.saturating_sub(*sent), bounds.backoff_ms(prev.attempt));
+                            nacked += 1;
+                            spare = spare.min((most + LATE_SLACK_MS).saturating_sub(waited));
+                            if waited > most + LATE_SLACK_MS {
+                                problems.push(format!(
+                                    "{id} attempt {attempt} reached {sub} {waited} ms after attempt {} was nacked; its backoff is {most} ms",
+                                    prev.attempt
+                                ));
+                            }
+                        }
                     }
                 }
                 let generation = *generation;
@@ -409,11 +448,14 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
             _ => {}
         }
     }
-    let ok = if checked == 0 {
+    let mut ok = if checked == 0 {
         "no redelivery in a settled stretch to measure".to_string()
     } else {
         format!("{checked} redeliveries waited out their backoff (closest by {tightest} ms)")
     };
+    if nacked > 0 {
+        ok.push_str(&format!("; {nacked} nacked ones came back within it (latest with {spare} ms to spare)"));
+    }
     result("backoff", problems, ok)
 }
 

@@ -26,6 +26,8 @@ struct DeliveryPolicy {
     ordered: bool,
     /// Partition-exclusive delivery (a consumer group).
     exclusive: bool,
+    /// Publishers send idempotency keys, so their retries are stored once.
+    idempotent: bool,
 }
 
 impl DeliveryPolicy {
@@ -63,7 +65,8 @@ fn delivery_policy(rng: &mut StdRng) -> DeliveryPolicy {
     let nacker = nacker && !ordered;
     // Drawn last, so the draws above keep the values they had before it existed.
     let exclusive = rng.random_bool(EXCLUSIVE_SHARE);
-    DeliveryPolicy { retry, dead_letter, nacker, ordered, exclusive }
+    let idempotent = rng.random_bool(0.5);
+    DeliveryPolicy { retry, dead_letter, nacker, ordered, exclusive, idempotent }
 }
 
 /// Passes over the steps while shrinking; each pass tries to drop every step once.
@@ -111,7 +114,8 @@ pub fn generate(seed: u64) -> String {
         let every = rng.random_range(100..=400u32);
         let count = 12_000 / every;
         let key = if rng.random_bool(0.5) { format!(" key=k{}", rng.random_range(0..3u32)) } else { String::new() };
-        let _ = writeln!(out, "@200ms publish p{p} t count={count} every={every}ms{key}");
+        let idempotency = if policy.idempotent { format!(" idempotency_key=p{p}") } else { String::new() };
+        let _ = writeln!(out, "@200ms publish p{p} t count={count} every={every}ms{key}{idempotency}");
     }
     let mut hosts: Vec<String> = (1..=workers).map(|w| format!("w{w}")).collect();
     hosts.extend((1..=producers).map(|p| format!("p{p}")));

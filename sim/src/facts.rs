@@ -28,7 +28,13 @@ pub fn retry_bounds(scenario: &Scenario) -> BTreeMap<String, checker::RetryBound
         let minimum_ms = min.unwrap_or(1000);
         let maximum_ms = max.unwrap_or(60_000.max(minimum_ms));
         let sub = step.arg("sub").to_string();
-        bounds.insert(sub, checker::RetryBounds { minimum_ms, maximum_ms, nack_delay_min_ms: nack_delay_min });
+        let limited = scenario
+            .steps
+            .iter()
+            .any(|s| s.verb == Verb::Subscribe && s.arg("sub") == sub && s.option("max").is_some());
+        let upper_bound = nack_delay_min.is_none() && !limited;
+        let retry = checker::RetryBounds { minimum_ms, maximum_ms, nack_delay_min_ms: nack_delay_min, upper_bound };
+        bounds.insert(sub, retry);
     }
     bounds
 }
