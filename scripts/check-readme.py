@@ -40,6 +40,7 @@ def blocks(readme):
 def mask(text):
     text = re.sub(r'"publishTime": "[^"]*"', '"publishTime": "…"', text)
     text = re.sub(r'"oldestUnackedAge": "[^"]*"', '"oldestUnackedAge": "…"', text)
+    text = re.sub(r'"(leaseExpiry|retryTime)": "[^"]*"', r'"\1": "…"', text)
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
