@@ -134,6 +134,10 @@ fn exclusive(entries: &[Entry]) -> Check {
     let mut assigned: BTreeMap<(&str, &str, u64, u64), &[u32]> = BTreeMap::new();
     // (broker life, subscription, generation, partition) -> the (host, stream) that got it first.
     let mut holders: BTreeMap<(u32, &str, u64, u32), (&str, u64)> = BTreeMap::new();
+    // Each host's latest assignment on each subscription. An ack is answered on the stream
+    // it came on, ahead of any later assignment there, so an ack applied for a partition
+    // outside the latest assignment means the old owner's lease outlived the move.
+    let mut latest: BTreeMap<(&str, &str), &[u32]> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut deliveries = 0;
     for e in entries {
@@ -145,6 +149,14 @@ fn exclusive(entries: &[Entry]) -> Check {
             }
             Event::Assigned { sub, stream, generation, partitions } => {
                 assigned.insert((host, sub.as_str(), *stream, *generation), partitions.as_slice());
+                latest.insert((host, sub.as_str()), partitions.as_slice());
+            }
+            Event::AckAnswered { id, sub, op, partition, result, .. } if op == "ack" && result == "applied" => {
+                if let Some(partitions) = latest.get(&(host, sub.as_str())).filter(|p| !p.contains(partition)) {
+                    problems.push(format!(
+                        "{sub} p{partition}: {host}'s ack of {id} was applied, but its assignment is {partitions:?}"
+                    ));
+                }
             }
             Event::Delivered { sub, stream, partition, generation, id, .. } if subs.contains(sub.as_str()) => {
                 deliveries += 1;
@@ -414,7 +426,8 @@ fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: 
                     });
                     // On an exclusive subscription a partition that moved to another member
                     // takes its messages along at once, as a closed stream does.
-                    let moved = *generation != prev.generation;
+                    let moved =
+                        *generation != prev.generation && (e.host.as_str(), *stream) != (prev.host, prev.stream);
                     if !(faulted || disconnected || stream_ended || moved) {
                         let (gap, least) = (e.at_ms - prev.at_ms, bounds.least_gap_ms(prev.attempt));
                         checked += 1;

@@ -170,6 +170,7 @@ impl Broker {
         let name = sub.name.clone();
         self.join_group(now_ms, uid, id);
         self.dispatch(now_ms, uid);
+        self.dispatch_dead_letters(now_ms);
         Ok((id, name))
     }
 

@@ -10,9 +10,10 @@
 //! generation.
 //!
 //! A partition that moves takes its leases with it: the old owner's leases on it end at
-//! once (the messages are offered to the new owner without backoff, and the attempt still
-//! counts, as for a closed stream), so the old owner's acks of them are confirmed expired,
-//! and the new owner starts at the partition's lowest unfinished offset. Leases on
+//! once (the messages are offered to the new owner without backoff, and the delivery does
+//! not count as an attempt: the consumer did nothing wrong, so a rebalance never
+//! dead-letters), so the old owner's acks of them are confirmed expired, and the new owner
+//! starts with them, lowest offset first; a message waiting out a backoff keeps it. Leases on
 //! partitions a member keeps stay valid across generations.
 //!
 //! A member must send a request (an empty `SubscribeRequest` is a heartbeat) at least once
@@ -244,7 +245,7 @@ impl Broker {
             let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
             let lease = cursor.end_lease(offset).expect("lease listed above");
             self.uncount(&lease);
-            self.lease_ended(now_ms, uid, partition, offset, &Unacked::StreamClosed);
+            self.lease_ended(now_ms, uid, partition, offset, &Unacked::Revoked);
         }
         let group = self.subscriptions[&uid].group.as_ref().expect("checked above");
         for stream in members {

@@ -84,9 +84,10 @@ fn two_members_split_the_partitions_under_one_generation() {
     let c = join(&mut b, 10);
     let second = drain(&mut b);
     assert_eq!(second.assignments, [(a, 2, vec![0, 1]), (c, 2, vec![2, 3])]);
-    // c's partitions moved away from a: a's leases there ended and c got them again.
+    // c's partitions moved away from a: a's leases there ended and c got them again, and
+    // the move did not count as an attempt (a did nothing wrong).
     assert_eq!(partitions_of(&second, c), [2, 3]);
-    assert!(second.deliveries.iter().all(|d| d.3 == 2 && d.4 == 2), "{:?}", second.deliveries);
+    assert!(second.deliveries.iter().all(|d| d.3 == 1 && d.4 == 2), "{:?}", second.deliveries);
     publish_rounds(&mut b, 20, 1);
     let third = drain(&mut b);
     assert_eq!((partitions_of(&third, a), partitions_of(&third, c)), (vec![0, 1], vec![2, 3]));
@@ -188,4 +189,30 @@ fn members_past_the_partition_count_wait_idle_until_one_leaves() {
     let seen = drain(&mut b);
     // The leaver held p2 (stickiness dealt the partitions 0, 2, 3, 1 in join order).
     assert_eq!(seen.assignments.last(), Some(&(streams[4], 6, vec![2])));
+}
+
+/// A review found this: a rebalance counted as a delivery attempt, so a subscription
+/// allowing one attempt dead-lettered every message on the partitions that moved.
+#[test]
+fn a_rebalance_never_dead_letters_a_message() {
+    let mut b = broker();
+    b.create_topic("dlq", None).unwrap();
+    b.delete_subscription("g").unwrap();
+    let dead_letter = Some(DeadLetterSpec { topic: "dlq".into(), max_delivery_attempts: Some(1) });
+    let spec = SubscriptionSpec {
+        name: "g".into(),
+        topic: "t".into(),
+        delivery_mode: DeliveryMode::Exclusive,
+        dead_letter,
+        ..Default::default()
+    };
+    b.create_subscription(spec).unwrap();
+    publish_rounds(&mut b, 0, 1);
+    let a = join(&mut b, 0);
+    assert_eq!(partitions_of(&drain(&mut b), a), [0, 1, 2, 3]);
+    let c = join(&mut b, 10);
+    let moved = drain(&mut b);
+    assert_eq!(partitions_of(&moved, c), [2, 3], "the moved messages reach the new owner");
+    assert_eq!(b.topic_info("dlq").unwrap().partitions[0].end_offset, 0, "nothing was dead-lettered");
+    assert_eq!(b.subscription_stats("g").unwrap().dead_lettered, 0);
 }

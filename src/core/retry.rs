@@ -62,6 +62,10 @@ pub enum Unacked {
     /// (no backoff: the consumer, not the message, failed), but it still counts as an
     /// attempt towards dead-lettering, so a message that crashes every consumer ends.
     StreamClosed,
+    /// Its partition moved to another member of an exclusive subscription: the consumer
+    /// did nothing wrong, so the delivery does not count as an attempt, and the message
+    /// goes to the new owner at once (never to the dead-letter topic for it).
+    Revoked,
 }
 
 impl Unacked {
@@ -72,6 +76,7 @@ impl Unacked {
             Unacked::Nacked { reason: Some(reason), .. } => format!("nacked: {reason}"),
             Unacked::Nacked { reason: None, .. } => "nacked".to_string(),
             Unacked::StreamClosed => "stream closed".to_string(),
+            Unacked::Revoked => "partition moved to another member".to_string(),
         }
     }
 }
@@ -81,6 +86,18 @@ impl Broker {
     /// lease out of the cursor, the deadline index and flow control): dead-letter it, wait
     /// out a backoff, or offer it again now.
     pub(super) fn lease_ended(&mut self, now_ms: u64, uid: u64, partition: u32, offset: u64, why: &Unacked) {
+        if *why == Unacked::Revoked {
+            let cursor =
+                &mut self.subscriptions.get_mut(&uid).expect("a leasing subscription").cursors[partition as usize];
+            match cursor.attempts.get_mut(&offset) {
+                Some(n) if *n > 1 => *n -= 1,
+                _ => {
+                    cursor.attempts.remove(&offset);
+                }
+            }
+            cursor.pending.insert(offset);
+            return;
+        }
         let sub = &self.subscriptions[&uid];
         let attempts = sub.cursors[partition as usize].attempts.get(&offset).copied().unwrap_or(0);
         if let Some(policy) = &sub.dead_letter {
