@@ -250,7 +250,6 @@ fn duplicated_publish(entries: &[Entry], audited: &BTreeMap<String, String>, win
 /// ack or a dead-letter copy is none of these.
 fn conservation(entries: &[Entry], audited: &BTreeMap<String, String>, drain_from_ms: u64) -> Check {
     let mut acked: BTreeSet<(&str, &str)> = BTreeSet::new();
-    let mut dead: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut alive: BTreeSet<(&str, &str)> = BTreeSet::new();
     // Acks sent minus acks answered, per (sub, id): more than zero left means an answer
     // never came, so the ack may have been applied (indeterminate, like a lost publish answer).
@@ -272,12 +271,10 @@ fn conservation(entries: &[Entry], audited: &BTreeMap<String, String>, drain_fro
             Event::AckAnswered { id, sub, op, result, .. } if op == "ack" && result == "applied" => {
                 acked.insert((sub.as_str(), id.as_str()));
             }
-            Event::Delivered { id, dead_letter: Some((from, _)), .. } => {
-                dead.insert((from.as_str(), id.as_str()));
-            }
             _ => {}
         }
     }
+    let dead = dead_lettered(entries);
     let (mut finished, mut going, mut unknown, mut problems) = (0, 0, 0, Vec::new());
     for e in entries {
         let Event::Published { id, topic, .. } = &e.event else { continue };
@@ -318,13 +315,7 @@ fn key_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check {
         attempt: u32,
         acked: bool,
     }
-    let dead: BTreeSet<(&str, &str)> = entries
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::Delivered { id, dead_letter: Some((from, _)), .. } => Some((from.as_str(), id.as_str())),
-            _ => None,
-        })
-        .collect();
+    let dead = dead_lettered(entries);
     let mut seen: BTreeMap<(&str, u32, &str), BTreeMap<u64, Seen>> = BTreeMap::new();
     let mut keys: BTreeMap<(&str, u32, u64), &str> = BTreeMap::new();
     let (mut checked, mut problems) = (0, Vec::new());
@@ -523,19 +514,29 @@ fn summary(problems: &[String]) -> String {
     detail
 }
 
+/// (subscription, message id) of every message a subscription dead-lettered: a copy of it
+/// reached a reader of the dead-letter topic.
+fn dead_lettered(entries: &[Entry]) -> BTreeSet<(&str, &str)> {
+    let copies = entries.iter().filter_map(|e| match &e.event {
+        Event::Delivered { id, dead_letter: Some((from, _)), .. } => Some((from.as_str(), id.as_str())),
+        _ => None,
+    });
+    copies.collect()
+}
+
 /// Acknowledged publishes never delivered to an audited subscription of their topic. A
 /// message dead-lettered from the subscription counts as delivered there: the broker may
 /// give up on leases that never reached the client (a partition hid them until they expired
 /// max_attempts times), and the copy in the dead-letter topic is the message.
 fn lost(entries: &[Entry], audited: &BTreeMap<String, String>) -> Check {
-    let delivered: BTreeSet<(&str, &str)> = entries
+    let mut delivered: BTreeSet<(&str, &str)> = entries
         .iter()
         .filter_map(|e| match &e.event {
-            Event::Delivered { id, dead_letter: Some((from, _)), .. } => Some((from.as_str(), id.as_str())),
-            Event::Delivered { id, sub, .. } => Some((sub.as_str(), id.as_str())),
+            Event::Delivered { id, sub, dead_letter: None, .. } => Some((sub.as_str(), id.as_str())),
             _ => None,
         })
         .collect();
+    delivered.extend(dead_lettered(entries));
     // A duplicate answer stored nothing of its own: what must arrive is the original,
     // which may carry another id (a publisher that sent the same key twice on purpose).
     let delivered_at: BTreeSet<(&str, u32, u64)> = entries

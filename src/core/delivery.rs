@@ -186,16 +186,12 @@ impl Broker {
             return;
         }
         let mut released = Vec::new();
-        for (partition, cursor) in sub.cursors.iter_mut().enumerate() {
-            for (offset, lease) in cursor.leased.iter().filter(|(_, l)| l.stream == Some(stream)) {
-                released.push((lease.deadline_ms, uid, partition as u32, *offset));
-            }
+        for (partition, cursor) in sub.cursors.iter().enumerate() {
+            let leased = cursor.leased.iter().filter(|(_, l)| l.stream == Some(stream));
+            released.extend(leased.map(|(offset, _)| (partition as u32, *offset)));
         }
-        for (deadline, uid, partition, offset) in released {
-            self.deadlines.remove(&(deadline, uid, partition, offset));
-            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
-            cursor.end_lease(offset).expect("offset is leased");
-            self.lease_ended(now_ms, uid, partition, offset, &Unacked::StreamClosed);
+        for (partition, offset) in released {
+            self.end_unacked(now_ms, uid, partition, offset, &Unacked::StreamClosed);
         }
         self.leave_group(now_ms, uid, stream);
         self.dispatch(now_ms, uid);
@@ -347,15 +343,13 @@ impl Broker {
                 return AckOutcome::Applied;
             }
         };
-        let ended = match unacked {
-            None => cursor.ack(id.offset),
-            Some(_) => cursor.end_lease(id.offset),
-        };
-        let lease = ended.expect("lease found above");
-        self.deadlines.remove(&old_key);
-        self.uncount(&lease);
-        if let Some(why) = unacked {
-            self.lease_ended(now_ms, uid, id.partition, id.offset, &why);
+        match unacked {
+            None => {
+                let lease = cursor.ack(id.offset).expect("lease found above");
+                self.deadlines.remove(&old_key);
+                self.uncount(&lease);
+            }
+            Some(why) => self.end_unacked(now_ms, uid, id.partition, id.offset, &why),
         }
         AckOutcome::Applied
     }
@@ -482,12 +476,7 @@ impl Broker {
             if deadline > now_ms {
                 break;
             }
-            self.deadlines.pop_first();
-            let cursor = &mut self.subscriptions.get_mut(&uid).expect("indexed lease's subscription").cursors
-                [partition as usize];
-            let lease = cursor.end_lease(offset).expect("indexed lease exists");
-            self.uncount(&lease);
-            self.lease_ended(now_ms, uid, partition, offset, &Unacked::Expired);
+            self.end_unacked(now_ms, uid, partition, offset, &Unacked::Expired);
             touched.push(uid);
         }
         touched.extend(self.wake_backoffs(now_ms));

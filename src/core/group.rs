@@ -237,15 +237,11 @@ impl Broker {
                 continue;
             }
             let foreign = cursor.leased.iter().filter(|(_, l)| l.stream != owners[partition]);
-            ended.extend(foreign.map(|(offset, lease)| (partition as u32, *offset, lease.deadline_ms)));
+            ended.extend(foreign.map(|(offset, _)| (partition as u32, *offset)));
         }
         let members = sub.members.clone();
-        for (partition, offset, deadline) in ended {
-            self.deadlines.remove(&(deadline, uid, partition, offset));
-            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
-            let lease = cursor.end_lease(offset).expect("lease listed above");
-            self.uncount(&lease);
-            self.lease_ended(now_ms, uid, partition, offset, &Unacked::Revoked);
+        for (partition, offset) in ended {
+            self.end_unacked(now_ms, uid, partition, offset, &Unacked::Revoked);
         }
         let group = self.subscriptions[&uid].group.as_ref().expect("checked above");
         for stream in members {

@@ -13,6 +13,7 @@ use super::delivery::Delivery;
 use super::error::BrokerError;
 use super::lease::AckOp;
 use super::name;
+use super::retry::Unacked;
 use crate::storage::Record;
 
 /// What a redrive did with one dead-letter copy.
@@ -79,19 +80,9 @@ impl Broker {
             });
         }
         // Refused copies go back to the dead-letter subscription as they were, at once: a
-        // redrive's own leases are not failed deliveries, so their attempts are undone.
+        // redrive's own leases are not failed deliveries.
         for copy in stay {
-            let cursor =
-                &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[copy.partition as usize];
-            let lease = cursor.end_lease(copy.offset).expect("leased by this redrive");
-            cursor.pending.insert(copy.offset);
-            match cursor.attempts.get_mut(&copy.offset) {
-                Some(n) if *n > 1 => *n -= 1,
-                _ => {
-                    cursor.attempts.remove(&copy.offset);
-                }
-            }
-            self.deadlines.remove(&(lease.deadline_ms, uid, copy.partition, copy.offset));
+            self.end_unacked(now_ms, uid, copy.partition, copy.offset, &Unacked::Revoked);
         }
         reopened.sort_unstable();
         reopened.dedup();

@@ -62,9 +62,10 @@ pub enum Unacked {
     /// (no backoff: the consumer, not the message, failed), but it still counts as an
     /// attempt towards dead-lettering, so a message that crashes every consumer ends.
     StreamClosed,
-    /// Its partition moved to another member of an exclusive subscription: the consumer
-    /// did nothing wrong, so the delivery does not count as an attempt, and the message
-    /// goes to the new owner at once (never to the dead-letter topic for it).
+    /// The broker took the lease back (its partition moved to another member of an
+    /// exclusive subscription, or a redrive left a dead-letter copy where it was): the
+    /// consumer did nothing wrong, so the delivery does not count as an attempt, and the
+    /// message is offered again at once (never dead-lettered for it).
     Revoked,
 }
 
@@ -76,25 +77,28 @@ impl Unacked {
             Unacked::Nacked { reason: Some(reason), .. } => format!("nacked: {reason}"),
             Unacked::Nacked { reason: None, .. } => "nacked".to_string(),
             Unacked::StreamClosed => "stream closed".to_string(),
-            Unacked::Revoked => "partition moved to another member".to_string(),
+            Unacked::Revoked => "taken back by the broker".to_string(),
         }
     }
 }
 
 impl Broker {
-    /// Decides what comes after a lease that ended without an ack (the caller has taken the
-    /// lease out of the cursor, the deadline index and flow control): dead-letter it, wait
+    /// Ends the current lease on `offset` without an ack: out of the cursor, the deadline
+    /// index and flow control, then on to what comes next (see `lease_ended`).
+    pub(super) fn end_unacked(&mut self, now_ms: u64, uid: u64, partition: u32, offset: u64, why: &Unacked) {
+        let cursor = &mut self.subscriptions.get_mut(&uid).expect("a leasing subscription").cursors[partition as usize];
+        let lease = cursor.end_lease(offset).expect("ending a lease that exists");
+        self.deadlines.remove(&(lease.deadline_ms, uid, partition, offset));
+        self.uncount(&lease);
+        self.lease_ended(now_ms, uid, partition, offset, why);
+    }
+
+    /// Decides what comes after a lease that ended without an ack: dead-letter it, wait
     /// out a backoff, or offer it again now.
-    pub(super) fn lease_ended(&mut self, now_ms: u64, uid: u64, partition: u32, offset: u64, why: &Unacked) {
+    fn lease_ended(&mut self, now_ms: u64, uid: u64, partition: u32, offset: u64, why: &Unacked) {
         if *why == Unacked::Revoked {
-            let cursor =
-                &mut self.subscriptions.get_mut(&uid).expect("a leasing subscription").cursors[partition as usize];
-            match cursor.attempts.get_mut(&offset) {
-                Some(n) if *n > 1 => *n -= 1,
-                _ => {
-                    cursor.attempts.remove(&offset);
-                }
-            }
+            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
+            cursor.undo_attempt(offset);
             cursor.pending.insert(offset);
             return;
         }

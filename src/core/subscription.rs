@@ -160,6 +160,17 @@ impl Cursor {
         self.leased.remove(&offset)
     }
 
+    /// Takes back the attempt the last lease of `offset` counted: the broker, not the
+    /// consumer, ended it.
+    pub fn undo_attempt(&mut self, offset: u64) {
+        match self.attempts.get_mut(&offset) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.attempts.remove(&offset);
+            }
+        }
+    }
+
     /// `offset`, whose lease just ended, waits until `ready_ms` before it is offered again.
     pub fn delay(&mut self, offset: u64, ready_ms: u64) {
         assert!(!self.leased.contains_key(&offset), "delaying leased offset {offset}");
