@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mini_pubsub::core::{ATTR_REASON, ATTR_SOURCE_SUBSCRIPTION};
 use mini_pubsub::wire::pb;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
@@ -557,8 +558,8 @@ impl App {
         let id = message.attributes.get("id").cloned().unwrap_or_default();
         let value = String::from_utf8_lossy(&message.value).into_owned();
         let attribute = |name: &str| message.attributes.get(name).cloned();
-        let dead_letter = attribute("dead_letter_source_subscription")
-            .map(|from| (from, attribute("dead_letter_reason").unwrap_or_default()));
+        let dead_letter =
+            attribute(ATTR_SOURCE_SUBSCRIPTION).map(|from| (from, attribute(ATTR_REASON).unwrap_or_default()));
         let leased = Leased { id, partition: message.partition, offset: message.offset, attempt: m.delivery_attempt };
         let key = message.key.clone();
         self.record(Event::Delivered {

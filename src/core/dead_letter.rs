@@ -15,26 +15,18 @@ use crate::storage::Record;
 pub const ATTR_REASON: &str = "dead_letter_reason";
 /// What happened at the last attempt: `ack deadline expired`, `nacked: <reason>`...
 pub const ATTR_DETAIL: &str = "dead_letter_detail";
+/// The subscription that gave up on the message.
 pub const ATTR_SOURCE_SUBSCRIPTION: &str = "dead_letter_source_subscription";
+/// The topic that subscription reads.
 pub const ATTR_SOURCE_TOPIC: &str = "dead_letter_source_topic";
 /// Deliveries of the message before it was dead-lettered.
 pub const ATTR_DELIVERY_ATTEMPTS: &str = "dead_letter_delivery_attempts";
-/// The original message id, partition and offset in the source topic.
+/// The original message id in the source topic.
 pub const ATTR_MESSAGE_ID: &str = "dead_letter_message_id";
+/// The original partition in the source topic.
 pub const ATTR_PARTITION: &str = "dead_letter_partition";
+/// The original offset in the source topic.
 pub const ATTR_OFFSET: &str = "dead_letter_offset";
-
-/// Every attribute a dead-letter copy adds.
-pub const DEAD_LETTER_ATTRIBUTES: [&str; 8] = [
-    ATTR_REASON,
-    ATTR_DETAIL,
-    ATTR_SOURCE_SUBSCRIPTION,
-    ATTR_SOURCE_TOPIC,
-    ATTR_DELIVERY_ATTEMPTS,
-    ATTR_MESSAGE_ID,
-    ATTR_PARTITION,
-    ATTR_OFFSET,
-];
 
 /// A dead-letter copy not yet synced, and the source offset waiting for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

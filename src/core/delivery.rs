@@ -235,7 +235,7 @@ impl Broker {
 
     /// Refuses a deadline change past `ack_deadline_max_ms`, a nack delay past
     /// `nack_delay_max_ms` and a nack reason past `nack_reason_bytes_max`.
-    pub fn check_deadline(&self, op: &AckOp) -> Result<(), BrokerError> {
+    fn check_deadline(&self, op: &AckOp) -> Result<(), BrokerError> {
         let max = self.config.ack_deadline_max_ms;
         let delay_max = self.config.nack_delay_max_ms;
         let reason_max = self.config.nack_reason_bytes_max;

@@ -46,7 +46,10 @@ mod topic;
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
 pub use broker::Broker;
 pub use config::BrokerConfig;
-pub use dead_letter::DEAD_LETTER_ATTRIBUTES;
+pub use dead_letter::{
+    ATTR_DELIVERY_ATTEMPTS, ATTR_DETAIL, ATTR_MESSAGE_ID, ATTR_OFFSET, ATTR_PARTITION, ATTR_REASON,
+    ATTR_SOURCE_SUBSCRIPTION, ATTR_SOURCE_TOPIC,
+};
 pub use dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
 pub use error::BrokerError;

@@ -33,6 +33,19 @@ fn pull(b: &mut Broker, now: u64, sub: &str) -> Vec<(String, String)> {
     got.into_iter().map(|d| (String::from_utf8(d.record.value.to_vec()).unwrap(), d.ack_id)).collect()
 }
 
+/// Everything delivered on streams since the last look: (value, ack id).
+fn streamed(b: &mut Broker) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    while let Some(output) = b.poll_output() {
+        if let Output::Deliver { deliveries, .. } = output {
+            let values =
+                deliveries.into_iter().map(|d| (String::from_utf8(d.record.value.to_vec()).unwrap(), d.ack_id));
+            got.extend(values);
+        }
+    }
+    got
+}
+
 fn values(got: &[(String, String)]) -> Vec<&str> {
     got.iter().map(|(v, _)| v.as_str()).collect()
 }
@@ -181,24 +194,13 @@ fn the_sync_that_finishes_a_dead_letter_delivers_the_next_message_of_its_key() {
     b.create_subscription(SubscriptionSpec { dead_letter, ..ordered("s") }).unwrap();
     let flow = Flow { max_outstanding_messages: 10, max_outstanding_bytes: 0 };
     let (stream, _) = b.open_stream(0, StreamTarget::Subscription("s".into()), flow).unwrap();
-    let delivered = |b: &mut Broker| -> Vec<(String, String)> {
-        let mut got = Vec::new();
-        while let Some(output) = b.poll_output() {
-            if let Output::Deliver { deliveries, .. } = output {
-                got.extend(
-                    deliveries.into_iter().map(|d| (String::from_utf8(d.record.value.to_vec()).unwrap(), d.ack_id)),
-                );
-            }
-        }
-        got
-    };
-    let first = delivered(&mut b);
+    let first = streamed(&mut b);
     assert_eq!(values(&first), ["a1"]);
     let terminal = AckOp::Nack { delay_ms: None, terminal: true, reason: None };
     b.stream_acks(0, stream, &[(terminal, vec![first[0].1.clone()])]).unwrap();
-    assert!(delivered(&mut b).is_empty(), "a1's copy is not synced yet: a2 waits");
+    assert!(streamed(&mut b).is_empty(), "a1's copy is not synced yet: a2 waits");
     assert!(b.sync(0).is_empty());
-    assert_eq!(values(&delivered(&mut b)), ["a2"]);
+    assert_eq!(values(&streamed(&mut b)), ["a2"]);
     b.assert_invariants();
 }
 
@@ -213,17 +215,8 @@ fn time_retention_that_removes_a_head_delivers_the_next_message_of_its_key() {
     b.create_subscription(ordered("s")).unwrap();
     let flow = Flow { max_outstanding_messages: 10, max_outstanding_bytes: 0 };
     b.open_stream(0, StreamTarget::Subscription("s".into()), flow).unwrap();
-    let count = |b: &mut Broker| {
-        let mut n = Vec::new();
-        while let Some(output) = b.poll_output() {
-            if let Output::Deliver { deliveries, .. } = output {
-                n.extend(deliveries.into_iter().map(|d| String::from_utf8(d.record.value.to_vec()).unwrap()));
-            }
-        }
-        n
-    };
-    assert_eq!(count(&mut b), ["a0"]);
+    assert_eq!(values(&streamed(&mut b)), ["a0"]);
     b.enforce_retention(SEC, 12 * SEC).unwrap();
-    assert_eq!(count(&mut b), ["a1"], "a0 is gone, so a1 goes");
+    assert_eq!(values(&streamed(&mut b)), ["a1"], "a0 is gone, so a1 goes");
     b.assert_invariants();
 }
