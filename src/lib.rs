@@ -17,6 +17,7 @@
 //!   reflection, started by [`server::run`] on whatever listener and shutdown signal it is
 //!   given.
 
+pub mod config;
 pub mod core;
 pub mod env;
 pub mod server;

@@ -1,17 +1,20 @@
-//! The `mini-pubsub` binary: `mini-pubsub serve` runs the broker.
+//! The `mini-pubsub` binary: `mini-pubsub serve` runs the broker; `mini-pubsub config` shows
+//! its configuration.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Arg, Parser, Subcommand};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use mini_pubsub::config::{self, Config, Loaded, LogFormat, StorageKind, CONFIG_FILE_ENV, SETTINGS};
 use mini_pubsub::env::{Net, StdFs, TokioClock, TokioNet};
-use mini_pubsub::server::{self, ServerConfig};
-use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemoryStorage, Storage};
+use mini_pubsub::server;
+use mini_pubsub::storage::{FileStorage, MemoryStorage, Storage};
 
 #[derive(Parser)]
 #[command(name = "mini-pubsub", version, about = "A gRPC publish/subscribe broker")]
@@ -22,126 +25,174 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the broker until Ctrl-C or SIGTERM.
-    Serve(ServeArgs),
+    /// Runs the broker until Ctrl-C or SIGTERM. Every setting can come from the file given by
+    /// --config, from MINI_PUBSUB_* environment variables, or from the flags below; a flag
+    /// beats the environment, which beats the file, which beats the default.
+    Serve(ConfigArgs),
+    /// Shows the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// The address to listen on (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Refuse publishes to topics that do not exist, instead of creating them.
-    #[arg(long)]
-    no_auto_create_topics: bool,
-    /// Partitions of topics created without a count.
-    #[arg(long, default_value_t = 1)]
-    default_partitions: u32,
-    /// Lease length of subscriptions created without one, in seconds.
-    #[arg(long, default_value_t = 30)]
-    ack_deadline_seconds: u64,
-    /// Largest message (value + key + attributes), in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    max_message_bytes: usize,
-    /// Where messages are kept: `file` (a segmented log in --data-dir) or `memory` (lost
-    /// when the process ends).
-    #[arg(long, value_enum, default_value_t = StorageKind::File)]
-    storage: StorageKind,
-    /// The file log's directory.
-    #[arg(long, default_value = "./data")]
-    data_dir: std::path::PathBuf,
-    /// When a publish is acknowledged: `always` after an fsync that covers it (group
-    /// commit), `interval` after the write with an fsync every --fsync-interval-ms, `never`
-    /// after the write (the OS flushes when it likes).
-    #[arg(long, value_enum, default_value_t = FsyncArg::Always)]
-    fsync: FsyncArg,
-    /// Milliseconds between fsyncs under --fsync interval.
-    #[arg(long, default_value_t = 100)]
-    fsync_interval_ms: u64,
-    /// Size at which a segment file rolls, in bytes.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    segment_bytes: u64,
-    /// Bytes each partition keeps; past it the oldest segments are deleted.
-    #[arg(long, default_value_t = 1 << 30)]
-    retention_bytes: u64,
-    /// Hours a message is kept (by publish time); 0 keeps messages until --retention-bytes.
-    #[arg(long, default_value_t = 168)]
-    retention_hours: u64,
-    /// On damage in an older segment, cut the log there (losing what follows) instead of
-    /// refusing to start. Damage at the tail of the newest segment is always cut.
-    #[arg(long)]
-    truncate_corrupt: bool,
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the effective settings as TOML, each with where it came from, and checks them.
+    Print(ConfigArgs),
+    /// Prints a configuration file with every key at its default, documented.
+    Example,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum StorageKind {
-    File,
-    Memory,
+/// `--config FILE` and one flag per setting, collected as (setting, flag, value).
+struct ConfigArgs {
+    file: Option<PathBuf>,
+    flags: Vec<(&'static str, String, String)>,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum FsyncArg {
-    Always,
-    Interval,
-    Never,
+/// Turns an older flag's value into its setting's.
+type Convert = fn(&str) -> Result<String, String>;
+
+/// Flags kept from before the configuration file: (flag, setting, help, conversion).
+const LEGACY_FLAGS: [(&str, &str, &str, Convert); 4] = [
+    ("no-auto-create-topics", "auto_create_topics", "Same as --auto-create-topics false.", |_| Ok("false".into())),
+    ("ack-deadline-seconds", "ack_deadline_ms", "--ack-deadline-ms in seconds.", |s| scaled(s, 1000)),
+    ("retention-bytes", "partition_retention_bytes", "Same as --partition-retention-bytes.", |s| Ok(s.into())),
+    ("retention-hours", "partition_retention_ms", "--partition-retention-ms in hours.", |s| scaled(s, 3_600_000)),
+];
+
+fn scaled(text: &str, factor: u64) -> Result<String, String> {
+    let n: u64 = text.parse().map_err(|_| format!("expected a non-negative integer, got `{text}`"))?;
+    n.checked_mul(factor).map(|n| n.to_string()).ok_or_else(|| format!("`{text}` is too large"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+impl clap::FromArgMatches for ConfigArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let given = |id: &str| {
+            let from_command_line = matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+            let raw = || matches.get_raw(id).and_then(|mut values| values.next_back());
+            from_command_line.then(raw).flatten().map(|value| value.to_string_lossy().into_owned())
+        };
+        let mut flags = Vec::new();
+        for (flag, name, _, convert) in LEGACY_FLAGS {
+            if let Some(value) = given(flag) {
+                let value = convert(&value).map_err(|reason| {
+                    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("--{flag}: {reason}\n"))
+                })?;
+                flags.push((name, format!("--{flag}"), value));
+            }
+        }
+        for setting in SETTINGS {
+            if let Some(value) = given(setting.name) {
+                flags.push((setting.name, format!("--{}", setting.flag()), value));
+            }
+        }
+        let file = matches.get_one::<PathBuf>("config").cloned();
+        Ok(ConfigArgs { file, flags })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = ServerConfig::default();
-    config.broker.auto_create_topics = !args.no_auto_create_topics;
-    config.broker.default_partitions = args.default_partitions;
-    config.broker.ack_deadline_ms = args.ack_deadline_seconds.saturating_mul(1000);
-    config.broker.max_message_bytes = args.max_message_bytes;
-    config.broker.partition_retention_bytes = args.retention_bytes;
-    config.broker.partition_retention_ms =
-        (args.retention_hours > 0).then(|| args.retention_hours.saturating_mul(3_600_000));
-    config.validate()?;
-    let (storage, described) = open_storage(&args)?;
+impl clap::Args for ConfigArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let mut cmd = cmd.arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(format!("A TOML configuration file (also {CONFIG_FILE_ENV}); see config/mini-pubsub.toml")),
+        );
+        for setting in SETTINGS {
+            let mut arg = Arg::new(setting.name)
+                .long(setting.flag())
+                .value_name(setting.hint)
+                .help(setting.doc)
+                .help_heading(format!("[{}] settings", setting.section.name()));
+            if setting.hint == "true|false" {
+                arg = arg.num_args(0..=1).default_missing_value("true");
+            }
+            cmd = cmd.arg(arg);
+        }
+        for (flag, _, help, _) in LEGACY_FLAGS {
+            let arg = Arg::new(flag).long(flag).help(help).help_heading("Older spellings");
+            let arg = if flag.starts_with("no-") { arg.action(clap::ArgAction::SetTrue) } else { arg };
+            cmd = cmd.arg(arg);
+        }
+        cmd
+    }
 
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl ConfigArgs {
+    /// Reads the file, the environment and the flags, and validates the result.
+    fn load(self) -> anyhow::Result<Loaded> {
+        let file = self.file.or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+        let loaded = Loaded::load(file.as_deref(), std::env::vars(), self.flags)?;
+        loaded.validate()?;
+        Ok(loaded)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => args.load().and_then(|loaded| {
+            init_logging(loaded.config.log_format, &loaded.config.log_filter);
+            runtime()?.block_on(serve(loaded.config))
+        }),
+        Command::Config(ConfigCommand::Print(args)) => args.load().map(|loaded| print!("{}", loaded.describe())),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::example_file());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Log lines go to standard error, filtered by `log_filter` (RUST_LOG syntax), as readable
+/// lines or one JSON object per line with the fields of the spans they happened in.
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::new(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let (storage, described) = open_storage(&config)?;
     let (addr, incoming) =
-        TokioNet.bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        TokioNet.bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     info!("mini-pubsub listening on {addr} (storage: {described})");
-    server::run(incoming, shutdown_signal(), config, storage, Arc::new(TokioClock::new())).await?;
+    server::run(incoming, shutdown_signal(), config.server, storage, Arc::new(TokioClock::new())).await?;
     Ok(())
 }
 
-fn open_storage(args: &ServeArgs) -> anyhow::Result<(Box<dyn Storage>, String)> {
-    if let StorageKind::Memory = args.storage {
+fn open_storage(config: &Config) -> anyhow::Result<(Box<dyn Storage>, String)> {
+    if let StorageKind::Memory = config.storage.kind {
         return Ok((Box::new(MemoryStorage), "memory".to_string()));
     }
-    anyhow::ensure!(
-        (1024 * 1024..=1 << 40).contains(&args.segment_bytes),
-        "--segment-bytes must be 1 MiB to 1 TiB; it is {}",
-        args.segment_bytes
-    );
-    anyhow::ensure!(
-        (1..=3_600_000).contains(&args.fsync_interval_ms),
-        "--fsync-interval-ms must be 1 to 3600000; it is {}",
-        args.fsync_interval_ms
-    );
-    let mut config = FileStorageConfig::new(&args.data_dir);
-    config.fsync = match args.fsync {
-        FsyncArg::Always => FsyncPolicy::Always,
-        FsyncArg::Interval => FsyncPolicy::IntervalMs(args.fsync_interval_ms),
-        FsyncArg::Never => FsyncPolicy::Never,
-    };
-    config.segment_bytes = args.segment_bytes;
-    config.truncate_corrupt = args.truncate_corrupt;
-    let described = format!("file log in {}, fsync {}", args.data_dir.display(), config.fsync);
-    let storage = FileStorage::open(Arc::new(StdFs), config)
-        .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
+    let file = config.file_storage();
+    let dir = file.dir.clone();
+    let described = format!("file log in {}, fsync {}", dir.display(), file.fsync);
+    let storage = FileStorage::open(Arc::new(StdFs), file)
+        .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
     Ok((Box::new(storage), described))
 }
 

@@ -75,3 +75,87 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn config_print_shows_each_setting_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, "[broker]\ndefault_partitions = 2\nack_deadline_ms = 20000\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+        .args(["config", "print", "--config"])
+        .arg(&file)
+        .args(["--ack-deadline-seconds", "15", "--storage", "memory"])
+        .env("MINI_PUBSUB_TOPICS_MAX", "50")
+        .env_remove("MINI_PUBSUB_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let line = |key: &str| printed.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or("").to_string();
+    assert!(line("default_partitions").ends_with(&format!("# file {}", file.display())), "{printed}");
+    assert!(line("ack_deadline_ms").starts_with("ack_deadline_ms = 15000 "), "{printed}");
+    assert!(line("ack_deadline_ms").ends_with("# flag --ack-deadline-seconds"), "{printed}");
+    assert!(line("topics_max").ends_with("# env MINI_PUBSUB_TOPICS_MAX"), "{printed}");
+    assert!(line("storage").starts_with("storage = \"memory\""), "{printed}");
+    assert!(line("streams_max").ends_with("# default"), "{printed}");
+}
+
+#[test]
+fn nonsense_configuration_is_refused_in_one_line_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+        .args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0"])
+        .env("MINI_PUBSUB_MAX_MESSAGE_BYTES", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        "error: invalid configuration: max_message_bytes must be 1 B to 3 MiB; \
+         it is 0 (from env MINI_PUBSUB_MAX_MESSAGE_BYTES)\n"
+    );
+}
+
+#[tokio::test]
+async fn a_configuration_file_with_json_logs_runs_the_broker_and_logs_requests_in_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker.toml");
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_ms = 1000\n[log]\nlog_format = \"json\"\nlog_filter = \"mini_pubsub=debug\"\n\
+                [storage]\nstorage = \"memory\"\n[broker]\nauto_create_topics = false\n";
+    std::fs::write(&file, text).unwrap();
+    let mut server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let child = &mut server.0;
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let startup = lines.next().expect("a startup line").unwrap();
+    assert!(startup.starts_with('{') && startup.contains("\"level\":\"INFO\""), "{startup}");
+    let addr = startup
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {startup:?}"));
+    let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel(addr.parse().unwrap()).await);
+    let req = pb::PublishRequest { topic: "nowhere".into(), value: "x".into(), ..Default::default() };
+    let refused = pubsub.publish(req).await.expect_err("auto_create_topics = false from the file");
+    assert_eq!(refused.code(), Code::NotFound);
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    // This thread blocks in the join, so the client cannot answer the server's GOAWAY: the
+    // stop ends when its grace period (1 s, from the file) runs out.
+    let logs = logs.join().unwrap();
+    assert!(logs.iter().any(|l| l.contains("shutdown grace period ended")), "{logs:#?}");
+    let refusal = logs.iter().find(|l| l.contains("\"refused\"")).unwrap_or_else(|| panic!("{logs:#?}"));
+    assert!(refusal.contains("\"method\":\"/pubsub.PubSub/Publish\""), "{refusal}");
+    assert!(refusal.contains("\"code\":\"NotFound\""), "{refusal}");
+    assert!(logs.iter().all(|l| l.starts_with('{')), "every line is JSON: {logs:#?}");
+}

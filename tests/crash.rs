@@ -1,7 +1,9 @@
-//! Durability across a crash: with `--fsync always`, every publish the real binary answered
-//! before a SIGKILL is read back after a restart on the same data directory, at the same
-//! partition and offset with the same payload; every partition is contiguous from offset 0;
-//! and nothing appears that no publisher sent.
+//! Durability across a crash and a graceful stop. With `--fsync always`, every publish the
+//! real binary answered before a SIGKILL is read back after a restart on the same data
+//! directory, at the same partition and offset with the same payload; every partition is
+//! contiguous from offset 0; and nothing appears that no publisher sent. On SIGTERM the
+//! binary answers the publishes in flight, refuses later ones with UNAVAILABLE, ends open
+//! streams with UNAVAILABLE, saves the acks it confirmed, and exits 0.
 
 mod common;
 
@@ -19,6 +21,7 @@ use mini_pubsub::wire::pb;
 use pb::admin_client::AdminClient;
 use pb::pub_sub_client::PubSubClient;
 use tonic::transport::Channel;
+use tonic::Code;
 
 const TOPIC: &str = "crash";
 const PARTITIONS: u32 = 3;
@@ -38,7 +41,7 @@ const PULL_MESSAGES: u32 = 500;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_publish_survives_sigkill_under_fsync_always() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = Server::start(data.path());
+    let mut server = Server::start(data.path(), "always");
     let (pubsub, mut admin) = server.clients().await;
     let req = pb::CreateTopicRequest { name: TOPIC.into(), partitions: PARTITIONS, ..Default::default() };
     admin.create_topic(req).await.unwrap();
@@ -65,11 +68,136 @@ async fn every_acknowledged_publish_survives_sigkill_under_fsync_always() {
         ledger.absorb(log);
     }
 
-    let mut server = Server::start(data.path());
+    let mut server = Server::start(data.path(), "always");
     let (pubsub, admin) = server.clients().await;
     let found = read_back(pubsub, admin).await;
     ledger.check(&found);
     server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_publishes_in_flight_ends_streams_and_keeps_confirmed_acks() {
+    let data = tempfile::tempdir().unwrap();
+    // fsync never: what a graceful stop keeps must not depend on an fsync per publish.
+    let mut server = Server::start(data.path(), "never");
+    let (pubsub, mut admin) = server.clients().await;
+    let req = pb::CreateTopicRequest { name: TOPIC.into(), partitions: PARTITIONS, ..Default::default() };
+    admin.create_topic(req).await.unwrap();
+    let req = pb::CreateSubscriptionRequest {
+        name: "acker".into(),
+        topic: TOPIC.into(),
+        start_position: pb::StartPosition::Earliest.into(),
+        ..Default::default()
+    };
+    admin.create_subscription(req).await.unwrap();
+    let acker = tokio::spawn(ack_until_the_stream_ends(pubsub.clone()));
+
+    let acked_total = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|id| tokio::spawn(publish_until_refused(id, pubsub.clone(), acked_total.clone(), stopped.clone())))
+        .collect();
+    let enough = async {
+        while acked_total.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
+            assert!(!publishers.iter().any(|p| p.is_finished()), "a publisher stopped before SIGTERM");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(LOAD_MAX, enough).await.expect("the load reaches the stop point in time");
+    assert!(!publishers.iter().any(|p| p.is_finished()), "SIGTERM must land while publishers run");
+    stopped.store(true, Ordering::SeqCst);
+    let exit = server.terminate().await;
+    assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
+
+    let mut ledger = Ledger::default();
+    for publisher in publishers {
+        let log = tokio::time::timeout(PROMPT, publisher).await.expect("publishers notice the stop").unwrap();
+        // Refused with UNAVAILABLE, or cut by the connection closing (sent after the server's
+        // HTTP/2 GOAWAY, so never read): the client reports that as CANCELLED, INTERNAL or
+        // UNKNOWN with the transport error as its source.
+        let status = log.status.as_ref().expect("every publisher ends on a refusal");
+        let cut = std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>());
+        assert!(status.code() == Code::Unavailable || cut, "a publish after SIGTERM: {status:?}");
+        ledger.absorb(log);
+    }
+    let (confirmed, ended) = tokio::time::timeout(PROMPT, acker).await.expect("the stream ends").unwrap();
+    assert_eq!(ended, Code::Unavailable, "SIGTERM ends an open stream with UNAVAILABLE");
+    assert!(!confirmed.is_empty(), "the subscriber acked messages before the stop");
+
+    let mut server = Server::start(data.path(), "never");
+    let (mut pubsub, admin) = server.clients().await;
+    let found = read_back(pubsub.clone(), admin).await;
+    ledger.check(&found);
+    // A graceful stop answers every publish it took in: what got no answer was not stored.
+    let stored: BTreeSet<&String> = found.values().collect();
+    assert!(ledger.in_flight.iter().all(|p| !stored.contains(p)), "a publish without an answer was stored");
+    // An ack the server confirmed before the stop was saved: that message is not delivered again.
+    let mut redelivered = 0;
+    for _ in 0..found.len() + 2 {
+        let req = pb::PullRequest { subscription: "acker".into(), max_messages: PULL_MESSAGES };
+        let received = pubsub.pull(req).await.unwrap().into_inner().received_messages;
+        if received.is_empty() {
+            break;
+        }
+        for m in &received {
+            let message = m.message.as_ref().unwrap();
+            assert!(
+                !confirmed.contains(&(message.partition, message.offset)),
+                "({}, {}) was acked and confirmed before SIGTERM, yet is delivered again",
+                message.partition,
+                message.offset
+            );
+        }
+        redelivered += received.len();
+        let ack_ids = received.into_iter().map(|m| m.ack_id).collect();
+        pubsub.ack(pb::AckRequest { subscription: "acker".into(), ack_ids }).await.unwrap();
+    }
+    eprintln!(
+        "sigterm: {} confirmed acks kept, {redelivered} unacked messages delivered after restart",
+        confirmed.len()
+    );
+    assert_eq!(confirmed.len() + redelivered, found.len(), "every stored message is either acked or delivered");
+    server.kill();
+}
+
+/// Subscribes to `acker` and acks whatever arrives, until the stream ends. Returns the
+/// places whose ack the server confirmed as applied, and the status that ended the stream.
+async fn ack_until_the_stream_ends(mut pubsub: PubSubClient<Channel>) -> (BTreeSet<(u32, u64)>, Code) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let first = pb::SubscribeRequest { subscription: "acker".into(), ..Default::default() };
+    tx.send(first).await.unwrap();
+    let mut stream = pubsub.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut places = BTreeMap::new();
+    let mut confirmed = BTreeSet::new();
+    // Bounded: the load publishes at most this many messages.
+    let responses_max = (PUBLISHERS as u64 * REQUESTS_PER_PUBLISHER_MAX * 6) as usize;
+    for _ in 0..responses_max {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return (confirmed, Code::Ok),
+            Err(status) => return (confirmed, status.code()),
+        };
+        for c in response.ack_confirmations {
+            if c.result == pb::AckResult::Applied as i32 {
+                confirmed.insert(places.remove(&c.ack_id).expect("a confirmation of an ack we sent"));
+            }
+        }
+        let mut ack_ids = Vec::new();
+        for m in response.received_messages {
+            let message = m.message.expect("a received message carries its message");
+            places.insert(m.ack_id.clone(), (message.partition, message.offset));
+            ack_ids.push(m.ack_id);
+        }
+        // A stream the server is ending may stop reading requests; its status still follows.
+        if !ack_ids.is_empty() {
+            let _ = tx.send(pb::SubscribeRequest { ack_ids, ..Default::default() }).await;
+        }
+    }
+    panic!(
+        "the stream outlived every message the load could publish: {} confirmed, {} places",
+        confirmed.len(),
+        places.len()
+    );
 }
 
 /// What one publisher sent and what the broker answered.
@@ -80,6 +208,8 @@ struct PublisherLog {
     acked: Vec<(u32, u64, String)>,
     /// Payloads of the request the kill cut off.
     in_flight: Vec<String>,
+    /// The status of the refused request.
+    status: Option<tonic::Status>,
 }
 
 /// Publishes `p{id}-{seq}` payloads (singles, keyed batches, batches with explicit
@@ -90,7 +220,7 @@ async fn publish_until_refused(
     acked_total: Arc<AtomicUsize>,
     killed: Arc<AtomicBool>,
 ) -> PublisherLog {
-    let mut log = PublisherLog { sent: Vec::new(), acked: Vec::new(), in_flight: Vec::new() };
+    let mut log = PublisherLog { sent: Vec::new(), acked: Vec::new(), in_flight: Vec::new(), status: None };
     let mut seq = 0u64;
     for request in 0..REQUESTS_PER_PUBLISHER_MAX {
         let batch = if request.is_multiple_of(3) { 1 } else { 2 + request % 4 };
@@ -112,6 +242,7 @@ async fn publish_until_refused(
             }
             Err(status) => {
                 assert!(killed.load(Ordering::SeqCst), "publisher {id} refused before the kill: {status:?}");
+                log.status = Some(status);
                 log.in_flight = payloads;
                 break;
             }
@@ -250,9 +381,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(data_dir: &Path) -> Server {
+    fn start(data_dir: &Path, fsync: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--fsync", "always", "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--fsync", fsync, "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -270,7 +401,7 @@ impl Server {
         // The guard exists before the startup line is parsed, so a bad line still kills the child.
         let mut server = Server { child, addr: "0.0.0.0:0".parse().unwrap() };
         let startup = rx.recv_timeout(STARTUP_MAX).expect("a startup line in time");
-        assert!(startup.contains("fsync always"), "{startup}");
+        assert!(startup.contains(&format!("fsync {fsync}")), "{startup}");
         let addr = startup
             .split("listening on ")
             .nth(1)
@@ -283,6 +414,19 @@ impl Server {
     async fn clients(&self) -> (PubSubClient<Channel>, AdminClient<Channel>) {
         let channel = tokio::time::timeout(PROMPT, channel(self.addr)).await.expect("the server accepts in time");
         (PubSubClient::new(channel.clone()), AdminClient::new(channel))
+    }
+
+    /// SIGTERM, then waits (bounded) for the process to exit.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        for _ in 0..200 {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return exit;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not stop within 10 s of SIGTERM");
     }
 
     /// SIGKILL (what `Child::kill` sends on unix), then reaps the process.

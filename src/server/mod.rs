@@ -45,6 +45,10 @@ pub struct ServerConfig {
     pub keepalive_interval_ms: u64,
     /// How long a keepalive ping may go unanswered before the connection is dropped.
     pub keepalive_timeout_ms: u64,
+    /// How long a graceful stop waits for connections to finish after it has ended the
+    /// streams and told every connection to go away (HTTP/2 GOAWAY); past it the remaining
+    /// connections are dropped, so a client that does not answer cannot hold the stop.
+    pub shutdown_grace_ms: u64,
     /// Simulated fsync latency: under `fsync=always` the driver waits this long between a
     /// turn's writes and its fsync. 0 in production, where the fsync itself takes the time;
     /// the simulator sets it (its disk syncs instantly) so that a crash can land between
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             stream_queue_max: 1024,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
+            shutdown_grace_ms: 10_000,
             sync_delay_ms: 0,
         }
     }
@@ -103,15 +108,30 @@ impl ServerConfig {
         )?;
         check(self.keepalive_interval_ms >= 100, "keepalive_interval_ms", "at least 100")?;
         check(self.keepalive_timeout_ms >= 100, "keepalive_timeout_ms", "at least 100")?;
+        check((1..=3_600_000).contains(&self.shutdown_grace_ms), "shutdown_grace_ms", "1 to 3600000")?;
         check(self.sync_delay_ms <= 1000, "sync_delay_ms", "0 to 1000")?;
         Ok(())
     }
 }
 
+/// Logs, at debug level and in the request's span, a request the server refused with a
+/// status (a unary call's refusal travels in its response headers).
+fn log_refusal(response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        if status.code() != tonic::Code::Ok {
+            tracing::debug!(code = ?status.code(), error = status.message(), "refused");
+        }
+    }
+    response
+}
+
 /// Serves the broker on `incoming` until `shutdown` resolves.
 ///
 /// On shutdown, open Subscribe streams end with UNAVAILABLE (a status, not a reset), health
-/// turns NOT_SERVING, and in-flight requests finish before this returns. Production passes
+/// turns NOT_SERVING, every connection is told to go away (requests sent after that are
+/// never read, and the client sees the connection close), and in-flight requests finish
+/// before this returns. Connections still open `shutdown_grace_ms` later are dropped. The
+/// last turn syncs what was written and saves the committed offsets. Production passes
 /// a TCP listener and Ctrl-C; the simulator passes a turmoil listener and its own signal.
 pub async fn run<I, IO, IE>(
     incoming: I,
@@ -147,8 +167,10 @@ where
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let last_call = driver.clone();
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        let _ = stopping_tx.send(());
         info!("shutting down: ending open streams");
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         health.set_not_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
@@ -156,7 +178,11 @@ where
         let _ = driver.call(move |d| d.end_all_streams(status)).await;
     };
 
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
+        // Every request runs in a span naming its method, so its log lines can be told apart
+        // (`--log-format json` writes the span's fields into each line).
+        .trace_fn(|request| tracing::info_span!("request", method = request.uri().path()))
+        .layer(tower::util::MapResponseLayer::new(log_refusal))
         .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)))
         .add_service(pubsub)
@@ -164,8 +190,21 @@ where
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    let grace_over = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(config.shutdown_grace_ms)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = grace_over => tracing::warn!(
+            grace_ms = config.shutdown_grace_ms,
+            "connections still open when the shutdown grace period ended; dropping them"
+        ),
+    }
     // In-flight requests are done: sync what was written and save the offsets.
     let _ = last_call.call(Driver::stop).await;
     info!("stopped");

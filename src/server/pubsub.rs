@@ -29,6 +29,7 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, St
 impl pb::pub_sub_server::PubSub for PubSubService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let (topic, messages) = wire::publish_messages(request.into_inner())?;
+        debug!(%topic, messages = messages.len(), "publish");
         let published = self.driver.publish(topic, messages).await?;
         Ok(Response::new(wire::publish_response(published)))
     }

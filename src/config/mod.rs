@@ -1,0 +1,367 @@
+//! The broker process's configuration: every setting, where it can be given, and which
+//! source wins.
+//!
+//! Each setting has one name, used in all three places:
+//!
+//! - the TOML file given by `--config FILE` (or `MINI_PUBSUB_CONFIG`), as `name = value`
+//!   under its section (`[server]`, `[log]`, `[storage]`, `[broker]`);
+//! - the environment, as `MINI_PUBSUB_` and the name in capitals
+//!   (`MINI_PUBSUB_ACK_DEADLINE_MS=10000`);
+//! - the command line, as `--` and the name with dashes (`--ack-deadline-ms 10000`).
+//!
+//! A flag beats the environment, the environment beats the file, the file beats the default.
+//! `RUST_LOG` is the environment's `log_filter` when `MINI_PUBSUB_LOG_FILTER` is not set.
+//! Unknown keys in the file are refused, so a typo cannot silently fall back to a default.
+//!
+//! [`Config::validate`] refuses settings that cannot work with a message that names the key
+//! and the allowed range; [`Loaded::describe`] prints the effective settings as TOML, each
+//! with the source it came from (`mini-pubsub config print`).
+
+mod settings;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+pub use settings::{Section, Setting, SETTINGS};
+
+use crate::core::BrokerError;
+use crate::server::{ServerConfig, ServerError};
+use crate::storage::{FileStorageConfig, FsyncPolicy};
+
+/// Prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "MINI_PUBSUB_";
+/// The environment variable that names the configuration file when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "MINI_PUBSUB_CONFIG";
+/// The largest configuration file read, in bytes.
+const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Everything the `serve` command needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The gRPC address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Where Prometheus scrapes `/metrics`; `None` (the default) serves no metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    /// A `tracing` filter (`RUST_LOG` syntax): `info`, `mini_pubsub=debug,tower=warn`, ...
+    pub log_filter: String,
+    pub storage: StorageSettings,
+    /// The server shell's settings, with the core's in `server.broker`.
+    pub server: ServerConfig,
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured when standard error is a terminal).
+    Pretty,
+    /// One JSON object per line, with the span fields, for log collectors.
+    Json,
+}
+
+/// Where messages are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// The segmented file log in `data_dir`.
+    File,
+    /// In memory: lost when the process ends.
+    Memory,
+}
+
+/// When the file log acknowledges a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// After an fsync that covers it (group commit).
+    Always,
+    /// After the write, with an fsync every `fsync_interval_ms`.
+    Interval,
+    /// After the write; the OS flushes when it likes.
+    Never,
+}
+
+/// The storage settings (the file log's are ignored under `storage = "memory"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    pub kind: StorageKind,
+    pub data_dir: PathBuf,
+    pub fsync: FsyncMode,
+    pub fsync_interval_ms: u64,
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub tail_cache_bytes: usize,
+    pub truncate_corrupt: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let file = FileStorageConfig::new("./data");
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: None,
+            log_format: LogFormat::Pretty,
+            log_filter: "info".to_string(),
+            storage: StorageSettings {
+                kind: StorageKind::File,
+                data_dir: file.dir,
+                fsync: FsyncMode::Always,
+                fsync_interval_ms: 100,
+                segment_bytes: file.segment_bytes,
+                segment_ms: file.segment_ms,
+                tail_cache_bytes: file.tail_cache_bytes,
+                truncate_corrupt: file.truncate_corrupt,
+            },
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// A setting that cannot work, or a source that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {key} must be {allowed}")]
+    Invalid { key: String, allowed: String },
+    #[error("{key} (from {origin}): {reason}")]
+    Value { key: String, origin: Source, reason: String },
+    #[error("{0}")]
+    File(String),
+}
+
+impl Config {
+    /// Refuses settings that cannot work, naming the key and the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, allowed: &str| ConfigError::Invalid { key: key.to_string(), allowed: allowed.into() };
+        self.server.validate().map_err(|e| match e {
+            ServerError::Config(BrokerError::InvalidArgument { field, reason }) => {
+                invalid(field, reason.strip_prefix("must be ").unwrap_or(&reason))
+            }
+            ServerError::ServerConfig { key, allowed } => invalid(key, allowed),
+            ServerError::StreamQueue { least } => {
+                invalid("stream_queue_max", &format!("pull_messages_max + 16 = {least} to 1000000"))
+            }
+            other => invalid("server", &other.to_string()),
+        })?;
+        if self.log_filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(invalid("log_filter", "a tracing filter such as `info` or `mini_pubsub=debug,warn`"));
+        }
+        let storage = &self.storage;
+        if !(1024 * 1024..=1 << 40).contains(&storage.segment_bytes) {
+            return Err(invalid("segment_bytes", "1048576 to 1099511627776 (1 MiB to 1 TiB)"));
+        }
+        if !(60_000..=365 * 24 * 3_600_000).contains(&storage.segment_ms) {
+            return Err(invalid("segment_ms", "60000 to 31536000000 (1 minute to 365 days)"));
+        }
+        if !(1..=3_600_000).contains(&storage.fsync_interval_ms) {
+            return Err(invalid("fsync_interval_ms", "1 to 3600000"));
+        }
+        if !(64 * 1024..=1 << 30).contains(&storage.tail_cache_bytes) {
+            return Err(invalid("tail_cache_bytes", "65536 to 1073741824 (64 KiB to 1 GiB)"));
+        }
+        if storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "a directory path"));
+        }
+        if self.metrics_listen.is_some_and(|m| m == self.listen && m.port() != 0) {
+            return Err(invalid("metrics_listen", "a different address from listen"));
+        }
+        Ok(())
+    }
+
+    /// The file log's settings.
+    pub fn file_storage(&self) -> FileStorageConfig {
+        let s = &self.storage;
+        let mut config = FileStorageConfig::new(&s.data_dir);
+        config.fsync = match s.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::IntervalMs(s.fsync_interval_ms),
+            FsyncMode::Never => FsyncPolicy::Never,
+        };
+        config.segment_bytes = s.segment_bytes;
+        config.segment_ms = s.segment_ms;
+        config.tail_cache_bytes = s.tail_cache_bytes;
+        config.truncate_corrupt = s.truncate_corrupt;
+        config
+    }
+}
+
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// A configuration with the source of every setting.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// One per entry of [`SETTINGS`], in the same order.
+    pub sources: Vec<Source>,
+}
+
+impl Loaded {
+    /// Builds the configuration from the defaults, then the file, then the environment
+    /// (`env` yields name/value pairs, normally `std::env::vars()`), then `flags` (setting
+    /// name, the flag as typed, its value). Each layer overrides the ones before it.
+    pub fn load<'a>(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: impl IntoIterator<Item = (&'a str, String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut loaded = Loaded { config: Config::default(), sources: vec![Source::Default; SETTINGS.len()] };
+        if let Some(path) = file {
+            loaded.apply_file(path)?;
+        }
+        let env: std::collections::BTreeMap<String, String> = env.into_iter().collect();
+        for (i, setting) in SETTINGS.iter().enumerate() {
+            let var = setting.env_var();
+            let (var, value) = match (env.get(&var), setting.name) {
+                (Some(value), _) => (var, value),
+                (None, "log_filter") => match env.get("RUST_LOG") {
+                    Some(value) => ("RUST_LOG".to_string(), value),
+                    None => continue,
+                },
+                (None, _) => continue,
+            };
+            loaded.set_text(i, value, Source::Env(var))?;
+        }
+        for (name, flag, value) in flags {
+            let i = SETTINGS.iter().position(|s| s.name == name).expect("flags name known settings");
+            loaded.set_text(i, &value, Source::Flag(flag))?;
+        }
+        Ok(loaded)
+    }
+
+    fn set_text(&mut self, i: usize, text: &str, source: Source) -> Result<(), ConfigError> {
+        let setting = &SETTINGS[i];
+        (setting.set_text)(&mut self.config, text.trim()).map_err(|reason| ConfigError::Value {
+            key: setting.name.to_string(),
+            origin: source.clone(),
+            reason,
+        })?;
+        self.sources[i] = source;
+        Ok(())
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let unreadable = |e: std::io::Error| ConfigError::File(format!("cannot read {}: {e}", path.display()));
+        let size = std::fs::metadata(path).map_err(unreadable)?.len();
+        if size > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::File(format!(
+                "{}: the file is {size} bytes; a configuration file may have at most {CONFIG_FILE_BYTES_MAX}",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(unreadable)?;
+        let table = toml::Table::from_str(&text)
+            .map_err(|e| ConfigError::File(format!("{} is not valid TOML: {}", path.display(), e.message())))?;
+        let source = Source::File(path.to_path_buf());
+        for (section_name, section) in &table {
+            let Some(section_kind) = Section::ALL.iter().find(|s| s.name() == section_name) else {
+                let known = Section::ALL.map(|s| format!("[{}]", s.name())).join(", ");
+                return Err(ConfigError::File(format!(
+                    "{}: unknown section or key `{section_name}` at the top level; settings go in one of {known}",
+                    path.display()
+                )));
+            };
+            let toml::Value::Table(entries) = section else {
+                return Err(ConfigError::File(format!("{}: `{section_name}` must be a table", path.display())));
+            };
+            for (key, value) in entries {
+                let found = SETTINGS.iter().position(|s| s.section == *section_kind && s.name == key);
+                let Some(i) = found else {
+                    let hint = match SETTINGS.iter().find(|s| s.name == key) {
+                        Some(s) => format!("; it belongs in [{}]", s.section.name()),
+                        None => String::new(),
+                    };
+                    return Err(ConfigError::File(format!(
+                        "{}: unknown key `{key}` in [{section_name}]{hint}",
+                        path.display()
+                    )));
+                };
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(_) | toml::Value::Boolean(_) => value.to_string(),
+                    other => {
+                        return Err(ConfigError::Value {
+                            key: key.clone(),
+                            origin: source,
+                            reason: format!("expected a string, an integer or a boolean, got a {}", other.type_str()),
+                        })
+                    }
+                };
+                self.set_text(i, &text, source.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates, adding to a refusal where the offending value came from.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.config.validate().map_err(|error| match &error {
+            ConfigError::Invalid { key, allowed } => match SETTINGS.iter().position(|s| s.name == key) {
+                Some(i) => ConfigError::Invalid {
+                    key: key.clone(),
+                    allowed: format!(
+                        "{allowed}; it is {} (from {})",
+                        (SETTINGS[i].show)(&self.config),
+                        self.sources[i]
+                    ),
+                },
+                None => error,
+            },
+            _ => error,
+        })
+    }
+
+    /// The effective settings as a TOML document that can be used as a configuration file,
+    /// each line commented with its source.
+    pub fn describe(&self) -> String {
+        let mut out =
+            String::from("# mini-pubsub: effective configuration (precedence: flag > env > file > default)\n");
+        for section in Section::ALL {
+            out.push_str(&format!("\n[{}]\n", section.name()));
+            for (i, setting) in SETTINGS.iter().enumerate().filter(|(_, s)| s.section == section) {
+                let line = format!("{} = {}", setting.name, (setting.show)(&self.config));
+                out.push_str(&format!("{line:<44} # {}\n", self.sources[i]));
+            }
+        }
+        out
+    }
+}
+
+/// A configuration file with every key at its default, each with its documentation: the
+/// example in `config/` (`mini-pubsub config example`).
+pub fn example_file() -> String {
+    let defaults = Config::default();
+    let mut out = String::from(
+        "# mini-pubsub configuration: every key with its default value.\n\
+         # Use with `mini-pubsub serve --config FILE`. Each key can also be set by the\n\
+         # environment (MINI_PUBSUB_ + the key in capitals) or a flag (--key-with-dashes);\n\
+         # a flag beats the environment, which beats this file, which beats the default.\n\
+         # `mini-pubsub config print` shows the effective settings and where each came from.\n",
+    );
+    for section in Section::ALL {
+        out.push_str(&format!("\n[{}]\n", section.name()));
+        for setting in SETTINGS.iter().filter(|s| s.section == section) {
+            out.push_str(&format!("# {}\n{} = {}\n", setting.doc, setting.name, (setting.show)(&defaults)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+//! The table of settings: one entry per key, with its section, type and documentation. The
+//! file parser, the environment, the command-line flags and `config print` all read it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::{Config, FsyncMode, LogFormat, StorageKind};
+
+/// A section of the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Server,
+    Log,
+    Storage,
+    Broker,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [Section::Server, Section::Log, Section::Storage, Section::Broker];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Server => "server",
+            Section::Log => "log",
+            Section::Storage => "storage",
+            Section::Broker => "broker",
+        }
+    }
+}
+
+/// One configuration key.
+pub struct Setting {
+    /// The key in the file; `MINI_PUBSUB_` + capitals in the environment; `--` + dashes as a flag.
+    pub name: &'static str,
+    pub section: Section,
+    /// What the value looks like, for `--help`.
+    pub hint: &'static str,
+    pub doc: &'static str,
+    /// Parses a value given as text (env, flag, or a file value) into the configuration.
+    pub set_text: fn(&mut Config, &str) -> Result<(), String>,
+    /// The current value, as TOML.
+    pub show: fn(&Config) -> String,
+}
+
+impl Setting {
+    /// The environment variable that sets this key.
+    pub fn env_var(&self) -> String {
+        format!("{}{}", super::ENV_PREFIX, self.name.to_ascii_uppercase())
+    }
+
+    /// The command-line flag that sets this key, without its dashes.
+    pub fn flag(&self) -> String {
+        self.name.replace('_', "-")
+    }
+}
+
+/// A type a setting can have: parsed from text, shown as TOML.
+trait Value: Sized {
+    const HINT: &'static str;
+    fn parse(text: &str) -> Result<Self, String>;
+    fn show(&self) -> String;
+}
+
+fn parse_integer<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, String> {
+    text.replace('_', "").parse().map_err(|_| format!("expected {what}, got `{text}`"))
+}
+
+macro_rules! integer_value {
+    ($($ty:ty => $what:literal),*) => {$(
+        impl Value for $ty {
+            const HINT: &'static str = "N";
+            fn parse(text: &str) -> Result<Self, String> {
+                parse_integer(text, $what)
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+
+integer_value!(u64 => "an integer from 0 to 18446744073709551615", u32 => "an integer from 0 to 4294967295",
+    usize => "a non-negative integer");
+
+impl Value for Option<u64> {
+    const HINT: &'static str = "N";
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(Some(parse_integer::<u64>(text, "an integer from 0 to 18446744073709551615")?).filter(|&n| n > 0))
+    }
+    fn show(&self) -> String {
+        self.unwrap_or(0).to_string()
+    }
+}
+
+impl Value for bool {
+    const HINT: &'static str = "true|false";
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(format!("expected true or false, got `{text}`")),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+fn quoted(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+impl Value for String {
+    const HINT: &'static str = "TEXT";
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(text.to_string())
+    }
+    fn show(&self) -> String {
+        quoted(self)
+    }
+}
+
+impl Value for PathBuf {
+    const HINT: &'static str = "DIR";
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(text))
+    }
+    fn show(&self) -> String {
+        quoted(&self.to_string_lossy())
+    }
+}
+
+impl Value for SocketAddr {
+    const HINT: &'static str = "ADDR";
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|_| format!("expected an address such as 127.0.0.1:50051, got `{text}`"))
+    }
+    fn show(&self) -> String {
+        quoted(&self.to_string())
+    }
+}
+
+impl Value for Option<SocketAddr> {
+    const HINT: &'static str = "ADDR";
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        SocketAddr::parse(text).map(Some)
+    }
+    fn show(&self) -> String {
+        quoted(&self.map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+macro_rules! choice_value {
+    ($ty:ty, $hint:literal, $($text:literal => $variant:expr),*) => {
+        impl Value for $ty {
+            const HINT: &'static str = $hint;
+            fn parse(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($variant),)*
+                    _ => Err(format!("expected one of {}, got `{text}`", $hint.replace('|', ", "))),
+                }
+            }
+            fn show(&self) -> String {
+                let text = match self { $(v if *v == $variant => $text,)* _ => unreachable!() };
+                quoted(text)
+            }
+        }
+    };
+}
+
+choice_value!(LogFormat, "pretty|json", "pretty" => LogFormat::Pretty, "json" => LogFormat::Json);
+choice_value!(StorageKind, "file|memory", "file" => StorageKind::File, "memory" => StorageKind::Memory);
+choice_value!(FsyncMode, "always|interval|never",
+    "always" => FsyncMode::Always, "interval" => FsyncMode::Interval, "never" => FsyncMode::Never);
+
+macro_rules! settings {
+    ($($section:ident $name:ident: $ty:ty = $($field:ident).+, $doc:literal;)*) => {
+        /// Every setting, in the order `config print` shows them.
+        pub static SETTINGS: &[Setting] = &[$(Setting {
+            name: stringify!($name),
+            section: Section::$section,
+            hint: <$ty as Value>::HINT,
+            doc: $doc,
+            set_text: |config, text| {
+                config.$($field).+ = <$ty as Value>::parse(text)?;
+                Ok(())
+            },
+            show: |config| Value::show(&config.$($field).+),
+        },)*];
+    };
+}
+
+settings! {
+    Server listen: SocketAddr = listen,
+        "The gRPC address to listen on (port 0 picks a free one).";
+    Server metrics_listen: Option<SocketAddr> = metrics_listen,
+        "Serve Prometheus metrics at http://ADDR/metrics; empty (the default) serves none.";
+    Server command_queue_max: usize = server.command_queue_max,
+        "Requests waiting for the broker's driver; when full, handlers wait (backpressure).";
+    Server request_bytes_max: usize = server.request_bytes_max,
+        "Largest request decoded, in bytes (a publish batch); larger is OUT_OF_RANGE.";
+    Server stream_queue_max: usize = server.stream_queue_max,
+        "Responses queued on one Subscribe stream; a client that stops reading is ended with RESOURCE_EXHAUSTED.";
+    Server keepalive_interval_ms: u64 = server.keepalive_interval_ms,
+        "HTTP/2 keepalive pings on idle connections, so a cut stream is detected.";
+    Server keepalive_timeout_ms: u64 = server.keepalive_timeout_ms,
+        "How long a keepalive ping may go unanswered before the connection is dropped.";
+    Server shutdown_grace_ms: u64 = server.shutdown_grace_ms,
+        "How long a graceful stop waits for connections to close before dropping them.";
+    Log log_format: LogFormat = log_format,
+        "How log lines are written to standard error: pretty or json (one object per line).";
+    Log log_filter: String = log_filter,
+        "Which log lines are written, in RUST_LOG syntax (RUST_LOG sets it too).";
+    Storage storage: StorageKind = storage.kind,
+        "Where messages are kept: file (a segmented log in data_dir) or memory (lost when the process ends).";
+    Storage data_dir: PathBuf = storage.data_dir,
+        "The file log's directory.";
+    Storage fsync: FsyncMode = storage.fsync,
+        "When a publish is acknowledged: always (after an fsync, group commit), interval, or never (after the write).";
+    Storage fsync_interval_ms: u64 = storage.fsync_interval_ms,
+        "Milliseconds between fsyncs under fsync = interval.";
+    Storage segment_bytes: u64 = storage.segment_bytes,
+        "Size at which a segment file rolls, in bytes.";
+    Storage segment_ms: u64 = storage.segment_ms,
+        "Age of its first record at which a segment file rolls, in milliseconds.";
+    Storage tail_cache_bytes: usize = storage.tail_cache_bytes,
+        "The newest bytes of each partition kept in memory for readers.";
+    Storage truncate_corrupt: bool = storage.truncate_corrupt,
+        "On damage in an older segment, cut the log there instead of refusing to start.";
+    Broker auto_create_topics: bool = server.broker.auto_create_topics,
+        "Create a topic on its first publish; when false such a publish is NOT_FOUND.";
+    Broker default_partitions: u32 = server.broker.default_partitions,
+        "Partitions of a topic created without a count.";
+    Broker partitions_max: u32 = server.broker.partitions_max,
+        "Most partitions a topic may have.";
+    Broker topics_max: usize = server.broker.topics_max,
+        "Most topics; another is RESOURCE_EXHAUSTED.";
+    Broker subscriptions_max: usize = server.broker.subscriptions_max,
+        "Most subscriptions, ephemeral ones included.";
+    Broker streams_max: usize = server.broker.streams_max,
+        "Most open Subscribe streams.";
+    Broker max_message_bytes: usize = server.broker.max_message_bytes,
+        "Largest message (value + key + attributes), in bytes.";
+    Broker attributes_max: usize = server.broker.attributes_max,
+        "Most attributes on one message.";
+    Broker publish_batch_messages_max: usize = server.broker.publish_batch_messages_max,
+        "Most messages in one publish request.";
+    Broker ack_deadline_ms: u64 = server.broker.ack_deadline_ms,
+        "Lease length of subscriptions created without one.";
+    Broker ack_deadline_max_ms: u64 = server.broker.ack_deadline_max_ms,
+        "Longest lease a subscription or a ModifyAckDeadline may ask for.";
+    Broker retry_minimum_backoff_ms: u64 = server.broker.retry_minimum_backoff_ms,
+        "Backoff after the first failed delivery, for a retry policy that leaves it unset.";
+    Broker retry_maximum_backoff_ms: u64 = server.broker.retry_maximum_backoff_ms,
+        "Longest backoff, for a retry policy that leaves it unset.";
+    Broker nack_delay_max_ms: u64 = server.broker.nack_delay_max_ms,
+        "Longest backoff or nack delay anyone may ask for.";
+    Broker nack_reason_bytes_max: usize = server.broker.nack_reason_bytes_max,
+        "Longest nack reason, in bytes.";
+    Broker max_delivery_attempts: u32 = server.broker.max_delivery_attempts,
+        "Deliveries before dead-lettering, for a dead-letter policy that leaves it unset.";
+    Broker max_delivery_attempts_max: u32 = server.broker.max_delivery_attempts_max,
+        "Most deliveries a dead-letter policy may allow.";
+    Broker redrive_rewind_offsets_max: u64 = server.broker.redrive_rewind_offsets_max,
+        "How far behind its committed offset a redrive may put a message back, in offsets.";
+    Broker ordered_parked_messages_max: usize = server.broker.ordered_parked_messages_max,
+        "Messages a partition of an ordered subscription may hold back behind unfinished keys.";
+    Broker max_outstanding_messages: u32 = server.broker.max_outstanding_messages,
+        "A stream's max_outstanding_messages when it asks for 0.";
+    Broker max_outstanding_bytes: u64 = server.broker.max_outstanding_bytes,
+        "A stream's max_outstanding_bytes when it asks for 0.";
+    Broker pull_messages_max: u32 = server.broker.pull_messages_max,
+        "Most messages one Pull may return (and the cap on a stream's outstanding messages).";
+    Broker response_bytes_max: usize = server.broker.response_bytes_max,
+        "Most bytes in one Pull or Subscribe response; larger deliveries are split.";
+    Broker partition_retention_bytes: u64 = server.broker.partition_retention_bytes,
+        "Bytes each partition keeps; past it the oldest messages are dropped.";
+    Broker partition_retention_ms: Option<u64> = server.broker.partition_retention_ms,
+        "How long a message is kept, by publish time; 0 keeps it until size retention.";
+    Broker dedupe_window_ms: u64 = server.broker.dedupe_window_ms,
+        "How long an idempotency key is remembered, for topics without a window of their own.";
+    Broker dedupe_keys_max: usize = server.broker.dedupe_keys_max,
+        "Most idempotency keys a topic remembers at once; more is RESOURCE_EXHAUSTED.";
+    Broker idempotency_key_bytes_max: usize = server.broker.idempotency_key_bytes_max,
+        "Longest idempotency key, in bytes.";
+    Broker session_timeout_ms: u64 = server.broker.session_timeout_ms,
+        "How long a member of an exclusive subscription may send nothing before it is dropped.";
+    Broker session_timeout_max_ms: u64 = server.broker.session_timeout_max_ms,
+        "Longest session timeout a member may ask for.";
+}
