@@ -16,7 +16,12 @@
 //! - [`server`]: the driver task that owns the core, the tonic services, health and
 //!   reflection, started by [`server::run`] on whatever listener and shutdown signal it is
 //!   given.
+//! - [`client`]: the client library: [`client::Client`] (connect, admin helpers), a batching
+//!   [`client::Publisher`] with retries and idempotency keys, and a streaming
+//!   [`client::Subscriber`] with lease extension, batched acks and reconnects. It takes a
+//!   URL or a ready `Channel`, so the simulator can use it over its own network.
 
+pub mod client;
 pub mod core;
 pub mod env;
 pub mod server;
