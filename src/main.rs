@@ -1,4 +1,7 @@
-//! The `mini-pubsub` binary: `mini-pubsub serve` runs the broker.
+//! The `mini-pubsub` binary: `mini-pubsub serve` runs the broker; `publish`, `subscribe`,
+//! `topic` and `sub` are its client (see `cli`).
+
+mod cli;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -18,12 +21,16 @@ use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemorySt
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: cli::ServerOption,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Runs the broker until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -93,8 +100,13 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Client(command) => {
+            cli::run(command, cli.server).await;
+            Ok(())
+        }
     }
 }
 

@@ -371,13 +371,14 @@ impl Session {
         }
     }
 
-    /// Shutdown: nacks what the application never got, sends every decision made, and waits
-    /// (up to `shutdown_timeout`) for their confirmations. Closing the stream afterwards
-    /// (dropping it) gives the remaining leases back to the broker.
+    /// Shutdown: sends every decision the application made, and waits (up to
+    /// `shutdown_timeout`) for their confirmations. Closing the stream afterwards (dropping
+    /// it) gives the other leases back to the broker, messages never handed out included:
+    /// nacking those instead would have the broker redeliver them to this stream before it
+    /// closes, and count a second attempt.
     async fn drain(&mut self, live: &mut Live, inbound: &mut Streaming<pb::SubscribeResponse>) {
-        // Their handles nack them as they drop.
-        live.undelivered.clear();
-        // Bounded by the queue's capacity: nothing adds to it while we drain it.
+        // Bounded by the queue's capacity: only the application adds to it, and it is
+        // asking us to stop.
         while let Ok(op) = self.ops.try_recv() {
             self.decide(live, op);
         }

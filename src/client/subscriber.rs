@@ -278,10 +278,10 @@ impl Subscriber {
         }
     }
 
-    /// Stops the subscriber: messages received but not yet handed out are nacked, queued
-    /// acks and nacks are sent, and the broker's confirmations awaited (up to
-    /// `shutdown_timeout`); then the stream is closed, which gives the leases of messages
-    /// still held back to the broker. Decisions on held messages made after this are lost.
+    /// Stops the subscriber: queued acks and nacks are sent and the broker's confirmations
+    /// awaited (up to `shutdown_timeout`); then the stream is closed, which gives the broker
+    /// back the leases of every other message (received but not handed out, or still held),
+    /// for other members at once. Decisions on held messages made after this are lost.
     pub async fn shutdown(mut self) -> Result<(), ClientError> {
         let _ = self.shutdown.send(true);
         match self.task.take() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::Status;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{Command, Counters, PublisherSettings, Queued};
 use crate::client::error::{is_retryable, ClientError};
@@ -144,7 +144,8 @@ impl Batcher {
                 }
             }
             Err(error) => {
-                warn!(topic = %self.topic, messages = count, %error, "publish failed");
+                // The caller gets the error through each handle; a log line would repeat it.
+                debug!(topic = %self.topic, messages = count, %error, "publish failed");
                 self.counters.failed.fetch_add(count as u64, Ordering::Relaxed);
                 for q in batch.messages {
                     let _ = q.reply.send(Err(error.clone()));
