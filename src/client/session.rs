@@ -120,6 +120,11 @@ impl Session {
             };
             let status = match attempt {
                 Ok(stream) => {
+                    // Named before `subscribe` returns, so `Subscriber::subscription` is
+                    // right from the start.
+                    if let Ok(mut name) = self.shared.subscription.lock() {
+                        name.clone_from(&stream.hello.subscription);
+                    }
                     match opened.take() {
                         Some(tx) => {
                             let _ = tx.send(Ok(()));
@@ -226,9 +231,6 @@ impl Session {
     async fn serve(&mut self, opened: Opened, shutdown: &mut watch::Receiver<bool>) -> (End, bool) {
         let Opened { requests, mut inbound, hello, deadline_seconds, dead_letter } = opened;
         let number = self.shared.connection.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Ok(mut name) = self.shared.subscription.lock() {
-            name.clone_from(&hello.subscription);
-        }
         debug!(subscription = %hello.subscription, stream = number, "subscribe stream open");
         let max_extension_ms = self.settings.max_lease_extension.as_millis() as u64;
         let mut live = Live {
