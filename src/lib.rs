@@ -16,7 +16,14 @@
 //! - [`server`]: the driver task that owns the core, the tonic services, health and
 //!   reflection, started by [`server::run`] on whatever listener and shutdown signal it is
 //!   given.
+//! - [`config`]: the broker process's settings from a TOML file, `MINI_PUBSUB_*` variables and
+//!   flags, with their precedence, validation and provenance (`mini-pubsub config print`).
+//! - [`client`]: the client library: [`client::Client`] (connect, admin helpers), a batching
+//!   [`client::Publisher`] with retries and idempotency keys, and a streaming
+//!   [`client::Subscriber`] with lease extension, batched acks and reconnects. It takes a
+//!   URL or a ready `Channel`, so the simulator can use it over its own network.
 
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod env;

@@ -1,5 +1,7 @@
 //! The `mini-pubsub` binary: `mini-pubsub serve` runs the broker; `mini-pubsub config` shows
-//! its configuration.
+//! its configuration; `publish`, `subscribe`, `topic` and `sub` are its client (see `cli`).
+
+mod cli;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -21,6 +23,8 @@ use mini_pubsub::storage::{FileStorage, MemoryStorage, Storage};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: cli::ServerOption,
 }
 
 #[derive(Subcommand)]
@@ -32,6 +36,8 @@ enum Command {
     /// Shows the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -149,6 +155,12 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::example_file());
             Ok(())
+        }
+        Command::Client(command) => {
+            // The client's own log lines (retries, reconnects) are warnings; RUST_LOG picks more.
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string());
+            init_logging(LogFormat::Pretty, &filter);
+            runtime().map(|runtime| runtime.block_on(cli::run(command, cli.server)))
         }
     };
     match result {

@@ -1,0 +1,135 @@
+//! Leases the application holds, and when to extend them: a pure bookkeeper driven with
+//! explicit times (milliseconds of a monotonic clock), so it is tested without a runtime.
+//!
+//! A message is held from the moment it arrives until it is acked, nacked or dropped. Its
+//! lease is extended when less than a third of the ack deadline is left, by one ack
+//! deadline each time, until `max_extension` after its arrival; after that it is left to
+//! expire (as Google's client libraries do with `max_extension`).
+
+use std::collections::BTreeMap;
+
+/// When a held message's lease ends, as far as the client knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    received_ms: u64,
+    expires_ms: u64,
+}
+
+/// The leases of messages the application holds.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    held: BTreeMap<String, Lease>,
+    /// The subscription's ack deadline: the length of a lease and of each extension.
+    deadline_ms: u64,
+    /// How long after its arrival a message's lease is still extended.
+    max_extension_ms: u64,
+}
+
+/// Leases to extend now, and how far.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// Ack ids to extend by `seconds`.
+    pub extend: Vec<String>,
+    /// The new deadline from now, in seconds.
+    pub seconds: u32,
+    /// Ack ids past `max_extension`: no longer extended (nor tracked).
+    pub abandoned: Vec<String>,
+}
+
+impl Leases {
+    pub(crate) fn new(deadline_ms: u64, max_extension_ms: u64) -> Self {
+        assert!(deadline_ms >= 1000, "ack deadlines are whole seconds, at least 1: got {deadline_ms} ms");
+        Self { held: BTreeMap::new(), deadline_ms, max_extension_ms }
+    }
+
+    /// How often [`Leases::due`] should be asked: a tenth of the deadline, 50 ms to 1 s, so
+    /// that a third of a deadline always spans a few checks.
+    pub(crate) fn check_interval_ms(&self) -> u64 {
+        (self.deadline_ms / 10).clamp(50, 1000)
+    }
+
+    /// A message arrived at `now_ms`; its lease runs one deadline from then (an estimate a
+    /// little late by the network's delay, which the one-third margin absorbs).
+    pub(crate) fn hold(&mut self, ack_id: String, now_ms: u64) {
+        let lease = Lease { received_ms: now_ms, expires_ms: now_ms + self.deadline_ms };
+        self.held.insert(ack_id, lease);
+    }
+
+    /// The message was acked, nacked or released: its lease is no longer ours to extend.
+    pub(crate) fn release(&mut self, ack_id: &str) {
+        self.held.remove(ack_id);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The leases to extend at `now_ms` (their deadlines are then counted from `now_ms`),
+    /// and those that reached `max_extension` (forgotten).
+    pub(crate) fn due(&mut self, now_ms: u64) -> Due {
+        let margin_ms = self.deadline_ms / 3;
+        let seconds = u32::try_from(self.deadline_ms / 1000).unwrap_or(u32::MAX);
+        let mut due = Due { seconds, ..Due::default() };
+        for (ack_id, lease) in &mut self.held {
+            if lease.expires_ms > now_ms + margin_ms {
+                continue;
+            }
+            if now_ms >= lease.received_ms + self.max_extension_ms {
+                due.abandoned.push(ack_id.clone());
+            } else {
+                lease.expires_ms = now_ms + self.deadline_ms;
+                due.extend.push(ack_id.clone());
+            }
+        }
+        for ack_id in &due.abandoned {
+            self.held.remove(ack_id);
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lease_is_extended_when_a_third_of_the_deadline_is_left() {
+        let mut leases = Leases::new(3000, 60_000);
+        leases.hold("a".into(), 0);
+        assert!(leases.due(1000).extend.is_empty());
+        let due = leases.due(2000);
+        assert_eq!((due.extend, due.seconds), (vec!["a".to_string()], 3));
+        // Extended to 2000 + 3000; the next extension is due at 4000.
+        assert!(leases.due(3999).extend.is_empty());
+        assert_eq!(leases.due(4000).extend, ["a"]);
+    }
+
+    #[test]
+    fn a_released_lease_is_not_extended() {
+        let mut leases = Leases::new(3000, 60_000);
+        leases.hold("a".into(), 0);
+        leases.release("a");
+        assert_eq!(leases.due(2500), Due { seconds: 3, ..Due::default() });
+        assert_eq!(leases.len(), 0);
+    }
+
+    #[test]
+    fn a_lease_past_max_extension_is_abandoned_not_extended() {
+        let mut leases = Leases::new(1000, 2500);
+        leases.hold("a".into(), 0);
+        assert_eq!(leases.due(700).extend, ["a"]);
+        assert_eq!(leases.due(1400).extend, ["a"]);
+        assert_eq!(leases.due(2100).extend, ["a"]);
+        let due = leases.due(2800);
+        assert!(due.extend.is_empty());
+        assert_eq!(due.abandoned, ["a"]);
+        assert_eq!(leases.len(), 0);
+    }
+
+    #[test]
+    fn checks_come_often_enough_for_the_shortest_deadline() {
+        assert_eq!(Leases::new(1000, 0).check_interval_ms(), 100);
+        assert_eq!(Leases::new(600_000, 0).check_interval_ms(), 1000);
+    }
+}

@@ -1,0 +1,177 @@
+//! The client library: a connection to a broker, admin helpers, a batching [`Publisher`]
+//! that retries with idempotency keys, and a streaming [`Subscriber`] that extends leases,
+//! batches acks and reconnects.
+//!
+//! Everything works from a [`tonic::transport::Channel`] alone ([`Client::from_channel`]),
+//! so the simulator can hand it a channel over its own network. The client reads time only
+//! through `tokio::time` (sleeps, timeouts, intervals) and [`crate::env::TokioClock`], so
+//! under a paused or simulated tokio clock it follows that clock; it uses no randomness
+//! (backoff has no jitter) and no hash-ordered maps.
+//!
+//! - [`Client`]: connect by URL or wrap a channel; topic and subscription admin (`admin`).
+//! - [`Publisher`]: batches by count, bytes and linger; retries transient failures with
+//!   exponential backoff; numbers messages with idempotency keys so a retry is stored once.
+//! - [`Subscriber`]: a `Stream` of [`ReceivedMessage`]s, or [`Subscriber::run`] with an async
+//!   handler; leases of held messages are extended, acks go out in batches, and a stream
+//!   that ends with a retryable status is opened again.
+//!
+//! ```no_run
+//! use mini_pubsub::client::{Client, OutgoingMessage, PublisherSettings, SubscribeTarget, SubscriberSettings};
+//! use tokio_stream::StreamExt;
+//!
+//! # async fn example() -> Result<(), mini_pubsub::client::ClientError> {
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let publisher = client.publisher("events", PublisherSettings::default())?;
+//! let stored = publisher.publish(OutgoingMessage::new("hello").key("user-7")).await?.await?;
+//! println!("stored at partition {} offset {}", stored.partition, stored.offset);
+//! publisher.shutdown().await?;
+//!
+//! let mut subscriber =
+//!     client.subscribe(SubscribeTarget::topic("events"), SubscriberSettings::default()).await?;
+//! if let Some(message) = subscriber.next().await {
+//!     let message = message?;
+//!     println!("{}", message.value_lossy());
+//!     message.ack().await;
+//! }
+//! subscriber.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod acks;
+mod admin;
+mod error;
+mod lease;
+mod message;
+mod publisher;
+mod received;
+mod retry;
+mod session;
+mod subscriber;
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+pub use admin::{DeadLetterPolicy, RetryPolicy, SubscriptionSettings, TopicSettings};
+pub use error::{code_name, is_retryable, ClientError};
+pub use message::{Message, OutgoingMessage, PublishResult};
+pub use publisher::{PublishHandle, Publisher, PublisherSettings, PublisherStats};
+pub use received::{AckHandle, NackOptions, ReceivedMessage};
+pub use retry::RetrySettings;
+pub use subscriber::{SubscribeTarget, Subscriber, SubscriberSettings, SubscriberStats};
+
+pub use crate::wire::pb;
+pub use crate::wire::pb::{DeliveryMode, StartPosition};
+
+use pb::admin_client::AdminClient;
+use pb::pub_sub_client::PubSubClient;
+
+/// How long [`Client::connect`] waits for the TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on an idle connection, so a Subscribe stream cut by the network is noticed
+/// (and reopened) instead of hanging; the server pings at the same rate.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A connection to one broker. Cheap to clone: clones share the HTTP/2 connection, which
+/// tonic reopens by itself after it breaks.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pubsub: PubSubClient<Channel>,
+    admin: AdminClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `url` (`http://host:port`) now; fails if the broker cannot be reached.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), mini_pubsub::client::ClientError> {
+    /// let client = mini_pubsub::client::Client::connect("http://127.0.0.1:50051").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
+        let url = url.into();
+        let endpoint = endpoint(&url)?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect { url, reason: error_chain(&e) })?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// A client for `url` that connects on first use (and reconnects after a failure), so it
+    /// can be made while the broker is down; requests until it is up fail with UNAVAILABLE,
+    /// which publishers and subscribers retry. Must be called within a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let client = mini_pubsub::client::Client::connect_lazy("http://127.0.0.1:50051").unwrap();
+    /// # drop(client) }
+    /// ```
+    pub fn connect_lazy(url: impl Into<String>) -> Result<Self, ClientError> {
+        let url = url.into();
+        Ok(Self::from_channel(endpoint(&url)?.connect_lazy()))
+    }
+
+    /// A client over an existing channel (the simulator builds its channels with
+    /// `Endpoint::connect_with_connector` over its own network).
+    pub fn from_channel(channel: Channel) -> Self {
+        Self { pubsub: PubSubClient::new(channel.clone()), admin: AdminClient::new(channel) }
+    }
+
+    /// The generated `pubsub.PubSub` client on this connection, for calls this library does
+    /// not wrap (Pull, Seek, unary Ack).
+    pub fn pubsub_client(&self) -> PubSubClient<Channel> {
+        self.pubsub.clone()
+    }
+
+    /// The generated `pubsub.Admin` client on this connection (ListPending, redrive).
+    pub fn admin_client(&self) -> AdminClient<Channel> {
+        self.admin.clone()
+    }
+
+    /// A [`Publisher`] for `topic`; see [`PublisherSettings`] for batching, bounds and
+    /// retries. Must be called within a tokio runtime (it spawns the batching task).
+    pub fn publisher(&self, topic: impl Into<String>, settings: PublisherSettings) -> Result<Publisher, ClientError> {
+        Publisher::new(self.pubsub.clone(), topic.into(), settings)
+    }
+
+    /// Opens a [`Subscriber`] on a subscription or (ephemerally) a topic, and waits until
+    /// its stream is open: a subscription that does not exist fails here with NOT_FOUND.
+    /// While the broker is unreachable, opening is retried under `settings.reconnect`.
+    pub async fn subscribe(
+        &self,
+        target: SubscribeTarget,
+        settings: SubscriberSettings,
+    ) -> Result<Subscriber, ClientError> {
+        Subscriber::open(self.clone(), target, settings).await
+    }
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) })?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
+}
+
+/// An error and its causes on one line ("transport error: tcp connect error: Connection
+/// refused"), since tonic's top-level message alone says little.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    // A cause chain is a few links long; the bound only guards a cyclic one.
+    for _ in 0..16 {
+        let Some(cause) = source else { break };
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = cause.source();
+    }
+    line
+}

@@ -1,0 +1,206 @@
+//! The publisher's background task: gathers queued messages into batches (by count, bytes
+//! and linger), sends one batch at a time, retries, and answers each message.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+use tonic::Status;
+use tracing::debug;
+
+use super::{Command, Counters, PublisherSettings, Queued};
+use crate::client::error::{is_retryable, ClientError};
+use crate::client::message::PublishResult;
+use crate::wire::pb;
+use crate::wire::pb::pub_sub_client::PubSubClient;
+
+pub(super) struct Batcher {
+    pub(super) pubsub: PubSubClient<Channel>,
+    pub(super) topic: String,
+    pub(super) settings: PublisherSettings,
+    pub(super) counters: Arc<Counters>,
+}
+
+/// A batch being gathered.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<Queued>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn full(&self, settings: &PublisherSettings) -> bool {
+        self.messages.len() >= settings.batch_messages_max || self.bytes >= settings.batch_bytes_max
+    }
+
+    /// Whether `q` may join. The first message always may, however large: the broker,
+    /// not the batch bound, decides whether one message is too big.
+    fn fits(&self, q: &Queued, settings: &PublisherSettings) -> bool {
+        self.messages.is_empty()
+            || (self.messages.len() < settings.batch_messages_max && self.bytes + q.bytes <= settings.batch_bytes_max)
+    }
+
+    fn push(&mut self, q: Queued) {
+        self.bytes += q.bytes;
+        self.messages.push(q);
+    }
+}
+
+/// What ended the gathering of a batch.
+enum Gathered {
+    /// Full, or the linger passed.
+    Ready,
+    /// A flush asked for it; answer the flush once the batch is sent.
+    Flush(oneshot::Sender<()>),
+    /// The publisher is gone: send it, then stop.
+    Closed,
+}
+
+impl Batcher {
+    /// Runs until the publisher is dropped or shut down and every queued message answered.
+    pub(super) async fn run(self, mut commands: mpsc::Receiver<Command>) {
+        // A message that did not fit the previous batch opens the next one.
+        let mut carried: Option<Queued> = None;
+        loop {
+            let first = match carried.take() {
+                Some(q) => q,
+                None => match commands.recv().await {
+                    None => return,
+                    Some(Command::Flush(done)) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                    Some(Command::Publish(q)) => q,
+                },
+            };
+            let mut batch = Batch::default();
+            batch.push(first);
+            let gathered = self.gather(&mut batch, &mut commands, &mut carried).await;
+            self.send(batch).await;
+            match gathered {
+                Gathered::Ready => {}
+                Gathered::Flush(done) => {
+                    let _ = done.send(());
+                }
+                // The next `recv` sees the closed queue and ends the task.
+                Gathered::Closed => {}
+            }
+        }
+    }
+
+    /// Adds queued messages to `batch` until it is full, the linger passes, a flush comes,
+    /// or a message does not fit (it is `carried` to the next batch).
+    async fn gather(
+        &self,
+        batch: &mut Batch,
+        commands: &mut mpsc::Receiver<Command>,
+        carried: &mut Option<Queued>,
+    ) -> Gathered {
+        let linger = tokio::time::sleep(self.settings.linger);
+        tokio::pin!(linger);
+        while !batch.full(&self.settings) {
+            tokio::select! {
+                // Queued messages first: with a zero linger, what is already queued still
+                // goes in the batch.
+                biased;
+                command = commands.recv() => match command {
+                    None => return Gathered::Closed,
+                    Some(Command::Flush(done)) => return Gathered::Flush(done),
+                    Some(Command::Publish(q)) if batch.fits(&q, &self.settings) => batch.push(q),
+                    Some(Command::Publish(q)) => {
+                        *carried = Some(q);
+                        return Gathered::Ready;
+                    }
+                },
+                () = &mut linger => return Gathered::Ready,
+            }
+        }
+        Gathered::Ready
+    }
+
+    /// Sends one batch (with retries) and answers each of its messages.
+    async fn send(&self, batch: Batch) {
+        let count = batch.messages.len();
+        let request = pb::PublishRequest {
+            topic: self.topic.clone(),
+            messages: batch.messages.iter().map(|q| q.message.clone()).collect(),
+            ..Default::default()
+        };
+        let outcome = match self.send_with_retries(request).await {
+            Ok(results) if results.len() == count => Ok(results),
+            Ok(results) => Err(ClientError::Status(Status::internal(format!(
+                "the broker answered {} results for a batch of {count} messages",
+                results.len()
+            )))),
+            Err(error) => Err(error),
+        };
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(results) => {
+                self.counters.published.fetch_add(count as u64, Ordering::Relaxed);
+                for (q, result) in batch.messages.into_iter().zip(results) {
+                    let _ = q.reply.send(Ok(PublishResult::from(result)));
+                }
+            }
+            Err(error) => {
+                // The caller gets the error through each handle; a log line would repeat it.
+                debug!(topic = %self.topic, messages = count, %error, "publish failed");
+                self.counters.failed.fetch_add(count as u64, Ordering::Relaxed);
+                for q in batch.messages {
+                    let _ = q.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Sends `request` until it is answered, fails with a status that is not retryable, or
+    /// the attempts or the total timeout run out.
+    async fn send_with_retries(&self, request: pb::PublishRequest) -> Result<Vec<pb::PublishResult>, ClientError> {
+        let retry = &self.settings.retry;
+        let mut attempts = 0u32;
+        let mut last: Option<Status> = None;
+        let tries = async {
+            loop {
+                attempts += 1;
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                let status = match self.attempt(request.clone()).await {
+                    Ok(results) => return Ok(results),
+                    Err(status) => status,
+                };
+                if !is_retryable(&status) {
+                    return Err(ClientError::Status(status));
+                }
+                if attempts >= retry.max_attempts {
+                    return Err(ClientError::GaveUp { attempts, last: status });
+                }
+                let wait = retry.backoff(attempts);
+                debug!(topic = %self.topic, attempt = attempts, code = ?status.code(), ?wait, "publish failed; retrying");
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                last = Some(status);
+                tokio::time::sleep(wait).await;
+            }
+        };
+        let outcome = tokio::time::timeout(retry.total_timeout, tries).await;
+        match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ClientError::GaveUp {
+                attempts,
+                last: last.unwrap_or_else(|| {
+                    Status::deadline_exceeded(format!(
+                        "no answer within retry.total_timeout = {:?}",
+                        retry.total_timeout
+                    ))
+                }),
+            }),
+        }
+    }
+
+    async fn attempt(&self, request: pb::PublishRequest) -> Result<Vec<pb::PublishResult>, Status> {
+        let timeout = self.settings.request_timeout;
+        match tokio::time::timeout(timeout, self.pubsub.clone().publish(request)).await {
+            Ok(answer) => Ok(answer?.into_inner().results),
+            Err(_) => Err(Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"))),
+        }
+    }
+}

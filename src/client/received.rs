@@ -1,0 +1,206 @@
+//! A message a [`Subscriber`](super::Subscriber) received: its data, and the handle that
+//! acks or nacks it.
+
+use std::ops::Deref;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::acks::NackKey;
+use super::message::Message;
+
+/// Longest nack delay the broker accepts by default (`nack_delay_max_ms`); longer ones are
+/// cut to it, since a refused request would end the whole stream.
+pub const NACK_DELAY_MAX: Duration = Duration::from_secs(600);
+/// Longest nack reason the broker accepts by default (`nack_reason_bytes_max`); longer ones
+/// are cut to it (at a character boundary).
+pub const NACK_REASON_BYTES_MAX: usize = 1024;
+
+/// What the application decided about a message, on its way to the subscriber's task.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Ack { ack_id: String, connection: u64 },
+    Nack { ack_id: String, connection: u64, key: NackKey },
+}
+
+/// How a nacked message comes back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NackOptions {
+    /// Redeliver after this long instead of the subscription's retry backoff (at most
+    /// 600 s; longer is cut to 600 s). Unset: the retry policy's backoff, else at once.
+    pub delay: Option<Duration>,
+    /// Why; kept with the message if it is dead-lettered (cut to 1024 bytes).
+    pub reason: Option<String>,
+    /// Dead-letter the message now. On a subscription without a dead-letter policy (and on
+    /// ephemeral ones) this is sent as an ordinary nack, with a warning, because the broker
+    /// would refuse the request and end the stream.
+    pub terminal: bool,
+}
+
+impl NackOptions {
+    fn into_key(self) -> NackKey {
+        let mut reason = self.reason.unwrap_or_default();
+        if reason.len() > NACK_REASON_BYTES_MAX {
+            let mut cut = NACK_REASON_BYTES_MAX;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        let delay_ms = self.delay.map(|d| d.min(NACK_DELAY_MAX).as_millis() as u64);
+        NackKey { delay_ms, reason, terminal: self.terminal }
+    }
+}
+
+/// Acks or nacks one received message. Dropped without either, it nacks the message (best
+/// effort: if the subscriber's queue of decisions is full, the lease simply expires).
+///
+/// The decision is queued and sent in a batch (see
+/// [`SubscriberSettings::ack_batch_max`](super::SubscriberSettings::ack_batch_max)), so
+/// `ack().await` returns before the broker has applied it; [`Subscriber::shutdown`]
+/// (super::Subscriber::shutdown) waits for the broker's confirmations.
+#[derive(Debug)]
+pub struct AckHandle {
+    ack_id: String,
+    connection: u64,
+    ops: mpsc::Sender<Op>,
+    decided: bool,
+}
+
+impl AckHandle {
+    pub(crate) fn new(ack_id: String, connection: u64, ops: mpsc::Sender<Op>) -> Self {
+        Self { ack_id, connection, ops, decided: false }
+    }
+
+    /// The lease's id, as the broker names it (`subscription-partition-offset-lease`).
+    pub fn ack_id(&self) -> &str {
+        &self.ack_id
+    }
+
+    /// Acknowledges the message: it will not be delivered again.
+    pub async fn ack(mut self) {
+        let op = Op::Ack { ack_id: std::mem::take(&mut self.ack_id), connection: self.connection };
+        self.decide(op).await;
+    }
+
+    /// Gives the message back for redelivery (after the retry policy's backoff, if any).
+    pub async fn nack(self) {
+        self.nack_with(NackOptions::default()).await;
+    }
+
+    /// Gives the message back with options: a delay, a reason, or terminal.
+    pub async fn nack_with(mut self, options: NackOptions) {
+        let key = options.into_key();
+        let op = Op::Nack { ack_id: std::mem::take(&mut self.ack_id), connection: self.connection, key };
+        self.decide(op).await;
+    }
+
+    async fn decide(&mut self, op: Op) {
+        self.decided = true;
+        // Waits while the subscriber's queue of decisions is full. If the subscriber has
+        // shut down, its stream and so this lease are gone: nothing left to tell.
+        let _ = self.ops.send(op).await;
+    }
+}
+
+impl Drop for AckHandle {
+    fn drop(&mut self) {
+        if !self.decided {
+            let ack_id = std::mem::take(&mut self.ack_id);
+            let _ = self.ops.try_send(Op::Nack { ack_id, connection: self.connection, key: NackKey::default() });
+        }
+    }
+}
+
+/// A received message: its data (through `Deref` to [`Message`]) and its [`AckHandle`].
+///
+/// ```no_run
+/// # async fn example(mut subscriber: mini_pubsub::client::Subscriber) -> Result<(), mini_pubsub::client::ClientError> {
+/// use std::time::Duration;
+/// use tokio_stream::StreamExt;
+///
+/// while let Some(message) = subscriber.next().await {
+///     let message = message?;
+///     if message.value.is_empty() {
+///         message.nack_with_delay(Duration::from_secs(5)).await;
+///     } else {
+///         println!("{}:{} {}", message.partition, message.offset, message.value_lossy());
+///         message.ack().await;
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ReceivedMessage {
+    message: Message,
+    handle: AckHandle,
+}
+
+impl ReceivedMessage {
+    pub(crate) fn new(message: Message, handle: AckHandle) -> Self {
+        Self { message, handle }
+    }
+
+    /// The message's data.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The lease's id.
+    pub fn ack_id(&self) -> &str {
+        self.handle.ack_id()
+    }
+
+    /// The number of the stream it came on.
+    pub(crate) fn connection(&self) -> u64 {
+        self.handle.connection
+    }
+
+    /// Splits the data from the handle, to pass the data on and decide later.
+    pub fn into_parts(self) -> (Message, AckHandle) {
+        (self.message, self.handle)
+    }
+
+    /// Acknowledges the message.
+    pub async fn ack(self) {
+        self.handle.ack().await;
+    }
+
+    /// Gives the message back for redelivery.
+    pub async fn nack(self) {
+        self.handle.nack().await;
+    }
+
+    /// Gives the message back, to be redelivered after `delay` (at most 600 s).
+    pub async fn nack_with_delay(self, delay: Duration) {
+        self.handle.nack_with(NackOptions { delay: Some(delay), ..Default::default() }).await;
+    }
+
+    /// Gives the message back with options.
+    pub async fn nack_with(self, options: NackOptions) {
+        self.handle.nack_with(options).await;
+    }
+}
+
+impl Deref for ReceivedMessage {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_boundary_and_a_long_delay_to_the_limit() {
+        let options =
+            NackOptions { delay: Some(Duration::from_secs(3600)), reason: Some("é".repeat(600)), terminal: false };
+        let key = options.into_key();
+        assert_eq!(key.delay_ms, Some(600_000));
+        assert_eq!(key.reason.len(), 1024);
+    }
+}

@@ -1,0 +1,425 @@
+//! The subscriber's background task: opens the Subscribe stream (again after a retryable
+//! end), hands received messages to the application through a bounded queue, sends its
+//! acks and nacks in batches, extends the leases it holds, and heartbeats.
+//!
+//! One turn of the loop does one thing: read a response, hand out one message, take one
+//! decision, flush the batch, or check the leases. Nothing in a turn waits on the
+//! application, so acks keep flowing while the application is slow to read.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use tracing::{debug, warn};
+
+use super::acks::{NackKey, PendingOps};
+use super::error::{is_retryable, ClientError};
+use super::lease::Leases;
+use super::message::Message;
+use super::received::{AckHandle, Op, ReceivedMessage};
+use super::subscriber::{Delivery, Shared, SubscribeTarget, SubscriberSettings};
+use super::Client;
+use crate::env::{Clock, TokioClock};
+use crate::wire::pb;
+
+/// Longest wait for a stream to open (the call, then its opening response).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests queued for the stream's sending side; the task waits when it is full.
+const REQUESTS_QUEUE_MAX: usize = 64;
+/// Heartbeat period when no session timeout is set: a third of the broker's default (10 s).
+const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(3);
+
+pub(crate) struct Session {
+    client: Client,
+    target: SubscribeTarget,
+    settings: SubscriberSettings,
+    shared: Arc<Shared>,
+    deliveries: mpsc::Sender<Delivery>,
+    /// Cloned into every message's handle.
+    ops_tx: mpsc::Sender<Op>,
+    ops: mpsc::Receiver<Op>,
+    clock: TokioClock,
+}
+
+/// A stream just opened.
+struct Opened {
+    requests: mpsc::Sender<pb::SubscribeRequest>,
+    inbound: Streaming<pb::SubscribeResponse>,
+    hello: pb::SubscribeResponse,
+    deadline_seconds: u32,
+    dead_letter: bool,
+}
+
+/// The state of one open stream.
+struct Live {
+    number: u64,
+    requests: mpsc::Sender<pb::SubscribeRequest>,
+    leases: Leases,
+    pending: PendingOps,
+    /// Received, not yet handed to the application (at most max_outstanding_messages).
+    undelivered: VecDeque<ReceivedMessage>,
+    /// Ack ids sent whose confirmation has not come.
+    unconfirmed: usize,
+    /// Whether terminal nacks may be sent (the subscription has a dead-letter policy).
+    dead_letter: bool,
+    last_sent_ms: u64,
+    /// Whether the stream carried anything after its opening (a healthy stream).
+    delivered: bool,
+}
+
+/// Why a stream stopped being served.
+enum End {
+    /// Shutdown was asked for, or the application dropped the subscriber.
+    Stopped,
+    /// The stream ended with this status (or broke).
+    Broken(Status),
+}
+
+impl Session {
+    pub(crate) fn new(
+        client: Client,
+        target: SubscribeTarget,
+        settings: SubscriberSettings,
+        shared: Arc<Shared>,
+        deliveries: mpsc::Sender<Delivery>,
+    ) -> Self {
+        // Each held message sends at most one decision, and flow control bounds the held
+        // messages of a stream by max_outstanding_messages; the queue holds two streams'
+        // worth, so that handles of an older stream do not crowd out the current one.
+        let (ops_tx, ops) = mpsc::channel(2 * settings.max_outstanding_messages as usize + 16);
+        Self { client, target, settings, shared, deliveries, ops_tx, ops, clock: TokioClock::new() }
+    }
+
+    /// Opens the stream and serves it, reopening it after retryable ends, until shutdown
+    /// or an error that is not retryable (or the reconnect budget runs out). `opened`
+    /// learns how the first opening went.
+    pub(crate) async fn run(
+        mut self,
+        opened: oneshot::Sender<Result<(), ClientError>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ClientError> {
+        let mut opened = Some(opened);
+        let retry = self.settings.reconnect.clone();
+        let mut failures = 0u32;
+        let mut first_failure_ms: Option<u64> = None;
+        loop {
+            if failures > 0 {
+                tokio::select! {
+                    () = stopped(&mut shutdown) => return Ok(()),
+                    () = tokio::time::sleep(retry.backoff(failures)) => {}
+                }
+            }
+            let attempt = tokio::select! {
+                () = stopped(&mut shutdown) => return Ok(()),
+                attempt = self.open() => attempt,
+            };
+            let status = match attempt {
+                Ok(stream) => {
+                    // Named before `subscribe` returns, so `Subscriber::subscription` is
+                    // right from the start.
+                    if let Ok(mut name) = self.shared.subscription.lock() {
+                        name.clone_from(&stream.hello.subscription);
+                    }
+                    match opened.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                        None => {
+                            self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let opened_ms = self.clock.now_ms();
+                    let (end, delivered) = self.serve(stream, &mut shutdown).await;
+                    let status = match end {
+                        End::Stopped => return Ok(()),
+                        End::Broken(status) => status,
+                    };
+                    let lived_ms = self.clock.now_ms().saturating_sub(opened_ms);
+                    if delivered || lived_ms >= retry.max_backoff.as_millis() as u64 {
+                        failures = 0;
+                        first_failure_ms = None;
+                    }
+                    status
+                }
+                Err(status) => status,
+            };
+            if !is_retryable(&status) {
+                return self.fail(ClientError::Status(status), opened, &mut shutdown).await;
+            }
+            failures += 1;
+            let now_ms = self.clock.now_ms();
+            let since_ms = now_ms - *first_failure_ms.get_or_insert(now_ms);
+            if failures >= retry.max_attempts || since_ms >= retry.total_timeout.as_millis() as u64 {
+                let error = ClientError::GaveUp { attempts: failures, last: status };
+                return self.fail(error, opened, &mut shutdown).await;
+            }
+            warn!(code = ?status.code(), message = status.message(), attempt = failures, "subscribe stream ended; reopening it");
+        }
+    }
+
+    /// Reports a final error: to `subscribe` if the first opening failed, else to the
+    /// application through the message queue.
+    async fn fail(
+        &self,
+        error: ClientError,
+        opened: Option<oneshot::Sender<Result<(), ClientError>>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ClientError> {
+        match opened {
+            Some(tx) => {
+                let _ = tx.send(Err(error.clone()));
+            }
+            None => {
+                tokio::select! {
+                    () = stopped(shutdown) => {}
+                    _ = self.deliveries.send(Err(error.clone())) => {}
+                }
+            }
+        }
+        Err(error)
+    }
+
+    fn first_request(&self) -> pb::SubscribeRequest {
+        let s = &self.settings;
+        let mut first = pb::SubscribeRequest {
+            max_outstanding_messages: s.max_outstanding_messages,
+            max_outstanding_bytes: s.max_outstanding_bytes.unwrap_or(0),
+            session_timeout_seconds: s.session_timeout.map_or(0, |t| t.as_secs() as u32),
+            ..Default::default()
+        };
+        match &self.target {
+            SubscribeTarget::Subscription(name) => first.subscription.clone_from(name),
+            SubscribeTarget::Topic { topic, start_position, ack_deadline_seconds } => {
+                first.topic.clone_from(topic);
+                first.start_position = (*start_position).into();
+                first.ack_deadline_seconds = *ack_deadline_seconds;
+            }
+        }
+        first
+    }
+
+    /// Opens one stream: learns the lease length (a named subscription's own), sends the
+    /// first request, and reads the opening response.
+    async fn open(&mut self) -> Result<Opened, Status> {
+        let (deadline_seconds, dead_letter) = match &self.target {
+            SubscribeTarget::Subscription(name) => {
+                let subscription = self.client.get_subscription(name).await.map_err(into_status)?;
+                (subscription.ack_deadline_seconds.max(1), subscription.dead_letter_policy.is_some())
+            }
+            SubscribeTarget::Topic { ack_deadline_seconds, .. } => (*ack_deadline_seconds, false),
+        };
+        let (requests, rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
+        requests.try_send(self.first_request()).expect("a new queue has room for the first request");
+        let mut pubsub = self.client.pubsub_client();
+        let call = pubsub.subscribe(ReceiverStream::new(rx));
+        let timed_out = || Status::deadline_exceeded(format!("the stream did not open within {OPEN_TIMEOUT:?}"));
+        let mut inbound = tokio::time::timeout(OPEN_TIMEOUT, call).await.map_err(|_| timed_out())??.into_inner();
+        let hello = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| timed_out())??
+            .ok_or_else(|| Status::unavailable("the stream ended before its opening response"))?;
+        Ok(Opened { requests, inbound, hello, deadline_seconds, dead_letter })
+    }
+
+    /// Serves one open stream until it ends or the subscriber stops. Returns why, and
+    /// whether it carried anything after opening.
+    async fn serve(&mut self, opened: Opened, shutdown: &mut watch::Receiver<bool>) -> (End, bool) {
+        let Opened { requests, mut inbound, hello, deadline_seconds, dead_letter } = opened;
+        let number = self.shared.connection.fetch_add(1, Ordering::SeqCst) + 1;
+        debug!(subscription = %hello.subscription, stream = number, "subscribe stream open");
+        let max_extension_ms = self.settings.max_lease_extension.as_millis() as u64;
+        let mut live = Live {
+            number,
+            requests,
+            leases: Leases::new(u64::from(deadline_seconds) * 1000, max_extension_ms),
+            pending: PendingOps::default(),
+            undelivered: VecDeque::new(),
+            unconfirmed: 0,
+            dead_letter,
+            last_sent_ms: self.clock.now_ms(),
+            delivered: false,
+        };
+        self.absorb(&mut live, hello);
+        live.delivered = false;
+        let mut flush = tokio::time::interval(self.settings.ack_flush_interval);
+        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(Duration::from_millis(live.leases.check_interval_ms()));
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                () = stopped(shutdown) => break End::Stopped,
+                response = inbound.message() => match response {
+                    Ok(Some(response)) => self.absorb(&mut live, response),
+                    Ok(None) => break End::Broken(Status::unavailable("the broker closed the stream without a status")),
+                    Err(status) => break End::Broken(status),
+                },
+                permit = self.deliveries.reserve(), if !live.undelivered.is_empty() => match permit {
+                    Ok(permit) => permit.send(Ok(live.undelivered.pop_front().expect("checked non-empty"))),
+                    // The application dropped the subscriber.
+                    Err(_) => break End::Stopped,
+                },
+                Some(op) = self.ops.recv() => {
+                    self.decide(&mut live, op);
+                    if live.pending.len() >= self.settings.ack_batch_max {
+                        self.send_pending(&mut live).await;
+                    }
+                }
+                _ = flush.tick() => self.send_pending(&mut live).await,
+                _ = check.tick() => self.check_leases(&mut live).await,
+            }
+        };
+        if let End::Stopped = end {
+            self.drain(&mut live, &mut inbound).await;
+        }
+        (end, live.delivered)
+    }
+
+    /// Takes in one response: messages (held, queued for the application), confirmations.
+    fn absorb(&self, live: &mut Live, response: pb::SubscribeResponse) {
+        let now_ms = self.clock.now_ms();
+        live.delivered = true;
+        for mut received in response.received_messages {
+            self.shared.received.fetch_add(1, Ordering::Relaxed);
+            let ack_id = std::mem::take(&mut received.ack_id);
+            let handle = AckHandle::new(ack_id.clone(), live.number, self.ops_tx.clone());
+            if live.undelivered.len() >= self.settings.max_outstanding_messages as usize {
+                // Flow control should make this impossible; if the broker overshoots, the
+                // message goes back rather than growing the queue.
+                warn!(%ack_id, "more messages than max_outstanding_messages; nacking the extra");
+                drop(handle);
+                continue;
+            }
+            live.leases.hold(ack_id, now_ms);
+            let message = Message::from_wire(&mut received);
+            live.undelivered.push_back(ReceivedMessage::new(message, handle));
+        }
+        for confirmation in response.ack_confirmations {
+            live.unconfirmed = live.unconfirmed.saturating_sub(1);
+            let applied = confirmation.result == pb::AckResult::Applied as i32;
+            let counter = match pb::AckOperation::try_from(confirmation.operation) {
+                Ok(pb::AckOperation::Ack) if applied => &self.shared.acked,
+                Ok(pb::AckOperation::Nack) if applied => &self.shared.nacked,
+                Ok(pb::AckOperation::ModifyDeadline) if applied => continue,
+                _ => {
+                    debug!(ack_id = %confirmation.ack_id, result = confirmation.result, "ack not applied");
+                    &self.shared.rejected
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(assignment) = response.assignment {
+            debug!(generation = assignment.generation, partitions = ?assignment.partitions, "assignment");
+        }
+    }
+
+    /// Queues the application's decision on a message of this stream; a decision on a
+    /// message of an earlier stream is dropped (that lease is gone; it comes again).
+    fn decide(&self, live: &mut Live, op: Op) {
+        match op {
+            Op::Ack { ack_id, connection } if connection == live.number => {
+                live.leases.release(&ack_id);
+                live.pending.ack(ack_id);
+            }
+            Op::Nack { ack_id, connection, mut key } if connection == live.number => {
+                live.leases.release(&ack_id);
+                if key.terminal && !live.dead_letter {
+                    warn!(%ack_id, "terminal nack on a subscription without a dead-letter policy; sent as a plain nack");
+                    key = NackKey { terminal: false, ..key };
+                }
+                live.pending.nack(ack_id, key);
+            }
+            Op::Ack { ack_id, .. } | Op::Nack { ack_id, .. } => {
+                debug!(%ack_id, "decision on a message of an earlier stream; its lease is gone");
+            }
+        }
+    }
+
+    /// Sends every pending ack, nack and extension.
+    async fn send_pending(&self, live: &mut Live) {
+        for request in live.pending.take_requests(self.settings.ack_batch_max) {
+            live.unconfirmed += request.ack_ids.len() + request.nack_ids.len() + request.modify_deadline_ack_ids.len();
+            self.send(live, request).await;
+        }
+    }
+
+    async fn send(&self, live: &mut Live, request: pb::SubscribeRequest) {
+        live.last_sent_ms = self.clock.now_ms();
+        // A closed stream shows up on the reading side, with its status.
+        let _ = live.requests.send(request).await;
+    }
+
+    /// Extends the leases that are due, and heartbeats if nothing was sent for a while.
+    async fn check_leases(&self, live: &mut Live) {
+        let now_ms = self.clock.now_ms();
+        let due = live.leases.due(now_ms);
+        for ack_id in &due.abandoned {
+            debug!(%ack_id, "held past max_lease_extension; its lease is left to expire");
+        }
+        if !due.extend.is_empty() {
+            self.shared.lease_extensions.fetch_add(due.extend.len() as u64, Ordering::Relaxed);
+            for ack_id in due.extend {
+                live.pending.extend(ack_id, due.seconds);
+            }
+            self.send_pending(live).await;
+        }
+        let heartbeat = self.settings.session_timeout.map_or(HEARTBEAT_DEFAULT, |t| t / 3);
+        if now_ms.saturating_sub(live.last_sent_ms) >= heartbeat.as_millis() as u64 {
+            self.send(live, pb::SubscribeRequest::default()).await;
+        }
+    }
+
+    /// Shutdown: sends every decision the application made, and waits (up to
+    /// `shutdown_timeout`) for their confirmations. Closing the stream afterwards (dropping
+    /// it) gives the other leases back to the broker, messages never handed out included:
+    /// nacking those instead would have the broker redeliver them to this stream before it
+    /// closes, and count a second attempt.
+    async fn drain(&mut self, live: &mut Live, inbound: &mut Streaming<pb::SubscribeResponse>) {
+        // Bounded by the queue's capacity: only the application adds to it, and it is
+        // asking us to stop.
+        while let Ok(op) = self.ops.try_recv() {
+            self.decide(live, op);
+        }
+        self.send_pending(live).await;
+        let confirmed = async {
+            while live.unconfirmed > 0 {
+                match inbound.message().await {
+                    Ok(Some(response)) => {
+                        // Messages that arrive now are not handed out; closing the stream
+                        // returns their leases.
+                        let confirmations = response.ack_confirmations.len();
+                        self.absorb(
+                            live,
+                            pb::SubscribeResponse {
+                                ack_confirmations: response.ack_confirmations,
+                                ..Default::default()
+                            },
+                        );
+                        debug!(confirmations, left = live.unconfirmed, "draining");
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        };
+        if tokio::time::timeout(self.settings.shutdown_timeout, confirmed).await.is_err() {
+            warn!(unconfirmed = live.unconfirmed, "shutdown: not every ack was confirmed in time");
+        }
+    }
+}
+
+/// Resolves when the subscriber asks to stop (or is dropped).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // Err means the sender is gone: the subscriber was dropped, which also means stop.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn into_status(error: ClientError) -> Status {
+    match error {
+        ClientError::Status(status) | ClientError::GaveUp { last: status, .. } => status,
+        other => Status::unknown(other.to_string()),
+    }
+}
