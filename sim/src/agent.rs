@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mini_pubsub::client::{Client, ClientError, OutgoingMessage, PublisherSettings};
 use mini_pubsub::core::{ATTR_REASON, ATTR_SOURCE_SUBSCRIPTION};
 use mini_pubsub::wire::pb;
 use tokio::sync::{mpsc, Mutex};
@@ -180,6 +181,9 @@ pub struct PublishSpec {
     /// The idempotency key of a single message, or the stem of `stem-1`, `stem-2`... for
     /// several. A retry resends the same key.
     pub idempotency_key: Option<String>,
+    /// Publish through the client library's `Publisher` (`via=library`): it batches, keys
+    /// every message and retries on its own, instead of one request per message here.
+    pub library: bool,
 }
 
 /// State that outlives a crash of the host: message and stream numbering, and how many
@@ -382,6 +386,9 @@ impl App {
     }
 
     async fn publish(self, spec: PublishSpec, counters: &Counters) {
+        if spec.library {
+            return self.publish_with_library(spec, counters).await;
+        }
         let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         for i in 0..spec.count {
             if i > 0 {
@@ -406,6 +413,78 @@ impl App {
             };
             let req = pb::PublishRequest { topic: spec.topic.clone(), messages: vec![message], ..Default::default() };
             self.publish_one(&mut client, id, req).await;
+        }
+    }
+
+    /// Publishes through `mini_pubsub::client::Publisher`. Each message is recorded as
+    /// invoked once, when it is handed to the publisher, and as published (with the key the
+    /// publisher gave it) or failed when its handle resolves: the library's retries are
+    /// its own business, and the checker sees what an application would.
+    async fn publish_with_library(self, spec: PublishSpec, counters: &Counters) {
+        let first = counters.messages.load(Ordering::Relaxed) + 1;
+        let settings = PublisherSettings {
+            // Unique in the run and the same in every replay: the library's default id
+            // reads the wall clock and the process id.
+            publisher_id: Some(format!("{}-p{first}", self.name)),
+            request_timeout: REQUEST_TIMEOUT,
+            ..PublisherSettings::default()
+        };
+        let client = Client::from_channel(self.channel.clone());
+        let publisher = match client.publisher(spec.topic.clone(), settings) {
+            Ok(publisher) => publisher,
+            Err(error) => unreachable!("the simulator's publisher settings are valid: {error}"),
+        };
+        let app = Arc::new(self);
+        let mut answers = Vec::new();
+        for i in 0..spec.count {
+            if i > 0 {
+                tokio::time::sleep(spec.every).await;
+            }
+            let n = counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = format!("{}-{n}", app.name);
+            let mut value = spec.value.clone().unwrap_or_else(|| id.clone());
+            if value.len() < spec.size {
+                value.extend(std::iter::repeat_n('.', spec.size - value.len()));
+            }
+            let mut message = OutgoingMessage::new(value).attribute("id", id.clone());
+            if let Some(key) = &spec.key {
+                message = message.key(key.clone());
+            }
+            if let Some(partition) = spec.partition {
+                message = message.partition(partition);
+            }
+            // The scenario's own keys, as the gRPC path sends them; otherwise the library's.
+            match &spec.idempotency_key {
+                Some(stem) if spec.count > 1 => message = message.idempotency_key(format!("{stem}-{}", i + 1)),
+                Some(key) => message = message.idempotency_key(key.clone()),
+                None => {}
+            }
+            app.record(Event::PublishInvoked { id: id.clone(), topic: spec.topic.clone(), attempt: 1, after: None });
+            let handle = match publisher.publish(message).await {
+                Ok(handle) => handle,
+                Err(error) => {
+                    app.record(library_failure(id, &error));
+                    continue;
+                }
+            };
+            let (app, topic) = (app.clone(), spec.topic.clone());
+            answers.push(tokio::spawn(async move {
+                match handle.await {
+                    Ok(stored) => app.record(Event::Published {
+                        id,
+                        topic,
+                        partition: stored.partition,
+                        offset: stored.offset,
+                        idempotency_key: stored.idempotency_key,
+                        duplicate: stored.duplicate,
+                    }),
+                    Err(error) => app.record(library_failure(id, &error)),
+                }
+            }));
+        }
+        let _ = publisher.shutdown().await;
+        for answer in answers {
+            let _ = answer.await;
         }
     }
 
@@ -636,6 +715,12 @@ impl App {
 /// same request later (it was unreachable, overloaded, or its disk was full).
 fn is_retryable(code: Code) -> bool {
     !matches!(code, Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition)
+}
+
+/// A publish the client library gave up on.
+fn library_failure(id: String, error: &ClientError) -> Event {
+    let code = error.code().unwrap_or(Code::Unknown);
+    Event::PublishFailed { id, code: code_name(code), definite: is_definite(code) }
 }
 
 /// Codes after which the broker certainly stored nothing.

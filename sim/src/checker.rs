@@ -196,34 +196,45 @@ type Place = (u64, u32, u64);
 /// key within the dedupe window, and every publish answered `duplicate` names the place
 /// of a message stored with its key.
 fn duplicated_publish(entries: &[Entry], audited: &BTreeMap<String, String>, window_ms: u64) -> Check {
-    // (topic, partition, offset) -> (idempotency key, publish time) of what is stored there.
-    let mut stored: BTreeMap<(&str, u32, u64), (Option<&str>, u64)> = BTreeMap::new();
+    // (topic, partition, offset) -> (idempotency key, publish time, message id) of what is
+    // stored there.
+    type Stored<'a> = (Option<&'a str>, u64, &'a str);
+    let mut stored: BTreeMap<(&str, u32, u64), Stored> = BTreeMap::new();
     for e in entries {
-        if let Event::Delivered { sub, partition, offset, idempotency_key, publish_ms, .. } = &e.event {
-            if let Some(topic) = audited.get(sub) {
-                stored.insert((topic.as_str(), *partition, *offset), (idempotency_key.as_deref(), *publish_ms));
+        if let Event::Delivered { id, sub, partition, offset, idempotency_key, publish_ms, dead_letter, .. } = &e.event
+        {
+            // A dead-letter copy is stored in another topic on purpose.
+            if let (Some(topic), None) = (audited.get(sub), dead_letter) {
+                stored.insert((topic.as_str(), *partition, *offset), (idempotency_key.as_deref(), *publish_ms, id));
             }
         }
     }
     let mut problems = Vec::new();
     // (topic, key) -> (publish time, partition, offset) of each stored message with it.
     let mut by_key: BTreeMap<(&str, &str), Vec<Place>> = BTreeMap::new();
-    for (&(topic, partition, offset), &(key, publish_ms)) in &stored {
+    // (topic, message id) -> the places of a message that carried an idempotency key: a
+    // retry must not store it again, whatever key the retry carried.
+    let mut keyed_by_id: BTreeMap<(&str, &str), Vec<Place>> = BTreeMap::new();
+    for (&(topic, partition, offset), &(key, publish_ms, id)) in &stored {
         if let Some(key) = key {
             by_key.entry((topic, key)).or_default().push((publish_ms, partition, offset));
+            keyed_by_id.entry((topic, id)).or_default().push((publish_ms, partition, offset));
         }
     }
-    for ((topic, key), mut places) in by_key {
+    let mut close_pairs = |what: String, mut places: Vec<Place>| {
         places.sort_unstable();
         for pair in places.windows(2) {
             let ((t0, p0, o0), (t1, p1, o1)) = (pair[0], pair[1]);
             if t1 - t0 < window_ms {
-                problems.push(format!(
-                    "{topic} stores idempotency key {key} at p{p0}@{o0} and p{p1}@{o1}, {} ms apart",
-                    t1 - t0
-                ));
+                problems.push(format!("{what} at p{p0}@{o0} and p{p1}@{o1}, {} ms apart", t1 - t0));
             }
         }
+    };
+    for ((topic, key), places) in by_key {
+        close_pairs(format!("{topic} stores idempotency key {key}"), places);
+    }
+    for ((topic, id), places) in keyed_by_id {
+        close_pairs(format!("{topic} stores message {id}, published with an idempotency key,"), places);
     }
     let mut answered = 0;
     for e in entries {
@@ -232,7 +243,7 @@ fn duplicated_publish(entries: &[Entry], audited: &BTreeMap<String, String>, win
             continue;
         };
         answered += 1;
-        if let Some((held, _)) = stored.get(&(topic.as_str(), *partition, *offset)) {
+        if let Some((held, ..)) = stored.get(&(topic.as_str(), *partition, *offset)) {
             if *held != Some(key.as_str()) {
                 problems.push(format!("{id} was answered as a duplicate at {topic} p{partition}@{offset}, which holds key {held:?}, not {key}"));
             }

@@ -28,6 +28,9 @@ struct DeliveryPolicy {
     exclusive: bool,
     /// Publishers send idempotency keys, so their retries are stored once.
     idempotent: bool,
+    /// Publishers use the client library's `Publisher` (`via=library`): batches, its own
+    /// idempotency keys and retries.
+    library: bool,
 }
 
 impl DeliveryPolicy {
@@ -66,7 +69,8 @@ fn delivery_policy(rng: &mut StdRng) -> DeliveryPolicy {
     // Drawn last, so the draws above keep the values they had before it existed.
     let exclusive = rng.random_bool(EXCLUSIVE_SHARE);
     let idempotent = rng.random_bool(0.5);
-    DeliveryPolicy { retry, dead_letter, nacker, ordered, exclusive, idempotent }
+    let library = rng.random_bool(0.4);
+    DeliveryPolicy { retry, dead_letter, nacker, ordered, exclusive, idempotent, library }
 }
 
 /// Passes over the steps while shrinking; each pass tries to drop every step once.
@@ -114,7 +118,11 @@ pub fn generate(seed: u64) -> String {
         let every = rng.random_range(100..=400u32);
         let count = 12_000 / every;
         let key = if rng.random_bool(0.5) { format!(" key=k{}", rng.random_range(0..3u32)) } else { String::new() };
-        let idempotency = if policy.idempotent { format!(" idempotency_key=p{p}") } else { String::new() };
+        let idempotency = match (policy.library, policy.idempotent) {
+            (true, _) => " via=library".to_string(),
+            (false, true) => format!(" idempotency_key=p{p}"),
+            (false, false) => String::new(),
+        };
         let _ = writeln!(out, "@200ms publish p{p} t count={count} every={every}ms{key}{idempotency}");
     }
     let mut hosts: Vec<String> = (1..=workers).map(|w| format!("w{w}")).collect();

@@ -437,6 +437,7 @@ impl<'a> Driver<'a> {
                     every: step.option("every").and_then(duration).unwrap_or_default(),
                     partition: step.option("partition").and_then(|p| p.parse().ok()),
                     idempotency_key: step.option("idempotency_key").map(str::to_string),
+                    library: step.option("via") == Some("library"),
                 };
                 self.send(step.arg("host"), Command::Publish(spec));
             }

@@ -161,6 +161,7 @@ const SPECS: &[Spec] = &[
             ("every", Kind::Dur),
             ("partition", Kind::Count),
             ("idempotency_key", Kind::Text),
+            ("via", Kind::OneOf(&["grpc", "library"])),
         ],
     },
     Spec {

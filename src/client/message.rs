@@ -115,11 +115,15 @@ pub struct PublishResult {
     /// dedupe window, and this is where the earlier copy is. After a retry this is the
     /// normal outcome for messages whose first answer was lost.
     pub duplicate: bool,
+    /// The idempotency key the message was sent with (the publisher's own, unless the
+    /// message brought one).
+    pub idempotency_key: Option<String>,
 }
 
 impl From<pb::PublishResult> for PublishResult {
     fn from(r: pb::PublishResult) -> Self {
-        Self { message_id: r.message_id, partition: r.partition, offset: r.offset, duplicate: r.duplicate }
+        let (message_id, partition, offset, duplicate) = (r.message_id, r.partition, r.offset, r.duplicate);
+        Self { message_id, partition, offset, duplicate, idempotency_key: None }
     }
 }
 

@@ -139,8 +139,10 @@ impl Batcher {
         match outcome {
             Ok(results) => {
                 self.counters.published.fetch_add(count as u64, Ordering::Relaxed);
-                for (q, result) in batch.messages.into_iter().zip(results) {
-                    let _ = q.reply.send(Ok(PublishResult::from(result)));
+                for (mut q, result) in batch.messages.into_iter().zip(results) {
+                    let mut result = PublishResult::from(result);
+                    result.idempotency_key = q.message.idempotency_key.take();
+                    let _ = q.reply.send(Ok(result));
                 }
             }
             Err(error) => {
