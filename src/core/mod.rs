@@ -27,6 +27,7 @@
 mod admin;
 mod broker;
 mod config;
+mod counts;
 mod dead_letter;
 mod dedupe;
 mod delivery;
@@ -46,6 +47,7 @@ mod topic;
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
 pub use broker::Broker;
 pub use config::BrokerConfig;
+pub use counts::{SubscriptionCounts, SubscriptionCountsView};
 pub use dead_letter::{
     ATTR_DELIVERY_ATTEMPTS, ATTR_DETAIL, ATTR_MESSAGE_ID, ATTR_OFFSET, ATTR_PARTITION, ATTR_REASON,
     ATTR_SOURCE_SUBSCRIPTION, ATTR_SOURCE_TOPIC,
