@@ -159,12 +159,20 @@ fn describe() {
     describe_histogram!(STORAGE_FSYNC, Unit::Seconds, "Fsyncs of one partition's log that had records to sync");
 }
 
-/// Answers `GET /metrics` with the rendered series, anything else with 404.
+/// Answers `GET /metrics` with the rendered series, anything else with 404. Rendering runs
+/// on a blocking thread: with 10 000 subscriptions it takes about 0.2 s and 12 MiB of text,
+/// which would otherwise hold up one of the runtime's workers.
 async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     use axum::http::header::CONTENT_TYPE;
+    use axum::http::StatusCode;
     let render = move || {
-        let text = handle.render();
-        std::future::ready(([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+        let handle = handle.clone();
+        async move {
+            match tokio::task::spawn_blocking(move || handle.render()).await {
+                Ok(text) => (StatusCode::OK, [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text),
+                Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, [(CONTENT_TYPE, "text/plain")], error.to_string()),
+            }
+        }
     };
     let app = axum::Router::new().route("/metrics", axum::routing::get(render));
     if let Err(error) = axum::serve(listener, app).await {
