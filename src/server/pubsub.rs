@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
-use super::driver::{DriverHandle, ResponseTx};
+use super::driver::{DriverHandle, FirstRequest, ResponseTx};
 use super::ServerConfig;
 use crate::core::{AckOp, StreamId};
 use crate::wire::{self, pb};
@@ -47,8 +47,13 @@ impl pb::pub_sub_server::PubSub for PubSubService {
             ));
         };
         let (target, flow) = wire::stream_open(&first)?;
-        let first_ops = wire::stream_ack_ops(&first)?;
+        let ops = wire::stream_ack_ops(&first)?;
         let session_timeout_ms = wire::session_timeout_ms(&first);
+        let client_id = wire::client_id(&first);
+        // A client that named itself leaves by half-closing; one that did not may be
+        // grpcurl, which half-closes right after its request and still expects deliveries.
+        let leaves_on_half_close = client_id.is_some();
+        let first = FirstRequest { target, flow, session_timeout_ms, client_id, ops };
         let (responses, rx) = mpsc::channel(self.config.stream_queue_max);
         let (opened_tx, opened_rx) = oneshot::channel();
         // The stream's own task opens it and then serves it, so a client that goes away at
@@ -57,12 +62,12 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         tokio::spawn(async move {
             let (end_tx, end_rx) = oneshot::channel();
             let sink = responses.clone();
-            let opened =
-                driver.call(move |d| d.open_stream(target, flow, session_timeout_ms, first_ops, sink, end_tx)).await;
+            let opened = driver.call(move |d| d.open_stream(first, sink, end_tx)).await;
             match opened.and_then(|r| r) {
                 Ok(stream) => {
                     let _ = opened_tx.send(Ok(()));
-                    pump(inbound, driver, stream, responses, end_rx).instrument(info_span!("subscribe", %stream)).await;
+                    let ends = Ends { end: end_rx, leaves_on_half_close };
+                    pump(inbound, driver, stream, responses, ends).instrument(info_span!("subscribe", %stream)).await;
                 }
                 Err(status) => {
                     let _ = opened_tx.send(Err(status));
@@ -143,16 +148,26 @@ impl PubSubService {
     }
 }
 
+/// How a stream can end besides its client going away.
+struct Ends {
+    /// The server ends it with this status.
+    end: oneshot::Receiver<Status>,
+    /// The stream named its client: half-closing ends it, and its leases are released.
+    leaves_on_half_close: bool,
+}
+
 /// Carries a stream's later requests to the driver until the stream ends: the client goes
-/// away, or the server ends it (`end`). After the client half-closes, the stream keeps
-/// delivering (grpcurl half-closes right after sending its request).
+/// away, or the server ends it. After the client half-closes, a stream without a client id
+/// keeps delivering (grpcurl half-closes right after sending its request); one with a
+/// client id ends (OK), its leases released at once: that is how such a client leaves.
 async fn pump(
     mut inbound: Streaming<pb::SubscribeRequest>,
     driver: DriverHandle,
     stream: StreamId,
     responses: ResponseTx,
-    mut end: oneshot::Receiver<Status>,
+    ends: Ends,
 ) {
+    let Ends { mut end, leaves_on_half_close } = ends;
     let mut half_closed = false;
     let status = loop {
         tokio::select! {
@@ -167,6 +182,11 @@ async fn pump(
                     if let Err(status) = applied {
                         break Some(status);
                     }
+                }
+                Ok(None) if leaves_on_half_close => {
+                    debug!("client half-closed; it leaves, and its leases are released");
+                    let _ = driver.call(move |d| d.leave_stream(stream)).await;
+                    return;
                 }
                 Ok(None) => {
                     debug!("client half-closed; still delivering");
