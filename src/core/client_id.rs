@@ -3,9 +3,9 @@
 //! A Subscribe stream may name its client (`client_id`, as Pub/Sub's
 //! `StreamingPullRequest.client_id`). When such a stream closes without its client saying
 //! goodbye (the client went away, the connection broke, its session timed out, the server
-//! ended it), its leases are not released: they are *detached*. A detached lease belongs to
-//! no open stream and counts against no flow control; acks, nacks and deadline changes of
-//! it apply as for any lease (on any stream of the subscription, or unary), and at its
+//! ended it), its leases are not released: they are *detached*. A detached lease belongs
+//! to no open stream and counts against no flow control; acks, nacks and deadline changes
+//! of it apply as for any lease (on any stream of the subscription, or unary), and at its
 //! deadline it expires as any lease does (backoff, attempts, dead letters). It keeps its
 //! ordering key's head blocked meanwhile, as any lease does.
 //!
@@ -14,8 +14,8 @@
 //! stream of its client is still open on the subscription (the client noticed a broken
 //! connection before the broker did) replaces it: the old stream ends with ABORTED and the
 //! new one takes over its leases, its place among the members and, on an exclusive
-//! subscription, its partitions. A client that says goodbye ([`Broker::leave_stream`]: it
-//! half-closed its side) releases its leases at once, as a stream without a client id does
+//! subscription, its partitions. A client that says goodbye ([`Broker::leave_stream`]: a
+//! request with `leave`) releases its leases at once, as a stream without a client id does
 //! when it closes. Streams without a client id never detach, adopt or replace anything.
 //!
 //! Exclusive subscriptions stay simple: a rebalance that moves a partition to another

@@ -199,9 +199,9 @@ impl Broker {
         self.remove_member(now_ms, stream, true);
     }
 
-    /// The client said goodbye (it half-closed a stream that named its client): its leases
-    /// are released at once, as [`Broker::close_stream`] does for a stream without a
-    /// client id. Unknown streams are ignored.
+    /// The client said goodbye (a request with `leave`): its leases are released at once,
+    /// as [`Broker::close_stream`] does for a stream without a client id, whether it named
+    /// its client or not. Unknown streams are ignored.
     pub fn leave_stream(&mut self, now_ms: u64, stream: StreamId) {
         self.remove_member(now_ms, stream, false);
     }

@@ -18,8 +18,8 @@
 //! Every request that arrives on a Subscribe stream, empty ones included, is also told to
 //! [`Broker::heartbeat`]: members of exclusive subscriptions that stay silent past their
 //! session timeout leave their group. A stream that ends is told to
-//! [`Broker::close_stream`], or to [`Broker::leave_stream`] when a client that named
-//! itself (a client id) half-closed it: only then are its leases released at once.
+//! [`Broker::close_stream`], or to [`Broker::leave_stream`] when its client said it leaves:
+//! a stream that named its client (a client id) releases its leases only then.
 //!
 //! Storage is the one thing the core calls out to, through the [`PartitionLog`] trait
 //! object; the memory log does no IO at all.

@@ -385,8 +385,8 @@ impl Driver {
         self.broker.close_stream(now, stream);
     }
 
-    /// A client that named itself half-closed its stream: it is leaving, so its leases are
-    /// released at once.
+    /// The client leaves (a request with `leave`): forget the stream and release its
+    /// leases at once, client id or not.
     pub fn leave_stream(&mut self, stream: StreamId) {
         self.sinks.remove(&stream);
         let now = self.now_ms();

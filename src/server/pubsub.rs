@@ -50,9 +50,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let ops = wire::stream_ack_ops(&first)?;
         let session_timeout_ms = wire::session_timeout_ms(&first);
         let client_id = wire::client_id(&first);
-        // A client that named itself leaves by half-closing; one that did not may be
-        // grpcurl, which half-closes right after its request and still expects deliveries.
-        let leaves_on_half_close = client_id.is_some();
+        let leaving = first.leave;
         let first = FirstRequest { target, flow, session_timeout_ms, client_id, ops };
         let (responses, rx) = mpsc::channel(self.config.stream_queue_max);
         let (opened_tx, opened_rx) = oneshot::channel();
@@ -66,8 +64,8 @@ impl pb::pub_sub_server::PubSub for PubSubService {
             match opened.and_then(|r| r) {
                 Ok(stream) => {
                     let _ = opened_tx.send(Ok(()));
-                    let ends = Ends { end: end_rx, leaves_on_half_close };
-                    pump(inbound, driver, stream, responses, ends).instrument(info_span!("subscribe", %stream)).await;
+                    let span = info_span!("subscribe", %stream);
+                    pump(inbound, driver, stream, responses, end_rx, leaving).instrument(span).await;
                 }
                 Err(status) => {
                     let _ = opened_tx.send(Err(status));
@@ -148,26 +146,21 @@ impl PubSubService {
     }
 }
 
-/// How a stream can end besides its client going away.
-struct Ends {
-    /// The server ends it with this status.
-    end: oneshot::Receiver<Status>,
-    /// The stream named its client: half-closing ends it, and its leases are released.
-    leaves_on_half_close: bool,
-}
-
 /// Carries a stream's later requests to the driver until the stream ends: the client goes
-/// away, or the server ends it. After the client half-closes, a stream without a client id
-/// keeps delivering (grpcurl half-closes right after sending its request); one with a
-/// client id ends (OK), its leases released at once: that is how such a client leaves.
+/// away, the client leaves (a request with `leave`; `leaving` when the first one had it), or
+/// the server ends it (`end`). After the client half-closes, the stream keeps delivering
+/// (grpcurl half-closes right after sending its request).
 async fn pump(
     mut inbound: Streaming<pb::SubscribeRequest>,
     driver: DriverHandle,
     stream: StreamId,
     responses: ResponseTx,
-    ends: Ends,
+    mut end: oneshot::Receiver<Status>,
+    leaving: bool,
 ) {
-    let Ends { mut end, leaves_on_half_close } = ends;
+    if leaving {
+        return leave(&driver, stream).await;
+    }
     let mut half_closed = false;
     let status = loop {
         tokio::select! {
@@ -182,11 +175,9 @@ async fn pump(
                     if let Err(status) = applied {
                         break Some(status);
                     }
-                }
-                Ok(None) if leaves_on_half_close => {
-                    debug!("client half-closed; it leaves, and its leases are released");
-                    let _ = driver.call(move |d| d.leave_stream(stream)).await;
-                    return;
+                    if request.leave {
+                        return leave(&driver, stream).await;
+                    }
                 }
                 Ok(None) => {
                     debug!("client half-closed; still delivering");
@@ -204,4 +195,11 @@ async fn pump(
         let _ = tokio::time::timeout(FINAL_STATUS_WAIT, responses.send(Err(status))).await;
     }
     let _ = driver.call(move |d| d.close_stream(stream)).await;
+}
+
+/// The client leaves: its leases are released at once, and the stream ends (OK) once the
+/// responses already queued (the confirmations of its last acks) are sent.
+async fn leave(driver: &DriverHandle, stream: StreamId) {
+    debug!("client leaves; its leases are released");
+    let _ = driver.call(move |d| d.leave_stream(stream)).await;
 }
