@@ -81,8 +81,8 @@ fn encoded_len_max(topic: &str, record: &Record) -> usize {
 pub enum Output {
     /// Messages for a stream, in delivery order.
     Deliver { stream: StreamId, deliveries: Vec<Delivery> },
-    /// The broker ended a stream (its subscription was deleted, or its session timed out);
-    /// it gets no more outputs.
+    /// The broker ended a stream (its subscription was deleted, its session timed out, or
+    /// a newer stream of its client took over); it gets no more outputs.
     EndStream { stream: StreamId, reason: BrokerError },
     /// A member of an exclusive subscription holds `partitions` from `generation` on.
     Assignment { stream: StreamId, generation: u64, partitions: Vec<u32> },
