@@ -15,7 +15,7 @@
 //!   types, and the one mapping of broker errors to gRPC statuses.
 //! - [`server`]: the driver task that owns the core, the tonic services, health and
 //!   reflection, started by [`server::run`] on whatever listener and shutdown signal it is
-//!   given.
+//!   given; and Prometheus metrics ([`server::metrics`]), off unless installed.
 //! - [`config`]: the broker process's settings from a TOML file, `MINI_PUBSUB_*` variables and
 //!   flags, with their precedence, validation and provenance (`mini-pubsub config print`).
 //! - [`client`]: the client library: [`client::Client`] (connect, admin helpers), a batching

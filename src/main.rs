@@ -192,6 +192,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (addr, incoming) =
         TokioNet.bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     info!("mini-pubsub listening on {addr} (storage: {described})");
+    if let Some(metrics_addr) = config.metrics_listen {
+        server::metrics::install(metrics_addr).await?;
+    }
     server::run(incoming, shutdown_signal(), config.server, storage, Arc::new(TokioClock::new())).await?;
     Ok(())
 }

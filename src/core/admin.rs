@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::broker::Broker;
+use super::counts::{partition_waiting, PartitionWaiting, SubscriptionCounts};
 use super::dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 use super::error::BrokerError;
 use super::group::{DeliveryMode, Group};
@@ -287,6 +288,7 @@ impl Broker {
             retry,
             dead_letter,
             dead_lettered: 0,
+            counts: SubscriptionCounts::default(),
             ordered: spec.ordered,
             group: (spec.delivery_mode == DeliveryMode::Exclusive).then(|| Group::new(partition_count)),
         };
@@ -402,10 +404,8 @@ impl Broker {
         let mut oldest_publish_ms: Option<u64> = None;
         let mut partitions: Vec<PartitionStats> = Vec::with_capacity(sub.cursors.len());
         for (p, (cursor, log)) in sub.cursors.iter().zip(&topic.logs).enumerate() {
-            let end = visible_end(log.as_ref(), self.after_sync);
-            let start = log.start_offset();
-            let committed = cursor.committed.max(start);
-            let acked_above = cursor.acked.range(committed..).count() as u64;
+            let PartitionWaiting { committed, end, backlog, outstanding, delayed } =
+                partition_waiting(cursor, log.as_ref(), self.after_sync);
             if committed < end {
                 // The floor is never acked: it is the oldest message still waiting.
                 if let Some(first) = log.read(committed, 1, 0).ok().and_then(|r| r.into_iter().next()) {
@@ -417,10 +417,10 @@ impl Broker {
                 partition: p as u32,
                 committed_offset: committed,
                 end_offset: end,
-                backlog: end.saturating_sub(committed) - acked_above,
-                outstanding: cursor.leased.range(start..).count() as u64,
+                backlog,
+                outstanding,
                 lag: end.saturating_sub(committed),
-                delayed: cursor.delayed.range(start..).count() as u64,
+                delayed,
                 member: sub.group.as_ref().and_then(|g| g.owners[p]),
             });
         }

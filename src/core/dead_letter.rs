@@ -95,6 +95,7 @@ impl Broker {
         let after_sync = self.after_sync;
         let sub = self.subscriptions.get_mut(&uid).expect("resolved above");
         sub.dead_lettered += 1;
+        sub.counts.dead_lettered += 1;
         let cursor = &mut sub.cursors[partition as usize];
         if after_sync {
             cursor.in_transit.insert(offset);

@@ -384,10 +384,14 @@ impl Broker {
         match unacked {
             None => {
                 let lease = cursor.ack(id.offset).expect("lease found above");
+                sub.counts.acked += 1;
                 self.deadlines.remove(&old_key);
                 self.uncount(&lease);
             }
-            Some(why) => self.end_unacked(now_ms, uid, id.partition, id.offset, &why),
+            Some(why) => {
+                sub.counts.nacked += 1;
+                self.end_unacked(now_ms, uid, id.partition, id.offset, &why);
+            }
         }
         AckOutcome::Applied
     }
@@ -659,6 +663,8 @@ impl Broker {
             let deadline_ms = now_ms.saturating_add(sub.ack_deadline_ms);
             let bytes = record.record.size_bytes() as u64;
             let attempt = cursor.lease(offset, Lease { seq, stream, deadline_ms, bytes });
+            sub.counts.delivered += 1;
+            sub.counts.redelivered += u64::from(attempt > 1);
             sub.next_partition = (partition + 1) % partitions;
             self.next_lease_seq += 1;
             self.deadlines.insert((deadline_ms, uid, partition, offset));

@@ -30,6 +30,7 @@ mod admin;
 mod broker;
 mod client_id;
 mod config;
+mod counts;
 mod dead_letter;
 mod dedupe;
 mod delivery;
@@ -50,6 +51,7 @@ pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpe
 pub use broker::Broker;
 pub use client_id::CLIENT_ID_BYTES_MAX;
 pub use config::BrokerConfig;
+pub use counts::{SubscriptionCounts, SubscriptionCountsView};
 pub use dead_letter::{
     ATTR_DELIVERY_ATTEMPTS, ATTR_DETAIL, ATTR_MESSAGE_ID, ATTR_OFFSET, ATTR_PARTITION, ATTR_REASON,
     ATTR_SOURCE_SUBSCRIPTION, ATTR_SOURCE_TOPIC,

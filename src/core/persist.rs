@@ -10,6 +10,7 @@ use prost::Message;
 
 use super::broker::Broker;
 use super::config::BrokerConfig;
+use super::counts::SubscriptionCounts;
 use super::dedupe::Dedupe;
 use super::error::BrokerError;
 use super::group::Group;
@@ -209,6 +210,7 @@ impl Broker {
                         max_delivery_attempts: d.max_delivery_attempts,
                     }),
                     dead_lettered: s.dead_lettered,
+                    counts: SubscriptionCounts::default(),
                     ordered: s.ordered,
                     group: s.exclusive.then(|| Group::new(topic.logs.len())),
                 },

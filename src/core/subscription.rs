@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::counts::SubscriptionCounts;
 use super::group::Group;
 use super::lease::{Lease, StreamId};
 use super::ordering::KeyOrder;
@@ -46,6 +47,8 @@ pub struct Subscription {
     pub dead_letter: Option<DeadLetterPolicy>,
     /// Messages moved to the dead-letter topic since the subscription was created.
     pub dead_lettered: u64,
+    /// What the subscription did since the broker opened (for metrics).
+    pub counts: SubscriptionCounts,
     /// Messages of one ordering key are delivered in order, one at a time.
     pub ordered: bool,
     /// The partition assignment of an exclusive subscription; `None` when shared.

@@ -18,7 +18,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::core::{AckOp, Broker, BrokerError, Flow, OutgoingMessage, Output, Published, StreamId, StreamTarget};
+use super::metrics::BrokerMetrics;
+use crate::core::{
+    AckOp, Broker, BrokerError, Delivery, Flow, OutgoingMessage, Output, Published, StreamId, StreamTarget,
+};
 use crate::env::Clock;
 use crate::storage::{FsyncPolicy, StorageError};
 use crate::wire::{self, pb};
@@ -105,6 +108,8 @@ pub struct FirstRequest {
 /// A stream as the driver knows it.
 struct Sink {
     responses: ResponseTx,
+    /// The subscription it reads (for metrics).
+    subscription: String,
     /// Tells the stream's task to end the stream with this status.
     end: oneshot::Sender<Status>,
 }
@@ -122,12 +127,21 @@ pub struct Driver {
     next_checkpoint_ms: u64,
     next_interval_sync_ms: u64,
     sync_delay_ms: u64,
+    /// Present only when a metrics recorder is installed (never in the simulator).
+    metrics: Option<BrokerMetrics>,
 }
 
 impl Driver {
     /// Starts the driver task. `sync_delay_ms` is the simulated disk's fsync latency (see
-    /// [`ServerConfig::sync_delay_ms`](super::ServerConfig::sync_delay_ms)).
-    pub fn spawn(broker: Broker, clock: Arc<dyn Clock>, queue_max: usize, sync_delay_ms: u64) -> DriverHandle {
+    /// [`ServerConfig::sync_delay_ms`](super::ServerConfig::sync_delay_ms)); with
+    /// `metrics`, the driver exports the broker's counts once a second (at each checkpoint).
+    pub fn spawn(
+        broker: Broker,
+        clock: Arc<dyn Clock>,
+        queue_max: usize,
+        sync_delay_ms: u64,
+        metrics: Option<BrokerMetrics>,
+    ) -> DriverHandle {
         let (jobs, rx) = mpsc::channel(queue_max);
         let now = clock.now_ms();
         let fsync = broker.fsync_policy();
@@ -144,6 +158,7 @@ impl Driver {
                 _ => u64::MAX,
             },
             sync_delay_ms,
+            metrics,
         };
         tokio::spawn(driver.run(rx));
         DriverHandle { jobs }
@@ -204,6 +219,9 @@ impl Driver {
             if let Err(e) = self.broker.checkpoint() {
                 tracing::warn!(error = %e, "saving committed offsets failed; it is tried again at the next checkpoint");
             }
+            if let Some(metrics) = &mut self.metrics {
+                metrics.export(now, &self.broker, self.sinks.len());
+            }
         }
     }
 
@@ -218,6 +236,9 @@ impl Driver {
                 self.awaiting_sync.push(AwaitingSync { reply, topic, published });
             }
             result => {
+                if let (Some(metrics), Ok(published)) = (&mut self.metrics, &result) {
+                    metrics.published(&topic, published);
+                }
                 let _ = reply.send(result);
             }
         }
@@ -258,7 +279,12 @@ impl Driver {
                     "not acknowledged: {}; its messages in other partitions may be stored, so a retry may store them twice",
                     f.error
                 )))),
-                None => Ok(waiting.published),
+                None => {
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.published(&waiting.topic, &waiting.published);
+                    }
+                    Ok(waiting.published)
+                }
             };
             let _ = waiting.reply.send(answer);
         }
@@ -291,6 +317,7 @@ impl Driver {
         while let Some(output) = self.broker.poll_output() {
             match output {
                 Output::Deliver { stream, deliveries } => {
+                    self.count_delivered(stream, &deliveries);
                     let received_messages = deliveries.into_iter().map(wire::received_message).collect();
                     self.send(stream, pb::SubscribeResponse { received_messages, ..Default::default() });
                 }
@@ -308,6 +335,22 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Records the end-to-end latency of deliveries to a stream.
+    fn count_delivered(&mut self, stream: StreamId, deliveries: &[Delivery]) {
+        let (Some(metrics), Some(sink)) = (&mut self.metrics, self.sinks.get(&stream)) else { return };
+        metrics.delivered(self.clock.wall_ms(), &sink.subscription, deliveries);
+    }
+
+    /// Leases up to `max_messages` of `subscription` to a Pull.
+    pub fn pull(&mut self, subscription: &str, max_messages: u32) -> Result<Vec<Delivery>, BrokerError> {
+        let now = self.now_ms();
+        let deliveries = self.broker.pull(now, subscription, max_messages)?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.delivered(self.clock.wall_ms(), subscription, &deliveries);
+        }
+        Ok(deliveries)
     }
 
     /// Queues a response on a stream without waiting. A full queue means the client is not
@@ -354,8 +397,8 @@ impl Driver {
         self.broker.check_stream_ops(&target, &first_ops)?;
         let now = self.now_ms();
         let (stream, subscription) = self.broker.open_member(now, target, flow, session_timeout_ms, client_id)?;
+        self.sinks.insert(stream, Sink { responses, subscription: subscription.clone(), end });
         let hello = pb::SubscribeResponse { subscription, ..Default::default() };
-        self.sinks.insert(stream, Sink { responses, end });
         // The hello goes first; the assignment and deliveries the join made are flushed
         // after it, at the end of the turn.
         self.send(stream, hello);

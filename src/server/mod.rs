@@ -1,8 +1,10 @@
 //! The server shell: the driver task that owns the core, the tonic services, health and
 //! reflection, all started by [`run`] on whatever listener and shutdown signal it is given.
+//! [`metrics::install`] turns on Prometheus metrics for the servers started after it.
 
 mod admin;
 mod driver;
+pub mod metrics;
 mod pubsub;
 
 use std::future::Future;
@@ -146,10 +148,15 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     config.validate()?;
+    let metrics_on = metrics::enabled();
+    let storage: Box<dyn Storage> =
+        if metrics_on { Box::new(metrics::TimedStorage::new(storage, clock.clone())) } else { storage };
     let broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
-    let driver = Driver::spawn(broker, clock, config.command_queue_max, config.sync_delay_ms);
+    let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
+    let broker_metrics = metrics_on.then(metrics::BrokerMetrics::new);
+    let driver = Driver::spawn(broker, clock, config.command_queue_max, config.sync_delay_ms, broker_metrics);
 
-    let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone() };
+    let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency };
     let admin = admin::AdminService { driver: driver.clone() };
     let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
     let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
 use super::driver::{DriverHandle, FirstRequest, ResponseTx};
+use super::metrics::LatencyTimer;
 use super::ServerConfig;
 use crate::core::{AckOp, StreamId};
 use crate::wire::{self, pb};
@@ -21,6 +22,8 @@ const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 pub struct PubSubService {
     pub(super) driver: DriverHandle,
     pub(super) config: ServerConfig,
+    /// Times acknowledged publishes when metrics are on.
+    pub(super) publish_latency: Option<LatencyTimer>,
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
@@ -28,10 +31,15 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, St
 #[tonic::async_trait]
 impl pb::pub_sub_server::PubSub for PubSubService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        let start = self.publish_latency.as_ref().map(LatencyTimer::start);
         let (topic, messages) = wire::publish_messages(request.into_inner())?;
         debug!(%topic, messages = messages.len(), "publish");
         let published = self.driver.publish(topic, messages).await?;
-        Ok(Response::new(wire::publish_response(published)))
+        let response = Response::new(wire::publish_response(published));
+        if let (Some(timer), Some(start)) = (&self.publish_latency, start) {
+            timer.record(start);
+        }
+        Ok(response)
     }
 
     type SubscribeStream = ResponseStream;
@@ -78,13 +86,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<pb::PullResponse>, Status> {
         let req = request.into_inner();
-        let deliveries = self
-            .driver
-            .call(move |d| {
-                let now = d.now_ms();
-                d.broker.pull(now, &req.subscription, req.max_messages)
-            })
-            .await??;
+        let deliveries = self.driver.call(move |d| d.pull(&req.subscription, req.max_messages)).await??;
         let received_messages = deliveries.into_iter().map(wire::received_message).collect();
         Ok(Response::new(pb::PullResponse { received_messages }))
     }

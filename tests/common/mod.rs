@@ -103,12 +103,17 @@ impl TestServer {
 
     /// Opens a Subscribe stream with `first` and reads its opening response.
     pub async fn subscribe(&self, first: pb::SubscribeRequest) -> Sub {
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(first).await.unwrap();
-        let mut inbound = self.pubsub.clone().subscribe(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        let hello = inbound.message().await.unwrap().expect("an opening response");
-        Sub { requests: Some(tx), inbound, subscription: hello.subscription, stash: Vec::new() }
+        subscribe(&self.pubsub, first).await
     }
+}
+
+/// Opens a Subscribe stream with `first` through `pubsub` and reads its opening response.
+pub async fn subscribe(pubsub: &PubSubClient<Channel>, first: pb::SubscribeRequest) -> Sub {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let mut inbound = pubsub.clone().subscribe(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let hello = inbound.message().await.unwrap().expect("an opening response");
+    Sub { requests: Some(tx), inbound, subscription: hello.subscription, stash: Vec::new() }
 }
 
 impl Drop for TestServer {
