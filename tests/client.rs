@@ -1,7 +1,8 @@
 //! The client library against a real broker on 127.0.0.1: publisher batching, retries
 //! across a broker that is down or restarts (with idempotency keys, so nothing is stored
 //! twice or lost), a lost answer answered as a duplicate, subscriber acks committed, lease
-//! extension for a slow handler, and a subscriber that reopens its stream after a restart.
+//! extension for a slow handler, a subscriber that reopens its stream after a restart, and
+//! one whose connection is cut while a handler runs (its client id keeps the lease).
 
 mod common;
 
@@ -515,6 +516,75 @@ async fn a_subscriber_reopens_its_stream_after_a_broker_restart_and_gets_the_res
     let stats = client.subscription_stats("events-sub").await.unwrap();
     assert_eq!((stats.backlog, stats.partitions[0].committed_offset), (0, 10), "{stats:?}");
     drop(broker);
+}
+
+/// The member ListPending names for the subscription's one pending message, if leased.
+async fn leased_to(client: &Client, subscription: &str) -> Option<String> {
+    let list = pb::ListPendingRequest { subscription: subscription.into(), ..Default::default() };
+    let rows = client.admin_client().list_pending(list).await.unwrap().into_inner().messages;
+    rows.into_iter().find(|r| r.state() == pb::PendingState::Leased).map(|r| r.member)
+}
+
+#[tokio::test]
+async fn a_handler_running_across_a_cut_connection_acks_its_message_on_the_new_stream() {
+    let broker = Broker::start(any_port(), Box::new(MemoryStorage)).await;
+    let direct = Client::connect(broker.url()).await.unwrap();
+    direct.create_topic("cut", &TopicSettings::default()).await.unwrap();
+    let settings = SubscriptionSettings { ack_deadline_seconds: Some(10), ..Default::default() };
+    direct.create_subscription("cut-sub", "cut", &settings).await.unwrap();
+    let proxy = Proxy::start(broker.addr).await;
+    let client = Client::connect_lazy(format!("http://{}", proxy.addr)).unwrap();
+    let settings = SubscriberSettings { reconnect: quick_retries(), ..Default::default() };
+    let subscriber = client.subscribe(SubscribeTarget::subscription("cut-sub"), settings).await.unwrap();
+
+    // The handler reports each call's attempt, then works until told to finish.
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (started_tx, mut started) = tokio::sync::mpsc::channel::<u32>(4);
+    let (finish, finishing) = tokio::sync::watch::channel(false);
+    let handler = {
+        let attempts = attempts.clone();
+        move |message: Message| {
+            attempts.lock().unwrap().push(message.delivery_attempt);
+            let started_tx = started_tx.clone();
+            let mut finishing = finishing.clone();
+            async move {
+                let _ = started_tx.send(message.delivery_attempt).await;
+                let _ = finishing.wait_for(|done| *done).await;
+                Ok::<(), String>(())
+            }
+        }
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(subscriber.run(handler, async {
+        let _ = stopped.await;
+    }));
+    direct.publisher("cut", PublisherSettings::default()).unwrap().publish("work").await.unwrap().await.unwrap();
+    let attempt = tokio::time::timeout(PROMPT, started.recv()).await.expect("the handler starts").unwrap();
+    assert_eq!(attempt, 1);
+    assert_eq!(leased_to(&direct, "cut-sub").await.as_deref(), Some("stream-1"));
+
+    // The connection breaks while the handler works; the broker keeps running.
+    proxy.cut_all();
+    let reconnected = async {
+        while leased_to(&direct, "cut-sub").await.as_deref() != Some("stream-2") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENT, reconnected).await.expect("the new stream takes the lease over");
+    let _ = finish.send(true);
+    let committed = async {
+        while direct.subscription_stats("cut-sub").await.unwrap().partitions[0].committed_offset < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENT, committed).await.expect("the handler's ack, sent on the new stream, is applied");
+    // Longer than the reconnect backoff and the ack flush: a redelivery would show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(());
+    tokio::time::timeout(PATIENT, run).await.expect("run returns after its shutdown signal").unwrap().unwrap();
+    assert_eq!(*attempts.lock().unwrap(), [1], "delivered once, never again");
+    let stats = direct.subscription_stats("cut-sub").await.unwrap();
+    assert_eq!((stats.backlog, stats.outstanding, stats.partitions[0].committed_offset), (0, 0, 1), "{stats:?}");
 }
 
 #[tokio::test]

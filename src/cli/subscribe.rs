@@ -89,8 +89,9 @@ pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
         Ok::<(), CliError>(())
     }
     .await;
-    // Closing the stream gives the held messages back; a nack first would have the broker
-    // redeliver them to this very stream before it closes, costing a second attempt.
+    // Shutdown ends the stream with `leave`, which gives the held messages back at once; a
+    // nack first would have the broker redeliver them to this very stream before it ends,
+    // costing a second attempt.
     let stopped = subscriber.shutdown().await;
     drop(held);
     outcome?;

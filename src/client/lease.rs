@@ -68,7 +68,17 @@ impl Leases {
     /// The leases to extend at `now_ms` (their deadlines are then counted from `now_ms`),
     /// and those that reached `max_extension` (forgotten).
     pub(crate) fn due(&mut self, now_ms: u64) -> Due {
-        let margin_ms = self.deadline_ms / 3;
+        self.due_within(now_ms, self.deadline_ms / 3)
+    }
+
+    /// Every lease is due now (those past `max_extension` are forgotten): after a
+    /// reconnect, to learn at once which leases the broker still holds.
+    pub(crate) fn renew_all(&mut self, now_ms: u64) -> Due {
+        self.due_within(now_ms, u64::MAX - now_ms)
+    }
+
+    /// The leases with at most `margin_ms` left at `now_ms`.
+    fn due_within(&mut self, now_ms: u64, margin_ms: u64) -> Due {
         let seconds = u32::try_from(self.deadline_ms / 1000).unwrap_or(u32::MAX);
         let mut due = Due { seconds, ..Due::default() };
         for (ack_id, lease) in &mut self.held {
@@ -125,6 +135,16 @@ mod tests {
         assert!(due.extend.is_empty());
         assert_eq!(due.abandoned, ["a"]);
         assert_eq!(leases.len(), 0);
+    }
+
+    #[test]
+    fn renew_all_extends_every_lease_but_those_past_max_extension() {
+        let mut leases = Leases::new(3000, 10_000);
+        leases.hold("old".into(), 0);
+        leases.hold("new".into(), 9000);
+        let due = leases.renew_all(10_500);
+        assert_eq!((due.extend, due.abandoned), (vec!["new".to_string()], vec!["old".to_string()]));
+        assert!(leases.due(11_000).extend.is_empty(), "renewed from 10_500");
     }
 
     #[test]

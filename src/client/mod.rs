@@ -13,7 +13,8 @@
 //!   exponential backoff; numbers messages with idempotency keys so a retry is stored once.
 //! - [`Subscriber`]: a `Stream` of [`ReceivedMessage`]s, or [`Subscriber::run`] with an async
 //!   handler; leases of held messages are extended, acks go out in batches, and a stream
-//!   that ends with a retryable status is opened again.
+//!   that ends with a retryable status is opened again under the same client id, so the
+//!   messages it held stay valid (the broker keeps their leases for it).
 //!
 //! ```no_run
 //! use mini_pubsub::client::{Client, OutgoingMessage, PublisherSettings, SubscribeTarget, SubscriberSettings};
@@ -41,6 +42,7 @@
 mod acks;
 mod admin;
 mod error;
+mod held;
 mod lease;
 mod message;
 mod publisher;

@@ -19,8 +19,8 @@ pub const NACK_REASON_BYTES_MAX: usize = 1024;
 /// What the application decided about a message, on its way to the subscriber's task.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Ack { ack_id: String, connection: u64 },
-    Nack { ack_id: String, connection: u64, key: NackKey },
+    Ack { ack_id: String, epoch: u64 },
+    Nack { ack_id: String, epoch: u64, key: NackKey },
 }
 
 /// How a nacked message comes back.
@@ -62,14 +62,20 @@ impl NackOptions {
 #[derive(Debug)]
 pub struct AckHandle {
     ack_id: String,
-    connection: u64,
+    /// The subscriber's lease epoch the message was received in (see `Shared::epoch`).
+    epoch: u64,
     ops: mpsc::Sender<Op>,
     decided: bool,
 }
 
 impl AckHandle {
-    pub(crate) fn new(ack_id: String, connection: u64, ops: mpsc::Sender<Op>) -> Self {
-        Self { ack_id, connection, ops, decided: false }
+    pub(crate) fn new(ack_id: String, epoch: u64, ops: mpsc::Sender<Op>) -> Self {
+        Self { ack_id, epoch, ops, decided: false }
+    }
+
+    /// Drops the handle without a decision: its lease is already gone.
+    pub(crate) fn forget(mut self) {
+        self.decided = true;
     }
 
     /// The lease's id, as the broker names it (`subscription-partition-offset-lease`).
@@ -79,7 +85,7 @@ impl AckHandle {
 
     /// Acknowledges the message: it will not be delivered again.
     pub async fn ack(mut self) {
-        let op = Op::Ack { ack_id: std::mem::take(&mut self.ack_id), connection: self.connection };
+        let op = Op::Ack { ack_id: std::mem::take(&mut self.ack_id), epoch: self.epoch };
         self.decide(op).await;
     }
 
@@ -91,7 +97,7 @@ impl AckHandle {
     /// Gives the message back with options: a delay, a reason, or terminal.
     pub async fn nack_with(mut self, options: NackOptions) {
         let key = options.into_key();
-        let op = Op::Nack { ack_id: std::mem::take(&mut self.ack_id), connection: self.connection, key };
+        let op = Op::Nack { ack_id: std::mem::take(&mut self.ack_id), epoch: self.epoch, key };
         self.decide(op).await;
     }
 
@@ -107,7 +113,7 @@ impl Drop for AckHandle {
     fn drop(&mut self) {
         if !self.decided {
             let ack_id = std::mem::take(&mut self.ack_id);
-            let _ = self.ops.try_send(Op::Nack { ack_id, connection: self.connection, key: NackKey::default() });
+            let _ = self.ops.try_send(Op::Nack { ack_id, epoch: self.epoch, key: NackKey::default() });
         }
     }
 }
@@ -152,9 +158,14 @@ impl ReceivedMessage {
         self.handle.ack_id()
     }
 
-    /// The number of the stream it came on.
-    pub(crate) fn connection(&self) -> u64 {
-        self.handle.connection
+    /// The lease epoch it was received in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.handle.epoch
+    }
+
+    /// Drops the message without a decision: its lease is already gone.
+    pub(crate) fn forget(self) {
+        self.handle.forget();
     }
 
     /// Splits the data from the handle, to pass the data on and decide later.

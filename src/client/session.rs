@@ -2,11 +2,17 @@
 //! end), hands received messages to the application through a bounded queue, sends its
 //! acks and nacks in batches, extends the leases it holds, and heartbeats.
 //!
+//! Every stream names the subscriber's client id, so on a named subscription a reconnect
+//! loses nothing: the broker keeps the broken stream's leases for the new stream, and what
+//! the session holds ([`Held`]: messages not yet handed out, leases, unconfirmed decisions)
+//! carries over to it. A topic's ephemeral subscription ends with its stream, so there the
+//! session starts afresh with each stream. Shutdown ends the stream with `leave`, which has
+//! the broker release at once the leases of the messages not decided on.
+//!
 //! One turn of the loop does one thing: read a response, hand out one message, take one
 //! decision, flush the batch, or check the leases. Nothing in a turn waits on the
 //! application, so acks keep flowing while the application is slow to read.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use super::acks::{NackKey, PendingOps};
+use super::acks::NackKey;
 use super::error::{is_retryable, ClientError};
-use super::lease::Leases;
+use super::held::Held;
 use super::message::Message;
 use super::received::{AckHandle, Op, ReceivedMessage};
 use super::subscriber::{Delivery, Shared, SubscribeTarget, SubscriberSettings};
@@ -38,6 +44,14 @@ pub(crate) struct Session {
     client: Client,
     target: SubscribeTarget,
     settings: SubscriberSettings,
+    /// Sent in every stream's first request.
+    client_id: String,
+    /// What the subscriber holds; `None` before the first stream opened.
+    held: Option<Held>,
+    /// The current lease epoch (see `Shared::epoch`).
+    epoch: u64,
+    /// Streams opened so far (for logs).
+    streams: u64,
     shared: Arc<Shared>,
     deliveries: mpsc::Sender<Delivery>,
     /// Cloned into every message's handle.
@@ -57,14 +71,7 @@ struct Opened {
 
 /// The state of one open stream.
 struct Live {
-    number: u64,
     requests: mpsc::Sender<pb::SubscribeRequest>,
-    leases: Leases,
-    pending: PendingOps,
-    /// Received, not yet handed to the application (at most max_outstanding_messages).
-    undelivered: VecDeque<ReceivedMessage>,
-    /// Ack ids sent whose confirmation has not come.
-    unconfirmed: usize,
     /// Whether terminal nacks may be sent (the subscription has a dead-letter policy).
     dead_letter: bool,
     last_sent_ms: u64,
@@ -87,12 +94,26 @@ impl Session {
         settings: SubscriberSettings,
         shared: Arc<Shared>,
         deliveries: mpsc::Sender<Delivery>,
+        client_id: String,
     ) -> Self {
         // Each held message sends at most one decision, and flow control bounds the held
         // messages of a stream by max_outstanding_messages; the queue holds two streams'
         // worth, so that handles of an older stream do not crowd out the current one.
         let (ops_tx, ops) = mpsc::channel(2 * settings.max_outstanding_messages as usize + 16);
-        Self { client, target, settings, shared, deliveries, ops_tx, ops, clock: TokioClock::new() }
+        Self {
+            client,
+            target,
+            settings,
+            client_id,
+            held: None,
+            epoch: 0,
+            streams: 0,
+            shared,
+            deliveries,
+            ops_tx,
+            ops,
+            clock: TokioClock::new(),
+        }
     }
 
     /// Opens the stream and serves it, reopening it after retryable ends, until shutdown
@@ -187,6 +208,7 @@ impl Session {
     fn first_request(&self) -> pb::SubscribeRequest {
         let s = &self.settings;
         let mut first = pb::SubscribeRequest {
+            client_id: self.client_id.clone(),
             max_outstanding_messages: s.max_outstanding_messages,
             max_outstanding_bytes: s.max_outstanding_bytes.unwrap_or(0),
             session_timeout_seconds: s.session_timeout.map_or(0, |t| t.as_secs() as u32),
@@ -230,27 +252,23 @@ impl Session {
     /// whether it carried anything after opening.
     async fn serve(&mut self, opened: Opened, shutdown: &mut watch::Receiver<bool>) -> (End, bool) {
         let Opened { requests, mut inbound, hello, deadline_seconds, dead_letter } = opened;
-        let number = self.shared.connection.fetch_add(1, Ordering::SeqCst) + 1;
-        debug!(subscription = %hello.subscription, stream = number, "subscribe stream open");
-        let max_extension_ms = self.settings.max_lease_extension.as_millis() as u64;
-        let mut live = Live {
-            number,
-            requests,
-            leases: Leases::new(u64::from(deadline_seconds) * 1000, max_extension_ms),
-            pending: PendingOps::default(),
-            undelivered: VecDeque::new(),
-            unconfirmed: 0,
-            dead_letter,
-            last_sent_ms: self.clock.now_ms(),
-            delivered: false,
-        };
+        self.streams += 1;
+        debug!(subscription = %hello.subscription, stream = self.streams, client_id = %self.client_id, "subscribe stream open");
+        let mut live = Live { requests, dead_letter, last_sent_ms: self.clock.now_ms(), delivered: false };
+        self.take_over(u64::from(deadline_seconds) * 1000);
         self.absorb(&mut live, hello);
         live.delivered = false;
+        // Extensions of the leases taken over go out at once.
+        self.send_pending(&mut live).await;
         let mut flush = tokio::time::interval(self.settings.ack_flush_interval);
         flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut check = tokio::time::interval(Duration::from_millis(live.leases.check_interval_ms()));
+        let check_ms = self.held().leases.check_interval_ms();
+        let mut check = tokio::time::interval(Duration::from_millis(check_ms));
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A handle of its own: a permit borrows the sender while the other branches run.
+        let deliveries = self.deliveries.clone();
         let end = loop {
+            let has_undelivered = !self.held().undelivered.is_empty();
             tokio::select! {
                 () = stopped(shutdown) => break End::Stopped,
                 response = inbound.message() => match response {
@@ -258,14 +276,14 @@ impl Session {
                     Ok(None) => break End::Broken(Status::unavailable("the broker closed the stream without a status")),
                     Err(status) => break End::Broken(status),
                 },
-                permit = self.deliveries.reserve(), if !live.undelivered.is_empty() => match permit {
-                    Ok(permit) => permit.send(Ok(live.undelivered.pop_front().expect("checked non-empty"))),
+                permit = deliveries.reserve(), if has_undelivered => match permit {
+                    Ok(permit) => permit.send(Ok(self.held_mut().undelivered.pop_front().expect("checked non-empty"))),
                     // The application dropped the subscriber.
                     Err(_) => break End::Stopped,
                 },
                 Some(op) = self.ops.recv() => {
-                    self.decide(&mut live, op);
-                    if live.pending.len() >= self.settings.ack_batch_max {
+                    self.decide(&live, op);
+                    if self.held().pending_len() >= self.settings.ack_batch_max {
                         self.send_pending(&mut live).await;
                     }
                 }
@@ -274,32 +292,63 @@ impl Session {
             }
         };
         if let End::Stopped = end {
-            self.drain(&mut live, &mut inbound).await;
+            self.leave(&mut live, &mut inbound).await;
         }
         (end, live.delivered)
     }
 
+    /// A stream opened: on a named subscription it takes over what the session held (the
+    /// broker kept the leases for this client id); otherwise (the first stream, or a new
+    /// ephemeral subscription) the session starts afresh, in a new lease epoch.
+    fn take_over(&mut self, deadline_ms: u64) {
+        let named = matches!(self.target, SubscribeTarget::Subscription(_));
+        match self.held.as_mut() {
+            Some(held) if named => {
+                let extended = held.resume(self.clock.now_ms());
+                self.shared.lease_extensions.fetch_add(extended as u64, Ordering::Relaxed);
+                debug!(extended, undelivered = held.undelivered.len(), "the new stream takes over the held leases");
+            }
+            _ => {
+                // A new ephemeral subscription: the old one's leases ended with it.
+                let old = self.held.take().map(|held| held.undelivered).unwrap_or_default();
+                old.into_iter().for_each(ReceivedMessage::forget);
+                let max_extension_ms = self.settings.max_lease_extension.as_millis() as u64;
+                self.held = Some(Held::new(deadline_ms, max_extension_ms));
+                self.epoch += 1;
+                self.shared.epoch.store(self.epoch, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn held(&self) -> &Held {
+        self.held.as_ref().expect("a stream is open")
+    }
+
+    fn held_mut(&mut self) -> &mut Held {
+        self.held.as_mut().expect("a stream is open")
+    }
+
     /// Takes in one response: messages (held, queued for the application), confirmations.
-    fn absorb(&self, live: &mut Live, response: pb::SubscribeResponse) {
+    fn absorb(&mut self, live: &mut Live, response: pb::SubscribeResponse) {
         let now_ms = self.clock.now_ms();
         live.delivered = true;
+        let (epoch, max) = (self.epoch, self.settings.max_outstanding_messages as usize);
         for mut received in response.received_messages {
             self.shared.received.fetch_add(1, Ordering::Relaxed);
             let ack_id = std::mem::take(&mut received.ack_id);
-            let handle = AckHandle::new(ack_id.clone(), live.number, self.ops_tx.clone());
-            if live.undelivered.len() >= self.settings.max_outstanding_messages as usize {
+            let handle = AckHandle::new(ack_id.clone(), epoch, self.ops_tx.clone());
+            if self.held().undelivered.len() >= max {
                 // Flow control should make this impossible; if the broker overshoots, the
                 // message goes back rather than growing the queue.
                 warn!(%ack_id, "more messages than max_outstanding_messages; nacking the extra");
                 drop(handle);
                 continue;
             }
-            live.leases.hold(ack_id, now_ms);
             let message = Message::from_wire(&mut received);
-            live.undelivered.push_back(ReceivedMessage::new(message, handle));
+            self.held_mut().receive(ReceivedMessage::new(message, handle), now_ms);
         }
         for confirmation in response.ack_confirmations {
-            live.unconfirmed = live.unconfirmed.saturating_sub(1);
+            self.held_mut().confirmed(&confirmation);
             let applied = confirmation.result == pb::AckResult::Applied as i32;
             let counter = match pb::AckOperation::try_from(confirmation.operation) {
                 Ok(pb::AckOperation::Ack) if applied => &self.shared.acked,
@@ -317,32 +366,30 @@ impl Session {
         }
     }
 
-    /// Queues the application's decision on a message of this stream; a decision on a
-    /// message of an earlier stream is dropped (that lease is gone; it comes again).
-    fn decide(&self, live: &mut Live, op: Op) {
+    /// Queues the application's decision on a message; a decision on a message of an
+    /// earlier lease epoch is dropped (that lease is gone; it comes again).
+    fn decide(&mut self, live: &Live, op: Op) {
+        let epoch = self.epoch;
+        let held = self.held_mut();
         match op {
-            Op::Ack { ack_id, connection } if connection == live.number => {
-                live.leases.release(&ack_id);
-                live.pending.ack(ack_id);
-            }
-            Op::Nack { ack_id, connection, mut key } if connection == live.number => {
-                live.leases.release(&ack_id);
+            Op::Ack { ack_id, epoch: of } if of == epoch => held.ack(ack_id),
+            Op::Nack { ack_id, epoch: of, mut key } if of == epoch => {
                 if key.terminal && !live.dead_letter {
                     warn!(%ack_id, "terminal nack on a subscription without a dead-letter policy; sent as a plain nack");
                     key = NackKey { terminal: false, ..key };
                 }
-                live.pending.nack(ack_id, key);
+                held.nack(ack_id, key);
             }
             Op::Ack { ack_id, .. } | Op::Nack { ack_id, .. } => {
-                debug!(%ack_id, "decision on a message of an earlier stream; its lease is gone");
+                debug!(%ack_id, "decision on a message of an earlier ephemeral subscription; its lease is gone");
             }
         }
     }
 
     /// Sends every pending ack, nack and extension.
-    async fn send_pending(&self, live: &mut Live) {
-        for request in live.pending.take_requests(self.settings.ack_batch_max) {
-            live.unconfirmed += request.ack_ids.len() + request.nack_ids.len() + request.modify_deadline_ack_ids.len();
+    async fn send_pending(&mut self, live: &mut Live) {
+        let batch = self.settings.ack_batch_max;
+        for request in self.held_mut().take_requests(batch) {
             self.send(live, request).await;
         }
     }
@@ -354,17 +401,14 @@ impl Session {
     }
 
     /// Extends the leases that are due, and heartbeats if nothing was sent for a while.
-    async fn check_leases(&self, live: &mut Live) {
+    async fn check_leases(&mut self, live: &mut Live) {
         let now_ms = self.clock.now_ms();
-        let due = live.leases.due(now_ms);
-        for ack_id in &due.abandoned {
+        let (abandoned, extended) = self.held_mut().extend_due(now_ms);
+        for ack_id in &abandoned {
             debug!(%ack_id, "held past max_lease_extension; its lease is left to expire");
         }
-        if !due.extend.is_empty() {
-            self.shared.lease_extensions.fetch_add(due.extend.len() as u64, Ordering::Relaxed);
-            for ack_id in due.extend {
-                live.pending.extend(ack_id, due.seconds);
-            }
+        if extended > 0 {
+            self.shared.lease_extensions.fetch_add(extended as u64, Ordering::Relaxed);
             self.send_pending(live).await;
         }
         let heartbeat = self.settings.session_timeout.map_or(HEARTBEAT_DEFAULT, |t| t / 3);
@@ -373,40 +417,35 @@ impl Session {
         }
     }
 
-    /// Shutdown: sends every decision the application made, and waits (up to
-    /// `shutdown_timeout`) for their confirmations. Closing the stream afterwards (dropping
-    /// it) gives the other leases back to the broker, messages never handed out included:
-    /// nacking those instead would have the broker redeliver them to this stream before it
-    /// closes, and count a second attempt.
-    async fn drain(&mut self, live: &mut Live, inbound: &mut Streaming<pb::SubscribeResponse>) {
+    /// Shutdown: sends every decision the application made, then `leave`, and reads the
+    /// stream until the broker ends it (up to `shutdown_timeout`): by then every decision is
+    /// applied and the leases of the other messages (received but not handed out, or still
+    /// held) are released, for other members at once. Releasing them with nacks instead
+    /// would have the broker redeliver them to this stream before it closes, and count a
+    /// second attempt.
+    async fn leave(&mut self, live: &mut Live, inbound: &mut Streaming<pb::SubscribeResponse>) {
         // Bounded by the queue's capacity: only the application adds to it, and it is
         // asking us to stop.
         while let Ok(op) = self.ops.try_recv() {
             self.decide(live, op);
         }
         self.send_pending(live).await;
-        let confirmed = async {
-            while live.unconfirmed > 0 {
-                match inbound.message().await {
-                    Ok(Some(response)) => {
-                        // Messages that arrive now are not handed out; closing the stream
-                        // returns their leases.
-                        let confirmations = response.ack_confirmations.len();
-                        self.absorb(
-                            live,
-                            pb::SubscribeResponse {
-                                ack_confirmations: response.ack_confirmations,
-                                ..Default::default()
-                            },
-                        );
-                        debug!(confirmations, left = live.unconfirmed, "draining");
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+        self.send(live, pb::SubscribeRequest { leave: true, ..Default::default() }).await;
+        let wait = self.settings.shutdown_timeout;
+        let ended = async {
+            // Until the broker ends the stream (or it breaks).
+            while let Ok(Some(response)) = inbound.message().await {
+                // Messages that arrive now are not handed out; the leave releases their
+                // leases.
+                let confirmations = response.ack_confirmations.len();
+                let response =
+                    pb::SubscribeResponse { ack_confirmations: response.ack_confirmations, ..Default::default() };
+                self.absorb(live, response);
+                debug!(confirmations, "leaving");
             }
         };
-        if tokio::time::timeout(self.settings.shutdown_timeout, confirmed).await.is_err() {
-            warn!(unconfirmed = live.unconfirmed, "shutdown: not every ack was confirmed in time");
+        if tokio::time::timeout(wait, ended).await.is_err() {
+            warn!("shutdown: the broker did not end the stream in time; its leases wait for their deadlines");
         }
     }
 }

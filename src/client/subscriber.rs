@@ -20,6 +20,8 @@ use super::received::{NackOptions, ReceivedMessage};
 use super::retry::RetrySettings;
 use super::session::Session;
 use super::Client;
+use crate::core::CLIENT_ID_BYTES_MAX;
+use crate::env::{Clock, TokioClock};
 use crate::wire::pb;
 
 /// The broker's cap on a stream's `max_outstanding_messages` (`pull_messages_max`).
@@ -99,6 +101,14 @@ pub struct SubscriberSettings {
     /// [`Subscriber::shutdown`]: longest wait for the broker to confirm the last acks.
     /// Default 10 s.
     pub shutdown_timeout: Duration,
+    /// Names this subscriber to the broker (Subscribe `client_id`), on every stream it
+    /// opens: when a stream breaks, the broker keeps its leases for the next stream of the
+    /// same id, so on a named subscription the messages received before a reconnect stay
+    /// valid after it (see [`Subscriber`]). 1 to 128 bytes of printable ASCII without
+    /// spaces. Unset: `{wall clock ms, hex}-{process id}-{n}`, with `n` a process-wide count
+    /// of subscribers. Two subscribers running at once must not share one: the newer
+    /// stream takes over the older (which ends with ABORTED and reconnects, taking it back).
+    pub client_id: Option<String>,
 }
 
 impl Default for SubscriberSettings {
@@ -113,6 +123,7 @@ impl Default for SubscriberSettings {
             handler_concurrency: 16,
             reconnect: RetrySettings::default(),
             shutdown_timeout: Duration::from_secs(10),
+            client_id: None,
         }
     }
 }
@@ -161,6 +172,19 @@ impl SubscriberSettings {
             format!("is {}; allowed is 1 to 1000", self.handler_concurrency),
         )?;
         check(!self.shutdown_timeout.is_zero(), "shutdown_timeout", "is 0; it must be positive".to_string())?;
+        if let Some(id) = &self.client_id {
+            let rule = format!("allowed is 1 to {CLIENT_ID_BYTES_MAX} bytes of printable ASCII without spaces");
+            check(
+                !id.is_empty() && id.len() <= CLIENT_ID_BYTES_MAX,
+                "client_id",
+                format!("is {} bytes; {rule} (or unset for a generated one)", id.len()),
+            )?;
+            check(
+                id.bytes().all(|b| b.is_ascii_graphic()),
+                "client_id",
+                format!("`{id}` has a space or a character outside printable ASCII; {rule}"),
+            )?;
+        }
         self.reconnect.validate()
     }
 }
@@ -185,11 +209,15 @@ pub struct SubscriberStats {
 /// State the subscriber's task shares with the application side.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    /// Numbers the streams opened: a message belongs to the stream it came on, and once a
-    /// newer stream is open its lease is gone.
-    pub connection: AtomicU64,
+    /// Numbers the sets of leases the subscriber held. On a named subscription one set
+    /// lasts across reconnects (the broker keeps a stream's leases for the next stream of
+    /// its client id); a topic's ephemeral subscription starts a new set with each stream.
+    /// A message of an earlier set has lost its lease.
+    pub epoch: AtomicU64,
     /// The subscription the current stream joined (for ephemeral ones, `__ephemeral.N`).
     pub subscription: Mutex<String>,
+    /// The client id every stream names.
+    pub client_id: Mutex<String>,
     pub received: AtomicU64,
     pub acked: AtomicU64,
     pub nacked: AtomicU64,
@@ -201,6 +229,14 @@ pub(crate) struct Shared {
 /// What the subscriber's task hands the application.
 pub(crate) type Delivery = Result<ReceivedMessage, ClientError>;
 
+/// Subscribers made in this process so far: part of the default client id.
+static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
+
+fn default_client_id() -> String {
+    let n = SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{}-{n}", TokioClock::new().wall_ms(), std::process::id())
+}
+
 /// A streaming subscriber. Open it with [`Client::subscribe`]; read it as a
 /// [`Stream`] of [`ReceivedMessage`]s, or hand it a handler with [`Subscriber::run`].
 ///
@@ -209,12 +245,22 @@ pub(crate) type Delivery = Result<ReceivedMessage, ClientError>;
 ///   not see its message redelivered to another member.
 /// - **Acks** are queued and sent in batches of `ack_batch_max`, or after
 ///   `ack_flush_interval`.
-/// - **Reconnects.** When the stream ends with a retryable status (UNAVAILABLE at a broker
-///   restart, say) it is opened again with the same first request, after a backoff. The
-///   broker has already given the old stream's leases to other members, so messages of
-///   the old stream not yet handed out are dropped, and acks of ones already handed out
-///   are not sent: all of them come again. A status that is not retryable (NOT_FOUND: the
-///   subscription was deleted) ends the stream: it yields that error, then `None`.
+/// - **Reconnects.** When the stream ends with a retryable status (UNAVAILABLE, a broken
+///   connection) it is opened again with the same first request, after a backoff. Every
+///   stream names the subscriber's `client_id`, and the broker keeps a broken stream's
+///   leases until their deadlines for the next stream of that id, which takes them over.
+///   So on a named subscription nothing received is lost to a reconnect: messages already
+///   handed out stay valid (their acks and nacks go on the new stream, their leases keep
+///   being extended), messages not yet handed out are handed out, and acks sent just
+///   before the break and never confirmed are sent again. A message the broker sent as the
+///   connection broke, and that never arrived, stays leased until its deadline and then
+///   comes again (meanwhile it counts against flow control). After a broker restart the
+///   leases are gone: the first extension after the reconnect finds out, the messages not
+///   yet handed out are dropped, and acks of handed-out ones are confirmed as not applied;
+///   all of them come again. A topic's ephemeral subscription ends with its stream, so
+///   there the messages of the old stream are dropped and come again on the new one. A
+///   status that is not retryable (NOT_FOUND: the subscription was deleted) ends the
+///   stream: it yields that error, then `None`.
 /// - **Flow control.** `max_outstanding_messages` goes to the broker; the client's own
 ///   queues hold at most that many messages.
 pub struct Subscriber {
@@ -246,7 +292,9 @@ impl Subscriber {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (opened_tx, opened) = oneshot::channel();
         let handler_concurrency = settings.handler_concurrency;
-        let session = Session::new(client, target, settings, shared.clone(), deliveries_tx);
+        let client_id = settings.client_id.clone().unwrap_or_else(default_client_id);
+        *shared.client_id.lock().map_err(|_| ClientError::Closed { what: "subscriber" })? = client_id.clone();
+        let session = Session::new(client, target, settings, shared.clone(), deliveries_tx, client_id);
         let task = tokio::spawn(session.run(opened_tx, shutdown_rx));
         match opened.await {
             Ok(Ok(())) => {}
@@ -265,6 +313,11 @@ impl Subscriber {
         self.shared.subscription.lock().map(|name| name.clone()).unwrap_or_default()
     }
 
+    /// The client id its streams name to the broker (given, or generated).
+    pub fn client_id(&self) -> String {
+        self.shared.client_id.lock().map(|id| id.clone()).unwrap_or_default()
+    }
+
     /// What the subscriber has done so far.
     pub fn stats(&self) -> SubscriberStats {
         let s = &self.shared;
@@ -278,10 +331,11 @@ impl Subscriber {
         }
     }
 
-    /// Stops the subscriber: queued acks and nacks are sent and the broker's confirmations
-    /// awaited (up to `shutdown_timeout`); then the stream is closed, which gives the broker
-    /// back the leases of every other message (received but not handed out, or still held),
-    /// for other members at once. Decisions on held messages made after this are lost.
+    /// Stops the subscriber: queued acks and nacks are sent, then the stream is ended with
+    /// `leave`, and the broker's end of it awaited (up to `shutdown_timeout`): the acks are
+    /// applied, and the leases of every other message (received but not handed out, or
+    /// still held) are given back, for other members at once. Decisions on held messages
+    /// made after this are lost.
     pub async fn shutdown(mut self) -> Result<(), ClientError> {
         let _ = self.shutdown.send(true);
         match self.task.take() {
@@ -373,12 +427,11 @@ impl Stream for Subscriber {
         // Bounded by the queue: each turn takes one message out of it.
         loop {
             match self.deliveries.poll_recv(cx) {
-                Poll::Ready(Some(Ok(received)))
-                    if received.connection() != self.shared.connection.load(Ordering::SeqCst) =>
-                {
-                    // Its stream ended and the broker gave its lease away: it will come
-                    // again. Dropping it sends nothing (its stream is gone).
+                Poll::Ready(Some(Ok(received))) if received.epoch() != self.shared.epoch.load(Ordering::SeqCst) => {
+                    // Its ephemeral subscription ended with its stream, and its lease with
+                    // it: it comes again on the new one.
                     debug!(ack_id = received.ack_id(), "dropping a message of an earlier stream");
+                    received.forget();
                 }
                 other => return other,
             }
@@ -390,5 +443,26 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         // The task flushes what it has and closes the stream.
         let _ = self.shutdown.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_checked_and_the_default_differs_per_subscriber() {
+        let with = |id: &str| SubscriberSettings { client_id: Some(id.into()), ..Default::default() };
+        with("worker-7").validate().unwrap();
+        let long = with(&"x".repeat(129)).validate().unwrap_err().to_string();
+        assert_eq!(
+            long,
+            "client_id: is 129 bytes; allowed is 1 to 128 bytes of printable ASCII without spaces (or unset for a generated one)"
+        );
+        let spaced = with("a b").validate().unwrap_err().to_string();
+        assert!(spaced.starts_with("client_id: `a b` has a space"), "{spaced}");
+        let (a, b) = (default_client_id(), default_client_id());
+        assert_ne!(a, b);
+        assert!(a.len() <= CLIENT_ID_BYTES_MAX && a.bytes().all(|c| c.is_ascii_graphic()), "{a}");
     }
 }

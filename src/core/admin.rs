@@ -1,5 +1,7 @@
 //! Topic and subscription management, and the views the Admin service returns.
 
+use std::collections::BTreeMap;
+
 use super::broker::Broker;
 use super::counts::{partition_waiting, PartitionWaiting, SubscriptionCounts};
 use super::dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
@@ -280,6 +282,7 @@ impl Broker {
             ephemeral,
             cursors,
             members: Vec::new(),
+            clients: BTreeMap::new(),
             next_member: 0,
             next_partition: 0,
             retry,

@@ -20,6 +20,9 @@ pub struct Broker {
     pub(super) subscriptions: BTreeMap<u64, Subscription>,
     pub(super) subscription_uids: BTreeMap<String, u64>,
     pub(super) streams: BTreeMap<StreamId, StreamState>,
+    /// Closed streams that named their client and left leases, which wait for the client
+    /// (see `client_id`). Each holds at least one lease: never more of them than leases.
+    pub(super) detached: BTreeMap<StreamId, StreamState>,
     /// Every live lease by deadline: (deadline_ms, subscription uid, partition, offset).
     pub(super) deadlines: BTreeSet<(u64, u64, u32, u64)>,
     /// Every backoff by end: (ready_ms, subscription uid, partition, offset).
@@ -60,6 +63,7 @@ impl Broker {
             subscriptions: BTreeMap::new(),
             subscription_uids: BTreeMap::new(),
             streams: BTreeMap::new(),
+            detached: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             backoffs: BTreeSet::new(),
             sessions: BTreeSet::new(),
@@ -127,7 +131,7 @@ impl Broker {
         self.topics.get(name).ok_or_else(|| BrokerError::TopicNotFound { topic: name.to_string() })
     }
 
-    /// Panics if any invariant is broken: cursors, lease index, stream accounting.
+    /// Panics if any invariant is broken: cursors, lease index, stream accounting, client ids.
     pub fn assert_invariants(&self) {
         let mut leases = 0;
         let mut backoffs = 0;
@@ -160,9 +164,14 @@ impl Broker {
         for topic in self.topics.values() {
             topic.dedupe.assert_invariants(&topic.logs);
         }
-        for (id, stream) in &self.streams {
+        for (id, stream) in self.streams.iter().chain(&self.detached) {
             let counted = per_stream.get(id).copied().unwrap_or_default();
             assert_eq!((stream.outstanding_messages, stream.outstanding_bytes), counted, "{id} outstanding");
         }
+        for id in per_stream.keys() {
+            let known = self.streams.contains_key(id) || self.detached.contains_key(id);
+            assert!(known, "a lease is held by {id}, which is neither open nor detached");
+        }
+        self.assert_client_invariants();
     }
 }

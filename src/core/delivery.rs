@@ -81,8 +81,8 @@ fn encoded_len_max(topic: &str, record: &Record) -> usize {
 pub enum Output {
     /// Messages for a stream, in delivery order.
     Deliver { stream: StreamId, deliveries: Vec<Delivery> },
-    /// The broker ended a stream (its subscription was deleted, or its session timed out);
-    /// it gets no more outputs.
+    /// The broker ended a stream (its subscription was deleted, its session timed out, or
+    /// a newer stream of its client took over); it gets no more outputs.
     EndStream { stream: StreamId, reason: BrokerError },
     /// A member of an exclusive subscription holds `partitions` from `generation` on.
     Assignment { stream: StreamId, generation: u64, partitions: Vec<u32> },
@@ -95,6 +95,9 @@ pub enum Output {
 #[derive(Debug, Clone)]
 pub(super) struct StreamState {
     pub subscription_uid: u64,
+    /// The client it named (see `client_id`); `None` without one, and on ephemeral
+    /// subscriptions, which end with their stream.
+    pub client_id: Option<String>,
     pub max_outstanding_messages: u32,
     pub max_outstanding_bytes: u64,
     pub outstanding_messages: u32,
@@ -120,6 +123,19 @@ impl Broker {
         target: StreamTarget,
         flow: Flow,
     ) -> Result<(StreamId, String), BrokerError> {
+        self.open_client_stream(now_ms, target, flow, None)
+    }
+
+    /// [`Broker::open_stream`] for a stream that names its client (already checked): it
+    /// adopts the leases the client's last stream on the subscription left, or takes over
+    /// that stream if it is still open (see `client_id`).
+    pub(super) fn open_client_stream(
+        &mut self,
+        now_ms: u64,
+        target: StreamTarget,
+        flow: Flow,
+        client_id: Option<String>,
+    ) -> Result<(StreamId, String), BrokerError> {
         if self.streams.len() >= self.config.streams_max {
             return Err(BrokerError::LimitReached {
                 what: "cannot open another Subscribe stream".to_string(),
@@ -134,10 +150,10 @@ impl Broker {
                 reason: format!("{}; allowed is 1 to {max_messages} (0 = default)", flow.max_outstanding_messages),
             });
         }
-        let uid = match target {
+        let (uid, client_id) = match target {
             StreamTarget::Subscription(name) => {
                 name::check("subscription", &name)?;
-                self.subscription_uid(&name)?
+                (self.subscription_uid(&name)?, client_id)
             }
             StreamTarget::Topic { topic, ack_deadline_ms, start } => {
                 name::check("topic", &topic)?;
@@ -146,7 +162,8 @@ impl Broker {
                 let spec = SubscriptionSpec { name: name.clone(), topic, ack_deadline_ms, start, ..Default::default() };
                 self.insert_subscription(spec, true)?;
                 self.next_ephemeral += 1;
-                self.subscription_uid(&name)?
+                // The subscription ends with this stream: there is nothing to keep.
+                (self.subscription_uid(&name)?, None)
             }
         };
         let id = StreamId(self.next_stream_id);
@@ -156,6 +173,7 @@ impl Broker {
             id,
             StreamState {
                 subscription_uid: uid,
+                client_id,
                 max_outstanding_messages: or_default(
                     flow.max_outstanding_messages.into(),
                     self.config.max_outstanding_messages.into(),
@@ -165,18 +183,30 @@ impl Broker {
                 outstanding_bytes: 0,
             },
         );
-        let sub = self.subscriptions.get_mut(&uid).expect("subscription resolved above");
-        sub.members.push(id);
-        let name = sub.name.clone();
+        self.seat_member(uid, id);
+        let name = self.subscriptions[&uid].name.clone();
         self.join_group(now_ms, uid, id);
         self.dispatch(now_ms, uid);
         self.dispatch_dead_letters(now_ms);
         Ok((id, name))
     }
 
-    /// The client left: its leases are released for redelivery to the other members. An
-    /// ephemeral subscription ends with its stream. Unknown streams are ignored.
+    /// The client went away (or its stream failed, or the server ended it): its leases
+    /// are released for redelivery to the other members, unless the stream named its
+    /// client, whose leases wait for it (see `client_id`). An ephemeral subscription ends
+    /// with its stream. Unknown streams are ignored.
     pub fn close_stream(&mut self, now_ms: u64, stream: StreamId) {
+        self.remove_member(now_ms, stream, true);
+    }
+
+    /// The client said goodbye (a request with `leave`): its leases are released at once,
+    /// as [`Broker::close_stream`] does for a stream without a client id, whether it named
+    /// its client or not. Unknown streams are ignored.
+    pub fn leave_stream(&mut self, now_ms: u64, stream: StreamId) {
+        self.remove_member(now_ms, stream, false);
+    }
+
+    fn remove_member(&mut self, now_ms: u64, stream: StreamId, keep_leases: bool) {
         let Some(state) = self.streams.remove(&stream) else { return };
         let uid = state.subscription_uid;
         let sub = self.subscriptions.get_mut(&uid).expect("a stream's subscription exists");
@@ -185,6 +215,17 @@ impl Broker {
             self.remove_subscription(uid);
             return;
         }
+        if !self.detach(stream, state, keep_leases) {
+            self.release_leases(now_ms, uid, stream);
+        }
+        self.leave_group(now_ms, uid, stream);
+        self.dispatch(now_ms, uid);
+        self.dispatch_dead_letters(now_ms);
+    }
+
+    /// Ends the leases of a closed stream, for redelivery to the other members.
+    fn release_leases(&mut self, now_ms: u64, uid: u64, stream: StreamId) {
+        let sub = &self.subscriptions[&uid];
         let mut released = Vec::new();
         for (partition, cursor) in sub.cursors.iter().enumerate() {
             let leased = cursor.leased.iter().filter(|(_, l)| l.stream == Some(stream));
@@ -193,9 +234,6 @@ impl Broker {
         for (partition, offset) in released {
             self.end_unacked(now_ms, uid, partition, offset, &Unacked::StreamClosed);
         }
-        self.leave_group(now_ms, uid, stream);
-        self.dispatch(now_ms, uid);
-        self.dispatch_dead_letters(now_ms);
     }
 
     /// Applies the acks, nacks and deadline changes that arrived on `stream`, in order.
@@ -358,11 +396,16 @@ impl Broker {
         AckOutcome::Applied
     }
 
-    /// Takes an ended lease off its stream's flow-control accounting.
+    /// Takes an ended lease off its stream's flow-control accounting (or off the detached
+    /// leases its client left).
     pub(super) fn uncount(&mut self, lease: &Lease) {
-        if let Some(state) = lease.stream.and_then(|s| self.streams.get_mut(&s)) {
-            state.outstanding_messages -= 1;
-            state.outstanding_bytes -= lease.bytes;
+        let Some(stream) = lease.stream else { return };
+        match self.streams.get_mut(&stream) {
+            Some(state) => {
+                state.outstanding_messages -= 1;
+                state.outstanding_bytes -= lease.bytes;
+            }
+            None => self.uncount_detached(stream, lease.bytes),
         }
     }
 
@@ -649,6 +692,9 @@ impl Broker {
         if let Some(state) = self.streams.remove(&stream) {
             if let Some(sub) = self.subscriptions.get_mut(&state.subscription_uid) {
                 sub.members.retain(|m| *m != stream);
+                if let Some(client_id) = &state.client_id {
+                    sub.clients.remove(client_id);
+                }
             }
             self.outputs.push_back(Output::EndStream { stream, reason });
         }
@@ -658,6 +704,9 @@ impl Broker {
     pub(super) fn remove_subscription(&mut self, uid: u64) {
         let sub = self.subscriptions.remove(&uid).expect("removing a known subscription");
         assert!(sub.members.is_empty(), "subscription {} removed with open streams", sub.name);
+        for stream in sub.clients.values() {
+            self.detached.remove(stream);
+        }
         for (partition, cursor) in sub.cursors.iter().enumerate() {
             for (offset, lease) in &cursor.leased {
                 self.deadlines.remove(&(lease.deadline_ms, uid, partition as u32, *offset));

@@ -51,6 +51,12 @@ pub enum BrokerError {
         "subscription `{subscription}`: {stream} sent no request for {timeout_ms} ms (its session timeout) and left the group; send an empty SubscribeRequest as a heartbeat more often, then subscribe again"
     )]
     SessionTimedOut { subscription: String, stream: String, timeout_ms: u64 },
+    /// ABORTED: a newer stream with the same client id opened on the subscription and took
+    /// over this one's leases.
+    #[error(
+        "subscription `{subscription}`: {stream} was replaced by a newer stream of client `{client_id}` ({by}), which took over its leases"
+    )]
+    ClientReplaced { subscription: String, stream: String, client_id: String, by: String },
     /// RESOURCE_EXHAUSTED: a configured bound was reached.
     #[error("{what}: the limit is {limit_name} = {limit}")]
     LimitReached { what: String, limit_name: &'static str, limit: u64 },

@@ -131,13 +131,16 @@ impl Subscription {
 
 impl Broker {
     /// Opens a stream as [`Broker::open_stream`] does, with the member's session timeout
-    /// (`None` takes `session_timeout_ms`; it matters only on exclusive subscriptions).
+    /// (`None` takes `session_timeout_ms`; it matters only on exclusive subscriptions) and
+    /// its client id (`None`: none; see `client_id` for what one keeps). Refused, it
+    /// changes nothing.
     pub fn open_member(
         &mut self,
         now_ms: u64,
         target: super::StreamTarget,
         flow: super::Flow,
         session_timeout_ms: Option<u64>,
+        client_id: Option<String>,
     ) -> Result<(StreamId, String), BrokerError> {
         let max = self.config.session_timeout_max_ms;
         if let Some(timeout) = session_timeout_ms.filter(|t| !(1000..=max).contains(t)) {
@@ -151,7 +154,10 @@ impl Broker {
                 ),
             });
         }
-        let (stream, name) = self.open_stream(now_ms, target, flow)?;
+        if let Some(client_id) = &client_id {
+            super::client_id::check(client_id)?;
+        }
+        let (stream, name) = self.open_client_stream(now_ms, target, flow, client_id)?;
         if let Some(timeout) = session_timeout_ms {
             self.set_session(now_ms, stream, timeout);
         }
@@ -189,8 +195,8 @@ impl Broker {
         self.rebalance(now_ms, uid);
     }
 
-    /// `stream` left subscription `uid` (its leases already ended): on an exclusive one
-    /// the partitions are dealt again. The caller dispatches.
+    /// `stream` left subscription `uid` (its leases already ended, or detached for its
+    /// client): on an exclusive one the partitions are dealt again. The caller dispatches.
     pub(super) fn leave_group(&mut self, now_ms: u64, uid: u64, stream: StreamId) {
         let Some(group) = self.subscriptions.get_mut(&uid).and_then(|s| s.group.as_mut()) else { return };
         if let Some(old) = group.sessions.remove(&stream) {
@@ -233,7 +239,9 @@ impl Broker {
         let generation = group.generation;
         let mut ended = Vec::new();
         for (partition, cursor) in sub.cursors.iter().enumerate() {
-            if old[partition] == owners[partition] {
+            // A partition left without members keeps its leases: its last owner's leases
+            // already ended, or wait detached for their client, who would get it back.
+            if old[partition] == owners[partition] || owners[partition].is_none() {
                 continue;
             }
             let foreign = cursor.leased.iter().filter(|(_, l)| l.stream != owners[partition]);
@@ -277,8 +285,8 @@ impl Broker {
 
     /// Panics if an exclusive subscription breaks its rules: every partition has an owner
     /// exactly when there are members, owners are members, shares differ by at most one,
-    /// every lease is held by its partition's owner (or by Pull on an unowned partition),
-    /// and every member has an indexed session.
+    /// every lease is held by its partition's owner (or, on an unowned partition, by Pull
+    /// or detached for a client), and every member has an indexed session.
     pub(super) fn assert_group_invariants(&self, sub: &Subscription) {
         let Some(group) = &sub.group else { return };
         assert_eq!(group.owners.len(), sub.cursors.len(), "{}: owners per partition", sub.name);
@@ -286,7 +294,12 @@ impl Broker {
             assert_eq!(owner.is_some(), !sub.members.is_empty(), "{}: p{partition} owner", sub.name);
             assert!(owner.is_none_or(|o| sub.members.contains(&o)), "{}: p{partition} owned by a non-member", sub.name);
             for (offset, lease) in &cursor.leased {
-                assert!(lease.stream == *owner, "{}: p{partition}@{offset} leased to two members", sub.name);
+                let detached = lease.stream.is_some_and(|s| self.detached.contains_key(&s));
+                assert!(
+                    lease.stream == *owner || (owner.is_none() && detached),
+                    "{}: p{partition}@{offset} leased to two members",
+                    sub.name
+                );
             }
         }
         let counts: Vec<usize> = sub.members.iter().map(|m| group.partitions_of(*m).len()).collect();

@@ -173,7 +173,7 @@ fn pull_reads_only_partitions_no_member_holds() {
 fn session_timeout_over_its_bound_is_refused_naming_the_field() {
     let mut b = broker();
     let target = StreamTarget::Subscription("g".into());
-    let err = b.open_member(0, target, Flow::default(), Some(301 * SEC)).unwrap_err();
+    let err = b.open_member(0, target, Flow::default(), Some(301 * SEC), None).unwrap_err();
     assert!(err.to_string().starts_with("session_timeout_seconds: 301 s"), "{err}");
     assert_eq!(b.subscription_stats("g").unwrap().streams, 0);
 }

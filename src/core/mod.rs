@@ -17,7 +17,9 @@
 //!
 //! Every request that arrives on a Subscribe stream, empty ones included, is also told to
 //! [`Broker::heartbeat`]: members of exclusive subscriptions that stay silent past their
-//! session timeout leave their group.
+//! session timeout leave their group. A stream that ends is told to
+//! [`Broker::close_stream`], or to [`Broker::leave_stream`] when its client said it leaves:
+//! a stream that named its client (a client id) releases its leases only then.
 //!
 //! Storage is the one thing the core calls out to, through the [`PartitionLog`] trait
 //! object; the memory log does no IO at all.
@@ -26,6 +28,7 @@
 
 mod admin;
 mod broker;
+mod client_id;
 mod config;
 mod counts;
 mod dead_letter;
@@ -46,6 +49,7 @@ mod topic;
 
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
 pub use broker::Broker;
+pub use client_id::CLIENT_ID_BYTES_MAX;
 pub use config::BrokerConfig;
 pub use counts::{SubscriptionCounts, SubscriptionCountsView};
 pub use dead_letter::{
@@ -65,6 +69,8 @@ pub use retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec, Unacke
 pub use subscription::StartPosition;
 pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
+#[cfg(test)]
+mod client_id_tests;
 #[cfg(test)]
 mod dedupe_tests;
 #[cfg(test)]

@@ -10,7 +10,8 @@ use super::name;
 /// Where a delivered, unfinished message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingState {
-    /// Leased to a stream (`None`: to a Pull) until its deadline.
+    /// Leased to a stream until its deadline. `None`: to a Pull, or detached (its
+    /// stream closed and the lease waits for its client, named in `client_id`).
     Leased { stream: Option<StreamId>, expires_in_ms: u64 },
     /// Its lease ended unacked; it waits out a retry backoff.
     Backoff { ready_in_ms: u64 },
@@ -35,6 +36,9 @@ pub struct PendingMessage {
     /// Deliveries so far (the current one included when leased).
     pub delivery_attempts: u32,
     pub state: PendingState,
+    /// Leased: the client id of the stream that holds it, or of the closed stream whose
+    /// client it waits for (detached).
+    pub client_id: Option<String>,
 }
 
 impl Broker {
@@ -61,7 +65,8 @@ impl Broker {
             let want = limit + 1 - page.len();
             let mut rows: Vec<(u64, PendingState)> = Vec::new();
             rows.extend(cursor.leased.range(from..).take(want).map(|(o, l)| {
-                (*o, PendingState::Leased { stream: l.stream, expires_in_ms: l.deadline_ms.saturating_sub(now_ms) })
+                let open = l.stream.filter(|s| self.streams.contains_key(s));
+                (*o, PendingState::Leased { stream: open, expires_in_ms: l.deadline_ms.saturating_sub(now_ms) })
             }));
             rows.extend(
                 cursor
@@ -81,6 +86,7 @@ impl Broker {
                 offset,
                 delivery_attempts: cursor.attempts.get(&offset).copied().unwrap_or(0),
                 state,
+                client_id: self.lease_client(cursor.leased.get(&offset).and_then(|l| l.stream)),
             }));
             if page.len() > limit {
                 break;
@@ -90,5 +96,12 @@ impl Broker {
         page.truncate(limit);
         let next = if more { page.last().map(|m| (m.partition, m.offset)) } else { None };
         Ok((page, next))
+    }
+
+    /// The client id of a lease's stream, open or detached.
+    fn lease_client(&self, stream: Option<StreamId>) -> Option<String> {
+        let stream = stream?;
+        let state = self.streams.get(&stream).or_else(|| self.detached.get(&stream))?;
+        state.client_id.clone()
     }
 }

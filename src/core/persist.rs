@@ -198,6 +198,7 @@ impl Broker {
                     ephemeral: false,
                     cursors,
                     members: Vec::new(),
+                    clients: std::collections::BTreeMap::new(),
                     next_member: 0,
                     next_partition: 0,
                     retry: s.retry.as_ref().map(|r| RetryPolicy {

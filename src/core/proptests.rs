@@ -1,5 +1,6 @@
 //! Random operation sequences against the core: invariants after every step, no message
-//! lost or invented, committed offsets never move back except by Seek.
+//! lost or invented, committed offsets never move back except by Seek. Some streams name
+//! one of two clients, so closes detach leases and opens adopt or replace.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +12,7 @@ use crate::storage::MemoryStorage;
 #[derive(Debug, Clone)]
 enum Op {
     Publish { key: Option<u8>, count: u8 },
-    Open { max: u32 },
+    Open { max: u32, client: Option<u8> },
     Close { stream: usize },
     Ack { delivery: usize },
     Nack { delivery: usize },
@@ -24,7 +25,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (proptest::option::of(0u8..4), 1u8..4).prop_map(|(key, count)| Op::Publish { key, count }),
-        1 => (1u32..4).prop_map(|max| Op::Open { max }),
+        1 => (1u32..4, proptest::option::of(0u8..2)).prop_map(|(max, client)| Op::Open { max, client }),
         1 => any::<usize>().prop_map(|stream| Op::Close { stream }),
         4 => any::<usize>().prop_map(|delivery| Op::Ack { delivery }),
         1 => any::<usize>().prop_map(|delivery| Op::Nack { delivery }),
@@ -97,9 +98,11 @@ fn run(ops: Vec<Op>) {
                     m.published.insert((p.partition, p.offset), value);
                 }
             }
-            Op::Open { max } => {
+            Op::Open { max, client } => {
                 let flow = Flow { max_outstanding_messages: max, max_outstanding_bytes: 0 };
-                m.streams.push(b.open_stream(now, StreamTarget::Subscription("s".into()), flow).unwrap().0);
+                let target = StreamTarget::Subscription("s".into());
+                let client_id = client.map(|c| format!("client-{c}"));
+                m.streams.push(b.open_member(now, target, flow, None, client_id).unwrap().0);
             }
             Op::Close { stream } => {
                 if let Some(i) = pick(m.streams.len(), stream) {

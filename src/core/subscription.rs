@@ -32,6 +32,9 @@ pub struct Subscription {
     pub cursors: Vec<Cursor>,
     /// Open streams, in join order; deliveries go round-robin among those with room.
     pub members: Vec<StreamId>,
+    /// The stream of each client id on this subscription: open (a member) or detached
+    /// (closed, its leases waiting for the client). At most one per client.
+    pub clients: BTreeMap<String, StreamId>,
     /// Index into `members` of the next stream to offer a message to.
     pub next_member: usize,
     /// The next partition to take a message from, so partitions share the members fairly.

@@ -93,6 +93,18 @@ fn stopped() -> Status {
     Status::unavailable("the broker is shutting down")
 }
 
+/// What the first request of a Subscribe stream asks for.
+pub struct FirstRequest {
+    pub target: StreamTarget,
+    pub flow: Flow,
+    /// `None`: the broker default.
+    pub session_timeout_ms: Option<u64>,
+    /// `None`: the stream does not name its client.
+    pub client_id: Option<String>,
+    /// Acks, nacks and deadline changes it carries, applied once the stream is open.
+    pub ops: Vec<(AckOp, Vec<String>)>,
+}
+
 /// A stream as the driver knows it.
 struct Sink {
     responses: ResponseTx,
@@ -374,19 +386,17 @@ impl Driver {
     /// nothing.
     pub fn open_stream(
         &mut self,
-        target: StreamTarget,
-        flow: Flow,
-        session_timeout_ms: Option<u64>,
-        first_ops: Vec<(AckOp, Vec<String>)>,
+        first: FirstRequest,
         responses: ResponseTx,
         end: oneshot::Sender<Status>,
     ) -> Result<StreamId, Status> {
         if self.closing {
             return Err(stopped());
         }
+        let FirstRequest { target, flow, session_timeout_ms, client_id, ops: first_ops } = first;
         self.broker.check_stream_ops(&target, &first_ops)?;
         let now = self.now_ms();
-        let (stream, subscription) = self.broker.open_member(now, target, flow, session_timeout_ms)?;
+        let (stream, subscription) = self.broker.open_member(now, target, flow, session_timeout_ms, client_id)?;
         self.sinks.insert(stream, Sink { responses, subscription: subscription.clone(), end });
         let hello = pb::SubscribeResponse { subscription, ..Default::default() };
         // The hello goes first; the assignment and deliveries the join made are flushed
@@ -410,11 +420,20 @@ impl Driver {
         Ok(())
     }
 
-    /// The client went away: forget the stream and release its leases.
+    /// The client went away: forget the stream and release its leases (or, for a stream
+    /// that named its client, keep them for the client).
     pub fn close_stream(&mut self, stream: StreamId) {
         self.sinks.remove(&stream);
         let now = self.now_ms();
         self.broker.close_stream(now, stream);
+    }
+
+    /// The client leaves (a request with `leave`): forget the stream and release its
+    /// leases at once, client id or not.
+    pub fn leave_stream(&mut self, stream: StreamId) {
+        self.sinks.remove(&stream);
+        let now = self.now_ms();
+        self.broker.leave_stream(now, stream);
     }
 
     /// Ends a stream from the server's side with `status`.

@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
-use super::driver::{DriverHandle, ResponseTx};
+use super::driver::{DriverHandle, FirstRequest, ResponseTx};
 use super::metrics::LatencyTimer;
 use super::ServerConfig;
 use crate::core::{AckOp, StreamId};
@@ -55,8 +55,11 @@ impl pb::pub_sub_server::PubSub for PubSubService {
             ));
         };
         let (target, flow) = wire::stream_open(&first)?;
-        let first_ops = wire::stream_ack_ops(&first)?;
+        let ops = wire::stream_ack_ops(&first)?;
         let session_timeout_ms = wire::session_timeout_ms(&first);
+        let client_id = wire::client_id(&first);
+        let leaving = first.leave;
+        let first = FirstRequest { target, flow, session_timeout_ms, client_id, ops };
         let (responses, rx) = mpsc::channel(self.config.stream_queue_max);
         let (opened_tx, opened_rx) = oneshot::channel();
         // The stream's own task opens it and then serves it, so a client that goes away at
@@ -65,12 +68,12 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         tokio::spawn(async move {
             let (end_tx, end_rx) = oneshot::channel();
             let sink = responses.clone();
-            let opened =
-                driver.call(move |d| d.open_stream(target, flow, session_timeout_ms, first_ops, sink, end_tx)).await;
+            let opened = driver.call(move |d| d.open_stream(first, sink, end_tx)).await;
             match opened.and_then(|r| r) {
                 Ok(stream) => {
                     let _ = opened_tx.send(Ok(()));
-                    pump(inbound, driver, stream, responses, end_rx).instrument(info_span!("subscribe", %stream)).await;
+                    let span = info_span!("subscribe", %stream);
+                    pump(inbound, driver, stream, responses, end_rx, leaving).instrument(span).await;
                 }
                 Err(status) => {
                     let _ = opened_tx.send(Err(status));
@@ -146,15 +149,20 @@ impl PubSubService {
 }
 
 /// Carries a stream's later requests to the driver until the stream ends: the client goes
-/// away, or the server ends it (`end`). After the client half-closes, the stream keeps
-/// delivering (grpcurl half-closes right after sending its request).
+/// away, the client leaves (a request with `leave`; `leaving` when the first one had it), or
+/// the server ends it (`end`). After the client half-closes, the stream keeps delivering
+/// (grpcurl half-closes right after sending its request).
 async fn pump(
     mut inbound: Streaming<pb::SubscribeRequest>,
     driver: DriverHandle,
     stream: StreamId,
     responses: ResponseTx,
     mut end: oneshot::Receiver<Status>,
+    leaving: bool,
 ) {
+    if leaving {
+        return leave(&driver, stream).await;
+    }
     let mut half_closed = false;
     let status = loop {
         tokio::select! {
@@ -168,6 +176,9 @@ async fn pump(
                     };
                     if let Err(status) = applied {
                         break Some(status);
+                    }
+                    if request.leave {
+                        return leave(&driver, stream).await;
                     }
                 }
                 Ok(None) => {
@@ -186,4 +197,11 @@ async fn pump(
         let _ = tokio::time::timeout(FINAL_STATUS_WAIT, responses.send(Err(status))).await;
     }
     let _ = driver.call(move |d| d.close_stream(stream)).await;
+}
+
+/// The client leaves: its leases are released at once, and the stream ends (OK) once the
+/// responses already queued (the confirmations of its last acks) are sent.
+async fn leave(driver: &DriverHandle, stream: StreamId) {
+    debug!("client leaves; its leases are released");
+    let _ = driver.call(move |d| d.leave_stream(stream)).await;
 }

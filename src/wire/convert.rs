@@ -254,6 +254,11 @@ pub fn stream_open(first: &pb::SubscribeRequest) -> Result<(StreamTarget, Flow),
     Ok((target, flow))
 }
 
+/// The client id of a first Subscribe request; empty means none. (The broker checks it.)
+pub fn client_id(first: &pb::SubscribeRequest) -> Option<String> {
+    (!first.client_id.is_empty()).then(|| first.client_id.clone())
+}
+
 /// The acks, nacks and deadline changes a Subscribe request carries, in that order.
 pub fn stream_ack_ops(req: &pb::SubscribeRequest) -> Result<Vec<(AckOp, Vec<String>)>, Status> {
     let (ids, seconds) = (&req.modify_deadline_ack_ids, &req.modify_deadline_seconds);
@@ -388,7 +393,11 @@ pub fn pending_message(m: PendingMessage, wall_ms: u64) -> pb::PendingMessage {
     };
     let state = match m.state {
         PendingState::Leased { stream, expires_in_ms } => {
-            row.member = stream.map_or_else(|| "pull".to_string(), |s| s.to_string());
+            row.member = match (stream, &m.client_id) {
+                (Some(stream), _) => stream.to_string(),
+                (None, Some(client_id)) => format!("detached:{client_id}"),
+                (None, None) => "pull".to_string(),
+            };
             row.lease_expiry = Some(timestamp(wall_ms.saturating_add(expires_in_ms)));
             pb::PendingState::Leased
         }

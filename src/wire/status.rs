@@ -18,7 +18,7 @@ pub fn status_of(error: &BrokerError) -> Status {
         | BrokerError::NoDeadLetterPolicy { .. }
         | BrokerError::DeadLetterTopicInUse { .. } => Code::FailedPrecondition,
         BrokerError::LimitReached { .. } => Code::ResourceExhausted,
-        BrokerError::SessionTimedOut { .. } => Code::Aborted,
+        BrokerError::SessionTimedOut { .. } | BrokerError::ClientReplaced { .. } => Code::Aborted,
         BrokerError::Storage(StorageError::Full(_)) => Code::ResourceExhausted,
         BrokerError::Storage(StorageError::Io(_)) => Code::Unavailable,
         BrokerError::Storage(StorageError::OutOfRange { .. }) => Code::Internal,

@@ -1,0 +1,197 @@
+//! What a subscriber holds: received messages not yet handed to the application, the
+//! leases it extends, and the decisions (acks, nacks) on their way to the broker, until the
+//! broker confirms them. A pure bookkeeper driven with explicit times, tested without a
+//! runtime.
+//!
+//! On a named subscription all of it outlives a stream: the broker keeps a broken stream's
+//! leases for the next stream of the same client id, so after a reconnect ([`Held::resume`])
+//! the decisions that were never confirmed are sent again on the new stream, and every held
+//! lease is extended at once: a lease the broker no longer has (it restarted, say) comes
+//! back as not applied, and a message of it not yet handed out is dropped.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::acks::{NackKey, PendingOps};
+use super::lease::{Due, Leases};
+use super::received::ReceivedMessage;
+use crate::wire::pb;
+
+/// An ack or a nack, as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    Ack,
+    Nack(NackKey),
+}
+
+/// The messages, leases and decisions of a subscriber.
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// Leases of messages received and not yet decided on, extended while held.
+    pub leases: Leases,
+    /// Received, not yet handed to the application (at most max_outstanding_messages).
+    pub undelivered: VecDeque<ReceivedMessage>,
+    /// Decisions and extensions not yet sent.
+    pending: PendingOps,
+    /// Acks and nacks sent whose confirmation has not come (at most one per message held).
+    sent: BTreeMap<String, Decision>,
+}
+
+impl Held {
+    pub(crate) fn new(deadline_ms: u64, max_extension_ms: u64) -> Self {
+        Self {
+            leases: Leases::new(deadline_ms, max_extension_ms),
+            undelivered: VecDeque::new(),
+            pending: PendingOps::default(),
+            sent: BTreeMap::new(),
+        }
+    }
+
+    /// A message arrived at `now_ms`: its lease is held and extended until it is decided on.
+    pub(crate) fn receive(&mut self, message: ReceivedMessage, now_ms: u64) {
+        self.leases.hold(message.ack_id().to_string(), now_ms);
+        self.undelivered.push_back(message);
+    }
+
+    pub(crate) fn ack(&mut self, ack_id: String) {
+        self.leases.release(&ack_id);
+        self.pending.ack(ack_id);
+    }
+
+    pub(crate) fn nack(&mut self, ack_id: String, key: NackKey) {
+        self.leases.release(&ack_id);
+        self.pending.nack(ack_id, key);
+    }
+
+    /// Queues extensions of the leases due at `now_ms`; returns the ack ids abandoned
+    /// (held past `max_extension`) and how many were extended.
+    pub(crate) fn extend_due(&mut self, now_ms: u64) -> (Vec<String>, usize) {
+        let due = self.leases.due(now_ms);
+        self.queue_extensions(due)
+    }
+
+    fn queue_extensions(&mut self, due: Due) -> (Vec<String>, usize) {
+        let extended = due.extend.len();
+        for ack_id in due.extend {
+            self.pending.extend(ack_id, due.seconds);
+        }
+        (due.abandoned, extended)
+    }
+
+    /// Decisions and extensions waiting to be sent.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Everything pending as requests of at most `ids_max` ack ids; the acks and nacks among
+    /// them count as sent until their confirmations come.
+    pub(crate) fn take_requests(&mut self, ids_max: usize) -> Vec<pb::SubscribeRequest> {
+        let requests = self.pending.take_requests(ids_max);
+        for request in &requests {
+            for ack_id in &request.ack_ids {
+                self.sent.insert(ack_id.clone(), Decision::Ack);
+            }
+            let key = NackKey {
+                delay_ms: request
+                    .nack_delay
+                    .map(|d| Duration::new(d.seconds as u64, d.nanos as u32).as_millis() as u64),
+                reason: request.nack_reason.clone(),
+                terminal: request.nack_terminal,
+            };
+            for ack_id in &request.nack_ids {
+                self.sent.insert(ack_id.clone(), Decision::Nack(key.clone()));
+            }
+        }
+        requests
+    }
+
+    /// The broker answered for one ack id. A deadline change that was not applied means
+    /// the lease is gone: it is no longer extended, and its message, if not yet handed
+    /// out, is dropped (it comes again).
+    pub(crate) fn confirmed(&mut self, confirmation: &pb::AckConfirmation) {
+        match pb::AckOperation::try_from(confirmation.operation) {
+            Ok(pb::AckOperation::Ack | pb::AckOperation::Nack) => {
+                self.sent.remove(&confirmation.ack_id);
+            }
+            Ok(pb::AckOperation::ModifyDeadline) if confirmation.result != pb::AckResult::Applied as i32 => {
+                self.leases.release(&confirmation.ack_id);
+                let at = self.undelivered.iter().position(|m| m.ack_id() == confirmation.ack_id);
+                if let Some(message) = at.and_then(|i| self.undelivered.remove(i)) {
+                    message.forget();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A new stream took over the leases (same client id, same subscription): decisions
+    /// sent on the old stream and never confirmed are queued again (one applied already is
+    /// confirmed expired, which is harmless), and every held lease is extended now.
+    /// Returns how many extensions were queued.
+    pub(crate) fn resume(&mut self, now_ms: u64) -> usize {
+        for (ack_id, decision) in std::mem::take(&mut self.sent) {
+            match decision {
+                Decision::Ack => self.pending.ack(ack_id),
+                Decision::Nack(key) => self.pending.nack(ack_id, key),
+            }
+        }
+        let due = self.leases.renew_all(now_ms);
+        self.queue_extensions(due).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::client::received::AckHandle;
+
+    fn message(ack_id: &str, ops: &mpsc::Sender<crate::client::received::Op>) -> ReceivedMessage {
+        let mut wire = pb::ReceivedMessage { ack_id: ack_id.into(), ..Default::default() };
+        let data = crate::client::message::Message::from_wire(&mut wire);
+        ReceivedMessage::new(data, AckHandle::new(ack_id.into(), 1, ops.clone()))
+    }
+
+    fn confirmation(ack_id: &str, operation: pb::AckOperation, result: pb::AckResult) -> pb::AckConfirmation {
+        pb::AckConfirmation { ack_id: ack_id.into(), operation: operation as i32, result: result as i32 }
+    }
+
+    #[test]
+    fn unconfirmed_decisions_are_sent_again_after_a_reconnect_and_confirmed_ones_are_not() {
+        let (ops, _rx) = mpsc::channel(8);
+        let mut held = Held::new(3000, 60_000);
+        for id in ["a", "b", "c"] {
+            held.receive(message(id, &ops), 0);
+        }
+        held.ack("a".into());
+        held.nack("b".into(), NackKey { delay_ms: Some(1500), reason: "busy".into(), terminal: false });
+        let sent = held.take_requests(100);
+        assert_eq!((sent[0].ack_ids.len(), sent[0].nack_ids.len()), (1, 1));
+        held.confirmed(&confirmation("a", pb::AckOperation::Ack, pb::AckResult::Applied));
+
+        assert_eq!(held.resume(1000), 1, "the one undecided lease, c, is extended at once");
+        let again = held.take_requests(100);
+        assert_eq!(again.len(), 1);
+        assert!(again[0].ack_ids.is_empty(), "a was confirmed");
+        assert_eq!(again[0].nack_ids, ["b"]);
+        assert_eq!((again[0].nack_reason.as_str(), again[0].nack_delay.map(|d| d.nanos)), ("busy", Some(500_000_000)));
+        assert_eq!(again[0].modify_deadline_ack_ids, ["c"]);
+    }
+
+    #[test]
+    fn a_lease_the_broker_lost_is_no_longer_extended_and_its_message_is_dropped() {
+        let (ops, mut rx) = mpsc::channel(8);
+        let mut held = Held::new(3000, 60_000);
+        held.receive(message("a", &ops), 0);
+        held.receive(message("b", &ops), 0);
+        held.resume(1000);
+        held.take_requests(100);
+        held.confirmed(&confirmation("a", pb::AckOperation::ModifyDeadline, pb::AckResult::Expired));
+        held.confirmed(&confirmation("b", pb::AckOperation::ModifyDeadline, pb::AckResult::Applied));
+        let left: Vec<&str> = held.undelivered.iter().map(|m| m.ack_id()).collect();
+        assert_eq!(left, ["b"]);
+        assert_eq!(held.extend_due(3000).1, 1, "only b is still extended");
+        assert!(rx.try_recv().is_err(), "the dropped message sends no nack");
+    }
+}
