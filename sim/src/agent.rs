@@ -5,12 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mini_pubsub::client::{Client, ClientError, OutgoingMessage, PublisherSettings};
+use mini_pubsub::client::{
+    Client, ClientError, OutgoingMessage, PublisherSettings, ReceivedMessage, SubscribeTarget, SubscriberSettings,
+};
 use mini_pubsub::core::{ATTR_REASON, ATTR_SOURCE_SUBSCRIPTION};
 use mini_pubsub::wire::pb;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -96,6 +99,8 @@ pub enum Command {
         nack: NackSpec,
         /// Session timeout on an exclusive subscription (`None`: the broker default).
         session: Option<Duration>,
+        /// Consume through the client library's `Subscriber` (`via=library`).
+        library: bool,
     },
     Disconnect,
     /// Ack the oldest held message (`all: false`) or every held message.
@@ -248,10 +253,14 @@ pub async fn run(
                 let counters = counters.clone();
                 tokio::spawn(async move { app.publish(spec, &counters).await });
             }
-            Command::Subscribe { sub, ack, ack_delay, max_outstanding, nack, session } => {
+            Command::Subscribe { sub, ack, ack_delay, max_outstanding, nack, session, library } => {
                 let numbers = counters.streams.clone();
                 let mode = Mode { ack, ack_delay, max_outstanding, nack, session };
-                streams.push(tokio::spawn(async move { app.subscribe(sub, mode, numbers).await }));
+                if library {
+                    streams.push(tokio::spawn(async move { app.subscribe_with_library(sub, mode, numbers).await }));
+                } else {
+                    streams.push(tokio::spawn(async move { app.subscribe(sub, mode, numbers).await }));
+                }
             }
             Command::Drain { subs } => {
                 tokio::spawn(async move { app.drain(subs).await });
@@ -549,6 +558,83 @@ impl App {
         }
     }
 
+    /// Consumes `sub` through `mini_pubsub::client::Subscriber`, with a client id of its
+    /// own, so its reconnects keep the leases it holds. The history numbers a new stream
+    /// when the library reports a reconnect (or gives up and is started again), records
+    /// each message as it is handed out, and each ack or nack as it is handed to the
+    /// library (whose confirmations the application never sees).
+    async fn subscribe_with_library(self, sub: String, mode: Mode, numbers: Arc<AtomicU64>) {
+        let client = Client::from_channel(self.channel.clone());
+        let settings = SubscriberSettings {
+            client_id: Some(format!("{}-{sub}", self.name)),
+            max_outstanding_messages: if mode.max_outstanding == 0 { 1000 } else { mode.max_outstanding },
+            session_timeout: mode.session,
+            ..SubscriberSettings::default()
+        };
+        let app = Arc::new(self);
+        loop {
+            let stream = numbers.fetch_add(1, Ordering::Relaxed) + 1;
+            let target = SubscribeTarget::subscription(sub.clone());
+            let mut subscriber = match client.subscribe(target, settings.clone()).await {
+                Ok(subscriber) => subscriber,
+                Err(error) => {
+                    let code = error.code().unwrap_or(Code::Unknown);
+                    app.record(Event::StreamFailed { sub: sub.clone(), stream, code: code_name(code) });
+                    if code == Code::NotFound {
+                        return;
+                    }
+                    tokio::time::sleep(RETRY_DELAY).await;
+                    continue;
+                }
+            };
+            app.record(Event::StreamOpened { sub: sub.clone(), stream });
+            // Held messages of ack=none: bounded by flow control (max_outstanding_messages).
+            let mut held = Vec::new();
+            // A reconnect inside the library starts a new stream number in the history, as
+            // the broker sees a new stream (after a broker restart it delivers from the
+            // lowest unacked offset again, with attempts starting over).
+            let (mut stream, mut reconnects) = (stream, 0);
+            let code = loop {
+                let received = match subscriber.next().await {
+                    Some(Ok(received)) => received,
+                    Some(Err(error)) => break error.code().unwrap_or(Code::Unknown),
+                    None => break Code::Ok,
+                };
+                if subscriber.stats().reconnects != reconnects {
+                    reconnects = subscriber.stats().reconnects;
+                    stream = numbers.fetch_add(1, Ordering::Relaxed) + 1;
+                    app.record(Event::StreamOpened { sub: sub.clone(), stream });
+                }
+                let (_, leased) = app.record_delivery(&sub, stream, as_wire(&received));
+                let op = match mode.ack {
+                    AckMode::None | AckMode::Manual => {
+                        held.push(received);
+                        continue;
+                    }
+                    AckMode::Nack if leased.attempt == 1 => "nack",
+                    AckMode::NackAll | AckMode::Reject => "nack",
+                    AckMode::All | AckMode::Nack => "ack",
+                };
+                let (app, sub, nack_delay, ack_delay) = (app.clone(), sub.clone(), mode.nack.delay, mode.ack_delay);
+                tokio::spawn(async move {
+                    tokio::time::sleep(ack_delay).await;
+                    record_sent(&app.history, &app.name, &sub, &leased, op);
+                    match (op, nack_delay) {
+                        ("ack", _) => received.ack().await,
+                        (_, Some(delay)) => received.nack_with_delay(delay).await,
+                        (_, None) => received.nack().await,
+                    }
+                });
+            };
+            drop(held);
+            app.record(Event::StreamFailed { sub: sub.clone(), stream, code: code_name(code) });
+            if code == Code::NotFound {
+                return;
+            }
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+    }
+
     async fn read_stream(
         &self,
         sub: &str,
@@ -715,6 +801,27 @@ impl App {
 /// same request later (it was unreachable, overloaded, or its disk was full).
 fn is_retryable(code: Code) -> bool {
     !matches!(code, Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition)
+}
+
+/// A message the library handed out, in the wire form the history is recorded from.
+fn as_wire(received: &ReceivedMessage) -> pb::ReceivedMessage {
+    let m = received.message();
+    pb::ReceivedMessage {
+        ack_id: received.ack_id().to_string(),
+        message: Some(pb::Message {
+            message_id: m.message_id.clone(),
+            topic: m.topic.clone(),
+            partition: m.partition,
+            offset: m.offset,
+            key: m.key.clone(),
+            value: m.value.clone(),
+            attributes: m.attributes.clone().into_iter().collect(),
+            publish_time: m.publish_time.map(prost_types::Timestamp::from),
+            idempotency_key: m.idempotency_key.clone(),
+        }),
+        delivery_attempt: m.delivery_attempt,
+        generation: 0,
+    }
 }
 
 /// A publish the client library gave up on.

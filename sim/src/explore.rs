@@ -28,8 +28,9 @@ struct DeliveryPolicy {
     exclusive: bool,
     /// Publishers send idempotency keys, so their retries are stored once.
     idempotent: bool,
-    /// Publishers use the client library's `Publisher` (`via=library`): batches, its own
-    /// idempotency keys and retries.
+    /// Publishers use the client library's `Publisher` (`via=library`: batches, its own
+    /// idempotency keys and retries), and workers its `Subscriber` (a client id, so a
+    /// reconnect keeps the leases), except on exclusive subscriptions.
     library: bool,
 }
 
@@ -109,7 +110,9 @@ pub fn generate(seed: u64) -> String {
             (true, true, _) => " ack=nack",
             _ => "",
         };
-        let _ = writeln!(out, "@100ms subscribe w{w} s{mode}");
+        // The library's subscriber records no assignments, which the exclusive rule reads.
+        let via = if policy.library && !policy.exclusive { " via=library" } else { "" };
+        let _ = writeln!(out, "@100ms subscribe w{w} s{mode}{via}");
     }
     let producers = rng.random_range(1..=2u32);
     for p in 1..=producers {

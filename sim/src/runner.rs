@@ -455,6 +455,10 @@ impl<'a> Driver<'a> {
                     reason: step.option("reason").unwrap_or_default().to_string(),
                     terminal: false,
                 };
+                let library = step.option("via") == Some("library");
+                if library && matches!(ack, AckMode::Manual) {
+                    return Err("subscribe via=library takes ack=all|none|nack|nack-all|reject, not manual".into());
+                }
                 let command = Command::Subscribe {
                     sub: step.arg("sub").into(),
                     ack,
@@ -462,6 +466,7 @@ impl<'a> Driver<'a> {
                     max_outstanding: step.option("max").and_then(|m| m.parse().ok()).unwrap_or(0),
                     nack,
                     session: step.option("session").and_then(duration),
+                    library,
                 };
                 self.send(step.arg("host"), command);
             }

@@ -175,6 +175,7 @@ const SPECS: &[Spec] = &[
             ("nack_delay", Kind::Dur),
             ("reason", Kind::Text),
             ("session", Kind::Dur),
+            ("via", Kind::OneOf(&["grpc", "library"])),
         ],
     },
     Spec { words: &["disconnect"], verb: Verb::Disconnect, positionals: &[("host", Kind::Host)], options: &[] },
