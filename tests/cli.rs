@@ -238,3 +238,66 @@ async fn a_refused_request_prints_one_line_on_stderr_and_exits_1() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_count_ack_takes_only_what_it_prints() {
+    let server = common::start().await;
+    server.create_topic("t", 1).await;
+    server.create_topic("dlq", 1).await;
+    // One delivery each: a message leased and given back unprinted would be dead-lettered.
+    let args = ["sub", "create", "s", "--topic", "t", "--dead-letter-topic", "dlq", "--max-delivery-attempts", "1"];
+    lines(&mini(&server, &args, "").await);
+    lines(&mini(&server, &["publish", "t"], "m0\nm1\nm2\nm3\n").await);
+    let mut printed = Vec::new();
+    for _ in 0..4 {
+        printed.extend(lines(&mini(&server, &["subscribe", "s", "--count", "1", "--ack"], "").await));
+    }
+    let values: Vec<&str> = printed.iter().map(|l| l.rsplit("value=").next().unwrap()).collect();
+    assert_eq!(values, ["m0", "m1", "m2", "m3"], "{printed:?}");
+    let stats = server.stats("s").await;
+    assert_eq!((stats.dead_lettered, stats.backlog), (0, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_keeps_publishing_when_stdout_closes_and_names_a_failing_line() {
+    let server = common::start().await;
+    server.create_topic("t", 1).await;
+    let url = format!("http://{}", server.addr);
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+            .args(["publish", "t"])
+            .env("MINI_PUBSUB_SERVER", &url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        let input: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        // Read one line, then close stdout, as `| head -1` does.
+        let mut first = [0u8; 1];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        feeder.join().unwrap().unwrap();
+        for _ in 0..(COMMAND_MAX.as_millis() / 20) {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        panic!("publish ran past {COMMAND_MAX:?} after stdout closed");
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let topic = server.admin.clone().get_topic(pb::GetTopicRequest { name: "t".into() }).await.unwrap().into_inner();
+    assert_eq!(topic.partition_info[0].end_offset, 5000, "every line is published");
+
+    let too_big = format!("ok\n{}\n", "x".repeat(1_100_000));
+    let output = mini(&server, &["publish", "t"], &too_big).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.starts_with("error: stdin line 2: INVALID_ARGUMENT"), "{stderr}");
+}

@@ -606,3 +606,27 @@ async fn admin_helpers_create_list_get_and_delete() {
     let missing = client.get_topic("admin-t").await.unwrap_err();
     assert!(matches!(missing, ClientError::Status(ref s) if s.code() == tonic::Code::NotFound), "{missing}");
 }
+
+#[tokio::test]
+async fn an_exclusive_member_with_a_short_session_timeout_heartbeats_in_time() {
+    let broker = Broker::start(any_port(), Box::new(MemoryStorage)).await;
+    let client = Client::connect(broker.url()).await.unwrap();
+    client.create_topic("jobs", &TopicSettings::default()).await.unwrap();
+    let settings = SubscriptionSettings { delivery_mode: pb::DeliveryMode::Exclusive, ..Default::default() };
+    client.create_subscription("group", "jobs", &settings).await.unwrap();
+    // A 1 s session needs a heartbeat every third of it, far more often than the lease
+    // checks of a 30 s ack deadline (once a second) would send one.
+    let settings = SubscriberSettings { session_timeout: Some(Duration::from_secs(1)), ..Default::default() };
+    let mut subscriber = client.subscribe(SubscribeTarget::subscription("group"), settings).await.unwrap();
+    let publisher = client.publisher("jobs", PublisherSettings::default()).unwrap();
+    publisher.publish("held").await.unwrap().await.unwrap();
+    let message = next_message(&mut subscriber, PROMPT).await;
+    // Held, idle, for three session timeouts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(subscriber.stats().reconnects, 0, "the broker ended the member's session");
+    assert_eq!(message.delivery_attempt, 1);
+    message.ack().await;
+    subscriber.shutdown().await.unwrap();
+    let stats = client.subscription_stats("group").await.unwrap();
+    assert_eq!((stats.backlog, stats.partitions[0].committed_offset), (0, 1), "{stats:?}");
+}

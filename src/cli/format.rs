@@ -5,12 +5,12 @@ use std::fmt::Write;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use mini_pubsub::client::{pb, ReceivedMessage};
+use mini_pubsub::client::{pb, Message};
 
 /// `partition=0 offset=3 attempt=1 key=user-7 value=hello`: the value as UTF-8 (invalid
 /// bytes replaced), with backslashes and control characters escaped so that a message is
 /// always one line.
-pub fn message_line(m: &ReceivedMessage) -> String {
+pub fn message_line(m: &Message) -> String {
     let mut line = format!("partition={} offset={} attempt={}", m.partition, m.offset, m.delivery_attempt);
     if let Some(key) = &m.key {
         let _ = write!(line, " key={}", escape(key));
@@ -34,7 +34,7 @@ fn escape(text: &str) -> String {
 /// One JSON object: `value` holds the value as a string when it is valid UTF-8; otherwise
 /// `value_base64` holds it in standard base64 and `value` is absent. Absent key or
 /// idempotency key are `null`.
-pub fn message_json(subscription: &str, m: &ReceivedMessage) -> String {
+pub fn message_json(subscription: &str, m: &Message, ack_id: &str) -> String {
     let mut object = Map::new();
     object.insert("subscription".into(), json!(subscription));
     object.insert("message_id".into(), json!(m.message_id));
@@ -53,7 +53,7 @@ pub fn message_json(subscription: &str, m: &ReceivedMessage) -> String {
     object.insert("publish_time".into(), json!(publish_time));
     object.insert("delivery_attempt".into(), json!(m.delivery_attempt));
     object.insert("idempotency_key".into(), json!(m.idempotency_key));
-    object.insert("ack_id".into(), json!(m.ack_id()));
+    object.insert("ack_id".into(), json!(ack_id));
     Value::Object(object).to_string()
 }
 

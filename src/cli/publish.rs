@@ -57,18 +57,23 @@ impl PublishArgs {
 
 pub async fn run(client: &Client, args: PublishArgs) -> Result<(), CliError> {
     let publisher = client.publisher(args.topic.clone(), PublisherSettings::default())?;
-    if let Some(value) = &args.value {
-        let handle = publisher.publish(args.message(value.clone())).await?;
-        print_result(handle.await?)?;
-    } else if let Some(path) = &args.file {
-        let value = read_file(path).await?;
-        let handle = publisher.publish(args.message(value)).await?;
-        print_result(handle.await?)?;
-    } else {
-        publish_lines(&publisher, &args).await?;
+    let outcome = async {
+        if let Some(value) = &args.value {
+            let handle = publisher.publish(args.message(value.clone())).await?;
+            print_result(handle.await?)
+        } else if let Some(path) = &args.file {
+            let value = read_file(path).await?;
+            let handle = publisher.publish(args.message(value)).await?;
+            print_result(handle.await?)
+        } else {
+            publish_lines(&publisher, &args).await
+        }
     }
-    publisher.shutdown().await?;
-    Ok(())
+    .await;
+    // Whatever happened, what was handed to the publisher is sent before the command ends.
+    let stopped = publisher.shutdown().await;
+    outcome?;
+    Ok(stopped?)
 }
 
 async fn read_file(path: &PathBuf) -> Result<Vec<u8>, CliError> {
@@ -86,9 +91,12 @@ async fn read_file(path: &PathBuf) -> Result<Vec<u8>, CliError> {
 }
 
 /// Publishes each line of stdin (without its line ending) and prints the answers in order.
+/// When stdout goes away (`| head`) it keeps publishing and stops printing: every line is
+/// published either way. A failure names its line.
 async fn publish_lines(publisher: &Publisher, args: &PublishArgs) -> Result<(), CliError> {
     let mut stdin = BufReader::new(tokio::io::stdin());
-    let mut waiting: VecDeque<PublishHandle> = VecDeque::new();
+    let mut waiting: VecDeque<(u64, PublishHandle)> = VecDeque::new();
+    let mut printing = true;
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
@@ -109,21 +117,35 @@ async fn publish_lines(publisher: &Publisher, args: &PublishArgs) -> Result<(), 
             )));
         }
         if waiting.len() == IN_FLIGHT_MAX {
-            print_oldest(&mut waiting).await?;
+            print_oldest(&mut waiting, &mut printing).await?;
         }
-        waiting.push_back(publisher.publish(args.message(line.clone())).await?);
+        let handle = publisher.publish(args.message(line.clone())).await.map_err(|e| at_line(number, e.into()))?;
+        waiting.push_back((number, handle));
     }
     while !waiting.is_empty() {
-        print_oldest(&mut waiting).await?;
+        print_oldest(&mut waiting, &mut printing).await?;
     }
     Ok(())
 }
 
-async fn print_oldest(waiting: &mut VecDeque<PublishHandle>) -> Result<(), CliError> {
-    if let Some(handle) = waiting.pop_front() {
-        print_result(handle.await?)?;
+async fn print_oldest(waiting: &mut VecDeque<(u64, PublishHandle)>, printing: &mut bool) -> Result<(), CliError> {
+    if let Some((number, handle)) = waiting.pop_front() {
+        let result = handle.await.map_err(|e| at_line(number, e.into()))?;
+        if *printing {
+            match print_result(result) {
+                Err(CliError::Gone) => *printing = false,
+                other => other?,
+            }
+        }
     }
     Ok(())
+}
+
+fn at_line(number: u64, error: CliError) -> CliError {
+    match error {
+        CliError::Gone => CliError::Gone,
+        other => CliError::Input(format!("stdin line {number}: {other}")),
+    }
 }
 
 fn print_result(result: PublishResult) -> Result<(), CliError> {

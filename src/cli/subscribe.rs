@@ -5,7 +5,12 @@
 
 use tokio_stream::StreamExt;
 
-use mini_pubsub::client::{Client, ReceivedMessage, StartPosition, SubscribeTarget, SubscriberSettings};
+use mini_pubsub::client::{
+    pb, Client, ClientError, Message, ReceivedMessage, StartPosition, SubscribeTarget, SubscriberSettings,
+};
+
+/// The most messages one Pull returns (the broker's default `pull_messages_max`).
+const PULL_MESSAGES_MAX: u32 = 1000;
 
 use super::format::{message_json, message_line};
 use super::{print_line, CliError};
@@ -44,6 +49,9 @@ enum Start {
 }
 
 pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
+    if let (Some(name), Some(count)) = (&args.subscription, args.count) {
+        return pull(client, name, count, &args).await;
+    }
     let target = match (&args.subscription, &args.topic) {
         (Some(name), _) => SubscribeTarget::subscription(name.clone()),
         (None, Some(topic)) => SubscribeTarget::Topic {
@@ -77,7 +85,11 @@ pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
             };
             let Some(received) = next else { break };
             let received = received?;
-            let line = if args.json { message_json(&subscription, &received) } else { message_line(&received) };
+            let line = if args.json {
+                message_json(&subscription, &received, received.ack_id())
+            } else {
+                message_line(&received)
+            };
             print_line(line)?;
             printed += 1;
             if args.ack {
@@ -96,4 +108,63 @@ pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
     drop(held);
     outcome?;
     Ok(stopped?)
+}
+
+/// How long `--count` waits between Pulls that found nothing.
+const PULL_IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `subscribe SUBSCRIPTION --count N` pulls (unary), asking each time for no more than it
+/// still has to print: a stream would be leased more while it acks (flow control refills),
+/// and the messages it then closes on would count a delivery attempt without being seen.
+/// With `--ack` each Pull's messages are acked once printed; without it they are nacked on
+/// exit, so they go back at once.
+async fn pull(client: &Client, subscription: &str, count: u64, args: &SubscribeArgs) -> Result<(), CliError> {
+    let mut pubsub = client.pubsub_client();
+    let mut unacked: Vec<String> = Vec::new();
+    let mut printed = 0u64;
+    let outcome = async {
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        // Bounded by --count; it waits (between empty Pulls) until Ctrl-C otherwise.
+        while printed < count {
+            let max_messages = (count - printed).min(u64::from(PULL_MESSAGES_MAX)) as u32;
+            let request = pb::PullRequest { subscription: subscription.to_string(), max_messages };
+            let pulled = tokio::select! {
+                _ = &mut interrupted => break,
+                pulled = pubsub.pull(request) => pulled.map_err(ClientError::from)?.into_inner(),
+            };
+            if pulled.received_messages.is_empty() {
+                tokio::select! {
+                    _ = &mut interrupted => break,
+                    () = tokio::time::sleep(PULL_IDLE_WAIT) => continue,
+                }
+            }
+            let mut ack_ids = Vec::new();
+            for received in pulled.received_messages {
+                let (message, ack_id) = Message::from_pulled(received);
+                let line =
+                    if args.json { message_json(subscription, &message, &ack_id) } else { message_line(&message) };
+                print_line(line)?;
+                printed += 1;
+                ack_ids.push(ack_id);
+            }
+            if args.ack {
+                let request = pb::AckRequest { subscription: subscription.to_string(), ack_ids };
+                pubsub.ack(request).await.map_err(ClientError::from)?;
+            } else {
+                unacked.extend(ack_ids);
+            }
+        }
+        Ok::<(), CliError>(())
+    }
+    .await;
+    if !unacked.is_empty() {
+        let request =
+            pb::NackRequest { subscription: subscription.to_string(), ack_ids: unacked, ..Default::default() };
+        let nacked = pubsub.nack(request).await.map_err(ClientError::from);
+        outcome?;
+        nacked?;
+        return Ok(());
+    }
+    outcome
 }

@@ -153,6 +153,15 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message of a unary Pull response (through [`Client::pubsub_client`]), with its
+    /// ack id; acks, nacks and deadline changes of it go through the unary calls.
+    ///
+    /// [`Client::pubsub_client`]: super::Client::pubsub_client
+    pub fn from_pulled(mut received: pb::ReceivedMessage) -> (Message, String) {
+        let message = Self::from_wire(&mut received);
+        (message, received.ack_id)
+    }
+
     pub(crate) fn from_wire(received: &mut pb::ReceivedMessage) -> Self {
         let m = received.message.take().unwrap_or_default();
         Self {

@@ -177,3 +177,16 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     line
 }
+
+/// A default publisher or client id, unique across machines and restarts without
+/// randomness: `{host}-{wall clock ms, hex}-{process id}-{n}`, `n` counting the ids this
+/// process made. The host name tells apart containers, whose process ids are often alike.
+pub(crate) fn instance_id(n: u64) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| c.is_ascii_graphic()).take(63).collect();
+    let host = if host.is_empty() { "host".to_string() } else { host };
+    format!("{host}-{:x}-{}-{n}", crate::env::Clock::wall_ms(&crate::env::TokioClock::new()), std::process::id())
+}

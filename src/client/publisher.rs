@@ -17,7 +17,6 @@ use tracing::debug;
 use super::error::ClientError;
 use super::message::{OutgoingMessage, PublishResult};
 use super::retry::RetrySettings;
-use crate::env::{Clock, TokioClock};
 use crate::wire::pb::pub_sub_client::PubSubClient;
 
 mod batcher;
@@ -37,7 +36,7 @@ const PUBLISHER_ID_BYTES_MAX: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublisherSettings {
     /// Prefix of the idempotency keys (`{publisher_id}-{sequence}`, the sequence counting
-    /// from 0). Unset: `{wall clock ms, hex}-{process id}-{n}`, with `n` a process-wide
+    /// from 0). Unset: `{host}-{wall clock ms, hex}-{process id}-{n}`, with `n` a process-wide
     /// counter, unique across processes and restarts without any randomness.
     ///
     /// Set it only to something unique to this publisher's life: a new publisher reusing an
@@ -213,7 +212,7 @@ static PUBLISHERS: AtomicU64 = AtomicU64::new(0);
 
 fn default_publisher_id() -> String {
     let n = PUBLISHERS.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}-{}-{n}", TokioClock::new().wall_ms(), std::process::id())
+    super::instance_id(n)
 }
 
 impl Publisher {

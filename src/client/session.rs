@@ -37,6 +37,9 @@ use crate::wire::pb;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests queued for the stream's sending side; the task waits when it is full.
 const REQUESTS_QUEUE_MAX: usize = 64;
+/// In the ABORTED message of a stream the broker ended because a newer stream of the same
+/// client id took its place.
+const REPLACED: &str = "was replaced by a newer stream of client";
 /// Heartbeat period when no session timeout is set: a third of the broker's default (10 s).
 const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(3);
 
@@ -169,7 +172,10 @@ impl Session {
                 }
                 Err(status) => status,
             };
-            if !is_retryable(&status) {
+            // Another subscriber with this client id took the stream over: reconnecting
+            // would take it back, and the two would take turns for ever.
+            let replaced = status.code() == tonic::Code::Aborted && status.message().contains(REPLACED);
+            if !is_retryable(&status) || replaced {
                 return self.fail(ClientError::Status(status), opened, &mut shutdown).await;
             }
             failures += 1;
@@ -262,13 +268,19 @@ impl Session {
         self.send_pending(&mut live).await;
         let mut flush = tokio::time::interval(self.settings.ack_flush_interval);
         flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let check_ms = self.held().leases.check_interval_ms();
+        // Lease checks also send heartbeats, so they come at least twice per heartbeat period:
+        // an exclusive member with a short session timeout must not miss one.
+        let heartbeat_ms = self.heartbeat().as_millis() as u64;
+        let check_ms = self.held().leases.check_interval_ms().min(heartbeat_ms / 2).max(1);
         let mut check = tokio::time::interval(Duration::from_millis(check_ms));
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // A handle of its own: a permit borrows the sender while the other branches run.
         let deliveries = self.deliveries.clone();
         let end = loop {
             let has_undelivered = !self.held().undelivered.is_empty();
+            // The flush timer runs only while there is something to send: an idle
+            // subscriber does not wake every ack_flush_interval.
+            let has_pending = self.held().pending_len() > 0;
             tokio::select! {
                 () = stopped(shutdown) => break End::Stopped,
                 response = inbound.message() => match response {
@@ -287,7 +299,7 @@ impl Session {
                         self.send_pending(&mut live).await;
                     }
                 }
-                _ = flush.tick() => self.send_pending(&mut live).await,
+                _ = flush.tick(), if has_pending => self.send_pending(&mut live).await,
                 _ = check.tick() => self.check_leases(&mut live).await,
             }
         };
@@ -331,7 +343,10 @@ impl Session {
     /// Takes in one response: messages (held, queued for the application), confirmations.
     fn absorb(&mut self, live: &mut Live, response: pb::SubscribeResponse) {
         let now_ms = self.clock.now_ms();
-        live.delivered = true;
+        // Only messages make a stream healthy: every stream of an exclusive subscription
+        // opens with an assignment, and a stream that keeps ending right after it must use
+        // up the reconnect budget instead of resetting it.
+        live.delivered |= !response.received_messages.is_empty();
         let (epoch, max) = (self.epoch, self.settings.max_outstanding_messages as usize);
         for mut received in response.received_messages {
             self.shared.received.fetch_add(1, Ordering::Relaxed);
@@ -411,10 +426,14 @@ impl Session {
             self.shared.lease_extensions.fetch_add(extended as u64, Ordering::Relaxed);
             self.send_pending(live).await;
         }
-        let heartbeat = self.settings.session_timeout.map_or(HEARTBEAT_DEFAULT, |t| t / 3);
-        if now_ms.saturating_sub(live.last_sent_ms) >= heartbeat.as_millis() as u64 {
+        if now_ms.saturating_sub(live.last_sent_ms) >= self.heartbeat().as_millis() as u64 {
             self.send(live, pb::SubscribeRequest::default()).await;
         }
+    }
+
+    /// How often an idle stream sends an empty request: a third of the session timeout.
+    fn heartbeat(&self) -> Duration {
+        self.settings.session_timeout.map_or(HEARTBEAT_DEFAULT, |t| t / 3)
     }
 
     /// Shutdown: sends every decision the application made, then `leave`, and reads the

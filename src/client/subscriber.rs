@@ -21,7 +21,6 @@ use super::retry::RetrySettings;
 use super::session::Session;
 use super::Client;
 use crate::core::CLIENT_ID_BYTES_MAX;
-use crate::env::{Clock, TokioClock};
 use crate::wire::pb;
 
 /// The broker's cap on a stream's `max_outstanding_messages` (`pull_messages_max`).
@@ -105,7 +104,7 @@ pub struct SubscriberSettings {
     /// opens: when a stream breaks, the broker keeps its leases for the next stream of the
     /// same id, so on a named subscription the messages received before a reconnect stay
     /// valid after it (see [`Subscriber`]). 1 to 128 bytes of printable ASCII without
-    /// spaces. Unset: `{wall clock ms, hex}-{process id}-{n}`, with `n` a process-wide count
+    /// spaces. Unset: `{host}-{wall clock ms, hex}-{process id}-{n}`, with `n` a process-wide count
     /// of subscribers. Two subscribers running at once must not share one: the newer
     /// stream takes over the older (which ends with ABORTED and reconnects, taking it back).
     pub client_id: Option<String>,
@@ -234,7 +233,7 @@ static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
 
 fn default_client_id() -> String {
     let n = SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}-{}-{n}", TokioClock::new().wall_ms(), std::process::id())
+    super::instance_id(n)
 }
 
 /// A streaming subscriber. Open it with [`Client::subscribe`]; read it as a
