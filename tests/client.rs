@@ -630,3 +630,24 @@ async fn an_exclusive_member_with_a_short_session_timeout_heartbeats_in_time() {
     let stats = client.subscription_stats("group").await.unwrap();
     assert_eq!((stats.backlog, stats.partitions[0].committed_offset), (0, 1), "{stats:?}");
 }
+
+#[tokio::test]
+async fn messages_queued_behind_a_failing_batch_share_its_retry_budget() {
+    // Nothing listens there: every attempt fails with UNAVAILABLE.
+    let client = Client::connect_lazy(format!("http://{}", free_addr().await)).unwrap();
+    let retry = RetrySettings { total_timeout: Duration::from_secs(1), ..quick_retries() };
+    let settings = PublisherSettings { batch_messages_max: 1, retry, ..Default::default() };
+    let publisher = client.publisher("nowhere", settings).unwrap();
+    let mut handles = Vec::new();
+    for n in 0..6 {
+        handles.push(publisher.publish(format!("m{n}")).await.unwrap());
+    }
+    // Each of the 6 one-message batches used to get a budget of its own (6 s in all); all
+    // were queued at once, so all give up when the first does.
+    let stopped = tokio::time::timeout(Duration::from_secs(4), publisher.shutdown()).await;
+    stopped.expect("shutdown within the shared budget").unwrap();
+    for handle in handles {
+        let error = handle.await.unwrap_err();
+        assert!(matches!(error, ClientError::GaveUp { .. }), "{error}");
+    }
+}

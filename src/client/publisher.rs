@@ -155,6 +155,10 @@ struct Counters {
 struct Queued {
     message: crate::wire::pb::OutgoingMessage,
     bytes: usize,
+    /// When `publish` queued it (monotonic ms): its retry budget, `retry.total_timeout`,
+    /// counts from here, so messages queued behind a failing batch do not each get a
+    /// budget of their own.
+    queued_ms: u64,
     reply: oneshot::Sender<Result<PublishResult, ClientError>>,
     /// Its share of `queue_bytes_max`, given back when it is answered.
     _bytes_permit: OwnedSemaphorePermit,
@@ -205,6 +209,8 @@ pub struct Publisher {
     queue_bytes_max: usize,
     counters: Arc<Counters>,
     task: JoinHandle<()>,
+    /// Stamps queued messages; the batcher reads the same clock.
+    clock: crate::env::TokioClock,
 }
 
 /// Publishers made in this process so far: part of the default publisher id.
@@ -225,8 +231,14 @@ impl Publisher {
         let id = settings.publisher_id.clone().unwrap_or_else(default_publisher_id);
         let (commands, rx) = mpsc::channel(settings.queue_messages_max);
         let counters = Arc::new(Counters::default());
-        let batcher =
-            batcher::Batcher { pubsub, topic: topic.clone(), settings: settings.clone(), counters: counters.clone() };
+        let clock = crate::env::TokioClock::new();
+        let batcher = batcher::Batcher {
+            pubsub,
+            topic: topic.clone(),
+            settings: settings.clone(),
+            counters: counters.clone(),
+            clock: clock.clone(),
+        };
         let task = tokio::spawn(batcher.run(rx));
         debug!(publisher = %id, %topic, "publisher started");
         Ok(Self {
@@ -238,6 +250,7 @@ impl Publisher {
             queue_bytes_max: settings.queue_bytes_max,
             counters,
             task,
+            clock,
         })
     }
 
@@ -274,7 +287,8 @@ impl Publisher {
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
         let permit = self.queue_bytes.clone().acquire_many_owned(permits).await.map_err(|_| closed())?;
         let (reply, answer) = oneshot::channel();
-        let queued = Queued { message: message.to_wire(), bytes, reply, _bytes_permit: permit };
+        let queued_ms = crate::env::Clock::now_ms(&self.clock);
+        let queued = Queued { message: message.to_wire(), bytes, reply, queued_ms, _bytes_permit: permit };
         self.commands.send(Command::Publish(queued)).await.map_err(|_| closed())?;
         Ok(PublishHandle { answer })
     }

@@ -17,7 +17,8 @@ pub struct RetrySettings {
     /// 1 to 1000; default 20.
     pub max_attempts: u32,
     /// Longest time from the first attempt to giving up, waits included; past it the last
-    /// error is returned. Default 60 s: half the broker's default dedupe window (120 s), so a
+    /// error is returned. A publisher counts it from when `publish` queued the message (the
+    /// oldest of a batch), so messages queued behind a failing batch share its budget. Default 60 s: half the broker's default dedupe window (120 s), so a
     /// retried publish is still recognised as a duplicate.
     pub total_timeout: Duration,
 }

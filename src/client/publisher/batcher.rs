@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
@@ -12,6 +13,7 @@ use tracing::debug;
 use super::{Command, Counters, PublisherSettings, Queued};
 use crate::client::error::{is_retryable, ClientError};
 use crate::client::message::PublishResult;
+use crate::env::{Clock, TokioClock};
 use crate::wire::pb;
 use crate::wire::pb::pub_sub_client::PubSubClient;
 
@@ -20,6 +22,7 @@ pub(super) struct Batcher {
     pub(super) topic: String,
     pub(super) settings: PublisherSettings,
     pub(super) counters: Arc<Counters>,
+    pub(super) clock: TokioClock,
 }
 
 /// A batch being gathered.
@@ -127,7 +130,9 @@ impl Batcher {
             messages: batch.messages.iter().map(|q| q.message.clone()).collect(),
             ..Default::default()
         };
-        let outcome = match self.send_with_retries(request).await {
+        // The batch's budget ends when its oldest message's does.
+        let queued_ms = batch.messages.iter().map(|q| q.queued_ms).min().unwrap_or_default();
+        let outcome = match self.send_with_retries(request, queued_ms).await {
             Ok(results) if results.len() == count => Ok(results),
             Ok(results) => Err(ClientError::Status(Status::internal(format!(
                 "the broker answered {} results for a batch of {count} messages",
@@ -158,8 +163,22 @@ impl Batcher {
 
     /// Sends `request` until it is answered, fails with a status that is not retryable, or
     /// the attempts or the total timeout run out.
-    async fn send_with_retries(&self, request: pb::PublishRequest) -> Result<Vec<pb::PublishResult>, ClientError> {
+    async fn send_with_retries(
+        &self,
+        request: pb::PublishRequest,
+        queued_ms: u64,
+    ) -> Result<Vec<pb::PublishResult>, ClientError> {
         let retry = &self.settings.retry;
+        let waited = Duration::from_millis(self.clock.now_ms().saturating_sub(queued_ms));
+        let Some(budget) = retry.total_timeout.checked_sub(waited).filter(|b| !b.is_zero()) else {
+            return Err(ClientError::GaveUp {
+                attempts: 0,
+                last: Status::deadline_exceeded(format!(
+                    "queued for {waited:?}, past retry.total_timeout = {:?}, behind batches that could not be sent",
+                    retry.total_timeout
+                )),
+            });
+        };
         let mut attempts = 0u32;
         let mut last: Option<Status> = None;
         let tries = async {
@@ -183,7 +202,7 @@ impl Batcher {
                 tokio::time::sleep(wait).await;
             }
         };
-        let outcome = tokio::time::timeout(retry.total_timeout, tries).await;
+        let outcome = tokio::time::timeout(budget, tries).await;
         match outcome {
             Ok(outcome) => outcome,
             Err(_) => Err(ClientError::GaveUp {
