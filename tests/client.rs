@@ -651,3 +651,32 @@ async fn messages_queued_behind_a_failing_batch_share_its_retry_budget() {
         assert!(matches!(error, ClientError::GaveUp { .. }), "{error}");
     }
 }
+
+#[tokio::test]
+async fn acks_made_while_the_stream_is_down_are_sent_at_shutdown() {
+    let broker = Broker::start(any_port(), Box::new(MemoryStorage)).await;
+    let direct = Client::connect(broker.url()).await.unwrap();
+    direct.create_topic("gap", &TopicSettings::default()).await.unwrap();
+    direct.create_subscription("gap-sub", "gap", &SubscriptionSettings::default()).await.unwrap();
+    let proxy = Proxy::start(broker.addr).await;
+    let client = Client::connect_lazy(format!("http://{}", proxy.addr)).unwrap();
+    // A long reconnect backoff: after the cut the subscriber waits with no stream open.
+    let long = Duration::from_secs(30);
+    let reconnect = RetrySettings { initial_backoff: long, max_backoff: long, ..quick_retries() };
+    let settings = SubscriberSettings { reconnect, ..Default::default() };
+    let mut subscriber = client.subscribe(SubscribeTarget::subscription("gap-sub"), settings).await.unwrap();
+    direct.publisher("gap", PublisherSettings::default()).unwrap().publish("work").await.unwrap().await.unwrap();
+    let message = next_message(&mut subscriber, PROMPT).await;
+
+    proxy.cut_all();
+    let detached = async {
+        while !leased_to(&direct, "gap-sub").await.is_some_and(|member| member.starts_with("detached:")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENT, detached).await.expect("the broker sees the stream end");
+    message.ack().await;
+    tokio::time::timeout(PATIENT, subscriber.shutdown()).await.expect("a prompt shutdown").unwrap();
+    let stats = direct.subscription_stats("gap-sub").await.unwrap();
+    assert_eq!(stats.partitions[0].committed_offset, 1, "the ack went as a unary Ack: {stats:?}");
+}

@@ -134,12 +134,12 @@ impl Session {
         loop {
             if failures > 0 {
                 tokio::select! {
-                    () = stopped(&mut shutdown) => return Ok(()),
+                    () = stopped(&mut shutdown) => return self.stop_between_streams().await,
                     () = tokio::time::sleep(retry.backoff(failures)) => {}
                 }
             }
             let attempt = tokio::select! {
-                () = stopped(&mut shutdown) => return Ok(()),
+                () = stopped(&mut shutdown) => return self.stop_between_streams().await,
                 attempt = self.open() => attempt,
             };
             let status = match attempt {
@@ -429,6 +429,53 @@ impl Session {
         if now_ms.saturating_sub(live.last_sent_ms) >= self.heartbeat().as_millis() as u64 {
             self.send(live, pb::SubscribeRequest::default()).await;
         }
+    }
+
+    /// Shutdown while no stream is open (between a broken stream and the next): the acks
+    /// and nacks the application decided, and those sent on the broken stream without a
+    /// confirmation, go as unary Ack and Nack calls (they apply to the leases the broker
+    /// kept for this client id), within `shutdown_timeout`. The other held leases expire.
+    async fn stop_between_streams(&mut self) -> Result<(), ClientError> {
+        let Some(held) = self.held.as_mut() else { return Ok(()) };
+        // Bounded by the queue's capacity: only the application adds to it, and it is
+        // asking us to stop.
+        while let Ok(op) = self.ops.try_recv() {
+            match op {
+                Op::Ack { ack_id, epoch } if epoch == self.epoch => held.ack(ack_id),
+                Op::Nack { ack_id, epoch, key } if epoch == self.epoch => held.nack(ack_id, key),
+                Op::Ack { .. } | Op::Nack { .. } => {}
+            }
+        }
+        held.resume(self.clock.now_ms());
+        let requests = held.take_requests(self.settings.ack_batch_max);
+        let subscription = self.shared.subscription.lock().map(|name| name.clone()).unwrap_or_default();
+        let mut pubsub = self.client.pubsub_client();
+        let send = async {
+            for request in requests {
+                if !request.ack_ids.is_empty() {
+                    let ack = pb::AckRequest { subscription: subscription.clone(), ack_ids: request.ack_ids };
+                    if let Err(status) = pubsub.ack(ack).await {
+                        debug!(code = ?status.code(), "acks at shutdown not sent");
+                    }
+                }
+                if !request.nack_ids.is_empty() {
+                    let nack = pb::NackRequest {
+                        subscription: subscription.clone(),
+                        ack_ids: request.nack_ids,
+                        delay: request.nack_delay,
+                        reason: request.nack_reason,
+                        terminal: request.nack_terminal,
+                    };
+                    if let Err(status) = pubsub.nack(nack).await {
+                        debug!(code = ?status.code(), "nacks at shutdown not sent");
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(self.settings.shutdown_timeout, send).await.is_err() {
+            warn!("acks at shutdown not all sent within shutdown_timeout; those messages come again");
+        }
+        Ok(())
     }
 
     /// How often an idle stream sends an empty request: a third of the session timeout.
