@@ -64,15 +64,19 @@ pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
         },
         (None, None) => unreachable!("clap requires a subscription or --topic"),
     };
-    // With --count N, no more than N messages are leased: the broker counts a delivery that
-    // comes back unprinted as an attempt.
+    // With --count N (here only with --topic), no more than N messages are leased.
     let lease_max = args.count.map_or(args.max_outstanding, |n| args.max_outstanding.min(n.min(1000) as u32));
-    let settings = SubscriberSettings { max_outstanding_messages: lease_max, ..Default::default() };
+    // Held messages (no --ack) keep their leases for as long as the command runs, not the
+    // library's default hour, after which they would come back and print again.
+    let max_lease_extension = std::time::Duration::from_secs(365 * 24 * 3600);
+    let settings =
+        SubscriberSettings { max_outstanding_messages: lease_max, max_lease_extension, ..Default::default() };
     let mut subscriber = client.subscribe(target, settings).await?;
     let subscription = subscriber.subscription();
     // Bounded by flow control: held messages stay leased, and the broker leases at most
-    // `lease_max` at once.
-    let mut held: Vec<ReceivedMessage> = Vec::new();
+    // `lease_max` at once. Keyed by place, so a message delivered again (a broker restart
+    // loses leases) replaces its stale copy instead of adding one.
+    let mut held: std::collections::BTreeMap<(u32, u64), ReceivedMessage> = Default::default();
     let mut printed = 0u64;
     let outcome = async {
         let interrupted = tokio::signal::ctrl_c();
@@ -95,7 +99,7 @@ pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
             if args.ack {
                 received.ack().await;
             } else {
-                held.push(received);
+                held.insert((received.partition, received.offset), received);
             }
         }
         Ok::<(), CliError>(())
