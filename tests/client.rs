@@ -680,3 +680,22 @@ async fn acks_made_while_the_stream_is_down_are_sent_at_shutdown() {
     let stats = direct.subscription_stats("gap-sub").await.unwrap();
     assert_eq!(stats.partitions[0].committed_offset, 1, "the ack went as a unary Ack: {stats:?}");
 }
+
+#[tokio::test]
+async fn one_refused_message_fails_alone_and_the_rest_of_its_batch_is_stored() {
+    let broker = Broker::start(any_port(), Box::new(MemoryStorage)).await;
+    let client = Client::connect(broker.url()).await.unwrap();
+    client.create_topic("mixed", &TopicSettings::default()).await.unwrap();
+    // A long linger: the three messages go in one request.
+    let settings = PublisherSettings { linger: Duration::from_secs(1), ..Default::default() };
+    let publisher = client.publisher("mixed", settings).unwrap();
+    let good = publisher.publish("good 1").await.unwrap();
+    let bad = publisher.publish(OutgoingMessage::new("bad").idempotency_key("k".repeat(300))).await.unwrap();
+    let also_good = publisher.publish("good 2").await.unwrap();
+    publisher.flush().await.unwrap();
+    let error = bad.await.unwrap_err().to_string();
+    assert!(error.starts_with("INVALID_ARGUMENT: idempotency_key: is 300 bytes"), "{error}");
+    let offsets = [good.await.unwrap().offset, also_good.await.unwrap().offset];
+    assert_eq!(offsets, [0, 1]);
+    assert_eq!(publisher.stats().requests, 2, "the batch, then the batch without the refused message");
+}

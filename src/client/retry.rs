@@ -18,7 +18,10 @@ pub struct RetrySettings {
     pub max_attempts: u32,
     /// Longest time from the first attempt to giving up, waits included; past it the last
     /// error is returned. A publisher counts it from when `publish` queued the message (the
-    /// oldest of a batch), so messages queued behind a failing batch share its budget. Default 60 s: half the broker's default dedupe window (120 s), so a
+    /// oldest of a batch), so messages queued behind a failing batch share its budget.
+    /// A retry is recognised as a duplicate only within the topic's dedupe window: on a
+    /// topic whose window is shorter than the default 120 s, keep this (and the
+    /// publisher's `request_timeout`) under half of it. Default 60 s: half the broker's default dedupe window (120 s), so a
     /// retried publish is still recognised as a duplicate.
     pub total_timeout: Duration,
 }

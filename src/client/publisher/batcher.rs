@@ -122,8 +122,31 @@ impl Batcher {
         Gathered::Ready
     }
 
-    /// Sends one batch (with retries) and answers each of its messages.
-    async fn send(&self, batch: Batch) {
+    /// Sends one batch (with retries) and answers each of its messages. The broker refuses
+    /// a whole request for one bad message (`messages[i]...`, INVALID_ARGUMENT): that
+    /// message alone fails, and the others are sent again (their keys are unchanged, so
+    /// nothing can be stored twice).
+    async fn send(&self, mut batch: Batch) {
+        // Each round either answers the batch or takes one message out of it.
+        let rounds_max = batch.messages.len();
+        for _ in 0..rounds_max {
+            match self.send_once(&batch).await {
+                Err(ClientError::Status(status)) if batch.messages.len() > 1 => match refused_index(&status) {
+                    Some(i) if i < batch.messages.len() => {
+                        let q = batch.messages.remove(i);
+                        batch.bytes -= q.bytes;
+                        let message = status.message().split_once("].").map_or(status.message(), |(_, m)| m);
+                        let error = ClientError::Status(Status::invalid_argument(message.to_string()));
+                        self.answer(vec![q], Err(error));
+                    }
+                    _ => return self.answer(batch.messages, Err(ClientError::Status(status))),
+                },
+                outcome => return self.answer(batch.messages, outcome),
+            }
+        }
+    }
+
+    async fn send_once(&self, batch: &Batch) -> Result<Vec<pb::PublishResult>, ClientError> {
         let count = batch.messages.len();
         let request = pb::PublishRequest {
             topic: self.topic.clone(),
@@ -132,19 +155,23 @@ impl Batcher {
         };
         // The batch's budget ends when its oldest message's does.
         let queued_ms = batch.messages.iter().map(|q| q.queued_ms).min().unwrap_or_default();
-        let outcome = match self.send_with_retries(request, queued_ms).await {
+        match self.send_with_retries(request, queued_ms).await {
             Ok(results) if results.len() == count => Ok(results),
             Ok(results) => Err(ClientError::Status(Status::internal(format!(
                 "the broker answered {} results for a batch of {count} messages",
                 results.len()
             )))),
             Err(error) => Err(error),
-        };
+        }
+    }
+
+    fn answer(&self, messages: Vec<Queued>, outcome: Result<Vec<pb::PublishResult>, ClientError>) {
+        let count = messages.len();
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(results) => {
                 self.counters.published.fetch_add(count as u64, Ordering::Relaxed);
-                for (mut q, result) in batch.messages.into_iter().zip(results) {
+                for (mut q, result) in messages.into_iter().zip(results) {
                     let mut result = PublishResult::from(result);
                     result.idempotency_key = q.message.idempotency_key.take();
                     let _ = q.reply.send(Ok(result));
@@ -154,7 +181,7 @@ impl Batcher {
                 // The caller gets the error through each handle; a log line would repeat it.
                 debug!(topic = %self.topic, messages = count, %error, "publish failed");
                 self.counters.failed.fetch_add(count as u64, Ordering::Relaxed);
-                for q in batch.messages {
+                for q in messages {
                     let _ = q.reply.send(Err(error.clone()));
                 }
             }
@@ -224,4 +251,13 @@ impl Batcher {
             Err(_) => Err(Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"))),
         }
     }
+}
+
+/// The batch position a refusal names (`messages[3].value: ...`), when it names one.
+fn refused_index(status: &Status) -> Option<usize> {
+    if status.code() != tonic::Code::InvalidArgument {
+        return None;
+    }
+    let rest = status.message().strip_prefix("messages[")?;
+    rest.split_once(']')?.0.parse().ok()
 }
