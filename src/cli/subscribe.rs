@@ -72,7 +72,6 @@ pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
     let settings =
         SubscriberSettings { max_outstanding_messages: lease_max, max_lease_extension, ..Default::default() };
     let mut subscriber = client.subscribe(target, settings).await?;
-    let subscription = subscriber.subscription();
     // Bounded by flow control: held messages stay leased, and the broker leases at most
     // `lease_max` at once. Keyed by place, so a message delivered again (a broker restart
     // loses leases) replaces its stale copy instead of adding one.
@@ -90,7 +89,7 @@ pub async fn run(client: &Client, args: SubscribeArgs) -> Result<(), CliError> {
             let Some(received) = next else { break };
             let received = received?;
             let line = if args.json {
-                message_json(&subscription, &received, received.ack_id())
+                message_json(&subscriber.subscription(), &received, received.ack_id())
             } else {
                 message_line(&received)
             };

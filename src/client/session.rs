@@ -495,10 +495,11 @@ impl Session {
         while let Ok(op) = self.ops.try_recv() {
             self.decide(live, op);
         }
-        self.send_pending(live).await;
-        self.send(live, pb::SubscribeRequest { leave: true, ..Default::default() }).await;
         let wait = self.settings.shutdown_timeout;
+        // The sends are timed too: a stalled connection must not hold the shutdown.
         let ended = async {
+            self.send_pending(live).await;
+            self.send(live, pb::SubscribeRequest { leave: true, ..Default::default() }).await;
             // Until the broker ends the stream (or it breaks).
             while let Ok(Some(response)) = inbound.message().await {
                 // Messages that arrive now are not handed out; the leave releases their
