@@ -41,6 +41,10 @@ pub struct Broker {
     pub(super) next_subscription_uid: u64,
     pub(super) next_stream_id: u64,
     pub(super) next_lease_seq: u64,
+    /// Set when the broker restored saved state: the first wall time it is given moves the
+    /// lease counter past every sequence number an earlier run could have issued, so an
+    /// ack id from before the restart never names a new lease (see `set_wall_ms`).
+    pub(super) lease_seq_from_wall: bool,
     pub(super) next_ephemeral: u64,
     /// Publishes are acknowledged (and records shown to readers) only once synced.
     pub(super) after_sync: bool,
@@ -49,6 +53,10 @@ pub struct Broker {
     /// Records that could not be read, by (topic uid, partition, offset).
     pub(super) read_faults: BTreeMap<(u64, u32, u64), StorageError>,
 }
+
+/// Leases a run may issue per millisecond of wall time before a restart could reuse its
+/// sequence numbers (see [`Broker::set_wall_ms`]).
+const LEASES_PER_MS_MAX: u64 = 1_000_000;
 
 impl Broker {
     /// A broker with no topics, storing partitions in `storage` (whatever it holds is
@@ -75,6 +83,7 @@ impl Broker {
             next_subscription_uid: 1,
             next_stream_id: 1,
             next_lease_seq: 1,
+            lease_seq_from_wall: false,
             next_ephemeral: 1,
             after_sync,
             saved_meta: Vec::new(),
@@ -103,8 +112,18 @@ impl Broker {
     /// Tells the core the wall-clock time (milliseconds since the Unix epoch), which it
     /// never reads itself: dead-letter copies are stamped with it. Call it before each
     /// turn's inputs; a time earlier than one already given is ignored.
+    ///
+    /// After a restart on saved state, the first call also starts the lease counter at
+    /// `wall_ms × 1 000 000`. Lease sequence numbers are not saved, and an earlier run
+    /// issued fewer than a million leases per millisecond of its life, so no ack id from
+    /// before the restart can name a lease of this run. (A wall clock set back across the
+    /// restart could break this.) A new broker starts at 1.
     pub fn set_wall_ms(&mut self, wall_ms: u64) {
         self.wall_ms = self.wall_ms.max(wall_ms);
+        if self.lease_seq_from_wall && wall_ms > 0 {
+            self.next_lease_seq = self.next_lease_seq.max(wall_ms.saturating_mul(LEASES_PER_MS_MAX));
+            self.lease_seq_from_wall = false;
+        }
     }
 
     /// Dispatches the topics that received dead-letter copies during this input.

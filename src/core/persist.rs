@@ -154,6 +154,7 @@ impl Broker {
             })?;
             broker.restore(&meta)?;
             broker.saved_meta = bytes;
+            broker.lease_seq_from_wall = true;
         }
         let uids: Vec<u64> = broker.topics.values().map(|t| t.uid).collect();
         broker.storage.retain_topics(&uids, broker.next_topic_uid)?;

@@ -530,3 +530,27 @@ fn a_record_that_fails_its_crc_while_serving_is_reported_and_never_delivered() {
     b.seek(0, "s", SeekTarget::Offsets(vec![(0, 2)])).unwrap();
     assert!(b.pull(0, "s", 10).unwrap().is_empty());
 }
+
+#[test]
+fn an_ack_id_from_before_a_reopen_never_names_a_lease_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.set_wall_ms(1_000);
+    b.create_topic("t", None).unwrap();
+    subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
+    publish(&mut b, "t", vec![msg("a")]);
+    let before = b.pull(0, "s", 10).unwrap();
+    assert!(before[0].ack_id.ends_with("-0-0-1"), "a new broker counts leases from 1: {}", before[0].ack_id);
+    drop(b);
+
+    // The same message leased again after the reopen, as the first lease of the new run.
+    let mut b = open(dir.path());
+    b.set_wall_ms(2_000);
+    let after = b.pull(0, "s", 10).unwrap();
+    assert_eq!(texts(&after), vec!["a"]);
+    assert_ne!(after[0].ack_id, before[0].ack_id);
+    assert!(after[0].ack_id.ends_with(&format!("-0-0-{}", 2_000 * 1_000_000)), "{}", after[0].ack_id);
+    let stale = b.acks(0, "s", AckOp::Ack, std::slice::from_ref(&before[0].ack_id)).unwrap();
+    assert_ne!(stale[0].outcome, AckOutcome::Applied, "an ack from the old run took the new lease");
+    ack(&mut b, "s", &after);
+}
