@@ -27,15 +27,11 @@ async fn serve_names_its_address_and_stops_gracefully_on_sigterm() {
     let child = &mut server.0;
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let startup = lines.next().expect("a startup line").unwrap();
-    let addr = startup
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {startup:?}"));
-    assert!(addr.starts_with("127.0.0.1:"), "{startup}");
+    let addr = common::listening_addr(&startup);
+    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{startup}");
     let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
-    let channel = channel(addr.parse().unwrap()).await;
+    let channel = channel(addr).await;
     let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel);
     let req = pb::PublishRequest { topic: "events".into(), value: "hello".into(), ..Default::default() };
     pubsub.publish(req).await.unwrap();
@@ -136,14 +132,10 @@ async fn a_configuration_file_with_json_logs_runs_the_broker_and_logs_requests_i
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let startup = lines.next().expect("a startup line").unwrap();
     assert!(startup.starts_with('{') && startup.contains("\"level\":\"INFO\""), "{startup}");
-    let addr = startup
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {startup:?}"));
+    let addr = common::listening_addr(&startup);
     let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
-    let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel(addr.parse().unwrap()).await);
+    let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel(addr).await);
     let req = pb::PublishRequest { topic: "nowhere".into(), value: "x".into(), ..Default::default() };
     let refused = pubsub.publish(req).await.expect_err("auto_create_topics = false from the file");
     assert_eq!(refused.code(), Code::NotFound);

@@ -46,25 +46,12 @@ async fn every_acknowledged_publish_survives_sigkill_under_fsync_always() {
     let req = pb::CreateTopicRequest { name: TOPIC.into(), partitions: PARTITIONS, ..Default::default() };
     admin.create_topic(req).await.unwrap();
 
-    let acked_total = Arc::new(AtomicUsize::new(0));
-    let killed = Arc::new(AtomicBool::new(false));
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|id| tokio::spawn(publish_until_refused(id, pubsub.clone(), acked_total.clone(), killed.clone())))
-        .collect();
-    let enough = async {
-        while acked_total.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
-            assert!(!publishers.iter().any(|p| p.is_finished()), "a publisher stopped before the kill");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(LOAD_MAX, enough).await.expect("the load reaches the kill point in time");
-    assert!(!publishers.iter().any(|p| p.is_finished()), "the kill must land while publishers run");
-    killed.store(true, Ordering::SeqCst);
+    let load = Load::start(&pubsub);
+    load.until_stop_point().await;
     server.kill();
 
     let mut ledger = Ledger::default();
-    for publisher in publishers {
-        let log = tokio::time::timeout(PROMPT, publisher).await.expect("publishers notice the kill").unwrap();
+    for log in load.logs().await {
         ledger.absorb(log);
     }
 
@@ -92,26 +79,13 @@ async fn sigterm_answers_publishes_in_flight_ends_streams_and_keeps_confirmed_ac
     admin.create_subscription(req).await.unwrap();
     let acker = tokio::spawn(ack_until_the_stream_ends(pubsub.clone()));
 
-    let acked_total = Arc::new(AtomicUsize::new(0));
-    let stopped = Arc::new(AtomicBool::new(false));
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|id| tokio::spawn(publish_until_refused(id, pubsub.clone(), acked_total.clone(), stopped.clone())))
-        .collect();
-    let enough = async {
-        while acked_total.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
-            assert!(!publishers.iter().any(|p| p.is_finished()), "a publisher stopped before SIGTERM");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(LOAD_MAX, enough).await.expect("the load reaches the stop point in time");
-    assert!(!publishers.iter().any(|p| p.is_finished()), "SIGTERM must land while publishers run");
-    stopped.store(true, Ordering::SeqCst);
+    let load = Load::start(&pubsub);
+    load.until_stop_point().await;
     let exit = server.terminate().await;
     assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
 
     let mut ledger = Ledger::default();
-    for publisher in publishers {
-        let log = tokio::time::timeout(PROMPT, publisher).await.expect("publishers notice the stop").unwrap();
+    for log in load.logs().await {
         // Refused with UNAVAILABLE, or cut by the connection closing (sent after the server's
         // HTTP/2 GOAWAY, so never read): the client reports that as CANCELLED, INTERNAL or
         // UNKNOWN with the transport error as its source.
@@ -198,6 +172,48 @@ async fn ack_until_the_stream_ends(mut pubsub: PubSubClient<Channel>) -> (BTreeS
         confirmed.len(),
         places.len()
     );
+}
+
+/// `PUBLISHERS` publishers running `publish_until_refused` against one server.
+struct Load {
+    publishers: Vec<tokio::task::JoinHandle<PublisherLog>>,
+    acked_total: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Load {
+    fn start(pubsub: &PubSubClient<Channel>) -> Load {
+        let acked_total = Arc::new(AtomicUsize::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let publishers = (0..PUBLISHERS)
+            .map(|id| tokio::spawn(publish_until_refused(id, pubsub.clone(), acked_total.clone(), stopping.clone())))
+            .collect();
+        Load { publishers, acked_total, stopping }
+    }
+
+    /// Waits until `ACKED_BEFORE_KILL` messages are acknowledged with every publisher still
+    /// running, then allows refusals: the caller stops the server next.
+    async fn until_stop_point(&self) {
+        let running = || !self.publishers.iter().any(|p| p.is_finished());
+        let enough = async {
+            while self.acked_total.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
+                assert!(running(), "a publisher stopped before the stop point");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(LOAD_MAX, enough).await.expect("the load reaches the stop point in time");
+        assert!(running(), "the stop must land while publishers run");
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Every publisher's log, once the stop has ended them.
+    async fn logs(self) -> Vec<PublisherLog> {
+        let mut logs = Vec::new();
+        for publisher in self.publishers {
+            logs.push(tokio::time::timeout(PROMPT, publisher).await.expect("publishers notice the stop").unwrap());
+        }
+        logs
+    }
 }
 
 /// What one publisher sent and what the broker answered.
@@ -402,12 +418,7 @@ impl Server {
         let mut server = Server { child, addr: "0.0.0.0:0".parse().unwrap() };
         let startup = rx.recv_timeout(STARTUP_MAX).expect("a startup line in time");
         assert!(startup.contains(&format!("fsync {fsync}")), "{startup}");
-        let addr = startup
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {startup:?}"));
-        server.addr = addr.parse().unwrap();
+        server.addr = common::listening_addr(&startup);
         server
     }
 

@@ -191,6 +191,23 @@ pub struct PublishSpec {
     pub library: bool,
 }
 
+impl PublishSpec {
+    /// The value and idempotency key of message `i` (from 0), whose id is `id`: the value
+    /// (the id unless given) padded with dots to `size`; a key stem becomes `stem-1`,
+    /// `stem-2`... when several messages are sent.
+    fn nth(&self, i: u64, id: &str) -> (String, Option<String>) {
+        let mut value = self.value.clone().unwrap_or_else(|| id.to_string());
+        if value.len() < self.size {
+            value.extend(std::iter::repeat_n('.', self.size - value.len()));
+        }
+        let idempotency_key = match &self.idempotency_key {
+            Some(stem) if self.count > 1 => Some(format!("{stem}-{}", i + 1)),
+            other => other.clone(),
+        };
+        (value, idempotency_key)
+    }
+}
+
 /// State that outlives a crash of the host: message and stream numbering, and how many
 /// admin steps it has finished (the driver waits for them).
 #[derive(Debug, Default)]
@@ -405,14 +422,7 @@ impl App {
             }
             let n = counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
             let id = format!("{}-{n}", self.name);
-            let mut value = spec.value.clone().unwrap_or_else(|| id.clone());
-            if value.len() < spec.size {
-                value.extend(std::iter::repeat_n('.', spec.size - value.len()));
-            }
-            let idempotency_key = match &spec.idempotency_key {
-                Some(stem) if spec.count > 1 => Some(format!("{stem}-{}", i + 1)),
-                other => other.clone(),
-            };
+            let (value, idempotency_key) = spec.nth(i, &id);
             let message = pb::OutgoingMessage {
                 value: value.into(),
                 key: spec.key.clone(),
@@ -451,23 +461,15 @@ impl App {
             }
             let n = counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
             let id = format!("{}-{n}", app.name);
-            let mut value = spec.value.clone().unwrap_or_else(|| id.clone());
-            if value.len() < spec.size {
-                value.extend(std::iter::repeat_n('.', spec.size - value.len()));
-            }
-            let mut message = OutgoingMessage::new(value).attribute("id", id.clone());
-            if let Some(key) = &spec.key {
-                message = message.key(key.clone());
-            }
-            if let Some(partition) = spec.partition {
-                message = message.partition(partition);
-            }
-            // The scenario's own keys, as the gRPC path sends them; otherwise the library's.
-            match &spec.idempotency_key {
-                Some(stem) if spec.count > 1 => message = message.idempotency_key(format!("{stem}-{}", i + 1)),
-                Some(key) => message = message.idempotency_key(key.clone()),
-                None => {}
-            }
+            // The scenario's own idempotency keys, as the gRPC path sends them; otherwise
+            // the library's.
+            let (value, idempotency_key) = spec.nth(i, &id);
+            let message = OutgoingMessage {
+                key: spec.key.clone(),
+                partition: spec.partition,
+                idempotency_key,
+                ..OutgoingMessage::new(value).attribute("id", id.clone())
+            };
             app.record(Event::PublishInvoked { id: id.clone(), topic: spec.topic.clone(), attempt: 1, after: None });
             let handle = match publisher.publish(message).await {
                 Ok(handle) => handle,
@@ -600,8 +602,9 @@ impl App {
                     Some(Err(error)) => break error.code().unwrap_or(Code::Unknown),
                     None => break Code::Ok,
                 };
-                if subscriber.stats().reconnects != reconnects {
-                    reconnects = subscriber.stats().reconnects;
+                let now = subscriber.stats().reconnects;
+                if now != reconnects {
+                    reconnects = now;
                     stream = numbers.fetch_add(1, Ordering::Relaxed) + 1;
                     app.record(Event::StreamOpened { sub: sub.clone(), stream });
                 }

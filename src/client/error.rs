@@ -56,6 +56,16 @@ impl ClientError {
         }
     }
 
+    /// `Ok` when `ok`; otherwise an [`ClientError::InvalidArgument`] for `field`: the
+    /// settings checks' one shape.
+    pub(crate) fn check(ok: bool, field: &'static str, reason: String) -> Result<(), ClientError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(ClientError::invalid(field, reason))
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         ClientError::InvalidArgument { field, reason: reason.into() }
     }

@@ -85,13 +85,7 @@ impl Default for PublisherSettings {
 impl PublisherSettings {
     /// Refuses settings that cannot work, naming the field and the allowed range.
     pub fn validate(&self) -> Result<(), ClientError> {
-        let check = |ok: bool, field: &'static str, reason: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ClientError::invalid(field, reason))
-            }
-        };
+        let check = ClientError::check;
         if let Some(id) = &self.publisher_id {
             check(
                 !id.is_empty() && id.len() <= PUBLISHER_ID_BYTES_MAX,

@@ -130,13 +130,7 @@ impl Default for SubscriberSettings {
 impl SubscriberSettings {
     /// Refuses settings that cannot work, naming the field and the allowed range.
     pub fn validate(&self) -> Result<(), ClientError> {
-        let check = |ok: bool, field: &'static str, reason: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ClientError::invalid(field, reason))
-            }
-        };
+        let check = ClientError::check;
         let n = self.max_outstanding_messages;
         check(
             (1..=MAX_OUTSTANDING_LIMIT).contains(&n),

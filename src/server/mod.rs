@@ -119,6 +119,10 @@ impl ServerConfig {
 /// Logs, at debug level and in the request's span, a request the server refused with a
 /// status (a unary call's refusal travels in its response headers).
 fn log_refusal(response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    // Every response passes here: read its headers only when the line would be written.
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return response;
+    }
     if let Some(status) = Status::from_header_map(response.headers()) {
         if status.code() != tonic::Code::Ok {
             tracing::debug!(code = ?status.code(), error = status.message(), "refused");

@@ -55,6 +55,12 @@ pub async fn start_on(config: ServerConfig, storage: Box<dyn Storage>) -> TestSe
     }
 }
 
+/// The address in the binary's startup line (`mini-pubsub listening on ADDR (...)`).
+pub fn listening_addr(startup: &str) -> SocketAddr {
+    let addr = startup.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next());
+    addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {startup:?}"))
+}
+
 pub async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
 }
