@@ -1,8 +1,9 @@
 //! The client library against a real broker on 127.0.0.1: publisher batching, retries
 //! across a broker that is down or restarts (with idempotency keys, so nothing is stored
 //! twice or lost), a lost answer answered as a duplicate, subscriber acks committed, lease
-//! extension for a slow handler, a subscriber that reopens its stream after a restart, and
-//! one whose connection is cut while a handler runs (its client id keeps the lease).
+//! extension for a slow handler, a subscriber that reopens its stream after a restart, one
+//! whose connection is cut while a handler runs (its client id keeps the lease), and one
+//! that fails while the application's acks wait for room in its queue of decisions.
 
 mod common;
 
@@ -698,4 +699,50 @@ async fn one_refused_message_fails_alone_and_the_rest_of_its_batch_is_stored() {
     let offsets = [good.await.unwrap().offset, also_good.await.unwrap().offset];
     assert_eq!(offsets, [0, 1]);
     assert_eq!(publisher.stats().requests, 2, "the batch, then the batch without the refused message");
+}
+
+#[tokio::test]
+async fn acks_made_while_the_subscriber_fails_do_not_wait_for_ever() {
+    let broker = Broker::start(any_port(), Box::new(MemoryStorage)).await;
+    let direct = Client::connect(broker.url()).await.unwrap();
+    direct.create_topic("held", &TopicSettings::default()).await.unwrap();
+    direct.publisher("held", PublisherSettings::default()).unwrap().publish("again").await.unwrap().await.unwrap();
+    let proxy = Proxy::start(broker.addr).await;
+    let client = Client::connect_lazy(format!("http://{}", proxy.addr)).unwrap();
+    // One message at a time: the queue of decisions holds 2 x 1 + 16 of them.
+    let settings = SubscriberSettings { max_outstanding_messages: 1, reconnect: quick_retries(), ..Default::default() };
+    let mut subscriber = client.subscribe(SubscribeTarget::topic("held"), settings).await.unwrap();
+    // Each cut ends the ephemeral subscription; the next one delivers the message again,
+    // so the application comes to hold more handles than the queue of decisions has room.
+    let mut held = Vec::new();
+    for _ in 0..19 {
+        held.push(next_message(&mut subscriber, PATIENT).await);
+        proxy.cut_all();
+    }
+    // The 20th stream fills the one-message queue to the application; then the topic goes,
+    // so the session fails and waits to hand the application its error.
+    let filled = async {
+        while subscriber.stats().received < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENT, filled).await.expect("the 20th stream delivers");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    direct.delete_topic("held", true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let decided = async {
+        for message in held {
+            message.ack().await;
+        }
+    };
+    tokio::time::timeout(PROMPT, decided).await.expect("acks return while the session fails");
+    let mut ended = None;
+    while let Some(next) = tokio::time::timeout(PROMPT, subscriber.next()).await.expect("the stream ends") {
+        if let Err(error) = next {
+            ended = Some(error);
+        }
+    }
+    let error = ended.expect("the stream yields its error");
+    assert_eq!(error.code(), Some(tonic::Code::NotFound), "{error}");
 }

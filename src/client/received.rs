@@ -104,7 +104,7 @@ impl AckHandle {
     async fn decide(&mut self, op: Op) {
         self.decided = true;
         // Waits while the subscriber's queue of decisions is full. If the subscriber has
-        // shut down, its stream and so this lease are gone: nothing left to tell.
+        // shut down or failed, its stream and so this lease are gone: nothing left to tell.
         let _ = self.ops.send(op).await;
     }
 }

@@ -191,12 +191,19 @@ impl Session {
 
     /// Reports a final error: to `subscribe` if the first opening failed, else to the
     /// application through the message queue.
+    ///
+    /// No stream will carry a decision any more, so first the queue of decisions is closed:
+    /// handles waiting for room in it return (their decisions lost, as they would be once
+    /// the session ends), and so do later ones. Otherwise an application blocked in
+    /// `ack().await` on a full queue, which nothing drains now, would never read the error
+    /// this waits to hand it: a deadlock.
     async fn fail(
-        &self,
+        &mut self,
         error: ClientError,
         opened: Option<oneshot::Sender<Result<(), ClientError>>>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ClientError> {
+        self.ops.close();
         match opened {
             Some(tx) => {
                 let _ = tx.send(Err(error.clone()));
