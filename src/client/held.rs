@@ -49,7 +49,7 @@ impl Held {
 
     /// A message arrived at `now_ms`: its lease is held and extended until it is decided on.
     pub(crate) fn receive(&mut self, message: ReceivedMessage, now_ms: u64) {
-        self.leases.hold(message.ack_id().to_string(), now_ms);
+        self.leases.hold(message.ack_id().to_string(), message.dropped(), now_ms);
         self.undelivered.push_back(message);
     }
 
@@ -63,19 +63,19 @@ impl Held {
         self.pending.nack(ack_id, key);
     }
 
-    /// Queues extensions of the leases due at `now_ms`; returns the ack ids abandoned
-    /// (held past `max_extension`) and how many were extended.
-    pub(crate) fn extend_due(&mut self, now_ms: u64) -> (Vec<String>, usize) {
+    /// Queues extensions of the leases due at `now_ms`; returns the leases no longer
+    /// extended (held past `max_extension`, or dropped undecided) with how many were extended.
+    pub(crate) fn extend_due(&mut self, now_ms: u64) -> (Due, usize) {
         let due = self.leases.due(now_ms);
         self.queue_extensions(due)
     }
 
-    fn queue_extensions(&mut self, due: Due) -> (Vec<String>, usize) {
+    fn queue_extensions(&mut self, mut due: Due) -> (Due, usize) {
         let extended = due.extend.len();
-        for ack_id in due.extend {
+        for ack_id in due.extend.drain(..) {
             self.pending.extend(ack_id, due.seconds);
         }
-        (due.abandoned, extended)
+        (due, extended)
     }
 
     /// Decisions and extensions waiting to be sent.
@@ -193,5 +193,21 @@ mod tests {
         assert_eq!(left, ["b"]);
         assert_eq!(held.extend_due(3000).1, 1, "only b is still extended");
         assert!(rx.try_recv().is_err(), "the dropped message sends no nack");
+    }
+
+    #[test]
+    fn a_message_dropped_undecided_is_no_longer_extended_even_if_its_nack_found_no_room() {
+        let (ops, mut rx) = mpsc::channel(1);
+        let mut held = Held::new(3000, 60_000);
+        held.receive(message("a", &ops), 0);
+        held.receive(message("b", &ops), 0);
+        let a = held.undelivered.pop_front().expect("a was received first");
+        // The queue of decisions is full: a's nack is lost, so it alone must stop its lease.
+        ops.try_send(crate::client::received::Op::Ack { ack_id: "x".into(), epoch: 1 }).unwrap();
+        drop(a);
+        let (forgotten, extended) = held.extend_due(2000);
+        assert_eq!((forgotten.dropped, extended), (vec!["a".to_string()], 1), "a, dropped, is no longer extended; b, still held, is");
+        assert!(matches!(rx.try_recv(), Ok(crate::client::received::Op::Ack { .. })));
+        assert!(rx.try_recv().is_err(), "a's nack did not fit");
     }
 }

@@ -8,11 +8,15 @@
 
 use std::collections::BTreeMap;
 
+use super::received::Dropped;
+
 /// When a held message's lease ends, as far as the client knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 struct Lease {
     received_ms: u64,
     expires_ms: u64,
+    /// Set when the message's handle was dropped undecided: no longer extended.
+    dropped: Dropped,
 }
 
 /// The leases of messages the application holds.
@@ -34,6 +38,8 @@ pub(crate) struct Due {
     pub seconds: u32,
     /// Ack ids past `max_extension`: no longer extended (nor tracked).
     pub abandoned: Vec<String>,
+    /// Ack ids whose handles were dropped undecided: no longer extended (nor tracked).
+    pub dropped: Vec<String>,
 }
 
 impl Leases {
@@ -49,9 +55,10 @@ impl Leases {
     }
 
     /// A message arrived at `now_ms`; its lease runs one deadline from then (an estimate a
-    /// little late by the network's delay, which the one-third margin absorbs).
-    pub(crate) fn hold(&mut self, ack_id: String, now_ms: u64) {
-        let lease = Lease { received_ms: now_ms, expires_ms: now_ms + self.deadline_ms };
+    /// little late by the network's delay, which the one-third margin absorbs). It is
+    /// extended until released, past `max_extension`, or `dropped` is set.
+    pub(crate) fn hold(&mut self, ack_id: String, dropped: Dropped, now_ms: u64) {
+        let lease = Lease { received_ms: now_ms, expires_ms: now_ms + self.deadline_ms, dropped };
         self.held.insert(ack_id, lease);
     }
 
@@ -66,7 +73,7 @@ impl Leases {
     }
 
     /// The leases to extend at `now_ms` (their deadlines are then counted from `now_ms`),
-    /// and those that reached `max_extension` (forgotten).
+    /// and those that reached `max_extension` or whose handles were dropped (forgotten).
     pub(crate) fn due(&mut self, now_ms: u64) -> Due {
         self.due_within(now_ms, self.deadline_ms / 3)
     }
@@ -85,14 +92,16 @@ impl Leases {
             if lease.expires_ms > now_ms + margin_ms {
                 continue;
             }
-            if now_ms >= lease.received_ms + self.max_extension_ms {
+            if lease.dropped.is_set() {
+                due.dropped.push(ack_id.clone());
+            } else if now_ms >= lease.received_ms + self.max_extension_ms {
                 due.abandoned.push(ack_id.clone());
             } else {
                 lease.expires_ms = now_ms + self.deadline_ms;
                 due.extend.push(ack_id.clone());
             }
         }
-        for ack_id in &due.abandoned {
+        for ack_id in due.abandoned.iter().chain(&due.dropped) {
             self.held.remove(ack_id);
         }
         due
@@ -106,7 +115,7 @@ mod tests {
     #[test]
     fn a_held_lease_is_extended_when_a_third_of_the_deadline_is_left() {
         let mut leases = Leases::new(3000, 60_000);
-        leases.hold("a".into(), 0);
+        leases.hold("a".into(), Dropped::default(), 0);
         assert!(leases.due(1000).extend.is_empty());
         let due = leases.due(2000);
         assert_eq!((due.extend, due.seconds), (vec!["a".to_string()], 3));
@@ -118,7 +127,7 @@ mod tests {
     #[test]
     fn a_released_lease_is_not_extended() {
         let mut leases = Leases::new(3000, 60_000);
-        leases.hold("a".into(), 0);
+        leases.hold("a".into(), Dropped::default(), 0);
         leases.release("a");
         assert_eq!(leases.due(2500), Due { seconds: 3, ..Due::default() });
         assert_eq!(leases.len(), 0);
@@ -127,7 +136,7 @@ mod tests {
     #[test]
     fn a_lease_past_max_extension_is_abandoned_not_extended() {
         let mut leases = Leases::new(1000, 2500);
-        leases.hold("a".into(), 0);
+        leases.hold("a".into(), Dropped::default(), 0);
         assert_eq!(leases.due(700).extend, ["a"]);
         assert_eq!(leases.due(1400).extend, ["a"]);
         assert_eq!(leases.due(2100).extend, ["a"]);
@@ -140,11 +149,23 @@ mod tests {
     #[test]
     fn renew_all_extends_every_lease_but_those_past_max_extension() {
         let mut leases = Leases::new(3000, 10_000);
-        leases.hold("old".into(), 0);
-        leases.hold("new".into(), 9000);
+        leases.hold("old".into(), Dropped::default(), 0);
+        leases.hold("new".into(), Dropped::default(), 9000);
         let due = leases.renew_all(10_500);
         assert_eq!((due.extend, due.abandoned), (vec!["new".to_string()], vec!["old".to_string()]));
         assert!(leases.due(11_000).extend.is_empty(), "renewed from 10_500");
+    }
+
+    #[test]
+    fn a_lease_whose_handle_was_dropped_is_forgotten_when_next_due() {
+        let mut leases = Leases::new(3000, 60_000);
+        let dropped = Dropped::default();
+        leases.hold("a".into(), dropped.clone(), 0);
+        leases.hold("b".into(), Dropped::default(), 0);
+        dropped.set();
+        let due = leases.due(2000);
+        assert_eq!((due.extend, due.dropped), (vec!["b".to_string()], vec!["a".to_string()]));
+        assert_eq!(leases.len(), 1);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! acks or nacks it.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -21,6 +23,23 @@ pub const NACK_REASON_BYTES_MAX: usize = 1024;
 pub(crate) enum Op {
     Ack { ack_id: String, epoch: u64 },
     Nack { ack_id: String, epoch: u64, key: NackKey },
+}
+
+/// Set when a handle is dropped without a decision. The lease it names is then no longer
+/// extended, whether or not the handle's nack found room in the queue of decisions: a nack
+/// that did not fit would otherwise leave the lease extended until `max_lease_extension`,
+/// and the message would not come again until then.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dropped(Arc<AtomicBool>);
+
+impl Dropped {
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// How a nacked message comes back.
@@ -53,7 +72,8 @@ impl NackOptions {
 }
 
 /// Acks or nacks one received message. Dropped without either, it nacks the message (best
-/// effort: if the subscriber's queue of decisions is full, the lease simply expires).
+/// effort: if the subscriber's queue of decisions is full, or the subscriber is gone, its
+/// lease is no longer extended and expires, and the message comes again).
 ///
 /// The decision is queued and sent in a batch (see
 /// [`SubscriberSettings::ack_batch_max`](super::SubscriberSettings::ack_batch_max)), so
@@ -66,11 +86,18 @@ pub struct AckHandle {
     epoch: u64,
     ops: mpsc::Sender<Op>,
     decided: bool,
+    /// Shared with the lease's entry in the subscriber's `Leases`.
+    dropped: Dropped,
 }
 
 impl AckHandle {
     pub(crate) fn new(ack_id: String, epoch: u64, ops: mpsc::Sender<Op>) -> Self {
-        Self { ack_id, epoch, ops, decided: false }
+        Self { ack_id, epoch, ops, decided: false, dropped: Dropped::default() }
+    }
+
+    /// What tells the lease extender that this handle was dropped undecided.
+    pub(crate) fn dropped(&self) -> Dropped {
+        self.dropped.clone()
     }
 
     /// Drops the handle without a decision: its lease is already gone.
@@ -112,6 +139,7 @@ impl AckHandle {
 impl Drop for AckHandle {
     fn drop(&mut self) {
         if !self.decided {
+            self.dropped.set();
             let ack_id = std::mem::take(&mut self.ack_id);
             let _ = self.ops.try_send(Op::Nack { ack_id, epoch: self.epoch, key: NackKey::default() });
         }
@@ -156,6 +184,11 @@ impl ReceivedMessage {
     /// The lease's id.
     pub fn ack_id(&self) -> &str {
         self.handle.ack_id()
+    }
+
+    /// What tells the lease extender that its handle was dropped undecided.
+    pub(crate) fn dropped(&self) -> Dropped {
+        self.handle.dropped()
     }
 
     /// The lease epoch it was received in.

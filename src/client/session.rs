@@ -425,9 +425,12 @@ impl Session {
     /// Extends the leases that are due, and heartbeats if nothing was sent for a while.
     async fn check_leases(&mut self, live: &mut Live) {
         let now_ms = self.clock.now_ms();
-        let (abandoned, extended) = self.held_mut().extend_due(now_ms);
-        for ack_id in &abandoned {
+        let (forgotten, extended) = self.held_mut().extend_due(now_ms);
+        for ack_id in &forgotten.abandoned {
             debug!(%ack_id, "held past max_lease_extension; its lease is left to expire");
+        }
+        for ack_id in &forgotten.dropped {
+            debug!(%ack_id, "its handle was dropped undecided; its lease is left to expire");
         }
         if extended > 0 {
             self.shared.lease_extensions.fetch_add(extended as u64, Ordering::Relaxed);
