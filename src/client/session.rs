@@ -371,17 +371,7 @@ impl Session {
         }
         for confirmation in response.ack_confirmations {
             self.held_mut().confirmed(&confirmation);
-            let applied = confirmation.result == pb::AckResult::Applied as i32;
-            let counter = match pb::AckOperation::try_from(confirmation.operation) {
-                Ok(pb::AckOperation::Ack) if applied => &self.shared.acked,
-                Ok(pb::AckOperation::Nack) if applied => &self.shared.nacked,
-                Ok(pb::AckOperation::ModifyDeadline) if applied => continue,
-                _ => {
-                    debug!(ack_id = %confirmation.ack_id, result = confirmation.result, "ack not applied");
-                    &self.shared.rejected
-                }
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            self.shared.count(&confirmation);
         }
         if let Some(assignment) = response.assignment {
             debug!(generation = assignment.generation, partitions = ?assignment.partitions, "assignment");

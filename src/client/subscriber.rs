@@ -191,10 +191,14 @@ pub struct SubscriberStats {
     pub acked: u64,
     /// Nacks the broker confirmed as applied.
     pub nacked: u64,
-    /// Acks and nacks confirmed EXPIRED (the lease had ended) or INVALID.
+    /// Acks and nacks the broker did not apply: confirmed EXPIRED (the lease had ended)
+    /// or INVALID. Lease extensions it did not apply count in `extensions_refused`.
     pub rejected: u64,
     /// Lease extensions sent.
     pub lease_extensions: u64,
+    /// Lease extensions the broker did not apply (the lease had ended, after a broker
+    /// restart say): those messages are no longer extended, and come again.
+    pub extensions_refused: u64,
     /// Streams opened after the first one.
     pub reconnects: u64,
 }
@@ -216,7 +220,42 @@ pub(crate) struct Shared {
     pub nacked: AtomicU64,
     pub rejected: AtomicU64,
     pub lease_extensions: AtomicU64,
+    pub extensions_refused: AtomicU64,
     pub reconnects: AtomicU64,
+}
+
+impl Shared {
+    /// The counters as they are now.
+    fn stats(&self) -> SubscriberStats {
+        let s = self;
+        SubscriberStats {
+            received: s.received.load(Ordering::Relaxed),
+            acked: s.acked.load(Ordering::Relaxed),
+            nacked: s.nacked.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+            lease_extensions: s.lease_extensions.load(Ordering::Relaxed),
+            extensions_refused: s.extensions_refused.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts the broker's answer for one ack id.
+    pub(crate) fn count(&self, confirmation: &pb::AckConfirmation) {
+        let applied = confirmation.result == pb::AckResult::Applied as i32;
+        let counter = match pb::AckOperation::try_from(confirmation.operation) {
+            Ok(pb::AckOperation::Ack) if applied => &self.acked,
+            Ok(pb::AckOperation::Nack) if applied => &self.nacked,
+            Ok(pb::AckOperation::Ack | pb::AckOperation::Nack) => &self.rejected,
+            Ok(pb::AckOperation::ModifyDeadline) if applied => return,
+            Ok(pb::AckOperation::ModifyDeadline) => &self.extensions_refused,
+            // An operation this client does not know (a newer broker): nothing it sent.
+            Ok(pb::AckOperation::Unspecified) | Err(_) => return,
+        };
+        if !applied {
+            debug!(ack_id = %confirmation.ack_id, operation = confirmation.operation, result = confirmation.result, "not applied");
+        }
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the subscriber's task hands the application.
@@ -313,15 +352,7 @@ impl Subscriber {
 
     /// What the subscriber has done so far.
     pub fn stats(&self) -> SubscriberStats {
-        let s = &self.shared;
-        SubscriberStats {
-            received: s.received.load(Ordering::Relaxed),
-            acked: s.acked.load(Ordering::Relaxed),
-            nacked: s.nacked.load(Ordering::Relaxed),
-            rejected: s.rejected.load(Ordering::Relaxed),
-            lease_extensions: s.lease_extensions.load(Ordering::Relaxed),
-            reconnects: s.reconnects.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
     }
 
     /// Stops the subscriber: queued acks and nacks are sent, then the stream is ended with
@@ -457,5 +488,24 @@ mod tests {
         let (a, b) = (default_client_id(), default_client_id());
         assert_ne!(a, b);
         assert!(a.len() <= CLIENT_ID_BYTES_MAX && a.bytes().all(|c| c.is_ascii_graphic()), "{a}");
+    }
+
+    #[test]
+    fn refused_extensions_are_counted_apart_from_refused_acks_and_nacks() {
+        let shared = Shared::default();
+        let answers = [
+            (pb::AckOperation::Ack, pb::AckResult::Applied),
+            (pb::AckOperation::Ack, pb::AckResult::Expired),
+            (pb::AckOperation::Nack, pb::AckResult::Invalid),
+            (pb::AckOperation::ModifyDeadline, pb::AckResult::Applied),
+            (pb::AckOperation::ModifyDeadline, pb::AckResult::Expired),
+            (pb::AckOperation::ModifyDeadline, pb::AckResult::Invalid),
+        ];
+        for (operation, result) in answers {
+            let ack_id = "s-0-1-7".to_string();
+            shared.count(&pb::AckConfirmation { ack_id, operation: operation as i32, result: result as i32 });
+        }
+        let stats = shared.stats();
+        assert_eq!((stats.acked, stats.nacked, stats.rejected, stats.extensions_refused), (1, 0, 2, 2), "{stats:?}");
     }
 }
