@@ -206,7 +206,11 @@ mod tests {
         ops.try_send(crate::client::received::Op::Ack { ack_id: "x".into(), epoch: 1 }).unwrap();
         drop(a);
         let (forgotten, extended) = held.extend_due(2000);
-        assert_eq!((forgotten.dropped, extended), (vec!["a".to_string()], 1), "a, dropped, is no longer extended; b, still held, is");
+        assert_eq!(
+            (forgotten.dropped, extended),
+            (vec!["a".to_string()], 1),
+            "a, dropped, is no longer extended; b, still held, is"
+        );
         assert!(matches!(rx.try_recv(), Ok(crate::client::received::Op::Ack { .. })));
         assert!(rx.try_recv().is_err(), "a's nack did not fit");
     }
