@@ -119,6 +119,23 @@ impl PublisherSettings {
         check(!self.request_timeout.is_zero(), "request_timeout", "is 0; it must be positive".to_string())?;
         self.retry.validate()
     }
+
+    /// Refuses a retry budget the topic's dedupe window does not cover: a retry sent after
+    /// the window has passed since the first attempt is stored again instead of answered as
+    /// a duplicate. `retry.total_timeout` and `request_timeout` must be at most half of
+    /// `window`, the topic's `dedupe_window` (from [`Client::get_topic`](super::Client::get_topic)).
+    ///
+    /// The publisher does not check this itself: [`Client::publisher`](super::Client::publisher)
+    /// does no IO, so that a publisher can be made, and queue, while the broker is down.
+    pub fn validate_for_dedupe_window(&self, window: Duration) -> Result<(), ClientError> {
+        let half = window / 2;
+        let check = ClientError::check;
+        let total = self.retry.total_timeout;
+        let rule = format!("at most half the topic's dedupe window ({window:?}), or retries may be stored twice");
+        check(total <= half, "retry.total_timeout", format!("is {total:?}; it must be {rule}"))?;
+        let request = self.request_timeout;
+        check(request <= half, "request_timeout", format!("is {request:?}; it must be {rule}"))
+    }
 }
 
 /// Counters of what a publisher did, for tests and metrics.
@@ -335,5 +352,25 @@ impl Future for PublishHandle {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.answer).poll(cx).map(|answer| answer.unwrap_or_else(|_| Err(closed())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_budget_longer_than_half_the_dedupe_window_is_refused() {
+        let settings = PublisherSettings::default();
+        settings.validate_for_dedupe_window(Duration::from_secs(120)).unwrap();
+        let error = settings.validate_for_dedupe_window(Duration::from_secs(90)).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "retry.total_timeout: is 60s; it must be at most half the topic's dedupe window (90s), or retries may be stored twice"
+        );
+        let retry = RetrySettings { total_timeout: Duration::from_secs(5), ..Default::default() };
+        let short = PublisherSettings { retry, ..Default::default() };
+        let error = short.validate_for_dedupe_window(Duration::from_secs(20)).unwrap_err().to_string();
+        assert!(error.starts_with("request_timeout: is 30s;"), "{error}");
     }
 }

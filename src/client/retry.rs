@@ -21,7 +21,9 @@ pub struct RetrySettings {
     /// oldest of a batch), so messages queued behind a failing batch share its budget.
     /// A retry is recognised as a duplicate only within the topic's dedupe window: on a
     /// topic whose window is shorter than the default 120 s, keep this (and the
-    /// publisher's `request_timeout`) under half of it. Default 60 s: half the broker's default dedupe window (120 s), so a
+    /// publisher's `request_timeout`) under half of it;
+    /// [`PublisherSettings::validate_for_dedupe_window`](super::PublisherSettings::validate_for_dedupe_window)
+    /// checks that. Default 60 s: half the broker's default dedupe window (120 s), so a
     /// retried publish is still recognised as a duplicate.
     pub total_timeout: Duration,
 }
