@@ -188,3 +188,51 @@ fn the_index_is_rebuilt_from_the_file_log_when_the_broker_opens() {
     let again = b.publish(0, 131_000, "t", vec![to(0, "new", "new"), to(1, "f7", "f7"), to(0, "old", "old")]).unwrap();
     assert_eq!(places(&again), vec![(0, 1, true), (1, 7, true), (0, 3, false)]);
 }
+
+/// `count` messages keyed `{prefix}-{first}` onwards, as the client's `Publisher` numbers them.
+fn numbered(prefix: &str, first: u64, count: u64) -> Vec<OutgoingMessage> {
+    (first..first + count).map(|n| keyed("v", &format!("{prefix}-{n}"))).collect()
+}
+
+#[test]
+fn a_publisher_at_full_speed_is_not_refused_and_its_retries_are_still_duplicates() {
+    let mut b = memory(BrokerConfig { dedupe_keys_max: 100_000, ..Default::default() });
+    b.create_topic("t", None).unwrap();
+    // 300 000 messages in 30 s, well within one 120 s window: 3000 batches of 100.
+    for batch in 0..3_000u64 {
+        let published = b.publish(0, 1_000 + batch * 10, "t", numbered("pub", batch * 100, 100)).unwrap();
+        assert!(published.iter().all(|p| !p.duplicate));
+    }
+    assert_eq!(ends(&b, "t"), vec![300_000]);
+    assert_eq!(b.topics["t"].dedupe.len(), 3_000, "one entry per batch");
+    let retry = b.publish(0, 31_000, "t", numbered("pub", 700, 100)).unwrap();
+    let originals: Vec<(u32, u64, bool)> = (700..800).map(|offset| (0, offset, true)).collect();
+    assert_eq!(places(&retry), originals);
+    assert_eq!(retry[5].message_id, b.topics["t"].message_id(0, 705));
+    assert_eq!(ends(&b, "t"), vec![300_000], "the retry stored nothing");
+    b.assert_invariants();
+}
+
+#[test]
+fn the_bound_counts_entries_and_a_batch_continuing_a_run_adds_none() {
+    let mut b = memory(BrokerConfig { dedupe_keys_max: 2, ..Default::default() });
+    b.publish(0, 0, "t", numbered("p", 0, 100)).unwrap();
+    b.publish(0, 5, "t", numbered("p", 100, 100)).unwrap();
+    let err = b.publish(0, 6, "t", numbered("p", 200, 1)).unwrap_err();
+    assert!(matches!(err, BrokerError::LimitReached { limit_name: "dedupe_keys_max", limit: 2, .. }), "{err:?}");
+    assert!(err.to_string().contains("holds 2 dedupe entries and this publish adds 1"), "{err}");
+    // Stamped at the time of the last run (the clock stepped back), it only extends it.
+    let extended = b.publish(0, 4, "t", numbered("p", 200, 100)).unwrap();
+    assert_eq!(places(&extended)[99], (0, 299, false));
+    assert_eq!(b.topics["t"].dedupe.len(), 2);
+    b.assert_invariants();
+}
+
+#[test]
+fn a_refused_publish_does_not_move_the_round_robin() {
+    let mut b = memory(BrokerConfig { dedupe_keys_max: 1, ..Default::default() });
+    b.create_topic("t", Some(2)).unwrap();
+    assert_eq!(places(&b.publish(0, 0, "t", vec![keyed("a", "a")]).unwrap()), vec![(0, 0, false)]);
+    assert!(b.publish(0, 0, "t", vec![keyed("b", "b")]).is_err());
+    assert_eq!(places(&b.publish(0, 0, "t", vec![msg("keyless", None)]).unwrap()), vec![(1, 0, false)]);
+}

@@ -1,11 +1,12 @@
 //! Publishing: validate the whole request, then append it.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use super::broker::Broker;
-use super::dedupe::{Dedupe, Original};
+use super::dedupe::{BatchKeys, Dedupe, Original};
 use super::error::BrokerError;
 use super::name;
 use super::topic::Topic;
@@ -79,8 +80,8 @@ impl Broker {
         let keys_max = self.config.dedupe_keys_max;
         let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
         t.dedupe.expire(wall_ms);
-        let slots = plan(&t.dedupe, messages, keys_max, topic)?;
-        let (results, appended) = store(t, wall_ms, slots)?;
+        let slots = plan(&t.dedupe, messages);
+        let (results, appended) = store(t, wall_ms, slots, keys_max)?;
         // Retention runs after the append has succeeded everywhere. If the disk refuses it,
         // the publish still stands; the next append or checkpoint tries again.
         let retention = Retention {
@@ -189,42 +190,74 @@ enum Slot {
     SameAs(usize),
 }
 
-/// Sorts the messages of a request into new ones and duplicates, and refuses the request
-/// if its new keys would take the index past `dedupe_keys_max`.
-fn plan(
-    dedupe: &Dedupe,
-    messages: Vec<OutgoingMessage>,
-    keys_max: usize,
-    topic: &str,
-) -> Result<Vec<Slot>, BrokerError> {
-    let mut first_with_key: BTreeMap<String, usize> = BTreeMap::new();
-    let mut slots = Vec::with_capacity(messages.len());
-    for (i, message) in messages.into_iter().enumerate() {
-        let slot = match message.idempotency_key.as_deref() {
-            Some(key) => match (dedupe.get(key), first_with_key.get(key)) {
-                (Some(original), _) => Slot::Held(original),
-                (None, Some(&first)) => Slot::SameAs(first),
-                (None, None) => {
-                    first_with_key.insert(key.to_string(), i);
-                    Slot::New(message)
+/// Sorts the messages of a request into new ones and duplicates.
+fn plan(dedupe: &Dedupe, messages: Vec<OutgoingMessage>) -> Vec<Slot> {
+    // The keys are borrowed from the request: finding a repeat copies none.
+    let mut first_with_key: BTreeMap<&str, usize> = BTreeMap::new();
+    let duplicates: Vec<Option<Slot>> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let key = message.idempotency_key.as_deref()?;
+            if let Some(original) = dedupe.get(key) {
+                return Some(Slot::Held(original));
+            }
+            match first_with_key.entry(key) {
+                Entry::Occupied(first) => Some(Slot::SameAs(*first.get())),
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    None
                 }
-            },
-            None => Slot::New(message),
-        };
-        slots.push(slot);
+            }
+        })
+        .collect();
+    messages.into_iter().zip(duplicates).map(|(message, duplicate)| duplicate.unwrap_or(Slot::New(message))).collect()
+}
+
+/// The new idempotency keys of each partition's share of a request, grouped into the
+/// entries the index will hold.
+fn batch_keys(by_partition: &BTreeMap<u32, Vec<(usize, Record)>>) -> Vec<BatchKeys> {
+    let keys_of = |batch: &Vec<(usize, Record)>| {
+        let mut keys = BatchKeys::default();
+        for (at, (_, record)) in batch.iter().enumerate() {
+            if let Some(key) = &record.idempotency_key {
+                keys.push(at as u64, key);
+            }
+        }
+        keys
+    };
+    by_partition.values().map(keys_of).collect()
+}
+
+/// Refuses a request whose new keys would take the topic's index past `dedupe_keys_max`
+/// entries (a run of keys `{prefix}-{n}` in one partition's share is one entry).
+fn check_bound(
+    t: &Topic,
+    wall_ms: u64,
+    by_partition: &BTreeMap<u32, Vec<(usize, Record)>>,
+    keys: &[BatchKeys],
+    keys_max: usize,
+) -> Result<(), BrokerError> {
+    let added: usize = by_partition
+        .keys()
+        .zip(keys)
+        .map(|(&partition, keys)| {
+            let end = t.logs[partition as usize].end_offset();
+            t.dedupe.entries_added(partition, end, wall_ms, keys)
+        })
+        .sum();
+    if t.dedupe.len() + added <= keys_max {
+        return Ok(());
     }
-    if dedupe.len() + first_with_key.len() > keys_max {
-        return Err(BrokerError::LimitReached {
-            what: format!(
-                "topic `{topic}` holds {} idempotency keys and this publish adds {}; retry when older keys pass the dedupe window",
-                dedupe.len(),
-                first_with_key.len()
-            ),
-            limit_name: "dedupe_keys_max",
-            limit: keys_max as u64,
-        });
-    }
-    Ok(slots)
+    Err(BrokerError::LimitReached {
+        what: format!(
+            "topic `{}` holds {} dedupe entries and this publish adds {added} (an entry is one idempotency key, or a run of keys `{{prefix}}-{{n}}` numbered in order in one partition's share of a publish); retry when older keys pass the dedupe window",
+            t.name,
+            t.dedupe.len(),
+        ),
+        limit_name: "dedupe_keys_max",
+        limit: keys_max as u64,
+    })
 }
 
 /// (partition, first offset appended) for every partition a publish appended to.
@@ -272,17 +305,29 @@ fn place(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Placement {
 
 /// Appends the new messages of a request, all or nothing, then teaches the index their
 /// keys and answers every slot. Returns the answers and, per partition appended to, the
-/// first offset.
-fn store(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Result<(Vec<Published>, Appended), BrokerError> {
+/// first offset. Refuses the request, storing nothing, if its new keys would take the
+/// index past `keys_max` entries.
+fn store(
+    t: &mut Topic,
+    wall_ms: u64,
+    slots: Vec<Slot>,
+    keys_max: usize,
+) -> Result<(Vec<Published>, Appended), BrokerError> {
+    let round_robin = t.round_robin;
     let Placement { by_partition, mut answers, same_as } = place(t, wall_ms, slots);
-    let mut keys = Vec::new();
+    let keys = batch_keys(&by_partition);
+    if let Err(refused) = check_bound(t, wall_ms, &by_partition, &keys, keys_max) {
+        // A refused request changes nothing, not even where the next keyless message goes.
+        t.round_robin = round_robin;
+        return Err(refused);
+    }
+    let mut learnt = Vec::new();
     // All or nothing: when one partition refuses, what the others took is cut off again
     // before anyone could read it (nothing is dispatched until the request is done), and
     // the index has learnt none of the keys yet.
     let mut appended: Vec<(u32, u64)> = Vec::new();
-    for (partition, batch) in by_partition {
+    for ((partition, batch), keys) in by_partition.into_iter().zip(keys) {
         let (indexes, records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
-        let batch_keys: Vec<Option<String>> = records.iter().map(|r| r.idempotency_key.clone()).collect();
         let (first, time_ms) = match append(t.logs[partition as usize].as_mut(), records) {
             Ok(placed) => placed,
             Err(error) => {
@@ -295,17 +340,15 @@ fn store(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Result<(Vec<Published
             }
         };
         appended.push((partition, first));
-        for (n, (i, key)) in indexes.into_iter().zip(batch_keys).enumerate() {
+        for (n, i) in indexes.into_iter().enumerate() {
             let offset = first + n as u64;
             answers[i] =
                 Some(Published { message_id: t.message_id(partition, offset), partition, offset, duplicate: false });
-            if let Some(key) = key {
-                keys.push((key, Original { partition, offset, time_ms }));
-            }
         }
+        learnt.push((partition, first, time_ms, keys));
     }
-    for (key, original) in keys {
-        t.dedupe.insert(key, original);
+    for (partition, first, time_ms, keys) in learnt {
+        t.dedupe.insert_batch(partition, first, time_ms, keys);
     }
     for (i, first) in same_as {
         let original = answers[first].clone().expect("an earlier message of the request was placed");

@@ -15,8 +15,9 @@ pub struct Topic {
     pub subscriptions: BTreeSet<String>,
     /// Idempotency keys published within the topic's dedupe window.
     pub dedupe: Dedupe,
-    /// The partition the next keyless message without an explicit partition goes to.
-    round_robin: u32,
+    /// The partition the next keyless message without an explicit partition goes to
+    /// (restored by a publish that is refused after it chose partitions).
+    pub(super) round_robin: u32,
 }
 
 impl Topic {
