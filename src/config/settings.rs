@@ -283,7 +283,7 @@ settings! {
     Broker dedupe_window_ms: u64 = server.broker.dedupe_window_ms,
         "How long an idempotency key is remembered, for topics without a window of their own.";
     Broker dedupe_keys_max: usize = server.broker.dedupe_keys_max,
-        "Most idempotency keys a topic remembers at once; more is RESOURCE_EXHAUSTED.";
+        "Most dedupe entries a topic holds at once: one per idempotency key, but keys {prefix}-{n} published in order count once per batch per partition; more is RESOURCE_EXHAUSTED.";
     Broker idempotency_key_bytes_max: usize = server.broker.idempotency_key_bytes_max,
         "Longest idempotency key, in bytes.";
     Broker session_timeout_ms: u64 = server.broker.session_timeout_ms,

@@ -4,7 +4,7 @@ use super::dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 use super::error::BrokerError;
 
 /// The most `idempotency_key_bytes_max` may allow: keys are held in memory for the whole
-/// dedupe window, `dedupe_keys_max` of them per topic.
+/// dedupe window, in up to `dedupe_keys_max` entries per topic.
 const IDEMPOTENCY_KEY_BYTES_LIMIT: usize = 1024;
 
 /// Settings of the broker core. Every bound says what happens when it is reached.
@@ -74,9 +74,12 @@ pub struct BrokerConfig {
     /// topics created without a window of their own (JetStream's `duplicate_window`).
     /// Within it a publish with the same key stores nothing and gets the original's place.
     pub dedupe_window_ms: u64,
-    /// Most idempotency keys a topic remembers at once. A publish that would add keys past
-    /// it is refused with RESOURCE_EXHAUSTED (and stores nothing) until older keys expire:
-    /// forgetting a key early would silently store a retry twice.
+    /// Most entries a topic's dedupe index holds at once, since memory is what it protects.
+    /// A key has an entry of its own, but keys `{prefix}-{n}` (n a decimal number without
+    /// leading zeros, as the client's `Publisher` numbers them) published in order count
+    /// once per batch per partition: a run of them is one entry. A publish that would add
+    /// entries past it is refused with RESOURCE_EXHAUSTED (and stores nothing) until older
+    /// keys expire: forgetting a key early would silently store a retry twice.
     pub dedupe_keys_max: usize,
     /// Longest idempotency key, in bytes; longer is INVALID_ARGUMENT.
     pub idempotency_key_bytes_max: usize,
