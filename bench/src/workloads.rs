@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::plan::{Plan, Workload, ASYNC_WINDOW, BATCH_MESSAGES, GROUP_MEMBERS};
 use crate::results::Measured;
@@ -160,9 +161,10 @@ async fn publish_loop(
             break;
         }
         while in_flight.len() < in_flight_max {
-            let ack = match batch {
-                1 => sender.send(value.clone()).await?,
-                n => sender.send_batch(vec![value.clone(); n]).await?,
+            let ack = match (in_flight_max, batch) {
+                (_, 2..) => sender.send_batch(vec![value.clone(); batch]).await?,
+                (1, _) => sender.send_sync(value.clone(), plan.sync_via_library).await?,
+                _ => sender.send(value.clone()).await?,
             };
             in_flight.push(timed(ack));
         }
@@ -313,74 +315,95 @@ async fn count_in_window(mut consumer: Consumer, window: Window, stop: Arc<Atomi
 async fn end_to_end(driver: &Driver, size: usize, plan: &Plan, pid: u32, rate: u32) -> anyhow::Result<Measured> {
     let table = Timetable::new(rate);
     let consumer = driver.consumer(0, 0).await?;
-    let sender = driver.sender().await?;
+    let sender = Arc::new(driver.sender().await?);
     let start = Instant::now();
     let warm = table.due_by(plan.warmup());
     let total = table.due_by(plan.warmup() + plan.window()).min(warm + plan.case_messages_max);
     let deadline = start + plan.warmup() + plan.window() + E2E_GRACE;
     let receiving = tokio::spawn(receive_timed(consumer, table, start, warm, total, deadline));
-    let sent = send_on_timetable(&sender, size, table, start, total, pid, warm).await;
+    let pace = Pace { table, start, total, warm, size, pid };
+    let sent = send_on_timetable(sender.clone(), pace).await;
     let (latencies, delivered) = receiving.await.context("consumer task")??;
     let (seconds, cpu_seconds, usage) = sent?;
-    sender.close().await?;
+    match Arc::try_unwrap(sender) {
+        Ok(sender) => sender.close().await?,
+        Err(_) => bail!("the pacing thread still holds the sender"),
+    }
     let mut measured = Measured::new(delivered, seconds, size, cpu_seconds, usage);
     measured.latency = latencies.summary();
     let expected = total - warm;
     if delivered < expected {
-        measured.note = Some(format!("{} of {expected} not delivered within {E2E_GRACE:?} after the window", expected - delivered));
+        let missing = expected - delivered;
+        measured.note = Some(format!("{missing} of {expected} not delivered within {E2E_GRACE:?} after the window"));
     }
     Ok(measured)
 }
 
-/// Sends message `i` at `start + table.intended(i)` (or as soon after as it can), `total`
-/// in all; the meter runs from message `warm` to the last.
-async fn send_on_timetable(
-    sender: &Sender,
-    size: usize,
+/// The timetable of one end-to-end case: `total` messages from `start`, the meter running
+/// from message `warm` on.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
     table: Timetable,
     start: Instant,
     total: u64,
-    pid: u32,
     warm: u64,
-) -> anyhow::Result<(f64, f64, Usage)> {
-    let mut in_flight = FuturesUnordered::new();
-    let (mut next, mut meter) = (0u64, None);
-    for _ in 0..TURNS_MAX {
-        if next >= total {
-            break;
-        }
-        let due = table.due_by(start.elapsed()).min(total);
-        while next < due && in_flight.len() < ASYNC_WINDOW {
-            if next == warm {
-                meter = Some(Meter::start(pid)?);
+    size: usize,
+    pid: u32,
+}
+
+/// Sends message `i` at `start + table.intended(i)`, or as soon after as it can. A blocking
+/// thread keeps the time: `std::thread::sleep` wakes within tens of microseconds, where
+/// tokio's timer wakes on 1 ms ticks. The acks are awaited here, at most [`ASYNC_WINDOW`]
+/// unanswered (the thread waits for room, and the late sends are charged to latency).
+async fn send_on_timetable(sender: Arc<Sender>, pace: Pace) -> anyhow::Result<(f64, f64, Usage)> {
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel::<(Ack, OwnedSemaphorePermit)>(ASYNC_WINDOW);
+    let room = Arc::new(Semaphore::new(ASYNC_WINDOW));
+    let runtime = tokio::runtime::Handle::current();
+    let pacing = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64, Usage)> {
+        let (mut next, mut meter) = (0u64, None);
+        for _ in 0..TURNS_MAX {
+            if next >= pace.total {
+                break;
             }
-            in_flight.push(sender.send(indexed(next, size)).await?);
+            if next >= pace.table.due_by(pace.start.elapsed()) {
+                let wake = pace.start + pace.table.intended(next);
+                std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+                continue;
+            }
+            if next == pace.warm {
+                meter = Some(Meter::start(pace.pid)?);
+            }
+            let permit = runtime.block_on(room.clone().acquire_owned())?;
+            let ack = runtime.block_on(sender.send(indexed(next, pace.size)))?;
+            acks_tx.blocking_send((ack, permit)).map_err(|_| anyhow::anyhow!("the ack task ended"))?;
             next += 1;
         }
-        if next < due || next >= total {
-            // Behind (the window is full) or done sending: wait for an answer.
-            if let Some(result) = in_flight.next().await {
-                result.context("publish")?;
+        let Some(meter) = meter else { bail!("the window never started") };
+        meter.stop()
+    });
+    let mut in_flight = FuturesUnordered::new();
+    let settled = tokio::time::timeout(pace.table.intended(pace.total) + DRAIN_TIMEOUT, async {
+        // Ends when the thread is done and has dropped its end of the channel.
+        for _ in 0..TURNS_MAX {
+            tokio::select! {
+                received = acks_rx.recv() => match received {
+                    Some((ack, permit)) => in_flight.push(async move { let _permit = permit; ack.await }),
+                    None => break,
+                },
+                Some(result) = in_flight.next(), if !in_flight.is_empty() => result.context("publish")?,
             }
-            continue;
         }
-        let wake = tokio::time::Instant::from_std(start + table.intended(next));
-        tokio::select! {
-            () = tokio::time::sleep_until(wake) => {}
-            Some(result) = in_flight.next(), if !in_flight.is_empty() => result.context("publish")?,
-        }
-    }
-    let Some(meter) = meter else { bail!("the window never started") };
-    let stopped = meter.stop()?;
-    tokio::time::timeout(DRAIN_TIMEOUT, async {
         while let Some(result) = in_flight.next().await {
             result.context("publish")?;
         }
         anyhow::Ok(())
     })
-    .await
-    .context("publishes still unanswered after the window")??;
-    Ok(stopped)
+    .await;
+    // Closing our end stops the thread if we ended early.
+    drop(acks_rx);
+    let paced = pacing.await.context("pacing thread")?;
+    settled.context("publishes still unanswered")??;
+    paced
 }
 
 /// Receives until message `total - 1` is in (or `deadline`), recording the latency of

@@ -98,6 +98,15 @@ impl Sender {
         }
     }
 
+    /// Sends one message for the one-in-flight workload: as [`Sender::send`], except that
+    /// mini-pubsub uses its generated client unless `library` (see `OursSender::send_generated`).
+    pub async fn send_sync(&self, value: Bytes, library: bool) -> anyhow::Result<Ack> {
+        match self {
+            Sender::Ours(s) if !library => Ok(s.send_generated(value)),
+            _ => self.send(value).await,
+        }
+    }
+
     /// Sends `values` as one batch (one request where the system has such a thing).
     pub async fn send_batch(&self, values: Vec<Bytes>) -> anyhow::Result<Ack> {
         match self {

@@ -85,6 +85,13 @@ impl OursSender {
         .boxed())
     }
 
+    /// One message in one `PublishRequest` of the generated client, for the sync workload:
+    /// the library's publisher, given no linger, still waits for a tokio timer tick (about
+    /// 1 ms) before each batch, which would be most of a one-in-flight round trip.
+    pub fn send_generated(&self, value: Bytes) -> Ack {
+        self.send_batch(vec![value])
+    }
+
     /// One `PublishRequest` carrying every value, without idempotency keys.
     pub fn send_batch(&self, values: Vec<Bytes>) -> Ack {
         let count = values.len();
