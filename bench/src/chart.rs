@@ -57,7 +57,8 @@ pub fn svg(table: &Table, classes: &[Class], systems: &[System]) -> String {
 fn decades(table: &Table) -> (i32, i32) {
     let rates: Vec<f64> =
         table.values().flat_map(|cells| cells.values().filter_map(|c| c.rate().map(|r| r.max.max(r.median)))).collect();
-    let mins: Vec<f64> = table.values().flat_map(|cells| cells.values().filter_map(|c| c.rate().map(|r| r.min))).collect();
+    let mins: Vec<f64> =
+        table.values().flat_map(|cells| cells.values().filter_map(|c| c.rate().map(|r| r.min))).collect();
     let high = rates.iter().copied().fold(10.0_f64, f64::max).log10().ceil() as i32;
     let low = mins.iter().copied().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
     let low = if low.is_finite() { low.log10().floor() as i32 } else { 0 };
@@ -105,7 +106,11 @@ fn panel(out: &mut String, table: &Table, class: Class, systems: &[System], top:
                 }
                 None => {
                     let yy = top + PANEL_HEIGHT - 3.0;
-                    let _ = writeln!(out, r#"<text x="{x:.1}" y="{yy:.1}" font-size="7" fill="{}">x</text>"#, color(system));
+                    let _ = writeln!(
+                        out,
+                        r#"<text x="{x:.1}" y="{yy:.1}" font-size="7" fill="{}">x</text>"#,
+                        color(system)
+                    );
                 }
             }
         }

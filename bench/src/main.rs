@@ -4,7 +4,7 @@
 //! latency percentiles, and the server's CPU time and memory. See bench/README.md.
 //!
 //! ```text
-//! bench/run.sh                         # build, then the full matrix (about 40 minutes)
+//! bench/run.sh                         # build, then the full matrix (about 45 minutes on 2 cores)
 //! bench/run.sh --quick                 # smoke run: every case once, tiny counts
 //! mini-pubsub-bench --only e2e --sizes 128 --classes memory --repeats 3
 //! mini-pubsub-bench --report-from bench/results/comparison.json   # rewrite the md and svg
@@ -110,9 +110,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let plan = plan_from(&args)?;
     let binaries = binaries(&args)?;
     let footprint = args.only.is_empty() || args.only.iter().any(|o| "footprint".contains(o.as_str()));
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(if plan.quick { "bench/results/quick" } else { "bench/results" })
-    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(if plan.quick { "bench/results/quick" } else { "bench/results" }));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(async {
         tokio::select! {
@@ -151,7 +152,7 @@ fn plan_from(args: &Args) -> anyhow::Result<Plan> {
         Some(s) if s > 0.0 && s <= 600.0 => (s * 1000.0) as u64,
         Some(s) => bail!("--seconds {s}: allowed is more than 0 to 600"),
         None if quick => 300,
-        None => 1500,
+        None => 800,
     };
     let backlog_messages_max = args.backlog_messages.unwrap_or(if quick { 5_000 } else { 1_000_000 });
     Ok(Plan {
@@ -161,12 +162,12 @@ fn plan_from(args: &Args) -> anyhow::Result<Plan> {
         classes,
         systems,
         workloads,
-        warmup_ms: if quick { 100 } else { 300 },
+        warmup_ms: if quick { 100 } else { 250 },
         window_ms,
         case_messages_max: if quick { 20_000 } else { 5_000_000 },
         backlog_messages_max,
         backlog_bytes_max: if quick { 8 << 20 } else { 512 << 20 },
-        backlog_seconds_max: if quick { 20 } else { 60 },
+        backlog_seconds_max: if quick { 20 } else { 30 },
         retained_messages: backlog_messages_max,
         sync_via_library: args.sync_via_library,
     })

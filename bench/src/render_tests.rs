@@ -16,7 +16,9 @@ fn fixed_report() -> Report {
     let case = Case { class: Class::Memory, workload: Workload::AsyncPublish, size: 128 };
     let fsync = Case { class: Class::Fsync, workload: Workload::SyncPublish, size: 128 };
     let mut runs = Vec::new();
-    for (repeat, (ours, nats)) in [(100_000.0, 50_000.0), (120_000.0, 40_000.0), (110_000.0, 60_000.0)].iter().enumerate() {
+    for (repeat, (ours, nats)) in
+        [(100_000.0, 50_000.0), (120_000.0, 40_000.0), (110_000.0, 60_000.0)].iter().enumerate()
+    {
         let repeat = repeat as u32 + 1;
         runs.push(RunResult { case, system: System::Ours, repeat, outcome: Outcome::Measured(measured(*ours)) });
         runs.push(RunResult { case, system: System::Nats, repeat, outcome: Outcome::Measured(measured(*nats)) });

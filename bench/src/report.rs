@@ -185,7 +185,8 @@ fn rate_cell(cell: Option<&Cell>) -> String {
     match cell.rate() {
         None => format!("failed ({})", cell.failures.len()),
         Some(r) => {
-            let failed = if cell.failures.is_empty() { String::new() } else { format!(", {} failed", cell.failures.len()) };
+            let failed =
+                if cell.failures.is_empty() { String::new() } else { format!(", {} failed", cell.failures.len()) };
             format!("{} [{}-{}{failed}]", human(r.median), human(r.min), human(r.max))
         }
     }
@@ -203,7 +204,8 @@ fn detail_row(out: &mut String, case: &Case, system: System, cell: &Cell) {
         return;
     }
     let f = |v: Option<f64>, show: fn(f64) -> String| v.map_or("-".to_string(), show);
-    let latency = |pick: fn(&crate::stats::LatencySummary) -> u64| cell.median_of(|m| m.latency.map(|l| pick(&l) as f64));
+    let latency =
+        |pick: fn(&crate::stats::LatencySummary) -> u64| cell.median_of(|m| m.latency.map(|l| pick(&l) as f64));
     let mib = |kib: Option<f64>| f(kib, |k| format!("{:.0}", k / 1024.0));
     let runs = cell.measured.len() + cell.failures.len();
     let mut notes: Vec<String> = cell.measured.iter().filter_map(|m| m.note.clone()).take(1).collect();

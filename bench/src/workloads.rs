@@ -47,9 +47,9 @@ pub fn layout(workload: Workload) -> Layout {
 pub async fn run(workload: Workload, size: usize, plan: &Plan, driver: &Driver, pid: u32) -> anyhow::Result<Measured> {
     let window = Window::new(plan);
     let measured = match workload {
-        Workload::SyncPublish => publish_only(driver, size, plan, pid, 1, 1, window).await?,
-        Workload::AsyncPublish => publish_only(driver, size, plan, pid, ASYNC_WINDOW, 1, window).await?,
-        Workload::BatchPublish => publish_only(driver, size, plan, pid, 1, BATCH_MESSAGES, window).await?,
+        Workload::SyncPublish => publish_only(driver, size, plan, pid, Shape::ONE, window).await?,
+        Workload::AsyncPublish => publish_only(driver, size, plan, pid, Shape::ASYNC, window).await?,
+        Workload::BatchPublish => publish_only(driver, size, plan, pid, Shape::BATCH, window).await?,
         Workload::BacklogConsume => backlog(driver, size, plan, pid).await?,
         Workload::ProduceConsume => live(driver, size, plan, pid, &[(0, 0)], window).await?,
         Workload::Group4 => {
@@ -128,6 +128,20 @@ fn timed(ack: Ack) -> Timed {
     Box::pin(async move { (started, ack.await) })
 }
 
+/// How a publishing loop publishes: requests of `batch` messages, up to `in_flight_max`
+/// of them unanswered.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    in_flight_max: usize,
+    batch: usize,
+}
+
+impl Shape {
+    const ONE: Shape = Shape { in_flight_max: 1, batch: 1 };
+    const ASYNC: Shape = Shape { in_flight_max: ASYNC_WINDOW, batch: 1 };
+    const BATCH: Shape = Shape { in_flight_max: 1, batch: BATCH_MESSAGES };
+}
+
 /// What a publishing loop saw in its window.
 struct Published {
     messages: u64,
@@ -144,11 +158,11 @@ async fn publish_loop(
     size: usize,
     plan: &Plan,
     pid: u32,
-    in_flight_max: usize,
-    batch: usize,
+    shape: Shape,
     window: Window,
     stop: &AtomicBool,
 ) -> anyhow::Result<Published> {
+    let Shape { in_flight_max, batch } = shape;
     let value = filler(size);
     let mut in_flight = FuturesUnordered::new();
     let (mut messages, mut latencies, mut meter) = (0u64, Latencies::default(), None);
@@ -195,12 +209,11 @@ async fn publish_only(
     size: usize,
     plan: &Plan,
     pid: u32,
-    in_flight_max: usize,
-    batch: usize,
+    shape: Shape,
     window: Window,
 ) -> anyhow::Result<Measured> {
     let sender = driver.sender().await?;
-    let p = publish_loop(&sender, size, plan, pid, in_flight_max, batch, window, &AtomicBool::new(false)).await?;
+    let p = publish_loop(&sender, size, plan, pid, shape, window, &AtomicBool::new(false)).await?;
     sender.close().await?;
     let latency = p.latencies.summary();
     Ok(Measured::new(p.messages, p.seconds, size, p.cpu_seconds, p.usage).with_latency(latency))
@@ -279,7 +292,7 @@ async fn live(
         consumers.spawn(count_in_window(consumer, window, stop.clone()));
     }
     let sender = driver.sender().await?;
-    let published = publish_loop(&sender, size, plan, pid, ASYNC_WINDOW, 1, window, &stop).await;
+    let published = publish_loop(&sender, size, plan, pid, Shape::ASYNC, window, &stop).await;
     stop.store(true, Ordering::Relaxed);
     let mut delivered = 0u64;
     while let Some(joined) = consumers.join_next().await {

@@ -74,7 +74,7 @@ impl Driver {
     pub async fn consumer(&self, group: usize, member: usize) -> anyhow::Result<Consumer> {
         Ok(match self {
             Driver::Ours(d) => Consumer::Ours(d.consumer(group, member).await?),
-            Driver::Nats(d) => Consumer::Nats(d.consumer(group).await?),
+            Driver::Nats(d) => Consumer::Nats(Box::new(d.consumer(group).await?)),
             Driver::Redis(d) => Consumer::Redis(d.consumer(group, member).await?),
         })
     }
@@ -129,7 +129,8 @@ impl Sender {
 /// A member of a consumer group.
 pub enum Consumer {
     Ours(ours::OursConsumer),
-    Nats(nats::NatsConsumer),
+    // Boxed: its pull stream is several times larger than the others.
+    Nats(Box<nats::NatsConsumer>),
     Redis(redis::RedisConsumer),
 }
 

@@ -66,8 +66,12 @@ impl Nats {
 
     pub async fn consumer(&self, group: usize) -> anyhow::Result<NatsConsumer> {
         let js = context(&self.url).await?;
-        let pull: consumer::PullConsumer =
-            js.get_stream(STREAM).await?.get_consumer(&durable(group)).await.map_err(|e| anyhow::anyhow!("get consumer: {e}"))?;
+        let pull: consumer::PullConsumer = js
+            .get_stream(STREAM)
+            .await?
+            .get_consumer(&durable(group))
+            .await
+            .map_err(|e| anyhow::anyhow!("get consumer: {e}"))?;
         let messages = pull.messages().await?;
         let ack_all = self.groups.get(group).is_some_and(|&members| members <= 1);
         Ok(NatsConsumer { js, messages, ack_all, scratch: Vec::new() })

@@ -56,10 +56,7 @@ impl Ours {
     }
 
     pub async fn consumer(&self, group: usize, member: usize) -> anyhow::Result<OursConsumer> {
-        let settings = SubscriberSettings {
-            client_id: Some(format!("bench-{group}-{member}")),
-            ..Default::default()
-        };
+        let settings = SubscriberSettings { client_id: Some(format!("bench-{group}-{member}")), ..Default::default() };
         let client = Client::connect(self.url.clone()).await?;
         let subscriber = client.subscribe(SubscribeTarget::subscription(subscription(group)), settings).await?;
         Ok(OursConsumer { subscriber, scratch: Vec::new() })
