@@ -97,6 +97,8 @@ fn method(out: &mut String, report: &Report) {
         p.backlog_bytes_max >> 20,
         p.backlog_seconds_max
     );
+    let sizes: Vec<String> = p.sizes.iter().map(|&s| size_label(s)).collect();
+    let _ = writeln!(out, "Value sizes in this run: {}.\n", sizes.join(", "));
     let _ = writeln!(out, "| workload | what it does | rate counts |\n|---|---|---|");
     for workload in Workload::all() {
         let _ = writeln!(out, "| {} | {} | {} |", workload.id(), describe(workload), workload.rate_meaning());

@@ -242,13 +242,15 @@ async fn backlog(driver: &Driver, size: usize, plan: &Plan, pid: u32) -> anyhow:
     consumer.close().await?;
     let (seconds, cpu_seconds, usage) = meter.stop()?;
     let mut measured = Measured::new(received, seconds, size, cpu_seconds, usage);
-    measured.note = Some(format!("backlog {filled}"));
+    // Hitting a bound is a measurement, not a failure: the rate is what was done in the time.
+    let mut note = format!("backlog {filled}");
     if filled < target {
-        measured.note = Some(format!("backlog {filled} of {target} (pre-fill hit {bound:?})"));
+        note = format!("backlog {filled} of {target} (the pre-fill hit {bound:?})");
     }
     if received < filled {
-        bail!("consumed {received} of a backlog of {filled} within {bound:?}");
+        note = format!("{note}; drained {received} within {bound:?}");
     }
+    measured.note = Some(note);
     Ok(measured)
 }
 
