@@ -4,7 +4,7 @@
 //! latency percentiles, and the server's CPU time and memory. See bench/README.md.
 //!
 //! ```text
-//! bench/run.sh                         # build, then the full matrix (about 45 minutes on 2 cores)
+//! bench/run.sh                         # build, then the full matrix (not yet timed: a 128 B-only run took 18 minutes, so expect about an hour on 2 cores; --seconds and --backlog-messages shorten it)
 //! bench/run.sh --quick                 # smoke run: every case once, tiny counts
 //! mini-pubsub-bench --only e2e --sizes 128 --classes memory --repeats 3
 //! mini-pubsub-bench --report-from bench/results/comparison.json   # rewrite the md and svg
