@@ -1,0 +1,280 @@
+//! What a run measures: the systems, durability classes and workloads, and the bounds of
+//! every case (a time window and a message budget).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum System {
+    Ours,
+    Nats,
+    Redis,
+}
+
+impl System {
+    pub const ALL: [System; 3] = [System::Ours, System::Nats, System::Redis];
+
+    /// The short name used in options and file names.
+    pub fn id(self) -> &'static str {
+        match self {
+            System::Ours => "mini-pubsub",
+            System::Nats => "nats",
+            System::Redis => "redis",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// A durability class: rows only ever compare systems of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Class {
+    /// Nothing on disk.
+    Memory,
+    /// Written to a file before the ack, not fsynced: survives a process crash, not a power cut.
+    NoFsync,
+    /// Fsynced before the ack.
+    Fsync,
+}
+
+impl Class {
+    pub const ALL: [Class; 3] = [Class::Memory, Class::NoFsync, Class::Fsync];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Class::Memory => "memory",
+            Class::NoFsync => "no-fsync",
+            Class::Fsync => "fsync",
+        }
+    }
+
+    /// Why a system has no configuration in this class, if it has none.
+    pub fn unsupported(self, system: System) -> Option<&'static str> {
+        match (self, system) {
+            (Class::Fsync, System::Nats) => {
+                Some("NATS 2.9 file storage has no fsync before the ack (only a periodic sync_interval)")
+            }
+            _ => None,
+        }
+    }
+
+    /// How each system is configured in this class, for the report.
+    pub fn describe(self, system: System) -> &'static str {
+        match (self, system) {
+            (Class::Memory, System::Ours) => "`--storage memory`",
+            (Class::Memory, System::Nats) => "stream with memory storage",
+            (Class::Memory, System::Redis) => "`--save \"\" --appendonly no`",
+            (Class::NoFsync, System::Ours) => "`--storage file --fsync never`",
+            (Class::NoFsync, System::Nats) => "stream with file storage (periodic sync)",
+            (Class::NoFsync, System::Redis) => "`--appendonly yes --appendfsync everysec`",
+            (Class::Fsync, System::Ours) => "`--storage file --fsync always` (group commit)",
+            (Class::Fsync, System::Nats) => "n/a",
+            (Class::Fsync, System::Redis) => "`--appendonly yes --appendfsync always`",
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// A workload: what the clients do during a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Workload {
+    /// One publish in flight, each awaited.
+    SyncPublish,
+    /// Publishes with up to [`ASYNC_WINDOW`] unanswered.
+    AsyncPublish,
+    /// Requests of [`BATCH_MESSAGES`] messages, one in flight.
+    BatchPublish,
+    /// Consume and ack a pre-filled backlog.
+    BacklogConsume,
+    /// One publisher and one consumer at once.
+    ProduceConsume,
+    /// Publish at a fixed rate (msgs/s) and time each message from its intended send time
+    /// to its delivery.
+    EndToEnd(u32),
+    /// One publisher; [`GROUP_MEMBERS`] consumers share one subscription on 4 partitions.
+    Group4,
+    /// One publisher; [`GROUP_MEMBERS`] subscriptions each receive every message.
+    Fanout4,
+}
+
+/// Unanswered publishes of the async workloads.
+pub const ASYNC_WINDOW: usize = 256;
+/// Messages per request of the batched workload (and of backlog pre-filling).
+pub const BATCH_MESSAGES: usize = 100;
+/// Consumers of the group and fan-out workloads, and partitions of the group's topic.
+pub const GROUP_MEMBERS: usize = 4;
+/// The fixed rates of the end-to-end latency workload, in msgs/s.
+pub const E2E_RATES: [u32; 3] = [1_000, 5_000, 20_000];
+
+impl Workload {
+    pub fn all() -> Vec<Workload> {
+        let mut all = vec![Workload::SyncPublish, Workload::AsyncPublish, Workload::BatchPublish];
+        all.extend([Workload::BacklogConsume, Workload::ProduceConsume]);
+        all.extend(E2E_RATES.map(Workload::EndToEnd));
+        all.extend([Workload::Group4, Workload::Fanout4]);
+        all
+    }
+
+    /// A stable name, matched by `--only`.
+    pub fn id(self) -> String {
+        match self {
+            Workload::SyncPublish => "sync-publish".into(),
+            Workload::AsyncPublish => "async-publish".into(),
+            Workload::BatchPublish => "batch-publish".into(),
+            Workload::BacklogConsume => "backlog-consume".into(),
+            Workload::ProduceConsume => "produce-consume".into(),
+            Workload::EndToEnd(rate) => format!("e2e-{}k", rate / 1000),
+            Workload::Group4 => "group4".into(),
+            Workload::Fanout4 => "fanout4".into(),
+        }
+    }
+
+    /// What the primary rate of a row counts.
+    pub fn rate_meaning(self) -> &'static str {
+        match self {
+            Workload::SyncPublish | Workload::AsyncPublish | Workload::BatchPublish => "published and acked",
+            Workload::BacklogConsume => "consumed and acked",
+            Workload::ProduceConsume => "consumed (published in the second figure)",
+            Workload::EndToEnd(_) => "delivered within the window",
+            Workload::Group4 | Workload::Fanout4 => "deliveries to all consumers (published in the second figure)",
+        }
+    }
+}
+
+/// Sizes, bounds and repeats of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub quick: bool,
+    pub repeats: u32,
+    pub sizes: Vec<usize>,
+    pub classes: Vec<Class>,
+    pub systems: Vec<System>,
+    pub workloads: Vec<Workload>,
+    /// Load before the measured window, not recorded.
+    pub warmup_ms: u64,
+    /// The measured window of a timed case.
+    pub window_ms: u64,
+    /// A timed case also stops after this many messages.
+    pub case_messages_max: u64,
+    /// The backlog: this many messages...
+    pub backlog_messages_max: u64,
+    /// ...or this many value bytes, whichever is fewer.
+    pub backlog_bytes_max: u64,
+    /// Longest pre-fill, and longest drain, of a backlog.
+    pub backlog_seconds_max: u64,
+    /// Messages retained for the memory-footprint case.
+    pub retained_messages: u64,
+    /// mini-pubsub's sync publish goes through the library's `Publisher` instead of the
+    /// generated client.
+    #[serde(default)]
+    pub sync_via_library: bool,
+}
+
+impl Plan {
+    pub fn warmup(&self) -> Duration {
+        Duration::from_millis(self.warmup_ms)
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+
+    /// Messages in the backlog of a case with `size`-byte values.
+    pub fn backlog_messages(&self, size: usize) -> u64 {
+        self.backlog_messages_max.min(self.backlog_bytes_max / size.max(1) as u64).max(1)
+    }
+
+    /// The longest a whole case may take before it is failed as hung.
+    pub fn case_timeout(&self, workload: Workload) -> Duration {
+        let timed = Duration::from_millis(self.warmup_ms + self.window_ms);
+        let backlog = match workload {
+            Workload::BacklogConsume => Duration::from_secs(2 * self.backlog_seconds_max),
+            _ => Duration::ZERO,
+        };
+        timed + backlog + Duration::from_secs(60)
+    }
+}
+
+/// One case: a workload at a value size in a durability class, for every system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Case {
+    pub class: Class,
+    pub workload: Workload,
+    pub size: usize,
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        format!("{} {} {}", self.class, self.workload.id(), size_label(self.size))
+    }
+}
+
+/// Every case of the plan, class by class, workload by workload, size by size.
+pub fn cases(plan: &Plan) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for &class in &plan.classes {
+        for &workload in &plan.workloads {
+            for &size in &plan.sizes {
+                cases.push(Case { class, workload, size });
+            }
+        }
+    }
+    cases
+}
+
+/// "16 B", "1 KiB", "16 KiB".
+pub fn size_label(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_is_capped_by_bytes_for_large_values() {
+        let plan = Plan {
+            quick: false,
+            repeats: 1,
+            sizes: vec![],
+            classes: vec![],
+            systems: vec![],
+            workloads: vec![],
+            warmup_ms: 0,
+            window_ms: 0,
+            case_messages_max: 0,
+            backlog_messages_max: 1_000_000,
+            backlog_bytes_max: 512 << 20,
+            backlog_seconds_max: 1,
+            retained_messages: 0,
+            sync_via_library: false,
+        };
+        assert_eq!(plan.backlog_messages(128), 1_000_000);
+        assert_eq!(plan.backlog_messages(1024), 524_288);
+        assert_eq!(plan.backlog_messages(16 * 1024), 32_768);
+    }
+
+    #[test]
+    fn workload_names_and_sizes_read_well() {
+        let names: Vec<String> = Workload::all().iter().map(|w| w.id()).collect();
+        assert_eq!(names[5..8], ["e2e-1k", "e2e-5k", "e2e-20k"]);
+        assert_eq!(size_label(16), "16 B");
+        assert_eq!(size_label(16384), "16 KiB");
+    }
+}

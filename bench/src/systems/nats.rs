@@ -1,0 +1,149 @@
+//! NATS JetStream through `async-nats`: a stream `bench` (memory or file storage) on the
+//! subject `bench`; publishes answered by their ack futures; one durable pull consumer per
+//! group. A consumer with one member uses AckPolicy::All and acks the last message of each
+//! received batch (its batched ack); one shared by several workers uses AckPolicy::Explicit
+//! and acks every message, since an "all" ack from one worker would also ack messages
+//! another worker is still holding.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::FutureExt;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use super::{take_ready, Ack, Layout};
+use crate::plan::Class;
+
+const STREAM: &str = "bench";
+const SUBJECT: &str = "bench";
+/// Deliveries a consumer may have unacked, as mini-pubsub's subscriber default.
+const MAX_ACK_PENDING: i64 = 1000;
+
+pub struct Nats {
+    url: String,
+    /// Members of each group.
+    groups: Vec<usize>,
+}
+
+impl Nats {
+    pub async fn connect(addr: SocketAddr, class: Class, layout: &Layout) -> anyhow::Result<Nats> {
+        let url = format!("nats://{addr}");
+        let js = context(&url).await?;
+        let storage = match class {
+            Class::Memory => stream::StorageType::Memory,
+            Class::NoFsync | Class::Fsync => stream::StorageType::File,
+        };
+        let config = stream::Config {
+            name: STREAM.to_string(),
+            subjects: vec![SUBJECT.to_string()],
+            storage,
+            ..Default::default()
+        };
+        let created = js.create_stream(config).await.context("create stream")?;
+        for (group, &members) in layout.groups.iter().enumerate() {
+            let ack_policy = if members > 1 { consumer::AckPolicy::Explicit } else { consumer::AckPolicy::All };
+            let config = consumer::pull::Config {
+                durable_name: Some(durable(group)),
+                ack_policy,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: MAX_ACK_PENDING,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            };
+            created.create_consumer(config).await.context("create consumer")?;
+        }
+        Ok(Nats { url, groups: layout.groups.clone() })
+    }
+
+    pub async fn sender(&self) -> anyhow::Result<NatsSender> {
+        let js = context(&self.url).await?;
+        Ok(NatsSender { js })
+    }
+
+    pub async fn consumer(&self, group: usize) -> anyhow::Result<NatsConsumer> {
+        let js = context(&self.url).await?;
+        let pull: consumer::PullConsumer = js
+            .get_stream(STREAM)
+            .await?
+            .get_consumer(&durable(group))
+            .await
+            .map_err(|e| anyhow::anyhow!("get consumer: {e}"))?;
+        let messages = pull.messages().await?;
+        let ack_all = self.groups.get(group).is_some_and(|&members| members <= 1);
+        Ok(NatsConsumer { js, messages, ack_all, scratch: Vec::new() })
+    }
+}
+
+/// A JetStream context on a connection of its own. Publishes wait (rather than fail) when
+/// the client already has its most unanswered publishes out.
+async fn context(url: &str) -> anyhow::Result<jetstream::Context> {
+    let client = async_nats::connect(url).await.with_context(|| format!("connect to {url}"))?;
+    Ok(jetstream::ContextBuilder::new().backpressure_on_inflight(true).build(client))
+}
+
+fn durable(group: usize) -> String {
+    format!("bench-{group}")
+}
+
+pub struct NatsSender {
+    js: jetstream::Context,
+}
+
+impl NatsSender {
+    pub async fn send(&self, value: Bytes) -> anyhow::Result<Ack> {
+        let ack = self.js.publish(SUBJECT, value).await?;
+        Ok(async move {
+            ack.await?;
+            Ok(())
+        }
+        .boxed())
+    }
+
+    /// NATS has no batch request: the values are published back to back and the batch is
+    /// answered when every ack is in.
+    pub async fn send_batch(&self, values: Vec<Bytes>) -> anyhow::Result<Ack> {
+        let mut acks = Vec::with_capacity(values.len());
+        for value in values {
+            acks.push(self.js.publish(SUBJECT, value).await?.into_future());
+        }
+        Ok(async move {
+            futures::future::try_join_all(acks).await?;
+            Ok(())
+        }
+        .boxed())
+    }
+
+    pub async fn close(self) -> anyhow::Result<()> {
+        Ok(self.js.client().flush().await?)
+    }
+}
+
+pub struct NatsConsumer {
+    js: jetstream::Context,
+    messages: consumer::pull::Stream,
+    ack_all: bool,
+    scratch: Vec<jetstream::Message>,
+}
+
+impl NatsConsumer {
+    pub async fn receive(&mut self, max: usize, wait: Duration, out: &mut Vec<Bytes>) -> anyhow::Result<()> {
+        take_ready(&mut self.messages, max, wait, &mut self.scratch).await?;
+        let count = self.scratch.len();
+        for (i, message) in self.scratch.drain(..).enumerate() {
+            out.push(message.payload.clone());
+            if !self.ack_all || i + 1 == count {
+                message.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the acks still buffered in the connection.
+    pub async fn close(self) -> anyhow::Result<()> {
+        Ok(self.js.client().flush().await?)
+    }
+}

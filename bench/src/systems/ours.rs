@@ -1,0 +1,131 @@
+//! mini-pubsub through its own client library: a [`Publisher`] for single publishes, and
+//! [`Subscriber`]s (acks batched by the library, 100 per request). The one thing the
+//! library cannot express is "send exactly these 100 messages as one request" (its
+//! publisher makes its own batches), so the batched workload calls the generated `Publish`
+//! directly, through the library's [`Client::pubsub_client`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::FutureExt;
+use mini_pubsub::client::{
+    pb, Client, DeliveryMode, PublisherSettings, StartPosition, SubscribeTarget, Subscriber, SubscriberSettings,
+    SubscriptionSettings, TopicSettings,
+};
+
+use super::{take_ready, Ack, Layout};
+
+const TOPIC: &str = "bench";
+
+/// The broker's address; every sender and consumer opens a connection of its own, as
+/// separate processes would.
+pub struct Ours {
+    url: String,
+}
+
+impl Ours {
+    pub async fn connect(addr: SocketAddr, layout: &Layout) -> anyhow::Result<Ours> {
+        let url = format!("http://{addr}");
+        let client = Client::connect(url.clone()).await?;
+        let topic = TopicSettings { partitions: Some(layout.partitions), dedupe_window: Some(Duration::from_secs(1)) };
+        client.create_topic(TOPIC, &topic).await.context("create topic")?;
+        for (group, &members) in layout.groups.iter().enumerate() {
+            // Several members on a partitioned topic split its partitions (Kafka-like);
+            // a single member has the subscription to itself either way.
+            let delivery_mode = if members > 1 { DeliveryMode::Exclusive } else { DeliveryMode::Shared };
+            let settings = SubscriptionSettings {
+                ack_deadline_seconds: Some(60),
+                start_position: StartPosition::Earliest,
+                delivery_mode,
+                ..Default::default()
+            };
+            client.create_subscription(&subscription(group), TOPIC, &settings).await.context("create subscription")?;
+        }
+        Ok(Ours { url })
+    }
+
+    pub async fn sender(&self) -> anyhow::Result<OursSender> {
+        let client = Client::connect(self.url.clone()).await?;
+        // No linger: a batch goes as soon as the previous one is answered, holding what
+        // queued meanwhile, so one message in flight is sent alone and at once.
+        let settings = PublisherSettings { linger: Duration::ZERO, ..Default::default() };
+        let publisher = client.publisher(TOPIC, settings)?;
+        Ok(OursSender { publisher, raw: client.pubsub_client() })
+    }
+
+    pub async fn consumer(&self, group: usize, member: usize) -> anyhow::Result<OursConsumer> {
+        let settings = SubscriberSettings { client_id: Some(format!("bench-{group}-{member}")), ..Default::default() };
+        let client = Client::connect(self.url.clone()).await?;
+        let subscriber = client.subscribe(SubscribeTarget::subscription(subscription(group)), settings).await?;
+        Ok(OursConsumer { subscriber, scratch: Vec::new() })
+    }
+}
+
+fn subscription(group: usize) -> String {
+    format!("bench-{group}")
+}
+
+pub struct OursSender {
+    publisher: mini_pubsub::client::Publisher,
+    raw: pb::pub_sub_client::PubSubClient<tonic::transport::Channel>,
+}
+
+impl OursSender {
+    pub async fn send(&self, value: Bytes) -> anyhow::Result<Ack> {
+        let handle = self.publisher.publish(value).await?;
+        Ok(async move {
+            handle.await?;
+            Ok(())
+        }
+        .boxed())
+    }
+
+    /// One message in one `PublishRequest` of the generated client, for the sync workload:
+    /// the library's publisher, given no linger, still waits for a tokio timer tick (about
+    /// 1 ms) before each batch, which would be most of a one-in-flight round trip.
+    pub fn send_generated(&self, value: Bytes) -> Ack {
+        self.send_batch(vec![value])
+    }
+
+    /// One `PublishRequest` carrying every value, without idempotency keys.
+    pub fn send_batch(&self, values: Vec<Bytes>) -> Ack {
+        let count = values.len();
+        let messages = values.into_iter().map(|value| pb::OutgoingMessage { value, ..Default::default() }).collect();
+        let request = pb::PublishRequest { topic: TOPIC.to_string(), messages, ..Default::default() };
+        let mut raw = self.raw.clone();
+        async move {
+            let response = raw.publish(request).await?.into_inner();
+            anyhow::ensure!(response.results.len() == count, "{count} published, {} answered", response.results.len());
+            Ok(())
+        }
+        .boxed()
+    }
+
+    pub async fn close(self) -> anyhow::Result<()> {
+        Ok(self.publisher.shutdown().await?)
+    }
+}
+
+pub struct OursConsumer {
+    subscriber: Subscriber,
+    scratch: Vec<mini_pubsub::client::ReceivedMessage>,
+}
+
+impl OursConsumer {
+    pub async fn receive(&mut self, max: usize, wait: Duration, out: &mut Vec<Bytes>) -> anyhow::Result<()> {
+        take_ready(&mut self.subscriber, max, wait, &mut self.scratch).await?;
+        for message in self.scratch.drain(..) {
+            out.push(message.value.clone());
+            // Queues the ack; the library sends 100 per request (or after 50 ms).
+            message.ack().await;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued acks and waits for the broker to confirm them.
+    pub async fn close(self) -> anyhow::Result<()> {
+        Ok(self.subscriber.shutdown().await?)
+    }
+}
