@@ -112,7 +112,9 @@ fn method(out: &mut String, report: &Report) {
 const CLIENTS: &str = "\
 Clients. mini-pubsub: the project's client library (`mini_pubsub::client`): a `Publisher` with no linger \
 (it batches whatever queued while the previous request was in flight, and gives every message an idempotency \
-key, so the server runs with a 1 s dedupe window and a 10M key bound), and `Subscriber`s (1000 outstanding, \
+key, held in the topic's dedupe index for the default 120 s window; the server runs with a 10M entry bound \
+instead of 100 000, which only the 4-partition case needs: there round-robin placement keeps each key an entry \
+of its own), and `Subscriber`s (1000 outstanding, \
 acks sent 100 per request). The batched workload and the backlog pre-fill call the generated `Publish` directly \
 (one `PublishRequest` of 100 messages, no idempotency keys), since the library's publisher makes its own \
 batches; so does the sync workload (one message per request) unless the run says `--sync-via-library`: the \

@@ -29,7 +29,7 @@ impl Ours {
     pub async fn connect(addr: SocketAddr, layout: &Layout) -> anyhow::Result<Ours> {
         let url = format!("http://{addr}");
         let client = Client::connect(url.clone()).await?;
-        let topic = TopicSettings { partitions: Some(layout.partitions), dedupe_window: Some(Duration::from_secs(1)) };
+        let topic = TopicSettings { partitions: Some(layout.partitions), ..Default::default() };
         client.create_topic(TOPIC, &topic).await.context("create topic")?;
         for (group, &members) in layout.groups.iter().enumerate() {
             // Several members on a partitioned topic split its partitions (Kafka-like);
