@@ -32,6 +32,7 @@ mod client_id;
 mod config;
 mod counts;
 mod dead_letter;
+mod decimal;
 mod dedupe;
 mod delivery;
 mod error;
