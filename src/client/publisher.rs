@@ -268,9 +268,10 @@ impl Publisher {
         let mut message = message.into();
         if message.idempotency_key.is_none() {
             let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-            message.idempotency_key = Some(format!("{}-{sequence}", self.id));
+            message.idempotency_key = Some(crate::core::dashed_after(&self.id, sequence));
         }
-        let bytes = message.encoded_len();
+        let message = message.into_wire();
+        let bytes = super::message::wire_len(&message);
         if bytes > self.queue_bytes_max {
             return Err(ClientError::invalid(
                 "message",
@@ -282,7 +283,7 @@ impl Publisher {
         let permit = self.queue_bytes.clone().acquire_many_owned(permits).await.map_err(|_| closed())?;
         let (reply, answer) = oneshot::channel();
         let queued_ms = crate::env::Clock::now_ms(&self.clock);
-        let queued = Queued { message: message.to_wire(), bytes, reply, queued_ms, _bytes_permit: permit };
+        let queued = Queued { message, bytes, reply, queued_ms, _bytes_permit: permit };
         self.commands.send(Command::Publish(queued)).await.map_err(|_| closed())?;
         Ok(PublishHandle { answer })
     }

@@ -25,6 +25,17 @@ pub fn dashed(parts: &[u64]) -> String {
     std::str::from_utf8(&buffer[..len]).expect("only ASCII digits and dashes were written").to_string()
 }
 
+/// `{prefix}-{n}`: the client's idempotency keys, one per published message.
+pub fn dashed_after(prefix: &str, n: u64) -> String {
+    let mut digits = [0u8; U64_DIGITS_MAX];
+    let len = write_u64(&mut digits, n);
+    let mut text = String::with_capacity(prefix.len() + 1 + len);
+    text.push_str(prefix);
+    text.push('-');
+    text.push_str(std::str::from_utf8(&digits[..len]).expect("only ASCII digits were written"));
+    text
+}
+
 /// Writes `n` in decimal at the start of `out`; returns the number of digits.
 fn write_u64(out: &mut [u8], mut n: u64) -> usize {
     let mut digits = [0u8; U64_DIGITS_MAX];
@@ -77,6 +88,7 @@ mod tests {
             assert_eq!(text, format!("{}-{}-{}", parts[0], parts[1], parts[2]));
             assert_eq!(undashed::<3>(&text), Some(parts));
         }
+        assert_eq!(dashed_after("host-1a-7-0", 1234), "host-1a-7-0-1234");
     }
 
     #[test]

@@ -148,7 +148,9 @@ impl Batcher {
 
     async fn send_once(&self, batch: &Batch) -> Result<Vec<pb::PublishResult>, ClientError> {
         let count = batch.messages.len();
-        let request = pb::PublishRequest {
+        // Built afresh for each attempt (tonic takes the request): one copy of the batch
+        // per attempt, and none kept meanwhile.
+        let request = || pb::PublishRequest {
             topic: self.topic.clone(),
             messages: batch.messages.iter().map(|q| q.message.clone()).collect(),
             ..Default::default()
@@ -188,11 +190,11 @@ impl Batcher {
         }
     }
 
-    /// Sends `request` until it is answered, fails with a status that is not retryable, or
+    /// Sends the `request` until it is answered, fails with a status that is not retryable, or
     /// the attempts or the total timeout run out.
     async fn send_with_retries(
         &self,
-        request: pb::PublishRequest,
+        request: impl Fn() -> pb::PublishRequest,
         queued_ms: u64,
     ) -> Result<Vec<pb::PublishResult>, ClientError> {
         let retry = &self.settings.retry;
@@ -212,7 +214,7 @@ impl Batcher {
             loop {
                 attempts += 1;
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
-                let status = match self.attempt(request.clone()).await {
+                let status = match self.attempt(request()).await {
                     Ok(results) => return Ok(results),
                     Err(status) => status,
                 };
