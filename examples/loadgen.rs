@@ -10,7 +10,8 @@
 //!
 //! Workloads (run in the order given, each on topics of its own, 128 B values):
 //! - `batch`: raw Publish requests of 100 messages, `--inflight` (4) requests in flight.
-//! - `publisher`: the client library's `Publisher` (default settings), 256 handles in flight.
+//! - `publisher`: the client library's `Publisher` (default settings, or `--batch-max N`,
+//!   `--linger-ms MS`), 256 handles in flight (`--window N`).
 //! - `consume`: fills a backlog of `--count` messages, then reads it with the client's
 //!   `Subscriber` (default settings), acking every message; the time is from the open to
 //!   the last ack confirmed.
@@ -56,6 +57,11 @@ struct Args {
     inflight: usize,
     rate: u64,
     pid: Option<u32>,
+    /// `publisher`: settings other than the defaults, to compare.
+    batch_max: Option<usize>,
+    linger_ms: Option<u64>,
+    /// `publisher`: handles in flight (default 256).
+    window: usize,
     workloads: Vec<String>,
 }
 
@@ -67,6 +73,9 @@ fn parse_args() -> anyhow::Result<Args> {
         inflight: 4,
         rate: 5000,
         pid: None,
+        batch_max: None,
+        linger_ms: None,
+        window: PUBLISHER_WINDOW,
         workloads: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -79,6 +88,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--inflight" => args.inflight = value()?.parse()?,
             "--rate" => args.rate = value()?.parse()?,
             "--pid" => args.pid = Some(value()?.parse()?),
+            "--batch-max" => args.batch_max = Some(value()?.parse()?),
+            "--linger-ms" => args.linger_ms = Some(value()?.parse()?),
+            "--window" => args.window = value()?.parse()?,
             "batch" | "publisher" | "consume" | "latency" | "fill" => args.workloads.push(arg),
             "--bench" => {}
             other => bail!("unknown argument `{other}`"),
@@ -183,14 +195,21 @@ async fn batch(client: &Client, topic: &str, args: &Args) -> anyhow::Result<()> 
 
 /// The client library's publisher, `PUBLISHER_WINDOW` handles in flight.
 async fn publisher(client: &Client, topic: &str, args: &Args) -> anyhow::Result<()> {
-    let publisher = client.publisher(topic, PublisherSettings::default())?;
+    let mut settings = PublisherSettings::default();
+    if let Some(n) = args.batch_max {
+        settings.batch_messages_max = n;
+    }
+    if let Some(ms) = args.linger_ms {
+        settings.linger = Duration::from_millis(ms);
+    }
+    let publisher = client.publisher(topic, settings)?;
     let value = value(0);
     let deadline = Instant::now() + Duration::from_secs(args.secs);
     let started = Instant::now();
-    let mut window = VecDeque::with_capacity(PUBLISHER_WINDOW);
+    let mut window = VecDeque::with_capacity(args.window);
     let mut msgs = 0u64;
     while msgs < args.count && Instant::now() < deadline {
-        if window.len() == PUBLISHER_WINDOW {
+        if window.len() >= args.window {
             let handle: mini_pubsub::client::PublishHandle = window.pop_front().expect("the window is full");
             handle.await?;
         }
@@ -204,7 +223,7 @@ async fn publisher(client: &Client, topic: &str, args: &Args) -> anyhow::Result<
     let stats = publisher.stats();
     publisher.shutdown().await?;
     let per_batch = stats.published as f64 / stats.batches.max(1) as f64;
-    report("publisher", msgs, elapsed, &format!(" (window {PUBLISHER_WINDOW}, {per_batch:.1} msgs/batch)"));
+    report("publisher", msgs, elapsed, &format!(" (window {}, {per_batch:.1} msgs/batch)", args.window));
     Ok(())
 }
 

@@ -44,13 +44,18 @@ pub struct PublisherSettings {
     /// answered as duplicates of the old one's, and not stored. That is the point when it
     /// replays the same messages in the same order (a restarted job re-sending its input).
     pub publisher_id: Option<String>,
-    /// Most messages in one publish request: 1 to 1000 (the broker's limit). Default 100.
+    /// Most messages in one publish request: 1 to 1000 (the broker's limit). Default 1000.
     pub batch_messages_max: usize,
     /// Most bytes in one publish request (messages as encoded): 1 to 15 MiB. A message
     /// larger than this goes alone in its batch. Default 1 MiB.
     pub batch_bytes_max: usize,
     /// How long the first message of a batch waits for more before the batch is sent:
-    /// 0 to 60 s. Default 10 ms. A full batch goes at once.
+    /// 0 to 60 s. Default 0: a batch goes as soon as the batch before it is answered, with
+    /// every message queued meanwhile (up to the bounds), so batches grow with the load by
+    /// themselves and a lone message waits for nothing. A full batch goes at once. A linger
+    /// helps only a publisher that can queue a full batch within it: one that waits for its
+    /// answers with fewer messages in flight than `batch_messages_max` waits a whole linger
+    /// for every batch.
     pub linger: Duration,
     /// Messages waiting to be sent (the batch being sent, at most `batch_messages_max`
     /// more, is not counted). When the queue is full, [`Publisher::publish`] waits for room
@@ -71,9 +76,9 @@ impl Default for PublisherSettings {
     fn default() -> Self {
         Self {
             publisher_id: None,
-            batch_messages_max: 100,
+            batch_messages_max: BATCH_MESSAGES_LIMIT,
             batch_bytes_max: 1024 * 1024,
-            linger: Duration::from_millis(10),
+            linger: Duration::ZERO,
             queue_messages_max: 10_000,
             queue_bytes_max: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),

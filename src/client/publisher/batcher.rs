@@ -100,6 +100,27 @@ impl Batcher {
         commands: &mut mpsc::Receiver<Command>,
         carried: &mut Option<Queued>,
     ) -> Gathered {
+        // What is queued already goes in without waiting on the timer: a zero linger sends
+        // the batch as soon as the queue is drained (a timer, even a zero one, fires only at
+        // the next tick of tokio's clock, up to 1 ms later).
+        while !batch.full(&self.settings) {
+            let command = match commands.try_recv() {
+                Ok(command) => command,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Gathered::Closed,
+            };
+            match command {
+                Command::Flush(done) => return Gathered::Flush(done),
+                Command::Publish(q) if batch.fits(&q, &self.settings) => batch.push(q),
+                Command::Publish(q) => {
+                    *carried = Some(q);
+                    return Gathered::Ready;
+                }
+            }
+        }
+        if self.settings.linger.is_zero() {
+            return Gathered::Ready;
+        }
         let linger = tokio::time::sleep(self.settings.linger);
         tokio::pin!(linger);
         while !batch.full(&self.settings) {
