@@ -9,6 +9,7 @@
 //! what [`Dedupe::rebuild_entry`] can find again when the broker opens.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::storage::{PartitionLog, StorageError};
 
@@ -38,8 +39,8 @@ pub struct Dedupe {
     /// Whether the topic ever stored a key (saved in the metadata). Only such topics are
     /// scanned when the broker opens: the others pay nothing for the feature.
     keys_used: bool,
-    by_key: BTreeMap<String, Original>,
-    by_position: BTreeMap<(u32, u64), String>,
+    by_key: KeyIndex,
+    by_position: BTreeMap<(u32, u64), Arc<str>>,
     by_time: BTreeSet<(u64, u32, u64)>,
 }
 
@@ -87,12 +88,13 @@ impl Dedupe {
 
     /// Records that `key` was stored at `original`. The caller checked that the key is not
     /// held (a live key is answered as a duplicate, never stored again).
-    pub fn insert(&mut self, key: String, original: Original) {
+    pub fn insert(&mut self, key: Arc<str>, original: Original) {
         let position = (original.partition, original.offset);
-        assert!(!self.by_position.contains_key(&position), "two dedupe entries for one record {position:?}");
-        let previous = self.by_key.insert(key.clone(), original);
-        assert!(previous.is_none(), "idempotency key {key:?} stored twice within its window");
-        self.by_position.insert(position, key);
+        // The two views share the key's one copy.
+        let previous = self.by_position.insert(position, Arc::clone(&key));
+        assert!(previous.is_none(), "two dedupe entries for one record {position:?}");
+        let previous = self.by_key.insert(key, original);
+        assert!(previous.is_none(), "idempotency key {:?} stored twice within its window", self.by_position[&position]);
         self.by_time.insert((original.time_ms, original.partition, original.offset));
     }
 
@@ -128,7 +130,7 @@ impl Dedupe {
                 if let Some(key) = &stored.record.idempotency_key {
                     let original =
                         Original { partition, offset: stored.offset, time_ms: stored.record.publish_time_ms };
-                    self.rebuild_entry(key.clone(), original);
+                    self.rebuild_entry(Arc::from(key.as_str()), original);
                 }
             }
         }
@@ -138,7 +140,7 @@ impl Dedupe {
     /// Adds an entry found on disk when the broker opens. A key found twice (stored again
     /// after its window had passed) keeps its newest record, which is the one a live
     /// broker would hold.
-    pub fn rebuild_entry(&mut self, key: String, original: Original) {
+    pub fn rebuild_entry(&mut self, key: Arc<str>, original: Original) {
         if let Some(held) = self.by_key.get(&key) {
             if (held.time_ms, held.partition, held.offset) >= (original.time_ms, original.partition, original.offset) {
                 return;
@@ -192,11 +194,95 @@ impl Dedupe {
         }
         assert_eq!(self.by_key.len(), self.by_position.len(), "dedupe key and position views differ in size");
         assert_eq!(self.by_key.len(), self.by_time.len(), "dedupe key and time views differ in size");
-        for (key, o) in &self.by_key {
+        for (key, o) in self.by_key.iter() {
             assert_eq!(self.by_position.get(&(o.partition, o.offset)), Some(key), "dedupe position of {key:?}");
             assert!(self.by_time.contains(&(o.time_ms, o.partition, o.offset)), "dedupe time of {key:?}");
         }
     }
+}
+
+/// Keys to their originals, ordered by a fixed 64-bit hash of the key's text (FNV-1a), so
+/// a lookup compares integers: ordered by text, every comparison was a memcmp of most of
+/// the key, since a publisher's keys (`{publisher_id}-{n}`) share a long prefix. The same
+/// order on every machine; keys with one hash share a bucket.
+#[derive(Debug, Clone, Default)]
+struct KeyIndex {
+    buckets: BTreeMap<u64, Bucket>,
+    len: usize,
+}
+
+/// The keys of one hash: nearly always one.
+#[derive(Debug, Clone)]
+enum Bucket {
+    One((Arc<str>, Original)),
+    Many(Vec<(Arc<str>, Original)>),
+}
+
+impl Bucket {
+    fn entries(&self) -> &[(Arc<str>, Original)] {
+        match self {
+            Bucket::One(entry) => std::slice::from_ref(entry),
+            Bucket::Many(entries) => entries,
+        }
+    }
+}
+
+impl KeyIndex {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, key: &str) -> Option<&Original> {
+        let bucket = self.buckets.get(&key_hash(key))?;
+        bucket.entries().iter().find(|(k, _)| **k == *key).map(|(_, o)| o)
+    }
+
+    /// Adds `key`, or replaces its original and returns the one it had.
+    fn insert(&mut self, key: Arc<str>, original: Original) -> Option<Original> {
+        use std::collections::btree_map::Entry;
+        let bucket = match self.buckets.entry(key_hash(&key)) {
+            Entry::Vacant(slot) => {
+                slot.insert(Bucket::One((key, original)));
+                self.len += 1;
+                return None;
+            }
+            Entry::Occupied(slot) => slot.into_mut(),
+        };
+        if let Bucket::One(entry) = bucket {
+            *bucket = Bucket::Many(vec![entry.clone()]);
+        }
+        let Bucket::Many(entries) = bucket else { unreachable!("made a Many above") };
+        if let Some((_, o)) = entries.iter_mut().find(|(k, _)| *k == key) {
+            return Some(std::mem::replace(o, original));
+        }
+        entries.push((key, original));
+        self.len += 1;
+        None
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Original> {
+        let hash = key_hash(key);
+        let bucket = self.buckets.get_mut(&hash)?;
+        let i = bucket.entries().iter().position(|(k, _)| **k == *key)?;
+        let original = match bucket {
+            Bucket::One((_, o)) => *o,
+            Bucket::Many(entries) => entries.remove(i).1,
+        };
+        if matches!(bucket, Bucket::One(_)) || bucket.entries().is_empty() {
+            self.buckets.remove(&hash);
+        }
+        self.len -= 1;
+        Some(original)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Original)> {
+        self.buckets.values().flat_map(Bucket::entries).map(|(k, o)| (k, o))
+    }
+}
+
+/// FNV-1a, 64 bits: fixed, so the index's order is the same on every machine and run.
+pub fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The publish time of the last record of `log`, if it has one that reads.
@@ -253,12 +339,12 @@ mod tests {
     fn a_cut_and_retention_forget_only_their_partition_range() {
         let mut d = Dedupe::new(1000);
         for offset in 0..4 {
-            d.insert(format!("p0-{offset}"), at(0, offset, 10));
-            d.insert(format!("p1-{offset}"), at(1, offset, 10));
+            d.insert(format!("p0-{offset}").into(), at(0, offset, 10));
+            d.insert(format!("p1-{offset}").into(), at(1, offset, 10));
         }
         d.cut(0, 2);
         d.retained_from(1, 1);
-        let held: Vec<&str> = d.by_key.keys().map(String::as_str).collect();
+        let held: Vec<&str> = d.by_position.values().map(|k| &**k).collect();
         assert_eq!(held, ["p0-0", "p0-1", "p1-1", "p1-2", "p1-3"]);
         d.assert_invariants(&logs(2, 4));
     }

@@ -1,11 +1,12 @@
 //! Publishing: validate the whole request, then append it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::broker::Broker;
-use super::dedupe::{Dedupe, Original};
+use super::dedupe::{key_hash, Dedupe, Original};
 use super::error::BrokerError;
 use super::name;
 use super::topic::Topic;
@@ -189,6 +190,13 @@ enum Slot {
     SameAs(usize),
 }
 
+/// A [`Slot`] before the message is moved into it.
+enum Kind {
+    New,
+    Held(Original),
+    SameAs(usize),
+}
+
 /// Sorts the messages of a request into new ones and duplicates, and refuses the request
 /// if its new keys would take the index past `dedupe_keys_max`.
 fn plan(
@@ -197,21 +205,23 @@ fn plan(
     keys_max: usize,
     topic: &str,
 ) -> Result<Vec<Slot>, BrokerError> {
-    let mut first_with_key: BTreeMap<String, usize> = BTreeMap::new();
-    let mut slots = Vec::with_capacity(messages.len());
-    for (i, message) in messages.into_iter().enumerate() {
-        let slot = match message.idempotency_key.as_deref() {
-            Some(key) => match (dedupe.get(key), first_with_key.get(key)) {
-                (Some(original), _) => Slot::Held(original),
-                (None, Some(&first)) => Slot::SameAs(first),
+    // Keys are borrowed from the request while it is sorted; nothing is copied. They are
+    // ordered by hash first, so most comparisons are of integers (see `Dedupe`).
+    let mut first_with_key: BTreeMap<(u64, &str), usize> = BTreeMap::new();
+    let mut kinds = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
+        let kind = match message.idempotency_key.as_deref() {
+            Some(key) => match (dedupe.get(key), first_with_key.get(&(key_hash(key), key))) {
+                (Some(original), _) => Kind::Held(original),
+                (None, Some(&first)) => Kind::SameAs(first),
                 (None, None) => {
-                    first_with_key.insert(key.to_string(), i);
-                    Slot::New(message)
+                    first_with_key.insert((key_hash(key), key), i);
+                    Kind::New
                 }
             },
-            None => Slot::New(message),
+            None => Kind::New,
         };
-        slots.push(slot);
+        kinds.push(kind);
     }
     if dedupe.len() + first_with_key.len() > keys_max {
         return Err(BrokerError::LimitReached {
@@ -224,6 +234,15 @@ fn plan(
             limit: keys_max as u64,
         });
     }
+    let slots = messages
+        .into_iter()
+        .zip(kinds)
+        .map(|(message, kind)| match kind {
+            Kind::New => Slot::New(message),
+            Kind::Held(original) => Slot::Held(original),
+            Kind::SameAs(first) => Slot::SameAs(first),
+        })
+        .collect();
     Ok(slots)
 }
 
@@ -282,7 +301,9 @@ fn store(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Result<(Vec<Published
     let mut appended: Vec<(u32, u64)> = Vec::new();
     for (partition, batch) in by_partition {
         let (indexes, records): (Vec<usize>, Vec<Record>) = batch.into_iter().unzip();
-        let batch_keys: Vec<Option<String>> = records.iter().map(|r| r.idempotency_key.clone()).collect();
+        // The index's one copy of each key (the record keeps its own, for a rebuild).
+        let batch_keys: Vec<Option<Arc<str>>> =
+            records.iter().map(|r| r.idempotency_key.as_deref().map(Arc::from)).collect();
         let (first, time_ms) = match append(t.logs[partition as usize].as_mut(), records) {
             Ok(placed) => placed,
             Err(error) => {
