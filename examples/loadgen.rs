@@ -13,8 +13,8 @@
 //! - `publisher`: the client library's `Publisher` (default settings, or `--batch-max N`,
 //!   `--linger-ms MS`), 256 handles in flight (`--window N`).
 //! - `consume`: fills a backlog of `--count` messages, then reads it with the client's
-//!   `Subscriber` (default settings), acking every message; the time is from the open to
-//!   the last ack confirmed.
+//!   `Subscriber` (default settings, or `--ack-batch N`), acking every message; the time is
+//!   from the open to the last ack confirmed.
 //! - `latency`: unary single-message publishes at `--rate` (5000) msg/s for `--secs`,
 //!   received by a `Subscriber`; publish-to-receive latency from a stamp in the payload.
 //! - `fill`: publishes `--count` messages in batches and prints the server's RSS (`--pid`,
@@ -62,6 +62,8 @@ struct Args {
     linger_ms: Option<u64>,
     /// `publisher`: handles in flight (default 256).
     window: usize,
+    /// `consume`: the subscriber's `ack_batch_max`, to compare.
+    ack_batch: Option<usize>,
     workloads: Vec<String>,
 }
 
@@ -76,6 +78,7 @@ fn parse_args() -> anyhow::Result<Args> {
         batch_max: None,
         linger_ms: None,
         window: PUBLISHER_WINDOW,
+        ack_batch: None,
         workloads: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -91,6 +94,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--batch-max" => args.batch_max = Some(value()?.parse()?),
             "--linger-ms" => args.linger_ms = Some(value()?.parse()?),
             "--window" => args.window = value()?.parse()?,
+            "--ack-batch" => args.ack_batch = Some(value()?.parse()?),
             "batch" | "publisher" | "consume" | "latency" | "fill" => args.workloads.push(arg),
             "--bench" => {}
             other => bail!("unknown argument `{other}`"),
@@ -263,8 +267,11 @@ async fn consume(client: &Client, topic: &str, args: &Args) -> anyhow::Result<()
     report("(fill)", count, filled.elapsed(), "");
     let deadline = Instant::now() + Duration::from_secs(args.secs);
     let started = Instant::now();
-    let mut subscriber =
-        client.subscribe(SubscribeTarget::subscription(&subscription), SubscriberSettings::default()).await?;
+    let mut settings = SubscriberSettings::default();
+    if let Some(n) = args.ack_batch {
+        settings.ack_batch_max = n;
+    }
+    let mut subscriber = client.subscribe(SubscribeTarget::subscription(&subscription), settings).await?;
     let mut received = 0u64;
     while received < count {
         let left = deadline.saturating_duration_since(Instant::now());
