@@ -446,6 +446,10 @@ impl App {
             // reads the wall clock and the process id.
             publisher_id: Some(format!("{}-p{first}", self.name)),
             request_timeout: REQUEST_TIMEOUT,
+            // The batching the scenarios' traces were recorded with (the library's defaults
+            // until they were tuned for throughput): batches of 100 gathered for 10 ms.
+            batch_messages_max: 100,
+            linger: std::time::Duration::from_millis(10),
             ..PublisherSettings::default()
         };
         let client = Client::from_channel(self.channel.clone());

@@ -64,18 +64,23 @@ impl OutgoingMessage {
     /// Bytes the message adds to a publish request: its fields plus a little protobuf
     /// framing. Used for the batch and queue byte bounds.
     pub fn encoded_len(&self) -> usize {
-        prost::Message::encoded_len(&self.to_wire()) + 8
+        wire_len(&self.clone().into_wire())
     }
 
-    pub(crate) fn to_wire(&self) -> pb::OutgoingMessage {
+    pub(crate) fn into_wire(self) -> pb::OutgoingMessage {
         pb::OutgoingMessage {
-            value: self.value.clone(),
-            key: self.key.clone(),
-            attributes: self.attributes.clone(),
+            value: self.value,
+            key: self.key,
+            attributes: self.attributes,
             partition: self.partition,
-            idempotency_key: self.idempotency_key.clone(),
+            idempotency_key: self.idempotency_key,
         }
     }
+}
+
+/// [`OutgoingMessage::encoded_len`] of a message already in its wire form.
+pub(crate) fn wire_len(message: &pb::OutgoingMessage) -> usize {
+    prost::Message::encoded_len(message) + 8
 }
 
 impl From<&'static str> for OutgoingMessage {

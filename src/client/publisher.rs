@@ -44,13 +44,18 @@ pub struct PublisherSettings {
     /// answered as duplicates of the old one's, and not stored. That is the point when it
     /// replays the same messages in the same order (a restarted job re-sending its input).
     pub publisher_id: Option<String>,
-    /// Most messages in one publish request: 1 to 1000 (the broker's limit). Default 100.
+    /// Most messages in one publish request: 1 to 1000 (the broker's limit). Default 1000.
     pub batch_messages_max: usize,
     /// Most bytes in one publish request (messages as encoded): 1 to 15 MiB. A message
     /// larger than this goes alone in its batch. Default 1 MiB.
     pub batch_bytes_max: usize,
     /// How long the first message of a batch waits for more before the batch is sent:
-    /// 0 to 60 s. Default 10 ms. A full batch goes at once.
+    /// 0 to 60 s. Default 0: a batch goes as soon as the batch before it is answered, with
+    /// every message queued meanwhile (up to the bounds), so batches grow with the load by
+    /// themselves and a lone message waits for nothing. A full batch goes at once. A linger
+    /// helps only a publisher that can queue a full batch within it: one that waits for its
+    /// answers with fewer messages in flight than `batch_messages_max` waits a whole linger
+    /// for every batch.
     pub linger: Duration,
     /// Messages waiting to be sent (the batch being sent, at most `batch_messages_max`
     /// more, is not counted). When the queue is full, [`Publisher::publish`] waits for room
@@ -71,9 +76,9 @@ impl Default for PublisherSettings {
     fn default() -> Self {
         Self {
             publisher_id: None,
-            batch_messages_max: 100,
+            batch_messages_max: BATCH_MESSAGES_LIMIT,
             batch_bytes_max: 1024 * 1024,
-            linger: Duration::from_millis(10),
+            linger: Duration::ZERO,
             queue_messages_max: 10_000,
             queue_bytes_max: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -285,9 +290,10 @@ impl Publisher {
         let mut message = message.into();
         if message.idempotency_key.is_none() {
             let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-            message.idempotency_key = Some(format!("{}-{sequence}", self.id));
+            message.idempotency_key = Some(crate::core::dashed_after(&self.id, sequence));
         }
-        let bytes = message.encoded_len();
+        let message = message.into_wire();
+        let bytes = super::message::wire_len(&message);
         if bytes > self.queue_bytes_max {
             return Err(ClientError::invalid(
                 "message",
@@ -299,7 +305,7 @@ impl Publisher {
         let permit = self.queue_bytes.clone().acquire_many_owned(permits).await.map_err(|_| closed())?;
         let (reply, answer) = oneshot::channel();
         let queued_ms = crate::env::Clock::now_ms(&self.clock);
-        let queued = Queued { message: message.to_wire(), bytes, reply, queued_ms, _bytes_permit: permit };
+        let queued = Queued { message, bytes, reply, queued_ms, _bytes_permit: permit };
         self.commands.send(Command::Publish(queued)).await.map_err(|_| closed())?;
         Ok(PublishHandle { answer })
     }

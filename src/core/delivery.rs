@@ -674,7 +674,7 @@ impl Broker {
             }
             let ack_id = AckId { subscription_uid: uid, partition, offset, seq };
             return Some(Delivery {
-                ack_id: ack_id.to_string(),
+                ack_id: ack_id.text(),
                 message_id: topic.message_id(partition, offset),
                 topic: topic.name.clone(),
                 partition,

@@ -65,7 +65,7 @@ pub fn visible_end(log: &dyn PartitionLog, after_sync: bool) -> u64 {
 
 /// Message ids are `topic-uid "-" partition "-" offset`: unique, and stable across reads.
 pub fn message_id(topic_uid: u64, partition: u32, offset: u64) -> String {
-    format!("{topic_uid}-{partition}-{offset}")
+    super::decimal::dashed(&[topic_uid, u64::from(partition), offset])
 }
 
 /// The partition of a keyed message: Kafka's default partitioner,

@@ -49,13 +49,13 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let mut inbound = request.into_inner();
-        let Some(first) = inbound.message().await? else {
+        let Some(mut first) = inbound.message().await? else {
             return Err(Status::invalid_argument(
                 "subscription: the stream ended before its first request, which must name a subscription or a topic",
             ));
         };
         let (target, flow) = wire::stream_open(&first)?;
-        let ops = wire::stream_ack_ops(&first)?;
+        let ops = wire::stream_ack_ops(&mut first)?;
         let session_timeout_ms = wire::session_timeout_ms(&first);
         let client_id = wire::client_id(&first);
         let leaving = first.leave;
@@ -169,8 +169,8 @@ async fn pump(
             status = &mut end => break status.ok(),
             () = responses.closed() => break None,
             request = inbound.message(), if !half_closed => match request {
-                Ok(Some(request)) => {
-                    let applied = match wire::stream_ack_ops(&request) {
+                Ok(Some(mut request)) => {
+                    let applied = match wire::stream_ack_ops(&mut request) {
                         Ok(ops) => driver.call(move |d| d.stream_acks(stream, ops)).await.and_then(|r| Ok(r?)),
                         Err(status) => Err(status),
                     };

@@ -260,7 +260,9 @@ pub fn client_id(first: &pb::SubscribeRequest) -> Option<String> {
 }
 
 /// The acks, nacks and deadline changes a Subscribe request carries, in that order.
-pub fn stream_ack_ops(req: &pb::SubscribeRequest) -> Result<Vec<(AckOp, Vec<String>)>, Status> {
+/// Moves the ack ids out of `req` (a request's ids are applied once; copying them cost as
+/// much as applying them).
+pub fn stream_ack_ops(req: &mut pb::SubscribeRequest) -> Result<Vec<(AckOp, Vec<String>)>, Status> {
     let (ids, seconds) = (&req.modify_deadline_ack_ids, &req.modify_deadline_seconds);
     if ids.len() != seconds.len() {
         return Err(invalid(
@@ -268,16 +270,21 @@ pub fn stream_ack_ops(req: &pb::SubscribeRequest) -> Result<Vec<(AckOp, Vec<Stri
             format!("has {} entries for {} modify_deadline_ack_ids; they pair up one to one", seconds.len(), ids.len()),
         ));
     }
+    let nack = if req.nack_ids.is_empty() {
+        None
+    } else {
+        Some(nack_op("nack_delay", req.nack_delay.as_ref(), &req.nack_reason, req.nack_terminal)?)
+    };
     let mut ops = Vec::new();
     if !req.ack_ids.is_empty() {
-        ops.push((AckOp::Ack, req.ack_ids.clone()));
+        ops.push((AckOp::Ack, std::mem::take(&mut req.ack_ids)));
     }
-    if !req.nack_ids.is_empty() {
-        let nack = nack_op("nack_delay", req.nack_delay.as_ref(), &req.nack_reason, req.nack_terminal)?;
-        ops.push((nack, req.nack_ids.clone()));
+    if let Some(nack) = nack {
+        ops.push((nack, std::mem::take(&mut req.nack_ids)));
     }
-    for (id, s) in ids.iter().zip(seconds) {
-        ops.push((AckOp::ModifyDeadline { deadline_ms: u64::from(*s) * 1000 }, vec![id.clone()]));
+    let ids = std::mem::take(&mut req.modify_deadline_ack_ids);
+    for (id, s) in ids.into_iter().zip(&req.modify_deadline_seconds) {
+        ops.push((AckOp::ModifyDeadline { deadline_ms: u64::from(*s) * 1000 }, vec![id]));
     }
     Ok(ops)
 }

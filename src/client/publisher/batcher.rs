@@ -100,6 +100,27 @@ impl Batcher {
         commands: &mut mpsc::Receiver<Command>,
         carried: &mut Option<Queued>,
     ) -> Gathered {
+        // What is queued already goes in without waiting on the timer: a zero linger sends
+        // the batch as soon as the queue is drained (a timer, even a zero one, fires only at
+        // the next tick of tokio's clock, up to 1 ms later).
+        while !batch.full(&self.settings) {
+            let command = match commands.try_recv() {
+                Ok(command) => command,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Gathered::Closed,
+            };
+            match command {
+                Command::Flush(done) => return Gathered::Flush(done),
+                Command::Publish(q) if batch.fits(&q, &self.settings) => batch.push(q),
+                Command::Publish(q) => {
+                    *carried = Some(q);
+                    return Gathered::Ready;
+                }
+            }
+        }
+        if self.settings.linger.is_zero() {
+            return Gathered::Ready;
+        }
         let linger = tokio::time::sleep(self.settings.linger);
         tokio::pin!(linger);
         while !batch.full(&self.settings) {
@@ -148,7 +169,9 @@ impl Batcher {
 
     async fn send_once(&self, batch: &Batch) -> Result<Vec<pb::PublishResult>, ClientError> {
         let count = batch.messages.len();
-        let request = pb::PublishRequest {
+        // Built afresh for each attempt (tonic takes the request): one copy of the batch
+        // per attempt, and none kept meanwhile.
+        let request = || pb::PublishRequest {
             topic: self.topic.clone(),
             messages: batch.messages.iter().map(|q| q.message.clone()).collect(),
             ..Default::default()
@@ -188,11 +211,11 @@ impl Batcher {
         }
     }
 
-    /// Sends `request` until it is answered, fails with a status that is not retryable, or
+    /// Sends the `request` until it is answered, fails with a status that is not retryable, or
     /// the attempts or the total timeout run out.
     async fn send_with_retries(
         &self,
-        request: pb::PublishRequest,
+        request: impl Fn() -> pb::PublishRequest,
         queued_ms: u64,
     ) -> Result<Vec<pb::PublishResult>, ClientError> {
         let retry = &self.settings.retry;
@@ -212,7 +235,7 @@ impl Batcher {
             loop {
                 attempts += 1;
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
-                let status = match self.attempt(request.clone()).await {
+                let status = match self.attempt(request()).await {
                     Ok(results) => return Ok(results),
                     Err(status) => status,
                 };

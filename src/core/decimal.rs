@@ -1,0 +1,100 @@
+//! Ids as text (`7-0-42`, `3-1-42-7`): numbers joined by dashes. Every delivery and every
+//! published message gets such an id, and every ack sends one back, so they are written
+//! and read here without `core::fmt` and `str::parse`, which cost several times more
+//! per id than the rest of a publish.
+
+/// Longest decimal text of a `u64` (18 446 744 073 709 551 615).
+const U64_DIGITS_MAX: usize = 20;
+
+/// Most numbers in one id.
+const PARTS_MAX: usize = 4;
+
+/// `parts` (at most four) in decimal, joined by `-`. Written into a buffer on the stack,
+/// then copied once into a `String` of the exact length.
+pub fn dashed(parts: &[u64]) -> String {
+    assert!(parts.len() <= PARTS_MAX, "an id has at most {PARTS_MAX} parts");
+    let mut buffer = [0u8; PARTS_MAX * (U64_DIGITS_MAX + 1)];
+    let mut len = 0;
+    for (i, &n) in parts.iter().enumerate() {
+        if i > 0 {
+            buffer[len] = b'-';
+            len += 1;
+        }
+        len += write_u64(&mut buffer[len..], n);
+    }
+    std::str::from_utf8(&buffer[..len]).expect("only ASCII digits and dashes were written").to_string()
+}
+
+/// `{prefix}-{n}`: the client's idempotency keys, one per published message.
+pub fn dashed_after(prefix: &str, n: u64) -> String {
+    let mut digits = [0u8; U64_DIGITS_MAX];
+    let len = write_u64(&mut digits, n);
+    let mut text = String::with_capacity(prefix.len() + 1 + len);
+    text.push_str(prefix);
+    text.push('-');
+    text.push_str(std::str::from_utf8(&digits[..len]).expect("only ASCII digits were written"));
+    text
+}
+
+/// Writes `n` in decimal at the start of `out`; returns the number of digits.
+fn write_u64(out: &mut [u8], mut n: u64) -> usize {
+    let mut digits = [0u8; U64_DIGITS_MAX];
+    let mut at = U64_DIGITS_MAX;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = U64_DIGITS_MAX - at;
+    out[..len].copy_from_slice(&digits[at..]);
+    len
+}
+
+/// Reads exactly `N` dash-separated decimal numbers, as `str::parse::<u64>` would read each
+/// (ASCII digits only, no sign, not empty, no overflow). `None` when the text is not that.
+pub fn undashed<const N: usize>(text: &str) -> Option<[u64; N]> {
+    let mut out = [0u64; N];
+    let mut parts = text.split('-');
+    for slot in &mut out {
+        *slot = parse_u64(parts.next()?)?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+fn parse_u64(part: &str) -> Option<u64> {
+    if part.is_empty() {
+        return None;
+    }
+    part.bytes().try_fold(0u64, |n, b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dashed_matches_format_and_undashed_reads_it_back() {
+        for parts in [[0, 0, 0], [7, 0, 42], [u64::MAX, 1, 10], [1234567890, 99, 100000]] {
+            let text = dashed(&parts);
+            assert_eq!(text, format!("{}-{}-{}", parts[0], parts[1], parts[2]));
+            assert_eq!(undashed::<3>(&text), Some(parts));
+        }
+        assert_eq!(dashed_after("host-1a-7-0", 1234), "host-1a-7-0-1234");
+    }
+
+    #[test]
+    fn undashed_refuses_what_parse_refuses() {
+        for bad in ["", "1-2", "1-2-3-4", "a-b-c", "1--3", "-1-2", "1-2-+3", "1-2-18446744073709551616", "1-2-3 "] {
+            assert_eq!(undashed::<3>(bad), None, "{bad:?}");
+        }
+    }
+}
