@@ -70,10 +70,10 @@ struct Args {
     /// Messages in the backlog case (and retained in the footprint case), at most.
     #[arg(long)]
     backlog_messages: Option<u64>,
-    /// mini-pubsub's sync publish through the client library's Publisher (its linger
-    /// timer costs about 1 ms per publish) instead of the generated client.
+    /// mini-pubsub's sync publish through the generated client (one `PublishRequest` per
+    /// message) instead of the client library's Publisher.
     #[arg(long)]
-    sync_via_library: bool,
+    sync_via_generated: bool,
     /// Where the report goes. Default bench/results (bench/results/quick with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -169,7 +169,7 @@ fn plan_from(args: &Args) -> anyhow::Result<Plan> {
         backlog_bytes_max: if quick { 8 << 20 } else { 512 << 20 },
         backlog_seconds_max: if quick { 20 } else { 30 },
         retained_messages: backlog_messages_max,
-        sync_via_library: args.sync_via_library,
+        sync_via_generated: args.sync_via_generated,
     })
 }
 

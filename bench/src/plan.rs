@@ -176,10 +176,10 @@ pub struct Plan {
     pub backlog_seconds_max: u64,
     /// Messages retained for the memory-footprint case.
     pub retained_messages: u64,
-    /// mini-pubsub's sync publish goes through the library's `Publisher` instead of the
-    /// generated client.
+    /// mini-pubsub's sync publish goes through the generated client instead of the
+    /// library's `Publisher`.
     #[serde(default)]
-    pub sync_via_library: bool,
+    pub sync_via_generated: bool,
 }
 
 impl Plan {
@@ -263,7 +263,7 @@ mod tests {
             backlog_bytes_max: 512 << 20,
             backlog_seconds_max: 1,
             retained_messages: 0,
-            sync_via_library: false,
+            sync_via_generated: false,
         };
         assert_eq!(plan.backlog_messages(128), 1_000_000);
         assert_eq!(plan.backlog_messages(1024), 524_288);

@@ -45,7 +45,7 @@ fn fixed_report() -> Report {
         backlog_bytes_max: 512 << 20,
         backlog_seconds_max: 60,
         retained_messages: 1_000_000,
-        sync_via_library: false,
+        sync_via_generated: false,
     };
     Report { machine: Machine { cpu: "Test CPU".into(), cores: 2, ..Default::default() }, plan, runs, footprints }
 }

@@ -104,8 +104,8 @@ fn method(out: &mut String, report: &Report) {
         let _ = writeln!(out, "| {} | {} | {} |", workload.id(), describe(workload), workload.rate_meaning());
     }
     let _ = writeln!(out, "\n{CLIENTS}\n");
-    if p.sync_via_library {
-        let _ = writeln!(out, "This run sent mini-pubsub's sync publishes through the library's `Publisher`.\n");
+    if p.sync_via_generated {
+        let _ = writeln!(out, "This run sent mini-pubsub's sync publishes through the generated client.\n");
     }
 }
 
@@ -117,9 +117,8 @@ instead of 100 000, which only the 4-partition case needs: there round-robin pla
 of its own), and `Subscriber`s (1000 outstanding, \
 acks sent 100 per request). The batched workload and the backlog pre-fill call the generated `Publish` directly \
 (one `PublishRequest` of 100 messages, no idempotency keys), since the library's publisher makes its own \
-batches; so does the sync workload (one message per request) unless the run says `--sync-via-library`: the \
-library's publisher, even with no linger, waits for a tokio timer tick (about 1 ms) before sending each batch, \
-which would be most of a one-in-flight round trip (and adds up to about 1 ms to its end-to-end latency). NATS: `async-nats` JetStream publishes with ack futures; a durable pull consumer per group (max 1000 \
+batches. The sync workload awaits each message's result from the `Publisher` before publishing the next \
+(`--sync-via-generated` sends one `PublishRequest` per message instead). NATS: `async-nats` JetStream publishes with ack futures; a durable pull consumer per group (max 1000 \
 unacked), AckPolicy::All acking the last message of each received batch, or AckPolicy::Explicit with a per-message \
 ack when 4 workers share the consumer. Redis: the `redis` crate on multiplexed tokio connections; XADD \
 (a pipeline of 100 XADDs for a batch), XREADGROUP COUNT 100 and one XACK per read batch. Every publisher and \

@@ -177,7 +177,7 @@ async fn publish_loop(
         while in_flight.len() < in_flight_max {
             let ack = match (in_flight_max, batch) {
                 (_, 2..) => sender.send_batch(vec![value.clone(); batch]).await?,
-                (1, _) => sender.send_sync(value.clone(), plan.sync_via_library).await?,
+                (1, _) => sender.send_sync(value.clone(), !plan.sync_via_generated).await?,
                 _ => sender.send(value.clone()).await?,
             };
             in_flight.push(timed(ack));

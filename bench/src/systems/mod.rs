@@ -99,7 +99,7 @@ impl Sender {
     }
 
     /// Sends one message for the one-in-flight workload: as [`Sender::send`], except that
-    /// mini-pubsub uses its generated client unless `library` (see `OursSender::send_generated`).
+    /// mini-pubsub uses its generated client when `library` is false (`--sync-via-generated`).
     pub async fn send_sync(&self, value: Bytes, library: bool) -> anyhow::Result<Ack> {
         match self {
             Sender::Ours(s) if !library => Ok(s.send_generated(value)),

@@ -82,9 +82,8 @@ impl OursSender {
         .boxed())
     }
 
-    /// One message in one `PublishRequest` of the generated client, for the sync workload:
-    /// the library's publisher, given no linger, still waits for a tokio timer tick (about
-    /// 1 ms) before each batch, which would be most of a one-in-flight round trip.
+    /// One message in one `PublishRequest` of the generated client, for the sync workload
+    /// under `--sync-via-generated` (the library's `Publisher` is the default).
     pub fn send_generated(&self, value: Bytes) -> Ack {
         self.send_batch(vec![value])
     }
