@@ -27,7 +27,9 @@ fn color(system: System) -> &'static str {
 pub fn svg(table: &Table, classes: &[Class], systems: &[System]) -> String {
     let groups_max = classes.iter().map(|&c| table.keys().filter(|case| case.class == c).count()).max().unwrap_or(0);
     let group_width = BAR_WIDTH * systems.len() as f64 + GROUP_GAP;
-    let width = LEFT + groups_max as f64 * group_width + 40.0;
+    // At least as wide as the title and the legend beside it.
+    let legend_end = LEFT + 420.0 + systems.len() as f64 * 110.0;
+    let width = (LEFT + groups_max as f64 * group_width + 40.0).max(legend_end);
     let height = TOP + classes.len() as f64 * (PANEL_HEIGHT + PANEL_GAP);
     let (low, high) = decades(table);
     let mut out = String::new();
