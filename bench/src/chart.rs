@@ -23,12 +23,15 @@ fn color(system: System) -> &'static str {
     }
 }
 
+/// Where the legend starts, right of the title.
+const LEGEND_X: f64 = 480.0;
+
 /// The chart as an SVG document.
 pub fn svg(table: &Table, classes: &[Class], systems: &[System]) -> String {
     let groups_max = classes.iter().map(|&c| table.keys().filter(|case| case.class == c).count()).max().unwrap_or(0);
     let group_width = BAR_WIDTH * systems.len() as f64 + GROUP_GAP;
     // At least as wide as the title and the legend beside it.
-    let legend_end = LEFT + 420.0 + systems.len() as f64 * 110.0;
+    let legend_end = LEFT + LEGEND_X + systems.len() as f64 * 110.0;
     let width = (LEFT + groups_max as f64 * group_width + 40.0).max(legend_end);
     let height = TOP + classes.len() as f64 * (PANEL_HEIGHT + PANEL_GAP);
     let (low, high) = decades(table);
@@ -43,7 +46,7 @@ pub fn svg(table: &Table, classes: &[Class], systems: &[System]) -> String {
         r#"<text x="{LEFT}" y="20" font-size="14">msgs/s per case (median of repeats, log scale; line = min-max)</text>"#
     );
     for (i, system) in systems.iter().enumerate() {
-        let x = LEFT + 420.0 + i as f64 * 110.0;
+        let x = LEFT + LEGEND_X + i as f64 * 110.0;
         let _ = writeln!(out, r#"<rect x="{x}" y="10" width="12" height="12" fill="{}"/>"#, color(*system));
         let _ = writeln!(out, r#"<text x="{}" y="20">{system}</text>"#, x + 16.0);
     }
@@ -63,7 +66,8 @@ fn decades(table: &Table) -> (i32, i32) {
         table.values().flat_map(|cells| cells.values().filter_map(|c| c.rate().map(|r| r.min))).collect();
     let high = rates.iter().copied().fold(10.0_f64, f64::max).log10().ceil() as i32;
     let low = mins.iter().copied().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
-    let low = if low.is_finite() { low.log10().floor() as i32 } else { 0 };
+    // Half the smallest rate, so a bar that sits on a decade (1k msgs/s) still shows.
+    let low = if low.is_finite() { (low * 0.5).log10().floor() as i32 } else { 0 };
     (low.min(high - 1), high)
 }
 
