@@ -52,7 +52,7 @@ fn drain(b: &mut Broker) -> Seen {
 }
 
 fn ack_on(b: &mut Broker, now: u64, stream: StreamId, ids: &[String]) -> Vec<AckOutcome> {
-    b.stream_acks(now, stream, &[(AckOp::Ack, ids.to_vec())]).unwrap().into_iter().map(|r| r.outcome).collect()
+    b.stream_acks(now, stream, vec![(AckOp::Ack, ids.to_vec())]).unwrap().into_iter().map(|r| r.outcome).collect()
 }
 
 fn ids(seen: &Seen) -> Vec<String> {
@@ -99,8 +99,8 @@ fn detached_leases_take_acks_nacks_and_deadline_changes_from_any_stream_or_unary
     drain(&mut b);
     assert_eq!(ack_on(&mut b, 2 * SEC, other, &first[..1]), [AckOutcome::Applied], "acked on another stream");
     let extend = AckOp::ModifyDeadline { deadline_ms: 60 * SEC };
-    assert_eq!(b.acks(2 * SEC, "s", extend, &first[1..2]).unwrap()[0].outcome, AckOutcome::Applied);
-    let nacked = b.acks(3 * SEC, "s", AckOp::nack(), &first[2..]).unwrap();
+    assert_eq!(b.acks(2 * SEC, "s", extend, first[1..2].to_vec()).unwrap()[0].outcome, AckOutcome::Applied);
+    let nacked = b.acks(3 * SEC, "s", AckOp::nack(), first[2..].to_vec()).unwrap();
     assert_eq!(nacked[0].outcome, AckOutcome::Applied, "nacked unary");
     let back = drain(&mut b);
     assert_eq!(back.deliveries.iter().map(|d| (d.0, d.1.as_str(), d.2)).collect::<Vec<_>>(), [(other, "c", 2)]);

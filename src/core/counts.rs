@@ -132,9 +132,9 @@ mod tests {
 
         let ids = pull(&mut b, 0);
         assert_eq!(ids.len(), 4);
-        b.acks(10, "s", AckOp::Ack, &ids[..2]).unwrap();
-        b.acks(10, "s", AckOp::Ack, &ids[..1]).unwrap(); // expired by now: not counted
-        b.acks(10, "s", AckOp::Nack { delay_ms: None, terminal: false, reason: None }, &ids[2..3]).unwrap();
+        b.acks(10, "s", AckOp::Ack, ids[..2].to_vec()).unwrap();
+        b.acks(10, "s", AckOp::Ack, ids[..1].to_vec()).unwrap(); // expired by now: not counted
+        b.acks(10, "s", AckOp::Nack { delay_ms: None, terminal: false, reason: None }, ids[2..3].to_vec()).unwrap();
         let expected = SubscriptionCounts { delivered: 4, acked: 2, nacked: 1, ..Default::default() };
         assert_eq!(counts(&b), (expected, 2, 1));
 

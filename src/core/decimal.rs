@@ -9,31 +9,39 @@ const U64_DIGITS_MAX: usize = 20;
 /// Most numbers in one id.
 const PARTS_MAX: usize = 4;
 
-/// `parts` (at most four) in decimal, joined by `-`. Written into a buffer on the stack,
-/// then copied once into a `String` of the exact length.
+/// `parts` (at most four) in decimal, joined by `-`, in a `String` of the exact length.
 pub fn dashed(parts: &[u64]) -> String {
     assert!(parts.len() <= PARTS_MAX, "an id has at most {PARTS_MAX} parts");
-    let mut buffer = [0u8; PARTS_MAX * (U64_DIGITS_MAX + 1)];
-    let mut len = 0;
+    let len = parts.iter().map(|&n| decimal_len(n)).sum::<usize>() + parts.len().saturating_sub(1);
+    let mut text = String::with_capacity(len);
     for (i, &n) in parts.iter().enumerate() {
         if i > 0 {
-            buffer[len] = b'-';
-            len += 1;
+            text.push('-');
         }
-        len += write_u64(&mut buffer[len..], n);
+        push_u64(&mut text, n);
     }
-    std::str::from_utf8(&buffer[..len]).expect("only ASCII digits and dashes were written").to_string()
+    text
 }
 
 /// `{prefix}-{n}`: the client's idempotency keys, one per published message.
 pub fn dashed_after(prefix: &str, n: u64) -> String {
-    let mut digits = [0u8; U64_DIGITS_MAX];
-    let len = write_u64(&mut digits, n);
-    let mut text = String::with_capacity(prefix.len() + 1 + len);
+    let mut text = String::with_capacity(prefix.len() + 1 + decimal_len(n));
     text.push_str(prefix);
     text.push('-');
-    text.push_str(std::str::from_utf8(&digits[..len]).expect("only ASCII digits were written"));
+    push_u64(&mut text, n);
     text
+}
+
+/// Digits of `n` in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// Appends `n` in decimal (as ASCII `char`s, so no UTF-8 check is needed).
+fn push_u64(text: &mut String, n: u64) {
+    let mut digits = [0u8; U64_DIGITS_MAX];
+    let len = write_u64(&mut digits, n);
+    text.extend(digits[..len].iter().map(|&d| char::from(d)));
 }
 
 /// Writes `n` in decimal at the start of `out`; returns the number of digits.
@@ -89,6 +97,22 @@ mod tests {
             assert_eq!(undashed::<3>(&text), Some(parts));
         }
         assert_eq!(dashed_after("host-1a-7-0", 1234), "host-1a-7-0-1234");
+    }
+
+    #[test]
+    fn every_digit_count_is_written_whole_and_exactly_sized() {
+        let mut n = 1u64;
+        for _ in 0..20 {
+            for m in [n - 1, n, n.saturating_mul(10) - 1] {
+                assert_eq!(decimal_len(m), m.to_string().len(), "{m}");
+                let text = dashed(&[m, m]);
+                assert_eq!(text, format!("{m}-{m}"));
+                assert_eq!(text.capacity(), text.len(), "one allocation of the exact length");
+                assert_eq!(dashed_after("p", m), format!("p-{m}"));
+            }
+            n = n.saturating_mul(10);
+        }
+        assert_eq!(dashed(&[]), "");
     }
 
     #[test]

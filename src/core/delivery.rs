@@ -242,18 +242,18 @@ impl Broker {
         &mut self,
         now_ms: u64,
         stream: StreamId,
-        ops: &[(AckOp, Vec<String>)],
+        ops: Vec<(AckOp, Vec<String>)>,
     ) -> Result<Vec<AckReply>, BrokerError> {
-        for (op, _) in ops {
+        for (op, _) in &ops {
             self.check_deadline(op)?;
         }
         let Some(uid) = self.streams.get(&stream).map(|s| s.subscription_uid) else {
-            return Ok(ops.iter().flat_map(|(op, ids)| invalid_all(op, ids)).collect());
+            return Ok(ops.into_iter().flat_map(|(op, ids)| invalid_all(&op, ids)).collect());
         };
-        for (op, _) in ops {
+        for (op, _) in &ops {
             self.check_terminal(uid, op)?;
         }
-        Ok(ops.iter().flat_map(|(op, ids)| self.apply_ack_op(now_ms, uid, op, ids)).collect())
+        Ok(ops.into_iter().flat_map(|(op, ids)| self.apply_ack_op(now_ms, uid, &op, ids)).collect())
     }
 
     /// Applies acks, nacks or deadline changes for `subscription` (the unary calls).
@@ -262,7 +262,7 @@ impl Broker {
         now_ms: u64,
         subscription: &str,
         op: AckOp,
-        ack_ids: &[String],
+        ack_ids: Vec<String>,
     ) -> Result<Vec<AckReply>, BrokerError> {
         name::check("subscription", subscription)?;
         self.check_deadline(&op)?;
@@ -337,13 +337,13 @@ impl Broker {
         }
     }
 
-    fn apply_ack_op(&mut self, now_ms: u64, uid: u64, op: &AckOp, ack_ids: &[String]) -> Vec<AckReply> {
+    /// Applies `op` to each ack id; the ids move into the replies.
+    fn apply_ack_op(&mut self, now_ms: u64, uid: u64, op: &AckOp, ack_ids: Vec<String>) -> Vec<AckReply> {
         let replies = ack_ids
-            .iter()
-            .map(|text| AckReply {
-                ack_id: text.clone(),
-                op: op.clone(),
-                outcome: self.apply_one(now_ms, uid, op, text),
+            .into_iter()
+            .map(|ack_id| {
+                let outcome = self.apply_one(now_ms, uid, op, &ack_id);
+                AckReply { ack_id, op: op.clone(), outcome }
             })
             .collect();
         self.dispatch(now_ms, uid);
@@ -629,8 +629,8 @@ impl Broker {
                 }
                 // A storage error leaves the message where it is, undelivered; the other
                 // partitions go on. A disk error is retried at the next dispatch.
-                let records = match log.read(offset, 1, usize::MAX) {
-                    Ok(records) => records,
+                let record = match log.read_one(offset) {
+                    Ok(record) => record,
                     Err(error) => {
                         if self.read_faults.len() < READ_FAULTS_MAX && !self.read_faults.contains_key(&fault_key) {
                             self.read_faults.insert(fault_key, error.clone());
@@ -641,7 +641,7 @@ impl Broker {
                     }
                 };
                 self.read_faults.remove(&fault_key);
-                let Some(record) = records.into_iter().next() else { break None };
+                let Some(record) = record else { break None };
                 let held = record.record.key.as_deref().filter(|k| sub.ordered && cursor.keys.blocked(offset, k));
                 match held {
                     Some(key) if cursor.take_over_head(offset, key) => break Some((offset, record)),
@@ -722,6 +722,6 @@ impl Broker {
     }
 }
 
-fn invalid_all(op: &AckOp, ack_ids: &[String]) -> Vec<AckReply> {
-    ack_ids.iter().map(|id| AckReply { ack_id: id.clone(), op: op.clone(), outcome: AckOutcome::Invalid }).collect()
+fn invalid_all(op: &AckOp, ack_ids: Vec<String>) -> Vec<AckReply> {
+    ack_ids.into_iter().map(|ack_id| AckReply { ack_id, op: op.clone(), outcome: AckOutcome::Invalid }).collect()
 }

@@ -70,7 +70,7 @@ fn partitions_of(seen: &Seen, stream: StreamId) -> Vec<u32> {
 }
 
 fn ack(b: &mut Broker, now: u64, stream: StreamId, id: &str) -> AckOutcome {
-    b.stream_acks(now, stream, &[(AckOp::Ack, vec![id.to_string()])]).unwrap()[0].outcome
+    b.stream_acks(now, stream, vec![(AckOp::Ack, vec![id.to_string()])]).unwrap()[0].outcome
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn pull_reads_only_partitions_no_member_holds() {
     let a = join(&mut b, 10);
     let seen = drain(&mut b);
     assert_eq!(seen.deliveries.len(), 4, "the join took the pulled messages over");
-    assert_eq!(b.acks(20, "g", AckOp::Ack, &[pulled[0].ack_id.clone()]).unwrap()[0].outcome, AckOutcome::Expired);
+    assert_eq!(b.acks(20, "g", AckOp::Ack, vec![pulled[0].ack_id.clone()]).unwrap()[0].outcome, AckOutcome::Expired);
     publish_rounds(&mut b, 30, 1);
     assert!(b.pull(30, "g", 10).unwrap().is_empty());
     assert_eq!(drain(&mut b).deliveries.len(), 4);

@@ -51,7 +51,7 @@ fn values(got: &[(String, String)]) -> Vec<&str> {
 }
 
 fn answer(b: &mut Broker, now: u64, op: AckOp, id: &str) {
-    assert_eq!(b.acks(now, "s", op, &[id.to_string()]).unwrap()[0].outcome, AckOutcome::Applied);
+    assert_eq!(b.acks(now, "s", op, vec![id.to_string()]).unwrap()[0].outcome, AckOutcome::Applied);
     b.assert_invariants();
 }
 
@@ -197,7 +197,7 @@ fn the_sync_that_finishes_a_dead_letter_delivers_the_next_message_of_its_key() {
     let first = streamed(&mut b);
     assert_eq!(values(&first), ["a1"]);
     let terminal = AckOp::Nack { delay_ms: None, terminal: true, reason: None };
-    b.stream_acks(0, stream, &[(terminal, vec![first[0].1.clone()])]).unwrap();
+    b.stream_acks(0, stream, vec![(terminal, vec![first[0].1.clone()])]).unwrap();
     assert!(streamed(&mut b).is_empty(), "a1's copy is not synced yet: a2 waits");
     assert!(b.sync(0).is_empty());
     assert_eq!(values(&streamed(&mut b)), ["a2"]);

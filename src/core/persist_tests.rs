@@ -56,7 +56,7 @@ fn subscribe(b: &mut Broker, name: &str, topic: &str, ack_deadline_ms: Option<u6
 
 fn ack(b: &mut Broker, subscription: &str, deliveries: &[Delivery]) {
     let ids: Vec<String> = deliveries.iter().map(|d| d.ack_id.clone()).collect();
-    for reply in b.acks(0, subscription, AckOp::Ack, &ids).unwrap() {
+    for reply in b.acks(0, subscription, AckOp::Ack, ids.clone()).unwrap() {
         assert_eq!(reply.outcome, AckOutcome::Applied, "{}", reply.ack_id);
     }
 }
@@ -550,7 +550,7 @@ fn an_ack_id_from_before_a_reopen_never_names_a_lease_after_it() {
     assert_eq!(texts(&after), vec!["a"]);
     assert_ne!(after[0].ack_id, before[0].ack_id);
     assert!(after[0].ack_id.ends_with(&format!("-0-0-{}", 2_000 * 1_000_000)), "{}", after[0].ack_id);
-    let stale = b.acks(0, "s", AckOp::Ack, std::slice::from_ref(&before[0].ack_id)).unwrap();
+    let stale = b.acks(0, "s", AckOp::Ack, vec![before[0].ack_id.clone()]).unwrap();
     assert_ne!(stale[0].outcome, AckOutcome::Applied, "an ack from the old run took the new lease");
     ack(&mut b, "s", &after);
 }

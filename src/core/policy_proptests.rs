@@ -109,7 +109,7 @@ impl Model {
             return;
         };
         let is_ack = op == AckOp::Ack;
-        let reply = b.acks(now, "s", op, &[d.ack_id]).unwrap();
+        let reply = b.acks(now, "s", op, vec![d.ack_id]).unwrap();
         if is_ack && reply[0].outcome == AckOutcome::Applied {
             self.acked.insert((d.partition, d.offset));
         }
@@ -260,7 +260,7 @@ fn finish(b: &mut Broker, m: &mut Model, mut now: u64) {
         m.drain(b);
         let fresh: Vec<Delivery> = m.deliveries[from..].to_vec();
         let ids: Vec<String> = fresh.iter().map(|d| d.ack_id.clone()).collect();
-        for (reply, d) in b.stream_acks(now, stream, &[(AckOp::Ack, ids)]).unwrap().into_iter().zip(&fresh) {
+        for (reply, d) in b.stream_acks(now, stream, vec![(AckOp::Ack, ids)]).unwrap().into_iter().zip(&fresh) {
             assert_eq!(reply.outcome, AckOutcome::Applied, "a fresh lease could not be acked");
             m.acked.insert((d.partition, d.offset));
         }

@@ -118,7 +118,7 @@ fn run(ops: Vec<Op>) {
                         _ => unreachable!(),
                     };
                     let id = m.deliveries[i].ack_id.clone();
-                    b.acks(now, "s", ack_op, &[id]).unwrap();
+                    b.acks(now, "s", ack_op, vec![id]).unwrap();
                 }
             }
             Op::Advance { ms } => {
@@ -156,7 +156,7 @@ fn drain_everything(b: &mut Broker, m: &mut Model, mut now: u64) {
         let from = m.deliveries.len();
         m.drain(b);
         let ids: Vec<String> = m.deliveries[from..].iter().map(|d| d.ack_id.clone()).collect();
-        for reply in b.stream_acks(now, stream, &[(AckOp::Ack, ids.clone())]).unwrap() {
+        for reply in b.stream_acks(now, stream, vec![(AckOp::Ack, ids.clone())]).unwrap() {
             assert_eq!(reply.outcome, AckOutcome::Applied, "a fresh lease could not be acked");
         }
         acked.extend(m.deliveries[from..].iter().map(|d| (d.partition, d.offset)));

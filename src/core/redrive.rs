@@ -64,7 +64,7 @@ impl Broker {
             match outcome {
                 Ok(source_uid) => {
                     reopened.push(source_uid);
-                    let acked = self.acks(now_ms, subscription, AckOp::Ack, std::slice::from_ref(&copy.ack_id))?;
+                    let acked = self.acks(now_ms, subscription, AckOp::Ack, vec![copy.ack_id.clone()])?;
                     debug_assert!(acked.iter().all(|a| a.outcome == super::AckOutcome::Applied));
                 }
                 Err(_) => stay.push(copy.clone()),

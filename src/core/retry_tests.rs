@@ -38,7 +38,7 @@ fn pull(b: &mut Broker, now: u64, subscription: &str) -> Vec<(String, u32, Strin
 }
 
 fn nack_with(b: &mut Broker, now: u64, subscription: &str, id: &str, op: AckOp) -> AckOutcome {
-    let outcome = b.acks(now, subscription, op, &[id.to_string()]).unwrap()[0].outcome;
+    let outcome = b.acks(now, subscription, op, vec![id.to_string()]).unwrap()[0].outcome;
     b.assert_invariants();
     outcome
 }
@@ -106,12 +106,12 @@ fn a_nack_delay_or_reason_over_its_limit_is_refused_and_changes_nothing() {
     b.create_subscription(spec("s", "t")).unwrap();
     let id = pull(&mut b, 0, "s").remove(0).2;
     let too_long = AckOp::Nack { delay_ms: Some(601 * SEC), terminal: false, reason: None };
-    let err = b.acks(0, "s", too_long, std::slice::from_ref(&id)).unwrap_err().to_string();
+    let err = b.acks(0, "s", too_long, vec![id.clone()]).unwrap_err().to_string();
     assert!(err.contains("nack_delay") && err.contains("600000"), "{err}");
     let wordy = AckOp::Nack { delay_ms: None, terminal: false, reason: Some("x".repeat(1025)) };
-    let err = b.acks(0, "s", wordy, std::slice::from_ref(&id)).unwrap_err().to_string();
+    let err = b.acks(0, "s", wordy, vec![id.clone()]).unwrap_err().to_string();
     assert!(err.contains("nack_reason") && err.contains("1024"), "{err}");
-    assert_eq!(b.acks(0, "s", AckOp::Ack, &[id]).unwrap()[0].outcome, AckOutcome::Applied, "the lease is intact");
+    assert_eq!(b.acks(0, "s", AckOp::Ack, vec![id]).unwrap()[0].outcome, AckOutcome::Applied, "the lease is intact");
 }
 
 #[test]
@@ -120,10 +120,10 @@ fn terminal_nack_without_a_dead_letter_policy_is_refused_and_changes_nothing() {
     b.publish(0, 0, "t", vec![msg("m")]).unwrap();
     b.create_subscription(spec("s", "t")).unwrap();
     let id = pull(&mut b, 0, "s").remove(0).2;
-    let err = b.acks(0, "s", terminal("bad"), std::slice::from_ref(&id)).unwrap_err();
+    let err = b.acks(0, "s", terminal("bad"), vec![id.clone()]).unwrap_err();
     assert!(matches!(err, BrokerError::NoDeadLetterPolicy { .. }), "{err}");
     assert!(err.to_string().contains("dead_letter_policy"), "{err}");
-    assert_eq!(b.acks(0, "s", AckOp::Ack, &[id]).unwrap()[0].outcome, AckOutcome::Applied);
+    assert_eq!(b.acks(0, "s", AckOp::Ack, vec![id]).unwrap()[0].outcome, AckOutcome::Applied);
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn message_is_dead_lettered_after_max_attempts_with_its_payload_and_why() {
     let dead_letter = with_dead_letter("dlq", 2);
     b.create_subscription(SubscriptionSpec { dead_letter, ..spec("s", "t") }).unwrap();
     let got = pull(&mut b, 0, "s");
-    b.acks(0, "s", AckOp::Ack, &[got[0].2.clone()]).unwrap();
+    b.acks(0, "s", AckOp::Ack, vec![got[0].2.clone()]).unwrap();
     let reason = AckOp::Nack { delay_ms: None, terminal: false, reason: Some("cannot parse".into()) };
     nack_with(&mut b, 0, "s", &got[1].2, reason.clone());
     let again = pull(&mut b, 0, "s");
@@ -338,7 +338,7 @@ fn redrive_moves_dead_letters_back_with_attempts_starting_over() {
     assert_eq!(b.subscription_stats("dead").unwrap().backlog, 0, "the copy was acked");
     let again = pull(&mut b, 0, "s");
     assert_eq!((again[0].0.as_str(), again[0].1), ("m1", 1));
-    b.acks(0, "s", AckOp::Ack, &[again[0].2.clone()]).unwrap();
+    b.acks(0, "s", AckOp::Ack, vec![again[0].2.clone()]).unwrap();
     assert_eq!(b.subscription_stats("s").unwrap().partitions[0].committed_offset, 3);
     assert_eq!(b.subscription_stats("other").unwrap().backlog, 3, "other subscriptions see nothing new");
     assert!(b.redrive_dead_letters(0, "dead", 10).unwrap().is_empty());
@@ -369,7 +369,7 @@ fn redrive_refuses_a_copy_naming_a_subscription_that_does_not_dead_letter_there(
     b.create_subscription(spec("bystander", "t")).unwrap();
     settle(&mut b, &[]);
     let bystander = pull(&mut b, 0, "bystander");
-    b.acks(0, "bystander", AckOp::Ack, &[bystander[0].2.clone()]).unwrap();
+    b.acks(0, "bystander", AckOp::Ack, vec![bystander[0].2.clone()]).unwrap();
     // A hand-made "copy" that would rewind `bystander` to offset 0.
     let forged = [
         ("dead_letter_source_subscription", "bystander"),
@@ -407,7 +407,7 @@ fn list_pending_says_where_each_unfinished_message_is_and_pages() {
     let got = pull(&mut b, 0, "s");
     nack_with(&mut b, 1000, "s", &got[1].2, AckOp::nack());
     nack_with(&mut b, 1000, "s", &got[2].2, AckOp::Nack { delay_ms: Some(0), terminal: false, reason: None });
-    b.acks(1000, "s", AckOp::Ack, &[got[3].2.clone()]).unwrap();
+    b.acks(1000, "s", AckOp::Ack, vec![got[3].2.clone()]).unwrap();
 
     let (page, next) = b.list_pending(2000, "s", None, 2).unwrap();
     let states: Vec<(u64, PendingState)> = page.iter().map(|m| (m.offset, m.state)).collect();

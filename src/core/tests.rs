@@ -47,7 +47,7 @@ fn drain(b: &mut Broker) -> Vec<(StreamId, String, u32, String)> {
 }
 
 fn ack(b: &mut Broker, now: u64, stream: StreamId, id: &str) -> AckOutcome {
-    b.stream_acks(now, stream, &[(AckOp::Ack, vec![id.to_string()])]).unwrap()[0].outcome
+    b.stream_acks(now, stream, vec![(AckOp::Ack, vec![id.to_string()])]).unwrap()[0].outcome
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn nack_redelivers_at_once_with_next_attempt() {
     sub(&mut b, "s", "t");
     let s = open(&mut b, 0, "s", 0);
     let got = drain(&mut b);
-    let replies = b.stream_acks(5, s, &[(AckOp::nack(), vec![got[0].3.clone()])]).unwrap();
+    let replies = b.stream_acks(5, s, vec![(AckOp::nack(), vec![got[0].3.clone()])]).unwrap();
     assert_eq!(replies[0].outcome, AckOutcome::Applied);
     let again = drain(&mut b);
     assert_eq!((again[0].1.as_str(), again[0].2), ("a", 2));
@@ -115,7 +115,7 @@ fn modify_deadline_extends_and_zero_releases() {
     let got = drain(&mut b);
     let extend = AckOp::ModifyDeadline { deadline_ms: 60 * SEC };
     assert_eq!(
-        b.stream_acks(20 * SEC, s, &[(extend, vec![got[0].3.clone()])]).unwrap()[0].outcome,
+        b.stream_acks(20 * SEC, s, vec![(extend, vec![got[0].3.clone()])]).unwrap()[0].outcome,
         AckOutcome::Applied
     );
     assert_eq!(b.poll_timeout(), Some(80 * SEC));
@@ -123,7 +123,7 @@ fn modify_deadline_extends_and_zero_releases() {
     assert!(drain(&mut b).is_empty());
     let release = AckOp::ModifyDeadline { deadline_ms: 0 };
     assert_eq!(
-        b.stream_acks(79 * SEC, s, &[(release, vec![got[0].3.clone()])]).unwrap()[0].outcome,
+        b.stream_acks(79 * SEC, s, vec![(release, vec![got[0].3.clone()])]).unwrap()[0].outcome,
         AckOutcome::Applied
     );
     assert_eq!(drain(&mut b)[0].2, 2);
@@ -348,7 +348,7 @@ fn pull_leases_without_a_stream() {
     let pulled = b.pull(0, "s", 3).unwrap();
     assert_eq!(pulled.len(), 3);
     let ids: Vec<String> = pulled.iter().map(|d| d.ack_id.clone()).collect();
-    let replies = b.acks(1, "s", AckOp::Ack, &ids).unwrap();
+    let replies = b.acks(1, "s", AckOp::Ack, ids.clone()).unwrap();
     assert!(replies.iter().all(|r| r.outcome == AckOutcome::Applied));
     assert_eq!(b.pull(1, "s", 0).unwrap().len(), 2);
     assert!(b.pull(1, "s", 100_000).is_err());
@@ -418,9 +418,9 @@ fn trace_of_a_session_with_two_members_expiry_and_nack() {
     let published = b.publish(10, 1_000, "orders", batch).unwrap();
     let places: Vec<String> = published.iter().map(|p| format!("p{}@{}", p.partition, p.offset)).collect();
     step(&mut b, 10, format!("publish a1 b1 a2 x y -> {}", places.join(" ")), &mut trace);
-    let outcome = b.stream_acks(20, w1, &[(AckOp::Ack, vec!["1-0-0-1".to_string()])]).unwrap();
+    let outcome = b.stream_acks(20, w1, vec![(AckOp::Ack, vec!["1-0-0-1".to_string()])]).unwrap();
     step(&mut b, 20, format!("{w1} ack 1-0-0-1 -> {:?}", outcome[0].outcome), &mut trace);
-    let outcome = b.stream_acks(30, w2, &[(AckOp::nack(), vec!["1-1-0-2".to_string()])]).unwrap();
+    let outcome = b.stream_acks(30, w2, vec![(AckOp::nack(), vec!["1-1-0-2".to_string()])]).unwrap();
     step(&mut b, 30, format!("{w2} nack 1-1-0-2 -> {:?}", outcome[0].outcome), &mut trace);
     b.handle_timeout(5_010);
     step(&mut b, 5_010, "timeout".to_string(), &mut trace);
@@ -444,7 +444,7 @@ fn an_ack_id_from_before_a_seek_back_is_expired_not_invalid() {
     let pulled = b.pull(0, "s", 2).unwrap();
     b.seek(1, "s", SeekTarget::Earliest).unwrap();
     let ids: Vec<String> = pulled.iter().map(|d| d.ack_id.clone()).collect();
-    let replies = b.acks(2, "s", AckOp::Ack, &ids).unwrap();
+    let replies = b.acks(2, "s", AckOp::Ack, ids.clone()).unwrap();
     assert!(replies.iter().all(|r| r.outcome == AckOutcome::Expired), "{replies:?}");
 }
 
@@ -456,7 +456,7 @@ fn a_refused_ack_request_applies_nothing() {
     b.publish(0, 0, "t", vec![msg("a")]).unwrap();
     let id = drain(&mut b)[0].3.clone();
     let too_long = AckOp::ModifyDeadline { deadline_ms: 601 * SEC };
-    let err = b.stream_acks(1, s, &[(AckOp::Ack, vec![id.clone()]), (too_long, vec![id.clone()])]).unwrap_err();
+    let err = b.stream_acks(1, s, vec![(AckOp::Ack, vec![id.clone()]), (too_long, vec![id.clone()])]).unwrap_err();
     assert!(err.to_string().contains("0 to 600 s"), "{err}");
     assert_eq!(b.subscription_stats("s").unwrap().partitions[0].committed_offset, 0, "the ack was not applied");
     assert_eq!(ack(&mut b, 2, s, &id), AckOutcome::Applied);
@@ -482,7 +482,7 @@ fn retention_never_drops_the_batch_it_was_applied_for() {
     assert_eq!(pulled.len(), 1, "the acknowledged publish is readable");
     b.publish(1, 0, "t", vec![msg(&value)]).unwrap();
     assert_eq!(b.topic_info("t").unwrap().partitions[0].start_offset, 1, "the older one is dropped now");
-    assert_eq!(b.acks(2, "s", AckOp::Ack, &[pulled[0].ack_id.clone()]).unwrap()[0].outcome, AckOutcome::Expired);
+    assert_eq!(b.acks(2, "s", AckOp::Ack, vec![pulled[0].ack_id.clone()]).unwrap()[0].outcome, AckOutcome::Expired);
     b.assert_invariants();
 }
 

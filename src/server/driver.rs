@@ -414,7 +414,7 @@ impl Driver {
         if ops.is_empty() {
             return Ok(());
         }
-        let replies = self.broker.stream_acks(now, stream, &ops)?;
+        let replies = self.broker.stream_acks(now, stream, ops)?;
         let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
         self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
         Ok(())

@@ -141,7 +141,7 @@ impl PubSubService {
             .driver
             .call(move |d| {
                 let now = d.now_ms();
-                d.broker.acks(now, &subscription, op, &ids)
+                d.broker.acks(now, &subscription, op, ids)
             })
             .await??;
         Ok(Response::new(pb::AckResponse { confirmations: replies.into_iter().map(wire::ack_confirmation).collect() }))

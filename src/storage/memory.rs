@@ -98,6 +98,14 @@ impl PartitionLog for MemoryLog {
         Ok(out)
     }
 
+    fn read_one(&self, offset: u64) -> Result<Option<StoredRecord>, StorageError> {
+        if offset < self.start {
+            return Err(StorageError::OutOfRange { offset, start: self.start, end: self.end_offset() });
+        }
+        let record = self.records.get((offset - self.start) as usize);
+        Ok(record.map(|record| StoredRecord { offset, record: Arc::clone(record) }))
+    }
+
     fn start_offset(&self) -> u64 {
         self.start
     }
@@ -167,6 +175,24 @@ mod tests {
         let read = log.read(1, 10, usize::MAX).unwrap();
         assert_eq!(read.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(read[1].record.value, "c");
+    }
+
+    #[test]
+    fn read_one_answers_as_a_read_of_one_record() {
+        let mut log = MemoryLog::default();
+        log.append(vec![record("a", 1), record("b", 2), record("c", 3)]).unwrap();
+        log.apply_retention(&Retention { max_bytes: 2 * charged_bytes(&record("a", 0)), min_publish_time_ms: None }, 3)
+            .unwrap();
+        for offset in 0..5 {
+            let one = log.read_one(offset).map(|r| r.map(|r| (r.offset, r.record.value.clone())));
+            let read = log
+                .read(offset, 1, usize::MAX)
+                .map(|v| v.into_iter().next().map(|r| (r.offset, r.record.value.clone())));
+            assert_eq!(format!("{one:?}"), format!("{read:?}"), "offset {offset}");
+        }
+        assert!(log.read_one(0).is_err(), "offset 0 was removed by retention");
+        assert_eq!(log.read_one(2).unwrap().unwrap().offset, 2);
+        assert!(log.read_one(3).unwrap().is_none(), "the end");
     }
 
     #[test]

@@ -112,6 +112,13 @@ pub trait PartitionLog: Send {
     /// `from` is below the end). Empty when `from` is at or past the end.
     fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, StorageError>;
 
+    /// The record at `offset`, as [`PartitionLog::read`] of one record would return it:
+    /// `None` at or past the end. Every delivery reads one record, so a log that can
+    /// should answer without the `Vec`.
+    fn read_one(&self, offset: u64) -> Result<Option<StoredRecord>, StorageError> {
+        Ok(self.read(offset, 1, usize::MAX)?.into_iter().next())
+    }
+
     /// The oldest retained offset.
     fn start_offset(&self) -> u64;
 

@@ -36,8 +36,8 @@ fn counts_are_exported_once_each_and_continue_across_a_subscription_made_again()
     let deliveries = b.pull(0, "s", 10).unwrap();
     metrics.delivered(1250, "s", &deliveries);
     let ids: Vec<String> = deliveries.iter().map(|d| d.ack_id.clone()).collect();
-    b.acks(0, "s", AckOp::Ack, &ids[..2]).unwrap();
-    b.acks(0, "s", AckOp::Nack { delay_ms: None, terminal: false, reason: None }, &ids[2..]).unwrap();
+    b.acks(0, "s", AckOp::Ack, ids[..2].to_vec()).unwrap();
+    b.acks(0, "s", AckOp::Nack { delay_ms: None, terminal: false, reason: None }, ids[2..].to_vec()).unwrap();
     metrics.export(1000, &b, 2);
     metrics.export(2000, &b, 2); // nothing new: nothing added twice
 

@@ -84,6 +84,10 @@ impl PartitionLog for TimedLog {
         self.inner.read(from, max_records, max_bytes)
     }
 
+    fn read_one(&self, offset: u64) -> Result<Option<StoredRecord>, StorageError> {
+        self.inner.read_one(offset)
+    }
+
     fn start_offset(&self) -> u64 {
         self.inner.start_offset()
     }
