@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::received::LeaseId;
 use crate::wire::pb;
 
 /// How a nack asks for its message back. Nacks with equal options share a request.
@@ -18,24 +19,24 @@ pub(crate) struct NackKey {
 /// Operations not yet sent.
 #[derive(Debug, Default)]
 pub(crate) struct PendingOps {
-    acks: Vec<String>,
-    nacks: BTreeMap<NackKey, Vec<String>>,
-    extends: Vec<(String, u32)>,
+    acks: Vec<LeaseId>,
+    nacks: BTreeMap<NackKey, Vec<LeaseId>>,
+    extends: Vec<(LeaseId, u32)>,
     len: usize,
 }
 
 impl PendingOps {
-    pub(crate) fn ack(&mut self, ack_id: String) {
+    pub(crate) fn ack(&mut self, ack_id: LeaseId) {
         self.acks.push(ack_id);
         self.len += 1;
     }
 
-    pub(crate) fn nack(&mut self, ack_id: String, key: NackKey) {
+    pub(crate) fn nack(&mut self, ack_id: LeaseId, key: NackKey) {
         self.nacks.entry(key).or_default().push(ack_id);
         self.len += 1;
     }
 
-    pub(crate) fn extend(&mut self, ack_id: String, seconds: u32) {
+    pub(crate) fn extend(&mut self, ack_id: LeaseId, seconds: u32) {
         self.extends.push((ack_id, seconds));
         self.len += 1;
     }
@@ -46,8 +47,14 @@ impl PendingOps {
     }
 
     /// Everything pending as Subscribe requests of at most `ids_max` ack ids each (acks
-    /// and deadline changes ride with the first nacks), emptying the set.
-    pub(crate) fn take_requests(&mut self, ids_max: usize) -> Vec<pb::SubscribeRequest> {
+    /// and deadline changes ride with the first nacks), emptying the set. Each ack and
+    /// nack is handed to `on_decided` (with its nack's options; `None` for an ack) once its
+    /// text is in a request.
+    pub(crate) fn take_requests(
+        &mut self,
+        ids_max: usize,
+        mut on_decided: impl FnMut(LeaseId, Option<&NackKey>),
+    ) -> Vec<pb::SubscribeRequest> {
         assert!(ids_max >= 1, "a request must carry at least one ack id");
         let PendingOps { acks, nacks, extends, .. } = std::mem::take(self);
         let mut requests = Vec::new();
@@ -57,14 +64,15 @@ impl PendingOps {
             if ids == ids_max {
                 close(&mut current, &mut ids, &mut requests);
             }
-            current.ack_ids.push(ack_id);
+            current.ack_ids.push(ack_id.as_str().to_string());
+            on_decided(ack_id, None);
             ids += 1;
         }
         for (ack_id, seconds) in extends {
             if ids == ids_max {
                 close(&mut current, &mut ids, &mut requests);
             }
-            current.modify_deadline_ack_ids.push(ack_id);
+            current.modify_deadline_ack_ids.push(ack_id.as_str().to_string());
             current.modify_deadline_seconds.push(seconds);
             ids += 1;
         }
@@ -83,7 +91,8 @@ impl PendingOps {
                     current.nack_reason.clone_from(&key.reason);
                     current.nack_terminal = key.terminal;
                 }
-                current.nack_ids.push(ack_id);
+                current.nack_ids.push(ack_id.as_str().to_string());
+                on_decided(ack_id, Some(&key));
                 ids += 1;
             }
         }
@@ -123,7 +132,7 @@ mod tests {
         ops.ack("b".into());
         ops.nack("c".into(), NackKey::default());
         ops.extend("d".into(), 10);
-        let requests = ops.take_requests(100);
+        let requests = ops.take_requests(100, |_, _| {});
         assert_eq!(requests.len(), 1);
         assert_eq!(ids(&requests[0]), (vec!["a", "b"], vec!["c"], vec!["d"]));
         assert_eq!(requests[0].modify_deadline_seconds, [10]);
@@ -135,7 +144,7 @@ mod tests {
         let mut ops = PendingOps::default();
         ops.nack("a".into(), NackKey { delay_ms: Some(1500), ..Default::default() });
         ops.nack("b".into(), NackKey::default());
-        let requests = ops.take_requests(100);
+        let requests = ops.take_requests(100, |_, _| {});
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0].nack_ids, ["b"]);
         assert_eq!(requests[0].nack_delay, None);
@@ -147,10 +156,10 @@ mod tests {
     fn no_request_carries_more_than_the_bound() {
         let mut ops = PendingOps::default();
         for n in 0..7 {
-            ops.ack(format!("a{n}"));
+            ops.ack(LeaseId::new(format!("a{n}")));
         }
-        let sizes: Vec<_> = ops.take_requests(3).iter().map(|r| r.ack_ids.len()).collect();
+        let sizes: Vec<_> = ops.take_requests(3, |_, _| {}).iter().map(|r| r.ack_ids.len()).collect();
         assert_eq!(sizes, [3, 3, 1]);
-        assert!(PendingOps::default().take_requests(3).is_empty());
+        assert!(PendingOps::default().take_requests(3, |_, _| {}).is_empty());
     }
 }

@@ -10,11 +10,10 @@
 //! back as not applied, and a message of it not yet handed out is dropped.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
 
 use super::acks::{NackKey, PendingOps};
 use super::lease::{Due, Leases};
-use super::received::ReceivedMessage;
+use super::received::{LeaseId, ReceivedMessage};
 use crate::wire::pb;
 
 /// An ack or a nack, as sent.
@@ -34,7 +33,7 @@ pub(crate) struct Held {
     /// Decisions and extensions not yet sent.
     pending: PendingOps,
     /// Acks and nacks sent whose confirmation has not come (at most one per message held).
-    sent: BTreeMap<String, Decision>,
+    sent: BTreeMap<LeaseId, Decision>,
 }
 
 impl Held {
@@ -49,17 +48,17 @@ impl Held {
 
     /// A message arrived at `now_ms`: its lease is held and extended until it is decided on.
     pub(crate) fn receive(&mut self, message: ReceivedMessage, now_ms: u64) {
-        self.leases.hold(message.ack_id().to_string(), message.dropped(), now_ms);
+        self.leases.hold(message.lease().clone(), now_ms);
         self.undelivered.push_back(message);
     }
 
-    pub(crate) fn ack(&mut self, ack_id: String) {
-        self.leases.release(&ack_id);
+    pub(crate) fn ack(&mut self, ack_id: LeaseId) {
+        self.leases.release(ack_id.as_str());
         self.pending.ack(ack_id);
     }
 
-    pub(crate) fn nack(&mut self, ack_id: String, key: NackKey) {
-        self.leases.release(&ack_id);
+    pub(crate) fn nack(&mut self, ack_id: LeaseId, key: NackKey) {
+        self.leases.release(ack_id.as_str());
         self.pending.nack(ack_id, key);
     }
 
@@ -86,23 +85,11 @@ impl Held {
     /// Everything pending as requests of at most `ids_max` ack ids; the acks and nacks among
     /// them count as sent until their confirmations come.
     pub(crate) fn take_requests(&mut self, ids_max: usize) -> Vec<pb::SubscribeRequest> {
-        let requests = self.pending.take_requests(ids_max);
-        for request in &requests {
-            for ack_id in &request.ack_ids {
-                self.sent.insert(ack_id.clone(), Decision::Ack);
-            }
-            let key = NackKey {
-                delay_ms: request
-                    .nack_delay
-                    .map(|d| Duration::new(d.seconds as u64, d.nanos as u32).as_millis() as u64),
-                reason: request.nack_reason.clone(),
-                terminal: request.nack_terminal,
-            };
-            for ack_id in &request.nack_ids {
-                self.sent.insert(ack_id.clone(), Decision::Nack(key.clone()));
-            }
-        }
-        requests
+        let sent = &mut self.sent;
+        self.pending.take_requests(ids_max, |id, nack| {
+            let decision = nack.map_or(Decision::Ack, |key| Decision::Nack(key.clone()));
+            sent.insert(id, decision);
+        })
     }
 
     /// The broker answered for one ack id. A deadline change that was not applied means
@@ -111,10 +98,10 @@ impl Held {
     pub(crate) fn confirmed(&mut self, confirmation: &pb::AckConfirmation) {
         match pb::AckOperation::try_from(confirmation.operation) {
             Ok(pb::AckOperation::Ack | pb::AckOperation::Nack) => {
-                self.sent.remove(&confirmation.ack_id);
+                self.sent.remove(confirmation.ack_id.as_str());
             }
             Ok(pb::AckOperation::ModifyDeadline) if confirmation.result != pb::AckResult::Applied as i32 => {
-                self.leases.release(&confirmation.ack_id);
+                self.leases.release(confirmation.ack_id.as_str());
                 let at = self.undelivered.iter().position(|m| m.ack_id() == confirmation.ack_id);
                 if let Some(message) = at.and_then(|i| self.undelivered.remove(i)) {
                     message.forget();
@@ -150,7 +137,7 @@ mod tests {
     fn message(ack_id: &str, ops: &mpsc::Sender<crate::client::received::Op>) -> ReceivedMessage {
         let mut wire = pb::ReceivedMessage { ack_id: ack_id.into(), ..Default::default() };
         let data = crate::client::message::Message::from_wire(&mut wire);
-        ReceivedMessage::new(data, AckHandle::new(ack_id.into(), 1, ops.clone()))
+        ReceivedMessage::new(data, AckHandle::new(LeaseId::from(ack_id), 1, ops.clone()))
     }
 
     fn confirmation(ack_id: &str, operation: pb::AckOperation, result: pb::AckResult) -> pb::AckConfirmation {
@@ -203,12 +190,12 @@ mod tests {
         held.receive(message("b", &ops), 0);
         let a = held.undelivered.pop_front().expect("a was received first");
         // The queue of decisions is full: a's nack is lost, so it alone must stop its lease.
-        ops.try_send(crate::client::received::Op::Ack { ack_id: "x".into(), epoch: 1 }).unwrap();
+        ops.try_send(crate::client::received::Op::Ack { ack_id: LeaseId::from("x"), epoch: 1 }).unwrap();
         drop(a);
         let (forgotten, extended) = held.extend_due(2000);
         assert_eq!(
             (forgotten.dropped, extended),
-            (vec!["a".to_string()], 1),
+            (vec![LeaseId::from("a")], 1),
             "a, dropped, is no longer extended; b, still held, is"
         );
         assert!(matches!(rx.try_recv(), Ok(crate::client::received::Op::Ack { .. })));

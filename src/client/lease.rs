@@ -8,21 +8,20 @@
 
 use std::collections::BTreeMap;
 
-use super::received::Dropped;
+use super::received::LeaseId;
 
 /// When a held message's lease ends, as far as the client knows.
 #[derive(Debug)]
 struct Lease {
     received_ms: u64,
     expires_ms: u64,
-    /// Set when the message's handle was dropped undecided: no longer extended.
-    dropped: Dropped,
 }
 
 /// The leases of messages the application holds.
 #[derive(Debug)]
 pub(crate) struct Leases {
-    held: BTreeMap<String, Lease>,
+    /// By lease; one whose handle was dropped undecided is no longer extended.
+    held: BTreeMap<LeaseId, Lease>,
     /// The subscription's ack deadline: the length of a lease and of each extension.
     deadline_ms: u64,
     /// How long after its arrival a message's lease is still extended.
@@ -32,14 +31,14 @@ pub(crate) struct Leases {
 /// Leases to extend now, and how far.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Due {
-    /// Ack ids to extend by `seconds`.
-    pub extend: Vec<String>,
+    /// Leases to extend by `seconds`.
+    pub extend: Vec<LeaseId>,
     /// The new deadline from now, in seconds.
     pub seconds: u32,
-    /// Ack ids past `max_extension`: no longer extended (nor tracked).
-    pub abandoned: Vec<String>,
-    /// Ack ids whose handles were dropped undecided: no longer extended (nor tracked).
-    pub dropped: Vec<String>,
+    /// Leases past `max_extension`: no longer extended (nor tracked).
+    pub abandoned: Vec<LeaseId>,
+    /// Leases whose handles were dropped undecided: no longer extended (nor tracked).
+    pub dropped: Vec<LeaseId>,
 }
 
 impl Leases {
@@ -56,10 +55,10 @@ impl Leases {
 
     /// A message arrived at `now_ms`; its lease runs one deadline from then (an estimate a
     /// little late by the network's delay, which the one-third margin absorbs). It is
-    /// extended until released, past `max_extension`, or `dropped` is set.
-    pub(crate) fn hold(&mut self, ack_id: String, dropped: Dropped, now_ms: u64) {
-        let lease = Lease { received_ms: now_ms, expires_ms: now_ms + self.deadline_ms, dropped };
-        self.held.insert(ack_id, lease);
+    /// extended until released, past `max_extension`, or its handle is dropped undecided.
+    pub(crate) fn hold(&mut self, id: LeaseId, now_ms: u64) {
+        let lease = Lease { received_ms: now_ms, expires_ms: now_ms + self.deadline_ms };
+        self.held.insert(id, lease);
     }
 
     /// The message was acked, nacked or released: its lease is no longer ours to extend.
@@ -88,21 +87,21 @@ impl Leases {
     fn due_within(&mut self, now_ms: u64, margin_ms: u64) -> Due {
         let seconds = u32::try_from(self.deadline_ms / 1000).unwrap_or(u32::MAX);
         let mut due = Due { seconds, ..Due::default() };
-        for (ack_id, lease) in &mut self.held {
+        for (id, lease) in &mut self.held {
             if lease.expires_ms > now_ms + margin_ms {
                 continue;
             }
-            if lease.dropped.is_set() {
-                due.dropped.push(ack_id.clone());
+            if id.is_dropped() {
+                due.dropped.push(id.clone());
             } else if now_ms >= lease.received_ms + self.max_extension_ms {
-                due.abandoned.push(ack_id.clone());
+                due.abandoned.push(id.clone());
             } else {
                 lease.expires_ms = now_ms + self.deadline_ms;
-                due.extend.push(ack_id.clone());
+                due.extend.push(id.clone());
             }
         }
-        for ack_id in due.abandoned.iter().chain(&due.dropped) {
-            self.held.remove(ack_id);
+        for id in due.abandoned.iter().chain(&due.dropped) {
+            self.held.remove(id);
         }
         due
     }
@@ -115,10 +114,10 @@ mod tests {
     #[test]
     fn a_held_lease_is_extended_when_a_third_of_the_deadline_is_left() {
         let mut leases = Leases::new(3000, 60_000);
-        leases.hold("a".into(), Dropped::default(), 0);
+        leases.hold("a".into(), 0);
         assert!(leases.due(1000).extend.is_empty());
         let due = leases.due(2000);
-        assert_eq!((due.extend, due.seconds), (vec!["a".to_string()], 3));
+        assert_eq!((due.extend, due.seconds), (vec![LeaseId::from("a")], 3));
         // Extended to 2000 + 3000; the next extension is due at 4000.
         assert!(leases.due(3999).extend.is_empty());
         assert_eq!(leases.due(4000).extend, ["a"]);
@@ -127,7 +126,7 @@ mod tests {
     #[test]
     fn a_released_lease_is_not_extended() {
         let mut leases = Leases::new(3000, 60_000);
-        leases.hold("a".into(), Dropped::default(), 0);
+        leases.hold("a".into(), 0);
         leases.release("a");
         assert_eq!(leases.due(2500), Due { seconds: 3, ..Due::default() });
         assert_eq!(leases.len(), 0);
@@ -136,7 +135,7 @@ mod tests {
     #[test]
     fn a_lease_past_max_extension_is_abandoned_not_extended() {
         let mut leases = Leases::new(1000, 2500);
-        leases.hold("a".into(), Dropped::default(), 0);
+        leases.hold("a".into(), 0);
         assert_eq!(leases.due(700).extend, ["a"]);
         assert_eq!(leases.due(1400).extend, ["a"]);
         assert_eq!(leases.due(2100).extend, ["a"]);
@@ -149,22 +148,22 @@ mod tests {
     #[test]
     fn renew_all_extends_every_lease_but_those_past_max_extension() {
         let mut leases = Leases::new(3000, 10_000);
-        leases.hold("old".into(), Dropped::default(), 0);
-        leases.hold("new".into(), Dropped::default(), 9000);
+        leases.hold("old".into(), 0);
+        leases.hold("new".into(), 9000);
         let due = leases.renew_all(10_500);
-        assert_eq!((due.extend, due.abandoned), (vec!["new".to_string()], vec!["old".to_string()]));
+        assert_eq!((due.extend, due.abandoned), (vec![LeaseId::from("new")], vec![LeaseId::from("old")]));
         assert!(leases.due(11_000).extend.is_empty(), "renewed from 10_500");
     }
 
     #[test]
     fn a_lease_whose_handle_was_dropped_is_forgotten_when_next_due() {
         let mut leases = Leases::new(3000, 60_000);
-        let dropped = Dropped::default();
-        leases.hold("a".into(), dropped.clone(), 0);
-        leases.hold("b".into(), Dropped::default(), 0);
-        dropped.set();
+        let a = LeaseId::from("a");
+        leases.hold(a.clone(), 0);
+        leases.hold("b".into(), 0);
+        a.set_dropped();
         let due = leases.due(2000);
-        assert_eq!((due.extend, due.dropped), (vec!["b".to_string()], vec!["a".to_string()]));
+        assert_eq!((due.extend, due.dropped), (vec![LeaseId::from("b")], vec![LeaseId::from("a")]));
         assert_eq!(leases.len(), 1);
     }
 

@@ -1,6 +1,8 @@
 //! A message a [`Subscriber`](super::Subscriber) received: its data, and the handle that
 //! acks or nacks it.
 
+use std::borrow::Borrow;
+use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,24 +23,96 @@ pub const NACK_REASON_BYTES_MAX: usize = 1024;
 /// What the application decided about a message, on its way to the subscriber's task.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Ack { ack_id: String, epoch: u64 },
-    Nack { ack_id: String, epoch: u64, key: NackKey },
+    Ack { ack_id: LeaseId, epoch: u64 },
+    Nack { ack_id: LeaseId, epoch: u64, key: NackKey },
 }
 
-/// Set when a handle is dropped without a decision. The lease it names is then no longer
-/// extended, whether or not the handle's nack found room in the queue of decisions: a nack
-/// that did not fit would otherwise leave the lease extended until `max_lease_extension`,
-/// and the message would not come again until then.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Dropped(Arc<AtomicBool>);
+/// A lease's ack id, shared (not copied) by the message's handle, the lease extender and
+/// the decisions on their way to the broker, with the flag set when the handle is dropped
+/// without a decision. The lease is then no longer extended, whether or not the handle's
+/// nack found room in the queue of decisions: a nack that did not fit would otherwise
+/// leave the lease extended until `max_lease_extension`, and the message would not come
+/// again until then.
+///
+/// Ordered and compared as its ack id, and `Borrow<str>`, so maps keyed by it are looked
+/// up with the ack id of a confirmation.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseId(Arc<LeaseIdInner>);
 
-impl Dropped {
-    pub(crate) fn set(&self) {
-        self.0.store(true, Ordering::Relaxed);
+#[derive(Debug)]
+struct LeaseIdInner {
+    ack_id: String,
+    dropped: AtomicBool,
+}
+
+impl LeaseId {
+    pub(crate) fn new(ack_id: String) -> Self {
+        Self(Arc::new(LeaseIdInner { ack_id, dropped: AtomicBool::new(false) }))
     }
 
-    pub(crate) fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0.ack_id
+    }
+
+    pub(crate) fn set_dropped(&self) {
+        self.0.dropped.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Borrow<str> for LeaseId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for LeaseId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for LeaseId {}
+
+impl PartialOrd for LeaseId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LeaseId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+impl From<&str> for LeaseId {
+    fn from(ack_id: &str) -> Self {
+        Self::new(ack_id.to_string())
+    }
+}
+
+#[cfg(test)]
+impl PartialEq<&str> for LeaseId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[cfg(test)]
+impl PartialEq<String> for LeaseId {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
     }
 }
 
@@ -81,23 +155,22 @@ impl NackOptions {
 /// (super::Subscriber::shutdown) waits for the broker's confirmations.
 #[derive(Debug)]
 pub struct AckHandle {
-    ack_id: String,
+    /// Shared with the lease's entry in the subscriber's `Leases`.
+    lease: LeaseId,
     /// The subscriber's lease epoch the message was received in (see `Shared::epoch`).
     epoch: u64,
     ops: mpsc::Sender<Op>,
     decided: bool,
-    /// Shared with the lease's entry in the subscriber's `Leases`.
-    dropped: Dropped,
 }
 
 impl AckHandle {
-    pub(crate) fn new(ack_id: String, epoch: u64, ops: mpsc::Sender<Op>) -> Self {
-        Self { ack_id, epoch, ops, decided: false, dropped: Dropped::default() }
+    pub(crate) fn new(lease: LeaseId, epoch: u64, ops: mpsc::Sender<Op>) -> Self {
+        Self { lease, epoch, ops, decided: false }
     }
 
-    /// What tells the lease extender that this handle was dropped undecided.
-    pub(crate) fn dropped(&self) -> Dropped {
-        self.dropped.clone()
+    /// The lease it decides on, shared with the lease extender.
+    pub(crate) fn lease(&self) -> &LeaseId {
+        &self.lease
     }
 
     /// Drops the handle without a decision: its lease is already gone.
@@ -107,12 +180,12 @@ impl AckHandle {
 
     /// The lease's id, as the broker names it (`subscription-partition-offset-lease`).
     pub fn ack_id(&self) -> &str {
-        &self.ack_id
+        self.lease.as_str()
     }
 
     /// Acknowledges the message: it will not be delivered again.
     pub async fn ack(mut self) {
-        let op = Op::Ack { ack_id: std::mem::take(&mut self.ack_id), epoch: self.epoch };
+        let op = Op::Ack { ack_id: self.lease.clone(), epoch: self.epoch };
         self.decide(op).await;
     }
 
@@ -124,7 +197,7 @@ impl AckHandle {
     /// Gives the message back with options: a delay, a reason, or terminal.
     pub async fn nack_with(mut self, options: NackOptions) {
         let key = options.into_key();
-        let op = Op::Nack { ack_id: std::mem::take(&mut self.ack_id), epoch: self.epoch, key };
+        let op = Op::Nack { ack_id: self.lease.clone(), epoch: self.epoch, key };
         self.decide(op).await;
     }
 
@@ -139,8 +212,8 @@ impl AckHandle {
 impl Drop for AckHandle {
     fn drop(&mut self) {
         if !self.decided {
-            self.dropped.set();
-            let ack_id = std::mem::take(&mut self.ack_id);
+            self.lease.set_dropped();
+            let ack_id = self.lease.clone();
             let _ = self.ops.try_send(Op::Nack { ack_id, epoch: self.epoch, key: NackKey::default() });
         }
     }
@@ -186,9 +259,9 @@ impl ReceivedMessage {
         self.handle.ack_id()
     }
 
-    /// What tells the lease extender that its handle was dropped undecided.
-    pub(crate) fn dropped(&self) -> Dropped {
-        self.handle.dropped()
+    /// Its lease, shared with the handle (which tells whether it was dropped undecided).
+    pub(crate) fn lease(&self) -> &LeaseId {
+        self.handle.lease()
     }
 
     /// The lease epoch it was received in.

@@ -27,7 +27,7 @@ use super::acks::NackKey;
 use super::error::{is_retryable, ClientError};
 use super::held::Held;
 use super::message::Message;
-use super::received::{AckHandle, Op, ReceivedMessage};
+use super::received::{AckHandle, LeaseId, Op, ReceivedMessage};
 use super::subscriber::{Delivery, Shared, SubscribeTarget, SubscriberSettings};
 use super::Client;
 use crate::env::{Clock, TokioClock};
@@ -357,12 +357,12 @@ impl Session {
         let (epoch, max) = (self.epoch, self.settings.max_outstanding_messages as usize);
         for mut received in response.received_messages {
             self.shared.received.fetch_add(1, Ordering::Relaxed);
-            let ack_id = std::mem::take(&mut received.ack_id);
-            let handle = AckHandle::new(ack_id.clone(), epoch, self.ops_tx.clone());
+            let lease = LeaseId::new(std::mem::take(&mut received.ack_id));
+            let handle = AckHandle::new(lease, epoch, self.ops_tx.clone());
             if self.held().undelivered.len() >= max {
                 // Flow control should make this impossible; if the broker overshoots, the
                 // message goes back rather than growing the queue.
-                warn!(%ack_id, "more messages than max_outstanding_messages; nacking the extra");
+                warn!(ack_id = handle.ack_id(), "more messages than max_outstanding_messages; nacking the extra");
                 drop(handle);
                 continue;
             }
