@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::acks::{NackKey, PendingOps};
 use super::lease::{Due, Leases};
-use super::received::{LeaseId, ReceivedMessage};
+use super::received::{AckKey, LeaseId, ReceivedMessage};
 use crate::wire::pb;
 
 /// An ack or a nack, as sent.
@@ -53,12 +53,12 @@ impl Held {
     }
 
     pub(crate) fn ack(&mut self, ack_id: LeaseId) {
-        self.leases.release(ack_id.as_str());
+        self.leases.release(ack_id.key());
         self.pending.ack(ack_id);
     }
 
     pub(crate) fn nack(&mut self, ack_id: LeaseId, key: NackKey) {
-        self.leases.release(ack_id.as_str());
+        self.leases.release(ack_id.key());
         self.pending.nack(ack_id, key);
     }
 
@@ -98,10 +98,10 @@ impl Held {
     pub(crate) fn confirmed(&mut self, confirmation: &pb::AckConfirmation) {
         match pb::AckOperation::try_from(confirmation.operation) {
             Ok(pb::AckOperation::Ack | pb::AckOperation::Nack) => {
-                self.sent.remove(confirmation.ack_id.as_str());
+                self.sent.remove(&AckKey::of(&confirmation.ack_id));
             }
             Ok(pb::AckOperation::ModifyDeadline) if confirmation.result != pb::AckResult::Applied as i32 => {
-                self.leases.release(confirmation.ack_id.as_str());
+                self.leases.release(&AckKey::of(&confirmation.ack_id));
                 let at = self.undelivered.iter().position(|m| m.ack_id() == confirmation.ack_id);
                 if let Some(message) = at.and_then(|i| self.undelivered.remove(i)) {
                     message.forget();

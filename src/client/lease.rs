@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::received::LeaseId;
+use super::received::{AckKey, LeaseId};
 
 /// When a held message's lease ends, as far as the client knows.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Leases {
     }
 
     /// The message was acked, nacked or released: its lease is no longer ours to extend.
-    pub(crate) fn release(&mut self, ack_id: &str) {
+    pub(crate) fn release(&mut self, ack_id: &AckKey) {
         self.held.remove(ack_id);
     }
 
@@ -127,7 +127,7 @@ mod tests {
     fn a_released_lease_is_not_extended() {
         let mut leases = Leases::new(3000, 60_000);
         leases.hold("a".into(), 0);
-        leases.release("a");
+        leases.release(&AckKey::of("a"));
         assert_eq!(leases.due(2500), Due { seconds: 3, ..Due::default() });
         assert_eq!(leases.len(), 0);
     }

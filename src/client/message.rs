@@ -189,7 +189,8 @@ impl Message {
     }
 }
 
-fn system_time(t: prost_types::Timestamp) -> Option<SystemTime> {
+/// A `publish_time` as the client reads it: `None` before the epoch or out of range.
+pub(crate) fn system_time(t: prost_types::Timestamp) -> Option<SystemTime> {
     let seconds = u64::try_from(t.seconds).ok()?;
     let nanos = u32::try_from(t.nanos).ok()?;
     UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))

@@ -49,6 +49,7 @@ mod publisher;
 mod received;
 mod retry;
 mod session;
+mod stream_wire;
 mod subscriber;
 
 use std::time::Duration;
@@ -83,6 +84,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Client {
     pubsub: PubSubClient<Channel>,
     admin: AdminClient<Channel>,
+    /// For the Subscribe stream, which the library decodes itself ([`stream_wire`]).
+    channel: Channel,
 }
 
 impl Client {
@@ -118,13 +121,18 @@ impl Client {
     /// A client over an existing channel (the simulator builds its channels with
     /// `Endpoint::connect_with_connector` over its own network).
     pub fn from_channel(channel: Channel) -> Self {
-        Self { pubsub: PubSubClient::new(channel.clone()), admin: AdminClient::new(channel) }
+        Self { pubsub: PubSubClient::new(channel.clone()), admin: AdminClient::new(channel.clone()), channel }
     }
 
     /// The generated `pubsub.PubSub` client on this connection, for calls this library does
     /// not wrap (Pull, Seek, unary Ack).
     pub fn pubsub_client(&self) -> PubSubClient<Channel> {
         self.pubsub.clone()
+    }
+
+    /// The connection itself, for calls with the library's own codec.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// The generated `pubsub.Admin` client on this connection (ListPending, redrive).

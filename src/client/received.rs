@@ -34,24 +34,46 @@ pub(crate) enum Op {
 /// leave the lease extended until `max_lease_extension`, and the message would not come
 /// again until then.
 ///
-/// Ordered and compared as its ack id, and `Borrow<str>`, so maps keyed by it are looked
-/// up with the ack id of a confirmation.
+/// Ordered and compared by its [`AckKey`], and `Borrow<AckKey>`, so maps keyed by it are
+/// looked up with the key of a confirmation's ack id.
 #[derive(Debug, Clone)]
 pub(crate) struct LeaseId(Arc<LeaseIdInner>);
 
 #[derive(Debug)]
 struct LeaseIdInner {
     ack_id: String,
+    key: AckKey,
     dropped: AtomicBool,
+}
+
+/// What the subscriber's maps are keyed by: the numbers of an ack id as the broker writes
+/// them (`subscription-partition-offset-lease`), compared as four integers rather than as
+/// text with a long common prefix. An ack id of another form is kept as text (after every
+/// numeric one), so nothing depends on the form beyond speed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum AckKey {
+    Numbers([u64; 4]),
+    Text(String),
+}
+
+impl AckKey {
+    pub(crate) fn of(ack_id: &str) -> Self {
+        crate::core::undashed::<4>(ack_id).map_or_else(|| AckKey::Text(ack_id.to_string()), AckKey::Numbers)
+    }
 }
 
 impl LeaseId {
     pub(crate) fn new(ack_id: String) -> Self {
-        Self(Arc::new(LeaseIdInner { ack_id, dropped: AtomicBool::new(false) }))
+        let key = AckKey::of(&ack_id);
+        Self(Arc::new(LeaseIdInner { ack_id, key, dropped: AtomicBool::new(false) }))
     }
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0.ack_id
+    }
+
+    pub(crate) fn key(&self) -> &AckKey {
+        &self.0.key
     }
 
     pub(crate) fn set_dropped(&self) {
@@ -63,15 +85,15 @@ impl LeaseId {
     }
 }
 
-impl Borrow<str> for LeaseId {
-    fn borrow(&self) -> &str {
-        self.as_str()
+impl Borrow<AckKey> for LeaseId {
+    fn borrow(&self) -> &AckKey {
+        self.key()
     }
 }
 
 impl PartialEq for LeaseId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.key() == other.key()
     }
 }
 
@@ -85,7 +107,7 @@ impl PartialOrd for LeaseId {
 
 impl Ord for LeaseId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.key().cmp(other.key())
     }
 }
 
@@ -311,6 +333,20 @@ impl Deref for ReceivedMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_ids_are_ordered_by_the_numbers_of_their_ack_ids_and_others_come_after() {
+        let ids = ["1-0-10-3", "x", "1-0-9-4", "2-0-0-1", "1-1-0-2", "1-0-9", "1-0-9-18446744073709551616"];
+        let mut sorted: Vec<LeaseId> = ids.iter().map(|&id| LeaseId::from(id)).collect();
+        sorted.sort();
+        let texts: Vec<&str> = sorted.iter().map(LeaseId::as_str).collect();
+        assert_eq!(texts, ["1-0-9-4", "1-0-10-3", "1-1-0-2", "2-0-0-1", "1-0-9", "1-0-9-18446744073709551616", "x"]);
+        let held: std::collections::BTreeSet<LeaseId> = sorted.into_iter().collect();
+        for id in ids {
+            assert!(held.contains(&AckKey::of(id)), "{id} is found by the key of its text");
+        }
+        assert!(!held.contains(&AckKey::of("1-0-9-5")));
+    }
 
     #[test]
     fn a_long_reason_is_cut_at_a_character_boundary_and_a_long_delay_to_the_limit() {

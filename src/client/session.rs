@@ -26,8 +26,8 @@ use tracing::{debug, warn};
 use super::acks::NackKey;
 use super::error::{is_retryable, ClientError};
 use super::held::Held;
-use super::message::Message;
 use super::received::{AckHandle, LeaseId, Op, ReceivedMessage};
+use super::stream_wire::{self, StreamResponse};
 use super::subscriber::{Delivery, Shared, SubscribeTarget, SubscriberSettings};
 use super::Client;
 use crate::env::{Clock, TokioClock};
@@ -66,8 +66,8 @@ pub(crate) struct Session {
 /// A stream just opened.
 struct Opened {
     requests: mpsc::Sender<pb::SubscribeRequest>,
-    inbound: Streaming<pb::SubscribeResponse>,
-    hello: pb::SubscribeResponse,
+    inbound: Streaming<StreamResponse>,
+    hello: StreamResponse,
     deadline_seconds: u32,
     dead_letter: bool,
 }
@@ -250,8 +250,7 @@ impl Session {
         };
         let (requests, rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
         requests.try_send(self.first_request()).expect("a new queue has room for the first request");
-        let mut pubsub = self.client.pubsub_client();
-        let call = pubsub.subscribe(ReceiverStream::new(rx));
+        let call = stream_wire::subscribe(self.client.channel(), ReceiverStream::new(rx));
         let timed_out = || Status::deadline_exceeded(format!("the stream did not open within {OPEN_TIMEOUT:?}"));
         let mut inbound = tokio::time::timeout(OPEN_TIMEOUT, call).await.map_err(|_| timed_out())??.into_inner();
         let hello = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
@@ -348,17 +347,16 @@ impl Session {
     }
 
     /// Takes in one response: messages (held, queued for the application), confirmations.
-    fn absorb(&mut self, live: &mut Live, response: pb::SubscribeResponse) {
+    fn absorb(&mut self, live: &mut Live, response: StreamResponse) {
         let now_ms = self.clock.now_ms();
         // Only messages make a stream healthy: every stream of an exclusive subscription
         // opens with an assignment, and a stream that keeps ending right after it must use
         // up the reconnect budget instead of resetting it.
-        live.delivered |= !response.received_messages.is_empty();
+        live.delivered |= !response.received.is_empty();
         let (epoch, max) = (self.epoch, self.settings.max_outstanding_messages as usize);
-        for mut received in response.received_messages {
+        for (ack_id, message) in response.received {
             self.shared.received.fetch_add(1, Ordering::Relaxed);
-            let lease = LeaseId::new(std::mem::take(&mut received.ack_id));
-            let handle = AckHandle::new(lease, epoch, self.ops_tx.clone());
+            let handle = AckHandle::new(LeaseId::new(ack_id), epoch, self.ops_tx.clone());
             if self.held().undelivered.len() >= max {
                 // Flow control should make this impossible; if the broker overshoots, the
                 // message goes back rather than growing the queue.
@@ -366,7 +364,6 @@ impl Session {
                 drop(handle);
                 continue;
             }
-            let message = Message::from_wire(&mut received);
             self.held_mut().receive(ReceivedMessage::new(message, handle), now_ms);
         }
         for confirmation in response.ack_confirmations {
@@ -489,7 +486,7 @@ impl Session {
     /// held) are released, for other members at once. Releasing them with nacks instead
     /// would have the broker redeliver them to this stream before it closes, and count a
     /// second attempt.
-    async fn leave(&mut self, live: &mut Live, inbound: &mut Streaming<pb::SubscribeResponse>) {
+    async fn leave(&mut self, live: &mut Live, inbound: &mut Streaming<StreamResponse>) {
         // Bounded by the queue's capacity: only the application adds to it, and it is
         // asking us to stop.
         while let Ok(op) = self.ops.try_recv() {
@@ -505,8 +502,7 @@ impl Session {
                 // Messages that arrive now are not handed out; the leave releases their
                 // leases.
                 let confirmations = response.ack_confirmations.len();
-                let response =
-                    pb::SubscribeResponse { ack_confirmations: response.ack_confirmations, ..Default::default() };
+                let response = StreamResponse { ack_confirmations: response.ack_confirmations, ..Default::default() };
                 self.absorb(live, response);
                 debug!(confirmations, "leaving");
             }

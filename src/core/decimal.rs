@@ -63,26 +63,26 @@ fn write_u64(out: &mut [u8], mut n: u64) -> usize {
 
 /// Reads exactly `N` dash-separated decimal numbers, as `str::parse::<u64>` would read each
 /// (ASCII digits only, no sign, not empty, no overflow). `None` when the text is not that.
+/// One pass over the bytes: every ack sends an id back to be read here.
 pub fn undashed<const N: usize>(text: &str) -> Option<[u64; N]> {
     let mut out = [0u64; N];
-    let mut parts = text.split('-');
-    for slot in &mut out {
-        *slot = parse_u64(parts.next()?)?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(out)
-}
-
-fn parse_u64(part: &str) -> Option<u64> {
-    if part.is_empty() {
-        return None;
-    }
-    part.bytes().try_fold(0u64, |n, b| {
+    let mut slot = 0;
+    let mut digits = 0;
+    for &b in text.as_bytes() {
+        if b == b'-' {
+            if digits == 0 {
+                return None;
+            }
+            slot += 1;
+            digits = 0;
+            continue;
+        }
         let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
-        n.checked_mul(10)?.checked_add(u64::from(digit))
-    })
+        let n = out.get_mut(slot)?;
+        *n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+        digits += 1;
+    }
+    (N > 0 && digits > 0 && slot == N - 1).then_some(out)
 }
 
 #[cfg(test)]
@@ -117,8 +117,57 @@ mod tests {
 
     #[test]
     fn undashed_refuses_what_parse_refuses() {
-        for bad in ["", "1-2", "1-2-3-4", "a-b-c", "1--3", "-1-2", "1-2-+3", "1-2-18446744073709551616", "1-2-3 "] {
+        for bad in [
+            "",
+            "1-2",
+            "1-2-3-4",
+            "a-b-c",
+            "1--3",
+            "-1-2",
+            "1-2-+3",
+            "1-2-18446744073709551616",
+            "1-2-3 ",
+            "1-2-3-",
+            "-",
+        ] {
             assert_eq!(undashed::<3>(bad), None, "{bad:?}");
+        }
+        assert_eq!(undashed::<1>("007"), Some([7]), "leading zeros, as parse reads them");
+        assert_eq!(undashed::<0>(""), None);
+    }
+
+    /// Every text made of digits and dashes (up to 5 characters, with long digit runs too)
+    /// reads the same as splitting at the dashes and parsing each part.
+    #[test]
+    fn undashed_agrees_with_split_and_parse() {
+        fn reference<const N: usize>(text: &str) -> Option<[u64; N]> {
+            let parts: Vec<&str> = text.split('-').collect();
+            if parts.len() != N {
+                return None;
+            }
+            let mut out = [0u64; N];
+            for (slot, part) in out.iter_mut().zip(parts) {
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                *slot = part.parse().ok()?;
+            }
+            Some(out)
+        }
+        let alphabet = ['0', '7', '-', 'x'];
+        let mut texts = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> =
+                texts.iter().flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}"))).collect();
+            texts.extend(longer);
+        }
+        texts.sort();
+        texts.dedup();
+        texts.extend(["18446744073709551615-1".to_string(), "18446744073709551616-1".to_string()]);
+        for text in &texts {
+            assert_eq!(undashed::<1>(text), reference::<1>(text), "{text:?}");
+            assert_eq!(undashed::<2>(text), reference::<2>(text), "{text:?}");
+            assert_eq!(undashed::<3>(text), reference::<3>(text), "{text:?}");
         }
     }
 }

@@ -57,7 +57,7 @@ pub use dead_letter::{
     ATTR_DELIVERY_ATTEMPTS, ATTR_DETAIL, ATTR_MESSAGE_ID, ATTR_OFFSET, ATTR_PARTITION, ATTR_REASON,
     ATTR_SOURCE_SUBSCRIPTION, ATTR_SOURCE_TOPIC,
 };
-pub(crate) use decimal::dashed_after;
+pub(crate) use decimal::{dashed_after, undashed};
 pub use dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
 pub use error::BrokerError;

@@ -1,0 +1,297 @@
+//! The Subscribe stream's responses, decoded straight into the client's own types.
+//!
+//! prost's generated decoding builds a `pb::ReceivedMessage` first: each of its strings is
+//! copied through prost's generic byte-buffer path (a growing `Vec` and a `Buf` call per
+//! chunk), and the whole struct is then moved into a [`Message`]. That was the largest cost
+//! of a received message in the consume profile (see `bench/results/perf-log.md`). Here
+//! each string is validated and copied from the contiguous buffer in one step, the value is
+//! a slice of the buffer (no copy), and the message is built where it ends up. The wire
+//! format is the one `proto/pubsub.proto` defines; a test decodes the same bytes both ways.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::{Buf, Bytes};
+use prost::encoding::{self, check_wire_type, decode_key, decode_varint, skip_field, DecodeContext, WireType};
+use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::transport::Channel;
+use tonic::Status;
+use tonic_prost::ProstEncoder;
+
+use super::message::{system_time, Message};
+use crate::wire::pb;
+
+/// One response of the Subscribe stream (`pb::SubscribeResponse`).
+#[derive(Debug, Default)]
+pub(crate) struct StreamResponse {
+    /// Each received message with its ack id.
+    pub received: Vec<(String, Message)>,
+    pub ack_confirmations: Vec<pb::AckConfirmation>,
+    pub subscription: String,
+    pub assignment: Option<pb::Assignment>,
+}
+
+/// Opens `pubsub.PubSub/Subscribe` on `channel`, as the generated client does, with
+/// responses read by [`StreamDecoder`].
+pub(crate) async fn subscribe(
+    channel: Channel,
+    requests: impl tonic::IntoStreamingRequest<Message = pb::SubscribeRequest>,
+) -> Result<tonic::Response<tonic::Streaming<StreamResponse>>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+    let mut request = requests.into_streaming_request();
+    request.extensions_mut().insert(tonic::GrpcMethod::new("pubsub.PubSub", "Subscribe"));
+    let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/Subscribe");
+    grpc.streaming(request, path, SubscribeCodec).await
+}
+
+/// Requests encoded by prost; responses decoded by [`StreamDecoder`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SubscribeCodec;
+
+impl Codec for SubscribeCodec {
+    type Encode = pb::SubscribeRequest;
+    type Decode = StreamResponse;
+    type Encoder = ProstEncoder<pb::SubscribeRequest>;
+    type Decoder = StreamDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        StreamDecoder
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StreamDecoder;
+
+impl Decoder for StreamDecoder {
+    type Item = StreamResponse;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<StreamResponse>, Status> {
+        // As prost's own decoder answers a malformed message: INTERNAL.
+        decode_response(buf).map(Some).map_err(|error| Status::internal(error.to_string()))
+    }
+}
+
+/// Why a response could not be read.
+#[derive(Debug)]
+pub(crate) enum Malformed {
+    Prost(prost::DecodeError),
+    /// A length runs past the end of its message or of the buffer.
+    Length,
+    /// A string field is not UTF-8.
+    Utf8,
+}
+
+impl From<prost::DecodeError> for Malformed {
+    fn from(error: prost::DecodeError) -> Self {
+        Malformed::Prost(error)
+    }
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Malformed::Prost(error) => write!(f, "{error}"),
+            Malformed::Length => f.write_str("failed to decode Protobuf message: a length runs past its message"),
+            Malformed::Utf8 => {
+                f.write_str("failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded")
+            }
+        }
+    }
+}
+
+/// Reads a whole `SubscribeResponse` from `buf`.
+pub(crate) fn decode_response(buf: &mut impl Buf) -> Result<StreamResponse, Malformed> {
+    let ctx = DecodeContext::default();
+    let (messages, confirmations) = count_repeated(buf.chunk(), &ctx);
+    let mut response = StreamResponse {
+        received: Vec::with_capacity(messages),
+        ack_confirmations: Vec::with_capacity(confirmations),
+        ..StreamResponse::default()
+    };
+    while buf.has_remaining() {
+        let (tag, wire_type) = decode_key(buf)?;
+        match tag {
+            1 => {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let end = end_of_field(buf)?;
+                response.received.push(received_message(buf, end, &ctx)?);
+            }
+            2 => {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let end = end_of_field(buf)?;
+                response.ack_confirmations.push(ack_confirmation(buf, end, &ctx)?);
+            }
+            3 => response.subscription = text(wire_type, buf)?,
+            4 => {
+                let assignment = response.assignment.get_or_insert_with(Default::default);
+                encoding::message::merge(wire_type, assignment, buf, ctx.clone())?;
+            }
+            _ => skip_field(wire_type, tag, buf, ctx.clone())?,
+        }
+    }
+    Ok(response)
+}
+
+/// How many received messages and confirmations the response in `bytes` holds, to size
+/// their `Vec`s once (growing them copied each message several times). Counts what it can
+/// read; the decoding proper reports what is malformed.
+fn count_repeated(mut bytes: &[u8], ctx: &DecodeContext) -> (usize, usize) {
+    let (mut messages, mut confirmations) = (0, 0);
+    while !bytes.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut bytes) else { break };
+        match tag {
+            1 => messages += 1,
+            2 => confirmations += 1,
+            _ => {}
+        }
+        if skip_field(wire_type, tag, &mut bytes, ctx.clone()).is_err() {
+            break;
+        }
+    }
+    (messages, confirmations)
+}
+
+/// Reads a field's length and returns what `buf.remaining()` will be at its end.
+fn end_of_field(buf: &mut impl Buf) -> Result<usize, Malformed> {
+    let len = decode_varint(buf)?;
+    let remaining = buf.remaining();
+    usize::try_from(len).ok().and_then(|len| remaining.checked_sub(len)).ok_or(Malformed::Length)
+}
+
+/// Checks that a nested message ended exactly where its length said.
+fn ended(buf: &impl Buf, end: usize) -> Result<(), Malformed> {
+    if buf.remaining() == end {
+        Ok(())
+    } else {
+        Err(Malformed::Length)
+    }
+}
+
+/// A `ReceivedMessage` whose fields run until `buf.remaining()` is `end`.
+fn received_message(buf: &mut impl Buf, end: usize, ctx: &DecodeContext) -> Result<(String, Message), Malformed> {
+    let mut ack_id = String::new();
+    let mut message = Message::empty();
+    while buf.remaining() > end {
+        let (tag, wire_type) = decode_key(buf)?;
+        match tag {
+            1 => ack_id = text(wire_type, buf)?,
+            2 => {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let message_end = end_of_field(buf)?;
+                if message_end < end {
+                    return Err(Malformed::Length);
+                }
+                wire_message(buf, message_end, &mut message, ctx)?;
+            }
+            3 => message.delivery_attempt = varint(wire_type, buf)? as u32,
+            // The generation is the broker's business (and the stream's assignment's).
+            _ => skip_field(wire_type, tag, buf, ctx.clone())?,
+        }
+    }
+    ended(buf, end)?;
+    Ok((ack_id, message))
+}
+
+/// An `AckConfirmation` whose fields run until `buf.remaining()` is `end`.
+fn ack_confirmation(buf: &mut impl Buf, end: usize, ctx: &DecodeContext) -> Result<pb::AckConfirmation, Malformed> {
+    let mut confirmation = pb::AckConfirmation::default();
+    while buf.remaining() > end {
+        let (tag, wire_type) = decode_key(buf)?;
+        match tag {
+            1 => confirmation.ack_id = text(wire_type, buf)?,
+            // Enums as prost reads them: the number, whether or not it is known.
+            2 => confirmation.operation = varint(wire_type, buf)? as i32,
+            3 => confirmation.result = varint(wire_type, buf)? as i32,
+            _ => skip_field(wire_type, tag, buf, ctx.clone())?,
+        }
+    }
+    ended(buf, end)?;
+    Ok(confirmation)
+}
+
+/// The fields of a `Message` (merged into `message`, as protobuf merges a repeated field).
+fn wire_message(buf: &mut impl Buf, end: usize, message: &mut Message, ctx: &DecodeContext) -> Result<(), Malformed> {
+    while buf.remaining() > end {
+        let (tag, wire_type) = decode_key(buf)?;
+        match tag {
+            1 => message.message_id = text(wire_type, buf)?,
+            2 => message.topic = text(wire_type, buf)?,
+            3 => message.partition = varint(wire_type, buf)? as u32,
+            4 => message.offset = varint(wire_type, buf)?,
+            5 => message.key = Some(text(wire_type, buf)?),
+            6 => message.value = bytes(wire_type, buf)?,
+            7 => encoding::btree_map::merge(
+                encoding::string::merge,
+                encoding::string::merge,
+                &mut message.attributes,
+                buf,
+                ctx.clone(),
+            )?,
+            8 => {
+                let mut time = prost_types::Timestamp::default();
+                encoding::message::merge(wire_type, &mut time, buf, ctx.clone())?;
+                message.publish_time = system_time(time);
+            }
+            9 => message.idempotency_key = Some(text(wire_type, buf)?),
+            _ => skip_field(wire_type, tag, buf, ctx.clone())?,
+        }
+    }
+    ended(buf, end)
+}
+
+fn varint(wire_type: WireType, buf: &mut impl Buf) -> Result<u64, Malformed> {
+    check_wire_type(WireType::Varint, wire_type)?;
+    Ok(decode_varint(buf)?)
+}
+
+/// A string field: checked and copied from the buffer in one step when it is contiguous
+/// there (it always is in a gRPC message, which arrives whole).
+fn text(wire_type: WireType, buf: &mut impl Buf) -> Result<String, Malformed> {
+    check_wire_type(WireType::LengthDelimited, wire_type)?;
+    let end = end_of_field(buf)?;
+    let len = buf.remaining() - end;
+    let chunk = buf.chunk();
+    let text = if chunk.len() >= len {
+        let text = std::str::from_utf8(&chunk[..len]).map_err(|_| Malformed::Utf8)?.to_owned();
+        buf.advance(len);
+        text
+    } else {
+        String::from_utf8(buf.copy_to_bytes(len).to_vec()).map_err(|_| Malformed::Utf8)?
+    };
+    Ok(text)
+}
+
+/// A bytes field, as a slice of the buffer where the buffer allows it (tonic's does).
+fn bytes(wire_type: WireType, buf: &mut impl Buf) -> Result<Bytes, Malformed> {
+    check_wire_type(WireType::LengthDelimited, wire_type)?;
+    let end = end_of_field(buf)?;
+    let len = buf.remaining() - end;
+    Ok(buf.copy_to_bytes(len))
+}
+
+impl Message {
+    /// A message with every field empty, to be filled from the wire.
+    fn empty() -> Self {
+        Message {
+            message_id: String::new(),
+            topic: String::new(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Bytes::new(),
+            attributes: BTreeMap::new(),
+            publish_time: None,
+            idempotency_key: None,
+            delivery_attempt: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

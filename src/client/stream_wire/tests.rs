@@ -1,0 +1,156 @@
+use std::collections::BTreeMap;
+
+use bytes::{Buf, Bytes};
+use proptest::prelude::*;
+use prost::Message as _;
+
+use super::*;
+
+/// What prost's generated decoding and `Message::from_wire` make of the same bytes.
+fn by_prost(bytes: &[u8]) -> Result<StreamResponse, prost::DecodeError> {
+    let response = pb::SubscribeResponse::decode(bytes)?;
+    let received = response
+        .received_messages
+        .into_iter()
+        .map(|mut r| {
+            let message = Message::from_wire(&mut r);
+            (r.ack_id, message)
+        })
+        .collect();
+    Ok(StreamResponse {
+        received,
+        ack_confirmations: response.ack_confirmations,
+        subscription: response.subscription,
+        assignment: response.assignment,
+    })
+}
+
+fn same(ours: &StreamResponse, theirs: &StreamResponse) {
+    assert_eq!(ours.received, theirs.received);
+    assert_eq!(ours.ack_confirmations, theirs.ack_confirmations);
+    assert_eq!(ours.subscription, theirs.subscription);
+    assert_eq!(ours.assignment, theirs.assignment);
+}
+
+fn wire_message(n: u64, text: &str) -> pb::ReceivedMessage {
+    let attributes: BTreeMap<String, String> = (0..n % 3).map(|i| (format!("{text}{i}"), format!("v{i}"))).collect();
+    pb::ReceivedMessage {
+        ack_id: format!("3-{}-{n}-{}", n % 4, n + 7),
+        message: Some(pb::Message {
+            message_id: format!("9-{}-{n}", n % 4),
+            topic: text.to_string(),
+            partition: (n % 4) as u32,
+            offset: n,
+            key: n.is_multiple_of(2).then(|| format!("key-{text}")),
+            value: Bytes::from(vec![n as u8; (n * 37 % 300) as usize]),
+            attributes,
+            publish_time: Some(prost_types::Timestamp { seconds: 1_700_000_000 + n as i64, nanos: (n * 1000) as i32 }),
+            idempotency_key: n.is_multiple_of(3).then(|| format!("pub-{n}")),
+        }),
+        delivery_attempt: (n % 5) as u32 + 1,
+        generation: n % 2,
+    }
+}
+
+fn response(messages: u64, text: &str) -> pb::SubscribeResponse {
+    pb::SubscribeResponse {
+        received_messages: (0..messages).map(|n| wire_message(n, text)).collect(),
+        ack_confirmations: vec![pb::AckConfirmation {
+            ack_id: format!("{text}-1"),
+            operation: pb::AckOperation::Nack as i32,
+            result: pb::AckResult::Expired as i32,
+        }],
+        subscription: format!("sub-{text}"),
+        assignment: Some(pb::Assignment { generation: 4, partitions: vec![0, 2] }),
+    }
+}
+
+#[test]
+fn reads_every_field_as_the_generated_decoding_does() {
+    for text in ["orders", "", "é漢字🦀", "a-b-c"] {
+        let bytes = response(12, text).encode_to_vec();
+        let ours = decode_response(&mut &bytes[..]).unwrap();
+        same(&ours, &by_prost(&bytes).unwrap());
+        assert_eq!((ours.received.capacity(), ours.ack_confirmations.capacity()), (12, 1), "sized once");
+        // From `Bytes`, as tonic hands it: the values are slices of it.
+        let mut shared = Bytes::from(bytes.clone());
+        same(&decode_response(&mut shared).unwrap(), &ours);
+    }
+    // Edge values: a message without its `message` field, a publish time before the epoch.
+    let mut odd = response(2, "t");
+    odd.received_messages[0].message = None;
+    odd.received_messages[1].message.as_mut().unwrap().publish_time =
+        Some(prost_types::Timestamp { seconds: -5, nanos: 0 });
+    let bytes = odd.encode_to_vec();
+    let ours = decode_response(&mut &bytes[..]).unwrap();
+    same(&ours, &by_prost(&bytes).unwrap());
+    assert_eq!(ours.received[1].1.publish_time, None);
+}
+
+#[test]
+fn a_buffer_in_pieces_reads_the_same_as_a_whole_one() {
+    let bytes = response(5, "pieces").encode_to_vec();
+    let whole = decode_response(&mut &bytes[..]).unwrap();
+    for cut in [1, 7, bytes.len() / 2, bytes.len() - 1] {
+        let mut pieces = (&bytes[..cut]).chain(&bytes[cut..]);
+        same(&decode_response(&mut pieces).unwrap(), &whole);
+    }
+}
+
+#[test]
+fn fields_it_does_not_know_are_skipped() {
+    let mut bytes = Vec::new();
+    // Field 15 (varint 300), then field 16 (a string), around a real response.
+    bytes.extend([0x78, 0xac, 0x02]);
+    bytes.extend(response(2, "skip").encode_to_vec());
+    bytes.extend([0x82, 0x01, 0x03, b'a', b'b', b'c']);
+    same(&decode_response(&mut &bytes[..]).unwrap(), &by_prost(&bytes).unwrap());
+}
+
+#[test]
+fn malformed_input_fails_where_the_generated_decoding_fails_and_never_panics() {
+    let bytes = response(3, "cut").encode_to_vec();
+    for len in 0..bytes.len() {
+        let cut = &bytes[..len];
+        assert_eq!(decode_response(&mut &cut[..]).is_ok(), by_prost(cut).is_ok(), "cut at {len} of {}", bytes.len());
+    }
+    let mut bad = response(1, "x").encode_to_vec();
+    let at = bad.windows(3).position(|w| w == b"9-0").expect("the message id is in the bytes");
+    bad[at] = 0xff;
+    assert!(matches!(decode_response(&mut &bad[..]), Err(Malformed::Utf8)));
+    assert!(by_prost(&bad).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_response_reads_the_same_both_ways(
+        texts in proptest::collection::vec(".{0,12}", 1..6),
+        counts in proptest::collection::vec(0u64..6, 1..6),
+        value in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut response = pb::SubscribeResponse::default();
+        for (i, (text, count)) in texts.iter().zip(&counts).enumerate() {
+            for n in 0..*count {
+                let mut m = wire_message(n + i as u64 * 10, text);
+                if let Some(message) = m.message.as_mut() {
+                    message.value = Bytes::from(value.clone());
+                }
+                response.received_messages.push(m);
+            }
+            response.subscription.clone_from(text);
+            response.ack_confirmations.push(pb::AckConfirmation {
+                ack_id: text.clone(),
+                operation: i as i32,
+                result: *count as i32 - 2,
+            });
+        }
+        let bytes = response.encode_to_vec();
+        let ours = decode_response(&mut &bytes[..]).unwrap();
+        let theirs = by_prost(&bytes).unwrap();
+        prop_assert_eq!(&ours.received, &theirs.received);
+        prop_assert_eq!(ours.subscription, theirs.subscription);
+        prop_assert_eq!(ours.ack_confirmations, theirs.ack_confirmations);
+    }
+}
