@@ -10,55 +10,45 @@ const U64_DIGITS_MAX: usize = 20;
 const PARTS_MAX: usize = 4;
 
 /// `parts` (at most four) in decimal, joined by `-`, in a `String` of the exact length.
+/// The text is written backwards into a buffer on the stack (so no digit is moved twice),
+/// then copied once.
 pub fn dashed(parts: &[u64]) -> String {
     assert!(parts.len() <= PARTS_MAX, "an id has at most {PARTS_MAX} parts");
-    let len = parts.iter().map(|&n| decimal_len(n)).sum::<usize>() + parts.len().saturating_sub(1);
-    let mut text = String::with_capacity(len);
-    for (i, &n) in parts.iter().enumerate() {
+    let mut buffer = [0u8; PARTS_MAX * (U64_DIGITS_MAX + 1)];
+    let mut at = buffer.len();
+    for (i, &n) in parts.iter().rev().enumerate() {
         if i > 0 {
-            text.push('-');
+            at -= 1;
+            buffer[at] = b'-';
         }
-        push_u64(&mut text, n);
+        at = write_u64_before(&mut buffer, at, n);
     }
-    text
+    String::from(std::str::from_utf8(&buffer[at..]).expect("only ASCII digits and dashes were written"))
 }
 
 /// `{prefix}-{n}`: the client's idempotency keys, one per published message.
 pub fn dashed_after(prefix: &str, n: u64) -> String {
-    let mut text = String::with_capacity(prefix.len() + 1 + decimal_len(n));
+    let mut digits = [0u8; U64_DIGITS_MAX];
+    let at = write_u64_before(&mut digits, U64_DIGITS_MAX, n);
+    let digits = std::str::from_utf8(&digits[at..]).expect("only ASCII digits were written");
+    let mut text = String::with_capacity(prefix.len() + 1 + digits.len());
     text.push_str(prefix);
     text.push('-');
-    push_u64(&mut text, n);
+    text.push_str(digits);
     text
 }
 
-/// Digits of `n` in decimal.
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |log| log as usize + 1)
-}
-
-/// Appends `n` in decimal (as ASCII `char`s, so no UTF-8 check is needed).
-fn push_u64(text: &mut String, n: u64) {
-    let mut digits = [0u8; U64_DIGITS_MAX];
-    let len = write_u64(&mut digits, n);
-    text.extend(digits[..len].iter().map(|&d| char::from(d)));
-}
-
-/// Writes `n` in decimal at the start of `out`; returns the number of digits.
-fn write_u64(out: &mut [u8], mut n: u64) -> usize {
-    let mut digits = [0u8; U64_DIGITS_MAX];
-    let mut at = U64_DIGITS_MAX;
+/// Writes `n` in decimal so that it ends just before `end` in `out`; returns where it starts.
+fn write_u64_before(out: &mut [u8], end: usize, mut n: u64) -> usize {
+    let mut at = end;
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        out[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return at;
         }
     }
-    let len = U64_DIGITS_MAX - at;
-    out[..len].copy_from_slice(&digits[at..]);
-    len
 }
 
 /// Reads exactly `N` dash-separated decimal numbers, as `str::parse::<u64>` would read each
@@ -104,7 +94,6 @@ mod tests {
         let mut n = 1u64;
         for _ in 0..20 {
             for m in [n - 1, n, n.saturating_mul(10) - 1] {
-                assert_eq!(decimal_len(m), m.to_string().len(), "{m}");
                 let text = dashed(&[m, m]);
                 assert_eq!(text, format!("{m}-{m}"));
                 assert_eq!(text.capacity(), text.len(), "one allocation of the exact length");
