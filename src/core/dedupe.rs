@@ -42,7 +42,7 @@ pub struct Original {
 /// `(prefix, n)` of a key `{prefix}-{n}` whose prefix is not empty and whose n is a
 /// canonical decimal `u64` (digits only, no leading zero but in "0"), so that the key can
 /// be written back from them. Any other key is held as itself.
-fn sequenced(key: &str) -> Option<(&str, u64)> {
+pub(super) fn sequenced(key: &str) -> Option<(&str, u64)> {
     let (prefix, digits) = key.rsplit_once('-')?;
     let canonical = !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit())

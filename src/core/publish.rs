@@ -193,25 +193,57 @@ enum Slot {
 /// Sorts the messages of a request into new ones and duplicates.
 fn plan(dedupe: &Dedupe, messages: Vec<OutgoingMessage>) -> Vec<Slot> {
     // The keys are borrowed from the request: finding a repeat copies none.
-    let mut first_with_key: BTreeMap<&str, usize> = BTreeMap::new();
-    let duplicates: Vec<Option<Slot>> = messages
-        .iter()
-        .enumerate()
-        .map(|(i, message)| {
-            let key = message.idempotency_key.as_deref()?;
-            if let Some(original) = dedupe.get(key) {
-                return Some(Slot::Held(original));
-            }
-            match first_with_key.entry(key) {
-                Entry::Occupied(first) => Some(Slot::SameAs(*first.get())),
-                Entry::Vacant(slot) => {
-                    slot.insert(i);
-                    None
-                }
-            }
-        })
-        .collect();
+    let mut first_keys = FirstKeys::default();
+    let mut duplicates: Vec<Option<Slot>> = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
+        let duplicate = message.idempotency_key.as_deref().and_then(|key| match dedupe.get(key) {
+            Some(original) => Some(Slot::Held(original)),
+            None => first_keys.first(key, i).map(Slot::SameAs),
+        });
+        duplicates.push(duplicate);
+    }
     messages.into_iter().zip(duplicates).map(|(message, duplicate)| duplicate.unwrap_or(Slot::New(message))).collect()
+}
+
+/// The keys of a request's new messages so far, each with where it first came, to answer a
+/// repeat like its first. A publisher's batch (keys `{prefix}-{n}`, one prefix, `n` rising)
+/// cannot repeat a key, so while the keys keep to that they are only listed; the first key
+/// that does not moves them all into a map, which answers from then on.
+#[derive(Debug, Default)]
+struct FirstKeys<'a> {
+    rising: Vec<(&'a str, usize)>,
+    /// The prefix and `n` of the last key, while the keys rise.
+    last: Option<(&'a str, u64)>,
+    map: Option<BTreeMap<&'a str, usize>>,
+}
+
+impl<'a> FirstKeys<'a> {
+    /// `None` if `key` is new in this request (it is remembered as first at `i`), else the
+    /// index of the message that first carried it.
+    fn first(&mut self, key: &'a str, i: usize) -> Option<usize> {
+        let map = match &mut self.map {
+            Some(map) => map,
+            None => {
+                let last = self.last;
+                let rises = super::dedupe::sequenced(key).filter(|&(prefix, n)| {
+                    last.is_none_or(|(last_prefix, last_n)| prefix == last_prefix && n > last_n)
+                });
+                if let Some(next) = rises {
+                    self.last = Some(next);
+                    self.rising.push((key, i));
+                    return None;
+                }
+                self.map.insert(self.rising.drain(..).collect())
+            }
+        };
+        match map.entry(key) {
+            Entry::Occupied(first) => Some(*first.get()),
+            Entry::Vacant(slot) => {
+                slot.insert(i);
+                None
+            }
+        }
+    }
 }
 
 /// The new idempotency keys of each partition's share of a request, grouped into the
@@ -363,9 +395,7 @@ fn store(
 pub(super) fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Result<(u64, u64), BrokerError> {
     // Publish times never decrease within a partition, so Seek by time can search.
     let last_time = match log.end_offset().checked_sub(1) {
-        Some(last) if last >= log.start_offset() => {
-            log.read(last, 1, usize::MAX)?.first().map_or(0, |r| r.record.publish_time_ms)
-        }
+        Some(last) if last >= log.start_offset() => log.read_one(last)?.map_or(0, |r| r.record.publish_time_ms),
         _ => 0,
     };
     let mut time_ms = last_time;
@@ -382,5 +412,51 @@ fn field_name(count: usize, index: usize, field: &str) -> String {
         field.to_string()
     } else {
         format!("messages[{index}].{field}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sequence of up to five keys drawn from rising runs, other prefixes, a repeat
+    /// and keys that are not `{prefix}-{n}` is answered as a plain map answers it.
+    #[test]
+    fn first_keys_answers_as_a_map_of_every_key_does() {
+        let alphabet = ["a-1", "a-2", "a-3", "b-1", "a-01", "x", "a-0", "-1"];
+        let mut sequences: Vec<Vec<&str>> = vec![Vec::new()];
+        for _ in 0..5 {
+            let longer: Vec<Vec<&str>> = sequences
+                .iter()
+                .filter(|s| s.len() == sequences.last().map_or(0, Vec::len))
+                .flat_map(|s| alphabet.iter().map(move |k| [s.clone(), vec![*k]].concat()))
+                .collect();
+            sequences.extend(longer);
+        }
+        for keys in &sequences {
+            let mut first_keys = FirstKeys::default();
+            let mut map: BTreeMap<&str, usize> = BTreeMap::new();
+            for (i, key) in keys.iter().enumerate() {
+                let expected = match map.entry(key) {
+                    Entry::Occupied(first) => Some(*first.get()),
+                    Entry::Vacant(slot) => {
+                        slot.insert(i);
+                        None
+                    }
+                };
+                assert_eq!(first_keys.first(key, i), expected, "{keys:?} at {i}");
+            }
+        }
+        assert!(sequences.len() > 30_000, "{} sequences", sequences.len());
+    }
+
+    #[test]
+    fn a_publishers_batch_needs_no_map() {
+        let keys: Vec<String> = (7..107).map(|n| format!("host-1a-9-0-{n}")).collect();
+        let mut first_keys = FirstKeys::default();
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(first_keys.first(key, i), None);
+        }
+        assert!(first_keys.map.is_none());
     }
 }
