@@ -41,6 +41,7 @@
 
 mod acks;
 mod admin;
+mod codec;
 mod error;
 mod held;
 mod lease;
@@ -49,7 +50,6 @@ mod publisher;
 mod received;
 mod retry;
 mod session;
-mod stream_wire;
 mod subscriber;
 
 use std::time::Duration;
@@ -84,7 +84,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Client {
     pubsub: PubSubClient<Channel>,
     admin: AdminClient<Channel>,
-    /// For the Subscribe stream, which the library decodes itself ([`stream_wire`]).
+    /// For Subscribe and Publish, which the library encodes and decodes itself ([`codec`]).
     channel: Channel,
 }
 
@@ -143,7 +143,7 @@ impl Client {
     /// A [`Publisher`] for `topic`; see [`PublisherSettings`] for batching, bounds and
     /// retries. Must be called within a tokio runtime (it spawns the batching task).
     pub fn publisher(&self, topic: impl Into<String>, settings: PublisherSettings) -> Result<Publisher, ClientError> {
-        Publisher::new(self.pubsub.clone(), topic.into(), settings)
+        Publisher::new(self.channel.clone(), topic.into(), settings)
     }
 
     /// Opens a [`Subscriber`] on a subscription or (ephemerally) a topic, and waits until

@@ -17,7 +17,6 @@ use tracing::debug;
 use super::error::ClientError;
 use super::message::{OutgoingMessage, PublishResult};
 use super::retry::RetrySettings;
-use crate::wire::pb::pub_sub_client::PubSubClient;
 
 mod batcher;
 
@@ -238,18 +237,14 @@ fn default_publisher_id() -> String {
 }
 
 impl Publisher {
-    pub(super) fn new(
-        pubsub: PubSubClient<Channel>,
-        topic: String,
-        settings: PublisherSettings,
-    ) -> Result<Self, ClientError> {
+    pub(super) fn new(channel: Channel, topic: String, settings: PublisherSettings) -> Result<Self, ClientError> {
         settings.validate()?;
         let id = settings.publisher_id.clone().unwrap_or_else(default_publisher_id);
         let (commands, rx) = mpsc::channel(settings.queue_messages_max);
         let counters = Arc::new(Counters::default());
         let clock = crate::env::TokioClock::new();
         let batcher = batcher::Batcher {
-            pubsub,
+            channel,
             topic: topic.clone(),
             settings: settings.clone(),
             counters: counters.clone(),

@@ -24,10 +24,10 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::acks::NackKey;
+use super::codec::{self, StreamResponse};
 use super::error::{is_retryable, ClientError};
 use super::held::Held;
 use super::received::{AckHandle, LeaseId, Op, ReceivedMessage};
-use super::stream_wire::{self, StreamResponse};
 use super::subscriber::{Delivery, Shared, SubscribeTarget, SubscriberSettings};
 use super::Client;
 use crate::env::{Clock, TokioClock};
@@ -250,7 +250,7 @@ impl Session {
         };
         let (requests, rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
         requests.try_send(self.first_request()).expect("a new queue has room for the first request");
-        let call = stream_wire::subscribe(self.client.channel(), ReceiverStream::new(rx));
+        let call = codec::subscribe(self.client.channel(), ReceiverStream::new(rx));
         let timed_out = || Status::deadline_exceeded(format!("the stream did not open within {OPEN_TIMEOUT:?}"));
         let mut inbound = tokio::time::timeout(OPEN_TIMEOUT, call).await.map_err(|_| timed_out())??.into_inner();
         let hello = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())

@@ -5,20 +5,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::Status;
 use tracing::debug;
 
 use super::{Command, Counters, PublisherSettings, Queued};
+use crate::client::codec;
 use crate::client::error::{is_retryable, ClientError};
 use crate::client::message::PublishResult;
 use crate::env::{Clock, TokioClock};
-use crate::wire::pb;
-use crate::wire::pb::pub_sub_client::PubSubClient;
 
 pub(super) struct Batcher {
-    pub(super) pubsub: PubSubClient<Channel>,
+    pub(super) channel: Channel,
     pub(super) topic: String,
     pub(super) settings: PublisherSettings,
     pub(super) counters: Arc<Counters>,
@@ -167,18 +167,13 @@ impl Batcher {
         }
     }
 
-    async fn send_once(&self, batch: &Batch) -> Result<Vec<pb::PublishResult>, ClientError> {
+    async fn send_once(&self, batch: &Batch) -> Result<Vec<PublishResult>, ClientError> {
         let count = batch.messages.len();
-        // Built afresh for each attempt (tonic takes the request): one copy of the batch
-        // per attempt, and none kept meanwhile.
-        let request = || pb::PublishRequest {
-            topic: self.topic.clone(),
-            messages: batch.messages.iter().map(|q| q.message.clone()).collect(),
-            ..Default::default()
-        };
+        // Encoded once, from the queued messages themselves; every attempt sends these bytes.
+        let request = codec::encode_publish(&self.topic, batch.messages.iter().map(|q| &q.message));
         // The batch's budget ends when its oldest message's does.
         let queued_ms = batch.messages.iter().map(|q| q.queued_ms).min().unwrap_or_default();
-        match self.send_with_retries(request, queued_ms).await {
+        match self.send_with_retries(&request, queued_ms).await {
             Ok(results) if results.len() == count => Ok(results),
             Ok(results) => Err(ClientError::Status(Status::internal(format!(
                 "the broker answered {} results for a batch of {count} messages",
@@ -188,14 +183,13 @@ impl Batcher {
         }
     }
 
-    fn answer(&self, messages: Vec<Queued>, outcome: Result<Vec<pb::PublishResult>, ClientError>) {
+    fn answer(&self, messages: Vec<Queued>, outcome: Result<Vec<PublishResult>, ClientError>) {
         let count = messages.len();
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(results) => {
                 self.counters.published.fetch_add(count as u64, Ordering::Relaxed);
-                for (mut q, result) in messages.into_iter().zip(results) {
-                    let mut result = PublishResult::from(result);
+                for (mut q, mut result) in messages.into_iter().zip(results) {
                     result.idempotency_key = q.message.idempotency_key.take();
                     let _ = q.reply.send(Ok(result));
                 }
@@ -213,11 +207,7 @@ impl Batcher {
 
     /// Sends the `request` until it is answered, fails with a status that is not retryable, or
     /// the attempts or the total timeout run out.
-    async fn send_with_retries(
-        &self,
-        request: impl Fn() -> pb::PublishRequest,
-        queued_ms: u64,
-    ) -> Result<Vec<pb::PublishResult>, ClientError> {
+    async fn send_with_retries(&self, request: &Bytes, queued_ms: u64) -> Result<Vec<PublishResult>, ClientError> {
         let retry = &self.settings.retry;
         let waited = Duration::from_millis(self.clock.now_ms().saturating_sub(queued_ms));
         let Some(budget) = retry.total_timeout.checked_sub(waited).filter(|b| !b.is_zero()) else {
@@ -235,7 +225,7 @@ impl Batcher {
             loop {
                 attempts += 1;
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
-                let status = match self.attempt(request()).await {
+                let status = match self.attempt(request.clone()).await {
                     Ok(results) => return Ok(results),
                     Err(status) => status,
                 };
@@ -267,10 +257,10 @@ impl Batcher {
         }
     }
 
-    async fn attempt(&self, request: pb::PublishRequest) -> Result<Vec<pb::PublishResult>, Status> {
+    async fn attempt(&self, request: Bytes) -> Result<Vec<PublishResult>, Status> {
         let timeout = self.settings.request_timeout;
-        match tokio::time::timeout(timeout, self.pubsub.clone().publish(request)).await {
-            Ok(answer) => Ok(answer?.into_inner().results),
+        match tokio::time::timeout(timeout, codec::publish(self.channel.clone(), request)).await {
+            Ok(answer) => answer,
             Err(_) => Err(Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"))),
         }
     }

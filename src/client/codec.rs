@@ -1,24 +1,27 @@
-//! The Subscribe stream's responses, decoded straight into the client's own types.
+//! The library's own codecs for its two hot calls, Subscribe and Publish.
 //!
-//! prost's generated decoding builds a `pb::ReceivedMessage` first: each of its strings is
-//! copied through prost's generic byte-buffer path (a growing `Vec` and a `Buf` call per
-//! chunk), and the whole struct is then moved into a [`Message`]. That was the largest cost
-//! of a received message in the consume profile (see `bench/results/perf-log.md`). Here
-//! each string is validated and copied from the contiguous buffer in one step, the value is
-//! a slice of the buffer (no copy), and the message is built where it ends up. The wire
-//! format is the one `proto/pubsub.proto` defines; a test decodes the same bytes both ways.
+//! prost's generated decoding builds the generated structs first: each string is copied
+//! through prost's generic byte-buffer path (a growing `Vec` and a `Buf` call per chunk),
+//! and the struct is then moved into the client's type. That was the largest cost of a
+//! received message in the consume profile (see `bench/results/perf-log.md`). Here each
+//! string is validated and copied from the contiguous buffer in one step, a value is a
+//! slice of the buffer (no copy), `Vec`s are sized once, and the client's types are built
+//! where they end up. A publish request is encoded once per batch from the queued messages
+//! (by reference) and the same bytes are sent on every attempt, where the generated client
+//! needed a copy of every message per attempt. The wire format is the one
+//! `proto/pubsub.proto` defines; the tests decode and encode the same bytes both ways.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, check_wire_type, decode_key, decode_varint, skip_field, DecodeContext, WireType};
-use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::Status;
 use tonic_prost::ProstEncoder;
 
-use super::message::{system_time, Message};
+use super::message::{system_time, Message, PublishResult};
 use crate::wire::pb;
 
 /// One response of the Subscribe stream (`pb::SubscribeResponse`).
@@ -138,23 +141,137 @@ pub(crate) fn decode_response(buf: &mut impl Buf) -> Result<StreamResponse, Malf
     Ok(response)
 }
 
-/// How many received messages and confirmations the response in `bytes` holds, to size
-/// their `Vec`s once (growing them copied each message several times). Counts what it can
-/// read; the decoding proper reports what is malformed.
+/// How many times fields 1 and 2 occur at the top of the message in `bytes`, to size their
+/// `Vec`s once (growing them copied each element several times). Counts what it can read;
+/// the decoding proper reports what is malformed.
 fn count_repeated(mut bytes: &[u8], ctx: &DecodeContext) -> (usize, usize) {
-    let (mut messages, mut confirmations) = (0, 0);
+    let (mut ones, mut twos) = (0, 0);
     while !bytes.is_empty() {
         let Ok((tag, wire_type)) = decode_key(&mut bytes) else { break };
         match tag {
-            1 => messages += 1,
-            2 => confirmations += 1,
+            1 => ones += 1,
+            2 => twos += 1,
             _ => {}
         }
         if skip_field(wire_type, tag, &mut bytes, ctx.clone()).is_err() {
             break;
         }
     }
-    (messages, confirmations)
+    (ones, twos)
+}
+
+/// Calls `pubsub.PubSub/Publish` on `channel` with an [`encode_publish`]ed request, as the
+/// generated client does; answers with the results in request order.
+pub(crate) async fn publish(channel: Channel, request: Bytes) -> Result<Vec<PublishResult>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+    let mut request = tonic::Request::new(request);
+    request.extensions_mut().insert(tonic::GrpcMethod::new("pubsub.PubSub", "Publish"));
+    let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/Publish");
+    Ok(grpc.unary(request, path, PublishCodec).await?.into_inner())
+}
+
+/// A `PublishRequest` of `topic` and `messages`, encoded as prost encodes it (fields in
+/// tag order: the topic, then each message), without copying the messages.
+pub(crate) fn encode_publish<'a>(
+    topic: &str,
+    messages: impl Iterator<Item = &'a pb::OutgoingMessage> + Clone,
+) -> Bytes {
+    let topic_len = if topic.is_empty() {
+        0
+    } else {
+        encoding::key_len(1) + encoding::encoded_len_varint(topic.len() as u64) + topic.len()
+    };
+    let len = topic_len + messages.clone().map(|m| encoding::message::encoded_len(6, m)).sum::<usize>();
+    let mut buf = BytesMut::with_capacity(len);
+    if !topic.is_empty() {
+        encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
+        encoding::encode_varint(topic.len() as u64, &mut buf);
+        buf.put_slice(topic.as_bytes());
+    }
+    for message in messages {
+        encoding::message::encode(6, message, &mut buf);
+    }
+    buf.freeze()
+}
+
+/// Requests already encoded; responses decoded by [`PublishDecoder`].
+#[derive(Debug, Default, Clone, Copy)]
+struct PublishCodec;
+
+impl Codec for PublishCodec {
+    type Encode = Bytes;
+    type Decode = Vec<PublishResult>;
+    type Encoder = EncodedRequest;
+    type Decoder = PublishDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedRequest
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PublishDecoder
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct EncodedRequest;
+
+impl Encoder for EncodedRequest {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put(item);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PublishDecoder;
+
+impl Decoder for PublishDecoder {
+    type Item = Vec<PublishResult>;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<PublishResult>>, Status> {
+        decode_publish_response(buf).map(Some).map_err(|error| Status::internal(error.to_string()))
+    }
+}
+
+/// Reads a whole `PublishResponse` from `buf`: its results, in order.
+pub(crate) fn decode_publish_response(buf: &mut impl Buf) -> Result<Vec<PublishResult>, Malformed> {
+    let ctx = DecodeContext::default();
+    let mut results = Vec::with_capacity(count_repeated(buf.chunk(), &ctx).0);
+    while buf.has_remaining() {
+        let (tag, wire_type) = decode_key(buf)?;
+        if tag != 1 {
+            skip_field(wire_type, tag, buf, ctx.clone())?;
+            continue;
+        }
+        check_wire_type(WireType::LengthDelimited, wire_type)?;
+        let end = end_of_field(buf)?;
+        let mut result = PublishResult {
+            message_id: String::new(),
+            partition: 0,
+            offset: 0,
+            duplicate: false,
+            idempotency_key: None,
+        };
+        while buf.remaining() > end {
+            let (tag, wire_type) = decode_key(buf)?;
+            match tag {
+                1 => result.message_id = text(wire_type, buf)?,
+                2 => result.partition = varint(wire_type, buf)? as u32,
+                3 => result.offset = varint(wire_type, buf)?,
+                4 => result.duplicate = varint(wire_type, buf)? != 0,
+                _ => skip_field(wire_type, tag, buf, ctx.clone())?,
+            }
+        }
+        ended(buf, end)?;
+        results.push(result);
+    }
+    Ok(results)
 }
 
 /// Reads a field's length and returns what `buf.remaining()` will be at its end.

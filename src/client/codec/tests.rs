@@ -154,3 +154,55 @@ proptest! {
         prop_assert_eq!(ours.ack_confirmations, theirs.ack_confirmations);
     }
 }
+
+fn outgoing(n: u64, text: &str) -> pb::OutgoingMessage {
+    pb::OutgoingMessage {
+        value: Bytes::from(vec![n as u8; (n * 53 % 200) as usize]),
+        key: n.is_multiple_of(2).then(|| format!("k{text}")),
+        attributes: (0..n % 3).map(|i| (format!("{text}{i}"), format!("v{i}"))).collect(),
+        partition: n.is_multiple_of(5).then_some((n % 3) as u32),
+        idempotency_key: (!n.is_multiple_of(4)).then(|| format!("host-1a-7-0-{n}")),
+    }
+}
+
+#[test]
+fn a_publish_request_is_encoded_as_prost_encodes_it() {
+    for (topic, count) in [("orders", 1), ("", 3), ("é漢字🦀", 20), ("t", 0)] {
+        let messages: Vec<pb::OutgoingMessage> = (0..count).map(|n| outgoing(n, topic)).collect();
+        let ours = encode_publish(topic, messages.iter());
+        let theirs = pb::PublishRequest { topic: topic.to_string(), messages: messages.clone(), ..Default::default() }
+            .encode_to_vec();
+        assert_eq!(&ours[..], &theirs[..], "{topic:?}, {count} messages");
+        assert_eq!(ours.len(), theirs.len());
+    }
+}
+
+fn publish_response(count: u64, text: &str) -> pb::PublishResponse {
+    let results = (0..count)
+        .map(|n| pb::PublishResult {
+            message_id: format!("{text}-{n}"),
+            partition: (n % 4) as u32,
+            offset: n * 1000,
+            duplicate: n.is_multiple_of(3),
+        })
+        .collect();
+    pb::PublishResponse { results }
+}
+
+#[test]
+fn a_publish_response_reads_as_the_generated_decoding_reads_it() {
+    for (count, text) in [(0, "a"), (1, ""), (50, "9-0"), (7, "é漢字")] {
+        let bytes = publish_response(count, text).encode_to_vec();
+        let ours = decode_publish_response(&mut &bytes[..]).unwrap();
+        let theirs: Vec<PublishResult> =
+            pb::PublishResponse::decode(&bytes[..]).unwrap().results.into_iter().map(PublishResult::from).collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.capacity(), count as usize, "sized once");
+    }
+    let bytes = publish_response(4, "cut").encode_to_vec();
+    for len in 0..bytes.len() {
+        let cut = &bytes[..len];
+        let theirs = pb::PublishResponse::decode(cut).is_ok();
+        assert_eq!(decode_publish_response(&mut &cut[..]).is_ok(), theirs, "cut at {len}");
+    }
+}
