@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         // Payloads stay `Bytes` from the socket to the log and back: no copies.
         .bytes(".")
+        // prost's encoding, and its decoding read from `Bytes` (see src/wire/codec.rs).
+        .codec_path("crate::wire::WireCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -75,8 +75,11 @@ impl Decoder for StreamDecoder {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<StreamResponse>, Status> {
+        // Read from `Bytes` (a slice of the same buffer, no copy): stepping through it costs
+        // a fraction of stepping through the `DecodeBuf`, and a message has dozens of fields.
+        let mut message = buf.copy_to_bytes(buf.remaining());
         // As prost's own decoder answers a malformed message: INTERNAL.
-        decode_response(buf).map(Some).map_err(|error| Status::internal(error.to_string()))
+        decode_response(&mut message).map(Some).map_err(|error| Status::internal(error.to_string()))
     }
 }
 
@@ -235,7 +238,8 @@ impl Decoder for PublishDecoder {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<PublishResult>>, Status> {
-        decode_publish_response(buf).map(Some).map_err(|error| Status::internal(error.to_string()))
+        let mut message = buf.copy_to_bytes(buf.remaining());
+        decode_publish_response(&mut message).map(Some).map_err(|error| Status::internal(error.to_string()))
     }
 }
 

@@ -1,9 +1,11 @@
 //! The wire edge: generated protobuf types, their conversions to and from core types, and
 //! the one mapping of broker errors to gRPC statuses. Generated types go no further in.
 
+mod codec;
 mod convert;
 mod status;
 
+pub use codec::{BytesDecoder, WireCodec};
 pub use convert::*;
 pub use status::status_of;
 
