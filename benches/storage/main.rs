@@ -14,9 +14,12 @@
 
 #![allow(clippy::disallowed_methods, reason = "a benchmark measures wall time: that is its output")]
 
+mod counting_fs;
+
+use counting_fs::{CountingFs, FsyncCount, FsyncCounter};
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +33,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-use mini_pubsub::env::{Fs, FsFile, Net, StdFs, TokioClock, TokioNet};
+use mini_pubsub::env::{Net, TokioClock, TokioNet};
 use mini_pubsub::server::{self, ServerConfig};
 use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemoryStorage, Record, Storage};
 use mini_pubsub::wire::pb;
@@ -175,114 +178,6 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&out, report).with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("wrote {}", out.display());
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// An Fs that counts fdatasync calls and the time they take
-
-/// fdatasync calls on segment and metadata files, and the time spent in them.
-#[derive(Debug, Default)]
-struct FsyncCounter {
-    calls: AtomicU64,
-    nanos: AtomicU64,
-}
-
-/// A snapshot of a counter.
-#[derive(Debug, Clone, Copy, Default)]
-struct FsyncCount {
-    calls: u64,
-    nanos: u64,
-}
-
-impl FsyncCounter {
-    fn get(&self) -> FsyncCount {
-        FsyncCount { calls: self.calls.load(Ordering::Relaxed), nanos: self.nanos.load(Ordering::Relaxed) }
-    }
-}
-
-impl FsyncCount {
-    fn since(self, before: FsyncCount) -> FsyncCount {
-        FsyncCount { calls: self.calls - before.calls, nanos: self.nanos - before.nanos }
-    }
-
-    fn mean_us(self) -> Option<f64> {
-        (self.calls > 0).then(|| self.nanos as f64 / self.calls as f64 / 1000.0)
-    }
-}
-
-/// `StdFs`, with every file's `sync_data` counted and timed.
-struct CountingFs {
-    counter: Arc<FsyncCounter>,
-}
-
-struct CountingFile {
-    inner: Box<dyn FsFile>,
-    counter: Arc<FsyncCounter>,
-}
-
-impl Fs for CountingFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        StdFs.create_dir_all(path)
-    }
-
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        StdFs.list_dir(path)
-    }
-
-    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn FsFile>> {
-        let inner = StdFs.open(path, create)?;
-        Ok(Box::new(CountingFile { inner, counter: Arc::clone(&self.counter) }))
-    }
-
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        StdFs.read(path)
-    }
-
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        StdFs.remove_file(path)
-    }
-
-    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        StdFs.remove_dir_all(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdFs.rename(from, to)
-    }
-
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        StdFs.sync_dir(path)
-    }
-
-    fn exists(&self, path: &Path) -> bool {
-        StdFs.exists(path)
-    }
-}
-
-impl FsFile for CountingFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(buf, offset)
-    }
-
-    fn size(&self) -> io::Result<u64> {
-        self.inner.size()
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        let started = Instant::now();
-        let result = self.inner.sync_data();
-        self.counter.calls.fetch_add(1, Ordering::Relaxed);
-        self.counter.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        result
-    }
 }
 
 /// A file storage in a fresh temporary directory, with its fsyncs counted.
