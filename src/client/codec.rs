@@ -11,7 +11,6 @@
 //! needed a copy of every message per attempt. The wire format is the one
 //! `proto/pubsub.proto` defines; the tests decode and encode the same bytes both ways.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -124,13 +123,11 @@ pub(crate) fn decode_response(buf: &mut impl Buf) -> Result<StreamResponse, Malf
         let (tag, wire_type) = decode_key(buf)?;
         match tag {
             1 => {
-                check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let end = end_of_field(buf)?;
+                let end = field_end(wire_type, buf)?;
                 response.received.push(received_message(buf, end, &ctx)?);
             }
             2 => {
-                check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let end = end_of_field(buf)?;
+                let end = field_end(wire_type, buf)?;
                 response.ack_confirmations.push(ack_confirmation(buf, end, &ctx)?);
             }
             3 => response.subscription = text(wire_type, buf)?,
@@ -175,18 +172,16 @@ pub(crate) async fn publish(channel: Channel, request: Bytes) -> Result<Vec<Publ
 }
 
 /// A `PublishRequest` of `topic` and `messages`, encoded as prost encodes it (fields in
-/// tag order: the topic, then each message), without copying the messages.
+/// tag order: the topic, then each message), without copying the messages. `capacity` is
+/// what to reserve: the publisher passes its batch's byte count (each message's
+/// `wire_len`, which covers its framing too), so no message is measured again here; the
+/// buffer grows past it if it falls short.
 pub(crate) fn encode_publish<'a>(
     topic: &str,
-    messages: impl Iterator<Item = &'a pb::OutgoingMessage> + Clone,
+    messages: impl Iterator<Item = &'a pb::OutgoingMessage>,
+    capacity: usize,
 ) -> Bytes {
-    let topic_len = if topic.is_empty() {
-        0
-    } else {
-        encoding::key_len(1) + encoding::encoded_len_varint(topic.len() as u64) + topic.len()
-    };
-    let len = topic_len + messages.clone().map(|m| encoding::message::encoded_len(6, m)).sum::<usize>();
-    let mut buf = BytesMut::with_capacity(len);
+    let mut buf = BytesMut::with_capacity(capacity);
     if !topic.is_empty() {
         encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
         encoding::encode_varint(topic.len() as u64, &mut buf);
@@ -253,8 +248,7 @@ pub(crate) fn decode_publish_response(buf: &mut impl Buf) -> Result<Vec<PublishR
             skip_field(wire_type, tag, buf, ctx.clone())?;
             continue;
         }
-        check_wire_type(WireType::LengthDelimited, wire_type)?;
-        let end = end_of_field(buf)?;
+        let end = field_end(wire_type, buf)?;
         let mut result = PublishResult {
             message_id: String::new(),
             partition: 0,
@@ -276,6 +270,13 @@ pub(crate) fn decode_publish_response(buf: &mut impl Buf) -> Result<Vec<PublishR
         results.push(result);
     }
     Ok(results)
+}
+
+/// Checks that a field is length-delimited, reads its length, and returns what
+/// `buf.remaining()` will be at its end.
+fn field_end(wire_type: WireType, buf: &mut impl Buf) -> Result<usize, Malformed> {
+    check_wire_type(WireType::LengthDelimited, wire_type)?;
+    end_of_field(buf)
 }
 
 /// Reads a field's length and returns what `buf.remaining()` will be at its end.
@@ -303,8 +304,7 @@ fn received_message(buf: &mut impl Buf, end: usize, ctx: &DecodeContext) -> Resu
         match tag {
             1 => ack_id = text(wire_type, buf)?,
             2 => {
-                check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let message_end = end_of_field(buf)?;
+                let message_end = field_end(wire_type, buf)?;
                 if message_end < end {
                     return Err(Malformed::Length);
                 }
@@ -374,8 +374,7 @@ fn varint(wire_type: WireType, buf: &mut impl Buf) -> Result<u64, Malformed> {
 /// A string field: checked and copied from the buffer in one step when it is contiguous
 /// there (it always is in a gRPC message, which arrives whole).
 fn text(wire_type: WireType, buf: &mut impl Buf) -> Result<String, Malformed> {
-    check_wire_type(WireType::LengthDelimited, wire_type)?;
-    let end = end_of_field(buf)?;
+    let end = field_end(wire_type, buf)?;
     let len = buf.remaining() - end;
     let chunk = buf.chunk();
     let text = if chunk.len() >= len {
@@ -390,28 +389,9 @@ fn text(wire_type: WireType, buf: &mut impl Buf) -> Result<String, Malformed> {
 
 /// A bytes field, as a slice of the buffer where the buffer allows it (tonic's does).
 fn bytes(wire_type: WireType, buf: &mut impl Buf) -> Result<Bytes, Malformed> {
-    check_wire_type(WireType::LengthDelimited, wire_type)?;
-    let end = end_of_field(buf)?;
+    let end = field_end(wire_type, buf)?;
     let len = buf.remaining() - end;
     Ok(buf.copy_to_bytes(len))
-}
-
-impl Message {
-    /// A message with every field empty, to be filled from the wire.
-    fn empty() -> Self {
-        Message {
-            message_id: String::new(),
-            topic: String::new(),
-            partition: 0,
-            offset: 0,
-            key: None,
-            value: Bytes::new(),
-            attributes: BTreeMap::new(),
-            publish_time: None,
-            idempotency_key: None,
-            delivery_attempt: 0,
-        }
-    }
 }
 
 #[cfg(test)]

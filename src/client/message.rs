@@ -167,6 +167,22 @@ impl Message {
         (message, received.ack_id)
     }
 
+    /// A message with every field empty, to be filled from the wire.
+    pub(crate) fn empty() -> Self {
+        Message {
+            message_id: String::new(),
+            topic: String::new(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Bytes::new(),
+            attributes: BTreeMap::new(),
+            publish_time: None,
+            idempotency_key: None,
+            delivery_attempt: 0,
+        }
+    }
+
     pub(crate) fn from_wire(received: &mut pb::ReceivedMessage) -> Self {
         let m = received.message.take().unwrap_or_default();
         Self {

@@ -82,9 +82,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// tonic reopens by itself after it breaks.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pubsub: PubSubClient<Channel>,
     admin: AdminClient<Channel>,
-    /// For Subscribe and Publish, which the library encodes and decodes itself ([`codec`]).
+    /// The connection: Subscribe and Publish go through the library's own [`codec`], the
+    /// other PubSub calls through [`Client::pubsub_client`].
     channel: Channel,
 }
 
@@ -121,13 +121,13 @@ impl Client {
     /// A client over an existing channel (the simulator builds its channels with
     /// `Endpoint::connect_with_connector` over its own network).
     pub fn from_channel(channel: Channel) -> Self {
-        Self { pubsub: PubSubClient::new(channel.clone()), admin: AdminClient::new(channel.clone()), channel }
+        Self { admin: AdminClient::new(channel.clone()), channel }
     }
 
     /// The generated `pubsub.PubSub` client on this connection, for calls this library does
     /// not wrap (Pull, Seek, unary Ack).
     pub fn pubsub_client(&self) -> PubSubClient<Channel> {
-        self.pubsub.clone()
+        PubSubClient::new(self.channel.clone())
     }
 
     /// The connection itself, for calls with the library's own codec.

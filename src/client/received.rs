@@ -131,13 +131,6 @@ impl PartialEq<&str> for LeaseId {
     }
 }
 
-#[cfg(test)]
-impl PartialEq<String> for LeaseId {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
 /// How a nacked message comes back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NackOptions {

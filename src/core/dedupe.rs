@@ -155,7 +155,13 @@ impl Dedupe {
 
     /// The original of `key`, if it is still in the window.
     pub fn get(&self, key: &str) -> Option<Original> {
-        let Some((prefix, n)) = sequenced(key) else { return self.keys.get(key).copied() };
+        self.get_sequenced(key, sequenced(key))
+    }
+
+    /// [`Dedupe::get`] of a key whose `{prefix}-{n}` form its caller has read already
+    /// (`sequenced(key)`), so a publish reads each key once.
+    pub(super) fn get_sequenced(&self, key: &str, seq: Option<(&str, u64)>) -> Option<Original> {
+        let Some((prefix, n)) = seq else { return self.keys.get(key).copied() };
         let (&first, run) = self.runs.get(prefix)?.range(..=n).next_back()?;
         let index = n - first;
         (index < run.count).then_some(Original {

@@ -196,9 +196,12 @@ fn plan(dedupe: &Dedupe, messages: Vec<OutgoingMessage>) -> Vec<Slot> {
     let mut first_keys = FirstKeys::default();
     let mut duplicates: Vec<Option<Slot>> = Vec::with_capacity(messages.len());
     for (i, message) in messages.iter().enumerate() {
-        let duplicate = message.idempotency_key.as_deref().and_then(|key| match dedupe.get(key) {
-            Some(original) => Some(Slot::Held(original)),
-            None => first_keys.first(key, i).map(Slot::SameAs),
+        let duplicate = message.idempotency_key.as_deref().and_then(|key| {
+            let seq = super::dedupe::sequenced(key);
+            match dedupe.get_sequenced(key, seq) {
+                Some(original) => Some(Slot::Held(original)),
+                None => first_keys.first(key, seq, i).map(Slot::SameAs),
+            }
         });
         duplicates.push(duplicate);
     }
@@ -219,13 +222,13 @@ struct FirstKeys<'a> {
 
 impl<'a> FirstKeys<'a> {
     /// `None` if `key` is new in this request (it is remembered as first at `i`), else the
-    /// index of the message that first carried it.
-    fn first(&mut self, key: &'a str, i: usize) -> Option<usize> {
+    /// index of the message that first carried it. `seq` is `sequenced(key)`.
+    fn first(&mut self, key: &'a str, seq: Option<(&'a str, u64)>, i: usize) -> Option<usize> {
         let map = match &mut self.map {
             Some(map) => map,
             None => {
                 let last = self.last;
-                let rises = super::dedupe::sequenced(key).filter(|&(prefix, n)| {
+                let rises = seq.filter(|&(prefix, n)| {
                     last.is_none_or(|(last_prefix, last_n)| prefix == last_prefix && n > last_n)
                 });
                 if let Some(next) = rises {
@@ -417,6 +420,7 @@ fn field_name(count: usize, index: usize, field: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::dedupe::sequenced;
     use super::*;
 
     /// Every sequence of up to five keys drawn from rising runs, other prefixes, a repeat
@@ -444,7 +448,7 @@ mod tests {
                         None
                     }
                 };
-                assert_eq!(first_keys.first(key, i), expected, "{keys:?} at {i}");
+                assert_eq!(first_keys.first(key, sequenced(key), i), expected, "{keys:?} at {i}");
             }
         }
         assert!(sequences.len() > 30_000, "{} sequences", sequences.len());
@@ -455,7 +459,7 @@ mod tests {
         let keys: Vec<String> = (7..107).map(|n| format!("host-1a-9-0-{n}")).collect();
         let mut first_keys = FirstKeys::default();
         for (i, key) in keys.iter().enumerate() {
-            assert_eq!(first_keys.first(key, i), None);
+            assert_eq!(first_keys.first(key, sequenced(key), i), None);
         }
         assert!(first_keys.map.is_none());
     }

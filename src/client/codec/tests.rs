@@ -169,7 +169,11 @@ fn outgoing(n: u64, text: &str) -> pb::OutgoingMessage {
 fn a_publish_request_is_encoded_as_prost_encodes_it() {
     for (topic, count) in [("orders", 1), ("", 3), ("é漢字🦀", 20), ("t", 0)] {
         let messages: Vec<pb::OutgoingMessage> = (0..count).map(|n| outgoing(n, topic)).collect();
-        let ours = encode_publish(topic, messages.iter());
+        let ours = encode_publish(topic, messages.iter(), 0);
+        let sized = encode_publish(topic, messages.iter(), 1 << 16);
+        assert_eq!(ours, sized, "the capacity only reserves");
+        let bound = messages.iter().map(crate::client::message::wire_len).sum::<usize>() + topic.len() + 16;
+        assert!(ours.len() <= bound, "the publisher's byte count covers the encoding: {} > {bound}", ours.len());
         let theirs = pb::PublishRequest { topic: topic.to_string(), messages: messages.clone(), ..Default::default() }
             .encode_to_vec();
         assert_eq!(&ours[..], &theirs[..], "{topic:?}, {count} messages");

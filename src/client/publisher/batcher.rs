@@ -170,7 +170,8 @@ impl Batcher {
     async fn send_once(&self, batch: &Batch) -> Result<Vec<PublishResult>, ClientError> {
         let count = batch.messages.len();
         // Encoded once, from the queued messages themselves; every attempt sends these bytes.
-        let request = codec::encode_publish(&self.topic, batch.messages.iter().map(|q| &q.message));
+        let capacity = batch.bytes + self.topic.len() + 16;
+        let request = codec::encode_publish(&self.topic, batch.messages.iter().map(|q| &q.message), capacity);
         // The batch's budget ends when its oldest message's does.
         let queued_ms = batch.messages.iter().map(|q| q.queued_ms).min().unwrap_or_default();
         match self.send_with_retries(&request, queued_ms).await {
