@@ -22,7 +22,10 @@ use crate::world;
 
 mod command;
 
-pub use command::{AckMode, Command, NackSpec, PublishSpec};
+use command::nack_request;
+pub use command::Command;
+
+use crate::scenario::{AckMode, Admin, Nack, Publish, SeekTo, Via};
 
 /// The broker's port inside the simulation.
 pub const PORT: u16 = 50051;
@@ -115,7 +118,7 @@ pub async fn run(
                 let taken: Vec<_> = held.lock().expect("held lock").drain(..).collect();
                 for (ack_id, tx, sub, leased) in taken {
                     record_sent(&history, &name, &sub, &leased, "nack");
-                    let _ = tx.try_send(nack.request(ack_id));
+                    let _ = tx.try_send(nack_request(&nack, ack_id));
                 }
             }
             Command::Modack { seconds } => {
@@ -133,10 +136,17 @@ pub async fn run(
                 let counters = counters.clone();
                 tokio::spawn(async move { app.publish(spec, &counters).await });
             }
-            Command::Subscribe { sub, ack, ack_delay, max_outstanding, nack, session, library } => {
+            Command::Subscribe(step) => {
                 let numbers = counters.streams.clone();
-                let mode = Mode { ack, ack_delay, max_outstanding, nack, session };
-                if library {
+                let sub = step.sub.clone();
+                let mode = Mode {
+                    ack: step.ack,
+                    ack_delay: step.ack_delay,
+                    max_outstanding: step.max,
+                    nack: step.nack,
+                    session: step.session,
+                };
+                if step.via == Via::Library {
                     streams.push(tokio::spawn(async move { app.subscribe_with_library(sub, mode, numbers).await }));
                 } else {
                     streams.push(tokio::spawn(async move { app.subscribe(sub, mode, numbers).await }));
@@ -152,7 +162,7 @@ pub async fn run(
             }
             // Admin steps run one after another, in scenario order: a subscription is
             // created only once its topic exists.
-            admin => {
+            Command::Admin(admin) => {
                 app.admin(admin).await;
                 counters.admin_done.fetch_add(1, Ordering::Relaxed);
             }
@@ -167,7 +177,7 @@ struct Mode {
     /// How long the subscriber works on a message before answering it.
     ack_delay: Duration,
     max_outstanding: u32,
-    nack: NackSpec,
+    nack: Nack,
     session: Option<Duration>,
 }
 
@@ -185,12 +195,12 @@ impl App {
 
     /// Runs an admin step, retrying while the broker is unreachable. A create that meets
     /// ALREADY_EXISTS on a retry had succeeded before its answer was lost.
-    async fn admin(&self, command: Command) {
+    async fn admin(&self, command: Admin) {
         for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
             let (what, result) = self.admin_once(&command).await;
             let code = match result {
                 Ok(()) => {
-                    if let Command::Seek { sub, .. } = &command {
+                    if let Admin::Seek { sub, .. } = &command {
                         self.record(Event::Seeked { sub: sub.clone() });
                     }
                     return;
@@ -209,47 +219,55 @@ impl App {
         }
     }
 
-    async fn admin_once(&self, command: &Command) -> (String, Result<(), tonic::Status>) {
+    async fn admin_once(&self, command: &Admin) -> (String, Result<(), tonic::Status>) {
         let mut admin = pb::admin_client::AdminClient::new(self.channel.clone());
         let mut pubsub = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
-        let start = |latest| if latest { pb::StartPosition::Latest } else { pb::StartPosition::Earliest } as i32;
+        let start =
+            |to| if to == SeekTo::Latest { pb::StartPosition::Latest } else { pb::StartPosition::Earliest } as i32;
         match command.clone() {
-            Command::CreateTopic { topic, partitions } => {
+            Admin::TopicCreate { topic, partitions } => {
+                let partitions = partitions.unwrap_or(0);
                 let req = pb::CreateTopicRequest { name: topic.clone(), partitions, ..Default::default() };
                 (format!("topic create {topic}"), admin.create_topic(req).await.map(drop))
             }
-            Command::DeleteTopic { topic } => {
+            // Every delete forced until the scenario language says `force=` (the next change).
+            Admin::TopicDelete { topic, .. } => {
                 let req = pb::DeleteTopicRequest { name: topic.clone(), force: true };
                 (format!("topic delete {topic}"), admin.delete_topic(req).await.map(drop))
             }
-            Command::CreateSub { sub, topic, ack_deadline_s, latest, retry, dead_letter, ordered, exclusive } => {
+            Admin::SubCreate(spec) => {
                 let duration =
                     |d: Duration| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 };
+                let sub = spec.sub.clone();
                 let req = pb::CreateSubscriptionRequest {
-                    name: sub.clone(),
-                    topic,
-                    ack_deadline_seconds: ack_deadline_s,
-                    start_position: start(latest),
-                    retry_policy: retry.map(|(min, max)| pb::RetryPolicy {
+                    name: spec.sub,
+                    topic: spec.topic,
+                    ack_deadline_seconds: spec.ack_deadline.map_or(0, |d| d.as_secs() as u32),
+                    start_position: start(spec.start),
+                    retry_policy: spec.retry.map(|(min, max)| pb::RetryPolicy {
                         minimum_backoff: min.map(duration),
                         maximum_backoff: max.map(duration),
                     }),
-                    dead_letter_policy: dead_letter.map(|(topic, attempts)| pb::DeadLetterPolicy {
+                    dead_letter_policy: spec.dead_letter.map(|(topic, attempts)| pb::DeadLetterPolicy {
                         dead_letter_topic: topic,
                         max_delivery_attempts: attempts,
                     }),
-                    enable_message_ordering: ordered,
-                    delivery_mode: if exclusive { pb::DeliveryMode::Exclusive } else { pb::DeliveryMode::Unspecified }
-                        .into(),
+                    enable_message_ordering: spec.ordered,
+                    delivery_mode: if spec.exclusive {
+                        pb::DeliveryMode::Exclusive
+                    } else {
+                        pb::DeliveryMode::Unspecified
+                    }
+                    .into(),
                 };
                 (format!("sub create {sub}"), admin.create_subscription(req).await.map(drop))
             }
-            Command::DeleteSub { sub } => {
+            Admin::SubDelete { sub } => {
                 let req = pb::DeleteSubscriptionRequest { name: sub.clone() };
                 (format!("sub delete {sub}"), admin.delete_subscription(req).await.map(drop))
             }
-            Command::Seek { sub, latest } => {
-                let target = if latest {
+            Admin::Seek { sub, to } => {
+                let target = if to == SeekTo::Latest {
                     pb::seek_request::Target::Latest(true)
                 } else {
                     pb::seek_request::Target::Earliest(true)
@@ -257,7 +275,7 @@ impl App {
                 let req = pb::SeekRequest { subscription: sub.clone(), target: Some(target) };
                 (format!("seek {sub}"), pubsub.seek(req).await.map(drop))
             }
-            Command::Redrive { sub, max } => {
+            Admin::Redrive { sub, max } => {
                 let req = pb::RedriveDeadLettersRequest { subscription: sub.clone(), max_messages: max };
                 let answer = admin.redrive_dead_letters(req).await;
                 let answer = answer.map(|reply| {
@@ -270,12 +288,11 @@ impl App {
                 });
                 (format!("redrive {sub}"), answer)
             }
-            other => unreachable!("not an admin command: {other:?}"),
         }
     }
 
-    async fn publish(self, spec: PublishSpec, counters: &Counters) {
-        if spec.library {
+    async fn publish(self, spec: Publish, counters: &Counters) {
+        if spec.via == Via::Library {
             return self.publish_with_library(spec, counters).await;
         }
         let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
@@ -302,7 +319,7 @@ impl App {
     /// invoked once, when it is handed to the publisher, and as published (with the key the
     /// publisher gave it) or failed when its handle resolves: the library's retries are
     /// its own business, and the checker sees what an application would.
-    async fn publish_with_library(self, spec: PublishSpec, counters: &Counters) {
+    async fn publish_with_library(self, spec: Publish, counters: &Counters) {
         let first = counters.messages.load(Ordering::Relaxed) + 1;
         let settings = PublisherSettings {
             // Unique in the run and the same in every replay: the library's default id
@@ -543,9 +560,9 @@ impl App {
                         ids.insert(ack_id, leased);
                         continue;
                     }
-                    AckMode::Nack if attempt == 1 => mode.nack.request(ack_id.clone()),
-                    AckMode::NackAll => mode.nack.request(ack_id.clone()),
-                    AckMode::Reject => NackSpec { terminal: true, ..mode.nack.clone() }.request(ack_id.clone()),
+                    AckMode::Nack if attempt == 1 => nack_request(&mode.nack, ack_id.clone()),
+                    AckMode::NackAll => nack_request(&mode.nack, ack_id.clone()),
+                    AckMode::Reject => nack_request(&Nack { terminal: true, ..mode.nack.clone() }, ack_id.clone()),
                     AckMode::All | AckMode::Nack => {
                         pb::SubscribeRequest { ack_ids: vec![ack_id.clone()], ..Default::default() }
                     }

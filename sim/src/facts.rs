@@ -4,45 +4,41 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::checker;
-use crate::scenario::{duration, Scenario, Verb};
+use crate::scenario::{Action, Admin, Scenario, SeekTo, SubSpec};
+
+fn sub_creates(scenario: &Scenario) -> impl Iterator<Item = &SubSpec> {
+    scenario.steps.iter().filter_map(|s| match &s.action {
+        Action::Admin { admin: Admin::SubCreate(spec), .. } => Some(spec),
+        _ => None,
+    })
+}
 
 /// The retry policy of every subscription that has one, as the scenario declares it (the
 /// broker's defaults fill what it leaves out), and the shortest nack delay any step gives.
 pub fn retry_bounds(scenario: &Scenario) -> BTreeMap<String, checker::RetryBounds> {
-    let ms = |d: Option<&str>| d.and_then(duration).map(|d| d.as_millis() as u64);
-    let mut nack_delay_min: Option<u64> = None;
-    for step in &scenario.steps {
-        for delay in [ms(step.option("nack_delay")), ms(step.option("delay")).filter(|_| step.verb == Verb::Nack)] {
-            nack_delay_min = match (nack_delay_min, delay) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-    }
+    let delays = scenario.steps.iter().filter_map(|s| match &s.action {
+        Action::Subscribe(subscribe) => subscribe.nack.delay,
+        Action::Nack { nack, .. } => nack.delay,
+        _ => None,
+    });
+    let nack_delay_min = delays.map(|d| d.as_millis() as u64).min();
     let mut bounds = BTreeMap::new();
-    for step in scenario.steps.iter().filter(|s| s.verb == Verb::SubCreate) {
-        let (min, max) = (ms(step.option("min_backoff")), ms(step.option("max_backoff")));
-        if min.is_none() && max.is_none() {
-            continue;
-        }
-        let minimum_ms = min.unwrap_or(1000);
-        let maximum_ms = max.unwrap_or(60_000.max(minimum_ms));
-        let sub = step.arg("sub").to_string();
-        let limited = scenario
-            .steps
-            .iter()
-            .any(|s| s.verb == Verb::Subscribe && s.arg("sub") == sub && s.option("max").is_some());
+    for spec in sub_creates(scenario) {
+        let Some((min, max)) = spec.retry else { continue };
+        let minimum_ms = min.map_or(1000, |d| d.as_millis() as u64);
+        let maximum_ms = max.map_or(60_000.max(minimum_ms), |d| d.as_millis() as u64);
+        let limited =
+            scenario.steps.iter().any(|s| matches!(&s.action, Action::Subscribe(x) if x.sub == spec.sub && x.max > 0));
         let upper_bound = nack_delay_min.is_none() && !limited;
         let retry = checker::RetryBounds { minimum_ms, maximum_ms, nack_delay_min_ms: nack_delay_min, upper_bound };
-        bounds.insert(sub, retry);
+        bounds.insert(spec.sub.clone(), retry);
     }
     bounds
 }
 
 /// Subscriptions created with message ordering.
 pub fn ordered_subscriptions(scenario: &Scenario) -> BTreeSet<String> {
-    let creates = scenario.steps.iter().filter(|s| s.verb == Verb::SubCreate);
-    creates.filter(|s| s.option("ordered") == Some("true")).map(|s| s.arg("sub").to_string()).collect()
+    sub_creates(scenario).filter(|spec| spec.ordered).map(|spec| spec.sub.clone()).collect()
 }
 
 /// Subscriptions that must see every acknowledged publish of their topic: created at the
@@ -50,13 +46,13 @@ pub fn ordered_subscriptions(scenario: &Scenario) -> BTreeSet<String> {
 pub fn audited(scenario: &Scenario) -> BTreeMap<String, String> {
     let mut audited = BTreeMap::new();
     for step in &scenario.steps {
-        let sub = step.arg("sub").to_string();
-        match step.verb {
-            Verb::SubCreate if step.option("start") != Some("latest") => {
-                audited.insert(sub.clone(), step.option("topic").unwrap_or(&sub).to_string());
+        let Action::Admin { admin, .. } = &step.action else { continue };
+        match admin {
+            Admin::SubCreate(spec) if spec.start != SeekTo::Latest => {
+                audited.insert(spec.sub.clone(), spec.topic.clone());
             }
-            Verb::SubDelete | Verb::Seek => {
-                audited.remove(&sub);
+            Admin::SubDelete { sub } | Admin::Seek { sub, .. } => {
+                audited.remove(sub);
             }
             _ => {}
         }

@@ -1,0 +1,308 @@
+//! The driver: owns the turmoil simulation, starts the broker and app hosts, steps
+//! simulated time, and applies each step when its time comes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mini_pubsub::env::{FaultyFs, Fs, Net};
+use mini_pubsub::server::{self, ServerConfig};
+use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemoryStorage, Storage};
+use rand::SeedableRng;
+use tokio::sync::{mpsc, Mutex};
+
+use super::{ADMIN_HOST, DRAIN};
+use crate::agent::{self, Command, Counters, PORT};
+use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
+use crate::history::{Event, History};
+use crate::scenario::{self, Action, Admin, Scenario, Step};
+use crate::world::{listen_addr, SimClock, SimNet};
+
+/// Commands waiting for an app host.
+const COMMAND_QUEUE_MAX: usize = 256;
+/// Longest the driver waits for an admin step to finish before going on.
+const ADMIN_WAIT_MAX: Duration = Duration::from_secs(15);
+/// Times a broker host tries to start before its software gives up.
+const START_ATTEMPTS_MAX: u32 = 600;
+/// Where a broker keeps its file log on its simulated disk.
+const DATA_DIR: &str = "/data";
+/// Turmoil's torn-write block: a crash may keep any whole-block prefix of a pending write.
+const DISK_BLOCK_BYTES: u64 = 512;
+
+pub(super) struct Driver<'a> {
+    pub(super) sim: turmoil::Sim<'a>,
+    pub(super) history: History,
+    pub(super) apps: BTreeMap<String, mpsc::Sender<Command>>,
+    /// Every app host's counters; the admin host's, and how many admin steps it was sent.
+    pub(super) counters: BTreeMap<String, Arc<Counters>>,
+    pub(super) admin: Arc<Counters>,
+    pub(super) admin_sent: u64,
+    pub(super) brokers: Vec<String>,
+    /// Every pair of hosts a fault touched, to heal at the end.
+    pub(super) touched: Vec<(String, String)>,
+    pub(super) crashed: Vec<String>,
+    /// Network faults in place: (key, description, app hosts on it, bytes they had written).
+    pub(super) open_faults: Vec<(String, String, Vec<String>, u64)>,
+    /// When the last fault ended, while none is in place: liveness is measured from here.
+    pub(super) calm_since_ms: Option<u64>,
+    /// When faults were in place: (first began, last ended; `u64::MAX` while open).
+    pub(super) fault_windows: Vec<(u64, u64)>,
+    /// `disconnect` steps: (host, when).
+    pub(super) disconnects: Vec<(String, u64)>,
+    /// Faults applied, in order.
+    pub(super) faults: Vec<String>,
+    /// The scenario's default ack deadline, for subscriptions that set none.
+    ack_deadline: Duration,
+    /// Each broker's disk, whose faults `disk` steps set.
+    pub(super) disks: BTreeMap<String, FaultyFs>,
+    /// Asks a broker host to corrupt a byte of its newest segment (at a fraction of it):
+    /// that needs the host's own filesystem, so a task on the host does it.
+    pub(super) corrupters: BTreeMap<String, mpsc::Sender<f64>>,
+    /// Set while a broker host crashes, so its connections close without a FIN.
+    pub(super) crash_flags: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    /// Draws corruption positions, from the run's seed.
+    pub(super) rng: rand::rngs::StdRng,
+}
+
+impl<'a> Driver<'a> {
+    pub(super) fn new(scenario: &Scenario, seed: u64) -> Self {
+        let within = |s: &Step| match &s.action {
+            Action::Expect(e) => e.within.unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let last = scenario.steps.iter().map(|s| s.at + within(s)).max().unwrap_or_default();
+        let mut builder = turmoil::Builder::new();
+        builder.rng_seed(seed).enable_random_order().simulation_duration(last + DRAIN + Duration::from_secs(60));
+        builder.fs().block_size(DISK_BLOCK_BYTES);
+        let mut sim = builder.build();
+        let history = History::default();
+        let ack_deadline = scenario.config.ack_deadline;
+        let partitions = scenario.config.partitions;
+        let storage = storage_config(scenario);
+        let disk_latency = scenario.config.disk_latency;
+        let mut disks = BTreeMap::new();
+        let mut corrupters = BTreeMap::new();
+        let mut crash_flags = BTreeMap::new();
+        for broker in &scenario.brokers {
+            let mut config = ServerConfig::default();
+            config.broker.ack_deadline_ms = ack_deadline.as_millis() as u64;
+            config.broker.default_partitions = partitions;
+            config.keepalive_interval_ms = 1_000;
+            config.keepalive_timeout_ms = 2_000;
+            config.sync_delay_ms = disk_latency.as_millis() as u64;
+            let disk = FaultyFs::new(Arc::new(TurmoilFs));
+            let (corrupt_tx, corrupt_rx) = mpsc::channel::<f64>(COMMAND_QUEUE_MAX);
+            let corrupt_rx = Arc::new(Mutex::new(corrupt_rx));
+            let (name, h) = (broker.clone(), history.clone());
+            let (storage, host_disk) = (storage.clone(), disk.clone());
+            let crashing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let host_crashing = crashing.clone();
+            sim.host(broker.as_str(), move || {
+                let (config, storage, disk) = (config.clone(), storage.clone(), host_disk.clone());
+                let corrupter = corrupter(name.clone(), disk.clone(), corrupt_rx.clone(), h.clone());
+                let (name, h) = (name.clone(), h.clone());
+                let crashing = host_crashing.clone();
+                async move {
+                    tokio::spawn(corrupter);
+                    // A supervisor: a broker that cannot start (its disk is failing) is
+                    // started again a second later, as systemd would.
+                    for _ in 0..START_ATTEMPTS_MAX {
+                        let started = async {
+                            let store: Box<dyn Storage> = match storage.clone() {
+                                Some(config) => Box::new(ObservedStorage {
+                                    inner: FileStorage::open(Arc::new(disk.clone()), config)?,
+                                    host: name.clone(),
+                                    history: h.clone(),
+                                    reported: 0,
+                                }),
+                                None => Box::new(MemoryStorage),
+                            };
+                            let net = SimNet { crashing: Some(crashing.clone()) };
+                            let (_, incoming) = net.bind(listen_addr(PORT)).await?;
+                            let shutdown = std::future::pending::<()>();
+                            server::run(incoming, shutdown, config.clone(), store, Arc::new(SimClock)).await?;
+                            Ok::<(), Box<dyn std::error::Error>>(())
+                        };
+                        match started.await {
+                            Ok(()) => return Ok(()),
+                            Err(e) => {
+                                let text = format!("broker failed to start: {e}; starting again in 1 s");
+                                h.record(&name, Event::Step { text });
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                    Err(format!("{name} failed to start {START_ATTEMPTS_MAX} times").into())
+                }
+            });
+            disks.insert(broker.clone(), disk);
+            crash_flags.insert(broker.clone(), crashing);
+            corrupters.insert(broker.clone(), corrupt_tx);
+        }
+        let mut apps = BTreeMap::new();
+        let mut admin = Arc::default();
+        let mut all_counters = BTreeMap::new();
+        let hosts = scenario.apps.iter().map(String::as_str).chain([ADMIN_HOST]);
+        for app in hosts {
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+            let rx = Arc::new(Mutex::new(rx));
+            let counters = Arc::new(Counters::default());
+            if app == ADMIN_HOST {
+                admin = counters.clone();
+            }
+            all_counters.insert(app.to_string(), counters.clone());
+            let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
+            sim.host(app, move || agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone()));
+            apps.insert(app.to_string(), tx);
+        }
+        Driver {
+            sim,
+            history,
+            apps,
+            counters: all_counters,
+            admin,
+            admin_sent: 0,
+            open_faults: Vec::new(),
+            calm_since_ms: Some(0),
+            fault_windows: Vec::new(),
+            disconnects: Vec::new(),
+            brokers: scenario.brokers.clone(),
+            touched: Vec::new(),
+            crashed: Vec::new(),
+            faults: Vec::new(),
+            ack_deadline,
+            disks,
+            corrupters,
+            crash_flags,
+            rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0xd15c),
+        }
+    }
+
+    pub(super) fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// Steps simulated time forward to `at`.
+    pub(super) fn advance_to(&mut self, at: Duration) -> Result<(), String> {
+        while self.sim.elapsed() < at {
+            self.sim
+                .step()
+                .map_err(|e| format!("the simulation failed at {} ms: {e}", self.sim.elapsed().as_millis()))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn send(&mut self, host: &str, command: Command) {
+        let tx = self.apps.get(host).expect("the parser checked every host");
+        if tx.try_send(command).is_err() {
+            self.history.record_at(self.now_ms(), host, Event::Step { text: "command dropped: queue full".into() });
+        }
+    }
+
+    /// Sends an admin step and runs the simulation until the admin host has finished it
+    /// (bounded): a scenario's admin steps complete before the steps after them.
+    fn admin_step(&mut self, admin: Admin) -> Result<(), String> {
+        self.send(ADMIN_HOST, Command::Admin(admin));
+        self.admin_sent += 1;
+        let deadline = self.sim.elapsed() + ADMIN_WAIT_MAX;
+        while self.admin.admin_done.load(std::sync::atomic::Ordering::Relaxed) < self.admin_sent {
+            if self.sim.elapsed() >= deadline {
+                return Err(format!("an admin step did not finish within {} s", ADMIN_WAIT_MAX.as_secs()));
+            }
+            self.advance_to(self.sim.elapsed() + Duration::from_millis(1))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.sim.elapsed().as_millis() as u64
+    }
+
+    pub(super) fn note(&mut self, text: String) {
+        self.history.record_at(self.now_ms(), "driver", Event::Step { text });
+    }
+
+    /// Applies one step. Expectations answer with their verdict line (`Err` when failed);
+    /// a heal that ends a fault which did nothing is an `Err` too (the heal still happens).
+    pub(super) fn apply(&mut self, step: &Step) -> Result<Option<String>, String> {
+        let tracked = match &step.action {
+            Action::Fault(fault) => self.track_fault(fault),
+            _ => Ok(()),
+        };
+        let applied = self.apply_step(step);
+        let calm = self.open_faults.is_empty() && self.crashed.is_empty();
+        self.calm_since_ms = match (calm, self.calm_since_ms) {
+            (true, Some(since)) => Some(since),
+            (true, None) => {
+                let now = self.now_ms();
+                if let Some(window) = self.fault_windows.last_mut() {
+                    window.1 = now;
+                }
+                Some(self.now_ms())
+            }
+            (false, Some(_)) => {
+                self.fault_windows.push((self.now_ms(), u64::MAX));
+                None
+            }
+            (false, None) => None,
+        };
+        tracked?;
+        applied
+    }
+
+    fn apply_step(&mut self, step: &Step) -> Result<Option<String>, String> {
+        match &step.action {
+            Action::Admin { admin, .. } => {
+                let mut admin = admin.clone();
+                if let Admin::SubCreate(spec) = &mut admin {
+                    spec.ack_deadline = Some(spec.ack_deadline.unwrap_or(self.ack_deadline));
+                }
+                self.admin_step(admin)?;
+            }
+            Action::Publish(publish) => self.send(&publish.host, Command::Publish(publish.clone())),
+            Action::Subscribe(subscribe) => self.send(&subscribe.host, Command::Subscribe(subscribe.clone())),
+            Action::Disconnect { host } => {
+                self.disconnects.push((host.clone(), self.now_ms()));
+                self.send(host, Command::Disconnect);
+            }
+            Action::Ack { host, all } => self.send(host, Command::Ack { all: *all }),
+            Action::Nack { host, nack } => self.send(host, Command::Nack(nack.clone())),
+            Action::Modack { host, deadline } => {
+                self.send(host, Command::Modack { seconds: deadline.as_secs() as u32 });
+            }
+            Action::Fault(fault) => return self.apply_fault(fault),
+            Action::Advance { .. } | Action::Check(_) => {}
+            Action::Expect(expectation) => return self.expect(step.line, expectation).map(Some),
+        }
+        Ok(None)
+    }
+}
+
+/// The file log a scenario's brokers run on (`config storage=file`, the default, with
+/// `fsync=always|interval|never`), or `None` for the memory log.
+fn storage_config(scenario: &Scenario) -> Option<FileStorageConfig> {
+    let scenario::Storage::File(fsync) = scenario.config.storage else { return None };
+    let mut config = FileStorageConfig::new(DATA_DIR);
+    config.fsync = match fsync {
+        scenario::Fsync::Interval(interval) => FsyncPolicy::IntervalMs(interval.as_millis() as u64),
+        scenario::Fsync::Never => FsyncPolicy::Never,
+        scenario::Fsync::Always => FsyncPolicy::Always,
+    };
+    // Small segments and cache, so scenarios roll segments and read from the disk.
+    config.segment_bytes = 64 * 1024;
+    config.tail_cache_bytes = 16 * 1024;
+    Some(config)
+}
+
+/// Runs on a broker host: corrupts a byte of its newest segment when asked, and notes
+/// where in the history.
+async fn corrupter(host: String, disk: FaultyFs, asks: Arc<Mutex<mpsc::Receiver<f64>>>, history: History) {
+    while let Some(fraction) = asks.lock().await.recv().await {
+        let text = match corrupt_newest_segment(&disk as &dyn Fs, std::path::Path::new(DATA_DIR), fraction) {
+            Ok(Some((file, position))) => format!("disk corrupted: flipped byte {position} of {file}"),
+            Ok(None) => "disk corrupt: no segment with data to corrupt".to_string(),
+            Err(e) => format!("disk corrupt failed: {e}"),
+        };
+        history.record(&host, Event::Step { text });
+    }
+}

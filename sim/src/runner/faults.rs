@@ -1,0 +1,224 @@
+//! Faults: applying them to turmoil's network, the hosts and the disks, healing them all
+//! before the drain, and telling whether each one met any traffic while it was in place.
+
+use std::time::Duration;
+
+use mini_pubsub::env::DiskFault as Disk;
+use rand::RngExt;
+
+use super::driver::Driver;
+use crate::history::Event;
+use crate::scenario::{self, DiskFault, Fault};
+
+impl<'a> Driver<'a> {
+    /// Bytes the app hosts among `hosts` (all apps when empty) have written so far.
+    fn written(&self, hosts: &[String]) -> u64 {
+        let apps = self.counters.iter().filter(|(h, _)| hosts.is_empty() || hosts.contains(h));
+        apps.map(|(_, c)| c.bytes_written.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
+    /// Opens the traffic window of a network fault, or closes one: a fault across which
+    /// the apps on it wrote nothing while it was in place did nothing, and fails the run.
+    pub(super) fn track_fault(&mut self, fault: &Fault) -> Result<(), String> {
+        let pair = |kind: &str, a: &str, b: &str| {
+            let (x, y) = if a <= b { (a, b) } else { (b, a) };
+            format!("{kind} {x} {y}")
+        };
+        let on_link = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+        let (key, opens, hosts) = match fault {
+            Fault::Partition { a, b, oneway: true } => (format!("oneway {a} {b}"), true, on_link(a, b)),
+            Fault::Heal { a, b, oneway: true } => (format!("oneway {a} {b}"), false, on_link(a, b)),
+            Fault::Partition { a, b, .. } => (pair("link", a, b), true, on_link(a, b)),
+            Fault::Heal { a, b, .. } => (pair("link", a, b), false, on_link(a, b)),
+            Fault::Hold { a, b } => (pair("hold", a, b), true, on_link(a, b)),
+            Fault::Release { a, b } => (pair("hold", a, b), false, on_link(a, b)),
+            Fault::Latency { a, b, delay } => (pair("latency", a, b), !delay.is_zero(), on_link(a, b)),
+            Fault::FailRate { rate } => ("fail_rate".to_string(), *rate > 0.0, Vec::new()),
+            Fault::Isolate { host } => (format!("isolate {host}"), true, vec![host.clone()]),
+            Fault::Disk { host, fault } if *fault != DiskFault::Corrupt => {
+                (format!("disk {host}"), *fault != DiskFault::Ok, Vec::new())
+            }
+            _ => return Ok(()),
+        };
+        let closed = self.close_fault(&key);
+        if opens {
+            let apps: Vec<String> = hosts.into_iter().filter(|h| self.counters.contains_key(h)).collect();
+            if apps.is_empty() && !hosts_empty(&key) {
+                return closed;
+            }
+            let activity = self.activity(&key, &apps);
+            self.open_faults.push((key, fault.to_string(), apps, activity));
+        }
+        closed
+    }
+
+    pub(super) fn close_fault(&mut self, key: &str) -> Result<(), String> {
+        let Some(index) = self.open_faults.iter().position(|(k, ..)| k == key) else { return Ok(()) };
+        let (key, text, hosts, before) = self.open_faults.remove(index);
+        if self.activity(&key, &hosts) == before {
+            let what = if key.starts_with("disk ") {
+                "the disk refused nothing while it was in place"
+            } else {
+                "no app on it sent anything while it was in place"
+            };
+            return Err(format!("fault `{text}` did nothing: {what}"));
+        }
+        Ok(())
+    }
+
+    /// What a fault acts on, counted: for a disk fault the operations the disk refused,
+    /// for a network fault the bytes the apps on it wrote.
+    fn activity(&self, key: &str, apps: &[String]) -> u64 {
+        match key.strip_prefix("disk ").and_then(|host| self.disks.get(host)) {
+            Some(disk) => disk.refused(),
+            None => self.written(apps),
+        }
+    }
+
+    /// Applies a fault step.
+    pub(super) fn apply_fault(&mut self, fault: &Fault) -> Result<Option<String>, String> {
+        match fault {
+            Fault::Partition { a, b, oneway: true } => {
+                self.link(format!("partition {a} -> {b}"), |s| s.partition_oneway(a.as_str(), b.as_str()), a, b)
+            }
+            Fault::Partition { a, b, .. } => {
+                self.link(format!("partition {a} <-> {b}"), |s| s.partition(a.as_str(), b.as_str()), a, b)
+            }
+            Fault::Heal { a, b, oneway: true } => {
+                self.link(format!("heal {a} -> {b}"), |s| s.repair_oneway(a.as_str(), b.as_str()), a, b)
+            }
+            Fault::Heal { a, b, .. } => {
+                self.link(format!("heal {a} <-> {b}"), |s| s.repair(a.as_str(), b.as_str()), a, b)
+            }
+            Fault::Hold { a, b } => self.link(format!("hold {a} <-> {b}"), |s| s.hold(a.as_str(), b.as_str()), a, b),
+            Fault::Release { a, b } => {
+                self.link(format!("release {a} <-> {b}"), |s| s.release(a.as_str(), b.as_str()), a, b)
+            }
+            Fault::Latency { a, b, delay } => {
+                let text = format!("latency {a} <-> {b} {}", scenario::ms(*delay));
+                self.link(text, |s| s.set_link_latency(a.as_str(), b.as_str(), *delay), a, b);
+            }
+            Fault::FailRate { rate } => {
+                self.sim.set_fail_rate(*rate);
+                self.faults.push(format!("fail_rate {rate}"));
+                self.note(format!("fail_rate {rate}"));
+            }
+            Fault::Isolate { host } => {
+                let others: Vec<String> = self.all_hosts().into_iter().filter(|h| h != host).collect();
+                for other in &others {
+                    self.sim.partition(host.as_str(), other.as_str());
+                    self.touched.push((host.clone(), other.clone()));
+                }
+                self.faults.push(format!("isolate {host}"));
+                self.note(format!("isolate {host}"));
+            }
+            Fault::Crash { host } => return self.crash(host),
+            Fault::Restart { host } => return self.restart(host),
+            Fault::Disk { host, fault } => return self.disk(host, *fault),
+        }
+        Ok(None)
+    }
+
+    /// Applies a fault to the link between `a` and `b`, and remembers to heal it.
+    fn link(&mut self, text: String, apply: impl FnOnce(&mut turmoil::Sim<'a>), a: &str, b: &str) {
+        apply(&mut self.sim);
+        self.touched.push((a.to_string(), b.to_string()));
+        self.faults.push(text.clone());
+        self.note(text);
+    }
+
+    fn crash(&mut self, host: &str) -> Result<Option<String>, String> {
+        if !self.sim.is_host_running(host) {
+            return Err(format!("crash {host}: the host was not running, so the fault did nothing"));
+        }
+        let flag = self.crash_flags.get(host);
+        flag.inspect(|f| f.store(true, std::sync::atomic::Ordering::Relaxed));
+        self.sim.crash(host);
+        flag.inspect(|f| f.store(false, std::sync::atomic::Ordering::Relaxed));
+        self.crashed.push(host.to_string());
+        self.faults.push(format!("crash {host}"));
+        self.history.record_at(self.now_ms(), "driver", Event::Crashed { host: host.to_string() });
+        Ok(None)
+    }
+
+    /// Sets a broker's disk fault, or corrupts a byte of its newest segment.
+    fn disk(&mut self, host: &str, fault: DiskFault) -> Result<Option<String>, String> {
+        let Some(disk) = self.disks.get(host) else {
+            return Err(format!("disk {host}: not a broker, so it has no disk"));
+        };
+        let name = match fault {
+            DiskFault::Eio => {
+                disk.set_fault(Some(Disk::Eio));
+                "eio"
+            }
+            DiskFault::Full => {
+                disk.set_fault(Some(Disk::Full));
+                "full"
+            }
+            DiskFault::Torn => {
+                disk.set_fault(Some(Disk::TornWrite));
+                "torn"
+            }
+            DiskFault::Ok => {
+                disk.set_fault(None);
+                "ok"
+            }
+            DiskFault::Corrupt => {
+                let fraction = self.rng.random_range(0.0..1.0);
+                let sent = self.corrupters[host].try_send(fraction);
+                if sent.is_err() || !self.sim.is_host_running(host) {
+                    return Err(format!("disk {host} corrupt: the host is not running, so the fault did nothing"));
+                }
+                "corrupt"
+            }
+        };
+        self.faults.push(format!("disk {host} {name}"));
+        self.note(format!("disk {host} {name}"));
+        Ok(None)
+    }
+
+    fn restart(&mut self, host: &str) -> Result<Option<String>, String> {
+        if self.sim.is_host_running(host) {
+            return Err(format!("restart {host}: the host was running, so the step did nothing"));
+        }
+        self.sim.bounce(host);
+        self.crashed.retain(|h| h != host);
+        self.faults.push(format!("restart {host}"));
+        self.history.record_at(self.now_ms(), "driver", Event::Restarted { host: host.to_string() });
+        Ok(None)
+    }
+
+    fn all_hosts(&self) -> Vec<String> {
+        self.brokers.iter().chain(self.apps.keys()).cloned().collect()
+    }
+
+    /// Heals everything; returns the faults that were still in place and did nothing.
+    pub(super) fn heal_all(&mut self) -> Vec<String> {
+        let keys: Vec<String> = self.open_faults.iter().map(|(k, ..)| k.clone()).collect();
+        let idle: Vec<String> = keys.iter().filter_map(|k| self.close_fault(k).err()).collect();
+        for (a, b) in std::mem::take(&mut self.touched) {
+            self.sim.repair(a.as_str(), b.as_str());
+            self.sim.release(a.as_str(), b.as_str());
+            self.sim.set_link_latency(a.as_str(), b.as_str(), Duration::ZERO);
+        }
+        self.sim.set_fail_rate(0.0);
+        for disk in self.disks.values() {
+            disk.set_fault(None);
+        }
+        for host in std::mem::take(&mut self.crashed) {
+            self.sim.bounce(host.as_str());
+            self.history.record_at(self.now_ms(), "driver", Event::Restarted { host });
+        }
+        let now = self.now_ms();
+        if let Some(window) = self.fault_windows.last_mut().filter(|w| w.1 == u64::MAX) {
+            window.1 = now;
+        }
+        self.note("heal everything and drain".to_string());
+        idle
+    }
+}
+
+/// Whether a fault key stands for every app (fail_rate, isolate, disk), not a link's two ends.
+fn hosts_empty(key: &str) -> bool {
+    key == "fail_rate" || key.starts_with("isolate ") || key.starts_with("disk ")
+}

@@ -1,0 +1,125 @@
+//! Runs a scenario: brokers and apps on turmoil hosts, the driver stepping simulated time
+//! and applying each step when its time comes, then the verdict.
+//!
+//! - `driver`: the hosts, the clock, and the steps that send commands;
+//! - `faults`: network, crash and disk faults, and whether each one met any traffic;
+//! - `expect`: expectations, evaluated against the history as it grows.
+
+mod driver;
+mod expect;
+mod faults;
+
+use std::time::Duration;
+
+use mini_pubsub::server::ServerConfig;
+
+use crate::agent::Command;
+use crate::checker;
+use crate::facts;
+use crate::history::{render, Entry, Event};
+use crate::scenario::Scenario;
+use driver::Driver;
+
+/// The host that runs admin steps (topic and subscription create, delete, seek).
+pub const ADMIN_HOST: &str = "admin";
+/// How long the run goes on after the last step, with every fault healed and the admin
+/// host pulling what is left on every audited subscription, so that what was published
+/// can be delivered before the checker reads the history.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// The outcome of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub seed: u64,
+    /// One line per event, stamped with simulated time (condensed).
+    pub trace: String,
+    /// Every event of the run, for `--trace full`.
+    pub entries: Vec<Entry>,
+    /// Expectations, history counts, checker results, faults.
+    pub verdict: String,
+    pub passed: bool,
+    /// What failed, as a stable signature (the failing expectations' lines and checks'
+    /// names), or `None` when the run passed.
+    pub failure: Option<String>,
+    /// Simulated time the run covered, drain included.
+    pub simulated: Duration,
+}
+
+/// Runs `scenario` with `seed` (or its `config seed`, or 0).
+pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
+    let seed = seed.or(scenario.config.seed).unwrap_or(0);
+    let mut driver = Driver::new(scenario, seed);
+    let mut failures = Vec::new();
+    let mut lines = Vec::new();
+    for step in &scenario.steps {
+        if let Err(message) = driver.advance_to(step.at) {
+            failures.push(message);
+            break;
+        }
+        match driver.apply(step) {
+            Ok(Some(line)) => lines.push(line),
+            Ok(None) => {}
+            Err(line) => {
+                // The signature leaves out line numbers and times, so shrinking can match it.
+                let what = line.split_once("ms: ").map_or(line.as_str(), |(_, what)| what).to_string();
+                failures.push(format!("expectation {what}"));
+                lines.push(line);
+            }
+        }
+    }
+    failures.extend(driver.heal_all());
+    let healed_at_ms = driver.calm_since_ms.unwrap_or(driver.now_ms());
+    let drain_from_ms = driver.now_ms();
+    driver.send(ADMIN_HOST, Command::Drain { subs: facts::audited(scenario).into_keys().collect() });
+    let end = driver.elapsed() + DRAIN;
+    if let Err(message) = driver.advance_to(end) {
+        failures.push(message);
+    }
+    let entries = driver.history.entries();
+    let bound_ms = DRAIN.as_millis() as u64;
+    let settled = checker::Unsettled { faults: driver.fault_windows.clone(), disconnects: driver.disconnects.clone() };
+    let context = checker::Context {
+        audited: facts::audited(scenario),
+        loss_allowed: scenario.config.loss_allowed,
+        healed_at_ms,
+        drain_from_ms,
+        bound_ms,
+        retry: facts::retry_bounds(scenario),
+        ordered: facts::ordered_subscriptions(scenario),
+        unsettled: settled,
+        dedupe_window_ms: ServerConfig::default().broker.dedupe_window_ms,
+    };
+    let checks = checker::check(&entries, &context);
+    failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
+    let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
+    let failure = (!failures.is_empty()).then(|| failures.join("; "));
+    let simulated = driver.elapsed();
+    let trace = render(&entries, false);
+    Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated }
+}
+
+fn verdict(
+    seed: u64,
+    expectations: &[String],
+    entries: &[Entry],
+    checks: &[checker::Check],
+    faults: &[String],
+) -> String {
+    let count = |f: fn(&Event) -> bool| entries.iter().filter(|e| f(&e.event)).count();
+    let mut out = vec![format!("seed: {seed}"), "expectations:".to_string()];
+    out.extend(expectations.iter().map(|e| format!("  {e}")));
+    out.push(format!(
+        "history: {} published, {} publish failures, {} deliveries, {} acks applied, {} stream failures",
+        count(|e| matches!(e, Event::Published { .. })),
+        count(|e| matches!(e, Event::PublishFailed { .. })),
+        count(|e| matches!(e, Event::Delivered { .. })),
+        count(|e| matches!(e, Event::AckAnswered { op, result, .. } if op == "ack" && result == "applied")),
+        count(|e| matches!(e, Event::StreamFailed { .. })),
+    ));
+    out.push("checks:".to_string());
+    out.extend(
+        checks.iter().map(|c| format!("  {:<24} {} {}", c.name, if c.passed { "ok  " } else { "FAIL" }, c.detail)),
+    );
+    out.push(format!("faults fired: {}", if faults.is_empty() { "none".to_string() } else { faults.join(", ") }));
+    out.join("\n")
+}
