@@ -20,12 +20,13 @@ use tonic::Code;
 use crate::history::{Event, History};
 use crate::world;
 
+mod admin;
 mod command;
 
 use command::nack_request;
 pub use command::Command;
 
-use crate::scenario::{AckMode, Admin, Nack, Publish, SeekTo, Via};
+use crate::scenario::{AckMode, Nack, Publish, Via};
 
 /// The broker's port inside the simulation.
 pub const PORT: u16 = 50051;
@@ -162,8 +163,8 @@ pub async fn run(
             }
             // Admin steps run one after another, in scenario order: a subscription is
             // created only once its topic exists.
-            Command::Admin(admin) => {
-                app.admin(admin).await;
+            Command::Admin(admin, ack_deadline) => {
+                app.admin(admin, ack_deadline).await;
                 counters.admin_done.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -191,104 +192,6 @@ struct App {
 impl App {
     fn record(&self, event: Event) {
         self.history.record(&self.name, event);
-    }
-
-    /// Runs an admin step, retrying while the broker is unreachable. A create that meets
-    /// ALREADY_EXISTS on a retry had succeeded before its answer was lost.
-    async fn admin(&self, command: Admin) {
-        for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
-            let (what, result) = self.admin_once(&command).await;
-            let code = match result {
-                Ok(()) => {
-                    if let Admin::Seek { sub, .. } = &command {
-                        self.record(Event::Seeked { sub: sub.clone() });
-                    }
-                    return;
-                }
-                Err(status) => status.code(),
-            };
-            let retried_create = attempt > 1 && code == Code::AlreadyExists;
-            if retried_create {
-                return;
-            }
-            if is_definite(code) || attempt == PUBLISH_ATTEMPTS_MAX {
-                self.record(Event::AdminFailed { what, code: code_name(code) });
-                return;
-            }
-            tokio::time::sleep(RETRY_DELAY).await;
-        }
-    }
-
-    async fn admin_once(&self, command: &Admin) -> (String, Result<(), tonic::Status>) {
-        let mut admin = pb::admin_client::AdminClient::new(self.channel.clone());
-        let mut pubsub = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
-        let start =
-            |to| if to == SeekTo::Latest { pb::StartPosition::Latest } else { pb::StartPosition::Earliest } as i32;
-        match command.clone() {
-            Admin::TopicCreate { topic, partitions } => {
-                let partitions = partitions.unwrap_or(0);
-                let req = pb::CreateTopicRequest { name: topic.clone(), partitions, ..Default::default() };
-                (format!("topic create {topic}"), admin.create_topic(req).await.map(drop))
-            }
-            // Every delete forced until the scenario language says `force=` (the next change).
-            Admin::TopicDelete { topic, .. } => {
-                let req = pb::DeleteTopicRequest { name: topic.clone(), force: true };
-                (format!("topic delete {topic}"), admin.delete_topic(req).await.map(drop))
-            }
-            Admin::SubCreate(spec) => {
-                let duration =
-                    |d: Duration| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 };
-                let sub = spec.sub.clone();
-                let req = pb::CreateSubscriptionRequest {
-                    name: spec.sub,
-                    topic: spec.topic,
-                    ack_deadline_seconds: spec.ack_deadline.map_or(0, |d| d.as_secs() as u32),
-                    start_position: start(spec.start),
-                    retry_policy: spec.retry.map(|(min, max)| pb::RetryPolicy {
-                        minimum_backoff: min.map(duration),
-                        maximum_backoff: max.map(duration),
-                    }),
-                    dead_letter_policy: spec.dead_letter.map(|(topic, attempts)| pb::DeadLetterPolicy {
-                        dead_letter_topic: topic,
-                        max_delivery_attempts: attempts,
-                    }),
-                    enable_message_ordering: spec.ordered,
-                    delivery_mode: if spec.exclusive {
-                        pb::DeliveryMode::Exclusive
-                    } else {
-                        pb::DeliveryMode::Unspecified
-                    }
-                    .into(),
-                };
-                (format!("sub create {sub}"), admin.create_subscription(req).await.map(drop))
-            }
-            Admin::SubDelete { sub } => {
-                let req = pb::DeleteSubscriptionRequest { name: sub.clone() };
-                (format!("sub delete {sub}"), admin.delete_subscription(req).await.map(drop))
-            }
-            Admin::Seek { sub, to } => {
-                let target = if to == SeekTo::Latest {
-                    pb::seek_request::Target::Latest(true)
-                } else {
-                    pb::seek_request::Target::Earliest(true)
-                };
-                let req = pb::SeekRequest { subscription: sub.clone(), target: Some(target) };
-                (format!("seek {sub}"), pubsub.seek(req).await.map(drop))
-            }
-            Admin::Redrive { sub, max } => {
-                let req = pb::RedriveDeadLettersRequest { subscription: sub.clone(), max_messages: max };
-                let answer = admin.redrive_dead_letters(req).await;
-                let answer = answer.map(|reply| {
-                    for r in reply.into_inner().results {
-                        let error = (!r.redriven).then_some(r.error);
-                        let (partition, offset) = (r.partition, r.offset);
-                        let source = r.source_subscription;
-                        self.record(Event::Redriven { dead: sub.clone(), sub: source, partition, offset, error });
-                    }
-                });
-                (format!("redrive {sub}"), answer)
-            }
-        }
     }
 
     async fn publish(self, spec: Publish, counters: &Counters) {

@@ -57,8 +57,9 @@ pub enum Event {
     StreamOpened { sub: String, stream: u64 },
     /// A stream ended with an error.
     StreamFailed { sub: String, stream: u64, code: String },
-    /// An admin request failed.
-    AdminFailed { what: String, code: String },
+    /// The broker answered an admin step (`what`, as the scenario writes it): `refused`
+    /// holds the code of a refusal; `detail` says what was done, or the refusal's message.
+    AdminAnswered { what: String, refused: Option<String>, detail: String },
     /// A fault or workload step the driver applied.
     Step { text: String },
     /// A broker saved its metadata: acks it applied before now survive a crash.
@@ -140,7 +141,9 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::AckAnswered { id, sub, op, result, .. } => format!("{op} {id} on {sub}: {result}"),
         Event::AckSent { id, sub, op, attempt, .. } if full => format!("send {op} {id} on {sub} attempt={attempt}"),
         Event::AckSent { .. } => return None,
-        Event::Seeked { sub } => format!("seeked {sub}"),
+        // The admin host's answer to the seek has a line of its own.
+        Event::Seeked { sub } if full => format!("seeked {sub}"),
+        Event::Seeked { .. } => return None,
         Event::Redriven { dead, sub, partition, offset, error: None } => {
             format!("redrive {dead}: p{partition}@{offset} back to {sub}")
         }
@@ -153,7 +156,8 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
             format!("assigned {sub}#{stream} gen={generation}: [{}]", partitions.join(" "))
         }
         Event::StreamFailed { sub, stream, code } => format!("stream {sub}#{stream} ended: {code}"),
-        Event::AdminFailed { what, code } => format!("{what} failed: {code}"),
+        Event::AdminAnswered { what, refused: None, detail } => format!("{what}: {detail}"),
+        Event::AdminAnswered { what, refused: Some(code), detail } => format!("{what}: refused {code}: {detail}"),
         Event::Step { text } => text.clone(),
         Event::Checkpoint if full => "checkpoint: committed offsets saved".to_string(),
         Event::Checkpoint => return None,

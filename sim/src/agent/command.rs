@@ -1,6 +1,8 @@
 //! What the scenario driver tells an app to do. The steps' own typed forms travel as they
 //! are: the agent never reads scenario text.
 
+use std::time::Duration;
+
 use mini_pubsub::wire::pb;
 
 use crate::scenario::{Admin, Nack, Publish, Subscribe};
@@ -8,9 +10,9 @@ use crate::scenario::{Admin, Nack, Publish, Subscribe};
 /// Something the driver tells an app to do.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// An admin step, for the admin host. A `sub create` arrives with its ack deadline
-    /// resolved (the scenario's default filled in).
-    Admin(Admin),
+    /// An admin step, for the admin host, with the scenario's ack deadline for a `sub
+    /// create` that sets none.
+    Admin(Admin, Duration),
     Publish(Publish),
     Subscribe(Subscribe),
     Disconnect,

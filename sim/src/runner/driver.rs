@@ -15,7 +15,7 @@ use super::{ADMIN_HOST, DRAIN};
 use crate::agent::{self, Command, Counters, PORT};
 use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
 use crate::history::{Event, History};
-use crate::scenario::{self, Action, Admin, Scenario, Step};
+use crate::scenario::{self, Action, Admin, Scenario, Step, Wait};
 use crate::world::{listen_addr, SimClock, SimNet};
 
 /// Commands waiting for an app host.
@@ -200,9 +200,11 @@ impl<'a> Driver<'a> {
     }
 
     /// Sends an admin step and runs the simulation until the admin host has finished it
-    /// (bounded): a scenario's admin steps complete before the steps after them.
+    /// (bounded): a scenario's admin steps complete before the steps after them, unless
+    /// they are `async`. The admin host runs its steps in order, so this also waits for
+    /// the `async` ones sent before.
     fn admin_step(&mut self, admin: Admin) -> Result<(), String> {
-        self.send(ADMIN_HOST, Command::Admin(admin));
+        self.send(ADMIN_HOST, Command::Admin(admin, self.ack_deadline));
         self.admin_sent += 1;
         let deadline = self.sim.elapsed() + ADMIN_WAIT_MAX;
         while self.admin.admin_done.load(std::sync::atomic::Ordering::Relaxed) < self.admin_sent {
@@ -220,6 +222,22 @@ impl<'a> Driver<'a> {
 
     pub(super) fn note(&mut self, text: String) {
         self.history.record_at(self.now_ms(), "driver", Event::Step { text });
+    }
+
+    /// Notes that `steps` run after their time because `holder`, an earlier step that
+    /// blocks the timeline, finished after it; returns the line for the verdict.
+    pub(super) fn note_late(&mut self, steps: &[&Step], holder: Option<&Step>) -> String {
+        let now = self.now_ms() as u128;
+        let why = match holder {
+            Some(h) => format!("line {} (`{}`) held the timeline", h.line, h.action),
+            None => "an earlier step held the timeline".to_string(),
+        };
+        let each: Vec<String> =
+            steps.iter().map(|s| format!("line {} (`{}`) due @{}ms", s.line, s.action, s.at.as_millis())).collect();
+        self.note(format!("late: {}; {why} until now", each.join(", ")));
+        let lines: Vec<String> =
+            steps.iter().map(|s| format!("line {} by {} ms", s.line, now - s.at.as_millis())).collect();
+        format!("{} ({why})", lines.join(", "))
     }
 
     /// Applies one step. Expectations answer with their verdict line (`Err` when failed);
@@ -252,13 +270,13 @@ impl<'a> Driver<'a> {
 
     fn apply_step(&mut self, step: &Step) -> Result<Option<String>, String> {
         match &step.action {
-            Action::Admin { admin, .. } => {
-                let mut admin = admin.clone();
-                if let Admin::SubCreate(spec) = &mut admin {
-                    spec.ack_deadline = Some(spec.ack_deadline.unwrap_or(self.ack_deadline));
+            Action::Admin { admin, wait } => match wait {
+                Wait::Blocking => self.admin_step(admin.clone())?,
+                Wait::Async => {
+                    self.send(ADMIN_HOST, Command::Admin(admin.clone(), self.ack_deadline));
+                    self.admin_sent += 1;
                 }
-                self.admin_step(admin)?;
-            }
+            },
             Action::Publish(publish) => self.send(&publish.host, Command::Publish(publish.clone())),
             Action::Subscribe(subscribe) => self.send(&subscribe.host, Command::Subscribe(subscribe.clone())),
             Action::Disconnect { host } => {

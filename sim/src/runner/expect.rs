@@ -56,7 +56,7 @@ impl Driver<'_> {
                         Event::PublishFailed { code: c, .. }
                         | Event::PublishInvoked { after: Some(c), .. }
                         | Event::StreamFailed { code: c, .. }
-                        | Event::AdminFailed { code: c, .. } => code.as_ref().is_none_or(|x| x == c),
+                        | Event::AdminAnswered { refused: Some(c), .. } => code.as_ref().is_none_or(|x| x == c),
                         _ => false,
                     }
             }),

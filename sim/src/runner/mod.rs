@@ -20,8 +20,7 @@ use crate::history::{render, Entry, Event};
 use crate::scenario::Scenario;
 use driver::Driver;
 
-/// The host that runs admin steps (topic and subscription create, delete, seek).
-pub const ADMIN_HOST: &str = "admin";
+pub use crate::scenario::ADMIN_HOST;
 /// How long the run goes on after the last step, with every fault healed and the admin
 /// host pulling what is left on every audited subscription, so that what was published
 /// can be delivered before the checker reads the history.
@@ -51,7 +50,32 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let mut driver = Driver::new(scenario, seed);
     let mut failures = Vec::new();
     let mut lines = Vec::new();
-    for step in &scenario.steps {
+    let mut late = Vec::new();
+    // The last step that held the timeline (an admin step waiting for its answer, or an
+    // `eventually`): a later step due before it finished runs late, and says so.
+    let mut holder = None;
+    for (i, step) in scenario.steps.iter().enumerate() {
+        // The late steps that run now, up to the next one that blocks, share one note.
+        let starts_group = i == 0 || scenario.steps[i - 1].action.blocks();
+        if starts_group && driver.elapsed() > step.at {
+            let now = driver.elapsed();
+            let group = scenario.steps[i..].iter().take_while(|s| s.at < now);
+            let mut overdue = Vec::new();
+            for s in group {
+                if s.timed {
+                    overdue.push(s);
+                }
+                if s.action.blocks() {
+                    break;
+                }
+            }
+            if !overdue.is_empty() {
+                late.push(driver.note_late(&overdue, holder));
+            }
+        }
+        if step.action.blocks() {
+            holder = Some(step);
+        }
         if let Err(message) = driver.advance_to(step.at) {
             failures.push(message);
             break;
@@ -91,7 +115,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     };
     let checks = checker::check(&entries, &context);
     failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
-    let verdict = verdict(seed, &lines, &entries, &checks, &driver.faults);
+    let verdict = verdict(seed, &lines, &late, &entries, &checks, &driver.faults);
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
     let simulated = driver.elapsed();
     let trace = render(&entries, false);
@@ -101,6 +125,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
 fn verdict(
     seed: u64,
     expectations: &[String],
+    late: &[String],
     entries: &[Entry],
     checks: &[checker::Check],
     faults: &[String],
@@ -108,6 +133,10 @@ fn verdict(
     let count = |f: fn(&Event) -> bool| entries.iter().filter(|e| f(&e.event)).count();
     let mut out = vec![format!("seed: {seed}"), "expectations:".to_string()];
     out.extend(expectations.iter().map(|e| format!("  {e}")));
+    if !late.is_empty() {
+        out.push("late steps (an earlier step held the timeline):".to_string());
+        out.extend(late.iter().map(|l| format!("  {l}")));
+    }
     out.push(format!(
         "history: {} published, {} publish failures, {} deliveries, {} acks applied, {} stream failures",
         count(|e| matches!(e, Event::Published { .. })),

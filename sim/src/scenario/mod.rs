@@ -29,6 +29,9 @@ use std::time::Duration;
 
 pub use parse::{duration, parse, ParseError};
 
+/// The host that runs admin steps (topic and subscription create, delete, seek, redrive).
+pub const ADMIN_HOST: &str = "admin";
+
 /// A parsed scenario.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
@@ -93,6 +96,10 @@ pub struct Step {
     pub line: usize,
     /// When it is due, from the start of the run.
     pub at: Duration,
+    /// Whether the line gave a time (`@T` or `+D`). A step without one runs after the
+    /// step before it, whenever that finished; a timed step that runs after its time
+    /// because an earlier step held the timeline says so in the trace.
+    pub timed: bool,
     pub action: Action,
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{
     AckMode, Action, Admin, CheckName, Config, DiskFault, Expectation, Expected, Fault, Fsync, Nack, Publish, Scenario,
-    SeekTo, Step, Storage, SubSpec, Subscribe, Via, Wait, CODES,
+    SeekTo, Step, Storage, SubSpec, Subscribe, Via, Wait, ADMIN_HOST, CODES,
 };
 
 /// The kind of value an option or positional takes.
@@ -331,6 +331,7 @@ impl Parser<'_> {
         }
         let mut at = self.clock;
         let first = &tokens[0];
+        let timed = first.text.starts_with(['@', '+']);
         if let Some(rest) = first.text.strip_prefix('@') {
             at = duration(rest).ok_or_else(|| self.error(number, first.column + 1, bad_duration(rest)))?;
             if at < self.clock {
@@ -389,7 +390,7 @@ impl Parser<'_> {
         let words = self.words(number, &tokens, line.len() + 1)?;
         let action = self.action(number, &words, within, wait)?;
         self.clock = at;
-        self.steps.push((Step { line: number, at, action }, words.hosts));
+        self.steps.push((Step { line: number, at, timed, action }, words.hosts));
         Ok(())
     }
 
@@ -632,11 +633,17 @@ impl Parser<'_> {
                 let column = hosts.first().map_or(1, |t| t.column);
                 return Err(self.error(step.line, column, format!("`{host}` is a broker; clients are other hosts")));
             }
+            if host == ADMIN_HOST {
+                let column = hosts.first().map_or(1, |t| t.column);
+                let message = format!("`{ADMIN_HOST}` is the host that runs admin steps; name this client otherwise");
+                return Err(self.error(step.line, column, message));
+            }
             if !apps.contains(host) {
                 apps.push(host.clone());
             }
         }
-        let known: BTreeSet<&str> = brokers.iter().chain(&apps).map(String::as_str).collect();
+        // The admin host may be named by expectations (`expect admin error code=...`).
+        let known: BTreeSet<&str> = brokers.iter().chain(&apps).map(String::as_str).chain([ADMIN_HOST]).collect();
         for (step, hosts) in &self.steps {
             for token in hosts {
                 if !known.contains(token.text.as_str()) {
