@@ -3,6 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use mini_pubsub::core::Notice;
+use mini_pubsub::server::Observer;
+use mini_pubsub::storage::StorageError;
+
 /// One event seen by a client host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -68,6 +72,14 @@ pub enum Event {
     Crashed { host: String },
     /// A crashed broker host started again.
     Restarted { host: String },
+    /// Something the broker did, as it reported it when it did it (recorded on the broker
+    /// host): the checker's ground truth for when seeks, redrives, creations and deletions
+    /// took effect.
+    Broker(Notice),
+    /// The broker could not read a stored record (its readers wait at it).
+    ReadFailed { topic: String, partition: u32, offset: u64, error: String },
+    /// The broker core broke an invariant: the run stops here.
+    InvariantBroken { what: String },
 }
 
 /// An event with when and where it happened.
@@ -80,9 +92,14 @@ pub struct Entry {
 
 /// The shared, append-only history of a run.
 #[derive(Debug, Clone, Default)]
-pub struct History(Arc<Mutex<Vec<Entry>>>);
+pub struct History(Arc<Mutex<Vec<Entry>>>, Arc<Mutex<Option<String>>>);
 
 impl History {
+    /// What broke, when a broker reported a broken invariant.
+    pub fn broken(&self) -> Option<String> {
+        self.1.lock().expect("history lock").clone()
+    }
+
     pub fn record(&self, host: &str, event: Event) {
         let at_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
         self.record_at(at_ms, host, event);
@@ -163,6 +180,72 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::Checkpoint => return None,
         Event::Crashed { host } => format!("crash {host}"),
         Event::Restarted { host } => format!("restart {host}"),
+        Event::Broker(notice) => notice_line(notice, entry.at_ms, full)?,
+        Event::ReadFailed { topic, partition, offset, error } => {
+            format!("cannot read {topic} p{partition}@{offset}: {error}; its readers wait there")
+        }
+        Event::InvariantBroken { what } => format!("INVARIANT BROKEN: {what}"),
     };
     Some(format!("@{:>7}ms {:<10} {what}", entry.at_ms, entry.host))
+}
+
+/// A broker's notice as a trace line. The condensed trace keeps what no other line says:
+/// what a restart restored, and topics a publish created.
+fn notice_line(notice: &Notice, at_ms: u64, full: bool) -> Option<String> {
+    let list = |names: Vec<&str>| if names.is_empty() { "none".to_string() } else { names.join(", ") };
+    let partitions = |n: u32| if n == 1 { "1 partition".to_string() } else { format!("{n} partitions") };
+    Some(match notice {
+        Notice::Restored { topics, subscriptions } if full || at_ms > 0 => format!(
+            "restored topics: {}; subscriptions: {}",
+            list(topics.iter().map(|(t, _)| t.as_str()).collect()),
+            list(subscriptions.iter().map(|(s, _)| s.as_str()).collect())
+        ),
+        Notice::TopicCreated { topic, uid, partitions: n, auto: true } => {
+            format!("topic {topic} created by a publish, with {} (uid {uid})", partitions(*n))
+        }
+        _ if !full => return None,
+        Notice::Restored { .. } => unreachable!("shown above when full"),
+        Notice::TopicCreated { topic, uid, partitions: n, .. } => {
+            format!("topic {topic} created, {} (uid {uid})", partitions(*n))
+        }
+        Notice::TopicDeleted { topic, uid } => format!("topic {topic} deleted (uid {uid})"),
+        Notice::SubscriptionCreated { subscription, topic, topic_uid, start } => {
+            let start: Vec<String> = start.iter().enumerate().map(|(p, o)| format!("p{p}@{o}")).collect();
+            format!("subscription {subscription} created on {topic} (uid {topic_uid}), owed from {}", start.join(" "))
+        }
+        Notice::SubscriptionDeleted { subscription } => format!("subscription {subscription} deleted"),
+        Notice::Seeked { subscription, to } => {
+            let to: Vec<String> = to.iter().map(|(p, o)| format!("p{p}@{o}")).collect();
+            format!("seek applied: {subscription} owed from {}", to.join(" "))
+        }
+        Notice::Redriven { subscription, partition, offset } => {
+            format!("redrive applied: p{partition}@{offset} back in {subscription}")
+        }
+        Notice::LeasesReleased { subscription, stream, leases } => {
+            let leases: Vec<String> = leases.iter().map(|(p, o)| format!("p{p}@{o}")).collect();
+            format!("stream {stream} of {subscription} closed; its leases back at once: {}", leases.join(" "))
+        }
+    })
+}
+
+/// Writes what a broker reports into the history, as events of its host.
+pub struct BrokerObserver {
+    pub host: String,
+    pub history: History,
+}
+
+impl Observer for BrokerObserver {
+    fn notice(&self, notice: Notice) {
+        self.history.record(&self.host, Event::Broker(notice));
+    }
+
+    fn read_failed(&self, topic: &str, partition: u32, offset: u64, error: &StorageError) {
+        let error = error.to_string();
+        self.history.record(&self.host, Event::ReadFailed { topic: topic.to_string(), partition, offset, error });
+    }
+
+    fn invariant_broken(&self, what: &str) {
+        *self.history.1.lock().expect("history lock") = Some(format!("{}: {what}", self.host));
+        self.history.record(&self.host, Event::InvariantBroken { what: what.to_string() });
+    }
 }

@@ -12,6 +12,7 @@ use super::name;
 use super::retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec};
 use super::subscription::{Cursor, StartPosition, Subscription};
 use super::topic::{visible_end, Topic};
+use super::Notice;
 
 /// A topic as Admin reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +115,17 @@ impl Broker {
         partitions: Option<u32>,
         dedupe_window_ms: Option<u64>,
     ) -> Result<TopicInfo, BrokerError> {
+        self.add_topic(topic, partitions, dedupe_window_ms, false)
+    }
+
+    /// Creates a topic; `auto` when a publish creates it.
+    pub(super) fn add_topic(
+        &mut self,
+        topic: &str,
+        partitions: Option<u32>,
+        dedupe_window_ms: Option<u64>,
+        auto: bool,
+    ) -> Result<TopicInfo, BrokerError> {
         name::check_new("name", topic)?;
         let dedupe_window_ms = dedupe_window_ms.unwrap_or(self.config.dedupe_window_ms);
         if !(DEDUPE_WINDOW_MS_MIN..=DEDUPE_WINDOW_MS_MAX).contains(&dedupe_window_ms) {
@@ -153,6 +165,7 @@ impl Broker {
             let _ = self.storage.remove(uid, t.logs);
             return Err(e);
         }
+        self.notice(|_| Notice::TopicCreated { topic: topic.to_string(), uid, partitions, auto });
         self.topic_info(topic)
     }
 
@@ -219,6 +232,7 @@ impl Broker {
             self.delete_subscription(sub)?;
         }
         let t = self.topics.remove(topic).expect("topic checked above");
+        self.notice(|_| Notice::TopicDeleted { topic: topic.to_string(), uid: t.uid });
         // The metadata goes first: a crash between the two leaves files that the next start
         // sweeps, never a listed topic whose files are gone. If the save fails, the files
         // stay until a checkpoint saves the deletion and a start sweeps them.
@@ -302,6 +316,12 @@ impl Broker {
                 return Err(e);
             }
         }
+        self.notice(|b| Notice::SubscriptionCreated {
+            subscription: spec.name.clone(),
+            topic: spec.topic.clone(),
+            topic_uid: b.topics[&spec.topic].uid,
+            start: b.subscriptions[&uid].cursors.iter().map(|c| c.committed).collect(),
+        });
         Ok(info)
     }
 
@@ -391,6 +411,7 @@ impl Broker {
         }
         let ephemeral = self.subscriptions[&uid].ephemeral;
         self.remove_subscription(uid);
+        self.notice(|_| Notice::SubscriptionDeleted { subscription: subscription.to_string() });
         if !ephemeral {
             self.save_meta_or_retry_later();
         }

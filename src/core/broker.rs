@@ -8,7 +8,7 @@ use super::delivery::{Output, StreamState};
 use super::error::BrokerError;
 use super::subscription::Subscription;
 use super::topic::Topic;
-use super::StreamId;
+use super::{Notice, StreamId};
 use crate::storage::{Storage, StorageError};
 
 /// The whole broker state. See the module docs for how a driver calls it.
@@ -52,6 +52,8 @@ pub struct Broker {
     pub(super) saved_meta: Vec<u8>,
     /// Records that could not be read, by (topic uid, partition, offset).
     pub(super) read_faults: BTreeMap<(u64, u32, u64), StorageError>,
+    /// Notices for an observer, when one asked for them (see `notice`); drained every turn.
+    pub(super) notices: Option<VecDeque<Notice>>,
 }
 
 /// Leases a run may issue per millisecond of wall time before a restart could reuse its
@@ -88,6 +90,7 @@ impl Broker {
             after_sync,
             saved_meta: Vec::new(),
             read_faults: BTreeMap::new(),
+            notices: None,
         })
     }
 

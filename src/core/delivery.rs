@@ -10,6 +10,7 @@ use super::name;
 use super::retry::Unacked;
 use super::subscription::StartPosition;
 use super::topic::visible_end;
+use super::Notice;
 use crate::storage::{Record, StorageError};
 
 /// Unreadable records remembered at once (so a damaged one is not read again at every
@@ -212,7 +213,9 @@ impl Broker {
         let sub = self.subscriptions.get_mut(&uid).expect("a stream's subscription exists");
         sub.members.retain(|m| *m != stream);
         if sub.ephemeral && sub.members.is_empty() {
+            let subscription = sub.name.clone();
             self.remove_subscription(uid);
+            self.notice(|_| Notice::SubscriptionDeleted { subscription });
             return;
         }
         if !self.detach(stream, state, keep_leases) {
@@ -230,6 +233,14 @@ impl Broker {
         for (partition, cursor) in sub.cursors.iter().enumerate() {
             let leased = cursor.leased.iter().filter(|(_, l)| l.stream == Some(stream));
             released.extend(leased.map(|(offset, _)| (partition as u32, *offset)));
+        }
+        if !released.is_empty() {
+            let leases = released.clone();
+            self.notice(|b| Notice::LeasesReleased {
+                subscription: b.subscriptions[&uid].name.clone(),
+                stream,
+                leases,
+            });
         }
         for (partition, offset) in released {
             self.end_unacked(now_ms, uid, partition, offset, &Unacked::StreamClosed);
@@ -507,6 +518,7 @@ impl Broker {
             }
             self.forget_backoffs(uid, partition, &dropped.delayed);
         }
+        self.notice(|_| Notice::Seeked { subscription: subscription.to_string(), to: moves });
         self.dispatch(now_ms, uid);
         let sub = &self.subscriptions[&uid];
         Ok(sub.cursors.iter().enumerate().map(|(p, c)| (p as u32, c.committed)).collect())

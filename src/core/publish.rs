@@ -72,7 +72,7 @@ impl Broker {
             }
         }
         if !self.topics.contains_key(topic) {
-            self.create_topic(topic, None)?;
+            self.add_topic(topic, None, None, true)?;
         }
         if messages.iter().any(|m| m.idempotency_key.is_some()) {
             self.mark_keys_used(topic)?;

@@ -14,6 +14,7 @@ use super::error::BrokerError;
 use super::lease::AckOp;
 use super::name;
 use super::retry::Unacked;
+use super::Notice;
 use crate::storage::Record;
 
 /// What a redrive did with one dead-letter copy.
@@ -61,13 +62,15 @@ impl Broker {
                 Ok(source) => self.reopen(source, &dead_topic),
                 Err(reason) => Err(reason.clone()),
             };
-            match outcome {
-                Ok(source_uid) => {
-                    reopened.push(source_uid);
+            match (&outcome, &source) {
+                (Ok(source_uid), Ok(source)) => {
+                    reopened.push(*source_uid);
+                    let (back_to, partition, offset) = (source.subscription.clone(), source.partition, source.offset);
+                    self.notice(|_| Notice::Redriven { subscription: back_to, partition, offset });
                     let acked = self.acks(now_ms, subscription, AckOp::Ack, vec![copy.ack_id.clone()])?;
                     debug_assert!(acked.iter().all(|a| a.outcome == super::AckOutcome::Applied));
                 }
-                Err(_) => stay.push(copy.clone()),
+                _ => stay.push(copy.clone()),
             }
             let (source_subscription, partition, offset) =
                 source.map_or((String::new(), 0, 0), |s| (s.subscription, s.partition, s.offset));

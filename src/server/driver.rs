@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::metrics::BrokerMetrics;
+use super::Observer;
 use crate::core::{
     AckOp, Broker, BrokerError, Delivery, Flow, OutgoingMessage, Output, Published, StreamId, StreamTarget,
 };
@@ -129,18 +130,29 @@ pub struct Driver {
     sync_delay_ms: u64,
     /// Present only when a metrics recorder is installed (never in the simulator).
     metrics: Option<BrokerMetrics>,
+    checks: Checks,
+}
+
+/// What the driver checks and reports after each turn.
+pub struct Checks {
+    /// Check the core's invariants (debug builds, the simulator).
+    pub invariants: bool,
+    /// Told the core's notices, unreadable records, and a broken invariant.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl Driver {
     /// Starts the driver task. `sync_delay_ms` is the simulated disk's fsync latency (see
     /// [`ServerConfig::sync_delay_ms`](super::ServerConfig::sync_delay_ms)); with
-    /// `metrics`, the driver exports the broker's counts once a second (at each checkpoint).
+    /// `metrics`, the driver exports the broker's counts once a second (at each checkpoint);
+    /// `checks` says whether it checks invariants and whom it tells what the broker did.
     pub fn spawn(
         broker: Broker,
         clock: Arc<dyn Clock>,
         queue_max: usize,
         sync_delay_ms: u64,
         metrics: Option<BrokerMetrics>,
+        checks: Checks,
     ) -> DriverHandle {
         let (jobs, rx) = mpsc::channel(queue_max);
         let now = clock.now_ms();
@@ -159,6 +171,7 @@ impl Driver {
             },
             sync_delay_ms,
             metrics,
+            checks,
         };
         tokio::spawn(driver.run(rx));
         DriverHandle { jobs }
@@ -173,6 +186,8 @@ impl Driver {
     }
 
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        // What the broker restored, as it starts.
+        self.tell_notices();
         loop {
             let deadline =
                 [self.broker.poll_timeout(), Some(self.next_checkpoint_ms), Some(self.next_interval_sync_ms)]
@@ -196,8 +211,41 @@ impl Driver {
             }
             self.commit().await;
             self.flush();
+            self.after_turn();
         }
         self.stop();
+    }
+
+    /// Tells the observer the notices the core recorded (none without an observer).
+    fn tell_notices(&mut self) {
+        if let Some(observer) = &self.checks.observer {
+            while let Some(notice) = self.broker.poll_notice() {
+                observer.notice(notice);
+            }
+        }
+    }
+
+    /// Tells the observer the turn's notices, then checks the core's invariants. A broken
+    /// one is a bug: the observer hears of it (the simulator fails the run with its seed),
+    /// and the driver panics.
+    fn after_turn(&mut self) {
+        self.tell_notices();
+        if !self.checks.invariants {
+            return;
+        }
+        let broker = &self.broker;
+        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker.assert_invariants())) else {
+            return;
+        };
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        if let Some(observer) = &self.checks.observer {
+            observer.invariant_broken(what);
+        }
+        panic!("the broker core broke an invariant: {what}");
     }
 
     fn handle_timers(&mut self) {
@@ -322,6 +370,9 @@ impl Driver {
                     self.send(stream, pb::SubscribeResponse { received_messages, ..Default::default() });
                 }
                 Output::ReadFailed { topic, partition, offset, error } => {
+                    if let Some(observer) = &self.checks.observer {
+                        observer.read_failed(&topic, partition, offset, &error);
+                    }
                     tracing::error!(%topic, partition, offset, %error,
                         "a stored record cannot be read: it is not delivered, and its partition waits at it (Seek past it to go on)");
                 }

@@ -5,6 +5,7 @@
 mod admin;
 mod driver;
 pub mod metrics;
+mod observer;
 mod pubsub;
 
 use std::future::Future;
@@ -17,7 +18,8 @@ use tonic::transport::server::Connected;
 use tonic::Status;
 use tracing::info;
 
-pub use driver::{Driver, DriverHandle};
+pub use driver::{Checks, Driver, DriverHandle};
+pub use observer::Observer;
 
 use crate::core::{Broker, BrokerConfig, BrokerError};
 use crate::env::Clock;
@@ -56,6 +58,9 @@ pub struct ServerConfig {
     /// the simulator sets it (its disk syncs instantly) so that a crash can land between
     /// a write and the fsync that would make it durable.
     pub sync_delay_ms: u64,
+    /// Checks the core's invariants after every driver turn, and panics at a broken one.
+    /// Debug builds always check; the simulator turns it on in every build.
+    pub check_invariants: bool,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             keepalive_timeout_ms: 20_000,
             shutdown_grace_ms: 10_000,
             sync_delay_ms: 0,
+            check_invariants: false,
         }
     }
 }
@@ -151,14 +157,35 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    run_observed(incoming, shutdown, config, storage, clock, None).await
+}
+
+/// [`run`], telling `observer` what the broker does (see [`Observer`]).
+pub async fn run_observed<I, IO, IE>(
+    incoming: I,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    config: ServerConfig,
+    storage: Box<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn Observer>>,
+) -> Result<(), ServerError>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     config.validate()?;
     let metrics_on = metrics::enabled();
     let storage: Box<dyn Storage> =
         if metrics_on { Box::new(metrics::TimedStorage::new(storage, clock.clone())) } else { storage };
-    let broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
+    let mut broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
+    if observer.is_some() {
+        broker.observe();
+    }
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
     let broker_metrics = metrics_on.then(metrics::BrokerMetrics::new);
-    let driver = Driver::spawn(broker, clock, config.command_queue_max, config.sync_delay_ms, broker_metrics);
+    let checks = Checks { invariants: config.check_invariants || cfg!(debug_assertions), observer };
+    let driver = Driver::spawn(broker, clock, config.command_queue_max, config.sync_delay_ms, broker_metrics, checks);
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency };
     let admin = admin::AdminService { driver: driver.clone() };

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Mutex};
 use super::{ADMIN_HOST, DRAIN};
 use crate::agent::{self, Command, Counters, PORT};
 use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
-use crate::history::{Event, History};
+use crate::history::{BrokerObserver, Event, History};
 use crate::scenario::{self, Action, Admin, Scenario, Step, Wait};
 use crate::world::{listen_addr, SimClock, SimNet};
 
@@ -90,6 +90,7 @@ impl<'a> Driver<'a> {
             config.keepalive_interval_ms = 1_000;
             config.keepalive_timeout_ms = 2_000;
             config.sync_delay_ms = disk_latency.as_millis() as u64;
+            config.check_invariants = true;
             let disk = FaultyFs::new(Arc::new(TurmoilFs));
             let (corrupt_tx, corrupt_rx) = mpsc::channel::<f64>(COMMAND_QUEUE_MAX);
             let corrupt_rx = Arc::new(Mutex::new(corrupt_rx));
@@ -120,7 +121,9 @@ impl<'a> Driver<'a> {
                             let net = SimNet { crashing: Some(crashing.clone()) };
                             let (_, incoming) = net.bind(listen_addr(PORT)).await?;
                             let shutdown = std::future::pending::<()>();
-                            server::run(incoming, shutdown, config.clone(), store, Arc::new(SimClock)).await?;
+                            let observer = Arc::new(BrokerObserver { host: name.clone(), history: h.clone() });
+                            let (config, clock) = (config.clone(), Arc::new(SimClock));
+                            server::run_observed(incoming, shutdown, config, store, clock, Some(observer)).await?;
                             Ok::<(), Box<dyn std::error::Error>>(())
                         };
                         match started.await {
@@ -183,11 +186,15 @@ impl<'a> Driver<'a> {
     }
 
     /// Steps simulated time forward to `at`.
+    /// Stops at once when a broker breaks an invariant.
     pub(super) fn advance_to(&mut self, at: Duration) -> Result<(), String> {
         while self.sim.elapsed() < at {
             self.sim
                 .step()
                 .map_err(|e| format!("the simulation failed at {} ms: {e}", self.sim.elapsed().as_millis()))?;
+            if let Some(what) = self.history.broken() {
+                return Err(format!("invariant broken at {} ms on {what}", self.now_ms()));
+            }
         }
         Ok(())
     }

@@ -44,13 +44,68 @@ pub struct Report {
     pub simulated: Duration,
 }
 
+/// What the steps of a run came to, before the checker reads the history.
+#[derive(Default)]
+struct Played {
+    /// Why the run fails so far, as signatures (see [`Report::failure`]).
+    failures: Vec<String>,
+    /// Each expectation's verdict line.
+    expectations: Vec<String>,
+    /// Each late step's verdict line.
+    late: Vec<String>,
+}
+
 /// Runs `scenario` with `seed` (or its `config seed`, or 0).
 pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let seed = seed.or(scenario.config.seed).unwrap_or(0);
     let mut driver = Driver::new(scenario, seed);
-    let mut failures = Vec::new();
-    let mut lines = Vec::new();
-    let mut late = Vec::new();
+    let mut played = play(&mut driver, scenario);
+    if driver.history.broken().is_none() {
+        played.failures.extend(driver.heal_all());
+    }
+    let healed_at_ms = driver.calm_since_ms.unwrap_or(driver.now_ms());
+    let drain_from_ms = driver.now_ms();
+    if driver.history.broken().is_none() {
+        driver.send(ADMIN_HOST, Command::Drain { subs: facts::audited(scenario).into_keys().collect() });
+        let end = driver.elapsed() + DRAIN;
+        if let Err(message) = driver.advance_to(end) {
+            played.failures.push(message);
+        }
+    }
+    let entries = driver.history.entries();
+    // A broken invariant stops the run where it broke: the history after it would be a
+    // broken broker's, so nothing is checked.
+    let checks = match driver.history.broken() {
+        Some(_) => Vec::new(),
+        None => {
+            let settled =
+                checker::Unsettled { faults: driver.fault_windows.clone(), disconnects: driver.disconnects.clone() };
+            let context = checker::Context {
+                audited: facts::audited(scenario),
+                loss_allowed: scenario.config.loss_allowed,
+                healed_at_ms,
+                drain_from_ms,
+                bound_ms: DRAIN.as_millis() as u64,
+                retry: facts::retry_bounds(scenario),
+                ordered: facts::ordered_subscriptions(scenario),
+                unsettled: settled,
+                dedupe_window_ms: ServerConfig::default().broker.dedupe_window_ms,
+            };
+            checker::check(&entries, &context)
+        }
+    };
+    played.failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
+    let verdict = verdict(seed, &played, &entries, &checks, &driver.faults);
+    let failure = (!played.failures.is_empty()).then(|| played.failures.join("; "));
+    let simulated = driver.elapsed();
+    let trace = render(&entries, false);
+    Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated }
+}
+
+/// Applies every step at its time; stops early when the simulation fails (a broken
+/// invariant included).
+fn play(driver: &mut Driver, scenario: &Scenario) -> Played {
+    let mut played = Played::default();
     // The last step that held the timeline (an admin step waiting for its answer, or an
     // `eventually`): a later step due before it finished runs late, and says so.
     let mut holder = None;
@@ -59,9 +114,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
         let starts_group = i == 0 || scenario.steps[i - 1].action.blocks();
         if starts_group && driver.elapsed() > step.at {
             let now = driver.elapsed();
-            let group = scenario.steps[i..].iter().take_while(|s| s.at < now);
             let mut overdue = Vec::new();
-            for s in group {
+            for s in scenario.steps[i..].iter().take_while(|s| s.at < now) {
                 if s.timed {
                     overdue.push(s);
                 }
@@ -70,72 +124,44 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
                 }
             }
             if !overdue.is_empty() {
-                late.push(driver.note_late(&overdue, holder));
+                played.late.push(driver.note_late(&overdue, holder));
             }
         }
         if step.action.blocks() {
             holder = Some(step);
         }
         if let Err(message) = driver.advance_to(step.at) {
-            failures.push(message);
+            played.failures.push(message);
             break;
         }
         match driver.apply(step) {
-            Ok(Some(line)) => lines.push(line),
+            Ok(Some(line)) => played.expectations.push(line),
             Ok(None) => {}
             Err(line) => {
                 // The signature leaves out line numbers and times, so shrinking can match it.
                 let what = line.split_once("ms: ").map_or(line.as_str(), |(_, what)| what).to_string();
-                failures.push(format!("expectation {what}"));
-                lines.push(line);
+                played.failures.push(format!("expectation {what}"));
+                played.expectations.push(line);
             }
         }
+        if let Some(what) = driver.history.broken() {
+            let message = format!("invariant broken at {} ms on {what}", driver.now_ms());
+            if !played.failures.contains(&message) {
+                played.failures.push(message);
+            }
+            break;
+        }
     }
-    failures.extend(driver.heal_all());
-    let healed_at_ms = driver.calm_since_ms.unwrap_or(driver.now_ms());
-    let drain_from_ms = driver.now_ms();
-    driver.send(ADMIN_HOST, Command::Drain { subs: facts::audited(scenario).into_keys().collect() });
-    let end = driver.elapsed() + DRAIN;
-    if let Err(message) = driver.advance_to(end) {
-        failures.push(message);
-    }
-    let entries = driver.history.entries();
-    let bound_ms = DRAIN.as_millis() as u64;
-    let settled = checker::Unsettled { faults: driver.fault_windows.clone(), disconnects: driver.disconnects.clone() };
-    let context = checker::Context {
-        audited: facts::audited(scenario),
-        loss_allowed: scenario.config.loss_allowed,
-        healed_at_ms,
-        drain_from_ms,
-        bound_ms,
-        retry: facts::retry_bounds(scenario),
-        ordered: facts::ordered_subscriptions(scenario),
-        unsettled: settled,
-        dedupe_window_ms: ServerConfig::default().broker.dedupe_window_ms,
-    };
-    let checks = checker::check(&entries, &context);
-    failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
-    let verdict = verdict(seed, &lines, &late, &entries, &checks, &driver.faults);
-    let failure = (!failures.is_empty()).then(|| failures.join("; "));
-    let simulated = driver.elapsed();
-    let trace = render(&entries, false);
-    Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated }
+    played
 }
 
-fn verdict(
-    seed: u64,
-    expectations: &[String],
-    late: &[String],
-    entries: &[Entry],
-    checks: &[checker::Check],
-    faults: &[String],
-) -> String {
+fn verdict(seed: u64, played: &Played, entries: &[Entry], checks: &[checker::Check], faults: &[String]) -> String {
     let count = |f: fn(&Event) -> bool| entries.iter().filter(|e| f(&e.event)).count();
     let mut out = vec![format!("seed: {seed}"), "expectations:".to_string()];
-    out.extend(expectations.iter().map(|e| format!("  {e}")));
-    if !late.is_empty() {
+    out.extend(played.expectations.iter().map(|e| format!("  {e}")));
+    if !played.late.is_empty() {
         out.push("late steps (an earlier step held the timeline):".to_string());
-        out.extend(late.iter().map(|l| format!("  {l}")));
+        out.extend(played.late.iter().map(|l| format!("  {l}")));
     }
     out.push(format!(
         "history: {} published, {} publish failures, {} deliveries, {} acks applied, {} stream failures",
@@ -145,10 +171,18 @@ fn verdict(
         count(|e| matches!(e, Event::AckAnswered { op, result, .. } if op == "ack" && result == "applied")),
         count(|e| matches!(e, Event::StreamFailed { .. })),
     ));
-    out.push("checks:".to_string());
+    if checks.is_empty() {
+        out.push("checks: none run: the run stopped where the broker broke an invariant".to_string());
+    } else {
+        out.push("checks:".to_string());
+    }
     out.extend(
         checks.iter().map(|c| format!("  {:<24} {} {}", c.name, if c.passed { "ok  " } else { "FAIL" }, c.detail)),
     );
     out.push(format!("faults fired: {}", if faults.is_empty() { "none".to_string() } else { faults.join(", ") }));
+    if !played.failures.is_empty() {
+        out.push("failed:".to_string());
+        out.extend(played.failures.iter().map(|f| format!("  {f}")));
+    }
     out.join("\n")
 }

@@ -1,0 +1,84 @@
+//! Notices: what the broker did beyond its replies and deliveries, for an observer that
+//! asks for them (the simulator writes them into a run's history, so its checker judges
+//! seeks, redrives and deletions by when the broker applied them, not by when a client
+//! heard). Off until [`Broker::observe`] turns them on; then the driver drains them with
+//! [`Broker::poll_notice`] after every input, so they never pile up.
+
+use super::{Broker, StreamId};
+
+/// Something the broker did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// What the broker holds when an observer starts watching (after a start or restart):
+    /// its topics `(name, uid)` and subscriptions `(name, topic)`.
+    Restored {
+        topics: Vec<(String, u64)>,
+        subscriptions: Vec<(String, String)>,
+    },
+    /// A topic was created; `auto` when a publish created it.
+    TopicCreated {
+        topic: String,
+        uid: u64,
+        partitions: u32,
+        auto: bool,
+    },
+    TopicDeleted {
+        topic: String,
+        uid: u64,
+    },
+    /// A subscription was created on the topic with uid `topic_uid`; `start` is the first
+    /// offset it is owed in each partition (the log's start, or its end for `latest`).
+    SubscriptionCreated {
+        subscription: String,
+        topic: String,
+        topic_uid: u64,
+        start: Vec<u64>,
+    },
+    /// A subscription was deleted (by itself, with its topic, or as an ephemeral one whose
+    /// stream ended).
+    SubscriptionDeleted {
+        subscription: String,
+    },
+    /// A seek moved a subscription: each partition it moved, and the offset it is owed from.
+    Seeked {
+        subscription: String,
+        to: Vec<(u32, u64)>,
+    },
+    /// A redrive put the message at `partition`/`offset` back into `subscription`.
+    Redriven {
+        subscription: String,
+        partition: u32,
+        offset: u64,
+    },
+    /// A stream closed and its leases went back to the subscription at once (no backoff).
+    LeasesReleased {
+        subscription: String,
+        stream: StreamId,
+        leases: Vec<(u32, u64)>,
+    },
+}
+
+impl Broker {
+    /// Turns notices on, starting with a [`Notice::Restored`] of what the broker holds.
+    pub fn observe(&mut self) {
+        let topics = self.topics.values().map(|t| (t.name.clone(), t.uid)).collect();
+        let subscriptions = self.subscriptions.values().map(|s| (s.name.clone(), s.topic.clone())).collect();
+        self.notices = Some(vec![Notice::Restored { topics, subscriptions }].into());
+    }
+
+    /// The next notice, oldest first; `None` when there is none or notices are off.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.as_mut()?.pop_front()
+    }
+
+    /// Records a notice when they are on; `notice` is not called otherwise.
+    pub(super) fn notice(&mut self, notice: impl FnOnce(&Self) -> Notice) {
+        if self.notices.is_none() {
+            return;
+        }
+        let made = notice(self);
+        if let Some(notices) = &mut self.notices {
+            notices.push_back(made);
+        }
+    }
+}

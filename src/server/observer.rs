@@ -1,0 +1,19 @@
+//! An observer of the broker: told every [`Notice`] the core records, every record that
+//! could not be read, and a broken invariant. The simulator passes one to write them into
+//! a run's history; production passes none, and the core then records no notices at all.
+
+use crate::core::Notice;
+use crate::storage::StorageError;
+
+/// What the driver tells an observer, from the driver task, right after each turn.
+pub trait Observer: Send + Sync + 'static {
+    /// Something the broker did (see [`Notice`]).
+    fn notice(&self, notice: Notice);
+
+    /// A stored record could not be read (a CRC mismatch, a disk error): the partition's
+    /// readers wait at it. The same event is logged at error level.
+    fn read_failed(&self, topic: &str, partition: u32, offset: u64, error: &StorageError);
+
+    /// The core broke an invariant (a bug): the driver panics right after telling.
+    fn invariant_broken(&self, what: &str);
+}
