@@ -8,7 +8,7 @@ use std::time::Duration;
 use mini_pubsub::client::{
     Client, ClientError, OutgoingMessage, PublisherSettings, ReceivedMessage, SubscribeTarget, SubscriberSettings,
 };
-use mini_pubsub::core::{ATTR_REASON, ATTR_SOURCE_SUBSCRIPTION};
+use mini_pubsub::core::{ATTR_MESSAGE_ID, ATTR_REASON, ATTR_SOURCE_SUBSCRIPTION};
 use mini_pubsub::wire::pb;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::history::{Event, History};
+use crate::history::{DeadLetter, Event, History};
 use crate::world;
 
 mod admin;
@@ -70,8 +70,9 @@ type Held = Arc<std::sync::Mutex<std::collections::VecDeque<HeldMessage>>>;
 
 /// Records that the client sent an ack or a nack of `leased` (its answer may never come).
 fn record_sent(history: &History, host: &str, sub: &str, leased: &Leased, op: &str) {
-    let Leased { id, partition, offset, attempt } = leased.clone();
-    let event = Event::AckSent { id, sub: sub.to_string(), op: op.to_string(), partition, offset, attempt };
+    let Leased { id, message_id, partition, offset, attempt } = leased.clone();
+    let (sub, op) = (sub.to_string(), op.to_string());
+    let event = Event::AckSent { id, message_id, sub, op, partition, offset, attempt };
     history.record(host, event);
 }
 
@@ -124,7 +125,8 @@ pub async fn run(
             }
             Command::Modack { seconds } => {
                 let kept: Vec<_> = held.lock().expect("held lock").iter().cloned().collect();
-                for (ack_id, tx, ..) in kept {
+                for (ack_id, tx, sub, leased) in kept {
+                    record_sent(&history, &name, &sub, &leased, "modack");
                     let request = pb::SubscribeRequest {
                         modify_deadline_ack_ids: vec![ack_id],
                         modify_deadline_seconds: vec![seconds],
@@ -270,6 +272,7 @@ impl App {
                 match handle.await {
                     Ok(stored) => app.record(Event::Published {
                         id,
+                        message_id: stored.message_id,
                         topic,
                         partition: stored.partition,
                         offset: stored.offset,
@@ -299,10 +302,19 @@ impl App {
             self.record(Event::PublishInvoked { id: id.clone(), topic: topic.clone(), attempt, after: after.take() });
             match client.publish(req.clone()).await {
                 Ok(reply) => {
-                    let result = &reply.into_inner().results[0];
+                    let result = reply.into_inner().results.swap_remove(0);
                     let (partition, offset, duplicate) = (result.partition, result.offset, result.duplicate);
                     let idempotency_key = req.messages[0].idempotency_key.clone();
-                    self.record(Event::Published { id, topic, partition, offset, idempotency_key, duplicate });
+                    let message_id = result.message_id;
+                    self.record(Event::Published {
+                        id,
+                        message_id,
+                        topic,
+                        partition,
+                        offset,
+                        idempotency_key,
+                        duplicate,
+                    });
                     return;
                 }
                 Err(status) if !is_retryable(status.code()) || attempt == PUBLISH_ATTEMPTS_MAX => {
@@ -334,7 +346,7 @@ impl App {
             let _ = tx.send(first).await;
             let code = match client.subscribe(ReceiverStream::new(rx)).await {
                 Ok(response) => {
-                    self.record(Event::StreamOpened { sub: sub.clone(), stream });
+                    self.record(Event::StreamOpened { sub: sub.clone(), stream, max: mode.max_outstanding });
                     self.read_stream(&sub, stream, &mode, &tx, response.into_inner()).await
                 }
                 Err(status) => status.code(),
@@ -376,7 +388,8 @@ impl App {
                     continue;
                 }
             };
-            app.record(Event::StreamOpened { sub: sub.clone(), stream });
+            let max = settings.max_outstanding_messages;
+            app.record(Event::StreamOpened { sub: sub.clone(), stream, max });
             // Held messages of ack=none: bounded by flow control (max_outstanding_messages).
             let mut held = Vec::new();
             // A reconnect inside the library starts a new stream number in the history, as
@@ -393,7 +406,7 @@ impl App {
                 if now != reconnects {
                     reconnects = now;
                     stream = numbers.fetch_add(1, Ordering::Relaxed) + 1;
-                    app.record(Event::StreamOpened { sub: sub.clone(), stream });
+                    app.record(Event::StreamOpened { sub: sub.clone(), stream, max });
                 }
                 let (_, leased) = app.record_delivery(&sub, stream, as_wire(&received));
                 let op = match mode.ack {
@@ -501,6 +514,7 @@ impl App {
 #[derive(Debug, Clone, Default)]
 struct Leased {
     id: String,
+    message_id: String,
     partition: u32,
     offset: u64,
     attempt: u32,
@@ -513,12 +527,17 @@ impl App {
         let id = message.attributes.get("id").cloned().unwrap_or_default();
         let value = String::from_utf8_lossy(&message.value).into_owned();
         let attribute = |name: &str| message.attributes.get(name).cloned();
-        let dead_letter =
-            attribute(ATTR_SOURCE_SUBSCRIPTION).map(|from| (from, attribute(ATTR_REASON).unwrap_or_default()));
-        let leased = Leased { id, partition: message.partition, offset: message.offset, attempt: m.delivery_attempt };
+        let dead_letter = attribute(ATTR_SOURCE_SUBSCRIPTION).map(|from| DeadLetter {
+            from,
+            reason: attribute(ATTR_REASON).unwrap_or_default(),
+            original: attribute(ATTR_MESSAGE_ID).unwrap_or_default(),
+        });
+        let (partition, offset, attempt) = (message.partition, message.offset, m.delivery_attempt);
+        let leased = Leased { id, message_id: message.message_id.clone(), partition, offset, attempt };
         let key = message.key.clone();
         self.record(Event::Delivered {
             id: leased.id.clone(),
+            message_id: message.message_id.clone(),
             sub: sub.to_string(),
             stream,
             partition: leased.partition,
@@ -536,9 +555,10 @@ impl App {
 
     /// Records the broker's answer to an ack, nack or deadline change of `leased`.
     fn record_answer(&self, sub: &str, leased: Leased, c: &pb::AckConfirmation) {
-        let Leased { id, partition, offset, attempt } = leased;
+        let Leased { id, message_id, partition, offset, attempt } = leased;
         let (op, result) = (op_name(c.operation()), result_name(c.result()));
-        self.record(Event::AckAnswered { id, sub: sub.to_string(), op, partition, offset, attempt, result });
+        let sub = sub.to_string();
+        self.record(Event::AckAnswered { id, message_id, sub, op, partition, offset, attempt, result });
     }
 }
 

@@ -1,10 +1,10 @@
-//! What a scenario tells the checker beside the history: which subscriptions must see
-//! every message, their retry policies, and which deliver by ordering key.
+//! What a scenario tells the checker beside the history: subscriptions' retry policies,
+//! ack deadlines, and which deliver by ordering key.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::checker;
-use crate::scenario::{Action, Admin, Scenario, SeekTo, SubSpec};
+use crate::scenario::{Action, Admin, Scenario, SubSpec};
 
 fn sub_creates(scenario: &Scenario) -> impl Iterator<Item = &SubSpec> {
     scenario.steps.iter().filter_map(|s| match &s.action {
@@ -41,21 +41,10 @@ pub fn ordered_subscriptions(scenario: &Scenario) -> BTreeSet<String> {
     sub_creates(scenario).filter(|spec| spec.ordered).map(|spec| spec.sub.clone()).collect()
 }
 
-/// Subscriptions that must see every acknowledged publish of their topic: created at the
-/// earliest position, and never seeked or deleted.
-pub fn audited(scenario: &Scenario) -> BTreeMap<String, String> {
-    let mut audited = BTreeMap::new();
-    for step in &scenario.steps {
-        let Action::Admin { admin, .. } = &step.action else { continue };
-        match admin {
-            Admin::SubCreate(spec) if spec.start != SeekTo::Latest => {
-                audited.insert(spec.sub.clone(), spec.topic.clone());
-            }
-            Admin::SubDelete { sub } | Admin::Seek { sub, .. } => {
-                audited.remove(sub);
-            }
-            _ => {}
-        }
-    }
-    audited
+/// Each subscription's ack deadline in milliseconds (the scenario's default where its
+/// `sub create` sets none).
+pub fn ack_deadlines(scenario: &Scenario) -> BTreeMap<String, u64> {
+    let default = scenario.config.ack_deadline;
+    let deadline = |spec: &SubSpec| spec.ack_deadline.unwrap_or(default).as_millis() as u64;
+    sub_creates(scenario).map(|spec| (spec.sub.clone(), deadline(spec))).collect()
 }

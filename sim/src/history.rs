@@ -17,6 +17,9 @@ pub enum Event {
     /// an earlier message with the same idempotency key and stored nothing.
     Published {
         id: String,
+        /// The broker's id of the stored message (`topic uid-partition-offset`): it tells
+        /// a re-created topic's offsets from the old one's.
+        message_id: String,
         topic: String,
         partition: u32,
         offset: u64,
@@ -30,13 +33,15 @@ pub enum Event {
     /// gave up on it and why.
     Delivered {
         id: String,
+        /// The broker's id of the stored message (a dead-letter copy has its own).
+        message_id: String,
         sub: String,
         stream: u64,
         partition: u32,
         offset: u64,
         attempt: u32,
         value: String,
-        dead_letter: Option<(String, String)>,
+        dead_letter: Option<DeadLetter>,
         /// The message's key (ordering keys are per partition and key).
         key: Option<String>,
         idempotency_key: Option<String>,
@@ -48,17 +53,28 @@ pub enum Event {
     Assigned { sub: String, stream: u64, generation: u64, partitions: Vec<u32> },
     /// The broker answered an ack or a nack (`op`) of delivery `attempt` of the message
     /// stored at `partition`/`offset`.
-    AckAnswered { id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32, result: String },
+    AckAnswered {
+        id: String,
+        /// The broker's id of the message the lease was of.
+        message_id: String,
+        sub: String,
+        op: String,
+        partition: u32,
+        offset: u64,
+        attempt: u32,
+        result: String,
+    },
     /// The client sent an ack or nack (`op`) of delivery `attempt`; its answer is an
     /// `AckAnswered`, or never comes (the request or the answer was lost).
-    AckSent { id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32 },
+    AckSent { id: String, message_id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32 },
     /// A subscription was moved by a seek: what it replays afterwards is not a redelivery.
     Seeked { sub: String },
     /// A redrive read dead letters from `dead`: the message at `partition`/`offset` went
     /// back to `sub` (its attempts start over), or stayed (`error` says why).
     Redriven { dead: String, sub: String, partition: u32, offset: u64, error: Option<String> },
-    /// A stream opened (or reopened).
-    StreamOpened { sub: String, stream: u64 },
+    /// A stream opened (or reopened), asking for at most `max` outstanding messages (0:
+    /// the broker's default).
+    StreamOpened { sub: String, stream: u64, max: u32 },
     /// A stream ended with an error.
     StreamFailed { sub: String, stream: u64, code: String },
     /// The broker answered an admin step (`what`, as the scenario writes it): `refused`
@@ -80,6 +96,16 @@ pub enum Event {
     ReadFailed { topic: String, partition: u32, offset: u64, error: String },
     /// The broker core broke an invariant: the run stops here.
     InvariantBroken { what: String },
+}
+
+/// What a dead-letter copy says of the message it copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The subscription that gave up on it.
+    pub from: String,
+    pub reason: String,
+    /// The original's broker id (its place in the source topic).
+    pub original: String,
 }
 
 /// An event with when and where it happened.
@@ -113,6 +139,11 @@ impl History {
         self.0.lock().expect("history lock").clone()
     }
 
+    /// When the latest event that matches `f` happened.
+    pub fn last_at(&self, f: impl Fn(&Event) -> bool) -> Option<u64> {
+        self.0.lock().expect("history lock").iter().rev().find(|e| f(&e.event)).map(|e| e.at_ms)
+    }
+
     /// How many entries match `f`.
     pub fn count(&self, f: impl Fn(&Entry) -> bool) -> usize {
         self.0.lock().expect("history lock").iter().filter(|e| f(e)).count()
@@ -137,7 +168,7 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::PublishInvoked { id, topic, attempt, after: None } => {
             format!("publish {id} to {topic}: retry {attempt}")
         }
-        Event::Published { id, topic, partition, offset, idempotency_key, duplicate } => {
+        Event::Published { id, topic, partition, offset, idempotency_key, duplicate, .. } => {
             let key = idempotency_key.as_ref().map(|k| format!(" idempotency_key={k}")).unwrap_or_default();
             let duplicate = if *duplicate { " (duplicate: stored before)" } else { "" };
             format!("published {id} to {topic} p{partition}@{offset}{key}{duplicate}")
@@ -151,7 +182,7 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
             let generation = if *generation > 0 { format!(" gen={generation}") } else { String::new() };
             let line = format!("received {id} on {sub}#{stream} p{partition}@{offset} attempt={attempt}{generation}");
             match dead_letter {
-                Some((from, reason)) => format!("{line}, dead-lettered from {from} ({reason})"),
+                Some(DeadLetter { from, reason, .. }) => format!("{line}, dead-lettered from {from} ({reason})"),
                 None => line,
             }
         }
@@ -167,7 +198,7 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::Redriven { dead, sub, partition, offset, error: Some(error) } => {
             format!("redrive {dead}: p{partition}@{offset} of {sub} stays: {error}")
         }
-        Event::StreamOpened { sub, stream } => format!("subscribed to {sub}#{stream}"),
+        Event::StreamOpened { sub, stream, .. } => format!("subscribed to {sub}#{stream}"),
         Event::Assigned { sub, stream, generation, partitions } => {
             let partitions: Vec<String> = partitions.iter().map(|p| format!("p{p}")).collect();
             format!("assigned {sub}#{stream} gen={generation}: [{}]", partitions.join(" "))

@@ -15,6 +15,7 @@ use mini_pubsub::server::ServerConfig;
 
 use crate::agent::Command;
 use crate::checker;
+use crate::checker::model::{End, Model};
 use crate::facts;
 use crate::history::{render, Entry, Event};
 use crate::scenario::Scenario;
@@ -25,6 +26,10 @@ pub use crate::scenario::ADMIN_HOST;
 /// host pulling what is left on every audited subscription, so that what was published
 /// can be delivered before the checker reads the history.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long the drain goes on after the last publish was answered (or sent again).
+const SETTLE: Duration = Duration::from_secs(5);
+/// Most the drain goes on past [`DRAIN`] while publishes are still being answered.
+const DRAIN_EXTRA_MAX: Duration = Duration::from_secs(60);
 
 /// The outcome of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +71,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let healed_at_ms = driver.calm_since_ms.unwrap_or(driver.now_ms());
     let drain_from_ms = driver.now_ms();
     if driver.history.broken().is_none() {
-        driver.send(ADMIN_HOST, Command::Drain { subs: facts::audited(scenario).into_keys().collect() });
-        let end = driver.elapsed() + DRAIN;
-        if let Err(message) = driver.advance_to(end) {
+        if let Err(message) = drain(&mut driver) {
             played.failures.push(message);
         }
     }
@@ -81,7 +84,6 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
             let settled =
                 checker::Unsettled { faults: driver.fault_windows.clone(), disconnects: driver.disconnects.clone() };
             let context = checker::Context {
-                audited: facts::audited(scenario),
                 loss_allowed: scenario.config.loss_allowed,
                 healed_at_ms,
                 drain_from_ms,
@@ -90,6 +92,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
                 ordered: facts::ordered_subscriptions(scenario),
                 unsettled: settled,
                 dedupe_window_ms: ServerConfig::default().broker.dedupe_window_ms,
+                ack_deadlines_ms: facts::ack_deadlines(scenario),
             };
             checker::check(&entries, &context)
         }
@@ -100,6 +103,30 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
     let simulated = driver.elapsed();
     let trace = render(&entries, false);
     Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated }
+}
+
+/// The final drain: the admin host pulls and acks what is left on every subscription that
+/// exists (as the broker's notices tell) for [`DRAIN`], and on while publishes are still
+/// being answered, so that no publish is answered too late to be delivered: until none was
+/// for [`SETTLE`], at most [`DRAIN_EXTRA_MAX`] more.
+fn drain(driver: &mut Driver) -> Result<(), String> {
+    let entries = driver.history.entries();
+    let model = Model::build(&entries);
+    let subs = model.epochs.values().filter(|e| e.end == End::Open).map(|e| e.sub.clone()).collect();
+    driver.send(ADMIN_HOST, Command::Drain { subs });
+    let end = driver.elapsed() + DRAIN;
+    driver.advance_to(end)?;
+    let last_chance = end + DRAIN_EXTRA_MAX;
+    loop {
+        let publishing = driver.history.last_at(|e| {
+            matches!(e, Event::PublishInvoked { .. } | Event::Published { .. } | Event::PublishFailed { .. })
+        });
+        let quiet_from = Duration::from_millis(publishing.unwrap_or(0)) + SETTLE;
+        if quiet_from <= driver.elapsed() || driver.elapsed() >= last_chance {
+            return Ok(());
+        }
+        driver.advance_to(quiet_from.min(last_chance))?;
+    }
 }
 
 /// Applies every step at its time; stops early when the simulation fails (a broken
