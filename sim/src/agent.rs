@@ -83,8 +83,6 @@ pub struct Counters {
     pub messages: AtomicU64,
     pub streams: Arc<AtomicU64>,
     pub admin_done: AtomicU64,
-    /// Bytes the host has written to the network, shared with its connections.
-    pub bytes_written: Arc<AtomicU64>,
 }
 
 /// Runs an app host: takes commands until the simulation ends.
@@ -94,8 +92,9 @@ pub async fn run(
     commands: Arc<Mutex<mpsc::Receiver<Command>>>,
     counters: Arc<Counters>,
     history: History,
+    traffic: world::Traffic,
 ) -> turmoil::Result {
-    let channel = world::lazy_channel(&broker, PORT, REQUEST_TIMEOUT, counters.bytes_written.clone());
+    let channel = world::lazy_channel(&name, &broker, PORT, REQUEST_TIMEOUT, traffic);
     let mut streams: Vec<JoinHandle<()>> = Vec::new();
     let held = Held::default();
     loop {

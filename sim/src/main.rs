@@ -172,7 +172,9 @@ fn explore(
         println!("  replay: cargo run -p mini-pubsub-sim -- run {}", path.display());
     }
     eprintln!();
-    println!("{failing} of {seeds} seeds failed; {inconclusive} inconclusive (a fault did nothing)");
+    println!(
+        "{failing} of {seeds} seeds failed; {inconclusive} inconclusive (a fault did nothing, or a check had nothing to examine)"
+    );
     if failing == 0 {
         ExitCode::SUCCESS
     } else {

@@ -1,11 +1,12 @@
 //! The simulated world: turmoil's network and clock behind the broker's own traits, so the
 //! production `server::run` runs unchanged on a turmoil host.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -40,6 +41,37 @@ impl Clock for SimClock {
     }
 }
 
+/// Bytes written between hosts, by (from, to): what tells whether a network fault met any
+/// traffic. Every connection of the run, on both ends, adds to it.
+#[derive(Debug, Clone, Default)]
+pub struct Traffic(Arc<std::sync::Mutex<BTreeMap<(String, String), u64>>>);
+
+impl Traffic {
+    pub fn add(&self, from: &str, to: &str, bytes: u64) {
+        let mut counts = self.0.lock().expect("traffic lock");
+        match counts.get_mut(&(from.to_string(), to.to_string())) {
+            Some(count) => *count += bytes,
+            None => {
+                counts.insert((from.to_string(), to.to_string()), bytes);
+            }
+        }
+    }
+
+    /// Bytes written so far along the directions `along` says yes to.
+    pub fn along(&self, along: impl Fn(&str, &str) -> bool) -> u64 {
+        let counts = self.0.lock().expect("traffic lock");
+        counts.iter().filter(|((from, to), _)| along(from, to)).map(|(_, n)| n).sum()
+    }
+}
+
+/// Where a connection's written bytes are counted: the registry, and its two ends.
+#[derive(Debug, Clone)]
+pub struct Counted {
+    pub traffic: Traffic,
+    pub from: String,
+    pub to: String,
+}
+
 /// A turmoil TCP connection that tonic can serve or connect over. It may count the bytes
 /// written through it, so the driver can tell whether traffic crossed a fault.
 ///
@@ -48,14 +80,10 @@ impl Clock for SimClock {
 /// replayable: turmoil drops a crashed host's tasks in an order that depends on tokio's
 /// process-wide task ids, so FINs sent from those drops would draw network latencies in a
 /// different order in a second run in the same process.
-pub struct SimConn(ManuallyDrop<turmoil::net::TcpStream>, Option<Arc<AtomicU64>>, Option<Arc<AtomicBool>>);
+pub struct SimConn(ManuallyDrop<turmoil::net::TcpStream>, Option<Counted>, Option<Arc<AtomicBool>>);
 
 impl SimConn {
-    fn new(
-        stream: turmoil::net::TcpStream,
-        written: Option<Arc<AtomicU64>>,
-        crashing: Option<Arc<AtomicBool>>,
-    ) -> Self {
+    fn new(stream: turmoil::net::TcpStream, written: Option<Counted>, crashing: Option<Arc<AtomicBool>>) -> Self {
         Self(ManuallyDrop::new(stream), written, crashing)
     }
 }
@@ -84,8 +112,8 @@ impl AsyncRead for SimConn {
 impl AsyncWrite for SimConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut *self.0).poll_write(cx, buf);
-        if let (Poll::Ready(Ok(n)), Some(counter)) = (&written, &self.1) {
-            counter.fetch_add(*n as u64, Ordering::Relaxed);
+        if let (Poll::Ready(Ok(n)), Some(counted)) = (&written, &self.1) {
+            counted.traffic.add(&counted.from, &counted.to, *n as u64);
         }
         written
     }
@@ -100,10 +128,12 @@ impl AsyncWrite for SimConn {
 }
 
 /// turmoil's network. With a crash flag, the connections it makes close silently once the
-/// flag is set (see [`SimConn`]).
+/// flag is set (see [`SimConn`]); with a traffic registry and the host's name, the
+/// connections it accepts count what they write.
 #[derive(Debug, Clone, Default)]
 pub struct SimNet {
     pub crashing: Option<Arc<AtomicBool>>,
+    pub traffic: Option<(Traffic, String)>,
 }
 
 impl Net for SimNet {
@@ -115,6 +145,7 @@ impl Net for SimNet {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE_MAX);
         let crashing = self.crashing.clone();
+        let traffic = self.traffic.clone();
         // The listener goes when the server drops its incoming stream, so it can bind again.
         tokio::spawn(async move {
             loop {
@@ -122,7 +153,14 @@ impl Net for SimNet {
                     accepted = listener.accept() => accepted,
                     () = tx.closed() => break,
                 };
-                let accepted = accepted.map(|(stream, _)| SimConn::new(stream, None, crashing.clone()));
+                let accepted = accepted.map(|(stream, peer)| {
+                    let counted = traffic.as_ref().map(|(traffic, host)| Counted {
+                        traffic: traffic.clone(),
+                        from: host.clone(),
+                        to: turmoil::reverse_lookup(peer.ip()).unwrap_or_default(),
+                    });
+                    SimConn::new(stream, counted, crashing.clone())
+                });
                 if tx.send(accepted).await.is_err() {
                     break;
                 }
@@ -150,20 +188,20 @@ pub async fn channel(host: &str, port: u16) -> Result<Channel, tonic::transport:
     endpoint.connect_with_connector(connector).await
 }
 
-/// A channel that connects on first use and reconnects after failures, with a deadline on
-/// every request: what an app host uses, so it survives partitions and broker restarts.
-/// Every byte it writes, and every connection attempt, is added to `written`.
-pub fn lazy_channel(host: &str, port: u16, timeout: Duration, written: Arc<AtomicU64>) -> Channel {
-    let name = host.to_string();
+/// A channel from `app` that connects on first use and reconnects after failures, with a
+/// deadline on every request: what an app host uses, so it survives partitions and broker
+/// restarts. Every byte it writes, and every connection attempt, is added to `traffic`.
+pub fn lazy_channel(app: &str, host: &str, port: u16, timeout: Duration, traffic: Traffic) -> Channel {
+    let (app, name) = (app.to_string(), host.to_string());
     let endpoint = endpoint(host, port).timeout(timeout);
     let connector = tower::service_fn(move |_| {
         let addr = SocketAddr::new(turmoil::lookup(name.as_str()), port);
-        let written = written.clone();
+        let counted = Counted { traffic: traffic.clone(), from: app.clone(), to: name.clone() };
         async move {
             // A connection attempt is traffic too: a partition that blocks it did something.
-            written.fetch_add(1, Ordering::Relaxed);
+            counted.traffic.add(&counted.from, &counted.to, 1);
             let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok::<_, io::Error>(TokioIo::new(SimConn::new(stream, Some(written), None)))
+            Ok::<_, io::Error>(TokioIo::new(SimConn::new(stream, Some(counted), None)))
         }
     });
     endpoint.connect_with_connector_lazy(connector)

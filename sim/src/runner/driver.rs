@@ -16,7 +16,7 @@ use crate::agent::{self, Command, Counters, PORT};
 use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
 use crate::history::{BrokerObserver, Event, History};
 use crate::scenario::{self, Action, Admin, Scenario, Step, Wait};
-use crate::world::{listen_addr, SimClock, SimNet};
+use crate::world::{listen_addr, SimClock, SimNet, Traffic};
 
 /// Commands waiting for an app host.
 const COMMAND_QUEUE_MAX: usize = 256;
@@ -33,16 +33,15 @@ pub(super) struct Driver<'a> {
     pub(super) sim: turmoil::Sim<'a>,
     pub(super) history: History,
     pub(super) apps: BTreeMap<String, mpsc::Sender<Command>>,
-    /// Every app host's counters; the admin host's, and how many admin steps it was sent.
-    pub(super) counters: BTreeMap<String, Arc<Counters>>,
+    /// The admin host's counters, and how many admin steps it was sent.
     pub(super) admin: Arc<Counters>,
     pub(super) admin_sent: u64,
     pub(super) brokers: Vec<String>,
     /// Every pair of hosts a fault touched, to heal at the end.
     pub(super) touched: Vec<(String, String)>,
     pub(super) crashed: Vec<String>,
-    /// Network faults in place: (key, description, app hosts on it, bytes they had written).
-    pub(super) open_faults: Vec<(String, String, Vec<String>, u64)>,
+    /// Faults in place, and what they acted on so far.
+    pub(super) open_faults: Vec<super::faults::OpenFault>,
     /// When the last fault ended, while none is in place: liveness is measured from here.
     pub(super) calm_since_ms: Option<u64>,
     /// When faults were in place: (first began, last ended; `u64::MAX` while open).
@@ -60,6 +59,8 @@ pub(super) struct Driver<'a> {
     pub(super) corrupters: BTreeMap<String, mpsc::Sender<f64>>,
     /// Set while a broker host crashes, so its connections close without a FIN.
     pub(super) crash_flags: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    /// Bytes written between every two hosts.
+    pub(super) traffic: Traffic,
     /// Draws corruption positions, from the run's seed.
     pub(super) rng: rand::rngs::StdRng,
 }
@@ -76,6 +77,7 @@ impl<'a> Driver<'a> {
         builder.fs().block_size(DISK_BLOCK_BYTES);
         let mut sim = builder.build();
         let history = History::default();
+        let traffic = Traffic::default();
         let ack_deadline = scenario.config.ack_deadline;
         let partitions = scenario.config.partitions;
         let storage = storage_config(scenario);
@@ -98,11 +100,13 @@ impl<'a> Driver<'a> {
             let (storage, host_disk) = (storage.clone(), disk.clone());
             let crashing = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let host_crashing = crashing.clone();
+            let host_traffic = traffic.clone();
             sim.host(broker.as_str(), move || {
                 let (config, storage, disk) = (config.clone(), storage.clone(), host_disk.clone());
                 let corrupter = corrupter(name.clone(), disk.clone(), corrupt_rx.clone(), h.clone());
                 let (name, h) = (name.clone(), h.clone());
                 let crashing = host_crashing.clone();
+                let traffic = host_traffic.clone();
                 async move {
                     tokio::spawn(corrupter);
                     // A supervisor: a broker that cannot start (its disk is failing) is
@@ -118,7 +122,8 @@ impl<'a> Driver<'a> {
                                 }),
                                 None => Box::new(MemoryStorage),
                             };
-                            let net = SimNet { crashing: Some(crashing.clone()) };
+                            let traffic = Some((traffic.clone(), name.clone()));
+                            let net = SimNet { crashing: Some(crashing.clone()), traffic };
                             let (_, incoming) = net.bind(listen_addr(PORT)).await?;
                             let shutdown = std::future::pending::<()>();
                             let observer = Arc::new(BrokerObserver { host: name.clone(), history: h.clone() });
@@ -144,7 +149,6 @@ impl<'a> Driver<'a> {
         }
         let mut apps = BTreeMap::new();
         let mut admin = Arc::default();
-        let mut all_counters = BTreeMap::new();
         let hosts = scenario.apps.iter().map(String::as_str).chain([ADMIN_HOST]);
         for app in hosts {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
@@ -153,16 +157,17 @@ impl<'a> Driver<'a> {
             if app == ADMIN_HOST {
                 admin = counters.clone();
             }
-            all_counters.insert(app.to_string(), counters.clone());
             let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
-            sim.host(app, move || agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone()));
+            let traffic = traffic.clone();
+            sim.host(app, move || {
+                agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone(), traffic.clone())
+            });
             apps.insert(app.to_string(), tx);
         }
         Driver {
             sim,
             history,
             apps,
-            counters: all_counters,
             admin,
             admin_sent: 0,
             open_faults: Vec::new(),
@@ -177,6 +182,7 @@ impl<'a> Driver<'a> {
             disks,
             corrupters,
             crash_flags,
+            traffic,
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0xd15c),
         }
     }

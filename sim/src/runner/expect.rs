@@ -60,6 +60,9 @@ impl Driver<'_> {
                         _ => false,
                     }
             }),
+            Expected::Duplicate => {
+                self.history.count(|e| at_host(e) && matches!(e.event, Event::Published { duplicate: true, .. }))
+            }
             Expected::Stalled => {
                 let since = self.now_ms().saturating_sub(STALL.as_millis() as u64);
                 let recent =

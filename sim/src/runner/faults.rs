@@ -10,69 +10,120 @@ use super::driver::Driver;
 use crate::history::Event;
 use crate::scenario::{self, DiskFault, Fault};
 
-impl<'a> Driver<'a> {
-    /// Bytes the app hosts among `hosts` (all apps when empty) have written so far.
-    fn written(&self, hosts: &[String]) -> u64 {
-        let apps = self.counters.iter().filter(|(h, _)| hosts.is_empty() || hosts.contains(h));
-        apps.map(|(_, c)| c.bytes_written.load(std::sync::atomic::Ordering::Relaxed)).sum()
-    }
+/// What a fault acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Along {
+    /// Traffic between two hosts, both ways.
+    Link(String, String),
+    /// Traffic from one host to another.
+    OneWay(String, String),
+    /// Traffic to and from a host.
+    Host(String),
+    /// All traffic.
+    All,
+    /// A broker's disk: the operations it refuses.
+    Disk(String),
+}
 
-    /// Opens the traffic window of a network fault, or closes one: a fault across which
-    /// the apps on it wrote nothing while it was in place did nothing, and fails the run.
+impl Along {
+    fn carries(&self, from: &str, to: &str) -> bool {
+        match self {
+            Along::Link(a, b) => (from == a && to == b) || (from == b && to == a),
+            Along::OneWay(a, b) => from == a && to == b,
+            Along::Host(h) => from == h || to == h,
+            Along::All => true,
+            Along::Disk(_) => false,
+        }
+    }
+}
+
+/// A fault in place.
+#[derive(Debug)]
+pub(super) struct OpenFault {
+    /// Which fault it is: a later step with the same key ends it.
+    key: String,
+    /// The step that began it, as written.
+    text: String,
+    along: Along,
+    /// What it acted on when it began: messages in flight that it drops or holds.
+    in_flight: u64,
+    /// The count of what it acts on when it began (bytes written along it, or refusals).
+    before: u64,
+}
+
+impl<'a> Driver<'a> {
+    /// Opens the window of a fault, or closes one: a fault that met no traffic (in either
+    /// direction it cuts: messages in flight when it began, or written while it was in
+    /// place), or a disk fault that refused nothing, did nothing, and fails the run.
     pub(super) fn track_fault(&mut self, fault: &Fault) -> Result<(), String> {
         let pair = |kind: &str, a: &str, b: &str| {
             let (x, y) = if a <= b { (a, b) } else { (b, a) };
             format!("{kind} {x} {y}")
         };
-        let on_link = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
-        let (key, opens, hosts) = match fault {
-            Fault::Partition { a, b, oneway: true } => (format!("oneway {a} {b}"), true, on_link(a, b)),
-            Fault::Heal { a, b, oneway: true } => (format!("oneway {a} {b}"), false, on_link(a, b)),
-            Fault::Partition { a, b, .. } => (pair("link", a, b), true, on_link(a, b)),
-            Fault::Heal { a, b, .. } => (pair("link", a, b), false, on_link(a, b)),
-            Fault::Hold { a, b } => (pair("hold", a, b), true, on_link(a, b)),
-            Fault::Release { a, b } => (pair("hold", a, b), false, on_link(a, b)),
-            Fault::Latency { a, b, delay } => (pair("latency", a, b), !delay.is_zero(), on_link(a, b)),
-            Fault::FailRate { rate } => ("fail_rate".to_string(), *rate > 0.0, Vec::new()),
-            Fault::Isolate { host } => (format!("isolate {host}"), true, vec![host.clone()]),
+        let link = |a: &String, b: &String| Along::Link(a.clone(), b.clone());
+        let (key, opens, along) = match fault {
+            Fault::Partition { a, b, oneway: true } => {
+                (format!("oneway {a} {b}"), true, Along::OneWay(a.clone(), b.clone()))
+            }
+            Fault::Heal { a, b, oneway: true } => {
+                (format!("oneway {a} {b}"), false, Along::OneWay(a.clone(), b.clone()))
+            }
+            Fault::Partition { a, b, .. } => (pair("link", a, b), true, link(a, b)),
+            Fault::Heal { a, b, .. } => (pair("link", a, b), false, link(a, b)),
+            Fault::Hold { a, b } => (pair("hold", a, b), true, link(a, b)),
+            Fault::Release { a, b } => (pair("hold", a, b), false, link(a, b)),
+            Fault::Latency { a, b, delay } => (pair("latency", a, b), !delay.is_zero(), link(a, b)),
+            Fault::FailRate { rate } => ("fail_rate".to_string(), *rate > 0.0, Along::All),
+            Fault::Isolate { host } => (format!("isolate {host}"), true, Along::Host(host.clone())),
             Fault::Disk { host, fault } if *fault != DiskFault::Corrupt => {
-                (format!("disk {host}"), *fault != DiskFault::Ok, Vec::new())
+                (format!("disk {host}"), *fault != DiskFault::Ok, Along::Disk(host.clone()))
             }
             _ => return Ok(()),
         };
         let closed = self.close_fault(&key);
         if opens {
-            let apps: Vec<String> = hosts.into_iter().filter(|h| self.counters.contains_key(h)).collect();
-            if apps.is_empty() && !hosts_empty(&key) {
-                return closed;
-            }
-            let activity = self.activity(&key, &apps);
-            self.open_faults.push((key, fault.to_string(), apps, activity));
+            let in_flight = self.in_flight(&along);
+            let before = self.activity(&along);
+            self.open_faults.push(OpenFault { key, text: fault.to_string(), along, in_flight, before });
         }
         closed
     }
 
     pub(super) fn close_fault(&mut self, key: &str) -> Result<(), String> {
-        let Some(index) = self.open_faults.iter().position(|(k, ..)| k == key) else { return Ok(()) };
-        let (key, text, hosts, before) = self.open_faults.remove(index);
-        if self.activity(&key, &hosts) == before {
-            let what = if key.starts_with("disk ") {
-                "the disk refused nothing while it was in place"
-            } else {
-                "no app on it sent anything while it was in place"
+        let Some(index) = self.open_faults.iter().position(|f| f.key == key) else { return Ok(()) };
+        let fault = self.open_faults.remove(index);
+        if fault.in_flight == 0 && self.activity(&fault.along) == fault.before {
+            let what = match fault.along {
+                Along::Disk(_) => "the disk refused nothing while it was in place",
+                _ => "no traffic met it (nothing in flight when it began, nothing sent across it while in place)",
             };
-            return Err(format!("fault `{text}` did nothing: {what}"));
+            return Err(format!("fault `{}` did nothing: {what}", fault.text));
         }
         Ok(())
     }
 
     /// What a fault acts on, counted: for a disk fault the operations the disk refused,
-    /// for a network fault the bytes the apps on it wrote.
-    fn activity(&self, key: &str, apps: &[String]) -> u64 {
-        match key.strip_prefix("disk ").and_then(|host| self.disks.get(host)) {
-            Some(disk) => disk.refused(),
-            None => self.written(apps),
+    /// for a network fault the bytes written along it.
+    fn activity(&self, along: &Along) -> u64 {
+        match along {
+            Along::Disk(host) => self.disks.get(host).map_or(0, |disk| disk.refused()),
+            _ => self.traffic.along(|from, to| along.carries(from, to)),
         }
+    }
+
+    /// Messages in flight along a network fault's path (it drops or holds them).
+    fn in_flight(&self, along: &Along) -> u64 {
+        if matches!(along, Along::Disk(_)) {
+            return 0;
+        }
+        let mut pairs = Vec::new();
+        self.sim.links(|links| {
+            for link in links {
+                pairs.extend(link.map(|sent| sent.pair()).map(|(src, dst)| (src.ip(), dst.ip())));
+            }
+        });
+        let name = |ip| self.sim.reverse_lookup(ip).unwrap_or_default();
+        pairs.iter().filter(|(src, dst)| along.carries(&name(*src), &name(*dst))).count() as u64
     }
 
     /// Applies a fault step.
@@ -194,7 +245,7 @@ impl<'a> Driver<'a> {
 
     /// Heals everything; returns the faults that were still in place and did nothing.
     pub(super) fn heal_all(&mut self) -> Vec<String> {
-        let keys: Vec<String> = self.open_faults.iter().map(|(k, ..)| k.clone()).collect();
+        let keys: Vec<String> = self.open_faults.iter().map(|f| f.key.clone()).collect();
         let idle: Vec<String> = keys.iter().filter_map(|k| self.close_fault(k).err()).collect();
         for (a, b) in std::mem::take(&mut self.touched) {
             self.sim.repair(a.as_str(), b.as_str());
@@ -216,9 +267,4 @@ impl<'a> Driver<'a> {
         self.note("heal everything and drain".to_string());
         idle
     }
-}
-
-/// Whether a fault key stands for every app (fail_rate, isolate, disk), not a link's two ends.
-fn hosts_empty(key: &str) -> bool {
-    key == "fail_rate" || key.starts_with("isolate ") || key.starts_with("disk ")
 }

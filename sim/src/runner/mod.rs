@@ -97,7 +97,11 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
             checker::check(&entries, &context)
         }
     };
-    played.failures.extend(checks.iter().filter(|c| !c.passed).map(|c| format!("check {}", c.name)));
+    let failed = checks.iter().filter(|c| !c.passed);
+    played.failures.extend(failed.map(|c| match c.detail.starts_with("examined nothing") {
+        true => format!("check {} examined nothing", c.name),
+        false => format!("check {}", c.name),
+    }));
     let verdict = verdict(seed, &played, &entries, &checks, &driver.faults);
     let failure = (!played.failures.is_empty()).then(|| played.failures.join("; "));
     let simulated = driver.elapsed();

@@ -331,6 +331,8 @@ pub enum Expected {
     Expired,
     Error,
     Stalled,
+    /// Publishes answered as duplicates (their idempotency key was stored before).
+    Duplicate,
 }
 
 /// Which checks a `check` step asks for (every run is checked in full; the step documents
@@ -506,6 +508,7 @@ impl fmt::Display for Expected {
             Expected::Expired => "expired",
             Expected::Error => "error",
             Expected::Stalled => "stalled",
+            Expected::Duplicate => "duplicate",
         })
     }
 }

@@ -78,7 +78,7 @@ impl Verb {
 
 const START: Kind = Kind::OneOf(&["earliest", "latest"]);
 const ACK_MODE: Kind = Kind::OneOf(&["all", "none", "nack", "nack-all", "reject", "manual"]);
-const WHAT: Kind = Kind::OneOf(&["received", "acked", "expired", "error", "stalled"]);
+const WHAT: Kind = Kind::OneOf(&["received", "acked", "expired", "error", "stalled", "duplicate"]);
 const CHECKS: Kind = Kind::OneOf(&[
     "all",
     "lost",
@@ -597,12 +597,14 @@ impl Parser<'_> {
             "acked" => Expected::Acked,
             "expired" => Expected::Expired,
             "error" => Expected::Error,
+            "duplicate" => Expected::Duplicate,
             _ => Expected::Stalled,
         };
         let allowed: &[&str] = match what {
             Expected::Received => &["sub", "count", "attempt"],
             Expected::Acked | Expected::Expired => &["sub", "count"],
             Expected::Error => &["count", "code"],
+            Expected::Duplicate => &["count"],
             Expected::Stalled => &[],
         };
         if let Some(key) = w.options.keys().find(|k| !allowed.contains(&k.as_str())) {
