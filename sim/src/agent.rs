@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mini_pubsub::client::{
-    Client, ClientError, OutgoingMessage, PublisherSettings, ReceivedMessage, SubscribeTarget, SubscriberSettings,
+    AckResponse, Client, ClientError, NackOptions, OutgoingMessage, PublisherSettings, ReceivedMessage,
+    SubscribeTarget, SubscriberSettings,
 };
 use mini_pubsub::core::{ATTR_MESSAGE_ID, ATTR_REASON, ATTR_SOURCE_SUBSCRIPTION};
 use mini_pubsub::wire::pb;
@@ -361,8 +362,8 @@ impl App {
     /// Consumes `sub` through `mini_pubsub::client::Subscriber`, with a client id of its
     /// own, so its reconnects keep the leases it holds. The history numbers a new stream
     /// when the library reports a reconnect (or gives up and is started again), records
-    /// each message as it is handed out, and each ack or nack as it is handed to the
-    /// library (whose confirmations the application never sees).
+    /// each message as it is handed out, each ack or nack as it is handed to the library,
+    /// and the broker's answer as the library tells it (`ack_with_response`).
     async fn subscribe_with_library(self, sub: String, mode: Mode, numbers: Arc<AtomicU64>) {
         let client = Client::from_channel(self.channel.clone());
         let settings = SubscriberSettings {
@@ -417,15 +418,30 @@ impl App {
                     AckMode::NackAll | AckMode::Reject => "nack",
                     AckMode::All | AckMode::Nack => "ack",
                 };
-                let (app, sub, nack_delay, ack_delay) = (app.clone(), sub.clone(), mode.nack.delay, mode.ack_delay);
+                let (app, sub, ack_delay) = (app.clone(), sub.clone(), mode.ack_delay);
+                let nack = NackOptions {
+                    delay: mode.nack.delay,
+                    reason: Some(mode.nack.reason.clone()).filter(|r| !r.is_empty()),
+                    terminal: mode.ack == AckMode::Reject,
+                };
                 tokio::spawn(async move {
                     tokio::time::sleep(ack_delay).await;
                     record_sent(&app.history, &app.name, &sub, &leased, op);
-                    match (op, nack_delay) {
-                        ("ack", _) => received.ack().await,
-                        (_, Some(delay)) => received.nack_with_delay(delay).await,
-                        (_, None) => received.nack().await,
-                    }
+                    let answer = match op {
+                        "ack" => received.ack_with_response().await,
+                        _ => received.nack_with_response(nack).await,
+                    };
+                    // The library tells the broker's answer, as the confirmations of a
+                    // stream tell it; an unknown one is an answer that never came.
+                    let result = match answer {
+                        AckResponse::Applied => "applied",
+                        AckResponse::Invalid => "invalid",
+                        AckResponse::Expired => "expired",
+                        AckResponse::Unknown => return,
+                    };
+                    let Leased { id, message_id, partition, offset, attempt } = leased;
+                    let (op, result) = (op.to_string(), result.to_string());
+                    app.record(Event::AckAnswered { id, message_id, sub, op, partition, offset, attempt, result });
                 });
             };
             drop(held);

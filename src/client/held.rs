@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::acks::{NackKey, PendingOps};
 use super::lease::{Due, Leases};
-use super::received::{AckKey, LeaseId, ReceivedMessage};
+use super::received::{AckKey, AckResponse, LeaseId, ReceivedMessage, Responder};
 use crate::wire::pb;
 
 /// An ack or a nack, as sent.
@@ -34,6 +34,9 @@ pub(crate) struct Held {
     pending: PendingOps,
     /// Acks and nacks sent whose confirmation has not come (at most one per message held).
     sent: BTreeMap<LeaseId, Decision>,
+    /// Where to tell the broker's answers the application waits for, and whether the
+    /// decision was sent again on a new stream.
+    responders: BTreeMap<LeaseId, (Responder, bool)>,
 }
 
 impl Held {
@@ -43,6 +46,14 @@ impl Held {
             undelivered: VecDeque::new(),
             pending: PendingOps::default(),
             sent: BTreeMap::new(),
+            responders: BTreeMap::new(),
+        }
+    }
+
+    /// The application waits for the broker's answer to its decision on `ack_id`.
+    pub(crate) fn respond(&mut self, ack_id: &LeaseId, respond: Option<Responder>) {
+        if let Some(respond) = respond {
+            self.responders.insert(ack_id.clone(), (respond, false));
         }
     }
 
@@ -98,7 +109,11 @@ impl Held {
     pub(crate) fn confirmed(&mut self, confirmation: &pb::AckConfirmation) {
         match pb::AckOperation::try_from(confirmation.operation) {
             Ok(pb::AckOperation::Ack | pb::AckOperation::Nack) => {
-                self.sent.remove(&AckKey::of(&confirmation.ack_id));
+                let key = AckKey::of(&confirmation.ack_id);
+                self.sent.remove(&key);
+                if let Some((respond, resent)) = self.responders.remove(&key) {
+                    let _ = respond.send(AckResponse::of(confirmation, resent));
+                }
             }
             Ok(pb::AckOperation::ModifyDeadline) if confirmation.result != pb::AckResult::Applied as i32 => {
                 self.leases.release(&AckKey::of(&confirmation.ack_id));
@@ -117,6 +132,9 @@ impl Held {
     /// Returns how many extensions were queued.
     pub(crate) fn resume(&mut self, now_ms: u64) -> usize {
         for (ack_id, decision) in std::mem::take(&mut self.sent) {
+            if let Some((_, resent)) = self.responders.get_mut(&ack_id) {
+                *resent = true;
+            }
             match decision {
                 Decision::Ack => self.pending.ack(ack_id),
                 Decision::Nack(key) => self.pending.nack(ack_id, key),
@@ -190,7 +208,7 @@ mod tests {
         held.receive(message("b", &ops), 0);
         let a = held.undelivered.pop_front().expect("a was received first");
         // The queue of decisions is full: a's nack is lost, so it alone must stop its lease.
-        ops.try_send(crate::client::received::Op::Ack { ack_id: LeaseId::from("x"), epoch: 1 }).unwrap();
+        ops.try_send(crate::client::received::Op::Ack { ack_id: LeaseId::from("x"), epoch: 1, respond: None }).unwrap();
         drop(a);
         let (forgotten, extended) = held.extend_due(2000);
         assert_eq!(
@@ -200,5 +218,34 @@ mod tests {
         );
         assert!(matches!(rx.try_recv(), Ok(crate::client::received::Op::Ack { .. })));
         assert!(rx.try_recv().is_err(), "a's nack did not fit");
+    }
+
+    #[test]
+    fn the_application_hears_the_brokers_answer_and_a_resent_expired_ack_is_unknown() {
+        let (ops, _rx) = mpsc::channel(8);
+        let mut held = Held::new(3000, 60_000);
+        for id in ["a", "b", "c", "d"] {
+            held.receive(message(id, &ops), 0);
+        }
+        let mut answers = Vec::new();
+        for id in ["a", "b", "c", "d"] {
+            let (respond, answer) = tokio::sync::oneshot::channel();
+            held.respond(&LeaseId::from(id), Some(respond));
+            held.ack(id.into());
+            answers.push(answer);
+        }
+        held.take_requests(100);
+        held.confirmed(&confirmation("a", pb::AckOperation::Ack, pb::AckResult::Applied));
+        held.confirmed(&confirmation("b", pb::AckOperation::Ack, pb::AckResult::Expired));
+        // The stream breaks: c and d are sent again on the next one.
+        held.resume(1000);
+        held.take_requests(100);
+        held.confirmed(&confirmation("c", pb::AckOperation::Ack, pb::AckResult::Expired));
+        let [a, b, c, d] = <[_; 4]>::try_from(answers).unwrap();
+        assert_eq!(a.blocking_recv(), Ok(AckResponse::Applied));
+        assert_eq!(b.blocking_recv(), Ok(AckResponse::Expired));
+        assert_eq!(c.blocking_recv(), Ok(AckResponse::Unknown), "the first send may have been applied");
+        drop(held);
+        assert!(d.blocking_recv().is_err(), "no answer came before the subscriber stopped: the caller sees Unknown");
     }
 }

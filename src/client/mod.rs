@@ -60,7 +60,7 @@ pub use admin::{DeadLetterPolicy, RetryPolicy, SubscriptionSettings, TopicSettin
 pub use error::{code_name, is_retryable, ClientError};
 pub use message::{Message, OutgoingMessage, PublishResult};
 pub use publisher::{PublishHandle, Publisher, PublisherSettings, PublisherStats};
-pub use received::{AckHandle, NackOptions, ReceivedMessage};
+pub use received::{AckHandle, AckResponse, NackOptions, ReceivedMessage};
 pub use retry::RetrySettings;
 pub use subscriber::{SubscribeTarget, Subscriber, SubscriberSettings, SubscriberStats};
 

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::acks::NackKey;
 use super::message::Message;
+use crate::wire::pb;
 
 /// Longest nack delay the broker accepts by default (`nack_delay_max_ms`); longer ones are
 /// cut to it, since a refused request would end the whole stream.
@@ -20,11 +21,45 @@ pub const NACK_DELAY_MAX: Duration = Duration::from_secs(600);
 /// are cut to it (at a character boundary).
 pub const NACK_REASON_BYTES_MAX: usize = 1024;
 
-/// What the application decided about a message, on its way to the subscriber's task.
+/// What the application decided about a message, on its way to the subscriber's task,
+/// with where to tell the broker's answer when the application asked for it.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Ack { ack_id: LeaseId, epoch: u64 },
-    Nack { ack_id: LeaseId, epoch: u64, key: NackKey },
+    Ack { ack_id: LeaseId, epoch: u64, respond: Option<Responder> },
+    Nack { ack_id: LeaseId, epoch: u64, key: NackKey, respond: Option<Responder> },
+}
+
+/// Where the broker's answer to one decision goes.
+pub(crate) type Responder = oneshot::Sender<AckResponse>;
+
+/// What the broker answered to an ack or a nack sent with
+/// [`AckHandle::ack_with_response`] or [`AckHandle::nack_with_response`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckResponse {
+    /// Applied: an acked message is not delivered again; a nacked one comes back.
+    Applied,
+    /// The broker did not know the ack id (malformed, or not of this subscription).
+    Invalid,
+    /// The lease was gone (it expired, or a seek or a restart ended it): the decision did
+    /// nothing, and the message comes again (or already came).
+    Expired,
+    /// No answer to tell: the subscriber stopped first, or the stream broke after the
+    /// decision was sent and its resend on the next stream found the lease gone, so the
+    /// first send may have been applied.
+    Unknown,
+}
+
+impl AckResponse {
+    /// The broker's answer, as a confirmation carries it; `resent` when the decision was
+    /// sent again after a broken stream (an `Expired` then may hide an earlier `Applied`).
+    pub(crate) fn of(confirmation: &pb::AckConfirmation, resent: bool) -> Self {
+        match pb::AckResult::try_from(confirmation.result) {
+            Ok(pb::AckResult::Applied) => AckResponse::Applied,
+            Ok(pb::AckResult::Invalid) => AckResponse::Invalid,
+            Ok(pb::AckResult::Expired) if !resent => AckResponse::Expired,
+            _ => AckResponse::Unknown,
+        }
+    }
 }
 
 /// A lease's ack id, shared (not copied) by the message's handle, the lease extender and
@@ -200,8 +235,28 @@ impl AckHandle {
 
     /// Acknowledges the message: it will not be delivered again.
     pub async fn ack(mut self) {
-        let op = Op::Ack { ack_id: self.lease.clone(), epoch: self.epoch };
+        let op = Op::Ack { ack_id: self.lease.clone(), epoch: self.epoch, respond: None };
         self.decide(op).await;
+    }
+
+    /// Acknowledges the message and waits for the broker's answer (Pub/Sub's
+    /// `ack_with_response`): [`AckResponse::Applied`] means it will not be delivered again.
+    /// The answer comes with the next confirmation the broker sends, so this waits at
+    /// least one round trip and up to the ack batch's flush.
+    pub async fn ack_with_response(mut self) -> AckResponse {
+        let (respond, answer) = oneshot::channel();
+        let op = Op::Ack { ack_id: self.lease.clone(), epoch: self.epoch, respond: Some(respond) };
+        self.decide(op).await;
+        answer.await.unwrap_or(AckResponse::Unknown)
+    }
+
+    /// Gives the message back with options and waits for the broker's answer.
+    pub async fn nack_with_response(mut self, options: NackOptions) -> AckResponse {
+        let (respond, answer) = oneshot::channel();
+        let key = options.into_key();
+        let op = Op::Nack { ack_id: self.lease.clone(), epoch: self.epoch, key, respond: Some(respond) };
+        self.decide(op).await;
+        answer.await.unwrap_or(AckResponse::Unknown)
     }
 
     /// Gives the message back for redelivery (after the retry policy's backoff, if any).
@@ -212,7 +267,7 @@ impl AckHandle {
     /// Gives the message back with options: a delay, a reason, or terminal.
     pub async fn nack_with(mut self, options: NackOptions) {
         let key = options.into_key();
-        let op = Op::Nack { ack_id: self.lease.clone(), epoch: self.epoch, key };
+        let op = Op::Nack { ack_id: self.lease.clone(), epoch: self.epoch, key, respond: None };
         self.decide(op).await;
     }
 
@@ -229,7 +284,7 @@ impl Drop for AckHandle {
         if !self.decided {
             self.lease.set_dropped();
             let ack_id = self.lease.clone();
-            let _ = self.ops.try_send(Op::Nack { ack_id, epoch: self.epoch, key: NackKey::default() });
+            let _ = self.ops.try_send(Op::Nack { ack_id, epoch: self.epoch, key: NackKey::default(), respond: None });
         }
     }
 }
@@ -312,6 +367,16 @@ impl ReceivedMessage {
     /// Gives the message back with options.
     pub async fn nack_with(self, options: NackOptions) {
         self.handle.nack_with(options).await;
+    }
+
+    /// Acknowledges the message and waits for the broker's answer.
+    pub async fn ack_with_response(self) -> AckResponse {
+        self.handle.ack_with_response().await
+    }
+
+    /// Gives the message back with options and waits for the broker's answer.
+    pub async fn nack_with_response(self, options: NackOptions) -> AckResponse {
+        self.handle.nack_with_response(options).await
     }
 }
 

@@ -381,8 +381,12 @@ impl Session {
         let epoch = self.epoch;
         let held = self.held_mut();
         match op {
-            Op::Ack { ack_id, epoch: of } if of == epoch => held.ack(ack_id),
-            Op::Nack { ack_id, epoch: of, mut key } if of == epoch => {
+            Op::Ack { ack_id, epoch: of, respond } if of == epoch => {
+                held.respond(&ack_id, respond);
+                held.ack(ack_id);
+            }
+            Op::Nack { ack_id, epoch: of, mut key, respond } if of == epoch => {
+                held.respond(&ack_id, respond);
                 if key.terminal && !live.dead_letter {
                     warn!(%ack_id, "terminal nack on a subscription without a dead-letter policy; sent as a plain nack");
                     key = NackKey { terminal: false, ..key };
@@ -438,8 +442,8 @@ impl Session {
         // asking us to stop.
         while let Ok(op) = self.ops.try_recv() {
             match op {
-                Op::Ack { ack_id, epoch } if epoch == self.epoch => held.ack(ack_id),
-                Op::Nack { ack_id, epoch, key } if epoch == self.epoch => held.nack(ack_id, key),
+                Op::Ack { ack_id, epoch, .. } if epoch == self.epoch => held.ack(ack_id),
+                Op::Nack { ack_id, epoch, key, .. } if epoch == self.epoch => held.nack(ack_id, key),
                 Op::Ack { .. } | Op::Nack { .. } => {}
             }
         }
