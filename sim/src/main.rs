@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mini_pubsub::core::Mutation;
 use mini_pubsub_sim::{explore, history, runner, scenario};
 
 #[derive(Parser)]
@@ -29,6 +30,11 @@ enum Command {
         /// `full` prints every event, first publish attempts included.
         #[arg(long, default_value = "condensed", value_parser = ["condensed", "full"])]
         trace: String,
+        /// Breaks the broker on purpose, to see the checker catch it (debug builds only):
+        /// ack-not-recorded, offset-given-twice, redelivery-after-ack, answer-before-sync,
+        /// key-order-ignored, flow-control-ignored, invariant-broken.
+        #[arg(long)]
+        mutation: Option<String>,
     },
     /// Measures simulation speed: runs every scenario in a folder and reports simulated
     /// seconds per wall second and scenarios per second (build with --release).
@@ -63,7 +69,13 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { file, seed, trace } => run(&file, seed, trace == "full"),
+        Command::Run { file, seed, trace, mutation } => match mutation.as_deref().map(mutation_named).transpose() {
+            Ok(mutation) => run(&file, seed, trace == "full", mutation),
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::from(2)
+            }
+        },
         Command::Explore { seeds, start, out, scenario } => match scenario {
             Some(file) => match std::fs::read_to_string(&file) {
                 Ok(text) => explore(seeds, start, &out, false, |seed| with_seed(&text, seed)),
@@ -182,7 +194,31 @@ fn explore(
     }
 }
 
-fn run(file: &PathBuf, seed: Option<u64>, full: bool) -> ExitCode {
+/// A mutation's name on the command line: `AckNotRecorded` is `ack-not-recorded`.
+fn kebab(mutation: &Mutation) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{mutation:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// A mutation by its kebab-case name.
+fn mutation_named(name: &str) -> Result<Mutation, String> {
+    if !cfg!(debug_assertions) {
+        return Err("--mutation needs a debug build (cargo run -p mini-pubsub-sim, without --release)".to_string());
+    }
+    let names: Vec<String> = Mutation::ALL.iter().map(kebab).collect();
+    Mutation::ALL
+        .into_iter()
+        .find(|m| kebab(m) == name)
+        .ok_or_else(|| format!("unknown mutation `{name}`; known: {}", names.join(", ")))
+}
+
+fn run(file: &PathBuf, seed: Option<u64>, full: bool, mutation: Option<Mutation>) -> ExitCode {
     let name = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
@@ -198,10 +234,11 @@ fn run(file: &PathBuf, seed: Option<u64>, full: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = runner::run(&parsed, seed);
+    let report = runner::run_mutated(&parsed, seed, mutation);
     let trace = if full { history::render(&report.entries, true) } else { report.trace.clone() };
     println!("{trace}\n\n{}", report.verdict);
-    println!("\nreplay: cargo run -p mini-pubsub-sim -- run {name} --seed {}", report.seed);
+    let mutated = mutation.map(|m| format!(" --mutation {}", kebab(&m))).unwrap_or_default();
+    println!("\nreplay: cargo run -p mini-pubsub-sim -- run {name} --seed {}{mutated}", report.seed);
     if report.passed {
         println!("PASS");
         ExitCode::SUCCESS

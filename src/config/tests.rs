@@ -141,7 +141,7 @@ fn print_is_a_configuration_file_that_loads_back_to_the_same_settings() {
 fn every_field_of_the_server_and_broker_configs_is_a_setting() {
     // The simulator's fsync delay and its invariant checks (debug builds check anyway) are
     // the fields an operator has no use for.
-    let simulator_only = ["broker", "sync_delay_ms", "check_invariants"];
+    let simulator_only = ["broker", "sync_delay_ms", "check_invariants", "mutation"];
     let debug = format!("{:?} {:?}", ServerConfig::default(), BrokerConfig::default());
     let fields: Vec<&str> = debug
         .split([' ', '{', ','])

@@ -89,6 +89,10 @@ pub struct BrokerConfig {
     pub session_timeout_ms: u64,
     /// Longest session timeout a member may ask for; more is INVALID_ARGUMENT.
     pub session_timeout_max_ms: u64,
+    /// A defect a test put in on purpose (see [`Mutation`](super::Mutation)): debug
+    /// builds with the `mutations` feature only, never a setting.
+    #[cfg(all(feature = "mutations", debug_assertions))]
+    pub mutation: Option<super::Mutation>,
 }
 
 impl Default for BrokerConfig {
@@ -124,6 +128,8 @@ impl Default for BrokerConfig {
             idempotency_key_bytes_max: 256,
             session_timeout_ms: 10_000,
             session_timeout_max_ms: 300_000,
+            #[cfg(all(feature = "mutations", debug_assertions))]
+            mutation: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::name;
 use super::retry::Unacked;
 use super::subscription::StartPosition;
 use super::topic::visible_end;
-use super::Notice;
+use super::{Mutation, Notice};
 use crate::storage::{Record, StorageError};
 
 /// Unreadable records remembered at once (so a damaged one is not read again at every
@@ -375,7 +375,16 @@ impl Broker {
             return AckOutcome::Expired;
         }
         let old_key = (lease.deadline_ms, uid, id.partition, id.offset);
+        let config = &self.config;
         let unacked = match op {
+            AckOp::Ack if config.mutated(Mutation::AckNotRecorded) => return AckOutcome::Applied,
+            AckOp::Ack if config.mutated(Mutation::InvariantBroken) => {
+                self.deadlines.remove(&old_key);
+                return AckOutcome::Applied;
+            }
+            AckOp::Ack if config.mutated(Mutation::RedeliveryAfterAck) => {
+                Some(Unacked::Nacked { delay_ms: None, terminal: false, reason: None })
+            }
             AckOp::Ack => None,
             AckOp::Nack { delay_ms, terminal, reason } => {
                 Some(Unacked::Nacked { delay_ms: *delay_ms, terminal: *terminal, reason: reason.clone() })
@@ -400,7 +409,9 @@ impl Broker {
                 self.uncount(&lease);
             }
             Some(why) => {
-                sub.counts.nacked += 1;
+                if !matches!(op, AckOp::Ack) {
+                    sub.counts.nacked += 1;
+                }
                 self.end_unacked(now_ms, uid, id.partition, id.offset, &why);
             }
         }
@@ -582,8 +593,10 @@ impl Broker {
         loop {
             let sub = &self.subscriptions[&uid];
             let count = sub.members.len();
-            let Some(member) =
-                (0..count).map(|i| sub.members[(sub.next_member + i) % count]).find(|m| self.streams[m].has_room())
+            let ignore_flow = self.config.mutated(Mutation::FlowControlIgnored);
+            let Some(member) = (0..count)
+                .map(|i| sub.members[(sub.next_member + i) % count])
+                .find(|m| ignore_flow || self.streams[m].has_room())
             else {
                 break;
             };
@@ -654,7 +667,12 @@ impl Broker {
                 };
                 self.read_faults.remove(&fault_key);
                 let Some(record) = record else { break None };
-                let held = record.record.key.as_deref().filter(|k| sub.ordered && cursor.keys.blocked(offset, k));
+                let unordered = self.config.mutated(Mutation::KeyOrderIgnored);
+                let held = record
+                    .record
+                    .key
+                    .as_deref()
+                    .filter(|k| sub.ordered && !unordered && cursor.keys.blocked(offset, k));
                 match held {
                     Some(key) if cursor.take_over_head(offset, key) => break Some((offset, record)),
                     // Past the bound the partition reads no further for its keys to move. An
@@ -670,7 +688,10 @@ impl Broker {
                 return None;
             }
             if let Some(key) = record.record.key.as_deref().filter(|_| sub.ordered) {
-                cursor.keys.deliver(offset, key);
+                // The mutation leases a key's later message beside its head, not as one.
+                if !(self.config.mutated(Mutation::KeyOrderIgnored) && cursor.keys.head(key).is_some()) {
+                    cursor.keys.deliver(offset, key);
+                }
             }
             let deadline_ms = now_ms.saturating_add(sub.ack_deadline_ms);
             let bytes = record.record.size_bytes() as u64;

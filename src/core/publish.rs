@@ -10,6 +10,7 @@ use super::dedupe::{BatchKeys, Dedupe, Original};
 use super::error::BrokerError;
 use super::name;
 use super::topic::Topic;
+use super::Mutation;
 use crate::storage::{message_size, PartitionLog, Record, Retention};
 
 /// A message as a publisher sends it.
@@ -81,7 +82,13 @@ impl Broker {
         let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
         t.dedupe.expire(wall_ms);
         let slots = plan(&t.dedupe, messages);
-        let (results, appended) = store(t, wall_ms, slots, keys_max)?;
+        let (mut results, appended) = store(t, wall_ms, slots, keys_max)?;
+        if self.config.mutated(Mutation::OffsetGivenTwice) {
+            for result in results.iter_mut().filter(|r| !r.duplicate && r.offset % 3 == 2) {
+                result.offset -= 1;
+                result.message_id = t.message_id(result.partition, result.offset);
+            }
+        }
         // Retention runs after the append has succeeded everywhere. If the disk refuses it,
         // the publish still stands; the next append or checkpoint tries again.
         let retention = Retention {

@@ -211,7 +211,11 @@ impl Driver {
             }
             self.commit().await;
             self.flush();
-            self.after_turn();
+            if !self.after_turn() {
+                // A broken core must not go on: the driver ends without a last turn, and
+                // every handler is told the broker is stopping.
+                return;
+            }
         }
         self.stop();
     }
@@ -225,27 +229,32 @@ impl Driver {
         }
     }
 
-    /// Tells the observer the turn's notices, then checks the core's invariants. A broken
-    /// one is a bug: the observer hears of it (the simulator fails the run with its seed),
-    /// and the driver panics.
-    fn after_turn(&mut self) {
+    /// Tells the observer the turn's notices, then checks the core's invariants; false
+    /// when one broke. A broken invariant is a bug: an observer hears of it (the
+    /// simulator stops the run there, with its seed) and the driver stops; without one
+    /// the driver panics.
+    fn after_turn(&mut self) -> bool {
         self.tell_notices();
         if !self.checks.invariants {
-            return;
+            return true;
         }
         let broker = &self.broker;
         let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker.assert_invariants())) else {
-            return;
+            return true;
         };
         let what = panic
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("(no message)");
-        if let Some(observer) = &self.checks.observer {
-            observer.invariant_broken(what);
+        match &self.checks.observer {
+            Some(observer) => {
+                tracing::error!(invariant = what, "the broker core broke an invariant; the driver stops");
+                observer.invariant_broken(what);
+                false
+            }
+            None => panic!("the broker core broke an invariant: {what}"),
         }
-        panic!("the broker core broke an invariant: {what}");
     }
 
     fn handle_timers(&mut self) {
@@ -279,8 +288,9 @@ impl Driver {
     /// a failed sync there refuses it like the original.
     fn publish(&mut self, topic: String, messages: Vec<OutgoingMessage>, reply: PublishReply) {
         let (now, wall) = (self.now_ms(), self.wall_ms());
+        let answer_at_once = self.broker.config().mutated(crate::core::Mutation::AnswerBeforeSync);
         match self.broker.publish(now, wall, &topic, messages) {
-            Ok(published) if self.broker.acks_after_sync() => {
+            Ok(published) if self.broker.acks_after_sync() && !answer_at_once => {
                 self.awaiting_sync.push(AwaitingSync { reply, topic, published });
             }
             result => {

@@ -14,6 +14,7 @@ pub trait Observer: Send + Sync + 'static {
     /// readers wait at it. The same event is logged at error level.
     fn read_failed(&self, topic: &str, partition: u32, offset: u64, error: &StorageError);
 
-    /// The core broke an invariant (a bug): the driver panics right after telling.
+    /// The core broke an invariant (a bug): the driver stops right after telling (without
+    /// an observer, it panics).
     fn invariant_broken(&self, what: &str);
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mini_pubsub::core::Mutation;
 use mini_pubsub::env::{FaultyFs, Fs, Net};
 use mini_pubsub::server::{self, ServerConfig};
 use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemoryStorage, Storage};
@@ -66,7 +67,7 @@ pub(super) struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    pub(super) fn new(scenario: &Scenario, seed: u64) -> Self {
+    pub(super) fn new(scenario: &Scenario, seed: u64, mutation: Option<Mutation>) -> Self {
         let within = |s: &Step| match &s.action {
             Action::Expect(e) => e.within.unwrap_or_default(),
             _ => Duration::ZERO,
@@ -93,6 +94,12 @@ impl<'a> Driver<'a> {
             config.keepalive_timeout_ms = 2_000;
             config.sync_delay_ms = disk_latency.as_millis() as u64;
             config.check_invariants = true;
+            #[cfg(debug_assertions)]
+            {
+                config.broker.mutation = mutation;
+            }
+            #[cfg(not(debug_assertions))]
+            assert!(mutation.is_none(), "mutations exist in debug builds only");
             let disk = FaultyFs::new(Arc::new(TurmoilFs));
             let (corrupt_tx, corrupt_rx) = mpsc::channel::<f64>(COMMAND_QUEUE_MAX);
             let corrupt_rx = Arc::new(Mutex::new(corrupt_rx));

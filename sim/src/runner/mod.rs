@@ -11,6 +11,7 @@ mod faults;
 
 use std::time::Duration;
 
+use mini_pubsub::core::Mutation;
 use mini_pubsub::server::ServerConfig;
 
 use crate::agent::Command;
@@ -62,8 +63,17 @@ struct Played {
 
 /// Runs `scenario` with `seed` (or its `config seed`, or 0).
 pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
+    run_mutated(scenario, seed, None)
+}
+
+/// [`run`], with the brokers broken on purpose by `mutation` (see [`Mutation`]): only in
+/// debug builds, where the broker has room for one.
+///
+/// # Panics
+/// When given a mutation in a release build.
+pub fn run_mutated(scenario: &Scenario, seed: Option<u64>, mutation: Option<Mutation>) -> Report {
     let seed = seed.or(scenario.config.seed).unwrap_or(0);
-    let mut driver = Driver::new(scenario, seed);
+    let mut driver = Driver::new(scenario, seed, mutation);
     let mut played = play(&mut driver, scenario);
     if driver.history.broken().is_none() {
         played.failures.extend(driver.heal_all());
@@ -168,6 +178,8 @@ fn play(driver: &mut Driver, scenario: &Scenario) -> Played {
         match driver.apply(step) {
             Ok(Some(line)) => played.expectations.push(line),
             Ok(None) => {}
+            // The broken invariant below is the failure; the expectation only stopped there.
+            Err(line) if driver.history.broken().is_some() => played.expectations.push(line),
             Err(line) => {
                 // The signature leaves out line numbers and times, so shrinking can match it.
                 let what = line.split_once("ms: ").map_or(line.as_str(), |(_, what)| what).to_string();

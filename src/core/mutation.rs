@@ -1,0 +1,60 @@
+//! Mutations: defects a test puts into the broker on purpose, to show that the
+//! simulator's checker catches each one (`sim/tests/mutations.rs`). A broker has one only
+//! when its config says so, and the config has room for one only in debug builds with
+//! the `mutations` feature: a release build cannot enable any, and without one every
+//! `mutated` test is a constant `false` the compiler removes.
+
+use super::BrokerConfig;
+
+/// A defect put in on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mutation {
+    /// An ack is answered `applied` but not recorded: the lease stays, expires, and the
+    /// message comes again.
+    AckNotRecorded,
+    /// Every third offset of a partition is answered as the offset before it: two
+    /// publishes are told one place.
+    OffsetGivenTwice,
+    /// An applied ack puts the message back, as a nack would: it is delivered again.
+    RedeliveryAfterAck,
+    /// Under `fsync=always` a publish is answered before the sync that makes it durable:
+    /// a crash then loses what was acknowledged.
+    AnswerBeforeSync,
+    /// A message of a key is delivered while the key's earlier one is still leased.
+    KeyOrderIgnored,
+    /// A stream is given messages past its `max_outstanding_messages`.
+    FlowControlIgnored,
+    /// An ack drops its lease from the deadline index but keeps the lease: the core's
+    /// invariants break.
+    InvariantBroken,
+}
+
+impl Mutation {
+    /// Every mutation, for the test that proves each is caught.
+    pub const ALL: [Mutation; 7] = [
+        Mutation::AckNotRecorded,
+        Mutation::OffsetGivenTwice,
+        Mutation::RedeliveryAfterAck,
+        Mutation::AnswerBeforeSync,
+        Mutation::KeyOrderIgnored,
+        Mutation::FlowControlIgnored,
+        Mutation::InvariantBroken,
+    ];
+}
+
+impl BrokerConfig {
+    /// Whether this broker was given `mutation` (never, outside a debug build with the
+    /// `mutations` feature).
+    #[inline(always)]
+    pub fn mutated(&self, mutation: Mutation) -> bool {
+        #[cfg(all(feature = "mutations", debug_assertions))]
+        {
+            self.mutation == Some(mutation)
+        }
+        #[cfg(not(all(feature = "mutations", debug_assertions)))]
+        {
+            let _ = mutation;
+            false
+        }
+    }
+}
