@@ -1,6 +1,7 @@
 //! mini-pubsub-sim: the production broker on turmoil's simulated network and clock.
 //!
 //! - [`scenario`]: the scenario language and its parser.
+//! - [`html`]: a run as one self-contained page.
 //! - [`world`]: turmoil implementations of the broker's `Net` and `Clock` traits, and a
 //!   tonic client that connects over the simulated network.
 
@@ -16,6 +17,7 @@ pub mod disk;
 pub mod explore;
 pub mod facts;
 pub mod history;
+pub mod html;
 pub mod runner;
 pub mod scenario;
 pub mod world;

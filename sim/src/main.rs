@@ -1,6 +1,9 @@
 //! `mini-pubsub-sim run scenarios/x.scn [--seed N]`: runs a scenario, prints its trace, its
 //! verdict and the command that replays it; exits 1 when an expectation or a check fails.
 //!
+//! `mini-pubsub-sim sweep [--seeds 20]`: runs every scenario under seeds 1 to N, in
+//! parallel, and lists each failing run with its replay command; exits 1 when any failed.
+//!
 //! `mini-pubsub-sim explore [--seeds N] [--start S]`: runs generated scenarios, prints each
 //! failing seed with its replay command, and writes each failure, shrunk, to
 //! `scenarios/regressions/`; exits 1 when any seed failed.
@@ -30,11 +33,27 @@ enum Command {
         /// `full` prints every event, first publish attempts included.
         #[arg(long, default_value = "condensed", value_parser = ["condensed", "full"])]
         trace: String,
+        /// Also writes the run as one self-contained HTML page (lanes per host, marks,
+        /// fault bands, the verdict; click a message to see its life).
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// Breaks the broker on purpose, to see the checker catch it (debug builds only):
         /// ack-not-recorded, offset-given-twice, redelivery-after-ack, answer-before-sync,
         /// key-order-ignored, flow-control-ignored, invariant-broken.
         #[arg(long)]
         mutation: Option<String>,
+    },
+    /// Runs every scenario in a folder under many seeds, in parallel, and lists each
+    /// failing run with the command that replays it; exits 1 when any failed.
+    Sweep {
+        #[arg(long, default_value = "scenarios")]
+        dir: PathBuf,
+        /// Seeds 1 to this many.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Runs at once (default: the machine's cores).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Measures simulation speed: runs every scenario in a folder and reports simulated
     /// seconds per wall second and scenarios per second (build with --release).
@@ -69,8 +88,9 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { file, seed, trace, mutation } => match mutation.as_deref().map(mutation_named).transpose() {
-            Ok(mutation) => run(&file, seed, trace == "full", mutation),
+        Command::Run { file, seed, trace, html, mutation } => match mutation.as_deref().map(mutation_named).transpose()
+        {
+            Ok(mutation) => run(&file, seed, trace == "full", html.as_deref(), mutation),
             Err(message) => {
                 eprintln!("{message}");
                 ExitCode::from(2)
@@ -87,6 +107,7 @@ fn main() -> ExitCode {
             None => explore(seeds, start, &out, true, explore::generate),
         },
         Command::Bench { dir, repeat } => bench(&dir, repeat),
+        Command::Sweep { dir, seeds, jobs } => sweep(&dir, seeds, jobs),
         Command::Generate { seed } => {
             print!("{}", explore::generate(seed));
             ExitCode::SUCCESS
@@ -94,20 +115,80 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time; the simulation never reads it")]
-fn bench(dir: &std::path::Path, repeat: u32) -> ExitCode {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "scn"))
-            .collect(),
-        Err(error) => {
-            eprintln!("{}: {error}", dir.display());
+/// The `.scn` files of a folder, sorted.
+fn scenario_files(dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "scn"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Every scenario of `dir` under seeds 1 to `seeds`, `jobs` runs at a time.
+fn sweep(dir: &std::path::Path, seeds: u64, jobs: Option<usize>) -> ExitCode {
+    let files = match scenario_files(dir) {
+        Ok(files) => files,
+        Err(message) => {
+            eprintln!("{message}");
             return ExitCode::from(2);
         }
     };
-    files.sort();
+    let mut runs = Vec::new();
+    for file in &files {
+        let name = file.display().to_string();
+        let parsed = match std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| scenario::parse(&name, &text).map_err(|e| e.to_string()))
+        {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::from(2);
+            }
+        };
+        runs.extend((1..=seeds).map(|seed| (name.clone(), parsed.clone(), seed)));
+    }
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, parsed, seed)) = runs.get(i) else { return };
+                let report = runner::run(parsed, Some(*seed));
+                if let Some(why) = report.failure {
+                    failed.lock().expect("sweep lock").push((name.clone(), *seed, why));
+                }
+            });
+        }
+    });
+    let mut failed = failed.into_inner().expect("sweep lock");
+    failed.sort();
+    for (name, seed, why) in &failed {
+        println!("FAIL {name} --seed {seed}: {why}");
+        println!("  replay: cargo run -p mini-pubsub-sim -- run {name} --seed {seed}");
+    }
+    println!("{} runs ({} scenarios x seeds 1 to {seeds}), {} failed", runs.len(), files.len(), failed.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time; the simulation never reads it")]
+fn bench(dir: &std::path::Path, repeat: u32) -> ExitCode {
+    let files = match scenario_files(dir) {
+        Ok(files) => files,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
     println!("{:<44} {:>10} {:>10} {:>12}", "scenario", "simulated", "wall", "sim s/wall s");
     let (mut simulated_total, mut wall_total, mut runs) = (0.0, 0.0, 0u32);
     for file in files {
@@ -218,7 +299,13 @@ fn mutation_named(name: &str) -> Result<Mutation, String> {
         .ok_or_else(|| format!("unknown mutation `{name}`; known: {}", names.join(", ")))
 }
 
-fn run(file: &PathBuf, seed: Option<u64>, full: bool, mutation: Option<Mutation>) -> ExitCode {
+fn run(
+    file: &PathBuf,
+    seed: Option<u64>,
+    full: bool,
+    html: Option<&std::path::Path>,
+    mutation: Option<Mutation>,
+) -> ExitCode {
     let name = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
@@ -235,10 +322,19 @@ fn run(file: &PathBuf, seed: Option<u64>, full: bool, mutation: Option<Mutation>
         }
     };
     let report = runner::run_mutated(&parsed, seed, mutation);
+
     let trace = if full { history::render(&report.entries, true) } else { report.trace.clone() };
     println!("{trace}\n\n{}", report.verdict);
     let mutated = mutation.map(|m| format!(" --mutation {}", kebab(&m))).unwrap_or_default();
-    println!("\nreplay: cargo run -p mini-pubsub-sim -- run {name} --seed {}{mutated}", report.seed);
+    let replay = format!("cargo run -p mini-pubsub-sim -- run {name} --seed {}{mutated}", report.seed);
+    println!("\nreplay: {replay}");
+    if let Some(out) = html {
+        if let Err(error) = std::fs::write(out, mini_pubsub_sim::html::page(&name, &report, &replay)) {
+            eprintln!("{}: {error}", out.display());
+            return ExitCode::from(2);
+        }
+        println!("page: {}", out.display());
+    }
     if report.passed {
         println!("PASS");
         ExitCode::SUCCESS

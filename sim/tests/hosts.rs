@@ -7,6 +7,7 @@ use mini_pubsub::env::Net;
 use mini_pubsub::server::{self, ServerConfig};
 use mini_pubsub::storage::MemoryStorage;
 use mini_pubsub::wire::pb;
+use mini_pubsub_sim::history::{render, BrokerObserver, History};
 use mini_pubsub_sim::world::{channel, listen_addr, SimClock, SimNet};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -105,4 +106,128 @@ fn the_same_seed_gives_the_same_trace() {
     let first = lease_expiry_run(42);
     assert!(first.len() >= 6, "{first:?}");
     assert_eq!(first, lease_expiry_run(42));
+}
+
+/// A memory log whose record at offset 1 fails its CRC, as a flipped byte on disk would.
+struct DamagedLog(Box<dyn mini_pubsub::storage::PartitionLog>);
+
+fn damage(offset: u64) -> mini_pubsub::storage::StorageError {
+    let reason = "crc mismatch".to_string();
+    mini_pubsub::storage::StorageError::Corrupt { file: "segment".into(), position: offset * 100, reason }
+}
+
+impl mini_pubsub::storage::PartitionLog for DamagedLog {
+    fn append(
+        &mut self,
+        records: Vec<mini_pubsub::storage::Record>,
+    ) -> Result<u64, mini_pubsub::storage::StorageError> {
+        self.0.append(records)
+    }
+    fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<mini_pubsub::storage::StoredRecord>, mini_pubsub::storage::StorageError> {
+        if from == 1 {
+            return Err(damage(from));
+        }
+        let mut records = self.0.read(from, max_records, max_bytes)?;
+        records.retain(|r| r.offset < 1 || from > 1);
+        Ok(records)
+    }
+    fn start_offset(&self) -> u64 {
+        self.0.start_offset()
+    }
+    fn end_offset(&self) -> u64 {
+        self.0.end_offset()
+    }
+    fn offset_for_time(&self, time_ms: u64) -> Result<u64, mini_pubsub::storage::StorageError> {
+        self.0.offset_for_time(time_ms)
+    }
+    fn synced_end(&self) -> u64 {
+        self.0.synced_end()
+    }
+    fn sync(&mut self) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.0.sync()
+    }
+    fn truncate(&mut self, from: u64) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.0.truncate(from)
+    }
+    fn apply_retention(
+        &mut self,
+        retention: &mini_pubsub::storage::Retention,
+        keep_from: u64,
+    ) -> Result<u64, mini_pubsub::storage::StorageError> {
+        self.0.apply_retention(retention, keep_from)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+}
+
+struct DamagedStorage(MemoryStorage);
+
+impl mini_pubsub::storage::Storage for DamagedStorage {
+    fn open(
+        &mut self,
+        topic_uid: u64,
+        partition: u32,
+    ) -> Result<Box<dyn mini_pubsub::storage::PartitionLog>, mini_pubsub::storage::StorageError> {
+        Ok(Box::new(DamagedLog(self.0.open(topic_uid, partition)?)))
+    }
+    fn remove(
+        &mut self,
+        topic_uid: u64,
+        logs: Vec<Box<dyn mini_pubsub::storage::PartitionLog>>,
+    ) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.0.remove(topic_uid, logs)
+    }
+    fn retain_topics(&mut self, uids: &[u64], next: u64) -> Result<Vec<u64>, mini_pubsub::storage::StorageError> {
+        self.0.retain_topics(uids, next)
+    }
+    fn fsync_policy(&self) -> mini_pubsub::storage::FsyncPolicy {
+        self.0.fsync_policy()
+    }
+    fn load_meta(&mut self) -> Result<Option<Vec<u8>>, mini_pubsub::storage::StorageError> {
+        self.0.load_meta()
+    }
+    fn save_meta(&mut self, meta: &[u8]) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.0.save_meta(meta)
+    }
+}
+
+#[test]
+fn a_record_the_broker_cannot_read_reaches_the_trace() {
+    let history = History::default();
+    let mut sim = turmoil::Builder::new().rng_seed(1).simulation_duration(Duration::from_secs(20)).build();
+    let observed = history.clone();
+    sim.host("broker", move || {
+        let history = observed.clone();
+        async move {
+            let (_, incoming) = SimNet::default().bind(listen_addr(PORT)).await?;
+            let observer = Arc::new(BrokerObserver { host: "broker".into(), history });
+            let storage = Box::new(DamagedStorage(MemoryStorage));
+            let (config, clock) = (ServerConfig::default(), Arc::new(SimClock));
+            server::run_observed(incoming, std::future::pending(), config, storage, clock, Some(observer)).await?;
+            Ok(())
+        }
+    });
+    sim.client("app", async move {
+        let channel = channel("broker", PORT).await?;
+        let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel.clone());
+        let messages = ["a", "b", "c"].map(|v| pb::OutgoingMessage { value: v.into(), ..Default::default() }).to_vec();
+        pubsub.publish(pb::PublishRequest { topic: "orders".into(), messages, ..Default::default() }).await?;
+        let sub = pb::CreateSubscriptionRequest { name: "audit".into(), topic: "orders".into(), ..Default::default() };
+        pb::admin_client::AdminClient::new(channel).create_subscription(sub).await?;
+        let pulled = pubsub.pull(pb::PullRequest { subscription: "audit".into(), max_messages: 10 }).await?;
+        let offsets: Vec<u64> =
+            pulled.into_inner().received_messages.iter().filter_map(|m| m.message.as_ref().map(|m| m.offset)).collect();
+        assert_eq!(offsets, [0], "the partition waits at the damaged record");
+        Ok(())
+    });
+    sim.run().unwrap();
+    let trace = render(&history.entries(), false);
+    assert!(trace.contains("broker     cannot read orders p0@1: "), "{trace}");
+    assert!(trace.contains("crc mismatch; its readers wait there"), "{trace}");
 }

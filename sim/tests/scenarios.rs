@@ -1,6 +1,8 @@
 //! Every `scenarios/**/*.scn` runs, passes, and matches its reviewed snapshot.
 
-use mini_pubsub_sim::{runner, scenario};
+use mini_pubsub_sim::{html, runner, scenario};
+
+mod page;
 
 #[test]
 fn every_scenario_runs_and_matches_its_snapshot() {
@@ -9,6 +11,8 @@ fn every_scenario_runs_and_matches_its_snapshot() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let parsed = scenario::parse(&name, &text).unwrap_or_else(|e| panic!("{e}"));
         let report = runner::run(&parsed, None);
+        // Every run can be drawn as a page.
+        page::assert_page(&report, &html::page(&name, &report, "replay"));
         let output = format!("{}\n\n{}", report.trace, report.verdict);
         insta::assert_snapshot!(output);
         assert!(
@@ -27,7 +31,45 @@ fn the_same_seed_gives_byte_identical_output() {
         let first = runner::run(&parsed, Some(99));
         let second = runner::run(&parsed, Some(99));
         assert_eq!(first, second, "{} differs between two runs with seed 99", path.display());
+        assert_passed(path, &first);
     });
+}
+
+/// Fails with the replay command when `report` did not pass.
+fn assert_passed(path: &std::path::Path, report: &runner::Report) {
+    let name = path.file_name().unwrap().to_string_lossy();
+    assert!(
+        report.passed,
+        "{name} failed under seed {seed}; replay: cargo run -p mini-pubsub-sim -- run scenarios/{name} --seed {seed}\n{}",
+        report.verdict,
+        seed = report.seed
+    );
+}
+
+/// Every scenario passes under `seed` too, not only its own. CI runs a few seeds; the
+/// whole sweep (every scenario, seeds 1 to 20) is `cargo run --release -p mini-pubsub-sim
+/// -- sweep`.
+fn passes_under(seed: u64) {
+    insta::glob!("../../scenarios", "**/*.scn", |path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let parsed = scenario::parse("x.scn", &text).unwrap();
+        assert_passed(path, &runner::run(&parsed, Some(seed)));
+    });
+}
+
+#[test]
+fn every_scenario_passes_under_seed_3() {
+    passes_under(3);
+}
+
+#[test]
+fn every_scenario_passes_under_seed_17() {
+    passes_under(17);
+}
+
+#[test]
+fn every_scenario_passes_under_seed_2026() {
+    passes_under(2026);
 }
 
 #[test]

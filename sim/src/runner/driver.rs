@@ -62,6 +62,8 @@ pub(super) struct Driver<'a> {
     pub(super) crash_flags: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
     /// Bytes written between every two hosts.
     pub(super) traffic: Traffic,
+    /// Every fault so far, with the hosts it cut (`to_ms` is `u64::MAX` while in place).
+    pub(super) spans: Vec<super::FaultSpan>,
     /// Draws corruption positions, from the run's seed.
     pub(super) rng: rand::rngs::StdRng,
 }
@@ -190,6 +192,7 @@ impl<'a> Driver<'a> {
             corrupters,
             crash_flags,
             traffic,
+            spans: Vec::new(),
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0xd15c),
         }
     }

@@ -7,6 +7,7 @@ use mini_pubsub::env::DiskFault as Disk;
 use rand::RngExt;
 
 use super::driver::Driver;
+use super::FaultSpan;
 use crate::history::Event;
 use crate::scenario::{self, DiskFault, Fault};
 
@@ -82,6 +83,13 @@ impl<'a> Driver<'a> {
         };
         let closed = self.close_fault(&key);
         if opens {
+            let hosts = match &along {
+                Along::Link(a, b) | Along::OneWay(a, b) => vec![a.clone(), b.clone()],
+                Along::Host(h) | Along::Disk(h) => vec![h.clone()],
+                Along::All => Vec::new(),
+            };
+            let from_ms = self.now_ms();
+            self.spans.push(FaultSpan { text: fault.to_string(), hosts, from_ms, to_ms: u64::MAX });
             let in_flight = self.in_flight(&along);
             let before = self.activity(&along);
             self.open_faults.push(OpenFault { key, text: fault.to_string(), along, in_flight, before });
@@ -92,6 +100,10 @@ impl<'a> Driver<'a> {
     pub(super) fn close_fault(&mut self, key: &str) -> Result<(), String> {
         let Some(index) = self.open_faults.iter().position(|f| f.key == key) else { return Ok(()) };
         let fault = self.open_faults.remove(index);
+        let now = self.now_ms();
+        if let Some(span) = self.spans.iter_mut().rev().find(|s| s.text == fault.text && s.to_ms == u64::MAX) {
+            span.to_ms = now;
+        }
         if fault.in_flight == 0 && self.activity(&fault.along) == fault.before {
             let what = match fault.along {
                 Along::Disk(_) => "the disk refused nothing while it was in place",
@@ -188,6 +200,13 @@ impl<'a> Driver<'a> {
         flag.inspect(|f| f.store(false, std::sync::atomic::Ordering::Relaxed));
         self.crashed.push(host.to_string());
         self.faults.push(format!("crash {host}"));
+        let from_ms = self.now_ms();
+        self.spans.push(FaultSpan {
+            text: format!("crash {host}"),
+            hosts: vec![host.to_string()],
+            from_ms,
+            to_ms: u64::MAX,
+        });
         self.history.record_at(self.now_ms(), "driver", Event::Crashed { host: host.to_string() });
         Ok(None)
     }
@@ -234,9 +253,18 @@ impl<'a> Driver<'a> {
         }
         self.sim.bounce(host);
         self.crashed.retain(|h| h != host);
+        self.end_crash_span(host);
         self.faults.push(format!("restart {host}"));
         self.history.record_at(self.now_ms(), "driver", Event::Restarted { host: host.to_string() });
         Ok(None)
+    }
+
+    /// A crashed host is running again.
+    fn end_crash_span(&mut self, host: &str) {
+        let (text, now) = (format!("crash {host}"), self.now_ms());
+        if let Some(span) = self.spans.iter_mut().rev().find(|s| s.text == text && s.to_ms == u64::MAX) {
+            span.to_ms = now;
+        }
     }
 
     fn all_hosts(&self) -> Vec<String> {
@@ -258,6 +286,7 @@ impl<'a> Driver<'a> {
         }
         for host in std::mem::take(&mut self.crashed) {
             self.sim.bounce(host.as_str());
+            self.end_crash_span(&host);
             self.history.record_at(self.now_ms(), "driver", Event::Restarted { host });
         }
         let now = self.now_ms();

@@ -48,6 +48,20 @@ pub struct Report {
     pub failure: Option<String>,
     /// Simulated time the run covered, drain included.
     pub simulated: Duration,
+    /// The checker's results (empty when a broken invariant stopped the run).
+    pub checks: Vec<checker::Check>,
+    /// Every fault, with when it was in place and the hosts it cut.
+    pub spans: Vec<FaultSpan>,
+}
+
+/// A fault as it showed on the hosts: when it began and ended, and which hosts it cut
+/// (none listed: every host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSpan {
+    pub text: String,
+    pub hosts: Vec<String>,
+    pub from_ms: u64,
+    pub to_ms: u64,
 }
 
 /// What the steps of a run came to, before the checker reads the history.
@@ -116,7 +130,9 @@ pub fn run_mutated(scenario: &Scenario, seed: Option<u64>, mutation: Option<Muta
     let failure = (!played.failures.is_empty()).then(|| played.failures.join("; "));
     let simulated = driver.elapsed();
     let trace = render(&entries, false);
-    Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated }
+    let end_ms = driver.now_ms();
+    let spans = driver.spans.iter().cloned().map(|s| FaultSpan { to_ms: s.to_ms.min(end_ms), ..s }).collect();
+    Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated, checks, spans }
 }
 
 /// The final drain: the admin host pulls and acks what is left on every subscription that
