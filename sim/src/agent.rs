@@ -27,12 +27,14 @@ mod command;
 use command::nack_request;
 pub use command::Command;
 
-use crate::scenario::{AckMode, Nack, Publish, Via};
+use crate::scenario::{AckMode, Admin, Nack, Publish, Via};
 
 /// The broker's port inside the simulation.
 pub const PORT: u16 = 50051;
 /// Attempts of one publish before the publisher gives up on it.
 const PUBLISH_ATTEMPTS_MAX: u32 = 20;
+/// Admin steps waiting for the admin host's admin task.
+const COMMAND_QUEUE_MAX: usize = 256;
 /// Wait between publish attempts and between stream reconnects.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long one request may take before the client gives up on it.
@@ -98,6 +100,18 @@ pub async fn run(
     let channel = world::lazy_channel(&name, &broker, PORT, REQUEST_TIMEOUT, traffic);
     let mut streams: Vec<JoinHandle<()>> = Vec::new();
     let held = Held::default();
+    // Admin steps run one after another, in scenario order (a subscription is created only
+    // once its topic exists), on a task of their own: one still retrying holds back the
+    // admin steps after it, never the drain.
+    let (admin_tx, mut admin_rx) = mpsc::channel::<(Admin, Duration)>(COMMAND_QUEUE_MAX);
+    let admin_app = App { name: name.clone(), channel: channel.clone(), history: history.clone(), held: held.clone() };
+    let admin_counters = counters.clone();
+    tokio::spawn(async move {
+        while let Some((admin, ack_deadline)) = admin_rx.recv().await {
+            admin_app.admin(admin, ack_deadline).await;
+            admin_counters.admin_done.fetch_add(1, Ordering::Relaxed);
+        }
+    });
     loop {
         let Some(command) = commands.lock().await.recv().await else { return Ok(()) };
         let app = App { name: name.clone(), channel: channel.clone(), history: history.clone(), held: held.clone() };
@@ -155,19 +169,18 @@ pub async fn run(
                     streams.push(tokio::spawn(async move { app.subscribe(sub, mode, numbers).await }));
                 }
             }
-            Command::Drain { subs } => {
-                tokio::spawn(async move { app.drain(subs).await });
+            Command::Drain => {
+                tokio::spawn(async move { app.drain().await });
             }
             Command::Disconnect => {
                 for stream in streams.drain(..) {
                     stream.abort();
                 }
             }
-            // Admin steps run one after another, in scenario order: a subscription is
-            // created only once its topic exists.
             Command::Admin(admin, ack_deadline) => {
-                app.admin(admin, ack_deadline).await;
-                counters.admin_done.fetch_add(1, Ordering::Relaxed);
+                if admin_tx.try_send((admin, ack_deadline)).is_err() {
+                    history.record(&name, Event::Step { text: "admin step dropped: queue full".into() });
+                }
             }
         }
     }
@@ -564,6 +577,7 @@ impl App {
             idempotency_key: message.idempotency_key.clone(),
             publish_ms: message.publish_time.map_or(0, |t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000),
             generation: m.generation,
+            lease: m.ack_id.rsplit('-').next().and_then(|seq| seq.parse().ok()).unwrap_or(0),
         });
         (m.ack_id, leased)
     }
@@ -586,13 +600,16 @@ fn result_name(result: pb::AckResult) -> String {
 }
 
 impl App {
-    /// Pulls and acks until the run ends. It goes straight on while pulls bring messages
-    /// (an ordered subscription gives one message per key per round), and waits between
-    /// rounds that brought none. The loop ends with the simulation.
-    async fn drain(self, subs: Vec<String>) {
+    /// Pulls and acks until the run ends, on every subscription the broker lists at each
+    /// round (one created late, by an admin step still retrying, is drained too). It goes
+    /// straight on while pulls bring messages (an ordered subscription gives one message
+    /// per key per round), and waits between rounds that brought none. The loop ends with
+    /// the simulation.
+    async fn drain(self) {
         let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         loop {
             let mut pulled_any = false;
+            let subs = self.subscriptions().await;
             for sub in &subs {
                 let pulled = client.pull(pb::PullRequest { subscription: sub.clone(), max_messages: 100 }).await;
                 let Ok(pulled) = pulled else { continue };
@@ -621,6 +638,29 @@ impl App {
         }
     }
 }
+
+impl App {
+    /// The subscriptions the broker lists (none when it cannot be reached), bounded by
+    /// [`DRAIN_SUBSCRIPTIONS_MAX`].
+    async fn subscriptions(&self) -> Vec<String> {
+        let mut admin = pb::admin_client::AdminClient::new(self.channel.clone());
+        let (mut names, mut page_token) = (Vec::new(), String::new());
+        while names.len() < DRAIN_SUBSCRIPTIONS_MAX {
+            let req = pb::ListSubscriptionsRequest { page_size: 1000, page_token, ..Default::default() };
+            let Ok(page) = admin.list_subscriptions(req).await else { break };
+            let page = page.into_inner();
+            names.extend(page.subscriptions.into_iter().map(|s| s.name).filter(|n| !n.starts_with("__")));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        names
+    }
+}
+
+/// Subscriptions the final drain reads at most.
+const DRAIN_SUBSCRIPTIONS_MAX: usize = 10_000;
 
 /// Codes a publisher retries, as Pub/Sub's client libraries do: the broker may accept the
 /// same request later (it was unreachable, overloaded, or its disk was full).

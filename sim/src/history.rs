@@ -48,6 +48,9 @@ pub enum Event {
         publish_ms: u64,
         /// The generation of an exclusive subscription it was leased under; 0 when shared.
         generation: u64,
+        /// The lease's sequence number (the last part of its ack id): what tells a
+        /// delivery leased before a seek or redrive from one leased after it.
+        lease: u64,
     },
     /// A member of an exclusive subscription was told its partitions from `generation` on.
     Assigned { sub: String, stream: u64, generation: u64, partitions: Vec<u32> },
@@ -67,8 +70,6 @@ pub enum Event {
     /// The client sent an ack or nack (`op`) of delivery `attempt`; its answer is an
     /// `AckAnswered`, or never comes (the request or the answer was lost).
     AckSent { id: String, message_id: String, sub: String, op: String, partition: u32, offset: u64, attempt: u32 },
-    /// A subscription was moved by a seek: what it replays afterwards is not a redelivery.
-    Seeked { sub: String },
     /// A redrive read dead letters from `dead`: the message at `partition`/`offset` went
     /// back to `sub` (its attempts start over), or stayed (`error` says why).
     Redriven { dead: String, sub: String, partition: u32, offset: u64, error: Option<String> },
@@ -189,9 +190,6 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::AckAnswered { id, sub, op, result, .. } => format!("{op} {id} on {sub}: {result}"),
         Event::AckSent { id, sub, op, attempt, .. } if full => format!("send {op} {id} on {sub} attempt={attempt}"),
         Event::AckSent { .. } => return None,
-        // The admin host's answer to the seek has a line of its own.
-        Event::Seeked { sub } if full => format!("seeked {sub}"),
-        Event::Seeked { .. } => return None,
         Event::Redriven { dead, sub, partition, offset, error: None } => {
             format!("redrive {dead}: p{partition}@{offset} back to {sub}")
         }
@@ -245,11 +243,11 @@ fn notice_line(notice: &Notice, at_ms: u64, full: bool) -> Option<String> {
             format!("subscription {subscription} created on {topic} (uid {topic_uid}), owed from {}", start.join(" "))
         }
         Notice::SubscriptionDeleted { subscription } => format!("subscription {subscription} deleted"),
-        Notice::Seeked { subscription, to } => {
+        Notice::Seeked { subscription, to, .. } => {
             let to: Vec<String> = to.iter().map(|(p, o)| format!("p{p}@{o}")).collect();
             format!("seek applied: {subscription} owed from {}", to.join(" "))
         }
-        Notice::Redriven { subscription, partition, offset } => {
+        Notice::Redriven { subscription, partition, offset, .. } => {
             format!("redrive applied: p{partition}@{offset} back in {subscription}")
         }
         Notice::LeasesReleased { subscription, stream, leases } => {

@@ -100,7 +100,7 @@ fn mark(entry: &Entry) -> Option<String> {
         Event::Restarted { .. } => ("restart", None),
         Event::Broker(_) | Event::ReadFailed { .. } => ("broker", None),
         Event::InvariantBroken { .. } => ("broken", None),
-        Event::Seeked { .. } | Event::Step { .. } => ("step", None),
+        Event::Step { .. } => ("step", None),
     };
     let text = trace_line(entry, true)?;
     let id = id.map_or_else(|| "null".to_string(), json);

@@ -529,7 +529,11 @@ impl Broker {
             }
             self.forget_backoffs(uid, partition, &dropped.delayed);
         }
-        self.notice(|_| Notice::Seeked { subscription: subscription.to_string(), to: moves });
+        self.notice(|b| Notice::Seeked {
+            subscription: subscription.to_string(),
+            to: moves,
+            lease_seq: b.next_lease_seq,
+        });
         self.dispatch(now_ms, uid);
         let sub = &self.subscriptions[&uid];
         Ok(sub.cursors.iter().enumerate().map(|(p, c)| (p as u32, c.committed)).collect())

@@ -39,16 +39,22 @@ pub enum Notice {
     SubscriptionDeleted {
         subscription: String,
     },
-    /// A seek moved a subscription: each partition it moved, and the offset it is owed from.
+    /// A seek moved a subscription: each partition it moved, and the offset it is owed
+    /// from. Every lease issued after it has a sequence number (the last part of its ack
+    /// id) of at least `lease_seq`, so an observer can tell a delivery leased before the
+    /// seek, and still on its way, from one leased after.
     Seeked {
         subscription: String,
         to: Vec<(u32, u64)>,
+        lease_seq: u64,
     },
-    /// A redrive put the message at `partition`/`offset` back into `subscription`.
+    /// A redrive put the message at `partition`/`offset` back into `subscription`; it is
+    /// leased again with a sequence number of at least `lease_seq`.
     Redriven {
         subscription: String,
         partition: u32,
         offset: u64,
+        lease_seq: u64,
     },
     /// A stream closed and its leases went back to the subscription at once (no backoff).
     LeasesReleased {

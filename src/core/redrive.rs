@@ -66,7 +66,12 @@ impl Broker {
                 (Ok(source_uid), Ok(source)) => {
                     reopened.push(*source_uid);
                     let (back_to, partition, offset) = (source.subscription.clone(), source.partition, source.offset);
-                    self.notice(|_| Notice::Redriven { subscription: back_to, partition, offset });
+                    self.notice(|b| Notice::Redriven {
+                        subscription: back_to,
+                        partition,
+                        offset,
+                        lease_seq: b.next_lease_seq,
+                    });
                     let acked = self.acks(now_ms, subscription, AckOp::Ack, vec![copy.ack_id.clone()])?;
                     debug_assert!(acked.iter().all(|a| a.outcome == super::AckOutcome::Applied));
                 }

@@ -19,9 +19,6 @@ impl App {
         for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
             let status = match self.admin_once(&command, ack_deadline).await {
                 Ok(detail) => {
-                    if let Admin::Seek { sub, .. } = &command {
-                        self.record(Event::Seeked { sub: sub.clone() });
-                    }
                     self.record(Event::AdminAnswered { what, refused: None, detail });
                     return;
                 }

@@ -26,11 +26,9 @@ pub enum Command {
     Modack {
         seconds: u32,
     },
-    /// Pull and ack everything left on these subscriptions until the run ends (the final
+    /// Pull and ack everything left on every subscription until the run ends (the final
     /// drain, so that what is never read counts as lost only if it cannot be read).
-    Drain {
-        subs: Vec<String>,
-    },
+    Drain,
 }
 
 /// The stream request that nacks `ack_id` as `nack` says.

@@ -184,7 +184,7 @@ impl<'e> Model<'e> {
                 };
                 self.epochs.insert(subscription.clone(), epoch);
             }
-            Notice::Seeked { subscription, to } => {
+            Notice::Seeked { subscription, to, .. } => {
                 if let Some(epoch) = self.epochs.get_mut(subscription).filter(|e| e.end == End::Open) {
                     for (partition, offset) in to {
                         epoch.from.insert(*partition, (*offset, at_ms));

@@ -10,36 +10,45 @@ use super::{count, dead_lettered, result, Check, Problem};
 use crate::history::{Entry, Event};
 
 /// First deliveries going backwards within a partition on one stream (streams are
-/// numbered per host). A stream may go back once for every seek the broker applied to
-/// its subscription since the stream's previous delivery there: messages leased before
-/// the seek arrive before those leased after it, so the replay is one step back. A
+/// numbered per host). A seek the broker applied to the subscription between two leases
+/// (told apart by their sequence numbers, which the seek's notice carries: a lease made
+/// before the seek may still be on its way after it) allows one step back: the replay. A
 /// message a redrive put back comes with attempt 1 at its old offset: it is exempt.
 /// Ordered subscriptions are the key-order check's.
 pub(super) fn out_of_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check {
-    let mut seeks: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut redriven: BTreeSet<(&str, u32, u64)> = BTreeSet::new();
-    // (host, subscription, stream, partition) -> (offset, seeks applied when it came).
-    let mut last: BTreeMap<(&str, &str, u64, u32), (u64, u32)> = BTreeMap::new();
+    // Each subscription's seeks, by the first lease sequence number after each.
+    let mut seeks: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    // Redriven places, with the first lease sequence number after the redrive.
+    let mut redriven: BTreeMap<(&str, u32, u64), u64> = BTreeMap::new();
+    // (host, subscription, stream, partition) -> (offset, lease) of the last first delivery.
+    let mut last: BTreeMap<(&str, &str, u64, u32), (u64, u64)> = BTreeMap::new();
     let (mut examined, mut compared, mut restarts, mut exempt) = (0, 0, 0, 0);
     let mut problems = Vec::new();
     for e in entries {
         match &e.event {
-            Event::Broker(Notice::Seeked { subscription, .. }) => *seeks.entry(subscription).or_default() += 1,
-            Event::Broker(Notice::Redriven { subscription, partition, offset }) => {
-                redriven.insert((subscription, *partition, *offset));
+            Event::Broker(Notice::Seeked { subscription, lease_seq, .. }) => {
+                seeks.entry(subscription).or_default().push(*lease_seq);
             }
-            Event::Delivered { id, sub, stream, partition, offset, attempt: 1, .. } if !ordered.contains(sub) => {
+            Event::Broker(Notice::Redriven { subscription, partition, offset, lease_seq }) => {
+                redriven.insert((subscription, *partition, *offset), *lease_seq);
+            }
+            Event::Delivered { id, sub, stream, partition, offset, attempt: 1, lease, .. }
+                if !ordered.contains(sub) =>
+            {
                 examined += 1;
-                if redriven.remove(&(sub.as_str(), *partition, *offset)) {
+                let place = (sub.as_str(), *partition, *offset);
+                if redriven.get(&place).is_some_and(|after| lease >= after) {
+                    redriven.remove(&place);
                     exempt += 1;
                     continue;
                 }
-                let seen = seeks.get(sub.as_str()).copied().unwrap_or(0);
                 let key = (e.host.as_str(), sub.as_str(), *stream, *partition);
-                if let Some((previous, seen_then)) = last.insert(key, (*offset, seen)) {
+                if let Some((previous, before)) = last.insert(key, (*offset, *lease)) {
                     compared += 1;
                     if *offset < previous {
-                        if seen > seen_then {
+                        let sought =
+                            seeks.get(sub.as_str()).is_some_and(|s| s.iter().any(|s| before < *s && s <= lease));
+                        if sought {
                             restarts += 1;
                         } else {
                             let host = &e.host;
@@ -72,7 +81,9 @@ pub(super) fn out_of_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Che
 /// key that a client received is finished, that is acked (the ack was sent after its
 /// latest delivery: the broker applies an ack only after it is sent, and leases the next
 /// message only after that) or dead-lettered (its copy reached the dead-letter topic's
-/// reader). A crash, a seek or a redrive (as the broker applied them) starts over.
+/// reader). A crash, a seek or a redrive (as the broker applied them) starts over; a
+/// delivery leased before the latest seek or redrive of its subscription (its lease's
+/// sequence number is lower than the notice's), still on its way after it, is not judged.
 pub(super) fn key_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check {
     /// An offset of a key as the clients saw it: its id, its latest attempt, and whether
     /// an ack was sent after that delivery.
@@ -85,12 +96,17 @@ pub(super) fn key_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check 
     let dead = dead_lettered(entries);
     let mut seen: BTreeMap<(&str, u32, &str), BTreeMap<u64, Seen>> = BTreeMap::new();
     let mut keys: BTreeMap<(&str, u32, u64), &str> = BTreeMap::new();
+    // The first lease sequence number after each subscription's latest seek or redrive.
+    let mut restarted: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut checked, mut delivered, mut problems) = (0, 0, Vec::new());
     for e in entries {
         match &e.event {
             Event::Crashed { .. } => seen.clear(),
-            Event::Broker(Notice::Seeked { subscription, .. } | Notice::Redriven { subscription, .. }) => {
+            Event::Broker(
+                Notice::Seeked { subscription, lease_seq, .. } | Notice::Redriven { subscription, lease_seq, .. },
+            ) => {
                 seen.retain(|(s, ..), _| s != subscription);
+                restarted.insert(subscription, *lease_seq);
             }
             Event::AckSent { sub, op, partition, offset, attempt, .. } if op == "ack" => {
                 let Some(key) = keys.get(&(sub.as_str(), *partition, *offset)) else { continue };
@@ -109,11 +125,15 @@ pub(super) fn key_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check 
                     attempt,
                     key: Some(key),
                     dead_letter: None,
+                    lease,
                     ..
                 } = &e.event
                 else {
                     continue;
                 };
+                if restarted.get(sub.as_str()).is_some_and(|after| lease < after) {
+                    continue;
+                }
                 keys.insert((sub.as_str(), *partition, *offset), key.as_str());
                 let offsets = seen.entry((sub.as_str(), *partition, key.as_str())).or_default();
                 checked += 1;

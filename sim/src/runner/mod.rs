@@ -16,7 +16,6 @@ use mini_pubsub::server::ServerConfig;
 
 use crate::agent::Command;
 use crate::checker;
-use crate::checker::model::{End, Model};
 use crate::facts;
 use crate::history::{render, Entry, Event};
 use crate::scenario::Scenario;
@@ -24,7 +23,7 @@ use driver::Driver;
 
 pub use crate::scenario::ADMIN_HOST;
 /// How long the run goes on after the last step, with every fault healed and the admin
-/// host pulling what is left on every audited subscription, so that what was published
+/// host pulling what is left on every subscription, so that what was published
 /// can be delivered before the checker reads the history.
 const DRAIN: Duration = Duration::from_secs(30);
 /// How long the drain goes on after the last publish was answered (or sent again).
@@ -135,15 +134,12 @@ pub fn run_mutated(scenario: &Scenario, seed: Option<u64>, mutation: Option<Muta
     Report { seed, trace, entries, verdict, passed: failure.is_none(), failure, simulated, checks, spans }
 }
 
-/// The final drain: the admin host pulls and acks what is left on every subscription that
-/// exists (as the broker's notices tell) for [`DRAIN`], and on while publishes are still
-/// being answered, so that no publish is answered too late to be delivered: until none was
-/// for [`SETTLE`], at most [`DRAIN_EXTRA_MAX`] more.
+/// The final drain: the admin host pulls and acks what is left on every subscription the
+/// broker has for [`DRAIN`], and on while publishes are still being answered, so that no
+/// publish is answered too late to be delivered: until none was for [`SETTLE`], at most
+/// [`DRAIN_EXTRA_MAX`] more.
 fn drain(driver: &mut Driver) -> Result<(), String> {
-    let entries = driver.history.entries();
-    let model = Model::build(&entries);
-    let subs = model.epochs.values().filter(|e| e.end == End::Open).map(|e| e.sub.clone()).collect();
-    driver.send(ADMIN_HOST, Command::Drain { subs });
+    driver.send(ADMIN_HOST, Command::Drain);
     let end = driver.elapsed() + DRAIN;
     driver.advance_to(end)?;
     let last_chance = end + DRAIN_EXTRA_MAX;
