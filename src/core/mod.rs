@@ -7,19 +7,34 @@
 //!
 //! # How a driver runs it
 //!
-//! 1. Call an input method (`publish`, `open_stream`, `stream_acks`, `acks`, `pull`,
-//!    `seek`, `close_stream`, an admin method) with the current time. Requests get their
-//!    answer as the return value.
-//! 2. Drain [`Broker::poll_output`] until it returns `None`: deliveries for streams, and
-//!    streams the broker ended. Every input may produce outputs.
-//! 3. Ask [`Broker::poll_timeout`] for the next deadline, and call
-//!    [`Broker::handle_timeout`] when the clock reaches it (then drain outputs again).
+//! The methods a driver calls fall in three kinds, as in quinn-proto:
 //!
-//! Every request that arrives on a Subscribe stream, empty ones included, is also told to
-//! [`Broker::heartbeat`]: members of exclusive subscriptions that stay silent past their
-//! session timeout leave their group. A stream that ends is told to
-//! [`Broker::close_stream`], or to [`Broker::leave_stream`] when its client said it leaves:
-//! a stream that named its client (a client id) releases its leases only then.
+//! - **Handlers of inputs.** [`Broker::handle`] applies one [`Command`] (a publish, an
+//!   admin operation, a stream opening, a request on a stream or its end, a pull, acks, a
+//!   seek, a redrive, a timer [`Command::Tick`], a [`Command::Sync`], retention, a
+//!   checkpoint) at the [`At`] it carries, and returns its [`Reply`]. Nothing else changes
+//!   the broker, so a driver that logs the commands it applied can apply them again.
+//! - **Polls of outputs.** After each command, drain [`Broker::poll_output`] until it
+//!   returns `None`: deliveries for streams, assignments, streams the broker ended, records
+//!   it could not read. [`Broker::poll_timeout`] says when to apply the next
+//!   [`Command::Tick`]; [`Broker::poll_notice`] gives what an observer asked to hear
+//!   ([`Broker::observe`]).
+//! - **Getters.** [`Broker::query`] answers a [`Query`] (topics, subscriptions, counts,
+//!   pending messages) and changes nothing; so do [`Broker::config`],
+//!   [`Broker::needs_sync`], [`Broker::acks_after_sync`] and the counts for metrics.
+//!
+//! The server's driver does, each turn: apply the commands that arrived (at most a bound),
+//! or a `Tick` when the timeout came, draining outputs after each; under `fsync=always`, a
+//! `Sync` that covers the turn's publishes before they are answered; send the outputs to
+//! their streams (a stream that cannot take them gets a `CloseStream`); then tell the
+//! observer the notices and check the invariants. On its own timers it applies `Sync`
+//! (`fsync=interval`), `Retention` and `Checkpoint`.
+//!
+//! Every request that arrives on a Subscribe stream, empty ones included, is a
+//! [`Command::StreamRequest`], and so a heartbeat: members of exclusive subscriptions that
+//! stay silent past their session timeout leave their group. A stream that ends is a
+//! [`Command::CloseStream`], or a [`Command::LeaveStream`] when its client said it
+//! leaves: a stream that named its client (a client id) releases its leases only then.
 //!
 //! Storage is the one thing the core calls out to, through the [`PartitionLog`] trait
 //! object; the memory log does no IO at all.
@@ -29,6 +44,7 @@
 mod admin;
 mod broker;
 mod client_id;
+mod command;
 mod config;
 mod counts;
 mod dead_letter;
@@ -53,6 +69,7 @@ mod topic;
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
 pub use broker::Broker;
 pub use client_id::CLIENT_ID_BYTES_MAX;
+pub use command::{Answer, At, Command, Query, Reply};
 pub use config::BrokerConfig;
 pub use counts::{SubscriptionCounts, SubscriptionCountsView};
 pub use dead_letter::{

@@ -2,8 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::driver::DriverHandle;
-use crate::core::SubscriptionSpec;
+use super::driver::{unexpected, DriverHandle};
+use crate::core::{Answer, Command, Query, SubscriptionSpec};
 use crate::wire::{self, pb};
 
 /// Topic and subscription management, backed by the driver.
@@ -19,21 +19,29 @@ impl pb::admin_server::Admin for AdminService {
         let req = request.into_inner();
         let partitions = (req.partitions != 0).then_some(req.partitions);
         let window_ms = wire::dedupe_window_ms(req.dedupe_window.as_ref())?;
-        let info = self.driver.call(move |d| d.broker.create_topic_with(&req.name, partitions, window_ms)).await??;
-        Ok(Response::new(wire::topic(info)))
+        let command = Command::CreateTopic { name: req.name, partitions, dedupe_window_ms: window_ms };
+        match self.driver.handle(command).await? {
+            Answer::Topic(info) => Ok(Response::new(wire::topic(info))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn get_topic(&self, request: Request<pb::GetTopicRequest>) -> Reply<pb::Topic> {
         let req = request.into_inner();
-        let info = self.driver.call(move |d| d.broker.topic_info(&req.name)).await??;
-        Ok(Response::new(wire::topic(info)))
+        match self.driver.query(Query::Topic { name: req.name }).await?.0 {
+            Answer::Topic(info) => Ok(Response::new(wire::topic(info))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Reply<pb::ListTopicsResponse> {
         let req = request.into_inner();
         let limit = wire::page_size(req.page_size)?;
-        let (topics, next) =
-            self.driver.call(move |d| d.broker.list_topics(wire::page_token(&req.page_token), limit)).await?;
+        let after = wire::page_token(&req.page_token).map(str::to_string);
+        let (topics, next) = match self.driver.query(Query::Topics { after, limit }).await?.0 {
+            Answer::Topics { topics, next } => (topics, next),
+            other => return Err(unexpected(&other)),
+        };
         Ok(Response::new(pb::ListTopicsResponse {
             topics: topics.into_iter().map(wire::topic).collect(),
             next_page_token: next.unwrap_or_default(),
@@ -42,8 +50,12 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Reply<pb::DeleteTopicResponse> {
         let req = request.into_inner();
-        let deleted = self.driver.call(move |d| d.broker.delete_topic(&req.name, req.force)).await??;
-        Ok(Response::new(pb::DeleteTopicResponse { deleted_subscriptions: deleted }))
+        match self.driver.handle(Command::DeleteTopic { name: req.name, force: req.force }).await? {
+            Answer::TopicDeleted { subscriptions } => {
+                Ok(Response::new(pb::DeleteTopicResponse { deleted_subscriptions: subscriptions }))
+            }
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn create_subscription(&self, request: Request<pb::CreateSubscriptionRequest>) -> Reply<pb::Subscription> {
@@ -58,14 +70,18 @@ impl pb::admin_server::Admin for AdminService {
             ordered: req.enable_message_ordering,
             delivery_mode: wire::delivery_mode("delivery_mode", req.delivery_mode)?,
         };
-        let info = self.driver.call(move |d| d.broker.create_subscription(spec)).await??;
-        Ok(Response::new(wire::subscription(info)))
+        match self.driver.handle(Command::CreateSubscription(spec)).await? {
+            Answer::Subscription(info) => Ok(Response::new(wire::subscription(info))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn get_subscription(&self, request: Request<pb::GetSubscriptionRequest>) -> Reply<pb::Subscription> {
         let req = request.into_inner();
-        let info = self.driver.call(move |d| d.broker.subscription_info(&req.name)).await??;
-        Ok(Response::new(wire::subscription(info)))
+        match self.driver.query(Query::Subscription { name: req.name }).await?.0 {
+            Answer::Subscription(info) => Ok(Response::new(wire::subscription(info))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn list_subscriptions(
@@ -74,13 +90,13 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Reply<pb::ListSubscriptionsResponse> {
         let req = request.into_inner();
         let limit = wire::page_size(req.page_size)?;
-        let (subscriptions, next) = self
-            .driver
-            .call(move |d| {
-                let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
-                d.broker.list_subscriptions(topic, wire::page_token(&req.page_token), limit)
-            })
-            .await??;
+        let topic = (!req.topic.is_empty()).then_some(req.topic);
+        let after = wire::page_token(&req.page_token).map(str::to_string);
+        let query = Query::Subscriptions { topic, after, limit };
+        let (subscriptions, next) = match self.driver.query(query).await?.0 {
+            Answer::Subscriptions { subscriptions, next } => (subscriptions, next),
+            other => return Err(unexpected(&other)),
+        };
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: subscriptions.into_iter().map(wire::subscription).collect(),
             next_page_token: next.unwrap_or_default(),
@@ -92,7 +108,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Reply<pb::DeleteSubscriptionResponse> {
         let req = request.into_inner();
-        self.driver.call(move |d| d.broker.delete_subscription(&req.name)).await??;
+        self.driver.handle(Command::DeleteSubscription { name: req.name }).await?;
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
 
@@ -101,23 +117,23 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetSubscriptionStatsRequest>,
     ) -> Reply<pb::SubscriptionStats> {
         let req = request.into_inner();
-        let stats = self.driver.call(move |d| d.broker.subscription_stats(&req.name)).await??;
-        Ok(Response::new(wire::subscription_stats(stats)))
+        match self.driver.query(Query::Stats { subscription: req.name }).await?.0 {
+            Answer::Stats(stats) => Ok(Response::new(wire::subscription_stats(stats))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn list_pending(&self, request: Request<pb::ListPendingRequest>) -> Reply<pb::ListPendingResponse> {
         let req = request.into_inner();
         let limit = wire::page_size(req.page_size)?;
         let after = wire::pending_token(&req.page_token)?;
-        let (page, next, wall) = self
-            .driver
-            .call(move |d| {
-                let (now, wall) = (d.now_ms(), d.wall_ms());
-                d.broker.list_pending(now, &req.subscription, after, limit).map(|(page, next)| (page, next, wall))
-            })
-            .await??;
+        let query = Query::Pending { subscription: req.subscription, after, limit };
+        let (messages, next, at) = match self.driver.query(query).await? {
+            (Answer::Pending { messages, next }, at) => (messages, next, at),
+            (other, _) => return Err(unexpected(&other)),
+        };
         Ok(Response::new(pb::ListPendingResponse {
-            messages: page.into_iter().map(|m| wire::pending_message(m, wall)).collect(),
+            messages: messages.into_iter().map(|m| wire::pending_message(m, at.wall_ms)).collect(),
             next_page_token: wire::pending_token_of(next),
         }))
     }
@@ -127,15 +143,12 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RedriveDeadLettersRequest>,
     ) -> Reply<pb::RedriveDeadLettersResponse> {
         let req = request.into_inner();
-        let results = self
-            .driver
-            .call(move |d| {
-                let now = d.now_ms();
-                d.broker.redrive_dead_letters(now, &req.subscription, req.max_messages)
-            })
-            .await??;
-        Ok(Response::new(pb::RedriveDeadLettersResponse {
-            results: results.into_iter().map(wire::redrive_result).collect(),
-        }))
+        let command = Command::Redrive { subscription: req.subscription, max_messages: req.max_messages };
+        match self.driver.handle(command).await? {
+            Answer::Redriven(results) => Ok(Response::new(pb::RedriveDeadLettersResponse {
+                results: results.into_iter().map(wire::redrive_result).collect(),
+            })),
+            other => Err(unexpected(&other)),
+        }
     }
 }

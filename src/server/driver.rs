@@ -1,9 +1,12 @@
 //! The driver: the one task that owns the broker core.
 //!
-//! gRPC handlers send it jobs (closures over the [`Driver`]) on a bounded queue and await
-//! their answers; between jobs it fires lease timers and routes the core's outputs to the
-//! Subscribe streams. The core never waits on a client: a stream whose response queue is
-//! full is ended with RESOURCE_EXHAUSTED, and its leases go back to the other members.
+//! gRPC handlers build [`Command`]s (and [`Query`]s) and send them on a bounded queue;
+//! the driver applies each at the time it stamps on it, in arrival order, through one
+//! path ([`Driver::apply`]), and answers. Between them it ticks the core's timers and its
+//! own (checkpoint, interval sync), themselves commands, and routes the core's outputs to
+//! the Subscribe streams. Nothing else touches the core. The core never waits on a client:
+//! a stream whose response queue is full is ended with RESOURCE_EXHAUSTED, and its leases
+//! go back to the other members.
 //!
 //! Durability is the driver's turn structure. Under `fsync=always` a publish is appended
 //! but not answered; at the end of the turn one sync covers every append of the turn (group
@@ -11,7 +14,7 @@
 //! fsync runs, new requests queue and form the next group. Under `interval` the driver
 //! syncs on a timer; committed offsets are checkpointed on a timer and at shutdown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +23,7 @@ use tonic::Status;
 
 use super::metrics::BrokerMetrics;
 use super::Observer;
-use crate::core::{
-    AckOp, Broker, BrokerError, Delivery, Flow, OutgoingMessage, Output, Published, StreamId, StreamTarget,
-};
+use crate::core::{Answer, At, Broker, BrokerError, Command, Delivery, Output, Published, Query, Reply, StreamId};
 use crate::env::Clock;
 use crate::storage::{FsyncPolicy, StorageError};
 use crate::wire::{self, pb};
@@ -38,14 +39,22 @@ const JOBS_PER_TURN_MAX: usize = 256;
 /// most this much ack progress: those messages are delivered again.
 const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 
-type Job = Box<dyn FnOnce(&mut Driver) + Send>;
-
-/// Where a publish's answer goes.
-type PublishReply = oneshot::Sender<Result<Vec<Published>, BrokerError>>;
+/// What a handler asks of the driver.
+enum Job {
+    /// A command; `sink` comes with [`Command::OpenStream`] only: where the new stream's
+    /// responses go.
+    Command { command: Command, sink: Option<StreamSink>, reply: oneshot::Sender<Reply> },
+    /// A read, answered with the time it was read at.
+    Query { query: Query, reply: oneshot::Sender<(Reply, At)> },
+    /// Shutdown: end every open stream with `status` and refuse new ones.
+    EndAllStreams { status: Status, done: oneshot::Sender<()> },
+    /// The last turn: sync and save everything.
+    Stop { done: oneshot::Sender<()> },
+}
 
 /// A publish appended in this turn, answered once the turn's sync covers it.
 struct AwaitingSync {
-    reply: PublishReply,
+    reply: oneshot::Sender<Reply>,
     topic: String,
     published: Vec<Published>,
 }
@@ -56,28 +65,61 @@ pub struct DriverHandle {
     jobs: mpsc::Sender<Job>,
 }
 
+/// Where a new stream's responses go, and how the driver ends it.
+pub struct StreamSink {
+    pub responses: ResponseTx,
+    /// Tells the stream's task to end the stream with this status.
+    pub end: oneshot::Sender<Status>,
+}
+
 impl DriverHandle {
-    /// Runs `f` on the driver and returns its result. Waits while the job queue is full.
-    pub async fn call<R, F>(&self, f: F) -> Result<R, Status>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Driver) -> R + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |driver| {
-            let _ = tx.send(f(driver));
-        });
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
+    /// Has the driver apply `command` and returns its answer; waits while the queue is
+    /// full. A publish is answered once the storage's fsync policy is met.
+    pub async fn handle(&self, command: Command) -> Result<Answer, Status> {
+        self.send_command(command, None).await
     }
 
-    /// Publishes, and answers once the storage's fsync policy is met.
-    pub async fn publish(&self, topic: String, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>, Status> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |driver| driver.publish(topic, messages, tx));
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?.map_err(Status::from)
+    /// Opens a stream ([`Command::OpenStream`]) whose responses go to `sink`.
+    pub async fn open_stream(&self, command: Command, sink: StreamSink) -> Result<Answer, Status> {
+        self.send_command(command, Some(sink)).await
     }
+
+    async fn send_command(&self, command: Command, sink: Option<StreamSink>) -> Result<Answer, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Command { command, sink, reply }).await.map_err(|_| stopped())?;
+        Ok(rx.await.map_err(|_| stopped())??)
+    }
+
+    /// Answers a read, with the time it was read at.
+    pub async fn query(&self, query: Query) -> Result<(Answer, At), Status> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Query { query, reply }).await.map_err(|_| stopped())?;
+        let (answer, at) = rx.await.map_err(|_| stopped())?;
+        Ok((answer?, at))
+    }
+
+    /// Ends every open stream with `status` and refuses new ones (shutdown).
+    pub async fn end_all_streams(&self, status: Status) {
+        let (done, rx) = oneshot::channel();
+        if self.jobs.send(Job::EndAllStreams { status, done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The last turn: everything written is synced and the offsets saved.
+    pub async fn stop(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.jobs.send(Job::Stop { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A handler got an answer of another kind than its command's: a bug in the driver.
+pub fn unexpected(answer: &Answer) -> Status {
+    let kind = format!("{answer:?}");
+    let kind = kind.split(['(', ' ', '{']).next().unwrap_or_default();
+    Status::internal(format!("the broker answered with {kind}, which this call does not expect"))
 }
 
 /// Runs a call that may block on the disk (an fsync) without stalling the runtime's other
@@ -94,18 +136,6 @@ fn stopped() -> Status {
     Status::unavailable("the broker is shutting down")
 }
 
-/// What the first request of a Subscribe stream asks for.
-pub struct FirstRequest {
-    pub target: StreamTarget,
-    pub flow: Flow,
-    /// `None`: the broker default.
-    pub session_timeout_ms: Option<u64>,
-    /// `None`: the stream does not name its client.
-    pub client_id: Option<String>,
-    /// Acks, nacks and deadline changes it carries, applied once the stream is open.
-    pub ops: Vec<(AckOp, Vec<String>)>,
-}
-
 /// A stream as the driver knows it.
 struct Sink {
     responses: ResponseTx,
@@ -117,9 +147,11 @@ struct Sink {
 
 /// The broker, its clock, and the open streams' sinks.
 pub struct Driver {
-    pub broker: Broker,
+    broker: Broker,
     clock: Arc<dyn Clock>,
     sinks: BTreeMap<StreamId, Sink>,
+    /// The core's outputs of this turn, sent to their streams when it ends.
+    outbox: VecDeque<Output>,
     /// Set by shutdown: no new stream may open, so graceful shutdown is not kept waiting.
     closing: bool,
     /// Publishes of this turn waiting for its sync; at most `JOBS_PER_TURN_MAX`.
@@ -161,6 +193,7 @@ impl Driver {
             broker,
             clock,
             sinks: BTreeMap::new(),
+            outbox: VecDeque::new(),
             closing: false,
             awaiting_sync: Vec::new(),
             fsync,
@@ -177,12 +210,20 @@ impl Driver {
         DriverHandle { jobs }
     }
 
-    pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+    /// The time a command is stamped with now.
+    fn at(&self) -> At {
+        At { now_ms: self.clock.now_ms(), wall_ms: self.clock.wall_ms() }
     }
 
-    pub fn wall_ms(&self) -> u64 {
-        self.clock.wall_ms()
+    /// The one path by which anything changes the broker: `command` is stamped with the
+    /// time and applied, and the outputs it produced wait for the end of the turn.
+    fn apply(&mut self, command: Command) -> Reply {
+        let at = self.at();
+        let reply = self.broker.handle(at, command);
+        while let Some(output) = self.broker.poll_output() {
+            self.outbox.push_back(output);
+        }
+        reply
     }
 
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
@@ -195,16 +236,18 @@ impl Driver {
                     .flatten()
                     .min()
                     .expect("the checkpoint deadline is always set");
-            let wait = Duration::from_millis(deadline.saturating_sub(self.now_ms()));
+            let wait = Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()));
             tokio::select! {
                 job = jobs.recv() => {
                     let Some(job) = job else { break };
-                    let wall = self.wall_ms();
-                    self.broker.set_wall_ms(wall);
-                    job(&mut self);
+                    if self.run_job(job) {
+                        return;
+                    }
                     for _ in 1..JOBS_PER_TURN_MAX {
                         let Ok(job) = jobs.try_recv() else { break };
-                        job(&mut self);
+                        if self.run_job(job) {
+                            return;
+                        }
                     }
                 }
                 () = tokio::time::sleep(wait) => self.handle_timers(),
@@ -218,6 +261,69 @@ impl Driver {
             }
         }
         self.stop();
+    }
+
+    /// Runs one job; true when it was the last turn (the driver ends).
+    fn run_job(&mut self, job: Job) -> bool {
+        match job {
+            Job::Command { command, sink, reply } => self.command(command, sink, reply),
+            Job::Query { query, reply } => {
+                let at = self.at();
+                let _ = reply.send((self.broker.query(at.now_ms, query), at));
+            }
+            Job::EndAllStreams { status, done } => {
+                self.end_all_streams(status);
+                let _ = done.send(());
+            }
+            Job::Stop { done } => {
+                self.stop();
+                let _ = done.send(());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Applies a handler's command and answers it, doing the driver's part: a publish
+    /// waits for the turn's sync, a stream's sink is kept, confirmations go on the stream.
+    fn command(&mut self, command: Command, sink: Option<StreamSink>, reply: oneshot::Sender<Reply>) {
+        match command {
+            Command::Publish { .. } => self.publish(command, reply),
+            Command::OpenStream { .. } => {
+                let Some(sink) = sink.filter(|_| !self.closing) else {
+                    // Dropping `reply` tells the handler the broker is stopping.
+                    return;
+                };
+                let _ = reply.send(self.open_stream(command, sink));
+            }
+            Command::StreamRequest { stream, .. } => {
+                let answer = self.apply(command);
+                let answer = match answer {
+                    Ok(Answer::Confirmations(replies)) => {
+                        let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
+                        self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
+                        Ok(Answer::Done)
+                    }
+                    other => other,
+                };
+                let _ = reply.send(answer);
+            }
+            Command::CloseStream { stream } | Command::LeaveStream { stream } => {
+                self.sinks.remove(&stream);
+                let _ = reply.send(self.apply(command));
+            }
+            Command::Pull { ref subscription, .. } => {
+                let subscription = subscription.clone();
+                let answer = self.apply(command);
+                if let (Some(metrics), Ok(Answer::Deliveries(deliveries))) = (&mut self.metrics, &answer) {
+                    metrics.delivered(self.clock.wall_ms(), &subscription, deliveries);
+                }
+                let _ = reply.send(answer);
+            }
+            command => {
+                let _ = reply.send(self.apply(command));
+            }
+        }
     }
 
     /// Tells the observer the notices the core recorded (none without an observer).
@@ -258,9 +364,8 @@ impl Driver {
     }
 
     fn handle_timers(&mut self) {
-        let (now, wall) = (self.now_ms(), self.wall_ms());
-        self.broker.set_wall_ms(wall);
-        self.broker.handle_timeout(now);
+        let _ = self.apply(Command::Tick);
+        let now = self.clock.now_ms();
         if now >= self.next_interval_sync_ms {
             if let FsyncPolicy::IntervalMs(ms) = self.fsync {
                 self.next_interval_sync_ms = now + ms;
@@ -269,11 +374,10 @@ impl Driver {
         }
         if now >= self.next_checkpoint_ms {
             self.next_checkpoint_ms = now + CHECKPOINT_INTERVAL_MS;
-            let wall = self.wall_ms();
-            if let Err(e) = self.broker.enforce_retention(now, wall) {
+            if let Err(e) = self.apply(Command::Retention) {
                 tracing::warn!(error = %e, "time retention failed; it is tried again at the next checkpoint");
             }
-            if let Err(e) = self.broker.checkpoint() {
+            if let Err(e) = self.apply(Command::Checkpoint) {
                 tracing::warn!(error = %e, "saving committed offsets failed; it is tried again at the next checkpoint");
             }
             if let Some(metrics) = &mut self.metrics {
@@ -286,18 +390,19 @@ impl Driver {
     /// duplicate may name a record appended earlier in this very turn, and it must not be
     /// acknowledged before that record is durable. It names the original's partition, so
     /// a failed sync there refuses it like the original.
-    fn publish(&mut self, topic: String, messages: Vec<OutgoingMessage>, reply: PublishReply) {
-        let (now, wall) = (self.now_ms(), self.wall_ms());
+    fn publish(&mut self, command: Command, reply: oneshot::Sender<Reply>) {
+        let Command::Publish { topic, .. } = &command else { return };
+        let topic = topic.clone();
         let answer_at_once = self.broker.config().mutated(crate::core::Mutation::AnswerBeforeSync);
-        match self.broker.publish(now, wall, &topic, messages) {
-            Ok(published) if self.broker.acks_after_sync() && !answer_at_once => {
+        match self.apply(command) {
+            Ok(Answer::Published(published)) if self.broker.acks_after_sync() && !answer_at_once => {
                 self.awaiting_sync.push(AwaitingSync { reply, topic, published });
             }
-            result => {
-                if let (Some(metrics), Ok(published)) = (&mut self.metrics, &result) {
+            answer => {
+                if let (Some(metrics), Ok(Answer::Published(published))) = (&mut self.metrics, &answer) {
                     metrics.published(&topic, published);
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(answer);
             }
         }
     }
@@ -315,14 +420,20 @@ impl Driver {
         self.broker.acks_after_sync() && (!self.awaiting_sync.is_empty() || self.broker.needs_sync())
     }
 
+    /// Applies a sync, on a thread that may block (see [`blocking`]).
+    fn sync(&mut self) -> Vec<crate::core::SyncFailure> {
+        match blocking(|| self.apply(Command::Sync)) {
+            Ok(Answer::Synced(failures)) => failures,
+            _ => Vec::new(),
+        }
+    }
+
     /// `commit` without the disk latency.
     fn commit_now(&mut self) {
         if !self.commit_due() {
             return;
         }
-        let now = self.now_ms();
-        let broker = &mut self.broker;
-        let failures = blocking(|| broker.sync(now));
+        let failures = self.sync();
         for failure in &failures {
             tracing::warn!(topic = %failure.topic, partition = failure.partition, error = %failure.error,
                 "fsync failed: the partition's unsynced records were cut and their publishes refused");
@@ -341,7 +452,7 @@ impl Driver {
                     if let Some(metrics) = &mut self.metrics {
                         metrics.published(&waiting.topic, &waiting.published);
                     }
-                    Ok(waiting.published)
+                    Ok(Answer::Published(waiting.published))
                 }
             };
             let _ = waiting.reply.send(answer);
@@ -349,9 +460,7 @@ impl Driver {
     }
 
     fn sync_logging_failures(&mut self) {
-        let now = self.now_ms();
-        let broker = &mut self.broker;
-        for failure in blocking(|| broker.sync(now)) {
+        for failure in self.sync() {
             tracing::warn!(topic = %failure.topic, partition = failure.partition, error = %failure.error,
                 "fsync failed; it is tried again");
         }
@@ -359,20 +468,22 @@ impl Driver {
 
     /// The last turn: everything written is synced and the offsets saved, whatever the
     /// policy, so a clean stop loses nothing.
-    pub fn stop(&mut self) {
+    fn stop(&mut self) {
         self.commit_now();
         let unsynced = self.broker.needs_sync();
         self.sync_logging_failures();
-        match self.broker.checkpoint() {
-            Ok(saved) if saved || unsynced => tracing::info!("storage synced and committed offsets saved"),
+        match self.apply(Command::Checkpoint) {
+            Ok(Answer::Checkpointed { saved }) if saved || unsynced => {
+                tracing::info!("storage synced and committed offsets saved");
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "saving committed offsets at shutdown failed"),
         }
     }
 
-    /// Sends the core's outputs to their streams.
+    /// Sends the turn's outputs to their streams.
     fn flush(&mut self) {
-        while let Some(output) = self.broker.poll_output() {
+        while let Some(output) = self.outbox.pop_front() {
             match output {
                 Output::Deliver { stream, deliveries } => {
                     self.count_delivered(stream, &deliveries);
@@ -404,16 +515,6 @@ impl Driver {
         metrics.delivered(self.clock.wall_ms(), &sink.subscription, deliveries);
     }
 
-    /// Leases up to `max_messages` of `subscription` to a Pull.
-    pub fn pull(&mut self, subscription: &str, max_messages: u32) -> Result<Vec<Delivery>, BrokerError> {
-        let now = self.now_ms();
-        let deliveries = self.broker.pull(now, subscription, max_messages)?;
-        if let Some(metrics) = &mut self.metrics {
-            metrics.delivered(self.clock.wall_ms(), subscription, &deliveries);
-        }
-        Ok(deliveries)
-    }
-
     /// Queues a response on a stream without waiting. A full queue means the client is not
     /// reading: the stream ends, and its leases go to the other members. The last slot of
     /// the queue is kept for the status that ends the stream.
@@ -438,76 +539,42 @@ impl Driver {
                 ));
                 self.end_stream(stream, status);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.close_stream(stream),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sinks.remove(&stream);
+                let _ = self.apply(Command::CloseStream { stream });
+            }
         }
     }
 
     /// Opens a stream and applies what its first request carried: the first response names
     /// the subscription, confirmations and deliveries follow. A refused first request opens
     /// nothing.
-    pub fn open_stream(
-        &mut self,
-        first: FirstRequest,
-        responses: ResponseTx,
-        end: oneshot::Sender<Status>,
-    ) -> Result<StreamId, Status> {
-        if self.closing {
-            return Err(stopped());
-        }
-        let FirstRequest { target, flow, session_timeout_ms, client_id, ops: first_ops } = first;
-        self.broker.check_stream_ops(&target, &first_ops)?;
-        let now = self.now_ms();
-        let (stream, subscription) = self.broker.open_member(now, target, flow, session_timeout_ms, client_id)?;
+    fn open_stream(&mut self, command: Command, sink: StreamSink) -> Reply {
+        let answer = self.apply(command)?;
+        let Answer::Opened { stream, subscription, confirmations } = answer else { return Ok(answer) };
+        let StreamSink { responses, end } = sink;
         self.sinks.insert(stream, Sink { responses, subscription: subscription.clone(), end });
-        let hello = pb::SubscribeResponse { subscription, ..Default::default() };
+        let hello = pb::SubscribeResponse { subscription: subscription.clone(), ..Default::default() };
         // The hello goes first; the assignment and deliveries the join made are flushed
         // after it, at the end of the turn.
         self.send(stream, hello);
-        self.stream_acks(stream, first_ops)?;
-        Ok(stream)
-    }
-
-    /// Applies a stream's acks, nacks and deadline changes (all, or none if one is refused)
-    /// and queues their confirmations. Every request, an empty one too, is a heartbeat.
-    pub fn stream_acks(&mut self, stream: StreamId, ops: Vec<(AckOp, Vec<String>)>) -> Result<(), BrokerError> {
-        let now = self.now_ms();
-        self.broker.heartbeat(now, stream);
-        if ops.is_empty() {
-            return Ok(());
+        if let Some(replies) = confirmations {
+            let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
+            self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
         }
-        let replies = self.broker.stream_acks(now, stream, ops)?;
-        let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
-        self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
-        Ok(())
-    }
-
-    /// The client went away: forget the stream and release its leases (or, for a stream
-    /// that named its client, keep them for the client).
-    pub fn close_stream(&mut self, stream: StreamId) {
-        self.sinks.remove(&stream);
-        let now = self.now_ms();
-        self.broker.close_stream(now, stream);
-    }
-
-    /// The client leaves (a request with `leave`): forget the stream and release its
-    /// leases at once, client id or not.
-    pub fn leave_stream(&mut self, stream: StreamId) {
-        self.sinks.remove(&stream);
-        let now = self.now_ms();
-        self.broker.leave_stream(now, stream);
+        Ok(Answer::Opened { stream, subscription, confirmations: None })
     }
 
     /// Ends a stream from the server's side with `status`.
-    pub fn end_stream(&mut self, stream: StreamId, status: Status) {
+    fn end_stream(&mut self, stream: StreamId, status: Status) {
         if let Some(sink) = self.sinks.remove(&stream) {
             let _ = sink.end.send(status);
         }
-        let now = self.now_ms();
-        self.broker.close_stream(now, stream);
+        let _ = self.apply(Command::CloseStream { stream });
     }
 
     /// Ends every open stream with `status` and refuses new ones (shutdown).
-    pub fn end_all_streams(&mut self, status: Status) {
+    fn end_all_streams(&mut self, status: Status) {
         self.closing = true;
         let streams: Vec<StreamId> = self.sinks.keys().copied().collect();
         for stream in streams {

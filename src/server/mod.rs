@@ -213,7 +213,7 @@ where
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         health.set_not_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
         let status = Status::unavailable("the server is shutting down; reconnect to another broker or retry later");
-        let _ = driver.call(move |d| d.end_all_streams(status)).await;
+        driver.end_all_streams(status).await;
     };
 
     let serve = tonic::transport::Server::builder()
@@ -244,7 +244,7 @@ where
         ),
     }
     // In-flight requests are done: sync what was written and save the offsets.
-    let _ = last_call.call(Driver::stop).await;
+    last_call.stop().await;
     info!("stopped");
     Ok(())
 }

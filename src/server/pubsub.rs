@@ -9,10 +9,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
-use super::driver::{DriverHandle, FirstRequest, ResponseTx};
+use super::driver::{unexpected, DriverHandle, ResponseTx, StreamSink};
 use super::metrics::LatencyTimer;
 use super::ServerConfig;
-use crate::core::{AckOp, StreamId};
+use crate::core::{AckOp, Answer, Command, StreamId};
 use crate::wire::{self, pb};
 
 /// How long a stream's task waits to queue its final status behind undelivered responses.
@@ -34,7 +34,10 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let start = self.publish_latency.as_ref().map(LatencyTimer::start);
         let (topic, messages) = wire::publish_messages(request.into_inner())?;
         debug!(%topic, messages = messages.len(), "publish");
-        let published = self.driver.publish(topic, messages).await?;
+        let published = match self.driver.handle(Command::Publish { topic, messages }).await? {
+            Answer::Published(published) => published,
+            other => return Err(unexpected(&other)),
+        };
         let response = Response::new(wire::publish_response(published));
         if let (Some(timer), Some(start)) = (&self.publish_latency, start) {
             timer.record(start);
@@ -59,17 +62,21 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let session_timeout_ms = wire::session_timeout_ms(&first);
         let client_id = wire::client_id(&first);
         let leaving = first.leave;
-        let first = FirstRequest { target, flow, session_timeout_ms, client_id, ops };
+        let open = Command::OpenStream { target, flow, session_timeout_ms, client_id, ops };
         let (responses, rx) = mpsc::channel(self.config.stream_queue_max);
         let (opened_tx, opened_rx) = oneshot::channel();
         // The stream's own task opens it and then serves it, so a client that goes away at
         // any moment still has its stream closed: the task sees the response side dropped.
         let driver = self.driver.clone();
         tokio::spawn(async move {
-            let (end_tx, end_rx) = oneshot::channel();
-            let sink = responses.clone();
-            let opened = driver.call(move |d| d.open_stream(first, sink, end_tx)).await;
-            match opened.and_then(|r| r) {
+            let (end, end_rx) = oneshot::channel();
+            let sink = StreamSink { responses: responses.clone(), end };
+            let opened = match driver.open_stream(open, sink).await {
+                Ok(Answer::Opened { stream, .. }) => Ok(stream),
+                Ok(other) => Err(unexpected(&other)),
+                Err(status) => Err(status),
+            };
+            match opened {
                 Ok(stream) => {
                     let _ = opened_tx.send(Ok(()));
                     let span = info_span!("subscribe", %stream);
@@ -86,7 +93,11 @@ impl pb::pub_sub_server::PubSub for PubSubService {
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<pb::PullResponse>, Status> {
         let req = request.into_inner();
-        let deliveries = self.driver.call(move |d| d.pull(&req.subscription, req.max_messages)).await??;
+        let command = Command::Pull { subscription: req.subscription, max_messages: req.max_messages };
+        let deliveries = match self.driver.handle(command).await? {
+            Answer::Deliveries(deliveries) => deliveries,
+            other => return Err(unexpected(&other)),
+        };
         let received_messages = deliveries.into_iter().map(wire::received_message).collect();
         Ok(Response::new(pb::PullResponse { received_messages }))
     }
@@ -114,13 +125,10 @@ impl pb::pub_sub_server::PubSub for PubSubService {
     async fn seek(&self, request: Request<pb::SeekRequest>) -> Result<Response<pb::SeekResponse>, Status> {
         let req = request.into_inner();
         let target = wire::seek_target(req.target)?;
-        let offsets = self
-            .driver
-            .call(move |d| {
-                let now = d.now_ms();
-                d.broker.seek(now, &req.subscription, target)
-            })
-            .await??;
+        let offsets = match self.driver.handle(Command::Seek { subscription: req.subscription, target }).await? {
+            Answer::Offsets(offsets) => offsets,
+            other => return Err(unexpected(&other)),
+        };
         let offsets =
             offsets.into_iter().map(|(partition, offset)| pb::PartitionOffset { partition, offset }).collect();
         Ok(Response::new(pb::SeekResponse { offsets }))
@@ -137,13 +145,10 @@ impl PubSubService {
         if ids.is_empty() {
             return Err(Status::invalid_argument("ack_ids: empty; name at least one ack id"));
         }
-        let replies = self
-            .driver
-            .call(move |d| {
-                let now = d.now_ms();
-                d.broker.acks(now, &subscription, op, ids)
-            })
-            .await??;
+        let replies = match self.driver.handle(Command::Acks { subscription, op, ack_ids: ids }).await? {
+            Answer::Confirmations(replies) => replies,
+            other => return Err(unexpected(&other)),
+        };
         Ok(Response::new(pb::AckResponse { confirmations: replies.into_iter().map(wire::ack_confirmation).collect() }))
     }
 }
@@ -171,7 +176,7 @@ async fn pump(
             request = inbound.message(), if !half_closed => match request {
                 Ok(Some(mut request)) => {
                     let applied = match wire::stream_ack_ops(&mut request) {
-                        Ok(ops) => driver.call(move |d| d.stream_acks(stream, ops)).await.and_then(|r| Ok(r?)),
+                        Ok(ops) => driver.handle(Command::StreamRequest { stream, ops }).await.map(|_| ()),
                         Err(status) => Err(status),
                     };
                     if let Err(status) = applied {
@@ -196,12 +201,12 @@ async fn pump(
         debug!(code = ?status.code(), message = status.message(), "ending stream");
         let _ = tokio::time::timeout(FINAL_STATUS_WAIT, responses.send(Err(status))).await;
     }
-    let _ = driver.call(move |d| d.close_stream(stream)).await;
+    let _ = driver.handle(Command::CloseStream { stream }).await;
 }
 
 /// The client leaves: its leases are released at once, and the stream ends (OK) once the
 /// responses already queued (the confirmations of its last acks) are sent.
 async fn leave(driver: &DriverHandle, stream: StreamId) {
     debug!("client leaves; its leases are released");
-    let _ = driver.call(move |d| d.leave_stream(stream)).await;
+    let _ = driver.handle(Command::LeaveStream { stream }).await;
 }

@@ -1,0 +1,250 @@
+//! The broker's inputs as values. Every change to the broker is a [`Command`], applied by
+//! [`Broker::handle`] at the time it carries; every read is a [`Query`], answered by
+//! [`Broker::query`]. Both answer with an [`Answer`] or a refusal. A driver that applies
+//! the same commands, at the same times, to brokers in the same state gets the same answers
+//! and outputs, byte for byte: that is what makes a run recordable and replayable.
+
+use super::{
+    AckOp, AckReply, Broker, BrokerError, Delivery, Flow, OutgoingMessage, PendingMessage, Published, Redriven,
+    SeekTarget, StreamId, StreamTarget, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, SyncFailure, TopicInfo,
+};
+
+/// When a command was decided: the monotonic clock (deadlines, backoffs, sessions) and the
+/// wall clock (publish times, retention, dead-letter copies), both in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct At {
+    /// Monotonic milliseconds.
+    pub now_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub wall_ms: u64,
+}
+
+/// An input that may change the broker. The driver stamps each with its [`At`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Appends messages to a topic (auto-creating it when the config allows).
+    Publish { topic: String, messages: Vec<OutgoingMessage> },
+    /// Creates a topic; `None` takes the broker's default.
+    CreateTopic { name: String, partitions: Option<u32>, dedupe_window_ms: Option<u64> },
+    /// Deletes a topic; without `force`, one that still has subscriptions is refused.
+    DeleteTopic { name: String, force: bool },
+    /// Creates a subscription.
+    CreateSubscription(SubscriptionSpec),
+    /// Deletes a subscription; its streams end.
+    DeleteSubscription { name: String },
+    /// Opens a Subscribe stream with what its first request carried (its acks, nacks and
+    /// deadline changes are applied once it is open; a refused one opens nothing).
+    OpenStream {
+        target: StreamTarget,
+        flow: Flow,
+        /// `None`: the broker default.
+        session_timeout_ms: Option<u64>,
+        /// `None`: the stream does not name its client.
+        client_id: Option<String>,
+        ops: Vec<(AckOp, Vec<String>)>,
+    },
+    /// A later request on an open stream: a heartbeat, with the acks, nacks and deadline
+    /// changes it carries (all applied, or none if one is refused).
+    StreamRequest { stream: StreamId, ops: Vec<(AckOp, Vec<String>)> },
+    /// The stream went away (the client, the network, or the server ended it).
+    CloseStream { stream: StreamId },
+    /// The stream's client said it leaves: its leases are released at once.
+    LeaveStream { stream: StreamId },
+    /// Leases up to `max_messages` (0 = 100) to a Pull.
+    Pull { subscription: String, max_messages: u32 },
+    /// Acks, nacks or deadline changes by ack id (the unary Ack, Nack, ModifyAckDeadline).
+    Acks { subscription: String, op: AckOp, ack_ids: Vec<String> },
+    /// Moves a subscription.
+    Seek { subscription: String, target: SeekTarget },
+    /// Moves up to `max_messages` (0 = 100) dead letters back to their subscriptions.
+    Redrive { subscription: String, max_messages: u32 },
+    /// The clock reached [`Broker::poll_timeout`]: leases expire, backoffs end, sessions lapse.
+    Tick,
+    /// Makes every append so far durable (a turn's group commit, or the interval sync).
+    Sync,
+    /// Applies time retention.
+    Retention,
+    /// Saves committed offsets and metadata when they changed.
+    Checkpoint,
+}
+
+/// A read: it changes nothing, so it is not part of what a recording replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// One topic.
+    Topic { name: String },
+    /// Up to `limit` topics in name order after `after`.
+    Topics { after: Option<String>, limit: usize },
+    /// One subscription.
+    Subscription { name: String },
+    /// Up to `limit` subscriptions in name order after `after`, of `topic` when given.
+    Subscriptions { topic: Option<String>, after: Option<String>, limit: usize },
+    /// A subscription's counts.
+    Stats { subscription: String },
+    /// Up to `limit` unfinished messages of a subscription after `after`.
+    Pending { subscription: String, after: Option<(u32, u64)>, limit: usize },
+}
+
+/// What a command or query answered when it was not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Where each published message went (or, for a duplicate, the original's place).
+    Published(Vec<Published>),
+    /// A topic created, or read.
+    Topic(TopicInfo),
+    /// A topic was deleted, and with it these subscriptions.
+    TopicDeleted { subscriptions: Vec<String> },
+    /// A subscription created, or read.
+    Subscription(SubscriptionInfo),
+    /// A stream opened: its id, its subscription's name, and the confirmations of what its
+    /// first request carried (`None` when it carried nothing).
+    Opened { stream: StreamId, subscription: String, confirmations: Option<Vec<AckReply>> },
+    /// The confirmations of acks, nacks or deadline changes, in request order.
+    Confirmations(Vec<AckReply>),
+    /// Messages leased to a Pull.
+    Deliveries(Vec<Delivery>),
+    /// Each partition's committed offset after a seek.
+    Offsets(Vec<(u32, u64)>),
+    /// What a redrive did with each dead letter it read.
+    Redriven(Vec<Redriven>),
+    /// The partitions whose sync failed (their unsynced records were cut).
+    Synced(Vec<SyncFailure>),
+    /// Whether a checkpoint wrote anything.
+    Checkpointed { saved: bool },
+    /// A command with nothing to say (a close, a tick, a retention pass, a deletion).
+    Done,
+    /// A page of topics, and the token of the next page.
+    Topics { topics: Vec<TopicInfo>, next: Option<String> },
+    /// A page of subscriptions, and the token of the next page.
+    Subscriptions { subscriptions: Vec<SubscriptionInfo>, next: Option<String> },
+    /// A subscription's counts.
+    Stats(SubscriptionStats),
+    /// A page of unfinished messages, and where the next page starts after.
+    Pending { messages: Vec<PendingMessage>, next: Option<(u32, u64)> },
+}
+
+/// A command's or query's result.
+pub type Reply = Result<Answer, BrokerError>;
+
+impl Command {
+    /// The command's name, as logs and traces show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Publish { .. } => "publish",
+            Command::CreateTopic { .. } => "create-topic",
+            Command::DeleteTopic { .. } => "delete-topic",
+            Command::CreateSubscription(_) => "create-subscription",
+            Command::DeleteSubscription { .. } => "delete-subscription",
+            Command::OpenStream { .. } => "open-stream",
+            Command::StreamRequest { .. } => "stream-request",
+            Command::CloseStream { .. } => "close-stream",
+            Command::LeaveStream { .. } => "leave-stream",
+            Command::Pull { .. } => "pull",
+            Command::Acks { .. } => "acks",
+            Command::Seek { .. } => "seek",
+            Command::Redrive { .. } => "redrive",
+            Command::Tick => "tick",
+            Command::Sync => "sync",
+            Command::Retention => "retention",
+            Command::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+impl Broker {
+    /// Applies one command at the time it carries. Outputs it produces wait in
+    /// [`Broker::poll_output`]; what the broker noticed, in [`Broker::poll_notice`].
+    pub fn handle(&mut self, at: At, command: Command) -> Reply {
+        self.set_wall_ms(at.wall_ms);
+        let now = at.now_ms;
+        match command {
+            Command::Publish { topic, messages } => {
+                self.publish(now, at.wall_ms, &topic, messages).map(Answer::Published)
+            }
+            Command::CreateTopic { name, partitions, dedupe_window_ms } => {
+                self.create_topic_with(&name, partitions, dedupe_window_ms).map(Answer::Topic)
+            }
+            Command::DeleteTopic { name, force } => {
+                self.delete_topic(&name, force).map(|subscriptions| Answer::TopicDeleted { subscriptions })
+            }
+            Command::CreateSubscription(spec) => self.create_subscription(spec).map(Answer::Subscription),
+            Command::DeleteSubscription { name } => self.delete_subscription(&name).map(|()| Answer::Done),
+            Command::OpenStream { target, flow, session_timeout_ms, client_id, ops } => {
+                self.check_stream_ops(&target, &ops)?;
+                let (stream, subscription) = self.open_member(now, target, flow, session_timeout_ms, client_id)?;
+                let confirmations = match self.stream_request(now, stream, ops) {
+                    Ok(confirmations) => confirmations,
+                    Err(refused) => {
+                        // Checked above, so this does not happen; if it did, the stream
+                        // opens nothing.
+                        self.leave_stream(now, stream);
+                        return Err(refused);
+                    }
+                };
+                Ok(Answer::Opened { stream, subscription, confirmations })
+            }
+            Command::StreamRequest { stream, ops } => {
+                Ok(self.stream_request(now, stream, ops)?.map_or(Answer::Done, Answer::Confirmations))
+            }
+            Command::CloseStream { stream } => {
+                self.close_stream(now, stream);
+                Ok(Answer::Done)
+            }
+            Command::LeaveStream { stream } => {
+                self.leave_stream(now, stream);
+                Ok(Answer::Done)
+            }
+            Command::Pull { subscription, max_messages } => {
+                self.pull(now, &subscription, max_messages).map(Answer::Deliveries)
+            }
+            Command::Acks { subscription, op, ack_ids } => {
+                self.acks(now, &subscription, op, ack_ids).map(Answer::Confirmations)
+            }
+            Command::Seek { subscription, target } => self.seek(now, &subscription, target).map(Answer::Offsets),
+            Command::Redrive { subscription, max_messages } => {
+                self.redrive_dead_letters(now, &subscription, max_messages).map(Answer::Redriven)
+            }
+            Command::Tick => {
+                self.handle_timeout(now);
+                Ok(Answer::Done)
+            }
+            Command::Sync => Ok(Answer::Synced(self.sync(now))),
+            Command::Retention => self.enforce_retention(now, at.wall_ms).map(|()| Answer::Done),
+            Command::Checkpoint => self.checkpoint().map(|saved| Answer::Checkpointed { saved }),
+        }
+    }
+
+    /// Answers a read at monotonic time `now_ms` (pending messages show their deadlines).
+    pub fn query(&self, now_ms: u64, query: Query) -> Reply {
+        match query {
+            Query::Topic { name } => self.topic_info(&name).map(Answer::Topic),
+            Query::Topics { after, limit } => {
+                let (topics, next) = self.list_topics(after.as_deref(), limit);
+                Ok(Answer::Topics { topics, next })
+            }
+            Query::Subscription { name } => self.subscription_info(&name).map(Answer::Subscription),
+            Query::Subscriptions { topic, after, limit } => self
+                .list_subscriptions(topic.as_deref(), after.as_deref(), limit)
+                .map(|(subscriptions, next)| Answer::Subscriptions { subscriptions, next }),
+            Query::Stats { subscription } => self.subscription_stats(&subscription).map(Answer::Stats),
+            Query::Pending { subscription, after, limit } => self
+                .list_pending(now_ms, &subscription, after, limit)
+                .map(|(messages, next)| Answer::Pending { messages, next }),
+        }
+    }
+
+    /// A request on a stream: a heartbeat, then its acks, nacks and deadline changes
+    /// (`None` when it carried none).
+    fn stream_request(
+        &mut self,
+        now_ms: u64,
+        stream: StreamId,
+        ops: Vec<(AckOp, Vec<String>)>,
+    ) -> Result<Option<Vec<AckReply>>, BrokerError> {
+        self.heartbeat(now_ms, stream);
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        self.stream_acks(now_ms, stream, ops).map(Some)
+    }
+}
