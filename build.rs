@@ -1,5 +1,6 @@
 //! Compiles `proto/pubsub.proto` with protox (pure Rust, so no `protoc` is needed) and
-//! writes the descriptor set that server reflection serves.
+//! writes the descriptor set that server reflection serves; compiles `proto/record.proto`
+//! (the command log of a flight recording) apart, so reflection does not show it.
 
 use std::path::PathBuf;
 
@@ -17,5 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // prost's encoding, and its decoding read from `Bytes` (see src/wire/codec.rs).
         .codec_path("crate::wire::WireCodec")
         .compile_fds(fds)?;
+    let record = protox::compile(["record.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .bytes(".")
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(record)?;
     Ok(())
 }

@@ -27,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod env;
+pub mod record;
 pub mod server;
 pub mod storage;
 pub mod wire;

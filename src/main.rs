@@ -149,7 +149,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => args.load().and_then(|loaded| {
             init_logging(loaded.config.log_format, &loaded.config.log_filter);
-            runtime()?.block_on(serve(loaded.config))
+            runtime()?.block_on(serve(loaded))
         }),
         Command::Config(ConfigCommand::Print(args)) => args.load().map(|loaded| print!("{}", loaded.describe())),
         Command::Config(ConfigCommand::Example) => {
@@ -187,15 +187,24 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let (storage, described) = open_storage(&config)?;
+async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    let config = &loaded.config;
+    let (storage, described) = open_storage(config)?;
     let (addr, incoming) =
         TokioNet.bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     info!("mini-pubsub listening on {addr} (storage: {described})");
     if let Some(metrics_addr) = config.metrics_listen {
         server::metrics::install(metrics_addr).await?;
     }
-    server::run(incoming, shutdown_signal(), config.server, storage, Arc::new(TokioClock::new())).await?;
+    let record = config.record.clone().map(|dir| server::RecordTo {
+        fs: Arc::new(StdFs),
+        dir,
+        max_bytes: config.record_max_bytes,
+        settings_toml: loaded.describe(),
+    });
+    let hooks = server::Hooks { observer: None, record };
+    let clock = Arc::new(TokioClock::new());
+    server::run_with(incoming, shutdown_signal(), config.server.clone(), storage, clock, hooks).await?;
     Ok(())
 }
 

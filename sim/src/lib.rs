@@ -18,6 +18,7 @@ pub mod explore;
 pub mod facts;
 pub mod history;
 pub mod html;
+pub mod replay;
 pub mod runner;
 pub mod scenario;
 pub mod world;

@@ -1,6 +1,9 @@
 //! `mini-pubsub-sim run scenarios/x.scn [--seed N]`: runs a scenario, prints its trace, its
 //! verdict and the command that replays it; exits 1 when an expectation or a check fails.
 //!
+//! `mini-pubsub-sim replay DIR`: replays a flight recording on a fresh broker core and
+//! checks every reply against it; exits 1 when anything differs.
+//!
 //! `mini-pubsub-sim sweep [--seeds 20]`: runs every scenario under seeds 1 to N, in
 //! parallel, and lists each failing run with its replay command; exits 1 when any failed.
 //!
@@ -43,6 +46,10 @@ enum Command {
         #[arg(long)]
         mutation: Option<String>,
     },
+    /// Replays a flight recording (`mini-pubsub serve --record DIR`) on a fresh broker
+    /// core: prints its trace, checks every reply, output and the final state against the
+    /// recording, and runs the checker's safety checks; exits 1 when anything differs.
+    Replay { dir: PathBuf },
     /// Runs every scenario in a folder under many seeds, in parallel, and lists each
     /// failing run with the command that replays it; exits 1 when any failed.
     Sweep {
@@ -107,6 +114,20 @@ fn main() -> ExitCode {
             None => explore(seeds, start, &out, true, explore::generate),
         },
         Command::Bench { dir, repeat } => bench(&dir, repeat),
+        Command::Replay { dir } => match mini_pubsub_sim::replay::replay_dir(&dir) {
+            Ok(report) => {
+                print!("{}\n{}", report.trace, report.verdict());
+                if report.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(message) => {
+                eprintln!("error: cannot replay {}: {message}", dir.display());
+                ExitCode::from(2)
+            }
+        },
         Command::Sweep { dir, seeds, jobs } => sweep(&dir, seeds, jobs),
         Command::Generate { seed } => {
             print!("{}", explore::generate(seed));

@@ -209,7 +209,15 @@ fn a_record_the_broker_cannot_read_reaches_the_trace() {
             let observer = Arc::new(BrokerObserver { host: "broker".into(), history });
             let storage = Box::new(DamagedStorage(MemoryStorage));
             let (config, clock) = (ServerConfig::default(), Arc::new(SimClock));
-            server::run_observed(incoming, std::future::pending(), config, storage, clock, Some(observer)).await?;
+            server::run_with(
+                incoming,
+                std::future::pending(),
+                config,
+                storage,
+                clock,
+                server::Hooks { observer: Some(observer), record: None },
+            )
+            .await?;
             Ok(())
         }
     });

@@ -44,6 +44,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where Prometheus scrapes `/metrics`; `None` (the default) serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the flight recorder writes (`serve --record DIR`); `None` records nothing.
+    pub record: Option<PathBuf>,
+    /// The flight recording's bound in bytes.
+    pub record_max_bytes: u64,
     pub log_format: LogFormat,
     /// A `tracing` filter (`RUST_LOG` syntax): `info`, `mini_pubsub=debug,tower=warn`, ...
     pub log_filter: String,
@@ -100,6 +104,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: None,
+            record: None,
+            record_max_bytes: crate::record::RECORD_MAX_BYTES_DEFAULT,
             log_format: LogFormat::Pretty,
             log_filter: "info".to_string(),
             storage: StorageSettings {
@@ -160,6 +166,9 @@ impl Config {
         }
         if storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "a directory path"));
+        }
+        if self.record_max_bytes < crate::record::RECORD_MAX_BYTES_MIN {
+            return Err(invalid("record_max_bytes", "at least 8388608 (8 MiB)"));
         }
         if self.metrics_listen.is_some_and(|m| m == self.listen && m.port() != 0) {
             return Err(invalid("metrics_listen", "a different address from listen"));
@@ -266,7 +275,20 @@ impl Loaded {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(unreadable)?;
-        let table = toml::Table::from_str(&text)
+        self.apply_text(&text, path)
+    }
+
+    /// The configuration a TOML text gives over the defaults (no environment, no flags):
+    /// what a flight recording's settings replay with. `path` names where the text came
+    /// from, in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut loaded = Loaded { config: Config::default(), sources: vec![Source::Default; SETTINGS.len()] };
+        loaded.apply_text(text, path)?;
+        Ok(loaded)
+    }
+
+    fn apply_text(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let table = toml::Table::from_str(text)
             .map_err(|e| ConfigError::File(format!("{} is not valid TOML: {}", path.display(), e.message())))?;
         let source = Source::File(path.to_path_buf());
         for (section_name, section) in &table {

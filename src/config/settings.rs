@@ -130,6 +130,16 @@ impl Value for PathBuf {
     }
 }
 
+impl Value for Option<PathBuf> {
+    const HINT: &'static str = "DIR";
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok((!text.is_empty()).then(|| PathBuf::from(text)))
+    }
+    fn show(&self) -> String {
+        quoted(&self.as_deref().map(|p| p.to_string_lossy()).unwrap_or_default())
+    }
+}
+
 impl Value for SocketAddr {
     const HINT: &'static str = "ADDR";
     fn parse(text: &str) -> Result<Self, String> {
@@ -210,6 +220,10 @@ settings! {
         "How long a keepalive ping may go unanswered before the connection is dropped.";
     Server shutdown_grace_ms: u64 = server.shutdown_grace_ms,
         "How long a graceful stop waits for connections to close before dropping them.";
+    Server record: Option<PathBuf> = record,
+        "Record every command the broker applies into this directory (a flight recording, replayed by mini-pubsub-sim replay DIR); empty (the default) records nothing.";
+    Server record_max_bytes: u64 = record_max_bytes,
+        "The flight recording's bound in bytes; past it its oldest segments are removed (at least 8388608).";
     Log log_format: LogFormat = log_format,
         "How log lines are written to standard error: pretty or json (one object per line).";
     Log log_filter: String = log_filter,

@@ -94,6 +94,12 @@ impl Broker {
         })
     }
 
+    /// True when the broker holds nothing: no topic, no subscription (a new broker, or
+    /// one opened on empty storage).
+    pub fn is_pristine(&self) -> bool {
+        self.topics.is_empty() && self.subscriptions.is_empty()
+    }
+
     pub fn config(&self) -> &BrokerConfig {
         &self.config
     }

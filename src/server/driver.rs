@@ -25,6 +25,7 @@ use super::metrics::BrokerMetrics;
 use super::Observer;
 use crate::core::{Answer, At, Broker, BrokerError, Command, Delivery, Output, Published, Query, Reply, StreamId};
 use crate::env::Clock;
+use crate::record::{self, Recorder};
 use crate::storage::{FsyncPolicy, StorageError};
 use crate::wire::{self, pb};
 
@@ -171,6 +172,8 @@ pub struct Checks {
     pub invariants: bool,
     /// Told the core's notices, unreadable records, and a broken invariant.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Records every command applied, with digests of its reply and outputs.
+    pub recorder: Option<Recorder>,
 }
 
 impl Driver {
@@ -219,9 +222,15 @@ impl Driver {
     /// time and applied, and the outputs it produced wait for the end of the turn.
     fn apply(&mut self, command: Command) -> Reply {
         let at = self.at();
+        let encoded = self.checks.recorder.as_ref().map(|_| record::encode_command(&command));
         let reply = self.broker.handle(at, command);
+        let first = self.outbox.len();
         while let Some(output) = self.broker.poll_output() {
             self.outbox.push_back(output);
+        }
+        if let (Some(recorder), Some(encoded)) = (&mut self.checks.recorder, encoded) {
+            let outputs = record::digest_outputs(self.outbox.range(first..));
+            recorder.record(at, encoded, record::digest_reply(&reply), outputs);
         }
         reply
     }
@@ -254,6 +263,9 @@ impl Driver {
             }
             self.commit().await;
             self.flush();
+            if let Some(recorder) = &mut self.checks.recorder {
+                recorder.flush();
+            }
             if !self.after_turn() {
                 // A broken core must not go on: the driver ends without a last turn, and
                 // every handler is told the broker is stopping.
@@ -478,6 +490,10 @@ impl Driver {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "saving committed offsets at shutdown failed"),
+        }
+        if let Some(recorder) = &mut self.checks.recorder {
+            let now = self.clock.now_ms();
+            recorder.finish(now, record::digest_state(&self.broker, now));
         }
     }
 

@@ -21,6 +21,9 @@ use tracing::info;
 pub use driver::{Checks, Driver, DriverHandle};
 pub use observer::Observer;
 
+use crate::env::Fs;
+use crate::record::Recorder;
+
 use crate::core::{Broker, BrokerConfig, BrokerError};
 use crate::env::Clock;
 use crate::storage::Storage;
@@ -90,6 +93,8 @@ pub enum ServerError {
     StreamQueue { least: usize },
     #[error("cannot open the stored state: {0}")]
     Recovery(BrokerError),
+    #[error("cannot start the flight recording: {0}")]
+    Record(std::io::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -157,17 +162,38 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    run_observed(incoming, shutdown, config, storage, clock, None).await
+    run_with(incoming, shutdown, config, storage, clock, Hooks::default()).await
 }
 
-/// [`run`], telling `observer` what the broker does (see [`Observer`]).
-pub async fn run_observed<I, IO, IE>(
+/// What else a server may be given besides its settings: whom to tell what the broker
+/// does, and where to record the commands it applies.
+#[derive(Default)]
+pub struct Hooks {
+    /// Told the broker's notices and a broken invariant (see [`Observer`]).
+    pub observer: Option<Arc<dyn Observer>>,
+    /// Records every command the driver applies (`serve --record DIR`).
+    pub record: Option<RecordTo>,
+}
+
+/// Where and how a flight recording is written.
+pub struct RecordTo {
+    pub fs: Arc<dyn Fs>,
+    pub dir: std::path::PathBuf,
+    /// The recording's bound in bytes; the oldest segments go past it.
+    pub max_bytes: u64,
+    /// The effective configuration, as `mini-pubsub config print` writes it: a replay
+    /// runs a broker with the same settings.
+    pub settings_toml: String,
+}
+
+/// [`run`], with [`Hooks`].
+pub async fn run_with<I, IO, IE>(
     incoming: I,
     shutdown: impl Future<Output = ()> + Send + 'static,
     config: ServerConfig,
     storage: Box<dyn Storage>,
     clock: Arc<dyn Clock>,
-    observer: Option<Arc<dyn Observer>>,
+    hooks: Hooks,
 ) -> Result<(), ServerError>
 where
     I: Stream<Item = Result<IO, IE>> + Send + 'static,
@@ -179,12 +205,23 @@ where
     let storage: Box<dyn Storage> =
         if metrics_on { Box::new(metrics::TimedStorage::new(storage, clock.clone())) } else { storage };
     let mut broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
+    let Hooks { observer, record } = hooks;
     if observer.is_some() {
         broker.observe();
     }
+    let recorder = match record {
+        Some(to) => {
+            let from_empty = broker.is_pristine();
+            let recorder = Recorder::create(to.fs, &to.dir, to.max_bytes, to.settings_toml, from_empty)
+                .map_err(ServerError::Record)?;
+            info!(dir = %to.dir.display(), max_bytes = to.max_bytes, from_empty, "recording every command");
+            Some(recorder)
+        }
+        None => None,
+    };
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
     let broker_metrics = metrics_on.then(metrics::BrokerMetrics::new);
-    let checks = Checks { invariants: config.check_invariants || cfg!(debug_assertions), observer };
+    let checks = Checks { invariants: config.check_invariants || cfg!(debug_assertions), observer, recorder };
     let driver = Driver::spawn(broker, clock, config.command_queue_max, config.sync_delay_ms, broker_metrics, checks);
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency };

@@ -39,12 +39,18 @@ pub async fn start_with(config: ServerConfig) -> TestServer {
 
 /// A server on the given storage (a file log in a temporary directory, say).
 pub async fn start_on(config: ServerConfig, storage: Box<dyn Storage>) -> TestServer {
+    start_hooked(config, storage, server::Hooks::default()).await
+}
+
+/// A server on the given storage, with hooks (a flight recorder, say).
+pub async fn start_hooked(config: ServerConfig, storage: Box<dyn Storage>, hooks: server::Hooks) -> TestServer {
     let (addr, incoming) = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let signal = async move {
         let _ = rx.await;
     };
-    let task = tokio::spawn(server::run(incoming, signal, config, storage, Arc::new(TokioClock::new())));
+    let clock = Arc::new(TokioClock::new());
+    let task = tokio::spawn(server::run_with(incoming, signal, config, storage, clock, hooks));
     let channel = channel(addr).await;
     TestServer {
         addr,

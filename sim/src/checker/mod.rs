@@ -87,6 +87,30 @@ impl Unsettled {
     }
 }
 
+/// The checks that need no final drain: what a broker must never do, whatever its clients
+/// did (a flight recording's replay has no drain, so loss and liveness cannot be judged).
+pub fn check_safety(entries: &[Entry], context: &Context) -> Vec<Check> {
+    let model = Model::build(entries);
+    let mut checks = vec![
+        stored::unexpected(entries),
+        stored::duplicated(entries),
+        acks::redelivered_after_ack(entries),
+        order::out_of_order(entries, &context.ordered),
+        stored::offsets(entries, &model, context.loss_allowed),
+        acks::flow(entries, context),
+    ];
+    if !context.ordered.is_empty() {
+        checks.push(order::key_order(entries, &context.ordered));
+    }
+    if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
+        checks.push(stored::duplicated_publish(entries, context.dedupe_window_ms));
+    }
+    if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {
+        checks.push(exclusive::exclusive(entries));
+    }
+    checks
+}
+
 /// Runs every check.
 pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
     let model = Model::build(entries);

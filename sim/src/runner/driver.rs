@@ -137,7 +137,15 @@ impl<'a> Driver<'a> {
                             let shutdown = std::future::pending::<()>();
                             let observer = Arc::new(BrokerObserver { host: name.clone(), history: h.clone() });
                             let (config, clock) = (config.clone(), Arc::new(SimClock));
-                            server::run_observed(incoming, shutdown, config, store, clock, Some(observer)).await?;
+                            server::run_with(
+                                incoming,
+                                shutdown,
+                                config,
+                                store,
+                                clock,
+                                server::Hooks { observer: Some(observer), record: None },
+                            )
+                            .await?;
                             Ok::<(), Box<dyn std::error::Error>>(())
                         };
                         match started.await {

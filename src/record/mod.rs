@@ -1,0 +1,47 @@
+//! The flight recorder: every command the driver applies, in order, with the time it
+//! carried and digests of its reply and outputs, appended to a rotating, size-bounded log
+//! (`mini-pubsub serve --record DIR`), so that what a broker did can be replayed, exactly,
+//! on a fresh core (`mini-pubsub-sim replay DIR`).
+//!
+//! The format is `proto/record.proto`: segments of frames, each frame the body's length
+//! and CRC32C (little-endian u32s) and then a protobuf `Frame`, as the partition log frames
+//! its records.
+
+mod codec;
+mod digest;
+mod reader;
+mod replay;
+mod writer;
+
+pub use codec::{decode as decode_command, encode as encode_command};
+pub use digest::{digest_outputs, digest_reply, digest_state};
+pub use reader::{read_dir, End, Recording, RecordingError, Step};
+pub use replay::{ReplayError, Replayed, Replayer};
+pub use writer::{Recorder, RECORD_MAX_BYTES_DEFAULT, RECORD_MAX_BYTES_MIN};
+
+/// The generated `pubsub.record` package.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/pubsub.record.rs"));
+}
+
+/// The version of the format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The largest frame body read back; larger is damage (a command is at most a request).
+pub const FRAME_BODY_MAX: usize = 64 * 1024 * 1024;
+
+/// Bytes before a frame's body: its length and its CRC32C.
+const FRAME_HEADER: usize = 8;
+
+/// Appends one framed body to `out`.
+fn frame(body: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// The name of the segment whose first entry is `seq`.
+fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.rec")
+}

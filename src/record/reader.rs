@@ -1,0 +1,146 @@
+//! Reading a recording back: its settings, and its entries in order, segment by segment.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::{codec, pb, FORMAT_VERSION, FRAME_BODY_MAX, FRAME_HEADER};
+use crate::core::{At, Command};
+use crate::env::Fs;
+
+/// One recorded command, as the broker applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub seq: u64,
+    pub at: At,
+    pub command: Command,
+    pub reply_digest: u64,
+    pub outputs_digest: u64,
+}
+
+/// Why a recording cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{0}: holds no recording (no .rec segment)")]
+    Empty(PathBuf),
+    #[error("{path}: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// A recording directory, read.
+#[derive(Debug)]
+pub struct Recording {
+    /// The broker's effective configuration (TOML, as `mini-pubsub config print` writes).
+    pub settings_toml: String,
+    /// The broker started on empty storage and no segment was dropped: the recording
+    /// replays from its first entry.
+    pub from_empty: bool,
+    /// Every entry, in order.
+    pub steps: Vec<Step>,
+    /// Where reading stopped early: a torn or damaged last frame (a crash mid-write).
+    pub cut: Option<String>,
+    /// The broker stopped cleanly: when (monotonic ms), and the digest of its state then.
+    pub end: Option<End>,
+}
+
+/// How a recording ended, when its broker stopped cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub now_ms: u64,
+    pub state_digest: u64,
+}
+
+/// Reads every segment of the recording in `dir`, oldest first.
+pub fn read_dir(fs: &dyn Fs, dir: &Path) -> Result<Recording, RecordingError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| RecordingError::Io { path, error }
+    };
+    let mut names: Vec<String> =
+        fs.list_dir(dir).map_err(io(dir))?.into_iter().filter(|n| n.ends_with(".rec")).collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(RecordingError::Empty(dir.to_path_buf()));
+    }
+    let mut recording =
+        Recording { settings_toml: String::new(), from_empty: false, steps: Vec::new(), cut: None, end: None };
+    for (i, name) in names.iter().enumerate() {
+        let path = dir.join(name);
+        let bytes = Bytes::from(fs.read(&path).map_err(io(&path))?);
+        let damaged = |reason: String| RecordingError::Damaged { path: path.clone(), reason };
+        let mut at = 0;
+        while at < bytes.len() {
+            let body = match frame_at(&bytes, at) {
+                Ok(body) => body,
+                Err(reason) if i + 1 == names.len() => {
+                    recording.cut = Some(format!("{}: {reason} at byte {at}", path.display()));
+                    break;
+                }
+                Err(reason) => return Err(damaged(format!("{reason} at byte {at}"))),
+            };
+            at += FRAME_HEADER + body.len();
+            let frame = pb::Frame::decode(body).map_err(|e| damaged(format!("a frame does not decode: {e}")))?;
+            match frame.kind {
+                Some(pb::frame::Kind::Start(start)) => {
+                    if start.version != FORMAT_VERSION {
+                        return Err(damaged(format!(
+                            "format version {}; this build reads version {FORMAT_VERSION}",
+                            start.version
+                        )));
+                    }
+                    if i == 0 {
+                        recording.settings_toml = start.settings_toml;
+                        recording.from_empty = start.from_empty;
+                    }
+                    let expected = recording.steps.last().map_or(start.first_seq, |s| s.seq + 1);
+                    if start.first_seq != expected {
+                        return Err(damaged(format!("starts at entry {}, expected {expected}", start.first_seq)));
+                    }
+                }
+                Some(pb::frame::Kind::Entry(entry)) => {
+                    let command =
+                        entry.command.ok_or_else(|| damaged(format!("entry {} has no command", entry.seq)))?;
+                    let command = codec::decode(command).map_err(|e| damaged(format!("entry {}: {e}", entry.seq)))?;
+                    recording.steps.push(Step {
+                        seq: entry.seq,
+                        at: At { now_ms: entry.now_ms, wall_ms: entry.wall_ms },
+                        command,
+                        reply_digest: entry.reply_digest,
+                        outputs_digest: entry.outputs_digest,
+                    });
+                }
+                Some(pb::frame::Kind::End(end)) => {
+                    let last = recording.steps.last().map_or(0, |s| s.seq);
+                    if end.last_seq != last {
+                        return Err(damaged(format!("ends after entry {}, but the last is {last}", end.last_seq)));
+                    }
+                    recording.end = Some(End { now_ms: end.now_ms, state_digest: end.state_digest });
+                }
+                None => return Err(damaged("a frame of no kind".to_string())),
+            }
+        }
+    }
+    Ok(recording)
+}
+
+/// The body of the frame at `at`, checked against its length and CRC.
+fn frame_at(bytes: &Bytes, at: usize) -> Result<Bytes, String> {
+    let header = bytes.get(at..at + FRAME_HEADER).ok_or("a torn frame header")?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > FRAME_BODY_MAX {
+        return Err(format!("a frame of {len} bytes, more than {FRAME_BODY_MAX}"));
+    }
+    let start = at + FRAME_HEADER;
+    if bytes.len() < start + len {
+        return Err("a torn frame".to_string());
+    }
+    let body = bytes.slice(start..start + len);
+    if crc32c::crc32c(&body) != crc {
+        return Err("a frame whose CRC does not match".to_string());
+    }
+    Ok(body)
+}

@@ -1,0 +1,201 @@
+//! A real server records every command it applies (`serve --record DIR`); the recording,
+//! replayed on a fresh core, gives every reply, every command's outputs and the final state
+//! byte for byte as the server did (by digest).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ack_ids, on_subscription, start_hooked, PROMPT};
+use mini_pubsub::config::Loaded;
+use mini_pubsub::env::StdFs;
+use mini_pubsub::record::{self, Replayer};
+use mini_pubsub::server::{Hooks, RecordTo};
+use mini_pubsub::storage::FileStorage;
+use mini_pubsub::wire::pb;
+
+fn message(value: &str, key: &str, idempotency_key: &str) -> pb::OutgoingMessage {
+    pb::OutgoingMessage {
+        value: value.as_bytes().to_vec().into(),
+        key: Some(key.into()),
+        idempotency_key: Some(idempotency_key.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_server_replays_with_every_reply_and_the_final_state_as_it_was() {
+    let data = tempfile::tempdir().unwrap();
+    let recording = tempfile::tempdir().unwrap();
+    let flags = vec![
+        ("data_dir", "--data-dir".to_string(), data.path().display().to_string()),
+        ("ack_deadline_ms", "--ack-deadline-ms".to_string(), "1000".to_string()),
+    ];
+    let loaded = Loaded::load(None, Vec::new(), flags).unwrap();
+    let storage = Box::new(FileStorage::open(Arc::new(StdFs), loaded.config.file_storage()).unwrap());
+    let record = RecordTo {
+        fs: Arc::new(StdFs),
+        dir: recording.path().to_path_buf(),
+        max_bytes: record::RECORD_MAX_BYTES_DEFAULT,
+        settings_toml: loaded.describe(),
+    };
+    let hooks = Hooks { observer: None, record: Some(record) };
+    let server = start_hooked(loaded.config.server.clone(), storage, hooks).await;
+    let (mut admin, mut pubsub) = (server.admin.clone(), server.pubsub.clone());
+
+    // Topics, a subscription that dead-letters after two attempts, its dead-letter
+    // subscription, and an exclusive group.
+    server.create_topic("orders", 2).await;
+    server.create_topic("dlq", 1).await;
+    admin
+        .create_subscription(pb::CreateSubscriptionRequest {
+            name: "work".into(),
+            topic: "orders".into(),
+            ack_deadline_seconds: 1,
+            dead_letter_policy: Some(pb::DeadLetterPolicy {
+                dead_letter_topic: "dlq".into(),
+                max_delivery_attempts: 2,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.create_subscription("dead", "dlq", 10).await;
+    admin
+        .create_subscription(pb::CreateSubscriptionRequest {
+            name: "group".into(),
+            topic: "orders".into(),
+            delivery_mode: pb::DeliveryMode::Exclusive as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A refusal is recorded too.
+    assert!(admin.create_topic(pb::CreateTopicRequest { name: "orders".into(), ..Default::default() }).await.is_err());
+
+    // Ten keyed messages with idempotency keys, then two of them again (duplicates).
+    let messages: Vec<_> =
+        (0..10).map(|i| message(&format!("m{i}"), &format!("k{}", i % 5), &format!("id{i}"))).collect();
+    let req = pb::PublishRequest { topic: "orders".into(), messages: messages.clone(), ..Default::default() };
+    pubsub.publish(req).await.unwrap();
+    let again = pb::PublishRequest { topic: "orders".into(), messages: messages[..2].to_vec(), ..Default::default() };
+    let results = pubsub.publish(again).await.unwrap().into_inner().results;
+    assert!(results.iter().all(|r| r.duplicate));
+
+    // A stream acks six, nacks four twice: they are dead-lettered.
+    let mut work = server.subscribe(on_subscription("work")).await;
+    let got = work.messages(10).await;
+    work.ack(ack_ids(&got[..6])).await;
+    work.send(pb::SubscribeRequest { nack_ids: ack_ids(&got[6..]), ..Default::default() }).await;
+    let again = work.messages(4).await;
+    work.send(pb::SubscribeRequest { nack_ids: ack_ids(&again), ..Default::default() }).await;
+
+    // The dead letters: two pulled and acked, two nacked back and redriven.
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        let pull = pb::PullRequest { subscription: "dead".into(), max_messages: 10 };
+        dead.extend(pubsub.pull(pull).await.unwrap().into_inner().received_messages);
+        if dead.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dead.len(), 4);
+    let ack = pb::AckRequest { subscription: "dead".into(), ack_ids: ack_ids(&dead[..2]) };
+    pubsub.ack(ack).await.unwrap();
+    let nack = pb::NackRequest { subscription: "dead".into(), ack_ids: ack_ids(&dead[2..]), ..Default::default() };
+    pubsub.nack(nack).await.unwrap();
+    let redrive = pb::RedriveDeadLettersRequest { subscription: "dead".into(), max_messages: 10 };
+    let redriven = admin.redrive_dead_letters(redrive).await.unwrap().into_inner().results;
+    assert_eq!(redriven.len(), 2);
+    let back = work.messages(2).await;
+    work.ack(ack_ids(&back)).await;
+
+    // A seek replays everything; one message is left to expire and comes again.
+    let seek = pb::SeekRequest { subscription: "work".into(), target: Some(pb::seek_request::Target::Earliest(true)) };
+    pubsub.seek(seek).await.unwrap();
+    let replayed = work.messages(10).await;
+    work.ack(ack_ids(&replayed[1..])).await;
+    let expired = tokio::time::timeout(PROMPT, work.messages(1)).await.unwrap();
+    assert_eq!(expired[0].delivery_attempt, replayed[0].delivery_attempt + 1);
+    work.ack(ack_ids(&expired)).await;
+
+    // The exclusive group: one member takes every partition, a second one joins.
+    let mut first = server.subscribe(on_subscription("group")).await;
+    let got = first.messages(10).await;
+    first.ack(ack_ids(&got)).await;
+    let second = server.subscribe(on_subscription("group")).await;
+    drop(second);
+    drop(first);
+    drop(work);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.stop().await;
+
+    let recording = record::read_dir(&StdFs, recording.path()).unwrap();
+    assert!(recording.from_empty && recording.cut.is_none());
+    let end = recording.end.expect("the server stopped cleanly");
+    let names: BTreeSet<&str> = recording.steps.iter().map(|s| s.command.name()).collect();
+    for expected in [
+        "create-topic",
+        "create-subscription",
+        "publish",
+        "open-stream",
+        "stream-request",
+        "close-stream",
+        "pull",
+        "acks",
+        "seek",
+        "redrive",
+        "tick",
+        "sync",
+        "checkpoint",
+    ] {
+        assert!(names.contains(expected), "no {expected} in the recording: {names:?}");
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let config = Replayer::settings(&recording).unwrap();
+    assert_eq!(config, loaded.config);
+    let storage = Replayer::storage(&config, Arc::new(StdFs), scratch.path()).unwrap();
+    let mut replayer = Replayer::new(&recording, storage, false).unwrap();
+    for step in &recording.steps {
+        let replayed = replayer.apply(step);
+        assert!(replayed.reply_matches, "entry {} ({}): reply {:?}", step.seq, step.command.name(), replayed.reply);
+        assert!(replayed.outputs_match, "entry {} ({}): outputs {:?}", step.seq, step.command.name(), replayed.outputs);
+    }
+    assert_eq!(replayer.state_digest(end.now_ms), end.state_digest, "the final state");
+}
+
+#[tokio::test]
+async fn a_changed_reply_is_caught_by_its_digest() {
+    // The same recording replayed on a broker with another setting answers differently.
+    let recording_dir = tempfile::tempdir().unwrap();
+    let loaded =
+        Loaded::load(None, Vec::new(), vec![("storage", "--storage".to_string(), "memory".to_string())]).unwrap();
+    let record = RecordTo {
+        fs: Arc::new(StdFs),
+        dir: recording_dir.path().to_path_buf(),
+        max_bytes: record::RECORD_MAX_BYTES_DEFAULT,
+        settings_toml: loaded.describe(),
+    };
+    let hooks = Hooks { observer: None, record: Some(record) };
+    let server = start_hooked(loaded.config.server.clone(), Box::new(mini_pubsub::storage::MemoryStorage), hooks).await;
+    server.create_topic("t", 3).await;
+    server.publish("t", &["a", "b", "c"]).await;
+    server.stop().await;
+
+    let mut recording = record::read_dir(&StdFs, recording_dir.path()).unwrap();
+    // Replayed with a default of one partition, the topic creation answers otherwise.
+    let mut changed = Loaded::from_toml(&recording.settings_toml, std::path::Path::new("-")).unwrap();
+    changed.config.server.broker.default_partitions = 1;
+    recording.settings_toml = changed.describe();
+    if let mini_pubsub::core::Command::CreateTopic { partitions, .. } = &mut recording.steps[0].command {
+        *partitions = None;
+    }
+    let config = Replayer::settings(&recording).unwrap();
+    let storage = Replayer::storage(&config, Arc::new(StdFs), recording_dir.path()).unwrap();
+    let mut replayer = Replayer::new(&recording, storage, false).unwrap();
+    let first = replayer.apply(&recording.steps[0]);
+    assert!(!first.reply_matches, "a topic of 1 partition where 3 were recorded");
+}
