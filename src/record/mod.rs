@@ -13,6 +13,9 @@ mod reader;
 mod replay;
 mod writer;
 
+#[cfg(test)]
+mod proptests;
+
 pub use codec::{decode as decode_command, encode as encode_command};
 pub use digest::{digest_outputs, digest_reply, digest_state};
 pub use reader::{read_dir, End, Recording, RecordingError, Step};
