@@ -45,6 +45,10 @@ enum Command {
         /// key-order-ignored, flow-control-ignored, invariant-broken.
         #[arg(long)]
         mutation: Option<String>,
+        /// Each broker records every command it applies into DIR/<host>-<start> (a flight
+        /// recording, as `mini-pubsub serve --record`), for `replay`.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Replays a flight recording (`mini-pubsub serve --record DIR`) on a fresh broker
     /// core: prints its trace, checks every reply, output and the final state against the
@@ -95,14 +99,17 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { file, seed, trace, html, mutation } => match mutation.as_deref().map(mutation_named).transpose()
-        {
-            Ok(mutation) => run(&file, seed, trace == "full", html.as_deref(), mutation),
-            Err(message) => {
-                eprintln!("{message}");
-                ExitCode::from(2)
+        Command::Run { file, seed, trace, html, mutation, record } => {
+            match mutation.as_deref().map(mutation_named).transpose() {
+                Ok(mutation) => {
+                    run(&file, seed, trace == "full", html.as_deref(), runner::Options { mutation, record })
+                }
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
         Command::Explore { seeds, start, out, scenario } => match scenario {
             Some(file) => match std::fs::read_to_string(&file) {
                 Ok(text) => explore(seeds, start, &out, false, |seed| with_seed(&text, seed)),
@@ -325,7 +332,7 @@ fn run(
     seed: Option<u64>,
     full: bool,
     html: Option<&std::path::Path>,
-    mutation: Option<Mutation>,
+    options: runner::Options,
 ) -> ExitCode {
     let name = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
@@ -342,7 +349,8 @@ fn run(
             return ExitCode::from(2);
         }
     };
-    let report = runner::run_mutated(&parsed, seed, mutation);
+    let mutation = options.mutation;
+    let report = runner::run_with(&parsed, seed, options);
 
     let trace = if full { history::render(&report.entries, true) } else { report.trace.clone() };
     println!("{trace}\n\n{}", report.verdict);

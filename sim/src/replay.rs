@@ -118,10 +118,8 @@ pub fn replay(recording: &Recording, scratch: &Path) -> Result<ReplayReport, Str
         if !replayed.outputs_match {
             output_mismatches.push((step.seq, step.command.name()));
         }
-        history.step(at_ms, replayed);
-        while let Some(notice) = replayer.poll_notice() {
-            history.push(at_ms, "broker", Event::Broker(notice));
-        }
+        let notices: Vec<_> = std::iter::from_fn(|| replayer.poll_notice()).collect();
+        history.step(at_ms, replayed, notices);
     }
     let state_matches = recording.end.map(|end| replayer.state_digest(end.now_ms) == end.state_digest);
     let context = checker::Context {
@@ -171,7 +169,9 @@ impl Replay {
         self.entries.push(Entry { at_ms, host: host.to_string(), event });
     }
 
-    fn step(&mut self, at_ms: u64, replayed: Replayed) {
+    /// What one command did: its request and answer, then what the broker noticed, then
+    /// its outputs (the broker notices a seek before the deliveries it causes).
+    fn step(&mut self, at_ms: u64, replayed: Replayed, notices: Vec<mini_pubsub::core::Notice>) {
         let Replayed { seq, command, reply, outputs, .. } = replayed;
         match (command, reply) {
             (Command::Publish { topic, messages }, Ok(Answer::Published(published))) => {
@@ -246,6 +246,9 @@ impl Replay {
                 reply,
             ) => self.admin(at_ms, command.name(), reply.map(|_| "done".to_string())),
             _ => {}
+        }
+        for notice in notices {
+            self.push(at_ms, "broker", Event::Broker(notice));
         }
         for output in outputs {
             match output {

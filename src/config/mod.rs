@@ -176,6 +176,28 @@ impl Config {
         Ok(())
     }
 
+    /// These settings with the storage `file` describes (`None`: in memory): what a
+    /// recording made by a server started from parts (a test, the simulator) replays with.
+    pub fn with_storage(mut self, file: Option<&FileStorageConfig>) -> Self {
+        let Some(file) = file else {
+            self.storage.kind = StorageKind::Memory;
+            return self;
+        };
+        let s = &mut self.storage;
+        s.kind = StorageKind::File;
+        s.data_dir = file.dir.clone();
+        (s.fsync, s.fsync_interval_ms) = match file.fsync {
+            FsyncPolicy::Always => (FsyncMode::Always, s.fsync_interval_ms),
+            FsyncPolicy::IntervalMs(ms) => (FsyncMode::Interval, ms),
+            FsyncPolicy::Never => (FsyncMode::Never, s.fsync_interval_ms),
+        };
+        s.segment_bytes = file.segment_bytes;
+        s.segment_ms = file.segment_ms;
+        s.tail_cache_bytes = file.tail_cache_bytes;
+        s.truncate_corrupt = file.truncate_corrupt;
+        self
+    }
+
     /// The file log's settings.
     pub fn file_storage(&self) -> FileStorageConfig {
         let s = &self.storage;
@@ -222,6 +244,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// `config`, every setting shown as a default (no file, environment or flag gave it).
+    pub fn from_config(config: Config) -> Self {
+        Loaded { config, sources: vec![Source::Default; SETTINGS.len()] }
+    }
+
     /// Builds the configuration from the defaults, then the file, then the environment
     /// (`env` yields name/value pairs, normally `std::env::vars()`), then `flags` (setting
     /// name, the flag as typed, its value). Each layer overrides the ones before it.

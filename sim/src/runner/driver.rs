@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mini_pubsub::core::Mutation;
-use mini_pubsub::env::{FaultyFs, Fs, Net};
+use mini_pubsub::config::{Config, Loaded};
+use mini_pubsub::env::{FaultyFs, Fs, Net, StdFs};
+use mini_pubsub::record;
 use mini_pubsub::server::{self, ServerConfig};
 use mini_pubsub::storage::{FileStorage, FileStorageConfig, FsyncPolicy, MemoryStorage, Storage};
 use rand::SeedableRng;
@@ -69,7 +70,8 @@ pub(super) struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    pub(super) fn new(scenario: &Scenario, seed: u64, mutation: Option<Mutation>) -> Self {
+    pub(super) fn new(scenario: &Scenario, seed: u64, options: super::Options) -> Self {
+        let super::Options { mutation, record } = options;
         let within = |s: &Step| match &s.action {
             Action::Expect(e) => e.within.unwrap_or_default(),
             _ => Duration::ZERO,
@@ -107,11 +109,17 @@ impl<'a> Driver<'a> {
             let corrupt_rx = Arc::new(Mutex::new(corrupt_rx));
             let (name, h) = (broker.clone(), history.clone());
             let (storage, host_disk) = (storage.clone(), disk.clone());
+            let recording = record.clone().map(|dir| {
+                let mut settings = Loaded::from_config(Config::default().with_storage(storage.as_ref()));
+                settings.config.server = config.clone();
+                (dir, settings.describe(), Arc::new(std::sync::atomic::AtomicU32::new(0)))
+            });
             let crashing = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let host_crashing = crashing.clone();
             let host_traffic = traffic.clone();
             sim.host(broker.as_str(), move || {
                 let (config, storage, disk) = (config.clone(), storage.clone(), host_disk.clone());
+                let recording = recording.clone();
                 let corrupter = corrupter(name.clone(), disk.clone(), corrupt_rx.clone(), h.clone());
                 let (name, h) = (name.clone(), h.clone());
                 let crashing = host_crashing.clone();
@@ -137,15 +145,17 @@ impl<'a> Driver<'a> {
                             let shutdown = std::future::pending::<()>();
                             let observer = Arc::new(BrokerObserver { host: name.clone(), history: h.clone() });
                             let (config, clock) = (config.clone(), Arc::new(SimClock));
-                            server::run_with(
-                                incoming,
-                                shutdown,
-                                config,
-                                store,
-                                clock,
-                                server::Hooks { observer: Some(observer), record: None },
-                            )
-                            .await?;
+                            let record = recording.as_ref().map(|(dir, settings_toml, lives)| {
+                                let life = lives.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                                server::RecordTo {
+                                    fs: Arc::new(StdFs),
+                                    dir: dir.join(format!("{name}-{life}")),
+                                    max_bytes: record::RECORD_MAX_BYTES_DEFAULT,
+                                    settings_toml: settings_toml.clone(),
+                                }
+                            });
+                            let hooks = server::Hooks { observer: Some(observer), record };
+                            server::run_with(incoming, shutdown, config, store, clock, hooks).await?;
                             Ok::<(), Box<dyn std::error::Error>>(())
                         };
                         match started.await {

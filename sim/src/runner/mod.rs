@@ -12,6 +12,8 @@ mod faults;
 use std::time::Duration;
 
 use mini_pubsub::core::Mutation;
+use std::path::PathBuf;
+
 use mini_pubsub::server::ServerConfig;
 
 use crate::agent::Command;
@@ -85,8 +87,28 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Report {
 /// # Panics
 /// When given a mutation in a release build.
 pub fn run_mutated(scenario: &Scenario, seed: Option<u64>, mutation: Option<Mutation>) -> Report {
+    run_with(scenario, seed, Options { mutation, record: None })
+}
+
+/// What else a run may do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Breaks the brokers on purpose (see [`run_mutated`]).
+    pub mutation: Option<Mutation>,
+    /// Each broker records every command it applies (`serve --record`) into
+    /// `<dir>/<host>-<life>`, a directory per start, on the real filesystem, so that
+    /// `mini-pubsub-sim replay` can replay it. A broker restarted on its data starts a
+    /// recording that does not replay from empty.
+    pub record: Option<PathBuf>,
+}
+
+/// [`run`], with [`Options`].
+///
+/// # Panics
+/// When given a mutation in a release build.
+pub fn run_with(scenario: &Scenario, seed: Option<u64>, options: Options) -> Report {
     let seed = seed.or(scenario.config.seed).unwrap_or(0);
-    let mut driver = Driver::new(scenario, seed, mutation);
+    let mut driver = Driver::new(scenario, seed, options);
     let mut played = play(&mut driver, scenario);
     if driver.history.broken().is_none() {
         played.failures.extend(driver.heal_all());
