@@ -20,6 +20,7 @@ fn color(system: System) -> &'static str {
         System::Ours => "#1f77b4",
         System::Nats => "#2ca02c",
         System::Redis => "#d62728",
+        System::OursRecorded => "#9ecae1",
     }
 }
 

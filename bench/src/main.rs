@@ -144,7 +144,10 @@ fn plan_from(args: &Args) -> anyhow::Result<Plan> {
         .filter(|w| args.only.is_empty() || args.only.iter().any(|o| w.id().contains(o.as_str())))
         .collect();
     let classes = pick(&args.classes, &Class::ALL, |c| c.id())?;
-    let systems = pick(&args.systems, &System::ALL, |s| s.id())?;
+    let systems = match args.systems.is_empty() {
+        true => System::DEFAULT.to_vec(),
+        false => pick(&args.systems, &System::ALL, |s| s.id())?,
+    };
     if args.sizes.iter().any(|&s| s < 8) {
         bail!("value sizes must be at least 8 bytes (the end-to-end case writes an index into each value)");
     }

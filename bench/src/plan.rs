@@ -12,10 +12,14 @@ pub enum System {
     Ours,
     Nats,
     Redis,
+    /// mini-pubsub with its flight recorder on (`serve --record DIR`): what recording costs.
+    OursRecorded,
 }
 
 impl System {
-    pub const ALL: [System; 3] = [System::Ours, System::Nats, System::Redis];
+    pub const ALL: [System; 4] = [System::Ours, System::Nats, System::Redis, System::OursRecorded];
+    /// The systems a run compares when `--systems` names none.
+    pub const DEFAULT: [System; 3] = [System::Ours, System::Nats, System::Redis];
 
     /// The short name used in options and file names.
     pub fn id(self) -> &'static str {
@@ -23,6 +27,7 @@ impl System {
             System::Ours => "mini-pubsub",
             System::Nats => "nats",
             System::Redis => "redis",
+            System::OursRecorded => "mini-pubsub-recorded",
         }
     }
 }
@@ -77,6 +82,9 @@ impl Class {
             (Class::Fsync, System::Ours) => "`--storage file --fsync always` (group commit)",
             (Class::Fsync, System::Nats) => "n/a",
             (Class::Fsync, System::Redis) => "`--appendonly yes --appendfsync always`",
+            (Class::Memory, System::OursRecorded) => "`--storage memory --record DIR`",
+            (Class::NoFsync, System::OursRecorded) => "`--storage file --fsync never --record DIR`",
+            (Class::Fsync, System::OursRecorded) => "`--storage file --fsync always --record DIR`",
         }
     }
 }

@@ -153,15 +153,22 @@ fn class_section(out: &mut String, table: &Table, class: Class, systems: &[Syste
     }
     let _ = writeln!(out, "\n### Rates (msgs/s, median [min-max])\n");
     let header: Vec<String> = systems.iter().map(|s| s.to_string()).collect();
-    let _ = writeln!(out, "| workload | size | {} | ours/NATS | ours/Redis |", header.join(" | "));
-    let _ = writeln!(out, "|---|--:|{}--:|--:|", "--:|".repeat(systems.len()));
+    let recorded = systems.contains(&System::OursRecorded);
+    let extra = if recorded { " recorded/ours |" } else { "" };
+    let _ = writeln!(out, "| workload | size | {} | ours/NATS | ours/Redis |{extra}", header.join(" | "));
+    let _ = writeln!(out, "|---|--:|{}--:|--:|{}", "--:|".repeat(systems.len()), if recorded { "--:|" } else { "" });
     let rows = table.iter().filter(|(case, _)| case.class == class);
     for (case, cells) in rows.clone() {
         let rate = |s: System| cells.get(&s).and_then(|c| c.rate()).map(|r| r.median);
         let columns: Vec<String> = systems.iter().map(|s| rate_cell(cells.get(s))).collect();
+        let recorded_ratio = if recorded {
+            format!(" {} |", ratio(rate(System::OursRecorded), rate(System::Ours)))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{recorded_ratio}",
             case.workload.id(),
             size_label(case.size),
             columns.join(" | "),

@@ -45,6 +45,11 @@ impl ServerProcess {
         let log = File::create(&log_path)?;
         let (mut command, port) = match system {
             System::Ours => (ours_command(&binaries.mini_pubsub, class, dir.path()), None),
+            System::OursRecorded => {
+                let mut command = ours_command(&binaries.mini_pubsub, class, dir.path());
+                command.arg("--record").arg(dir.path().join("recording"));
+                (command, None)
+            }
             System::Nats => {
                 let port = free_port()?;
                 (nats_command(&binaries.nats_server, port, dir.path()), Some(port))

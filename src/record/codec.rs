@@ -7,54 +7,51 @@ use crate::core::{
     StreamId, StreamTarget, SubscriptionSpec,
 };
 
-/// The protobuf form of a command.
+/// The protobuf form of a command, by reference (a copy; see [`into_pb`]).
 pub fn encode(command: &Command) -> pb::Command {
+    into_pb(command.clone())
+}
+
+/// The protobuf form of a command, moving its fields (no copy): [`decode`] moves them
+/// back.
+pub fn into_pb(command: Command) -> pb::Command {
     let kind = match command {
         Command::Publish { topic, messages } => {
-            Kind::Publish(pb::Publish { topic: topic.clone(), messages: messages.iter().map(message).collect() })
+            Kind::Publish(pb::Publish { topic, messages: messages.into_iter().map(message).collect() })
         }
-        Command::CreateTopic { name, partitions, dedupe_window_ms } => Kind::CreateTopic(pb::CreateTopic {
-            name: name.clone(),
-            partitions: *partitions,
-            dedupe_window_ms: *dedupe_window_ms,
-        }),
-        Command::DeleteTopic { name, force } => {
-            Kind::DeleteTopic(pb::DeleteTopic { name: name.clone(), force: *force })
+        Command::CreateTopic { name, partitions, dedupe_window_ms } => {
+            Kind::CreateTopic(pb::CreateTopic { name, partitions, dedupe_window_ms })
         }
+        Command::DeleteTopic { name, force } => Kind::DeleteTopic(pb::DeleteTopic { name, force }),
         Command::CreateSubscription(spec) => Kind::CreateSubscription(pb::CreateSubscription {
-            name: spec.name.clone(),
-            topic: spec.topic.clone(),
-            ack_deadline_ms: spec.ack_deadline_ms,
             start: start(spec.start).into(),
-            retry: spec.retry.as_ref().map(|r| pb::RetrySpec {
+            exclusive: spec.delivery_mode == DeliveryMode::Exclusive,
+            name: spec.name,
+            topic: spec.topic,
+            ack_deadline_ms: spec.ack_deadline_ms,
+            retry: spec.retry.map(|r| pb::RetrySpec {
                 minimum_backoff_ms: r.minimum_backoff_ms,
                 maximum_backoff_ms: r.maximum_backoff_ms,
             }),
             dead_letter: spec
                 .dead_letter
-                .as_ref()
-                .map(|d| pb::DeadLetterSpec { topic: d.topic.clone(), max_delivery_attempts: d.max_delivery_attempts }),
+                .map(|d| pb::DeadLetterSpec { topic: d.topic, max_delivery_attempts: d.max_delivery_attempts }),
             ordered: spec.ordered,
-            exclusive: spec.delivery_mode == DeliveryMode::Exclusive,
         }),
-        Command::DeleteSubscription { name } => Kind::DeleteSubscription(pb::DeleteSubscription { name: name.clone() }),
+        Command::DeleteSubscription { name } => Kind::DeleteSubscription(pb::DeleteSubscription { name }),
         Command::OpenStream { target, flow, session_timeout_ms, client_id, ops } => {
             let target = match target {
-                StreamTarget::Subscription(name) => open_stream::Target::Subscription(name.clone()),
+                StreamTarget::Subscription(name) => open_stream::Target::Subscription(name),
                 StreamTarget::Topic { topic, ack_deadline_ms, start: from } => {
-                    open_stream::Target::Topic(pb::TopicTarget {
-                        topic: topic.clone(),
-                        ack_deadline_ms: *ack_deadline_ms,
-                        start: start(*from).into(),
-                    })
+                    open_stream::Target::Topic(pb::TopicTarget { topic, ack_deadline_ms, start: start(from).into() })
                 }
             };
             Kind::OpenStream(pb::OpenStream {
                 target: Some(target),
                 max_outstanding_messages: flow.max_outstanding_messages,
                 max_outstanding_bytes: flow.max_outstanding_bytes,
-                session_timeout_ms: *session_timeout_ms,
-                client_id: client_id.clone(),
+                session_timeout_ms,
+                client_id,
                 ops: ack_ops(ops),
             })
         }
@@ -63,29 +60,25 @@ pub fn encode(command: &Command) -> pb::Command {
         }
         Command::CloseStream { stream } => Kind::CloseStream(stream.0),
         Command::LeaveStream { stream } => Kind::LeaveStream(stream.0),
-        Command::Pull { subscription, max_messages } => {
-            Kind::Pull(pb::Pull { subscription: subscription.clone(), max_messages: *max_messages })
-        }
+        Command::Pull { subscription, max_messages } => Kind::Pull(pb::Pull { subscription, max_messages }),
         Command::Acks { subscription, op, ack_ids } => {
-            Kind::Acks(pb::Acks { subscription: subscription.clone(), op: Some(ack_op(op)), ack_ids: ack_ids.clone() })
+            Kind::Acks(pb::Acks { subscription, op: Some(ack_op(op)), ack_ids })
         }
         Command::Seek { subscription, target } => {
             let target = match target {
                 SeekTarget::Earliest => seek::Target::Earliest(pb::Empty {}),
                 SeekTarget::Latest => seek::Target::Latest(pb::Empty {}),
-                SeekTarget::TimeMs(ms) => seek::Target::TimeMs(*ms),
+                SeekTarget::TimeMs(ms) => seek::Target::TimeMs(ms),
                 SeekTarget::Offsets(offsets) => seek::Target::Offsets(pb::Offsets {
                     offsets: offsets
-                        .iter()
-                        .map(|&(partition, offset)| pb::PartitionOffset { partition, offset })
+                        .into_iter()
+                        .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
                         .collect(),
                 }),
             };
-            Kind::Seek(pb::Seek { subscription: subscription.clone(), target: Some(target) })
+            Kind::Seek(pb::Seek { subscription, target: Some(target) })
         }
-        Command::Redrive { subscription, max_messages } => {
-            Kind::Redrive(pb::Redrive { subscription: subscription.clone(), max_messages: *max_messages })
-        }
+        Command::Redrive { subscription, max_messages } => Kind::Redrive(pb::Redrive { subscription, max_messages }),
         Command::Tick => Kind::Tick(pb::Empty {}),
         Command::Sync => Kind::Sync(pb::Empty {}),
         Command::Retention => Kind::Retention(pb::Empty {}),
@@ -177,13 +170,13 @@ pub fn decode(command: pb::Command) -> Result<Command, String> {
     })
 }
 
-fn message(m: &OutgoingMessage) -> pb::Message {
+fn message(m: OutgoingMessage) -> pb::Message {
     pb::Message {
-        value: m.value.clone(),
-        key: m.key.clone(),
-        attributes: m.attributes.clone(),
+        value: m.value,
+        key: m.key,
+        attributes: m.attributes,
         partition: m.partition,
-        idempotency_key: m.idempotency_key.clone(),
+        idempotency_key: m.idempotency_key,
     }
 }
 
@@ -201,13 +194,11 @@ fn start_of(position: pb::StartPosition) -> StartPosition {
     }
 }
 
-fn ack_op(op: &AckOp) -> pb::AckOp {
+fn ack_op(op: AckOp) -> pb::AckOp {
     let kind = match op {
         AckOp::Ack => ack_op::Kind::Ack(pb::Empty {}),
-        AckOp::Nack { delay_ms, terminal, reason } => {
-            ack_op::Kind::Nack(pb::Nack { delay_ms: *delay_ms, terminal: *terminal, reason: reason.clone() })
-        }
-        AckOp::ModifyDeadline { deadline_ms } => ack_op::Kind::ModifyDeadlineMs(*deadline_ms),
+        AckOp::Nack { delay_ms, terminal, reason } => ack_op::Kind::Nack(pb::Nack { delay_ms, terminal, reason }),
+        AckOp::ModifyDeadline { deadline_ms } => ack_op::Kind::ModifyDeadlineMs(deadline_ms),
     };
     pb::AckOp { kind: Some(kind) }
 }
@@ -220,8 +211,8 @@ fn ack_op_of(op: pb::AckOp) -> Result<AckOp, String> {
     })
 }
 
-fn ack_ops(ops: &[(AckOp, Vec<String>)]) -> Vec<pb::AckOps> {
-    ops.iter().map(|(op, ids)| pb::AckOps { op: Some(ack_op(op)), ack_ids: ids.clone() }).collect()
+fn ack_ops(ops: Vec<(AckOp, Vec<String>)>) -> Vec<pb::AckOps> {
+    ops.into_iter().map(|(op, ack_ids)| pb::AckOps { op: Some(ack_op(op)), ack_ids }).collect()
 }
 
 fn ack_ops_of(ops: Vec<pb::AckOps>) -> Result<Vec<(AckOp, Vec<String>)>, String> {

@@ -4,7 +4,7 @@
 
 use std::fmt::{self, Write};
 
-use crate::core::{Broker, Output, Reply};
+use crate::core::{Answer, Broker, Output, Reply};
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -13,19 +13,39 @@ struct Fnv(u64);
 
 impl Write for Fnv {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for byte in s.bytes() {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(FNV_PRIME);
-        }
+        self.bytes(s.as_bytes());
         Ok(())
     }
 }
 
-/// The digest of a command's reply.
+/// The digest of a command's reply. A publish's answer, the hot path, is hashed field by
+/// field; every other reply through its Debug form.
 pub fn digest_reply(reply: &Reply) -> u64 {
     let mut hash = Fnv(FNV_OFFSET);
-    let _ = write!(hash, "{reply:?}");
+    match reply {
+        Ok(Answer::Published(published)) => {
+            hash.bytes(b"published");
+            for p in published {
+                hash.bytes(p.message_id.as_bytes());
+                hash.bytes(&p.partition.to_le_bytes());
+                hash.bytes(&p.offset.to_le_bytes());
+                hash.bytes(&[u8::from(p.duplicate)]);
+            }
+        }
+        _ => {
+            let _ = write!(hash, "{reply:?}");
+        }
+    }
     hash.0
+}
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+    }
 }
 
 /// The digest of the outputs a command produced, in order (0 for none).
@@ -83,7 +103,7 @@ pub fn digest_state(broker: &Broker, now_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Answer, BrokerError};
+    use crate::core::{BrokerError, Published};
 
     #[test]
     fn equal_replies_digest_equal_and_different_ones_differ() {
@@ -94,5 +114,9 @@ mod tests {
         assert_ne!(digest_reply(&a), digest_reply(&b));
         assert_ne!(digest_reply(&b), digest_reply(&c));
         assert_eq!(digest_outputs(&[]), 0);
+        let place = |offset| Published { message_id: format!("1-0-{offset}"), partition: 0, offset, duplicate: false };
+        let (one, two) = (Ok(Answer::Published(vec![place(1)])), Ok(Answer::Published(vec![place(2)])));
+        assert_ne!(digest_reply(&one), digest_reply(&two));
+        assert_eq!(digest_reply(&one), digest_reply(&one.clone()));
     }
 }

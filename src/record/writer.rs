@@ -1,17 +1,22 @@
-//! Writing a recording: frames go to a buffer as the driver applies commands, and to the
-//! current segment at the end of each driver turn. A segment that reaches an eighth of the
-//! recording's bound is closed and a new one begun; the oldest segments are removed while
-//! the recording is over its bound.
+//! Writing a recording. The driver encodes each applied command into a buffer as it goes;
+//! at the end of a turn in which the buffer reached [`FLUSH_BYTES`], and at every
+//! checkpoint (about once a second), the buffer goes to the recorder's own thread, which
+//! appends it to the current segment. The driver never waits on the disk for the
+//! recording (only when the writer is [`BUFFERS_QUEUED_MAX`] buffers behind:
+//! back-pressure, not loss); a crash loses at most the last second or so of it. A segment
+//! that reaches an eighth of the recording's bound is closed and a new one begun; the
+//! oldest segments are removed while the recording is over its bound.
 
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use prost::Message;
 
-use super::{frame, pb, segment_name, FORMAT_VERSION, FRAME_HEADER};
-use crate::core::At;
+use super::{codec, frame, pb, segment_name, FORMAT_VERSION, FRAME_HEADER};
+use crate::core::{At, Command};
 use crate::env::{Fs, FsFile};
 
 /// `--record-max-bytes` when it is not given: 1 GiB.
@@ -20,9 +25,43 @@ pub const RECORD_MAX_BYTES_DEFAULT: u64 = 1 << 30;
 pub const RECORD_MAX_BYTES_MIN: u64 = 8 << 20;
 /// A recording is kept in about this many segments.
 const SEGMENTS: u64 = 8;
+/// Buffers waiting for the writer thread; past it the driver waits.
+pub const BUFFERS_QUEUED_MAX: usize = 64;
+/// What the driver gathers before it hands a buffer to the writer thread (at the end of a
+/// turn), unless a checkpoint or the stop comes first.
+pub const FLUSH_BYTES: usize = 256 * 1024;
+/// `Frame.entry`: field 2, length-delimited.
+const FRAME_ENTRY_TAG: u8 = 2 << 3 | 2;
+/// `Entry.reply_digest`: field 5, fixed64.
+const REPLY_DIGEST_TAG: u8 = 5 << 3 | 1;
+/// `Entry.outputs_digest`: field 6, fixed64.
+const OUTPUTS_DIGEST_TAG: u8 = 6 << 3 | 1;
+/// The two digest fields: a tag byte and eight bytes each.
+const DIGEST_FIELDS_LEN: usize = 2 * 9;
+
+/// What the driver sends the writer thread.
+enum ToWriter {
+    /// Frames whose first entry is `first_seq` (a segment may begin before them).
+    Frames { first_seq: u64, bytes: Vec<u8> },
+    /// The last frames (the `End`); the writer syncs, answers, and stops.
+    Finish { bytes: Vec<u8>, done: mpsc::SyncSender<()> },
+}
 
 /// Appends the commands a driver applies to a recording directory.
 pub struct Recorder {
+    /// Frames of this turn.
+    buffer: Vec<u8>,
+    /// The sequence number of the buffer's first entry.
+    buffer_first_seq: u64,
+    next_seq: u64,
+    /// Where the entry `begin` started and `end` has not finished begins in the buffer.
+    open_frame: Option<usize>,
+    writer: Option<mpsc::SyncSender<ToWriter>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The writer thread's side: the files.
+struct Segments {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     max_bytes: u64,
@@ -30,13 +69,8 @@ pub struct Recorder {
     /// Closed segments, oldest first: (name, bytes).
     closed: VecDeque<(String, u64)>,
     file: Box<dyn FsFile>,
-    file_name: String,
     file_size: u64,
-    /// Frames not yet written.
-    buffer: Vec<u8>,
-    next_seq: u64,
-    /// A write failed: the recording stopped there (the broker goes on).
-    stopped: bool,
+    file_name: String,
 }
 
 impl Recorder {
@@ -65,23 +99,28 @@ impl Recorder {
         }
         let name = segment_name(1);
         let file = fs.open(&dir.join(&name), true)?;
-        let mut recorder = Recorder {
+        let mut segments = Segments {
             fs,
             dir: dir.to_path_buf(),
             max_bytes,
             settings_toml,
             closed: VecDeque::new(),
             file,
-            file_name: name,
             file_size: 0,
-            buffer: Vec::new(),
-            next_seq: 1,
-            stopped: false,
+            file_name: name,
         };
-        recorder.start_frame(from_empty);
-        recorder.write_buffer()?;
-        recorder.fs.sync_dir(&recorder.dir)?;
-        Ok(recorder)
+        segments.write(&segments.start_frame(1, from_empty))?;
+        segments.fs.sync_dir(&segments.dir)?;
+        let (writer, frames) = mpsc::sync_channel(BUFFERS_QUEUED_MAX);
+        let thread = std::thread::Builder::new().name("flight-recorder".into()).spawn(move || segments.run(frames))?;
+        Ok(Recorder {
+            buffer: Vec::new(),
+            buffer_first_seq: 1,
+            next_seq: 1,
+            open_frame: None,
+            writer: Some(writer),
+            thread: Some(thread),
+        })
     }
 
     /// The sequence number the next entry gets.
@@ -89,96 +128,163 @@ impl Recorder {
         self.next_seq
     }
 
-    fn start_frame(&mut self, from_empty: bool) {
-        let start = pb::Start {
-            version: FORMAT_VERSION,
-            settings_toml: self.settings_toml.clone(),
-            first_seq: self.next_seq,
-            from_empty,
-        };
-        let body = pb::Frame { kind: Some(pb::frame::Kind::Start(start)) }.encode_to_vec();
-        frame(&body, &mut self.buffer);
-    }
-
-    /// Records one applied command with the digests of its reply and outputs.
-    pub fn record(&mut self, at: At, command: pb::Command, reply_digest: u64, outputs_digest: u64) {
-        if self.stopped {
-            return;
+    /// Starts the entry of a command about to be applied: its sequence number, time and
+    /// the command are encoded now, moving its fields into the protobuf form and back, so
+    /// nothing is copied but into the buffer. [`Recorder::end`] adds the digests of what
+    /// applying it produced. Returns the command, unchanged.
+    pub fn begin(&mut self, at: At, command: Command) -> Command {
+        if self.writer.is_none() {
+            return command;
         }
-        let entry = pb::Entry {
+        if self.buffer.is_empty() {
+            self.buffer_first_seq = self.next_seq;
+        }
+        let mut entry = pb::Entry {
             seq: self.next_seq,
             now_ms: at.now_ms,
             wall_ms: at.wall_ms,
-            command: Some(command),
-            reply_digest,
-            outputs_digest,
+            command: Some(codec::into_pb(command)),
+            reply_digest: 0,
+            outputs_digest: 0,
         };
         self.next_seq += 1;
-        let message = pb::Frame { kind: Some(pb::frame::Kind::Entry(entry)) };
-        // The body is encoded in place, after room for its header.
-        let at = self.buffer.len();
+        // Frame { entry: Entry { seq, now_ms, wall_ms, command, reply_digest, outputs_digest } }:
+        // the digests are two fixed64 fields at the end, added by `end`.
+        let entry_len = entry.encoded_len() + DIGEST_FIELDS_LEN;
+        let start = self.buffer.len();
         self.buffer.extend_from_slice(&[0; FRAME_HEADER]);
-        message.encode(&mut self.buffer).expect("a Vec grows as needed");
-        let body = &self.buffer[at + FRAME_HEADER..];
-        let (len, crc) = ((body.len() as u32).to_le_bytes(), crc32c::crc32c(body).to_le_bytes());
-        self.buffer[at..at + 4].copy_from_slice(&len);
-        self.buffer[at + 4..at + 8].copy_from_slice(&crc);
+        self.buffer.push(FRAME_ENTRY_TAG);
+        prost::encoding::encode_varint(entry_len as u64, &mut self.buffer);
+        entry.encode(&mut self.buffer).expect("a Vec grows as needed");
+        self.open_frame = Some(start);
+        let command = entry.command.take().expect("set above");
+        codec::decode(command).expect("a command's own protobuf form decodes")
     }
 
-    /// Writes what was recorded since the last flush (the end of a driver turn), and
-    /// rotates the segment when it is full. A failed write stops the recording, with an
-    /// error in the log; the broker goes on.
+    /// Ends the entry [`Recorder::begin`] started with the digests of the command's reply
+    /// and outputs.
+    pub fn end(&mut self, reply_digest: u64, outputs_digest: u64) {
+        let Some(start) = self.open_frame.take() else { return };
+        self.buffer.push(REPLY_DIGEST_TAG);
+        self.buffer.extend_from_slice(&reply_digest.to_le_bytes());
+        self.buffer.push(OUTPUTS_DIGEST_TAG);
+        self.buffer.extend_from_slice(&outputs_digest.to_le_bytes());
+        let body = &self.buffer[start + FRAME_HEADER..];
+        let (len, crc) = ((body.len() as u32).to_le_bytes(), crc32c::crc32c(body).to_le_bytes());
+        self.buffer[start..start + 4].copy_from_slice(&len);
+        self.buffer[start + 4..start + 8].copy_from_slice(&crc);
+    }
+
+    /// At the end of a driver turn: hands what was recorded to the writer thread once it
+    /// is [`FLUSH_BYTES`] or more, so a busy broker wakes the writer once per batch of
+    /// turns rather than once per turn. [`Recorder::flush`] hands it over whatever its size.
+    pub fn turn_ended(&mut self) {
+        if self.buffer.len() >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Hands what was recorded since the last flush to the writer thread (the driver
+    /// calls it at each checkpoint, about once a second, and when it stops). If the writer
+    /// has stopped (a write failed, and it said so in the log), the recording stops here;
+    /// the broker goes on.
     pub fn flush(&mut self) {
-        if self.stopped || self.buffer.is_empty() {
+        if self.buffer.is_empty() {
             return;
         }
-        if let Err(error) = self.write_buffer().and_then(|()| self.rotate_if_full()) {
-            tracing::error!(dir = %self.dir.display(), %error,
-                "the flight recorder cannot write; it stops here (the broker goes on)");
-            self.stopped = true;
-            self.buffer = Vec::new();
+        let Some(writer) = &self.writer else { return };
+        let bytes = std::mem::take(&mut self.buffer);
+        if writer.send(ToWriter::Frames { first_seq: self.buffer_first_seq, bytes }).is_err() {
+            self.writer = None;
         }
     }
 
     /// Ends the recording (the broker stops): an `End` frame with the digest of the
-    /// broker's state at `now_ms` (see [`digest_state`](super::digest_state)), then a
-    /// flush and a sync.
+    /// broker's state at `now_ms` (see [`digest_state`](super::digest_state)), then the
+    /// writer writes everything, syncs, and stops.
     pub fn finish(&mut self, now_ms: u64, state_digest: u64) {
-        if self.stopped {
-            return;
-        }
-        let end = pb::End { last_seq: self.next_seq - 1, now_ms, state_digest };
-        let body = pb::Frame { kind: Some(pb::frame::Kind::End(end)) }.encode_to_vec();
-        frame(&body, &mut self.buffer);
         self.flush();
-        if self.stopped {
-            return;
+        let Some(writer) = self.writer.take() else { return };
+        let end = pb::End { last_seq: self.next_seq - 1, now_ms, state_digest };
+        let mut bytes = Vec::new();
+        frame(&pb::Frame { kind: Some(pb::frame::Kind::End(end)) }.encode_to_vec(), &mut bytes);
+        let (done, written) = mpsc::sync_channel(1);
+        if writer.send(ToWriter::Finish { bytes, done }).is_ok() {
+            let _ = written.recv();
         }
-        if let Err(error) = self.file.sync_data() {
-            tracing::warn!(dir = %self.dir.display(), %error, "the flight recording's last segment did not sync");
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    /// A recorder dropped without `finish` (the driver stopped on a broken invariant)
+    /// still writes what it was given.
+    fn drop(&mut self) {
+        self.flush();
+        self.writer = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Segments {
+    /// Writes what the driver sends until it finishes or goes away. After a failed write
+    /// it logs why and drops the rest, so the driver is never held up by a dead disk.
+    fn run(mut self, frames: mpsc::Receiver<ToWriter>) {
+        let mut failed = false;
+        while let Ok(message) = frames.recv() {
+            let (first_seq, bytes, done) = match message {
+                ToWriter::Frames { first_seq, bytes } => (Some(first_seq), bytes, None),
+                ToWriter::Finish { bytes, done } => (None, bytes, Some(done)),
+            };
+            if !failed {
+                let written = match first_seq {
+                    Some(seq) => self.rotate_if_full(seq).and_then(|()| self.write(&bytes)),
+                    None => self.write(&bytes).and_then(|()| self.file.sync_data()),
+                };
+                if let Err(error) = written {
+                    tracing::error!(dir = %self.dir.display(), %error,
+                        "the flight recorder cannot write; the recording stops here (the broker goes on)");
+                    failed = true;
+                }
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
+                return;
+            }
         }
     }
 
-    fn write_buffer(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&self.buffer, self.file_size)?;
-        self.file_size += self.buffer.len() as u64;
-        self.buffer.clear();
+    fn start_frame(&self, first_seq: u64, from_empty: bool) -> Vec<u8> {
+        let start =
+            pb::Start { version: FORMAT_VERSION, settings_toml: self.settings_toml.clone(), first_seq, from_empty };
+        let mut bytes = Vec::new();
+        frame(&pb::Frame { kind: Some(pb::frame::Kind::Start(start)) }.encode_to_vec(), &mut bytes);
+        bytes
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, self.file_size)?;
+        self.file_size += bytes.len() as u64;
         Ok(())
     }
 
-    fn rotate_if_full(&mut self) -> io::Result<()> {
+    /// Begins a new segment at entry `first_seq` when the current one is full, and removes
+    /// the oldest segments while the recording is over its bound.
+    fn rotate_if_full(&mut self, first_seq: u64) -> io::Result<()> {
         if self.file_size < self.max_bytes / SEGMENTS {
             return Ok(());
         }
         self.file.sync_data()?;
-        let name = segment_name(self.next_seq);
-        let file = self.fs.open(&self.dir.join(&name), true)?;
-        let old = std::mem::replace(&mut self.file, file);
-        drop(old);
+        let name = segment_name(first_seq);
+        self.file = self.fs.open(&self.dir.join(&name), true)?;
         self.closed.push_back((std::mem::replace(&mut self.file_name, name), self.file_size));
         self.file_size = 0;
-        self.start_frame(false);
-        self.write_buffer()?;
+        let start = self.start_frame(first_seq, false);
+        self.write(&start)?;
         let mut total: u64 = self.closed.iter().map(|(_, size)| size).sum::<u64>() + self.file_size;
         while total > self.max_bytes {
             let Some((name, size)) = self.closed.pop_front() else { break };
@@ -194,13 +300,19 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::core::{Command, OutgoingMessage};
+    use crate::core::OutgoingMessage;
     use crate::env::StdFs;
-    use crate::record::{encode_command, read_dir};
+    use crate::record::read_dir;
 
-    fn publish(size: usize) -> pb::Command {
+    fn publish(size: usize) -> Command {
         let message = OutgoingMessage { value: Bytes::from(vec![7u8; size]), ..Default::default() };
-        encode_command(&Command::Publish { topic: "t".into(), messages: vec![message] })
+        Command::Publish { topic: "t".into(), messages: vec![message] }
+    }
+
+    fn record(recorder: &mut Recorder, at: At, command: Command, reply: u64, outputs: u64) {
+        let back = recorder.begin(at, command.clone());
+        assert_eq!(back, command);
+        recorder.end(reply, outputs);
     }
 
     #[test]
@@ -211,7 +323,7 @@ mod tests {
         let mut recorder = Recorder::create(fs.clone(), dir.path(), max, "x = 1".into(), true).unwrap();
         // 20 MiB of entries, flushed as a driver would, every ten entries.
         for i in 0..2000u64 {
-            recorder.record(At { now_ms: i, wall_ms: i }, publish(10 * 1024), i, 0);
+            record(&mut recorder, At { now_ms: i, wall_ms: i }, publish(10 * 1024), i, 0);
             if i % 10 == 9 {
                 recorder.flush();
             }
@@ -234,11 +346,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs: Arc<dyn Fs> = Arc::new(StdFs);
         let mut recorder = Recorder::create(fs.clone(), dir.path(), RECORD_MAX_BYTES_MIN, String::new(), true).unwrap();
-        recorder.record(At::default(), publish(10), 1, 2);
-        recorder.record(At::default(), publish(10), 3, 4);
+        record(&mut recorder, At::default(), publish(10), 1, 2);
+        record(&mut recorder, At::default(), publish(10), 3, 4);
         recorder.flush();
         let refused = Recorder::create(fs.clone(), dir.path(), RECORD_MAX_BYTES_MIN, String::new(), true);
         assert!(refused.err().unwrap().to_string().contains("already holds a recording"));
+        drop(recorder);
         // A crash tore the last frame: what came before it is read, and the cut is said.
         let path = dir.path().join(segment_name(1));
         let len = std::fs::metadata(&path).unwrap().len();

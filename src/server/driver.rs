@@ -222,15 +222,18 @@ impl Driver {
     /// time and applied, and the outputs it produced wait for the end of the turn.
     fn apply(&mut self, command: Command) -> Reply {
         let at = self.at();
-        let encoded = self.checks.recorder.as_ref().map(|_| record::encode_command(&command));
+        let command = match &mut self.checks.recorder {
+            Some(recorder) => recorder.begin(at, command),
+            None => command,
+        };
         let reply = self.broker.handle(at, command);
         let first = self.outbox.len();
         while let Some(output) = self.broker.poll_output() {
             self.outbox.push_back(output);
         }
-        if let (Some(recorder), Some(encoded)) = (&mut self.checks.recorder, encoded) {
+        if let Some(recorder) = &mut self.checks.recorder {
             let outputs = record::digest_outputs(self.outbox.range(first..));
-            recorder.record(at, encoded, record::digest_reply(&reply), outputs);
+            recorder.end(record::digest_reply(&reply), outputs);
         }
         reply
     }
@@ -264,7 +267,7 @@ impl Driver {
             self.commit().await;
             self.flush();
             if let Some(recorder) = &mut self.checks.recorder {
-                recorder.flush();
+                recorder.turn_ended();
             }
             if !self.after_turn() {
                 // A broken core must not go on: the driver ends without a last turn, and
@@ -394,6 +397,9 @@ impl Driver {
             }
             if let Some(metrics) = &mut self.metrics {
                 metrics.export(now, &self.broker, self.sinks.len());
+            }
+            if let Some(recorder) = &mut self.checks.recorder {
+                recorder.flush();
             }
         }
     }
