@@ -36,7 +36,7 @@ fn fixed_report() -> Report {
         repeats: 3,
         sizes: vec![128],
         classes: vec![Class::Memory, Class::Fsync],
-        systems: System::ALL.to_vec(),
+        systems: System::DEFAULT.to_vec(),
         workloads: vec![Workload::AsyncPublish, Workload::SyncPublish],
         warmup_ms: 300,
         window_ms: 1500,
@@ -71,4 +71,23 @@ fn the_chart_has_a_bar_per_measured_cell_and_a_mark_per_missing_one() {
     assert_eq!(svg.matches("<title>").count(), 4, "{svg}");
     assert_eq!(svg.matches(">x</text>").count(), 2, "{svg}");
     assert!(svg.contains("mini-pubsub memory async-publish 128 B: 110k"), "{svg}");
+}
+
+#[test]
+fn a_run_with_the_recorder_shows_its_cost_as_a_ratio() {
+    let mut r = fixed_report();
+    r.plan.systems.push(System::OursRecorded);
+    let case = Case { class: Class::Memory, workload: Workload::AsyncPublish, size: 128 };
+    for (repeat, rate) in [(1, 90_000.0), (2, 99_000.0), (3, 95_000.0)] {
+        r.runs.push(RunResult {
+            case,
+            system: System::OursRecorded,
+            repeat,
+            outcome: Outcome::Measured(measured(rate)),
+        });
+    }
+    let md = report::markdown(&r);
+    assert!(md.contains("| ours/NATS | ours/Redis | recorded/ours |"), "{md}");
+    let row = "| async-publish | 128 B | 110k [100k-120k] | 50k [40k-60k] | failed (3) | 95k [90k-99k] | 2.20x | n/a | 0.86x |";
+    assert!(md.contains(row), "{md}");
 }

@@ -49,6 +49,13 @@ pub struct SubscriptionSpec {
     pub delivery_mode: DeliveryMode,
 }
 
+/// A subscription that may be created, with its settings resolved.
+pub(super) struct NewSubscription {
+    ack_deadline_ms: u64,
+    retry: Option<RetryPolicy>,
+    dead_letter: Option<DeadLetterPolicy>,
+}
+
 /// A subscription as Admin reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionInfo {
@@ -126,6 +133,28 @@ impl Broker {
         dedupe_window_ms: Option<u64>,
         auto: bool,
     ) -> Result<TopicInfo, BrokerError> {
+        let (partitions, dedupe_window_ms) = self.check_new_topic(topic, partitions, dedupe_window_ms)?;
+        let uid = self.next_topic_uid;
+        let logs = (0..partitions).map(|p| self.storage.open(uid, p)).collect::<Result<Vec<_>, _>>()?;
+        self.next_topic_uid += 1;
+        self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs, dedupe_window_ms));
+        if let Err(e) = self.save_meta() {
+            let t = self.topics.remove(topic).expect("inserted above");
+            let _ = self.storage.remove(uid, t.logs);
+            return Err(e);
+        }
+        self.notice(|_| Notice::TopicCreated { topic: topic.to_string(), uid, partitions, auto });
+        self.topic_info(topic)
+    }
+
+    /// Refuses a topic that cannot be created, changing nothing; else its partition count
+    /// and dedupe window, defaults applied.
+    pub(super) fn check_new_topic(
+        &self,
+        topic: &str,
+        partitions: Option<u32>,
+        dedupe_window_ms: Option<u64>,
+    ) -> Result<(u32, u64), BrokerError> {
         name::check_new("name", topic)?;
         let dedupe_window_ms = dedupe_window_ms.unwrap_or(self.config.dedupe_window_ms);
         if !(DEDUPE_WINDOW_MS_MIN..=DEDUPE_WINDOW_MS_MAX).contains(&dedupe_window_ms) {
@@ -156,17 +185,7 @@ impl Broker {
                 limit: self.config.topics_max as u64,
             });
         }
-        let uid = self.next_topic_uid;
-        let logs = (0..partitions).map(|p| self.storage.open(uid, p)).collect::<Result<Vec<_>, _>>()?;
-        self.next_topic_uid += 1;
-        self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs, dedupe_window_ms));
-        if let Err(e) = self.save_meta() {
-            let t = self.topics.remove(topic).expect("inserted above");
-            let _ = self.storage.remove(uid, t.logs);
-            return Err(e);
-        }
-        self.notice(|_| Notice::TopicCreated { topic: topic.to_string(), uid, partitions, auto });
-        self.topic_info(topic)
+        Ok((partitions, dedupe_window_ms))
     }
 
     pub fn topic_info(&self, topic: &str) -> Result<TopicInfo, BrokerError> {
@@ -210,21 +229,7 @@ impl Broker {
     /// Deletes a topic. With subscriptions attached it is refused unless `force`, which
     /// deletes them too (their streams end with NOT_FOUND). Returns the subscriptions deleted.
     pub fn delete_topic(&mut self, topic: &str, force: bool) -> Result<Vec<String>, BrokerError> {
-        name::check("name", topic)?;
-        let subscriptions: Vec<String> = self.topic(topic)?.subscriptions.iter().cloned().collect();
-        if !subscriptions.is_empty() && !force {
-            return Err(BrokerError::TopicInUse { topic: topic.to_string(), subscriptions });
-        }
-        let dead_lettering: Vec<u64> = self
-            .subscriptions
-            .values()
-            .filter(|s| s.dead_letter.as_ref().is_some_and(|p| p.topic == topic) && s.topic != topic)
-            .map(|s| s.uid)
-            .collect();
-        if !dead_lettering.is_empty() && !force {
-            let names = dead_lettering.iter().map(|uid| self.subscriptions[uid].name.clone()).collect();
-            return Err(BrokerError::DeadLetterTopicInUse { topic: topic.to_string(), subscriptions: names });
-        }
+        let (subscriptions, dead_lettering) = self.check_delete_topic(topic, force)?;
         for uid in dead_lettering {
             self.subscriptions.get_mut(&uid).expect("listed above").dead_letter = None;
         }
@@ -255,28 +260,9 @@ impl Broker {
         spec: SubscriptionSpec,
         ephemeral: bool,
     ) -> Result<SubscriptionInfo, BrokerError> {
-        let ack_deadline_ms = spec.ack_deadline_ms.unwrap_or(self.config.ack_deadline_ms);
-        let max = self.config.ack_deadline_max_ms;
-        if !(1000..=max).contains(&ack_deadline_ms) {
-            return Err(BrokerError::InvalidArgument {
-                field: "ack_deadline_seconds",
-                reason: format!("{} s; allowed is 1 to {} s", ack_deadline_ms / 1000, max / 1000),
-            });
-        }
-        if self.subscription_uids.contains_key(&spec.name) {
-            return Err(BrokerError::SubscriptionExists { subscription: spec.name });
-        }
-        let retry = spec.retry.map(|r| self.retry_policy(r)).transpose()?;
-        let dead_letter = spec.dead_letter.map(|d| self.dead_letter_policy(d, &spec.topic)).transpose()?;
+        let NewSubscription { ack_deadline_ms, retry, dead_letter } = self.check_new_subscription(&spec)?;
         let t = self.topic(&spec.topic)?;
         let partition_count = t.logs.len();
-        if self.subscriptions.len() >= self.config.subscriptions_max {
-            return Err(BrokerError::LimitReached {
-                what: format!("cannot create subscription `{}`", spec.name),
-                limit_name: "subscriptions_max",
-                limit: self.config.subscriptions_max as u64,
-            });
-        }
         let cursors = t
             .logs
             .iter()
@@ -323,6 +309,33 @@ impl Broker {
             start: b.subscriptions[&uid].cursors.iter().map(|c| c.committed).collect(),
         });
         Ok(info)
+    }
+
+    /// Refuses a subscription that cannot be created (its name is already checked),
+    /// changing nothing; else its settings, defaults applied.
+    pub(super) fn check_new_subscription(&self, spec: &SubscriptionSpec) -> Result<NewSubscription, BrokerError> {
+        let ack_deadline_ms = spec.ack_deadline_ms.unwrap_or(self.config.ack_deadline_ms);
+        let max = self.config.ack_deadline_max_ms;
+        if !(1000..=max).contains(&ack_deadline_ms) {
+            return Err(BrokerError::InvalidArgument {
+                field: "ack_deadline_seconds",
+                reason: format!("{} s; allowed is 1 to {} s", ack_deadline_ms / 1000, max / 1000),
+            });
+        }
+        if self.subscription_uids.contains_key(&spec.name) {
+            return Err(BrokerError::SubscriptionExists { subscription: spec.name.clone() });
+        }
+        let retry = spec.retry.map(|r| self.retry_policy(r)).transpose()?;
+        let dead_letter = spec.dead_letter.clone().map(|d| self.dead_letter_policy(d, &spec.topic)).transpose()?;
+        self.topic(&spec.topic)?;
+        if self.subscriptions.len() >= self.config.subscriptions_max {
+            return Err(BrokerError::LimitReached {
+                what: format!("cannot create subscription `{}`", spec.name),
+                limit_name: "subscriptions_max",
+                limit: self.config.subscriptions_max as u64,
+            });
+        }
+        Ok(NewSubscription { ack_deadline_ms, retry, dead_letter })
     }
 
     /// A retry policy with its defaults filled in, refused when out of range.
@@ -402,6 +415,29 @@ impl Broker {
     }
 
     /// Deletes a subscription: its leases end and its streams end with NOT_FOUND.
+    /// The deciding half of a topic deletion: refuses one that cannot be applied (an
+    /// unknown topic; without `force`, one with subscriptions or one that subscriptions of
+    /// other topics dead-letter into), changing nothing; else the topic's subscriptions
+    /// and the uids of those that dead-letter into it.
+    pub(super) fn check_delete_topic(&self, topic: &str, force: bool) -> Result<(Vec<String>, Vec<u64>), BrokerError> {
+        name::check("name", topic)?;
+        let subscriptions: Vec<String> = self.topic(topic)?.subscriptions.iter().cloned().collect();
+        if !subscriptions.is_empty() && !force {
+            return Err(BrokerError::TopicInUse { topic: topic.to_string(), subscriptions });
+        }
+        let dead_lettering: Vec<u64> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.dead_letter.as_ref().is_some_and(|p| p.topic == topic) && s.topic != topic)
+            .map(|s| s.uid)
+            .collect();
+        if !dead_lettering.is_empty() && !force {
+            let names = dead_lettering.iter().map(|uid| self.subscriptions[uid].name.clone()).collect();
+            return Err(BrokerError::DeadLetterTopicInUse { topic: topic.to_string(), subscriptions: names });
+        }
+        Ok((subscriptions, dead_lettering))
+    }
+
     pub fn delete_subscription(&mut self, subscription: &str) -> Result<(), BrokerError> {
         name::check("name", subscription)?;
         let uid = self.subscription_uid(subscription)?;

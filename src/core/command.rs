@@ -4,6 +4,7 @@
 //! the same commands, at the same times, to brokers in the same state gets the same answers
 //! and outputs, byte for byte: that is what makes a run recordable and replayable.
 
+use super::name;
 use super::{
     AckOp, AckReply, Broker, BrokerError, Delivery, Flow, OutgoingMessage, PendingMessage, Published, Redriven,
     SeekTarget, StreamId, StreamTarget, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, SyncFailure, TopicInfo,
@@ -152,15 +153,62 @@ impl Command {
 }
 
 impl Broker {
-    /// Applies one command at the time it carries. Outputs it produces wait in
-    /// [`Broker::poll_output`]; what the broker noticed, in [`Broker::poll_notice`].
+    /// Decides a command: refuses what cannot be applied (bad input, an unknown name, a
+    /// limit reached), reading the state and changing nothing. A leader answers these
+    /// refusals itself; what passes is applied by [`Broker::handle`], which checks again.
+    /// Publishes, topic and subscription creation and deletion, seeks, acks, pulls and
+    /// redrives are decided here in full; a stream opening is decided up to its target
+    /// (an unknown subscription, or the stream limit, is refused when it is applied).
+    pub fn check(&self, command: &Command) -> Result<(), BrokerError> {
+        match command {
+            Command::Publish { topic, messages } => self.check_publish(topic, messages).map(|_| ()),
+            Command::CreateTopic { name, partitions, dedupe_window_ms } => {
+                self.check_new_topic(name, *partitions, *dedupe_window_ms).map(|_| ())
+            }
+            Command::DeleteTopic { name, force } => self.check_delete_topic(name, *force).map(|_| ()),
+            Command::CreateSubscription(spec) => {
+                name::check_new("name", &spec.name)?;
+                name::check("topic", &spec.topic)?;
+                self.check_new_subscription(spec).map(|_| ())
+            }
+            Command::DeleteSubscription { name } => {
+                name::check("name", name)?;
+                self.subscription_uid(name).map(|_| ())
+            }
+            Command::OpenStream { target, session_timeout_ms, client_id, ops, .. } => {
+                self.check_stream_ops(target, ops)?;
+                self.check_member(*session_timeout_ms, client_id.as_deref())
+            }
+            Command::StreamRequest { stream, ops } => self.check_stream_request(*stream, ops),
+            Command::Pull { subscription, max_messages } | Command::Redrive { subscription, max_messages } => {
+                name::check("subscription", subscription)?;
+                self.batch_size(*max_messages)?;
+                self.subscription_uid(subscription).map(|_| ())
+            }
+            Command::Acks { subscription, op, .. } => self.check_acks(subscription, op).map(|_| ()),
+            Command::Seek { subscription, target } => self.check_seek(subscription, target).map(|_| ()),
+            Command::CloseStream { .. }
+            | Command::LeaveStream { .. }
+            | Command::Tick
+            | Command::Sync
+            | Command::Retention
+            | Command::Checkpoint => Ok(()),
+        }
+    }
+
+    /// Applies one command at the time it carries: [`Broker::check`] decides it, then it
+    /// takes effect. Outputs it produces wait in [`Broker::poll_output`]; what the broker
+    /// noticed, in [`Broker::poll_notice`].
     pub fn handle(&mut self, at: At, command: Command) -> Reply {
         self.set_wall_ms(at.wall_ms);
         let now = at.now_ms;
+        if let Command::Publish { topic, messages } = command {
+            let create = self.check_publish(&topic, &messages)?;
+            return self.apply_publish(now, at.wall_ms, &topic, messages, create).map(Answer::Published);
+        }
+        self.check(&command)?;
         match command {
-            Command::Publish { topic, messages } => {
-                self.publish(now, at.wall_ms, &topic, messages).map(Answer::Published)
-            }
+            Command::Publish { .. } => unreachable!("applied above"),
             Command::CreateTopic { name, partitions, dedupe_window_ms } => {
                 self.create_topic_with(&name, partitions, dedupe_window_ms).map(Answer::Topic)
             }

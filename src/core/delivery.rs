@@ -275,11 +275,38 @@ impl Broker {
         op: AckOp,
         ack_ids: Vec<String>,
     ) -> Result<Vec<AckReply>, BrokerError> {
-        name::check("subscription", subscription)?;
-        self.check_deadline(&op)?;
-        let uid = self.subscription_uid(subscription)?;
-        self.check_terminal(uid, &op)?;
+        let uid = self.check_acks(subscription, &op)?;
         Ok(self.apply_ack_op(now_ms, uid, &op, ack_ids))
+    }
+
+    /// The deciding half of unary acks: refuses an unknown subscription, a deadline or
+    /// delay out of range, a terminal nack without a dead-letter policy; else the
+    /// subscription's uid.
+    pub(super) fn check_acks(&self, subscription: &str, op: &AckOp) -> Result<u64, BrokerError> {
+        name::check("subscription", subscription)?;
+        self.check_deadline(op)?;
+        let uid = self.subscription_uid(subscription)?;
+        self.check_terminal(uid, op)?;
+        Ok(uid)
+    }
+
+    /// The deciding half of a stream's request: its deadlines and delays in range, and no
+    /// terminal nack where the stream's subscription has no dead-letter policy. (A stream
+    /// that is gone answers every id invalid; that is not a refusal.)
+    pub(super) fn check_stream_request(
+        &self,
+        stream: StreamId,
+        ops: &[(AckOp, Vec<String>)],
+    ) -> Result<(), BrokerError> {
+        for (op, _) in ops {
+            self.check_deadline(op)?;
+        }
+        if let Some(uid) = self.streams.get(&stream).map(|s| s.subscription_uid) {
+            for (op, _) in ops {
+                self.check_terminal(uid, op)?;
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a deadline change past `ack_deadline_max_ms`, a nack delay past
@@ -484,13 +511,41 @@ impl Broker {
         subscription: &str,
         target: SeekTarget,
     ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        let (uid, moves) = self.check_seek(subscription, &target)?;
+        for &(partition, offset) in &moves {
+            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
+            let dropped = cursor.reset(offset);
+            for (leased, lease) in dropped.leases {
+                self.deadlines.remove(&(lease.deadline_ms, uid, partition, leased));
+                self.uncount(&lease);
+            }
+            self.forget_backoffs(uid, partition, &dropped.delayed);
+        }
+        self.notice(|b| Notice::Seeked {
+            subscription: subscription.to_string(),
+            to: moves,
+            lease_seq: b.next_lease_seq,
+        });
+        self.dispatch(now_ms, uid);
+        let sub = &self.subscriptions[&uid];
+        Ok(sub.cursors.iter().enumerate().map(|(p, c)| (p as u32, c.committed)).collect())
+    }
+
+    /// The deciding half of a seek: refuses one that cannot be applied (an unknown
+    /// subscription, a partition or offset out of range), changing nothing; else the
+    /// subscription's uid and the offset each partition it moves is owed from.
+    pub(super) fn check_seek(
+        &self,
+        subscription: &str,
+        target: &SeekTarget,
+    ) -> Result<(u64, Vec<(u32, u64)>), BrokerError> {
         name::check("subscription", subscription)?;
         let uid = self.subscription_uid(subscription)?;
         let sub = &self.subscriptions[&uid];
         let topic = self.topic(&sub.topic)?;
         let mut moves: Vec<(u32, u64)> = Vec::new();
         for (p, log) in topic.logs.iter().enumerate() {
-            let offset = match &target {
+            let offset = match target {
                 SeekTarget::Earliest => log.start_offset(),
                 SeekTarget::Latest => visible_end(log.as_ref(), self.after_sync),
                 SeekTarget::TimeMs(time) => log.offset_for_time(*time)?.min(visible_end(log.as_ref(), self.after_sync)),
@@ -498,7 +553,7 @@ impl Broker {
             };
             moves.push((p as u32, offset));
         }
-        if let SeekTarget::Offsets(offsets) = &target {
+        if let SeekTarget::Offsets(offsets) = target {
             for (i, &(partition, offset)) in offsets.iter().enumerate() {
                 let Some(log) = topic.logs.get(partition as usize) else {
                     return Err(BrokerError::PartitionOutOfRange {
@@ -520,23 +575,7 @@ impl Broker {
                 moves.push((partition, offset));
             }
         }
-        for &(partition, offset) in &moves {
-            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
-            let dropped = cursor.reset(offset);
-            for (leased, lease) in dropped.leases {
-                self.deadlines.remove(&(lease.deadline_ms, uid, partition, leased));
-                self.uncount(&lease);
-            }
-            self.forget_backoffs(uid, partition, &dropped.delayed);
-        }
-        self.notice(|b| Notice::Seeked {
-            subscription: subscription.to_string(),
-            to: moves,
-            lease_seq: b.next_lease_seq,
-        });
-        self.dispatch(now_ms, uid);
-        let sub = &self.subscriptions[&uid];
-        Ok(sub.cursors.iter().enumerate().map(|(p, c)| (p as u32, c.committed)).collect())
+        Ok((uid, moves))
     }
 
     /// Expires every lease whose deadline is at or before `now_ms` (the messages are

@@ -142,6 +142,20 @@ impl Broker {
         session_timeout_ms: Option<u64>,
         client_id: Option<String>,
     ) -> Result<(StreamId, String), BrokerError> {
+        self.check_member(session_timeout_ms, client_id.as_deref())?;
+        let (stream, name) = self.open_client_stream(now_ms, target, flow, client_id)?;
+        if let Some(timeout) = session_timeout_ms {
+            self.set_session(now_ms, stream, timeout);
+        }
+        Ok((stream, name))
+    }
+
+    /// Refuses a member's session timeout out of range and a malformed client id.
+    pub(super) fn check_member(
+        &self,
+        session_timeout_ms: Option<u64>,
+        client_id: Option<&str>,
+    ) -> Result<(), BrokerError> {
         let max = self.config.session_timeout_max_ms;
         if let Some(timeout) = session_timeout_ms.filter(|t| !(1000..=max).contains(t)) {
             return Err(BrokerError::InvalidArgument {
@@ -154,14 +168,10 @@ impl Broker {
                 ),
             });
         }
-        if let Some(client_id) = &client_id {
+        if let Some(client_id) = client_id {
             super::client_id::check(client_id)?;
         }
-        let (stream, name) = self.open_client_stream(now_ms, target, flow, client_id)?;
-        if let Some(timeout) = session_timeout_ms {
-            self.set_session(now_ms, stream, timeout);
-        }
-        Ok((stream, name))
+        Ok(())
     }
 
     /// A request arrived on `stream` (acks, or an empty heartbeat): its session starts over.

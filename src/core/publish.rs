@@ -52,13 +52,21 @@ impl Broker {
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<Published>, BrokerError> {
         self.set_wall_ms(wall_ms);
+        let create = self.check_publish(topic, &messages)?;
+        self.apply_publish(now_ms, wall_ms, topic, messages, create)
+    }
+
+    /// The deciding half of a publish: refuses a request that cannot be stored (its topic,
+    /// its messages, their partitions), changing nothing. `Ok(true)`: the topic does not
+    /// exist and the publish creates it.
+    pub(super) fn check_publish(&self, topic: &str, messages: &[OutgoingMessage]) -> Result<bool, BrokerError> {
         name::check("topic", topic)?;
-        self.check_messages(&messages)?;
-        let partitions = match self.topics.get(topic) {
-            Some(t) => t.partition_count(),
+        self.check_messages(messages)?;
+        let (partitions, create) = match self.topics.get(topic) {
+            Some(t) => (t.partition_count(), false),
             None if self.config.auto_create_topics => {
                 name::check_new("topic", topic)?;
-                self.config.default_partitions
+                (self.check_new_topic(topic, None, None)?.0, true)
             }
             None => return Err(BrokerError::TopicNotFound { topic: topic.to_string() }),
         };
@@ -72,7 +80,22 @@ impl Broker {
                 });
             }
         }
-        if !self.topics.contains_key(topic) {
+        Ok(create)
+    }
+
+    /// The applying half of a publish that [`Broker::check_publish`] let through: creates
+    /// the topic when `create`, looks the idempotency keys up, places and appends the new
+    /// messages, applies retention, and dispatches. Deterministic given the state, the
+    /// command and its time; only the disk can still refuse it.
+    pub(super) fn apply_publish(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        topic: &str,
+        messages: Vec<OutgoingMessage>,
+        create: bool,
+    ) -> Result<Vec<Published>, BrokerError> {
+        if create {
             self.add_topic(topic, None, None, true)?;
         }
         if messages.iter().any(|m| m.idempotency_key.is_some()) {

@@ -1,6 +1,8 @@
 //! Record, then replay: random command sequences applied to one broker, written as a
 //! recording's frames, read back and applied to a fresh broker give the same replies and
-//! outputs, equal as values (not only by digest), and the same final state.
+//! outputs, equal as values (not only by digest), and the same final state. On the way,
+//! decide-then-apply holds: what `Broker::check` refuses, `Broker::handle` refuses alike
+//! without changing anything, and what it lets through is not refused.
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -216,8 +218,23 @@ proptest! {
             };
             let read_back = through_a_frame(at, &command);
             prop_assert_eq!(&read_back, &command);
+            // Decide, then apply: a command the check refuses is refused by `handle` with
+            // the same error and changes nothing; one it lets through is not refused
+            // (the memory log never fails), but for an opening's target.
+            let decided = recorded.check(&command);
+            let before = digest_state(&recorded, at.now_ms);
+            let opening = matches!(command, Command::OpenStream { .. });
             let reply = recorded.handle(at, command);
             let outputs: Vec<Output> = std::iter::from_fn(|| recorded.poll_output()).collect();
+            match (&decided, &reply) {
+                (Err(refused), _) => {
+                    prop_assert_eq!(&reply, &Err(refused.clone()), "step {}", n);
+                    prop_assert!(outputs.is_empty(), "step {}: a refused command produced {:?}", n, outputs);
+                    prop_assert_eq!(digest_state(&recorded, at.now_ms), before, "step {}: a refusal changed the state", n);
+                }
+                (Ok(()), Err(refused)) => prop_assert!(opening, "step {}: checked, then refused: {}", n, refused),
+                (Ok(()), Ok(_)) => {}
+            }
             let again = replayed.handle(at, read_back);
             let outputs_again: Vec<Output> = std::iter::from_fn(|| replayed.poll_output()).collect();
             prop_assert_eq!(&again, &reply, "step {}", n);
