@@ -53,7 +53,7 @@ async fn a_recorded_server_replays_with_every_reply_and_the_final_state_as_it_wa
         .create_subscription(pb::CreateSubscriptionRequest {
             name: "work".into(),
             topic: "orders".into(),
-            ack_deadline_seconds: 1,
+            ack_deadline_seconds: 30,
             dead_letter_policy: Some(pb::DeadLetterPolicy {
                 dead_letter_topic: "dlq".into(),
                 max_delivery_attempts: 2,
@@ -113,12 +113,21 @@ async fn a_recorded_server_replays_with_every_reply_and_the_final_state_as_it_wa
     let back = work.messages(2).await;
     work.ack(ack_ids(&back)).await;
 
-    // A seek replays everything; one message is left to expire and comes again.
+    // A seek replays everything; one message's lease is cut to 1 s (the others keep 30 s),
+    // left to expire, and comes again.
     let seek = pb::SeekRequest { subscription: "work".into(), target: Some(pb::seek_request::Target::Earliest(true)) };
     pubsub.seek(seek).await.unwrap();
     let replayed = work.messages(10).await;
+    let shorten = pb::ModifyAckDeadlineRequest {
+        subscription: "work".into(),
+        ack_ids: ack_ids(&replayed[..1]),
+        ack_deadline_seconds: 1,
+    };
+    pubsub.modify_ack_deadline(shorten).await.unwrap();
     work.ack(ack_ids(&replayed[1..])).await;
     let expired = tokio::time::timeout(PROMPT, work.messages(1)).await.unwrap();
+    let id = |m: &pb::ReceivedMessage| m.message.as_ref().map(|m| m.message_id.clone());
+    assert_eq!(id(&expired[0]), id(&replayed[0]));
     assert_eq!(expired[0].delivery_attempt, replayed[0].delivery_attempt + 1);
     work.ack(ack_ids(&expired)).await;
 
