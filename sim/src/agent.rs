@@ -116,38 +116,8 @@ pub async fn run(
         let Some(command) = commands.lock().await.recv().await else { return Ok(()) };
         let app = App { name: name.clone(), channel: channel.clone(), history: history.clone(), held: held.clone() };
         match command {
-            Command::Ack { all } => {
-                let taken: Vec<_> = {
-                    let mut held = held.lock().expect("held lock");
-                    if all {
-                        held.drain(..).collect()
-                    } else {
-                        held.pop_front().into_iter().collect()
-                    }
-                };
-                for (ack_id, tx, sub, leased) in taken {
-                    record_sent(&history, &name, &sub, &leased, "ack");
-                    let _ = tx.try_send(pb::SubscribeRequest { ack_ids: vec![ack_id], ..Default::default() });
-                }
-            }
-            Command::Nack(nack) => {
-                let taken: Vec<_> = held.lock().expect("held lock").drain(..).collect();
-                for (ack_id, tx, sub, leased) in taken {
-                    record_sent(&history, &name, &sub, &leased, "nack");
-                    let _ = tx.try_send(nack_request(&nack, ack_id));
-                }
-            }
-            Command::Modack { seconds } => {
-                let kept: Vec<_> = held.lock().expect("held lock").iter().cloned().collect();
-                for (ack_id, tx, sub, leased) in kept {
-                    record_sent(&history, &name, &sub, &leased, "modack");
-                    let request = pb::SubscribeRequest {
-                        modify_deadline_ack_ids: vec![ack_id],
-                        modify_deadline_seconds: vec![seconds],
-                        ..Default::default()
-                    };
-                    let _ = tx.try_send(request);
-                }
+            Command::Ack { .. } | Command::Nack(_) | Command::Modack { .. } => {
+                answer_held(&held, &history, &name, &command);
             }
             Command::Publish(spec) => {
                 let counters = counters.clone();
@@ -183,6 +153,46 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Answers the leases an app holds: acks one or all, nacks all, or extends all.
+fn answer_held(held: &Held, history: &History, name: &str, command: &Command) {
+    match command {
+        Command::Ack { all } => {
+            let taken: Vec<_> = {
+                let mut held = held.lock().expect("held lock");
+                if *all {
+                    held.drain(..).collect()
+                } else {
+                    held.pop_front().into_iter().collect()
+                }
+            };
+            for (ack_id, tx, sub, leased) in taken {
+                record_sent(history, name, &sub, &leased, "ack");
+                let _ = tx.try_send(pb::SubscribeRequest { ack_ids: vec![ack_id], ..Default::default() });
+            }
+        }
+        Command::Nack(nack) => {
+            let taken: Vec<_> = held.lock().expect("held lock").drain(..).collect();
+            for (ack_id, tx, sub, leased) in taken {
+                record_sent(history, name, &sub, &leased, "nack");
+                let _ = tx.try_send(nack_request(nack, ack_id));
+            }
+        }
+        Command::Modack { seconds } => {
+            let kept: Vec<_> = held.lock().expect("held lock").iter().cloned().collect();
+            for (ack_id, tx, sub, leased) in kept {
+                record_sent(history, name, &sub, &leased, "modack");
+                let request = pb::SubscribeRequest {
+                    modify_deadline_ack_ids: vec![ack_id],
+                    modify_deadline_seconds: vec![*seconds],
+                    ..Default::default()
+                };
+                let _ = tx.try_send(request);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -431,31 +441,7 @@ impl App {
                     AckMode::NackAll | AckMode::Reject => "nack",
                     AckMode::All | AckMode::Nack => "ack",
                 };
-                let (app, sub, ack_delay) = (app.clone(), sub.clone(), mode.ack_delay);
-                let nack = NackOptions {
-                    delay: mode.nack.delay,
-                    reason: Some(mode.nack.reason.clone()).filter(|r| !r.is_empty()),
-                    terminal: mode.ack == AckMode::Reject,
-                };
-                tokio::spawn(async move {
-                    tokio::time::sleep(ack_delay).await;
-                    record_sent(&app.history, &app.name, &sub, &leased, op);
-                    let answer = match op {
-                        "ack" => received.ack_with_response().await,
-                        _ => received.nack_with_response(nack).await,
-                    };
-                    // The library tells the broker's answer, as the confirmations of a
-                    // stream tell it; an unknown one is an answer that never came.
-                    let result = match answer {
-                        AckResponse::Applied => "applied",
-                        AckResponse::Invalid => "invalid",
-                        AckResponse::Expired => "expired",
-                        AckResponse::Unknown => return,
-                    };
-                    let Leased { id, message_id, partition, offset, attempt } = leased;
-                    let (op, result) = (op.to_string(), result.to_string());
-                    app.record(Event::AckAnswered { id, message_id, sub, op, partition, offset, attempt, result });
-                });
+                spawn_answer(app.clone(), sub.clone(), received, leased, op, &mode);
             };
             drop(held);
             app.record(Event::StreamFailed { sub: sub.clone(), stream, code: code_name(code) });
@@ -714,4 +700,34 @@ pub fn code_name(code: Code) -> String {
         .collect::<String>()
         .trim_start_matches('_')
         .to_string()
+}
+
+/// Acks or nacks (`op`) a message received through the library after the mode's delay,
+/// and records the broker's answer as the library tells it.
+fn spawn_answer(app: Arc<App>, sub: String, received: ReceivedMessage, leased: Leased, op: &'static str, mode: &Mode) {
+    let ack_delay = mode.ack_delay;
+    let nack = NackOptions {
+        delay: mode.nack.delay,
+        reason: Some(mode.nack.reason.clone()).filter(|r| !r.is_empty()),
+        terminal: mode.ack == AckMode::Reject,
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep(ack_delay).await;
+        record_sent(&app.history, &app.name, &sub, &leased, op);
+        let answer = match op {
+            "ack" => received.ack_with_response().await,
+            _ => received.nack_with_response(nack).await,
+        };
+        // The library tells the broker's answer, as the confirmations of a stream tell
+        // it; an unknown one is an answer that never came.
+        let result = match answer {
+            AckResponse::Applied => "applied",
+            AckResponse::Invalid => "invalid",
+            AckResponse::Expired => "expired",
+            AckResponse::Unknown => return,
+        };
+        let Leased { id, message_id, partition, offset, attempt } = leased;
+        let (op, result) = (op.to_string(), result.to_string());
+        app.record(Event::AckAnswered { id, message_id, sub, op, partition, offset, attempt, result });
+    });
 }

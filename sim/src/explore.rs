@@ -130,6 +130,18 @@ pub fn generate(seed: u64) -> String {
     }
     let mut hosts: Vec<String> = (1..=workers).map(|w| format!("w{w}")).collect();
     hosts.extend((1..=producers).map(|p| format!("p{p}")));
+    let mut faults = fault_steps(&mut rng, &hosts);
+    faults.sort();
+    for (at, step) in faults {
+        let _ = writeln!(out, "@{at}ms {step}");
+    }
+    let _ = writeln!(out, "check all");
+    out
+}
+
+/// Each fault kind, drawn with chance 0.4, on a random host and window: its start and end
+/// steps, in the order drawn.
+fn fault_steps(rng: &mut StdRng, hosts: &[String]) -> Vec<(u32, String)> {
     let mut faults: Vec<(u32, String)> = Vec::new();
     for kind in FAULT_KINDS {
         if !rng.random_bool(0.4) {
@@ -181,12 +193,7 @@ pub fn generate(seed: u64) -> String {
             }
         }
     }
-    faults.sort();
-    for (at, step) in faults {
-        let _ = writeln!(out, "@{at}ms {step}");
-    }
-    let _ = writeln!(out, "check all");
-    out
+    faults
 }
 
 /// Whether a generated run failed only because one of its faults did nothing (another

@@ -173,6 +173,18 @@ impl Replay {
     /// its outputs (the broker notices a seek before the deliveries it causes).
     fn step(&mut self, at_ms: u64, replayed: Replayed, notices: Vec<mini_pubsub::core::Notice>) {
         let Replayed { seq, command, reply, outputs, .. } = replayed;
+        self.command(at_ms, seq, command, reply);
+        for notice in notices {
+            self.push(at_ms, "broker", Event::Broker(notice));
+        }
+        for output in outputs {
+            self.output(at_ms, output);
+        }
+    }
+
+    /// What a client saw of a command: its publish results, its confirmations, its
+    /// stream's opening, its pull's deliveries, an admin answer.
+    fn command(&mut self, at_ms: u64, seq: u64, command: Command, reply: mini_pubsub::core::Reply) {
         match (command, reply) {
             (Command::Publish { topic, messages }, Ok(Answer::Published(published))) => {
                 for (message, place) in messages.iter().zip(published) {
@@ -247,37 +259,28 @@ impl Replay {
             ) => self.admin(at_ms, command.name(), reply.map(|_| "done".to_string())),
             _ => {}
         }
-        for notice in notices {
-            self.push(at_ms, "broker", Event::Broker(notice));
-        }
-        for output in outputs {
-            match output {
-                Output::Deliver { stream, deliveries } => {
-                    let sub = self.streams.get(&stream).cloned().unwrap_or_default();
-                    for delivery in deliveries {
-                        self.delivered(at_ms, &host_of(stream), &sub, stream.0, delivery);
-                    }
+    }
+
+    /// What a stream's client saw of an output.
+    fn output(&mut self, at_ms: u64, output: Output) {
+        match output {
+            Output::Deliver { stream, deliveries } => {
+                let sub = self.streams.get(&stream).cloned().unwrap_or_default();
+                for delivery in deliveries {
+                    self.delivered(at_ms, &host_of(stream), &sub, stream.0, delivery);
                 }
-                Output::Assignment { stream, generation, partitions } => {
-                    let sub = self.streams.get(&stream).cloned().unwrap_or_default();
-                    self.push(
-                        at_ms,
-                        &host_of(stream),
-                        Event::Assigned { sub, stream: stream.0, generation, partitions },
-                    );
-                }
-                Output::EndStream { stream, reason } => {
-                    let sub = self.streams.remove(&stream).unwrap_or_default();
-                    let code = format!("{:?}", mini_pubsub::wire::status_of(&reason).code());
-                    self.push(at_ms, &host_of(stream), Event::StreamFailed { sub, stream: stream.0, code });
-                }
-                Output::ReadFailed { topic, partition, offset, error } => {
-                    self.push(
-                        at_ms,
-                        "broker",
-                        Event::ReadFailed { topic, partition, offset, error: error.to_string() },
-                    );
-                }
+            }
+            Output::Assignment { stream, generation, partitions } => {
+                let sub = self.streams.get(&stream).cloned().unwrap_or_default();
+                self.push(at_ms, &host_of(stream), Event::Assigned { sub, stream: stream.0, generation, partitions });
+            }
+            Output::EndStream { stream, reason } => {
+                let sub = self.streams.remove(&stream).unwrap_or_default();
+                let code = format!("{:?}", mini_pubsub::wire::status_of(&reason).code());
+                self.push(at_ms, &host_of(stream), Event::StreamFailed { sub, stream: stream.0, code });
+            }
+            Output::ReadFailed { topic, partition, offset, error } => {
+                self.push(at_ms, "broker", Event::ReadFailed { topic, partition, offset, error: error.to_string() });
             }
         }
     }

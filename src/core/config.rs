@@ -134,16 +134,25 @@ impl Default for BrokerConfig {
     }
 }
 
+/// `Ok` when `ok`, else a refusal naming `key` and what it must be.
+fn check(ok: bool, key: &'static str, allowed: &str) -> Result<(), BrokerError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidArgument { field: key, reason: format!("must be {allowed}") })
+    }
+}
+
 impl BrokerConfig {
     /// Refuses settings that cannot work, naming the key and the allowed range.
     pub fn validate(&self) -> Result<(), BrokerError> {
-        let check = |ok: bool, key: &'static str, allowed: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(BrokerError::InvalidArgument { field: key, reason: format!("must be {allowed}") })
-            }
-        };
+        self.validate_limits()?;
+        self.validate_delivery()?;
+        self.validate_retention_and_dedupe()
+    }
+
+    /// Counts and sizes: partitions, topics, subscriptions, streams, messages, batches.
+    fn validate_limits(&self) -> Result<(), BrokerError> {
         check(
             (1..=self.partitions_max).contains(&self.default_partitions),
             "default_partitions",
@@ -161,6 +170,11 @@ impl BrokerConfig {
             "max_message_bytes to 4032 KiB",
         )?;
         check(self.publish_batch_messages_max >= 1, "publish_batch_messages_max", "at least 1")?;
+        Ok(())
+    }
+
+    /// Leases, backoffs, nacks, dead letters, redrive, ordering, flow control, sessions.
+    fn validate_delivery(&self) -> Result<(), BrokerError> {
         check(self.ack_deadline_max_ms >= 1000, "ack_deadline_max_ms", "at least 1000")?;
         check(
             (1000..=self.ack_deadline_max_ms).contains(&self.ack_deadline_ms),
@@ -198,6 +212,17 @@ impl BrokerConfig {
             "1 to pull_messages_max",
         )?;
         check(self.max_outstanding_bytes >= 1, "max_outstanding_bytes", "at least 1")?;
+        check((1000..=3_600_000).contains(&self.session_timeout_max_ms), "session_timeout_max_ms", "1000 to 3600000")?;
+        check(
+            (1000..=self.session_timeout_max_ms).contains(&self.session_timeout_ms),
+            "session_timeout_ms",
+            "1000 to session_timeout_max_ms",
+        )?;
+        Ok(())
+    }
+
+    /// Retention and the dedupe index.
+    fn validate_retention_and_dedupe(&self) -> Result<(), BrokerError> {
         check(
             self.partition_retention_bytes >= self.max_message_bytes as u64,
             "partition_retention_bytes",
@@ -218,12 +243,6 @@ impl BrokerConfig {
             (1..=IDEMPOTENCY_KEY_BYTES_LIMIT).contains(&self.idempotency_key_bytes_max),
             "idempotency_key_bytes_max",
             "1 to 1024",
-        )?;
-        check((1000..=3_600_000).contains(&self.session_timeout_max_ms), "session_timeout_max_ms", "1000 to 3600000")?;
-        check(
-            (1000..=self.session_timeout_max_ms).contains(&self.session_timeout_ms),
-            "session_timeout_ms",
-            "1000 to session_timeout_max_ms",
         )?;
         Ok(())
     }

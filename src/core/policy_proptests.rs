@@ -148,6 +148,36 @@ fn broker(setup: Setup, dir: &std::path::Path) -> Broker {
     b
 }
 
+impl Model {
+    /// Redrives up to `max` dead letters and notes what went back; true when any did.
+    fn redrive(&mut self, b: &mut Broker, now: u64, max: u32) -> bool {
+        let mut rewound = false;
+        for r in b.redrive_dead_letters(now, "dead", max).unwrap() {
+            if r.outcome.is_ok() {
+                let delivered = self.deliveries.iter().filter(|d| d.partition == r.partition);
+                let offsets = delivered.map(|d| d.offset).filter(|o| *o > r.offset).collect();
+                self.overtaken.insert((r.partition, r.offset), offsets);
+                let copy = r.message_id.rsplit('-').next().and_then(|o| o.parse().ok());
+                self.consumed.insert(copy.expect("a dead-letter topic message id"));
+                self.acked.remove(&(r.partition, r.offset));
+                rewound = true;
+            }
+        }
+        rewound
+    }
+
+    /// Seeks to the earliest or latest offset and starts the model over from there.
+    fn seek(&mut self, b: &mut Broker, now: u64, latest: bool) {
+        let target = if latest { SeekTarget::Latest } else { SeekTarget::Earliest };
+        let offsets = b.seek(now, "s", target).unwrap();
+        self.floor = offsets.iter().map(|(_, o)| *o).collect();
+        self.acked.clear();
+        self.overtaken.clear();
+        // Offsets dead-lettered before the seek are behind us or will be offered again.
+        self.consumed.extend(b.topics["dlq"].logs[0].read(0, usize::MAX, usize::MAX).unwrap().iter().map(|r| r.offset));
+    }
+}
+
 fn run(ops: Vec<Op>, setup: Setup) {
     let dir = tempfile::tempdir().unwrap();
     let mut b = broker(setup, dir.path());
@@ -197,28 +227,9 @@ fn run(ops: Vec<Op>, setup: Setup) {
                     m.record(&b, d);
                 }
             }
-            Op::Redrive { max } => {
-                for r in b.redrive_dead_letters(now, "dead", max).unwrap() {
-                    if r.outcome.is_ok() {
-                        let delivered = m.deliveries.iter().filter(|d| d.partition == r.partition);
-                        let offsets = delivered.map(|d| d.offset).filter(|o| *o > r.offset).collect();
-                        m.overtaken.insert((r.partition, r.offset), offsets);
-                        let copy = r.message_id.rsplit('-').next().and_then(|o| o.parse().ok());
-                        m.consumed.insert(copy.expect("a dead-letter topic message id"));
-                        m.acked.remove(&(r.partition, r.offset));
-                        rewound = true;
-                    }
-                }
-            }
+            Op::Redrive { max } => rewound = m.redrive(&mut b, now, max),
             Op::Seek { latest } => {
-                let target = if latest { SeekTarget::Latest } else { SeekTarget::Earliest };
-                let offsets = b.seek(now, "s", target).unwrap();
-                m.floor = offsets.iter().map(|(_, o)| *o).collect();
-                m.acked.clear();
-                m.overtaken.clear();
-                // Offsets dead-lettered before the seek are behind us or will be offered again.
-                m.consumed
-                    .extend(b.topics["dlq"].logs[0].read(0, usize::MAX, usize::MAX).unwrap().iter().map(|r| r.offset));
+                m.seek(&mut b, now, latest);
                 rewound = true;
             }
         }

@@ -23,7 +23,7 @@ pub use replay::{ReplayError, Replayed, Replayer};
 pub use writer::{Recorder, RECORD_MAX_BYTES_DEFAULT, RECORD_MAX_BYTES_MIN};
 
 /// The generated `pubsub.record` package.
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, clippy::too_many_lines, missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pubsub.record.rs"));
 }

@@ -10,7 +10,7 @@ pub use convert::*;
 pub use status::status_of;
 
 /// The generated `pubsub` package.
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, clippy::too_many_lines, missing_docs)]
 pub mod pb {
     tonic::include_proto!("pubsub");
 
