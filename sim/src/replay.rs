@@ -342,19 +342,9 @@ impl Replay {
             let Some(op) = op_name(op) else { continue };
             for ack_id in ids {
                 let Some(l) = self.leases.get(ack_id).cloned() else { continue };
-                self.push(
-                    at_ms,
-                    host,
-                    Event::AckSent {
-                        id: l.id,
-                        message_id: l.message_id,
-                        sub: l.sub,
-                        op: op.to_string(),
-                        partition: l.partition,
-                        offset: l.offset,
-                        attempt: l.attempt,
-                    },
-                );
+                let Leased { id, message_id, sub, partition, offset, attempt } = l;
+                let op = op.to_string();
+                self.push(at_ms, host, Event::AckSent { id, message_id, sub, op, partition, offset, attempt });
             }
         }
     }
@@ -368,20 +358,9 @@ impl Replay {
                 AckOutcome::Invalid => "invalid",
                 AckOutcome::Expired => "expired",
             };
-            self.push(
-                at_ms,
-                host,
-                Event::AckAnswered {
-                    id: l.id,
-                    message_id: l.message_id,
-                    sub: l.sub,
-                    op: op.to_string(),
-                    partition: l.partition,
-                    offset: l.offset,
-                    attempt: l.attempt,
-                    result: result.to_string(),
-                },
-            );
+            let Leased { id, message_id, sub, partition, offset, attempt } = l;
+            let (op, result) = (op.to_string(), result.to_string());
+            self.push(at_ms, host, Event::AckAnswered { id, message_id, sub, op, partition, offset, attempt, result });
         }
     }
 }

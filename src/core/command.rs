@@ -152,6 +152,30 @@ impl Command {
     }
 }
 
+impl Answer {
+    /// The answer's kind, as messages name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Answer::Published(_) => "published",
+            Answer::Topic(_) => "topic",
+            Answer::TopicDeleted { .. } => "topic-deleted",
+            Answer::Subscription(_) => "subscription",
+            Answer::Opened { .. } => "opened",
+            Answer::Confirmations(_) => "confirmations",
+            Answer::Deliveries(_) => "deliveries",
+            Answer::Offsets(_) => "offsets",
+            Answer::Redriven(_) => "redriven",
+            Answer::Synced(_) => "synced",
+            Answer::Checkpointed { .. } => "checkpointed",
+            Answer::Done => "done",
+            Answer::Topics { .. } => "topics",
+            Answer::Subscriptions { .. } => "subscriptions",
+            Answer::Stats(_) => "stats",
+            Answer::Pending { .. } => "pending",
+        }
+    }
+}
+
 impl Broker {
     /// Decides a command: refuses what cannot be applied (bad input, an unknown name, a
     /// limit reached), reading the state and changing nothing. A leader answers these

@@ -123,11 +123,6 @@ impl Recorder {
         })
     }
 
-    /// The sequence number the next entry gets.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
     /// Starts the entry of a command about to be applied: its sequence number, time and
     /// the command are encoded now, moving its fields into the protobuf form and back, so
     /// nothing is copied but into the buffer. [`Recorder::end`] adds the digests of what

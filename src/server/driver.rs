@@ -118,9 +118,7 @@ impl DriverHandle {
 
 /// A handler got an answer of another kind than its command's: a bug in the driver.
 pub fn unexpected(answer: &Answer) -> Status {
-    let kind = format!("{answer:?}");
-    let kind = kind.split(['(', ' ', '{']).next().unwrap_or_default();
-    Status::internal(format!("the broker answered with {kind}, which this call does not expect"))
+    Status::internal(format!("the broker answered `{}`, which this call does not expect", answer.name()))
 }
 
 /// Runs a call that may block on the disk (an fsync) without stalling the runtime's other

@@ -90,56 +90,51 @@ impl Unsettled {
 /// The checks that need no final drain: what a broker must never do, whatever its clients
 /// did (a flight recording's replay has no drain, so loss and liveness cannot be judged).
 pub fn check_safety(entries: &[Entry], context: &Context) -> Vec<Check> {
-    let model = Model::build(entries);
-    let mut checks = vec![
-        stored::unexpected(entries),
-        stored::duplicated(entries),
-        acks::redelivered_after_ack(entries),
-        order::out_of_order(entries, &context.ordered),
-        stored::offsets(entries, &model, context.loss_allowed),
-        acks::flow(entries, context),
-    ];
-    if !context.ordered.is_empty() {
-        checks.push(order::key_order(entries, &context.ordered));
-    }
-    if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
-        checks.push(stored::duplicated_publish(entries, context.dedupe_window_ms));
-    }
-    if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {
-        checks.push(exclusive::exclusive(entries));
-    }
+    let (mut checks, conditional) = safety(entries, &Model::build(entries), context);
+    checks.extend(conditional);
     checks
 }
 
 /// Runs every check.
 pub fn check(entries: &[Entry], context: &Context) -> Vec<Check> {
     let model = Model::build(entries);
-    let mut checks = vec![
-        delivery::lost(entries, &model, context),
-        delivery::conservation(entries, &model, context),
+    let (safety, conditional) = safety(entries, &model, context);
+    let mut safety = safety.into_iter();
+    let mut checks = vec![delivery::lost(entries, &model, context), delivery::conservation(entries, &model, context)];
+    // unexpected, duplicated, redelivered-after-ack, order, offsets; then flow.
+    checks.extend(safety.by_ref().take(5));
+    checks.push(backoff::backoff(entries, &context.retry, &context.unsettled));
+    checks.push(delivery::liveness(entries, &model, context));
+    checks.extend(safety);
+    checks.extend(conditional);
+    checks
+}
+
+/// The safety checks every run has, and those only some runs have a verdict on.
+fn safety(entries: &[Entry], model: &Model, context: &Context) -> (Vec<Check>, Vec<Check>) {
+    let always = vec![
         stored::unexpected(entries),
         stored::duplicated(entries),
         acks::redelivered_after_ack(entries),
         order::out_of_order(entries, &context.ordered),
-        stored::offsets(entries, &model, context.loss_allowed),
-        backoff::backoff(entries, &context.retry, &context.unsettled),
-        delivery::liveness(entries, &model, context),
+        stored::offsets(entries, model, context.loss_allowed),
         acks::flow(entries, context),
     ];
+    let mut some = Vec::new();
     // Only runs with an ordered subscription have a verdict on key order.
     if !context.ordered.is_empty() {
-        checks.push(order::key_order(entries, &context.ordered));
+        some.push(order::key_order(entries, &context.ordered));
     }
     // Only runs that publish with idempotency keys have a verdict on them.
     if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
-        checks.push(stored::duplicated_publish(entries, context.dedupe_window_ms));
+        some.push(stored::duplicated_publish(entries, context.dedupe_window_ms));
     }
     // Only runs with exclusive subscriptions (whose members are told assignments) have a
     // verdict on them.
     if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {
-        checks.push(exclusive::exclusive(entries));
+        some.push(exclusive::exclusive(entries));
     }
-    checks
+    (always, some)
 }
 
 /// Something a check found wrong, and the scenario ids of the messages it is about.
