@@ -231,7 +231,7 @@ impl Broker {
     pub fn delete_topic(&mut self, topic: &str, force: bool) -> Result<Vec<String>, BrokerError> {
         let (subscriptions, dead_lettering) = self.check_delete_topic(topic, force)?;
         for uid in dead_lettering {
-            self.subscriptions.get_mut(&uid).expect("listed above").dead_letter = None;
+            self.subscription_mut(uid).dead_letter = None;
         }
         for sub in &subscriptions {
             self.delete_subscription(sub)?;

@@ -4,9 +4,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::config::BrokerConfig;
 use super::dead_letter::Transit;
-use super::delivery::{Output, StreamState};
+use super::delivery::Output;
 use super::error::BrokerError;
-use super::subscription::Subscription;
+use super::stream::StreamState;
+use super::subscription::{Cursor, Subscription};
+use super::timers::{DriverTimer, MessageKey, Timer, TimerTable};
 use super::topic::Topic;
 use super::{Notice, StreamId};
 use crate::storage::{Storage, StorageError};
@@ -23,13 +25,9 @@ pub struct Broker {
     /// Closed streams that named their client and left leases, which wait for the client
     /// (see `client_id`). Each holds at least one lease: never more of them than leases.
     pub(super) detached: BTreeMap<StreamId, StreamState>,
-    /// Every live lease by deadline: (deadline_ms, subscription uid, partition, offset).
-    pub(super) deadlines: BTreeSet<(u64, u64, u32, u64)>,
-    /// Every backoff by end: (ready_ms, subscription uid, partition, offset).
-    pub(super) backoffs: BTreeSet<(u64, u64, u32, u64)>,
-    /// Every session of a member of an exclusive subscription by end: (deadline_ms,
-    /// stream). Entries of streams that are gone are skipped when they come due.
-    pub(super) sessions: BTreeSet<(u64, StreamId)>,
+    /// Every lease deadline, backoff end and member session, and the driver's timers.
+    /// Session timers of streams that are gone are skipped when they come due.
+    pub(super) timers: TimerTable,
     /// Dead-letter copies waiting for a sync (acknowledgement after fsync only).
     pub(super) transits: Vec<Transit>,
     /// Topics that got dead-letter copies during the current input, dispatched at its end.
@@ -74,9 +72,7 @@ impl Broker {
             subscription_uids: BTreeMap::new(),
             streams: BTreeMap::new(),
             detached: BTreeMap::new(),
-            deadlines: BTreeSet::new(),
-            backoffs: BTreeSet::new(),
-            sessions: BTreeSet::new(),
+            timers: TimerTable::default(),
             transits: Vec::new(),
             topics_to_dispatch: BTreeSet::new(),
             wall_ms: 0,
@@ -109,13 +105,25 @@ impl Broker {
         self.outputs.pop_front()
     }
 
-    /// When `handle_timeout` must next be called: the earliest lease deadline, end of a
-    /// backoff, or end of a member's session.
+    /// When the next timer comes due: the earliest lease deadline, end of a backoff, end
+    /// of a member's session, or timer of the driver's. At it, apply [`Command::Tick`],
+    /// then whatever [`Broker::driver_timer_due`] says.
+    ///
+    /// [`Command::Tick`]: super::Command::Tick
     pub fn poll_timeout(&self) -> Option<u64> {
-        let lease = self.deadlines.first().map(|(deadline, ..)| *deadline);
-        let backoff = self.backoffs.first().map(|(ready, ..)| *ready);
-        let session = self.sessions.first().map(|(deadline, _)| *deadline);
-        lease.into_iter().chain(backoff).chain(session).min()
+        self.timers.next()
+    }
+
+    /// Sets the driver's `timer` to come due at `at_ms` (`None` stops it). The core keeps
+    /// the driver's schedule only so that [`Broker::poll_timeout`] covers it: no reply or
+    /// output depends on it, so it is not a command.
+    pub fn set_driver_timer(&mut self, timer: DriverTimer, at_ms: Option<u64>) {
+        self.timers.set_driver(timer, at_ms);
+    }
+
+    /// True when the driver's `timer` is due at `now_ms`.
+    pub fn driver_timer_due(&self, timer: DriverTimer, now_ms: u64) -> bool {
+        self.timers.driver_due(timer, now_ms)
     }
 
     /// Tells the core the wall-clock time (milliseconds since the Unix epoch), which it
@@ -142,6 +150,20 @@ impl Broker {
                 self.dispatch_topic(now_ms, &topic);
             }
         }
+    }
+
+    /// The subscription `uid`, which the caller knows exists (a bug otherwise).
+    pub(super) fn subscription_mut(&mut self, uid: u64) -> &mut Subscription {
+        self.subscriptions.get_mut(&uid).unwrap_or_else(|| panic!("subscription uid {uid} is not known"))
+    }
+
+    /// The cursor of `partition` of the subscription `uid`; both exist (a bug otherwise).
+    pub(super) fn cursor_mut(&mut self, uid: u64, partition: u32) -> &mut Cursor {
+        let sub = self.subscription_mut(uid);
+        let name = &sub.name;
+        let count = sub.cursors.len();
+        assert!((partition as usize) < count, "{name} has {count} cursors, not one for partition {partition}");
+        &mut sub.cursors[partition as usize]
     }
 
     pub(super) fn subscription_by_name(&self, name: &str) -> Result<&Subscription, BrokerError> {
@@ -172,13 +194,14 @@ impl Broker {
                 cursor.assert_invariants();
                 for (offset, ready) in &cursor.delayed {
                     backoffs += 1;
-                    let key = (*ready, sub.uid, partition as u32, *offset);
-                    assert!(self.backoffs.contains(&key), "backoff {key:?} missing from the backoff index");
+                    let timer = Timer::Backoff(MessageKey::new(sub.uid, partition as u32, *offset));
+                    assert!(self.timers.contains(timer, *ready), "{timer:?} at {ready} missing from the timers");
                 }
                 for (offset, lease) in &cursor.leased {
                     leases += 1;
-                    let key = (lease.deadline_ms, sub.uid, partition as u32, *offset);
-                    assert!(self.deadlines.contains(&key), "lease {key:?} missing from the deadline index");
+                    let timer = Timer::Lease(MessageKey::new(sub.uid, partition as u32, *offset));
+                    let at = lease.deadline_ms;
+                    assert!(self.timers.contains(timer, at), "{timer:?} at {at} missing from the timers");
                     if let Some(stream) = lease.stream {
                         let entry = per_stream.entry(stream).or_default();
                         entry.0 += 1;
@@ -187,8 +210,7 @@ impl Broker {
                 }
             }
         }
-        assert_eq!(leases, self.deadlines.len(), "deadline index has stale entries");
-        assert_eq!(backoffs, self.backoffs.len(), "backoff index has stale entries");
+        assert_eq!((leases, backoffs), self.timers.message_timers(), "stale lease or backoff timers");
         for topic in self.topics.values() {
             topic.dedupe.assert_invariants(&topic.logs);
         }

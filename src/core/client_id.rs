@@ -30,9 +30,11 @@
 //! leases; each subscription maps each client id to its one stream, open or detached.
 
 use super::broker::Broker;
-use super::delivery::{Output, StreamState};
+use super::delivery::Output;
 use super::error::BrokerError;
 use super::lease::StreamId;
+use super::stream::StreamState;
+use super::timers::Timer;
 
 /// Longest client id, in bytes.
 pub const CLIENT_ID_BYTES_MAX: usize = 128;
@@ -93,7 +95,7 @@ impl Broker {
             }
             // The new stream gets a session of its own when it joins.
             if let Some(session) = group.sessions.remove(&old) {
-                self.sessions.remove(&(session.deadline_ms, old));
+                self.timers.stop(Timer::Session(old), session.deadline_ms);
             }
         }
         let reason = BrokerError::ClientReplaced {
@@ -109,7 +111,7 @@ impl Broker {
     /// Moves every lease `from` holds on subscription `uid` (`counts` is its accounting) to
     /// the open stream `to`, which counts them against its flow control from now on.
     fn move_leases(&mut self, uid: u64, from: StreamId, counts: &StreamState, to: StreamId) {
-        let sub = self.subscriptions.get_mut(&uid).expect("moving leases of a known subscription");
+        let sub = self.subscription_mut(uid);
         let mut moved = 0u32;
         for cursor in &mut sub.cursors {
             for lease in cursor.leased.values_mut().filter(|l| l.stream == Some(from)) {
@@ -118,9 +120,7 @@ impl Broker {
             }
         }
         assert_eq!(moved, counts.outstanding_messages, "{from}: leases moved to {to} against its count");
-        let state = self.streams.get_mut(&to).expect("leases move to an open stream");
-        state.outstanding_messages += counts.outstanding_messages;
-        state.outstanding_bytes += counts.outstanding_bytes;
+        self.streams.get_mut(&to).expect("leases move to an open stream").adopt(counts);
     }
 
     /// A stream closed: with a client id and leases, and `keep_leases`, the leases wait for
@@ -132,7 +132,7 @@ impl Broker {
             self.detached.insert(stream, state);
             return true;
         }
-        let sub = self.subscriptions.get_mut(&state.subscription_uid).expect("a stream's subscription exists");
+        let sub = self.subscription_mut(state.subscription_uid);
         let forgotten = sub.clients.remove(client_id);
         assert_eq!(forgotten, Some(stream), "client `{client_id}` maps to the stream that closed");
         false
@@ -142,14 +142,12 @@ impl Broker {
     /// client. Streams neither open nor detached (Pull has none) are ignored.
     pub(super) fn uncount_detached(&mut self, stream: StreamId, bytes: u64) {
         let Some(state) = self.detached.get_mut(&stream) else { return };
-        state.outstanding_messages -= 1;
-        state.outstanding_bytes -= bytes;
-        if state.outstanding_messages > 0 {
+        if !state.refund(bytes) {
             return;
         }
         let state = self.detached.remove(&stream).expect("found above");
         let client_id = state.client_id.expect("only streams with a client id detach");
-        let sub = self.subscriptions.get_mut(&state.subscription_uid).expect("a detached stream's subscription");
+        let sub = self.subscription_mut(state.subscription_uid);
         let forgotten = sub.clients.remove(&client_id);
         assert_eq!(forgotten, Some(stream), "client `{client_id}` maps to its detached stream");
     }

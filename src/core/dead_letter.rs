@@ -93,7 +93,7 @@ impl Broker {
         };
         let target_uid = target.uid;
         let after_sync = self.after_sync;
-        let sub = self.subscriptions.get_mut(&uid).expect("resolved above");
+        let sub = self.subscription_mut(uid);
         sub.dead_lettered += 1;
         sub.counts.dead_lettered += 1;
         let cursor = &mut sub.cursors[partition as usize];

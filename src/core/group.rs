@@ -28,6 +28,7 @@ use super::error::BrokerError;
 use super::lease::StreamId;
 use super::retry::Unacked;
 use super::subscription::Subscription;
+use super::timers::Timer;
 
 /// How a subscription shares its messages among its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -190,9 +191,9 @@ impl Broker {
         let Some(group) = self.subscriptions.get_mut(&uid).and_then(|s| s.group.as_mut()) else { return };
         let session = Session { timeout_ms, deadline_ms: now_ms.saturating_add(timeout_ms) };
         if let Some(old) = group.sessions.insert(stream, session) {
-            self.sessions.remove(&(old.deadline_ms, stream));
+            self.timers.stop(Timer::Session(stream), old.deadline_ms);
         }
-        self.sessions.insert((session.deadline_ms, stream));
+        self.timers.set(Timer::Session(stream), session.deadline_ms);
     }
 
     /// `stream` joined subscription `uid`: on an exclusive one it gets a session and the
@@ -210,7 +211,7 @@ impl Broker {
     pub(super) fn leave_group(&mut self, now_ms: u64, uid: u64, stream: StreamId) {
         let Some(group) = self.subscriptions.get_mut(&uid).and_then(|s| s.group.as_mut()) else { return };
         if let Some(old) = group.sessions.remove(&stream) {
-            self.sessions.remove(&(old.deadline_ms, stream));
+            self.timers.stop(Timer::Session(stream), old.deadline_ms);
         }
         self.rebalance(now_ms, uid);
     }
@@ -218,11 +219,7 @@ impl Broker {
     /// Ends the streams of members silent past their session timeout: they leave their
     /// groups (their leases end as for a closed stream) and the driver is told why.
     pub(super) fn expire_sessions(&mut self, now_ms: u64) {
-        while let Some(&(deadline, stream)) = self.sessions.first() {
-            if deadline > now_ms {
-                break;
-            }
-            self.sessions.pop_first();
+        while let Some((deadline, stream)) = self.timers.pop_session_due(now_ms) {
             let Some(uid) = self.streams.get(&stream).map(|s| s.subscription_uid) else { continue };
             let sub = &self.subscriptions[&uid];
             let session = sub.group.as_ref().and_then(|g| g.sessions.get(&stream));
@@ -241,7 +238,7 @@ impl Broker {
     /// generation, ends the leases on partitions that changed hands, and tells every
     /// member its partitions.
     fn rebalance(&mut self, now_ms: u64, uid: u64) {
-        let sub = self.subscriptions.get_mut(&uid).expect("rebalancing a known subscription");
+        let sub = self.subscription_mut(uid);
         let group = sub.group.as_mut().expect("only exclusive subscriptions rebalance");
         let owners = assign(&group.owners, &sub.members);
         let old = std::mem::replace(&mut group.owners, owners.clone());
@@ -317,7 +314,8 @@ impl Broker {
         assert!(max.zip(min).is_none_or(|(max, min)| max - min <= 1), "{}: unbalanced {counts:?}", sub.name);
         assert_eq!(group.sessions.len(), sub.members.len(), "{}: sessions per member", sub.name);
         for (stream, session) in &group.sessions {
-            assert!(self.sessions.contains(&(session.deadline_ms, *stream)), "{stream}: session not indexed");
+            let timer = Timer::Session(*stream);
+            assert!(self.timers.contains(timer, session.deadline_ms), "{stream}: session has no timer");
         }
     }
 }

@@ -28,7 +28,9 @@
 //! `Sync` that covers the turn's publishes before they are answered; send the outputs to
 //! their streams (a stream that cannot take them gets a `CloseStream`); then tell the
 //! observer the notices and check the invariants. On its own timers it applies `Sync`
-//! (`fsync=interval`), `Retention` and `Checkpoint`.
+//! (`fsync=interval`), `Retention` and `Checkpoint`; the core keeps those timers too
+//! ([`Broker::set_driver_timer`], [`Broker::driver_timer_due`]), so the driver sleeps until
+//! [`Broker::poll_timeout`] and nothing else.
 //!
 //! Every request that arrives on a Subscribe stream, empty ones included, is a
 //! [`Command::StreamRequest`], and so a heartbeat: members of exclusive subscriptions that
@@ -41,6 +43,7 @@
 //!
 //! [`PartitionLog`]: crate::storage::PartitionLog
 
+mod ack;
 mod admin;
 mod broker;
 mod client_id;
@@ -63,7 +66,10 @@ mod persist;
 mod publish;
 mod redrive;
 mod retry;
+mod seek;
+mod stream;
 mod subscription;
+mod timers;
 mod topic;
 
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
@@ -78,7 +84,7 @@ pub use dead_letter::{
 };
 pub(crate) use decimal::{dashed_after, undashed};
 pub use dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
-pub use delivery::{Delivery, Flow, Output, SeekTarget, StreamTarget};
+pub use delivery::{Delivery, Output};
 pub use error::BrokerError;
 pub use group::{assign, DeliveryMode};
 pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
@@ -89,7 +95,10 @@ pub use persist::SyncFailure;
 pub use publish::{OutgoingMessage, Published};
 pub use redrive::Redriven;
 pub use retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec, Unacked};
+pub use seek::SeekTarget;
+pub use stream::{Flow, StreamTarget};
 pub use subscription::StartPosition;
+pub use timers::DriverTimer;
 pub use topic::{message_id, murmur2, partition_for_key, visible_end};
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! name its own delay, which replaces the backoff for that one redelivery.
 
 use super::broker::Broker;
+use super::timers::{MessageKey, Timer};
 
 /// Exponential backoff between attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +87,9 @@ impl Broker {
     /// Ends the current lease on `offset` without an ack: out of the cursor, the deadline
     /// index and flow control, then on to what comes next (see `lease_ended`).
     pub(super) fn end_unacked(&mut self, now_ms: u64, uid: u64, partition: u32, offset: u64, why: &Unacked) {
-        let cursor = &mut self.subscriptions.get_mut(&uid).expect("a leasing subscription").cursors[partition as usize];
+        let cursor = self.cursor_mut(uid, partition);
         let lease = cursor.end_lease(offset).expect("ending a lease that exists");
-        self.deadlines.remove(&(lease.deadline_ms, uid, partition, offset));
+        self.timers.stop(Timer::Lease(MessageKey::new(uid, partition, offset)), lease.deadline_ms);
         self.uncount(&lease);
         self.lease_ended(now_ms, uid, partition, offset, why);
     }
@@ -97,7 +98,7 @@ impl Broker {
     /// out a backoff, or offer it again now.
     fn lease_ended(&mut self, now_ms: u64, uid: u64, partition: u32, offset: u64, why: &Unacked) {
         if *why == Unacked::Revoked {
-            let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
+            let cursor = self.cursor_mut(uid, partition);
             cursor.undo_attempt(offset);
             cursor.pending.insert(offset);
             return;
@@ -127,13 +128,13 @@ impl Broker {
             Unacked::StreamClosed => 0,
             _ => sub.retry.map_or(0, |r| r.backoff_ms(attempts)),
         };
-        let cursor = &mut self.subscriptions.get_mut(&uid).expect("resolved above").cursors[partition as usize];
+        let cursor = self.cursor_mut(uid, partition);
         if delay_ms == 0 {
             cursor.pending.insert(offset);
         } else {
             let ready_ms = now_ms.saturating_add(delay_ms);
             cursor.delay(offset, ready_ms);
-            self.backoffs.insert((ready_ms, uid, partition, offset));
+            self.timers.set(Timer::Backoff(MessageKey::new(uid, partition, offset)), ready_ms);
         }
     }
 
@@ -141,13 +142,8 @@ impl Broker {
     /// subscriptions that have messages ready again (in uid order, each once).
     pub(super) fn wake_backoffs(&mut self, now_ms: u64) -> Vec<u64> {
         let mut woken = Vec::new();
-        while let Some(&(ready, uid, partition, offset)) = self.backoffs.first() {
-            if ready > now_ms {
-                break;
-            }
-            self.backoffs.pop_first();
-            let cursor = &mut self.subscriptions.get_mut(&uid).expect("indexed backoff's subscription").cursors
-                [partition as usize];
+        while let Some(MessageKey { subscription: uid, partition, offset }) = self.timers.pop_backoff_due(now_ms) {
+            let cursor = self.cursor_mut(uid, partition);
             let waiting = cursor.wake(offset);
             assert!(waiting, "backoff index names {uid}/{partition}/{offset}, which is not delayed");
             woken.push(uid);
@@ -160,7 +156,7 @@ impl Broker {
     /// Takes backoffs that a seek or retention ended out of the index.
     pub(super) fn forget_backoffs(&mut self, uid: u64, partition: u32, delayed: &[(u64, u64)]) {
         for &(offset, ready) in delayed {
-            self.backoffs.remove(&(ready, uid, partition, offset));
+            self.timers.stop(Timer::Backoff(MessageKey::new(uid, partition, offset)), ready);
         }
     }
 }

@@ -2,11 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::broker::Broker;
 use super::counts::SubscriptionCounts;
 use super::group::Group;
 use super::lease::{Lease, StreamId};
 use super::ordering::KeyOrder;
 use super::retry::{DeadLetterPolicy, RetryPolicy};
+use super::timers::{MessageKey, Timer};
 
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -341,6 +343,30 @@ impl Cursor {
             assert!(unfinished, "ordering head {head} is not an unfinished delivery");
         }
         self.keys.assert_invariants();
+    }
+}
+
+impl Broker {
+    /// Removes a subscription with no members left, and every lease it held.
+    pub(super) fn remove_subscription(&mut self, uid: u64) {
+        let sub = self.subscriptions.remove(&uid).expect("removing a known subscription");
+        assert!(sub.members.is_empty(), "subscription {} removed with open streams", sub.name);
+        for stream in sub.clients.values() {
+            self.detached.remove(stream);
+        }
+        for (partition, cursor) in sub.cursors.iter().enumerate() {
+            for (offset, lease) in &cursor.leased {
+                let key = MessageKey::new(uid, partition as u32, *offset);
+                self.timers.stop(Timer::Lease(key), lease.deadline_ms);
+            }
+            for (offset, ready) in &cursor.delayed {
+                self.timers.stop(Timer::Backoff(MessageKey::new(uid, partition as u32, *offset)), *ready);
+            }
+        }
+        self.subscription_uids.remove(&sub.name);
+        if let Some(topic) = self.topics.get_mut(&sub.topic) {
+            topic.subscriptions.remove(&sub.name);
+        }
     }
 }
 

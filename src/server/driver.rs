@@ -3,7 +3,8 @@
 //! gRPC handlers build [`Command`]s (and [`Query`]s) and send them on a bounded queue;
 //! the driver applies each at the time it stamps on it, in arrival order, through one
 //! path ([`Driver::apply`]), and answers. Between them it ticks the core's timers and its
-//! own (checkpoint, interval sync), themselves commands, and routes the core's outputs to
+//! own (interval sync, retention, checkpoint: kept in the core's timer table, so
+//! `poll_timeout` alone says when to wake), themselves commands, and routes the outputs to
 //! the Subscribe streams. Nothing else touches the core. The core never waits on a client:
 //! a stream whose response queue is full is ended with RESOURCE_EXHAUSTED, and its leases
 //! go back to the other members.
@@ -23,7 +24,9 @@ use tonic::Status;
 
 use super::metrics::BrokerMetrics;
 use super::Observer;
-use crate::core::{Answer, At, Broker, BrokerError, Command, Delivery, Output, Published, Query, Reply, StreamId};
+use crate::core::{
+    Answer, At, Broker, BrokerError, Command, Delivery, DriverTimer, Output, Published, Query, Reply, StreamId,
+};
 use crate::env::Clock;
 use crate::record::{self, Recorder};
 use crate::storage::{FsyncPolicy, StorageError};
@@ -36,7 +39,7 @@ pub type ResponseTx = mpsc::Sender<Result<pb::SubscribeResponse, Status>>;
 /// requests can delay deliveries and timers.
 const JOBS_PER_TURN_MAX: usize = 256;
 
-/// How often committed offsets are saved (and time retention applied). A crash forgets at
+/// How often committed offsets are saved and time retention applied. A crash forgets at
 /// most this much ack progress: those messages are delivered again.
 const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 
@@ -156,8 +159,6 @@ pub struct Driver {
     /// Publishes of this turn waiting for its sync; at most `JOBS_PER_TURN_MAX`.
     awaiting_sync: Vec<AwaitingSync>,
     fsync: FsyncPolicy,
-    next_checkpoint_ms: u64,
-    next_interval_sync_ms: u64,
     sync_delay_ms: u64,
     /// Present only when a metrics recorder is installed (never in the simulator).
     metrics: Option<BrokerMetrics>,
@@ -190,6 +191,12 @@ impl Driver {
         let (jobs, rx) = mpsc::channel(queue_max);
         let now = clock.now_ms();
         let fsync = broker.fsync_policy();
+        let mut broker = broker;
+        broker.set_driver_timer(DriverTimer::Retention, Some(now + CHECKPOINT_INTERVAL_MS));
+        broker.set_driver_timer(DriverTimer::Checkpoint, Some(now + CHECKPOINT_INTERVAL_MS));
+        if let FsyncPolicy::IntervalMs(ms) = fsync {
+            broker.set_driver_timer(DriverTimer::IntervalSync, Some(now + ms));
+        }
         let driver = Driver {
             broker,
             clock,
@@ -198,11 +205,6 @@ impl Driver {
             closing: false,
             awaiting_sync: Vec::new(),
             fsync,
-            next_checkpoint_ms: now + CHECKPOINT_INTERVAL_MS,
-            next_interval_sync_ms: match fsync {
-                FsyncPolicy::IntervalMs(ms) => now + ms,
-                _ => u64::MAX,
-            },
             sync_delay_ms,
             metrics,
             checks,
@@ -240,12 +242,7 @@ impl Driver {
         // What the broker restored, as it starts.
         self.tell_notices();
         loop {
-            let deadline =
-                [self.broker.poll_timeout(), Some(self.next_checkpoint_ms), Some(self.next_interval_sync_ms)]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .expect("the checkpoint deadline is always set");
+            let deadline = self.broker.poll_timeout().expect("the checkpoint timer is always set");
             let wait = Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()));
             tokio::select! {
                 job = jobs.recv() => {
@@ -379,17 +376,20 @@ impl Driver {
     fn handle_timers(&mut self) {
         let _ = self.apply(Command::Tick);
         let now = self.clock.now_ms();
-        if now >= self.next_interval_sync_ms {
+        if self.broker.driver_timer_due(DriverTimer::IntervalSync, now) {
             if let FsyncPolicy::IntervalMs(ms) = self.fsync {
-                self.next_interval_sync_ms = now + ms;
+                self.broker.set_driver_timer(DriverTimer::IntervalSync, Some(now + ms));
             }
             self.sync_logging_failures();
         }
-        if now >= self.next_checkpoint_ms {
-            self.next_checkpoint_ms = now + CHECKPOINT_INTERVAL_MS;
+        if self.broker.driver_timer_due(DriverTimer::Retention, now) {
+            self.broker.set_driver_timer(DriverTimer::Retention, Some(now + CHECKPOINT_INTERVAL_MS));
             if let Err(e) = self.apply(Command::Retention) {
-                tracing::warn!(error = %e, "time retention failed; it is tried again at the next checkpoint");
+                tracing::warn!(error = %e, "time retention failed; it is tried again in a second");
             }
+        }
+        if self.broker.driver_timer_due(DriverTimer::Checkpoint, now) {
+            self.broker.set_driver_timer(DriverTimer::Checkpoint, Some(now + CHECKPOINT_INTERVAL_MS));
             if let Err(e) = self.apply(Command::Checkpoint) {
                 tracing::warn!(error = %e, "saving committed offsets failed; it is tried again at the next checkpoint");
             }

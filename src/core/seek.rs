@@ -1,0 +1,111 @@
+//! Seeks, and retention moving a partition's start: where a subscription reads from.
+
+use super::broker::Broker;
+use super::error::BrokerError;
+use super::name;
+use super::timers::{MessageKey, Timer};
+use super::topic::visible_end;
+use super::Notice;
+
+/// Where a Seek moves a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeekTarget {
+    Earliest,
+    Latest,
+    /// The first message published at or after this wall-clock time, per partition.
+    TimeMs(u64),
+    /// Explicit offsets for the partitions named.
+    Offsets(Vec<(u32, u64)>),
+}
+
+impl Broker {
+    /// Moves `subscription` to `target` on every partition it names. Outstanding leases
+    /// there end (their ack ids become expired). Returns each partition's committed offset.
+    pub fn seek(
+        &mut self,
+        now_ms: u64,
+        subscription: &str,
+        target: SeekTarget,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        let (uid, moves) = self.check_seek(subscription, &target)?;
+        for &(partition, offset) in &moves {
+            let cursor = self.cursor_mut(uid, partition);
+            let dropped = cursor.reset(offset);
+            for (leased, lease) in dropped.leases {
+                self.timers.stop(Timer::Lease(MessageKey::new(uid, partition, leased)), lease.deadline_ms);
+                self.uncount(&lease);
+            }
+            self.forget_backoffs(uid, partition, &dropped.delayed);
+        }
+        self.notice(|b| Notice::Seeked {
+            subscription: subscription.to_string(),
+            to: moves,
+            lease_seq: b.next_lease_seq,
+        });
+        self.dispatch(now_ms, uid);
+        let sub = &self.subscriptions[&uid];
+        Ok(sub.cursors.iter().enumerate().map(|(p, c)| (p as u32, c.committed)).collect())
+    }
+
+    /// The deciding half of a seek: refuses one that cannot be applied (an unknown
+    /// subscription, a partition or offset out of range), changing nothing; else the
+    /// subscription's uid and the offset each partition it moves is owed from.
+    pub(super) fn check_seek(
+        &self,
+        subscription: &str,
+        target: &SeekTarget,
+    ) -> Result<(u64, Vec<(u32, u64)>), BrokerError> {
+        name::check("subscription", subscription)?;
+        let uid = self.subscription_uid(subscription)?;
+        let sub = &self.subscriptions[&uid];
+        let topic = self.topic(&sub.topic)?;
+        let mut moves: Vec<(u32, u64)> = Vec::new();
+        for (p, log) in topic.logs.iter().enumerate() {
+            let offset = match target {
+                SeekTarget::Earliest => log.start_offset(),
+                SeekTarget::Latest => visible_end(log.as_ref(), self.after_sync),
+                SeekTarget::TimeMs(time) => log.offset_for_time(*time)?.min(visible_end(log.as_ref(), self.after_sync)),
+                SeekTarget::Offsets(_) => continue,
+            };
+            moves.push((p as u32, offset));
+        }
+        if let SeekTarget::Offsets(offsets) = target {
+            for (i, &(partition, offset)) in offsets.iter().enumerate() {
+                let Some(log) = topic.logs.get(partition as usize) else {
+                    return Err(BrokerError::PartitionOutOfRange {
+                        field: format!("offsets[{i}].partition"),
+                        topic: topic.name.clone(),
+                        partition,
+                        partitions: topic.partition_count(),
+                    });
+                };
+                let (start, end) = (log.start_offset(), visible_end(log.as_ref(), self.after_sync));
+                if !(start..=end).contains(&offset) {
+                    return Err(BrokerError::InvalidArgument {
+                        field: "offsets.offset",
+                        reason: format!(
+                            "offset {offset} of partition {partition} is outside the retained range {start} to {end}"
+                        ),
+                    });
+                }
+                moves.push((partition, offset));
+            }
+        }
+        Ok((uid, moves))
+    }
+
+    /// Retention moved the start of `partition` to `start`: every subscription forgets the
+    /// offsets below it, and leases on them end (later acks of them are expired).
+    pub(super) fn retention_moved(&mut self, topic: &str, partition: u32, start: u64) {
+        let uids: Vec<u64> = self.topics[topic].subscriptions.iter().map(|name| self.subscription_uids[name]).collect();
+        for uid in uids {
+            let cursor = self.cursor_mut(uid, partition);
+            let dropped = cursor.skip_to_log_start(start);
+            for (offset, lease) in dropped.leases {
+                self.timers.stop(Timer::Lease(MessageKey::new(uid, partition, offset)), lease.deadline_ms);
+                self.uncount(&lease);
+            }
+            self.forget_backoffs(uid, partition, &dropped.delayed);
+        }
+    }
+}
