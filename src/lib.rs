@@ -23,6 +23,8 @@
 //!   [`client::Subscriber`] with lease extension, batched acks and reconnects. It takes a
 //!   URL or a ready `Channel`, so the simulator can use it over its own network.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod config;
 pub mod core;

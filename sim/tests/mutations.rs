@@ -54,10 +54,7 @@ fn a_broken_invariant_stops_the_run_with_its_seed_and_the_trace_up_to_it() {
     let report = run("basic.scn", Some(Mutation::InvariantBroken));
     assert!(!report.passed);
     let last = report.trace.lines().last().unwrap_or_default();
-    assert!(
-        last.contains("broker     INVARIANT BROKEN: lease") && last.contains("missing from the deadline index"),
-        "{last}"
-    );
+    assert!(last.contains("broker     INVARIANT BROKEN: lease") && last.contains("missing from the timers"), "{last}");
     assert!(report.verdict.starts_with("seed: 1\n"), "{}", report.verdict);
     assert!(
         report.verdict.contains("checks: none run: the run stopped where the broker broke an invariant"),

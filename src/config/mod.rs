@@ -48,9 +48,11 @@ pub struct Config {
     pub record: Option<PathBuf>,
     /// The flight recording's bound in bytes.
     pub record_max_bytes: u64,
+    /// How log lines are written to standard error: pretty (the default) or JSON lines.
     pub log_format: LogFormat,
     /// A `tracing` filter (`RUST_LOG` syntax): `info`, `mini_pubsub=debug,tower=warn`, ...
     pub log_filter: String,
+    /// Where messages are kept, and the file log's settings.
     pub storage: StorageSettings,
     /// The server shell's settings, with the core's in `server.broker`.
     pub server: ServerConfig,
@@ -88,13 +90,21 @@ pub enum FsyncMode {
 /// The storage settings (the file log's are ignored under `storage = "memory"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageSettings {
+    /// The file log (the default) or memory (`storage` key).
     pub kind: StorageKind,
+    /// The file log's directory (`./data` by default).
     pub data_dir: PathBuf,
+    /// When a publish is acknowledged: after an fsync (the default), the write, or neither.
     pub fsync: FsyncMode,
+    /// Milliseconds between fsyncs under [`FsyncMode::Interval`] (1 to 3600000; 100 by default).
     pub fsync_interval_ms: u64,
+    /// Size at which a segment file rolls, in bytes (1 MiB to 1 TiB).
     pub segment_bytes: u64,
+    /// Age of its first record at which a segment file rolls, in ms (1 minute to 365 days).
     pub segment_ms: u64,
+    /// The newest bytes of each partition kept in memory for readers (64 KiB to 1 GiB).
     pub tail_cache_bytes: usize,
+    /// On damage in an older segment, cut the log there instead of refusing to start.
     pub truncate_corrupt: bool,
 }
 
@@ -126,10 +136,26 @@ impl Default for Config {
 /// A setting that cannot work, or a source that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A setting's value is outside what can work (found by [`Config::validate`]).
     #[error("invalid configuration: {key} must be {allowed}")]
-    Invalid { key: String, allowed: String },
+    Invalid {
+        /// The setting's name, as in the file.
+        key: String,
+        /// The values it may take, as text (a range, with the value it has when known).
+        allowed: String,
+    },
+    /// A value given as text (file, environment or flag) does not parse as its type.
     #[error("{key} (from {origin}): {reason}")]
-    Value { key: String, origin: Source, reason: String },
+    Value {
+        /// The setting's name, as in the file.
+        key: String,
+        /// Where the value was given.
+        origin: Source,
+        /// What was expected and what was given.
+        reason: String,
+    },
+    /// The configuration file cannot be read, is too large, or is not TOML of the expected
+    /// shape (an unknown section or key, a section that is not a table); names the file.
     #[error("{0}")]
     File(String),
 }
@@ -218,9 +244,13 @@ impl Config {
 /// Where a setting's effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// Nothing set it: the built-in default.
     Default,
+    /// The configuration file at this path.
     File(PathBuf),
+    /// This environment variable (`MINI_PUBSUB_...`, or `RUST_LOG` for `log_filter`).
     Env(String),
+    /// This command-line flag, as typed.
     Flag(String),
 }
 
@@ -238,6 +268,7 @@ impl fmt::Display for Source {
 /// A configuration with the source of every setting.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The effective configuration, every layer applied.
     pub config: Config,
     /// One per entry of [`SETTINGS`], in the same order.
     pub sources: Vec<Source>,

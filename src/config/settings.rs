@@ -9,15 +9,21 @@ use super::{Config, FsyncMode, LogFormat, StorageKind};
 /// A section of the configuration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
+    /// `[server]`: addresses, the server shell's queues, keepalives and stop grace, the recorder.
     Server,
+    /// `[log]`: the log lines' format and filter.
     Log,
+    /// `[storage]`: where messages are kept, and the file log's settings.
     Storage,
+    /// `[broker]`: the core's limits and the defaults of topics and subscriptions.
     Broker,
 }
 
 impl Section {
+    /// Every section, in the order the file and `config print` show them.
     pub const ALL: [Section; 4] = [Section::Server, Section::Log, Section::Storage, Section::Broker];
 
+    /// The section's table name in the file, without brackets (`server`, `log`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Section::Server => "server",
@@ -32,9 +38,11 @@ impl Section {
 pub struct Setting {
     /// The key in the file; `MINI_PUBSUB_` + capitals in the environment; `--` + dashes as a flag.
     pub name: &'static str,
+    /// The file section the key belongs in (a key elsewhere is refused).
     pub section: Section,
     /// What the value looks like, for `--help`.
     pub hint: &'static str,
+    /// One sentence on what the key does, shown in the example file and `--help`.
     pub doc: &'static str,
     /// Parses a value given as text (env, flag, or a file value) into the configuration.
     pub set_text: fn(&mut Config, &str) -> Result<(), String>,

@@ -12,7 +12,7 @@ use super::Mutation;
 impl Broker {
     /// Applies the acks, nacks and deadline changes that arrived on `stream`, in order.
     /// All of them are checked first: a refused request applies none.
-    pub fn stream_acks(
+    pub(super) fn stream_acks(
         &mut self,
         now_ms: u64,
         stream: StreamId,
@@ -31,7 +31,7 @@ impl Broker {
     }
 
     /// Applies acks, nacks or deadline changes for `subscription` (the unary calls).
-    pub fn acks(
+    pub(super) fn acks(
         &mut self,
         now_ms: u64,
         subscription: &str,

@@ -17,8 +17,11 @@ use super::Notice;
 /// A topic as Admin reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
+    /// The topic's name.
     pub name: String,
+    /// Each partition's retained range, in partition order.
     pub partitions: Vec<PartitionInfo>,
+    /// The names of its subscriptions, in name order.
     pub subscriptions: Vec<String>,
     /// How long the topic remembers an idempotency key.
     pub dedupe_window_ms: u64,
@@ -27,17 +30,24 @@ pub struct TopicInfo {
 /// One partition's retained range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionInfo {
+    /// The partition's number.
     pub partition: u32,
+    /// The oldest retained offset.
     pub start_offset: u64,
+    /// The offset the next message will get.
     pub end_offset: u64,
 }
 
 /// What a subscription is created with. `None` takes the default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SubscriptionSpec {
+    /// The new subscription's name.
     pub name: String,
+    /// The topic it reads; it must exist.
     pub topic: String,
+    /// How long a delivery may go unacked; `None` takes the broker default.
     pub ack_deadline_ms: Option<u64>,
+    /// Where in each partition it starts.
     pub start: StartPosition,
     /// Backoff between redeliveries; `None` redelivers at once.
     pub retry: Option<RetrySpec>,
@@ -59,25 +69,40 @@ pub(super) struct NewSubscription {
 /// A subscription as Admin reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionInfo {
+    /// The subscription's name.
     pub name: String,
+    /// Its topic's name.
     pub topic: String,
+    /// How long a delivery may go unacked.
     pub ack_deadline_ms: u64,
+    /// Where it started.
     pub start: StartPosition,
+    /// Made by a Subscribe on a topic, and deleted with its stream.
     pub ephemeral: bool,
+    /// Its backoff between redeliveries; `None` redelivers at once.
     pub retry: Option<RetryPolicy>,
+    /// Where messages go after too many attempts.
     pub dead_letter: Option<DeadLetterPolicy>,
+    /// Messages of one ordering key go out in order, one at a time.
     pub ordered: bool,
+    /// Whether members share messages or partitions.
     pub delivery_mode: DeliveryMode,
 }
 
 /// Backlog and leases of a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionStats {
+    /// The subscription's name.
     pub name: String,
+    /// Its topic's name.
     pub topic: String,
+    /// Messages between the ack floor and the log's end not yet acked, leased ones included.
     pub backlog: u64,
+    /// Messages leased and not yet acked, nacked or expired.
     pub outstanding: u64,
+    /// Open Subscribe streams on it.
     pub streams: u32,
+    /// Each partition's share, in partition order.
     pub partitions: Vec<PartitionStats>,
     /// Messages moved to the dead-letter topic since the subscription was made.
     pub dead_lettered: u64,
@@ -93,10 +118,15 @@ pub struct SubscriptionStats {
 /// One partition of [`SubscriptionStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionStats {
+    /// The partition's number.
     pub partition: u32,
+    /// Every offset below it is acked.
     pub committed_offset: u64,
+    /// The offset the next message will get.
     pub end_offset: u64,
+    /// Messages of this partition between its ack floor and its end not yet acked.
     pub backlog: u64,
+    /// Messages of this partition leased now.
     pub outstanding: u64,
     /// `end_offset - committed_offset`: how far the ack floor trails the log, as Kafka's
     /// consumer lag (acks above the floor do not shrink it; `backlog` counts those).
@@ -109,14 +139,16 @@ pub struct PartitionStats {
 }
 
 impl Broker {
-    /// Creates a topic with `partitions` (default `default_partitions`).
-    pub fn create_topic(&mut self, topic: &str, partitions: Option<u32>) -> Result<TopicInfo, BrokerError> {
+    /// Creates a topic with `partitions` (default `default_partitions`): the unit tests'
+    /// shorthand for [`Command::CreateTopic`](super::Command::CreateTopic).
+    #[cfg(test)]
+    pub(super) fn create_topic(&mut self, topic: &str, partitions: Option<u32>) -> Result<TopicInfo, BrokerError> {
         self.create_topic_with(topic, partitions, None)
     }
 
     /// Creates a topic with `partitions` (default `default_partitions`) and a dedupe window
     /// (default `dedupe_window_ms`) of 1 s to 24 h.
-    pub fn create_topic_with(
+    pub(super) fn create_topic_with(
         &mut self,
         topic: &str,
         partitions: Option<u32>,
@@ -188,7 +220,8 @@ impl Broker {
         Ok((partitions, dedupe_window_ms))
     }
 
-    pub fn topic_info(&self, topic: &str) -> Result<TopicInfo, BrokerError> {
+    /// One topic as Admin reports it.
+    pub(super) fn topic_info(&self, topic: &str) -> Result<TopicInfo, BrokerError> {
         name::check("name", topic)?;
         let t = self.topic(topic)?;
         let partitions = t
@@ -211,7 +244,7 @@ impl Broker {
 
     /// Up to `limit` topics in name order, after `after`; the second value is the last name
     /// returned when more may follow.
-    pub fn list_topics(&self, after: Option<&str>, limit: usize) -> (Vec<TopicInfo>, Option<String>) {
+    pub(super) fn list_topics(&self, after: Option<&str>, limit: usize) -> (Vec<TopicInfo>, Option<String>) {
         let names: Vec<&String> = match after {
             Some(after) => self.topics.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.topics.range::<str, _>(..),
@@ -228,7 +261,7 @@ impl Broker {
 
     /// Deletes a topic. With subscriptions attached it is refused unless `force`, which
     /// deletes them too (their streams end with NOT_FOUND). Returns the subscriptions deleted.
-    pub fn delete_topic(&mut self, topic: &str, force: bool) -> Result<Vec<String>, BrokerError> {
+    pub(super) fn delete_topic(&mut self, topic: &str, force: bool) -> Result<Vec<String>, BrokerError> {
         let (subscriptions, dead_lettering) = self.check_delete_topic(topic, force)?;
         for uid in dead_lettering {
             self.subscription_mut(uid).dead_letter = None;
@@ -248,7 +281,8 @@ impl Broker {
         Ok(subscriptions)
     }
 
-    pub fn create_subscription(&mut self, spec: SubscriptionSpec) -> Result<SubscriptionInfo, BrokerError> {
+    /// Creates a subscription (see [`Command::CreateSubscription`](super::Command::CreateSubscription)).
+    pub(super) fn create_subscription(&mut self, spec: SubscriptionSpec) -> Result<SubscriptionInfo, BrokerError> {
         name::check_new("name", &spec.name)?;
         name::check("topic", &spec.topic)?;
         self.insert_subscription(spec, false)
@@ -383,13 +417,14 @@ impl Broker {
         Ok(DeadLetterPolicy { topic: spec.topic, max_delivery_attempts: attempts })
     }
 
-    pub fn subscription_info(&self, subscription: &str) -> Result<SubscriptionInfo, BrokerError> {
+    /// One subscription as Admin reports it.
+    pub(super) fn subscription_info(&self, subscription: &str) -> Result<SubscriptionInfo, BrokerError> {
         name::check("name", subscription)?;
         self.subscription_by_name(subscription).map(subscription_info)
     }
 
     /// Up to `limit` subscriptions in name order after `after`, of `topic` when given.
-    pub fn list_subscriptions(
+    pub(super) fn list_subscriptions(
         &self,
         topic: Option<&str>,
         after: Option<&str>,
@@ -438,7 +473,8 @@ impl Broker {
         Ok((subscriptions, dead_lettering))
     }
 
-    pub fn delete_subscription(&mut self, subscription: &str) -> Result<(), BrokerError> {
+    /// Deletes a subscription: its streams end with NOT_FOUND, its leases with it.
+    pub(super) fn delete_subscription(&mut self, subscription: &str) -> Result<(), BrokerError> {
         name::check("name", subscription)?;
         let uid = self.subscription_uid(subscription)?;
         let members = self.subscriptions[&uid].members.clone();
@@ -454,7 +490,8 @@ impl Broker {
         Ok(())
     }
 
-    pub fn subscription_stats(&self, subscription: &str) -> Result<SubscriptionStats, BrokerError> {
+    /// A subscription's backlog and leases, per partition and in all.
+    pub(super) fn subscription_stats(&self, subscription: &str) -> Result<SubscriptionStats, BrokerError> {
         name::check("name", subscription)?;
         let sub = self.subscription_by_name(subscription)?;
         let topic = self.topic(&sub.topic)?;

@@ -96,6 +96,7 @@ impl Broker {
         self.topics.is_empty() && self.subscriptions.is_empty()
     }
 
+    /// The settings the broker was made with.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
     }
@@ -135,7 +136,7 @@ impl Broker {
     /// issued fewer than a million leases per millisecond of its life, so no ack id from
     /// before the restart can name a lease of this run. (A wall clock set back across the
     /// restart could break this.) A new broker starts at 1.
-    pub fn set_wall_ms(&mut self, wall_ms: u64) {
+    pub(super) fn set_wall_ms(&mut self, wall_ms: u64) {
         self.wall_ms = self.wall_ms.max(wall_ms);
         if self.lease_seq_from_wall && wall_ms > 0 {
             self.next_lease_seq = self.next_lease_seq.max(wall_ms.saturating_mul(LEASES_PER_MS_MAX));
@@ -194,14 +195,21 @@ impl Broker {
                 cursor.assert_invariants();
                 for (offset, ready) in &cursor.delayed {
                     backoffs += 1;
-                    let timer = Timer::Backoff(MessageKey::new(sub.uid, partition as u32, *offset));
-                    assert!(self.timers.contains(timer, *ready), "{timer:?} at {ready} missing from the timers");
+                    let key = MessageKey::new(sub.uid, partition as u32, *offset);
+                    let timer = Timer::Backoff(key);
+                    assert!(
+                        self.timers.contains(timer, *ready),
+                        "backoff of {key:?} at {ready} missing from the timers"
+                    );
                 }
                 for (offset, lease) in &cursor.leased {
                     leases += 1;
-                    let timer = Timer::Lease(MessageKey::new(sub.uid, partition as u32, *offset));
+                    let key = MessageKey::new(sub.uid, partition as u32, *offset);
                     let at = lease.deadline_ms;
-                    assert!(self.timers.contains(timer, at), "{timer:?} at {at} missing from the timers");
+                    assert!(
+                        self.timers.contains(Timer::Lease(key), at),
+                        "lease of {key:?} at {at} missing from the timers"
+                    );
                     if let Some(stream) = lease.stream {
                         let entry = per_stream.entry(stream).or_default();
                         entry.0 += 1;

@@ -24,41 +24,97 @@ pub struct At {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Appends messages to a topic (auto-creating it when the config allows).
-    Publish { topic: String, messages: Vec<OutgoingMessage> },
+    Publish {
+        /// The topic's name.
+        topic: String,
+        /// The batch, stored in order (each with its key, attributes and idempotency key).
+        messages: Vec<OutgoingMessage>,
+    },
     /// Creates a topic; `None` takes the broker's default.
-    CreateTopic { name: String, partitions: Option<u32>, dedupe_window_ms: Option<u64> },
+    CreateTopic {
+        /// The new topic's name.
+        name: String,
+        /// How many partitions; `None` takes the broker's default.
+        partitions: Option<u32>,
+        /// How long idempotency keys are remembered; `None` takes the broker's default.
+        dedupe_window_ms: Option<u64>,
+    },
     /// Deletes a topic; without `force`, one that still has subscriptions is refused.
-    DeleteTopic { name: String, force: bool },
+    DeleteTopic {
+        /// The topic's name.
+        name: String,
+        /// Deletes its subscriptions too (their streams end).
+        force: bool,
+    },
     /// Creates a subscription.
     CreateSubscription(SubscriptionSpec),
     /// Deletes a subscription; its streams end.
-    DeleteSubscription { name: String },
+    DeleteSubscription {
+        /// The subscription's name.
+        name: String,
+    },
     /// Opens a Subscribe stream with what its first request carried (its acks, nacks and
     /// deadline changes are applied once it is open; a refused one opens nothing).
     OpenStream {
+        /// The subscription it joins, or the topic it reads through an ephemeral one.
         target: StreamTarget,
+        /// Its flow control (0 takes the broker default).
         flow: Flow,
         /// `None`: the broker default.
         session_timeout_ms: Option<u64>,
         /// `None`: the stream does not name its client.
         client_id: Option<String>,
+        /// Acks, nacks and deadline changes, each with the ack ids it applies to.
         ops: Vec<(AckOp, Vec<String>)>,
     },
     /// A later request on an open stream: a heartbeat, with the acks, nacks and deadline
     /// changes it carries (all applied, or none if one is refused).
-    StreamRequest { stream: StreamId, ops: Vec<(AckOp, Vec<String>)> },
+    StreamRequest {
+        /// The open stream it arrived on.
+        stream: StreamId,
+        /// Acks, nacks and deadline changes, each with the ack ids it applies to.
+        ops: Vec<(AckOp, Vec<String>)>,
+    },
     /// The stream went away (the client, the network, or the server ended it).
-    CloseStream { stream: StreamId },
+    CloseStream {
+        /// The stream that ended.
+        stream: StreamId,
+    },
     /// The stream's client said it leaves: its leases are released at once.
-    LeaveStream { stream: StreamId },
+    LeaveStream {
+        /// The stream whose client left.
+        stream: StreamId,
+    },
     /// Leases up to `max_messages` (0 = 100) to a Pull.
-    Pull { subscription: String, max_messages: u32 },
+    Pull {
+        /// The subscription's name.
+        subscription: String,
+        /// At most this many messages (0 = 100); past `pull_messages_max` is refused.
+        max_messages: u32,
+    },
     /// Acks, nacks or deadline changes by ack id (the unary Ack, Nack, ModifyAckDeadline).
-    Acks { subscription: String, op: AckOp, ack_ids: Vec<String> },
+    Acks {
+        /// The subscription the ack ids were leased from.
+        subscription: String,
+        /// What to do with each: ack, nack, or a new deadline.
+        op: AckOp,
+        /// The ack ids, as deliveries carried them.
+        ack_ids: Vec<String>,
+    },
     /// Moves a subscription.
-    Seek { subscription: String, target: SeekTarget },
+    Seek {
+        /// The subscription's name.
+        subscription: String,
+        /// Where it moves to.
+        target: SeekTarget,
+    },
     /// Moves up to `max_messages` (0 = 100) dead letters back to their subscriptions.
-    Redrive { subscription: String, max_messages: u32 },
+    Redrive {
+        /// The subscription whose dead letters go back.
+        subscription: String,
+        /// At most this many dead letters (0 = 100).
+        max_messages: u32,
+    },
     /// The clock reached [`Broker::poll_timeout`]: leases expire, backoffs end, sessions lapse.
     Tick,
     /// Makes every append so far durable (a turn's group commit, or the interval sync).
@@ -73,17 +129,45 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     /// One topic.
-    Topic { name: String },
+    Topic {
+        /// The topic's name.
+        name: String,
+    },
     /// Up to `limit` topics in name order after `after`.
-    Topics { after: Option<String>, limit: usize },
+    Topics {
+        /// The last name of the previous page (`None`: from the first).
+        after: Option<String>,
+        /// The page's size.
+        limit: usize,
+    },
     /// One subscription.
-    Subscription { name: String },
+    Subscription {
+        /// The subscription's name.
+        name: String,
+    },
     /// Up to `limit` subscriptions in name order after `after`, of `topic` when given.
-    Subscriptions { topic: Option<String>, after: Option<String>, limit: usize },
+    Subscriptions {
+        /// Only the subscriptions of this topic.
+        topic: Option<String>,
+        /// The last name of the previous page (`None`: from the first).
+        after: Option<String>,
+        /// The page's size.
+        limit: usize,
+    },
     /// A subscription's counts.
-    Stats { subscription: String },
+    Stats {
+        /// The subscription's name.
+        subscription: String,
+    },
     /// Up to `limit` unfinished messages of a subscription after `after`.
-    Pending { subscription: String, after: Option<(u32, u64)>, limit: usize },
+    Pending {
+        /// The subscription's name.
+        subscription: String,
+        /// The (partition, offset) of the previous page's last message.
+        after: Option<(u32, u64)>,
+        /// The page's size.
+        limit: usize,
+    },
 }
 
 /// What a command or query answered when it was not refused.
@@ -94,12 +178,22 @@ pub enum Answer {
     /// A topic created, or read.
     Topic(TopicInfo),
     /// A topic was deleted, and with it these subscriptions.
-    TopicDeleted { subscriptions: Vec<String> },
+    TopicDeleted {
+        /// The subscriptions deleted with it (only with `force`).
+        subscriptions: Vec<String>,
+    },
     /// A subscription created, or read.
     Subscription(SubscriptionInfo),
     /// A stream opened: its id, its subscription's name, and the confirmations of what its
     /// first request carried (`None` when it carried nothing).
-    Opened { stream: StreamId, subscription: String, confirmations: Option<Vec<AckReply>> },
+    Opened {
+        /// The new stream's id: later commands on it name it.
+        stream: StreamId,
+        /// Its subscription's name (an ephemeral one's is made up by the broker).
+        subscription: String,
+        /// What the first request's acks did, in order.
+        confirmations: Option<Vec<AckReply>>,
+    },
     /// The confirmations of acks, nacks or deadline changes, in request order.
     Confirmations(Vec<AckReply>),
     /// Messages leased to a Pull.
@@ -111,17 +205,35 @@ pub enum Answer {
     /// The partitions whose sync failed (their unsynced records were cut).
     Synced(Vec<SyncFailure>),
     /// Whether a checkpoint wrote anything.
-    Checkpointed { saved: bool },
+    Checkpointed {
+        /// False when nothing had changed since the last save.
+        saved: bool,
+    },
     /// A command with nothing to say (a close, a tick, a retention pass, a deletion).
     Done,
     /// A page of topics, and the token of the next page.
-    Topics { topics: Vec<TopicInfo>, next: Option<String> },
+    Topics {
+        /// The page, in name order.
+        topics: Vec<TopicInfo>,
+        /// The name to list after for the next page; `None` on the last.
+        next: Option<String>,
+    },
     /// A page of subscriptions, and the token of the next page.
-    Subscriptions { subscriptions: Vec<SubscriptionInfo>, next: Option<String> },
+    Subscriptions {
+        /// The page, in name order.
+        subscriptions: Vec<SubscriptionInfo>,
+        /// The name to list after for the next page; `None` on the last.
+        next: Option<String>,
+    },
     /// A subscription's counts.
     Stats(SubscriptionStats),
     /// A page of unfinished messages, and where the next page starts after.
-    Pending { messages: Vec<PendingMessage>, next: Option<(u32, u64)> },
+    Pending {
+        /// The page, by partition and offset.
+        messages: Vec<PendingMessage>,
+        /// Where the next page starts after; `None` on the last.
+        next: Option<(u32, u64)>,
+    },
 }
 
 /// A command's or query's result.

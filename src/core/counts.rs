@@ -32,10 +32,13 @@ pub struct SubscriptionCounts {
 pub struct SubscriptionCountsView<'a> {
     /// From a counter: a subscription deleted and made again under its name has a new one.
     pub uid: u64,
+    /// The subscription's name.
     pub name: &'a str,
+    /// Its topic's name.
     pub topic: &'a str,
     /// Made by a Subscribe on a topic, and deleted with its stream.
     pub ephemeral: bool,
+    /// Its counters since it was made.
     pub counts: SubscriptionCounts,
     /// Messages not yet acked (as `SubscriptionStats::backlog`).
     pub backlog: u64,

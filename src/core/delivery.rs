@@ -19,12 +19,19 @@ const READ_FAULTS_MAX: usize = 1024;
 /// One leased message, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The id to ack, nack or extend this lease with; it names this lease only.
     pub ack_id: String,
+    /// The message's id: the same on every delivery of the message.
     pub message_id: String,
+    /// The topic it was published to.
     pub topic: String,
+    /// The partition it is stored in.
     pub partition: u32,
+    /// Its offset in the partition.
     pub offset: u64,
+    /// What was published: value, key, attributes and publish time.
     pub record: Arc<Record>,
+    /// 1 on the first delivery, one more on each redelivery.
     pub delivery_attempt: u32,
     /// The generation of an exclusive subscription the lease was made in; 0 when shared.
     pub generation: u64,
@@ -53,15 +60,41 @@ fn encoded_len_max(topic: &str, record: &Record) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// Messages for a stream, in delivery order.
-    Deliver { stream: StreamId, deliveries: Vec<Delivery> },
+    Deliver {
+        /// The stream they are leased to.
+        stream: StreamId,
+        /// The messages, at most `response_bytes_max` of them together (one always fits).
+        deliveries: Vec<Delivery>,
+    },
     /// The broker ended a stream (its subscription was deleted, its session timed out, or
     /// a newer stream of its client took over); it gets no more outputs.
-    EndStream { stream: StreamId, reason: BrokerError },
+    EndStream {
+        /// The stream that ends.
+        stream: StreamId,
+        /// The status its client is told.
+        reason: BrokerError,
+    },
     /// A member of an exclusive subscription holds `partitions` from `generation` on.
-    Assignment { stream: StreamId, generation: u64, partitions: Vec<u32> },
+    Assignment {
+        /// The member.
+        stream: StreamId,
+        /// The assignment's number; deliveries of an earlier one may still be in flight.
+        generation: u64,
+        /// The partitions it holds now, in order.
+        partitions: Vec<u32>,
+    },
     /// A stored record could not be read (a disk error, or a CRC mismatch). It is not
     /// delivered, and its partition's deliveries wait at it; told once per record.
-    ReadFailed { topic: String, partition: u32, offset: u64, error: StorageError },
+    ReadFailed {
+        /// The record's topic.
+        topic: String,
+        /// Its partition.
+        partition: u32,
+        /// Its offset.
+        offset: u64,
+        /// What the storage said.
+        error: StorageError,
+    },
 }
 
 impl Broker {
@@ -79,7 +112,12 @@ impl Broker {
     }
 
     /// Leases up to `max_messages` (0 = 100) available messages of `subscription` now.
-    pub fn pull(&mut self, now_ms: u64, subscription: &str, max_messages: u32) -> Result<Vec<Delivery>, BrokerError> {
+    pub(super) fn pull(
+        &mut self,
+        now_ms: u64,
+        subscription: &str,
+        max_messages: u32,
+    ) -> Result<Vec<Delivery>, BrokerError> {
         name::check("subscription", subscription)?;
         let max = self.batch_size(max_messages)?;
         let uid = self.subscription_uid(subscription)?;

@@ -8,58 +8,132 @@ use crate::storage::StorageError;
 pub enum BrokerError {
     /// A malformed argument (INVALID_ARGUMENT).
     #[error("{field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    InvalidArgument {
+        /// The request field at fault, as the client named it.
+        field: &'static str,
+        /// What is wrong with it, and what is allowed.
+        reason: String,
+    },
     /// An idempotency key that is empty or too long (INVALID_ARGUMENT).
     #[error("{field}: {reason}")]
-    InvalidIdempotencyKey { field: String, reason: String },
+    InvalidIdempotencyKey {
+        /// The message's key field (`messages[i].idempotency_key`).
+        field: String,
+        /// What is wrong with it, and what is allowed.
+        reason: String,
+    },
     /// A message larger than `max_message_bytes` (INVALID_ARGUMENT).
     #[error("{field}: message is {size} bytes (value, key and attributes); the limit is max_message_bytes = {limit}")]
-    MessageTooLarge { field: String, size: usize, limit: usize },
+    MessageTooLarge {
+        /// The message at fault (`messages[i]`).
+        field: String,
+        /// Its size: value, key and attributes.
+        size: usize,
+        /// `max_message_bytes`.
+        limit: usize,
+    },
     /// A partition the topic does not have (INVALID_ARGUMENT).
     #[error("{field}: partition {partition} does not exist; topic `{topic}` has partitions 0 to {last}", last = partitions - 1)]
-    PartitionOutOfRange { field: String, topic: String, partition: u32, partitions: u32 },
+    PartitionOutOfRange {
+        /// The request field at fault, as the client named it.
+        field: String,
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// How many the topic has.
+        partitions: u32,
+    },
     /// NOT_FOUND.
     #[error("topic `{topic}` not found")]
-    TopicNotFound { topic: String },
+    TopicNotFound {
+        /// The name asked for.
+        topic: String,
+    },
     /// NOT_FOUND.
     #[error("subscription `{subscription}` not found")]
-    SubscriptionNotFound { subscription: String },
+    SubscriptionNotFound {
+        /// The name asked for.
+        subscription: String,
+    },
     /// ALREADY_EXISTS.
     #[error("topic `{topic}` already exists")]
-    TopicExists { topic: String },
+    TopicExists {
+        /// The name asked for.
+        topic: String,
+    },
     /// ALREADY_EXISTS.
     #[error("subscription `{subscription}` already exists")]
-    SubscriptionExists { subscription: String },
+    SubscriptionExists {
+        /// The name asked for.
+        subscription: String,
+    },
     /// FAILED_PRECONDITION: deleting a topic that subscriptions still read.
     #[error(
         "topic `{topic}` has subscriptions {subscriptions:?}; delete them first, or delete the topic with force = true to delete them with it"
     )]
-    TopicInUse { topic: String, subscriptions: Vec<String> },
+    TopicInUse {
+        /// The topic.
+        topic: String,
+        /// The subscriptions that read it.
+        subscriptions: Vec<String>,
+    },
     /// FAILED_PRECONDITION: a terminal nack on a subscription without a dead-letter policy.
     #[error(
         "nack_terminal: subscription `{subscription}` has no dead_letter_policy, so a terminal nack has nowhere to put the message; set a dead_letter_policy, or ack the message"
     )]
-    NoDeadLetterPolicy { subscription: String },
+    NoDeadLetterPolicy {
+        /// The subscription.
+        subscription: String,
+    },
     /// FAILED_PRECONDITION: deleting a topic that subscriptions dead-letter into.
     #[error(
         "topic `{topic}` is the dead-letter topic of subscriptions {subscriptions:?}; change their dead_letter_policy first, or delete the topic with force = true to remove those policies"
     )]
-    DeadLetterTopicInUse { topic: String, subscriptions: Vec<String> },
+    DeadLetterTopicInUse {
+        /// The topic.
+        topic: String,
+        /// The subscriptions that dead-letter into it.
+        subscriptions: Vec<String>,
+    },
     /// ABORTED: a member of an exclusive subscription sent nothing for its session timeout;
     /// it left the group and its partitions went to the other members.
     #[error(
         "subscription `{subscription}`: {stream} sent no request for {timeout_ms} ms (its session timeout) and left the group; send an empty SubscribeRequest as a heartbeat more often, then subscribe again"
     )]
-    SessionTimedOut { subscription: String, stream: String, timeout_ms: u64 },
+    SessionTimedOut {
+        /// The exclusive subscription.
+        subscription: String,
+        /// The member that went silent.
+        stream: String,
+        /// Its session timeout.
+        timeout_ms: u64,
+    },
     /// ABORTED: a newer stream with the same client id opened on the subscription and took
     /// over this one's leases.
     #[error(
         "subscription `{subscription}`: {stream} was replaced by a newer stream of client `{client_id}` ({by}), which took over its leases"
     )]
-    ClientReplaced { subscription: String, stream: String, client_id: String, by: String },
+    ClientReplaced {
+        /// The subscription.
+        subscription: String,
+        /// The stream that was replaced.
+        stream: String,
+        /// The client id both streams named.
+        client_id: String,
+        /// The newer stream.
+        by: String,
+    },
     /// RESOURCE_EXHAUSTED: a configured bound was reached.
     #[error("{what}: the limit is {limit_name} = {limit}")]
-    LimitReached { what: String, limit_name: &'static str, limit: u64 },
+    LimitReached {
+        /// What could not be done.
+        what: String,
+        /// The setting that bounds it.
+        limit_name: &'static str,
+        /// Its value.
+        limit: u64,
+    },
     /// UNAVAILABLE: the storage refused; nothing was acknowledged.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -135,7 +135,7 @@ impl Broker {
     /// (`None` takes `session_timeout_ms`; it matters only on exclusive subscriptions) and
     /// its client id (`None`: none; see `client_id` for what one keeps). Refused, it
     /// changes nothing.
-    pub fn open_member(
+    pub(super) fn open_member(
         &mut self,
         now_ms: u64,
         target: super::StreamTarget,
@@ -176,7 +176,7 @@ impl Broker {
     }
 
     /// A request arrived on `stream` (acks, or an empty heartbeat): its session starts over.
-    pub fn heartbeat(&mut self, now_ms: u64, stream: StreamId) {
+    pub(super) fn heartbeat(&mut self, now_ms: u64, stream: StreamId) {
         let Some(timeout) = self.session(stream).map(|s| s.timeout_ms) else { return };
         self.set_session(now_ms, stream, timeout);
     }

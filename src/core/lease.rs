@@ -33,9 +33,13 @@ pub struct Lease {
 /// The parts of an ack id: `subscription-uid "-" partition "-" offset "-" lease-seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckId {
+    /// The subscription that issued it (by uid, so a subscription made again does not match).
     pub subscription_uid: u64,
+    /// The partition of the leased message.
     pub partition: u32,
+    /// The offset of the leased message.
     pub offset: u64,
+    /// Which lease of the message: an id of an ended lease does not act on a later one.
     pub seq: u64,
 }
 
@@ -80,17 +84,22 @@ pub enum AckOutcome {
 /// The three things a consumer can do to a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckOp {
+    /// Done with the message: it is not delivered again.
     Ack,
     /// Give the message back: it is redelivered after `delay_ms` when given, else after the
     /// subscription's backoff (at once without a retry policy). `terminal` dead-letters it
     /// now (the subscription needs a dead-letter policy); `reason` goes with the copy.
     Nack {
+        /// Redeliver after this long instead of the subscription's backoff.
         delay_ms: Option<u64>,
+        /// Dead-letter it now instead.
         terminal: bool,
+        /// Why, carried by the dead-letter copy.
         reason: Option<String>,
     },
     /// Extend (or with 0, release) the lease to this many milliseconds from now.
     ModifyDeadline {
+        /// The new deadline, from now; 0 gives the message back at once.
         deadline_ms: u64,
     },
 }
@@ -98,8 +107,11 @@ pub enum AckOp {
 /// The answer for one ack id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckReply {
+    /// The ack id as the client sent it.
     pub ack_id: String,
+    /// What the client asked for.
     pub op: AckOp,
+    /// What it did.
     pub outcome: AckOutcome,
 }
 

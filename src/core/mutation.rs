@@ -24,7 +24,7 @@ pub enum Mutation {
     KeyOrderIgnored,
     /// A stream is given messages past its `max_outstanding_messages`.
     FlowControlIgnored,
-    /// An ack drops its lease from the deadline index but keeps the lease: the core's
+    /// An ack stops its lease's timer but keeps the lease: the core's
     /// invariants break.
     InvariantBroken,
 }

@@ -12,31 +12,45 @@ pub enum Notice {
     /// What the broker holds when an observer starts watching (after a start or restart):
     /// its topics `(name, uid)` and subscriptions `(name, topic)`.
     Restored {
+        /// Every topic: its name and uid.
         topics: Vec<(String, u64)>,
+        /// Every subscription: its name and its topic's.
         subscriptions: Vec<(String, String)>,
     },
     /// A topic was created; `auto` when a publish created it.
     TopicCreated {
+        /// The topic's name.
         topic: String,
+        /// Its uid: a topic made again under the name has a new one.
         uid: u64,
+        /// How many partitions it has.
         partitions: u32,
+        /// Made by a publish (topic auto-creation), not by Admin.
         auto: bool,
     },
+    /// A topic was deleted (its subscriptions were deleted first, each with a notice).
     TopicDeleted {
+        /// The topic's name.
         topic: String,
+        /// The uid it had.
         uid: u64,
     },
     /// A subscription was created on the topic with uid `topic_uid`; `start` is the first
     /// offset it is owed in each partition (the log's start, or its end for `latest`).
     SubscriptionCreated {
+        /// The subscription's name.
         subscription: String,
+        /// Its topic's name.
         topic: String,
+        /// Its topic's uid.
         topic_uid: u64,
+        /// The first offset owed, per partition.
         start: Vec<u64>,
     },
     /// A subscription was deleted (by itself, with its topic, or as an ephemeral one whose
     /// stream ended).
     SubscriptionDeleted {
+        /// The subscription's name.
         subscription: String,
     },
     /// A seek moved a subscription: each partition it moved, and the offset it is owed
@@ -44,22 +58,32 @@ pub enum Notice {
     /// id) of at least `lease_seq`, so an observer can tell a delivery leased before the
     /// seek, and still on its way, from one leased after.
     Seeked {
+        /// The subscription's name.
         subscription: String,
+        /// Each partition it moved, with the offset it is owed from.
         to: Vec<(u32, u64)>,
+        /// The next lease sequence number when it was applied.
         lease_seq: u64,
     },
     /// A redrive put the message at `partition`/`offset` back into `subscription`; it is
     /// leased again with a sequence number of at least `lease_seq`.
     Redriven {
+        /// The subscription it went back to.
         subscription: String,
+        /// The message's partition.
         partition: u32,
+        /// Its offset.
         offset: u64,
+        /// The next lease sequence number when it was applied.
         lease_seq: u64,
     },
     /// A stream closed and its leases went back to the subscription at once (no backoff).
     LeasesReleased {
+        /// The subscription.
         subscription: String,
+        /// The stream that closed.
         stream: StreamId,
+        /// Each released lease's (partition, offset).
         leases: Vec<(u32, u64)>,
     },
 }

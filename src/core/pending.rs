@@ -12,9 +12,17 @@ use super::name;
 pub enum PendingState {
     /// Leased to a stream until its deadline. `None`: to a Pull, or detached (its
     /// stream closed and the lease waits for its client, named in `client_id`).
-    Leased { stream: Option<StreamId>, expires_in_ms: u64 },
+    Leased {
+        /// The stream that holds it; `None` for a Pull or a detached lease.
+        stream: Option<StreamId>,
+        /// Time left before its deadline.
+        expires_in_ms: u64,
+    },
     /// Its lease ended unacked; it waits out a retry backoff.
-    Backoff { ready_in_ms: u64 },
+    Backoff {
+        /// Time left before it is offered again.
+        ready_in_ms: u64,
+    },
     /// Ready for redelivery, waiting for a member with room.
     Ready,
     /// Copied to the dead-letter topic; done once the copy is synced.
@@ -30,11 +38,15 @@ pub type PendingPage = (Vec<PendingMessage>, Option<(u32, u64)>);
 /// One row of [`Broker::list_pending`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingMessage {
+    /// The message's id.
     pub message_id: String,
+    /// Its partition.
     pub partition: u32,
+    /// Its offset.
     pub offset: u64,
     /// Deliveries so far (the current one included when leased).
     pub delivery_attempts: u32,
+    /// Where it is now.
     pub state: PendingState,
     /// Leased: the client id of the stream that holds it, or of the closed stream whose
     /// client it waits for (detached).
@@ -44,7 +56,7 @@ pub struct PendingMessage {
 impl Broker {
     /// Up to `limit` unfinished messages of `subscription` in (partition, offset) order,
     /// after `after`; the second value is the last position returned when more may follow.
-    pub fn list_pending(
+    pub(super) fn list_pending(
         &self,
         now_ms: u64,
         subscription: &str,

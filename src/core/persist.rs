@@ -132,8 +132,11 @@ impl AckedRanges {
 /// were cut off again, so every publish waiting on it must be refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncFailure {
+    /// The topic whose partition failed to sync.
     pub topic: String,
+    /// The partition.
     pub partition: u32,
+    /// Why the sync failed.
     pub error: StorageError,
 }
 
@@ -286,7 +289,7 @@ impl Broker {
 
     /// Saves the metadata if it changed since the last save (committed offsets move with
     /// every ack). Returns whether anything was written.
-    pub fn checkpoint(&mut self) -> Result<bool, BrokerError> {
+    pub(super) fn checkpoint(&mut self) -> Result<bool, BrokerError> {
         let bytes = self.snapshot();
         if bytes == self.saved_meta {
             return Ok(false);
@@ -319,7 +322,7 @@ impl Broker {
     /// Partitions with nothing unsynced are synced too (which costs no IO unless there is
     /// something to do): a cut that the disk refused is finished by a sync, so the cut
     /// records do not come back at the next start.
-    pub fn sync(&mut self, now_ms: u64) -> Vec<SyncFailure> {
+    pub(super) fn sync(&mut self, now_ms: u64) -> Vec<SyncFailure> {
         let mut failures = Vec::new();
         let mut grown: Vec<String> = Vec::new();
         for (name, topic) in &mut self.topics {
@@ -361,7 +364,7 @@ impl Broker {
     /// `wall_ms` is the wall clock that publish times are stamped with. A partition the
     /// storage fails on does not stop the others, and returns the first error after all
     /// have run.
-    pub fn enforce_retention(&mut self, now_ms: u64, wall_ms: u64) -> Result<(), BrokerError> {
+    pub(super) fn enforce_retention(&mut self, now_ms: u64, wall_ms: u64) -> Result<(), BrokerError> {
         self.set_wall_ms(wall_ms);
         // Expired keys also leave on the next publish to their topic; this frees the memory
         // of topics nobody publishes to any more.

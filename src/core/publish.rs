@@ -16,8 +16,11 @@ use crate::storage::{message_size, PartitionLog, Record, Retention};
 /// A message as a publisher sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
+    /// The payload; at most `message_bytes_max`.
     pub value: Bytes,
+    /// The ordering key: messages with one key go to one partition, in order.
     pub key: Option<String>,
+    /// Free-form metadata delivered with the message.
     pub attributes: BTreeMap<String, String>,
     /// An explicit partition; overrides the key.
     pub partition: Option<u32>,
@@ -29,8 +32,11 @@ pub struct OutgoingMessage {
 /// Where a published message was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
+    /// The message's id (topic, partition and offset).
     pub message_id: String,
+    /// The partition it is stored in.
     pub partition: u32,
+    /// Its offset there.
     pub offset: u64,
     /// The message was not stored: its idempotency key named an earlier one, whose place
     /// this is.
@@ -44,7 +50,9 @@ impl Broker {
     /// nothing. Messages of one partition keep their request order. A message whose
     /// idempotency key the topic holds (or that an earlier message of the same request
     /// carries) is not stored: it is answered with the original's place, `duplicate` set.
-    pub fn publish(
+    /// The unit tests' shorthand for [`Command::Publish`](super::Command::Publish).
+    #[cfg(test)]
+    pub(super) fn publish(
         &mut self,
         now_ms: u64,
         wall_ms: u64,

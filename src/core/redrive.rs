@@ -24,7 +24,9 @@ pub struct Redriven {
     pub message_id: String,
     /// Where it went back to (as far as its attributes say).
     pub source_subscription: String,
+    /// The partition it went back to.
     pub partition: u32,
+    /// Its offset there, whose lease starts over.
     pub offset: u64,
     /// `Err` says why the copy stayed where it is.
     pub outcome: Result<(), String>,
@@ -42,7 +44,7 @@ struct Source {
 impl Broker {
     /// Moves up to `max_messages` (0 = 100) dead letters available in `subscription` back
     /// to their source subscriptions. Copies already leased to a consumer are left alone.
-    pub fn redrive_dead_letters(
+    pub(super) fn redrive_dead_letters(
         &mut self,
         now_ms: u64,
         subscription: &str,

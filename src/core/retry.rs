@@ -13,7 +13,9 @@ use super::timers::{MessageKey, Timer};
 /// Exponential backoff between attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// The wait after the first unacked delivery.
     pub minimum_backoff_ms: u64,
+    /// The longest wait, however many attempts.
     pub maximum_backoff_ms: u64,
 }
 
@@ -39,13 +41,16 @@ pub struct DeadLetterPolicy {
 /// A retry policy as a request asks for it: `None` fields take the broker defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetrySpec {
+    /// `None` takes the broker default.
     pub minimum_backoff_ms: Option<u64>,
+    /// `None` takes the broker default.
     pub maximum_backoff_ms: Option<u64>,
 }
 
 /// A dead-letter policy as a request asks for it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeadLetterSpec {
+    /// The topic that receives the dead letters.
     pub topic: String,
     /// `None` takes the broker default.
     pub max_delivery_attempts: Option<u32>,
@@ -58,7 +63,14 @@ pub enum Unacked {
     Expired,
     /// A nack (or a deadline change to 0). `delay_ms` replaces the backoff; `terminal`
     /// dead-letters at once.
-    Nacked { delay_ms: Option<u64>, terminal: bool, reason: Option<String> },
+    Nacked {
+        /// Redeliver after this long instead of the backoff.
+        delay_ms: Option<u64>,
+        /// Dead-letter at once.
+        terminal: bool,
+        /// Why, carried by the dead-letter copy.
+        reason: Option<String>,
+    },
     /// The stream it was leased on closed: offered again at once to the other members
     /// (no backoff: the consumer, not the message, failed), but it still counts as an
     /// attempt towards dead-lettering, so a message that crashes every consumer ends.

@@ -10,7 +10,9 @@ use super::Notice;
 /// Where a Seek moves a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeekTarget {
+    /// The oldest retained message of each partition.
     Earliest,
+    /// The end of each partition: only messages published after the seek are delivered.
     Latest,
     /// The first message published at or after this wall-clock time, per partition.
     TimeMs(u64),

@@ -15,13 +15,22 @@ pub enum StreamTarget {
     /// An existing subscription, as one more competing member.
     Subscription(String),
     /// A topic, through a new ephemeral subscription deleted when the stream ends.
-    Topic { topic: String, ack_deadline_ms: Option<u64>, start: StartPosition },
+    Topic {
+        /// The topic's name.
+        topic: String,
+        /// The ephemeral subscription's ack deadline; `None` takes the broker default.
+        ack_deadline_ms: Option<u64>,
+        /// Where it starts reading.
+        start: StartPosition,
+    },
 }
 
 /// A stream's flow control. 0 takes the broker default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Flow {
+    /// Unacked messages the stream may hold at once (at most `pull_messages_max`).
     pub max_outstanding_messages: u32,
+    /// Unacked bytes the stream may hold at once (one message always fits).
     pub max_outstanding_bytes: u64,
 }
 
@@ -71,7 +80,8 @@ impl StreamState {
 impl Broker {
     /// Opens a stream on a subscription (or a topic, through an ephemeral subscription) and
     /// returns its id and the subscription's name. Deliveries follow as outputs.
-    pub fn open_stream(
+    #[cfg(test)]
+    pub(super) fn open_stream(
         &mut self,
         now_ms: u64,
         target: StreamTarget,
@@ -149,14 +159,14 @@ impl Broker {
     /// are released for redelivery to the other members, unless the stream named its
     /// client, whose leases wait for it (see `client_id`). An ephemeral subscription ends
     /// with its stream. Unknown streams are ignored.
-    pub fn close_stream(&mut self, now_ms: u64, stream: StreamId) {
+    pub(super) fn close_stream(&mut self, now_ms: u64, stream: StreamId) {
         self.remove_member(now_ms, stream, true);
     }
 
     /// The client said goodbye (a request with `leave`): its leases are released at once,
     /// as [`Broker::close_stream`] does for a stream without a client id, whether it named
     /// its client or not. Unknown streams are ignored.
-    pub fn leave_stream(&mut self, now_ms: u64, stream: StreamId) {
+    pub(super) fn leave_stream(&mut self, now_ms: u64, stream: StreamId) {
         self.remove_member(now_ms, stream, false);
     }
 

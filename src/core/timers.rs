@@ -155,7 +155,7 @@ impl Broker {
     /// redelivered with the next attempt number, after their backoff, or dead-lettered),
     /// and ends every backoff due by then. First, members of exclusive subscriptions that
     /// were silent past their session timeout leave (their streams end).
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    pub(super) fn handle_timeout(&mut self, now_ms: u64) {
         self.expire_sessions(now_ms);
         let mut touched = Vec::new();
         while let Some(MessageKey { subscription: uid, partition, offset }) = self.timers.lease_due(now_ms) {

@@ -28,6 +28,7 @@ pub struct FaultyFs {
 }
 
 impl FaultyFs {
+    /// `inner` with no fault set and nothing refused yet.
     pub fn new(inner: Arc<dyn Fs>) -> Self {
         Self { inner, fault: Arc::new(Mutex::new(None)), refused: Arc::default() }
     }
@@ -48,6 +49,7 @@ impl FaultyFs {
         *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = fault;
     }
 
+    /// The fault in place, if any (a torn write shows until the write it tears).
     pub fn fault(&self) -> Option<DiskFault> {
         *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -19,11 +19,15 @@ pub trait Fs: Send + Sync + 'static {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn FsFile>>;
     /// Reads a whole (small) file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Removes a file (durable only once its directory is synced).
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it.
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to` if it exists (durable only once the directory is synced).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes a directory's entries (new, renamed, removed files) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Whether something is at `path` (an error reading it counts as no).
     fn exists(&self, path: &Path) -> bool;
 }
 
@@ -31,9 +35,11 @@ pub trait Fs: Send + Sync + 'static {
 pub trait FsFile: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `offset`, growing the file as needed (durable only after `sync_data`).
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// The file's length in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// Truncates or extends (with zeros) the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;

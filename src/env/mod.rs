@@ -37,6 +37,7 @@ pub struct TokioClock {
 }
 
 impl TokioClock {
+    /// A clock whose monotonic time starts at 0 now.
     #[allow(clippy::disallowed_methods, reason = "this is the Clock the rest of the server reads time through")]
     pub fn new() -> Self {
         Self { start: tokio::time::Instant::now() }

@@ -4,7 +4,7 @@
 
 use std::fmt::{self, Write};
 
-use crate::core::{Answer, Broker, Output, Reply};
+use crate::core::{Answer, Broker, Output, Query, Reply};
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -70,32 +70,30 @@ const STATE_PAGE: usize = 1000;
 pub fn digest_state(broker: &Broker, now_ms: u64) -> u64 {
     let mut hash = Fnv(FNV_OFFSET);
     let mut after: Option<String> = None;
-    loop {
-        let (topics, next) = broker.list_topics(after.as_deref(), STATE_PAGE);
+    while let Ok(Answer::Topics { topics, next }) = broker.query(now_ms, Query::Topics { after, limit: STATE_PAGE }) {
         let _ = write!(hash, "{topics:?}");
-        match next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
+        let Some(next) = next else { break };
+        after = Some(next);
     }
     let mut after: Option<String> = None;
-    while let Ok((subscriptions, next)) = broker.list_subscriptions(None, after.as_deref(), STATE_PAGE) {
+    let subscriptions = |after| Query::Subscriptions { topic: None, after, limit: STATE_PAGE };
+    while let Ok(Answer::Subscriptions { subscriptions, next }) = broker.query(now_ms, subscriptions(after)) {
         for sub in &subscriptions {
-            let _ = write!(hash, "{sub:?}{:?}", broker.subscription_stats(&sub.name));
-            let mut from = None;
+            let stats = broker.query(now_ms, Query::Stats { subscription: sub.name.clone() });
+            let _ = write!(hash, "{sub:?}{stats:?}");
+            let mut after = None;
             loop {
-                let page = broker.list_pending(now_ms, &sub.name, from, STATE_PAGE);
+                let pending = Query::Pending { subscription: sub.name.clone(), after, limit: STATE_PAGE };
+                let page = broker.query(now_ms, pending);
                 let _ = write!(hash, "{page:?}");
                 match page {
-                    Ok((_, Some(next))) => from = Some(next),
+                    Ok(Answer::Pending { next: Some(next), .. }) => after = Some(next),
                     _ => break,
                 }
             }
         }
-        match next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
+        let Some(next) = next else { break };
+        after = Some(next);
     }
     hash.0
 }

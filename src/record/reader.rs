@@ -12,22 +12,41 @@ use crate::env::Fs;
 /// One recorded command, as the broker applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// The entry's sequence number: 1 for the recorder's first, one more for each after.
     pub seq: u64,
+    /// The time the driver stamped the command with; a replay applies it at the same.
     pub at: At,
+    /// The command, decoded.
     pub command: Command,
+    /// [`digest_reply`](super::digest_reply) of the broker's reply to it.
     pub reply_digest: u64,
+    /// [`digest_outputs`](super::digest_outputs) of the outputs it produced, in order.
     pub outputs_digest: u64,
 }
 
 /// Why a recording cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
+    /// The directory cannot be listed, or a segment read.
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        /// The directory or segment.
+        path: PathBuf,
+        /// What the filesystem answered.
+        error: std::io::Error,
+    },
+    /// The directory has no `.rec` segment.
     #[error("{0}: holds no recording (no .rec segment)")]
     Empty(PathBuf),
+    /// A segment other than the last has a torn or corrupt frame, or any segment breaks
+    /// the format (another version, a gap in the entries, a frame that does not decode).
     #[error("{path}: {reason}")]
-    Damaged { path: PathBuf, reason: String },
+    Damaged {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong, and at which byte or entry.
+        reason: String,
+    },
 }
 
 /// A recording directory, read.
@@ -49,7 +68,9 @@ pub struct Recording {
 /// How a recording ended, when its broker stopped cleanly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct End {
+    /// The broker's monotonic clock when it stopped, in milliseconds.
     pub now_ms: u64,
+    /// [`digest_state`](super::digest_state) of the broker at `now_ms`.
     pub state_digest: u64,
 }
 

@@ -14,16 +14,21 @@ use crate::storage::{FileStorage, MemoryStorage, Storage, StorageError};
 /// Why a recording cannot be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The recording's broker did not start empty, or its oldest segments were removed:
+    /// its first entries apply to state the replay does not have.
     #[error(
         "the recording does not begin on an empty broker (its broker started on stored state, or its oldest \
          segments were removed at its size bound); replaying it needs a snapshot of the state it begins from, \
          which this version does not record"
     )]
     NotFromStart,
+    /// The recorded settings do not parse as a configuration.
     #[error("its settings: {0}")]
     Settings(#[from] ConfigError),
+    /// The replay's storage (a file log like the recorded one) cannot be opened.
     #[error("cannot open storage for the replay: {0}")]
     Storage(#[from] StorageError),
+    /// The broker core refuses the recorded settings.
     #[error("cannot open a broker with its settings: {0}")]
     Open(#[from] BrokerError),
 }
@@ -31,9 +36,14 @@ pub enum ReplayError {
 /// One recorded command, applied again.
 #[derive(Debug)]
 pub struct Replayed {
+    /// The recorded entry's sequence number.
     pub seq: u64,
+    /// The command that was applied.
     pub command: Command,
+    /// What the replayed broker answered.
     pub reply: Reply,
+    /// The outputs the replayed broker produced (deliveries, assignments, ended streams),
+    /// in order.
     pub outputs: Vec<Output>,
     /// The reply's digest is the recorded one.
     pub reply_matches: bool,

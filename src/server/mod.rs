@@ -36,6 +36,7 @@ const STREAM_QUEUE_SLACK: usize = 16;
 /// Settings of the server shell (the core's are in `broker`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
+    /// The broker core's limits and defaults (the `[broker]` section).
     pub broker: BrokerConfig,
     /// Requests waiting for the driver; when full, handlers wait (backpressure).
     pub command_queue_max: usize,
@@ -85,18 +86,35 @@ impl Default for ServerConfig {
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The core's settings (`server.broker`) cannot work.
     #[error("invalid configuration: {0}")]
     Config(#[from] BrokerError),
+    /// A server shell setting is out of its range.
     #[error("invalid configuration: {key} must be {allowed}")]
-    ServerConfig { key: &'static str, allowed: &'static str },
+    ServerConfig {
+        /// The setting's name, as in the file.
+        key: &'static str,
+        /// Its allowed range, as text.
+        allowed: &'static str,
+    },
+    /// `stream_queue_max` is too small for the deliveries flow control lets a stream have.
     #[error("invalid configuration: stream_queue_max must be from pull_messages_max + 16 = {least} to 1000000")]
-    StreamQueue { least: usize },
+    StreamQueue {
+        /// The least it may be: `pull_messages_max + 16`.
+        least: usize,
+    },
+    /// The broker could not be opened on its storage (a damaged or unreadable log or
+    /// metadata file).
     #[error("cannot open the stored state: {0}")]
     Recovery(BrokerError),
+    /// The flight recording cannot start: its directory cannot be written, already holds a
+    /// recording, or its bound is under the least (8 MiB).
     #[error("cannot start the flight recording: {0}")]
     Record(std::io::Error),
+    /// The gRPC reflection service could not be built from the descriptor sets.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed while serving.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -177,7 +195,10 @@ pub struct Hooks {
 
 /// Where and how a flight recording is written.
 pub struct RecordTo {
+    /// The filesystem the recording is written on.
     pub fs: Arc<dyn Fs>,
+    /// The directory its segments go in: created if missing, and refused if it already
+    /// holds a recording.
     pub dir: std::path::PathBuf,
     /// The recording's bound in bytes; the oldest segments go past it.
     pub max_bytes: u64,

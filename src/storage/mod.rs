@@ -19,8 +19,12 @@ pub use memory::MemoryStorage;
 /// One message as stored: everything the publisher sent plus the broker's publish time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The publisher's key: it picks the partition (unless one was named) and is the
+    /// ordering key on ordered subscriptions; `None` for an unkeyed message.
     pub key: Option<String>,
+    /// The payload, as published.
     pub value: Bytes,
+    /// The publisher's attributes, by name.
     pub attributes: BTreeMap<String, String>,
     /// Wall-clock milliseconds since the Unix epoch, never decreasing within a partition.
     pub publish_time_ms: u64,
@@ -47,22 +51,42 @@ pub fn message_size(value: &[u8], key: Option<&str>, attributes: &BTreeMap<Strin
 /// A record with its offset, as read back. Cloning is cheap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
+    /// Its place in the partition's log.
     pub offset: u64,
+    /// The record, shared with the log's cache and other readers.
     pub record: Arc<Record>,
 }
 
 /// What the world (a disk, a full memory budget) can do to a storage operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
+    /// The disk is full (ENOSPC); the message names the operation and the file.
     #[error("storage is full: {0}")]
     Full(String),
+    /// Any other I/O failure; the message names the operation and the file.
     #[error("storage I/O error: {0}")]
     Io(String),
+    /// A read from an offset the log does not hold: before its start (or, in the file log,
+    /// past its end).
     #[error("offset {offset} is outside the log [{start}, {end})")]
-    OutOfRange { offset: u64, start: u64, end: u64 },
+    OutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// The oldest retained offset.
+        start: u64,
+        /// The offset the next append gets.
+        end: u64,
+    },
     /// Stored bytes that are not what was written: never served as data.
     #[error("corrupt data in {file} at byte {position}: {reason}")]
-    Corrupt { file: String, position: u64, reason: String },
+    Corrupt {
+        /// The damaged file's path (a topic's directory when the metadata does not list it).
+        file: String,
+        /// Byte position of the damage in the file (0 for a whole file or directory).
+        position: u64,
+        /// What does not check out (a CRC, a length, a metadata file that misses a topic).
+        reason: String,
+    },
 }
 
 /// When an appended record is made durable, and so when its publish is acknowledged.
@@ -98,7 +122,10 @@ impl std::fmt::Display for FsyncPolicy {
 /// `min_publish_time_ms` when that is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
+    /// Bytes of records the partition may hold; past it the oldest go first.
     pub max_bytes: u64,
+    /// Wall-clock ms since the Unix epoch: records published before it go; `None` keeps
+    /// records whatever their age.
     pub min_publish_time_ms: Option<u64>,
 }
 

@@ -59,6 +59,8 @@ pub fn publish_messages(req: pb::PublishRequest) -> Result<(String, Vec<Outgoing
     Ok((req.topic, messages))
 }
 
+/// The PublishResponse: one result per message, in request order (id, partition, offset,
+/// and whether it repeated an idempotency key already stored).
 pub fn publish_response(published: Vec<Published>) -> pb::PublishResponse {
     let results = published
         .into_iter()
@@ -86,6 +88,7 @@ pub fn dedupe_window_ms(window: Option<&Duration>) -> Result<Option<u64>, Status
     Ok((d.seconds != 0 || d.nanos != 0).then_some(ms))
 }
 
+/// Milliseconds since the Unix epoch as a protobuf Timestamp.
 pub fn timestamp(ms: u64) -> Timestamp {
     Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
@@ -112,6 +115,7 @@ pub fn duration_ms(field: &str, d: &Duration) -> Result<u64, Status> {
     Ok(d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000)
 }
 
+/// Milliseconds as a protobuf Duration.
 pub fn duration(ms: u64) -> Duration {
     Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
@@ -123,6 +127,8 @@ pub fn nack_op(field: &str, delay: Option<&Duration>, reason: &str, terminal: bo
     Ok(AckOp::Nack { delay_ms, terminal, reason })
 }
 
+/// A retry policy from a request: an unset backoff takes the broker's default; a negative
+/// or malformed Duration is INVALID_ARGUMENT (the range is the core's to check).
 pub fn retry_spec(policy: Option<pb::RetryPolicy>) -> Result<Option<RetrySpec>, Status> {
     let Some(p) = policy else { return Ok(None) };
     Ok(Some(RetrySpec {
@@ -131,6 +137,8 @@ pub fn retry_spec(policy: Option<pb::RetryPolicy>) -> Result<Option<RetrySpec>, 
     }))
 }
 
+/// A dead-letter policy from a request; `max_delivery_attempts` 0 takes the broker's
+/// default. The topic and the bounds are the core's to check.
 pub fn dead_letter_spec(policy: Option<pb::DeadLetterPolicy>) -> Option<DeadLetterSpec> {
     policy.map(|p| DeadLetterSpec {
         topic: p.dead_letter_topic,
@@ -149,6 +157,8 @@ fn dead_letter_policy_pb(p: DeadLetterPolicy) -> pb::DeadLetterPolicy {
     pb::DeadLetterPolicy { dead_letter_topic: p.topic, max_delivery_attempts: p.max_delivery_attempts }
 }
 
+/// A delivery as the wire carries it: the message with its publish time as a Timestamp,
+/// the ack id, the attempt number and the exclusive generation (0 when shared).
 pub fn received_message(d: Delivery) -> pb::ReceivedMessage {
     let record = d.record;
     pb::ReceivedMessage {
@@ -169,6 +179,7 @@ pub fn received_message(d: Delivery) -> pb::ReceivedMessage {
     }
 }
 
+/// What the broker did with one ack, nack or deadline change, for the stream's client.
 pub fn ack_confirmation(reply: AckReply) -> pb::AckConfirmation {
     let operation = match reply.op {
         AckOp::Ack => pb::AckOperation::Ack,
@@ -183,6 +194,8 @@ pub fn ack_confirmation(reply: AckReply) -> pb::AckConfirmation {
     pb::AckConfirmation { ack_id: reply.ack_id, operation: operation.into(), result: result.into() }
 }
 
+/// A StartPosition number: 0 (unspecified) and 1 are earliest, 2 is latest; anything else
+/// is INVALID_ARGUMENT naming `field`.
 pub fn start_position(field: &str, value: i32) -> Result<StartPosition, Status> {
     match pb::StartPosition::try_from(value) {
         Ok(pb::StartPosition::Unspecified | pb::StartPosition::Earliest) => Ok(StartPosition::Earliest),
@@ -198,6 +211,8 @@ fn start_position_pb(start: StartPosition) -> pb::StartPosition {
     }
 }
 
+/// A DeliveryMode number: 0 (unspecified) and 1 are shared, 2 is exclusive; anything else
+/// is INVALID_ARGUMENT naming `field`.
 pub fn delivery_mode(field: &str, value: i32) -> Result<DeliveryMode, Status> {
     match pb::DeliveryMode::try_from(value) {
         Ok(pb::DeliveryMode::Unspecified | pb::DeliveryMode::Shared) => Ok(DeliveryMode::Shared),
@@ -289,6 +304,8 @@ pub fn stream_ack_ops(req: &mut pb::SubscribeRequest) -> Result<Vec<(AckOp, Vec<
     Ok(ops)
 }
 
+/// A seek's target: `earliest: true`, `latest: true`, a time (ms since the epoch), or
+/// per-partition offsets; none of these (or an empty list) is INVALID_ARGUMENT.
 pub fn seek_target(target: Option<pb::seek_request::Target>) -> Result<SeekTarget, Status> {
     use pb::seek_request::Target;
     match target {
@@ -316,6 +333,8 @@ pub fn page_token(token: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// A topic as the admin API shows it: its partitions with their start and end offsets,
+/// its subscriptions, and its dedupe window.
 pub fn topic(info: TopicInfo) -> pb::Topic {
     pb::Topic {
         name: info.name,
@@ -334,6 +353,8 @@ pub fn topic(info: TopicInfo) -> pb::Topic {
     }
 }
 
+/// A subscription as the admin API shows it; the ack deadline is rounded down to whole
+/// seconds, and unset policies stay unset.
 pub fn subscription(info: SubscriptionInfo) -> pb::Subscription {
     pb::Subscription {
         name: info.name,
@@ -348,6 +369,8 @@ pub fn subscription(info: SubscriptionInfo) -> pb::Subscription {
     }
 }
 
+/// A subscription's stats as the admin API shows them, per partition too; `member` is
+/// empty on a shared subscription, and on an exclusive one's partition nobody holds.
 pub fn subscription_stats(stats: SubscriptionStats) -> pb::SubscriptionStats {
     pb::SubscriptionStats {
         name: stats.name,
@@ -385,6 +408,8 @@ pub fn pending_token(token: &str) -> Result<Option<(u32, u64)>, Status> {
     parsed.map(Some).ok_or_else(|| invalid("page_token", format!("`{token}` is not a token this server gave")))
 }
 
+/// The ListPending page token after a page: `partition-offset` of its last row, or empty
+/// when there is no next page.
 pub fn pending_token_of(position: Option<(u32, u64)>) -> String {
     position.map(|(p, o)| format!("{p}-{o}")).unwrap_or_default()
 }
@@ -420,6 +445,8 @@ pub fn pending_message(m: PendingMessage, wall_ms: u64) -> pb::PendingMessage {
     row
 }
 
+/// One redriven dead letter: `redriven` when it went back to its source subscription,
+/// else `error` says why not.
 pub fn redrive_result(r: Redriven) -> pb::RedriveResult {
     pb::RedriveResult {
         message_id: r.message_id,

@@ -23,6 +23,12 @@ impl RetryBounds {
     }
 }
 
+/// turmoil's largest default link latency, twice: the earlier delivery's trip, and one
+/// more for the order of events on the wire.
+const LINK_SLACK_MS: u64 = 200;
+/// The nack's trip, the broker's turn, and the redelivery's trip, with room to spare.
+const LATE_SLACK_MS: u64 = 400;
+
 /// On a subscription with a retry policy, delivery `n + 1` of a message comes no sooner
 /// than its backoff after delivery `n` arrived, and, when delivery `n` was nacked (and the
 /// nack applied), no later than its backoff after the nack was sent, give or take the
@@ -31,54 +37,110 @@ impl RetryBounds {
 /// member between), with a slack for the link's latency: the client's clock stands in for
 /// the broker's only there.
 pub(super) fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, unsettled: &Unsettled) -> Check {
-    /// turmoil's largest default link latency, twice: the earlier delivery's trip, and one
-    /// more for the order of events on the wire.
-    const LINK_SLACK_MS: u64 = 200;
-    /// The nack's trip, the broker's turn, and the redelivery's trip, with room to spare.
-    const LATE_SLACK_MS: u64 = 400;
     if retry.is_empty() {
         return result("backoff", Vec::new(), "examined nothing: no subscription has a retry policy".to_string());
     }
-    struct Last<'e> {
-        attempt: u32,
-        at_ms: u64,
-        host: &'e str,
-        stream: u64,
-        generation: u64,
-    }
-    // By stored message: a publish retried without an idempotency key stores one id twice.
-    let mut last: BTreeMap<(&str, &str), Last> = BTreeMap::new();
-    let mut ended: Vec<(&str, &str, u64, u64)> = Vec::new();
-    // Leases a closed stream released, as the broker saw it: (sub, partition, offset) -> when.
-    let mut released: BTreeMap<(&str, u32, u64), Vec<u64>> = BTreeMap::new();
-    // Nacks sent, by (sub, partition, offset, attempt): when; and those the broker applied.
-    let mut nack_sent: BTreeMap<(&str, u32, u64, u32), u64> = BTreeMap::new();
-    let mut nack_applied: BTreeMap<(&str, u32, u64, u32), u64> = BTreeMap::new();
-    let (mut checked, mut candidates, mut tightest, mut problems) = (0, 0, u64::MAX, Vec::new());
-    let (mut nacked, mut spare) = (0, u64::MAX);
+    let mut walk = Walk { retry, unsettled, seen: Seen::default(), tally: Tally::default() };
     for e in entries {
+        walk.entry(e);
+    }
+    walk.tally.verdict()
+}
+
+/// A delivery as the client saw it: what the next delivery of its message is measured from.
+#[derive(Clone, Copy)]
+struct Delivery<'e> {
+    attempt: u32,
+    at_ms: u64,
+    host: &'e str,
+    stream: u64,
+    generation: u64,
+}
+
+/// A delivery that came right after an earlier one of the same message (`attempt` one more).
+struct Redelivery<'e> {
+    id: &'e str,
+    sub: &'e str,
+    partition: u32,
+    offset: u64,
+    prev: Delivery<'e>,
+    this: Delivery<'e>,
+}
+
+/// What the history told so far that decides whether a redelivery counts, and its bounds.
+#[derive(Default)]
+struct Seen<'e> {
+    /// The last delivery of each stored message, by (sub, message id): a publish retried
+    /// without an idempotency key stores one id twice. Seeks, redrives and crashes clear it.
+    last: BTreeMap<(&'e str, &'e str), Delivery<'e>>,
+    /// Streams the client saw fail: (host, sub, stream, when).
+    ended: Vec<(&'e str, &'e str, u64, u64)>,
+    /// Leases a closed stream released, as the broker saw it: (sub, partition, offset) -> when.
+    released: BTreeMap<(&'e str, u32, u64), Vec<u64>>,
+    /// Nacks sent, by (sub, partition, offset, attempt): when.
+    nack_sent: BTreeMap<(&'e str, u32, u64, u32), u64>,
+    /// The nacks sent that the broker applied: when each was sent.
+    nack_applied: BTreeMap<(&'e str, u32, u64, u32), u64>,
+}
+
+/// The redeliveries examined so far, how close they came to their bounds, and the problems.
+struct Tally {
+    /// Redeliveries of a delivery the client saw, settled or not.
+    candidates: u64,
+    /// Those in a settled stretch, held to the least gap.
+    checked: u64,
+    /// The smallest margin (ms) by which a checked redelivery kept its least gap.
+    tightest: u64,
+    /// Checked redeliveries after an applied nack, held to the most time.
+    nacked: u64,
+    /// The smallest margin (ms) by which a nacked one came back in time.
+    spare: u64,
+    problems: Vec<Problem>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally { candidates: 0, checked: 0, tightest: u64::MAX, nacked: 0, spare: u64::MAX, problems: Vec::new() }
+    }
+}
+
+/// The check's walk through the history, one entry at a time.
+struct Walk<'e> {
+    retry: &'e BTreeMap<String, RetryBounds>,
+    unsettled: &'e Unsettled,
+    seen: Seen<'e>,
+    tally: Tally,
+}
+
+impl<'e> Walk<'e> {
+    /// Notes what an entry tells (nacks, seeks, redrives, released leases, crashes, ended
+    /// streams) and judges a redelivery on a subscription with a retry policy.
+    fn entry(&mut self, e: &'e Entry) {
+        let seen = &mut self.seen;
         match &e.event {
             Event::AckSent { sub, op, partition, offset, attempt, .. } if op == "nack" => {
-                nack_sent.insert((sub.as_str(), *partition, *offset, *attempt), e.at_ms);
+                seen.nack_sent.insert((sub.as_str(), *partition, *offset, *attempt), e.at_ms);
             }
             Event::AckAnswered { sub, op, partition, offset, attempt, result, .. }
                 if op == "nack" && result == "applied" =>
             {
                 let key = (sub.as_str(), *partition, *offset, *attempt);
-                if let Some(sent) = nack_sent.get(&key) {
-                    nack_applied.insert(key, *sent);
+                if let Some(sent) = seen.nack_sent.get(&key) {
+                    seen.nack_applied.insert(key, *sent);
                 }
             }
             Event::Broker(Notice::Seeked { subscription, .. } | Notice::Redriven { subscription, .. }) => {
-                last.retain(|(s, _), _| s != subscription);
+                seen.last.retain(|(s, _), _| s != subscription);
             }
             Event::Broker(Notice::LeasesReleased { subscription, leases, .. }) => {
                 for (partition, offset) in leases {
-                    released.entry((subscription, *partition, *offset)).or_default().push(e.at_ms);
+                    seen.released.entry((subscription, *partition, *offset)).or_default().push(e.at_ms);
                 }
             }
-            Event::Crashed { .. } => last.clear(),
-            Event::StreamFailed { sub, stream, .. } => ended.push((e.host.as_str(), sub.as_str(), *stream, e.at_ms)),
+            Event::Crashed { .. } => seen.last.clear(),
+            Event::StreamFailed { sub, stream, .. } => {
+                seen.ended.push((e.host.as_str(), sub.as_str(), *stream, e.at_ms));
+            }
             Event::Delivered {
                 id,
                 message_id,
@@ -91,76 +153,117 @@ pub(super) fn backoff(entries: &[Entry], retry: &BTreeMap<String, RetryBounds>, 
                 generation,
                 ..
             } => {
-                let Some(bounds) = retry.get(sub) else { continue };
+                let Some(bounds) = self.retry.get(sub) else { return };
                 let key = (sub.as_str(), message_id.as_str());
-                if let Some(prev) = last.get(&key).filter(|p| p.attempt + 1 == *attempt) {
-                    candidates += 1;
-                    let window = (prev.at_ms.saturating_sub(LINK_SLACK_MS), e.at_ms);
-                    let faulted = unsettled.faults.iter().any(|&(from, to)| from <= window.1 && to >= window.0);
-                    let disconnected = unsettled
-                        .disconnects
-                        .iter()
-                        .any(|(h, at)| h == prev.host && (window.0..=window.1).contains(at));
-                    let stream_ended = ended.iter().any(|&(h, s, n, at)| {
-                        h == prev.host && s == *sub && n == prev.stream && (window.0..=window.1).contains(&at)
-                    });
-                    // The broker released the lease when a stream closed, before the client
-                    // noticed its stream was gone.
-                    let released = released
-                        .get(&(sub.as_str(), *partition, *offset))
-                        .is_some_and(|times| times.iter().any(|at| (window.0..=window.1).contains(at)));
-                    // On an exclusive subscription a partition that moved to another member
-                    // takes its messages along at once, as a closed stream does.
-                    let moved =
-                        *generation != prev.generation && (e.host.as_str(), *stream) != (prev.host, prev.stream);
-                    if !(faulted || disconnected || stream_ended || released || moved) {
-                        let (gap, least) = (e.at_ms - prev.at_ms, bounds.least_gap_ms(prev.attempt));
-                        checked += 1;
-                        tightest = tightest.min((gap + LINK_SLACK_MS).saturating_sub(least));
-                        if gap + LINK_SLACK_MS < least {
-                            let text = format!(
-                                "{id} attempt {attempt} reached {sub} {gap} ms after attempt {}; its backoff is {least} ms",
-                                prev.attempt
-                            );
-                            problems.push(Problem::new(text, &[id]));
-                        }
-                        let nack = nack_applied.get(&(sub.as_str(), *partition, *offset, prev.attempt));
-                        if let Some(sent) = nack.filter(|_| bounds.upper_bound) {
-                            let (waited, most) = (e.at_ms.saturating_sub(*sent), bounds.backoff_ms(prev.attempt));
-                            nacked += 1;
-                            spare = spare.min((most + LATE_SLACK_MS).saturating_sub(waited));
-                            if waited > most + LATE_SLACK_MS {
-                                let text = format!(
-                                    "{id} attempt {attempt} reached {sub} {waited} ms after attempt {} was nacked; its backoff is {most} ms",
-                                    prev.attempt
-                                );
-                                problems.push(Problem::new(text, &[id]));
-                            }
-                        }
-                    }
+                let this = Delivery {
+                    attempt: *attempt,
+                    at_ms: e.at_ms,
+                    host: e.host.as_str(),
+                    stream: *stream,
+                    generation: *generation,
+                };
+                // Taken out and put back below: the next delivery is measured from this one.
+                let prev = seen.last.remove(&key).filter(|p| p.attempt + 1 == *attempt);
+                if let Some(prev) = prev {
+                    let redelivery = Redelivery { id, sub, partition: *partition, offset: *offset, prev, this };
+                    self.redelivered(bounds, &redelivery);
                 }
-                let generation = *generation;
-                last.insert(
-                    key,
-                    Last { attempt: *attempt, at_ms: e.at_ms, host: e.host.as_str(), stream: *stream, generation },
-                );
+                self.seen.last.insert(key, this);
             }
             _ => {}
         }
     }
-    if checked == 0 && candidates > 0 {
-        let why = format!(
-            "{candidates} redeliveries on subscriptions with a retry policy, none in a settled stretch (a fault, a disconnect or a closed stream between each and the delivery before it)"
-        );
-        return nothing_examined("backoff", why);
+
+    /// Holds a redelivery to its bounds, when it came in a settled stretch.
+    fn redelivered(&mut self, bounds: &RetryBounds, r: &Redelivery<'e>) {
+        self.tally.candidates += 1;
+        if !self.seen.settled(self.unsettled, r) {
+            return;
+        }
+        self.tally.too_soon(bounds, r);
+        let nack = self.seen.nack_applied.get(&(r.sub, r.partition, r.offset, r.prev.attempt));
+        if let Some(sent) = nack.filter(|_| bounds.upper_bound) {
+            self.tally.too_late(bounds, r, *sent);
+        }
     }
-    let mut ok = if checked == 0 {
-        "examined nothing: no redelivery on a subscription with a retry policy".to_string()
-    } else {
-        format!("{checked} redeliveries waited out their backoff (closest by {tightest} ms)")
-    };
-    if nacked > 0 {
-        ok.push_str(&format!("; {nacked} nacked ones came back within it (latest with {spare} ms to spare)"));
+}
+
+impl Seen<'_> {
+    /// Whether nothing between the two deliveries (give or take the link's slack) could
+    /// have made the broker send the message again sooner than its backoff.
+    fn settled(&self, unsettled: &Unsettled, r: &Redelivery) -> bool {
+        let (prev, this) = (&r.prev, &r.this);
+        let window = (prev.at_ms.saturating_sub(LINK_SLACK_MS), this.at_ms);
+        let faulted = unsettled.faulted(window.0, window.1);
+        let disconnected =
+            unsettled.disconnects.iter().any(|(h, at)| h == prev.host && (window.0..=window.1).contains(at));
+        let stream_ended = self.ended.iter().any(|&(h, s, n, at)| {
+            h == prev.host && s == r.sub && n == prev.stream && (window.0..=window.1).contains(&at)
+        });
+        // The broker released the lease when a stream closed, before the client noticed its
+        // stream was gone.
+        let released = self
+            .released
+            .get(&(r.sub, r.partition, r.offset))
+            .is_some_and(|times| times.iter().any(|at| (window.0..=window.1).contains(at)));
+        // On an exclusive subscription a partition that moved to another member takes its
+        // messages along at once, as a closed stream does.
+        let moved = this.generation != prev.generation && (this.host, this.stream) != (prev.host, prev.stream);
+        !(faulted || disconnected || stream_ended || released || moved)
     }
-    result("backoff", problems, ok)
+}
+
+impl Tally {
+    /// The least-gap bound: the redelivery came no sooner than the backoff (or the nack's
+    /// delay) after the earlier delivery, less the link's slack.
+    fn too_soon(&mut self, bounds: &RetryBounds, r: &Redelivery) {
+        let (gap, least) = (r.this.at_ms - r.prev.at_ms, bounds.least_gap_ms(r.prev.attempt));
+        self.checked += 1;
+        self.tightest = self.tightest.min((gap + LINK_SLACK_MS).saturating_sub(least));
+        if gap + LINK_SLACK_MS < least {
+            let (id, attempt, sub) = (r.id, r.this.attempt, r.sub);
+            let text = format!(
+                "{id} attempt {attempt} reached {sub} {gap} ms after attempt {}; its backoff is {least} ms",
+                r.prev.attempt
+            );
+            self.problems.push(Problem::new(text, &[id]));
+        }
+    }
+
+    /// The most-time bound: a redelivery after an applied nack (sent at `sent`) came within
+    /// the backoff, plus the trips' slack.
+    fn too_late(&mut self, bounds: &RetryBounds, r: &Redelivery, sent: u64) {
+        let (waited, most) = (r.this.at_ms.saturating_sub(sent), bounds.backoff_ms(r.prev.attempt));
+        self.nacked += 1;
+        self.spare = self.spare.min((most + LATE_SLACK_MS).saturating_sub(waited));
+        if waited > most + LATE_SLACK_MS {
+            let (id, attempt, sub) = (r.id, r.this.attempt, r.sub);
+            let text = format!(
+                "{id} attempt {attempt} reached {sub} {waited} ms after attempt {} was nacked; its backoff is {most} ms",
+                r.prev.attempt
+            );
+            self.problems.push(Problem::new(text, &[id]));
+        }
+    }
+
+    /// The check's result: its problems, or how many redeliveries kept their bounds and by
+    /// how much; a failure when there were redeliveries but none in a settled stretch.
+    fn verdict(self) -> Check {
+        let Tally { candidates, checked, tightest, nacked, spare, problems } = self;
+        if checked == 0 && candidates > 0 {
+            let why = format!(
+                "{candidates} redeliveries on subscriptions with a retry policy, none in a settled stretch (a fault, a disconnect or a closed stream between each and the delivery before it)"
+            );
+            return nothing_examined("backoff", why);
+        }
+        let mut ok = if checked == 0 {
+            "examined nothing: no redelivery on a subscription with a retry policy".to_string()
+        } else {
+            format!("{checked} redeliveries waited out their backoff (closest by {tightest} ms)")
+        };
+        if nacked > 0 {
+            ok.push_str(&format!("; {nacked} nacked ones came back within it (latest with {spare} ms to spare)"));
+        }
+        result("backoff", problems, ok)
+    }
 }

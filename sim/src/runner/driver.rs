@@ -2,10 +2,13 @@
 //! simulated time, and applies each step when its time comes.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mini_pubsub::config::{Config, Loaded};
+use mini_pubsub::core::Mutation;
 use mini_pubsub::env::{FaultyFs, Fs, Net, StdFs};
 use mini_pubsub::record;
 use mini_pubsub::server::{self, ServerConfig};
@@ -60,7 +63,7 @@ pub(super) struct Driver<'a> {
     /// that needs the host's own filesystem, so a task on the host does it.
     pub(super) corrupters: BTreeMap<String, mpsc::Sender<f64>>,
     /// Set while a broker host crashes, so its connections close without a FIN.
-    pub(super) crash_flags: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    pub(super) crash_flags: BTreeMap<String, Arc<AtomicBool>>,
     /// Bytes written between every two hosts.
     pub(super) traffic: Traffic,
     /// Every fault so far, with the hosts it cut (`to_ms` is `u64::MAX` while in place).
@@ -72,125 +75,33 @@ pub(super) struct Driver<'a> {
 impl<'a> Driver<'a> {
     pub(super) fn new(scenario: &Scenario, seed: u64, options: super::Options) -> Self {
         let super::Options { mutation, record } = options;
-        let within = |s: &Step| match &s.action {
-            Action::Expect(e) => e.within.unwrap_or_default(),
-            _ => Duration::ZERO,
-        };
-        let last = scenario.steps.iter().map(|s| s.at + within(s)).max().unwrap_or_default();
-        let mut builder = turmoil::Builder::new();
-        builder.rng_seed(seed).enable_random_order().simulation_duration(last + DRAIN + Duration::from_secs(60));
-        builder.fs().block_size(DISK_BLOCK_BYTES);
-        let mut sim = builder.build();
-        let history = History::default();
-        let traffic = Traffic::default();
-        let ack_deadline = scenario.config.ack_deadline;
-        let partitions = scenario.config.partitions;
+        let mut sim = simulation(scenario, seed);
+        let (history, traffic) = (History::default(), Traffic::default());
         let storage = storage_config(scenario);
-        let disk_latency = scenario.config.disk_latency;
-        let mut disks = BTreeMap::new();
-        let mut corrupters = BTreeMap::new();
-        let mut crash_flags = BTreeMap::new();
+        let (mut disks, mut corrupters, mut crash_flags) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for broker in &scenario.brokers {
-            let mut config = ServerConfig::default();
-            config.broker.ack_deadline_ms = ack_deadline.as_millis() as u64;
-            config.broker.default_partitions = partitions;
-            config.keepalive_interval_ms = 1_000;
-            config.keepalive_timeout_ms = 2_000;
-            config.sync_delay_ms = disk_latency.as_millis() as u64;
-            config.check_invariants = true;
-            #[cfg(debug_assertions)]
-            {
-                config.broker.mutation = mutation;
-            }
-            #[cfg(not(debug_assertions))]
-            assert!(mutation.is_none(), "mutations exist in debug builds only");
+            let config = broker_config(scenario, mutation);
             let disk = FaultyFs::new(Arc::new(TurmoilFs));
             let (corrupt_tx, corrupt_rx) = mpsc::channel::<f64>(COMMAND_QUEUE_MAX);
-            let corrupt_rx = Arc::new(Mutex::new(corrupt_rx));
-            let (name, h) = (broker.clone(), history.clone());
-            let (storage, host_disk) = (storage.clone(), disk.clone());
-            let recording = record.clone().map(|dir| {
-                let mut settings = Loaded::from_config(Config::default().with_storage(storage.as_ref()));
-                settings.config.server = config.clone();
-                (dir, settings.describe(), Arc::new(std::sync::atomic::AtomicU32::new(0)))
-            });
-            let crashing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let host_crashing = crashing.clone();
-            let host_traffic = traffic.clone();
-            sim.host(broker.as_str(), move || {
-                let (config, storage, disk) = (config.clone(), storage.clone(), host_disk.clone());
-                let recording = recording.clone();
-                let corrupter = corrupter(name.clone(), disk.clone(), corrupt_rx.clone(), h.clone());
-                let (name, h) = (name.clone(), h.clone());
-                let crashing = host_crashing.clone();
-                let traffic = host_traffic.clone();
-                async move {
-                    tokio::spawn(corrupter);
-                    // A supervisor: a broker that cannot start (its disk is failing) is
-                    // started again a second later, as systemd would.
-                    for _ in 0..START_ATTEMPTS_MAX {
-                        let started = async {
-                            let store: Box<dyn Storage> = match storage.clone() {
-                                Some(config) => Box::new(ObservedStorage {
-                                    inner: FileStorage::open(Arc::new(disk.clone()), config)?,
-                                    host: name.clone(),
-                                    history: h.clone(),
-                                    reported: 0,
-                                }),
-                                None => Box::new(MemoryStorage),
-                            };
-                            let traffic = Some((traffic.clone(), name.clone()));
-                            let net = SimNet { crashing: Some(crashing.clone()), traffic };
-                            let (_, incoming) = net.bind(listen_addr(PORT)).await?;
-                            let shutdown = std::future::pending::<()>();
-                            let observer = Arc::new(BrokerObserver { host: name.clone(), history: h.clone() });
-                            let (config, clock) = (config.clone(), Arc::new(SimClock));
-                            let record = recording.as_ref().map(|(dir, settings_toml, lives)| {
-                                let life = lives.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                                server::RecordTo {
-                                    fs: Arc::new(StdFs),
-                                    dir: dir.join(format!("{name}-{life}")),
-                                    max_bytes: record::RECORD_MAX_BYTES_DEFAULT,
-                                    settings_toml: settings_toml.clone(),
-                                }
-                            });
-                            let hooks = server::Hooks { observer: Some(observer), record };
-                            server::run_with(incoming, shutdown, config, store, clock, hooks).await?;
-                            Ok::<(), Box<dyn std::error::Error>>(())
-                        };
-                        match started.await {
-                            Ok(()) => return Ok(()),
-                            Err(e) => {
-                                let text = format!("broker failed to start: {e}; starting again in 1 s");
-                                h.record(&name, Event::Step { text });
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
-                    }
-                    Err(format!("{name} failed to start {START_ATTEMPTS_MAX} times").into())
-                }
-            });
+            let recording = record.clone().map(|dir| Recording::new(dir, storage.as_ref(), &config));
+            let crashing = Arc::new(AtomicBool::new(false));
+            let host = BrokerHost {
+                name: broker.clone(),
+                config,
+                storage: storage.clone(),
+                disk: disk.clone(),
+                corrupt_rx: Arc::new(Mutex::new(corrupt_rx)),
+                history: history.clone(),
+                recording,
+                crashing: crashing.clone(),
+                traffic: traffic.clone(),
+            };
+            sim.host(broker.as_str(), move || host.clone().life());
             disks.insert(broker.clone(), disk);
             crash_flags.insert(broker.clone(), crashing);
             corrupters.insert(broker.clone(), corrupt_tx);
         }
-        let mut apps = BTreeMap::new();
-        let mut admin = Arc::default();
-        let hosts = scenario.apps.iter().map(String::as_str).chain([ADMIN_HOST]);
-        for app in hosts {
-            let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
-            let rx = Arc::new(Mutex::new(rx));
-            let counters = Arc::new(Counters::default());
-            if app == ADMIN_HOST {
-                admin = counters.clone();
-            }
-            let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
-            let traffic = traffic.clone();
-            sim.host(app, move || {
-                agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone(), traffic.clone())
-            });
-            apps.insert(app.to_string(), tx);
-        }
+        let (apps, admin) = start_apps(&mut sim, scenario, &history, &traffic);
         Driver {
             sim,
             history,
@@ -205,7 +116,7 @@ impl<'a> Driver<'a> {
             touched: Vec::new(),
             crashed: Vec::new(),
             faults: Vec::new(),
-            ack_deadline,
+            ack_deadline: scenario.config.ack_deadline,
             disks,
             corrupters,
             crash_flags,
@@ -248,7 +159,7 @@ impl<'a> Driver<'a> {
         self.send(ADMIN_HOST, Command::Admin(admin, self.ack_deadline));
         self.admin_sent += 1;
         let deadline = self.sim.elapsed() + ADMIN_WAIT_MAX;
-        while self.admin.admin_done.load(std::sync::atomic::Ordering::Relaxed) < self.admin_sent {
+        while self.admin.admin_done.load(Ordering::Relaxed) < self.admin_sent {
             if self.sim.elapsed() >= deadline {
                 return Err(format!("an admin step did not finish within {} s", ADMIN_WAIT_MAX.as_secs()));
             }
@@ -334,6 +245,160 @@ impl<'a> Driver<'a> {
             Action::Expect(expectation) => return self.expect(step.line, expectation).map(Some),
         }
         Ok(None)
+    }
+}
+
+/// The seeded simulation, long enough for the last step (and the time its expectation may
+/// wait), the final drain and a minute more.
+fn simulation<'a>(scenario: &Scenario, seed: u64) -> turmoil::Sim<'a> {
+    let within = |s: &Step| match &s.action {
+        Action::Expect(e) => e.within.unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    let last = scenario.steps.iter().map(|s| s.at + within(s)).max().unwrap_or_default();
+    let mut builder = turmoil::Builder::new();
+    builder.rng_seed(seed).enable_random_order().simulation_duration(last + DRAIN + Duration::from_secs(60));
+    builder.fs().block_size(DISK_BLOCK_BYTES);
+    builder.build()
+}
+
+/// A broker's settings: the scenario's ack deadline, partitions and disk latency, quick
+/// keepalives, invariant checks on, and the run's mutation (debug builds only).
+fn broker_config(scenario: &Scenario, mutation: Option<Mutation>) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.broker.ack_deadline_ms = scenario.config.ack_deadline.as_millis() as u64;
+    config.broker.default_partitions = scenario.config.partitions;
+    config.keepalive_interval_ms = 1_000;
+    config.keepalive_timeout_ms = 2_000;
+    config.sync_delay_ms = scenario.config.disk_latency.as_millis() as u64;
+    config.check_invariants = true;
+    #[cfg(debug_assertions)]
+    {
+        config.broker.mutation = mutation;
+    }
+    #[cfg(not(debug_assertions))]
+    assert!(mutation.is_none(), "mutations exist in debug builds only");
+    config
+}
+
+/// Starts an app host for each of the scenario's apps, then the admin host; returns each
+/// host's command queue, and the admin host's counters.
+fn start_apps(
+    sim: &mut turmoil::Sim<'_>,
+    scenario: &Scenario,
+    history: &History,
+    traffic: &Traffic,
+) -> (BTreeMap<String, mpsc::Sender<Command>>, Arc<Counters>) {
+    let mut apps = BTreeMap::new();
+    let mut admin = Arc::default();
+    let hosts = scenario.apps.iter().map(String::as_str).chain([ADMIN_HOST]);
+    for app in hosts {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let rx = Arc::new(Mutex::new(rx));
+        let counters = Arc::new(Counters::default());
+        if app == ADMIN_HOST {
+            admin = counters.clone();
+        }
+        let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
+        let traffic = traffic.clone();
+        sim.host(app, move || {
+            agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone(), traffic.clone())
+        });
+        apps.insert(app.to_string(), tx);
+    }
+    (apps, admin)
+}
+
+/// A broker's flight recording (`Options::record`): each life of its host records into a
+/// directory of its own, `<dir>/<host>-<life>`, lives counted from 1.
+#[derive(Clone)]
+struct Recording {
+    dir: PathBuf,
+    /// The broker's effective configuration, as `config print` writes it.
+    settings_toml: String,
+    /// The host's lives so far, shared by all of them.
+    lives: Arc<AtomicU32>,
+}
+
+impl Recording {
+    /// A recording of a broker with `config` on `storage` (the memory log when `None`).
+    fn new(dir: PathBuf, storage: Option<&FileStorageConfig>, config: &ServerConfig) -> Self {
+        let mut settings = Loaded::from_config(Config::default().with_storage(storage));
+        settings.config.server = config.clone();
+        Recording { dir, settings_toml: settings.describe(), lives: Arc::new(AtomicU32::new(0)) }
+    }
+
+    /// Where the host's next life records: counts the life.
+    fn next_life(&self, host: &str) -> server::RecordTo {
+        let life = self.lives.fetch_add(1, Ordering::Relaxed) + 1;
+        server::RecordTo {
+            fs: Arc::new(StdFs),
+            dir: self.dir.join(format!("{host}-{life}")),
+            max_bytes: record::RECORD_MAX_BYTES_DEFAULT,
+            settings_toml: self.settings_toml.clone(),
+        }
+    }
+}
+
+/// What a broker host needs to start its broker, in every life: turmoil builds the host's
+/// software again from a copy of it after each crash.
+#[derive(Clone)]
+struct BrokerHost {
+    name: String,
+    config: ServerConfig,
+    /// The file log's settings, or `None` for the memory log.
+    storage: Option<FileStorageConfig>,
+    disk: FaultyFs,
+    /// Asks to corrupt the newest segment (see [`corrupter`]).
+    corrupt_rx: Arc<Mutex<mpsc::Receiver<f64>>>,
+    history: History,
+    recording: Option<Recording>,
+    /// Set while the host crashes, so its connections close without a FIN.
+    crashing: Arc<AtomicBool>,
+    traffic: Traffic,
+}
+
+impl BrokerHost {
+    /// One life of the host. A supervisor: a broker that cannot start (its disk is failing)
+    /// is started again a second later, as systemd would, up to `START_ATTEMPTS_MAX` times.
+    async fn life(self) -> turmoil::Result {
+        tokio::spawn(corrupter(self.name.clone(), self.disk.clone(), self.corrupt_rx.clone(), self.history.clone()));
+        for _ in 0..START_ATTEMPTS_MAX {
+            match self.serve().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let text = format!("broker failed to start: {e}; starting again in 1 s");
+                    self.history.record(&self.name, Event::Step { text });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        Err(format!("{} failed to start {START_ATTEMPTS_MAX} times", self.name).into())
+    }
+
+    /// Opens the broker's log, listens on its port and serves (recording, when asked) until
+    /// the host crashes; an error when the log cannot be opened or the port bound.
+    async fn serve(&self) -> Result<(), Box<dyn std::error::Error>> {
+        let (name, history) = (&self.name, &self.history);
+        let store: Box<dyn Storage> = match self.storage.clone() {
+            Some(config) => Box::new(ObservedStorage {
+                inner: FileStorage::open(Arc::new(self.disk.clone()), config)?,
+                host: name.clone(),
+                history: history.clone(),
+                reported: 0,
+            }),
+            None => Box::new(MemoryStorage),
+        };
+        let traffic = Some((self.traffic.clone(), name.clone()));
+        let net = SimNet { crashing: Some(self.crashing.clone()), traffic };
+        let (_, incoming) = net.bind(listen_addr(PORT)).await?;
+        let shutdown = std::future::pending::<()>();
+        let observer = Arc::new(BrokerObserver { host: name.clone(), history: history.clone() });
+        let (config, clock) = (self.config.clone(), Arc::new(SimClock));
+        let record = self.recording.as_ref().map(|recording| recording.next_life(name));
+        let hooks = server::Hooks { observer: Some(observer), record };
+        server::run_with(incoming, shutdown, config, store, clock, hooks).await?;
+        Ok(())
     }
 }
 

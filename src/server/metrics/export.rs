@@ -114,6 +114,8 @@ impl Default for BrokerMetrics {
 }
 
 impl BrokerMetrics {
+    /// No series yet but the open-streams gauge: the others appear as topics and
+    /// subscriptions are first exported.
     pub fn new() -> Self {
         Self {
             published: BTreeMap::new(),

@@ -94,8 +94,15 @@ const STORAGE_BUCKETS: &[f64] = &[
 /// Why metrics could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// The metrics address cannot be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why binding it (or reading the bound address) failed.
+        source: std::io::Error,
+    },
+    /// The Prometheus recorder cannot be built, or another recorder is already installed.
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(#[from] BuildError),
 }

@@ -2,22 +2,45 @@
 
 use super::*;
 use crate::core::{
-    AckOp, Broker, BrokerConfig, Flow, OutgoingMessage, Output, StartPosition, StreamTarget, SubscriptionSpec,
+    AckOp, Answer, At, Broker, BrokerConfig, Command, Delivery, Flow, OutgoingMessage, Output, StartPosition,
+    StreamTarget, SubscriptionSpec,
 };
 use crate::storage::MemoryStorage;
 
+/// Applies `command` at monotonic time 0 and wall time `wall_ms`, as the driver would.
+fn apply(b: &mut Broker, wall_ms: u64, command: Command) -> Answer {
+    b.handle(At { now_ms: 0, wall_ms }, command).unwrap()
+}
+
+fn create_subscription(b: &mut Broker) {
+    let spec = SubscriptionSpec { name: "s".into(), topic: "t".into(), ..Default::default() };
+    apply(b, 0, Command::CreateSubscription(spec));
+}
+
 fn broker() -> Broker {
     let mut b = Broker::new(BrokerConfig::default(), Box::new(MemoryStorage)).unwrap();
-    let spec = SubscriptionSpec { name: "s".into(), topic: "t".into(), ..Default::default() };
-    b.create_topic("t", None).unwrap();
-    b.create_subscription(spec).unwrap();
+    apply(&mut b, 0, Command::CreateTopic { name: "t".into(), partitions: None, dedupe_window_ms: None });
+    create_subscription(&mut b);
     b
 }
 
 fn publish(b: &mut Broker, metrics: &mut BrokerMetrics, wall_ms: u64, count: usize) {
     let messages = vec![OutgoingMessage { value: "m".into(), ..Default::default() }; count];
-    let published = b.publish(0, wall_ms, "t", messages).unwrap();
+    let Answer::Published(published) = apply(b, wall_ms, Command::Publish { topic: "t".into(), messages }) else {
+        panic!("a publish answers where its messages went")
+    };
     metrics.published("t", &published);
+}
+
+fn pull(b: &mut Broker, max_messages: u32) -> Vec<Delivery> {
+    let Answer::Deliveries(deliveries) = apply(b, 0, Command::Pull { subscription: "s".into(), max_messages }) else {
+        panic!("a pull answers its deliveries")
+    };
+    deliveries
+}
+
+fn acks(b: &mut Broker, op: AckOp, ack_ids: &[String]) {
+    apply(b, 0, Command::Acks { subscription: "s".into(), op, ack_ids: ack_ids.to_vec() });
 }
 
 /// The value of the one line of `text` that starts with `series ` (name and labels).
@@ -33,11 +56,11 @@ fn counts_are_exported_once_each_and_continue_across_a_subscription_made_again()
     let mut b = broker();
     let mut metrics = BrokerMetrics::new();
     publish(&mut b, &mut metrics, 1000, 3);
-    let deliveries = b.pull(0, "s", 10).unwrap();
+    let deliveries = pull(&mut b, 10);
     metrics.delivered(1250, "s", &deliveries);
     let ids: Vec<String> = deliveries.iter().map(|d| d.ack_id.clone()).collect();
-    b.acks(0, "s", AckOp::Ack, ids[..2].to_vec()).unwrap();
-    b.acks(0, "s", AckOp::Nack { delay_ms: None, terminal: false, reason: None }, ids[2..].to_vec()).unwrap();
+    acks(&mut b, AckOp::Ack, &ids[..2]);
+    acks(&mut b, AckOp::Nack { delay_ms: None, terminal: false, reason: None }, &ids[2..]);
     metrics.export(1000, &b, 2);
     metrics.export(2000, &b, 2); // nothing new: nothing added twice
 
@@ -58,11 +81,10 @@ fn counts_are_exported_once_each_and_continue_across_a_subscription_made_again()
     assert!(text.contains(&format!("# TYPE {END_TO_END_LATENCY} histogram")), "{text}");
 
     // A subscription made again under the name has new counts; its series goes on.
-    b.delete_subscription("s").unwrap();
+    apply(&mut b, 0, Command::DeleteSubscription { name: "s".into() });
     metrics.export(3000, &b, 0);
-    let spec = SubscriptionSpec { name: "s".into(), topic: "t".into(), ..Default::default() };
-    b.create_subscription(spec).unwrap();
-    assert_eq!(b.pull(0, "s", 1).unwrap().len(), 1);
+    create_subscription(&mut b);
+    assert_eq!(pull(&mut b, 1).len(), 1);
     metrics.export(4000, &b, 0);
     let text = recorder.handle().render();
     assert_eq!(value(&text, &format!("{DELIVERED}{s}")), Some(4.0), "{text}");
@@ -78,7 +100,14 @@ fn ephemeral_subscriptions_of_a_topic_share_one_series() {
     publish(&mut b, &mut metrics, 0, 2);
     for _ in 0..2 {
         let target = StreamTarget::Topic { topic: "t".into(), ack_deadline_ms: None, start: StartPosition::Earliest };
-        b.open_stream(0, target, Flow::default()).unwrap();
+        let open = Command::OpenStream {
+            target,
+            flow: Flow::default(),
+            session_timeout_ms: None,
+            client_id: None,
+            ops: Vec::new(),
+        };
+        apply(&mut b, 0, open);
     }
     while let Some(output) = b.poll_output() {
         if let Output::Deliver { deliveries, .. } = output {

@@ -30,7 +30,9 @@ use crate::env::Fs;
 /// How the file log is laid out and synced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileStorageConfig {
+    /// The data directory: the metadata file and a directory per topic.
     pub dir: PathBuf,
+    /// When an append is made durable, and so when its publish is acknowledged.
     pub fsync: FsyncPolicy,
     /// A segment rolls when the next append would take it past this size.
     pub segment_bytes: u64,
@@ -43,6 +45,8 @@ pub struct FileStorageConfig {
 }
 
 impl FileStorageConfig {
+    /// The defaults in `dir`: fsync always, 64 MiB or 7-day segments, a 4 MiB tail cache,
+    /// and refusing to start on damage in an older segment.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -58,10 +62,13 @@ impl FileStorageConfig {
 /// What recovery cut from a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryNote {
+    /// The segment file that was cut, or removed whole.
     pub file: PathBuf,
     /// Byte position of the cut.
     pub position: u64,
+    /// Bytes removed: from `position` to the end of the file.
     pub cut_bytes: u64,
+    /// Why: the damage found there, or that it follows a cut in an older segment.
     pub reason: String,
 }
 
@@ -97,6 +104,7 @@ impl FileStorage {
         &self.notes
     }
 
+    /// The settings it was opened with.
     pub fn config(&self) -> &FileStorageConfig {
         &self.config
     }
