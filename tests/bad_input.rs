@@ -339,3 +339,144 @@ async fn a_first_subscribe_request_with_a_terminal_nack_and_no_dead_letter_polic
     let subscriptions = server.admin.clone().list_subscriptions(list).await.unwrap().into_inner().subscriptions;
     assert_eq!(subscriptions.len(), 1, "no ephemeral subscription was left behind");
 }
+
+/// Sends each request as the raw bytes given, and reads responses as the server writes them.
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::SubscribeResponse;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::SubscribeResponse>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_later_stream_request_ends_the_stream_with_invalid_argument() {
+    use prost::Message as _;
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut grpc = tonic::client::Grpc::new(common::channel(server.addr).await);
+    grpc.ready().await.unwrap();
+    let (requests, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    requests.send(on_subscription("s").encode_to_vec()).await.unwrap();
+    // Field 7 (ack_ids), a string of two bytes that are not UTF-8.
+    requests.send(vec![0x3a, 0x02, 0xff, 0xfe]).await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/Subscribe");
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut inbound = grpc.streaming(tonic::Request::new(stream), path, RawCodec).await.unwrap().into_inner();
+    let status = loop {
+        match tokio::time::timeout(PROMPT, inbound.message()).await.expect("the stream ends promptly") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended OK after a request it could not read"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("SubscribeRequest: ") && status.message().contains("ack_ids"), "{status:?}");
+    drop(requests);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_or_overlong_ack_ids_in_one_call_are_refused_and_apply_nothing() {
+    use mini_pubsub::core::{ACK_IDS_PER_CALL_MAX, ACK_ID_CHARS_MAX};
+    let server = start().await;
+    server.publish("t", &["a"]).await;
+    server.create_subscription("s", "t", 0).await;
+    let pull = pb::PullRequest { subscription: "s".into(), max_messages: 1 };
+    let leased = server.pubsub.clone().pull(pull).await.unwrap().into_inner().received_messages;
+    let own = leased[0].ack_id.clone();
+    let mut many: Vec<String> = (0..ACK_IDS_PER_CALL_MAX).map(|i| format!("1-0-{i}-1")).collect();
+    many.push(own.clone());
+    let ack = pb::AckRequest { subscription: "s".into(), ack_ids: many };
+    refused(
+        server.pubsub.clone().ack(ack).await,
+        Code::InvalidArgument,
+        &["ack_ids", "10001 ack ids", "at most 10000"],
+    );
+    let long = pb::NackRequest {
+        subscription: "s".into(),
+        ack_ids: vec![own.clone(), "7".repeat(ACK_ID_CHARS_MAX + 1)],
+        ..Default::default()
+    };
+    refused(
+        server.pubsub.clone().nack(long).await,
+        Code::InvalidArgument,
+        &["ack_ids", "entry 1 is 74 bytes", "at most 73"],
+    );
+    // Neither refusal touched the lease: the ack applies now.
+    let ack = pb::AckRequest { subscription: "s".into(), ack_ids: vec![own] };
+    let confirmed = server.pubsub.clone().ack(ack).await.unwrap().into_inner().confirmations;
+    assert_eq!(confirmed[0].result(), pb::AckResult::Applied);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_request_with_300k_ack_ids_is_confirmed_in_responses_under_the_bound() {
+    use prost::Message as _;
+    let server = start().await;
+    server.publish("t", &["a"]).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    let own = sub.messages(1).await[0].ack_id.clone();
+    // Well-formed ids the broker never issued (12 characters each): 300k of them make about
+    // 4.5 MB of confirmations, more than one response may carry.
+    let ids: Vec<String> = (0..300_000).map(|i| format!("9-0-{:06}-1", i)).collect();
+    sub.send(pb::SubscribeRequest { ack_ids: ids, ..Default::default() }).await;
+    let bound = ServerConfig::default().broker.response_bytes_max;
+    let (mut confirmed, mut responses) = (0, 0);
+    while confirmed < 300_000 {
+        let response = sub.next_within(PROMPT).await.expect("every confirmation arrives");
+        assert!(
+            response.encoded_len() <= bound,
+            "a response of {} bytes; the bound is {bound}",
+            response.encoded_len()
+        );
+        assert!(response.ack_confirmations.iter().all(|c| c.result() == pb::AckResult::Invalid));
+        confirmed += response.ack_confirmations.len();
+        responses += 1;
+    }
+    assert_eq!(confirmed, 300_000);
+    assert!(responses >= 2, "split into {responses} responses");
+    // The stream goes on.
+    let confirmations = sub.ack(vec![own]).await;
+    assert_eq!(confirmations[0].result(), pb::AckResult::Applied);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_page_token_is_refused_without_echoing_it_whole() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    // A 16 KiB token: the error quotes its start only, so it stays small enough for any client.
+    let token = "7".repeat(16 * 1024);
+    let list = pb::ListPendingRequest { subscription: "s".into(), page_token: token, ..Default::default() };
+    let status = server.admin.clone().list_pending(list).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let message = status.message();
+    assert!(message.starts_with("page_token: `7777") && message.contains("`... (16384 bytes)"), "{message}");
+    assert!(message.len() < 200, "{} bytes: {message}", message.len());
+    server.stop().await;
+}

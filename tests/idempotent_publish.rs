@@ -80,6 +80,7 @@ async fn a_topic_takes_its_own_dedupe_window_and_refuses_one_out_of_range() {
         (0, 500_000_000, "500 ms; allowed is 1s to 86400s"),
         (86_401, 0, "86401000 ms; allowed is 1s to 86400s"),
         (-1, 0, "not a valid positive Duration"),
+        (1, 500, "1s 500ns is not a whole number of milliseconds"),
     ] {
         let req =
             pb::CreateTopicRequest { name: "bad".into(), dedupe_window: window(seconds, nanos), ..Default::default() };
@@ -87,6 +88,8 @@ async fn a_topic_takes_its_own_dedupe_window_and_refuses_one_out_of_range() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().starts_with("dedupe_window: ") && status.message().contains(words), "{status:?}");
     }
+    let refused = admin.get_topic(pb::GetTopicRequest { name: "bad".into() }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "a refused window creates no topic: {refused:?}");
     server.stop().await;
 }
 

@@ -9,6 +9,39 @@ use super::stream::StreamTarget;
 use super::timers::{MessageKey, Timer};
 use super::Mutation;
 
+/// Ack ids one unary Ack, Nack or ModifyAckDeadline may name. Its confirmations (each at
+/// most about 80 bytes) then stay under 1 MiB, well inside a default client's 4 MiB; past
+/// it the call is refused whole. (A stream's confirmations are split into responses
+/// instead, so a stream request has no such bound beyond the request's own size.)
+pub const ACK_IDS_PER_CALL_MAX: usize = 10_000;
+
+/// The longest ack id the broker issues: four numbers of at most 20 digits and three dashes
+/// (a partition has at most 10). A longer one is refused rather than echoed back.
+pub const ACK_ID_CHARS_MAX: usize = 20 + 10 + 20 + 20 + 3;
+
+/// The request field that carries the ids of `op` on a Subscribe stream.
+fn stream_field(op: &AckOp) -> &'static str {
+    match op {
+        AckOp::Ack => "ack_ids",
+        AckOp::Nack { .. } => "nack_ids",
+        AckOp::ModifyDeadline { .. } => "modify_deadline_ack_ids",
+    }
+}
+
+/// Refuses an ack id longer than any the broker issues, naming `field` and its index.
+fn check_ack_ids(field: &'static str, ids: &[String]) -> Result<(), BrokerError> {
+    match ids.iter().position(|id| id.len() > ACK_ID_CHARS_MAX) {
+        None => Ok(()),
+        Some(i) => Err(BrokerError::InvalidArgument {
+            field,
+            reason: format!(
+                "entry {i} is {} bytes; ack ids are at most {ACK_ID_CHARS_MAX} characters, as deliveries carry them",
+                ids[i].len()
+            ),
+        }),
+    }
+}
+
 impl Broker {
     /// Applies the acks, nacks and deadline changes that arrived on `stream`, in order.
     /// All of them are checked first: a refused request applies none.
@@ -18,8 +51,9 @@ impl Broker {
         stream: StreamId,
         ops: Vec<(AckOp, Vec<String>)>,
     ) -> Result<Vec<AckReply>, BrokerError> {
-        for (op, _) in &ops {
+        for (op, ids) in &ops {
             self.check_deadline(op)?;
+            check_ack_ids(stream_field(op), ids)?;
         }
         let Some(uid) = self.streams.get(&stream).map(|s| s.subscription_uid) else {
             return Ok(ops.into_iter().flat_map(|(op, ids)| invalid_all(&op, ids)).collect());
@@ -38,31 +72,43 @@ impl Broker {
         op: AckOp,
         ack_ids: Vec<String>,
     ) -> Result<Vec<AckReply>, BrokerError> {
-        let uid = self.check_acks(subscription, &op)?;
+        let uid = self.check_acks(subscription, &op, &ack_ids)?;
         Ok(self.apply_ack_op(now_ms, uid, &op, ack_ids))
     }
 
     /// The deciding half of unary acks: refuses an unknown subscription, a deadline or
-    /// delay out of range, a terminal nack without a dead-letter policy; else the
-    /// subscription's uid.
-    pub(super) fn check_acks(&self, subscription: &str, op: &AckOp) -> Result<u64, BrokerError> {
+    /// delay out of range, more than [`ACK_IDS_PER_CALL_MAX`] ids or one longer than any
+    /// ack id, a terminal nack without a dead-letter policy; else the subscription's uid.
+    pub(super) fn check_acks(&self, subscription: &str, op: &AckOp, ids: &[String]) -> Result<u64, BrokerError> {
         name::check("subscription", subscription)?;
         self.check_deadline(op)?;
+        if ids.len() > ACK_IDS_PER_CALL_MAX {
+            return Err(BrokerError::InvalidArgument {
+                field: "ack_ids",
+                reason: format!(
+                    "{} ack ids; at most {ACK_IDS_PER_CALL_MAX} in one call (a Subscribe stream takes any number)",
+                    ids.len()
+                ),
+            });
+        }
+        check_ack_ids("ack_ids", ids)?;
         let uid = self.subscription_uid(subscription)?;
         self.check_terminal(uid, op)?;
         Ok(uid)
     }
 
-    /// The deciding half of a stream's request: its deadlines and delays in range, and no
-    /// terminal nack where the stream's subscription has no dead-letter policy. (A stream
-    /// that is gone answers every id invalid; that is not a refusal.)
+    /// The deciding half of a stream's request: its deadlines and delays in range, no ack
+    /// id longer than any the broker issues, and no terminal nack where the stream's
+    /// subscription has no dead-letter policy. (A stream that is gone answers every id
+    /// invalid; that is not a refusal.)
     pub(super) fn check_stream_request(
         &self,
         stream: StreamId,
         ops: &[(AckOp, Vec<String>)],
     ) -> Result<(), BrokerError> {
-        for (op, _) in ops {
+        for (op, ids) in ops {
             self.check_deadline(op)?;
+            check_ack_ids(stream_field(op), ids)?;
         }
         if let Some(uid) = self.streams.get(&stream).map(|s| s.subscription_uid) {
             for (op, _) in ops {
@@ -107,8 +153,9 @@ impl Broker {
     /// no terminal nack where the target has no dead-letter policy (an ephemeral
     /// subscription never has one). An unknown subscription is left for `open_stream`.
     pub fn check_stream_ops(&self, target: &StreamTarget, ops: &[(AckOp, Vec<String>)]) -> Result<(), BrokerError> {
-        for (op, _) in ops {
+        for (op, ids) in ops {
             self.check_deadline(op)?;
+            check_ack_ids(stream_field(op), ids)?;
             if !matches!(op, AckOp::Nack { terminal: true, .. }) {
                 continue;
             }

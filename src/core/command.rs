@@ -321,7 +321,7 @@ impl Broker {
                 self.batch_size(*max_messages)?;
                 self.subscription_uid(subscription).map(|_| ())
             }
-            Command::Acks { subscription, op, .. } => self.check_acks(subscription, op).map(|_| ()),
+            Command::Acks { subscription, op, ack_ids } => self.check_acks(subscription, op, ack_ids).map(|_| ()),
             Command::Seek { subscription, target } => self.check_seek(subscription, target).map(|_| ()),
             Command::CloseStream { .. }
             | Command::LeaveStream { .. }

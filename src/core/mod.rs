@@ -72,6 +72,7 @@ mod subscription;
 mod timers;
 mod topic;
 
+pub use ack::{ACK_IDS_PER_CALL_MAX, ACK_ID_CHARS_MAX};
 pub use admin::{PartitionInfo, PartitionStats, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, TopicInfo};
 pub use broker::Broker;
 pub use client_id::CLIENT_ID_BYTES_MAX;

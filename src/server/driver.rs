@@ -19,13 +19,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::metrics::BrokerMetrics;
 use super::Observer;
 use crate::core::{
-    Answer, At, Broker, BrokerError, Command, Delivery, DriverTimer, Output, Published, Query, Reply, StreamId,
+    AckReply, Answer, At, Broker, BrokerError, Command, Delivery, DriverTimer, Output, Published, Query, Reply,
+    StreamId,
 };
 use crate::env::Clock;
 use crate::record::{self, Recorder};
@@ -310,8 +312,7 @@ impl Driver {
                 let answer = self.apply(command);
                 let answer = match answer {
                     Ok(Answer::Confirmations(replies)) => {
-                        let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
-                        self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
+                        self.send_confirmations(stream, replies);
                         Ok(Answer::Done)
                     }
                     other => other,
@@ -579,10 +580,32 @@ impl Driver {
         // after it, at the end of the turn.
         self.send(stream, hello);
         if let Some(replies) = confirmations {
-            let ack_confirmations = replies.into_iter().map(wire::ack_confirmation).collect();
-            self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
+            self.send_confirmations(stream, replies);
         }
         Ok(Answer::Opened { stream, subscription, confirmations: None })
+    }
+
+    /// Sends a stream's confirmations, in order, in as many responses as keep each under
+    /// `response_bytes_max` (a request may name any number of ack ids).
+    fn send_confirmations(&mut self, stream: StreamId, replies: Vec<AckReply>) {
+        let limit = self.broker.config().response_bytes_max;
+        let mut ack_confirmations: Vec<pb::AckConfirmation> = Vec::new();
+        let mut bytes = 0;
+        for reply in replies {
+            let confirmation = wire::ack_confirmation(reply);
+            // The field's tag and length prefix, at most 1 + 2 bytes for a confirmation.
+            let size = confirmation.encoded_len() + 3;
+            if bytes + size > limit && !ack_confirmations.is_empty() {
+                let full = std::mem::take(&mut ack_confirmations);
+                self.send(stream, pb::SubscribeResponse { ack_confirmations: full, ..Default::default() });
+                bytes = 0;
+            }
+            bytes += size;
+            ack_confirmations.push(confirmation);
+        }
+        if !ack_confirmations.is_empty() {
+            self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
+        }
     }
 
     /// Ends a stream from the server's side with `status`.

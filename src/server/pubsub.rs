@@ -190,6 +190,9 @@ async fn pump(
                     debug!("client half-closed; still delivering");
                     half_closed = true;
                 }
+                Err(error) if is_undecodable(&error) => {
+                    break Some(Status::invalid_argument(format!("SubscribeRequest: {}", error.message())));
+                }
                 Err(error) => {
                     debug!(%error, "client stream failed");
                     break None;
@@ -202,6 +205,14 @@ async fn pump(
         let _ = tokio::time::timeout(FINAL_STATUS_WAIT, responses.send(Err(status))).await;
     }
     let _ = driver.handle(Command::CloseStream { stream }).await;
+}
+
+/// True when a later request arrived but could not be read as a `SubscribeRequest`: the
+/// decoder's error (INTERNAL, as gRPC answers a request it cannot parse) names the field
+/// prost stopped at. The client is told INVALID_ARGUMENT with that message, rather than
+/// its stream ending as if nothing went wrong; a transport failure is not this.
+fn is_undecodable(error: &Status) -> bool {
+    error.code() == tonic::Code::Internal && error.message().starts_with("failed to decode Protobuf message")
 }
 
 /// The client leaves: its leases are released at once, and the stream ends (OK) once the

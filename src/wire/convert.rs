@@ -21,6 +21,19 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
 
+/// Characters of a client's text an error message quotes at most: an error never echoes
+/// unbounded input (a default client refuses a status message past a few KiB).
+const QUOTED_CHARS_MAX: usize = 64;
+
+/// `text` in backquotes, cut to its first [`QUOTED_CHARS_MAX`] characters with its length
+/// in bytes when it is longer.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS_MAX) {
+        None => format!("`{text}`"),
+        Some((cut, _)) => format!("`{}`... ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
 /// The topic and messages of a Publish: the single form (value, key, attributes,
 /// partition) or the batch form (messages), never both.
 pub fn publish_messages(req: pb::PublishRequest) -> Result<(String, Vec<OutgoingMessage>), Status> {
@@ -75,13 +88,20 @@ pub fn publish_response(published: Vec<Published>) -> pb::PublishResponse {
 }
 
 /// A topic's dedupe window in milliseconds: `None` (the default) when unset or zero. The
-/// range is the core's to check; here only the shape of the Duration.
+/// range is the core's to check; here only the shape of the Duration (whole milliseconds).
 pub fn dedupe_window_ms(window: Option<&Duration>) -> Result<Option<u64>, Status> {
     let Some(d) = window else { return Ok(None) };
     if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
         return Err(invalid(
             "dedupe_window",
             format!("{}s {}ns is not a valid positive Duration; allowed is 1s to 86400s", d.seconds, d.nanos),
+        ));
+    }
+    if d.nanos % 1_000_000 != 0 {
+        // Stored in milliseconds: a finer window would be kept shorter than asked for.
+        return Err(invalid(
+            "dedupe_window",
+            format!("{}s {}ns is not a whole number of milliseconds; allowed is 1s to 86400s", d.seconds, d.nanos),
         ));
     }
     let ms = (d.seconds as u64).saturating_mul(1000).saturating_add(d.nanos as u64 / 1_000_000);
@@ -405,7 +425,7 @@ pub fn pending_token(token: &str) -> Result<Option<(u32, u64)>, Status> {
         return Ok(None);
     }
     let parsed = token.split_once('-').and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)));
-    parsed.map(Some).ok_or_else(|| invalid("page_token", format!("`{token}` is not a token this server gave")))
+    parsed.map(Some).ok_or_else(|| invalid("page_token", format!("{} is not a token this server gave", quoted(token))))
 }
 
 /// The ListPending page token after a page: `partition-offset` of its last row, or empty
