@@ -344,3 +344,54 @@ async fn many_attributes_do_not_push_a_response_past_a_default_client_limit() {
     let mut sub = server.subscribe(on_subscription("s")).await;
     assert_eq!(sub.messages(1000).await.len(), 1000);
 }
+
+/// Reads from `conn` until the server closes it, within `PROMPT`; true if it did.
+async fn closed_by_server(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let read_to_end = async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // the server's own HTTP/2 settings
+            }
+        }
+    };
+    tokio::time::timeout(PROMPT, read_to_end).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_its_preface_is_closed_after_the_handshake_timeout() {
+    let config = ServerConfig { handshake_timeout_ms: 300, ..ServerConfig::default() };
+    let server = start_with(config).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_by_server(&mut silent).await, "a silent connection is still open after {PROMPT:?}");
+    // The clients that spoke HTTP/2 in time are served.
+    server.create_topic("t", 1).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn past_connections_max_a_new_connection_is_closed_and_the_open_ones_go_on() {
+    let config = ServerConfig { connections_max: 2, ..ServerConfig::default() };
+    let server = start_with(config).await; // its clients' connection is the first
+    let second = pb::admin_client::AdminClient::new(channel(server.addr).await);
+    second.clone().list_topics(pb::ListTopicsRequest::default()).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_by_server(&mut third).await, "a connection past the bound is still open after {PROMPT:?}");
+    server.create_topic("t", 1).await;
+    second.clone().list_topics(pb::ListTopicsRequest::default()).await.unwrap();
+    // A connection that closes frees its place (once the server has seen it go).
+    drop(second);
+    let mut attempts = 0;
+    loop {
+        let admin = pb::admin_client::AdminClient::new(channel(server.addr).await);
+        if admin.clone().list_topics(pb::ListTopicsRequest::default()).await.is_ok() {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts < 100, "no place freed after {attempts} attempts 50 ms apart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}

@@ -226,6 +226,10 @@ settings! {
         "HTTP/2 keepalive pings on idle connections, so a cut stream is detected.";
     Server keepalive_timeout_ms: u64 = server.keepalive_timeout_ms,
         "How long a keepalive ping may go unanswered before the connection is dropped.";
+    Server connections_max: usize = server.connections_max,
+        "Connections open at once; one more is closed at once (its client sees UNAVAILABLE).";
+    Server handshake_timeout_ms: u64 = server.handshake_timeout_ms,
+        "How long a new connection has to send its HTTP/2 preface before it is closed.";
     Server shutdown_grace_ms: u64 = server.shutdown_grace_ms,
         "How long a graceful stop waits for connections to close before dropping them.";
     Server record: Option<PathBuf> = record,

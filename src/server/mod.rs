@@ -3,6 +3,7 @@
 //! [`metrics::install`] turns on Prometheus metrics for the servers started after it.
 
 mod admin;
+mod conn;
 mod driver;
 pub mod metrics;
 mod observer;
@@ -53,6 +54,11 @@ pub struct ServerConfig {
     pub keepalive_interval_ms: u64,
     /// How long a keepalive ping may go unanswered before the connection is dropped.
     pub keepalive_timeout_ms: u64,
+    /// Connections open at once; one more is closed as soon as it is accepted (its client
+    /// sees UNAVAILABLE), and the open ones are untouched.
+    pub connections_max: usize,
+    /// How long a new connection has to send its HTTP/2 preface before it is closed.
+    pub handshake_timeout_ms: u64,
     /// How long a graceful stop waits for connections to finish after it has ended the
     /// streams and told every connection to go away (HTTP/2 GOAWAY); past it the remaining
     /// connections are dropped, so a client that does not answer cannot hold the stop.
@@ -76,6 +82,8 @@ impl Default for ServerConfig {
             stream_queue_max: 1024,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
+            connections_max: 10_000,
+            handshake_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             sync_delay_ms: 0,
             check_invariants: false,
@@ -139,6 +147,8 @@ impl ServerConfig {
         )?;
         check(self.keepalive_interval_ms >= 100, "keepalive_interval_ms", "at least 100")?;
         check(self.keepalive_timeout_ms >= 100, "keepalive_timeout_ms", "at least 100")?;
+        check((1..=1_000_000).contains(&self.connections_max), "connections_max", "1 to 1000000")?;
+        check((100..=600_000).contains(&self.handshake_timeout_ms), "handshake_timeout_ms", "100 to 600000")?;
         check((1..=3_600_000).contains(&self.shutdown_grace_ms), "shutdown_grace_ms", "1 to 3600000")?;
         check(self.sync_delay_ms <= 1000, "sync_delay_ms", "0 to 1000")?;
         Ok(())
@@ -222,6 +232,8 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     config.validate()?;
+    let handshake = Duration::from_millis(config.handshake_timeout_ms);
+    let incoming = conn::Admitting::new(Box::pin(incoming), config.connections_max, handshake);
     let metrics_on = metrics::enabled();
     let storage: Box<dyn Storage> =
         if metrics_on { Box::new(metrics::TimedStorage::new(storage, clock.clone())) } else { storage };
