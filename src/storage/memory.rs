@@ -3,8 +3,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-
 use super::{FsyncPolicy, PartitionLog, Record, Retention, Storage, StorageError, StoredRecord};
 
 /// Makes [`MemoryLog`]s. Nothing survives the process.
@@ -53,26 +51,10 @@ fn charged_bytes(record: &Record) -> u64 {
     record.size_bytes() as u64 + RECORD_OVERHEAD_BYTES
 }
 
-/// Copies the values of a batch into one buffer of exactly their size. A value decoded from
-/// a request shares that request's receive buffer, which a retained record would keep alive
-/// whole: some 4.5 KiB for a message of 128 B published alone, and 240 B per 128 B message
-/// at 100 to a request. One allocation and one copy per batch.
-fn compact_values(records: &mut [Record]) {
-    let total: usize = records.iter().map(|r| r.value.len()).sum();
-    let mut buffer = BytesMut::with_capacity(total);
-    for record in records.iter() {
-        buffer.extend_from_slice(&record.value);
-    }
-    let mut values = buffer.freeze();
-    for record in records {
-        record.value = values.split_to(record.value.len());
-    }
-}
-
 impl PartitionLog for MemoryLog {
     fn append(&mut self, mut records: Vec<Record>) -> Result<u64, StorageError> {
         let first = self.end_offset();
-        compact_values(&mut records);
+        super::compact_values(&mut records);
         for record in records {
             self.bytes += charged_bytes(&record);
             self.records.push_back(Arc::new(record));

@@ -11,7 +11,7 @@ pub mod memory;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 pub use file::{FileStorage, FileStorageConfig};
 pub use memory::MemoryStorage;
@@ -39,6 +39,23 @@ impl Record {
     /// attribute keys and values.
     pub fn size_bytes(&self) -> usize {
         message_size(&self.value, self.key.as_deref(), &self.attributes)
+    }
+}
+
+/// Copies the values of a batch into one buffer of exactly their size. A value decoded from
+/// a request shares that request's receive buffer, which a retained record would keep alive
+/// whole: some 4.5 KiB for a message of 128 B published alone, and 240 B per 128 B message
+/// at 100 to a request. One allocation and one copy per batch. Both logs do it before
+/// they keep a record (the file log in its tail cache), so a log retains only what it counts.
+pub(crate) fn compact_values(records: &mut [Record]) {
+    let total: usize = records.iter().map(|r| r.value.len()).sum();
+    let mut buffer = BytesMut::with_capacity(total);
+    for record in records.iter() {
+        buffer.extend_from_slice(&record.value);
+    }
+    let mut values = buffer.freeze();
+    for record in records {
+        record.value = values.split_to(record.value.len());
     }
 }
 

@@ -276,9 +276,11 @@ fn remove_after_cut(
 }
 
 impl PartitionLog for FileLog {
-    fn append(&mut self, records: Vec<Record>) -> Result<u64, StorageError> {
+    fn append(&mut self, mut records: Vec<Record>) -> Result<u64, StorageError> {
         let first = self.end_offset();
         let Some(first_time) = records.first().map(|r| r.publish_time_ms) else { return Ok(first) };
+        // The tail cache keeps the records: not the request buffers their values came in.
+        crate::storage::compact_values(&mut records);
         self.finish_cuts()?;
         let mut frames = Vec::new();
         let mut entries = Vec::with_capacity(records.len());

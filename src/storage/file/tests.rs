@@ -663,3 +663,15 @@ fn offset_for_time_finds_the_first_record_at_or_after_across_segments() {
     assert!(start > 0);
     assert_eq!(log.offset_for_time(0).unwrap(), start, "before the start is the start");
 }
+
+#[test]
+fn the_tail_cache_keeps_no_request_buffer_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(&small(dir.path()));
+    // A 1-byte value that came in a 1 MiB request buffer (padded with an unknown field, say).
+    let request = Bytes::from(vec![7u8; 1 << 20]);
+    let record = Record { value: request.slice(0..1), ..rec(0) };
+    log.append(vec![record]).unwrap();
+    assert!(request.is_unique(), "the log still holds the request's buffer");
+    assert_eq!(&log.read_one(0).unwrap().unwrap().record.value[..], &[7u8]);
+}
