@@ -146,6 +146,15 @@ impl mini_pubsub::storage::Storage for ObservedStorage {
         Ok(log)
     }
 
+    fn open_at(
+        &mut self,
+        topic_uid: u64,
+        partition: u32,
+        start: u64,
+    ) -> Result<Box<dyn mini_pubsub::storage::PartitionLog>, mini_pubsub::storage::StorageError> {
+        self.inner.open_at(topic_uid, partition, start)
+    }
+
     fn remove(
         &mut self,
         topic_uid: u64,

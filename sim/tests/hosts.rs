@@ -176,6 +176,14 @@ impl mini_pubsub::storage::Storage for DamagedStorage {
     ) -> Result<Box<dyn mini_pubsub::storage::PartitionLog>, mini_pubsub::storage::StorageError> {
         Ok(Box::new(DamagedLog(self.0.open(topic_uid, partition)?)))
     }
+    fn open_at(
+        &mut self,
+        topic_uid: u64,
+        partition: u32,
+        start: u64,
+    ) -> Result<Box<dyn mini_pubsub::storage::PartitionLog>, mini_pubsub::storage::StorageError> {
+        Ok(Box::new(DamagedLog(self.0.open_at(topic_uid, partition, start)?)))
+    }
     fn remove(
         &mut self,
         topic_uid: u64,

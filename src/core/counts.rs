@@ -12,7 +12,7 @@ use super::topic::visible_end;
 use crate::storage::PartitionLog;
 
 /// Events of one subscription since the broker opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubscriptionCounts {
     /// Messages leased to a consumer (a stream or a Pull), redeliveries included.
     pub delivered: u64,

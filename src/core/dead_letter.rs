@@ -29,7 +29,7 @@ pub const ATTR_PARTITION: &str = "dead_letter_partition";
 pub const ATTR_OFFSET: &str = "dead_letter_offset";
 
 /// A dead-letter copy not yet synced, and the source offset waiting for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Transit {
     pub topic: String,
     pub topic_uid: u64,

@@ -31,7 +31,7 @@ pub const DEDUPE_WINDOW_MS_MIN: u64 = 1000;
 pub const DEDUPE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;
 
 /// Where the first message with a key was stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Original {
     pub partition: u32,
     pub offset: u64,
@@ -55,7 +55,7 @@ pub(super) fn sequenced(key: &str) -> Option<(&str, u64)> {
 
 /// Keys `{prefix}-{first}` to `{prefix}-{first + count - 1}` (the prefix and `first` are
 /// where the run is filed), stored at `offset` to `offset + count - 1` of `partition`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Run {
     count: u64,
     partition: u32,
@@ -64,14 +64,14 @@ struct Run {
 }
 
 /// The keys of an entry, as its position finds them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Name {
     Key(String),
     Run { prefix: String, first: u64 },
 }
 
 /// An entry seen from its first record: how many records it covers, and its keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Span {
     count: u64,
     name: Name,
@@ -109,7 +109,7 @@ impl BatchKeys {
 /// One topic's index. Three views of the same entries, each ordered so that every removal
 /// costs only what it removes (plus one entry it shortens): by key (lookups, with runs
 /// filed by prefix and first number), by position (cuts and retention), by time (expiry).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Dedupe {
     window_ms: u64,
     /// Whether the topic ever stored a key (saved in the metadata). Only such topics are
@@ -121,6 +121,7 @@ pub struct Dedupe {
     /// share a key.
     runs: BTreeMap<String, BTreeMap<u64, Run>>,
     /// Every entry by (partition, offset of its first record); entries never share a record.
+    #[serde(with = "super::snapshot::pairs")]
     by_position: BTreeMap<(u32, u64), Span>,
     /// (publish time, partition, offset of the first record) of every entry.
     by_time: BTreeSet<(u64, u32, u64)>,

@@ -31,7 +31,7 @@ use super::subscription::Subscription;
 use super::timers::Timer;
 
 /// How a subscription shares its messages among its members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum DeliveryMode {
     /// Members compete for every message (Pub/Sub's model).
     #[default]
@@ -41,7 +41,7 @@ pub enum DeliveryMode {
 }
 
 /// The membership of an exclusive subscription.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     /// Bumped at every membership change; 0 before the first member joined.
     pub generation: u64,
@@ -53,7 +53,7 @@ pub struct Group {
 }
 
 /// How long a member may stay silent, and when it has been silent too long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub timeout_ms: u64,
     pub deadline_ms: u64,

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// A Subscribe stream (a member of a subscription), numbered from a counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct StreamId(pub u64);
 
 impl fmt::Display for StreamId {
@@ -18,7 +18,7 @@ impl fmt::Display for StreamId {
 }
 
 /// One outstanding delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     /// From the broker's lease counter; part of the ack id.
     pub seq: u64,

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The ordering-key state of one partition of an ordered subscription.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct KeyOrder {
     /// Each key's unfinished head.
     heads: BTreeMap<String, u64>,

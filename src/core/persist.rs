@@ -227,7 +227,7 @@ impl Broker {
 
     /// The metadata as it is now. Ephemeral subscriptions are not kept: their streams do
     /// not survive a restart either.
-    fn snapshot(&self) -> Vec<u8> {
+    fn meta_bytes(&self) -> Vec<u8> {
         let topics = self
             .topics
             .values()
@@ -275,7 +275,7 @@ impl Broker {
 
     /// Saves the metadata now (a topic or subscription change is answered only after).
     pub(super) fn save_meta(&mut self) -> Result<(), BrokerError> {
-        let bytes = self.snapshot();
+        let bytes = self.meta_bytes();
         self.storage.save_meta(&bytes)?;
         self.saved_meta = bytes;
         Ok(())
@@ -290,7 +290,7 @@ impl Broker {
     /// Saves the metadata if it changed since the last save (committed offsets move with
     /// every ack). Returns whether anything was written.
     pub(super) fn checkpoint(&mut self) -> Result<bool, BrokerError> {
-        let bytes = self.snapshot();
+        let bytes = self.meta_bytes();
         if bytes == self.saved_meta {
             return Ok(false);
         }

@@ -11,7 +11,7 @@ use super::broker::Broker;
 use super::timers::{MessageKey, Timer};
 
 /// Exponential backoff between attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RetryPolicy {
     /// The wait after the first unacked delivery.
     pub minimum_backoff_ms: u64,
@@ -30,7 +30,7 @@ impl RetryPolicy {
 }
 
 /// Where messages go when a subscription gives up on them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetterPolicy {
     /// The topic that receives them; it must exist, and differ from the subscription's.
     pub topic: String,

@@ -35,7 +35,7 @@ pub struct Flow {
 }
 
 /// A stream's membership and flow-control accounting.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct StreamState {
     pub subscription_uid: u64,
     /// The client it named (see `client_id`); `None` without one, and on ephemeral

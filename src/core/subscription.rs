@@ -11,7 +11,7 @@ use super::retry::{DeadLetterPolicy, RetryPolicy};
 use super::timers::{MessageKey, Timer};
 
 /// Where a new subscription starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum StartPosition {
     /// The oldest retained message.
     #[default]
@@ -21,6 +21,7 @@ pub enum StartPosition {
 }
 
 /// A consumer group. Its members (streams) compete for its messages.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Subscription {
     pub name: String,
     /// From a counter; part of every ack id, so ids of a deleted namesake are foreign.
@@ -63,7 +64,7 @@ pub struct Subscription {
 /// `[committed, next)` is in exactly one of `acked`, `leased`, `pending`, `delayed`,
 /// `in_transit` and (ordered subscriptions) parked in `keys`. Offsets from `next` on have
 /// never been delivered.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
     /// The ack floor (the committed offset).
     pub committed: u64,

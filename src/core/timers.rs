@@ -14,7 +14,7 @@ use super::retry::Unacked;
 use super::StreamId;
 
 /// One message of one subscription: what a lease or a backoff is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub(super) struct MessageKey {
     pub subscription: u64,
     pub partition: u32,
@@ -65,7 +65,7 @@ impl DriverTimer {
 }
 
 /// Every pending timer, by kind and then by when it comes due.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct TimerTable {
     leases: BTreeSet<(u64, MessageKey)>,
     backoffs: BTreeSet<(u64, MessageKey)>,

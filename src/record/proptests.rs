@@ -198,7 +198,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn a_recorded_sequence_replays_to_the_same_replies_outputs_and_state(ops in proptest::collection::vec(op(), 1..120)) {
+    fn a_recorded_sequence_replays_to_the_same_replies_outputs_and_state(
+        ops in proptest::collection::vec(op(), 1..120),
+        snapshot_at in 0usize..130,
+    ) {
         let (mut recorded, mut replayed) = (broker(), broker());
         let mut seen = Seen::default();
         let mut at = At { now_ms: 1_000, wall_ms: 1_700_000_000_000 };
@@ -216,6 +219,15 @@ proptest! {
                     command(op, &seen, n)
                 }
             };
+            // From here on the replay goes on from a snapshot of the recorded broker, as a
+            // recording whose older segments were dropped does.
+            if n == snapshot_at {
+                let snapshot = recorded.snapshot(usize::MAX).expect("a snapshot without a bound is taken");
+                replayed = Broker::from_snapshot(BrokerConfig::default(), Box::new(MemoryStorage), &snapshot)
+                    .expect("a snapshot restores");
+                prop_assert_eq!(digest_state(&replayed, at.now_ms), digest_state(&recorded, at.now_ms), "step {}", n);
+                replayed.assert_invariants();
+            }
             let read_back = through_a_frame(at, &command);
             prop_assert_eq!(&read_back, &command);
             // Decide, then apply: a command the check refuses is refused by `handle` with

@@ -14,6 +14,10 @@ impl Storage for MemoryStorage {
         Ok(Box::new(MemoryLog::default()))
     }
 
+    fn open_at(&mut self, _topic_uid: u64, _partition: u32, start: u64) -> Result<Box<dyn PartitionLog>, StorageError> {
+        Ok(Box::new(MemoryLog { start, ..MemoryLog::default() }))
+    }
+
     fn remove(&mut self, _topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError> {
         drop(logs);
         Ok(())

@@ -75,7 +75,7 @@ pub struct StoredRecord {
 }
 
 /// What the world (a disk, a full memory budget) can do to a storage operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum StorageError {
     /// The disk is full (ENOSPC); the message names the operation and the file.
     #[error("storage is full: {0}")]
@@ -197,6 +197,10 @@ pub trait Storage: Send {
     /// topic, named by the topic's uid so a topic made again under the same name starts
     /// afresh.
     fn open(&mut self, topic_uid: u64, partition: u32) -> Result<Box<dyn PartitionLog>, StorageError>;
+
+    /// Creates the empty log of one partition whose first offset is `start` (a snapshot's
+    /// partition that retention had moved on); whatever was stored for it is removed.
+    fn open_at(&mut self, topic_uid: u64, partition: u32, start: u64) -> Result<Box<dyn PartitionLog>, StorageError>;
 
     /// Removes a deleted topic's logs for good.
     fn remove(&mut self, topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError>;

@@ -47,6 +47,11 @@ impl Storage for TimedStorage {
         Ok(Box::new(TimedLog { inner, timers: self.timers.clone() }))
     }
 
+    fn open_at(&mut self, topic_uid: u64, partition: u32, start: u64) -> Result<Box<dyn PartitionLog>, StorageError> {
+        let inner = self.inner.open_at(topic_uid, partition, start)?;
+        Ok(Box::new(TimedLog { inner, timers: self.timers.clone() }))
+    }
+
     fn remove(&mut self, topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError> {
         self.inner.remove(topic_uid, logs)
     }

@@ -161,6 +161,18 @@ impl Storage for FileStorage {
         Ok(Box::new(log))
     }
 
+    fn open_at(&mut self, topic_uid: u64, partition: u32, start: u64) -> Result<Box<dyn PartitionLog>, StorageError> {
+        let dir = self.topic_dir(topic_uid).join(partition.to_string());
+        if self.fs.exists(&dir) {
+            self.fs.remove_dir_all(&dir).map_err(|e| io_error(&dir, "remove", e))?;
+        }
+        self.create_dirs(&dir)?;
+        // An empty first segment based at `start`: the log opens on it, starting there.
+        drop(segment::Segment::create(self.fs.as_ref(), &dir, start)?);
+        self.fs.sync_dir(&dir).map_err(|e| io_error(&dir, "sync directory", e))?;
+        self.open(topic_uid, partition)
+    }
+
     fn remove(&mut self, topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError> {
         drop(logs);
         let dir = self.topic_dir(topic_uid);

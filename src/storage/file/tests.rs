@@ -675,3 +675,23 @@ fn the_tail_cache_keeps_no_request_buffer_alive() {
     assert!(request.is_unique(), "the log still holds the request's buffer");
     assert_eq!(&log.read_one(0).unwrap().unwrap().record.value[..], &[7u8]);
 }
+
+#[test]
+fn a_log_opened_at_an_offset_starts_there_and_reopens_so() {
+    use crate::storage::Storage;
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path());
+    let mut storage = FileStorage::open(Arc::new(StdFs), config.clone()).unwrap();
+    let mut log = storage.open(7, 0).unwrap();
+    log.append(vec![rec(0)]).unwrap();
+    drop(log);
+    // Whatever the partition held is replaced by an empty log from offset 500.
+    let mut log = storage.open_at(7, 0, 500).unwrap();
+    assert_eq!((log.start_offset(), log.end_offset()), (500, 500));
+    assert_eq!(log.append(vec![rec(500), rec(501)]).unwrap(), 500);
+    log.sync().unwrap();
+    drop(log);
+    let log = FileStorage::open(Arc::new(StdFs), config).unwrap().open(7, 0).unwrap();
+    assert_eq!((log.start_offset(), log.end_offset()), (500, 502));
+    assert_eq!(log.read_one(501).unwrap().unwrap().record.value, rec(501).value);
+}

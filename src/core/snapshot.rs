@@ -1,0 +1,295 @@
+//! A snapshot: everything a broker holds between two commands, so that a recording can be
+//! replayed from the middle. Restored on a fresh storage, the broker answers every later
+//! command as the one it was taken from did: leases, backoffs, streams and their flow
+//! accounting, sessions, idempotency keys, counters and the retained records included.
+//!
+//! It is JSON (the state) with the records' values in base64: readable by other tools,
+//! and bound to this version's state (a recording is replayed by the version that made it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::broker::Broker;
+use super::config::BrokerConfig;
+use super::dead_letter::Transit;
+use super::dedupe::Dedupe;
+use super::error::BrokerError;
+use super::stream::StreamState;
+use super::subscription::Subscription;
+use super::timers::TimerTable;
+use super::topic::Topic;
+use super::StreamId;
+use crate::storage::{Record, Storage, StorageError};
+
+/// Records read from a partition at a time while taking a snapshot.
+const READ_BATCH_RECORDS: usize = 4096;
+
+/// Why a snapshot was not taken, or cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The state, records included, passed the size the caller allows.
+    #[error("the broker's state passed {limit} bytes (its retained records included)")]
+    TooLarge {
+        /// The bound it passed.
+        limit: usize,
+    },
+    /// The bytes are not a snapshot of this version.
+    #[error("not a snapshot this version can read: {0}")]
+    Malformed(String),
+    /// The storage refused a read (taking it) or a write (restoring it).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The broker refuses the configuration it is restored with.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// A map whose keys are not strings, written as a list of pairs (JSON keys are strings).
+pub(super) mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
+/// One stored record.
+#[derive(Serialize, Deserialize)]
+struct SavedRecord {
+    key: Option<String>,
+    /// The value, base64.
+    value: String,
+    attributes: BTreeMap<String, String>,
+    publish_time_ms: u64,
+    idempotency_key: Option<String>,
+}
+
+/// One partition: where it starts, and every record from there on.
+#[derive(Serialize, Deserialize)]
+struct SavedPartition {
+    start: u64,
+    records: Vec<SavedRecord>,
+}
+
+/// A topic without its logs, and its partitions' records, as it is written.
+#[derive(Serialize)]
+struct SavedTopicRef<'a> {
+    name: &'a str,
+    uid: u64,
+    subscriptions: &'a BTreeSet<String>,
+    dedupe: &'a Dedupe,
+    round_robin: u32,
+    partitions: Vec<SavedPartition>,
+}
+
+/// [`SavedTopicRef`], as it is read back.
+#[derive(Deserialize)]
+struct SavedTopic {
+    name: String,
+    uid: u64,
+    subscriptions: BTreeSet<String>,
+    dedupe: Dedupe,
+    round_robin: u32,
+    partitions: Vec<SavedPartition>,
+}
+
+/// The broker's fields, but its configuration and storage (given when it is restored) and
+/// what is empty between commands (outputs, notices, topics to dispatch), as written.
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    topics: Vec<SavedTopicRef<'a>>,
+    subscriptions: &'a BTreeMap<u64, Subscription>,
+    subscription_uids: &'a BTreeMap<String, u64>,
+    streams: &'a BTreeMap<StreamId, StreamState>,
+    detached: &'a BTreeMap<StreamId, StreamState>,
+    timers: &'a TimerTable,
+    transits: &'a [Transit],
+    wall_ms: u64,
+    next_topic_uid: u64,
+    next_subscription_uid: u64,
+    next_stream_id: u64,
+    next_lease_seq: u64,
+    lease_seq_from_wall: bool,
+    next_ephemeral: u64,
+    saved_meta: &'a [u8],
+    #[serde(serialize_with = "pairs_of_ref")]
+    read_faults: &'a BTreeMap<(u64, u32, u64), StorageError>,
+}
+
+fn pairs_of_ref<S: serde::Serializer>(
+    map: &&BTreeMap<(u64, u32, u64), StorageError>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    pairs::serialize(*map, serializer)
+}
+
+/// [`SavedRef`], as it is read back.
+#[derive(Deserialize)]
+struct Saved {
+    topics: Vec<SavedTopic>,
+    subscriptions: BTreeMap<u64, Subscription>,
+    subscription_uids: BTreeMap<String, u64>,
+    streams: BTreeMap<StreamId, StreamState>,
+    detached: BTreeMap<StreamId, StreamState>,
+    timers: TimerTable,
+    transits: Vec<Transit>,
+    wall_ms: u64,
+    next_topic_uid: u64,
+    next_subscription_uid: u64,
+    next_stream_id: u64,
+    next_lease_seq: u64,
+    lease_seq_from_wall: bool,
+    next_ephemeral: u64,
+    saved_meta: Vec<u8>,
+    #[serde(with = "pairs")]
+    read_faults: BTreeMap<(u64, u32, u64), StorageError>,
+}
+
+impl Broker {
+    /// The broker's whole state, to restore with [`Broker::from_snapshot`]; at most
+    /// `limit` bytes, or [`SnapshotError::TooLarge`]. Take it between commands (its
+    /// outputs drained): what is in flight within a command is not in it.
+    pub fn snapshot(&self, limit: usize) -> Result<Vec<u8>, SnapshotError> {
+        let mut budget = limit;
+        let mut topics = Vec::with_capacity(self.topics.len());
+        for topic in self.topics.values() {
+            let mut partitions = Vec::with_capacity(topic.logs.len());
+            for log in &topic.logs {
+                partitions.push(save_partition(log.as_ref(), &mut budget, limit)?);
+            }
+            topics.push(SavedTopicRef {
+                name: &topic.name,
+                uid: topic.uid,
+                subscriptions: &topic.subscriptions,
+                dedupe: &topic.dedupe,
+                round_robin: topic.round_robin,
+                partitions,
+            });
+        }
+        let saved = SavedRef {
+            topics,
+            subscriptions: &self.subscriptions,
+            subscription_uids: &self.subscription_uids,
+            streams: &self.streams,
+            detached: &self.detached,
+            timers: &self.timers,
+            transits: &self.transits,
+            wall_ms: self.wall_ms,
+            next_topic_uid: self.next_topic_uid,
+            next_subscription_uid: self.next_subscription_uid,
+            next_stream_id: self.next_stream_id,
+            next_lease_seq: self.next_lease_seq,
+            lease_seq_from_wall: self.lease_seq_from_wall,
+            next_ephemeral: self.next_ephemeral,
+            saved_meta: &self.saved_meta,
+            read_faults: &self.read_faults,
+        };
+        let bytes = serde_json::to_vec(&saved).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if bytes.len() > limit {
+            return Err(SnapshotError::TooLarge { limit });
+        }
+        Ok(bytes)
+    }
+
+    /// A broker with `config` on `storage` (empty) holding what `snapshot` saved.
+    pub fn from_snapshot(
+        config: BrokerConfig,
+        storage: Box<dyn Storage>,
+        snapshot: &[u8],
+    ) -> Result<Broker, SnapshotError> {
+        let saved: Saved = serde_json::from_slice(snapshot).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        let mut broker = Broker::new(config, storage)?;
+        for t in saved.topics {
+            let mut logs = Vec::with_capacity(t.partitions.len());
+            for (p, partition) in t.partitions.into_iter().enumerate() {
+                let mut log = broker.storage.open_at(t.uid, p as u32, partition.start)?;
+                let records = partition.records.into_iter().map(restore_record).collect::<Result<Vec<_>, _>>()?;
+                if !records.is_empty() {
+                    log.append(records)?;
+                }
+                log.sync()?;
+                logs.push(log);
+            }
+            let mut topic = Topic::new(t.name.clone(), t.uid, logs, 0);
+            topic.subscriptions = t.subscriptions;
+            topic.dedupe = t.dedupe;
+            topic.round_robin = t.round_robin;
+            broker.topics.insert(t.name, topic);
+        }
+        broker.subscriptions = saved.subscriptions;
+        broker.subscription_uids = saved.subscription_uids;
+        broker.streams = saved.streams;
+        broker.detached = saved.detached;
+        broker.timers = saved.timers;
+        broker.transits = saved.transits;
+        broker.wall_ms = saved.wall_ms;
+        broker.next_topic_uid = saved.next_topic_uid;
+        broker.next_subscription_uid = saved.next_subscription_uid;
+        broker.next_stream_id = saved.next_stream_id;
+        broker.next_lease_seq = saved.next_lease_seq;
+        broker.lease_seq_from_wall = saved.lease_seq_from_wall;
+        broker.next_ephemeral = saved.next_ephemeral;
+        broker.saved_meta = saved.saved_meta;
+        broker.read_faults = saved.read_faults;
+        Ok(broker)
+    }
+}
+
+/// Every record of `log` from its start, charged against `budget` (their values' bytes).
+fn save_partition(
+    log: &dyn crate::storage::PartitionLog,
+    budget: &mut usize,
+    limit: usize,
+) -> Result<SavedPartition, SnapshotError> {
+    let start = log.start_offset();
+    let end = log.end_offset();
+    let mut records = Vec::new();
+    let mut next = start;
+    while next < end {
+        let batch = log.read(next, READ_BATCH_RECORDS, usize::MAX)?;
+        let Some(last) = batch.last() else { break };
+        next = last.offset + 1;
+        for stored in batch {
+            let record = &stored.record;
+            *budget = budget.checked_sub(record.size_bytes()).ok_or(SnapshotError::TooLarge { limit })?;
+            records.push(SavedRecord {
+                key: record.key.clone(),
+                value: base64::engine::general_purpose::STANDARD.encode(&record.value),
+                attributes: record.attributes.clone(),
+                publish_time_ms: record.publish_time_ms,
+                idempotency_key: record.idempotency_key.clone(),
+            });
+        }
+    }
+    Ok(SavedPartition { start, records })
+}
+
+fn restore_record(saved: SavedRecord) -> Result<Record, SnapshotError> {
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(&saved.value)
+        .map_err(|e| SnapshotError::Malformed(format!("a record's value: {e}")))?;
+    Ok(Record {
+        key: saved.key,
+        value: Bytes::from(value),
+        attributes: saved.attributes,
+        publish_time_ms: saved.publish_time_ms,
+        idempotency_key: saved.idempotency_key,
+    })
+}
