@@ -18,7 +18,7 @@ mod proptests;
 
 pub use codec::{decode as decode_command, encode as encode_command};
 pub use digest::{digest_outputs, digest_reply, digest_state};
-pub use reader::{read_dir, End, Recording, RecordingError, Step};
+pub use reader::{read_dir, End, Recording, RecordingError, Snapshot, Step};
 pub use replay::{ReplayError, Replayed, Replayer};
 pub use writer::{Recorder, RECORD_MAX_BYTES_DEFAULT, RECORD_MAX_BYTES_MIN};
 

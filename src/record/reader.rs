@@ -57,12 +57,24 @@ pub struct Recording {
     /// The broker started on empty storage and no segment was dropped: the recording
     /// replays from its first entry.
     pub from_empty: bool,
+    /// The broker's state where the first segment left begins, when the recording does not
+    /// replay from an empty broker (its older segments were removed at its bound).
+    pub snapshot: Option<Snapshot>,
     /// Every entry, in order.
     pub steps: Vec<Step>,
     /// Where reading stopped early: a torn or damaged last frame (a crash mid-write).
     pub cut: Option<String>,
     /// The broker stopped cleanly: when (monotonic ms), and the digest of its state then.
     pub end: Option<End>,
+}
+
+/// The broker's state where a segment begins (see [`Broker::snapshot`](crate::core::Broker::snapshot)).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The sequence number of the first entry applied after it.
+    pub next_seq: u64,
+    /// The state, as [`Broker::from_snapshot`](crate::core::Broker::from_snapshot) reads it.
+    pub state: Bytes,
 }
 
 /// How a recording ended, when its broker stopped cleanly.
@@ -86,8 +98,14 @@ pub fn read_dir(fs: &dyn Fs, dir: &Path) -> Result<Recording, RecordingError> {
     if names.is_empty() {
         return Err(RecordingError::Empty(dir.to_path_buf()));
     }
-    let mut recording =
-        Recording { settings_toml: String::new(), from_empty: false, steps: Vec::new(), cut: None, end: None };
+    let mut recording = Recording {
+        settings_toml: String::new(),
+        from_empty: false,
+        snapshot: None,
+        steps: Vec::new(),
+        cut: None,
+        end: None,
+    };
     for (i, name) in names.iter().enumerate() {
         let path = dir.join(name);
         let bytes = Bytes::from(fs.read(&path).map_err(io(&path))?);
@@ -140,6 +158,11 @@ pub fn read_dir(fs: &dyn Fs, dir: &Path) -> Result<Recording, RecordingError> {
                     }
                     recording.end = Some(End { now_ms: end.now_ms, state_digest: end.state_digest });
                 }
+                // Only the first segment's snapshot is needed: the replay begins there.
+                Some(pb::frame::Kind::Snapshot(snapshot)) if i == 0 && recording.steps.is_empty() => {
+                    recording.snapshot = Some(Snapshot { next_seq: snapshot.next_seq, state: snapshot.state });
+                }
+                Some(pb::frame::Kind::Snapshot(_)) => {}
                 None => return Err(damaged("a frame of no kind".to_string())),
             }
         }

@@ -14,14 +14,19 @@ use crate::storage::{FileStorage, MemoryStorage, Storage, StorageError};
 /// Why a recording cannot be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The recording's broker did not start empty, or its oldest segments were removed:
-    /// its first entries apply to state the replay does not have.
+    /// The recording's broker did not start empty, or its oldest segments were removed,
+    /// and its first segment left carries no snapshot: its first entries apply to state
+    /// the replay does not have.
     #[error(
         "the recording does not begin on an empty broker (its broker started on stored state, or its oldest \
-         segments were removed at its size bound); replaying it needs a snapshot of the state it begins from, \
-         which this version does not record"
+         segments were removed at its size bound) and its first segment has no snapshot of the state it begins \
+         from (the state was larger than an eighth of record_max_bytes, or the broker had not yet begun a second \
+         segment)"
     )]
     NotFromStart,
+    /// The first segment's snapshot does not restore.
+    #[error("its snapshot: {0}")]
+    Snapshot(#[from] crate::core::SnapshotError),
     /// The recorded settings do not parse as a configuration.
     #[error("its settings: {0}")]
     Settings(#[from] ConfigError),
@@ -76,14 +81,18 @@ impl Replayer {
     /// A broker with the recording's settings on `storage` (empty); `observe` has it keep
     /// its notices for [`Replayer::poll_notice`].
     pub fn new(recording: &Recording, storage: Box<dyn Storage>, observe: bool) -> Result<Self, ReplayError> {
-        if !recording.from_empty {
-            return Err(ReplayError::NotFromStart);
-        }
         let config = Self::settings(recording)?;
-        let mut broker = Broker::open(config.server.broker, storage)?;
-        if !broker.is_pristine() {
-            return Err(ReplayError::NotFromStart);
-        }
+        let mut broker = match &recording.snapshot {
+            _ if recording.from_empty => {
+                let broker = Broker::open(config.server.broker, storage)?;
+                if !broker.is_pristine() {
+                    return Err(ReplayError::NotFromStart);
+                }
+                broker
+            }
+            Some(snapshot) => Broker::from_snapshot(config.server.broker, storage, &snapshot.state)?,
+            None => return Err(ReplayError::NotFromStart),
+        };
         if observe {
             broker.observe();
         }

@@ -3,9 +3,15 @@
 //! checkpoint (about once a second), the buffer goes to the recorder's own thread, which
 //! appends it to the current segment. The driver never waits on the disk for the
 //! recording (only when the writer is [`BUFFERS_QUEUED_MAX`] buffers behind:
-//! back-pressure, not loss); a crash loses at most the last second or so of it. A segment
-//! that reaches an eighth of the recording's bound is closed and a new one begun; the
-//! oldest segments are removed while the recording is over its bound.
+//! back-pressure, not loss); a crash loses at most the last second or so of it.
+//!
+//! A segment that reaches an eighth of the recording's bound is closed at the end of a
+//! turn, and the next begins with a snapshot of the broker's state then
+//! ([`Broker::snapshot`]), so a replay can begin there; the oldest segments are removed
+//! while the recording is over its bound. A state larger than an eighth of the bound is
+//! not written (the log says so): until a later segment has one, the recording replays
+//! only from an older snapshot or its start. Taking a snapshot holds the driver for as long
+//! as encoding the state takes (a few milliseconds per MiB of retained records).
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::{codec, frame, pb, segment_name, FORMAT_VERSION, FRAME_HEADER};
-use crate::core::{At, Command};
+use crate::core::{At, Broker, Command, SnapshotError};
 use crate::env::{Fs, FsFile};
 
 /// `--record-max-bytes` when it is not given: 1 GiB.
@@ -41,8 +47,10 @@ const DIGEST_FIELDS_LEN: usize = 2 * 9;
 
 /// What the driver sends the writer thread.
 enum ToWriter {
-    /// Frames whose first entry is `first_seq` (a segment may begin before them).
-    Frames { first_seq: u64, bytes: Vec<u8> },
+    /// Frames for the current segment.
+    Frames { bytes: Vec<u8> },
+    /// Close the current segment and begin one at entry `first_seq`, with this snapshot.
+    Rotate { first_seq: u64, snapshot: Option<Vec<u8>> },
     /// The last frames (the `End`); the writer syncs, answers, and stops.
     Finish { bytes: Vec<u8>, done: mpsc::SyncSender<()> },
 }
@@ -51,9 +59,13 @@ enum ToWriter {
 pub struct Recorder {
     /// Frames of this turn.
     buffer: Vec<u8>,
-    /// The sequence number of the buffer's first entry.
-    buffer_first_seq: u64,
     next_seq: u64,
+    /// The recording's bound: a segment is begun after each eighth of it.
+    max_bytes: u64,
+    /// Bytes handed to the writer for the current segment (its start and snapshot included).
+    segment_bytes: u64,
+    /// A snapshot was too large: said once in the log, not at every segment.
+    told_too_large: bool,
     /// Where the entry `begin` started and `end` has not finished begins in the buffer.
     open_frame: Option<usize>,
     writer: Option<mpsc::SyncSender<ToWriter>>,
@@ -74,16 +86,18 @@ struct Segments {
 }
 
 impl Recorder {
-    /// Starts a recording in `dir` (created if missing; it must hold no recording), bounded
-    /// by `max_bytes`. `settings_toml` is the broker's effective configuration; `from_empty`
-    /// says the broker started on empty storage, so the recording replays from its start.
+    /// Starts a recording of `broker` in `dir` (created if missing; it must hold no
+    /// recording), bounded by `max_bytes`. `settings_toml` is the broker's effective
+    /// configuration. A broker that holds nothing replays from the recording's start; one
+    /// that restored stored state is snapshotted first, so its recording replays too.
     pub fn create(
         fs: Arc<dyn Fs>,
         dir: &Path,
         max_bytes: u64,
         settings_toml: String,
-        from_empty: bool,
+        broker: &Broker,
     ) -> io::Result<Self> {
+        let from_empty = broker.is_pristine();
         if max_bytes < RECORD_MAX_BYTES_MIN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -109,14 +123,23 @@ impl Recorder {
             file_size: 0,
             file_name: name,
         };
-        segments.write(&segments.start_frame(1, from_empty))?;
+        let mut start = segments.start_frame(1, from_empty);
+        let mut told_too_large = false;
+        if !from_empty {
+            if let Some(state) = snapshot_of(broker, max_bytes, &mut told_too_large) {
+                frame(&snapshot_frame(1, state), &mut start);
+            }
+        }
+        segments.write(&start)?;
         segments.fs.sync_dir(&segments.dir)?;
         let (writer, frames) = mpsc::sync_channel(BUFFERS_QUEUED_MAX);
         let thread = std::thread::Builder::new().name("flight-recorder".into()).spawn(move || segments.run(frames))?;
         Ok(Recorder {
             buffer: Vec::new(),
-            buffer_first_seq: 1,
             next_seq: 1,
+            max_bytes,
+            segment_bytes: start.len() as u64,
+            told_too_large,
             open_frame: None,
             writer: Some(writer),
             thread: Some(thread),
@@ -130,9 +153,6 @@ impl Recorder {
     pub fn begin(&mut self, at: At, command: Command) -> Command {
         if self.writer.is_none() {
             return command;
-        }
-        if self.buffer.is_empty() {
-            self.buffer_first_seq = self.next_seq;
         }
         let mut entry = pb::Entry {
             seq: self.next_seq,
@@ -173,9 +193,28 @@ impl Recorder {
     /// At the end of a driver turn: hands what was recorded to the writer thread once it
     /// is [`FLUSH_BYTES`] or more, so a busy broker wakes the writer once per batch of
     /// turns rather than once per turn. [`Recorder::flush`] hands it over whatever its size.
-    pub fn turn_ended(&mut self) {
+    /// When the segment has reached an eighth of the bound, a new one begins with a
+    /// snapshot of `broker` (between two commands, as it is at a turn's end).
+    pub fn turn_ended(&mut self, broker: &Broker) {
         if self.buffer.len() >= FLUSH_BYTES {
             self.flush();
+        }
+        if self.segment_bytes + self.buffer.len() as u64 >= self.max_bytes / SEGMENTS {
+            self.rotate(broker);
+        }
+    }
+
+    /// Closes the segment and begins the next with a snapshot of `broker`.
+    fn rotate(&mut self, broker: &Broker) {
+        self.flush();
+        if self.writer.is_none() {
+            return;
+        }
+        let snapshot = snapshot_of(broker, self.max_bytes, &mut self.told_too_large);
+        let Some(writer) = &self.writer else { return };
+        self.segment_bytes = snapshot.as_ref().map_or(0, |s| s.len() as u64);
+        if writer.send(ToWriter::Rotate { first_seq: self.next_seq, snapshot }).is_err() {
+            self.writer = None;
         }
     }
 
@@ -189,7 +228,8 @@ impl Recorder {
         }
         let Some(writer) = &self.writer else { return };
         let bytes = std::mem::take(&mut self.buffer);
-        if writer.send(ToWriter::Frames { first_seq: self.buffer_first_seq, bytes }).is_err() {
+        self.segment_bytes += bytes.len() as u64;
+        if writer.send(ToWriter::Frames { bytes }).is_err() {
             self.writer = None;
         }
     }
@@ -213,6 +253,30 @@ impl Recorder {
     }
 }
 
+/// A snapshot of `broker` no larger than an eighth of the recording's bound (and than a
+/// frame may be), or `None` with a warning (once for a state too large, `told` says).
+fn snapshot_of(broker: &Broker, max_bytes: u64, told: &mut bool) -> Option<Vec<u8>> {
+    // The frame's other fields take a few bytes; a frame is at most FRAME_BODY_MAX.
+    let limit = ((max_bytes / SEGMENTS) as usize).min(super::FRAME_BODY_MAX - 64);
+    match broker.snapshot(limit) {
+        Ok(state) => Some(state),
+        Err(error) => {
+            if !*told || !matches!(error, SnapshotError::TooLarge { .. }) {
+                tracing::warn!(%error, "the flight recorder begins a segment without a snapshot: a replay cannot \
+                    begin there (raise record_max_bytes to eight times the state to snapshot it)");
+                *told = true;
+            }
+            None
+        }
+    }
+}
+
+/// The body of a `Snapshot` frame.
+fn snapshot_frame(next_seq: u64, state: Vec<u8>) -> Vec<u8> {
+    let snapshot = pb::Snapshot { next_seq, state: state.into() };
+    pb::Frame { kind: Some(pb::frame::Kind::Snapshot(snapshot)) }.encode_to_vec()
+}
+
 impl Drop for Recorder {
     /// A recorder dropped without `finish` (the driver stopped on a broken invariant)
     /// still writes what it was given.
@@ -231,20 +295,19 @@ impl Segments {
     fn run(mut self, frames: mpsc::Receiver<ToWriter>) {
         let mut failed = false;
         while let Ok(message) = frames.recv() {
-            let (first_seq, bytes, done) = match message {
-                ToWriter::Frames { first_seq, bytes } => (Some(first_seq), bytes, None),
-                ToWriter::Finish { bytes, done } => (None, bytes, Some(done)),
-            };
-            if !failed {
-                let written = match first_seq {
-                    Some(seq) => self.rotate_if_full(seq).and_then(|()| self.write(&bytes)),
-                    None => self.write(&bytes).and_then(|()| self.file.sync_data()),
-                };
-                if let Err(error) = written {
-                    tracing::error!(dir = %self.dir.display(), %error,
-                        "the flight recorder cannot write; the recording stops here (the broker goes on)");
-                    failed = true;
+            let (written, done) = match message {
+                ToWriter::Frames { .. } | ToWriter::Rotate { .. } if failed => (Ok(()), None),
+                ToWriter::Finish { done, .. } if failed => (Ok(()), Some(done)),
+                ToWriter::Frames { bytes } => (self.write(&bytes), None),
+                ToWriter::Rotate { first_seq, snapshot } => (self.rotate(first_seq, snapshot), None),
+                ToWriter::Finish { bytes, done } => {
+                    (self.write(&bytes).and_then(|()| self.file.sync_data()), Some(done))
                 }
+            };
+            if let Err(error) = written {
+                tracing::error!(dir = %self.dir.display(), %error,
+                    "the flight recorder cannot write; the recording stops here (the broker goes on)");
+                failed = true;
             }
             if let Some(done) = done {
                 let _ = done.send(());
@@ -267,19 +330,19 @@ impl Segments {
         Ok(())
     }
 
-    /// Begins a new segment at entry `first_seq` when the current one is full, and removes
-    /// the oldest segments while the recording is over its bound.
-    fn rotate_if_full(&mut self, first_seq: u64) -> io::Result<()> {
-        if self.file_size < self.max_bytes / SEGMENTS {
-            return Ok(());
-        }
+    /// Closes the current segment and begins one at entry `first_seq` with `snapshot`, then
+    /// removes the oldest segments while the recording is over its bound.
+    fn rotate(&mut self, first_seq: u64, snapshot: Option<Vec<u8>>) -> io::Result<()> {
         self.file.sync_data()?;
         let name = segment_name(first_seq);
         self.file = self.fs.open(&self.dir.join(&name), true)?;
         self.closed.push_back((std::mem::replace(&mut self.file_name, name), self.file_size));
         self.file_size = 0;
-        let start = self.start_frame(first_seq, false);
-        self.write(&start)?;
+        let mut frames = self.start_frame(first_seq, false);
+        if let Some(state) = snapshot {
+            frame(&snapshot_frame(first_seq, state), &mut frames);
+        }
+        self.write(&frames)?;
         let mut total: u64 = self.closed.iter().map(|(_, size)| size).sum::<u64>() + self.file_size;
         while total > self.max_bytes {
             let Some((name, size)) = self.closed.pop_front() else { break };
@@ -295,9 +358,10 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::core::OutgoingMessage;
+    use crate::core::{Answer, OutgoingMessage, Output, Reply, SubscriptionSpec};
     use crate::env::StdFs;
-    use crate::record::read_dir;
+    use crate::record::{digest_outputs, digest_reply, digest_state, read_dir, Replayer};
+    use crate::storage::MemoryStorage;
 
     fn publish(size: usize) -> Command {
         let message = OutgoingMessage { value: Bytes::from(vec![7u8; size]), ..Default::default() };
@@ -310,41 +374,117 @@ mod tests {
         recorder.end(reply, outputs);
     }
 
+    /// Applies `command` to `broker` as the driver does, recording it.
+    fn apply(recorder: &mut Recorder, broker: &mut Broker, at: At, command: Command) -> Reply {
+        let command = recorder.begin(at, command);
+        let reply = broker.handle(at, command);
+        let outputs: Vec<Output> = std::iter::from_fn(|| broker.poll_output()).collect();
+        recorder.end(digest_reply(&reply), digest_outputs(&outputs));
+        reply
+    }
+
     #[test]
-    fn a_recording_rotates_and_drops_its_oldest_segments_past_its_bound() {
+    fn a_recording_past_its_bound_drops_old_segments_and_replays_from_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let fs: Arc<dyn Fs> = Arc::new(StdFs);
         let max = RECORD_MAX_BYTES_MIN;
-        let mut recorder = Recorder::create(fs.clone(), dir.path(), max, "x = 1".into(), true).unwrap();
-        // 20 MiB of entries, flushed as a driver would, every ten entries.
+        // Retention keeps the broker's state small, so each new segment gets a snapshot.
+        let settings = "[storage]\nstorage = \"memory\"\n[broker]\nmax_message_bytes = 65536\n\
+                        partition_retention_bytes = 262144\n";
+        let config = crate::config::Loaded::from_toml(settings, Path::new("test")).unwrap().config;
+        let mut broker = Broker::new(config.server.broker, Box::new(MemoryStorage)).unwrap();
+        let mut recorder = Recorder::create(fs.clone(), dir.path(), max, settings.into(), &broker).unwrap();
+        let mut at = At { now_ms: 1_000, wall_ms: 1_700_000_000_000 };
+        let spec = SubscriptionSpec { name: "s".into(), topic: "t".into(), ..Default::default() };
+        let create = Command::CreateTopic { name: "t".into(), partitions: None, dedupe_window_ms: None };
+        apply(&mut recorder, &mut broker, at, create).unwrap();
+        apply(&mut recorder, &mut broker, at, Command::CreateSubscription(spec)).unwrap();
+        // 20 MiB of publishes; pulls leave leases in flight across the snapshots, some acked.
         for i in 0..2000u64 {
-            record(&mut recorder, At { now_ms: i, wall_ms: i }, publish(10 * 1024), i, 0);
+            at.now_ms += 5;
+            at.wall_ms += 5;
+            apply(&mut recorder, &mut broker, at, publish(10 * 1024)).unwrap();
+            if i % 7 == 0 {
+                let pull = Command::Pull { subscription: "s".into(), max_messages: 3 };
+                let Ok(Answer::Deliveries(leased)) = apply(&mut recorder, &mut broker, at, pull) else { panic!() };
+                let ack_ids = leased.iter().take(2).map(|d| d.ack_id.clone()).collect();
+                let acks = Command::Acks { subscription: "s".into(), op: crate::core::AckOp::Ack, ack_ids };
+                apply(&mut recorder, &mut broker, at, acks).unwrap();
+            }
             if i % 10 == 9 {
-                recorder.flush();
+                apply(&mut recorder, &mut broker, at, Command::Retention).unwrap();
+                apply(&mut recorder, &mut broker, at, Command::Tick).unwrap();
+                recorder.turn_ended(&broker);
             }
         }
-        recorder.finish(2000, 42);
+        recorder.finish(at.now_ms, digest_state(&broker, at.now_ms));
+
         let names = fs.list_dir(dir.path()).unwrap();
         let total: u64 = names.iter().map(|n| std::fs::metadata(dir.path().join(n)).unwrap().len()).sum();
         assert!(total <= max, "{total} bytes kept, bound {max}");
         assert!(names.len() >= 7 && !names.contains(&segment_name(1)), "{names:?}");
         let recording = read_dir(&StdFs, dir.path()).unwrap();
         assert!(!recording.from_empty, "the first segment is gone: it cannot replay from empty");
+        let snapshot = recording.snapshot.as_ref().expect("the first segment left begins with a snapshot");
         let steps = &recording.steps;
-        assert_eq!(steps.last().map(|s| s.seq), Some(2000));
+        assert_eq!(steps.first().map(|s| s.seq), Some(snapshot.next_seq));
         assert!(steps.windows(2).all(|w| w[1].seq == w[0].seq + 1), "no gap");
-        assert_eq!(recording.end.map(|e| e.state_digest), Some(42));
+        let mut replayer = Replayer::new(&recording, Box::new(MemoryStorage), false).unwrap();
+        for step in steps {
+            let replayed = replayer.apply(step);
+            assert!(replayed.reply_matches && replayed.outputs_match, "entry {}: {:?}", step.seq, replayed.reply);
+        }
+        let end = recording.end.expect("the recorder finished");
+        assert_eq!(replayer.state_digest(end.now_ms), end.state_digest);
+    }
+
+    #[test]
+    fn a_broker_that_started_on_stored_state_is_snapshotted_first_and_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs: Arc<dyn Fs> = Arc::new(StdFs);
+        let settings = "[storage]\nstorage = \"memory\"\n";
+        let config = crate::config::Loaded::from_toml(settings, Path::new("test")).unwrap().config;
+        let mut broker = Broker::new(config.server.broker, Box::new(MemoryStorage)).unwrap();
+        let at = At { now_ms: 1_000, wall_ms: 1_700_000_000_000 };
+        let create = Command::CreateTopic { name: "t".into(), partitions: None, dedupe_window_ms: None };
+        broker.handle(at, create).unwrap();
+        broker.handle(at, publish(100)).unwrap();
+        let mut recorder = Recorder::create(fs, dir.path(), RECORD_MAX_BYTES_MIN, settings.into(), &broker).unwrap();
+        let spec = SubscriptionSpec { name: "s".into(), topic: "t".into(), ..Default::default() };
+        apply(&mut recorder, &mut broker, at, Command::CreateSubscription(spec)).unwrap();
+        let pull = Command::Pull { subscription: "s".into(), max_messages: 0 };
+        apply(&mut recorder, &mut broker, at, pull).unwrap();
+        recorder.finish(at.now_ms, digest_state(&broker, at.now_ms));
+        let recording = read_dir(&StdFs, dir.path()).unwrap();
+        assert!(!recording.from_empty && recording.snapshot.is_some());
+        let mut replayer = Replayer::new(&recording, Box::new(MemoryStorage), false).unwrap();
+        let replies: Vec<Reply> = recording
+            .steps
+            .iter()
+            .map(|step| {
+                let replayed = replayer.apply(step);
+                assert!(replayed.reply_matches && replayed.outputs_match, "entry {}: {:?}", step.seq, replayed.reply);
+                replayed.reply
+            })
+            .collect();
+        // The pull leased the message published before the recording began: it came with
+        // the snapshot.
+        let Ok(Answer::Deliveries(leased)) = &replies[1] else { panic!("{:?}", replies[1]) };
+        assert_eq!(leased.len(), 1);
+        assert_eq!(replayer.state_digest(at.now_ms), recording.end.unwrap().state_digest);
     }
 
     #[test]
     fn a_directory_with_a_recording_is_refused_and_a_torn_tail_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let fs: Arc<dyn Fs> = Arc::new(StdFs);
-        let mut recorder = Recorder::create(fs.clone(), dir.path(), RECORD_MAX_BYTES_MIN, String::new(), true).unwrap();
+        let empty = Broker::new(crate::core::BrokerConfig::default(), Box::new(MemoryStorage)).unwrap();
+        let mut recorder =
+            Recorder::create(fs.clone(), dir.path(), RECORD_MAX_BYTES_MIN, String::new(), &empty).unwrap();
         record(&mut recorder, At::default(), publish(10), 1, 2);
         record(&mut recorder, At::default(), publish(10), 3, 4);
         recorder.flush();
-        let refused = Recorder::create(fs.clone(), dir.path(), RECORD_MAX_BYTES_MIN, String::new(), true);
+        let refused = Recorder::create(fs.clone(), dir.path(), RECORD_MAX_BYTES_MIN, String::new(), &empty);
         assert!(refused.err().unwrap().to_string().contains("already holds a recording"));
         drop(recorder);
         // A crash tore the last frame: what came before it is read, and the cut is said.

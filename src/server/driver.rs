@@ -264,7 +264,7 @@ impl Driver {
             self.commit().await;
             self.flush();
             if let Some(recorder) = &mut self.checks.recorder {
-                recorder.turn_ended();
+                recorder.turn_ended(&self.broker);
             }
             if !self.after_turn() {
                 // A broken core must not go on: the driver ends without a last turn, and

@@ -245,7 +245,7 @@ where
     let recorder = match record {
         Some(to) => {
             let from_empty = broker.is_pristine();
-            let recorder = Recorder::create(to.fs, &to.dir, to.max_bytes, to.settings_toml, from_empty)
+            let recorder = Recorder::create(to.fs, &to.dir, to.max_bytes, to.settings_toml, &broker)
                 .map_err(ServerError::Record)?;
             info!(dir = %to.dir.display(), max_bytes = to.max_bytes, from_empty, "recording every command");
             Some(recorder)
