@@ -167,6 +167,11 @@ impl Broker {
     /// `limit` bytes, or [`SnapshotError::TooLarge`]. Take it between commands (its
     /// outputs drained): what is in flight within a command is not in it.
     pub fn snapshot(&self, limit: usize) -> Result<Vec<u8>, SnapshotError> {
+        // The logs know their size: a state too large is refused before any work.
+        let retained: u64 = self.topics.values().flat_map(|t| &t.logs).map(|log| log.size_bytes()).sum();
+        if retained > limit as u64 {
+            return Err(SnapshotError::TooLarge { limit });
+        }
         let mut budget = limit;
         let mut topics = Vec::with_capacity(self.topics.len());
         for topic in self.topics.values() {
