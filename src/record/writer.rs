@@ -36,6 +36,13 @@ pub const BUFFERS_QUEUED_MAX: usize = 64;
 /// What the driver gathers before it hands a buffer to the writer thread (at the end of a
 /// turn), unless a checkpoint or the stop comes first.
 pub const FLUSH_BYTES: usize = 256 * 1024;
+/// A buffer's capacity: a flush's worth and room for the turn's last commands past it,
+/// so a buffer rarely grows. Written buffers come back from the writer thread to be used
+/// again, so the driver does not fault in fresh pages for every flush.
+const BUFFER_CAPACITY: usize = 2 * FLUSH_BYTES;
+/// Written buffers kept for the driver; more, or one a huge command grew past four times
+/// [`BUFFER_CAPACITY`], are freed.
+const BUFFERS_KEPT: usize = 4;
 /// `Frame.entry`: field 2, length-delimited.
 const FRAME_ENTRY_TAG: u8 = 2 << 3 | 2;
 /// `Entry.reply_digest`: field 5, fixed64.
@@ -69,6 +76,8 @@ pub struct Recorder {
     /// Where the entry `begin` started and `end` has not finished begins in the buffer.
     open_frame: Option<usize>,
     writer: Option<mpsc::SyncSender<ToWriter>>,
+    /// Buffers the writer thread has written, to be filled again.
+    written: mpsc::Receiver<Vec<u8>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -133,15 +142,19 @@ impl Recorder {
         segments.write(&start)?;
         segments.fs.sync_dir(&segments.dir)?;
         let (writer, frames) = mpsc::sync_channel(BUFFERS_QUEUED_MAX);
-        let thread = std::thread::Builder::new().name("flight-recorder".into()).spawn(move || segments.run(frames))?;
+        let (give_back, written) = mpsc::sync_channel(BUFFERS_KEPT);
+        let thread = std::thread::Builder::new()
+            .name("flight-recorder".into())
+            .spawn(move || segments.run(frames, give_back))?;
         Ok(Recorder {
-            buffer: Vec::new(),
+            buffer: Vec::with_capacity(BUFFER_CAPACITY),
             next_seq: 1,
             max_bytes,
             segment_bytes: start.len() as u64,
             told_too_large,
             open_frame: None,
             writer: Some(writer),
+            written,
             thread: Some(thread),
         })
     }
@@ -152,6 +165,20 @@ impl Recorder {
     /// applying it produced. Returns the command, unchanged.
     pub fn begin(&mut self, at: At, command: Command) -> Command {
         if self.writer.is_none() {
+            return command;
+        }
+        if let Command::Publish { topic, messages } = &command {
+            // The one command whose size is the payload's: encoded from references, with no
+            // protobuf form built and taken apart again.
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let entry_len = publish::entry_len(seq, at, topic, messages) + DIGEST_FIELDS_LEN;
+            let start = self.buffer.len();
+            self.buffer.extend_from_slice(&[0; FRAME_HEADER]);
+            self.buffer.push(FRAME_ENTRY_TAG);
+            prost::encoding::encode_varint(entry_len as u64, &mut self.buffer);
+            publish::encode_entry(seq, at, topic, messages, &mut self.buffer);
+            self.open_frame = Some(start);
             return command;
         }
         let mut entry = pb::Entry {
@@ -227,7 +254,8 @@ impl Recorder {
             return;
         }
         let Some(writer) = &self.writer else { return };
-        let bytes = std::mem::take(&mut self.buffer);
+        let next = self.written.try_recv().unwrap_or_else(|_| Vec::with_capacity(BUFFER_CAPACITY));
+        let bytes = std::mem::replace(&mut self.buffer, next);
         self.segment_bytes += bytes.len() as u64;
         if writer.send(ToWriter::Frames { bytes }).is_err() {
             self.writer = None;
@@ -277,6 +305,114 @@ fn snapshot_frame(next_seq: u64, state: Vec<u8>) -> Vec<u8> {
     pb::Frame { kind: Some(pb::frame::Kind::Snapshot(snapshot)) }.encode_to_vec()
 }
 
+/// `Entry { seq, now_ms, wall_ms, command: Command { publish: Publish { topic, messages } } }`
+/// encoded by hand from references, field for field as prost encodes the generated types
+/// (proto3 defaults skipped, optional fields written when set), so it reads back alike.
+mod publish {
+    use prost::encoding::{self, encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+
+    use crate::core::{At, OutgoingMessage};
+
+    fn message_len(m: &OutgoingMessage) -> usize {
+        let mut len = 0;
+        if !m.value.is_empty() {
+            len += encoding::bytes::encoded_len(1, &m.value);
+        }
+        if let Some(key) = &m.key {
+            len += encoding::string::encoded_len(2, key);
+        }
+        len += encoding::btree_map::encoded_len(
+            encoding::string::encoded_len,
+            encoding::string::encoded_len,
+            3,
+            &m.attributes,
+        );
+        if let Some(partition) = &m.partition {
+            len += encoding::uint32::encoded_len(4, partition);
+        }
+        if let Some(key) = &m.idempotency_key {
+            len += encoding::string::encoded_len(5, key);
+        }
+        len
+    }
+
+    fn publish_len(topic: &str, messages: &[OutgoingMessage]) -> usize {
+        let topic_len =
+            if topic.is_empty() { 0 } else { key_len(1) + encoded_len_varint(topic.len() as u64) + topic.len() };
+        let messages: usize =
+            messages.iter().map(message_len).map(|len| key_len(2) + encoded_len_varint(len as u64) + len).sum();
+        topic_len + messages
+    }
+
+    fn command_len(topic: &str, messages: &[OutgoingMessage]) -> usize {
+        let len = publish_len(topic, messages);
+        key_len(1) + encoded_len_varint(len as u64) + len
+    }
+
+    fn scalar_len(tag: u32, value: u64) -> usize {
+        if value == 0 {
+            0
+        } else {
+            encoding::uint64::encoded_len(tag, &value)
+        }
+    }
+
+    /// The entry's length, without the digests `end` adds.
+    pub(super) fn entry_len(seq: u64, at: At, topic: &str, messages: &[OutgoingMessage]) -> usize {
+        let command = command_len(topic, messages);
+        scalar_len(1, seq)
+            + scalar_len(2, at.now_ms)
+            + scalar_len(3, at.wall_ms)
+            + key_len(4)
+            + encoded_len_varint(command as u64)
+            + command
+    }
+
+    pub(super) fn encode_entry(seq: u64, at: At, topic: &str, messages: &[OutgoingMessage], buf: &mut Vec<u8>) {
+        for (tag, value) in [(1, seq), (2, at.now_ms), (3, at.wall_ms)] {
+            if value != 0 {
+                encoding::uint64::encode(tag, &value, buf);
+            }
+        }
+        let publish = publish_len(topic, messages);
+        let command = key_len(1) + encoded_len_varint(publish as u64) + publish;
+        encode_key(4, WireType::LengthDelimited, buf);
+        encode_varint(command as u64, buf);
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(publish as u64, buf);
+        if !topic.is_empty() {
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(topic.len() as u64, buf);
+            buf.extend_from_slice(topic.as_bytes());
+        }
+        for m in messages {
+            encode_key(2, WireType::LengthDelimited, buf);
+            encode_varint(message_len(m) as u64, buf);
+            if !m.value.is_empty() {
+                encoding::bytes::encode(1, &m.value, buf);
+            }
+            if let Some(key) = &m.key {
+                encoding::string::encode(2, key, buf);
+            }
+            encoding::btree_map::encode(
+                encoding::string::encode,
+                encoding::string::encoded_len,
+                encoding::string::encode,
+                encoding::string::encoded_len,
+                3,
+                &m.attributes,
+                buf,
+            );
+            if let Some(partition) = &m.partition {
+                encoding::uint32::encode(4, partition, buf);
+            }
+            if let Some(key) = &m.idempotency_key {
+                encoding::string::encode(5, key, buf);
+            }
+        }
+    }
+}
+
 impl Drop for Recorder {
     /// A recorder dropped without `finish` (the driver stopped on a broken invariant)
     /// still writes what it was given.
@@ -292,13 +428,21 @@ impl Drop for Recorder {
 impl Segments {
     /// Writes what the driver sends until it finishes or goes away. After a failed write
     /// it logs why and drops the rest, so the driver is never held up by a dead disk.
-    fn run(mut self, frames: mpsc::Receiver<ToWriter>) {
+    fn run(mut self, frames: mpsc::Receiver<ToWriter>, give_back: mpsc::SyncSender<Vec<u8>>) {
         let mut failed = false;
         while let Ok(message) = frames.recv() {
             let (written, done) = match message {
                 ToWriter::Frames { .. } | ToWriter::Rotate { .. } if failed => (Ok(()), None),
                 ToWriter::Finish { done, .. } if failed => (Ok(()), Some(done)),
-                ToWriter::Frames { bytes } => (self.write(&bytes), None),
+                ToWriter::Frames { mut bytes } => {
+                    let written = self.write(&bytes);
+                    bytes.clear();
+                    // The driver takes it back at its next flush; if it has enough, it is freed.
+                    if bytes.capacity() <= 4 * BUFFER_CAPACITY {
+                        let _ = give_back.try_send(bytes);
+                    }
+                    (written, None)
+                }
                 ToWriter::Rotate { first_seq, snapshot } => (self.rotate(first_seq, snapshot), None),
                 ToWriter::Finish { bytes, done } => {
                     (self.write(&bytes).and_then(|()| self.file.sync_data()), Some(done))
@@ -472,6 +616,48 @@ mod tests {
         let Ok(Answer::Deliveries(leased)) = &replies[1] else { panic!("{:?}", replies[1]) };
         assert_eq!(leased.len(), 1);
         assert_eq!(replayer.state_digest(at.now_ms), recording.end.unwrap().state_digest);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_publish_is_encoded_by_hand_exactly_as_prost_encodes_it(
+            topic in "[a-z]{0,5}",
+            messages in proptest::collection::vec((
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+                proptest::option::of("[a-z]{0,4}"),
+                proptest::collection::btree_map("[a-z]{0,3}", "[a-z]{0,3}", 0..3),
+                proptest::option::of(0u32..300),
+                proptest::option::of("[a-z0-9-]{0,6}"),
+            ), 0..5),
+            seq in 0u64..1000,
+            now_ms in 0u64..100_000,
+            wall_ms in 0u64..2_000_000_000_000,
+        ) {
+            let messages: Vec<OutgoingMessage> = messages
+                .into_iter()
+                .map(|(value, key, attributes, partition, idempotency_key)| OutgoingMessage {
+                    value: value.into(),
+                    key,
+                    attributes,
+                    partition,
+                    idempotency_key,
+                })
+                .collect();
+            let at = At { now_ms, wall_ms };
+            let mut by_hand = Vec::new();
+            publish::encode_entry(seq, at, &topic, &messages, &mut by_hand);
+            proptest::prop_assert_eq!(by_hand.len(), publish::entry_len(seq, at, &topic, &messages));
+            let command = Command::Publish { topic, messages };
+            let entry = pb::Entry {
+                seq,
+                now_ms,
+                wall_ms,
+                command: Some(codec::into_pb(command)),
+                reply_digest: 0,
+                outputs_digest: 0,
+            };
+            proptest::prop_assert_eq!(by_hand, entry.encode_to_vec());
+        }
     }
 
     #[test]
