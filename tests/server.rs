@@ -395,3 +395,32 @@ async fn past_connections_max_a_new_connection_is_closed_and_the_open_ones_go_on
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_subscriber_that_reads_nothing_loses_its_leases_to_the_others_after_the_stall_timeout() {
+    let config = ServerConfig { stream_stall_timeout_ms: 1000, ..ServerConfig::default() };
+    let server = start_with(config).await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 600).await; // leases that would last ten minutes
+    let stalled = server.subscribe(on_subscription("s")).await;
+    // 6.4 MB for the only member: more than HTTP/2 lets through to a client that reads nothing.
+    let value = "v".repeat(16 * 1024);
+    for _ in 0..4 {
+        server.publish("t", &vec![value.as_str(); 100]).await;
+    }
+    let mut healthy = server.subscribe(on_subscription("s")).await;
+    let mut received = 0;
+    // Bounded: 10 s, against the 600 s the leases would otherwise last.
+    for _ in 0..100 {
+        if let Some(response) = healthy.next_within(Duration::from_millis(100)).await {
+            received += response.received_messages.len();
+        }
+        if received >= 400 {
+            break;
+        }
+    }
+    assert_eq!(received, 400, "the stalled member's leases reach the healthy one");
+    assert_eq!(server.stats("s").await.streams, 1, "the stream that read nothing was ended");
+    drop(stalled);
+    server.stop().await;
+}

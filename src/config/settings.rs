@@ -222,6 +222,8 @@ settings! {
         "Largest request decoded, in bytes (a publish batch); larger is OUT_OF_RANGE.";
     Server stream_queue_max: usize = server.stream_queue_max,
         "Responses queued on one Subscribe stream; a client that stops reading is ended with RESOURCE_EXHAUSTED.";
+    Server stream_stall_timeout_ms: u64 = server.stream_stall_timeout_ms,
+        "How long a Subscribe stream's client may read nothing before the stream is ended and its leases go to others.";
     Server keepalive_interval_ms: u64 = server.keepalive_interval_ms,
         "HTTP/2 keepalive pings on idle connections, so a cut stream is detected.";
     Server keepalive_timeout_ms: u64 = server.keepalive_timeout_ms,

@@ -1,6 +1,6 @@
 //! Writing a recording. The driver encodes each applied command into a buffer as it goes;
-//! at the end of a turn in which the buffer reached [`FLUSH_BYTES`], and at every
-//! checkpoint (about once a second), the buffer goes to the recorder's own thread, which
+//! once the buffer reaches [`FLUSH_BYTES`], and at every checkpoint (about once a second),
+//! the buffer goes to the recorder's own thread, which
 //! appends it to the current segment. The driver never waits on the disk for the
 //! recording (only when the writer is [`BUFFERS_QUEUED_MAX`] buffers behind:
 //! back-pressure, not loss); a crash loses at most the last second or so of it.
@@ -11,7 +11,8 @@
 //! while the recording is over its bound. A state larger than an eighth of the bound is
 //! not written (the log says so): until a later segment has one, the recording replays
 //! only from an older snapshot or its start. Taking a snapshot holds the driver for as long
-//! as encoding the state takes (a few milliseconds per MiB of retained records).
+//! as reading and encoding the state takes (not measured yet; it grows with what is
+//! retained, at most an eighth of the bound).
 
 use std::collections::VecDeque;
 use std::io;
@@ -215,17 +216,17 @@ impl Recorder {
         let (len, crc) = ((body.len() as u32).to_le_bytes(), crc32c::crc32c(body).to_le_bytes());
         self.buffer[start..start + 4].copy_from_slice(&len);
         self.buffer[start + 4..start + 8].copy_from_slice(&crc);
-    }
-
-    /// At the end of a driver turn: hands what was recorded to the writer thread once it
-    /// is [`FLUSH_BYTES`] or more, so a busy broker wakes the writer once per batch of
-    /// turns rather than once per turn. [`Recorder::flush`] hands it over whatever its size.
-    /// When the segment has reached an eighth of the bound, a new one begins with a
-    /// snapshot of `broker` (between two commands, as it is at a turn's end).
-    pub fn turn_ended(&mut self, broker: &Broker) {
+        // A turn of large publishes would otherwise grow the buffer far past its capacity.
         if self.buffer.len() >= FLUSH_BYTES {
             self.flush();
         }
+    }
+
+    /// At the end of a driver turn: when the segment has reached an eighth of the bound, a
+    /// new one begins with a snapshot of `broker` (between two commands, as it is at a
+    /// turn's end). What was recorded reaches the writer thread in buffers of
+    /// [`FLUSH_BYTES`] (see [`Recorder::end`]), or at a [`Recorder::flush`].
+    pub fn turn_ended(&mut self, broker: &Broker) {
         if self.segment_bytes + self.buffer.len() as u64 >= self.max_bytes / SEGMENTS {
             self.rotate(broker);
         }

@@ -147,6 +147,13 @@ struct Sink {
     subscription: String,
     /// Tells the stream's task to end the stream with this status.
     end: oneshot::Sender<Status>,
+    /// Responses put in the queue so far, and how many of them the transport had taken at
+    /// the last look: a stream whose transport takes nothing for `stream_stall_ms` while
+    /// responses wait is ended (see [`Driver::end_stalled_streams`]).
+    sent: u64,
+    taken: u64,
+    /// Since when nothing queued was taken.
+    still_since_ms: Option<u64>,
 }
 
 /// The broker, its clock, and the open streams' sinks.
@@ -162,6 +169,8 @@ pub struct Driver {
     awaiting_sync: Vec<AwaitingSync>,
     fsync: FsyncPolicy,
     sync_delay_ms: u64,
+    /// See [`ServerConfig::stream_stall_timeout_ms`](super::ServerConfig::stream_stall_timeout_ms).
+    stream_stall_ms: u64,
     /// Present only when a metrics recorder is installed (never in the simulator).
     metrics: Option<BrokerMetrics>,
     checks: Checks,
@@ -187,6 +196,7 @@ impl Driver {
         clock: Arc<dyn Clock>,
         queue_max: usize,
         sync_delay_ms: u64,
+        stream_stall_ms: u64,
         metrics: Option<BrokerMetrics>,
         checks: Checks,
     ) -> DriverHandle {
@@ -208,6 +218,7 @@ impl Driver {
             awaiting_sync: Vec::new(),
             fsync,
             sync_delay_ms,
+            stream_stall_ms,
             metrics,
             checks,
         };
@@ -391,6 +402,7 @@ impl Driver {
         }
         if self.broker.driver_timer_due(DriverTimer::Checkpoint, now) {
             self.broker.set_driver_timer(DriverTimer::Checkpoint, Some(now + CHECKPOINT_INTERVAL_MS));
+            self.end_stalled_streams(now);
             if let Err(e) = self.apply(Command::Checkpoint) {
                 tracing::warn!(error = %e, "saving committed offsets failed; it is tried again at the next checkpoint");
             }
@@ -552,7 +564,11 @@ impl Driver {
             Err(mpsc::error::TrySendError::Full(()))
         };
         match sent {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(sink) = self.sinks.get_mut(&stream) {
+                    sink.sent += 1;
+                }
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let capacity = sink.responses.max_capacity();
                 let status = Status::resource_exhausted(format!(
@@ -574,7 +590,8 @@ impl Driver {
         let answer = self.apply(command)?;
         let Answer::Opened { stream, subscription, confirmations } = answer else { return Ok(answer) };
         let StreamSink { responses, end } = sink;
-        self.sinks.insert(stream, Sink { responses, subscription: subscription.clone(), end });
+        let sink = Sink { responses, subscription: subscription.clone(), end, sent: 0, taken: 0, still_since_ms: None };
+        self.sinks.insert(stream, sink);
         let hello = pb::SubscribeResponse { subscription: subscription.clone(), ..Default::default() };
         // The hello goes first; the assignment and deliveries the join made are flushed
         // after it, at the end of the turn.
@@ -605,6 +622,35 @@ impl Driver {
         }
         if !ack_confirmations.is_empty() {
             self.send(stream, pb::SubscribeResponse { ack_confirmations, ..Default::default() });
+        }
+    }
+
+    /// Ends every stream whose transport has taken none of its queued responses for
+    /// `stream_stall_ms`: a client that stopped reading (or a connection that stopped
+    /// moving) holds its leases only that long, and then they go to the other members at
+    /// once, instead of expiring and being leased to it again. Bounded by the open streams.
+    fn end_stalled_streams(&mut self, now_ms: u64) {
+        let mut stalled = Vec::new();
+        for (stream, sink) in &mut self.sinks {
+            let queued = (sink.responses.max_capacity() - sink.responses.capacity()) as u64;
+            let taken = sink.sent.saturating_sub(queued);
+            if queued == 0 || taken > sink.taken {
+                sink.taken = taken;
+                sink.still_since_ms = None;
+                continue;
+            }
+            let since = *sink.still_since_ms.get_or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= self.stream_stall_ms {
+                stalled.push((*stream, queued));
+            }
+        }
+        for (stream, queued) in stalled {
+            let status = Status::resource_exhausted(format!(
+                "the client has read nothing of this stream for stream_stall_timeout_ms = {} ms ({queued} responses \
+                 waiting); its leases went to the other members",
+                self.stream_stall_ms
+            ));
+            self.end_stream(stream, status);
         }
     }
 

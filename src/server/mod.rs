@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// fit; it fills only when a client keeps sending acks without reading the answers, and
     /// then the stream ends with RESOURCE_EXHAUSTED (its leases go to the other members).
     pub stream_queue_max: usize,
+    /// How long a Subscribe stream's transport may take none of the responses waiting for it
+    /// (a client that stopped reading) before the stream is ended with RESOURCE_EXHAUSTED
+    /// and its leases go to the other members at once. Checked once a second.
+    pub stream_stall_timeout_ms: u64,
     /// HTTP/2 keepalive pings on idle connections, so a stream cut by a partition is
     /// detected instead of hanging.
     pub keepalive_interval_ms: u64,
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             command_queue_max: 1024,
             request_bytes_max: 16 * 1024 * 1024,
             stream_queue_max: 1024,
+            stream_stall_timeout_ms: 10_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
             connections_max: 10_000,
@@ -144,6 +149,11 @@ impl ServerConfig {
             self.request_bytes_max >= self.broker.max_message_bytes + 64 * 1024,
             "request_bytes_max",
             "at least max_message_bytes + 64 KiB",
+        )?;
+        check(
+            (1000..=3_600_000).contains(&self.stream_stall_timeout_ms),
+            "stream_stall_timeout_ms",
+            "1000 to 3600000",
         )?;
         check(self.keepalive_interval_ms >= 100, "keepalive_interval_ms", "at least 100")?;
         check(self.keepalive_timeout_ms >= 100, "keepalive_timeout_ms", "at least 100")?;
@@ -217,6 +227,16 @@ pub struct RecordTo {
     pub settings_toml: String,
 }
 
+/// Starts the flight recorder on `broker` as it opened (snapshotted first if it holds
+/// anything).
+fn start_recording(to: RecordTo, broker: &Broker) -> Result<Recorder, ServerError> {
+    let from_empty = broker.is_pristine();
+    let recorder =
+        Recorder::create(to.fs, &to.dir, to.max_bytes, to.settings_toml, broker).map_err(ServerError::Record)?;
+    info!(dir = %to.dir.display(), max_bytes = to.max_bytes, from_empty, "recording every command");
+    Ok(recorder)
+}
+
 /// [`run`], with [`Hooks`].
 pub async fn run_with<I, IO, IE>(
     incoming: I,
@@ -242,20 +262,19 @@ where
     if observer.is_some() {
         broker.observe();
     }
-    let recorder = match record {
-        Some(to) => {
-            let from_empty = broker.is_pristine();
-            let recorder = Recorder::create(to.fs, &to.dir, to.max_bytes, to.settings_toml, &broker)
-                .map_err(ServerError::Record)?;
-            info!(dir = %to.dir.display(), max_bytes = to.max_bytes, from_empty, "recording every command");
-            Some(recorder)
-        }
-        None => None,
-    };
+    let recorder = record.map(|to| start_recording(to, &broker)).transpose()?;
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
     let broker_metrics = metrics_on.then(metrics::BrokerMetrics::new);
     let checks = Checks { invariants: config.check_invariants || cfg!(debug_assertions), observer, recorder };
-    let driver = Driver::spawn(broker, clock, config.command_queue_max, config.sync_delay_ms, broker_metrics, checks);
+    let driver = Driver::spawn(
+        broker,
+        clock,
+        config.command_queue_max,
+        config.sync_delay_ms,
+        config.stream_stall_timeout_ms,
+        broker_metrics,
+        checks,
+    );
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency };
     let admin = admin::AdminService { driver: driver.clone() };
