@@ -96,6 +96,17 @@ impl Broker {
         self.topics.is_empty() && self.subscriptions.is_empty()
     }
 
+    /// True for a broker that holds nothing and restored nothing: no saved metadata (which
+    /// carries its counters and numbers its leases from the wall clock), no topic ever
+    /// made. A recording of it replays on a new broker; any other needs a snapshot.
+    pub fn is_new(&self) -> bool {
+        self.is_pristine()
+            && self.saved_meta.is_empty()
+            && !self.lease_seq_from_wall
+            && self.next_topic_uid == 1
+            && self.next_subscription_uid == 1
+    }
+
     /// The settings the broker was made with.
     pub fn config(&self) -> &BrokerConfig {
         &self.config

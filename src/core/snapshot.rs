@@ -5,6 +5,12 @@
 //!
 //! It is JSON (the state) with the records' values in base64: readable by other tools,
 //! and bound to this version's state (a recording is replayed by the version that made it).
+//!
+//! One thing it does not carry: where a file log's segments begin. A restored file log
+//! rolls its segments anew, so a later retention, which removes whole segments, can remove
+//! a different number of records than the recorded broker's did; a replay then reports
+//! the replies that differ. The memory log, which retains record by record, restores
+//! exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +32,8 @@ use crate::storage::{Record, Storage, StorageError};
 
 /// Records read from a partition at a time while taking a snapshot.
 const READ_BATCH_RECORDS: usize = 4096;
+/// Records appended at a time while restoring one.
+const RESTORE_BATCH_RECORDS: usize = 1000;
 
 /// Why a snapshot was not taken, or cannot be restored.
 #[derive(Debug, thiserror::Error)]
@@ -225,9 +233,15 @@ impl Broker {
             let mut logs = Vec::with_capacity(t.partitions.len());
             for (p, partition) in t.partitions.into_iter().enumerate() {
                 let mut log = broker.storage.open_at(t.uid, p as u32, partition.start)?;
-                let records = partition.records.into_iter().map(restore_record).collect::<Result<Vec<_>, _>>()?;
-                if !records.is_empty() {
-                    log.append(records)?;
+                // In batches: each is one buffer of values, and a file log rolls its segments
+                // between them as it would between publishes.
+                let mut records = partition.records.into_iter().map(restore_record);
+                loop {
+                    let batch = records.by_ref().take(RESTORE_BATCH_RECORDS).collect::<Result<Vec<_>, _>>()?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    log.append(batch)?;
                 }
                 log.sync()?;
                 logs.push(log);

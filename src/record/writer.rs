@@ -70,8 +70,12 @@ pub struct Recorder {
     next_seq: u64,
     /// The recording's bound: a segment is begun after each eighth of it.
     max_bytes: u64,
-    /// Bytes handed to the writer for the current segment (its start and snapshot included).
+    /// Bytes of entries handed to the writer for the current segment (its start and
+    /// snapshot frames not counted, so a large snapshot does not shorten its segment).
     segment_bytes: u64,
+    /// The sequence number of the current segment's first entry: a segment with no entry
+    /// yet is never rotated (the next would take its name).
+    segment_first_seq: u64,
     /// A snapshot was too large: said once in the log, not at every segment.
     told_too_large: bool,
     /// Where the entry `begin` started and `end` has not finished begins in the buffer.
@@ -107,7 +111,7 @@ impl Recorder {
         settings_toml: String,
         broker: &Broker,
     ) -> io::Result<Self> {
-        let from_empty = broker.is_pristine();
+        let from_empty = broker.is_new();
         if max_bytes < RECORD_MAX_BYTES_MIN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -151,7 +155,8 @@ impl Recorder {
             buffer: Vec::with_capacity(BUFFER_CAPACITY),
             next_seq: 1,
             max_bytes,
-            segment_bytes: start.len() as u64,
+            segment_bytes: 0,
+            segment_first_seq: 1,
             told_too_large,
             open_frame: None,
             writer: Some(writer),
@@ -227,7 +232,8 @@ impl Recorder {
     /// turn's end). What was recorded reaches the writer thread in buffers of
     /// [`FLUSH_BYTES`] (see [`Recorder::end`]), or at a [`Recorder::flush`].
     pub fn turn_ended(&mut self, broker: &Broker) {
-        if self.segment_bytes + self.buffer.len() as u64 >= self.max_bytes / SEGMENTS {
+        let full = self.segment_bytes + self.buffer.len() as u64 >= self.max_bytes / SEGMENTS;
+        if full && self.next_seq > self.segment_first_seq {
             self.rotate(broker);
         }
     }
@@ -240,7 +246,8 @@ impl Recorder {
         }
         let snapshot = snapshot_of(broker, self.max_bytes, &mut self.told_too_large);
         let Some(writer) = &self.writer else { return };
-        self.segment_bytes = snapshot.as_ref().map_or(0, |s| s.len() as u64);
+        self.segment_bytes = 0;
+        self.segment_first_seq = self.next_seq;
         if writer.send(ToWriter::Rotate { first_seq: self.next_seq, snapshot }).is_err() {
             self.writer = None;
         }
@@ -567,7 +574,8 @@ mod tests {
         let names = fs.list_dir(dir.path()).unwrap();
         let total: u64 = names.iter().map(|n| std::fs::metadata(dir.path().join(n)).unwrap().len()).sum();
         assert!(total <= max, "{total} bytes kept, bound {max}");
-        assert!(names.len() >= 7 && !names.contains(&segment_name(1)), "{names:?}");
+        // Each segment holds an eighth of the bound in entries, and a snapshot besides.
+        assert!(names.len() >= 5 && !names.contains(&segment_name(1)), "{names:?}");
         let recording = read_dir(&StdFs, dir.path()).unwrap();
         assert!(!recording.from_empty, "the first segment is gone: it cannot replay from empty");
         let snapshot = recording.snapshot.as_ref().expect("the first segment left begins with a snapshot");
@@ -659,6 +667,28 @@ mod tests {
             };
             proptest::prop_assert_eq!(by_hand, entry.encode_to_vec());
         }
+    }
+
+    #[test]
+    fn a_broker_reopened_on_saved_metadata_without_topics_is_not_recorded_as_new() {
+        use crate::storage::{FileStorage, FileStorageConfig};
+        let data = tempfile::tempdir().unwrap();
+        let fs: Arc<dyn Fs> = Arc::new(StdFs);
+        let storage = || Box::new(FileStorage::open(fs.clone(), FileStorageConfig::new(data.path())).unwrap());
+        let mut broker = Broker::open(crate::core::BrokerConfig::default(), storage()).unwrap();
+        assert!(broker.is_new());
+        let at = At { now_ms: 1, wall_ms: 1_700_000_000_000 };
+        broker.handle(at, Command::CreateTopic { name: "t".into(), partitions: None, dedupe_window_ms: None }).unwrap();
+        broker.handle(at, Command::DeleteTopic { name: "t".into(), force: false }).unwrap();
+        drop(broker);
+        // It holds nothing, but it numbers topics and leases on from what it saved.
+        let broker = Broker::open(crate::core::BrokerConfig::default(), storage()).unwrap();
+        assert!(broker.is_pristine() && !broker.is_new());
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::create(fs, dir.path(), RECORD_MAX_BYTES_MIN, String::new(), &broker).unwrap();
+        drop(recorder);
+        let recording = read_dir(&StdFs, dir.path()).unwrap();
+        assert!(!recording.from_empty && recording.snapshot.is_some());
     }
 
     #[test]

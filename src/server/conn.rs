@@ -76,9 +76,15 @@ where
             match ready!(Pin::new(&mut this.incoming).poll_next(cx)) {
                 None => return Poll::Ready(None),
                 Some(Err(error)) => {
+                    let error: Box<dyn std::error::Error + Send + Sync> = error.into();
+                    if one_connection_failed(error.as_ref()) {
+                        // That peer's trouble (it reset during the handshake, say): the
+                        // next accept can go ahead at once.
+                        tracing::debug!(%error, "a connection failed as it was accepted");
+                        continue;
+                    }
                     this.failed += 1;
                     if this.failed.is_power_of_two() {
-                        let error: Box<dyn std::error::Error + Send + Sync> = error.into();
                         tracing::warn!(%error, failures = this.failed, backoff_ms = this.backoff_ms,
                             "accepting a connection failed (out of file descriptors?); waiting before the next accept");
                     }
@@ -104,6 +110,21 @@ where
             }
         }
     }
+}
+
+/// True for an accept error that concerns one connection only (it was aborted or reset
+/// before the broker took it), not the listener or the process (out of file descriptors or
+/// memory), which deserves the backoff.
+fn one_connection_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let Some(error) = error.downcast_ref::<io::Error>() else { return false };
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::TimedOut
+    )
 }
 
 /// An admitted connection: it holds its place under `connections_max` until it is dropped,
@@ -187,6 +208,16 @@ impl<C: Connected> Connected for Admitted<C> {
 mod tests {
     use super::*;
     use tokio_stream::StreamExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_aborted_as_it_is_accepted_costs_no_wait() {
+        let aborted = (0..12).map(|_| Err::<(), io::Error>(io::Error::from(io::ErrorKind::ConnectionAborted)));
+        let mut admitting = Admitting::new(tokio_stream::iter(aborted), 4, Duration::from_secs(1));
+        #[allow(clippy::disallowed_methods, reason = "the test's paused clock, advanced only by the waits")]
+        let start = tokio::time::Instant::now();
+        assert!(admitting.next().await.is_none());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn failed_accepts_back_off_instead_of_spinning() {

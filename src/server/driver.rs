@@ -650,7 +650,12 @@ impl Driver {
                  waiting); its leases went to the other members",
                 self.stream_stall_ms
             ));
-            self.end_stream(stream, status);
+            // Released at once, even for a stream that named its client: a client that
+            // stopped reading does not get its leases kept for it.
+            if let Some(sink) = self.sinks.remove(&stream) {
+                let _ = sink.end.send(status);
+            }
+            let _ = self.apply(Command::LeaveStream { stream });
         }
     }
 

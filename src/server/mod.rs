@@ -34,6 +34,10 @@ use crate::wire::pb;
 /// status, and confirmations not yet read.
 const STREAM_QUEUE_SLACK: usize = 16;
 
+/// The largest `request_bytes_max`: a flight recording writes a request as one frame, of at
+/// most `record::FRAME_BODY_MAX` (64 MiB), with room for its other fields.
+const REQUEST_BYTES_MAX: usize = 60 * 1024 * 1024;
+
 /// Settings of the server shell (the core's are in `broker`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -146,9 +150,9 @@ impl ServerConfig {
             return Err(ServerError::StreamQueue { least });
         }
         check(
-            self.request_bytes_max >= self.broker.max_message_bytes + 64 * 1024,
+            (self.broker.max_message_bytes + 64 * 1024..=REQUEST_BYTES_MAX).contains(&self.request_bytes_max),
             "request_bytes_max",
-            "at least max_message_bytes + 64 KiB",
+            "at least max_message_bytes + 64 KiB, at most 60 MiB (a flight recording's frame holds one request)",
         )?;
         check(
             (1000..=3_600_000).contains(&self.stream_stall_timeout_ms),

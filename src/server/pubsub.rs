@@ -193,6 +193,8 @@ async fn pump(
                 Err(error) if is_undecodable(&error) => {
                     break Some(Status::invalid_argument(format!("SubscribeRequest: {}", error.message())));
                 }
+                // Larger than request_bytes_max: told as a unary call is (OUT_OF_RANGE).
+                Err(error) if error.code() == tonic::Code::OutOfRange => break Some(error),
                 Err(error) => {
                     debug!(%error, "client stream failed");
                     break None;
