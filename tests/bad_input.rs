@@ -480,3 +480,26 @@ async fn a_bad_page_token_is_refused_without_echoing_it_whole() {
     assert!(message.len() < 200, "{} bytes: {message}", message.len());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_later_stream_request_over_the_request_bound_ends_the_stream_with_out_of_range() {
+    let mut config = ServerConfig::default();
+    config.broker.max_message_bytes = 64 * 1024;
+    config.request_bytes_max = 128 * 1024;
+    let server = start_with(config).await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut sub = server.subscribe(on_subscription("s")).await;
+    // About 200 KiB of ack ids: over the 128 KiB the server decodes.
+    let ids: Vec<String> = (0..20_000).map(|i| format!("1-0-{i:04}-1")).collect();
+    sub.send(pb::SubscribeRequest { ack_ids: ids, ..Default::default() }).await;
+    let status = loop {
+        match tokio::time::timeout(PROMPT, sub.inbound.message()).await.expect("the stream ends promptly") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended OK after a request it would not read"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    server.stop().await;
+}
