@@ -385,13 +385,7 @@ async fn an_undecodable_later_stream_request_ends_the_stream_with_invalid_argume
     let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/Subscribe");
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut inbound = grpc.streaming(tonic::Request::new(stream), path, RawCodec).await.unwrap().into_inner();
-    let status = loop {
-        match tokio::time::timeout(PROMPT, inbound.message()).await.expect("the stream ends promptly") {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended OK after a request it could not read"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut inbound, PROMPT).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().starts_with("SubscribeRequest: ") && status.message().contains("ack_ids"), "{status:?}");
     drop(requests);
@@ -493,13 +487,7 @@ async fn a_later_stream_request_over_the_request_bound_ends_the_stream_with_out_
     // About 200 KiB of ack ids: over the 128 KiB the server decodes.
     let ids: Vec<String> = (0..20_000).map(|i| format!("1-0-{i:04}-1")).collect();
     sub.send(pb::SubscribeRequest { ack_ids: ids, ..Default::default() }).await;
-    let status = loop {
-        match tokio::time::timeout(PROMPT, sub.inbound.message()).await.expect("the stream ends promptly") {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended OK after a request it would not read"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut sub.inbound, PROMPT).await;
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     server.stop().await;
 }

@@ -82,13 +82,7 @@ async fn a_second_stream_of_a_client_ends_the_first_with_aborted_and_takes_its_l
     let mut first = server.subscribe(as_client("jobs-sub", "worker-1")).await;
     let got = first.messages(1).await;
     let mut second = server.subscribe(as_client("jobs-sub", "worker-1")).await;
-    let status = loop {
-        match tokio::time::timeout(PROMPT, first.inbound.message()).await.expect("the first stream ends") {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the first stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut first.inbound, PROMPT).await;
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     assert_eq!(
         status.message(),

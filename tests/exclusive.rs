@@ -105,13 +105,7 @@ async fn a_silent_member_is_removed_after_its_session_timeout() {
     let mut silent = server.subscribe(first).await;
     let (assigned, _) = assignment_and(&mut silent, 0).await;
     assert_eq!(assigned.partitions, [0, 1, 2, 3]);
-    let status = loop {
-        match tokio::time::timeout(WAIT, silent.inbound.message()).await.expect("the stream ends") {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut silent.inbound, WAIT).await;
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     assert!(status.message().contains("session timeout"), "{}", status.message());
     assert_eq!(server.stats("group").await.streams, 0);

@@ -295,13 +295,7 @@ async fn a_stream_that_is_not_read_is_ended_and_its_leases_go_to_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(server.stats("s").await.streams, 1, "the stream that is not read was ended");
-    let status = loop {
-        match tokio::time::timeout(PROMPT, slow.inbound.message()).await.expect("the queued responses end") {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the slow stream ended with OK"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut slow.inbound, PROMPT).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("stream_queue_max = 26"), "{status:?}");
     spam.abort();

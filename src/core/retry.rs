@@ -8,6 +8,7 @@
 //! name its own delay, which replaces the backoff for that one redelivery.
 
 use super::broker::Broker;
+use super::subscription::Dropped;
 use super::timers::{MessageKey, Timer};
 
 /// Exponential backoff between attempts.
@@ -165,9 +166,14 @@ impl Broker {
         woken
     }
 
-    /// Takes backoffs that a seek or retention ended out of the index.
-    pub(super) fn forget_backoffs(&mut self, uid: u64, partition: u32, delayed: &[(u64, u64)]) {
-        for &(offset, ready) in delayed {
+    /// Takes the leases and backoffs that a seek or retention ended out of the timers and
+    /// their streams' flow accounting.
+    pub(super) fn forget_dropped(&mut self, uid: u64, partition: u32, dropped: Dropped) {
+        for (offset, lease) in dropped.leases {
+            self.timers.stop(Timer::Lease(MessageKey::new(uid, partition, offset)), lease.deadline_ms);
+            self.uncount(&lease);
+        }
+        for (offset, ready) in dropped.delayed {
             self.timers.stop(Timer::Backoff(MessageKey::new(uid, partition, offset)), ready);
         }
     }

@@ -3,7 +3,6 @@
 use super::broker::Broker;
 use super::error::BrokerError;
 use super::name;
-use super::timers::{MessageKey, Timer};
 use super::topic::visible_end;
 use super::Notice;
 
@@ -31,13 +30,8 @@ impl Broker {
     ) -> Result<Vec<(u32, u64)>, BrokerError> {
         let (uid, moves) = self.check_seek(subscription, &target)?;
         for &(partition, offset) in &moves {
-            let cursor = self.cursor_mut(uid, partition);
-            let dropped = cursor.reset(offset);
-            for (leased, lease) in dropped.leases {
-                self.timers.stop(Timer::Lease(MessageKey::new(uid, partition, leased)), lease.deadline_ms);
-                self.uncount(&lease);
-            }
-            self.forget_backoffs(uid, partition, &dropped.delayed);
+            let dropped = self.cursor_mut(uid, partition).reset(offset);
+            self.forget_dropped(uid, partition, dropped);
         }
         self.notice(|b| Notice::Seeked {
             subscription: subscription.to_string(),
@@ -101,13 +95,8 @@ impl Broker {
     pub(super) fn retention_moved(&mut self, topic: &str, partition: u32, start: u64) {
         let uids: Vec<u64> = self.topics[topic].subscriptions.iter().map(|name| self.subscription_uids[name]).collect();
         for uid in uids {
-            let cursor = self.cursor_mut(uid, partition);
-            let dropped = cursor.skip_to_log_start(start);
-            for (offset, lease) in dropped.leases {
-                self.timers.stop(Timer::Lease(MessageKey::new(uid, partition, offset)), lease.deadline_ms);
-                self.uncount(&lease);
-            }
-            self.forget_backoffs(uid, partition, &dropped.delayed);
+            let dropped = self.cursor_mut(uid, partition).skip_to_log_start(start);
+            self.forget_dropped(uid, partition, dropped);
         }
     }
 }

@@ -552,7 +552,7 @@ impl Driver {
     /// reading: the stream ends, and its leases go to the other members. The last slot of
     /// the queue is kept for the status that ends the stream.
     fn send(&mut self, stream: StreamId, response: pb::SubscribeResponse) {
-        let Some(sink) = self.sinks.get(&stream) else { return };
+        let Some(sink) = self.sinks.get_mut(&stream) else { return };
         let sent = if sink.responses.is_closed() {
             Err(mpsc::error::TrySendError::Closed(()))
         } else if sink.responses.capacity() > 1 {
@@ -564,11 +564,7 @@ impl Driver {
             Err(mpsc::error::TrySendError::Full(()))
         };
         match sent {
-            Ok(()) => {
-                if let Some(sink) = self.sinks.get_mut(&stream) {
-                    sink.sent += 1;
-                }
-            }
+            Ok(()) => sink.sent += 1,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let capacity = sink.responses.max_capacity();
                 let status = Status::resource_exhausted(format!(
@@ -652,19 +648,22 @@ impl Driver {
             ));
             // Released at once, even for a stream that named its client: a client that
             // stopped reading does not get its leases kept for it.
-            if let Some(sink) = self.sinks.remove(&stream) {
-                let _ = sink.end.send(status);
-            }
-            let _ = self.apply(Command::LeaveStream { stream });
+            self.end_stream_with(stream, status, Command::LeaveStream { stream });
         }
     }
 
     /// Ends a stream from the server's side with `status`.
     fn end_stream(&mut self, stream: StreamId, status: Status) {
+        self.end_stream_with(stream, status, Command::CloseStream { stream });
+    }
+
+    /// Ends a stream with `status` and applies `closing` (a close, or a leave that releases
+    /// its leases whatever client it named).
+    fn end_stream_with(&mut self, stream: StreamId, status: Status, closing: Command) {
         if let Some(sink) = self.sinks.remove(&stream) {
             let _ = sink.end.send(status);
         }
-        let _ = self.apply(Command::CloseStream { stream });
+        let _ = self.apply(closing);
     }
 
     /// Ends every open stream with `status` and refuses new ones (shutdown).

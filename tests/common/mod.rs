@@ -136,6 +136,18 @@ impl Drop for TestServer {
     }
 }
 
+/// The status a stream ends with, reading past whatever responses come first; panics if it
+/// ends OK or goes on past `wait` without a response.
+pub async fn end_status<T>(inbound: &mut Streaming<T>, wait: Duration) -> tonic::Status {
+    loop {
+        match tokio::time::timeout(wait, inbound.message()).await.expect("the stream ends in time") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended OK, without a status"),
+            Err(status) => return status,
+        }
+    }
+}
+
 pub fn on_subscription(name: &str) -> pb::SubscribeRequest {
     pb::SubscribeRequest { subscription: name.into(), ..Default::default() }
 }
