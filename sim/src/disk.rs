@@ -80,9 +80,19 @@ impl FsFile for TurmoilFile {
     }
 }
 
-/// Flips one byte of the newest segment file under `dir`, at `fraction` of its length,
-/// and syncs it: damage that only a CRC can see. Returns the file and position.
-pub fn corrupt_newest_segment(fs: &dyn Fs, dir: &Path, fraction: f64) -> io::Result<Option<(String, u64)>> {
+/// What a `disk HOST corrupt` step damages.
+#[derive(Debug, Clone, Copy)]
+pub enum CorruptAsk {
+    /// A byte at this fraction of the newest segment's length.
+    Anywhere(f64),
+    /// A byte of one record's frame in the newest segment.
+    Record(crate::scenario::CorruptTarget),
+}
+
+/// Flips one byte of the newest segment file under `dir` (the one whose path sorts last)
+/// as `ask` says, and syncs it: damage that only a CRC can see. Returns the file and
+/// position, or `None` when there is no such segment or record.
+pub fn corrupt_newest_segment(fs: &dyn Fs, dir: &Path, ask: CorruptAsk) -> io::Result<Option<(String, u64)>> {
     let mut newest: Option<(std::path::PathBuf, u64)> = None;
     let mut stack = vec![dir.to_path_buf()];
     let mut visited = 0;
@@ -106,13 +116,43 @@ pub fn corrupt_newest_segment(fs: &dyn Fs, dir: &Path, fraction: f64) -> io::Res
         }
     }
     let Some((path, len)) = newest else { return Ok(None) };
-    let position = ((len as f64 * fraction) as u64).min(len - 1);
     let file = fs.open(&path, false)?;
+    let position = match ask {
+        CorruptAsk::Anywhere(fraction) => ((len as f64 * fraction) as u64).min(len - 1),
+        CorruptAsk::Record(target) => {
+            let Some((start, frame_len)) = frame_of(file.as_ref(), &path, len, target.offset)? else { return Ok(None) };
+            // The length field's low byte, or a byte in the middle of the body.
+            if target.length {
+                start
+            } else {
+                start + 8 + (frame_len - 8) / 2
+            }
+        }
+    };
     let mut byte = [0u8; 1];
     file.read_at(&mut byte, position)?;
     file.write_all_at(&[byte[0] ^ 0x5a], position)?;
     file.sync_data()?;
     Ok(Some((path.display().to_string(), position)))
+}
+
+/// Where the frame of the record at `offset` starts in a segment, and its length, found
+/// by walking the frames' length fields from the base offset its file name gives.
+fn frame_of(file: &dyn mini_pubsub::env::FsFile, path: &Path, len: u64, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    let base = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+    let Some(mut next) = base.filter(|base| *base <= offset) else { return Ok(None) };
+    let mut position = 0u64;
+    while position + 8 <= len {
+        let mut header = [0u8; 4];
+        mini_pubsub::env::read_exact_at(file, &mut header, position)?;
+        let frame_len = 8 + u64::from(u32::from_le_bytes(header));
+        if next == offset {
+            return Ok((position + frame_len <= len).then_some((position, frame_len)));
+        }
+        position += frame_len;
+        next += 1;
+    }
+    Ok(None)
 }
 
 /// The file log of a simulated broker, reporting into the history what recovery cut, so

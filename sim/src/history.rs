@@ -95,6 +95,8 @@ pub enum Event {
     Broker(Notice),
     /// The broker could not read a stored record (its readers wait at it).
     ReadFailed { topic: String, partition: u32, offset: u64, error: String },
+    /// The broker found stored records damaged (offsets `first..end`).
+    Damaged { topic: String, partition: u32, first: u64, end: u64 },
     /// The broker core broke an invariant: the run stops here.
     InvariantBroken { what: String },
 }
@@ -213,6 +215,9 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::ReadFailed { topic, partition, offset, error } => {
             format!("cannot read {topic} p{partition}@{offset}: {error}; its readers wait there")
         }
+        Event::Damaged { topic, partition, first, end } => {
+            format!("damaged records {topic} p{partition}@{first}..{end}: readers past them go on")
+        }
         Event::InvariantBroken { what } => format!("INVARIANT BROKEN: {what}"),
     };
     Some(format!("@{:>7}ms {:<10} {what}", entry.at_ms, entry.host))
@@ -271,6 +276,11 @@ impl Observer for BrokerObserver {
     fn read_failed(&self, topic: &str, partition: u32, offset: u64, error: &StorageError) {
         let error = error.to_string();
         self.history.record(&self.host, Event::ReadFailed { topic: topic.to_string(), partition, offset, error });
+    }
+
+    fn damaged(&self, topic: &str, partition: u32, offsets: std::ops::Range<u64>) {
+        let (first, end) = (offsets.start, offsets.end);
+        self.history.record(&self.host, Event::Damaged { topic: topic.to_string(), partition, first, end });
     }
 
     fn invariant_broken(&self, what: &str) {

@@ -98,7 +98,7 @@ fn mark(entry: &Entry) -> Option<String> {
         Event::StreamFailed { .. } => ("ended", None),
         Event::Crashed { .. } => ("crash", None),
         Event::Restarted { .. } => ("restart", None),
-        Event::Broker(_) | Event::ReadFailed { .. } => ("broker", None),
+        Event::Broker(_) | Event::ReadFailed { .. } | Event::Damaged { .. } => ("broker", None),
         Event::InvariantBroken { .. } => ("broken", None),
         Event::Step { .. } => ("step", None),
     };

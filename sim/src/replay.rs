@@ -282,6 +282,10 @@ impl Replay {
             Output::ReadFailed { topic, partition, offset, error } => {
                 self.push(at_ms, "broker", Event::ReadFailed { topic, partition, offset, error: error.to_string() });
             }
+            Output::Damaged { topic, partition, offsets } => {
+                let (first, end) = (offsets.start, offsets.end);
+                self.push(at_ms, "broker", Event::Damaged { topic, partition, first, end });
+            }
         }
     }
 

@@ -28,7 +28,7 @@ pub struct TopicInfo {
 }
 
 /// One partition's retained range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
     /// The partition's number.
     pub partition: u32,
@@ -36,6 +36,8 @@ pub struct PartitionInfo {
     pub start_offset: u64,
     /// The offset the next message will get.
     pub end_offset: u64,
+    /// Runs of stored records found damaged, oldest first (see [`Output::Damaged`](super::Output::Damaged)).
+    pub damaged: Vec<std::ops::Range<u64>>,
 }
 
 /// What a subscription is created with. `None` takes the default.
@@ -232,6 +234,7 @@ impl Broker {
                 partition: p as u32,
                 start_offset: log.start_offset(),
                 end_offset: visible_end(log.as_ref(), self.after_sync),
+                damaged: log.damaged(),
             })
             .collect();
         Ok(TopicInfo {

@@ -44,7 +44,7 @@ fn drain(b: &mut Broker) -> Seen {
             }
             Output::EndStream { stream, reason } => seen.ended.push((stream, reason)),
             Output::Assignment { .. } => {}
-            Output::ReadFailed { .. } => panic!("memory log read failed"),
+            Output::ReadFailed { .. } | Output::Damaged { .. } => panic!("memory log read failed"),
         }
     }
     b.assert_invariants();
@@ -314,7 +314,7 @@ mod exclusive {
                     (stream, String::from_utf8(d.record.value.to_vec()).unwrap(), d.delivery_attempt, d.ack_id)
                 })),
                 Output::EndStream { stream, reason } => seen.ended.push((stream, reason)),
-                Output::ReadFailed { .. } => panic!("memory log read failed"),
+                Output::ReadFailed { .. } | Output::Damaged { .. } => panic!("memory log read failed"),
             }
         }
         b.assert_invariants();

@@ -394,7 +394,10 @@ impl Broker {
             }
             Command::Sync => Ok(Answer::Synced(self.sync(now))),
             Command::Retention => self.enforce_retention(now, at.wall_ms).map(|()| Answer::Done),
-            Command::Checkpoint => self.checkpoint().map(|saved| Answer::Checkpointed { saved }),
+            Command::Checkpoint => {
+                self.tell_damage();
+                self.checkpoint().map(|saved| Answer::Checkpointed { saved })
+            }
         }
     }
 

@@ -286,7 +286,7 @@ impl Dedupe {
     pub fn rebuild(window_ms: u64, keys_max: usize, logs: &[Box<dyn PartitionLog>]) -> Self {
         let mut dedupe = Self::new(window_ms);
         dedupe.keys_used = true;
-        let newest = logs.iter().filter_map(|log| last_publish_time(log.as_ref())).max();
+        let newest = logs.iter().filter_map(|log| log.last_publish_time_ms()).max();
         let Some(newest) = newest else { return dedupe };
         let since = newest.saturating_sub(window_ms);
         for (partition, log) in logs.iter().enumerate() {
@@ -301,7 +301,17 @@ impl Dedupe {
         let mut at = log.offset_for_time(since)?.max(log.start_offset());
         let end = log.end_offset();
         while at < end {
-            let batch = log.read(at, REBUILD_READ_RECORDS, usize::MAX)?;
+            let batch = match log.read(at, REBUILD_READ_RECORDS, usize::MAX) {
+                Ok(batch) => batch,
+                // A damaged run holds no key that can be read: the rebuild goes on after it.
+                Err(e) => match log.damaged().into_iter().find(|run| run.contains(&at)) {
+                    Some(run) => {
+                        at = run.end;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+            };
             let Some(last) = batch.last() else { break };
             at = last.offset + 1;
             for stored in batch {
@@ -452,12 +462,6 @@ impl Dedupe {
             }
         }
     }
-}
-
-/// The publish time of the last record of `log`, if it has one that reads.
-fn last_publish_time(log: &dyn PartitionLog) -> Option<u64> {
-    let last = log.end_offset().checked_sub(1).filter(|last| *last >= log.start_offset())?;
-    log.read(last, 1, usize::MAX).ok()?.first().map(|r| r.record.publish_time_ms)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Deliveries: which message a stream or a pull gets next, and what the broker tells its
 //! driver.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::broker::Broker;
@@ -8,9 +9,9 @@ use super::error::BrokerError;
 use super::lease::{AckId, Lease, StreamId};
 use super::name;
 use super::timers::{MessageKey, Timer};
-use super::topic::visible_end;
+use super::topic::{visible_end, Topic};
 use super::Mutation;
-use crate::storage::{Record, StorageError};
+use crate::storage::{Record, StorageError, StoredRecord};
 
 /// Unreadable records remembered at once (so a damaged one is not read again at every
 /// dispatch, and is reported once). Past it, new ones are still skipped but not remembered.
@@ -83,6 +84,18 @@ pub enum Output {
         /// The partitions it holds now, in order.
         partitions: Vec<u32>,
     },
+    /// Stored records found damaged (a CRC or framing failure), by the scan that opened
+    /// the partition or by a read. They cannot be delivered: a subscription that reaches
+    /// them waits there (a Seek past them goes on); one past them, and every publish,
+    /// never notice. Told once per run, at the read that found it or the next checkpoint.
+    Damaged {
+        /// The records' topic.
+        topic: String,
+        /// Their partition.
+        partition: u32,
+        /// Their offsets.
+        offsets: std::ops::Range<u64>,
+    },
     /// A stored record could not be read (a disk error, or a CRC mismatch). It is not
     /// delivered, and its partition's deliveries wait at it; told once per record.
     ReadFailed {
@@ -98,6 +111,19 @@ pub enum Output {
 }
 
 impl Broker {
+    /// Tells the damaged runs every partition's log found since it was last asked (at
+    /// open, or by a read that no delivery made), once each.
+    pub(super) fn tell_damage(&mut self) {
+        for topic in self.topics.values() {
+            for (partition, log) in topic.logs.iter().enumerate() {
+                for offsets in log.take_damaged() {
+                    let topic = topic.name.clone();
+                    self.outputs.push_back(Output::Damaged { topic, partition: partition as u32, offsets });
+                }
+            }
+        }
+    }
+
     /// How many messages a request for `max_messages` takes: 0 means 100, and past
     /// `pull_messages_max` is refused.
     pub(super) fn batch_size(&self, max_messages: u32) -> Result<u32, BrokerError> {
@@ -221,26 +247,8 @@ impl Broker {
             // pass parks one more, up to the bound.
             let found = loop {
                 let Some(offset) = cursor.next_to_deliver(end) else { break None };
-                // A record that failed its CRC stays damaged: it is not read again.
-                let fault_key = (topic.uid, partition, offset);
-                if matches!(self.read_faults.get(&fault_key), Some(StorageError::Corrupt { .. })) {
-                    break None;
-                }
-                // A storage error leaves the message where it is, undelivered; the other
-                // partitions go on. A disk error is retried at the next dispatch.
-                let record = match log.read_one(offset) {
-                    Ok(record) => record,
-                    Err(error) => {
-                        if self.read_faults.len() < READ_FAULTS_MAX && !self.read_faults.contains_key(&fault_key) {
-                            self.read_faults.insert(fault_key, error.clone());
-                            let topic = topic.name.clone();
-                            self.outputs.push_back(Output::ReadFailed { topic, partition, offset, error });
-                        }
-                        break None;
-                    }
-                };
-                self.read_faults.remove(&fault_key);
-                let Some(record) = record else { break None };
+                let read = read_for_delivery(&mut self.outputs, &mut self.read_faults, topic, partition, offset);
+                let Some(record) = read else { break None };
                 let unordered = self.config.mutated(Mutation::KeyOrderIgnored);
                 let held = record
                     .record
@@ -291,5 +299,41 @@ impl Broker {
             });
         }
         None
+    }
+}
+
+/// Reads the record at `offset` to deliver it, reporting what the read found: damaged
+/// runs once each, and a record that cannot be read once (its partition waits at it).
+/// `None` when there is nothing to deliver there now (the end, or a fault); a record that failed its CRC stays
+/// damaged and is not read again, and a disk error is retried at the next dispatch.
+fn read_for_delivery(
+    outputs: &mut VecDeque<Output>,
+    read_faults: &mut BTreeMap<(u64, u32, u64), StorageError>,
+    topic: &Topic,
+    partition: u32,
+    offset: u64,
+) -> Option<StoredRecord> {
+    let fault_key = (topic.uid, partition, offset);
+    if matches!(read_faults.get(&fault_key), Some(StorageError::Corrupt { .. })) {
+        return None;
+    }
+    let log = &topic.logs[partition as usize];
+    let record = log.read_one(offset);
+    for offsets in log.take_damaged() {
+        outputs.push_back(Output::Damaged { topic: topic.name.clone(), partition, offsets });
+    }
+    match record {
+        Ok(record) => {
+            read_faults.remove(&fault_key);
+            record
+        }
+        Err(error) => {
+            if read_faults.len() < READ_FAULTS_MAX && !read_faults.contains_key(&fault_key) {
+                read_faults.insert(fault_key, error.clone());
+                let topic = topic.name.clone();
+                outputs.push_back(Output::ReadFailed { topic, partition, offset, error });
+            }
+            None
+        }
     }
 }

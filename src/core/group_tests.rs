@@ -55,7 +55,7 @@ fn drain(b: &mut Broker) -> Seen {
                     .map(|d| (stream, d.partition, d.offset, d.delivery_attempt, d.generation, d.ack_id)),
             ),
             Output::EndStream { stream, reason } => seen.ended.push((stream, reason)),
-            Output::ReadFailed { .. } => panic!("memory log read failed"),
+            Output::ReadFailed { .. } | Output::Damaged { .. } => panic!("memory log read failed"),
         }
     }
     b.assert_invariants();

@@ -519,7 +519,10 @@ fn a_record_that_fails_its_crc_while_serving_is_reported_and_never_delivered() {
     assert!(
         matches!(
             &reported[..],
-            [Output::ReadFailed { partition: 0, offset: 1, error: StorageError::Corrupt { .. }, .. }]
+            [
+                Output::Damaged { partition: 0, offsets: std::ops::Range { start: 1, end: 2 }, .. },
+                Output::ReadFailed { partition: 0, offset: 1, error: StorageError::Corrupt { .. }, .. }
+            ]
         ),
         "{reported:?}"
     );

@@ -435,10 +435,9 @@ fn store(
 /// time the records were stored with.
 pub(super) fn append(log: &mut dyn PartitionLog, mut records: Vec<Record>) -> Result<(u64, u64), BrokerError> {
     // Publish times never decrease within a partition, so Seek by time can search.
-    let last_time = match log.end_offset().checked_sub(1) {
-        Some(last) if last >= log.start_offset() => log.read_one(last)?.map_or(0, |r| r.record.publish_time_ms),
-        _ => 0,
-    };
+    // It is kept in memory: an append never reads an old record, so a damaged one cannot
+    // stop the partition taking new ones.
+    let last_time = log.last_publish_time_ms().unwrap_or(0);
     let mut time_ms = last_time;
     for record in &mut records {
         record.publish_time_ms = record.publish_time_ms.max(last_time);

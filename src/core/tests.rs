@@ -404,6 +404,9 @@ fn trace_of_a_session_with_two_members_expiry_and_nack() {
                 Output::ReadFailed { topic, partition, offset, error } => {
                     trace.push(format!("          unreadable {topic} p{partition}@{offset}: {error}"))
                 }
+                Output::Damaged { topic, partition, offsets } => {
+                    trace.push(format!("          damaged {topic} p{partition}@{offsets:?}"))
+                }
             }
         }
         b.assert_invariants();

@@ -523,6 +523,16 @@ impl Driver {
                     let received_messages = deliveries.into_iter().map(wire::received_message).collect();
                     self.send(stream, pb::SubscribeResponse { received_messages, ..Default::default() });
                 }
+                Output::Damaged { topic, partition, offsets } => {
+                    if let Some(observer) = &self.checks.observer {
+                        observer.damaged(&topic, partition, offsets.clone());
+                    }
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.damaged(&topic, offsets.end - offsets.start);
+                    }
+                    tracing::error!(%topic, partition, first = offsets.start, end = offsets.end,
+                        "stored records are damaged: they cannot be delivered, and a subscription that reaches them waits there (Seek past them to go on); publishes and subscriptions past them go on");
+                }
                 Output::ReadFailed { topic, partition, offset, error } => {
                     if let Some(observer) = &self.checks.observer {
                         observer.read_failed(&topic, partition, offset, &error);

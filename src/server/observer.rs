@@ -14,6 +14,10 @@ pub trait Observer: Send + Sync + 'static {
     /// readers wait at it. The same event is logged at error level.
     fn read_failed(&self, topic: &str, partition: u32, offset: u64, error: &StorageError);
 
+    /// Stored records were found damaged (see [`Output::Damaged`](crate::core::Output::Damaged)).
+    /// The same event is logged at error level.
+    fn damaged(&self, topic: &str, partition: u32, offsets: std::ops::Range<u64>);
+
     /// The core broke an invariant (a bug): the driver stops right after telling (without
     /// an observer, it panics).
     fn invariant_broken(&self, what: &str);

@@ -9,6 +9,7 @@ pub mod file;
 pub mod memory;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -189,7 +190,31 @@ pub trait PartitionLog: Send {
 
     /// Bytes of records currently retained.
     fn size_bytes(&self) -> u64;
+
+    /// The publish time of the last record, kept in memory where the log can: an append
+    /// needs it (times never decrease in a partition), and must not fail because an old
+    /// record cannot be read.
+    fn last_publish_time_ms(&self) -> Option<u64> {
+        let last = self.end_offset().checked_sub(1).filter(|last| *last >= self.start_offset())?;
+        self.read_one(last).ok().flatten().map(|r| r.record.publish_time_ms)
+    }
+
+    /// Runs of stored records found damaged (a CRC or framing failure) since the last
+    /// call, by the scan that opened the log or by a read: each is taken once, to be
+    /// reported. Reads that need none of a run's records pass it. Empty for memory.
+    fn take_damaged(&self) -> Vec<Range<u64>> {
+        Vec::new()
+    }
+
+    /// Every damaged run known in the retained records, oldest first, at most
+    /// [`DAMAGED_RUNS_MAX`].
+    fn damaged(&self) -> Vec<Range<u64>> {
+        Vec::new()
+    }
 }
+
+/// Damaged runs a partition reports at most (in `GetTopic` and the metrics).
+pub const DAMAGED_RUNS_MAX: usize = 1024;
 
 /// Makes and removes partition logs, and keeps the broker's metadata.
 pub trait Storage: Send {

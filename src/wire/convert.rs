@@ -366,6 +366,7 @@ pub fn topic(info: TopicInfo) -> pb::Topic {
                 partition: p.partition,
                 start_offset: p.start_offset,
                 end_offset: p.end_offset,
+                damaged: p.damaged.into_iter().map(|r| pb::OffsetRange { first: r.start, end: r.end }).collect(),
             })
             .collect(),
         subscriptions: info.subscriptions,

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::{ADMIN_HOST, DRAIN};
 use crate::agent::{self, Command, Counters, PORT};
-use crate::disk::{corrupt_newest_segment, ObservedStorage, TurmoilFs};
+use crate::disk::{corrupt_newest_segment, CorruptAsk, ObservedStorage, TurmoilFs};
 use crate::history::{BrokerObserver, Event, History};
 use crate::scenario::{self, Action, Admin, Scenario, Step, Wait};
 use crate::world::{listen_addr, SimClock, SimNet, Traffic};
@@ -61,7 +61,7 @@ pub(super) struct Driver<'a> {
     pub(super) disks: BTreeMap<String, FaultyFs>,
     /// Asks a broker host to corrupt a byte of its newest segment (at a fraction of it):
     /// that needs the host's own filesystem, so a task on the host does it.
-    pub(super) corrupters: BTreeMap<String, mpsc::Sender<f64>>,
+    pub(super) corrupters: BTreeMap<String, mpsc::Sender<CorruptAsk>>,
     /// Set while a broker host crashes, so its connections close without a FIN.
     pub(super) crash_flags: BTreeMap<String, Arc<AtomicBool>>,
     /// Bytes written between every two hosts.
@@ -82,7 +82,7 @@ impl<'a> Driver<'a> {
         for broker in &scenario.brokers {
             let config = broker_config(scenario, mutation);
             let disk = FaultyFs::new(Arc::new(TurmoilFs));
-            let (corrupt_tx, corrupt_rx) = mpsc::channel::<f64>(COMMAND_QUEUE_MAX);
+            let (corrupt_tx, corrupt_rx) = mpsc::channel::<CorruptAsk>(COMMAND_QUEUE_MAX);
             let recording = record.clone().map(|dir| Recording::new(dir, storage.as_ref(), &config));
             let crashing = Arc::new(AtomicBool::new(false));
             let host = BrokerHost {
@@ -350,7 +350,7 @@ struct BrokerHost {
     storage: Option<FileStorageConfig>,
     disk: FaultyFs,
     /// Asks to corrupt the newest segment (see [`corrupter`]).
-    corrupt_rx: Arc<Mutex<mpsc::Receiver<f64>>>,
+    corrupt_rx: Arc<Mutex<mpsc::Receiver<CorruptAsk>>>,
     history: History,
     recording: Option<Recording>,
     /// Set while the host crashes, so its connections close without a FIN.
@@ -420,9 +420,9 @@ fn storage_config(scenario: &Scenario) -> Option<FileStorageConfig> {
 
 /// Runs on a broker host: corrupts a byte of its newest segment when asked, and notes
 /// where in the history.
-async fn corrupter(host: String, disk: FaultyFs, asks: Arc<Mutex<mpsc::Receiver<f64>>>, history: History) {
-    while let Some(fraction) = asks.lock().await.recv().await {
-        let text = match corrupt_newest_segment(&disk as &dyn Fs, std::path::Path::new(DATA_DIR), fraction) {
+async fn corrupter(host: String, disk: FaultyFs, asks: Arc<Mutex<mpsc::Receiver<CorruptAsk>>>, history: History) {
+    while let Some(ask) = asks.lock().await.recv().await {
+        let text = match corrupt_newest_segment(&disk as &dyn Fs, std::path::Path::new(DATA_DIR), ask) {
             Ok(Some((file, position))) => format!("disk corrupted: flipped byte {position} of {file}"),
             Ok(None) => "disk corrupt: no segment with data to corrupt".to_string(),
             Err(e) => format!("disk corrupt failed: {e}"),

@@ -8,6 +8,7 @@ use rand::RngExt;
 
 use super::driver::Driver;
 use super::FaultSpan;
+use crate::disk::CorruptAsk;
 use crate::history::Event;
 use crate::scenario::{self, DiskFault, Fault};
 
@@ -76,7 +77,7 @@ impl<'a> Driver<'a> {
             Fault::Latency { a, b, delay } => (pair("latency", a, b), !delay.is_zero(), link(a, b)),
             Fault::FailRate { rate } => ("fail_rate".to_string(), *rate > 0.0, Along::All),
             Fault::Isolate { host } => (format!("isolate {host}"), true, Along::Host(host.clone())),
-            Fault::Disk { host, fault } if *fault != DiskFault::Corrupt => {
+            Fault::Disk { host, fault } if !matches!(fault, DiskFault::Corrupt(_)) => {
                 (format!("disk {host}"), *fault != DiskFault::Ok, Along::Disk(host.clone()))
             }
             _ => return Ok(()),
@@ -233,9 +234,12 @@ impl<'a> Driver<'a> {
                 disk.set_fault(None);
                 "ok"
             }
-            DiskFault::Corrupt => {
-                let fraction = self.rng.random_range(0.0..1.0);
-                let sent = self.corrupters[host].try_send(fraction);
+            DiskFault::Corrupt(target) => {
+                let ask = match target {
+                    Some(target) => CorruptAsk::Record(target),
+                    None => CorruptAsk::Anywhere(self.rng.random_range(0.0..1.0)),
+                };
+                let sent = self.corrupters[host].try_send(ask);
                 if sent.is_err() || !self.sim.is_host_running(host) {
                     return Err(format!("disk {host} corrupt: the host is not running, so the fault did nothing"));
                 }

@@ -302,10 +302,20 @@ pub enum DiskFault {
     Eio,
     Full,
     Torn,
-    /// Flips one byte of the newest segment, once.
-    Corrupt,
+    /// Flips one byte of the newest segment, once: anywhere (chosen by the seed), or in
+    /// the frame of one record.
+    Corrupt(Option<CorruptTarget>),
     /// Ends the fault in place.
     Ok,
+}
+
+/// Where `disk HOST corrupt offset=N [part=length]` flips its byte: in the frame of the
+/// record at offset `offset` of the newest segment, in its length field or its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorruptTarget {
+    pub offset: u64,
+    /// The frame's length field (the frame's end is lost with it), not its body.
+    pub length: bool,
 }
 
 /// An `expect` step (`eventually D expect ...` gives it a bound).
@@ -488,11 +498,17 @@ impl fmt::Display for Fault {
             Fault::Restart { host } => write!(f, "restart {host}"),
             Fault::Disk { host, fault } => {
                 let fault = match fault {
-                    DiskFault::Eio => "eio",
-                    DiskFault::Full => "full",
-                    DiskFault::Torn => "torn",
-                    DiskFault::Corrupt => "corrupt",
-                    DiskFault::Ok => "ok",
+                    DiskFault::Eio => "eio".to_string(),
+                    DiskFault::Full => "full".to_string(),
+                    DiskFault::Torn => "torn".to_string(),
+                    DiskFault::Corrupt(None) => "corrupt".to_string(),
+                    DiskFault::Corrupt(Some(CorruptTarget { offset, length: false })) => {
+                        format!("corrupt offset={offset}")
+                    }
+                    DiskFault::Corrupt(Some(CorruptTarget { offset, length: true })) => {
+                        format!("corrupt offset={offset} part=length")
+                    }
+                    DiskFault::Ok => "ok".to_string(),
                 };
                 write!(f, "disk {host} {fault}")
             }

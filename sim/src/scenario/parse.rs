@@ -6,8 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    AckMode, Action, Admin, CheckName, Config, DiskFault, Expectation, Expected, Fault, Fsync, Nack, Publish, Scenario,
-    SeekTo, Step, Storage, SubSpec, Subscribe, Via, Wait, ADMIN_HOST, CODES,
+    AckMode, Action, Admin, CheckName, Config, CorruptTarget, DiskFault, Expectation, Expected, Fault, Fsync, Nack,
+    Publish, Scenario, SeekTo, Step, Storage, SubSpec, Subscribe, Via, Wait, ADMIN_HOST, CODES,
 };
 
 /// The kind of value an option or positional takes.
@@ -199,7 +199,7 @@ const SPECS: &[Spec] = &[
         words: &["disk"],
         verb: Verb::Disk,
         positionals: &[("host", Kind::Host), ("fault", Kind::OneOf(&["eio", "full", "torn", "corrupt", "ok"]))],
-        options: &[],
+        options: &[("offset", Kind::Int(0, u64::MAX)), ("part", Kind::OneOf(&["length", "body"]))],
     },
     Spec { words: &["isolate"], verb: Verb::Isolate, positionals: &[("host", Kind::Host)], options: &[] },
     Spec {
@@ -524,7 +524,30 @@ impl Parser<'_> {
             Verb::Isolate => Action::Fault(Fault::Isolate { host: w.arg("host") }),
             Verb::Crash => Action::Fault(Fault::Crash { host: w.arg("host") }),
             Verb::Restart => Action::Fault(Fault::Restart { host: w.arg("host") }),
-            Verb::Disk => Action::Fault(Fault::Disk { host: w.arg("host"), fault: disk_fault(&w.arg("fault")) }),
+            Verb::Disk => {
+                let target = w
+                    .number("offset")
+                    .map(|offset| CorruptTarget { offset, length: w.option("part") == Some("length") });
+                let fault = match disk_fault(&w.arg("fault")) {
+                    DiskFault::Corrupt(None) => DiskFault::Corrupt(target),
+                    _ if target.is_some() || w.option("part").is_some() => {
+                        return Err(self.error(
+                            number,
+                            w.column("offset").max(w.column("part")),
+                            "offset= and part= go with `corrupt` only",
+                        ));
+                    }
+                    fault => fault,
+                };
+                if target.is_none() && w.option("part").is_some() {
+                    return Err(self.error(
+                        number,
+                        w.column("part"),
+                        "part= needs offset=: the record whose frame to damage",
+                    ));
+                }
+                Action::Fault(Fault::Disk { host: w.arg("host"), fault })
+            }
             Verb::Advance => Action::Advance { by: duration(&w.arg("by")).unwrap() },
             Verb::Expect => Action::Expect(self.expectation(number, w, within)?),
             Verb::Check => Action::Check(
@@ -720,7 +743,7 @@ fn disk_fault(text: &str) -> DiskFault {
         "eio" => DiskFault::Eio,
         "full" => DiskFault::Full,
         "torn" => DiskFault::Torn,
-        "corrupt" => DiskFault::Corrupt,
+        "corrupt" => DiskFault::Corrupt(None),
         _ => DiskFault::Ok,
     }
 }

@@ -53,6 +53,8 @@ partition broker p oneway=true
 latency p broker 300ms
 fail_rate 0.02
 disk broker corrupt
+disk broker corrupt offset=4
+disk broker corrupt offset=7 part=length
 eventually 2s expect w received attempt=2 count=3 sub=audit
 expect p error code=NOT_FOUND
 check key-order
@@ -63,7 +65,27 @@ check key-order
     let actions = |s: &Scenario| s.steps.iter().map(|s| s.action.clone()).collect::<Vec<_>>();
     assert_eq!(actions(&first), actions(&again), "{printed:#?}");
     assert_eq!(printed[1], "async topic delete other force=true");
-    assert_eq!(printed[14], "eventually 2s expect w received attempt=2 count=3 sub=audit");
+    assert_eq!(printed[16], "eventually 2s expect w received attempt=2 count=3 sub=audit");
+    assert_eq!(printed[14..16], ["disk broker corrupt offset=4", "disk broker corrupt offset=7 part=length"]);
+    let target = |offset, length| {
+        Action::Fault(Fault::Disk {
+            host: "broker".into(),
+            fault: DiskFault::Corrupt(Some(CorruptTarget { offset, length })),
+        })
+    };
+    assert_eq!(first.steps[14].action, target(4, false));
+    assert_eq!(first.steps[15].action, target(7, true));
+}
+
+#[test]
+fn a_corrupt_target_goes_with_corrupt_only_and_part_needs_an_offset() {
+    assert!(
+        error("disk broker eio offset=3\n").contains("go with `corrupt` only"),
+        "{}",
+        error("disk broker eio offset=3\n")
+    );
+    assert!(error("disk broker corrupt part=length\n").contains("needs offset="));
+    assert!(error("disk broker corrupt offset=3 part=head\n").contains("part"));
 }
 
 fn error(text: &str) -> String {

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Label};
 
 use super::{
-    ACKED, BACKLOG, DEAD_LETTERED, DELIVERED, END_TO_END_LATENCY, EPHEMERAL_LABEL, IDLE_TIMEOUT, NACKED, OPEN_STREAMS,
-    OUTSTANDING, PUBLISHED, REDELIVERED,
+    ACKED, BACKLOG, DAMAGED, DEAD_LETTERED, DELIVERED, END_TO_END_LATENCY, EPHEMERAL_LABEL, IDLE_TIMEOUT, NACKED,
+    OPEN_STREAMS, OUTSTANDING, PUBLISHED, REDELIVERED,
 };
 use crate::core::name::RESERVED_PREFIX;
 use crate::core::{Broker, Delivery, Published, SubscriptionCounts, SubscriptionCountsView};
@@ -26,6 +26,8 @@ const STALE_HANDLES_MS: u64 = IDLE_TIMEOUT.as_millis() as u64 / 2;
 pub struct BrokerMetrics {
     /// Acknowledged publishes, by topic.
     published: BTreeMap<String, Counter>,
+    /// Stored records found damaged, by topic.
+    damaged: BTreeMap<String, Counter>,
     /// Subscription series by topic, then by `subscription` label.
     subscriptions: BTreeMap<String, BTreeMap<String, SubscriptionSeries>>,
     /// The counts last exported, by subscription uid; the series get the difference.
@@ -119,6 +121,7 @@ impl BrokerMetrics {
     pub fn new() -> Self {
         Self {
             published: BTreeMap::new(),
+            damaged: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             exported: BTreeMap::new(),
             open_streams: gauge!(OPEN_STREAMS),
@@ -139,6 +142,13 @@ impl BrokerMetrics {
         }
     }
 
+    /// Counts stored records of `topic` found damaged.
+    pub fn damaged(&mut self, topic: &str, records: u64) {
+        let counter =
+            self.damaged.entry(topic.to_string()).or_insert_with(|| counter!(DAMAGED, "topic" => topic.to_string()));
+        counter.increment(records);
+    }
+
     /// Records the end-to-end latency of deliveries made now (`wall_ms`) to `subscription`.
     pub fn delivered(&mut self, wall_ms: u64, subscription: &str, deliveries: &[Delivery]) {
         let Some(first) = deliveries.first() else { return };
@@ -154,6 +164,7 @@ impl BrokerMetrics {
     pub fn export(&mut self, now_ms: u64, broker: &Broker, open_streams: usize) {
         if self.last_export_ms.is_some_and(|last| now_ms.saturating_sub(last) >= STALE_HANDLES_MS) {
             self.published.clear();
+            self.damaged.clear();
             self.subscriptions.clear();
             self.open_streams = gauge!(OPEN_STREAMS);
         }
@@ -166,6 +177,10 @@ impl BrokerMetrics {
     fn export_topics(&mut self, broker: &Broker) {
         let live: Vec<&str> = broker.topic_names().collect();
         self.published.retain(|topic, _| live.binary_search(&topic.as_str()).is_ok());
+        self.damaged.retain(|topic, _| live.binary_search(&topic.as_str()).is_ok());
+        for counter in self.damaged.values() {
+            counter.increment(0);
+        }
         for topic in live {
             match self.published.get(topic) {
                 Some(counter) => counter.increment(0),

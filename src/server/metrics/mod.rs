@@ -40,6 +40,8 @@ use crate::env::Clock;
 
 /// Messages published (acknowledged, duplicates excluded), by `topic`.
 pub const PUBLISHED: &str = "mini_pubsub_published_messages_total";
+/// Stored records found damaged (a CRC or framing failure), by `topic`.
+pub const DAMAGED: &str = "mini_pubsub_damaged_records_total";
 /// Messages leased to consumers, redeliveries included, by `topic` and `subscription`.
 pub const DELIVERED: &str = "mini_pubsub_delivered_messages_total";
 /// Deliveries with an attempt number above 1, by `topic` and `subscription`.
@@ -152,6 +154,7 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
 /// The HELP lines.
 fn describe() {
     describe_counter!(PUBLISHED, Unit::Count, "Messages published (acknowledged; duplicates excluded)");
+    describe_counter!(DAMAGED, Unit::Count, "Stored records found damaged (CRC or framing); they cannot be delivered");
     describe_counter!(DELIVERED, Unit::Count, "Messages delivered to consumers, redeliveries included");
     describe_counter!(REDELIVERED, Unit::Count, "Deliveries with a delivery attempt above 1");
     describe_counter!(ACKED, Unit::Count, "Acks applied");

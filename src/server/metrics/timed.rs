@@ -130,4 +130,16 @@ impl PartitionLog for TimedLog {
     fn size_bytes(&self) -> u64 {
         self.inner.size_bytes()
     }
+
+    fn last_publish_time_ms(&self) -> Option<u64> {
+        self.inner.last_publish_time_ms()
+    }
+
+    fn take_damaged(&self) -> Vec<std::ops::Range<u64>> {
+        self.inner.take_damaged()
+    }
+
+    fn damaged(&self) -> Vec<std::ops::Range<u64>> {
+        self.inner.damaged()
+    }
 }

@@ -1,6 +1,6 @@
 //! One partition as a directory of segments, the newest of which takes appends.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,11 @@ pub struct FileLog {
     doomed: Vec<PathBuf>,
     /// Files were removed from the directory since its last successful sync.
     dir_dirty: bool,
+    /// Damaged runs found (by the opening scan or by reads) and not yet taken by
+    /// [`PartitionLog::take_damaged`], at most [`segment::GAPS_MAX`].
+    damage_found: RefCell<Vec<std::ops::Range<u64>>>,
+    /// `damage_found` is not empty: the common case costs one check.
+    damage_pending: Cell<bool>,
 }
 
 /// A contiguous run of records with a byte budget, dropping the oldest when over it.
@@ -176,7 +181,29 @@ impl FileLog {
             ahead: RefCell::new(Records::default()),
             doomed: Vec::new(),
             dir_dirty: false,
-        })
+            damage_found: RefCell::new(Vec::new()),
+            damage_pending: Cell::new(false),
+        }
+        .with_damage_found())
+    }
+
+    /// Notes the damaged runs the opening scan found, to be told once.
+    fn with_damage_found(self) -> Self {
+        for seg in self.segments.values() {
+            self.found(seg.take_fresh_gaps());
+        }
+        self
+    }
+
+    /// Queues damaged runs to be told (up to the bound).
+    fn found(&self, gaps: Vec<segment::Gap>) {
+        if gaps.is_empty() {
+            return;
+        }
+        let mut queue = self.damage_found.borrow_mut();
+        let room = segment::GAPS_MAX.saturating_sub(queue.len());
+        queue.extend(gaps.iter().map(segment::Gap::offsets).filter(|run| !run.is_empty()).take(room));
+        self.damage_pending.set(!queue.is_empty());
     }
 
     fn active(&mut self) -> &mut Segment {
@@ -314,7 +341,9 @@ impl PartitionLog for FileLog {
             return Ok(hit);
         }
         let (_, seg) = self.segments.range(..=from).next_back().expect("from is within the log");
-        let batch = seg.read(from, READ_AHEAD_RECORDS_MAX.max(max_records), READ_AHEAD_BYTES.max(max_bytes))?;
+        let batch = seg.read(from, READ_AHEAD_RECORDS_MAX.max(max_records), READ_AHEAD_BYTES.max(max_bytes));
+        self.found(seg.take_fresh_gaps());
+        let batch = batch?;
         let mut ahead = self.ahead.borrow_mut();
         ahead.clear();
         for r in batch {
@@ -405,5 +434,22 @@ impl PartitionLog for FileLog {
 
     fn size_bytes(&self) -> u64 {
         self.size
+    }
+
+    fn last_publish_time_ms(&self) -> Option<u64> {
+        self.segments.values().rev().find_map(|s| s.last_time_ms)
+    }
+
+    fn take_damaged(&self) -> Vec<std::ops::Range<u64>> {
+        if !self.damage_pending.get() {
+            return Vec::new();
+        }
+        self.damage_pending.set(false);
+        std::mem::take(&mut *self.damage_found.borrow_mut())
+    }
+
+    fn damaged(&self) -> Vec<std::ops::Range<u64>> {
+        let runs = self.segments.values().flat_map(|s| s.gaps()).map(|g| g.offsets()).filter(|run| !run.is_empty());
+        runs.take(crate::storage::DAMAGED_RUNS_MAX).collect()
     }
 }

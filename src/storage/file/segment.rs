@@ -1,6 +1,7 @@
 //! One segment file: a run of framed records from a base offset, with a sparse offset and
 //! time index kept in memory (rebuilt by the scan that opens the segment).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +17,17 @@ const INDEX_INTERVAL_BYTES: u64 = 4096;
 
 /// Bytes read at a time when scanning or reading; a larger frame is read whole.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// After a damaged frame whose own length leads nowhere, the next intact frame is looked
+/// for byte by byte this far on. A frame is at most [`record::BODY_BYTES_MAX`], but a
+/// search that far through random bytes costs seconds of CRCs, and one this far about
+/// ten milliseconds; past it, the records are unreachable until a restart's full scan.
+const RESYNC_WINDOW_BYTES: u64 = 1024 * 1024;
+
+/// Damaged runs remembered per segment: reads pass the ones remembered without searching
+/// again; past this many, a read that meets another searches each time, and it is not
+/// reported.
+pub const GAPS_MAX: usize = 256;
 
 /// Where a record starts, and its publish time (times never decrease in a partition).
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +47,28 @@ pub struct Damage {
     pub reason: String,
 }
 
+/// A run of damaged records (a CRC or framing failure) and where the intact records after
+/// it go on. Found by the scan that opens a segment, or by a read that met it; readers
+/// that need none of its records pass it, and appends never read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The first damaged record's offset.
+    pub first: u64,
+    /// Where its frame starts.
+    pub position: u64,
+    /// The first intact record after the run: its offset and where its frame starts (the
+    /// segment's end, when nothing intact followed); `None` when it could not be found
+    /// within [`RESYNC_WINDOW_BYTES`].
+    pub resume: Option<(u64, u64)>,
+}
+
+impl Gap {
+    /// The offsets the run covers (just its first when its end is unknown).
+    pub fn offsets(&self) -> std::ops::Range<u64> {
+        self.first..self.resume.map_or(self.first + 1, |(offset, _)| offset)
+    }
+}
+
 /// A segment file and what is known of its records.
 pub struct Segment {
     pub base: u64,
@@ -51,6 +85,10 @@ pub struct Segment {
     pub path: PathBuf,
     file: Box<dyn FsFile>,
     index: Vec<IndexEntry>,
+    /// Damaged runs found so far, by first offset (reads find them with `&self`).
+    gaps: RefCell<Vec<Gap>>,
+    /// Runs found since the log last took them, to be told once.
+    fresh: RefCell<Vec<Gap>>,
 }
 
 /// A segment's file name: the base offset, zero-padded so names sort by offset.
@@ -86,6 +124,8 @@ impl Segment {
             path,
             file,
             index: Vec::new(),
+            gaps: RefCell::new(Vec::new()),
+            fresh: RefCell::new(Vec::new()),
         }
     }
 
@@ -101,35 +141,160 @@ impl Segment {
     }
 
     fn scan_records(&mut self, file_len: u64) -> Result<Option<Damage>, StorageError> {
-        let damage = |position: u64, reason: String| Ok(Some(Damage { position, file_len, reason }));
         let mut chunk = Bytes::new();
         let mut chunk_at = 0u64;
+        // After a damaged run the next intact record starts an index entry, so reads
+        // after it never walk through the damage.
+        let mut resumed = false;
         while self.size < file_len {
             let within = (self.size - chunk_at) as usize;
-            match record::decode(&chunk.slice(within.min(chunk.len())..)) {
-                Decoded::Record { offset, record, frame_len } => {
-                    if offset != self.end {
-                        return damage(self.size, format!("record with offset {offset} where {} belongs", self.end));
-                    }
-                    self.note_record(offset, record.publish_time_ms, self.size, frame_len as u64);
+            let reason = match record::decode(&chunk.slice(within.min(chunk.len())..)) {
+                Decoded::Record { offset, .. } if offset != self.end => {
+                    format!("record with offset {offset} where {} belongs", self.end)
                 }
-                Decoded::Short { needed } => {
-                    if self.size + needed as u64 > file_len {
-                        let left = file_len - self.size;
-                        return damage(self.size, format!("a frame needs {needed} bytes but the file has {left} left"));
-                    }
+                Decoded::Record { offset, record, frame_len } => {
+                    self.note_record(offset, record.publish_time_ms, self.size, frame_len as u64, resumed);
+                    resumed = false;
+                    continue;
+                }
+                Decoded::Short { needed } if self.size + needed as u64 <= file_len => {
                     let want = needed.max(READ_CHUNK_BYTES).min((file_len - self.size) as usize);
                     chunk = self.read_bytes(self.size, want)?;
                     chunk_at = self.size;
+                    continue;
                 }
-                Decoded::Bad(reason) => return damage(self.size, reason),
-            }
+                Decoded::Short { needed } => {
+                    format!("a frame needs {needed} bytes but the file has {} left", file_len - self.size)
+                }
+                Decoded::Bad(reason) => reason,
+            };
+            // A flipped bit leaves the frame whole, with the next record right after it: that
+            // record and the ones after were written, synced and maybe acknowledged after
+            // the damaged one, so they stay and the damaged record is passed. Anything else
+            // (zeros, a frame cut short) is what a crash leaves of writes never synced: the
+            // segment is cut there, as a torn tail.
+            let Some((offset, position)) = self.passable(self.size, self.end, file_len)? else {
+                return Ok(Some(Damage { position: self.size, file_len, reason }));
+            };
+            let resume = Some((offset, position));
+            self.remember(Gap { first: self.end, position: self.size, resume });
+            self.end = offset;
+            self.size = position;
+            resumed = true;
         }
         Ok(None)
     }
 
-    fn note_record(&mut self, offset: u64, time_ms: u64, position: u64, frame_len: u64) {
-        let due = self.index.last().is_none_or(|last| position - last.position >= INDEX_INTERVAL_BYTES);
+    /// Where the records after the damaged frame at `position` (the record `expected`) go on,
+    /// when the damage can only be a flipped bit: the frame's length is plausible, the
+    /// record `expected + 1` is intact right where that length says, and the frame does not
+    /// end in a zero byte (a write cut short by a crash ends in zeros, where its lost
+    /// blocks were).
+    fn passable(&self, position: u64, expected: u64, limit: u64) -> Result<Option<(u64, u64)>, StorageError> {
+        if position + FRAME_HEADER_BYTES as u64 > limit {
+            return Ok(None);
+        }
+        let header = self.read_bytes(position, FRAME_HEADER_BYTES)?;
+        let len = u64::from(u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")));
+        let next = position + FRAME_HEADER_BYTES as u64 + len;
+        if !(1..=record::BODY_BYTES_MAX as u64).contains(&len) || next >= limit {
+            return Ok(None);
+        }
+        if self.read_bytes(next - 1, 1)?[0] == 0 {
+            return Ok(None);
+        }
+        let follows = self.intact_at(next, expected + 1, limit)? == Some(expected + 1);
+        Ok(follows.then_some((expected + 1, next)))
+    }
+
+    /// Looks for the first intact record after the damaged frame at `position` (where the
+    /// record `expected` belongs), up to `limit`: an intact record of a later offset in
+    /// that very place (the ones before it are missing), else where the damaged frame's
+    /// own length says the next one starts, else byte by byte within
+    /// [`RESYNC_WINDOW_BYTES`]. Returns the record's offset and place: the offset may be
+    /// `expected` itself when the frame in its place was a stale copy of an earlier one.
+    /// `(end offset, limit)` when the search reached `limit` and found nothing.
+    fn find_resume(&self, position: u64, expected: u64, limit: u64) -> Result<Option<(u64, u64)>, StorageError> {
+        if let Some(offset) = self.intact_at(position, expected + 1, limit)? {
+            return Ok(Some((offset, position)));
+        }
+        let header = self.read_bytes(position, FRAME_HEADER_BYTES.min((limit - position) as usize))?;
+        if header.len() == FRAME_HEADER_BYTES {
+            let len = u64::from(u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")));
+            let next = position + FRAME_HEADER_BYTES as u64 + len;
+            if let Some(offset) = self.intact_at(next, expected, limit)? {
+                return Ok(Some((offset, next)));
+            }
+        }
+        let window = (limit - position).min(RESYNC_WINDOW_BYTES);
+        let bytes = self.read_bytes(position, window as usize)?;
+        for at in 1..bytes.len() {
+            if let Decoded::Record { offset, .. } = record::decode(&bytes.slice(at..)) {
+                if offset >= expected {
+                    return Ok(Some((offset, position + at as u64)));
+                }
+            }
+        }
+        // Nothing intact to the limit: the run is the rest of the segment.
+        Ok((position + window == limit).then_some((self.end.max(expected + 1), limit)))
+    }
+
+    /// The offset of the intact record at `position`, if there is one at `min` or later.
+    fn intact_at(&self, position: u64, min: u64, limit: u64) -> Result<Option<u64>, StorageError> {
+        if position + FRAME_HEADER_BYTES as u64 > limit {
+            return Ok(None);
+        }
+        let header = self.read_bytes(position, FRAME_HEADER_BYTES)?;
+        let len = u64::from(u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")));
+        let frame_len = FRAME_HEADER_BYTES as u64 + len;
+        if len > record::BODY_BYTES_MAX as u64 || position + frame_len > limit {
+            return Ok(None);
+        }
+        Ok(match record::decode(&self.read_bytes(position, frame_len as usize)?) {
+            Decoded::Record { offset, .. } if offset >= min => Some(offset),
+            _ => None,
+        })
+    }
+
+    /// Keeps a damaged run found, in order, up to [`GAPS_MAX`].
+    fn remember(&self, gap: Gap) {
+        let mut gaps = self.gaps.borrow_mut();
+        let at = gaps.partition_point(|g| g.first < gap.first);
+        if gaps.get(at).is_none_or(|g| g.first != gap.first) && gaps.len() < GAPS_MAX {
+            gaps.insert(at, gap);
+            self.fresh.borrow_mut().push(gap);
+        }
+    }
+
+    /// The damaged run that starts at offset `first` (its frame at `position`), found now
+    /// if it was not known.
+    fn gap_at(&self, first: u64, position: u64) -> Result<Gap, StorageError> {
+        let known = self.gaps.borrow().iter().find(|g| g.first == first).copied();
+        if let Some(gap) = known {
+            return Ok(gap);
+        }
+        let resume = self.find_resume(position, first, self.size)?;
+        let gap = Gap { first, position, resume };
+        self.remember(gap);
+        Ok(gap)
+    }
+
+    /// The damaged runs found in this segment, by first offset.
+    pub fn gaps(&self) -> Vec<Gap> {
+        self.gaps.borrow().clone()
+    }
+
+    /// The runs found since the last call.
+    pub fn take_fresh_gaps(&self) -> Vec<Gap> {
+        let mut fresh = self.fresh.borrow_mut();
+        if fresh.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *fresh)
+    }
+
+    fn note_record(&mut self, offset: u64, time_ms: u64, position: u64, frame_len: u64, resumed: bool) {
+        let due = resumed || self.index.last().is_none_or(|last| position - last.position >= INDEX_INTERVAL_BYTES);
         if due {
             self.index.push(IndexEntry { offset, position, time_ms });
         }
@@ -157,7 +322,7 @@ impl Segment {
         let mut position = self.size;
         for &(offset, time_ms, frame_len) in entries {
             assert_eq!(offset, self.end, "{}: appended offsets must follow on", self.path.display());
-            self.note_record(offset, time_ms, position, frame_len as u64);
+            self.note_record(offset, time_ms, position, frame_len as u64, false);
             position += frame_len as u64;
         }
         Ok(())
@@ -166,14 +331,15 @@ impl Segment {
     /// Reads records from `from` (which is in this segment) on, until `max_records` or the
     /// segment's end, stopping before a record that would pass `max_bytes` of payload. A
     /// damaged record ends the read: it is an error when it is the first one asked for,
-    /// else the records before it are returned.
+    /// else the records before it are returned. A damaged run before `from` is passed.
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, StorageError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let (mut position, mut expected) = self.entry_before(from).map_or((0, self.base), |e| (e.position, e.offset));
+        let (mut position, mut expected) = self.start_for(from);
         let mut chunk = Bytes::new();
         let mut chunk_at = position;
         while position < self.size && out.len() < max_records {
+            // A jump past a damaged run only moves forward, past the chunk or within it.
             let within = (position - chunk_at) as usize;
             let damage = match record::decode(&chunk.slice(within.min(chunk.len())..)) {
                 // The offset is checked too: an intact frame at the wrong place (a stale or
@@ -204,12 +370,31 @@ impl Segment {
                 }
                 Decoded::Bad(reason) => reason,
             };
+            // A run that ends at or before `from` holds nothing this read needs, nor does
+            // one that is only a stale frame (it ends where it starts).
+            let gap = self.gap_at(expected, position)?;
+            match gap.resume {
+                Some((offset, at)) if offset <= from || offset == expected => {
+                    (expected, position) = (offset, at);
+                    continue;
+                }
+                _ => {}
+            }
             if out.is_empty() {
                 return Err(self.corrupt(position, damage));
             }
             break;
         }
         Ok(out)
+    }
+
+    /// Where a read of `from` starts: the last index entry at or before it, or the end of
+    /// a damaged run between that entry and `from`, whichever is later.
+    fn start_for(&self, from: u64) -> (u64, u64) {
+        let indexed = self.entry_before(from).map_or((0, self.base), |e| (e.position, e.offset));
+        let gaps = self.gaps.borrow();
+        let resumed = gaps.iter().filter_map(|g| g.resume).filter(|&(offset, at)| offset <= from && at > indexed.0);
+        resumed.max_by_key(|&(_, at)| at).map_or(indexed, |(offset, at)| (at, offset))
     }
 
     fn corrupt(&self, position: u64, reason: String) -> StorageError {
@@ -231,7 +416,16 @@ impl Segment {
         let from = i.checked_sub(1).map_or(self.base, |i| self.index[i].offset);
         let mut next = from;
         while next < self.end {
-            let batch = self.read(next, 256, usize::MAX)?;
+            let batch = match self.read(next, 256, usize::MAX) {
+                Err(e) => match self.resume_after(next) {
+                    Some(resume) => {
+                        next = resume;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+                Ok(batch) => batch,
+            };
             if let Some(hit) = batch.iter().find(|r| r.record.publish_time_ms >= time_ms) {
                 return Ok(Some(hit.offset));
             }
@@ -256,11 +450,24 @@ impl Segment {
             return Ok(());
         }
         let position = self.position_of(from)?;
+        // A damaged last record's time is not known: the index's last time before it is
+        // the latest known, and times never decrease.
         let last_time_ms = match from.checked_sub(1).filter(|last| *last >= self.base) {
-            Some(last) => self.read(last, 1, usize::MAX)?.first().map(|r| r.record.publish_time_ms),
+            Some(last) => match self.read(last, 1, usize::MAX) {
+                Ok(records) => records.first().map(|r| r.record.publish_time_ms),
+                Err(_) => self.entry_before(last).map(|e| e.time_ms),
+            },
             None => None,
         };
         self.index.retain(|e| e.offset < from);
+        let mut gaps = self.gaps.borrow_mut();
+        gaps.retain(|g| g.first < from);
+        for gap in gaps.iter_mut() {
+            if gap.resume.is_none_or(|(offset, _)| offset > from) {
+                gap.resume = Some((from, position));
+            }
+        }
+        drop(gaps);
         self.size = position;
         self.end = from;
         self.last_time_ms = last_time_ms;
@@ -268,11 +475,23 @@ impl Segment {
         Ok(())
     }
 
-    /// The byte position where the record `offset` starts.
+    /// The offset after the damaged run that holds `offset`, if one is known and ends.
+    pub fn resume_after(&self, offset: u64) -> Option<u64> {
+        let gaps = self.gaps.borrow();
+        gaps.iter().filter(|g| g.offsets().contains(&offset)).find_map(|g| g.resume).map(|(resume, _)| resume)
+    }
+
+    /// The byte position where the record `offset` starts. A record inside a damaged run
+    /// (not its first) has no known place.
     fn position_of(&self, offset: u64) -> Result<u64, StorageError> {
-        let entry = self.entry_before(offset).expect("a segment with records has an index entry");
-        let mut position = entry.position;
-        let mut next = entry.offset;
+        let gap = self.gaps.borrow().iter().find(|g| g.offsets().contains(&offset)).copied();
+        if let Some(gap) = gap {
+            if gap.first == offset {
+                return Ok(gap.position);
+            }
+            return Err(self.corrupt(gap.position, format!("offset {offset} lies inside a damaged run of records")));
+        }
+        let (mut position, mut next) = self.start_for(offset);
         while next < offset {
             let header = self.read_bytes(position, FRAME_HEADER_BYTES)?;
             let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;

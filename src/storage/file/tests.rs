@@ -425,16 +425,18 @@ fn zeros_or_garbage_after_the_last_record_are_cut_and_reported() {
 }
 
 #[test]
-fn flipped_byte_in_an_older_segment_refuses_to_open() {
+fn a_damaged_last_record_of_an_older_segment_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let config = small(dir.path());
     let (mut log, _) = open(&config);
     let n = per_segment();
     append_each(&mut log, 0..2 * n + 3);
     drop(log);
+    // Nothing intact follows it in its segment, so it cannot be passed: the segment would
+    // end before the next one begins.
     let older = seg_path(dir.path(), n);
-    flip_byte(&older, 5 * frame() + 40);
-    assert_corrupt(open_on(Arc::new(StdFs), &config).map(|_| ()), &older, 5 * frame());
+    flip_byte(&older, (n - 1) * frame() + 40);
+    assert_corrupt(open_on(Arc::new(StdFs), &config).map(|_| ()), &older, (n - 1) * frame());
     assert_eq!(segment_files(dir.path()).len(), 3, "a refused open changes nothing");
 }
 
@@ -447,19 +449,121 @@ fn truncate_corrupt_cuts_an_older_segment_at_the_damage_and_removes_later_ones()
     append_each(&mut log, 0..2 * n + 3);
     drop(log);
     let older = seg_path(dir.path(), n);
-    flip_byte(&older, 5 * frame() + 40);
+    flip_byte(&older, (n - 1) * frame() + 40);
     let (mut log, notes) = open(&config);
     let cut: Vec<(PathBuf, u64, u64)> = notes.iter().map(|n| (n.file.clone(), n.position, n.cut_bytes)).collect();
     let newest = seg_path(dir.path(), 2 * n);
-    assert_eq!(cut, vec![(older.clone(), 5 * frame(), (n - 5) * frame()), (newest, 0, 3 * frame())]);
+    assert_eq!(cut, vec![(older.clone(), (n - 1) * frame(), frame()), (newest, 0, 3 * frame())]);
     assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0), format!("{n:020}.log")]);
-    assert_eq!(file_len(&older), 5 * frame());
-    assert_holds(&log, 0..n + 5);
-    append_each(&mut log, n + 5..n + 6);
+    assert_eq!(file_len(&older), (n - 1) * frame());
+    assert_holds(&log, 0..2 * n - 1);
+    append_each(&mut log, 2 * n - 1..2 * n);
     drop(log);
     let (log, notes) = open(&config);
     assert!(notes.is_empty(), "{notes:?}");
-    assert_holds(&log, 0..n + 6);
+    assert_holds(&log, 0..2 * n);
+}
+
+/// Reads every offset of `range` one by one: the ones in `damaged` are `Corrupt`, the
+/// others hold `rec(i)`.
+fn assert_holds_but(log: &FileLog, range: std::ops::Range<u64>, damaged: &[u64]) {
+    for i in range {
+        match log.read(i, 1, usize::MAX) {
+            Ok(got) if !damaged.contains(&i) => assert_eq!(*got[0].record, rec(i), "record {i}"),
+            Err(StorageError::Corrupt { .. }) if damaged.contains(&i) => {}
+            other => panic!("offset {i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn damage_inside_an_older_segment_is_passed_at_open_and_nothing_after_it_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..2 * n + 3);
+    drop(log);
+    flip_byte(&seg_path(dir.path(), n), 5 * frame() + 40);
+    let (mut log, notes) = open(&config);
+    assert!(notes.is_empty(), "nothing is cut: {notes:?}");
+    assert_holds_but(&log, 0..2 * n + 3, &[n + 5]);
+    assert_eq!(log.take_damaged(), vec![n + 5..n + 6], "found by the scan, told once");
+    assert_eq!(log.take_damaged(), vec![]);
+    assert_eq!(log.damaged(), vec![n + 5..n + 6]);
+    assert_eq!(log.append(vec![rec(2 * n + 3)]).unwrap(), 2 * n + 3);
+}
+
+#[test]
+fn damage_inside_the_newest_segment_keeps_the_records_after_it_across_a_restart() {
+    // F2's restart: the damaged record is passed, not cut with everything after it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..n + 10);
+    drop(log);
+    flip_byte(&seg_path(dir.path(), n), 3 * frame() + 60);
+    let (mut log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!((log.start_offset(), log.end_offset()), (0, n + 10));
+    assert_holds_but(&log, 0..n + 10, &[n + 3]);
+    assert_eq!(log.append(vec![rec(n + 10)]).unwrap(), n + 10);
+    assert_eq!(log.damaged(), vec![n + 3..n + 4]);
+}
+
+#[test]
+fn a_damaged_record_below_the_read_position_in_the_same_index_interval_is_passed() {
+    // F1: a reader past the damage (its committed offset is after it) never notices it.
+    for (what, at) in [("body", 60), ("length", 0), ("crc", 5)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = uncached(dir.path());
+        let (mut log, _) = open(&config);
+        append_each(&mut log, 0..20);
+        assert!(20 * frame() < 4096, "one index interval");
+        flip_byte(&seg_path(dir.path(), 0), 3 * frame() + at);
+        let offsets: Vec<u64> = read_all(&log, 5).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (5..20).collect::<Vec<_>>(), "{what}");
+        assert_holds_but(&log, 0..20, &[3]);
+        assert_eq!(log.take_damaged(), vec![3..4], "{what}");
+        assert_eq!(log.take_damaged(), vec![], "{what}: told once");
+    }
+}
+
+#[test]
+fn appends_after_a_damaged_last_record_never_read_it() {
+    // F2: the damaged record lies after the segment's last index entry.
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..10);
+    flip_byte(&seg_path(dir.path(), 0), 9 * frame() + 60);
+    assert_eq!(log.last_publish_time_ms(), Some(90), "kept in memory, not read");
+    assert_eq!(log.append(vec![rec(10)]).unwrap(), 10);
+    assert_eq!(*log.read(10, 1, usize::MAX).unwrap()[0].record, rec(10));
+    assert_holds_but(&log, 0..11, &[9]);
+    assert_eq!(log.damaged(), vec![9..10]);
+}
+
+#[test]
+fn a_stale_frame_in_the_way_loses_only_the_record_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..20);
+    let path = seg_path(dir.path(), 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let f = frame() as usize;
+    bytes.copy_within(8 * f..9 * f, 7 * f);
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(read_all(&log, 8).iter().map(|r| r.offset).collect::<Vec<_>>(), (8..20).collect::<Vec<_>>());
+    assert_holds_but(&log, 0..20, &[7]);
+    assert_eq!(log.damaged(), vec![7..8]);
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds_but(&log, 0..20, &[7]);
+    assert_eq!(log.take_damaged(), vec![7..8]);
 }
 
 #[test]
@@ -491,12 +595,13 @@ fn corrupt_record_read_after_open_is_an_error_never_data() {
     flip_byte(&path, 7 * frame() + 60);
     assert_corrupt(log.read(7, 1, usize::MAX), &path, 7 * frame());
     assert_corrupt(log.read(7, 1, usize::MAX), &path, 7 * frame());
-    // The records before the damage are still served, and no read passes it.
+    // The records before the damage are still served, and no read that needs it passes it.
     assert_eq!(*log.read(0, 1, usize::MAX).unwrap()[0].record, rec(0));
     let before: Vec<u64> = log.read(2, 100, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
     assert_eq!(before, (2..7).collect::<Vec<_>>());
-    assert_corrupt(log.offset_for_time(75), &path, 7 * frame());
+    assert_eq!(log.offset_for_time(75).unwrap(), 8, "a search by time passes the damage");
     assert_eq!(*log.read(19, 1, usize::MAX).unwrap()[0].record, rec(19), "the tail cache still serves");
+    assert_eq!(*log.read(8, 1, usize::MAX).unwrap()[0].record, rec(8), "a read after the damage passes it");
 }
 
 #[test]
