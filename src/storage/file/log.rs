@@ -138,7 +138,7 @@ impl FileLog {
                 cut_at = Some((i, reason));
                 break;
             }
-            let (mut seg, damage) = Segment::scan(fs.as_ref(), &path, base)?;
+            let (mut seg, damage) = Segment::scan(fs.as_ref(), &path, base, bases.get(i + 1).copied())?;
             expected = Some(seg.end);
             if let Some(Damage { position, file_len, reason }) = damage {
                 let newest = i + 1 == bases.len();
@@ -366,7 +366,9 @@ impl PartitionLog for FileLog {
 
     fn offset_for_time(&self, time_ms: u64) -> Result<u64, StorageError> {
         for seg in self.segments.values() {
-            if let Some(offset) = seg.offset_for_time(time_ms)? {
+            let found = seg.offset_for_time(time_ms);
+            self.found(seg.take_fresh_gaps());
+            if let Some(offset) = found? {
                 return Ok(offset);
             }
         }
@@ -392,6 +394,11 @@ impl PartitionLog for FileLog {
         }
         self.tail.drop_from(from);
         self.ahead.get_mut().clear();
+        let found = self.damage_found.get_mut();
+        found.retain(|run| run.start < from);
+        for run in found.iter_mut() {
+            run.end = run.end.min(from);
+        }
         self.synced_end = self.synced_end.min(from);
         while self.segments.len() > 1 && self.active_ref().base >= from {
             let (_, seg) = self.segments.pop_last().expect("more than one");

@@ -20,9 +20,20 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// After a damaged frame whose own length leads nowhere, the next intact frame is looked
 /// for byte by byte this far on. A frame is at most [`record::BODY_BYTES_MAX`], but a
-/// search that far through random bytes costs seconds of CRCs, and one this far about
-/// ten milliseconds; past it, the records are unreachable until a restart's full scan.
+/// search that far could cost seconds of CRCs; past it, the records after the damage
+/// cannot be reached by reads, and a start refuses (an older segment) or cuts (the newest)
+/// there.
 const RESYNC_WINDOW_BYTES: u64 = 1024 * 1024;
+
+/// At most this many bytes are run through a CRC by one search for the next intact frame:
+/// payloads full of plausible lengths cannot make it cost more than about 10 ms.
+const RESYNC_CRC_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The unit in which a crash loses or tears a write that was never synced (a disk sector).
+const LOST_WRITE_BLOCK_BYTES: u64 = 512;
+
+/// The smallest frame: its header and the smallest body.
+const FRAME_BYTES_MIN: u64 = 36;
 
 /// Damaged runs remembered per segment: reads pass the ones remembered without searching
 /// again; past this many, a read that meets another searches each time, and it is not
@@ -85,7 +96,7 @@ pub struct Segment {
     pub path: PathBuf,
     file: Box<dyn FsFile>,
     index: Vec<IndexEntry>,
-    /// Damaged runs found so far, by first offset (reads find them with `&self`).
+    /// Damaged runs found so far, by position (reads find them with `&self`).
     gaps: RefCell<Vec<Gap>>,
     /// Runs found since the log last took them, to be told once.
     fresh: RefCell<Vec<Gap>>,
@@ -132,15 +143,21 @@ impl Segment {
     /// Opens a segment and checks every record: CRC, framing, and that offsets run on from
     /// `base`. Stops at the first record that fails and reports it as damage; the segment
     /// then holds the intact records before it.
-    pub fn scan(fs: &dyn Fs, path: &Path, base: u64) -> Result<(Self, Option<Damage>), StorageError> {
+    /// `next_base` is the next segment's base offset, for a segment that is not the newest.
+    pub fn scan(
+        fs: &dyn Fs,
+        path: &Path,
+        base: u64,
+        next_base: Option<u64>,
+    ) -> Result<(Self, Option<Damage>), StorageError> {
         let file = fs.open(path, false).map_err(|e| io_error(path, "open", e))?;
         let file_len = file.size().map_err(|e| io_error(path, "stat", e))?;
         let mut segment = Self::empty(base, path.to_path_buf(), file);
-        let damage = segment.scan_records(file_len)?;
+        let damage = segment.scan_records(file_len, next_base)?;
         Ok((segment, damage))
     }
 
-    fn scan_records(&mut self, file_len: u64) -> Result<Option<Damage>, StorageError> {
+    fn scan_records(&mut self, file_len: u64, next_base: Option<u64>) -> Result<Option<Damage>, StorageError> {
         let mut chunk = Bytes::new();
         let mut chunk_at = 0u64;
         // After a damaged run the next intact record starts an index entry, so reads
@@ -168,15 +185,11 @@ impl Segment {
                 }
                 Decoded::Bad(reason) => reason,
             };
-            // A flipped bit leaves the frame whole, with the next record right after it: that
-            // record and the ones after were written, synced and maybe acknowledged after
-            // the damaged one, so they stay and the damaged record is passed. Anything else
-            // (zeros, a frame cut short) is what a crash leaves of writes never synced: the
-            // segment is cut there, as a torn tail.
-            let Some((offset, position)) = self.passable(self.size, self.end, file_len)? else {
+            let Some(resume) = self.kept_after(self.size, file_len, next_base)? else {
                 return Ok(Some(Damage { position: self.size, file_len, reason }));
             };
-            let resume = Some((offset, position));
+            let (offset, position) = resume;
+            let resume = Some(resume);
             self.remember(Gap { first: self.end, position: self.size, resume });
             self.end = offset;
             self.size = position;
@@ -185,26 +198,44 @@ impl Segment {
         Ok(None)
     }
 
-    /// Where the records after the damaged frame at `position` (the record `expected`) go on,
-    /// when the damage can only be a flipped bit: the frame's length is plausible, the
-    /// record `expected + 1` is intact right where that length says, and the frame does not
-    /// end in a zero byte (a write cut short by a crash ends in zeros, where its lost
-    /// blocks were).
-    fn passable(&self, position: u64, expected: u64, limit: u64) -> Result<Option<(u64, u64)>, StorageError> {
-        if position + FRAME_HEADER_BYTES as u64 > limit {
-            return Ok(None);
+    /// Where the records after damage found at open at `position` go on, when they were
+    /// written after it and so stay; `None` when the damage is what a crash leaves of
+    /// writes never synced, to be cut as a torn tail. A segment before the newest was synced
+    /// whole before the next one began, so damage in it is never a lost write (its records
+    /// run on to `next_base`). In the newest, damage with intact records after it is kept
+    /// unless its bytes look like a lost write: a whole disk block of zeros, or zeros from a
+    /// block boundary (or from the damage itself) to the intact record, where the lost
+    /// blocks of a write were.
+    fn kept_after(
+        &self,
+        position: u64,
+        file_len: u64,
+        next_base: Option<u64>,
+    ) -> Result<Option<(u64, u64)>, StorageError> {
+        let resume = self.find_resume(position, self.end, file_len)?;
+        Ok(match (resume, next_base) {
+            (Some((_, at)), Some(next)) if at == file_len => (next > self.end).then_some((next, file_len)),
+            (Some(resume), Some(_)) => Some(resume),
+            (Some((offset, at)), None) if at < file_len && !self.looks_lost(position, at)? => Some((offset, at)),
+            _ => None,
+        })
+    }
+
+    /// Whether the bytes from `from` to `to` look like a write a crash lost (see
+    /// [`Segment::kept_after`]).
+    fn looks_lost(&self, from: u64, to: u64) -> Result<bool, StorageError> {
+        let bytes = self.read_bytes(from, (to - from) as usize)?;
+        let mut block = from.next_multiple_of(LOST_WRITE_BLOCK_BYTES);
+        while block + LOST_WRITE_BLOCK_BYTES <= to {
+            let at = (block - from) as usize;
+            if bytes[at..at + LOST_WRITE_BLOCK_BYTES as usize].iter().all(|b| *b == 0) {
+                return Ok(true);
+            }
+            block += LOST_WRITE_BLOCK_BYTES;
         }
-        let header = self.read_bytes(position, FRAME_HEADER_BYTES)?;
-        let len = u64::from(u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")));
-        let next = position + FRAME_HEADER_BYTES as u64 + len;
-        if !(1..=record::BODY_BYTES_MAX as u64).contains(&len) || next >= limit {
-            return Ok(None);
-        }
-        if self.read_bytes(next - 1, 1)?[0] == 0 {
-            return Ok(None);
-        }
-        let follows = self.intact_at(next, expected + 1, limit)? == Some(expected + 1);
-        Ok(follows.then_some((expected + 1, next)))
+        let zeros = bytes.iter().rev().take_while(|b| **b == 0).count() as u64;
+        let start = to - zeros;
+        Ok(zeros > 0 && (start == from || start.is_multiple_of(LOST_WRITE_BLOCK_BYTES)))
     }
 
     /// Looks for the first intact record after the damaged frame at `position` (where the
@@ -215,22 +246,32 @@ impl Segment {
     /// `expected` itself when the frame in its place was a stale copy of an earlier one.
     /// `(end offset, limit)` when the search reached `limit` and found nothing.
     fn find_resume(&self, position: u64, expected: u64, limit: u64) -> Result<Option<(u64, u64)>, StorageError> {
-        if let Some(offset) = self.intact_at(position, expected + 1, limit)? {
+        // No record after the damage can have an offset past what its bytes could hold.
+        let max = if self.end > expected { self.end } else { expected + (limit - position) / FRAME_BYTES_MIN + 1 };
+        let within = |offset: u64| offset <= max;
+        if let Some(offset) = self.intact_at(position, expected + 1, limit)?.filter(|o| within(*o)) {
             return Ok(Some((offset, position)));
         }
         let header = self.read_bytes(position, FRAME_HEADER_BYTES.min((limit - position) as usize))?;
         if header.len() == FRAME_HEADER_BYTES {
             let len = u64::from(u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")));
             let next = position + FRAME_HEADER_BYTES as u64 + len;
-            if let Some(offset) = self.intact_at(next, expected, limit)? {
+            if let Some(offset) = self.intact_at(next, expected, limit)?.filter(|o| within(*o)) {
                 return Ok(Some((offset, next)));
             }
         }
         let window = (limit - position).min(RESYNC_WINDOW_BYTES);
         let bytes = self.read_bytes(position, window as usize)?;
-        for at in 1..bytes.len() {
+        let mut budget = RESYNC_CRC_BUDGET_BYTES;
+        for at in 1..bytes.len().saturating_sub(FRAME_HEADER_BYTES) {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            if !(1..=record::BODY_BYTES_MAX).contains(&len) || at + FRAME_HEADER_BYTES + len > bytes.len() {
+                continue;
+            }
+            let Some(left) = budget.checked_sub(len as u64) else { return Ok(None) };
+            budget = left;
             if let Decoded::Record { offset, .. } = record::decode(&bytes.slice(at..)) {
-                if offset >= expected {
+                if offset >= expected && within(offset) {
                     return Ok(Some((offset, position + at as u64)));
                 }
             }
@@ -259,17 +300,17 @@ impl Segment {
     /// Keeps a damaged run found, in order, up to [`GAPS_MAX`].
     fn remember(&self, gap: Gap) {
         let mut gaps = self.gaps.borrow_mut();
-        let at = gaps.partition_point(|g| g.first < gap.first);
-        if gaps.get(at).is_none_or(|g| g.first != gap.first) && gaps.len() < GAPS_MAX {
+        let at = gaps.partition_point(|g| g.position < gap.position);
+        if gaps.get(at).is_none_or(|g| g.position != gap.position) && gaps.len() < GAPS_MAX {
             gaps.insert(at, gap);
             self.fresh.borrow_mut().push(gap);
         }
     }
 
-    /// The damaged run that starts at offset `first` (its frame at `position`), found now
-    /// if it was not known.
+    /// The damaged run whose frame starts at `position` (where the record `first` belongs),
+    /// found now if it was not known.
     fn gap_at(&self, first: u64, position: u64) -> Result<Gap, StorageError> {
-        let known = self.gaps.borrow().iter().find(|g| g.first == first).copied();
+        let known = self.gaps.borrow().iter().find(|g| g.position == position).copied();
         if let Some(gap) = known {
             return Ok(gap);
         }
@@ -370,20 +411,24 @@ impl Segment {
                 }
                 Decoded::Bad(reason) => reason,
             };
+            // A read that has records stops before damage it does not need to pass.
+            if !out.is_empty() {
+                break;
+            }
             // A run that ends at or before `from` holds nothing this read needs, nor does
-            // one that is only a stale frame (it ends where it starts).
+            // one that is only a stale frame (it ends where it starts). A jump always moves
+            // on, in offsets or in bytes.
             let gap = self.gap_at(expected, position)?;
             match gap.resume {
-                Some((offset, at)) if offset <= from || offset == expected => {
+                Some((offset, at))
+                    if (offset <= from || offset == expected) && (at > position || offset > expected) =>
+                {
                     (expected, position) = (offset, at);
                     continue;
                 }
                 _ => {}
             }
-            if out.is_empty() {
-                return Err(self.corrupt(position, damage));
-            }
-            break;
+            return Err(self.corrupt(position, damage));
         }
         Ok(out)
     }
@@ -461,13 +506,14 @@ impl Segment {
         };
         self.index.retain(|e| e.offset < from);
         let mut gaps = self.gaps.borrow_mut();
-        gaps.retain(|g| g.first < from);
+        gaps.retain(|g| g.first < from && g.position < position);
         for gap in gaps.iter_mut() {
-            if gap.resume.is_none_or(|(offset, _)| offset > from) {
+            if gap.resume.is_some_and(|(offset, _)| offset > from) {
                 gap.resume = Some((from, position));
             }
         }
         drop(gaps);
+        self.fresh.borrow_mut().retain(|g| g.first < from);
         self.size = position;
         self.end = from;
         self.last_time_ms = last_time_ms;

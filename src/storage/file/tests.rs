@@ -424,44 +424,148 @@ fn zeros_or_garbage_after_the_last_record_are_cut_and_reported() {
     }
 }
 
+/// A record of 1.5 MiB: the search for the next intact frame (1 MiB) cannot pass it.
+fn big(i: u64) -> Record {
+    Record { value: Bytes::from(vec![b'a' + (i % 26) as u8; 1536 * 1024]), ..tagged("", i, i * 10) }
+}
+
+/// Two big records per segment.
+fn big_segments(dir: &Path) -> FileStorageConfig {
+    FileStorageConfig { segment_bytes: 4 << 20, ..FileStorageConfig::new(dir) }
+}
+
 #[test]
-fn a_damaged_last_record_of_an_older_segment_refuses_to_open() {
+fn an_older_segment_whose_damage_cannot_be_passed_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
-    let config = small(dir.path());
+    let config = big_segments(dir.path());
     let (mut log, _) = open(&config);
-    let n = per_segment();
-    append_each(&mut log, 0..2 * n + 3);
+    for i in 0..3 {
+        log.append(vec![big(i)]).unwrap();
+    }
     drop(log);
-    // Nothing intact follows it in its segment, so it cannot be passed: the segment would
-    // end before the next one begins.
-    let older = seg_path(dir.path(), n);
-    flip_byte(&older, (n - 1) * frame() + 40);
-    assert_corrupt(open_on(Arc::new(StdFs), &config).map(|_| ()), &older, (n - 1) * frame());
-    assert_eq!(segment_files(dir.path()).len(), 3, "a refused open changes nothing");
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    // Record 0's length: its end is lost, and no intact frame lies within 1 MiB of it.
+    let older = seg_path(dir.path(), 0);
+    flip_byte(&older, 1);
+    assert_corrupt(open_on(Arc::new(StdFs), &config).map(|_| ()), &older, 0);
+    assert_eq!(segment_files(dir.path()).len(), 2, "a refused open changes nothing");
 }
 
 #[test]
 fn truncate_corrupt_cuts_an_older_segment_at_the_damage_and_removes_later_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let config = FileStorageConfig { truncate_corrupt: true, ..small(dir.path()) };
+    let config = FileStorageConfig { truncate_corrupt: true, ..big_segments(dir.path()) };
+    let (mut log, _) = open(&config);
+    for i in 0..3 {
+        log.append(vec![big(i)]).unwrap();
+    }
+    drop(log);
+    let older = seg_path(dir.path(), 0);
+    let (older_len, newest) = (file_len(&older), seg_path(dir.path(), 2));
+    let newest_len = file_len(&newest);
+    flip_byte(&older, 1);
+    let (mut log, notes) = open(&config);
+    let cut: Vec<(PathBuf, u64, u64)> = notes.iter().map(|n| (n.file.clone(), n.position, n.cut_bytes)).collect();
+    assert_eq!(cut, vec![(older.clone(), 0, older_len), (newest, 0, newest_len)]);
+    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0)]);
+    assert_eq!((log.start_offset(), log.end_offset()), (0, 0));
+    assert_eq!(log.append(vec![rec(0)]).unwrap(), 0);
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_holds(&log, 0..1);
+}
+
+#[test]
+fn damage_in_the_last_record_of_a_sealed_segment_is_passed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
     let (mut log, _) = open(&config);
     let n = per_segment();
     append_each(&mut log, 0..2 * n + 3);
     drop(log);
-    let older = seg_path(dir.path(), n);
-    flip_byte(&older, (n - 1) * frame() + 40);
-    let (mut log, notes) = open(&config);
-    let cut: Vec<(PathBuf, u64, u64)> = notes.iter().map(|n| (n.file.clone(), n.position, n.cut_bytes)).collect();
-    let newest = seg_path(dir.path(), 2 * n);
-    assert_eq!(cut, vec![(older.clone(), (n - 1) * frame(), frame()), (newest, 0, 3 * frame())]);
-    assert_eq!(segment_files(dir.path()), vec![format!("{:020}.log", 0), format!("{n:020}.log")]);
-    assert_eq!(file_len(&older), (n - 1) * frame());
-    assert_holds(&log, 0..2 * n - 1);
-    append_each(&mut log, 2 * n - 1..2 * n);
-    drop(log);
+    // Nothing intact follows it in its segment; the next segment says where its run ends.
+    flip_byte(&seg_path(dir.path(), n), (n - 1) * frame() + 40);
     let (log, notes) = open(&config);
     assert!(notes.is_empty(), "{notes:?}");
-    assert_holds(&log, 0..2 * n);
+    assert_holds_but(&log, 0..2 * n + 3, &[2 * n - 1]);
+    assert_eq!(log.damaged(), vec![2 * n - 1..2 * n]);
+}
+
+#[test]
+fn a_restart_keeps_what_a_running_broker_passed_after_a_damaged_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..20);
+    flip_byte(&seg_path(dir.path(), 0), 5 * frame());
+    assert_holds_but(&log, 0..20, &[5]);
+    drop(log);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "nothing after the damaged length is cut: {notes:?}");
+    assert_holds_but(&log, 0..20, &[5]);
+}
+
+#[test]
+fn a_flipped_bit_in_a_record_with_an_empty_value_is_passed_at_open() {
+    // Its frame ends in zeros (an empty value's length), which alone does not make it a
+    // lost write.
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    let empty = |i: u64| Record { value: Bytes::new(), ..tagged("", i, i * 10) };
+    for i in 0..12 {
+        log.append(vec![empty(i)]).unwrap();
+    }
+    drop(log);
+    let mut frame = Vec::new();
+    let frame = record::encode(0, &empty(0), &mut frame) as u64;
+    flip_byte(&seg_path(dir.path(), 0), 3 * frame + 12);
+    let (log, notes) = open(&config);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(log.end_offset(), 12);
+    assert_eq!(log.damaged(), vec![3..4]);
+}
+
+#[test]
+fn a_block_of_zeros_in_the_newest_segment_is_a_lost_write_and_is_cut() {
+    // A crash kept a later write but not a block of an earlier one: the records after it
+    // were never synced, so nothing acknowledged follows, and they go as a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..n + 15);
+    drop(log);
+    let newest = seg_path(dir.path(), n);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[512..1024].fill(0);
+    std::fs::write(&newest, bytes).unwrap();
+    let first_damaged = 512 / frame();
+    let (log, notes) = open(&config);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].position, first_damaged * frame());
+    assert_holds(&log, 0..n + first_damaged);
+    assert!(log.damaged().is_empty());
+}
+
+#[test]
+fn a_read_never_loops_between_a_stale_frame_and_damage_right_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    append_each(&mut log, 0..20);
+    let path = seg_path(dir.path(), 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let f = frame() as usize;
+    bytes.copy_within(8 * f..9 * f, 7 * f);
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(read_all(&log, 8).len(), 12, "remembers the stale frame's run");
+    flip_byte(&path, 9 * frame() + 60);
+    log.read(0, 1, usize::MAX).unwrap(); // another read-ahead, so the next reads go to the disk
+    assert_corrupt(log.read(9, 1, usize::MAX), &path, 9 * frame());
+    assert_eq!(*log.read(10, 1, usize::MAX).unwrap()[0].record, rec(10));
+    assert_eq!(log.offset_for_time(95).unwrap(), 10);
 }
 
 /// Reads every offset of `range` one by one: the ones in `damaged` are `Corrupt`, the
