@@ -151,3 +151,40 @@ async fn a_configuration_file_with_json_logs_runs_the_broker_and_logs_requests_i
     assert!(refusal.contains("\"code\":\"NotFound\""), "{refusal}");
     assert!(logs.iter().all(|l| l.starts_with('{')), "every line is JSON: {logs:#?}");
 }
+
+#[tokio::test]
+async fn at_its_open_file_limit_a_create_is_refused_with_resource_exhausted_naming_the_limit() {
+    let data = tempfile::tempdir().unwrap();
+    // The real binary under a soft limit of 64 open files (set by the shell it starts in).
+    let mut server = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 64 && exec \"$0\" serve --listen 127.0.0.1:0 --data-dir \"$1\"")
+            .arg(env!("CARGO_BIN_EXE_mini-pubsub"))
+            .arg(data.path())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
+    let startup = lines.next().expect("a startup line").unwrap();
+    std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let channel = channel(common::listening_addr(&startup)).await;
+    let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+    let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel);
+
+    let wide = pb::CreateTopicRequest { name: "wide".into(), partitions: 200, ..Default::default() };
+    let refused = admin.create_topic(wide).await.expect_err("200 partitions need more than 64 files");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("RLIMIT_NOFILE, 64"), "{}", refused.message());
+    let listed = admin.list_topics(pb::ListTopicsRequest::default()).await.unwrap().into_inner();
+    assert!(listed.topics.is_empty(), "a refused create leaves nothing: {listed:?}");
+    assert_eq!(std::fs::read_dir(data.path().join("topics")).unwrap().count(), 0, "nor files");
+
+    // The files the refused create opened are closed again: the broker goes on.
+    let narrow = pb::CreateTopicRequest { name: "narrow".into(), partitions: 4, ..Default::default() };
+    admin.create_topic(narrow).await.unwrap();
+    let req = pb::PublishRequest { topic: "narrow".into(), value: "still here".into(), ..Default::default() };
+    pubsub.publish(req).await.unwrap();
+}

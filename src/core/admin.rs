@@ -169,7 +169,17 @@ impl Broker {
     ) -> Result<TopicInfo, BrokerError> {
         let (partitions, dedupe_window_ms) = self.check_new_topic(topic, partitions, dedupe_window_ms)?;
         let uid = self.next_topic_uid;
-        let logs = (0..partitions).map(|p| self.storage.open(uid, p)).collect::<Result<Vec<_>, _>>()?;
+        let mut logs = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            match self.storage.open(uid, partition) {
+                Ok(log) => logs.push(log),
+                Err(e) => {
+                    // What was opened goes again, so a refused create leaves nothing behind.
+                    let _ = self.storage.remove(uid, logs);
+                    return Err(e.into());
+                }
+            }
+        }
         self.next_topic_uid += 1;
         self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs, dedupe_window_ms));
         if let Err(e) = self.save_meta() {

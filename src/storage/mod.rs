@@ -81,6 +81,10 @@ pub enum StorageError {
     /// The disk is full (ENOSPC); the message names the operation and the file.
     #[error("storage is full: {0}")]
     Full(String),
+    /// The process may open no more files (EMFILE, ENFILE); the message names the
+    /// operation, the file and the limit.
+    #[error("too many open files: {0}")]
+    TooManyOpenFiles(String),
     /// Any other I/O failure; the message names the operation and the file.
     #[error("storage I/O error: {0}")]
     Io(String),

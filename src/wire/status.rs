@@ -19,7 +19,7 @@ pub fn status_of(error: &BrokerError) -> Status {
         | BrokerError::DeadLetterTopicInUse { .. } => Code::FailedPrecondition,
         BrokerError::LimitReached { .. } => Code::ResourceExhausted,
         BrokerError::SessionTimedOut { .. } | BrokerError::ClientReplaced { .. } => Code::Aborted,
-        BrokerError::Storage(StorageError::Full(_)) => Code::ResourceExhausted,
+        BrokerError::Storage(StorageError::Full(_) | StorageError::TooManyOpenFiles(_)) => Code::ResourceExhausted,
         BrokerError::Storage(StorageError::Io(_)) => Code::Unavailable,
         BrokerError::Storage(StorageError::OutOfRange { .. }) => Code::Internal,
         BrokerError::Storage(StorageError::Corrupt { .. }) => Code::DataLoss,

@@ -94,6 +94,7 @@ const META_TEMP_FILE: &str = "meta.tmp";
 impl FileStorage {
     /// Opens the data directory, creating it (durably) if needed.
     pub fn open(fs: Arc<dyn Fs>, config: FileStorageConfig) -> Result<Self, StorageError> {
+        OPEN_FILES_LIMIT.get_or_init(read_open_files_limit);
         let storage = Self { fs, config, notes: Vec::new() };
         storage.create_dirs(&storage.config.dir.join("topics"))?;
         Ok(storage)
@@ -257,9 +258,32 @@ impl Storage for FileStorage {
 /// the message names the file and what was being done.
 pub(crate) fn io_error(path: &Path, doing: &str, error: io::Error) -> StorageError {
     let message = format!("{doing} {}: {error}", path.display());
-    if error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(28) {
-        StorageError::Full(message)
-    } else {
-        StorageError::Io(message)
+    match error.raw_os_error() {
+        _ if error.kind() == io::ErrorKind::StorageFull => StorageError::Full(message),
+        Some(ENOSPC) => StorageError::Full(message),
+        Some(EMFILE | ENFILE) => {
+            let limit = OPEN_FILES_LIMIT.get().copied().flatten().map_or("unknown".to_string(), |n| n.to_string());
+            StorageError::TooManyOpenFiles(format!(
+                "{message}; the open-file limit (RLIMIT_NOFILE, {limit}) is reached: every partition \
+                 holds one file per segment open, so raise it (`ulimit -n`) or use fewer partitions"
+            ))
+        }
+        _ => StorageError::Io(message),
     }
+}
+
+/// Linux's errno values: no space left, too many open files (process, system).
+const ENOSPC: i32 = 28;
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// The process's soft open-file limit, read when storage opens: at the limit, reading it
+/// would need a file.
+static OPEN_FILES_LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// The soft "Max open files" of `/proc/self/limits`, where there is one.
+fn read_open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
