@@ -491,3 +491,74 @@ async fn a_later_stream_request_over_the_request_bound_ends_the_stream_with_out_
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     server.stop().await;
 }
+
+/// `count` empty entries of field `field` (two bytes each on the wire).
+fn empty_entries(field: u8, count: usize) -> Vec<u8> {
+    [field << 3 | 2, 0].repeat(count)
+}
+
+#[tokio::test]
+async fn a_request_of_millions_of_empty_entries_is_refused_before_it_is_decoded() {
+    let server = start().await;
+    server.create_topic("t", 1).await;
+    server.create_subscription("s", "t", 0).await;
+    let mut grpc = tonic::client::Grpc::new(common::channel(server.addr).await);
+    // 8 MiB of empty publish messages (field 6): 4.2 million entries, each of which would
+    // take 160 bytes decoded. The broker's limit is told before any is decoded.
+    let mut publish = vec![0x0a, 0x01, b't'];
+    publish.extend(empty_entries(6, 4 << 20));
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/Publish");
+    let refused = grpc
+        .unary(tonic::Request::new(publish), path, RawUnaryCodec::<pb::PublishResponse>::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("messages: 4194304 messages in one request; the limit is publish_batch_messages_max"),
+        "{refused:?}"
+    );
+    assert_eq!(server.stats("s").await.backlog, 0, "nothing was stored");
+
+    // On a stream, a later request of empty ack ids (field 7) ends it with the same status.
+    grpc.ready().await.unwrap();
+    let (requests, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    requests.send(prost::Message::encode_to_vec(&on_subscription("s"))).await.unwrap();
+    requests.send(empty_entries(7, 1 << 20)).await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/Subscribe");
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut inbound = grpc.streaming(tonic::Request::new(stream), path, RawCodec).await.unwrap().into_inner();
+    let status = end_status(&mut inbound, PROMPT).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("ack_ids: 1048576 entries"), "{status:?}");
+    drop(requests);
+    // The broker goes on.
+    server.publish("t", &["after"]).await;
+    server.stop().await;
+}
+
+/// Sends a request as the raw bytes given and decodes the response as `T`.
+struct RawUnaryCodec<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for RawUnaryCodec<T> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawUnaryCodec<T> {
+    type Encode = Vec<u8>;
+    type Decode = T;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<T>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}

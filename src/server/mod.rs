@@ -282,6 +282,7 @@ where
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency };
     let admin = admin::AdminService { driver: driver.clone() };
+    crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
     let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
     let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);
 

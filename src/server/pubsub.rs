@@ -193,8 +193,11 @@ async fn pump(
                 Err(error) if is_undecodable(&error) => {
                     break Some(Status::invalid_argument(format!("SubscribeRequest: {}", error.message())));
                 }
-                // Larger than request_bytes_max: told as a unary call is (OUT_OF_RANGE).
-                Err(error) if error.code() == tonic::Code::OutOfRange => break Some(error),
+                // Larger than request_bytes_max (OUT_OF_RANGE), or holding more entries than a
+                // request may (INVALID_ARGUMENT, from the codec): told as a unary call is.
+                Err(error) if matches!(error.code(), tonic::Code::OutOfRange | tonic::Code::InvalidArgument) => {
+                    break Some(error)
+                }
                 Err(error) => {
                     debug!(%error, "client stream failed");
                     break None;

@@ -5,7 +5,7 @@ mod codec;
 mod convert;
 mod status;
 
-pub use codec::{BytesDecoder, WireCodec};
+pub use codec::{set_entry_limits, BytesDecoder, WireCodec, FIELD_ENTRIES_MAX, STREAM_ACK_ENTRY_BYTES_MIN};
 pub use convert::*;
 pub use status::status_of;
 
