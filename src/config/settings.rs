@@ -312,6 +312,8 @@ settings! {
         "How long an idempotency key is remembered, for topics without a window of their own.";
     Broker dedupe_keys_max: usize = server.broker.dedupe_keys_max,
         "Most dedupe entries a topic holds at once: one per idempotency key, but keys {prefix}-{n} published in order count once per batch per partition; more is RESOURCE_EXHAUSTED.";
+    Broker dedupe_keys_broker_max: usize = server.broker.dedupe_keys_broker_max,
+        "Most dedupe entries all topics hold together; a publish whose keys would pass it is RESOURCE_EXHAUSTED.";
     Broker idempotency_key_bytes_max: usize = server.broker.idempotency_key_bytes_max,
         "Longest idempotency key, in bytes.";
     Broker session_timeout_ms: u64 = server.broker.session_timeout_ms,

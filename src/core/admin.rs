@@ -184,6 +184,7 @@ impl Broker {
         self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs, dedupe_window_ms));
         if let Err(e) = self.save_meta() {
             let t = self.topics.remove(topic).expect("inserted above");
+            self.dedupe_entries = self.dedupe_entries.saturating_sub(t.dedupe.len());
             let _ = self.storage.remove(uid, t.logs);
             return Err(e);
         }
@@ -283,6 +284,7 @@ impl Broker {
             self.delete_subscription(sub)?;
         }
         let t = self.topics.remove(topic).expect("topic checked above");
+        self.dedupe_entries = self.dedupe_entries.saturating_sub(t.dedupe.len());
         self.notice(|_| Notice::TopicDeleted { topic: topic.to_string(), uid: t.uid });
         // The metadata goes first: a crash between the two leaves files that the next start
         // sweeps, never a listed topic whose files are gone. If the save fails, the files

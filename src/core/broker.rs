@@ -52,6 +52,10 @@ pub struct Broker {
     pub(super) read_faults: BTreeMap<(u64, u32, u64), StorageError>,
     /// Notices for an observer, when one asked for them (see `notice`); drained every turn.
     pub(super) notices: Option<VecDeque<Notice>>,
+    /// Dedupe entries of all topics together (see `BrokerConfig::dedupe_keys_broker_max`):
+    /// a publish adjusts it by what its topic's index gained or lost, and anything else that
+    /// changes indexes counts them again.
+    pub(super) dedupe_entries: usize,
 }
 
 /// Leases a run may issue per millisecond of wall time before a restart could reuse its
@@ -59,6 +63,12 @@ pub struct Broker {
 const LEASES_PER_MS_MAX: u64 = 1_000_000;
 
 impl Broker {
+    /// Counts every topic's dedupe entries again, after a change the publish path does not
+    /// account for (a restore, a cut, retention, expiry, a deletion).
+    pub(super) fn recount_dedupe(&mut self) {
+        self.dedupe_entries = self.topics.values().map(|t| t.dedupe.len()).sum();
+    }
+
     /// A broker with no topics, storing partitions in `storage` (whatever it holds is
     /// ignored: [`Broker::open`] restores it).
     pub fn new(config: BrokerConfig, storage: Box<dyn Storage>) -> Result<Self, BrokerError> {
@@ -87,6 +97,7 @@ impl Broker {
             saved_meta: Vec::new(),
             read_faults: BTreeMap::new(),
             notices: None,
+            dedupe_entries: 0,
         })
     }
 
@@ -195,6 +206,8 @@ impl Broker {
 
     /// Panics if any invariant is broken: cursors, lease index, stream accounting, client ids.
     pub fn assert_invariants(&self) {
+        let entries: usize = self.topics.values().map(|t| t.dedupe.len()).sum();
+        assert_eq!(self.dedupe_entries, entries, "the broker's count of dedupe entries");
         let mut leases = 0;
         let mut backoffs = 0;
         let mut per_stream: BTreeMap<StreamId, (u32, u64)> = BTreeMap::new();

@@ -81,6 +81,11 @@ pub struct BrokerConfig {
     /// entries past it is refused with RESOURCE_EXHAUSTED (and stores nothing) until older
     /// keys expire: forgetting a key early would silently store a retry twice.
     pub dedupe_keys_max: usize,
+    /// Most dedupe entries all topics hold together: the per-topic bound times the number
+    /// of topics would not bound the broker's memory. A publish whose new keys would pass it
+    /// is refused with RESOURCE_EXHAUSTED, as at the per-topic bound; when the broker opens,
+    /// each topic's rebuilt index keeps its newest entries within what is left of it.
+    pub dedupe_keys_broker_max: usize,
     /// Longest idempotency key, in bytes; longer is INVALID_ARGUMENT.
     pub idempotency_key_bytes_max: usize,
     /// How long a member of an exclusive subscription may send nothing (no ack, no empty
@@ -125,6 +130,7 @@ impl Default for BrokerConfig {
             partition_retention_ms: Some(7 * 24 * 3600 * 1000),
             dedupe_window_ms: 120_000,
             dedupe_keys_max: 100_000,
+            dedupe_keys_broker_max: 1_000_000,
             idempotency_key_bytes_max: 256,
             session_timeout_ms: 10_000,
             session_timeout_max_ms: 300_000,
@@ -239,6 +245,7 @@ impl BrokerConfig {
             "1000 to 86400000 (1 s to 24 h)",
         )?;
         check(self.dedupe_keys_max >= 1, "dedupe_keys_max", "at least 1")?;
+        check(self.dedupe_keys_broker_max >= 1, "dedupe_keys_broker_max", "at least 1")?;
         check(
             (1..=IDEMPOTENCY_KEY_BYTES_LIMIT).contains(&self.idempotency_key_bytes_max),
             "idempotency_key_bytes_max",

@@ -120,6 +120,47 @@ fn a_full_index_refuses_new_keys_until_old_ones_expire() {
 }
 
 #[test]
+fn all_topics_together_hold_at_most_the_brokers_bound() {
+    let config = BrokerConfig { dedupe_keys_max: 3, dedupe_keys_broker_max: 4, ..Default::default() };
+    let mut b = memory(config);
+    b.publish(0, 0, "a", vec![keyed("1", "x"), keyed("2", "y"), keyed("3", "z")]).unwrap();
+    let err = b.publish(0, 10, "b", vec![keyed("1", "p"), keyed("2", "q")]).unwrap_err();
+    assert!(matches!(err, BrokerError::LimitReached { limit_name: "dedupe_keys_broker_max", limit: 4, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("(the other topics 3)") && text.contains("dedupe_keys_broker_max"), "{text}");
+    assert_eq!(ends(&b, "b"), vec![0], "the refused request stored nothing");
+    b.publish(0, 10, "b", vec![keyed("1", "p")]).unwrap();
+    b.assert_invariants();
+    // Deleting a topic gives its share back.
+    b.delete_topic("a", true).unwrap();
+    b.publish(0, 20, "b", vec![keyed("2", "q"), keyed("3", "r")]).unwrap();
+    b.assert_invariants();
+    // Expiry, on any topic's publish or the retention timer, gives room back too.
+    b.enforce_retention(0, 10_000_000).unwrap();
+    b.publish(0, 10_000_000, "c", vec![keyed("1", "s"), keyed("2", "t"), keyed("3", "u")]).unwrap();
+    b.assert_invariants();
+}
+
+#[test]
+fn a_reopened_broker_rebuilds_indexes_within_the_brokers_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |keys_broker_max| {
+        let storage = FileStorageConfig { segment_bytes: 4096, ..FileStorageConfig::new(dir.path()) };
+        let config = BrokerConfig { dedupe_keys_broker_max: keys_broker_max, ..Default::default() };
+        Broker::open(config, Box::new(FileStorage::open(Arc::new(StdFs), storage).unwrap())).unwrap()
+    };
+    let mut b = open(10);
+    b.publish(0, 0, "a", vec![keyed("1", "x"), keyed("2", "y"), keyed("3", "z")]).unwrap();
+    b.publish(0, 1, "b", vec![keyed("1", "p"), keyed("2", "q")]).unwrap();
+    b.checkpoint().unwrap();
+    drop(b);
+    let b = open(4);
+    let held: Vec<usize> = ["a", "b"].iter().map(|t| b.topics[*t].dedupe.len()).collect();
+    assert_eq!(held.iter().sum::<usize>(), 4, "{held:?}");
+    b.assert_invariants();
+}
+
+#[test]
 fn retention_forgets_the_keys_of_the_records_it_removes() {
     let config = BrokerConfig { partition_retention_ms: Some(60_000), ..Default::default() };
     let mut b = memory(config);

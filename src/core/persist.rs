@@ -170,7 +170,10 @@ impl Broker {
             let window_ms = t.dedupe_window_ms.unwrap_or(self.config.dedupe_window_ms);
             let mut topic = Topic::new(t.name.clone(), t.uid, logs, window_ms);
             if t.dedupe_keys_used {
-                topic.dedupe = Dedupe::rebuild(window_ms, self.config.dedupe_keys_max, &topic.logs);
+                // Within what the topics restored before it left of the broker's bound.
+                let left = self.config.dedupe_keys_broker_max.saturating_sub(self.dedupe_entries);
+                topic.dedupe = Dedupe::rebuild(window_ms, self.config.dedupe_keys_max.min(left), &topic.logs);
+                self.dedupe_entries += topic.dedupe.len();
             }
             self.topics.insert(t.name.clone(), topic);
         }
@@ -349,6 +352,9 @@ impl Broker {
                 }
             }
         }
+        if !failures.is_empty() {
+            self.recount_dedupe();
+        }
         if self.after_sync {
             for topic in grown {
                 self.dispatch_topic(now_ms, &topic);
@@ -371,6 +377,7 @@ impl Broker {
         for topic in self.topics.values_mut() {
             topic.dedupe.expire(wall_ms);
         }
+        self.recount_dedupe();
         let Some(retention_ms) = self.config.partition_retention_ms else { return Ok(()) };
         let retention = Retention {
             max_bytes: self.config.partition_retention_bytes,
@@ -393,6 +400,9 @@ impl Broker {
                     moved.push((name.clone(), p as u32, start));
                 }
             }
+        }
+        if !moved.is_empty() {
+            self.recount_dedupe();
         }
         for (topic, partition, start) in &moved {
             self.retention_moved(topic, *partition, *start);

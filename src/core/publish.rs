@@ -109,11 +109,22 @@ impl Broker {
         if messages.iter().any(|m| m.idempotency_key.is_some()) {
             self.mark_keys_used(topic)?;
         }
-        let keys_max = self.config.dedupe_keys_max;
         let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
+        let held = t.dedupe.len();
         t.dedupe.expire(wall_ms);
+        // The index may grow to its own bound, and to what the other topics leave of the
+        // broker's.
+        let others = self.dedupe_entries.saturating_sub(held);
+        let broker_left = self.config.dedupe_keys_broker_max.saturating_sub(others);
+        let bound = if broker_left < self.config.dedupe_keys_max {
+            KeysBound { name: "dedupe_keys_broker_max", max: broker_left, whole: self.config.dedupe_keys_broker_max }
+        } else {
+            KeysBound { name: "dedupe_keys_max", max: self.config.dedupe_keys_max, whole: self.config.dedupe_keys_max }
+        };
         let slots = plan(&t.dedupe, messages);
-        let (mut results, appended) = store(t, wall_ms, slots, keys_max)?;
+        let stored = store(t, wall_ms, slots, bound);
+        self.dedupe_entries = others + t.dedupe.len();
+        let (mut results, appended) = stored?;
         if self.config.mutated(Mutation::OffsetGivenTwice) {
             for result in results.iter_mut().filter(|r| !r.duplicate && r.offset % 3 == 2) {
                 result.offset -= 1;
@@ -136,6 +147,7 @@ impl Broker {
                 t.dedupe.retained_from(partition, log.start_offset());
             }
         }
+        self.dedupe_entries = others + t.dedupe.len();
         for (partition, start) in trimmed {
             self.retention_moved(topic, partition, start);
         }
@@ -304,12 +316,22 @@ fn batch_keys(by_partition: &BTreeMap<u32, Vec<(usize, Record)>>) -> Vec<BatchKe
 
 /// Refuses a request whose new keys would take the topic's index past `dedupe_keys_max`
 /// entries (a run of keys `{prefix}-{n}` in one partition's share is one entry).
+/// How many dedupe entries a topic's index may hold after a publish, and which setting
+/// says so: `max` of the topic's own bound, or what the other topics leave of the
+/// broker's (`whole`).
+#[derive(Debug, Clone, Copy)]
+struct KeysBound {
+    name: &'static str,
+    max: usize,
+    whole: usize,
+}
+
 fn check_bound(
     t: &Topic,
     wall_ms: u64,
     by_partition: &BTreeMap<u32, Vec<(usize, Record)>>,
     keys: &[BatchKeys],
-    keys_max: usize,
+    bound: KeysBound,
 ) -> Result<(), BrokerError> {
     let added: usize = by_partition
         .keys()
@@ -319,17 +341,21 @@ fn check_bound(
             t.dedupe.entries_added(partition, end, wall_ms, keys)
         })
         .sum();
-    if t.dedupe.len() + added <= keys_max {
+    if t.dedupe.len() + added <= bound.max {
         return Ok(());
     }
+    let held = if bound.name == "dedupe_keys_max" {
+        format!("topic `{}` holds {} dedupe entries", t.name, t.dedupe.len())
+    } else {
+        let others = bound.whole - bound.max;
+        format!("topic `{}` holds {} dedupe entries (the other topics {others})", t.name, t.dedupe.len())
+    };
     Err(BrokerError::LimitReached {
         what: format!(
-            "topic `{}` holds {} dedupe entries and this publish adds {added} (an entry is one idempotency key, or a run of keys `{{prefix}}-{{n}}` numbered in order in one partition's share of a publish); retry when older keys pass the dedupe window",
-            t.name,
-            t.dedupe.len(),
+            "{held} and this publish adds {added} (an entry is one idempotency key, or a run of keys `{{prefix}}-{{n}}` numbered in order in one partition's share of a publish); retry when older keys pass the dedupe window"
         ),
-        limit_name: "dedupe_keys_max",
-        limit: keys_max as u64,
+        limit_name: bound.name,
+        limit: bound.whole as u64,
     })
 }
 
@@ -379,12 +405,12 @@ fn place(t: &mut Topic, wall_ms: u64, slots: Vec<Slot>) -> Placement {
 /// Appends the new messages of a request, all or nothing, then teaches the index their
 /// keys and answers every slot. Returns the answers and, per partition appended to, the
 /// first offset. Refuses the request, storing nothing, if its new keys would take the
-/// index past `keys_max` entries.
+/// index past its bound.
 fn store(
     t: &mut Topic,
     wall_ms: u64,
     slots: Vec<Slot>,
-    keys_max: usize,
+    keys_max: KeysBound,
 ) -> Result<(Vec<Published>, Appended), BrokerError> {
     let round_robin = t.round_robin;
     let Placement { by_partition, mut answers, same_as } = place(t, wall_ms, slots);

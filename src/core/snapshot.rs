@@ -252,6 +252,7 @@ impl Broker {
             topic.round_robin = t.round_robin;
             broker.topics.insert(t.name, topic);
         }
+        broker.recount_dedupe();
         broker.subscriptions = saved.subscriptions;
         broker.subscription_uids = saved.subscription_uids;
         broker.streams = saved.streams;
