@@ -339,6 +339,11 @@ impl Dedupe {
         self.insert(key, original);
     }
 
+    /// The publish time of every entry, oldest first.
+    pub fn entry_times(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_time.iter().map(|&(time_ms, _, _)| time_ms)
+    }
+
     /// Keeps only the `keys_max` newest entries: what a rebuild found may be more than the
     /// bound if the bound was lowered since.
     pub fn keep_newest(&mut self, keys_max: usize) {

@@ -164,19 +164,40 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Keeps the newest `dedupe_keys_broker_max` dedupe entries of all topics together,
+    /// after each topic rebuilt its index: the entries that leave are the broker's oldest,
+    /// so a topic restored late never loses live keys to an idle one's old ones.
+    fn keep_newest_dedupe_entries(&mut self) {
+        self.recount_dedupe();
+        let Some(excess) = self.dedupe_entries.checked_sub(self.config.dedupe_keys_broker_max) else { return };
+        if excess == 0 {
+            return;
+        }
+        let mut times: Vec<u64> = self.topics.values().flat_map(|t| t.dedupe.entry_times()).collect();
+        times.sort_unstable();
+        // Entries older than the cutoff go, and as many at the cutoff as the bound needs.
+        let cutoff = times[excess - 1];
+        let mut at_cutoff = excess - times.partition_point(|t| *t < cutoff);
+        for topic in self.topics.values_mut() {
+            let older = topic.dedupe.entry_times().filter(|t| *t < cutoff).count();
+            let same = topic.dedupe.entry_times().filter(|t| *t == cutoff).count().min(at_cutoff);
+            at_cutoff -= same;
+            topic.dedupe.keep_newest(topic.dedupe.len() - older - same);
+        }
+        self.recount_dedupe();
+    }
+
     fn restore(&mut self, meta: &Meta) -> Result<(), BrokerError> {
         for t in &meta.topics {
             let logs = (0..t.partitions).map(|p| self.storage.open(t.uid, p)).collect::<Result<Vec<_>, _>>()?;
             let window_ms = t.dedupe_window_ms.unwrap_or(self.config.dedupe_window_ms);
             let mut topic = Topic::new(t.name.clone(), t.uid, logs, window_ms);
             if t.dedupe_keys_used {
-                // Within what the topics restored before it left of the broker's bound.
-                let left = self.config.dedupe_keys_broker_max.saturating_sub(self.dedupe_entries);
-                topic.dedupe = Dedupe::rebuild(window_ms, self.config.dedupe_keys_max.min(left), &topic.logs);
-                self.dedupe_entries += topic.dedupe.len();
+                topic.dedupe = Dedupe::rebuild(window_ms, self.config.dedupe_keys_max, &topic.logs);
             }
             self.topics.insert(t.name.clone(), topic);
         }
+        self.keep_newest_dedupe_entries();
         for s in &meta.subscriptions {
             let Some(topic) = self.topics.get_mut(&s.topic) else { continue };
             let cursors = topic

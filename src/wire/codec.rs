@@ -188,43 +188,60 @@ struct Fields<'a>(&'a [u8], bool);
 
 impl<'a> Fields<'a> {
     fn next(&mut self) -> Option<(u64, Option<&'a [u8]>)> {
-        let bytes = &mut self.0;
-        let fail = |this: &mut bool| {
-            *this = true;
-            None
-        };
-        if bytes.is_empty() || self.1 {
+        if self.0.is_empty() || self.1 {
             return None;
         }
-        let Some(tag) = varint(bytes) else { return fail(&mut self.1) };
-        let body = match tag & 7 {
-            0 => {
-                if varint(bytes).is_none() {
-                    return fail(&mut self.1);
-                }
-                None
-            }
-            1 | 5 => {
-                let len = if tag & 7 == 1 { 8 } else { 4 };
-                if bytes.len() < len {
-                    return fail(&mut self.1);
-                }
-                *bytes = &bytes[len..];
-                None
-            }
-            2 => {
-                let Some(len) = varint(bytes).and_then(|l| usize::try_from(l).ok()).filter(|l| *l <= bytes.len())
-                else {
-                    return fail(&mut self.1);
-                };
-                let (body, rest) = bytes.split_at(len);
-                *bytes = rest;
-                Some(body)
-            }
-            _ => return fail(&mut self.1),
-        };
-        Some((tag >> 3, body))
+        let field = skip_field(&mut self.0, GROUP_DEPTH_MAX);
+        if field.is_none() {
+            self.1 = true;
+        }
+        field
     }
+}
+
+/// Groups nest at most this deep (prost's own recursion limit).
+const GROUP_DEPTH_MAX: u32 = 100;
+
+/// Reads one field off the front of `bytes`: its number, and its body if it is
+/// length-delimited. A group (an unknown field of a proto2 sender, which prost skips
+/// without keeping anything) is read to its end as one field, since decoding allocates
+/// nothing for what is inside it. `None` for bytes that are not a field.
+fn skip_field<'a>(bytes: &mut &'a [u8], depth: u32) -> Option<(u64, Option<&'a [u8]>)> {
+    let tag = varint(bytes)?;
+    let body = match tag & 7 {
+        0 => {
+            varint(bytes)?;
+            None
+        }
+        1 | 5 => {
+            let len = if tag & 7 == 1 { 8 } else { 4 };
+            *bytes = bytes.get(len..)?;
+            None
+        }
+        2 => {
+            let len = varint(bytes).and_then(|l| usize::try_from(l).ok()).filter(|l| *l <= bytes.len())?;
+            let (body, rest) = bytes.split_at(len);
+            *bytes = rest;
+            Some(body)
+        }
+        3 => {
+            let depth = depth.checked_sub(1)?;
+            loop {
+                let mut peek = *bytes;
+                let end = varint(&mut peek)?;
+                if end & 7 == 4 {
+                    if end >> 3 != tag >> 3 {
+                        return None;
+                    }
+                    *bytes = peek;
+                    break None;
+                }
+                skip_field(bytes, depth)?;
+            }
+        }
+        _ => return None,
+    };
+    Some((tag >> 3, body))
 }
 
 /// Reads a varint off the front of `bytes`.
@@ -274,6 +291,10 @@ mod tests {
         assert_eq!(refusal::<pb::PublishRequest>(&text.encode_to_vec()), None);
         let empty = [0x32u8, 0].repeat(2_000_000);
         assert!(refusal::<pb::PublishRequest>(&empty).unwrap().starts_with("messages: 2000000 messages"));
+        // An unknown group (field 15) ahead of them does not hide them: it is read as one field.
+        let grouped = [vec![0x7b, 0x08, 0x01, 0x7c], empty.clone()].concat();
+        assert!(refusal::<pb::PublishRequest>(&grouped).unwrap().starts_with("messages: 2000000 messages"));
+        assert!(pb::PublishRequest::decode(&grouped[..]).is_ok(), "prost skips the group");
     }
 
     #[test]

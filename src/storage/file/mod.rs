@@ -261,13 +261,16 @@ pub(crate) fn io_error(path: &Path, doing: &str, error: io::Error) -> StorageErr
     match error.raw_os_error() {
         _ if error.kind() == io::ErrorKind::StorageFull => StorageError::Full(message),
         Some(ENOSPC) => StorageError::Full(message),
-        Some(EMFILE | ENFILE) => {
+        Some(EMFILE) => {
             let limit = OPEN_FILES_LIMIT.get().copied().flatten().map_or("unknown".to_string(), |n| n.to_string());
             StorageError::TooManyOpenFiles(format!(
                 "{message}; the open-file limit (RLIMIT_NOFILE, {limit}) is reached: every partition \
                  holds one file per segment open, so raise it (`ulimit -n`) or use fewer partitions"
             ))
         }
+        Some(ENFILE) => StorageError::TooManyOpenFiles(format!(
+            "{message}; the system's table of open files is full (fs.file-max): other processes hold them too"
+        )),
         _ => StorageError::Io(message),
     }
 }
