@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{channel, PROMPT};
+use common::{channel, exit_within, KillOnDrop, PROMPT};
 use mini_pubsub::wire::pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -48,28 +48,10 @@ async fn serve_names_its_address_and_stops_gracefully_on_sigterm() {
     let status = ended.expect_err("the stream ends with a status, not a reset");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-    let mut exit = None;
-    for _ in 0..100 {
-        exit = child.try_wait().unwrap();
-        if exit.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let exit = exit.expect("the server stops within 5 s of SIGTERM");
+    let exit = exit_within(child, Duration::from_secs(5)).await.expect("the server stops within 5 s of SIGTERM");
     assert!(exit.success(), "{exit:?}");
     let logs = logs.join().unwrap().join("\n");
     assert!(logs.contains("SIGTERM received") && logs.contains("stopped"), "{logs}");
-}
-
-/// Stops the server we started if the test fails midway (a no-op once it has exited).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

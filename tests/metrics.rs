@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{channel, subscribe, PROMPT};
+use common::{channel, subscribe, KillOnDrop, PROMPT};
 use mini_pubsub::wire::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -166,14 +166,4 @@ async fn get(addr: SocketAddr, path: &str) -> (String, String) {
     let response = tokio::time::timeout(PROMPT, exchange).await.expect("an HTTP answer");
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {response:?}"));
     (head.lines().next().unwrap_or_default().to_string(), body.to_string())
-}
-
-/// Stops the server we started if the test fails midway.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

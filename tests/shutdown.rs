@@ -7,18 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::channel;
+use common::{channel, exit_within, KillOnDrop};
 use mini_pubsub::wire::pb;
-
-/// Stops the server we started if the test fails midway (a no-op once it has exited).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the real binary on `data`, creates topics `t0..t{create}` (none if 0), opens a
 /// stream on each of the first `streams`, SIGTERMs it and returns everything it logged.
@@ -79,15 +69,7 @@ async fn run_and_stop(data: &Path, create: usize, streams: usize) -> String {
     let child = &mut server.0;
     let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(sent.success());
-    let mut exit = None;
-    for _ in 0..1200 {
-        exit = child.try_wait().unwrap();
-        if exit.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let exit = exit.expect("the server stops within 60 s of SIGTERM");
+    let exit = exit_within(child, Duration::from_secs(60)).await.expect("the server stops within 60 s of SIGTERM");
     publishing.abort_all();
     let logs = logs.join().unwrap().join("\n");
     assert!(exit.success(), "{exit:?}\n{logs}");

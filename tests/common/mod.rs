@@ -215,3 +215,25 @@ pub fn value(m: &pb::ReceivedMessage) -> String {
 pub fn ack_ids(messages: &[pb::ReceivedMessage]) -> Vec<String> {
     messages.iter().map(|m| m.ack_id.clone()).collect()
 }
+
+/// The real binary we started, killed when dropped, so a failing test leaves no server
+/// behind (a no-op once it has exited).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `child` every 50 ms until it exits or `within` passes.
+pub async fn exit_within(child: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
+    for _ in 0..=within.as_millis() / 50 {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return Some(exit);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}

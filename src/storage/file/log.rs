@@ -1,6 +1,6 @@
 //! One partition as a directory of segments, the newest of which takes appends.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -41,8 +41,6 @@ pub struct FileLog {
     /// Damaged runs found (by the opening scan or by reads) and not yet taken by
     /// [`PartitionLog::take_damaged`], at most [`segment::GAPS_MAX`].
     damage_found: RefCell<Vec<std::ops::Range<u64>>>,
-    /// `damage_found` is not empty: the common case costs one check.
-    damage_pending: Cell<bool>,
 }
 
 /// A contiguous run of records with a byte budget, dropping the oldest when over it.
@@ -182,7 +180,6 @@ impl FileLog {
             doomed: Vec::new(),
             dir_dirty: false,
             damage_found: RefCell::new(Vec::new()),
-            damage_pending: Cell::new(false),
         }
         .with_damage_found())
     }
@@ -203,7 +200,6 @@ impl FileLog {
         let mut queue = self.damage_found.borrow_mut();
         let room = segment::GAPS_MAX.saturating_sub(queue.len());
         queue.extend(gaps.iter().map(segment::Gap::offsets).filter(|run| !run.is_empty()).take(room));
-        self.damage_pending.set(!queue.is_empty());
     }
 
     fn active(&mut self) -> &mut Segment {
@@ -448,10 +444,7 @@ impl PartitionLog for FileLog {
     }
 
     fn take_damaged(&self) -> Vec<std::ops::Range<u64>> {
-        if !self.damage_pending.get() {
-            return Vec::new();
-        }
-        self.damage_pending.set(false);
+        // Nothing found, the common case: no allocation.
         std::mem::take(&mut *self.damage_found.borrow_mut())
     }
 
