@@ -52,7 +52,7 @@ struct Args {
     repeats: Option<u32>,
     /// Only workloads whose name contains this (sync-publish, async-publish, batch-publish,
     /// backlog-consume, produce-consume, e2e-1k, e2e-5k, e2e-20k, group4, fanout4,
-    /// footprint). Repeatable.
+    /// creates, footprint). Repeatable.
     #[arg(long)]
     only: Vec<String>,
     /// Value sizes in bytes, comma-separated.

@@ -115,8 +115,14 @@ pub enum Workload {
     Group4,
     /// One publisher; [`GROUP_MEMBERS`] subscriptions each receive every message.
     Fanout4,
+    /// One publish in flight while [`CREATORS`] other clients make [`CREATES`] topics and
+    /// subscriptions (half of each): whether metadata changes stall the data path. Run at
+    /// the plan's first value size only.
+    Creates,
 }
 
+/// The longest the creates of the creates workload may take (its measured window).
+pub const CREATES_SECONDS_MAX: Duration = Duration::from_secs(300);
 /// Unanswered publishes of the async workloads.
 pub const ASYNC_WINDOW: usize = 256;
 /// Messages per request of the batched workload (and of backlog pre-filling).
@@ -125,13 +131,17 @@ pub const BATCH_MESSAGES: usize = 100;
 pub const GROUP_MEMBERS: usize = 4;
 /// The fixed rates of the end-to-end latency workload, in msgs/s.
 pub const E2E_RATES: [u32; 3] = [1_000, 5_000, 20_000];
+/// Topics and subscriptions made in the creates workload, in all.
+pub const CREATES: usize = 10_000;
+/// Clients making them at once, each one create in flight.
+pub const CREATORS: usize = 4;
 
 impl Workload {
     pub fn all() -> Vec<Workload> {
         let mut all = vec![Workload::SyncPublish, Workload::AsyncPublish, Workload::BatchPublish];
         all.extend([Workload::BacklogConsume, Workload::ProduceConsume]);
         all.extend(E2E_RATES.map(Workload::EndToEnd));
-        all.extend([Workload::Group4, Workload::Fanout4]);
+        all.extend([Workload::Group4, Workload::Fanout4, Workload::Creates]);
         all
     }
 
@@ -146,6 +156,7 @@ impl Workload {
             Workload::EndToEnd(rate) => format!("e2e-{}k", rate / 1000),
             Workload::Group4 => "group4".into(),
             Workload::Fanout4 => "fanout4".into(),
+            Workload::Creates => "creates".into(),
         }
     }
 
@@ -157,6 +168,7 @@ impl Workload {
             Workload::ProduceConsume => "consumed (published in the second figure)",
             Workload::EndToEnd(_) => "delivered within the window",
             Workload::Group4 | Workload::Fanout4 => "deliveries to all consumers (published in the second figure)",
+            Workload::Creates => "sync publishes answered while 10 000 topics and subscriptions are made (creates/s in the second figure)",
         }
     }
 }
@@ -209,6 +221,7 @@ impl Plan {
         let timed = Duration::from_millis(self.warmup_ms + self.window_ms);
         let backlog = match workload {
             Workload::BacklogConsume => Duration::from_secs(2 * self.backlog_seconds_max),
+            Workload::Creates => CREATES_SECONDS_MAX,
             _ => Duration::ZERO,
         };
         timed + backlog + Duration::from_secs(60)
@@ -234,7 +247,9 @@ pub fn cases(plan: &Plan) -> Vec<Case> {
     let mut cases = Vec::new();
     for &class in &plan.classes {
         for &workload in &plan.workloads {
-            for &size in &plan.sizes {
+            let sizes =
+                if workload == Workload::Creates { &plan.sizes[..plan.sizes.len().min(1)] } else { &plan.sizes };
+            for &size in sizes {
                 cases.push(Case { class, workload, size });
             }
         }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::plan::{size_label, Case, Class, System, Workload, ASYNC_WINDOW, BATCH_MESSAGES, GROUP_MEMBERS};
+use crate::plan::{
+    size_label, Case, Class, System, Workload, ASYNC_WINDOW, BATCH_MESSAGES, CREATES, CREATORS, GROUP_MEMBERS,
+};
 use crate::results::{Measured, Outcome, Report, RunResult};
 use crate::stats::{human, micros, ratio, spread, Spread};
 
@@ -143,6 +145,9 @@ fn describe(workload: Workload) -> String {
         Workload::EndToEnd(rate) => format!("publish {rate} msgs/s on a fixed timetable; latency publish-to-deliver"),
         Workload::Group4 => format!("one publisher, {GROUP_MEMBERS} consumers sharing one group"),
         Workload::Fanout4 => format!("one publisher, {GROUP_MEMBERS} groups each receiving every message"),
+        Workload::Creates => format!(
+            "publish one message at a time while {CREATORS} clients make {CREATES} topics and subscriptions; latency is the publishes'"
+        ),
     }
 }
 

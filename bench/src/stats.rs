@@ -28,6 +28,12 @@ impl Latencies {
         self.histogram.saturating_record(us);
     }
 
+    /// Adds what `other` recorded.
+    pub fn merge(&mut self, other: &Latencies) {
+        // Both histograms have the same bounds, so nothing can be out of range.
+        let _ = self.histogram.add(&other.histogram);
+    }
+
     /// p50, p99, p99.9 and max, in microseconds; `None` when nothing was recorded.
     pub fn summary(&self) -> Option<LatencySummary> {
         if self.histogram.is_empty() {

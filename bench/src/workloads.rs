@@ -12,7 +12,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::plan::{Plan, Workload, ASYNC_WINDOW, BATCH_MESSAGES, GROUP_MEMBERS};
+use crate::plan::{
+    Plan, Workload, ASYNC_WINDOW, BATCH_MESSAGES, CREATES, CREATES_SECONDS_MAX, CREATORS, GROUP_MEMBERS,
+};
 use crate::results::Measured;
 use crate::servers::Usage;
 use crate::stats::{Latencies, Timetable};
@@ -34,7 +36,9 @@ const E2E_GRACE: Duration = Duration::from_secs(5);
 /// The topic and groups a workload needs.
 pub fn layout(workload: Workload) -> Layout {
     match workload {
-        Workload::SyncPublish | Workload::AsyncPublish | Workload::BatchPublish => Layout::publish_only(),
+        Workload::SyncPublish | Workload::AsyncPublish | Workload::BatchPublish | Workload::Creates => {
+            Layout::publish_only()
+        }
         Workload::BacklogConsume | Workload::ProduceConsume | Workload::EndToEnd(_) => {
             Layout { partitions: 1, groups: vec![1] }
         }
@@ -61,6 +65,7 @@ pub async fn run(workload: Workload, size: usize, plan: &Plan, driver: &Driver, 
             live(driver, size, plan, pid, &groups, window).await?
         }
         Workload::EndToEnd(rate) => end_to_end(driver, size, plan, pid, rate).await?,
+        Workload::Creates => during_creates(driver, size, plan, pid).await?,
     };
     Ok(measured)
 }
@@ -217,6 +222,80 @@ async fn publish_only(
     sender.close().await?;
     let latency = p.latencies.summary();
     Ok(Measured::new(p.messages, p.seconds, size, p.cpu_seconds, p.usage).with_latency(latency))
+}
+
+/// One publish in flight while [`CREATORS`] clients make [`CREATES`] topics and
+/// subscriptions, each client one create at a time: the window is the creates' duration
+/// (at most [`CREATES_SECONDS_MAX`]). The latency is the publishes'; the second rate is
+/// creates per second, and the note gives the creates' own latency.
+async fn during_creates(driver: &Driver, size: usize, plan: &Plan, pid: u32) -> anyhow::Result<Measured> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = driver.sender().await?;
+    // A short warm-up on the topic alone, then the creates begin with the window.
+    let from = Instant::now() + plan.warmup().min(Duration::from_secs(1));
+    let window = Window { from, until: from + CREATES_SECONDS_MAX };
+    let mut creators = tokio::task::JoinSet::new();
+    for creator in 0..CREATORS {
+        let creator_client = driver.creator().await?;
+        let stop = stop.clone();
+        creators.spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            let mut latencies = Latencies::default();
+            // Pairs i = creator, creator + CREATORS, ...: a topic and a subscription each.
+            for i in (creator..CREATES / 2).step_by(CREATORS) {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                creator_client.create_topic(i).await.with_context(|| format!("create topic {i}"))?;
+                let between = Instant::now();
+                latencies.record(between - started);
+                creator_client.create_subscription(i).await.with_context(|| format!("create subscription {i}"))?;
+                latencies.record(between.elapsed());
+            }
+            anyhow::Ok((latencies, Instant::now()))
+        });
+    }
+    let publishing = {
+        let stop = stop.clone();
+        async move { publish_loop(&sender, size, plan, pid, Shape::ONE, window, &stop).await.map(|p| (p, sender)) }
+    };
+    let creating = async {
+        let mut all = Latencies::default();
+        let mut last = from;
+        let mut failed = None;
+        while let Some(joined) = creators.join_next().await {
+            match joined.context("creator task")? {
+                Ok((latencies, done)) => {
+                    all.merge(&latencies);
+                    last = last.max(done);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((all, last)),
+        }
+    };
+    let (published, created) = tokio::join!(publishing, creating);
+    let (creates, last) = created?;
+    let (p, sender) = published?;
+    sender.close().await?;
+    let creates_summary = creates.summary().context("no create was timed")?;
+    let create_seconds = (last - from).as_secs_f64();
+    let mut measured =
+        Measured::new(p.messages, p.seconds, size, p.cpu_seconds, p.usage).with_latency(p.latencies.summary());
+    measured.second_rate = Some(creates_summary.count as f64 / create_seconds.max(f64::MIN_POSITIVE));
+    measured.note = Some(format!(
+        "{} creates in {create_seconds:.1} s; a create took p50 {} us, p99 {} us, max {} us",
+        creates_summary.count, creates_summary.p50_us, creates_summary.p99_us, creates_summary.max_us
+    ));
+    Ok(measured)
 }
 
 /// Pre-fills a backlog (not timed), then times consuming and acking all of it with one

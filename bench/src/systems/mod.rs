@@ -70,6 +70,15 @@ impl Driver {
         })
     }
 
+    /// A new client that makes topics and subscriptions (the creates workload).
+    pub async fn creator(&self) -> anyhow::Result<Creator> {
+        Ok(match self {
+            Driver::Ours(d) => Creator::Ours(d.creator().await?),
+            Driver::Nats(d) => Creator::Nats(d.creator().await?),
+            Driver::Redis(d) => Creator::Redis(d.creator().await?),
+        })
+    }
+
     /// A new member of group `group` (its index in the layout).
     pub async fn consumer(&self, group: usize, member: usize) -> anyhow::Result<Consumer> {
         Ok(match self {
@@ -77,6 +86,33 @@ impl Driver {
             Driver::Nats(d) => Consumer::Nats(Box::new(d.consumer(group).await?)),
             Driver::Redis(d) => Consumer::Redis(d.consumer(group, member).await?),
         })
+    }
+}
+
+/// A client that makes the `i`th topic (`t{i}`) and its subscription (`s{i}`): a stream
+/// and a durable consumer in NATS; in Redis, whose streams are made by their first use, the
+/// stream with a first group (`XGROUP CREATE t{i} s{i} $ MKSTREAM`), then a second group.
+pub enum Creator {
+    Ours(ours::OursCreator),
+    Nats(nats::NatsCreator),
+    Redis(redis::RedisCreator),
+}
+
+impl Creator {
+    pub async fn create_topic(&self, i: usize) -> anyhow::Result<()> {
+        match self {
+            Creator::Ours(c) => c.create_topic(i).await,
+            Creator::Nats(c) => c.create_topic(i).await,
+            Creator::Redis(c) => c.create_topic(i).await,
+        }
+    }
+
+    pub async fn create_subscription(&self, i: usize) -> anyhow::Result<()> {
+        match self {
+            Creator::Ours(c) => c.create_subscription(i).await,
+            Creator::Nats(c) => c.create_subscription(i).await,
+            Creator::Redis(c) => c.create_subscription(i).await,
+        }
     }
 }
 

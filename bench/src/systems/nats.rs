@@ -25,6 +25,7 @@ const MAX_ACK_PENDING: i64 = 1000;
 
 pub struct Nats {
     url: String,
+    storage: stream::StorageType,
     /// Members of each group.
     groups: Vec<usize>,
 }
@@ -56,12 +57,16 @@ impl Nats {
             };
             created.create_consumer(config).await.context("create consumer")?;
         }
-        Ok(Nats { url, groups: layout.groups.clone() })
+        Ok(Nats { url, storage, groups: layout.groups.clone() })
     }
 
     pub async fn sender(&self) -> anyhow::Result<NatsSender> {
         let js = context(&self.url).await?;
         Ok(NatsSender { js })
+    }
+
+    pub async fn creator(&self) -> anyhow::Result<NatsCreator> {
+        Ok(NatsCreator { js: context(&self.url).await?, storage: self.storage })
     }
 
     pub async fn consumer(&self, group: usize) -> anyhow::Result<NatsConsumer> {
@@ -87,6 +92,28 @@ async fn context(url: &str) -> anyhow::Result<jetstream::Context> {
 
 fn durable(group: usize) -> String {
     format!("bench-{group}")
+}
+
+pub struct NatsCreator {
+    js: jetstream::Context,
+    storage: stream::StorageType,
+}
+
+impl NatsCreator {
+    pub async fn create_topic(&self, i: usize) -> anyhow::Result<()> {
+        let name = format!("t{i}");
+        let config =
+            stream::Config { name: name.clone(), subjects: vec![name], storage: self.storage, ..Default::default() };
+        self.js.create_stream(config).await.context("create stream")?;
+        Ok(())
+    }
+
+    pub async fn create_subscription(&self, i: usize) -> anyhow::Result<()> {
+        let stream = self.js.get_stream(format!("t{i}")).await.context("get stream")?;
+        let config = consumer::pull::Config { durable_name: Some(format!("s{i}")), ..Default::default() };
+        stream.create_consumer(config).await.context("create consumer")?;
+        Ok(())
+    }
 }
 
 pub struct NatsSender {

@@ -55,6 +55,10 @@ impl Ours {
         Ok(OursSender { publisher, raw: client.pubsub_client() })
     }
 
+    pub async fn creator(&self) -> anyhow::Result<OursCreator> {
+        Ok(OursCreator { client: Client::connect(self.url.clone()).await? })
+    }
+
     pub async fn consumer(&self, group: usize, member: usize) -> anyhow::Result<OursConsumer> {
         let settings = SubscriberSettings { client_id: Some(format!("bench-{group}-{member}")), ..Default::default() };
         let client = Client::connect(self.url.clone()).await?;
@@ -65,6 +69,23 @@ impl Ours {
 
 fn subscription(group: usize) -> String {
     format!("bench-{group}")
+}
+
+pub struct OursCreator {
+    client: Client,
+}
+
+impl OursCreator {
+    pub async fn create_topic(&self, i: usize) -> anyhow::Result<()> {
+        self.client.create_topic(&format!("t{i}"), &TopicSettings::default()).await?;
+        Ok(())
+    }
+
+    pub async fn create_subscription(&self, i: usize) -> anyhow::Result<()> {
+        let settings = SubscriptionSettings::default();
+        self.client.create_subscription(&format!("s{i}"), &format!("t{i}"), &settings).await?;
+        Ok(())
+    }
 }
 
 pub struct OursSender {

@@ -55,6 +55,10 @@ impl Redis {
         Ok(RedisSender { conn: self.connection().await? })
     }
 
+    pub async fn creator(&self) -> anyhow::Result<RedisCreator> {
+        Ok(RedisCreator { conn: self.connection().await? })
+    }
+
     pub async fn consumer(&self, group: usize, member: usize) -> anyhow::Result<RedisConsumer> {
         Ok(RedisConsumer {
             conn: self.connection().await?,
@@ -98,6 +102,33 @@ impl RedisSender {
             Ok(())
         }
         .boxed()
+    }
+}
+
+pub struct RedisCreator {
+    conn: MultiplexedConnection,
+}
+
+impl RedisCreator {
+    /// The stream, with a first group (a stream is made by its first use).
+    pub async fn create_topic(&self, i: usize) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let command = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(format!("t{i}"))
+            .arg(format!("g{i}"))
+            .arg("$")
+            .arg("MKSTREAM")
+            .to_owned();
+        command.query_async::<()>(&mut conn).await.context("XGROUP CREATE MKSTREAM")?;
+        Ok(())
+    }
+
+    pub async fn create_subscription(&self, i: usize) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let command = redis::cmd("XGROUP").arg("CREATE").arg(format!("t{i}")).arg(format!("s{i}")).arg("$").to_owned();
+        command.query_async::<()>(&mut conn).await.context("XGROUP CREATE")?;
+        Ok(())
     }
 }
 
