@@ -224,4 +224,20 @@ impl mini_pubsub::storage::Storage for ObservedStorage {
         self.history.record(&self.host, crate::history::Event::Checkpoint);
         Ok(())
     }
+
+    fn load_journal(&mut self) -> Result<Vec<u8>, mini_pubsub::storage::StorageError> {
+        self.inner.load_journal()
+    }
+
+    fn append_journal(&mut self, bytes: &[u8]) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.inner.append_journal(bytes)
+    }
+
+    fn sync_journal(&mut self) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.inner.sync_journal()
+    }
+
+    fn reset_journal(&mut self) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.inner.reset_journal()
+    }
 }

@@ -203,6 +203,18 @@ impl mini_pubsub::storage::Storage for DamagedStorage {
     fn save_meta(&mut self, meta: &[u8]) -> Result<(), mini_pubsub::storage::StorageError> {
         self.0.save_meta(meta)
     }
+    fn load_journal(&mut self) -> Result<Vec<u8>, mini_pubsub::storage::StorageError> {
+        self.0.load_journal()
+    }
+    fn append_journal(&mut self, bytes: &[u8]) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.0.append_journal(bytes)
+    }
+    fn sync_journal(&mut self) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.0.sync_journal()
+    }
+    fn reset_journal(&mut self) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.0.reset_journal()
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ use super::retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec};
 use super::subscription::{Cursor, StartPosition, Subscription};
 use super::topic::{visible_end, Topic};
 use super::Notice;
+use crate::record::pb;
 
 /// A topic as Admin reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +183,7 @@ impl Broker {
         }
         self.next_topic_uid += 1;
         self.topics.insert(topic.to_string(), Topic::new(topic.to_string(), uid, logs, dedupe_window_ms));
-        if let Err(e) = self.save_meta() {
+        if let Err(e) = self.journal(self.topic_created_entry(topic)) {
             let t = self.topics.remove(topic).expect("inserted above");
             self.dedupe_entries = self.dedupe_entries.saturating_sub(t.dedupe.len());
             let _ = self.storage.remove(uid, t.logs);
@@ -286,13 +287,12 @@ impl Broker {
         let t = self.topics.remove(topic).expect("topic checked above");
         self.dedupe_entries = self.dedupe_entries.saturating_sub(t.dedupe.len());
         self.notice(|_| Notice::TopicDeleted { topic: topic.to_string(), uid: t.uid });
-        // The metadata goes first: a crash between the two leaves files that the next start
-        // sweeps, never a listed topic whose files are gone. If the save fails, the files
-        // stay until a checkpoint saves the deletion and a start sweeps them.
-        if self.save_meta().is_ok() {
-            // Files the disk refuses to remove now are swept at the next start.
-            let _ = self.storage.remove(t.uid, t.logs);
-        }
+        // The metadata goes first: the files go once the deletion is durable (the turn's
+        // sync), so a crash between the two leaves files that the next start sweeps, never
+        // a listed topic whose files are gone. If the journal cannot take it, the files stay
+        // until a checkpoint saves the deletion and a start sweeps them.
+        let _ = self.journal(pb::command::Kind::DeleteTopic(pb::DeleteTopic { name: topic.to_string(), force }));
+        self.journal.doomed.push((t.uid, t.logs));
         Ok(subscriptions)
     }
 
@@ -346,7 +346,7 @@ impl Broker {
         self.subscription_uids.insert(spec.name.clone(), uid);
         self.subscriptions.insert(uid, sub);
         if !ephemeral {
-            if let Err(e) = self.save_meta() {
+            if let Err(e) = self.journal(self.subscription_created_entry(uid)) {
                 self.remove_subscription(uid);
                 return Err(e);
             }
@@ -500,7 +500,9 @@ impl Broker {
         self.remove_subscription(uid);
         self.notice(|_| Notice::SubscriptionDeleted { subscription: subscription.to_string() });
         if !ephemeral {
-            self.save_meta_or_retry_later();
+            // A failure is left for the next checkpoint, which saves the whole metadata.
+            let entry = pb::DeleteSubscription { name: subscription.to_string() };
+            let _ = self.journal(pb::command::Kind::DeleteSubscription(entry));
         }
         Ok(())
     }

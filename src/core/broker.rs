@@ -48,6 +48,8 @@ pub struct Broker {
     pub(super) after_sync: bool,
     /// The metadata as last saved, so a checkpoint writes only when something changed.
     pub(super) saved_meta: Vec<u8>,
+    /// Topic and subscription changes since the metadata was last saved.
+    pub(super) journal: super::journal::Journal,
     /// Records that could not be read, by (topic uid, partition, offset).
     pub(super) read_faults: BTreeMap<(u64, u32, u64), StorageError>,
     /// Notices for an observer, when one asked for them (see `notice`); drained every turn.
@@ -95,6 +97,7 @@ impl Broker {
             next_ephemeral: 1,
             after_sync,
             saved_meta: Vec::new(),
+            journal: super::journal::Journal::default(),
             read_faults: BTreeMap::new(),
             notices: None,
             dedupe_entries: 0,

@@ -202,8 +202,9 @@ pub enum Answer {
     Offsets(Vec<(u32, u64)>),
     /// What a redrive did with each dead letter it read.
     Redriven(Vec<Redriven>),
-    /// The partitions whose sync failed (their unsynced records were cut).
-    Synced(Vec<SyncFailure>),
+    /// The partitions whose sync failed (their unsynced records were cut), and the error
+    /// of the metadata's when neither its journal's sync nor a whole save succeeded.
+    Synced(Vec<SyncFailure>, Option<crate::storage::StorageError>),
     /// Whether a checkpoint wrote anything.
     Checkpointed {
         /// False when nothing had changed since the last save.
@@ -277,7 +278,7 @@ impl Answer {
             Answer::Deliveries(_) => "deliveries",
             Answer::Offsets(_) => "offsets",
             Answer::Redriven(_) => "redriven",
-            Answer::Synced(_) => "synced",
+            Answer::Synced(..) => "synced",
             Answer::Checkpointed { .. } => "checkpointed",
             Answer::Done => "done",
             Answer::Topics { .. } => "topics",
@@ -392,7 +393,10 @@ impl Broker {
                 self.handle_timeout(now);
                 Ok(Answer::Done)
             }
-            Command::Sync => Ok(Answer::Synced(self.sync(now))),
+            Command::Sync => {
+                let (partitions, metadata) = self.sync_all(now);
+                Ok(Answer::Synced(partitions, metadata))
+            }
             Command::Retention => self.enforce_retention(now, at.wall_ms).map(|()| Answer::Done),
             Command::Checkpoint => {
                 self.tell_damage();

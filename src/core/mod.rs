@@ -56,6 +56,7 @@ mod dedupe;
 mod delivery;
 mod error;
 mod group;
+mod journal;
 mod lease;
 mod mutation;
 pub mod name;

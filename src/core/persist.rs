@@ -1,10 +1,12 @@
 //! What survives a restart: topics, subscriptions and committed offsets (the metadata),
 //! and the partition logs' own durability (sync, and what a failed sync undoes).
 //!
-//! The metadata is a small protobuf message that the storage replaces atomically. Topic and
-//! subscription changes save it before they are answered; committed offsets are saved by
-//! [`Broker::checkpoint`], which the driver calls on a timer and at shutdown. Offsets acked
-//! after the last checkpoint are delivered again after a crash: at least once, never lost.
+//! The metadata is a small protobuf message that the storage replaces atomically (the
+//! base). Topic and subscription changes are appended to the metadata journal and answered
+//! after the turn's sync made them durable (see `journal`); committed offsets are saved by
+//! [`Broker::checkpoint`], which the driver calls on a timer and at shutdown, and which also
+//! folds the journal into the base. Offsets acked after the last checkpoint are delivered
+//! again after a crash: at least once, never lost.
 
 use prost::Message;
 
@@ -14,97 +16,101 @@ use super::counts::SubscriptionCounts;
 use super::dedupe::Dedupe;
 use super::error::BrokerError;
 use super::group::Group;
+use super::journal;
 use super::retry::{DeadLetterPolicy, RetryPolicy};
 use super::subscription::{Cursor, StartPosition, Subscription};
 use super::topic::{visible_end, Topic};
 use crate::storage::{Retention, Storage, StorageError};
 
 #[derive(Clone, PartialEq, Message)]
-struct Meta {
+pub(super) struct Meta {
     #[prost(uint64, tag = "1")]
-    next_topic_uid: u64,
+    pub(super) next_topic_uid: u64,
     #[prost(uint64, tag = "2")]
-    next_subscription_uid: u64,
+    pub(super) next_subscription_uid: u64,
     #[prost(message, repeated, tag = "3")]
-    topics: Vec<TopicMeta>,
+    pub(super) topics: Vec<TopicMeta>,
     #[prost(message, repeated, tag = "4")]
-    subscriptions: Vec<SubscriptionMeta>,
+    pub(super) subscriptions: Vec<SubscriptionMeta>,
+    /// The last metadata journal entry this covers (0 in metadata saved before the journal).
+    #[prost(uint64, tag = "5")]
+    pub(super) journal_seq: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct TopicMeta {
+pub(super) struct TopicMeta {
     #[prost(string, tag = "1")]
-    name: String,
+    pub(super) name: String,
     #[prost(uint64, tag = "2")]
-    uid: u64,
+    pub(super) uid: u64,
     #[prost(uint32, tag = "3")]
-    partitions: u32,
+    pub(super) partitions: u32,
     /// Unset in metadata saved before topics had their own window: the broker default.
     #[prost(uint64, optional, tag = "4")]
-    dedupe_window_ms: Option<u64>,
+    pub(super) dedupe_window_ms: Option<u64>,
     /// Whether any record of the topic may carry an idempotency key.
     #[prost(bool, tag = "5")]
-    dedupe_keys_used: bool,
+    pub(super) dedupe_keys_used: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct SubscriptionMeta {
+pub(super) struct SubscriptionMeta {
     #[prost(string, tag = "1")]
-    name: String,
+    pub(super) name: String,
     #[prost(uint64, tag = "2")]
-    uid: u64,
+    pub(super) uid: u64,
     #[prost(string, tag = "3")]
-    topic: String,
+    pub(super) topic: String,
     #[prost(uint64, tag = "4")]
-    ack_deadline_ms: u64,
+    pub(super) ack_deadline_ms: u64,
     #[prost(bool, tag = "5")]
-    start_latest: bool,
+    pub(super) start_latest: bool,
     /// The committed offset of each partition.
     #[prost(uint64, repeated, tag = "6")]
-    committed: Vec<u64>,
+    pub(super) committed: Vec<u64>,
     /// The offsets acked above each partition's committed offset, so that an ack a
     /// checkpoint saved is never undone by a crash (a lease left hanging below it keeps
     /// the committed offset back).
     #[prost(message, repeated, tag = "7")]
-    acked: Vec<AckedRanges>,
+    pub(super) acked: Vec<AckedRanges>,
     /// The retry policy, when the subscription has one.
     #[prost(message, optional, tag = "8")]
-    retry: Option<RetryMeta>,
+    pub(super) retry: Option<RetryMeta>,
     /// The dead-letter policy, when the subscription has one.
     #[prost(message, optional, tag = "9")]
-    dead_letter: Option<DeadLetterMeta>,
+    pub(super) dead_letter: Option<DeadLetterMeta>,
     /// Messages dead-lettered so far (reported by stats).
     #[prost(uint64, tag = "10")]
-    dead_lettered: u64,
+    pub(super) dead_lettered: u64,
     /// Message ordering by key.
     #[prost(bool, tag = "11")]
-    ordered: bool,
+    pub(super) ordered: bool,
     /// Partition-exclusive (consumer group) delivery; false, as in metadata saved before
     /// the mode existed, is shared. Members do not survive a restart: the group starts
     /// empty, at generation 0.
     #[prost(bool, tag = "16")]
-    exclusive: bool,
+    pub(super) exclusive: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct RetryMeta {
+pub(super) struct RetryMeta {
     #[prost(uint64, tag = "1")]
-    minimum_backoff_ms: u64,
+    pub(super) minimum_backoff_ms: u64,
     #[prost(uint64, tag = "2")]
-    maximum_backoff_ms: u64,
+    pub(super) maximum_backoff_ms: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct DeadLetterMeta {
+pub(super) struct DeadLetterMeta {
     #[prost(string, tag = "1")]
-    topic: String,
+    pub(super) topic: String,
     #[prost(uint32, tag = "2")]
-    max_delivery_attempts: u32,
+    pub(super) max_delivery_attempts: u32,
 }
 
 /// Offsets as `[start, end)` pairs, flattened: start0, end0, start1, end1...
 #[derive(Clone, PartialEq, Message)]
-struct AckedRanges {
+pub(super) struct AckedRanges {
     #[prost(uint64, repeated, tag = "1")]
     ranges: Vec<u64>,
 }
@@ -144,20 +150,38 @@ impl Broker {
     /// Opens a broker on `storage`, restoring the topics, subscriptions and committed
     /// offsets it last saved (a new storage starts empty). Each partition log recovers as
     /// it opens; a committed offset past what the log kept is brought back to its end.
+    ///
+    /// The metadata journal's entries are replayed onto the saved metadata, and the result
+    /// saved at once, so the journal starts empty.
     pub fn open(config: BrokerConfig, mut storage: Box<dyn Storage>) -> Result<Self, BrokerError> {
         let saved = storage.load_meta()?;
+        let journal = storage.load_journal()?;
         let mut broker = Self::new(config, storage)?;
-        if let Some(bytes) = saved {
-            let meta = Meta::decode(bytes.as_slice()).map_err(|e| {
+        let mut meta = match &saved {
+            Some(bytes) => Meta::decode(bytes.as_slice()).map_err(|e| {
                 BrokerError::Storage(StorageError::Corrupt {
                     file: "meta".to_string(),
                     position: 0,
                     reason: format!("metadata does not decode: {e}"),
                 })
-            })?;
+            })?,
+            None => Meta::default(),
+        };
+        let had_journal = !journal.is_empty();
+        let replayed = journal::replay(&mut meta, journal)?;
+        if let Some((position, reason)) = &replayed.cut {
+            tracing::warn!(position, reason = %reason,
+                "cut the metadata journal's torn tail: changes never synced, so never answered");
+        }
+        broker.journal.seq = replayed.last_seq;
+        if saved.is_some() || replayed.applied > 0 {
             broker.restore(&meta)?;
-            broker.saved_meta = bytes;
+            broker.saved_meta = saved.unwrap_or_default();
             broker.lease_seq_from_wall = true;
+        }
+        broker.journal.synced_topic_uid = broker.next_topic_uid;
+        if had_journal {
+            broker.save_meta()?;
         }
         let uids: Vec<u64> = broker.topics.values().map(|t| t.uid).collect();
         broker.storage.retain_topics(&uids, broker.next_topic_uid)?;
@@ -293,33 +317,36 @@ impl Broker {
             next_subscription_uid: self.next_subscription_uid,
             topics,
             subscriptions,
+            journal_seq: self.journal.seq,
         };
         meta.encode_to_vec()
     }
 
-    /// Saves the metadata now (a topic or subscription change is answered only after).
+    /// Saves the whole metadata now, the journal's changes included, and empties the journal.
     pub(super) fn save_meta(&mut self) -> Result<(), BrokerError> {
         let bytes = self.meta_bytes();
+        self.save_meta_bytes(bytes)
+    }
+
+    fn save_meta_bytes(&mut self, bytes: Vec<u8>) -> Result<(), BrokerError> {
         self.storage.save_meta(&bytes)?;
         self.saved_meta = bytes;
+        // The base covers every entry: a journal that cannot be emptied now is emptied by
+        // the next save (its entries are skipped by their numbers meanwhile).
+        let _ = self.storage.reset_journal();
+        self.metadata_durable();
         Ok(())
     }
 
-    /// Saves the metadata; a failure is left for the next [`Broker::checkpoint`] to retry
-    /// (used where the change cannot be undone, such as a deletion).
-    pub(super) fn save_meta_or_retry_later(&mut self) {
-        let _ = self.save_meta();
-    }
-
     /// Saves the metadata if it changed since the last save (committed offsets move with
-    /// every ack). Returns whether anything was written.
+    /// every ack, and every journal entry changes it), which also empties the journal.
+    /// Returns whether anything was written.
     pub(super) fn checkpoint(&mut self) -> Result<bool, BrokerError> {
         let bytes = self.meta_bytes();
         if bytes == self.saved_meta {
             return Ok(false);
         }
-        self.storage.save_meta(&bytes)?;
-        self.saved_meta = bytes;
+        self.save_meta_bytes(bytes)?;
         Ok(true)
     }
 
@@ -346,7 +373,28 @@ impl Broker {
     /// Partitions with nothing unsynced are synced too (which costs no IO unless there is
     /// something to do): a cut that the disk refused is finished by a sync, so the cut
     /// records do not come back at the next start.
+    ///
+    /// The metadata journal is synced first; if neither it nor a save of the whole metadata
+    /// succeeds, the error is returned with the partitions' failures.
+    pub(super) fn sync_all(&mut self, now_ms: u64) -> (Vec<SyncFailure>, Option<StorageError>) {
+        let metadata = match self.sync_metadata() {
+            Ok(()) => None,
+            Err(BrokerError::Storage(e)) => Some(e),
+            Err(e) => Some(StorageError::Io(e.to_string())),
+        };
+        (self.sync_partitions(now_ms), metadata)
+    }
+
+    /// [`Broker::sync_all`] for the unit tests: the partitions' failures (a metadata
+    /// failure panics).
+    #[cfg(test)]
     pub(super) fn sync(&mut self, now_ms: u64) -> Vec<SyncFailure> {
+        let (failures, metadata) = self.sync_all(now_ms);
+        assert!(metadata.is_none(), "the metadata failed to sync: {metadata:?}");
+        failures
+    }
+
+    fn sync_partitions(&mut self, now_ms: u64) -> Vec<SyncFailure> {
         let mut failures = Vec::new();
         let mut grown: Vec<String> = Vec::new();
         for (name, topic) in &mut self.topics {

@@ -159,7 +159,10 @@ fn checkpoint_writes_only_when_something_changed() {
     let mut b = open(dir.path());
     b.create_topic("t", None).unwrap();
     subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
-    assert!(!b.checkpoint().unwrap(), "a subscription change saves at once");
+    assert!(b.checkpoint().unwrap(), "the journal's changes are folded into the metadata");
+    assert!(!b.checkpoint().unwrap());
+    let journal = dir.path().join("meta.journal");
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "and the journal emptied");
     publish(&mut b, "t", vec![msg("a")]);
     assert!(!b.checkpoint().unwrap(), "a publish changes no metadata");
     let pulled = b.pull(0, "s", 10).unwrap();
@@ -179,6 +182,8 @@ fn a_topic_deleted_and_made_again_under_its_name_starts_empty() {
     subscribe(&mut b, "s", "t", None, StartPosition::Earliest);
     publish(&mut b, "t", vec![msg("old 1"), msg("old 2")]);
     assert_eq!(b.delete_topic("t", true).unwrap(), vec!["s"]);
+    assert!(dir.path().join("topics/1").exists(), "the logs stay until the deletion is durable");
+    b.sync(0);
     assert!(!dir.path().join("topics/1").exists(), "the deleted topic's logs are gone");
     b.create_topic("t", None).unwrap();
     assert_eq!(ends(&b, "t"), vec![0]);
@@ -237,6 +242,7 @@ fn damaged_metadata_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = open(dir.path());
     b.create_topic("t", None).unwrap();
+    b.checkpoint().unwrap();
     drop(b);
     let path = dir.path().join("meta");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -430,6 +436,7 @@ fn a_missing_metadata_file_with_topic_data_refuses_to_open() {
     let mut b = open(dir.path());
     b.create_topic("t", None).unwrap();
     publish(&mut b, "t", vec![msg("a")]);
+    b.checkpoint().unwrap();
     drop(b);
     std::fs::remove_file(dir.path().join("meta")).unwrap();
     let refused = Broker::open(
@@ -556,4 +563,149 @@ fn an_ack_id_from_before_a_reopen_never_names_a_lease_after_it() {
     let stale = b.acks(0, "s", AckOp::Ack, vec![before[0].ack_id.clone()]).unwrap();
     assert_ne!(stale[0].outcome, AckOutcome::Applied, "an ack from the old run took the new lease");
     ack(&mut b, "s", &after);
+}
+
+/// The topics and subscriptions as Admin shows them, for comparing two brokers.
+fn listing(b: &Broker) -> (Vec<TopicInfo>, Vec<SubscriptionInfo>, Vec<Vec<u64>>) {
+    let (topics, _) = b.list_topics(None, 1000);
+    let (subscriptions, _) = b.list_subscriptions(None, None, 1000).unwrap();
+    let committed = subscriptions.iter().map(|s| committed(b, &s.name)).collect();
+    (topics, subscriptions, committed)
+}
+
+#[test]
+fn changes_journaled_since_the_last_checkpoint_are_replayed_whatever_the_defaults_are_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.create_topic("before", Some(2)).unwrap();
+    b.checkpoint().unwrap();
+    // Everything below is in the journal only.
+    b.create_topic("t", None).unwrap();
+    b.create_topic("dead", Some(1)).unwrap();
+    publish(&mut b, "t", vec![msg("a"), msg("b")]);
+    subscribe(&mut b, "latest", "t", Some(30_000), StartPosition::Latest);
+    let spec = SubscriptionSpec {
+        name: "policies".into(),
+        topic: "t".into(),
+        retry: Some(RetrySpec { minimum_backoff_ms: Some(100), maximum_backoff_ms: None }),
+        dead_letter: Some(DeadLetterSpec { topic: "dead".into(), max_delivery_attempts: None }),
+        ordered: true,
+        ..Default::default()
+    };
+    b.create_subscription(spec).unwrap();
+    subscribe(&mut b, "gone", "t", None, StartPosition::Earliest);
+    b.delete_subscription("gone").unwrap();
+    b.create_topic("dropped", None).unwrap();
+    b.delete_topic("dropped", false).unwrap();
+    let keyed = OutgoingMessage { idempotency_key: Some("k".into()), ..msg("keyed") };
+    publish(&mut b, "t", vec![keyed.clone()]);
+    b.sync(0);
+    let before = listing(&b);
+    assert!(dir.path().join("meta.journal").exists());
+    drop(b);
+
+    // Other defaults now: the journal holds what the broker resolved, not what was asked.
+    let config = BrokerConfig {
+        default_partitions: 3,
+        ack_deadline_ms: 20_000,
+        max_delivery_attempts: 9,
+        retry_maximum_backoff_ms: 5_000,
+        ..BrokerConfig::default()
+    };
+    let mut b = open_on(Arc::new(StdFs), storage_config(dir.path()), config);
+    assert_eq!(listing(&b), before);
+    assert_eq!(committed(&b, "latest"), vec![2], "a subscription at the latest offset stays there");
+    assert_eq!(std::fs::metadata(dir.path().join("meta.journal")).unwrap().len(), 0, "folded in at open");
+    let again = b.publish(0, 0, "t", vec![keyed]).unwrap();
+    assert!(again[0].duplicate, "the dedupe index was rebuilt: the journal said the topic holds keys");
+    let next = b.create_topic("next", None).unwrap();
+    assert_eq!(next.partitions.len(), 3);
+    b.sync(0);
+    assert!(dir.path().join(format!("topics/{}", 5)).exists(), "uids go on after the journal's");
+}
+
+/// The journal's bytes after `changes`, and the broker's listing then.
+fn journal_after(dir: &Path, changes: impl FnOnce(&mut Broker)) -> Vec<u8> {
+    let mut b = open(dir);
+    b.checkpoint().unwrap();
+    changes(&mut b);
+    b.sync(0);
+    drop(b);
+    std::fs::read(dir.join("meta.journal")).unwrap()
+}
+
+#[test]
+fn a_torn_journal_tail_is_cut_and_the_entries_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_after(dir.path(), |b| {
+        b.create_topic("kept", None).unwrap();
+        b.create_topic("torn", None).unwrap();
+    });
+    // The second entry loses its last byte, as a crash during its write would leave it.
+    std::fs::write(dir.path().join("meta.journal"), &journal[..journal.len() - 1]).unwrap();
+    let b = open(dir.path());
+    let names: Vec<String> = b.list_topics(None, 10).0.into_iter().map(|t| t.name).collect();
+    assert_eq!(names, vec!["kept"]);
+}
+
+#[test]
+fn damage_in_the_journal_with_valid_entries_after_it_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = journal_after(dir.path(), |b| {
+        b.create_topic("first", None).unwrap();
+        b.create_topic("second", None).unwrap();
+    });
+    journal[12] ^= 0x40;
+    let path = dir.path().join("meta.journal");
+    std::fs::write(&path, &journal).unwrap();
+    let refused = Broker::open(
+        BrokerConfig::default(),
+        Box::new(FileStorage::open(Arc::new(StdFs), storage_config(dir.path())).unwrap()),
+    );
+    match refused {
+        Err(BrokerError::Storage(StorageError::Corrupt { file, position, reason })) => {
+            assert_eq!((file.as_str(), position), ("meta.journal", 0));
+            assert!(reason.contains("a valid entry follows"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {:?}", other.err()),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), journal, "nothing is cut");
+}
+
+#[test]
+fn journal_entries_the_metadata_already_covers_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_after(dir.path(), |b| {
+        b.create_topic("t", None).unwrap();
+        subscribe(b, "s", "t", None, StartPosition::Earliest);
+    });
+    let mut b = open(dir.path());
+    b.delete_subscription("s").unwrap();
+    b.checkpoint().unwrap();
+    drop(b);
+    // A crash after the metadata save, before the journal was emptied on disk.
+    std::fs::write(dir.path().join("meta.journal"), &journal).unwrap();
+    let b = open(dir.path());
+    assert_eq!(b.list_topics(None, 10).0.len(), 1);
+    assert!(b.subscription_info("s").is_err(), "the deleted subscription is not brought back");
+}
+
+#[test]
+fn a_journal_append_the_disk_tears_falls_back_to_saving_the_whole_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyFs::new(Arc::new(StdFs));
+    let mut b = open_on(Arc::new(faulty.clone()), storage_config(dir.path()), BrokerConfig::default());
+    b.create_topic("t", None).unwrap();
+    b.sync(0);
+    // The next write is the journal's append (a new topic's files are made without one).
+    faulty.set_fault(Some(DiskFault::TornWrite));
+    b.create_topic("torn", None).unwrap();
+    faulty.set_fault(None);
+    assert_eq!(std::fs::metadata(dir.path().join("meta.journal")).unwrap().len(), 0, "saved whole instead");
+    b.create_topic("after", None).unwrap();
+    b.sync(0);
+    drop(b);
+    let b = open(dir.path());
+    let names: Vec<String> = b.list_topics(None, 10).0.into_iter().map(|t| t.name).collect();
+    assert_eq!(names, vec!["after", "t", "torn"]);
 }

@@ -109,6 +109,8 @@ impl Broker {
         if messages.iter().any(|m| m.idempotency_key.is_some()) {
             self.mark_keys_used(topic)?;
         }
+        let uid = self.topics[topic].uid;
+        self.sync_metadata_before_append(uid)?;
         let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
         let held = t.dedupe.len();
         t.dedupe.expire(wall_ms);
@@ -155,15 +157,17 @@ impl Broker {
         Ok(results)
     }
 
-    /// Saves, before a topic's first idempotency key is stored, that its log holds keys,
-    /// so that the broker rebuilds its dedupe index when it opens. Once per topic.
+    /// Journals, before a topic's first idempotency key is stored, that its log holds keys,
+    /// so that the broker rebuilds its dedupe index when it opens. Once per topic; the
+    /// entry is synced with (and before) the records.
     fn mark_keys_used(&mut self, topic: &str) -> Result<(), BrokerError> {
         let dedupe = &mut self.topics.get_mut(topic).expect("the topic exists").dedupe;
         if dedupe.keys_used() {
             return Ok(());
         }
         dedupe.set_keys_used(true);
-        self.save_meta().inspect_err(|_| {
+        let entry = crate::record::pb::KeysUsed { topic: topic.to_string() };
+        self.journal(crate::record::pb::command::Kind::KeysUsed(entry)).inspect_err(|_| {
             self.topics.get_mut(topic).expect("the topic exists").dedupe.set_keys_used(false);
         })
     }

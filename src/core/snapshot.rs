@@ -137,6 +137,7 @@ struct SavedRef<'a> {
     lease_seq_from_wall: bool,
     next_ephemeral: u64,
     saved_meta: &'a [u8],
+    journal_seq: u64,
     #[serde(serialize_with = "pairs_of_ref")]
     read_faults: &'a BTreeMap<(u64, u32, u64), StorageError>,
 }
@@ -166,6 +167,9 @@ struct Saved {
     lease_seq_from_wall: bool,
     next_ephemeral: u64,
     saved_meta: Vec<u8>,
+    /// The metadata journal's last entry (0 in snapshots taken before the journal).
+    #[serde(default)]
+    journal_seq: u64,
     #[serde(with = "pairs")]
     read_faults: BTreeMap<(u64, u32, u64), StorageError>,
 }
@@ -212,6 +216,7 @@ impl Broker {
             lease_seq_from_wall: self.lease_seq_from_wall,
             next_ephemeral: self.next_ephemeral,
             saved_meta: &self.saved_meta,
+            journal_seq: self.journal.seq,
             read_faults: &self.read_faults,
         };
         let bytes = serde_json::to_vec(&saved).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
@@ -267,6 +272,7 @@ impl Broker {
         broker.lease_seq_from_wall = saved.lease_seq_from_wall;
         broker.next_ephemeral = saved.next_ephemeral;
         broker.saved_meta = saved.saved_meta;
+        broker.journal.seq = saved.journal_seq;
         broker.read_faults = saved.read_faults;
         Ok(broker)
     }

@@ -20,7 +20,7 @@ pub fn into_pb(command: Command) -> pb::Command {
             Kind::Publish(pb::Publish { topic, messages: messages.into_iter().map(message).collect() })
         }
         Command::CreateTopic { name, partitions, dedupe_window_ms } => {
-            Kind::CreateTopic(pb::CreateTopic { name, partitions, dedupe_window_ms })
+            Kind::CreateTopic(pb::CreateTopic { name, partitions, dedupe_window_ms, uid: None })
         }
         Command::DeleteTopic { name, force } => Kind::DeleteTopic(pb::DeleteTopic { name, force }),
         Command::CreateSubscription(spec) => Kind::CreateSubscription(pb::CreateSubscription {
@@ -37,6 +37,8 @@ pub fn into_pb(command: Command) -> pb::Command {
                 .dead_letter
                 .map(|d| pb::DeadLetterSpec { topic: d.topic, max_delivery_attempts: d.max_delivery_attempts }),
             ordered: spec.ordered,
+            uid: None,
+            start_offsets: Vec::new(),
         }),
         Command::DeleteSubscription { name } => Kind::DeleteSubscription(pb::DeleteSubscription { name }),
         Command::OpenStream { target, flow, session_timeout_ms, client_id, ops } => {
@@ -167,6 +169,7 @@ pub fn decode(command: pb::Command) -> Result<Command, String> {
         Kind::Sync(_) => Command::Sync,
         Kind::Retention(_) => Command::Retention,
         Kind::Checkpoint(_) => Command::Checkpoint,
+        Kind::KeysUsed(_) => return Err("keys_used: a metadata journal entry, not a broker input".to_string()),
     })
 }
 

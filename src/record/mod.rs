@@ -18,6 +18,7 @@ mod proptests;
 
 pub use codec::{decode as decode_command, encode as encode_command};
 pub use digest::{digest_outputs, digest_reply, digest_state};
+pub(crate) use reader::frame_at;
 pub use reader::{read_dir, End, Recording, RecordingError, Snapshot, Step};
 pub use replay::{ReplayError, Replayed, Replayer};
 pub use writer::{Recorder, RECORD_MAX_BYTES_DEFAULT, RECORD_MAX_BYTES_MIN};
@@ -35,10 +36,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FRAME_BODY_MAX: usize = 64 * 1024 * 1024;
 
 /// Bytes before a frame's body: its length and its CRC32C.
-const FRAME_HEADER: usize = 8;
+pub(crate) const FRAME_HEADER: usize = 8;
 
 /// Appends one framed body to `out`.
-fn frame(body: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn frame(body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     out.extend_from_slice(body);

@@ -171,7 +171,7 @@ pub fn read_dir(fs: &dyn Fs, dir: &Path) -> Result<Recording, RecordingError> {
 }
 
 /// The body of the frame at `at`, checked against its length and CRC.
-fn frame_at(bytes: &Bytes, at: usize) -> Result<Bytes, String> {
+pub(crate) fn frame_at(bytes: &Bytes, at: usize) -> Result<Bytes, String> {
     let header = bytes.get(at..at + FRAME_HEADER).ok_or("a torn frame header")?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));

@@ -65,6 +65,13 @@ struct AwaitingSync {
     published: Vec<Published>,
 }
 
+/// A topic or subscription change of this turn, answered once the turn's sync made its
+/// journal entry durable.
+struct AwaitingMetadata {
+    reply: oneshot::Sender<Reply>,
+    answer: Answer,
+}
+
 /// The handlers' side of the driver.
 #[derive(Clone)]
 pub struct DriverHandle {
@@ -167,6 +174,8 @@ pub struct Driver {
     closing: bool,
     /// Publishes of this turn waiting for its sync; at most `JOBS_PER_TURN_MAX`.
     awaiting_sync: Vec<AwaitingSync>,
+    /// Topic and subscription changes of this turn waiting for its sync; as many at most.
+    awaiting_metadata: Vec<AwaitingMetadata>,
     fsync: FsyncPolicy,
     sync_delay_ms: u64,
     /// See [`ServerConfig::stream_stall_timeout_ms`](super::ServerConfig::stream_stall_timeout_ms).
@@ -216,6 +225,7 @@ impl Driver {
             outbox: VecDeque::new(),
             closing: false,
             awaiting_sync: Vec::new(),
+            awaiting_metadata: Vec::new(),
             fsync,
             sync_delay_ms,
             stream_stall_ms,
@@ -342,6 +352,17 @@ impl Driver {
                 }
                 let _ = reply.send(answer);
             }
+            Command::CreateTopic { .. }
+            | Command::DeleteTopic { .. }
+            | Command::CreateSubscription(_)
+            | Command::DeleteSubscription { .. } => match self.apply(command) {
+                Ok(answer) if self.broker.metadata_unsynced() => {
+                    self.awaiting_metadata.push(AwaitingMetadata { reply, answer });
+                }
+                answer => {
+                    let _ = reply.send(answer);
+                }
+            },
             command => {
                 let _ = reply.send(self.apply(command));
             }
@@ -445,15 +466,18 @@ impl Driver {
         self.commit_now();
     }
 
+    /// Whether the turn ends with a sync: under `fsync=always` for its publishes, and under
+    /// every policy for its topic and subscription changes.
     fn commit_due(&self) -> bool {
-        self.broker.acks_after_sync() && (!self.awaiting_sync.is_empty() || self.broker.needs_sync())
+        let publishes = self.broker.acks_after_sync() && (!self.awaiting_sync.is_empty() || self.broker.needs_sync());
+        publishes || !self.awaiting_metadata.is_empty() || self.broker.metadata_unsynced()
     }
 
     /// Applies a sync, on a thread that may block (see [`blocking`]).
-    fn sync(&mut self) -> Vec<crate::core::SyncFailure> {
+    fn sync(&mut self) -> (Vec<crate::core::SyncFailure>, Option<StorageError>) {
         match blocking(|| self.apply(Command::Sync)) {
-            Ok(Answer::Synced(failures)) => failures,
-            _ => Vec::new(),
+            Ok(Answer::Synced(failures, metadata)) => (failures, metadata),
+            _ => (Vec::new(), None),
         }
     }
 
@@ -462,20 +486,34 @@ impl Driver {
         if !self.commit_due() {
             return;
         }
-        let failures = self.sync();
+        let (failures, metadata) = self.sync();
         for failure in &failures {
             tracing::warn!(topic = %failure.topic, partition = failure.partition, error = %failure.error,
                 "fsync failed: the partition's unsynced records were cut and their publishes refused");
         }
+        if let Some(error) = &metadata {
+            tracing::warn!(%error, "saving the metadata failed: the turn's topic and subscription changes, and its publishes, are refused; the changes stay in effect and the next checkpoint saves them again");
+        }
+        for waiting in self.awaiting_metadata.drain(..) {
+            let answer = match &metadata {
+                Some(e) => Err(BrokerError::Storage(StorageError::Io(format!(
+                    "not acknowledged: saving the metadata failed ({e}); the change is in effect but may not survive a restart"
+                )))),
+                None => Ok(waiting.answer),
+            };
+            let _ = waiting.reply.send(answer);
+        }
         for waiting in self.awaiting_sync.drain(..) {
             let failed = failures
                 .iter()
-                .find(|f| f.topic == waiting.topic && waiting.published.iter().any(|p| p.partition == f.partition));
+                .find(|f| f.topic == waiting.topic && waiting.published.iter().any(|p| p.partition == f.partition))
+                .map(|f| f.error.to_string())
+                // The journal may hold that the topic's records carry idempotency keys.
+                .or_else(|| metadata.as_ref().map(|e| format!("saving the metadata failed ({e})")));
             // Indeterminate: the publish's share in partitions that synced is stored.
             let answer = match failed {
-                Some(f) => Err(BrokerError::Storage(StorageError::Io(format!(
-                    "not acknowledged: {}; its messages in other partitions may be stored, so a retry may store them twice",
-                    f.error
+                Some(error) => Err(BrokerError::Storage(StorageError::Io(format!(
+                    "not acknowledged: {error}; its messages in other partitions may be stored, so a retry may store them twice"
                 )))),
                 None => {
                     if let Some(metrics) = &mut self.metrics {
@@ -489,9 +527,13 @@ impl Driver {
     }
 
     fn sync_logging_failures(&mut self) {
-        for failure in self.sync() {
+        let (failures, metadata) = self.sync();
+        for failure in failures {
             tracing::warn!(topic = %failure.topic, partition = failure.partition, error = %failure.error,
                 "fsync failed; it is tried again");
+        }
+        if let Some(error) = metadata {
+            tracing::warn!(%error, "saving the metadata failed; it is tried again");
         }
     }
 

@@ -38,6 +38,22 @@ impl Storage for MemoryStorage {
     fn save_meta(&mut self, _meta: &[u8]) -> Result<(), StorageError> {
         Ok(())
     }
+
+    fn load_journal(&mut self) -> Result<Vec<u8>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    fn append_journal(&mut self, _bytes: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn sync_journal(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn reset_journal(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Records in a deque: index `i` holds offset `start + i`.

@@ -248,5 +248,22 @@ pub trait Storage: Send {
     fn load_meta(&mut self) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Replaces the metadata atomically and durably: after a crash, the old or the new.
+    /// The journal's entries are not touched (see [`Storage::reset_journal`]).
     fn save_meta(&mut self, meta: &[u8]) -> Result<(), StorageError>;
+
+    /// The metadata journal's bytes: the changes appended since it was last reset (empty
+    /// when there are none). What a crash tore is there too; the reader cuts it.
+    fn load_journal(&mut self) -> Result<Vec<u8>, StorageError>;
+
+    /// Appends `bytes` to the metadata journal, not yet durably (see
+    /// [`Storage::sync_journal`]). A failed append leaves the journal as it was, or
+    /// refuses every append until the next reset.
+    fn append_journal(&mut self, bytes: &[u8]) -> Result<(), StorageError>;
+
+    /// Makes every journal append so far durable.
+    fn sync_journal(&mut self) -> Result<(), StorageError>;
+
+    /// Empties the journal, once a saved metadata covers its entries (an entry it still
+    /// shows after a crash is skipped by its sequence number).
+    fn reset_journal(&mut self) -> Result<(), StorageError>;
 }

@@ -71,6 +71,22 @@ impl Storage for TimedStorage {
     fn save_meta(&mut self, meta: &[u8]) -> Result<(), StorageError> {
         self.inner.save_meta(meta)
     }
+
+    fn load_journal(&mut self) -> Result<Vec<u8>, StorageError> {
+        self.inner.load_journal()
+    }
+
+    fn append_journal(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.inner.append_journal(bytes)
+    }
+
+    fn sync_journal(&mut self) -> Result<(), StorageError> {
+        self.inner.sync_journal()
+    }
+
+    fn reset_journal(&mut self) -> Result<(), StorageError> {
+        self.inner.reset_journal()
+    }
 }
 
 /// One partition's log, timed.

@@ -38,6 +38,8 @@ pub struct FileLog {
     doomed: Vec<PathBuf>,
     /// Files were removed from the directory since its last successful sync.
     dir_dirty: bool,
+    /// A new log's directories, not yet synced: synced before its first records are.
+    new_dirs: Vec<PathBuf>,
     /// Damaged runs found (by the opening scan or by reads) and not yet taken by
     /// [`PartitionLog::take_damaged`], at most [`segment::GAPS_MAX`].
     damage_found: RefCell<Vec<std::ops::Range<u64>>>,
@@ -166,9 +168,28 @@ impl FileLog {
         let newest = segments.values_mut().next_back().expect("never empty");
         newest.dirty = true;
         newest.sync()?;
+        Ok(Self::of_segments(fs, dir, config, segments).with_damage_found())
+    }
+
+    /// Creates the log of a new partition in `dir`, which exists and is empty, without a
+    /// sync: `new_dirs` (its directory and the parents made for it, parents first) are
+    /// synced by its first sync with records to make durable.
+    pub fn create(
+        fs: Arc<dyn Fs>,
+        dir: PathBuf,
+        config: FileStorageConfig,
+        new_dirs: Vec<PathBuf>,
+    ) -> Result<Self, StorageError> {
+        let segment = Segment::create_unsynced(fs.as_ref(), &dir, 0)?;
+        let mut log = Self::of_segments(fs, dir, config, BTreeMap::from([(0, segment)]));
+        log.new_dirs = new_dirs;
+        Ok(log)
+    }
+
+    fn of_segments(fs: Arc<dyn Fs>, dir: PathBuf, config: FileStorageConfig, segments: BTreeMap<u64, Segment>) -> Self {
         let size = segments.values().map(|s| s.size).sum();
         let end = segments.values().next_back().expect("never empty").end;
-        Ok(Self {
+        Self {
             fs,
             dir,
             config,
@@ -179,9 +200,9 @@ impl FileLog {
             ahead: RefCell::new(Records::default()),
             doomed: Vec::new(),
             dir_dirty: false,
+            new_dirs: Vec::new(),
             damage_found: RefCell::new(Vec::new()),
         }
-        .with_damage_found())
     }
 
     /// Notes the damaged runs the opening scan found, to be told once.
@@ -373,6 +394,12 @@ impl PartitionLog for FileLog {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         self.finish_cuts()?;
+        if !self.new_dirs.is_empty() && self.segments.values().any(|s| s.dirty) {
+            for dir in &self.new_dirs {
+                self.fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))?;
+            }
+            self.new_dirs.clear();
+        }
         for seg in self.segments.values_mut() {
             seg.sync()?;
         }

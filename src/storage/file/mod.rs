@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <dir>/meta                                  topics, subscriptions, committed offsets
+//! <dir>/meta.journal                          topic and subscription changes since `meta`
 //! <dir>/topics/<topic uid>/<partition>/<base offset, 20 digits>.log
 //! ```
 //!
@@ -83,6 +84,20 @@ pub struct FileStorage {
     fs: Arc<dyn Fs>,
     config: FileStorageConfig,
     notes: Vec<RecoveryNote>,
+    journal: Journal,
+}
+
+/// The metadata journal's file, open for appends.
+#[derive(Default)]
+struct Journal {
+    file: Option<Box<dyn crate::env::FsFile>>,
+    /// Where the next append goes: the bytes appended since the last reset.
+    len: u64,
+    /// An append failed and its bytes could not be taken back: appends are refused until a
+    /// reset, so nothing is ever written after a torn entry.
+    broken: bool,
+    /// The file was made since the last sync: the data directory is synced too.
+    created: bool,
 }
 
 /// The metadata file: magic, length and CRC32C before the bytes, so a damaged file is
@@ -90,12 +105,13 @@ pub struct FileStorage {
 const META_MAGIC: &[u8; 4] = b"MPSM";
 const META_FILE: &str = "meta";
 const META_TEMP_FILE: &str = "meta.tmp";
+const JOURNAL_FILE: &str = "meta.journal";
 
 impl FileStorage {
     /// Opens the data directory, creating it (durably) if needed.
     pub fn open(fs: Arc<dyn Fs>, config: FileStorageConfig) -> Result<Self, StorageError> {
         OPEN_FILES_LIMIT.get_or_init(read_open_files_limit);
-        let storage = Self { fs, config, notes: Vec::new() };
+        let storage = Self { fs, config, notes: Vec::new(), journal: Journal::default() };
         storage.create_dirs(&storage.config.dir.join("topics"))?;
         Ok(storage)
     }
@@ -148,9 +164,39 @@ impl FileStorage {
     }
 }
 
+impl FileStorage {
+    /// Creates a new partition's directory and its log without a sync: the log syncs the
+    /// directories with its first records (an empty log a crash forgets is made again
+    /// empty, and the topic's creation is in the metadata journal, synced before any
+    /// record is appended to it).
+    fn create_partition(&mut self, dir: &Path) -> Result<Box<dyn PartitionLog>, StorageError> {
+        // The directories that get new entries: the partition's (its segment file) and the
+        // parents of those made here; parents first.
+        let mut new_dirs = vec![dir.to_path_buf()];
+        let mut at = Some(dir);
+        while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !self.fs.exists(p)) {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                new_dirs.push(parent.to_path_buf());
+            }
+            at = path.parent();
+        }
+        new_dirs.reverse();
+        new_dirs.dedup();
+        self.fs.create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
+        Ok(Box::new(FileLog::create(Arc::clone(&self.fs), dir.to_path_buf(), self.config.clone(), new_dirs)?))
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.config.dir.join(JOURNAL_FILE)
+    }
+}
+
 impl Storage for FileStorage {
     fn open(&mut self, topic_uid: u64, partition: u32) -> Result<Box<dyn PartitionLog>, StorageError> {
         let dir = self.topic_dir(topic_uid).join(partition.to_string());
+        if !self.fs.exists(&dir) {
+            return self.create_partition(&dir);
+        }
         self.create_dirs(&dir)?;
         let mut notes = Vec::new();
         let log = FileLog::open(Arc::clone(&self.fs), dir, self.config.clone(), &mut notes)?;
@@ -251,6 +297,63 @@ impl Storage for FileStorage {
         drop(file);
         self.fs.rename(&temp, &path).map_err(|e| io_error(&path, "rename", e))?;
         self.fs.sync_dir(&self.config.dir).map_err(|e| io_error(&self.config.dir, "sync directory", e))
+    }
+
+    fn load_journal(&mut self) -> Result<Vec<u8>, StorageError> {
+        let path = self.journal_path();
+        if !self.fs.exists(&path) {
+            return Ok(Vec::new());
+        }
+        self.fs.read(&path).map_err(|e| io_error(&path, "read", e))
+    }
+
+    fn append_journal(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let path = self.journal_path();
+        if self.journal.broken {
+            return Err(StorageError::Io(format!(
+                "append to {}: an earlier append failed and could not be taken back; the next metadata save resets it",
+                path.display()
+            )));
+        }
+        if self.journal.file.is_none() {
+            let created = !self.fs.exists(&path);
+            let file = self.fs.open(&path, true).map_err(|e| io_error(&path, "open", e))?;
+            // Whatever a crash left after the entries read at start is not ours to follow.
+            file.set_len(self.journal.len).map_err(|e| io_error(&path, "truncate", e))?;
+            self.journal.created |= created;
+            self.journal.file = Some(file);
+        }
+        let file = self.journal.file.as_ref().expect("opened above");
+        if let Err(e) = file.write_all_at(bytes, self.journal.len) {
+            self.journal.broken = file.set_len(self.journal.len).is_err();
+            return Err(io_error(&path, "append", e));
+        }
+        self.journal.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync_journal(&mut self) -> Result<(), StorageError> {
+        let Some(file) = &self.journal.file else { return Ok(()) };
+        let path = self.journal_path();
+        file.sync_data().map_err(|e| io_error(&path, "fsync", e))?;
+        if self.journal.created {
+            self.fs.sync_dir(&self.config.dir).map_err(|e| io_error(&self.config.dir, "sync directory", e))?;
+            self.journal.created = false;
+        }
+        Ok(())
+    }
+
+    fn reset_journal(&mut self) -> Result<(), StorageError> {
+        self.journal.len = 0;
+        let path = self.journal_path();
+        if self.journal.file.is_none() && self.fs.exists(&path) {
+            let file = self.fs.open(&path, false).map_err(|e| io_error(&path, "open", e))?;
+            self.journal.file = Some(file);
+        }
+        // Not synced: entries a crash brings back are covered by the saved metadata.
+        let truncated = self.journal.file.as_ref().map_or(Ok(()), |file| file.set_len(0));
+        self.journal.broken = truncated.is_err();
+        truncated.map_err(|e| io_error(&path, "truncate", e))
     }
 }
 

@@ -116,10 +116,17 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
 impl Segment {
     /// Creates an empty segment file and makes its directory entry durable.
     pub fn create(fs: &dyn Fs, dir: &Path, base: u64) -> Result<Self, StorageError> {
+        let segment = Self::create_unsynced(fs, dir, base)?;
+        fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))?;
+        Ok(segment)
+    }
+
+    /// Creates an empty segment file; its directory entry is durable only once the
+    /// directory is synced.
+    pub fn create_unsynced(fs: &dyn Fs, dir: &Path, base: u64) -> Result<Self, StorageError> {
         let path = dir.join(file_name(base));
         let file = fs.open(&path, true).map_err(|e| io_error(&path, "create", e))?;
         file.set_len(0).map_err(|e| io_error(&path, "truncate", e))?;
-        fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))?;
         Ok(Self::empty(base, path, file))
     }
 
