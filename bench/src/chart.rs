@@ -21,6 +21,7 @@ fn color(system: System) -> &'static str {
         System::Nats => "#2ca02c",
         System::Redis => "#d62728",
         System::OursRecorded => "#9ecae1",
+        System::OursBaseline => "#bdbdbd",
     }
 }
 

@@ -61,7 +61,7 @@ struct Args {
     /// Durability classes: memory, no-fsync, fsync.
     #[arg(long, value_delimiter = ',')]
     classes: Vec<String>,
-    /// Systems: mini-pubsub, nats, redis.
+    /// Systems: mini-pubsub, nats, redis, mini-pubsub-recorded, mini-pubsub-baseline (with --baseline-bin).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Measured window of a timed case, in seconds (fractions allowed).
@@ -80,6 +80,9 @@ struct Args {
     /// The mini-pubsub binary. Default: `mini-pubsub` beside this program.
     #[arg(long)]
     mini_pubsub_bin: Option<PathBuf>,
+    /// An earlier mini-pubsub build, run as the system `mini-pubsub-baseline`.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     #[arg(long, default_value = "nats-server")]
     nats_server_bin: PathBuf,
     #[arg(long, default_value = "redis-server")]
@@ -196,5 +199,10 @@ fn binaries(args: &Args) -> anyhow::Result<Binaries> {
     if !mini_pubsub.exists() {
         bail!("no mini-pubsub binary at {} (build it with `cargo build --release -p mini-pubsub`, or pass --mini-pubsub-bin)", mini_pubsub.display());
     }
-    Ok(Binaries { mini_pubsub, nats_server: args.nats_server_bin.clone(), redis_server: args.redis_server_bin.clone() })
+    Ok(Binaries {
+        mini_pubsub,
+        baseline: args.baseline_bin.clone(),
+        nats_server: args.nats_server_bin.clone(),
+        redis_server: args.redis_server_bin.clone(),
+    })
 }

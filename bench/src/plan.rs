@@ -14,10 +14,14 @@ pub enum System {
     Redis,
     /// mini-pubsub with its flight recorder on (`serve --record DIR`): what recording costs.
     OursRecorded,
+    /// An earlier build of mini-pubsub (`--baseline-bin`), run interleaved with this one so
+    /// that a change is measured before and after under the same conditions.
+    OursBaseline,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [System::Ours, System::Nats, System::Redis, System::OursRecorded];
+    pub const ALL: [System; 5] =
+        [System::Ours, System::Nats, System::Redis, System::OursRecorded, System::OursBaseline];
     /// The systems a run compares when `--systems` names none.
     pub const DEFAULT: [System; 3] = [System::Ours, System::Nats, System::Redis];
 
@@ -28,6 +32,7 @@ impl System {
             System::Nats => "nats",
             System::Redis => "redis",
             System::OursRecorded => "mini-pubsub-recorded",
+            System::OursBaseline => "mini-pubsub-baseline",
         }
     }
 }
@@ -85,6 +90,9 @@ impl Class {
             (Class::Memory, System::OursRecorded) => "`--storage memory --record DIR`",
             (Class::NoFsync, System::OursRecorded) => "`--storage file --fsync never --record DIR`",
             (Class::Fsync, System::OursRecorded) => "`--storage file --fsync always --record DIR`",
+            (Class::Memory, System::OursBaseline) => "the `--baseline-bin` build, `--storage memory`",
+            (Class::NoFsync, System::OursBaseline) => "the `--baseline-bin` build, `--storage file --fsync never`",
+            (Class::Fsync, System::OursBaseline) => "the `--baseline-bin` build, `--storage file --fsync always`",
         }
     }
 }

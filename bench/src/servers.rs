@@ -24,6 +24,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub mini_pubsub: PathBuf,
+    /// An earlier build, for [`System::OursBaseline`].
+    pub baseline: Option<PathBuf>,
     pub nats_server: PathBuf,
     pub redis_server: PathBuf,
 }
@@ -45,6 +47,10 @@ impl ServerProcess {
         let log = File::create(&log_path)?;
         let (mut command, port) = match system {
             System::Ours => (ours_command(&binaries.mini_pubsub, class, dir.path()), None),
+            System::OursBaseline => {
+                let binary = binaries.baseline.as_ref().context("mini-pubsub-baseline needs --baseline-bin")?;
+                (ours_command(binary, class, dir.path()), None)
+            }
             System::OursRecorded => {
                 let mut command = ours_command(&binaries.mini_pubsub, class, dir.path());
                 command.arg("--record").arg(dir.path().join("recording"));

@@ -55,7 +55,9 @@ impl Driver {
     pub async fn connect(server: &ServerProcess, class: Class, layout: &Layout) -> anyhow::Result<Driver> {
         let url = server.addr;
         Ok(match server.system {
-            System::Ours | System::OursRecorded => Driver::Ours(ours::Ours::connect(url, layout).await?),
+            System::Ours | System::OursRecorded | System::OursBaseline => {
+                Driver::Ours(ours::Ours::connect(url, layout).await?)
+            }
             System::Nats => Driver::Nats(nats::Nats::connect(url, class, layout).await?),
             System::Redis => Driver::Redis(redis::Redis::connect(url, layout).await?),
         })
