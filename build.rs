@@ -1,6 +1,7 @@
 //! Compiles `proto/pubsub.proto` with protox (pure Rust, so no `protoc` is needed) and
 //! writes the descriptor set that server reflection serves; compiles `proto/record.proto`
-//! (the command log of a flight recording) apart, so reflection does not show it.
+//! (the command log of a flight recording) and `proto/cluster.proto` (a cluster node's Raft
+//! log) apart, so reflection does not show them.
 
 use std::path::PathBuf;
 
@@ -25,5 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(false)
         .compile_fds(record)?;
+    let cluster = protox::compile(["cluster.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .bytes(".")
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(cluster)?;
     Ok(())
 }

@@ -22,10 +22,13 @@
 //!   [`client::Publisher`] with retries and idempotency keys, and a streaming
 //!   [`client::Subscriber`] with lease extension, batched acks and reconnects. It takes a
 //!   URL or a ready `Channel`, so the simulator can use it over its own network.
+//! - [`cluster`]: replication on Raft (openraft, kept inside this module): the broker's
+//!   proposals and a node's Raft log over the `Fs` trait.
 
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod env;

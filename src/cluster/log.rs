@@ -1,0 +1,436 @@
+//! A node's Raft log: one file of framed records (`proto/cluster.proto`) over the `Fs`
+//! trait, with the state they add up to kept in memory.
+//!
+//! Durability follows openraft's contract: a vote is synced before `save_vote` returns; an
+//! append's entries are readable at once and reported flushed after one fsync that covers
+//! the whole batch (and everything written before it, so a completion always means the whole
+//! prefix is on disk); a truncation is synced before it returns, so conflicting entries never
+//! come back after a crash. Purges and the committed hint are written without a sync: losing
+//! one to a crash only keeps more entries, or re-applies from the snapshot.
+//!
+//! Records that no longer count (purged or truncated entries, old votes) are dropped by
+//! rewriting the file once they outweigh the live ones (temp file, fsync, rename, directory
+//! fsync).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::{BasicNode, EntryPayload, Membership, OptionalSend, RaftLogReader};
+use prost::Message;
+
+use super::{pb, Proposal, TypeConfig};
+use crate::env::{Fs, FsFile};
+
+type Entry = EntryOf<TypeConfig>;
+type LogId = LogIdOf<TypeConfig>;
+type Vote = VoteOf<TypeConfig>;
+
+/// The log file's name in its directory.
+const LOG_FILE: &str = "log";
+const LOG_TEMP_FILE: &str = "log.tmp";
+/// Bytes before a frame's body: its length and its CRC32C.
+const FRAME_HEADER: usize = 8;
+/// The largest record read back; a larger length is damage.
+const RECORD_MAX: usize = 256 << 20;
+/// Dead bytes that make a rewrite worth its cost, at least.
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+
+/// A node's Raft log. Clones share it (openraft reads through one while it writes through
+/// another).
+#[derive(Clone)]
+pub struct RaftLog(Arc<Mutex<Inner>>);
+
+struct Inner {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    file: Box<dyn FsFile>,
+    /// The file's length: where the next record goes.
+    len: u64,
+    vote: Option<Vote>,
+    /// By index, contiguous, after `purged`.
+    entries: BTreeMap<u64, (Entry, u64)>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+    /// Bytes of the file that no longer count.
+    dead: u64,
+}
+
+impl RaftLog {
+    /// Opens the log in `dir` (creating both if needed) and reads it back. A torn last
+    /// record is cut; damage with an intact record after it is refused, naming the file and
+    /// the byte.
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path) -> io::Result<Self> {
+        if !fs.exists(dir) {
+            fs.create_dir_all(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent)?;
+            }
+        }
+        let path = dir.join(LOG_FILE);
+        let created = !fs.exists(&path);
+        let file = fs.open(&path, true)?;
+        if created {
+            fs.sync_dir(dir)?;
+        }
+        let bytes = Bytes::from(if created { Vec::new() } else { fs.read(&path)? });
+        let mut inner = Inner {
+            fs,
+            dir: dir.to_path_buf(),
+            file,
+            len: 0,
+            vote: None,
+            entries: BTreeMap::new(),
+            purged: None,
+            committed: None,
+            dead: 0,
+        };
+        inner.replay(&bytes, &path)?;
+        Ok(Self(Arc::new(Mutex::new(inner))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The entries' indexes held now, first and last (for tests and metrics).
+    pub fn held(&self) -> Option<(u64, u64)> {
+        let inner = self.lock();
+        Some((*inner.entries.keys().next()?, *inner.entries.keys().next_back()?))
+    }
+}
+
+impl Inner {
+    /// Rebuilds the state from the file's records, cutting a torn tail.
+    fn replay(&mut self, bytes: &Bytes, path: &Path) -> io::Result<()> {
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let record = match frame_at(bytes, at)
+                .and_then(|body| pb::LogRecord::decode(body).map_err(|e| format!("a record that does not decode: {e}")))
+            {
+                Ok(record) => record,
+                Err(reason) => {
+                    if let Some(later) = later_record(bytes, at + 1) {
+                        return Err(corrupt(
+                            path,
+                            at,
+                            format!("{reason}, and an intact record follows at byte {later}"),
+                        ));
+                    }
+                    tracing::warn!(file = %path.display(), position = at, cut_bytes = bytes.len() - at, %reason,
+                        "cut the Raft log's torn tail: a write never synced");
+                    self.file.set_len(at as u64)?;
+                    self.file.sync_data()?;
+                    break;
+                }
+            };
+            let size = frame_size(bytes, at);
+            self.apply(record, size as u64).map_err(|reason| corrupt(path, at, reason))?;
+            at += size;
+            self.len = at as u64;
+        }
+        Ok(())
+    }
+
+    /// Applies one record to the in-memory state (at open and as it is written).
+    fn apply(&mut self, record: pb::LogRecord, size: u64) -> Result<(), String> {
+        match record.kind.ok_or("a record of no kind")? {
+            pb::log_record::Kind::Vote(v) => {
+                self.dead += self.vote.map_or(0, |_| size);
+                self.vote = Some(vote_of(&v));
+            }
+            pb::log_record::Kind::Entry(e) => {
+                let entry = entry_of(e)?;
+                let index = entry.log_id.index;
+                self.drop_from(index);
+                self.entries.insert(index, (entry, size));
+            }
+            pb::log_record::Kind::TruncateAfter(t) => {
+                self.drop_from(t.last.map_or(0, |l| l.index + 1));
+                self.dead += size;
+            }
+            pb::log_record::Kind::Purged(id) => {
+                let id = log_id_of(&id);
+                let kept = self.entries.split_off(&(id.index + 1));
+                self.dead += self.entries.values().map(|(_, s)| s).sum::<u64>() + size;
+                self.entries = kept;
+                self.purged = Some(id);
+            }
+            pb::log_record::Kind::Committed(id) => {
+                self.dead += size;
+                self.committed = Some(log_id_of(&id));
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_from(&mut self, index: u64) {
+        let dropped = self.entries.split_off(&index);
+        self.dead += dropped.values().map(|(_, s)| s).sum::<u64>();
+    }
+
+    /// Writes records at the end of the file, and applies them.
+    fn write(&mut self, records: Vec<pb::LogRecord>) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        let mut sizes = Vec::with_capacity(records.len());
+        for record in &records {
+            let before = bytes.len();
+            frame(&record.encode_to_vec(), &mut bytes);
+            sizes.push((bytes.len() - before) as u64);
+        }
+        self.file.write_all_at(&bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        for (record, size) in records.into_iter().zip(sizes) {
+            self.apply(record, size).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Rewrites the file with only what counts, once the dead bytes outweigh the live ones.
+    fn compact_if_due(&mut self) -> io::Result<()> {
+        let live = self.len - self.dead.min(self.len);
+        if self.dead < COMPACT_MIN_BYTES.max(live) {
+            return Ok(());
+        }
+        let mut records = Vec::new();
+        records.extend(self.vote.map(|v| record(pb::log_record::Kind::Vote(vote_pb(&v)))));
+        records.extend(self.purged.map(|p| record(pb::log_record::Kind::Purged(log_id_pb(&p)))));
+        records.extend(self.committed.map(|c| record(pb::log_record::Kind::Committed(log_id_pb(&c)))));
+        records.extend(self.entries.values().map(|(e, _)| record(pb::log_record::Kind::Entry(entry_pb(e)))));
+        let mut bytes = Vec::new();
+        for r in &records {
+            frame(&r.encode_to_vec(), &mut bytes);
+        }
+        let (temp, path) = (self.dir.join(LOG_TEMP_FILE), self.dir.join(LOG_FILE));
+        let file = self.fs.open(&temp, true)?;
+        file.set_len(0)?;
+        file.write_all_at(&bytes, 0)?;
+        file.sync_data()?;
+        self.fs.rename(&temp, &path)?;
+        self.fs.sync_dir(&self.dir)?;
+        self.file = file;
+        let written = Bytes::from(bytes);
+        self.len = written.len() as u64;
+        self.dead = 0;
+        self.resize_entries(&written);
+        Ok(())
+    }
+
+    /// Sets each entry's record size from a freshly written file.
+    fn resize_entries(&mut self, bytes: &Bytes) {
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let size = frame_size(bytes, at);
+            if let Ok(pb::LogRecord { kind: Some(pb::log_record::Kind::Entry(e)) }) =
+                frame_at(bytes, at).and_then(|b| pb::LogRecord::decode(b).map_err(|e| e.to_string()))
+            {
+                if let Some((_, s)) = e.log_id.and_then(|id| self.entries.get_mut(&id.index)) {
+                    *s = size as u64;
+                }
+            }
+            at += size;
+        }
+    }
+
+    fn state(&self) -> LogState<TypeConfig> {
+        let last = self.entries.values().next_back().map(|(e, _)| e.log_id).or(self.purged);
+        LogState { last_purged_log_id: self.purged, last_log_id: last }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RaftLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.lock().entries.range(range).map(|(_, (e, _))| e.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.lock().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RaftLog {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        Ok(self.lock().state())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        inner.write(vec![record(pb::log_record::Kind::Vote(vote_pb(vote)))])?;
+        inner.sync()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let Some(committed) = committed else { return Ok(()) };
+        self.lock().write(vec![record(pb::log_record::Kind::Committed(log_id_pb(&committed)))])
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let records: Vec<pb::LogRecord> =
+            entries.into_iter().map(|e| record(pb::log_record::Kind::Entry(entry_pb(&e)))).collect();
+        let mut inner = self.lock();
+        inner.write(records)?;
+        // One fsync for the batch, and for everything written before it.
+        let synced = inner.sync();
+        drop(inner);
+        match synced {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        let truncate = pb::TruncateAfter { last: last.map(|l| log_id_pb(&l)) };
+        inner.write(vec![record(pb::log_record::Kind::TruncateAfter(truncate))])?;
+        inner.sync()
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        inner.write(vec![record(pb::log_record::Kind::Purged(log_id_pb(&log_id)))])?;
+        inner.compact_if_due()
+    }
+}
+
+fn record(kind: pb::log_record::Kind) -> pb::LogRecord {
+    pb::LogRecord { kind: Some(kind) }
+}
+
+fn log_id_pb(id: &LogId) -> pb::LogId {
+    pb::LogId { term: id.leader_id.term, index: id.index }
+}
+
+fn log_id_of(id: &pb::LogId) -> LogId {
+    LogId::new_term_index(id.term, id.index)
+}
+
+fn vote_pb(vote: &Vote) -> pb::Vote {
+    pb::Vote { term: vote.leader_id.term, node: vote.leader_id.voted_for, committed: vote.committed }
+}
+
+fn vote_of(vote: &pb::Vote) -> Vote {
+    if vote.committed {
+        Vote::new_committed(vote.term, vote.node)
+    } else {
+        Vote::new(vote.term, vote.node)
+    }
+}
+
+fn entry_pb(entry: &Entry) -> pb::Entry {
+    let payload = match &entry.payload {
+        EntryPayload::Blank => pb::entry::Payload::Blank(pb::Empty {}),
+        EntryPayload::Normal(proposal) => pb::entry::Payload::Normal(proposal.0.clone()),
+        EntryPayload::Membership(m) => pb::entry::Payload::Membership(pb::Membership {
+            configs: m
+                .get_joint_config()
+                .iter()
+                .map(|voters| pb::VoterSet { voters: voters.iter().copied().collect() })
+                .collect(),
+            nodes: m.nodes().map(|(id, node)| pb::Node { id: *id, addr: node.addr.clone() }).collect(),
+        }),
+    };
+    pb::Entry { log_id: Some(log_id_pb(&entry.log_id)), payload: Some(payload) }
+}
+
+fn entry_of(entry: pb::Entry) -> Result<Entry, String> {
+    let log_id = log_id_of(&entry.log_id.ok_or("entry.log_id: not set")?);
+    let payload = match entry.payload.ok_or("entry.payload: not set")? {
+        pb::entry::Payload::Blank(_) => EntryPayload::Blank,
+        pb::entry::Payload::Normal(bytes) => EntryPayload::Normal(Proposal(bytes)),
+        pb::entry::Payload::Membership(m) => {
+            let configs = m.configs.into_iter().map(|c| c.voters.into_iter().collect()).collect();
+            let nodes: BTreeMap<u64, BasicNode> =
+                m.nodes.into_iter().map(|n| (n.id, BasicNode { addr: n.addr })).collect();
+            EntryPayload::Membership(Membership::new(configs, nodes).map_err(|e| format!("entry.membership: {e}"))?)
+        }
+    };
+    Ok(Entry { log_id, payload })
+}
+
+fn frame(body: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// The size of the (checked) frame at `at`, header included.
+fn frame_size(bytes: &[u8], at: usize) -> usize {
+    FRAME_HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+}
+
+/// The body of the frame at `at`, checked against its length and CRC.
+fn frame_at(bytes: &Bytes, at: usize) -> Result<Bytes, String> {
+    let header = bytes.get(at..at + FRAME_HEADER).ok_or("a torn frame header")?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > RECORD_MAX {
+        return Err(format!("a record of {len} bytes, more than {RECORD_MAX}"));
+    }
+    let start = at + FRAME_HEADER;
+    let body = bytes.get(start..start + len).ok_or("a torn record")?;
+    if crc32c::crc32c(body) != crc {
+        return Err("a record whose CRC does not match".to_string());
+    }
+    Ok(bytes.slice(start..start + len))
+}
+
+/// Bytes of CRC work spent looking for an intact record after damage, at most; past it the
+/// damage is refused as if one were found.
+const RESYNC_CRC_BUDGET: usize = 64 << 20;
+
+/// The position of an intact, decodable record at or after `from`, if there is one (within
+/// the CRC budget; past it, `from` itself).
+fn later_record(bytes: &Bytes, from: usize) -> Option<usize> {
+    let mut spent = 0usize;
+    for at in from..bytes.len().saturating_sub(FRAME_HEADER) {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > bytes.len() - at - FRAME_HEADER {
+            continue;
+        }
+        spent += len;
+        if spent > RESYNC_CRC_BUDGET {
+            return Some(from);
+        }
+        if frame_at(bytes, at).is_ok_and(|b| pb::LogRecord::decode(b).is_ok_and(|r| r.kind.is_some())) {
+            return Some(at);
+        }
+    }
+    None
+}
+
+fn corrupt(path: &Path, position: usize, reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{} at byte {position}: {reason}", path.display()))
+}
