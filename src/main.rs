@@ -189,6 +189,12 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let config = &loaded.config;
+    // Said plainly rather than run single-node under a cluster's settings.
+    anyhow::ensure!(
+        !config.cluster.enabled(),
+        "peers is set, but this build cannot run a cluster yet: its Raft log and membership settings exist, \
+         the replicated broker does not (issue 18); unset peers and node_id to run a single broker"
+    );
     let (storage, described) = open_storage(config)?;
     let (addr, incoming) =
         TokioNet.bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -4,7 +4,7 @@
 //! Each setting has one name, used in all three places:
 //!
 //! - the TOML file given by `--config FILE` (or `MINI_PUBSUB_CONFIG`), as `name = value`
-//!   under its section (`[server]`, `[log]`, `[storage]`, `[broker]`);
+//!   under its section (`[server]`, `[log]`, `[storage]`, `[broker]`, `[cluster]`);
 //! - the environment, as `MINI_PUBSUB_` and the name in capitals
 //!   (`MINI_PUBSUB_ACK_DEADLINE_MS=10000`);
 //! - the command line, as `--` and the name with dashes (`--ack-deadline-ms 10000`).
@@ -56,6 +56,121 @@ pub struct Config {
     pub storage: StorageSettings,
     /// The server shell's settings, with the core's in `server.broker`.
     pub server: ServerConfig,
+    /// This node's place in a cluster; without peers, a single broker.
+    pub cluster: ClusterSettings,
+}
+
+/// A replicated broker's static membership: this node and every node, by id and peer
+/// address. No peers: a single broker, exactly as without this section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's id among `peers` (`node_id` key); 0 with no peers.
+    pub node_id: u64,
+    /// Every node, this one included (`peers` key).
+    pub peers: Peers,
+    /// Where this node takes Raft traffic (`peer_listen` key); `None`: its own peer address.
+    pub peer_listen: Option<SocketAddr>,
+}
+
+/// The nodes of a cluster, as `ID=HOST:PORT,...` (ids from 1, in the order given).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peers(pub Vec<Peer>);
+
+/// One node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node id (1 or more; never reused for another node).
+    pub id: u64,
+    /// Where the other nodes reach its peer port (`HOST:PORT`).
+    pub addr: String,
+}
+
+/// Nodes a cluster may have at most (Raft's quorum writes cost more with every voter).
+pub const CLUSTER_NODES_MAX: usize = 7;
+
+impl FromStr for Peers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut peers = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let shape = || format!("expected ID=HOST:PORT (such as 1=127.0.0.1:7001), got `{item}`");
+            let (id, addr) = item.split_once('=').ok_or_else(shape)?;
+            let id: u64 = id.trim().parse().map_err(|_| shape())?;
+            let addr = addr.trim();
+            let (host, port) = addr.rsplit_once(':').ok_or_else(shape)?;
+            if host.is_empty() || host.contains(char::is_whitespace) || port.parse::<u16>().is_err() {
+                return Err(shape());
+            }
+            peers.push(Peer { id, addr: addr.to_string() });
+        }
+        Ok(Peers(peers))
+    }
+}
+
+impl fmt::Display for Peers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items: Vec<String> = self.0.iter().map(|p| format!("{}={}", p.id, p.addr)).collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+impl ClusterSettings {
+    /// Whether this node is part of a cluster (it has peers).
+    pub fn enabled(&self) -> bool {
+        !self.peers.0.is_empty()
+    }
+
+    /// Refuses a membership that cannot work, naming the key: a node id missing from the
+    /// peers, an id of 0, duplicate ids or addresses, too many nodes, or a peer port that is
+    /// also the gRPC port.
+    fn validate(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        let invalid = |key: &str, allowed: String| ConfigError::Invalid { key: key.to_string(), allowed };
+        let peers = &self.peers.0;
+        if peers.is_empty() {
+            if self.node_id != 0 || self.peer_listen.is_some() {
+                let key = if self.node_id != 0 { "node_id" } else { "peer_listen" };
+                return Err(invalid(
+                    key,
+                    "set only with peers (every node of the cluster, as ID=HOST:PORT,...)".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if peers.len() > CLUSTER_NODES_MAX {
+            return Err(invalid("peers", format!("1 to {CLUSTER_NODES_MAX} nodes; {} are given", peers.len())));
+        }
+        let ids: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
+        if let Some(p) = peers.iter().find(|p| p.id == 0) {
+            return Err(invalid("peers", format!("node ids of 1 or more; `0={}` has 0", p.addr)));
+        }
+        for (i, p) in peers.iter().enumerate() {
+            if let Some(q) = peers[..i].iter().find(|q| q.id == p.id) {
+                return Err(invalid(
+                    "peers",
+                    format!("distinct node ids; {} is given twice ({} and {})", p.id, q.addr, p.addr),
+                ));
+            }
+            if let Some(q) = peers[..i].iter().find(|q| q.addr == p.addr) {
+                return Err(invalid(
+                    "peers",
+                    format!("distinct addresses; {} is given for nodes {} and {}", p.addr, q.id, p.id),
+                ));
+            }
+        }
+        let Some(me) = peers.iter().find(|p| p.id == self.node_id) else {
+            return Err(invalid(
+                "node_id",
+                format!("one of the ids in peers ({}); {} is not", ids.join(", "), self.node_id),
+            ));
+        };
+        let peer_listen = self.peer_listen.map(|a| a.to_string()).unwrap_or_else(|| me.addr.clone());
+        if peer_listen == listen.to_string() {
+            let key = if self.peer_listen.is_some() { "peer_listen" } else { "peers" };
+            return Err(invalid(key, format!("a peer port other than the gRPC address listen = {listen}")));
+        }
+        Ok(())
+    }
 }
 
 /// How log lines are written to standard error.
@@ -129,6 +244,7 @@ impl Default for Config {
                 truncate_corrupt: file.truncate_corrupt,
             },
             server: ServerConfig::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -199,7 +315,7 @@ impl Config {
         if self.metrics_listen.is_some_and(|m| m == self.listen && m.port() != 0) {
             return Err(invalid("metrics_listen", "a different address from listen"));
         }
-        Ok(())
+        self.cluster.validate(self.listen)
     }
 
     /// These settings with the storage `file` describes (`None`: in memory): what a

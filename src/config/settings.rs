@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{Config, FsyncMode, LogFormat, StorageKind};
+use super::{Config, FsyncMode, LogFormat, Peers, StorageKind};
 
 /// A section of the configuration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,11 +17,13 @@ pub enum Section {
     Storage,
     /// `[broker]`: the core's limits and the defaults of topics and subscriptions.
     Broker,
+    /// `[cluster]`: this node's id and its peers, for a replicated broker.
+    Cluster,
 }
 
 impl Section {
     /// Every section, in the order the file and `config print` show them.
-    pub const ALL: [Section; 4] = [Section::Server, Section::Log, Section::Storage, Section::Broker];
+    pub const ALL: [Section; 5] = [Section::Server, Section::Log, Section::Storage, Section::Broker, Section::Cluster];
 
     /// The section's table name in the file, without brackets (`server`, `log`, ...).
     pub fn name(self) -> &'static str {
@@ -30,6 +32,7 @@ impl Section {
             Section::Log => "log",
             Section::Storage => "storage",
             Section::Broker => "broker",
+            Section::Cluster => "cluster",
         }
     }
 }
@@ -168,6 +171,16 @@ impl Value for Option<SocketAddr> {
     }
     fn show(&self) -> String {
         quoted(&self.map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+impl Value for Peers {
+    const HINT: &'static str = "ID=HOST:PORT,...";
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse()
+    }
+    fn show(&self) -> String {
+        quoted(&self.to_string())
     }
 }
 
@@ -320,4 +333,10 @@ settings! {
         "How long a member of an exclusive subscription may send nothing before it is dropped.";
     Broker session_timeout_max_ms: u64 = server.broker.session_timeout_max_ms,
         "Longest session timeout a member may ask for.";
+    Cluster node_id: u64 = cluster.node_id,
+        "This node's id in peers; 0 (the default) runs a single broker with no replication.";
+    Cluster peers: Peers = cluster.peers,
+        "Every node of the cluster, this one included, as ID=HOST:PORT of its peer port, comma-separated; empty (the default) is no cluster.";
+    Cluster peer_listen: Option<SocketAddr> = cluster.peer_listen,
+        "The address this node takes Raft traffic on; empty (the default) is its own address in peers.";
 }

@@ -171,3 +171,63 @@ fn the_example_in_config_is_every_key_at_its_default() {
     let loaded = Loaded::load(Some(std::path::Path::new(path)), [], []).unwrap();
     assert_eq!(loaded.config, Config::default());
 }
+
+/// The refusal of these cluster settings, as `key: allowed`.
+fn cluster_refusal(settings: &[(&'static str, &str)]) -> String {
+    let flags = settings.iter().map(|(name, value)| flag(name, value));
+    match Loaded::load(None, Vec::new(), flags) {
+        Err(e) => e.to_string(),
+        Ok(loaded) => loaded.validate().map_or_else(|e| e.to_string(), |()| "accepted".to_string()),
+    }
+}
+
+#[test]
+fn a_cluster_is_configured_in_the_file_the_environment_or_flags_like_any_setting() {
+    let (_dir, path) = file("[cluster]\nnode_id = 2\npeers = \"1=127.0.0.1:7001, 2=127.0.0.1:7002,3=node-c:7003\"\n");
+    let loaded = Loaded::load(Some(&path), env(&[("MINI_PUBSUB_PEER_LISTEN", "0.0.0.0:7002")]), []).unwrap();
+    loaded.validate().unwrap();
+    let cluster = &loaded.config.cluster;
+    assert!(cluster.enabled());
+    assert_eq!(cluster.node_id, 2);
+    let peers: Vec<(u64, &str)> = cluster.peers.0.iter().map(|p| (p.id, p.addr.as_str())).collect();
+    assert_eq!(peers, vec![(1, "127.0.0.1:7001"), (2, "127.0.0.1:7002"), (3, "node-c:7003")]);
+    assert_eq!(cluster.peer_listen, Some("0.0.0.0:7002".parse().unwrap()));
+    assert!(loaded.describe().contains("peers = \"1=127.0.0.1:7001,2=127.0.0.1:7002,3=node-c:7003\""));
+    // Without the section: a single broker, as before.
+    let single = Loaded::load(None, Vec::new(), []).unwrap();
+    single.validate().unwrap();
+    assert!(!single.config.cluster.enabled());
+}
+
+#[test]
+fn a_membership_that_cannot_work_is_refused_naming_the_setting() {
+    let three = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003";
+    let cases: [(&[(&'static str, &str)], &str); 8] = [
+        (&[("node_id", "4"), ("peers", three)], "node_id must be one of the ids in peers (1, 2, 3); 4 is not"),
+        (&[("peers", three)], "node_id must be one of the ids in peers (1, 2, 3); 0 is not"),
+        (
+            &[("node_id", "1"), ("peers", "1=127.0.0.1:7001,1=127.0.0.1:7002")],
+            "peers must be distinct node ids; 1 is given twice",
+        ),
+        (
+            &[("node_id", "1"), ("peers", "1=127.0.0.1:7001,2=127.0.0.1:7001")],
+            "peers must be distinct addresses; 127.0.0.1:7001 is given for nodes 1 and 2",
+        ),
+        (&[("node_id", "1"), ("peers", "0=127.0.0.1:7000,1=127.0.0.1:7001")], "peers must be node ids of 1 or more"),
+        (
+            &[("node_id", "1"), ("peers", "1=127.0.0.1:50051"), ("listen", "127.0.0.1:50051")],
+            "peers must be a peer port other than the gRPC address",
+        ),
+        (&[("node_id", "2")], "node_id must be set only with peers"),
+        (
+            &[("node_id", "1"), ("peers", "1=127.0.0.1")],
+            "expected ID=HOST:PORT (such as 1=127.0.0.1:7001), got `1=127.0.0.1`",
+        ),
+    ];
+    for (settings, expected) in cases {
+        let refusal = cluster_refusal(settings);
+        assert!(refusal.contains(expected), "{settings:?}: {refusal}");
+    }
+    let eight: Vec<String> = (1..=8).map(|i| format!("{i}=127.0.0.1:{}", 7000 + i)).collect();
+    assert!(cluster_refusal(&[("node_id", "1"), ("peers", &eight.join(","))]).contains("peers must be 1 to 7 nodes"));
+}
