@@ -21,6 +21,10 @@
 mod log;
 #[cfg(test)]
 mod log_tests;
+#[cfg(test)]
+mod raft_tests;
+#[cfg(test)]
+mod test_sm;
 
 pub use log::RaftLog;
 
