@@ -27,11 +27,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .compile_fds(record)?;
     let cluster = protox::compile(["cluster.proto"], ["proto"])?;
-    tonic_prost_build::configure()
-        .btree_map(".")
-        .bytes(".")
-        .build_client(false)
-        .build_server(false)
-        .compile_fds(cluster)?;
+    tonic_prost_build::configure().btree_map(".").bytes(".").compile_fds(cluster)?;
     Ok(())
 }

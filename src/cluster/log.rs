@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
-use openraft::{BasicNode, EntryPayload, Membership, OptionalSend, RaftLogReader};
+use openraft::{OptionalSend, RaftLogReader};
 use prost::Message;
 
-use super::{pb, Proposal, TypeConfig};
+use super::wire::{entry_of, entry_pb, log_id_of, log_id_pb, vote_of, vote_pb};
+use super::{pb, TypeConfig};
 use crate::env::{Fs, FsFile};
 
 type Entry = EntryOf<TypeConfig>;
@@ -327,57 +328,6 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
 
 fn record(kind: pb::log_record::Kind) -> pb::LogRecord {
     pb::LogRecord { kind: Some(kind) }
-}
-
-fn log_id_pb(id: &LogId) -> pb::LogId {
-    pb::LogId { term: id.leader_id.term, index: id.index }
-}
-
-fn log_id_of(id: &pb::LogId) -> LogId {
-    LogId::new_term_index(id.term, id.index)
-}
-
-fn vote_pb(vote: &Vote) -> pb::Vote {
-    pb::Vote { term: vote.leader_id.term, node: vote.leader_id.voted_for, committed: vote.committed }
-}
-
-fn vote_of(vote: &pb::Vote) -> Vote {
-    if vote.committed {
-        Vote::new_committed(vote.term, vote.node)
-    } else {
-        Vote::new(vote.term, vote.node)
-    }
-}
-
-fn entry_pb(entry: &Entry) -> pb::Entry {
-    let payload = match &entry.payload {
-        EntryPayload::Blank => pb::entry::Payload::Blank(pb::Empty {}),
-        EntryPayload::Normal(proposal) => pb::entry::Payload::Normal(proposal.0.clone()),
-        EntryPayload::Membership(m) => pb::entry::Payload::Membership(pb::Membership {
-            configs: m
-                .get_joint_config()
-                .iter()
-                .map(|voters| pb::VoterSet { voters: voters.iter().copied().collect() })
-                .collect(),
-            nodes: m.nodes().map(|(id, node)| pb::Node { id: *id, addr: node.addr.clone() }).collect(),
-        }),
-    };
-    pb::Entry { log_id: Some(log_id_pb(&entry.log_id)), payload: Some(payload) }
-}
-
-fn entry_of(entry: pb::Entry) -> Result<Entry, String> {
-    let log_id = log_id_of(&entry.log_id.ok_or("entry.log_id: not set")?);
-    let payload = match entry.payload.ok_or("entry.payload: not set")? {
-        pb::entry::Payload::Blank(_) => EntryPayload::Blank,
-        pb::entry::Payload::Normal(bytes) => EntryPayload::Normal(Proposal(bytes)),
-        pb::entry::Payload::Membership(m) => {
-            let configs = m.configs.into_iter().map(|c| c.voters.into_iter().collect()).collect();
-            let nodes: BTreeMap<u64, BasicNode> =
-                m.nodes.into_iter().map(|n| (n.id, BasicNode { addr: n.addr })).collect();
-            EntryPayload::Membership(Membership::new(configs, nodes).map_err(|e| format!("entry.membership: {e}"))?)
-        }
-    };
-    Ok(Entry { log_id, payload })
 }
 
 fn frame(body: &[u8], out: &mut Vec<u8>) {

@@ -21,12 +21,17 @@
 mod log;
 #[cfg(test)]
 mod log_tests;
+mod network;
+#[cfg(test)]
+mod network_tests;
 #[cfg(test)]
 mod raft_tests;
 #[cfg(test)]
 mod test_sm;
+mod wire;
 
 pub use log::RaftLog;
+pub use network::{Connector, PeerNetwork, RaftService, SnapshotData};
 
 /// The generated `pubsub.cluster` package (a node's Raft log records).
 #[allow(clippy::all, clippy::too_many_lines, missing_docs)]

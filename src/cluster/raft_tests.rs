@@ -22,7 +22,7 @@ use super::{Proposal, RaftLog, TypeConfig};
 use crate::env::StdFs;
 
 type Raft = openraft::Raft<TypeConfig, ListSm>;
-type Snapshot = SnapshotOf<TypeConfig, Vec<Proposal>>;
+type Snapshot = SnapshotOf<TypeConfig, bytes::Bytes>;
 
 /// The nodes by id, and which are cut off. Every call takes 1 ms of (virtual) time.
 #[derive(Clone, Default)]
@@ -64,7 +64,7 @@ impl Conn {
 }
 
 impl RaftNetworkV2<TypeConfig> for Conn {
-    type SnapshotData = Vec<Proposal>;
+    type SnapshotData = bytes::Bytes;
 
     async fn append_entries(
         &mut self,

@@ -1,0 +1,138 @@
+//! Three nodes whose Raft traffic crosses real gRPC on 127.0.0.1: they elect a leader,
+//! replicate to every node, and when the leader's process side stops (its node shut down,
+//! its port closed) the other two elect another and go on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::rt::watch::WatchReceiver;
+use openraft::{BasicNode, Config, ServerState};
+use tokio::task::JoinHandle;
+use tonic::transport::Endpoint;
+
+use super::test_sm::ListSm;
+use super::{Connector, PeerNetwork, Proposal, RaftLog, RaftService, TypeConfig};
+use crate::env::StdFs;
+
+type Raft = openraft::Raft<TypeConfig, ListSm>;
+
+/// Longest any wait here takes before the test fails.
+const WAIT_MAX: Duration = Duration::from_secs(20);
+
+struct Node {
+    raft: Raft,
+    machine: ListSm,
+    server: JoinHandle<()>,
+}
+
+async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener, config: Arc<Config>) -> Node {
+    let connect: Connector =
+        Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")).expect("an address").connect_lazy());
+    let log = RaftLog::open(Arc::new(StdFs), &dir.join(format!("node-{id}"))).unwrap();
+    let machine = ListSm::default();
+    let raft = Raft::new(id, config, PeerNetwork::new(id, connect), log, machine.clone()).await.unwrap();
+    let service = RaftService::new(raft.clone());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+    });
+    Node { raft, machine, server }
+}
+
+/// Waits until one of `nodes` leads and returns its id.
+async fn leader(nodes: &BTreeMap<u64, Node>) -> u64 {
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let leading = nodes.iter().find(|(_, n)| n.raft.metrics().borrow_watched().state == ServerState::Leader);
+            if let Some((id, _)) = leading {
+                return *id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a leader within the bound")
+}
+
+async fn write(nodes: &BTreeMap<u64, Node>, text: &str) {
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let id = leader(nodes).await;
+            if nodes[&id].raft.client_write(Proposal(text.as_bytes().to_vec().into())).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the write within the bound");
+}
+
+async fn applied_everywhere(nodes: &BTreeMap<u64, Node>, count: usize) {
+    tokio::time::timeout(WAIT_MAX, async {
+        while !nodes.values().all(|n| n.machine.0.lock().unwrap().proposals.len() == count) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every node applies within the bound");
+}
+
+async fn cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        Config { heartbeat_interval: 100, election_timeout_min: 300, election_timeout_max: 600, ..Default::default() };
+    let config = Arc::new(config.validate().unwrap());
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, BasicNode { addr: listener.local_addr().unwrap().to_string() });
+        listeners.push((id, listener));
+    }
+    let mut nodes = BTreeMap::new();
+    for (id, listener) in listeners {
+        nodes.insert(id, start(id, dir.path(), listener, config.clone()).await);
+    }
+    nodes[&1].raft.initialize(members).await.unwrap();
+    for i in 0..20 {
+        write(&nodes, &format!("a{i}")).await;
+    }
+    applied_everywhere(&nodes, 20).await;
+
+    let first = leader(&nodes).await;
+    let gone = nodes.remove(&first).unwrap();
+    gone.raft.shutdown().await.unwrap();
+    gone.server.abort();
+    for i in 0..20 {
+        write(&nodes, &format!("b{i}")).await;
+    }
+    applied_everywhere(&nodes, 40).await;
+    let second = leader(&nodes).await;
+    assert_ne!(second, first);
+    let expected: Vec<String> = ["a", "b"].iter().flat_map(|p| (0..20).map(move |i| format!("{p}{i}"))).collect();
+    for node in nodes.values() {
+        let applied: Vec<String> = node
+            .machine
+            .0
+            .lock()
+            .unwrap()
+            .proposals
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+            .collect();
+        assert_eq!(applied, expected);
+    }
+    for node in nodes.into_values() {
+        node.raft.shutdown().await.unwrap();
+        node.server.abort();
+    }
+}
+
+#[test]
+fn three_nodes_over_grpc_elect_replicate_and_fail_over() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
+    runtime.block_on(scoped(11, cluster()));
+}

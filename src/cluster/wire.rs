@@ -1,0 +1,174 @@
+//! openraft's messages to and from their protobuf form (`proto/cluster.proto`): the Raft
+//! log's records and the peers' RPCs share these conversions.
+
+use std::collections::BTreeMap;
+
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, StoredMembershipOf, VoteOf};
+use openraft::{BasicNode, EntryPayload, Membership, StoredMembership};
+
+use super::{pb, Proposal, TypeConfig};
+
+type Entry = EntryOf<TypeConfig>;
+type LogId = LogIdOf<TypeConfig>;
+type Vote = VoteOf<TypeConfig>;
+
+pub(super) fn log_id_pb(id: &LogId) -> pb::LogId {
+    pb::LogId { term: id.leader_id.term, index: id.index }
+}
+
+pub(super) fn log_id_of(id: &pb::LogId) -> LogId {
+    LogId::new_term_index(id.term, id.index)
+}
+
+pub(super) fn vote_pb(vote: &Vote) -> pb::Vote {
+    pb::Vote { term: vote.leader_id.term, node: vote.leader_id.voted_for, committed: vote.committed }
+}
+
+pub(super) fn vote_of(vote: &pb::Vote) -> Vote {
+    if vote.committed {
+        Vote::new_committed(vote.term, vote.node)
+    } else {
+        Vote::new(vote.term, vote.node)
+    }
+}
+
+pub(super) fn entry_pb(entry: &Entry) -> pb::Entry {
+    let payload = match &entry.payload {
+        EntryPayload::Blank => pb::entry::Payload::Blank(pb::Empty {}),
+        EntryPayload::Normal(proposal) => pb::entry::Payload::Normal(proposal.0.clone()),
+        EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_pb(m)),
+    };
+    pb::Entry { log_id: Some(log_id_pb(&entry.log_id)), payload: Some(payload) }
+}
+
+pub(super) fn entry_of(entry: pb::Entry) -> Result<Entry, String> {
+    let log_id = log_id_of(&entry.log_id.ok_or("entry.log_id: not set")?);
+    let payload = match entry.payload.ok_or("entry.payload: not set")? {
+        pb::entry::Payload::Blank(_) => EntryPayload::Blank,
+        pb::entry::Payload::Normal(bytes) => EntryPayload::Normal(Proposal(bytes)),
+        pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_of(m)?),
+    };
+    Ok(Entry { log_id, payload })
+}
+
+fn membership_pb(m: &Membership<u64, BasicNode>) -> pb::Membership {
+    pb::Membership {
+        configs: m.get_joint_config().iter().map(|v| pb::VoterSet { voters: v.iter().copied().collect() }).collect(),
+        nodes: m.nodes().map(|(id, node)| pb::Node { id: *id, addr: node.addr.clone() }).collect(),
+    }
+}
+
+fn membership_of(m: pb::Membership) -> Result<Membership<u64, BasicNode>, String> {
+    let configs = m.configs.into_iter().map(|c| c.voters.into_iter().collect()).collect();
+    let nodes: BTreeMap<u64, BasicNode> = m.nodes.into_iter().map(|n| (n.id, BasicNode { addr: n.addr })).collect();
+    Membership::new(configs, nodes).map_err(|e| format!("membership: {e}"))
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("{field}: not set"))
+}
+
+pub(super) fn append_request_pb(rpc: AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        vote: Some(vote_pb(&rpc.vote)),
+        prev_log_id: rpc.prev_log_id.as_ref().map(log_id_pb),
+        entries: rpc.entries.iter().map(entry_pb).collect(),
+        leader_commit: rpc.leader_commit.as_ref().map(log_id_pb),
+    }
+}
+
+pub(super) fn append_request_of(rpc: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+    Ok(AppendEntriesRequest {
+        vote: vote_of(&required(rpc.vote, "vote")?),
+        prev_log_id: rpc.prev_log_id.as_ref().map(log_id_of),
+        entries: rpc.entries.into_iter().map(entry_of).collect::<Result<_, _>>()?,
+        leader_commit: rpc.leader_commit.as_ref().map(log_id_of),
+    })
+}
+
+pub(super) fn append_response_pb(response: &AppendEntriesResponse<TypeConfig>) -> pb::AppendEntriesResponse {
+    use pb::append_entries_response::Result as R;
+    let result = match response {
+        AppendEntriesResponse::Success => R::Success(pb::Empty {}),
+        AppendEntriesResponse::PartialSuccess(matching) => {
+            R::PartialSuccess(pb::PartialSuccess { matching: matching.as_ref().map(log_id_pb) })
+        }
+        AppendEntriesResponse::Conflict => R::Conflict(pb::Empty {}),
+        AppendEntriesResponse::HigherVote(vote) => R::HigherVote(vote_pb(vote)),
+    };
+    pb::AppendEntriesResponse { result: Some(result) }
+}
+
+pub(super) fn append_response_of(
+    response: pb::AppendEntriesResponse,
+) -> Result<AppendEntriesResponse<TypeConfig>, String> {
+    use pb::append_entries_response::Result as R;
+    Ok(match required(response.result, "result")? {
+        R::Success(_) => AppendEntriesResponse::Success,
+        R::PartialSuccess(p) => AppendEntriesResponse::PartialSuccess(p.matching.as_ref().map(log_id_of)),
+        R::Conflict(_) => AppendEntriesResponse::Conflict,
+        R::HigherVote(v) => AppendEntriesResponse::HigherVote(vote_of(&v)),
+    })
+}
+
+pub(super) fn vote_request_pb(rpc: &VoteRequest<TypeConfig>) -> pb::VoteRequest {
+    pb::VoteRequest { vote: Some(vote_pb(&rpc.vote)), last_log_id: rpc.last_log_id.as_ref().map(log_id_pb) }
+}
+
+pub(super) fn vote_request_of(rpc: pb::VoteRequest) -> Result<VoteRequest<TypeConfig>, String> {
+    Ok(VoteRequest::new(vote_of(&required(rpc.vote, "vote")?), rpc.last_log_id.as_ref().map(log_id_of)))
+}
+
+pub(super) fn vote_response_pb(response: &VoteResponse<TypeConfig>) -> pb::VoteResponse {
+    pb::VoteResponse {
+        vote: Some(vote_pb(&response.vote)),
+        vote_granted: response.vote_granted,
+        last_log_id: response.last_log_id.as_ref().map(log_id_pb),
+    }
+}
+
+pub(super) fn vote_response_of(response: pb::VoteResponse) -> Result<VoteResponse<TypeConfig>, String> {
+    let vote = vote_of(&required(response.vote, "vote")?);
+    Ok(VoteResponse::new(vote, response.last_log_id.as_ref().map(log_id_of), response.vote_granted))
+}
+
+pub(super) fn snapshot_request_pb(
+    vote: &Vote,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    data: bytes::Bytes,
+) -> pb::InstallSnapshotRequest {
+    pb::InstallSnapshotRequest {
+        vote: Some(vote_pb(vote)),
+        last_log_id: meta.last_log_id.as_ref().map(log_id_pb),
+        membership: Some(membership_pb(meta.last_membership.membership())),
+        membership_log_id: meta.last_membership.log_id().as_ref().map(log_id_pb),
+        data,
+    }
+}
+
+/// The vote, the snapshot's description and its bytes.
+pub(super) fn snapshot_request_of(
+    rpc: pb::InstallSnapshotRequest,
+) -> Result<(Vote, SnapshotMetaOf<TypeConfig>, bytes::Bytes), String> {
+    let vote = vote_of(&required(rpc.vote, "vote")?);
+    let membership: StoredMembershipOf<TypeConfig> = StoredMembership::new(
+        rpc.membership_log_id.as_ref().map(log_id_of),
+        membership_of(required(rpc.membership, "membership")?)?,
+    );
+    let meta = SnapshotMetaOf::<TypeConfig> {
+        last_log_id: rpc.last_log_id.as_ref().map(log_id_of),
+        last_membership: membership,
+    };
+    Ok((vote, meta, rpc.data))
+}
+
+pub(super) fn snapshot_response_pb(response: &SnapshotResponse<TypeConfig>) -> pb::InstallSnapshotResponse {
+    pb::InstallSnapshotResponse { vote: Some(vote_pb(&response.vote)) }
+}
+
+pub(super) fn snapshot_response_of(
+    response: pb::InstallSnapshotResponse,
+) -> Result<SnapshotResponse<TypeConfig>, String> {
+    Ok(SnapshotResponse::new(vote_of(&required(response.vote, "vote")?)))
+}
