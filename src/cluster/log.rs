@@ -8,6 +8,8 @@
 //! come back after a crash. Purges and the committed hint are written without a sync: losing
 //! one to a crash only keeps more entries, or re-applies from the snapshot.
 //!
+//! Frames are the command log's (length, CRC32C, body; at most 64 MiB a record).
+//!
 //! Records that no longer count (purged or truncated entries, old votes) are dropped by
 //! rewriting the file once they outweigh the live ones (temp file, fsync, rename, directory
 //! fsync).
@@ -28,6 +30,7 @@ use prost::Message;
 use super::wire::{entry_of, entry_pb, log_id_of, log_id_pb, vote_of, vote_pb};
 use super::{pb, TypeConfig};
 use crate::env::{Fs, FsFile};
+use crate::record::{frame, frame_at, FRAME_HEADER};
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
@@ -36,10 +39,6 @@ type Vote = VoteOf<TypeConfig>;
 /// The log file's name in its directory.
 const LOG_FILE: &str = "log";
 const LOG_TEMP_FILE: &str = "log.tmp";
-/// Bytes before a frame's body: its length and its CRC32C.
-const FRAME_HEADER: usize = 8;
-/// The largest record read back; a larger length is damage.
-const RECORD_MAX: usize = 256 << 20;
 /// Dead bytes that make a rewrite worth its cost, at least.
 const COMPACT_MIN_BYTES: u64 = 1 << 20;
 
@@ -330,31 +329,9 @@ fn record(kind: pb::log_record::Kind) -> pb::LogRecord {
     pb::LogRecord { kind: Some(kind) }
 }
 
-fn frame(body: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    out.extend_from_slice(body);
-}
-
 /// The size of the (checked) frame at `at`, header included.
 fn frame_size(bytes: &[u8], at: usize) -> usize {
     FRAME_HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
-}
-
-/// The body of the frame at `at`, checked against its length and CRC.
-fn frame_at(bytes: &Bytes, at: usize) -> Result<Bytes, String> {
-    let header = bytes.get(at..at + FRAME_HEADER).ok_or("a torn frame header")?;
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > RECORD_MAX {
-        return Err(format!("a record of {len} bytes, more than {RECORD_MAX}"));
-    }
-    let start = at + FRAME_HEADER;
-    let body = bytes.get(start..start + len).ok_or("a torn record")?;
-    if crc32c::crc32c(body) != crc {
-        return Err("a record whose CRC does not match".to_string());
-    }
-    Ok(bytes.slice(start..start + len))
 }
 
 /// Bytes of CRC work spent looking for an intact record after damage, at most; past it the
