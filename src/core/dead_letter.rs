@@ -86,12 +86,16 @@ impl Broker {
             idempotency_key: None,
         };
         let target_name = policy.topic.clone();
+        let Some(target_uid) = self.topics.get(&target_name).map(|t| t.uid) else { return false };
+        // A dead-letter topic made since the journal's last sync is made durable first.
+        if self.sync_metadata_before_append(target_uid).is_err() {
+            return false;
+        }
         let Some(target) = self.topics.get_mut(&target_name) else { return false };
         let target_partition = target.choose_partition(copy.key.as_deref(), None);
         let Ok((target_offset, _)) = append(target.logs[target_partition as usize].as_mut(), vec![copy]) else {
             return false;
         };
-        let target_uid = target.uid;
         let after_sync = self.after_sync;
         let sub = self.subscription_mut(uid);
         sub.dead_lettered += 1;

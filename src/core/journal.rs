@@ -69,9 +69,12 @@ impl Broker {
         let body = pb::Frame { kind: Some(pb::frame::Kind::Entry(entry)) }.encode_to_vec();
         let mut bytes = Vec::with_capacity(body.len() + 8);
         crate::record::frame(&body, &mut bytes);
+        // The number is used up even if the append fails: bytes of a failed append that
+        // survive are covered by the whole save that replaces them, and no later entry
+        // shares their number.
+        self.journal.seq = seq;
         match self.storage.append_journal(&bytes) {
             Ok(()) => {
-                self.journal.seq = seq;
                 self.journal.unsynced = true;
                 Ok(())
             }
@@ -91,7 +94,9 @@ impl Broker {
             return Ok(());
         }
         if self.journal.needs_base || self.storage.sync_journal().is_err() {
-            return self.save_meta();
+            // After a failed fsync the journal's bytes are in doubt: nothing more is written
+            // after them until a whole save succeeds.
+            return self.save_meta().inspect_err(|_| self.journal.needs_base = true);
         }
         self.metadata_durable();
         Ok(())

@@ -709,3 +709,58 @@ fn a_journal_append_the_disk_tears_falls_back_to_saving_the_whole_metadata() {
     let names: Vec<String> = b.list_topics(None, 10).0.into_iter().map(|t| t.name).collect();
     assert_eq!(names, vec!["after", "t", "torn"]);
 }
+
+/// Where `op` stands in `ops`, failing with the list when it is missing.
+fn position(ops: &[crate::env::ops::Op], op: &crate::env::ops::Op) -> usize {
+    ops.iter().position(|o| o == op).unwrap_or_else(|| panic!("{op:?} missing from {ops:#?}"))
+}
+
+#[test]
+fn a_partition_syncs_the_directories_its_records_need_before_they_are_acknowledged() {
+    use crate::env::ops::{Op, OpLog};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = OpLog::new(Arc::new(StdFs));
+    let mut b = open_on(Arc::new(fs.clone()), storage_config(dir.path()), BrokerConfig::default());
+    b.create_topic("t", Some(2)).unwrap();
+    b.sync(0);
+    fs.take();
+    // Only partition 1 gets records: its chain includes `topics`, which holds the topic's
+    // entry, though partition 0 made that directory.
+    b.publish(0, 0, "t", vec![to(1, "a")]).unwrap();
+    b.sync(0);
+    let ops = fs.take();
+    let segment = dir.path().join("topics/1/1/00000000000000000000.log");
+    let synced = position(&ops, &Op::SyncData(segment));
+    for d in ["topics", "topics/1", "topics/1/1"] {
+        assert!(position(&ops, &Op::SyncDir(dir.path().join(d))) < synced, "{d} before the data: {ops:#?}");
+    }
+    drop(b);
+
+    // Reopened after what may have been a crash of the process that made the directories.
+    let mut b = open_on(Arc::new(fs.clone()), storage_config(dir.path()), BrokerConfig::default());
+    fs.take();
+    b.publish(0, 0, "t", vec![to(0, "b")]).unwrap();
+    b.sync(0);
+    let ops = fs.take();
+    let synced = position(&ops, &Op::SyncData(dir.path().join("topics/1/0/00000000000000000000.log")));
+    for d in ["topics", "topics/1", "topics/1/0"] {
+        assert!(position(&ops, &Op::SyncDir(dir.path().join(d))) < synced, "{d} before the data: {ops:#?}");
+    }
+}
+
+#[test]
+fn a_topic_s_first_keyed_publish_syncs_the_journal_before_writing_its_records() {
+    use crate::env::ops::{Op, OpLog};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = OpLog::new(Arc::new(StdFs));
+    let mut b = open_on(Arc::new(fs.clone()), storage_config(dir.path()), BrokerConfig::default());
+    b.create_topic("t", None).unwrap();
+    publish(&mut b, "t", vec![msg("plain")]);
+    fs.take();
+    let keyed = OutgoingMessage { idempotency_key: Some("k".into()), ..msg("keyed") };
+    b.publish(0, 0, "t", vec![keyed]).unwrap();
+    let ops = fs.take();
+    let journal_synced = position(&ops, &Op::SyncData(dir.path().join("meta.journal")));
+    let written = position(&ops, &Op::Write(dir.path().join("topics/1/0/00000000000000000000.log")));
+    assert!(journal_synced < written, "{ops:#?}");
+}

@@ -157,9 +157,10 @@ impl Broker {
         Ok(results)
     }
 
-    /// Journals, before a topic's first idempotency key is stored, that its log holds keys,
-    /// so that the broker rebuilds its dedupe index when it opens. Once per topic; the
-    /// entry is synced with (and before) the records.
+    /// Makes durable, before a topic's first idempotency key is stored, that its log holds
+    /// keys, so that the broker rebuilds its dedupe index when it opens: a journal entry,
+    /// synced before the records are written (once per topic, so the extra fsync is rare).
+    /// On failure the flag is unset again, so the next keyed publish tries again.
     fn mark_keys_used(&mut self, topic: &str) -> Result<(), BrokerError> {
         let dedupe = &mut self.topics.get_mut(topic).expect("the topic exists").dedupe;
         if dedupe.keys_used() {
@@ -167,7 +168,8 @@ impl Broker {
         }
         dedupe.set_keys_used(true);
         let entry = crate::record::pb::KeysUsed { topic: topic.to_string() };
-        self.journal(crate::record::pb::command::Kind::KeysUsed(entry)).inspect_err(|_| {
+        let journaled = self.journal(crate::record::pb::command::Kind::KeysUsed(entry));
+        journaled.and_then(|()| self.sync_metadata()).inspect_err(|_| {
             self.topics.get_mut(topic).expect("the topic exists").dedupe.set_keys_used(false);
         })
     }

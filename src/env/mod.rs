@@ -4,6 +4,8 @@
 
 mod faults;
 mod fs;
+#[cfg(test)]
+pub(crate) mod ops;
 
 pub use faults::{DiskFault, FaultyFs};
 pub use fs::{read_exact_at, Fs, FsFile, StdFs};

@@ -38,8 +38,11 @@ pub struct FileLog {
     doomed: Vec<PathBuf>,
     /// Files were removed from the directory since its last successful sync.
     dir_dirty: bool,
-    /// A new log's directories, not yet synced: synced before its first records are.
+    /// Directories its records depend on, not yet synced in this process: synced by the
+    /// first sync after an append.
     new_dirs: Vec<PathBuf>,
+    /// Records were appended since the log was opened.
+    appended: bool,
     /// Damaged runs found (by the opening scan or by reads) and not yet taken by
     /// [`PartitionLog::take_damaged`], at most [`segment::GAPS_MAX`].
     damage_found: RefCell<Vec<std::ops::Range<u64>>>,
@@ -186,6 +189,12 @@ impl FileLog {
         Ok(log)
     }
 
+    /// This log with `dirs` (parents first) to sync with its next records.
+    pub fn with_unsynced_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.new_dirs = dirs;
+        self
+    }
+
     fn of_segments(fs: Arc<dyn Fs>, dir: PathBuf, config: FileStorageConfig, segments: BTreeMap<u64, Segment>) -> Self {
         let size = segments.values().map(|s| s.size).sum();
         let end = segments.values().next_back().expect("never empty").end;
@@ -201,6 +210,7 @@ impl FileLog {
             doomed: Vec::new(),
             dir_dirty: false,
             new_dirs: Vec::new(),
+            appended: false,
             damage_found: RefCell::new(Vec::new()),
         }
     }
@@ -323,6 +333,7 @@ impl PartitionLog for FileLog {
     fn append(&mut self, mut records: Vec<Record>) -> Result<u64, StorageError> {
         let first = self.end_offset();
         let Some(first_time) = records.first().map(|r| r.publish_time_ms) else { return Ok(first) };
+        self.appended = true;
         // The tail cache keeps the records: not the request buffers their values came in.
         crate::storage::compact_values(&mut records);
         self.finish_cuts()?;
@@ -394,7 +405,9 @@ impl PartitionLog for FileLog {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         self.finish_cuts()?;
-        if !self.new_dirs.is_empty() && self.segments.values().any(|s| s.dirty) {
+        // Once anything was appended in this process, whether or not a segment is dirty: a
+        // truncate or a roll may have synced the records' data already.
+        if !self.new_dirs.is_empty() && self.appended {
             for dir in &self.new_dirs {
                 self.fs.sync_dir(dir).map_err(|e| io_error(dir, "sync directory", e))?;
             }

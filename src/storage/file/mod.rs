@@ -165,25 +165,15 @@ impl FileStorage {
 }
 
 impl FileStorage {
-    /// Creates a new partition's directory and its log without a sync: the log syncs the
-    /// directories with its first records (an empty log a crash forgets is made again
-    /// empty, and the topic's creation is in the metadata journal, synced before any
-    /// record is appended to it).
-    fn create_partition(&mut self, dir: &Path) -> Result<Box<dyn PartitionLog>, StorageError> {
-        // The directories that get new entries: the partition's (its segment file) and the
-        // parents of those made here; parents first.
-        let mut new_dirs = vec![dir.to_path_buf()];
-        let mut at = Some(dir);
-        while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !self.fs.exists(p)) {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                new_dirs.push(parent.to_path_buf());
-            }
-            at = path.parent();
-        }
-        new_dirs.reverse();
-        new_dirs.dedup();
-        self.fs.create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
-        Ok(Box::new(FileLog::create(Arc::clone(&self.fs), dir.to_path_buf(), self.config.clone(), new_dirs)?))
+    /// The directories whose entries a partition's records depend on, parents first: the
+    /// topics directory (the topic's entry), the topic's (the partition's) and the
+    /// partition's own (its segment files). A log syncs them with its first records in a
+    /// process: a new one is made without syncs (an empty log a crash forgets is made again
+    /// empty, and the topic's creation is in the metadata journal, synced before any record
+    /// is appended to it), and one opened after a crash may have been made so.
+    fn dir_chain(&self, topic_uid: u64, partition: u32) -> Vec<PathBuf> {
+        let topic = self.topic_dir(topic_uid);
+        vec![self.config.dir.join("topics"), topic.clone(), topic.join(partition.to_string())]
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -194,12 +184,13 @@ impl FileStorage {
 impl Storage for FileStorage {
     fn open(&mut self, topic_uid: u64, partition: u32) -> Result<Box<dyn PartitionLog>, StorageError> {
         let dir = self.topic_dir(topic_uid).join(partition.to_string());
+        let chain = self.dir_chain(topic_uid, partition);
         if !self.fs.exists(&dir) {
-            return self.create_partition(&dir);
+            self.fs.create_dir_all(&dir).map_err(|e| io_error(&dir, "create directory", e))?;
+            return Ok(Box::new(FileLog::create(Arc::clone(&self.fs), dir, self.config.clone(), chain)?));
         }
-        self.create_dirs(&dir)?;
         let mut notes = Vec::new();
-        let log = FileLog::open(Arc::clone(&self.fs), dir, self.config.clone(), &mut notes)?;
+        let log = FileLog::open(Arc::clone(&self.fs), dir, self.config.clone(), &mut notes)?.with_unsynced_dirs(chain);
         for note in notes {
             tracing::warn!(file = %note.file.display(), position = note.position, cut_bytes = note.cut_bytes,
                 reason = %note.reason, "recovery cut a damaged log tail");
