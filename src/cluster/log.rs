@@ -60,13 +60,25 @@ struct Inner {
     committed: Option<LogId>,
     /// Bytes of the file that no longer count.
     dead: u64,
+    /// Whose log this is (the first record).
+    identity: Option<pb::Identity>,
+}
+
+/// The identity of node `node` in the cluster of `nodes` (any order).
+pub fn identity(node: u64, nodes: impl IntoIterator<Item = u64>) -> pb::Identity {
+    let mut ids: Vec<u64> = nodes.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let cluster = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    pb::Identity { cluster, node }
 }
 
 impl RaftLog {
-    /// Opens the log in `dir` (creating both if needed) and reads it back. A torn last
-    /// record is cut; damage with an intact record after it is refused, naming the file and
-    /// the byte.
-    pub fn open(fs: Arc<dyn Fs>, dir: &Path) -> io::Result<Self> {
+    /// Opens node `identity.node`'s log in `dir` (creating both if needed) and reads it
+    /// back. A new log begins with the identity; a log of another node or another cluster
+    /// (other node ids) is refused, naming `node_id` or `peers`. A torn last record is cut;
+    /// damage with an intact record after it is refused, naming the file and the byte.
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, identity: &pb::Identity) -> io::Result<Self> {
         if !fs.exists(dir) {
             fs.create_dir_all(dir)?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -90,8 +102,28 @@ impl RaftLog {
             purged: None,
             committed: None,
             dead: 0,
+            identity: None,
         };
         inner.replay(&bytes, &path)?;
+        match &inner.identity {
+            None => {
+                inner.write(vec![record(pb::log_record::Kind::Identity(identity.clone()))])?;
+                inner.sync()?;
+            }
+            Some(found) if found.cluster != identity.cluster => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!(
+                    "{} belongs to a cluster of nodes {}, not {}: peers must name the same node ids as when the data was made, or give this node an empty data directory",
+                    path.display(), found.cluster, identity.cluster
+                )));
+            }
+            Some(found) if found.node != identity.node => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!(
+                    "{} is node {}'s Raft log, not node {}'s: node_id must be the id the data was made with, or give this node an empty data directory",
+                    path.display(), found.node, identity.node
+                )));
+            }
+            Some(_) => {}
+        }
         Ok(Self(Arc::new(Mutex::new(inner))))
     }
 
@@ -166,6 +198,12 @@ impl Inner {
                 self.dead += size;
                 self.committed = Some(log_id_of(&id));
             }
+            pb::log_record::Kind::Identity(identity) => {
+                if self.identity.as_ref().is_some_and(|i| *i != identity) {
+                    return Err("a second identity that differs from the first".to_string());
+                }
+                self.identity = Some(identity);
+            }
         }
         Ok(())
     }
@@ -203,6 +241,7 @@ impl Inner {
             return Ok(());
         }
         let mut records = Vec::new();
+        records.extend(self.identity.clone().map(|i| record(pb::log_record::Kind::Identity(i))));
         records.extend(self.vote.map(|v| record(pb::log_record::Kind::Vote(vote_pb(&v)))));
         records.extend(self.purged.map(|p| record(pb::log_record::Kind::Purged(log_id_pb(&p)))));
         records.extend(self.committed.map(|c| record(pb::log_record::Kind::Committed(log_id_pb(&c)))));

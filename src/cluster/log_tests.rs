@@ -11,6 +11,7 @@ use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, RaftLogReader};
 
+use super::log::identity;
 use super::test_sm::ListSm;
 use super::{Proposal, RaftLog, TypeConfig};
 use crate::env::StdFs;
@@ -23,7 +24,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, RaftLog, ListSm, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, RaftLog, ListSm), openraft::StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().unwrap();
-        let log = RaftLog::open(Arc::new(StdFs), &dir.path().join("raft")).unwrap();
+        let log = RaftLog::open(Arc::new(StdFs), &dir.path().join("raft"), &identity(1, [1])).unwrap();
         Ok((dir, log, ListSm::default()))
     }
 }
@@ -60,7 +61,7 @@ async fn contents(log: &mut RaftLog) -> (Option<VoteOf<TypeConfig>>, Vec<Entry>,
 }
 
 fn open(dir: &std::path::Path) -> io::Result<RaftLog> {
-    RaftLog::open(Arc::new(StdFs), &dir.join("raft"))
+    RaftLog::open(Arc::new(StdFs), &dir.join("raft"), &identity(1, [1, 2, 3]))
 }
 
 #[test]
@@ -146,5 +147,25 @@ fn purged_records_are_compacted_away_and_the_state_kept() {
         let mut again = open(dir.path()).unwrap();
         let after = contents(&mut again).await;
         assert_eq!((after.1.len(), after.2), (101, before.2));
+    });
+}
+
+#[test]
+fn a_log_of_another_node_or_another_cluster_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = dir.path().join("raft");
+    block_on(async {
+        let mut log = RaftLog::open(Arc::new(StdFs), &raft, &identity(2, [3, 1, 2])).unwrap();
+        append(&mut log, vec![entry(1, 1, "made by node 2")]).await;
+    });
+    let refused = |id, nodes: &[u64]| RaftLog::open(Arc::new(StdFs), &raft, &identity(id, nodes.iter().copied())).err();
+    let other_node = refused(1, &[1, 2, 3]).expect("node 1 on node 2's data is refused").to_string();
+    assert!(other_node.contains("node 2's Raft log, not node 1's: node_id must be"), "{other_node}");
+    let other_cluster = refused(2, &[1, 2, 4]).expect("other peers are refused").to_string();
+    assert!(other_cluster.contains("a cluster of nodes 1,2,3, not 1,2,4: peers must name"), "{other_cluster}");
+    // The same node and cluster, peers in another order, opens and finds its entry.
+    block_on(async {
+        let mut log = RaftLog::open(Arc::new(StdFs), &raft, &identity(2, [2, 3, 1])).unwrap();
+        assert_eq!(contents(&mut log).await.1, vec![entry(1, 1, "made by node 2")]);
     });
 }

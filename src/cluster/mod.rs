@@ -30,7 +30,7 @@ mod raft_tests;
 mod test_sm;
 mod wire;
 
-pub use log::RaftLog;
+pub use log::{identity, RaftLog};
 pub use network::{Connector, PeerNetwork, RaftService, SnapshotData};
 
 /// The generated `pubsub.cluster` package (a node's Raft log records).

@@ -11,6 +11,7 @@ use openraft::{BasicNode, Config, ServerState};
 use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
 
+use super::log::identity;
 use super::test_sm::ListSm;
 use super::{Connector, PeerNetwork, Proposal, RaftLog, RaftService, TypeConfig};
 use crate::env::StdFs;
@@ -29,7 +30,7 @@ struct Node {
 async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener, config: Arc<Config>) -> Node {
     let connect: Connector =
         Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")).expect("an address").connect_lazy());
-    let log = RaftLog::open(Arc::new(StdFs), &dir.join(format!("node-{id}"))).unwrap();
+    let log = RaftLog::open(Arc::new(StdFs), &dir.join(format!("node-{id}")), &identity(id, 1..=3)).unwrap();
     let machine = ListSm::default();
     let raft = Raft::new(id, config, PeerNetwork::new(id, connect), log, machine.clone()).await.unwrap();
     let service = RaftService::new(raft.clone());

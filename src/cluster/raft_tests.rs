@@ -17,6 +17,7 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{BasicNode, Config, OptionalSend, ServerState};
 
+use super::log::identity;
 use super::test_sm::ListSm;
 use super::{Proposal, RaftLog, TypeConfig};
 use crate::env::StdFs;
@@ -133,7 +134,7 @@ impl Cluster {
 
     /// Starts node `id` on its log under `dir` (a fresh state machine: it replays the log).
     async fn boot(&mut self, dir: &Path, id: u64) {
-        let log = RaftLog::open(Arc::new(StdFs), &dir.join(format!("node-{id}"))).unwrap();
+        let log = RaftLog::open(Arc::new(StdFs), &dir.join(format!("node-{id}")), &identity(id, 1..=3)).unwrap();
         let machine = ListSm::default();
         let net = Net { router: self.router.clone(), from: id };
         let raft = Raft::new(id, self.config.clone(), net, log, machine.clone()).await.unwrap();
