@@ -30,7 +30,7 @@ use prost::Message;
 use super::wire::{entry_of, entry_pb, log_id_of, log_id_pb, vote_of, vote_pb};
 use super::{pb, TypeConfig};
 use crate::env::{Fs, FsFile};
-use crate::record::{frame, frame_at, FRAME_HEADER};
+use crate::record::{frame, frame_at, frame_size, later_frame};
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
@@ -130,12 +130,6 @@ impl RaftLog {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-
-    /// The entries' indexes held now, first and last (for tests and metrics).
-    pub fn held(&self) -> Option<(u64, u64)> {
-        let inner = self.lock();
-        Some((*inner.entries.keys().next()?, *inner.entries.keys().next_back()?))
-    }
 }
 
 impl Inner {
@@ -148,7 +142,9 @@ impl Inner {
             {
                 Ok(record) => record,
                 Err(reason) => {
-                    if let Some(later) = later_record(bytes, at + 1) {
+                    if let Some(later) =
+                        later_frame(bytes, at + 1, |b| pb::LogRecord::decode(b).is_ok_and(|r| r.kind.is_some()))
+                    {
                         return Err(corrupt(
                             path,
                             at,
@@ -240,15 +236,21 @@ impl Inner {
         if self.dead < COMPACT_MIN_BYTES.max(live) {
             return Ok(());
         }
-        let mut records = Vec::new();
-        records.extend(self.identity.clone().map(|i| record(pb::log_record::Kind::Identity(i))));
-        records.extend(self.vote.map(|v| record(pb::log_record::Kind::Vote(vote_pb(&v)))));
-        records.extend(self.purged.map(|p| record(pb::log_record::Kind::Purged(log_id_pb(&p)))));
-        records.extend(self.committed.map(|c| record(pb::log_record::Kind::Committed(log_id_pb(&c)))));
-        records.extend(self.entries.values().map(|(e, _)| record(pb::log_record::Kind::Entry(entry_pb(e)))));
+        let mut head = Vec::new();
+        head.extend(self.identity.clone().map(|i| record(pb::log_record::Kind::Identity(i))));
+        head.extend(self.vote.map(|v| record(pb::log_record::Kind::Vote(vote_pb(&v)))));
+        head.extend(self.purged.map(|p| record(pb::log_record::Kind::Purged(log_id_pb(&p)))));
+        head.extend(self.committed.map(|c| record(pb::log_record::Kind::Committed(log_id_pb(&c)))));
         let mut bytes = Vec::new();
-        for r in &records {
+        for r in &head {
             frame(&r.encode_to_vec(), &mut bytes);
+        }
+        // Each entry's record size in the new file, taken as it is written.
+        let mut sizes = Vec::with_capacity(self.entries.len());
+        for (entry, _) in self.entries.values() {
+            let before = bytes.len();
+            frame(&record(pb::log_record::Kind::Entry(entry_pb(entry))).encode_to_vec(), &mut bytes);
+            sizes.push((bytes.len() - before) as u64);
         }
         let (temp, path) = (self.dir.join(LOG_TEMP_FILE), self.dir.join(LOG_FILE));
         let file = self.fs.open(&temp, true)?;
@@ -258,27 +260,12 @@ impl Inner {
         self.fs.rename(&temp, &path)?;
         self.fs.sync_dir(&self.dir)?;
         self.file = file;
-        let written = Bytes::from(bytes);
-        self.len = written.len() as u64;
+        self.len = bytes.len() as u64;
         self.dead = 0;
-        self.resize_entries(&written);
-        Ok(())
-    }
-
-    /// Sets each entry's record size from a freshly written file.
-    fn resize_entries(&mut self, bytes: &Bytes) {
-        let mut at = 0usize;
-        while at < bytes.len() {
-            let size = frame_size(bytes, at);
-            if let Ok(pb::LogRecord { kind: Some(pb::log_record::Kind::Entry(e)) }) =
-                frame_at(bytes, at).and_then(|b| pb::LogRecord::decode(b).map_err(|e| e.to_string()))
-            {
-                if let Some((_, s)) = e.log_id.and_then(|id| self.entries.get_mut(&id.index)) {
-                    *s = size as u64;
-                }
-            }
-            at += size;
+        for ((_, size), new) in self.entries.values_mut().zip(sizes) {
+            *size = new;
         }
+        Ok(())
     }
 
     fn state(&self) -> LogState<TypeConfig> {
@@ -366,35 +353,6 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
 
 fn record(kind: pb::log_record::Kind) -> pb::LogRecord {
     pb::LogRecord { kind: Some(kind) }
-}
-
-/// The size of the (checked) frame at `at`, header included.
-fn frame_size(bytes: &[u8], at: usize) -> usize {
-    FRAME_HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
-}
-
-/// Bytes of CRC work spent looking for an intact record after damage, at most; past it the
-/// damage is refused as if one were found.
-const RESYNC_CRC_BUDGET: usize = 64 << 20;
-
-/// The position of an intact, decodable record at or after `from`, if there is one (within
-/// the CRC budget; past it, `from` itself).
-fn later_record(bytes: &Bytes, from: usize) -> Option<usize> {
-    let mut spent = 0usize;
-    for at in from..bytes.len().saturating_sub(FRAME_HEADER) {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        if len == 0 || len > bytes.len() - at - FRAME_HEADER {
-            continue;
-        }
-        spent += len;
-        if spent > RESYNC_CRC_BUDGET {
-            return Some(from);
-        }
-        if frame_at(bytes, at).is_ok_and(|b| pb::LogRecord::decode(b).is_ok_and(|r| r.kind.is_some())) {
-            return Some(at);
-        }
-    }
-    None
 }
 
 fn corrupt(path: &Path, position: usize, reason: String) -> io::Error {

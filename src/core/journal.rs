@@ -20,10 +20,6 @@ use super::subscription::StartPosition;
 use crate::record::pb::{self, command::Kind};
 use crate::storage::{PartitionLog, StorageError};
 
-/// Bytes of CRC work a start spends looking for valid entries after a damaged one, at most;
-/// past it the damage is refused as if one were found.
-const RESYNC_CRC_BUDGET: usize = 64 << 20;
-
 /// The journal as the broker keeps it.
 #[derive(Default)]
 pub(super) struct Journal {
@@ -171,7 +167,10 @@ pub(super) fn replay(meta: &mut Meta, bytes: Vec<u8>) -> Result<Replayed, Storag
         let entry = match crate::record::frame_at(&bytes, at).and_then(|body| entry_of(&body)) {
             Ok(entry) => entry,
             Err(reason) => {
-                if let Some(later) = later_entry(&bytes, at + 1, replayed.last_seq) {
+                let last_seq = replayed.last_seq;
+                let later =
+                    crate::record::later_frame(&bytes, at + 1, |body| entry_of(&body).is_ok_and(|e| e.seq > last_seq));
+                if let Some(later) = later {
                     let reason = format!("{reason}, and a valid entry follows at byte {later}");
                     return Err(corrupt(at, reason));
                 }
@@ -182,7 +181,7 @@ pub(super) fn replay(meta: &mut Meta, bytes: Vec<u8>) -> Result<Replayed, Storag
         let seq = entry.seq;
         if seq <= meta.journal_seq {
             // Saved in the base already (a crash after a base save kept the old journal).
-            at += frame_len(&bytes, at);
+            at += crate::record::frame_size(&bytes, at);
             continue;
         }
         if seq <= replayed.last_seq {
@@ -192,15 +191,10 @@ pub(super) fn replay(meta: &mut Meta, bytes: Vec<u8>) -> Result<Replayed, Storag
         apply(meta, kind).map_err(|reason| corrupt(at, reason))?;
         replayed.applied += 1;
         replayed.last_seq = seq;
-        at += frame_len(&bytes, at);
+        at += crate::record::frame_size(&bytes, at);
     }
     meta.journal_seq = replayed.last_seq;
     Ok(replayed)
-}
-
-/// The length of the (valid) frame at `at`, header included.
-fn frame_len(bytes: &[u8], at: usize) -> usize {
-    crate::record::FRAME_HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
 }
 
 fn entry_of(body: &[u8]) -> Result<pb::Entry, String> {
@@ -208,27 +202,6 @@ fn entry_of(body: &[u8]) -> Result<pb::Entry, String> {
         Some(pb::frame::Kind::Entry(entry)) => Ok(entry),
         _ => Err("a frame that is not an entry".to_string()),
     }
-}
-
-/// The position of a valid entry numbered past `last_seq` at or after `from`, if there is
-/// one (within the CRC budget; past it, `from` itself, as if one were found).
-fn later_entry(bytes: &Bytes, from: usize, last_seq: u64) -> Option<usize> {
-    let mut spent = 0usize;
-    for at in from..bytes.len().saturating_sub(crate::record::FRAME_HEADER) {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        if len == 0 || len > bytes.len() - at - crate::record::FRAME_HEADER {
-            continue;
-        }
-        spent += len;
-        if spent > RESYNC_CRC_BUDGET {
-            return Some(from);
-        }
-        let found = crate::record::frame_at(bytes, at).and_then(|body| entry_of(&body));
-        if found.is_ok_and(|entry| entry.seq > last_seq) {
-            return Some(at);
-        }
-    }
-    None
 }
 
 fn corrupt(position: usize, reason: String) -> StorageError {

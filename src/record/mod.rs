@@ -45,6 +45,36 @@ pub(crate) fn frame(body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
+/// The size of the (checked) frame at `at`, header included.
+pub(crate) fn frame_size(bytes: &[u8], at: usize) -> usize {
+    FRAME_HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+}
+
+/// Bytes of CRC work spent looking for an intact frame after damage, at most; past it the
+/// damage counts as followed by one.
+const RESYNC_CRC_BUDGET: usize = 64 << 20;
+
+/// The position of the first intact frame at or after `from` whose body `accept` takes, if
+/// there is one (within the CRC budget; past it, `from` itself, as if one were found). A
+/// log that finds one after damage holds records written after it, so it is not a torn tail.
+pub(crate) fn later_frame(bytes: &bytes::Bytes, from: usize, accept: impl Fn(bytes::Bytes) -> bool) -> Option<usize> {
+    let mut spent = 0usize;
+    for at in from..bytes.len().saturating_sub(FRAME_HEADER) {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > bytes.len() - at - FRAME_HEADER {
+            continue;
+        }
+        spent += len;
+        if spent > RESYNC_CRC_BUDGET {
+            return Some(from);
+        }
+        if frame_at(bytes, at).is_ok_and(&accept) {
+            return Some(at);
+        }
+    }
+    None
+}
+
 /// The name of the segment whose first entry is `seq`.
 fn segment_name(seq: u64) -> String {
     format!("{seq:020}.rec")
