@@ -189,13 +189,7 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let config = &loaded.config;
-    // Said plainly rather than run single-node under a cluster's settings.
-    anyhow::ensure!(
-        !config.cluster.enabled(),
-        "peers is set, but this build cannot run a cluster yet: its Raft log and membership settings exist, \
-         the replicated broker does not (issue 18); unset peers and node_id to run a single broker"
-    );
-    let (storage, described) = open_storage(config)?;
+    let (storage, described) = if config.cluster.enabled() { open_node_state(config)? } else { open_storage(config)? };
     let (addr, incoming) =
         TokioNet.bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     info!("mini-pubsub listening on {addr} (storage: {described})");
@@ -208,7 +202,8 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         max_bytes: config.record_max_bytes,
         settings_toml: loaded.describe(),
     });
-    let hooks = server::Hooks { observer: None, record };
+    let cluster = if config.cluster.enabled() { Some(cluster_run(config).await?) } else { None };
+    let hooks = server::Hooks { observer: None, record, cluster };
     let clock = Arc::new(TokioClock::new());
     server::run_with(incoming, shutdown_signal(), config.server.clone(), storage, clock, hooks).await?;
     Ok(())
@@ -224,6 +219,78 @@ fn open_storage(config: &Config) -> anyhow::Result<(Box<dyn Storage>, String)> {
     let storage = FileStorage::open(Arc::new(StdFs), file)
         .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
     Ok((Box::new(storage), described))
+}
+
+/// A cluster node's broker state: `<data_dir>/state`, emptied at every start, for the node
+/// rebuilds it from its Raft log (`<data_dir>/raft`). It is never synced: the Raft log is
+/// what makes a write durable, synced before the write is acknowledged.
+fn open_node_state(config: &Config) -> anyhow::Result<(Box<dyn Storage>, String)> {
+    anyhow::ensure!(
+        config.storage.kind == StorageKind::File,
+        "invalid configuration: storage must be file on a cluster node (its Raft log is kept in data_dir)"
+    );
+    let mut file = config.file_storage();
+    let data_dir = file.dir.clone();
+    anyhow::ensure!(
+        !data_dir.join("meta").exists(),
+        "{} holds a single broker's data; a cluster node starts on an empty data_dir (or its own), \
+         so give it another",
+        data_dir.display()
+    );
+    file.dir = data_dir.join("state");
+    file.fsync = mini_pubsub::storage::FsyncPolicy::Never;
+    if file.dir.exists() {
+        std::fs::remove_dir_all(&file.dir)
+            .with_context(|| format!("cannot empty the node's broker state in {}", file.dir.display()))?;
+    }
+    let storage = FileStorage::open(Arc::new(StdFs), file)
+        .with_context(|| format!("cannot open the node's broker state in {}", data_dir.display()))?;
+    let described = format!(
+        "cluster node {} of {}: Raft log in {}, synced before every acknowledgement",
+        config.cluster.node_id,
+        config.cluster.peers,
+        data_dir.join("raft").display()
+    );
+    Ok((Box::new(storage), described))
+}
+
+/// What this node of a cluster runs with: its peers, its peer port (bound here), and a seed
+/// for its election timeouts from the OS.
+async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
+    use std::hash::{BuildHasher, Hasher};
+    let cluster = &config.cluster;
+    let peers: std::collections::BTreeMap<u64, String> =
+        cluster.peers.0.iter().map(|p| (p.id, p.addr.clone())).collect();
+    let brokers = cluster.brokers.0.iter().map(|b| (b.id, b.addr.clone())).collect();
+    let own = peers[&cluster.node_id].clone();
+    let peer_listen = cluster.peer_listen.map_or(own, |a| a.to_string());
+    let listener = tokio::net::TcpListener::bind(&peer_listen)
+        .await
+        .with_context(|| format!("cannot listen for peers on {peer_listen}"))?;
+    info!("cluster node {} takes Raft traffic on {}", cluster.node_id, listener.local_addr()?);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let serve_peers: Box<dyn FnOnce(server::PeerService) -> futures_util::future::BoxFuture<'static, ()> + Send> =
+        Box::new(move |service| {
+            Box::pin(async move {
+                let served = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming);
+                if let Err(error) = served.await {
+                    tracing::error!(%error, "the peer port stopped serving");
+                }
+            })
+        });
+    let connect: mini_pubsub::cluster::Connector = Arc::new(|addr: &str| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("peers are HOST:PORT").connect_lazy()
+    });
+    // The standard library seeds each RandomState from the OS: a seed nobody picked.
+    let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    Ok(server::ClusterRun {
+        settings: mini_pubsub::cluster::NodeSettings::new(cluster.node_id, peers, seed),
+        brokers,
+        fs: Arc::new(StdFs),
+        dir: config.storage.data_dir.join("raft"),
+        connect,
+        serve_peers,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

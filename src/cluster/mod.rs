@@ -24,6 +24,7 @@ mod log_tests;
 mod network;
 #[cfg(test)]
 mod network_tests;
+mod node;
 #[cfg(test)]
 mod raft_tests;
 #[cfg(test)]
@@ -32,6 +33,9 @@ mod wire;
 
 pub use log::{identity, RaftLog};
 pub use network::{Connector, PeerNetwork, RaftService, SnapshotData};
+pub use node::{
+    Answerer, Applier, BrokerSm, ClusterNode, ClusterState, Committed, NodeSettings, ProposeError, StateWatcher,
+};
 
 /// The generated `pubsub.cluster` package (a node's Raft log records).
 #[allow(clippy::all, clippy::too_many_lines, missing_docs)]
@@ -50,12 +54,14 @@ impl std::fmt::Display for Proposal {
     }
 }
 
-/// What a replica's state machine answers for an applied entry: the index it applied it at.
-/// The broker's reply itself is the driver's, which matches it to the waiting client.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a replica's state machine answers for an applied entry, on the node that proposed
+/// it: the index it applied it at, and the broker's reply (none for Raft's own entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The entry's log index.
     pub index: u64,
+    /// What the broker answered.
+    pub reply: Option<crate::core::Reply>,
 }
 
 openraft::declare_raft_types!(

@@ -15,7 +15,10 @@ use std::time::Duration;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{BasicNode, OptionalSend, RPCTypes};
@@ -113,6 +116,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.call(RPCTypes::Vote, option.soft_ttl(), client.vote(request), wire::vote_response_of).await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client.clone();
+        let request = wire::transfer_request_pb(&rpc);
+        let call = client.transfer_leader(request);
+        self.call(RPCTypes::TransferLeader, option.soft_ttl(), call, wire::transfer_response_of).await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
@@ -194,5 +208,14 @@ where
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: data };
         let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(unavailable)?;
         Ok(Response::new(wire::snapshot_response_pb(&response)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let rpc = wire::transfer_request_of(request.into_inner()).map_err(invalid)?;
+        let response = self.raft.handle_transfer_leader(rpc).await.map_err(unavailable)?;
+        Ok(Response::new(wire::transfer_response_pb(&response)))
     }
 }

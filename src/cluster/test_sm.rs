@@ -62,7 +62,7 @@ impl RaftStateMachine<TypeConfig> for ListSm {
                 EntryPayload::Membership(m) => state.membership = StoredMembership::new(Some(entry.log_id), m),
             }
             if let Some(responder) = responder {
-                responder.send(Applied { index: entry.log_id.index });
+                responder.send(Applied { index: entry.log_id.index, reply: None });
             }
         }
         Ok(())

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
 use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, StoredMembershipOf, VoteOf};
 use openraft::{BasicNode, EntryPayload, Membership, StoredMembership};
 
@@ -171,4 +174,49 @@ pub(super) fn snapshot_response_of(
     response: pb::InstallSnapshotResponse,
 ) -> Result<SnapshotResponse<TypeConfig>, String> {
     Ok(SnapshotResponse::new(vote_of(&required(response.vote, "vote")?)))
+}
+
+pub(super) fn transfer_request_pb(rpc: &TransferLeaderRequest<TypeConfig>) -> pb::TransferLeaderRequest {
+    pb::TransferLeaderRequest {
+        from_leader: Some(vote_pb(rpc.from_leader())),
+        to_node_id: *rpc.to_node_id(),
+        last_log_id: rpc.last_log_id().map(log_id_pb),
+    }
+}
+
+pub(super) fn transfer_request_of(rpc: pb::TransferLeaderRequest) -> Result<TransferLeaderRequest<TypeConfig>, String> {
+    let from = vote_of(&required(rpc.from_leader, "from_leader")?);
+    Ok(TransferLeaderRequest::new(from, rpc.to_node_id, rpc.last_log_id.as_ref().map(log_id_of)))
+}
+
+pub(super) fn transfer_response_pb(response: &TransferLeaderResponse<TypeConfig>) -> pb::TransferLeaderResponse {
+    use pb::transfer_leader_response::Result as R;
+    let result = match response {
+        Ok(()) => R::Accepted(pb::Empty {}),
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+            R::VoteChanged(pb::VoteChanged { expected: Some(vote_pb(expected)), actual: Some(vote_pb(actual)) })
+        }
+        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => R::LogNotFlushed(pb::LogNotFlushed {
+            expected: expected.as_ref().map(log_id_pb),
+            actual: actual.as_ref().map(log_id_pb),
+        }),
+    };
+    pb::TransferLeaderResponse { result: Some(result) }
+}
+
+pub(super) fn transfer_response_of(
+    response: pb::TransferLeaderResponse,
+) -> Result<TransferLeaderResponse<TypeConfig>, String> {
+    use pb::transfer_leader_response::Result as R;
+    Ok(match required(response.result, "result")? {
+        R::Accepted(_) => Ok(()),
+        R::VoteChanged(v) => Err(TransferLeaderError::VoteChanged {
+            expected: vote_of(&required(v.expected, "expected")?),
+            actual: vote_of(&required(v.actual, "actual")?),
+        }),
+        R::LogNotFlushed(l) => Err(TransferLeaderError::LogNotFlushed {
+            expected: l.expected.as_ref().map(log_id_of),
+            actual: l.actual.as_ref().map(log_id_of),
+        }),
+    })
 }

@@ -70,6 +70,8 @@ pub struct ClusterSettings {
     pub peers: Peers,
     /// Where this node takes Raft traffic (`peer_listen` key); `None`: its own peer address.
     pub peer_listen: Option<SocketAddr>,
+    /// Where clients reach each node (`brokers` key), for leader hints; may be empty.
+    pub brokers: Peers,
 }
 
 /// The nodes of a cluster, as `ID=HOST:PORT,...` (ids from 1, in the order given).
@@ -128,8 +130,14 @@ impl ClusterSettings {
         let invalid = |key: &str, allowed: String| ConfigError::Invalid { key: key.to_string(), allowed };
         let peers = &self.peers.0;
         if peers.is_empty() {
-            if self.node_id != 0 || self.peer_listen.is_some() {
-                let key = if self.node_id != 0 { "node_id" } else { "peer_listen" };
+            if self.node_id != 0 || self.peer_listen.is_some() || !self.brokers.0.is_empty() {
+                let key = if self.node_id != 0 {
+                    "node_id"
+                } else if self.peer_listen.is_some() {
+                    "peer_listen"
+                } else {
+                    "brokers"
+                };
                 return Err(invalid(
                     key,
                     "set only with peers (every node of the cluster, as ID=HOST:PORT,...)".into(),
@@ -164,6 +172,11 @@ impl ClusterSettings {
                 format!("one of the ids in peers ({}); {} is not", ids.join(", "), self.node_id),
             ));
         };
+        for b in &self.brokers.0 {
+            if !peers.iter().any(|p| p.id == b.id) {
+                return Err(invalid("brokers", format!("ids that are in peers ({}); {} is not", ids.join(", "), b.id)));
+            }
+        }
         let peer_listen = self.peer_listen.map(|a| a.to_string()).unwrap_or_else(|| me.addr.clone());
         if peer_listen == listen.to_string() {
             let key = if self.peer_listen.is_some() { "peer_listen" } else { "peers" };

@@ -339,4 +339,6 @@ settings! {
         "Every node of the cluster, this one included, as ID=HOST:PORT of its peer port, comma-separated; empty (the default) is no cluster.";
     Cluster peer_listen: Option<SocketAddr> = cluster.peer_listen,
         "The address this node takes Raft traffic on; empty (the default) is its own address in peers.";
+    Cluster brokers: Peers = cluster.brokers,
+        "Where clients reach each node's gRPC port, as ID=HOST:PORT, comma-separated: a node that does not lead names the leader's in its refusals and GetCluster; empty (the default) names the leader's id only.";
 }

@@ -202,7 +202,7 @@ fn a_cluster_is_configured_in_the_file_the_environment_or_flags_like_any_setting
 #[test]
 fn a_membership_that_cannot_work_is_refused_naming_the_setting() {
     let three = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003";
-    let cases: [(&[(&'static str, &str)], &str); 8] = [
+    let cases: [(&[(&'static str, &str)], &str); 10] = [
         (&[("node_id", "4"), ("peers", three)], "node_id must be one of the ids in peers (1, 2, 3); 4 is not"),
         (&[("peers", three)], "node_id must be one of the ids in peers (1, 2, 3); 0 is not"),
         (
@@ -219,6 +219,11 @@ fn a_membership_that_cannot_work_is_refused_naming_the_setting() {
             "peers must be a peer port other than the gRPC address",
         ),
         (&[("node_id", "2")], "node_id must be set only with peers"),
+        (&[("brokers", "1=127.0.0.1:50051")], "brokers must be set only with peers"),
+        (
+            &[("node_id", "1"), ("peers", three), ("brokers", "1=127.0.0.1:50051,4=127.0.0.1:50054")],
+            "brokers must be ids that are in peers (1, 2, 3); 4 is not",
+        ),
         (
             &[("node_id", "1"), ("peers", "1=127.0.0.1")],
             "expected ID=HOST:PORT (such as 1=127.0.0.1:7001), got `1=127.0.0.1`",

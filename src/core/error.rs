@@ -137,4 +137,50 @@ pub enum BrokerError {
     /// UNAVAILABLE: the storage refused; nothing was acknowledged.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// UNAVAILABLE: this node of a cluster does not lead (or its leadership lapsed), so it
+    /// takes no data or admin calls; the leader it knows of is in the message and in the
+    /// trailers `leader-id` and `leader-addr`.
+    #[error("{}", not_leader(leader.as_ref()))]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<LeaderHint>,
+    },
+    /// UNAVAILABLE: a cluster write whose fate is unknown: it was appended to the Raft log,
+    /// and leadership changed before it was committed; another leader may yet commit it.
+    #[error(
+        "not acknowledged: {0}; the write may still take effect, so retry it with the same idempotency keys (a publish without them may be stored twice)"
+    )]
+    Indeterminate(String),
+    /// UNIMPLEMENTED: what a replicated broker does not do yet.
+    #[error("{what} is not available in a cluster yet: {why}")]
+    NotInCluster {
+        /// What was asked for.
+        what: &'static str,
+        /// Why, and what to do instead.
+        why: &'static str,
+    },
+}
+
+/// The leader a follower knows of: its node id, and its gRPC address when the cluster's
+/// `brokers` setting names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    /// The leader's node id.
+    pub id: u64,
+    /// Where clients reach it.
+    pub addr: Option<String>,
+}
+
+fn not_leader(leader: Option<&LeaderHint>) -> String {
+    match leader {
+        Some(LeaderHint { id, addr: Some(addr) }) => {
+            format!("this node is not the cluster's leader; node {id} leads, at {addr}: send the call there")
+        }
+        Some(LeaderHint { id, addr: None }) => {
+            format!("this node is not the cluster's leader; node {id} leads (Admin.GetCluster lists the nodes)")
+        }
+        None => "this node is not the cluster's leader, and no leader is known now (an election is under way, \
+                 or this node cannot reach a quorum); retry shortly, or ask another node"
+            .to_string(),
+    }
 }

@@ -88,7 +88,7 @@ pub use dead_letter::{
 pub(crate) use decimal::{dashed_after, undashed};
 pub use dedupe::{DEDUPE_WINDOW_MS_MAX, DEDUPE_WINDOW_MS_MIN};
 pub use delivery::{Delivery, Output};
-pub use error::BrokerError;
+pub use error::{BrokerError, LeaderHint};
 pub use group::{assign, DeliveryMode};
 pub use lease::{AckId, AckOp, AckOutcome, AckReply, StreamId};
 pub use mutation::Mutation;

@@ -1,14 +1,57 @@
 //! The `pubsub.Admin` service.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::driver::{unexpected, DriverHandle};
-use crate::core::{Answer, Command, Query, SubscriptionSpec};
+use crate::cluster::ClusterNode;
+use crate::core::{Answer, BrokerError, Command, LeaderHint, Query, SubscriptionSpec};
 use crate::wire::{self, pb};
 
 /// Topic and subscription management, backed by the driver.
 pub struct AdminService {
     pub(super) driver: DriverHandle,
+    /// This node's cluster, when it is one.
+    pub(super) cluster: Option<ClusterView>,
+}
+
+/// What `GetCluster` reads: the node, and every node's addresses.
+#[derive(Clone)]
+pub(super) struct ClusterView {
+    pub(super) node: Arc<ClusterNode>,
+    /// Raft peer addresses, by node id.
+    pub(super) peers: BTreeMap<u64, String>,
+    /// Client addresses, by node id (those the `brokers` setting names).
+    pub(super) brokers: BTreeMap<u64, String>,
+}
+
+impl ClusterView {
+    fn describe(&self) -> pb::Cluster {
+        let state = self.node.state();
+        let leader = state.leader.unwrap_or(0);
+        pb::Cluster {
+            node_id: state.id,
+            role: state.role.to_string(),
+            term: state.term,
+            leader_id: leader,
+            leader_address: self.brokers.get(&leader).cloned().unwrap_or_default(),
+            committed_index: state.committed,
+            applied_index: state.applied,
+            last_log_index: state.last_log,
+            serving: state.serving,
+            nodes: self
+                .peers
+                .iter()
+                .map(|(id, peer)| pb::ClusterNode {
+                    id: *id,
+                    address: self.brokers.get(id).cloned().unwrap_or_default(),
+                    peer_address: peer.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -151,4 +194,51 @@ impl pb::admin_server::Admin for AdminService {
             other => Err(unexpected(&other)),
         }
     }
+
+    async fn get_cluster(&self, _request: Request<pb::GetClusterRequest>) -> Reply<pb::Cluster> {
+        let cluster = match &self.cluster {
+            Some(view) => view.describe(),
+            None => pb::Cluster { role: "standalone".into(), serving: true, ..Default::default() },
+        };
+        Ok(Response::new(cluster))
+    }
+
+    async fn transfer_leadership(&self, request: Request<pb::TransferLeadershipRequest>) -> Reply<pb::Cluster> {
+        let to = request.into_inner().node_id;
+        let Some(view) = &self.cluster else {
+            return Err(Status::failed_precondition(
+                "this broker is not a cluster: there is no leadership to transfer",
+            ));
+        };
+        if !view.peers.contains_key(&to) {
+            let ids: Vec<String> = view.peers.keys().map(u64::to_string).collect();
+            return Err(Status::invalid_argument(format!(
+                "node_id: {to} is not a node of this cluster ({})",
+                ids.join(", ")
+            )));
+        }
+        let state = view.node.state();
+        if state.leader != Some(state.id) {
+            let leader = state.leader.map(|id| LeaderHint { id, addr: view.brokers.get(&id).cloned() });
+            return Err(BrokerError::NotLeader { leader }.into());
+        }
+        if to != state.id {
+            view.node.transfer_leader(to).await.map_err(Status::unavailable)?;
+        }
+        let mut watcher = view.node.watcher();
+        let moved = tokio::time::timeout(TRANSFER_WAIT, async {
+            while view.node.state().leader != Some(to) && watcher.changed().await {}
+        })
+        .await;
+        match moved {
+            Ok(()) => Ok(Response::new(view.describe())),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "node {to} did not take the leadership within {} s; GetCluster shows who leads",
+                TRANSFER_WAIT.as_secs()
+            ))),
+        }
+    }
 }
+
+/// How long TransferLeadership waits for the new leader.
+const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

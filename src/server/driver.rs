@@ -25,6 +25,7 @@ use tonic::Status;
 
 use super::metrics::BrokerMetrics;
 use super::Observer;
+use crate::cluster::{Answerer, ClusterNode, Committed};
 use crate::core::{
     AckReply, Answer, At, Broker, BrokerError, Command, Delivery, DriverTimer, Output, Published, Query, Reply,
     StreamId,
@@ -56,11 +57,39 @@ enum Job {
     EndAllStreams { status: Status, done: oneshot::Sender<()> },
     /// The last turn: sync and save everything.
     Stop { done: oneshot::Sender<()> },
+    /// Committed cluster entries to apply, in log order; `done` once all are applied.
+    Apply { batch: Vec<Committed>, done: oneshot::Sender<()> },
+    /// This node of a cluster runs: from now on it proposes what it is asked to change.
+    Attach { node: Arc<ClusterNode> },
+    /// The cluster's state may have changed (a term, a leader, an index).
+    ClusterChanged,
 }
+
+/// Where a command's reply goes: the handler that sent it, or, for a committed cluster
+/// entry, the proposer waiting for it (on the node that proposed it; nobody elsewhere).
+pub(super) enum Replier {
+    Client(oneshot::Sender<Reply>),
+    Raft(Option<Answerer>),
+}
+
+impl Replier {
+    fn send(self, reply: Reply) {
+        match self {
+            Replier::Client(tx) => {
+                let _ = tx.send(reply);
+            }
+            Replier::Raft(Some(answer)) => answer.send(reply),
+            Replier::Raft(None) => {}
+        }
+    }
+}
+
+mod cluster;
+use cluster::Replication;
 
 /// A publish appended in this turn, answered once the turn's sync covers it.
 struct AwaitingSync {
-    reply: oneshot::Sender<Reply>,
+    reply: Replier,
     topic: String,
     published: Vec<Published>,
 }
@@ -68,7 +97,7 @@ struct AwaitingSync {
 /// A topic or subscription change of this turn, answered once the turn's sync made its
 /// journal entry durable.
 struct AwaitingMetadata {
-    reply: oneshot::Sender<Reply>,
+    reply: Replier,
     answer: Answer,
 }
 
@@ -183,6 +212,13 @@ pub struct Driver {
     /// Present only when a metrics recorder is installed (never in the simulator).
     metrics: Option<BrokerMetrics>,
     checks: Checks,
+    /// Present on a node of a cluster (see [`cluster`]).
+    replication: Option<Replication>,
+    /// While a committed cluster entry is applied: the wall time it was decided at.
+    decided_wall_ms: Option<u64>,
+    /// The driver's own queue, for tasks it starts (weak: the driver ends when the
+    /// handlers are gone).
+    jobs: mpsc::WeakSender<Job>,
 }
 
 /// What the driver checks and reports after each turn.
@@ -193,22 +229,31 @@ pub struct Checks {
     pub observer: Option<Arc<dyn Observer>>,
     /// Records every command applied, with digests of its reply and outputs.
     pub recorder: Option<Recorder>,
+    /// Present only when a metrics recorder is installed (never in the simulator): the
+    /// driver exports the broker's counts once a second (at each checkpoint).
+    pub metrics: Option<BrokerMetrics>,
+}
+
+/// How the driver runs.
+pub struct DriverSettings {
+    /// Jobs waiting for the driver; when full, handlers wait (backpressure).
+    pub queue_max: usize,
+    /// The simulated disk's fsync latency (see
+    /// [`ServerConfig::sync_delay_ms`](super::ServerConfig::sync_delay_ms)).
+    pub sync_delay_ms: u64,
+    /// See [`ServerConfig::stream_stall_timeout_ms`](super::ServerConfig::stream_stall_timeout_ms).
+    pub stream_stall_ms: u64,
+    /// On a node of a cluster: where clients reach each node (may be empty). `None`: a
+    /// single broker.
+    pub brokers: Option<BTreeMap<u64, String>>,
 }
 
 impl Driver {
-    /// Starts the driver task. `sync_delay_ms` is the simulated disk's fsync latency (see
-    /// [`ServerConfig::sync_delay_ms`](super::ServerConfig::sync_delay_ms)); with
-    /// `metrics`, the driver exports the broker's counts once a second (at each checkpoint);
-    /// `checks` says whether it checks invariants and whom it tells what the broker did.
-    pub fn spawn(
-        broker: Broker,
-        clock: Arc<dyn Clock>,
-        queue_max: usize,
-        sync_delay_ms: u64,
-        stream_stall_ms: u64,
-        metrics: Option<BrokerMetrics>,
-        checks: Checks,
-    ) -> DriverHandle {
+    /// Starts the driver task: `checks` says whether it checks invariants, whom it tells
+    /// what the broker did, and where it exports metrics.
+    pub fn spawn(broker: Broker, clock: Arc<dyn Clock>, settings: DriverSettings, mut checks: Checks) -> DriverHandle {
+        let DriverSettings { queue_max, sync_delay_ms, stream_stall_ms, brokers } = settings;
+        let metrics = checks.metrics.take();
         let (jobs, rx) = mpsc::channel(queue_max);
         let now = clock.now_ms();
         let fsync = broker.fsync_policy();
@@ -231,14 +276,18 @@ impl Driver {
             stream_stall_ms,
             metrics,
             checks,
+            replication: brokers.map(Replication::new),
+            decided_wall_ms: None,
+            jobs: jobs.downgrade(),
         };
         tokio::spawn(driver.run(rx));
         DriverHandle { jobs }
     }
 
-    /// The time a command is stamped with now.
+    /// The time a command is stamped with now; a committed cluster entry carries the wall
+    /// time its leader decided it at, so that every replica stores the same.
     fn at(&self) -> At {
-        At { now_ms: self.clock.now_ms(), wall_ms: self.clock.wall_ms() }
+        At { now_ms: self.clock.now_ms(), wall_ms: self.decided_wall_ms.unwrap_or_else(|| self.clock.wall_ms()) }
     }
 
     /// The one path by which anything changes the broker: `command` is stamped with the
@@ -299,11 +348,21 @@ impl Driver {
     /// Runs one job; true when it was the last turn (the driver ends).
     fn run_job(&mut self, job: Job) -> bool {
         match job {
-            Job::Command { command, sink, reply } => self.command(command, sink, reply),
+            Job::Command { command, sink, reply } => self.command(command, sink, Replier::Client(reply)),
             Job::Query { query, reply } => {
                 let at = self.at();
-                let _ = reply.send((self.broker.query(at.now_ms, query), at));
+                let answer = match self.refuse_unless_leading() {
+                    Some(refused) => Err(refused),
+                    None => self.broker.query(at.now_ms, query),
+                };
+                let _ = reply.send((answer, at));
             }
+            Job::Apply { batch, done } => {
+                self.apply_committed(batch);
+                let _ = done.send(());
+            }
+            Job::Attach { node } => self.attach(node),
+            Job::ClusterChanged => self.cluster_changed(),
             Job::EndAllStreams { status, done } => {
                 self.end_all_streams(status);
                 let _ = done.send(());
@@ -319,15 +378,17 @@ impl Driver {
 
     /// Applies a handler's command and answers it, doing the driver's part: a publish
     /// waits for the turn's sync, a stream's sink is kept, confirmations go on the stream.
-    fn command(&mut self, command: Command, sink: Option<StreamSink>, reply: oneshot::Sender<Reply>) {
+    fn command(&mut self, command: Command, sink: Option<StreamSink>, reply: Replier) {
+        let Some((command, sink, reply)) = self.route(command, sink, reply) else { return };
         match command {
             Command::Publish { .. } => self.publish(command, reply),
             Command::OpenStream { .. } => {
                 let Some(sink) = sink.filter(|_| !self.closing) else {
                     // Dropping `reply` tells the handler the broker is stopping.
+                    drop(reply);
                     return;
                 };
-                let _ = reply.send(self.open_stream(command, sink));
+                reply.send(self.open_stream(command, sink));
             }
             Command::StreamRequest { stream, .. } => {
                 let answer = self.apply(command);
@@ -338,11 +399,11 @@ impl Driver {
                     }
                     other => other,
                 };
-                let _ = reply.send(answer);
+                reply.send(answer);
             }
             Command::CloseStream { stream } | Command::LeaveStream { stream } => {
                 self.sinks.remove(&stream);
-                let _ = reply.send(self.apply(command));
+                reply.send(self.apply(command));
             }
             Command::Pull { ref subscription, .. } => {
                 let subscription = subscription.clone();
@@ -350,7 +411,7 @@ impl Driver {
                 if let (Some(metrics), Ok(Answer::Deliveries(deliveries))) = (&mut self.metrics, &answer) {
                     metrics.delivered(self.clock.wall_ms(), &subscription, deliveries);
                 }
-                let _ = reply.send(answer);
+                reply.send(answer);
             }
             Command::CreateTopic { .. }
             | Command::DeleteTopic { .. }
@@ -360,11 +421,11 @@ impl Driver {
                     self.awaiting_metadata.push(AwaitingMetadata { reply, answer });
                 }
                 answer => {
-                    let _ = reply.send(answer);
+                    reply.send(answer);
                 }
             },
             command => {
-                let _ = reply.send(self.apply(command));
+                reply.send(self.apply(command));
             }
         }
     }
@@ -424,6 +485,8 @@ impl Driver {
         if self.broker.driver_timer_due(DriverTimer::Checkpoint, now) {
             self.broker.set_driver_timer(DriverTimer::Checkpoint, Some(now + CHECKPOINT_INTERVAL_MS));
             self.end_stalled_streams(now);
+            // A leader that stopped hearing from a quorum: Raft reports no change for it.
+            self.cluster_changed();
             if let Err(e) = self.apply(Command::Checkpoint) {
                 tracing::warn!(error = %e, "saving committed offsets failed; it is tried again at the next checkpoint");
             }
@@ -440,7 +503,7 @@ impl Driver {
     /// duplicate may name a record appended earlier in this very turn, and it must not be
     /// acknowledged before that record is durable. It names the original's partition, so
     /// a failed sync there refuses it like the original.
-    fn publish(&mut self, command: Command, reply: oneshot::Sender<Reply>) {
+    fn publish(&mut self, command: Command, reply: Replier) {
         let Command::Publish { topic, .. } = &command else { return };
         let topic = topic.clone();
         let answer_at_once = self.broker.config().mutated(crate::core::Mutation::AnswerBeforeSync);
@@ -452,7 +515,7 @@ impl Driver {
                 if let (Some(metrics), Ok(Answer::Published(published))) = (&mut self.metrics, &answer) {
                     metrics.published(&topic, published);
                 }
-                let _ = reply.send(answer);
+                reply.send(answer);
             }
         }
     }
@@ -501,7 +564,7 @@ impl Driver {
                 )))),
                 None => Ok(waiting.answer),
             };
-            let _ = waiting.reply.send(answer);
+            waiting.reply.send(answer);
         }
         for waiting in self.awaiting_sync.drain(..) {
             let failed = failures
@@ -522,7 +585,7 @@ impl Driver {
                     Ok(Answer::Published(waiting.published))
                 }
             };
-            let _ = waiting.reply.send(answer);
+            waiting.reply.send(answer);
         }
     }
 

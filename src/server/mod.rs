@@ -9,6 +9,7 @@ pub mod metrics;
 mod observer;
 mod pubsub;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +20,13 @@ use tonic::transport::server::Connected;
 use tonic::Status;
 use tracing::info;
 
-pub use driver::{Checks, Driver, DriverHandle};
+pub use driver::{Checks, Driver, DriverHandle, DriverSettings};
 pub use observer::Observer;
 
+use crate::cluster::{Applier, ClusterNode, Connector, NodeSettings};
 use crate::env::Fs;
 use crate::record::Recorder;
+use futures_util::future::BoxFuture;
 
 use crate::core::{Broker, BrokerConfig, BrokerError};
 use crate::env::Clock;
@@ -134,6 +137,10 @@ pub enum ServerError {
     /// The gRPC server failed while serving.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// This node of a cluster cannot start: its Raft log cannot be opened (another node's
+    /// or another cluster's, or damaged), or Raft refused to start.
+    #[error("cannot start this cluster node: {0}")]
+    Cluster(std::io::Error),
 }
 
 impl ServerConfig {
@@ -215,7 +222,31 @@ pub struct Hooks {
     pub observer: Option<Arc<dyn Observer>>,
     /// Records every command the driver applies (`serve --record DIR`).
     pub record: Option<RecordTo>,
+    /// Runs this broker as a node of a cluster.
+    pub cluster: Option<ClusterRun>,
 }
+
+/// What a node of a cluster starts with. Its broker's storage is the state machine's: it
+/// must be empty, for the node applies its whole Raft log to it as it starts.
+pub struct ClusterRun {
+    /// Its Raft settings: its id, every node's peer address, timing, seed.
+    pub settings: NodeSettings,
+    /// Where clients reach each node (the `brokers` setting), for leader hints and
+    /// `GetCluster`.
+    pub brokers: BTreeMap<u64, String>,
+    /// The filesystem its Raft log is on.
+    pub fs: Arc<dyn Fs>,
+    /// The Raft log's directory.
+    pub dir: std::path::PathBuf,
+    /// Makes the channel to a peer.
+    pub connect: Connector,
+    /// Serves the Raft service on the peer port; the future runs until the process ends.
+    pub serve_peers: Box<dyn FnOnce(PeerService) -> BoxFuture<'static, ()> + Send>,
+}
+
+/// The Raft service a node's peer port serves.
+pub type PeerService =
+    crate::cluster::pb::raft_server::RaftServer<crate::cluster::RaftService<crate::cluster::BrokerSm>>;
 
 /// Where and how a flight recording is written.
 pub struct RecordTo {
@@ -261,27 +292,11 @@ where
     let metrics_on = metrics::enabled();
     let storage: Box<dyn Storage> =
         if metrics_on { Box::new(metrics::TimedStorage::new(storage, clock.clone())) } else { storage };
-    let mut broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
-    let Hooks { observer, record } = hooks;
-    if observer.is_some() {
-        broker.observe();
-    }
-    let recorder = record.map(|to| start_recording(to, &broker)).transpose()?;
+    let (driver, cluster) = start_driver(&config, storage, clock.clone(), hooks, metrics_on).await?;
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
-    let broker_metrics = metrics_on.then(metrics::BrokerMetrics::new);
-    let checks = Checks { invariants: config.check_invariants || cfg!(debug_assertions), observer, recorder };
-    let driver = Driver::spawn(
-        broker,
-        clock,
-        config.command_queue_max,
-        config.sync_delay_ms,
-        config.stream_stall_timeout_ms,
-        broker_metrics,
-        checks,
-    );
 
     let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency };
-    let admin = admin::AdminService { driver: driver.clone() };
+    let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
     let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
     let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);
@@ -289,6 +304,9 @@ where
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
     health.set_serving::<pb::admin_server::AdminServer<admin::AdminService>>().await;
+    if let Some(view) = &cluster {
+        tokio::spawn(report_leadership(view.node.clone(), health.clone()));
+    }
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -337,8 +355,91 @@ where
             "connections still open when the shutdown grace period ended; dropping them"
         ),
     }
+    if let Some(view) = &cluster {
+        view.node.shutdown().await;
+    }
     // In-flight requests are done: sync what was written and save the offsets.
     last_call.stop().await;
     info!("stopped");
     Ok(())
+}
+
+/// Opens the broker and starts its driver, and in a cluster the node's Raft.
+async fn start_driver(
+    config: &ServerConfig,
+    storage: Box<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    hooks: Hooks,
+    metrics_on: bool,
+) -> Result<(DriverHandle, Option<admin::ClusterView>), ServerError> {
+    let mut broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
+    let Hooks { observer, record, cluster } = hooks;
+    if cluster.is_some() && !broker.is_pristine() {
+        return Err(ServerError::Cluster(std::io::Error::other(
+            "a cluster node's broker state must start empty: it is rebuilt from the Raft log",
+        )));
+    }
+    if observer.is_some() {
+        broker.observe();
+    }
+    let recorder = record.map(|to| start_recording(to, &broker)).transpose()?;
+    let checks = Checks {
+        invariants: config.check_invariants || cfg!(debug_assertions),
+        observer,
+        recorder,
+        metrics: metrics_on.then(metrics::BrokerMetrics::new),
+    };
+    let settings = DriverSettings {
+        queue_max: config.command_queue_max,
+        sync_delay_ms: config.sync_delay_ms,
+        stream_stall_ms: config.stream_stall_timeout_ms,
+        brokers: cluster.as_ref().map(|c| c.brokers.clone()),
+    };
+    let driver = Driver::spawn(broker, clock, settings, checks);
+    let cluster = match cluster {
+        Some(run) => Some(start_node(run, &driver).await?),
+        None => None,
+    };
+    Ok((driver, cluster))
+}
+
+/// Starts this node's Raft, its peer service, and tells the driver.
+async fn start_node(run: ClusterRun, driver: &DriverHandle) -> Result<admin::ClusterView, ServerError> {
+    let applier: Arc<dyn Applier> = Arc::new(driver.clone());
+    let node = ClusterNode::start(&run.settings, run.fs, &run.dir, run.connect, applier)
+        .await
+        .map_err(ServerError::Cluster)?;
+    let node = Arc::new(node);
+    tokio::spawn((run.serve_peers)(node.service()));
+    driver.attach(node.clone()).await;
+    info!(node = run.settings.id, peers = ?run.settings.peers, "cluster node started");
+    Ok(admin::ClusterView { node, peers: run.settings.peers, brokers: run.brokers })
+}
+
+/// How often a node rechecks whether it serves: a leader that stops hearing from a quorum
+/// changes nothing Raft reports, so it is looked at on this period too.
+const LEADERSHIP_CHECK_MS: u64 = 200;
+
+/// Keeps the health of `pubsub.PubSub` and `pubsub.Admin` SERVING only while this node
+/// leads and hears from a quorum, so a load balancer's health check finds the leader.
+async fn report_leadership(node: Arc<ClusterNode>, health: tonic_health::server::HealthReporter) {
+    let mut watcher = node.watcher();
+    let mut serving = None;
+    loop {
+        let now = node.state().serving;
+        if serving != Some(now) {
+            serving = Some(now);
+            if now {
+                health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
+                health.set_serving::<pb::admin_server::AdminServer<admin::AdminService>>().await;
+            } else {
+                health.set_not_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
+                health.set_not_serving::<pb::admin_server::AdminServer<admin::AdminService>>().await;
+            }
+        }
+        tokio::select! {
+            alive = watcher.changed() => if !alive { return },
+            () = tokio::time::sleep(Duration::from_millis(LEADERSHIP_CHECK_MS)) => {}
+        }
+    }
 }

@@ -396,7 +396,7 @@ impl BrokerHost {
         let observer = Arc::new(BrokerObserver { host: name.clone(), history: history.clone() });
         let (config, clock) = (self.config.clone(), Arc::new(SimClock));
         let record = self.recording.as_ref().map(|recording| recording.next_life(name));
-        let hooks = server::Hooks { observer: Some(observer), record };
+        let hooks = server::Hooks { observer: Some(observer), record, cluster: None };
         server::run_with(incoming, shutdown, config, store, clock, hooks).await?;
         Ok(())
     }

@@ -1,0 +1,338 @@
+//! One node of a cluster, as the broker sees it: it proposes commands, is handed the
+//! committed ones in log order to apply, and reads the cluster's state (who leads, the
+//! term, the indexes). openraft runs underneath; none of its types show.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::TryStreamExt;
+use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::rt::watch::WatchReceiver;
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::WatchReceiverOf;
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::Instant as _;
+use openraft::{
+    BasicNode, Config, EntryPayload, OptionalSend, RaftSnapshotBuilder, ServerState, SnapshotPolicy, StoredMembership,
+};
+
+use super::log::{identity, RaftLog};
+use super::network::{Connector, PeerNetwork, RaftService, SnapshotData};
+use super::{pb, Applied, Proposal, TypeConfig};
+use crate::core::Reply;
+use crate::env::Fs;
+
+type LogId = LogIdOf<TypeConfig>;
+type Raft = openraft::Raft<TypeConfig, BrokerSm>;
+
+/// How a node's Raft runs: its id, every node's peer address, and its timing.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// This node's id (a key of `peers`).
+    pub id: u64,
+    /// Every node's id and peer address (`HOST:PORT`), this one's included.
+    pub peers: BTreeMap<u64, String>,
+    /// How often a leader sends heartbeats.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a time drawn from this range stands for election.
+    pub election_timeout_ms: (u64, u64),
+    /// Seeds the node's randomness (its election timeouts): from the OS in production, from
+    /// the scenario's seed in the simulator.
+    pub seed: u64,
+}
+
+impl NodeSettings {
+    /// The timing a broker cluster runs with: a heartbeat every 100 ms, elections after 300
+    /// to 600 ms of silence, so a dead leader is replaced in well under a second.
+    pub fn new(id: u64, peers: BTreeMap<u64, String>, seed: u64) -> Self {
+        Self { id, peers, heartbeat_ms: 100, election_timeout_ms: (300, 600), seed }
+    }
+}
+
+/// A committed proposal, handed to the broker to apply, in log order.
+pub struct Committed {
+    /// Its log index.
+    pub index: u64,
+    /// The proposal's bytes (a command-log entry).
+    pub proposal: Bytes,
+    /// Where its reply goes: present on the node that proposed it, in the process that did.
+    pub answer: Option<Answerer>,
+}
+
+/// Answers the client waiting for a committed proposal.
+pub struct Answerer {
+    index: u64,
+    responder: ApplyResponder<TypeConfig>,
+}
+
+impl Answerer {
+    /// Sends the broker's reply to the proposer.
+    pub fn send(self, reply: Reply) {
+        self.responder.send(Applied { index: self.index, reply: Some(reply) });
+    }
+}
+
+/// Applies committed proposals: the broker's driver, which owns the broker.
+pub trait Applier: Send + Sync + 'static {
+    /// Applies `batch` in order and resolves once every entry is applied (its answer may
+    /// be sent later). An error stops this node's Raft: the broker cannot go on.
+    fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// Why a proposal got no reply from the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This node does not lead (or its leadership lapsed); nothing was appended. The
+    /// leader, when known.
+    NotLeader(Option<u64>),
+    /// The entry was appended but its fate is unknown: this node lost its leadership before
+    /// it committed, and another leader may yet commit it.
+    Indeterminate(String),
+}
+
+/// The cluster's state as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterState {
+    /// This node's id.
+    pub id: u64,
+    /// `leader`, `candidate`, `follower`, `learner` or `shutdown`.
+    pub role: &'static str,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// The index the cluster committed, as far as this node knows.
+    pub committed: u64,
+    /// The index this node applied.
+    pub applied: u64,
+    /// The last index in this node's log.
+    pub last_log: u64,
+    /// True when this node leads, has applied an entry of its own term (so its state holds
+    /// everything committed before it), and heard from a quorum within the election
+    /// timeout: it may take writes and serve reads.
+    pub serving: bool,
+}
+
+/// A running node.
+pub struct ClusterNode {
+    id: u64,
+    raft: Raft,
+    /// A leader that heard from no quorum for this long stops serving.
+    quorum_lapse: Duration,
+}
+
+/// The state machine openraft drives: it hands each committed batch to the broker.
+#[derive(Clone)]
+pub struct BrokerSm {
+    applier: Arc<dyn Applier>,
+    applied: Option<LogId>,
+    membership: StoredMembershipOf<TypeConfig>,
+}
+
+impl ClusterNode {
+    /// Opens the node's Raft log in `dir` (refused if it belongs to another node or
+    /// cluster), starts Raft, and initialises a pristine cluster (every node may: they all
+    /// propose the same membership, and a node with a log refuses). Committed entries go to
+    /// `applier`. openraft's tasks run in its seeded runtime scope, from `settings.seed`.
+    pub async fn start(
+        settings: &NodeSettings,
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        connect: Connector,
+        applier: Arc<dyn Applier>,
+    ) -> io::Result<Self> {
+        let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
+        scoped(settings.seed, Self::start_scoped(settings, fs, dir, connect, applier)).await
+    }
+
+    async fn start_scoped(
+        settings: &NodeSettings,
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        connect: Connector,
+        applier: Arc<dyn Applier>,
+    ) -> io::Result<Self> {
+        let log = RaftLog::open(fs, dir, &identity(settings.id, settings.peers.keys().copied()))?;
+        let config = Config {
+            cluster_name: "mini-pubsub".into(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_timeout_ms.0,
+            election_timeout_max: settings.election_timeout_ms.1,
+            // The log is the broker's only history until broker snapshots exist: never purged.
+            snapshot_policy: SnapshotPolicy::Never,
+            // Proposals are up to a publish batch; a lagging follower gets them in bounded
+            // batches.
+            max_payload_entries: 64,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
+        let machine = BrokerSm { applier, applied: None, membership: StoredMembership::default() };
+        let raft = Raft::new(settings.id, config, PeerNetwork::new(settings.id, connect), log, machine)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let members: BTreeMap<u64, BasicNode> =
+            settings.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        match raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(io::Error::other(format!("cannot initialise the cluster: {e}"))),
+        }
+        let quorum_lapse = Duration::from_millis(settings.election_timeout_ms.1);
+        Ok(Self { id: settings.id, raft, quorum_lapse })
+    }
+
+    /// The service this node's peer port serves.
+    pub fn service(&self) -> pb::raft_server::RaftServer<RaftService<BrokerSm>> {
+        RaftService::new(self.raft.clone())
+    }
+
+    /// Proposes one entry and waits until this node applied it; the broker's reply.
+    pub async fn propose(&self, proposal: Bytes) -> Result<Reply, ProposeError> {
+        match self.raft.client_write(Proposal(proposal)).await {
+            Ok(response) => response
+                .data
+                .reply
+                .ok_or_else(|| ProposeError::Indeterminate("the entry applied without a reply".into())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(e @ ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(ProposeError::Indeterminate(e.to_string()))
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Indeterminate(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Indeterminate(format!("this node's Raft stopped: {e}"))),
+        }
+    }
+
+    /// The cluster's state as this node sees it now.
+    pub fn state(&self) -> ClusterState {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower => "follower",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let term = metrics.current_term;
+        let own_term_applied = metrics.last_applied.is_some_and(|l| l.leader_id.term == term);
+        let quorum_heard = metrics.last_quorum_acked.is_some_and(|at| (*at).elapsed() < self.quorum_lapse);
+        ClusterState {
+            id: self.id,
+            role,
+            term,
+            leader: metrics.current_leader,
+            committed: metrics.cluster_committed.or(metrics.local_committed).map_or(0, |l| l.index),
+            applied: metrics.last_applied.map_or(0, |l| l.index),
+            last_log: metrics.last_log_index.unwrap_or(0),
+            serving: metrics.state == ServerState::Leader
+                && metrics.current_leader == Some(self.id)
+                && own_term_applied
+                && quorum_heard,
+        }
+    }
+
+    /// A watcher of the cluster's state for another task.
+    pub fn watcher(&self) -> StateWatcher {
+        StateWatcher { metrics: self.raft.metrics() }
+    }
+
+    /// Asks node `to` to take over the leadership from this node (a leader).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
+    }
+
+    /// Stops this node's Raft.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "stopping Raft failed");
+        }
+    }
+}
+
+/// Waits for changes of a node's state.
+pub struct StateWatcher {
+    metrics: WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+}
+
+impl StateWatcher {
+    /// Resolves when the node's state may have changed; false once the node stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.metrics.changed().await.is_ok()
+    }
+}
+
+/// Snapshots are not built yet: the log is never purged ([`SnapshotPolicy::Never`]), so
+/// openraft never asks for one.
+pub struct NoSnapshots;
+
+fn no_snapshots() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "broker snapshots are not built yet; the Raft log is never purged")
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        Err(no_snapshots())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for BrokerSm {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = NoSnapshots;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            self.applied = Some(entry.log_id);
+            let index = entry.log_id.index;
+            match entry.payload {
+                EntryPayload::Normal(Proposal(proposal)) => {
+                    let answer = responder.map(|responder| Answerer { index, responder });
+                    batch.push(Committed { index, proposal, answer });
+                }
+                EntryPayload::Blank => {
+                    if let Some(responder) = responder {
+                        responder.send(Applied { index, reply: None });
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    if let Some(responder) = responder {
+                        responder.send(Applied { index, reply: None });
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.applier.apply(batch).await.map_err(io::Error::other)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> NoSnapshots {
+        NoSnapshots
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<NoSnapshots> {
+        None
+    }
+
+    async fn install_snapshot(&mut self, _meta: &SnapshotMetaOf<TypeConfig>, _data: SnapshotData) -> io::Result<()> {
+        Err(no_snapshots())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        Ok(None)
+    }
+}

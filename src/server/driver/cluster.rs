@@ -1,0 +1,214 @@
+//! The driver's part in a cluster: what it proposes instead of applying, what it refuses
+//! when this node does not lead, and how it applies what the cluster committed.
+//!
+//! - Changes to durable state (publishes, topic and subscription creation and deletion,
+//!   seeks) are decided here (the core's `check` refuses bad input at once) and proposed;
+//!   every node applies them when they commit, through the same path as a single broker,
+//!   with the wall time the leader decided them at, so every replica stores the same.
+//! - Everything else (streams, pulls, acks, reads) is served by the leader from its own
+//!   state, as a single broker does. Leases, streams and sessions are the leader's alone and
+//!   are lost when leadership moves: their messages are delivered again (at-least-once).
+//! - A node that does not lead (or whose leadership lapsed: it heard from no quorum
+//!   within the election timeout) refuses every call with UNAVAILABLE, naming the leader.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use prost::Message as _;
+use tonic::Status;
+
+use super::{Driver, DriverHandle, Job, Replier, StreamSink};
+use crate::cluster::{Applier, ClusterNode, Committed, ProposeError};
+use crate::core::{BrokerError, Command, LeaderHint};
+use crate::record::{self, pb};
+
+/// A node's link to its cluster, held by the driver.
+pub(in crate::server) struct Replication {
+    /// The running node; `None` until it is attached (until then every call is refused).
+    node: Option<Arc<ClusterNode>>,
+    /// Where clients reach each node (`[cluster] brokers`), for leader hints.
+    brokers: Arc<BTreeMap<u64, String>>,
+    /// Whether this node served at the last look: when it stops, its streams end.
+    serving: bool,
+}
+
+impl Replication {
+    /// A link whose leader hints name the nodes' client addresses.
+    pub(in crate::server) fn new(brokers: BTreeMap<u64, String>) -> Self {
+        Self { node: None, brokers: Arc::new(brokers), serving: false }
+    }
+}
+
+/// The hint for leader `id`: its id and, when configured, its client address.
+fn hint(brokers: &BTreeMap<u64, String>, id: Option<u64>) -> Option<LeaderHint> {
+    id.map(|id| LeaderHint { id, addr: brokers.get(&id).cloned() })
+}
+
+/// A command as a cluster entry: a command-log `Entry` with the wall time it was decided at
+/// (the monotonic time is each node's own, so it is not sent).
+fn encode(wall_ms: u64, command: &Command) -> bytes::Bytes {
+    let entry = pb::Entry { wall_ms, command: Some(record::encode_command(command)), ..Default::default() };
+    entry.encode_to_vec().into()
+}
+
+fn decode(bytes: &[u8]) -> Result<(u64, Command), String> {
+    let entry = pb::Entry::decode(bytes).map_err(|e| format!("a cluster entry that does not decode: {e}"))?;
+    let command = entry.command.ok_or("a cluster entry without a command")?;
+    Ok((entry.wall_ms, record::decode_command(command)?))
+}
+
+impl DriverHandle {
+    /// Tells the driver its cluster node runs.
+    pub(in crate::server) async fn attach(&self, node: Arc<ClusterNode>) {
+        let _ = self.jobs.send(Job::Attach { node }).await;
+    }
+}
+
+impl Applier for DriverHandle {
+    fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Result<(), String>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (done, applied) = tokio::sync::oneshot::channel();
+            let gone = || "the broker's driver stopped".to_string();
+            jobs.send(Job::Apply { batch, done }).await.map_err(|_| gone())?;
+            applied.await.map_err(|_| gone())
+        })
+    }
+}
+
+/// Whether a command changes durable state, and so goes through the Raft log.
+fn replicated(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Publish { .. }
+            | Command::CreateTopic { .. }
+            | Command::DeleteTopic { .. }
+            | Command::CreateSubscription(_)
+            | Command::DeleteSubscription { .. }
+            | Command::Seek { .. }
+    )
+}
+
+impl Driver {
+    /// In a cluster, takes the commands that are not this node's to apply now: refuses every
+    /// call on a node that does not lead, and proposes the changes to durable state. What
+    /// it gives back, the caller applies as a single broker would.
+    pub(super) fn route(
+        &mut self,
+        command: Command,
+        sink: Option<StreamSink>,
+        reply: Replier,
+    ) -> Option<(Command, Option<StreamSink>, Replier)> {
+        if self.replication.is_none() || self.decided_wall_ms.is_some() {
+            return Some((command, sink, reply));
+        }
+        if let Some(refused) = self.refuse_unless_leading() {
+            reply.send(Err(refused));
+            return None;
+        }
+        if let Some(refused) = not_in_cluster(&command) {
+            reply.send(Err(refused));
+            return None;
+        }
+        if !replicated(&command) {
+            return Some((command, sink, reply));
+        }
+        if let Err(refused) = self.broker.check(&command) {
+            reply.send(Err(refused));
+            return None;
+        }
+        let replication = self.replication.as_ref().expect("checked above");
+        let node = replication.node.clone().expect("a serving node is attached");
+        let brokers = replication.brokers.clone();
+        let proposal = encode(self.clock.wall_ms(), &command);
+        tokio::spawn(async move {
+            let answer = match node.propose(proposal).await {
+                Ok(answer) => answer,
+                Err(ProposeError::NotLeader(leader)) => Err(BrokerError::NotLeader { leader: hint(&brokers, leader) }),
+                Err(ProposeError::Indeterminate(why)) => Err(BrokerError::Indeterminate(why)),
+            };
+            reply.send(answer);
+        });
+        None
+    }
+
+    /// In a cluster, the refusal of a call on a node that does not serve now.
+    pub(super) fn refuse_unless_leading(&mut self) -> Option<BrokerError> {
+        let replication = self.replication.as_mut()?;
+        let Some(node) = &replication.node else {
+            return Some(BrokerError::NotLeader { leader: None });
+        };
+        let state = node.state();
+        if state.serving {
+            return None;
+        }
+        Some(BrokerError::NotLeader { leader: hint(&replication.brokers, state.leader.filter(|l| *l != state.id)) })
+    }
+
+    /// Applies committed entries in log order, each with the wall time it was decided at;
+    /// the node that proposed one answers its client.
+    pub(super) fn apply_committed(&mut self, batch: Vec<Committed>) {
+        for committed in batch {
+            let reply = Replier::Raft(committed.answer);
+            match decode(&committed.proposal) {
+                Ok((wall_ms, command)) => {
+                    self.decided_wall_ms = Some(wall_ms);
+                    self.command(command, None, reply);
+                    self.decided_wall_ms = None;
+                }
+                Err(e) => {
+                    // Every node skips it alike, so the replicas stay the same.
+                    tracing::error!(index = committed.index, error = %e, "a committed entry was skipped");
+                    reply.send(Err(BrokerError::Indeterminate(e)));
+                }
+            }
+        }
+    }
+
+    /// The node runs: the driver learns of its changes from a watcher task.
+    pub(super) fn attach(&mut self, node: Arc<ClusterNode>) {
+        let Some(replication) = self.replication.as_mut() else { return };
+        let mut watcher = node.watcher();
+        replication.node = Some(node);
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            while watcher.changed().await {
+                let Some(jobs) = jobs.upgrade() else { return };
+                if jobs.send(Job::ClusterChanged).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.cluster_changed();
+    }
+
+    /// When this node stops serving, its streams end with UNAVAILABLE naming the leader
+    /// (their clients reconnect there); their leases are released at once.
+    pub(super) fn cluster_changed(&mut self) {
+        let refused = self.refuse_unless_leading();
+        let Some(replication) = self.replication.as_mut() else { return };
+        let was = std::mem::replace(&mut replication.serving, refused.is_none());
+        if let (true, Some(refused)) = (was, refused) {
+            tracing::info!(%refused, "this node no longer leads: its streams end");
+            let status: Status = refused.into();
+            let streams: Vec<_> = self.sinks.keys().copied().collect();
+            for stream in streams {
+                self.end_stream_with(stream, status.clone(), Command::LeaveStream { stream });
+            }
+        }
+    }
+}
+
+/// What a cluster does not do yet, refused before anything changes: dead-letter copies and
+/// redrives are decided by the leader's own timers and nacks, and are not replicated yet.
+fn not_in_cluster(command: &Command) -> Option<BrokerError> {
+    let why = "dead-letter copies are not replicated yet, so a leader's copy would exist on it alone";
+    match command {
+        Command::CreateSubscription(spec) if spec.dead_letter.is_some() => {
+            Some(BrokerError::NotInCluster { what: "a subscription with a dead_letter_policy", why })
+        }
+        Command::Redrive { .. } => Some(BrokerError::NotInCluster { what: "Redrive", why }),
+        _ => None,
+    }
+}

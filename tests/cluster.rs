@@ -1,0 +1,301 @@
+//! Three real `mini-pubsub serve` processes on 127.0.0.1 as a cluster: clients publish
+//! under load, the leader is SIGKILLed three times (a different node each time) and
+//! restarted on its data, and at the end every acknowledged message is on every node, at
+//! the partition and offset it was acknowledged at, with its bytes; and the nodes hold the
+//! same records at every offset.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use tonic::transport::Channel;
+
+use mini_pubsub::core::{Broker, BrokerConfig};
+use mini_pubsub::env::StdFs;
+use mini_pubsub::storage::{FileStorage, FileStorageConfig};
+use mini_pubsub::wire::pb;
+use pb::admin_client::AdminClient;
+use pb::pub_sub_client::PubSubClient;
+
+/// Longest any wait here takes before the test fails.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Publishing clients, each with its own idempotency keys.
+const PUBLISHERS: usize = 4;
+
+/// Attempts at one message, 50 ms apart at least, before the test fails.
+const ATTEMPTS_MAX: u32 = 400;
+
+/// Most messages a publisher sends: its loop ends by itself.
+const MESSAGES_MAX: usize = 5_000;
+
+/// A node: its ports, its data directory, and its process while it runs (killed on drop).
+struct Node {
+    id: u64,
+    client: String,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self, peers: &str, brokers: &str) {
+        let log = std::fs::File::create(self.data.with_extension(format!("log.{}", now_ms()))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+            .args(["serve", "--listen", &self.client, "--node-id", &self.id.to_string(), "--peers", peers])
+            .args(["--brokers", brokers, "--data-dir"])
+            .arg(&self.data)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the binary starts");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let exit = common::exit_within(&mut child, Duration::from_secs(15)).await;
+        assert!(exit.is_some_and(|e| e.success()), "node {} stops cleanly on SIGTERM: {exit:?}", self.id);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[allow(clippy::disallowed_methods, reason = "names log files apart; not a measurement")]
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+}
+
+/// A free port on 127.0.0.1 (bound and released: the node binds it again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn lazy(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).unwrap().timeout(Duration::from_secs(2)).connect_lazy()
+}
+
+/// The cluster as node `addr` sees it, if it answers.
+async fn cluster_at(addr: &str) -> Option<pb::Cluster> {
+    let mut admin = AdminClient::new(lazy(addr));
+    admin.get_cluster(pb::GetClusterRequest {}).await.ok().map(tonic::Response::into_inner)
+}
+
+/// Waits until a node serves as leader; its id.
+async fn leader(nodes: &[Node]) -> u64 {
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            for node in nodes.iter().filter(|n| n.child.is_some()) {
+                if cluster_at(&node.client).await.is_some_and(|c| c.serving) {
+                    return node.id;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a leader within the bound")
+}
+
+/// Waits until every running node applied what the cluster committed, and all agree.
+async fn settled(nodes: &[Node]) {
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let mut seen = Vec::new();
+            for node in nodes {
+                seen.push(cluster_at(&node.client).await.map(|c| (c.committed_index, c.applied_index)));
+            }
+            let first = seen[0];
+            if first.is_some_and(|(c, a)| c == a && c > 0) && seen.iter().all(|s| *s == first) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every node applies everything committed within the bound");
+}
+
+/// Where an acknowledged message was stored, and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Acked {
+    partition: u32,
+    offset: u64,
+    value: Vec<u8>,
+}
+
+/// Publishes one message at a time with its own idempotency key, to whichever node leads:
+/// a refusal naming the leader is followed there, any other failure retries the same key
+/// on the next node. Stops at `stop` or after `MESSAGES_MAX`.
+async fn publisher(
+    index: usize,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, Acked>>>,
+) {
+    let mut target = 0;
+    let mut client = PubSubClient::new(lazy(&addrs[target]));
+    for n in 0..MESSAGES_MAX {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let key = format!("p{index}-{n}");
+        let value = format!("value of {key}").into_bytes();
+        let request = pb::PublishRequest {
+            topic: "orders".into(),
+            value: value.clone().into(),
+            key: Some(format!("k{}", n % 7)),
+            idempotency_key: Some(key.clone()),
+            ..Default::default()
+        };
+        // Bounded: a message that no node takes within the attempts fails the test.
+        for attempt in 0.. {
+            assert!(attempt < ATTEMPTS_MAX, "{key} was not acknowledged in {ATTEMPTS_MAX} attempts");
+            match client.publish(request.clone()).await {
+                Ok(response) => {
+                    let result = &response.into_inner().results[0];
+                    let place = Acked { partition: result.partition, offset: result.offset, value: value.clone() };
+                    let before = acked.lock().unwrap().insert(key.clone(), place);
+                    assert!(before.is_none());
+                    break;
+                }
+                Err(status) => {
+                    let hinted = status.metadata().get("leader-addr").and_then(|v| v.to_str().ok());
+                    target = match hinted.and_then(|a| addrs.iter().position(|x| x == a)) {
+                        Some(leader) => leader,
+                        None => (target + 1) % addrs.len(),
+                    };
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    client = PubSubClient::new(lazy(&addrs[target]));
+                }
+            }
+        }
+    }
+}
+
+/// A record as a node stored it: its offset, value and idempotency key.
+type StoredRecord = (u64, Vec<u8>, Option<String>);
+
+/// Each topic's records on a stopped node, read from its broker state: topic name →
+/// partitions → (offset, value, idempotency key).
+fn records_on(data: &Path) -> BTreeMap<String, Vec<Vec<StoredRecord>>> {
+    let storage = FileStorage::open(Arc::new(StdFs), FileStorageConfig::new(data.join("state"))).unwrap();
+    let broker = Broker::open(BrokerConfig::default(), Box::new(storage)).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&broker.snapshot(usize::MAX).unwrap()).unwrap();
+    let mut topics = BTreeMap::new();
+    for topic in state["topics"].as_array().unwrap() {
+        let mut partitions = Vec::new();
+        for partition in topic["partitions"].as_array().unwrap() {
+            let start = partition["start"].as_u64().unwrap();
+            let records = partition["records"].as_array().unwrap();
+            let records = records.iter().enumerate().map(|(i, r)| {
+                let value = base64::engine::general_purpose::STANDARD.decode(r["value"].as_str().unwrap()).unwrap();
+                (start + i as u64, value, r["idempotency_key"].as_str().map(str::to_string))
+            });
+            partitions.push(records.collect());
+        }
+        topics.insert(topic["name"].as_str().unwrap().to_string(), partitions);
+    }
+    topics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_lose_nothing_acknowledged_when_the_leader_is_killed_three_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| Node {
+            id,
+            client: format!("127.0.0.1:{}", free_port()),
+            data: dir.path().join(format!("node-{id}")),
+            child: None,
+        })
+        .collect();
+    let peer_ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
+    let peers: Vec<String> = nodes.iter().zip(&peer_ports).map(|(n, p)| format!("{}=127.0.0.1:{p}", n.id)).collect();
+    let peers = peers.join(",");
+    let brokers: Vec<String> = nodes.iter().map(|n| format!("{}={}", n.id, n.client)).collect();
+    let brokers = brokers.join(",");
+    for node in &mut nodes {
+        node.start(&peers, &brokers);
+    }
+    let first = leader(&nodes).await;
+    let mut admin = AdminClient::new(lazy(&nodes[first as usize - 1].client));
+    let topic = pb::CreateTopicRequest { name: "orders".into(), partitions: 3, ..Default::default() };
+    admin.create_topic(topic).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let addrs: Vec<String> = nodes.iter().map(|n| n.client.clone()).collect();
+    let publishers: Vec<_> =
+        (0..PUBLISHERS).map(|i| tokio::spawn(publisher(i, addrs.clone(), stop.clone(), acked.clone()))).collect();
+
+    let mut killed = Vec::new();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut victim = leader(&nodes).await;
+        if killed.contains(&victim) {
+            // Each kill takes a node not killed yet: hand it the leadership first.
+            let next = nodes.iter().map(|n| n.id).find(|id| !killed.contains(id)).unwrap();
+            let mut admin = AdminClient::new(lazy(&nodes[victim as usize - 1].client));
+            admin.transfer_leadership(pb::TransferLeadershipRequest { node_id: next }).await.unwrap();
+            victim = leader(&nodes).await;
+            assert_eq!(victim, next, "round {round}: the leadership went where it was handed");
+        }
+        let before = acked.lock().unwrap().len();
+        nodes[victim as usize - 1].kill();
+        killed.push(victim);
+        let after = leader(&nodes).await;
+        assert_ne!(after, victim);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nodes[victim as usize - 1].start(&peers, &brokers);
+        let now = acked.lock().unwrap().len();
+        eprintln!("round {round}: killed leader {victim}, {after} leads; {before} acknowledged before, {now} now");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    killed.sort_unstable();
+    assert_eq!(killed, vec![1, 2, 3], "each node was killed once while it led");
+
+    settled(&nodes).await;
+    for node in &mut nodes {
+        node.terminate().await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "the load got through: {} acknowledged", acked.len());
+    let stored: Vec<_> = nodes.iter().map(|n| records_on(&n.data)).collect();
+    for (node, records) in nodes.iter().zip(&stored) {
+        let orders = &records["orders"];
+        for (key, place) in &acked {
+            let partition = &orders[place.partition as usize];
+            let found = partition.iter().find(|(offset, _, _)| *offset == place.offset);
+            let expected = (place.offset, place.value.clone(), Some(key.clone()));
+            assert_eq!(found, Some(&expected), "node {}: {key} where it was acknowledged", node.id);
+        }
+        let total: usize = orders.iter().map(Vec::len).sum();
+        assert_eq!(total, acked.len(), "node {}: each acknowledged message once, nothing else", node.id);
+    }
+    assert_eq!(stored[0], stored[1], "nodes 1 and 2 hold the same records at every offset");
+    assert_eq!(stored[0], stored[2], "nodes 1 and 3 hold the same records at every offset");
+}
