@@ -6,8 +6,9 @@
 
 use super::name;
 use super::{
-    AckOp, AckReply, Broker, BrokerError, Delivery, Flow, OutgoingMessage, PendingMessage, Published, Redriven,
-    SeekTarget, StreamId, StreamTarget, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, SyncFailure, TopicInfo,
+    AckFloor, AckOp, AckReply, Broker, BrokerError, Delivery, Flow, OutgoingMessage, PendingMessage, Published,
+    Redriven, SeekTarget, StreamId, StreamTarget, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, SyncFailure,
+    TopicInfo,
 };
 
 /// When a command was decided: the monotonic clock (deadlines, backoffs, sessions) and the
@@ -121,6 +122,8 @@ pub enum Command {
     Sync,
     /// Applies time retention.
     Retention,
+    /// Raises subscriptions' ack floors to a cluster leader's (its replicated ack progress).
+    AckFloors(Vec<AckFloor>),
     /// Saves committed offsets and metadata when they changed.
     Checkpoint,
 }
@@ -261,6 +264,7 @@ impl Command {
             Command::Sync => "sync",
             Command::Retention => "retention",
             Command::Checkpoint => "checkpoint",
+            Command::AckFloors(_) => "ack-floors",
         }
     }
 }
@@ -329,7 +333,8 @@ impl Broker {
             | Command::Tick
             | Command::Sync
             | Command::Retention
-            | Command::Checkpoint => Ok(()),
+            | Command::Checkpoint
+            | Command::AckFloors(_) => Ok(()),
         }
     }
 
@@ -398,6 +403,10 @@ impl Broker {
                 Ok(Answer::Synced(partitions, metadata))
             }
             Command::Retention => self.enforce_retention(now, at.wall_ms).map(|()| Answer::Done),
+            Command::AckFloors(floors) => {
+                self.raise_floors(now, floors);
+                Ok(Answer::Done)
+            }
             Command::Checkpoint => {
                 self.tell_damage();
                 self.checkpoint().map(|saved| Answer::Checkpointed { saved })

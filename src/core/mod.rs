@@ -98,7 +98,7 @@ pub use persist::SyncFailure;
 pub use publish::{OutgoingMessage, Published};
 pub use redrive::Redriven;
 pub use retry::{DeadLetterPolicy, DeadLetterSpec, RetryPolicy, RetrySpec, Unacked};
-pub use seek::SeekTarget;
+pub use seek::{AckFloor, SeekTarget};
 pub use snapshot::SnapshotError;
 pub use stream::{Flow, StreamTarget};
 pub use subscription::StartPosition;

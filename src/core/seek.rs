@@ -1,10 +1,25 @@
 //! Seeks, and retention moving a partition's start: where a subscription reads from.
 
+use std::collections::BTreeSet;
+
 use super::broker::Broker;
 use super::error::BrokerError;
 use super::name;
 use super::topic::visible_end;
 use super::Notice;
+
+/// A subscription's ack floor on one partition: every offset below it is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckFloor {
+    /// The subscription's name.
+    pub subscription: String,
+    /// Its uid: a floor of a deleted subscription never moves a new one of the same name.
+    pub uid: u64,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset.
+    pub offset: u64,
+}
 
 /// Where a Seek moves a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +103,50 @@ impl Broker {
             }
         }
         Ok((uid, moves))
+    }
+
+    /// Each durable subscription's ack floor (its committed offset) on each partition: what
+    /// a cluster's leader replicates as its ack progress.
+    pub fn ack_floors(&self) -> Vec<AckFloor> {
+        let mut floors = Vec::new();
+        for sub in self.subscriptions.values().filter(|s| !s.ephemeral) {
+            for (partition, cursor) in sub.cursors.iter().enumerate() {
+                floors.push(AckFloor {
+                    subscription: sub.name.clone(),
+                    uid: sub.uid,
+                    partition: partition as u32,
+                    offset: cursor.committed,
+                });
+            }
+        }
+        floors
+    }
+
+    /// Raises ack floors to where a cluster's leader had them (a replica applying the
+    /// leader's ack progress): a cursor below its floor moves up to it, dropping what it
+    /// held below and above (a replica holds no leases of its own; an earlier leader's
+    /// stale ones end). A floor at or below the cursor's own, of a subscription since
+    /// deleted (another uid), or past the partition's end, changes nothing.
+    pub(super) fn raise_floors(&mut self, now_ms: u64, floors: Vec<AckFloor>) {
+        let mut raised = BTreeSet::new();
+        for floor in floors {
+            if self.subscription_uids.get(&floor.subscription) != Some(&floor.uid) {
+                continue;
+            }
+            let sub = &self.subscriptions[&floor.uid];
+            let Some(cursor) = sub.cursors.get(floor.partition as usize) else { continue };
+            let Ok(topic) = self.topic(&sub.topic) else { continue };
+            let end = topic.logs[floor.partition as usize].end_offset();
+            if cursor.committed >= floor.offset || floor.offset > end {
+                continue;
+            }
+            let dropped = self.cursor_mut(floor.uid, floor.partition).reset(floor.offset);
+            self.forget_dropped(floor.uid, floor.partition, dropped);
+            raised.insert(floor.uid);
+        }
+        for uid in raised {
+            self.dispatch(now_ms, uid);
+        }
     }
 
     /// Retention moved the start of `partition` to `start`: every subscription forgets the

@@ -280,6 +280,36 @@ fn seek_replays_and_ends_outstanding_leases() {
 }
 
 #[test]
+fn ack_floors_only_raise_a_cursor_of_the_same_subscription_within_the_log() {
+    let at = |now_ms| At { now_ms, wall_ms: 1000 };
+    let mut b = broker();
+    sub_on_new_topic(&mut b, 1);
+    b.publish(0, 1000, "t", vec![msg("a"), msg("b"), msg("c"), msg("d")]).unwrap();
+    let floors = b.ack_floors();
+    assert_eq!(floors.len(), 1);
+    let uid = floors[0].uid;
+    let floor =
+        |subscription: &str, uid, offset| AckFloor { subscription: subscription.into(), uid, partition: 0, offset };
+    // Another uid (a deleted namesake's floor), and an offset past the end: nothing moves.
+    b.handle(at(1), Command::AckFloors(vec![floor("s", uid + 1, 3), floor("s", uid, 9)])).unwrap();
+    assert_eq!(b.ack_floors()[0].offset, 0);
+    b.handle(at(2), Command::AckFloors(vec![floor("s", uid, 2)])).unwrap();
+    assert_eq!(b.ack_floors()[0].offset, 2);
+    // A lower floor never moves it back.
+    b.handle(at(3), Command::AckFloors(vec![floor("s", uid, 1)])).unwrap();
+    assert_eq!(b.ack_floors()[0].offset, 2);
+    let s = open(&mut b, 4, "s", 0);
+    let leased = drain(&mut b);
+    assert_eq!(leased.iter().map(|g| (g.0, g.1.as_str())).collect::<Vec<_>>(), [(s, "c"), (s, "d")]);
+    // A replica's floor above what it leased (an earlier leader's stale leases) ends them.
+    b.handle(at(5), Command::AckFloors(vec![floor("s", uid, 4)])).unwrap();
+    assert_eq!(ack(&mut b, 6, s, &leased[0].3), AckOutcome::Expired);
+    assert_eq!(b.ack_floors()[0].offset, 4);
+    b.publish(7, 1000, "t", vec![msg("e")]).unwrap();
+    assert_eq!(drain(&mut b).iter().map(|g| g.1.as_str()).collect::<Vec<_>>(), ["e"]);
+}
+
+#[test]
 fn latest_subscription_sees_only_new_messages() {
     let mut b = broker();
     b.publish(0, 0, "t", vec![msg("old")]).unwrap();

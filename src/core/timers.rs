@@ -50,16 +50,19 @@ pub enum DriverTimer {
     Retention,
     /// The next save of committed offsets (and export of metrics).
     Checkpoint,
+    /// A cluster leader's next proposal of its ack progress.
+    AckFloors,
 }
 
 impl DriverTimer {
-    const COUNT: usize = 3;
+    const COUNT: usize = 4;
 
     fn index(self) -> usize {
         match self {
             DriverTimer::IntervalSync => 0,
             DriverTimer::Retention => 1,
             DriverTimer::Checkpoint => 2,
+            DriverTimer::AckFloors => 3,
         }
     }
 }

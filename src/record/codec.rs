@@ -3,8 +3,8 @@
 use super::pb;
 use super::pb::{ack_op, command::Kind, open_stream, seek};
 use crate::core::{
-    AckOp, Command, DeadLetterSpec, DeliveryMode, Flow, OutgoingMessage, RetrySpec, SeekTarget, StartPosition,
-    StreamId, StreamTarget, SubscriptionSpec,
+    AckFloor, AckOp, Command, DeadLetterSpec, DeliveryMode, Flow, OutgoingMessage, RetrySpec, SeekTarget,
+    StartPosition, StreamId, StreamTarget, SubscriptionSpec,
 };
 
 /// The protobuf form of a command, by reference (a copy; see [`into_pb`]).
@@ -85,6 +85,7 @@ pub fn into_pb(command: Command) -> pb::Command {
         Command::Sync => Kind::Sync(pb::Empty {}),
         Command::Retention => Kind::Retention(pb::Empty {}),
         Command::Checkpoint => Kind::Checkpoint(pb::Empty {}),
+        Command::AckFloors(floors) => Kind::AckFloors(floors_pb(floors)),
     };
     pb::Command { kind: Some(kind) }
 }
@@ -153,24 +154,41 @@ pub fn decode(command: pb::Command) -> Result<Command, String> {
             op: ack_op_of(a.op.ok_or("acks.op: not set")?)?,
             ack_ids: a.ack_ids,
         },
-        Kind::Seek(s) => Command::Seek {
-            subscription: s.subscription,
-            target: match s.target.ok_or("seek.target: not set")? {
-                seek::Target::Earliest(_) => SeekTarget::Earliest,
-                seek::Target::Latest(_) => SeekTarget::Latest,
-                seek::Target::TimeMs(ms) => SeekTarget::TimeMs(ms),
-                seek::Target::Offsets(o) => {
-                    SeekTarget::Offsets(o.offsets.into_iter().map(|p| (p.partition, p.offset)).collect())
-                }
-            },
-        },
+        Kind::Seek(s) => Command::Seek { subscription: s.subscription, target: seek_target_of(s.target)? },
         Kind::Redrive(r) => Command::Redrive { subscription: r.subscription, max_messages: r.max_messages },
         Kind::Tick(_) => Command::Tick,
         Kind::Sync(_) => Command::Sync,
         Kind::Retention(_) => Command::Retention,
         Kind::Checkpoint(_) => Command::Checkpoint,
+        Kind::AckFloors(a) => Command::AckFloors(floors_of(a)),
         Kind::KeysUsed(_) => return Err("keys_used: a metadata journal entry, not a broker input".to_string()),
     })
+}
+
+fn seek_target_of(target: Option<seek::Target>) -> Result<SeekTarget, String> {
+    Ok(match target.ok_or("seek.target: not set")? {
+        seek::Target::Earliest(_) => SeekTarget::Earliest,
+        seek::Target::Latest(_) => SeekTarget::Latest,
+        seek::Target::TimeMs(ms) => SeekTarget::TimeMs(ms),
+        seek::Target::Offsets(o) => {
+            SeekTarget::Offsets(o.offsets.into_iter().map(|p| (p.partition, p.offset)).collect())
+        }
+    })
+}
+
+fn floors_pb(floors: Vec<AckFloor>) -> pb::AckFloors {
+    let floors = floors
+        .into_iter()
+        .map(|f| pb::AckFloor { subscription: f.subscription, uid: f.uid, partition: f.partition, offset: f.offset })
+        .collect();
+    pb::AckFloors { floors }
+}
+
+fn floors_of(floors: pb::AckFloors) -> Vec<AckFloor> {
+    let floors = floors.floors.into_iter();
+    floors
+        .map(|f| AckFloor { subscription: f.subscription, uid: f.uid, partition: f.partition, offset: f.offset })
+        .collect()
 }
 
 fn message(m: OutgoingMessage) -> pb::Message {

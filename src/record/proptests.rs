@@ -10,8 +10,8 @@ use prost::Message;
 
 use super::{decode_command, digest_state, encode_command, frame, pb, FRAME_HEADER};
 use crate::core::{
-    AckOp, Answer, At, Broker, BrokerConfig, Command, DeadLetterSpec, DeliveryMode, Flow, OutgoingMessage, Output,
-    RetrySpec, SeekTarget, StartPosition, StreamId, StreamTarget, SubscriptionSpec,
+    AckFloor, AckOp, Answer, At, Broker, BrokerConfig, Command, DeadLetterSpec, DeliveryMode, Flow, OutgoingMessage,
+    Output, RetrySpec, SeekTarget, StartPosition, StreamId, StreamTarget, SubscriptionSpec,
 };
 use crate::storage::MemoryStorage;
 
@@ -31,6 +31,7 @@ enum Op {
     Sync,
     Checkpoint,
     DeleteTopic { force: bool },
+    AckFloors { uid: u64, partition: u32, offset: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -50,6 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Sync),
         1 => Just(Op::Checkpoint),
         1 => any::<bool>().prop_map(|force| Op::DeleteTopic { force }),
+        1 => (0u64..6, 0u32..3, 0u64..12).prop_map(|(uid, partition, offset)| Op::AckFloors { uid, partition, offset }),
     ]
 }
 
@@ -142,6 +144,9 @@ fn command(op: &Op, seen: &Seen, n: usize) -> Command {
         Op::Sync => Command::Sync,
         Op::Checkpoint => Command::Checkpoint,
         Op::DeleteTopic { force } => Command::DeleteTopic { name: "other".into(), force },
+        Op::AckFloors { uid, partition, offset } => {
+            Command::AckFloors(vec![AckFloor { subscription: "s".into(), uid, partition, offset }])
+        }
     }
 }
 

@@ -263,6 +263,9 @@ impl Driver {
         if let FsyncPolicy::IntervalMs(ms) = fsync {
             broker.set_driver_timer(DriverTimer::IntervalSync, Some(now + ms));
         }
+        if brokers.is_some() {
+            broker.set_driver_timer(DriverTimer::AckFloors, Some(now + cluster::ACK_FLOORS_INTERVAL_MS));
+        }
         let driver = Driver {
             broker,
             clock,
@@ -475,6 +478,10 @@ impl Driver {
                 self.broker.set_driver_timer(DriverTimer::IntervalSync, Some(now + ms));
             }
             self.sync_logging_failures();
+        }
+        if self.broker.driver_timer_due(DriverTimer::AckFloors, now) {
+            self.broker.set_driver_timer(DriverTimer::AckFloors, Some(now + cluster::ACK_FLOORS_INTERVAL_MS));
+            self.propose_ack_floors();
         }
         if self.broker.driver_timer_due(DriverTimer::Retention, now) {
             self.broker.set_driver_timer(DriverTimer::Retention, Some(now + CHECKPOINT_INTERVAL_MS));

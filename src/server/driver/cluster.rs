@@ -12,6 +12,7 @@
 //!   within the election timeout) refuses every call with UNAVAILABLE, naming the leader.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -31,12 +32,38 @@ pub(in crate::server) struct Replication {
     brokers: Arc<BTreeMap<u64, String>>,
     /// Whether this node served at the last look: when it stops, its streams end.
     serving: bool,
+    /// The ack floors this leader proposed, by subscription uid and partition; only changes
+    /// are proposed. Forgotten when leadership changes and every `FLOORS_REFRESH` rounds,
+    /// so a proposal that was lost is made again.
+    proposed_floors: BTreeMap<(u64, u32), u64>,
+    /// Rounds of ack progress since the floors were last all proposed.
+    floor_rounds: u32,
+    /// Seeks proposed and not yet answered: while one is, no floors are proposed, for a
+    /// floor read before the seek applied could undo it.
+    seeks_in_flight: Arc<AtomicUsize>,
 }
+
+/// How often a leader proposes its ack progress: a failover redelivers at most what was
+/// acknowledged in this long (and everything still leased).
+pub(in crate::server) const ACK_FLOORS_INTERVAL_MS: u64 = 100;
+
+/// Every this many rounds the leader proposes all floors again, changed or not.
+const FLOORS_REFRESH: u32 = 50;
+
+/// Ack floors in one Raft entry at most (about 40 bytes each).
+const FLOORS_PER_ENTRY: usize = 10_000;
 
 impl Replication {
     /// A link whose leader hints name the nodes' client addresses.
     pub(in crate::server) fn new(brokers: BTreeMap<u64, String>) -> Self {
-        Self { node: None, brokers: Arc::new(brokers), serving: false }
+        Self {
+            node: None,
+            brokers: Arc::new(brokers),
+            serving: false,
+            proposed_floors: BTreeMap::new(),
+            floor_rounds: 0,
+            seeks_in_flight: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
@@ -118,12 +145,22 @@ impl Driver {
             reply.send(Err(refused));
             return None;
         }
+        let seeks = matches!(command, Command::Seek { .. })
+            .then(|| self.replication.as_ref().map(|r| r.seeks_in_flight.clone()))
+            .flatten();
+        if let Some(seeks) = &seeks {
+            seeks.fetch_add(1, Ordering::SeqCst);
+        }
         let replication = self.replication.as_ref().expect("checked above");
         let node = replication.node.clone().expect("a serving node is attached");
         let brokers = replication.brokers.clone();
         let proposal = encode(self.clock.wall_ms(), &command);
         tokio::spawn(async move {
-            let answer = match node.propose(proposal).await {
+            let proposed = node.propose(proposal).await;
+            if let Some(seeks) = seeks {
+                seeks.fetch_sub(1, Ordering::SeqCst);
+            }
+            let answer = match proposed {
                 Ok(answer) => answer,
                 Err(ProposeError::NotLeader(leader)) => Err(BrokerError::NotLeader { leader: hint(&brokers, leader) }),
                 Err(ProposeError::Indeterminate(why)) => Err(BrokerError::Indeterminate(why)),
@@ -189,6 +226,9 @@ impl Driver {
         let refused = self.refuse_unless_leading();
         let Some(replication) = self.replication.as_mut() else { return };
         let was = std::mem::replace(&mut replication.serving, refused.is_none());
+        if was != replication.serving {
+            replication.proposed_floors.clear();
+        }
         if let (true, Some(refused)) = (was, refused) {
             tracing::info!(%refused, "this node no longer leads: its streams end");
             let status: Status = refused.into();
@@ -197,6 +237,47 @@ impl Driver {
                 self.end_stream_with(stream, status.clone(), Command::LeaveStream { stream });
             }
         }
+    }
+}
+
+impl Driver {
+    /// A leader proposes its subscriptions' ack floors that moved since it last did, so a
+    /// new leader redelivers from close to where this one was acknowledged, not from the
+    /// start. Nothing while a seek is in flight, or on a node that does not serve.
+    pub(super) fn propose_ack_floors(&mut self) {
+        if self.refuse_unless_leading().is_some() {
+            return;
+        }
+        let Some(replication) = self.replication.as_mut() else { return };
+        if replication.seeks_in_flight.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        replication.floor_rounds += 1;
+        if replication.floor_rounds >= FLOORS_REFRESH {
+            replication.floor_rounds = 0;
+            replication.proposed_floors.clear();
+        }
+        let proposed = &mut replication.proposed_floors;
+        let mut moved = self.broker.ack_floors();
+        moved.retain(|f| proposed.get(&(f.uid, f.partition)) != Some(&f.offset));
+        if moved.is_empty() {
+            return;
+        }
+        for f in &moved {
+            proposed.insert((f.uid, f.partition), f.offset);
+        }
+        let node = replication.node.clone().expect("a serving node is attached");
+        let wall_ms = self.clock.wall_ms();
+        let proposals: Vec<_> =
+            moved.chunks(FLOORS_PER_ENTRY).map(|chunk| encode(wall_ms, &Command::AckFloors(chunk.to_vec()))).collect();
+        tokio::spawn(async move {
+            for proposal in proposals {
+                if let Err(e) = node.propose(proposal).await {
+                    tracing::debug!(error = ?e, "ack progress was not replicated; the next leader redelivers from its own");
+                    return;
+                }
+            }
+        });
     }
 }
 
