@@ -2,6 +2,7 @@
 //! its configuration; `publish`, `subscribe`, `topic` and `sub` are its client (see `cli`).
 
 mod cli;
+mod dev_cluster;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ enum Command {
     /// Shows the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Starts a local cluster on 127.0.0.1 (three nodes unless --nodes says otherwise),
+    /// prints each node's ports, pid, data and log, and stops them all on Ctrl-C.
+    DevCluster(dev_cluster::DevCluster),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
             runtime()?.block_on(serve(loaded))
         }),
         Command::Config(ConfigCommand::Print(args)) => args.load().map(|loaded| print!("{}", loaded.describe())),
+        Command::DevCluster(args) => runtime().and_then(|runtime| runtime.block_on(args.run(shutdown_signal()))),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::example_file());
             Ok(())

@@ -259,6 +259,12 @@ async fn a_new_leader_delivers_from_where_the_old_one_was_acknowledged() {
         .map(|i| pb::OutgoingMessage { value: format!("job-{i}").into_bytes().into(), ..Default::default() })
         .collect();
     pubsub.publish(pb::PublishRequest { topic: "jobs".into(), messages, ..Default::default() }).await.unwrap();
+    let audit = pb::CreateSubscriptionRequest { name: "audit".into(), topic: "jobs".into(), ..Default::default() };
+    admin.create_subscription(audit).await.unwrap();
+    // The old leader's first leases: a new leader's first ones, on the same messages, must
+    // not take the same ack ids.
+    let audited = pubsub.pull(pb::PullRequest { subscription: "audit".into(), max_messages: 10 }).await.unwrap();
+    let audited = audited.into_inner().received_messages;
     let pulled = pubsub.pull(pb::PullRequest { subscription: "workers".into(), max_messages: 200 }).await.unwrap();
     let pulled = pulled.into_inner().received_messages;
     assert_eq!(pulled.len(), 200);
@@ -270,10 +276,34 @@ async fn a_new_leader_delivers_from_where_the_old_one_was_acknowledged() {
     nodes[first as usize - 1].kill();
     let second = leader(&nodes).await;
     let mut pubsub = PubSubClient::new(lazy(&nodes[second as usize - 1].client));
+    let mut admin = AdminClient::new(lazy(&nodes[second as usize - 1].client));
+    let audited_again = pubsub.pull(pb::PullRequest { subscription: "audit".into(), max_messages: 10 }).await.unwrap();
+    let audited_again = audited_again.into_inner().received_messages;
+    assert_eq!(
+        audited_again.iter().map(common::value).collect::<Vec<_>>(),
+        audited.iter().map(common::value).collect::<Vec<_>>()
+    );
+    let old_ids: Vec<String> = audited.iter().map(|m| m.ack_id.clone()).collect();
+    let answered = pubsub.ack(pb::AckRequest { subscription: "audit".into(), ack_ids: old_ids }).await.unwrap();
+    let results: Vec<i32> = answered.into_inner().confirmations.iter().map(|c| c.result).collect();
+    assert!(results.iter().all(|r| *r == pb::AckResult::Expired as i32), "old ack ids apply to nothing: {results:?}");
+    let stats = admin.get_subscription_stats(pb::GetSubscriptionStatsRequest { name: "audit".into() });
+    assert_eq!(stats.await.unwrap().into_inner().outstanding, 10, "the new leases stand");
     let again = pubsub.pull(pb::PullRequest { subscription: "workers".into(), max_messages: 200 }).await.unwrap();
-    let values: Vec<String> = again.into_inner().received_messages.iter().map(common::value).collect();
+    let again = again.into_inner().received_messages;
+    let values: Vec<String> = again.iter().map(common::value).collect();
     let unacked: Vec<String> = (150..200).map(|i| format!("job-{i}")).collect();
     assert_eq!(values, unacked, "node {second} delivers what node {first} had not seen acknowledged, and only that");
+
+    // The old leader's ack ids name none of the new leader's leases: nothing is acked by them.
+    let old_ids: Vec<String> = pulled[150..].iter().map(|m| m.ack_id.clone()).collect();
+    let answered = pubsub.ack(pb::AckRequest { subscription: "workers".into(), ack_ids: old_ids }).await.unwrap();
+    let results: Vec<i32> = answered.into_inner().confirmations.iter().map(|c| c.result).collect();
+    assert!(results.iter().all(|r| *r == pb::AckResult::Expired as i32), "{results:?}");
+    let stats = admin.get_subscription_stats(pb::GetSubscriptionStatsRequest { name: "workers".into() });
+    assert_eq!(stats.await.unwrap().into_inner().outstanding, 50, "the new leases stand");
+    let new_ids: Vec<String> = again.iter().map(|m| m.ack_id.clone()).collect();
+    pubsub.ack(pb::AckRequest { subscription: "workers".into(), ack_ids: new_ids }).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,4 +371,54 @@ async fn three_nodes_lose_nothing_acknowledged_when_the_leader_is_killed_three_t
     }
     assert_eq!(stored[0], stored[1], "nodes 1 and 2 hold the same records at every offset");
     assert_eq!(stored[0], stored[2], "nodes 1 and 3 hold the same records at every offset");
+}
+
+/// Whether process `pid` still runs (`kill -0`).
+fn running(pid: &str) -> bool {
+    Command::new("kill").args(["-0", pid]).stderr(Stdio::null()).status().unwrap().success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_starts_three_nodes_in_one_command_and_stops_each_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ports far from the defaults and from other tests' (those are picked by the system).
+    let base = 41000 + (std::process::id() % 1000) as u16 * 10 % 9000;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+        .args(["dev-cluster", "--nodes", "3", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.starts_with("Ctrl-C stops")) {
+        lines.push(rx.recv_timeout(WAIT_MAX).expect("dev-cluster prints its nodes and leader in time"));
+    }
+    let pids: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("node ") && l.contains(" pid "))
+        .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
+        .collect();
+    assert_eq!(pids.len(), 3, "{lines:?}");
+    let leads = lines.iter().find(|l| l.contains(" leads; send calls to ")).expect("a leader is named");
+    let addr = leads.split_whitespace().nth(6).unwrap();
+    let cluster = cluster_at(addr).await.expect("the leader answers");
+    assert!(cluster.serving, "{cluster:?}");
+    assert_eq!(cluster.nodes.len(), 3);
+    assert!(pids.iter().all(|p| running(p)));
+
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let exit = common::exit_within(&mut child, Duration::from_secs(20)).await;
+    assert!(exit.is_some_and(|e| e.success()), "dev-cluster ends cleanly: {exit:?}");
+    let last = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    assert_eq!(last, "stopped 3 nodes");
+    assert!(pids.iter().all(|p| !running(p)), "every node it started has stopped");
 }

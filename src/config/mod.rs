@@ -245,7 +245,8 @@ impl Default for Config {
             record: None,
             record_max_bytes: crate::record::RECORD_MAX_BYTES_DEFAULT,
             log_format: LogFormat::Pretty,
-            log_filter: "info".to_string(),
+            // openraft writes a line at info for every vote and heartbeat round trip.
+            log_filter: "info,openraft=warn".to_string(),
             storage: StorageSettings {
                 kind: StorageKind::File,
                 data_dir: file.dir,

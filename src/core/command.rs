@@ -11,6 +11,10 @@ use super::{
     TopicInfo,
 };
 
+/// Leases a cluster leader may issue in one term: the next term's leader starts its lease
+/// sequence numbers past them.
+pub const LEASES_PER_TERM_MAX: u64 = 1 << 40;
+
 /// When a command was decided: the monotonic clock (deadlines, backoffs, sessions) and the
 /// wall clock (publish times, retention, dead-letter copies), both in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,6 +128,13 @@ pub enum Command {
     Retention,
     /// Raises subscriptions' ack floors to a cluster leader's (its replicated ack progress).
     AckFloors(Vec<AckFloor>),
+    /// This broker leads its cluster from `term` on: its lease sequence numbers start above
+    /// any an earlier term's leader issued, so an ack id of an earlier leader never names one
+    /// of its leases (it is answered as expired).
+    Lead {
+        /// The Raft term it leads in.
+        term: u64,
+    },
     /// Saves committed offsets and metadata when they changed.
     Checkpoint,
 }
@@ -265,6 +276,7 @@ impl Command {
             Command::Retention => "retention",
             Command::Checkpoint => "checkpoint",
             Command::AckFloors(_) => "ack-floors",
+            Command::Lead { .. } => "lead",
         }
     }
 }
@@ -334,7 +346,8 @@ impl Broker {
             | Command::Sync
             | Command::Retention
             | Command::Checkpoint
-            | Command::AckFloors(_) => Ok(()),
+            | Command::AckFloors(_)
+            | Command::Lead { .. } => Ok(()),
         }
     }
 
@@ -405,6 +418,10 @@ impl Broker {
             Command::Retention => self.enforce_retention(now, at.wall_ms).map(|()| Answer::Done),
             Command::AckFloors(floors) => {
                 self.raise_floors(now, floors);
+                Ok(Answer::Done)
+            }
+            Command::Lead { term } => {
+                self.next_lease_seq = self.next_lease_seq.max(term.saturating_mul(LEASES_PER_TERM_MAX));
                 Ok(Answer::Done)
             }
             Command::Checkpoint => {

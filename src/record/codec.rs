@@ -86,6 +86,7 @@ pub fn into_pb(command: Command) -> pb::Command {
         Command::Retention => Kind::Retention(pb::Empty {}),
         Command::Checkpoint => Kind::Checkpoint(pb::Empty {}),
         Command::AckFloors(floors) => Kind::AckFloors(floors_pb(floors)),
+        Command::Lead { term } => Kind::Lead(term),
     };
     pb::Command { kind: Some(kind) }
 }
@@ -161,6 +162,7 @@ pub fn decode(command: pb::Command) -> Result<Command, String> {
         Kind::Retention(_) => Command::Retention,
         Kind::Checkpoint(_) => Command::Checkpoint,
         Kind::AckFloors(a) => Command::AckFloors(floors_of(a)),
+        Kind::Lead(term) => Command::Lead { term },
         Kind::KeysUsed(_) => return Err("keys_used: a metadata journal entry, not a broker input".to_string()),
     })
 }

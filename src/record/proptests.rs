@@ -32,6 +32,7 @@ enum Op {
     Checkpoint,
     DeleteTopic { force: bool },
     AckFloors { uid: u64, partition: u32, offset: u64 },
+    Lead { term: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,6 +53,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Checkpoint),
         1 => any::<bool>().prop_map(|force| Op::DeleteTopic { force }),
         1 => (0u64..6, 0u32..3, 0u64..12).prop_map(|(uid, partition, offset)| Op::AckFloors { uid, partition, offset }),
+        1 => (0u64..4).prop_map(|term| Op::Lead { term }),
     ]
 }
 
@@ -147,6 +149,7 @@ fn command(op: &Op, seen: &Seen, n: usize) -> Command {
         Op::AckFloors { uid, partition, offset } => {
             Command::AckFloors(vec![AckFloor { subscription: "s".into(), uid, partition, offset }])
         }
+        Op::Lead { term } => Command::Lead { term },
     }
 }
 

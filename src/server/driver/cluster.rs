@@ -134,6 +134,10 @@ impl Driver {
             reply.send(Err(refused));
             return None;
         }
+        if !self.replication.as_ref().is_some_and(|r| r.serving) {
+            // It leads, and the watcher has not said so yet: take the lead before serving.
+            self.cluster_changed();
+        }
         if let Some(refused) = not_in_cluster(&command) {
             reply.send(Err(refused));
             return None;
@@ -228,6 +232,11 @@ impl Driver {
         let was = std::mem::replace(&mut replication.serving, refused.is_none());
         if was != replication.serving {
             replication.proposed_floors.clear();
+        }
+        if !was && replication.serving {
+            let term = replication.node.as_ref().map_or(0, |n| n.state().term);
+            tracing::info!(term, "this node leads");
+            let _ = self.apply(Command::Lead { term });
         }
         if let (true, Some(refused)) = (was, refused) {
             tracing::info!(%refused, "this node no longer leads: its streams end");
