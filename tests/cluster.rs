@@ -422,3 +422,61 @@ async fn dev_cluster_starts_three_nodes_in_one_command_and_stops_each_on_ctrl_c(
     assert_eq!(last, "stopped 3 nodes");
     assert!(pids.iter().all(|p| !running(p)), "every node it started has stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_given_every_broker_follows_the_leader_through_a_kill() {
+    use mini_pubsub::client::{Client, OutgoingMessage, PublisherSettings, SubscribeTarget, SubscriberSettings};
+    use tokio_stream::StreamExt;
+
+    const MESSAGES: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _peers, _brokers) = cluster(dir.path());
+    let first = leader(&nodes).await;
+    // The list starts with a follower: the client finds the leader by itself.
+    let mut urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.client)).collect();
+    urls.rotate_left(first as usize % 3);
+    let client = Client::connect(urls.join(",")).await.unwrap();
+    client
+        .create_topic("events", &mini_pubsub::client::TopicSettings { partitions: Some(2), ..Default::default() })
+        .await
+        .unwrap();
+    let settings = mini_pubsub::client::SubscriptionSettings::default();
+    client.create_subscription("readers", "events", &settings).await.unwrap();
+    let mut subscriber =
+        client.subscribe(SubscribeTarget::subscription("readers"), SubscriberSettings::default()).await.unwrap();
+    let received = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let reader = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let message = message.unwrap();
+                received.lock().unwrap().insert(message.value_lossy().into_owned());
+                message.ack().await;
+                if received.lock().unwrap().len() == MESSAGES {
+                    break;
+                }
+            }
+            subscriber.shutdown().await.unwrap();
+        })
+    };
+
+    let publisher = client.publisher("events", PublisherSettings::default()).unwrap();
+    let mut results = Vec::new();
+    for i in 0..MESSAGES {
+        if i == MESSAGES / 3 {
+            nodes[first as usize - 1].kill();
+        }
+        let handle = publisher.publish(OutgoingMessage::new(format!("m{i}"))).await.unwrap();
+        results.push(handle);
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (i, handle) in results.into_iter().enumerate() {
+        handle.await.unwrap_or_else(|e| panic!("m{i} was not acknowledged: {e}"));
+    }
+    publisher.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT_MAX, reader).await.expect("every message is received within the bound").unwrap();
+    let expected: std::collections::BTreeSet<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    assert_eq!(*received.lock().unwrap(), expected);
+}

@@ -21,7 +21,8 @@ use mini_pubsub::client::{Client, ClientError};
 /// The broker the client commands talk to.
 #[derive(clap::Args)]
 pub struct ServerOption {
-    /// The broker's URL (client commands).
+    /// The broker's URL (client commands), or a cluster's brokers, comma-separated: the
+    /// commands go to the leader, and follow it when it changes.
     #[arg(long, global = true, env = "MINI_PUBSUB_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 }

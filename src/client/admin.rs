@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use tonic::transport::Channel;
+
 use super::error::ClientError;
+use super::pb::admin_client::AdminClient;
 use super::Client;
 use crate::wire::pb;
 
@@ -65,6 +68,24 @@ fn duration(field: &'static str, d: Duration) -> Result<prost_types::Duration, C
 }
 
 impl Client {
+    /// One admin call to the broker requests go to now; a failure that names the leader (or
+    /// a broker that cannot be reached) points the next call elsewhere.
+    async fn admin_call<Q, R, F>(
+        &self,
+        request: Q,
+        call: impl FnOnce(AdminClient<Channel>, Q) -> F,
+    ) -> Result<tonic::Response<R>, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let (used, channel) = self.target();
+        let answer = call(AdminClient::new(channel), request).await;
+        if let Err(status) = &answer {
+            self.observe(used, status);
+        }
+        answer
+    }
+
     /// Creates a topic. ALREADY_EXISTS if it does.
     ///
     /// ```no_run
@@ -82,13 +103,13 @@ impl Client {
             partitions: settings.partitions.unwrap_or(0),
             dedupe_window: settings.dedupe_window.map(|d| duration("dedupe_window", d)).transpose()?,
         };
-        Ok(self.admin.clone().create_topic(request).await?.into_inner())
+        Ok(self.admin_call(request, |mut a, r| async move { a.create_topic(r).await }).await?.into_inner())
     }
 
     /// A topic with its partitions' offsets and its subscriptions. NOT_FOUND if missing.
     pub async fn get_topic(&self, name: &str) -> Result<pb::Topic, ClientError> {
         let request = pb::GetTopicRequest { name: name.to_string() };
-        Ok(self.admin.clone().get_topic(request).await?.into_inner())
+        Ok(self.admin_call(request, |mut a, r| async move { a.get_topic(r).await }).await?.into_inner())
     }
 
     /// Every topic, in name order (all pages).
@@ -97,7 +118,7 @@ impl Client {
         let mut page_token = String::new();
         for _ in 0..LIST_PAGES_MAX {
             let request = pb::ListTopicsRequest { page_size: LIST_PAGE_SIZE, page_token };
-            let page = self.admin.clone().list_topics(request).await?.into_inner();
+            let page = self.admin_call(request, |mut a, r| async move { a.list_topics(r).await }).await?.into_inner();
             topics.extend(page.topics);
             if page.next_page_token.is_empty() {
                 return Ok(topics);
@@ -112,7 +133,11 @@ impl Client {
     /// go too, and their names are returned.
     pub async fn delete_topic(&self, name: &str, force: bool) -> Result<Vec<String>, ClientError> {
         let request = pb::DeleteTopicRequest { name: name.to_string(), force };
-        Ok(self.admin.clone().delete_topic(request).await?.into_inner().deleted_subscriptions)
+        Ok(self
+            .admin_call(request, |mut a, r| async move { a.delete_topic(r).await })
+            .await?
+            .into_inner()
+            .deleted_subscriptions)
     }
 
     /// Creates a subscription on `topic`. ALREADY_EXISTS if it does.
@@ -157,13 +182,13 @@ impl Client {
             enable_message_ordering: settings.enable_message_ordering,
             delivery_mode: settings.delivery_mode.into(),
         };
-        Ok(self.admin.clone().create_subscription(request).await?.into_inner())
+        Ok(self.admin_call(request, |mut a, r| async move { a.create_subscription(r).await }).await?.into_inner())
     }
 
     /// A subscription's settings. NOT_FOUND if missing.
     pub async fn get_subscription(&self, name: &str) -> Result<pb::Subscription, ClientError> {
         let request = pb::GetSubscriptionRequest { name: name.to_string() };
-        Ok(self.admin.clone().get_subscription(request).await?.into_inner())
+        Ok(self.admin_call(request, |mut a, r| async move { a.get_subscription(r).await }).await?.into_inner())
     }
 
     /// Every subscription (of `topic` only, when given), in name order (all pages).
@@ -176,7 +201,8 @@ impl Client {
                 page_size: LIST_PAGE_SIZE,
                 page_token,
             };
-            let page = self.admin.clone().list_subscriptions(request).await?.into_inner();
+            let page =
+                self.admin_call(request, |mut a, r| async move { a.list_subscriptions(r).await }).await?.into_inner();
             subscriptions.extend(page.subscriptions);
             if page.next_page_token.is_empty() {
                 return Ok(subscriptions);
@@ -189,14 +215,14 @@ impl Client {
     /// Deletes a subscription; its open streams end with NOT_FOUND.
     pub async fn delete_subscription(&self, name: &str) -> Result<(), ClientError> {
         let request = pb::DeleteSubscriptionRequest { name: name.to_string() };
-        self.admin.clone().delete_subscription(request).await?;
+        self.admin_call(request, |mut a, r| async move { a.delete_subscription(r).await }).await?;
         Ok(())
     }
 
     /// Backlog, leases, streams and per-partition committed offsets of a subscription.
     pub async fn subscription_stats(&self, name: &str) -> Result<pb::SubscriptionStats, ClientError> {
         let request = pb::GetSubscriptionStatsRequest { name: name.to_string() };
-        Ok(self.admin.clone().get_subscription_stats(request).await?.into_inner())
+        Ok(self.admin_call(request, |mut a, r| async move { a.get_subscription_stats(r).await }).await?.into_inner())
     }
 }
 

@@ -52,9 +52,12 @@ mod retry;
 mod session;
 mod subscriber;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
 
 pub use admin::{DeadLetterPolicy, RetryPolicy, SubscriptionSettings, TopicSettings};
 pub use error::{code_name, is_retryable, ClientError};
@@ -78,18 +81,35 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A connection to one broker. Cheap to clone: clones share the HTTP/2 connection, which
-/// tonic reopens by itself after it breaks.
+/// A connection to a broker, or to a cluster of them. Cheap to clone: clones share the
+/// HTTP/2 connections, which tonic reopens by itself after they break.
+///
+/// Given several brokers (`"http://a:50051,http://b:50051,http://c:50051"`), requests go to
+/// one at a time, the leader once it is known. A broker that answers UNAVAILABLE naming the
+/// leader (the `leader-addr` trailer of a cluster's follower) sends the next request there,
+/// when it is one of those given; one that cannot be reached, or answers UNAVAILABLE without
+/// a hint, sends it to the next in the list. Publishers and subscribers retry UNAVAILABLE,
+/// so they find the leader by themselves; a retried publish keeps its idempotency keys, so
+/// it is stored once.
 #[derive(Debug, Clone)]
 pub struct Client {
-    admin: AdminClient<Channel>,
-    /// The connection: Subscribe and Publish go through the library's own [`codec`], the
-    /// other PubSub calls through [`Client::pubsub_client`].
-    channel: Channel,
+    brokers: Arc<Brokers>,
+}
+
+/// The brokers a client knows, and which one it sends to.
+#[derive(Debug)]
+struct Brokers {
+    /// Each broker's address (`host:port`, as a leader hint names it) and its connection,
+    /// in the order given.
+    nodes: Vec<(String, Channel)>,
+    /// The index of the one requests go to now.
+    current: AtomicUsize,
 }
 
 impl Client {
     /// Connects to `url` (`http://host:port`) now; fails if the broker cannot be reached.
+    /// A comma-separated list names a cluster's brokers: the first that answers says which
+    /// one leads, and requests go there (the others are connected on first use).
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), mini_pubsub::client::ClientError> {
@@ -99,14 +119,37 @@ impl Client {
     /// ```
     pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
         let url = url.into();
-        let endpoint = endpoint(&url)?;
-        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect { url, reason: error_chain(&e) })?;
-        Ok(Self::from_channel(channel))
+        let urls = split(&url);
+        if urls.len() == 1 {
+            let endpoint = endpoint(&url)?;
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| ClientError::Connect { url: url.clone(), reason: error_chain(&e) })?;
+            return Ok(Self::from_channels(vec![(authority(&url), channel)]));
+        }
+        let client = Self::connect_lazy(url.clone())?;
+        let mut last = String::new();
+        for (index, (_, channel)) in client.brokers.nodes.iter().enumerate() {
+            let mut admin = AdminClient::new(channel.clone());
+            match tokio::time::timeout(CONNECT_TIMEOUT, admin.get_cluster(pb::GetClusterRequest {})).await {
+                Ok(Ok(cluster)) => {
+                    let leader = &cluster.get_ref().leader_address;
+                    let at = client.brokers.position(leader).unwrap_or(index);
+                    client.brokers.current.store(at, Ordering::Relaxed);
+                    return Ok(client);
+                }
+                Ok(Err(status)) => last = format!("{}: {}", urls[index], status.message()),
+                Err(_) => last = format!("{}: no answer within {CONNECT_TIMEOUT:?}", urls[index]),
+            }
+        }
+        Err(ClientError::Connect { url, reason: format!("no broker answered (the last: {last})") })
     }
 
-    /// A client for `url` that connects on first use (and reconnects after a failure), so it
-    /// can be made while the broker is down; requests until it is up fail with UNAVAILABLE,
-    /// which publishers and subscribers retry. Must be called within a tokio runtime.
+    /// A client for `url` (or a comma-separated list, as [`Client::connect`] takes) that
+    /// connects on first use (and reconnects after a failure), so it can be made while the
+    /// brokers are down; requests until one is up fail with UNAVAILABLE, which publishers
+    /// and subscribers retry. Must be called within a tokio runtime.
     ///
     /// ```
     /// # #[tokio::main] async fn main() {
@@ -115,35 +158,64 @@ impl Client {
     /// ```
     pub fn connect_lazy(url: impl Into<String>) -> Result<Self, ClientError> {
         let url = url.into();
-        Ok(Self::from_channel(endpoint(&url)?.connect_lazy()))
+        let mut nodes = Vec::new();
+        for one in split(&url) {
+            nodes.push((authority(&one), endpoint(&one)?.connect_lazy()));
+        }
+        Ok(Self::from_channels(nodes))
     }
 
     /// A client over an existing channel (the simulator builds its channels with
     /// `Endpoint::connect_with_connector` over its own network).
     pub fn from_channel(channel: Channel) -> Self {
-        Self { admin: AdminClient::new(channel.clone()), channel }
+        Self::from_channels(vec![(String::new(), channel)])
+    }
+
+    /// A client over several brokers' channels, each with its address as a leader hint
+    /// names it (`host:port`); requests go to the first until one points elsewhere.
+    pub fn from_channels(nodes: Vec<(String, Channel)>) -> Self {
+        assert!(!nodes.is_empty(), "a client needs a broker");
+        Self { brokers: Arc::new(Brokers { nodes, current: AtomicUsize::new(0) }) }
+    }
+
+    /// The broker requests go to now: its index (for [`Client::observe`]) and channel.
+    pub(crate) fn target(&self) -> (usize, Channel) {
+        let index = self.brokers.current.load(Ordering::Relaxed) % self.brokers.nodes.len();
+        (index, self.brokers.nodes[index].1.clone())
+    }
+
+    /// Learns from a failed request sent to broker `used`: a leader hint moves the client
+    /// there; UNAVAILABLE without one (a broker down, or one that knows no leader) moves it
+    /// to the next broker, unless another request already moved it.
+    pub(crate) fn observe(&self, used: usize, status: &Status) {
+        if status.code() != tonic::Code::Unavailable || self.brokers.nodes.len() == 1 {
+            return;
+        }
+        let hinted = status.metadata().get("leader-addr").and_then(|v| v.to_str().ok());
+        match hinted.and_then(|addr| self.brokers.position(addr)) {
+            Some(leader) => self.brokers.current.store(leader, Ordering::Relaxed),
+            None => {
+                let next = (used + 1) % self.brokers.nodes.len();
+                let _ = self.brokers.current.compare_exchange(used, next, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The generated `pubsub.PubSub` client on this connection, for calls this library does
     /// not wrap (Pull, Seek, unary Ack).
     pub fn pubsub_client(&self) -> PubSubClient<Channel> {
-        PubSubClient::new(self.channel.clone())
-    }
-
-    /// The connection itself, for calls with the library's own codec.
-    pub(crate) fn channel(&self) -> Channel {
-        self.channel.clone()
+        PubSubClient::new(self.target().1)
     }
 
     /// The generated `pubsub.Admin` client on this connection (ListPending, redrive).
     pub fn admin_client(&self) -> AdminClient<Channel> {
-        self.admin.clone()
+        AdminClient::new(self.target().1)
     }
 
     /// A [`Publisher`] for `topic`; see [`PublisherSettings`] for batching, bounds and
     /// retries. Must be called within a tokio runtime (it spawns the batching task).
     pub fn publisher(&self, topic: impl Into<String>, settings: PublisherSettings) -> Result<Publisher, ClientError> {
-        Publisher::new(self.channel.clone(), topic.into(), settings)
+        Publisher::new(self.clone(), topic.into(), settings)
     }
 
     /// Opens a [`Subscriber`] on a subscription or (ephemerally) a topic, and waits until
@@ -156,6 +228,29 @@ impl Client {
     ) -> Result<Subscriber, ClientError> {
         Subscriber::open(self.clone(), target, settings).await
     }
+}
+
+impl Brokers {
+    /// The index of the broker at `addr` (`host:port`), if it is one of these.
+    fn position(&self, addr: &str) -> Option<usize> {
+        (!addr.is_empty()).then(|| self.nodes.iter().position(|(a, _)| a == addr)).flatten()
+    }
+}
+
+/// The URLs of a comma-separated list, trimmed.
+fn split(urls: &str) -> Vec<String> {
+    let urls: Vec<String> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect();
+    if urls.is_empty() {
+        vec![String::new()]
+    } else {
+        urls
+    }
+}
+
+/// `host:port` of a URL (`http://host:port/` gives `host:port`).
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or_default().to_string()
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, ClientError> {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::client::Client;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tracing::debug;
 
 use super::error::ClientError;
@@ -237,14 +237,14 @@ fn default_publisher_id() -> String {
 }
 
 impl Publisher {
-    pub(super) fn new(channel: Channel, topic: String, settings: PublisherSettings) -> Result<Self, ClientError> {
+    pub(super) fn new(client: Client, topic: String, settings: PublisherSettings) -> Result<Self, ClientError> {
         settings.validate()?;
         let id = settings.publisher_id.clone().unwrap_or_else(default_publisher_id);
         let (commands, rx) = mpsc::channel(settings.queue_messages_max);
         let counters = Arc::new(Counters::default());
         let clock = crate::env::TokioClock::new();
         let batcher = batcher::Batcher {
-            channel,
+            client,
             topic: topic.clone(),
             settings: settings.clone(),
             counters: counters.clone(),

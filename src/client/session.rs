@@ -61,6 +61,8 @@ pub(crate) struct Session {
     ops_tx: mpsc::Sender<Op>,
     ops: mpsc::Receiver<Op>,
     clock: TokioClock,
+    /// The broker the last stream went to (see [`Client::observe`]).
+    broker: usize,
 }
 
 /// A stream just opened.
@@ -116,6 +118,7 @@ impl Session {
             ops_tx,
             ops,
             clock: TokioClock::new(),
+            broker: 0,
         }
     }
 
@@ -172,6 +175,8 @@ impl Session {
                 }
                 Err(status) => status,
             };
+            // A follower names the leader; a broker that is down sends us to the next.
+            self.client.observe(self.broker, &status);
             // Another subscriber with this client id took the stream over: reconnecting
             // would take it back, and the two would take turns for ever.
             let replaced = status.code() == tonic::Code::Aborted && status.message().contains(REPLACED);
@@ -250,7 +255,9 @@ impl Session {
         };
         let (requests, rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
         requests.try_send(self.first_request()).expect("a new queue has room for the first request");
-        let call = codec::subscribe(self.client.channel(), ReceiverStream::new(rx));
+        let (broker, channel) = self.client.target();
+        self.broker = broker;
+        let call = codec::subscribe(channel, ReceiverStream::new(rx));
         let timed_out = || Status::deadline_exceeded(format!("the stream did not open within {OPEN_TIMEOUT:?}"));
         let mut inbound = tokio::time::timeout(OPEN_TIMEOUT, call).await.map_err(|_| timed_out())??.into_inner();
         let hello = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())

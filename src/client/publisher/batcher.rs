@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::Client;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 use tonic::Status;
 use tracing::debug;
 
@@ -18,7 +18,8 @@ use crate::client::message::PublishResult;
 use crate::env::{Clock, TokioClock};
 
 pub(super) struct Batcher {
-    pub(super) channel: Channel,
+    /// Where batches go: the broker the client sends to now.
+    pub(super) client: Client,
     pub(super) topic: String,
     pub(super) settings: PublisherSettings,
     pub(super) counters: Arc<Counters>,
@@ -260,10 +261,15 @@ impl Batcher {
 
     async fn attempt(&self, request: Bytes) -> Result<Vec<PublishResult>, Status> {
         let timeout = self.settings.request_timeout;
-        match tokio::time::timeout(timeout, codec::publish(self.channel.clone(), request)).await {
+        let (used, channel) = self.client.target();
+        let answer = match tokio::time::timeout(timeout, codec::publish(channel, request)).await {
             Ok(answer) => answer,
             Err(_) => Err(Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"))),
+        };
+        if let Err(status) = &answer {
+            self.client.observe(used, status);
         }
+        answer
     }
 }
 
