@@ -23,7 +23,8 @@ pub struct DevCluster {
     /// Nodes to run (1 to 7).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Node N's gRPC port is BASE_PORT + N - 1, its peer port BASE_PORT + 100 + N - 1.
+    /// Node N's gRPC port is BASE_PORT + N - 1, its peer port BASE_PORT + 100 + N - 1, and
+    /// its Prometheus metrics are on BASE_PORT + 200 + N - 1.
     #[arg(long, default_value_t = 50051)]
     base_port: u16,
     /// Node N keeps its data in DIR/node-N (its log in DIR/node-N.log); a restart on the
@@ -49,7 +50,7 @@ impl DevCluster {
             "--nodes must be 1 to {CLUSTER_NODES_MAX}; {} is given",
             self.nodes
         );
-        let last = u64::from(self.base_port) + 100 + self.nodes - 1;
+        let last = u64::from(self.base_port) + 200 + self.nodes - 1;
         anyhow::ensure!(
             last <= u64::from(u16::MAX),
             "--base-port {} leaves no room for the peer ports",
@@ -57,6 +58,7 @@ impl DevCluster {
         );
         let grpc = |id: u64| format!("127.0.0.1:{}", u64::from(self.base_port) + id - 1);
         let peer = |id: u64| format!("127.0.0.1:{}", u64::from(self.base_port) + 100 + id - 1);
+        let metrics = |id: u64| format!("127.0.0.1:{}", u64::from(self.base_port) + 200 + id - 1);
         let ids = 1..=self.nodes;
         let peers: Vec<String> = ids.clone().map(|id| format!("{id}={}", peer(id))).collect();
         let brokers: Vec<String> = ids.clone().map(|id| format!("{id}={}", grpc(id))).collect();
@@ -68,7 +70,8 @@ impl DevCluster {
         for id in ids {
             let data = self.data_dir.join(format!("node-{id}"));
             let log = self.data_dir.join(format!("node-{id}.log"));
-            let child = start(&exe, id, &grpc(id), &peers, &brokers, &data, &log);
+            let addrs = Addrs { grpc: grpc(id), metrics: metrics(id), peers: peers.clone(), brokers: brokers.clone() };
+            let child = start(&exe, id, &addrs, &data, &log);
             let child = match child {
                 Ok(child) => child,
                 Err(e) => {
@@ -77,10 +80,11 @@ impl DevCluster {
                 }
             };
             println!(
-                "node {id}: pid {:>7}  grpc {}  peers {}  data {}  log {}",
+                "node {id}: pid {:>7}  grpc {}  peers {}  metrics {}  data {}  log {}",
                 child.id(),
                 grpc(id),
                 peer(id),
+                metrics(id),
                 data.display(),
                 log.display()
             );
@@ -103,20 +107,21 @@ impl DevCluster {
     }
 }
 
+/// Where a node listens, and the cluster's settings.
+struct Addrs {
+    grpc: String,
+    metrics: String,
+    peers: String,
+    brokers: String,
+}
+
 /// Starts node `id` of the cluster, its standard error into `log`.
-fn start(
-    exe: &Path,
-    id: u64,
-    grpc: &str,
-    peers: &str,
-    brokers: &str,
-    data: &Path,
-    log: &Path,
-) -> anyhow::Result<Child> {
+fn start(exe: &Path, id: u64, addrs: &Addrs, data: &Path, log: &Path) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut command = Command::new(exe);
     command
-        .args(["serve", "--listen", grpc, "--node-id", &id.to_string(), "--peers", peers, "--brokers", brokers])
+        .args(["serve", "--listen", &addrs.grpc, "--node-id", &id.to_string(), "--peers", &addrs.peers])
+        .args(["--brokers", &addrs.brokers, "--metrics-listen", &addrs.metrics])
         .arg("--data-dir")
         .arg(data)
         .stdin(Stdio::null())

@@ -41,6 +41,8 @@ struct Node {
     client: String,
     data: PathBuf,
     child: Option<Child>,
+    /// Where it serves Prometheus metrics, if it does.
+    metrics: Option<String>,
 }
 
 impl Node {
@@ -48,7 +50,9 @@ impl Node {
         let log = std::fs::File::create(self.data.with_extension(format!("log.{}", now_ms()))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
             .args(["serve", "--listen", &self.client, "--node-id", &self.id.to_string(), "--peers", peers])
-            .args(["--brokers", brokers, "--data-dir"])
+            .args(["--brokers", brokers])
+            .args(self.metrics.iter().flat_map(|m| ["--metrics-listen", m.as_str()]))
+            .arg("--data-dir")
             .arg(&self.data)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
@@ -227,6 +231,7 @@ fn cluster(dir: &Path) -> (Vec<Node>, String, String) {
             client: format!("127.0.0.1:{}", free_port()),
             data: dir.join(format!("node-{id}")),
             child: None,
+            metrics: Some(format!("127.0.0.1:{}", free_port())),
         })
         .collect();
     let peer_ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
@@ -382,7 +387,7 @@ fn running(pid: &str) -> bool {
 async fn dev_cluster_starts_three_nodes_in_one_command_and_stops_each_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     // Ports far from the defaults and from other tests' (those are picked by the system).
-    let base = 41000 + (std::process::id() % 1000) as u16 * 10 % 9000;
+    let base = 41000 + (std::process::id() % 800) as u16 * 10;
     let mut child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
         .args(["dev-cluster", "--nodes", "3", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
@@ -479,4 +484,62 @@ async fn the_client_library_given_every_broker_follows_the_leader_through_a_kill
     tokio::time::timeout(WAIT_MAX, reader).await.expect("every message is received within the bound").unwrap();
     let expected: std::collections::BTreeSet<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
     assert_eq!(*received.lock().unwrap(), expected);
+}
+
+/// The value of the unlabelled series `name` in node `addr`'s /metrics.
+async fn scrape(addr: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.ok()?;
+    response.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_exports_its_raft_state_in_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _peers, _brokers) = cluster(dir.path());
+    let first = leader(&nodes).await;
+    let mut pubsub = PubSubClient::new(lazy(&nodes[first as usize - 1].client));
+    for i in 0..10 {
+        let request =
+            pb::PublishRequest { topic: "t".into(), value: format!("{i}").into_bytes().into(), ..Default::default() };
+        pubsub.publish(request).await.unwrap();
+    }
+    let leader_metrics = nodes[first as usize - 1].metrics.clone().unwrap();
+    let follower = nodes.iter().find(|n| n.id != first).unwrap();
+    let follower_metrics = follower.metrics.clone().unwrap();
+    // Gauges are refreshed within 200 ms of a change.
+    let expected = [
+        (&leader_metrics, "mini_pubsub_raft_serving", 1.0),
+        (&leader_metrics, "mini_pubsub_raft_leader", first as f64),
+        (&follower_metrics, "mini_pubsub_raft_serving", 0.0),
+        (&follower_metrics, "mini_pubsub_raft_leader", first as f64),
+        (&follower_metrics, "mini_pubsub_raft_apply_lag_entries", 0.0),
+    ];
+    for (addr, name, value) in expected {
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = scrape(addr, name).await;
+            if seen == Some(value) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, Some(value), "{name} at {addr}");
+    }
+    let at_least = [
+        (&leader_metrics, "mini_pubsub_raft_term", 1.0),
+        // A blank entry, the membership, the topic's creation and ten publishes.
+        (&follower_metrics, "mini_pubsub_raft_applied_index", 11.0),
+        (&leader_metrics, "mini_pubsub_raft_propose_seconds_count", 10.0),
+        (&leader_metrics, "mini_pubsub_raft_log_fsync_seconds_count", 10.0),
+        (&follower_metrics, "mini_pubsub_raft_log_fsync_seconds_count", 10.0),
+    ];
+    for (addr, name, least) in at_least {
+        let seen = scrape(addr, name).await;
+        assert!(seen.is_some_and(|v| v >= least), "{name} at {addr}: {seen:?}, expected at least {least}");
+    }
 }

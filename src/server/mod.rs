@@ -305,7 +305,7 @@ where
     health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
     health.set_serving::<pb::admin_server::AdminServer<admin::AdminService>>().await;
     if let Some(view) = &cluster {
-        tokio::spawn(report_leadership(view.node.clone(), health.clone()));
+        tokio::spawn(report_leadership(view.node.clone(), health.clone(), metrics_on));
     }
 
     let reflection = || {
@@ -395,20 +395,25 @@ async fn start_driver(
         stream_stall_ms: config.stream_stall_timeout_ms,
         brokers: cluster.as_ref().map(|c| c.brokers.clone()),
     };
-    let driver = Driver::spawn(broker, clock, settings, checks);
+    let driver = Driver::spawn(broker, clock.clone(), settings, checks);
     let cluster = match cluster {
-        Some(run) => Some(start_node(run, &driver).await?),
+        Some(run) => Some(start_node(run, &driver, clock.clone()).await?),
         None => None,
     };
     Ok((driver, cluster))
 }
 
 /// Starts this node's Raft, its peer service, and tells the driver.
-async fn start_node(run: ClusterRun, driver: &DriverHandle) -> Result<admin::ClusterView, ServerError> {
+async fn start_node(
+    run: ClusterRun,
+    driver: &DriverHandle,
+    clock: Arc<dyn Clock>,
+) -> Result<admin::ClusterView, ServerError> {
     let applier: Arc<dyn Applier> = Arc::new(driver.clone());
-    let node = ClusterNode::start(&run.settings, run.fs, &run.dir, run.connect, applier)
-        .await
-        .map_err(ServerError::Cluster)?;
+    let fs: Arc<dyn Fs> =
+        if metrics::enabled() { Arc::new(metrics::raft::TimedFs::new(run.fs, clock)) } else { run.fs };
+    let node =
+        ClusterNode::start(&run.settings, fs, &run.dir, run.connect, applier).await.map_err(ServerError::Cluster)?;
     let node = Arc::new(node);
     tokio::spawn((run.serve_peers)(node.service()));
     driver.attach(node.clone()).await;
@@ -421,12 +426,18 @@ async fn start_node(run: ClusterRun, driver: &DriverHandle) -> Result<admin::Clu
 const LEADERSHIP_CHECK_MS: u64 = 200;
 
 /// Keeps the health of `pubsub.PubSub` and `pubsub.Admin` SERVING only while this node
-/// leads and hears from a quorum, so a load balancer's health check finds the leader.
-async fn report_leadership(node: Arc<ClusterNode>, health: tonic_health::server::HealthReporter) {
+/// leads and hears from a quorum, so a load balancer's health check finds the leader; with
+/// `metrics`, keeps the Raft gauges current too.
+async fn report_leadership(node: Arc<ClusterNode>, health: tonic_health::server::HealthReporter, metrics: bool) {
     let mut watcher = node.watcher();
     let mut serving = None;
+    let mut term = None;
     loop {
-        let now = node.state().serving;
+        let state = node.state();
+        if metrics {
+            metrics::raft::export(&state, &mut term);
+        }
+        let now = state.serving;
         if serving != Some(now) {
             serving = Some(now);
             if now {

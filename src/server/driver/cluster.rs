@@ -23,6 +23,7 @@ use super::{Driver, DriverHandle, Job, Replier, StreamSink};
 use crate::cluster::{Applier, ClusterNode, Committed, ProposeError};
 use crate::core::{BrokerError, Command, LeaderHint};
 use crate::record::{self, pb};
+use crate::server::metrics::{self, LatencyTimer};
 
 /// A node's link to its cluster, held by the driver.
 pub(in crate::server) struct Replication {
@@ -41,6 +42,8 @@ pub(in crate::server) struct Replication {
     /// Seeks proposed and not yet answered: while one is, no floors are proposed, for a
     /// floor read before the seek applied could undo it.
     seeks_in_flight: Arc<AtomicUsize>,
+    /// Times proposals into `mini_pubsub_raft_propose_seconds` (with metrics on).
+    propose_timer: Option<LatencyTimer>,
 }
 
 /// How often a leader proposes its ack progress: a failover redelivers at most what was
@@ -63,6 +66,7 @@ impl Replication {
             proposed_floors: BTreeMap::new(),
             floor_rounds: 0,
             seeks_in_flight: Arc::new(AtomicUsize::new(0)),
+            propose_timer: None,
         }
     }
 }
@@ -159,8 +163,13 @@ impl Driver {
         let node = replication.node.clone().expect("a serving node is attached");
         let brokers = replication.brokers.clone();
         let proposal = encode(self.clock.wall_ms(), &command);
+        let timer = replication.propose_timer.clone();
         tokio::spawn(async move {
+            let start = timer.as_ref().map(LatencyTimer::start);
             let proposed = node.propose(proposal).await;
+            if let (Some(timer), Some(start), Ok(_)) = (&timer, start, &proposed) {
+                timer.record(start);
+            }
             if let Some(seeks) = seeks {
                 seeks.fetch_sub(1, Ordering::SeqCst);
             }
@@ -212,6 +221,9 @@ impl Driver {
         let Some(replication) = self.replication.as_mut() else { return };
         let mut watcher = node.watcher();
         replication.node = Some(node);
+        if self.metrics.is_some() {
+            replication.propose_timer = Some(LatencyTimer::new(self.clock.clone(), metrics::RAFT_PROPOSE));
+        }
         let jobs = self.jobs.clone();
         tokio::spawn(async move {
             while watcher.changed().await {

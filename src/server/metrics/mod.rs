@@ -23,6 +23,7 @@
 //! do not add a series each.
 
 mod export;
+pub mod raft;
 mod timed;
 
 pub use export::BrokerMetrics;
@@ -67,6 +68,24 @@ pub const END_TO_END_LATENCY: &str = "mini_pubsub_end_to_end_latency_seconds";
 pub const STORAGE_APPEND: &str = "mini_pubsub_storage_append_seconds";
 /// One partition's fsync, when it had records to make durable.
 pub const STORAGE_FSYNC: &str = "mini_pubsub_storage_fsync_seconds";
+/// A cluster node's Raft term.
+pub const RAFT_TERM: &str = "mini_pubsub_raft_term";
+/// The leader this node knows of (0: none).
+pub const RAFT_LEADER: &str = "mini_pubsub_raft_leader";
+/// 1 while this node leads and takes calls.
+pub const RAFT_SERVING: &str = "mini_pubsub_raft_serving";
+/// The last index the cluster committed, as this node knows.
+pub const RAFT_COMMITTED: &str = "mini_pubsub_raft_committed_index";
+/// The last index this node applied.
+pub const RAFT_APPLIED: &str = "mini_pubsub_raft_applied_index";
+/// Committed entries this node has not applied yet.
+pub const RAFT_APPLY_LAG: &str = "mini_pubsub_raft_apply_lag_entries";
+/// Terms this node saw begin (each is an election).
+pub const RAFT_ELECTIONS: &str = "mini_pubsub_raft_elections_total";
+/// Fsyncs of the Raft log.
+pub const RAFT_LOG_FSYNC: &str = "mini_pubsub_raft_log_fsync_seconds";
+/// A leader's proposals, from proposing to applying (the replication round trip).
+pub const RAFT_PROPOSE: &str = "mini_pubsub_raft_propose_seconds";
 
 /// The `subscription` label of ephemeral subscriptions, all of a topic's in one series.
 /// Names starting with `__` are the broker's, so no subscription of a user has it.
@@ -148,7 +167,9 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
         .set_buckets_for_metric(Matcher::Full(PUBLISH_LATENCY.to_string()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(END_TO_END_LATENCY.to_string()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(STORAGE_APPEND.to_string()), STORAGE_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(STORAGE_FSYNC.to_string()), STORAGE_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(STORAGE_FSYNC.to_string()), STORAGE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RAFT_LOG_FSYNC.to_string()), STORAGE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RAFT_PROPOSE.to_string()), LATENCY_BUCKETS)
 }
 
 /// The HELP lines.
@@ -167,6 +188,15 @@ fn describe() {
     describe_histogram!(END_TO_END_LATENCY, Unit::Seconds, "Delivery time minus publish time (ms resolution)");
     describe_histogram!(STORAGE_APPEND, Unit::Seconds, "Appends to one partition's log");
     describe_histogram!(STORAGE_FSYNC, Unit::Seconds, "Fsyncs of one partition's log that had records to sync");
+    describe_gauge!(RAFT_TERM, Unit::Count, "This cluster node's Raft term");
+    describe_gauge!(RAFT_LEADER, Unit::Count, "The node id of the leader this node knows of (0: none)");
+    describe_gauge!(RAFT_SERVING, Unit::Count, "1 while this node leads and takes calls, else 0");
+    describe_gauge!(RAFT_COMMITTED, Unit::Count, "The last Raft log index the cluster committed, as this node knows");
+    describe_gauge!(RAFT_APPLIED, Unit::Count, "The last Raft log index this node applied");
+    describe_gauge!(RAFT_APPLY_LAG, Unit::Count, "Committed Raft entries this node has not applied yet");
+    describe_counter!(RAFT_ELECTIONS, Unit::Count, "Raft terms this node saw begin (each is an election)");
+    describe_histogram!(RAFT_LOG_FSYNC, Unit::Seconds, "Fsyncs of the Raft log (votes, appends, truncations)");
+    describe_histogram!(RAFT_PROPOSE, Unit::Seconds, "A leader's proposals, from proposing to applying them");
 }
 
 /// Answers `GET /metrics` with the rendered series, anything else with 404. Rendering runs
