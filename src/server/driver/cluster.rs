@@ -53,6 +53,10 @@ pub(in crate::server) const ACK_FLOORS_INTERVAL_MS: u64 = 100;
 /// Every this many rounds the leader proposes all floors again, changed or not.
 const FLOORS_REFRESH: u32 = 50;
 
+/// How long a client waits for its proposal to commit before it is answered that its fate is
+/// unknown (a leader cut off from its quorum after it accepted the proposal).
+const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Ack floors in one Raft entry at most (about 40 bytes each).
 const FLOORS_PER_ENTRY: usize = 10_000;
 
@@ -166,7 +170,14 @@ impl Driver {
         let timer = replication.propose_timer.clone();
         tokio::spawn(async move {
             let start = timer.as_ref().map(LatencyTimer::start);
-            let proposed = node.propose(proposal).await;
+            let proposed = match tokio::time::timeout(PROPOSE_TIMEOUT, node.propose(proposal)).await {
+                Ok(proposed) => proposed,
+                Err(_) => Err(ProposeError::Indeterminate(format!(
+                    "it was not committed within {} s (no quorum answered); it stays in this node's log and \
+                     commits if a quorum comes back",
+                    PROPOSE_TIMEOUT.as_secs()
+                ))),
+            };
             if let (Some(timer), Some(start), Ok(_)) = (&timer, start, &proposed) {
                 timer.record(start);
             }
