@@ -275,8 +275,23 @@ async fn a_new_leader_delivers_from_where_the_old_one_was_acknowledged() {
     assert_eq!(pulled.len(), 200);
     let ack_ids = pulled[..150].iter().map(|m| m.ack_id.clone()).collect();
     pubsub.ack(pb::AckRequest { subscription: "workers".into(), ack_ids }).await.unwrap();
-    // The leader proposes its ack progress every 100 ms; give it a few rounds to commit.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The leader proposes its ack progress every 100 ms: wait until every node applied an
+    // entry past those the acks were made after.
+    let acked_at = cluster_at(&addr).await.unwrap().last_log_index;
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let mut applied = Vec::new();
+            for node in &nodes {
+                applied.push(cluster_at(&node.client).await.map_or(0, |c| c.applied_index));
+            }
+            if applied.iter().all(|a| *a > acked_at) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the ack progress is applied everywhere within the bound");
 
     nodes[first as usize - 1].kill();
     let second = leader(&nodes).await;
@@ -333,7 +348,9 @@ async fn three_nodes_lose_nothing_acknowledged_when_the_leader_is_killed_three_t
         if killed.contains(&victim) {
             // Each kill takes a node not killed yet: hand it the leadership first.
             let next = nodes.iter().map(|n| n.id).find(|id| !killed.contains(id)).unwrap();
-            let mut admin = AdminClient::new(lazy(&nodes[victim as usize - 1].client));
+            let channel = Channel::from_shared(format!("http://{}", nodes[victim as usize - 1].client)).unwrap();
+            // TransferLeadership answers within 5 s.
+            let mut admin = AdminClient::new(channel.timeout(Duration::from_secs(10)).connect_lazy());
             admin.transfer_leadership(pb::TransferLeadershipRequest { node_id: next }).await.unwrap();
             victim = leader(&nodes).await;
             assert_eq!(victim, next, "round {round}: the leadership went where it was handed");

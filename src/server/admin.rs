@@ -222,16 +222,29 @@ impl pb::admin_server::Admin for AdminService {
             let leader = state.leader.map(|id| LeaderHint { id, addr: view.brokers.get(&id).cloned() });
             return Err(BrokerError::NotLeader { leader }.into());
         }
-        if to != state.id {
-            view.node.transfer_leader(to).await.map_err(Status::unavailable)?;
-        }
-        let mut watcher = view.node.watcher();
+        // The target refuses while its log lacks the leader's last entry (a busy leader's
+        // moves on), so the hand-over is asked for again until it takes or time runs out.
         let moved = tokio::time::timeout(TRANSFER_WAIT, async {
-            while view.node.state().leader != Some(to) && watcher.changed().await {}
+            while view.node.state().leader != Some(to) {
+                if view.node.state().leader == Some(state.id) {
+                    view.node.transfer_leader(to).await.map_err(Status::unavailable)?;
+                }
+                let mut watcher = view.node.watcher();
+                let retry = tokio::time::sleep(TRANSFER_RETRY);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        () = &mut retry => break,
+                        alive = watcher.changed() => if !alive || view.node.state().leader == Some(to) { break },
+                    }
+                }
+            }
+            Ok::<(), Status>(())
         })
         .await;
         match moved {
-            Ok(()) => Ok(Response::new(view.describe())),
+            Ok(Ok(())) => Ok(Response::new(view.describe())),
+            Ok(Err(status)) => Err(status),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "node {to} did not take the leadership within {} s; GetCluster shows who leads",
                 TRANSFER_WAIT.as_secs()
@@ -242,3 +255,6 @@ impl pb::admin_server::Admin for AdminService {
 
 /// How long TransferLeadership waits for the new leader.
 const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often TransferLeadership asks again while the target has not taken over.
+const TRANSFER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
