@@ -250,8 +250,13 @@ fn open_node_state(config: &Config) -> anyhow::Result<(Box<dyn Storage>, String)
     }
     let storage = FileStorage::open(Arc::new(StdFs), file)
         .with_context(|| format!("cannot open the node's broker state in {}", data_dir.display()))?;
+    let synced = if config.storage.fsync == config::FsyncMode::Always {
+        "fsynced on a majority before every acknowledgement"
+    } else {
+        "written (not fsynced) on a majority before every acknowledgement, as fsync is not always"
+    };
     let described = format!(
-        "cluster node {} of {}: Raft log in {}, synced before every acknowledgement",
+        "cluster node {} of {}: Raft log in {}, {synced}",
         config.cluster.node_id,
         config.cluster.peers,
         data_dir.join("raft").display()
@@ -288,8 +293,10 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
     });
     // The standard library seeds each RandomState from the OS: a seed nobody picked.
     let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let mut settings = mini_pubsub::cluster::NodeSettings::new(cluster.node_id, peers, seed);
+    settings.fsync = config.storage.fsync == config::FsyncMode::Always;
     Ok(server::ClusterRun {
-        settings: mini_pubsub::cluster::NodeSettings::new(cluster.node_id, peers, seed),
+        settings,
         brokers,
         fs: Arc::new(StdFs),
         dir: config.storage.data_dir.join("raft"),

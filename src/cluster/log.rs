@@ -62,6 +62,9 @@ struct Inner {
     dead: u64,
     /// Whose log this is (the first record).
     identity: Option<pb::Identity>,
+    /// Whether votes, appends and truncations are fsynced before they count (true unless
+    /// [`RaftLog::without_fsync`]).
+    fsync: bool,
 }
 
 /// The identity of node `node` in the cluster of `nodes` (any order).
@@ -103,6 +106,7 @@ impl RaftLog {
             committed: None,
             dead: 0,
             identity: None,
+            fsync: true,
         };
         inner.replay(&bytes, &path)?;
         match &inner.identity {
@@ -125,6 +129,15 @@ impl RaftLog {
             Some(_) => {}
         }
         Ok(Self(Arc::new(Mutex::new(inner))))
+    }
+
+    /// From now on votes, appends and truncations count once written, without an fsync: a
+    /// write survives this process's crash (the page cache keeps it), not a power cut. What
+    /// a cluster whose `fsync` is not `always` runs with: a write is acknowledged once a
+    /// majority wrote it. Compaction still syncs its new file before it replaces the old.
+    pub fn without_fsync(self) -> Self {
+        self.lock().fsync = false;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -227,6 +240,9 @@ impl Inner {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        if !self.fsync {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 

@@ -169,3 +169,31 @@ fn a_log_of_another_node_or_another_cluster_is_refused_naming_the_setting() {
         assert_eq!(contents(&mut log).await.1, vec![entry(1, 1, "made by node 2")]);
     });
 }
+
+#[test]
+fn a_log_without_fsync_writes_the_same_records_and_syncs_none() {
+    use crate::env::ops::{Op, OpLog};
+    let dir = tempfile::tempdir().unwrap();
+    let run = |fsync: bool| {
+        let ops = OpLog::new(Arc::new(StdFs));
+        let path = dir.path().join(format!("raft-{fsync}"));
+        let log = RaftLog::open(Arc::new(ops.clone()), &path, &identity(1, [1, 2, 3])).unwrap();
+        let mut log = if fsync { log } else { log.without_fsync() };
+        let _ = ops.take();
+        block_on(async {
+            log.save_vote(&VoteOf::<TypeConfig>::new(3, 2)).await.unwrap();
+            append(&mut log, (1..=3).map(|i| entry(3, i, &format!("e{i}"))).collect()).await;
+            log.truncate_after(Some(LogId::new_term_index(3, 2))).await.unwrap();
+        });
+        let ops = ops.take();
+        let syncs = ops.iter().filter(|op| matches!(op, Op::SyncData(_))).count();
+        let reopened = RaftLog::open(Arc::new(StdFs), &path, &identity(1, [1, 2, 3])).unwrap();
+        let mut reopened = reopened;
+        (syncs, block_on(async { contents(&mut reopened).await }))
+    };
+    let (synced, with) = run(true);
+    let (unsynced, without) = run(false);
+    assert_eq!(synced, 3, "the vote, the append and the truncation are each fsynced");
+    assert_eq!(unsynced, 0);
+    assert_eq!(with, without, "the same records either way");
+}

@@ -44,13 +44,16 @@ pub struct NodeSettings {
     /// Seeds the node's randomness (its election timeouts): from the OS in production, from
     /// the scenario's seed in the simulator.
     pub seed: u64,
+    /// Whether the Raft log is fsynced before a write counts (`fsync = always`); without,
+    /// a write is acknowledged once a majority wrote it (see [`RaftLog::without_fsync`]).
+    pub fsync: bool,
 }
 
 impl NodeSettings {
     /// The timing a broker cluster runs with: a heartbeat every 100 ms, elections after 300
     /// to 600 ms of silence, so a dead leader is replaced in well under a second.
     pub fn new(id: u64, peers: BTreeMap<u64, String>, seed: u64) -> Self {
-        Self { id, peers, heartbeat_ms: 100, election_timeout_ms: (300, 600), seed }
+        Self { id, peers, heartbeat_ms: 100, election_timeout_ms: (300, 600), seed, fsync: true }
     }
 }
 
@@ -158,6 +161,7 @@ impl ClusterNode {
         applier: Arc<dyn Applier>,
     ) -> io::Result<Self> {
         let log = RaftLog::open(fs, dir, &identity(settings.id, settings.peers.keys().copied()))?;
+        let log = if settings.fsync { log } else { log.without_fsync() };
         let config = Config {
             cluster_name: "mini-pubsub".into(),
             heartbeat_interval: settings.heartbeat_ms,
