@@ -278,7 +278,11 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
         .await
         .with_context(|| format!("cannot listen for peers on {peer_listen}"))?;
     info!("cluster node {} takes Raft traffic on {}", cluster.node_id, listener.local_addr()?);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Raft's messages are small and each waits for its answer: Nagle's algorithm would hold
+    // them back for the peer's delayed ack.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+        conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
+    });
     let serve_peers: Box<dyn FnOnce(server::PeerService) -> futures_util::future::BoxFuture<'static, ()> + Send> =
         Box::new(move |service| {
             Box::pin(async move {
@@ -289,7 +293,8 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
             })
         });
     let connect: mini_pubsub::cluster::Connector = Arc::new(|addr: &str| {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("peers are HOST:PORT").connect_lazy()
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("peers are HOST:PORT");
+        endpoint.tcp_nodelay(true).connect_lazy()
     });
     // The standard library seeds each RandomState from the OS: a seed nobody picked.
     let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();

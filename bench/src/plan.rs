@@ -17,11 +17,23 @@ pub enum System {
     /// An earlier build of mini-pubsub (`--baseline-bin`), run interleaved with this one so
     /// that a change is measured before and after under the same conditions.
     OursBaseline,
+    /// Three mini-pubsub nodes on 127.0.0.1 as a Raft cluster; clients are given all three
+    /// and follow the leader.
+    OursCluster,
+    /// Three nats-server processes clustered on 127.0.0.1, the stream with 3 replicas.
+    NatsCluster,
 }
 
 impl System {
-    pub const ALL: [System; 5] =
-        [System::Ours, System::Nats, System::Redis, System::OursRecorded, System::OursBaseline];
+    pub const ALL: [System; 7] = [
+        System::Ours,
+        System::Nats,
+        System::Redis,
+        System::OursRecorded,
+        System::OursBaseline,
+        System::OursCluster,
+        System::NatsCluster,
+    ];
     /// The systems a run compares when `--systems` names none.
     pub const DEFAULT: [System; 3] = [System::Ours, System::Nats, System::Redis];
 
@@ -33,6 +45,8 @@ impl System {
             System::Redis => "redis",
             System::OursRecorded => "mini-pubsub-recorded",
             System::OursBaseline => "mini-pubsub-baseline",
+            System::OursCluster => "mini-pubsub-3",
+            System::NatsCluster => "nats-3",
         }
     }
 }
@@ -68,9 +82,10 @@ impl Class {
     /// Why a system has no configuration in this class, if it has none.
     pub fn unsupported(self, system: System) -> Option<&'static str> {
         match (self, system) {
-            (Class::Fsync, System::Nats) => {
+            (Class::Fsync, System::Nats | System::NatsCluster) => {
                 Some("NATS 2.9 file storage has no fsync before the ack (only a periodic sync_interval)")
             }
+            (Class::Memory, System::OursCluster) => Some("a mini-pubsub cluster keeps its Raft log in files"),
             _ => None,
         }
     }
@@ -93,6 +108,18 @@ impl Class {
             (Class::Memory, System::OursBaseline) => "the `--baseline-bin` build, `--storage memory`",
             (Class::NoFsync, System::OursBaseline) => "the `--baseline-bin` build, `--storage file --fsync never`",
             (Class::Fsync, System::OursBaseline) => "the `--baseline-bin` build, `--storage file --fsync always`",
+            (Class::Memory, System::OursCluster) => "n/a",
+            (Class::NoFsync, System::OursCluster) => {
+                "three nodes, `--fsync never`: acked once a majority wrote its Raft log (not fsynced)"
+            }
+            (Class::Fsync, System::OursCluster) => {
+                "three nodes, `--fsync always`: acked once a majority fsynced its Raft log (group commit)"
+            }
+            (Class::Memory, System::NatsCluster) => "three clustered servers, stream with memory storage, 3 replicas",
+            (Class::NoFsync, System::NatsCluster) => {
+                "three clustered servers, stream with file storage, 3 replicas (acked once a majority stored it; periodic sync)"
+            }
+            (Class::Fsync, System::NatsCluster) => "n/a",
         }
     }
 }

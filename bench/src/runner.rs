@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::plan::{cases, Case, Class, Plan, System};
 use crate::results::{Footprint, Outcome, Report, RunResult};
 use crate::servers::{Binaries, ServerProcess, Usage};
+
 use crate::systems::{Driver, Layout};
 use crate::{machine, workloads};
 
@@ -72,7 +73,7 @@ async fn run_case(case: Case, system: System, plan: &Plan, binaries: &Binaries) 
     let limit = plan.case_timeout(case.workload);
     let measured = tokio::time::timeout(limit, async {
         let driver = Driver::connect(&server, case.class, &layout).await.context("set-up")?;
-        workloads::run(case.workload, case.size, plan, &driver, server.pid()).await
+        workloads::run(case.workload, case.size, plan, &driver, server.pids()).await
     })
     .await;
     let outcome = match measured {
@@ -117,7 +118,7 @@ async fn fill_and_read(server: &ServerProcess, plan: &Plan) -> anyhow::Result<Us
     sender.close().await?;
     anyhow::ensure!(stored == plan.retained_messages, "stored {stored} of {} within {bound:?}", plan.retained_messages);
     tokio::time::sleep(FOOTPRINT_SETTLE).await;
-    Usage::read(server.pid())
+    server.pids().usage()
 }
 
 fn one_line(text: &str) -> String {

@@ -30,66 +30,163 @@ pub struct Binaries {
     pub redis_server: PathBuf,
 }
 
-/// A running server. Dropping it stops the process (and removes its directory).
+/// A running server, or the nodes of a cluster. Dropping it stops the processes (and
+/// removes their directory).
 pub struct ServerProcess {
     pub system: System,
-    pub addr: SocketAddr,
-    child: Child,
-    /// Kept for its lifetime: the directory is removed on drop, after the process stops.
+    /// Where clients reach it: one address, or every node's of a cluster.
+    pub addrs: Vec<SocketAddr>,
+    children: Vec<Child>,
+    /// Each process's log.
+    logs: Vec<PathBuf>,
+    /// Kept for its lifetime: the directory is removed on drop, after the processes stop.
     dir: tempfile::TempDir,
 }
+
+/// The process ids of a server (three at most: a cluster's nodes), for /proc readings.
+#[derive(Debug, Clone, Copy)]
+pub struct Pids {
+    ids: [u32; 3],
+    len: usize,
+}
+
+impl Pids {
+    /// The processes' CPU time and memory, summed.
+    pub fn usage(self) -> anyhow::Result<Usage> {
+        let mut total = Usage::default();
+        for &pid in &self.ids[..self.len] {
+            let one = Usage::read(pid)?;
+            total.cpu_seconds += one.cpu_seconds;
+            total.rss_kib += one.rss_kib;
+            total.hwm_kib += one.hwm_kib;
+        }
+        Ok(total)
+    }
+}
+
+/// Nodes of a cluster system.
+const CLUSTER_NODES: usize = 3;
 
 impl ServerProcess {
     /// Starts `system` configured for `class`, and waits until it accepts connections.
     pub fn start(system: System, class: Class, binaries: &Binaries) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix(&format!("bench-{}-", system.id())).tempdir()?;
-        let log_path = dir.path().join("server.log");
-        let log = File::create(&log_path)?;
-        let (mut command, port) = match system {
-            System::Ours => (ours_command(&binaries.mini_pubsub, class, dir.path()), None),
+        let mut server = ServerProcess { system, addrs: Vec::new(), children: Vec::new(), logs: Vec::new(), dir };
+        match system {
+            System::OursCluster => server.start_ours_cluster(class, &binaries.mini_pubsub)?,
+            System::NatsCluster => server.start_nats_cluster(&binaries.nats_server)?,
+            _ => server.start_one(class, binaries)?,
+        }
+        Ok(server)
+    }
+
+    fn start_one(&mut self, class: Class, binaries: &Binaries) -> anyhow::Result<()> {
+        let dir = self.dir.path().to_path_buf();
+        let (command, port) = match self.system {
+            System::Ours => (ours_command(&binaries.mini_pubsub, class, &dir, "127.0.0.1:0"), None),
             System::OursBaseline => {
                 let binary = binaries.baseline.as_ref().context("mini-pubsub-baseline needs --baseline-bin")?;
-                (ours_command(binary, class, dir.path()), None)
+                (ours_command(binary, class, &dir, "127.0.0.1:0"), None)
             }
             System::OursRecorded => {
-                let mut command = ours_command(&binaries.mini_pubsub, class, dir.path());
-                command.arg("--record").arg(dir.path().join("recording"));
+                let mut command = ours_command(&binaries.mini_pubsub, class, &dir, "127.0.0.1:0");
+                command.arg("--record").arg(dir.join("recording"));
                 (command, None)
             }
             System::Nats => {
                 let port = free_port()?;
-                (nats_command(&binaries.nats_server, port, dir.path()), Some(port))
+                (nats_command(&binaries.nats_server, port, &dir), Some(port))
             }
             System::Redis => {
                 let port = free_port()?;
-                (redis_command(&binaries.redis_server, class, port, dir.path()), Some(port))
+                (redis_command(&binaries.redis_server, class, port, &dir), Some(port))
             }
+            System::OursCluster | System::NatsCluster => unreachable!("started by their own functions"),
         };
-        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = command.spawn().with_context(|| format!("cannot start {command:?}"))?;
-        // From here the guard owns the child: an early return stops it.
-        let mut server = ServerProcess { system, addr: SocketAddr::from(([127, 0, 0, 1], 0)), child, dir };
-        server.addr = match port {
-            None => server.wait_for_startup_line(&log_path)?,
+        let log_path = dir.join("server.log");
+        self.spawn(command, &log_path)?;
+        let addr = match port {
+            None => self.wait_for_startup_line(&log_path)?,
             Some(port) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                server.wait_until_accepting(addr)?;
+                self.wait_until_accepting(addr)?;
                 addr
             }
         };
-        Ok(server)
+        self.addrs.push(addr);
+        Ok(())
     }
 
-    /// The process id, for /proc readings.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Three `serve` processes as one cluster, each with its own data directory.
+    fn start_ours_cluster(&mut self, class: Class, binary: &Path) -> anyhow::Result<()> {
+        let ids = 1..=CLUSTER_NODES;
+        let grpc: Vec<u16> = ids.clone().map(|_| free_port()).collect::<Result<_, _>>()?;
+        let raft: Vec<u16> = ids.clone().map(|_| free_port()).collect::<Result<_, _>>()?;
+        let list = |ports: &[u16]| {
+            ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
+        };
+        let (peers, brokers) = (list(&raft), list(&grpc));
+        for id in ids {
+            let dir = self.dir.path().join(format!("node-{id}"));
+            let mut command = ours_command(binary, class, &dir, &format!("127.0.0.1:{}", grpc[id - 1]));
+            command.args(["--node-id", &id.to_string()]);
+            command.args(["--peers", &peers, "--brokers", &brokers]);
+            let log_path = self.dir.path().join(format!("node-{id}.log"));
+            self.spawn(command, &log_path)?;
+            let addr = self.wait_for_startup_line(&log_path)?;
+            self.addrs.push(addr);
+        }
+        Ok(())
     }
 
-    /// The server's log so far (its last lines), for an error message.
+    /// Three nats-server processes with JetStream, clustered by routes to each other.
+    fn start_nats_cluster(&mut self, binary: &Path) -> anyhow::Result<()> {
+        let ids = 1..=CLUSTER_NODES;
+        let client: Vec<u16> = ids.clone().map(|_| free_port()).collect::<Result<_, _>>()?;
+        let route: Vec<u16> = ids.clone().map(|_| free_port()).collect::<Result<_, _>>()?;
+        for id in ids {
+            let mut command = nats_command(binary, client[id - 1], &self.dir.path().join(format!("n{id}")));
+            let routes: Vec<String> = route.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+            command.args(["--server_name", &format!("n{id}"), "--cluster_name", "bench"]);
+            command.args(["--cluster", &format!("nats://127.0.0.1:{}", route[id - 1]), "--routes", &routes.join(",")]);
+            self.spawn(command, &self.dir.path().join(format!("n{id}.log")))?;
+        }
+        for port in client {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            self.wait_until_accepting(addr)?;
+            self.addrs.push(addr);
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, mut command: Command, log_path: &Path) -> anyhow::Result<()> {
+        let log = File::create(log_path)?;
+        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = command.spawn().with_context(|| format!("cannot start {command:?}"))?;
+        // From here the guard owns the child: an early return stops it.
+        self.children.push(child);
+        self.logs.push(log_path.to_path_buf());
+        Ok(())
+    }
+
+    /// The process ids, for /proc readings.
+    pub fn pids(&self) -> Pids {
+        let mut ids = [0; 3];
+        for (slot, child) in ids.iter_mut().zip(&self.children) {
+            *slot = child.id();
+        }
+        Pids { ids, len: self.children.len().min(3) }
+    }
+
+    /// The server's logs so far (their last lines), for an error message.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
+        let mut tail = Vec::new();
+        for path in &self.logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            tail.extend(lines[lines.len().saturating_sub(5)..].iter().map(|l| (*l).to_string()));
+        }
+        tail.join("\n")
     }
 
     /// mini-pubsub prints `listening on ADDR` once it is bound to the port it picked.
@@ -119,32 +216,41 @@ impl ServerProcess {
     }
 
     fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited at startup ({status}): {}", self.system, self.log_tail());
+        for child in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                bail!("{} exited at startup ({status}): {}", self.system, self.log_tail());
+            }
         }
         Ok(())
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`].
+    /// SIGTERM to every process, then SIGKILL to those that have not exited within
+    /// [`STOP_TIMEOUT`].
     fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) with our own child's pid, which we have not reaped yet, so it
-            // cannot name another process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        for child in &mut self.children {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                continue;
+            }
+            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: kill(2) with our own child's pid, which we have not reaped yet, so
+                // it cannot name another process.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
         }
         let started = Instant::now();
-        while started.elapsed() < STOP_TIMEOUT {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+        for child in &mut self.children {
+            while started.elapsed() < STOP_TIMEOUT {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(POLL_INTERVAL);
             }
-            std::thread::sleep(POLL_INTERVAL);
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                eprintln!("  {} (pid {}) ignored SIGTERM for {STOP_TIMEOUT:?}; killing it", self.system, child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
-        eprintln!("  {} (pid {}) ignored SIGTERM for {STOP_TIMEOUT:?}; killing it", self.system, self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -154,9 +260,9 @@ impl Drop for ServerProcess {
     }
 }
 
-fn ours_command(binary: &Path, class: Class, dir: &Path) -> Command {
+fn ours_command(binary: &Path, class: Class, dir: &Path, listen: &str) -> Command {
     let mut command = Command::new(binary);
-    command.args(["serve", "--listen", "127.0.0.1:0", "--log-filter", "warn,mini_pubsub=info"]);
+    command.args(["serve", "--listen", listen, "--log-filter", "warn,mini_pubsub=info"]);
     // The client library gives every message an idempotency key. On one partition a batch
     // of them is one dedupe entry, but round-robin over 4 partitions (the group case) keeps
     // every key apart, and 100 000 entries (the default bound) last that case under a second.

@@ -16,7 +16,7 @@ use crate::plan::{
     Plan, Workload, ASYNC_WINDOW, BATCH_MESSAGES, CREATES, CREATES_SECONDS_MAX, CREATORS, GROUP_MEMBERS,
 };
 use crate::results::Measured;
-use crate::servers::Usage;
+use crate::servers::{Pids, Usage};
 use crate::stats::{Latencies, Timetable};
 use crate::systems::{Ack, Consumer, Driver, Layout, Sender};
 
@@ -47,8 +47,8 @@ pub fn layout(workload: Workload) -> Layout {
     }
 }
 
-/// Runs `workload` with `size`-byte values against the server with process id `pid`.
-pub async fn run(workload: Workload, size: usize, plan: &Plan, driver: &Driver, pid: u32) -> anyhow::Result<Measured> {
+/// Runs `workload` with `size`-byte values against the server with process ids `pid`.
+pub async fn run(workload: Workload, size: usize, plan: &Plan, driver: &Driver, pid: Pids) -> anyhow::Result<Measured> {
     let window = Window::new(plan);
     let measured = match workload {
         Workload::SyncPublish => publish_only(driver, size, plan, pid, Shape::ONE, window).await?,
@@ -90,20 +90,20 @@ impl Window {
 
 /// The server's CPU time and the wall time over the measured window.
 struct Meter {
-    pid: u32,
+    pid: Pids,
     started: Instant,
     usage: Usage,
 }
 
 impl Meter {
-    fn start(pid: u32) -> anyhow::Result<Meter> {
-        Ok(Meter { pid, started: Instant::now(), usage: Usage::read(pid)? })
+    fn start(pid: Pids) -> anyhow::Result<Meter> {
+        Ok(Meter { pid, started: Instant::now(), usage: pid.usage()? })
     }
 
     /// (seconds elapsed, server CPU seconds used, the server's usage now)
     fn stop(&self) -> anyhow::Result<(f64, f64, Usage)> {
         let seconds = self.started.elapsed().as_secs_f64();
-        let now = Usage::read(self.pid)?;
+        let now = self.pid.usage()?;
         Ok((seconds, now.cpu_seconds - self.usage.cpu_seconds, now))
     }
 }
@@ -162,7 +162,7 @@ async fn publish_loop(
     sender: &Sender,
     size: usize,
     plan: &Plan,
-    pid: u32,
+    pid: Pids,
     shape: Shape,
     window: Window,
     stop: &AtomicBool,
@@ -213,7 +213,7 @@ async fn publish_only(
     driver: &Driver,
     size: usize,
     plan: &Plan,
-    pid: u32,
+    pid: Pids,
     shape: Shape,
     window: Window,
 ) -> anyhow::Result<Measured> {
@@ -228,7 +228,7 @@ async fn publish_only(
 /// subscriptions, each client one create at a time: the window is the creates' duration
 /// (at most [`CREATES_SECONDS_MAX`]). The latency is the publishes'; the second rate is
 /// creates per second, and the note gives the creates' own latency.
-async fn during_creates(driver: &Driver, size: usize, plan: &Plan, pid: u32) -> anyhow::Result<Measured> {
+async fn during_creates(driver: &Driver, size: usize, plan: &Plan, pid: Pids) -> anyhow::Result<Measured> {
     let stop = Arc::new(AtomicBool::new(false));
     let sender = driver.sender().await?;
     // A short warm-up on the topic alone, then the creates begin with the window.
@@ -300,7 +300,7 @@ async fn during_creates(driver: &Driver, size: usize, plan: &Plan, pid: u32) -> 
 
 /// Pre-fills a backlog (not timed), then times consuming and acking all of it with one
 /// consumer, until the last ack is sent (and, where the client can, confirmed).
-async fn backlog(driver: &Driver, size: usize, plan: &Plan, pid: u32) -> anyhow::Result<Measured> {
+async fn backlog(driver: &Driver, size: usize, plan: &Plan, pid: Pids) -> anyhow::Result<Measured> {
     let target = plan.backlog_messages(size);
     let bound = Duration::from_secs(plan.backlog_seconds_max);
     let sender = driver.sender().await?;
@@ -362,7 +362,7 @@ async fn live(
     driver: &Driver,
     size: usize,
     plan: &Plan,
-    pid: u32,
+    pid: Pids,
     members: &[(usize, usize)],
     window: Window,
 ) -> anyhow::Result<Measured> {
@@ -406,7 +406,7 @@ async fn count_in_window(mut consumer: Consumer, window: Window, stop: Arc<Atomi
 
 /// Publishes at `rate` msgs/s on a fixed timetable (up to [`ASYNC_WINDOW`] unanswered) and
 /// times each message from its intended send time to its delivery to one consumer.
-async fn end_to_end(driver: &Driver, size: usize, plan: &Plan, pid: u32, rate: u32) -> anyhow::Result<Measured> {
+async fn end_to_end(driver: &Driver, size: usize, plan: &Plan, pid: Pids, rate: u32) -> anyhow::Result<Measured> {
     let table = Timetable::new(rate);
     let consumer = driver.consumer(0, 0).await?;
     let sender = Arc::new(driver.sender().await?);
@@ -442,7 +442,7 @@ struct Pace {
     total: u64,
     warm: u64,
     size: usize,
-    pid: u32,
+    pid: Pids,
 }
 
 /// Sends message `i` at `start + table.intended(i)`, or as soon after as it can. A blocking

@@ -53,13 +53,13 @@ pub enum Driver {
 impl Driver {
     /// Connects to `server` and makes `layout`.
     pub async fn connect(server: &ServerProcess, class: Class, layout: &Layout) -> anyhow::Result<Driver> {
-        let url = server.addr;
+        let addrs = &server.addrs;
         Ok(match server.system {
-            System::Ours | System::OursRecorded | System::OursBaseline => {
-                Driver::Ours(ours::Ours::connect(url, layout).await?)
+            System::Ours | System::OursRecorded | System::OursBaseline | System::OursCluster => {
+                Driver::Ours(ours::Ours::connect(addrs, layout).await?)
             }
-            System::Nats => Driver::Nats(nats::Nats::connect(url, class, layout).await?),
-            System::Redis => Driver::Redis(redis::Redis::connect(url, layout).await?),
+            System::Nats | System::NatsCluster => Driver::Nats(nats::Nats::connect(addrs, class, layout).await?),
+            System::Redis => Driver::Redis(redis::Redis::connect(addrs[0], layout).await?),
         })
     }
 

@@ -19,21 +19,25 @@ use super::{take_ready, Ack, Layout};
 use crate::plan::Class;
 
 const STREAM: &str = "bench";
+/// How long set-up waits for a cluster's JetStream to take a stream.
+const CLUSTER_WAIT: Duration = Duration::from_secs(20);
 const SUBJECT: &str = "bench";
 /// Deliveries a consumer may have unacked, as mini-pubsub's subscriber default.
 const MAX_ACK_PENDING: i64 = 1000;
 
 pub struct Nats {
-    url: String,
+    urls: Vec<String>,
     storage: stream::StorageType,
     /// Members of each group.
     groups: Vec<usize>,
 }
 
 impl Nats {
-    pub async fn connect(addr: SocketAddr, class: Class, layout: &Layout) -> anyhow::Result<Nats> {
-        let url = format!("nats://{addr}");
-        let js = context(&url).await?;
+    /// Connects (to every server given: a cluster's) and makes the stream, with one replica
+    /// per server, and its consumers.
+    pub async fn connect(addrs: &[SocketAddr], class: Class, layout: &Layout) -> anyhow::Result<Nats> {
+        let urls: Vec<String> = addrs.iter().map(|a| format!("nats://{a}")).collect();
+        let js = context(&urls).await?;
         let storage = match class {
             Class::Memory => stream::StorageType::Memory,
             Class::NoFsync | Class::Fsync => stream::StorageType::File,
@@ -42,9 +46,18 @@ impl Nats {
             name: STREAM.to_string(),
             subjects: vec![SUBJECT.to_string()],
             storage,
+            num_replicas: addrs.len(),
             ..Default::default()
         };
-        let created = js.create_stream(config).await.context("create stream")?;
+        // A new cluster elects its JetStream meta leader first: until then creating fails.
+        let started = std::time::Instant::now();
+        let created = loop {
+            match js.create_stream(config.clone()).await {
+                Ok(created) => break created,
+                Err(_) if started.elapsed() < CLUSTER_WAIT => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => return Err(e).context("create stream"),
+            }
+        };
         for (group, &members) in layout.groups.iter().enumerate() {
             let ack_policy = if members > 1 { consumer::AckPolicy::Explicit } else { consumer::AckPolicy::All };
             let config = consumer::pull::Config {
@@ -57,20 +70,20 @@ impl Nats {
             };
             created.create_consumer(config).await.context("create consumer")?;
         }
-        Ok(Nats { url, storage, groups: layout.groups.clone() })
+        Ok(Nats { urls, storage, groups: layout.groups.clone() })
     }
 
     pub async fn sender(&self) -> anyhow::Result<NatsSender> {
-        let js = context(&self.url).await?;
+        let js = context(&self.urls).await?;
         Ok(NatsSender { js })
     }
 
     pub async fn creator(&self) -> anyhow::Result<NatsCreator> {
-        Ok(NatsCreator { js: context(&self.url).await?, storage: self.storage })
+        Ok(NatsCreator { js: context(&self.urls).await?, storage: self.storage })
     }
 
     pub async fn consumer(&self, group: usize) -> anyhow::Result<NatsConsumer> {
-        let js = context(&self.url).await?;
+        let js = context(&self.urls).await?;
         let pull: consumer::PullConsumer = js
             .get_stream(STREAM)
             .await?
@@ -85,8 +98,8 @@ impl Nats {
 
 /// A JetStream context on a connection of its own. Publishes wait (rather than fail) when
 /// the client already has its most unanswered publishes out.
-async fn context(url: &str) -> anyhow::Result<jetstream::Context> {
-    let client = async_nats::connect(url).await.with_context(|| format!("connect to {url}"))?;
+async fn context(urls: &[String]) -> anyhow::Result<jetstream::Context> {
+    let client = async_nats::connect(urls).await.with_context(|| format!("connect to {}", urls.join(",")))?;
     Ok(jetstream::ContextBuilder::new().backpressure_on_inflight(true).build(client))
 }
 

@@ -18,6 +18,8 @@ use mini_pubsub::client::{
 use super::{take_ready, Ack, Layout};
 
 const TOPIC: &str = "bench";
+/// How long set-up waits for a cluster's first leader.
+const LEADER_WAIT: Duration = Duration::from_secs(15);
 
 /// The broker's address; every sender and consumer opens a connection of its own, as
 /// separate processes would.
@@ -26,11 +28,33 @@ pub struct Ours {
 }
 
 impl Ours {
-    pub async fn connect(addr: SocketAddr, layout: &Layout) -> anyhow::Result<Ours> {
-        let url = format!("http://{addr}");
-        let client = Client::connect(url.clone()).await?;
+    /// Connects to the broker (the leader, given a cluster's nodes: the client library finds
+    /// it) and makes the topic and subscriptions.
+    pub async fn connect(addrs: &[SocketAddr], layout: &Layout) -> anyhow::Result<Ours> {
+        let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let url = urls.join(",");
         let topic = TopicSettings { partitions: Some(layout.partitions), ..Default::default() };
-        client.create_topic(TOPIC, &topic).await.context("create topic")?;
+        // A new cluster elects its leader within a second or so: until then calls are
+        // refused with UNAVAILABLE.
+        let started = std::time::Instant::now();
+        let client = loop {
+            let attempt = async {
+                let client = Client::connect(url.clone()).await?;
+                match client.create_topic(TOPIC, &topic).await {
+                    Ok(_) => Ok(client),
+                    Err(e) if e.to_string().contains("already exists") => Ok(client),
+                    Err(e) => Err(e),
+                }
+            };
+            match attempt.await {
+                Ok(client) => break client,
+                Err(e) if started.elapsed() < LEADER_WAIT => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).context("create topic"),
+            }
+        };
         for (group, &members) in layout.groups.iter().enumerate() {
             // Several members on a partitioned topic split its partitions (Kafka-like);
             // a single member has the subscription to itself either way.
