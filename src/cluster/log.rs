@@ -50,7 +50,8 @@ pub struct RaftLog(Arc<Mutex<Inner>>);
 struct Inner {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    file: Box<dyn FsFile>,
+    /// Shared with the fsyncs of appends, which run beside the next writes.
+    file: Arc<dyn FsFile>,
     /// The file's length: where the next record goes.
     len: u64,
     vote: Option<Vote>,
@@ -90,7 +91,7 @@ impl RaftLog {
         }
         let path = dir.join(LOG_FILE);
         let created = !fs.exists(&path);
-        let file = fs.open(&path, true)?;
+        let file: Arc<dyn FsFile> = Arc::from(fs.open(&path, true)?);
         if created {
             fs.sync_dir(dir)?;
         }
@@ -275,7 +276,7 @@ impl Inner {
         file.sync_data()?;
         self.fs.rename(&temp, &path)?;
         self.fs.sync_dir(&self.dir)?;
-        self.file = file;
+        self.file = Arc::from(file);
         self.len = bytes.len() as u64;
         self.dead = 0;
         for ((_, size), new) in self.entries.values_mut().zip(sizes) {
@@ -338,19 +339,23 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             entries.into_iter().map(|e| record(pb::log_record::Kind::Entry(entry_pb(&e)))).collect();
         let mut inner = self.lock();
         inner.write(records)?;
-        // One fsync for the batch, and for everything written before it.
-        let synced = inner.sync();
-        drop(inner);
-        match synced {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
-            }
+        if !inner.fsync {
+            drop(inner);
+            callback.io_completed(Ok(()));
+            return Ok(());
         }
+        // One fsync for the batch and everything written before it, in a task of its own:
+        // the entries are readable now, so the leader sends them to its followers while its
+        // own fsync runs, and the next appends are written meanwhile (group commit). A later
+        // fsync that ends first reports a later batch flushed, which it is: it covers every
+        // write made before it began; openraft ignores the earlier one's report after it.
+        let file = inner.file.clone();
+        drop(inner);
+        tokio::spawn(async move {
+            let synced = blocking(|| file.sync_data());
+            callback.io_completed(synced.map_err(|e| io::Error::new(e.kind(), e.to_string())));
+        });
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
@@ -364,6 +369,15 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         let mut inner = self.lock();
         inner.write(vec![record(pb::log_record::Kind::Purged(log_id_pb(&log_id)))])?;
         inner.compact_if_due()
+    }
+}
+
+/// Runs a call that blocks on the disk without stalling the runtime's other tasks: on a
+/// multi-threaded runtime they move to other threads meanwhile.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
