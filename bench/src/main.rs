@@ -18,6 +18,7 @@
 #![allow(clippy::disallowed_methods, reason = "a benchmark measures wall time: that is its output")]
 
 mod chart;
+mod failover;
 mod machine;
 mod plan;
 mod report;
@@ -90,6 +91,11 @@ struct Args {
     /// Writes the markdown and the chart again from a JSON file of an earlier run.
     #[arg(long)]
     report_from: Option<PathBuf>,
+    /// Instead of the cases: kills the leader of each cluster system (mini-pubsub-3, nats-3)
+    /// this many times and times each kill until a publish is acknowledged; in the first
+    /// class given (no-fsync by default). Writes failover.md.
+    #[arg(long)]
+    failover: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +118,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let plan = plan_from(&args)?;
     let binaries = binaries(&args)?;
+    if let Some(kills) = args.failover {
+        let out = args.out.clone().unwrap_or_else(|| PathBuf::from("bench/results/cluster"));
+        return run_failover(&plan, &binaries, kills.max(1), &out);
+    }
     let footprint = args.only.is_empty() || args.only.iter().any(|o| "footprint".contains(o.as_str()));
     let out = args
         .out
@@ -126,6 +136,37 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     })?;
     write_report(&report, &out, true)
+}
+
+/// Times failovers of every cluster system in the plan, and writes `failover.md`.
+fn run_failover(plan: &Plan, binaries: &Binaries, kills: usize, out: &Path) -> anyhow::Result<()> {
+    let class = if plan.classes.len() == Class::ALL.len() { Class::NoFsync } else { plan.classes[0] };
+    let systems: Vec<System> =
+        plan.systems.iter().copied().filter(|s| matches!(s, System::OursCluster | System::NatsCluster)).collect();
+    anyhow::ensure!(!systems.is_empty(), "--failover needs --systems mini-pubsub-3 and/or nats-3");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut lines = vec![
+        format!("# Failover: SIGKILL of the leader to the first acknowledged publish ({kills} kills, class {class})"),
+        String::new(),
+        "Each system's own client publishes one message at a time; the leader (for NATS, the stream's) is \
+         SIGKILLed, and the time until a publish sent after the kill is acknowledged is taken. The killed \
+         node is started again on its data, 3 s before the next kill."
+            .to_string(),
+        String::new(),
+        "| system | p50 | max | each kill |".to_string(),
+        "|---|---|---|---|".to_string(),
+    ];
+    for system in systems {
+        let times = runtime.block_on(failover::measure(system, class, binaries, kills))?;
+        let (p50, max) = failover::summary(&times);
+        let each: Vec<String> = times.iter().map(|t| format!("{} ms", t.as_millis())).collect();
+        lines.push(format!("| {system} | {} ms | {} ms | {} |", p50.as_millis(), max.as_millis(), each.join(", ")));
+        eprintln!("{system}: failover p50 {p50:?}, max {max:?}");
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("failover.md"), lines.join("\n") + "\n")?;
+    eprintln!("wrote {}/failover.md", out.display());
+    Ok(())
 }
 
 fn write_report(report: &Report, out: &Path, with_json: bool) -> anyhow::Result<()> {

@@ -39,6 +39,8 @@ pub struct ServerProcess {
     children: Vec<Child>,
     /// Each process's log.
     logs: Vec<PathBuf>,
+    /// Each process's program and arguments, to start it again on its data.
+    commands: Vec<(std::ffi::OsString, Vec<std::ffi::OsString>)>,
     /// Kept for its lifetime: the directory is removed on drop, after the processes stop.
     dir: tempfile::TempDir,
 }
@@ -71,7 +73,14 @@ impl ServerProcess {
     /// Starts `system` configured for `class`, and waits until it accepts connections.
     pub fn start(system: System, class: Class, binaries: &Binaries) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix(&format!("bench-{}-", system.id())).tempdir()?;
-        let mut server = ServerProcess { system, addrs: Vec::new(), children: Vec::new(), logs: Vec::new(), dir };
+        let mut server = ServerProcess {
+            system,
+            addrs: Vec::new(),
+            children: Vec::new(),
+            logs: Vec::new(),
+            commands: Vec::new(),
+            dir,
+        };
         match system {
             System::OursCluster => server.start_ours_cluster(class, &binaries.mini_pubsub)?,
             System::NatsCluster => server.start_nats_cluster(&binaries.nats_server)?,
@@ -160,12 +169,31 @@ impl ServerProcess {
     }
 
     fn spawn(&mut self, mut command: Command, log_path: &Path) -> anyhow::Result<()> {
+        let program = command.get_program().to_os_string();
+        self.commands.push((program, command.get_args().map(std::ffi::OsStr::to_os_string).collect()));
         let log = File::create(log_path)?;
         command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = command.spawn().with_context(|| format!("cannot start {command:?}"))?;
         // From here the guard owns the child: an early return stops it.
         self.children.push(child);
         self.logs.push(log_path.to_path_buf());
+        Ok(())
+    }
+
+    /// SIGKILLs process `index` (a cluster's node) and reaps it.
+    pub fn kill_node(&mut self, index: usize) {
+        let child = &mut self.children[index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts process `index` again, with its command, on its data (its log goes on).
+    pub fn restart_node(&mut self, index: usize) -> anyhow::Result<()> {
+        let (program, args) = &self.commands[index];
+        let log = std::fs::OpenOptions::new().append(true).open(&self.logs[index])?;
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        self.children[index] = command.spawn().with_context(|| format!("cannot start {command:?} again"))?;
         Ok(())
     }
 

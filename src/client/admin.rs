@@ -81,7 +81,7 @@ impl Client {
         let (used, channel) = self.target();
         let answer = call(AdminClient::new(channel), request).await;
         if let Err(status) = &answer {
-            self.observe(used, status);
+            let _ = self.observe(used, status);
         }
         answer
     }

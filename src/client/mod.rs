@@ -186,17 +186,22 @@ impl Client {
 
     /// Learns from a failed request sent to broker `used`: a leader hint moves the client
     /// there; UNAVAILABLE without one (a broker down, or one that knows no leader) moves it
-    /// to the next broker, unless another request already moved it.
-    pub(crate) fn observe(&self, used: usize, status: &Status) {
+    /// to the next broker, unless another request already moved it. Says where the next
+    /// attempt goes, so a retry can go there at once instead of backing off.
+    pub(crate) fn observe(&self, used: usize, status: &Status) -> Moved {
         if status.code() != tonic::Code::Unavailable || self.brokers.nodes.len() == 1 {
-            return;
+            return Moved::Stayed;
         }
         let hinted = status.metadata().get("leader-addr").and_then(|v| v.to_str().ok());
         match hinted.and_then(|addr| self.brokers.position(addr)) {
-            Some(leader) => self.brokers.current.store(leader, Ordering::Relaxed),
-            None => {
+            Some(leader) if leader != used => {
+                self.brokers.current.store(leader, Ordering::Relaxed);
+                Moved::ToLeader
+            }
+            _ => {
                 let next = (used + 1) % self.brokers.nodes.len();
                 let _ = self.brokers.current.compare_exchange(used, next, Ordering::Relaxed, Ordering::Relaxed);
+                Moved::ToNext
             }
         }
     }
@@ -228,6 +233,19 @@ impl Client {
     ) -> Result<Subscriber, ClientError> {
         Subscriber::open(self.clone(), target, settings).await
     }
+}
+
+/// Where a failed request sent the client's next one (see [`Client::observe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// To the same broker (one broker, or a failure that says nothing of leadership): back
+    /// off as usual.
+    Stayed,
+    /// To the leader a hint named: retry at once.
+    ToLeader,
+    /// To the next broker of the list: retry after the first backoff step, not a grown one
+    /// (an election takes a fraction of a second).
+    ToNext,
 }
 
 impl Brokers {

@@ -175,8 +175,11 @@ impl Session {
                 }
                 Err(status) => status,
             };
-            // A follower names the leader; a broker that is down sends us to the next.
-            self.client.observe(self.broker, &status);
+            // A follower names the leader; a broker that is down sends us to the next. Either
+            // way the next attempt goes soon: the wait grows only at the same broker.
+            if self.client.observe(self.broker, &status) != crate::client::Moved::Stayed {
+                failures = failures.min(1);
+            }
             // Another subscriber with this client id took the stream over: reconnecting
             // would take it back, and the two would take turns for ever.
             let replaced = status.code() == tonic::Code::Aborted && status.message().contains(REPLACED);

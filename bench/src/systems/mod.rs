@@ -15,6 +15,8 @@ mod nats;
 mod ours;
 mod redis;
 
+pub use nats::STREAM;
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use super::{take_ready, Ack, Layout};
 use crate::plan::Class;
 
-const STREAM: &str = "bench";
+pub const STREAM: &str = "bench";
 /// How long set-up waits for a cluster's JetStream to take a stream.
 const CLUSTER_WAIT: Duration = Duration::from_secs(20);
 const SUBJECT: &str = "bench";

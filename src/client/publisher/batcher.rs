@@ -15,7 +15,12 @@ use super::{Command, Counters, PublisherSettings, Queued};
 use crate::client::codec;
 use crate::client::error::{is_retryable, ClientError};
 use crate::client::message::PublishResult;
+use crate::client::Moved;
 use crate::env::{Clock, TokioClock};
+
+/// The longest wait between attempts that follow a cluster's leadership: this many steps of
+/// the backoff (100, 200, 400 ms by default), since an election takes a fraction of a second.
+const FOLLOW_BACKOFF_STEPS: u32 = 3;
 
 pub(super) struct Batcher {
     /// Where batches go: the broker the client sends to now.
@@ -222,22 +227,32 @@ impl Batcher {
             });
         };
         let mut attempts = 0u32;
+        let mut followed = 0u32;
         let mut last: Option<Status> = None;
         let tries = async {
             loop {
                 attempts += 1;
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
-                let status = match self.attempt(request.clone()).await {
+                let (status, moved) = match self.attempt(request.clone()).await {
                     Ok(results) => return Ok(results),
-                    Err(status) => status,
+                    Err(failed) => failed,
                 };
                 if !is_retryable(&status) {
                     return Err(ClientError::Status(status));
                 }
-                if attempts >= retry.max_attempts {
+                // Following a cluster's leadership (to the leader a follower named, or to the
+                // next broker) is not a failure of the broker tried: the wait stays short and
+                // the attempt does not count against max_attempts; total_timeout bounds it.
+                if moved != Moved::Stayed {
+                    followed += 1;
+                }
+                if attempts - followed >= retry.max_attempts {
                     return Err(ClientError::GaveUp { attempts, last: status });
                 }
-                let wait = retry.backoff(attempts);
+                let wait = match moved {
+                    Moved::Stayed => retry.backoff(attempts - followed),
+                    Moved::ToLeader | Moved::ToNext => retry.backoff(followed).min(retry.backoff(FOLLOW_BACKOFF_STEPS)),
+                };
                 debug!(topic = %self.topic, attempt = attempts, code = ?status.code(), ?wait, "publish failed; retrying");
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
                 last = Some(status);
@@ -259,17 +274,19 @@ impl Batcher {
         }
     }
 
-    async fn attempt(&self, request: Bytes) -> Result<Vec<PublishResult>, Status> {
+    /// One request to the broker the client sends to now; a failure comes with where the
+    /// client sends the next one.
+    async fn attempt(&self, request: Bytes) -> Result<Vec<PublishResult>, (Status, Moved)> {
         let timeout = self.settings.request_timeout;
         let (used, channel) = self.client.target();
         let answer = match tokio::time::timeout(timeout, codec::publish(channel, request)).await {
             Ok(answer) => answer,
             Err(_) => Err(Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"))),
         };
-        if let Err(status) = &answer {
-            self.client.observe(used, status);
-        }
-        answer
+        answer.map_err(|status| {
+            let moved = self.client.observe(used, &status);
+            (status, moved)
+        })
     }
 }
 
