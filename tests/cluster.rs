@@ -583,7 +583,7 @@ async fn a_leader_that_loses_its_quorum_stops_taking_writes_and_says_so_in_healt
     for node in nodes.iter_mut().filter(|n| n.id != first) {
         node.kill();
     }
-    // Within the election timeout (600 ms at most) it knows it heard from no quorum. A
+    // Within the election timeout (300 ms at most) it knows it heard from no quorum. A
     // publish it accepted before that waits for a quorum (the client's 2 s timeout ends it):
     // its fate is unknown, and it may be stored once the quorum is back.
     let mut refused = None;
