@@ -29,7 +29,7 @@ use prost::Message;
 
 use super::wire::{entry_of, entry_pb, log_id_of, log_id_pb, vote_of, vote_pb};
 use super::{pb, TypeConfig};
-use crate::env::{Fs, FsFile};
+use crate::env::{blocking, Fs, FsFile};
 use crate::record::{frame, frame_at, frame_size, later_frame};
 
 type Entry = EntryOf<TypeConfig>;
@@ -369,15 +369,6 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         let mut inner = self.lock();
         inner.write(vec![record(pb::log_record::Kind::Purged(log_id_pb(&log_id)))])?;
         inner.compact_if_due()
-    }
-}
-
-/// Runs a call that blocks on the disk without stalling the runtime's other tasks: on a
-/// multi-threaded runtime they move to other threads meanwhile.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }
 

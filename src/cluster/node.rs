@@ -151,43 +151,36 @@ impl ClusterNode {
         applier: Arc<dyn Applier>,
     ) -> io::Result<Self> {
         let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
-        scoped(settings.seed, Self::start_scoped(settings, fs, dir, connect, applier)).await
-    }
-
-    async fn start_scoped(
-        settings: &NodeSettings,
-        fs: Arc<dyn Fs>,
-        dir: &Path,
-        connect: Connector,
-        applier: Arc<dyn Applier>,
-    ) -> io::Result<Self> {
-        let log = RaftLog::open(fs, dir, &identity(settings.id, settings.peers.keys().copied()))?;
-        let log = if settings.fsync { log } else { log.without_fsync() };
-        let config = Config {
-            cluster_name: "mini-pubsub".into(),
-            heartbeat_interval: settings.heartbeat_ms,
-            election_timeout_min: settings.election_timeout_ms.0,
-            election_timeout_max: settings.election_timeout_ms.1,
-            // The log is the broker's only history until broker snapshots exist: never purged.
-            snapshot_policy: SnapshotPolicy::Never,
-            // Proposals are up to a publish batch; a lagging follower gets them in bounded
-            // batches.
-            max_payload_entries: 64,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
-        let machine = BrokerSm { applier, applied: None, membership: StoredMembership::default() };
-        let raft = Raft::new(settings.id, config, PeerNetwork::new(settings.id, connect), log, machine)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let members: BTreeMap<u64, BasicNode> =
-            settings.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
-        match raft.initialize(members).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(io::Error::other(format!("cannot initialise the cluster: {e}"))),
-        }
-        let quorum_lapse = Duration::from_millis(settings.election_timeout_ms.1);
-        Ok(Self { id: settings.id, raft, quorum_lapse })
+        scoped(settings.seed, async move {
+            let log = RaftLog::open(fs, dir, &identity(settings.id, settings.peers.keys().copied()))?;
+            let log = if settings.fsync { log } else { log.without_fsync() };
+            let config = Config {
+                cluster_name: "mini-pubsub".into(),
+                heartbeat_interval: settings.heartbeat_ms,
+                election_timeout_min: settings.election_timeout_ms.0,
+                election_timeout_max: settings.election_timeout_ms.1,
+                // The log is the broker's only history until broker snapshots exist: never purged.
+                snapshot_policy: SnapshotPolicy::Never,
+                // Proposals are up to a publish batch; a lagging follower gets them in bounded
+                // batches.
+                max_payload_entries: 64,
+                ..Default::default()
+            };
+            let config = Arc::new(config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
+            let machine = BrokerSm { applier, applied: None, membership: StoredMembership::default() };
+            let raft = Raft::new(settings.id, config, PeerNetwork::new(settings.id, connect), log, machine)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let members: BTreeMap<u64, BasicNode> =
+                settings.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(io::Error::other(format!("cannot initialise the cluster: {e}"))),
+            }
+            let quorum_lapse = Duration::from_millis(settings.election_timeout_ms.1);
+            Ok(Self { id: settings.id, raft, quorum_lapse })
+        })
+        .await
     }
 
     /// The service this node's peer port serves.
@@ -213,7 +206,9 @@ impl ClusterNode {
 
     /// The cluster's state as this node sees it now.
     pub fn state(&self) -> ClusterState {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        // Read in place: this runs for every call a node takes.
+        let watched = self.raft.metrics();
+        let metrics = watched.borrow_watched();
         let role = match metrics.state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",

@@ -130,3 +130,13 @@ impl FsFile for StdFile {
         self.0.sync_data()
     }
 }
+
+/// Runs a call that may block on the disk (an fsync) without stalling the runtime's other
+/// tasks: on a multi-threaded runtime they move to other threads meanwhile. The simulator's
+/// runtime is single-threaded, and its disk does not block.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

@@ -8,7 +8,7 @@ mod fs;
 pub(crate) mod ops;
 
 pub use faults::{DiskFault, FaultyFs};
-pub use fs::{read_exact_at, Fs, FsFile, StdFs};
+pub use fs::{blocking, read_exact_at, Fs, FsFile, StdFs};
 
 use std::future::Future;
 use std::io;

@@ -30,7 +30,7 @@ use crate::core::{
     AckReply, Answer, At, Broker, BrokerError, Command, Delivery, DriverTimer, Output, Published, Query, Reply,
     StreamId,
 };
-use crate::env::Clock;
+use crate::env::{blocking, Clock};
 use crate::record::{self, Recorder};
 use crate::storage::{FsyncPolicy, StorageError};
 use crate::wire::{self, pb};
@@ -160,16 +160,6 @@ impl DriverHandle {
 /// A handler got an answer of another kind than its command's: a bug in the driver.
 pub fn unexpected(answer: &Answer) -> Status {
     Status::internal(format!("the broker answered `{}`, which this call does not expect", answer.name()))
-}
-
-/// Runs a call that may block on the disk (an fsync) without stalling the runtime's other
-/// tasks: on a multi-threaded runtime they move to other threads meanwhile. The simulator's
-/// runtime is single-threaded, and its disk does not block.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 fn stopped() -> Status {
