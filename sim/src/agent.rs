@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::history::{DeadLetter, Event, History};
@@ -91,20 +90,29 @@ pub struct Counters {
 /// Runs an app host: takes commands until the simulation ends.
 pub async fn run(
     name: String,
-    broker: String,
+    brokers: Vec<String>,
     commands: Arc<Mutex<mpsc::Receiver<Command>>>,
     counters: Arc<Counters>,
     history: History,
     traffic: world::Traffic,
 ) -> turmoil::Result {
-    let channel = world::lazy_channel(&name, &broker, PORT, REQUEST_TIMEOUT, traffic);
+    // Every broker, each named as a leader hint names it; requests go to the first until a
+    // refusal points elsewhere (see `Client::observe`).
+    let channels = brokers
+        .iter()
+        .map(|broker| {
+            let channel = world::lazy_channel(&name, broker, PORT, REQUEST_TIMEOUT, traffic.clone());
+            (format!("{broker}:{PORT}"), channel)
+        })
+        .collect();
+    let client = Client::from_channels(channels);
     let mut streams: Vec<JoinHandle<()>> = Vec::new();
     let held = Held::default();
     // Admin steps run one after another, in scenario order (a subscription is created only
     // once its topic exists), on a task of their own: one still retrying holds back the
     // admin steps after it, never the drain.
     let (admin_tx, mut admin_rx) = mpsc::channel::<(Admin, Duration)>(COMMAND_QUEUE_MAX);
-    let admin_app = App { name: name.clone(), channel: channel.clone(), history: history.clone(), held: held.clone() };
+    let admin_app = App { name: name.clone(), client: client.clone(), history: history.clone(), held: held.clone() };
     let admin_counters = counters.clone();
     tokio::spawn(async move {
         while let Some((admin, ack_deadline)) = admin_rx.recv().await {
@@ -114,7 +122,7 @@ pub async fn run(
     });
     loop {
         let Some(command) = commands.lock().await.recv().await else { return Ok(()) };
-        let app = App { name: name.clone(), channel: channel.clone(), history: history.clone(), held: held.clone() };
+        let app = App { name: name.clone(), client: client.clone(), history: history.clone(), held: held.clone() };
         match command {
             Command::Ack { .. } | Command::Nack(_) | Command::Modack { .. } => {
                 answer_held(&held, &history, &name, &command);
@@ -209,7 +217,8 @@ struct Mode {
 
 struct App {
     name: String,
-    channel: Channel,
+    /// Every broker: requests follow the cluster's leader hints.
+    client: Client,
     history: History,
     held: Held,
 }
@@ -223,7 +232,6 @@ impl App {
         if spec.via == Via::Library {
             return self.publish_with_library(spec, counters).await;
         }
-        let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         for i in 0..spec.count {
             if i > 0 {
                 tokio::time::sleep(spec.every).await;
@@ -239,7 +247,7 @@ impl App {
                 idempotency_key,
             };
             let req = pb::PublishRequest { topic: spec.topic.clone(), messages: vec![message], ..Default::default() };
-            self.publish_one(&mut client, id, req).await;
+            self.publish_one(id, req).await;
         }
     }
 
@@ -260,7 +268,7 @@ impl App {
             linger: std::time::Duration::from_millis(10),
             ..PublisherSettings::default()
         };
-        let client = Client::from_channel(self.channel.clone());
+        let client = self.client.clone();
         let publisher = match client.publisher(spec.topic.clone(), settings) {
             Ok(publisher) => publisher,
             Err(error) => unreachable!("the simulator's publisher settings are valid: {error}"),
@@ -313,17 +321,13 @@ impl App {
     }
 
     /// Sends one publish until it is acknowledged, definitely refused, or out of attempts.
-    async fn publish_one(
-        &self,
-        client: &mut pb::pub_sub_client::PubSubClient<Channel>,
-        id: String,
-        req: pb::PublishRequest,
-    ) {
+    async fn publish_one(&self, id: String, req: pb::PublishRequest) {
         let topic = req.topic.clone();
         let mut after = None;
         for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
             self.record(Event::PublishInvoked { id: id.clone(), topic: topic.clone(), attempt, after: after.take() });
-            match client.publish(req.clone()).await {
+            let (used, channel) = self.client.target();
+            match pb::pub_sub_client::PubSubClient::new(channel).publish(req.clone()).await {
                 Ok(reply) => {
                     let result = reply.into_inner().results.swap_remove(0);
                     let (partition, offset, duplicate) = (result.partition, result.offset, result.duplicate);
@@ -347,6 +351,7 @@ impl App {
                 }
                 Err(status) => {
                     after = Some(code_name(status.code()));
+                    self.client.observe(used, &status);
                     tokio::time::sleep(RETRY_DELAY).await;
                 }
             }
@@ -356,9 +361,10 @@ impl App {
     /// Keeps a stream open on `sub`, reopening it after failures, and acks what arrives
     /// when `ack` is set.
     async fn subscribe(self, sub: String, mode: Mode, numbers: Arc<AtomicU64>) {
-        let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         loop {
             let stream = numbers.fetch_add(1, Ordering::Relaxed) + 1;
+            let (used, channel) = self.client.target();
+            let mut client = pb::pub_sub_client::PubSubClient::new(channel);
             let (tx, rx) = mpsc::channel(64);
             let first = pb::SubscribeRequest {
                 subscription: sub.clone(),
@@ -367,13 +373,15 @@ impl App {
                 ..Default::default()
             };
             let _ = tx.send(first).await;
-            let code = match client.subscribe(ReceiverStream::new(rx)).await {
+            let status = match client.subscribe(ReceiverStream::new(rx)).await {
                 Ok(response) => {
                     self.record(Event::StreamOpened { sub: sub.clone(), stream, max: mode.max_outstanding });
                     self.read_stream(&sub, stream, &mode, &tx, response.into_inner()).await
                 }
-                Err(status) => status.code(),
+                Err(status) => status,
             };
+            self.client.observe(used, &status);
+            let code = status.code();
             self.record(Event::StreamFailed { sub: sub.clone(), stream, code: code_name(code) });
             if code == Code::NotFound {
                 return;
@@ -388,7 +396,7 @@ impl App {
     /// each message as it is handed out, each ack or nack as it is handed to the library,
     /// and the broker's answer as the library tells it (`ack_with_response`).
     async fn subscribe_with_library(self, sub: String, mode: Mode, numbers: Arc<AtomicU64>) {
-        let client = Client::from_channel(self.channel.clone());
+        let client = self.client.clone();
         let settings = SubscriberSettings {
             client_id: Some(format!("{}-{sub}", self.name)),
             max_outstanding_messages: if mode.max_outstanding == 0 { 1000 } else { mode.max_outstanding },
@@ -459,7 +467,7 @@ impl App {
         mode: &Mode,
         tx: &mpsc::Sender<pb::SubscribeRequest>,
         mut inbound: tonic::Streaming<pb::SubscribeResponse>,
-    ) -> Code {
+    ) -> tonic::Status {
         let mut ids: std::collections::BTreeMap<String, Leased> = Default::default();
         // Only members of exclusive subscriptions (told an assignment) have sessions. The
         // heartbeats stop with this function (even when its task is aborted): a sender left
@@ -468,8 +476,8 @@ impl App {
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
-                Ok(None) => return Code::Ok,
-                Err(status) => return status.code(),
+                Ok(None) => return tonic::Status::ok(""),
+                Err(status) => return status,
             };
             if let Some(assigned) = response.assignment {
                 let (generation, partitions) = (assigned.generation, assigned.partitions);
@@ -592,13 +600,20 @@ impl App {
     /// per key per round), and waits between rounds that brought none. The loop ends with
     /// the simulation.
     async fn drain(self) {
-        let mut client = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
         loop {
             let mut pulled_any = false;
             let subs = self.subscriptions().await;
             for sub in &subs {
+                let (used, channel) = self.client.target();
+                let mut client = pb::pub_sub_client::PubSubClient::new(channel);
                 let pulled = client.pull(pb::PullRequest { subscription: sub.clone(), max_messages: 100 }).await;
-                let Ok(pulled) = pulled else { continue };
+                let pulled = match pulled {
+                    Ok(pulled) => pulled,
+                    Err(status) => {
+                        self.client.observe(used, &status);
+                        continue;
+                    }
+                };
                 let mut stored = std::collections::BTreeMap::new();
                 for m in pulled.into_inner().received_messages {
                     let (ack_id, leased) = self.record_delivery(sub, 0, m);
@@ -629,11 +644,18 @@ impl App {
     /// The subscriptions the broker lists (none when it cannot be reached), bounded by
     /// [`DRAIN_SUBSCRIPTIONS_MAX`].
     async fn subscriptions(&self) -> Vec<String> {
-        let mut admin = pb::admin_client::AdminClient::new(self.channel.clone());
+        let (used, channel) = self.client.target();
+        let mut admin = pb::admin_client::AdminClient::new(channel);
         let (mut names, mut page_token) = (Vec::new(), String::new());
         while names.len() < DRAIN_SUBSCRIPTIONS_MAX {
             let req = pb::ListSubscriptionsRequest { page_size: 1000, page_token, ..Default::default() };
-            let Ok(page) = admin.list_subscriptions(req).await else { break };
+            let page = match admin.list_subscriptions(req).await {
+                Ok(page) => page,
+                Err(status) => {
+                    self.client.observe(used, &status);
+                    break;
+                }
+            };
             let page = page.into_inner();
             names.extend(page.subscriptions.into_iter().map(|s| s.name).filter(|n| !n.starts_with("__")));
             if page.next_page_token.is_empty() {

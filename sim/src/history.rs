@@ -99,6 +99,9 @@ pub enum Event {
     Damaged { topic: String, partition: u32, first: u64, end: u64 },
     /// The broker core broke an invariant: the run stops here.
     InvariantBroken { what: String },
+    /// A node of a cluster changed its role, term, leader (a broker host) or whether it
+    /// serves (leads, has applied an entry of its term, and hears from a quorum).
+    Cluster { role: String, term: u64, leader: Option<String>, serving: bool },
 }
 
 /// What a dead-letter copy says of the message it copies.
@@ -212,6 +215,12 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::Crashed { host } => format!("crash {host}"),
         Event::Restarted { host } => format!("restart {host}"),
         Event::Broker(notice) => notice_line(notice, entry.at_ms, full)?,
+        Event::Cluster { term, serving: true, .. } => format!("serves as the leader of term {term}"),
+        Event::Cluster { role, term, leader, .. } if full => {
+            let leader = leader.as_deref().map_or("none known".to_string(), |l| format!("leader {l}"));
+            format!("{role} in term {term}, {leader}")
+        }
+        Event::Cluster { .. } => return None,
         Event::ReadFailed { topic, partition, offset, error } => {
             format!("cannot read {topic} p{partition}@{offset}: {error}; its readers wait there")
         }
@@ -255,6 +264,12 @@ fn notice_line(notice: &Notice, at_ms: u64, full: bool) -> Option<String> {
         Notice::Redriven { subscription, partition, offset, .. } => {
             format!("redrive applied: p{partition}@{offset} back in {subscription}")
         }
+        Notice::Appended { topic, partition, offset, message_id, digest } => {
+            format!("stored {message_id} at {topic} p{partition}@{offset} (crc {digest:08x})")
+        }
+        Notice::FloorRaised { subscription, partition, offset } => {
+            format!("replicated ack floor: {subscription} p{partition} committed to {offset}")
+        }
         Notice::LeasesReleased { subscription, stream, leases } => {
             let leases: Vec<String> = leases.iter().map(|(p, o)| format!("p{p}@{o}")).collect();
             format!("stream {stream} of {subscription} closed; its leases back at once: {}", leases.join(" "))
@@ -262,15 +277,80 @@ fn notice_line(notice: &Notice, at_ms: u64, full: bool) -> Option<String> {
     })
 }
 
-/// Writes what a broker reports into the history, as events of its host.
+/// Writes what a broker reports into the history, as events of its host. One is made for
+/// each life of a broker host.
 pub struct BrokerObserver {
     pub host: String,
     pub history: History,
+    /// In a cluster, what the nodes reported (shared by all of them), so that a change the
+    /// nodes each apply is written once, by the first to apply it.
+    pub cluster: Option<Replicated>,
+}
+
+/// How many times any node of a cluster reported each notice, and how many times this life
+/// of one node did: a node writes a notice only when it is the first to report it that
+/// many times. A restarted node replays its log from empty; its repeats are not written.
+#[derive(Default)]
+pub struct Replicated {
+    pub nodes: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    pub mine: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Replicated {
+    /// Whether this node is the first to report `notice` this many times.
+    fn first(&self, notice: &Notice) -> bool {
+        // The lease numbers in a notice are the node's own: leases live on the leader.
+        let key = match notice.clone() {
+            Notice::Seeked { subscription, to, .. } => {
+                format!("{:?}", Notice::Seeked { subscription, to, lease_seq: 0 })
+            }
+            Notice::Redriven { subscription, partition, offset, .. } => {
+                format!("{:?}", Notice::Redriven { subscription, partition, offset, lease_seq: 0 })
+            }
+            other => format!("{other:?}"),
+        };
+        let mut mine = self.mine.lock().expect("notice counts");
+        let count = mine.entry(key.clone()).or_default();
+        *count += 1;
+        let mut nodes = self.nodes.lock().expect("notice counts");
+        let seen = nodes.entry(key).or_default();
+        if *count > *seen {
+            *seen = *count;
+            return true;
+        }
+        false
+    }
 }
 
 impl Observer for BrokerObserver {
     fn notice(&self, notice: Notice) {
+        let Some(cluster) = &self.cluster else {
+            return self.history.record(&self.host, Event::Broker(notice));
+        };
+        match notice {
+            // Each node's own log, for the checks that compare replicas.
+            Notice::Appended { .. } | Notice::FloorRaised { .. } => {}
+            // A node starts empty and rebuilds its state from the Raft log: nothing vanished.
+            Notice::Restored { .. } => return,
+            // Leases live on the leader alone.
+            Notice::LeasesReleased { .. } => {}
+            ref replicated => {
+                if !cluster.first(replicated) {
+                    return;
+                }
+            }
+        }
         self.history.record(&self.host, Event::Broker(notice));
+    }
+
+    fn cluster(&self, state: &mini_pubsub::cluster::ClusterState) {
+        let event = Event::Cluster {
+            role: state.role.to_string(),
+            term: state.term,
+            leader: state.leader.map(|id| format!("broker{id}")),
+            serving: state.serving,
+        };
+        self.history.record(&self.host, event);
     }
 
     fn read_failed(&self, topic: &str, partition: u32, offset: u64, error: &StorageError) {

@@ -11,6 +11,7 @@ use std::fmt::Write;
 
 use crate::history::{trace_line, Entry, Event};
 use crate::runner::Report;
+use mini_pubsub::core::Notice;
 
 /// The page for `report`, a run of the scenario named `name` (whose replay command is
 /// `replay`).
@@ -93,6 +94,9 @@ fn mark(entry: &Entry) -> Option<String> {
         Event::AckAnswered { id, op, result, .. } if op == "ack" && result == "applied" => ("ack", Some(id)),
         Event::AckAnswered { id, .. } => ("answer", Some(id)),
         Event::AckSent { .. } | Event::Checkpoint => return None,
+        // Every stored message, on every broker: the checker's, too many to draw.
+        Event::Broker(Notice::Appended { .. } | Notice::FloorRaised { .. }) => return None,
+        Event::Cluster { .. } => ("broker", None),
         Event::Redriven { .. } | Event::AdminAnswered { .. } => ("admin", None),
         Event::StreamOpened { .. } | Event::Assigned { .. } => ("stream", None),
         Event::StreamFailed { .. } => ("ended", None),

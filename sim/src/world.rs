@@ -150,8 +150,9 @@ impl Net for SimNet {
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
+                    biased;
                     () = tx.closed() => break,
+                    accepted = listener.accept() => accepted,
                 };
                 let accepted = accepted.map(|(stream, peer)| {
                     let counted = traffic.as_ref().map(|(traffic, host)| Counted {
@@ -186,6 +187,23 @@ pub async fn channel(host: &str, port: u16) -> Result<Channel, tonic::transport:
     let endpoint = endpoint(host, port);
     let connector = tower::service_fn(move |_| async move { SimNet::default().connect(addr).await.map(TokioIo::new) });
     endpoint.connect_with_connector(connector).await
+}
+
+/// A channel from a broker to its peer `host:port`, connecting on first use and again after
+/// failures; its connections close without a FIN when the broker crashes (`crashing`), and
+/// count what they write (and each attempt to connect) in `counted`.
+pub fn peer_channel(host: &str, port: u16, crashing: Option<Arc<AtomicBool>>, counted: Counted) -> Channel {
+    let name = host.to_string();
+    let connector = tower::service_fn(move |_| {
+        let (addr, crashing) = (SocketAddr::new(turmoil::lookup(name.as_str()), port), crashing.clone());
+        let counted = counted.clone();
+        async move {
+            counted.traffic.add(&counted.from, &counted.to, 1);
+            let stream = turmoil::net::TcpStream::connect(addr).await?;
+            Ok::<_, io::Error>(TokioIo::new(SimConn::new(stream, Some(counted), crashing)))
+        }
+    });
+    endpoint(host, port).connect_with_connector_lazy(connector)
 }
 
 /// A channel from `app` that connects on first use and reconnects after failures, with a

@@ -7,7 +7,7 @@ use mini_pubsub::core::Mutation;
 use mini_pubsub_sim::{runner, scenario};
 
 /// The scenario each mutation is run against, and the failure it must cause.
-const CASES: [(Mutation, &str, &str); 7] = [
+const CASES: [(Mutation, &str, &str); 9] = [
     (Mutation::AckNotRecorded, "basic.scn", "check redelivered-after-ack"),
     (Mutation::OffsetGivenTwice, "competing_consumers.scn", "check offsets"),
     (Mutation::RedeliveryAfterAck, "basic.scn", "check redelivered-after-ack"),
@@ -15,6 +15,14 @@ const CASES: [(Mutation, &str, &str); 7] = [
     (Mutation::KeyOrderIgnored, "ordering_keys.scn", "check key-order"),
     (Mutation::FlowControlIgnored, "flow_control_limit.scn", "check flow"),
     (Mutation::InvariantBroken, "basic.scn", "invariant broken"),
+    (Mutation::FloorForgotten, "cluster_leader_crash_under_load.scn", "check floors"),
+    (Mutation::FollowerDiverges, "cluster_leader_crash_under_load.scn", "check replicas-agree"),
+];
+
+/// The cluster checks that no case above is meant for, each with a mutation that fails it.
+const CLUSTER_CASES: [(Mutation, &str, &str); 2] = [
+    (Mutation::FollowerDiverges, "cluster_leader_crash_under_load.scn", "check delivered-committed"),
+    (Mutation::OffsetGivenTwice, "cluster_leader_crash_under_load.scn", "check real-time-order"),
 ];
 
 fn run(file: &str, mutation: Option<Mutation>) -> runner::Report {
@@ -35,6 +43,15 @@ fn every_mutation_is_caught_by_the_check_meant_for_it() {
             "{mutation:?} on {file}: expected a failure through `{caught_by}`, got {failure:?}\n{}",
             report.verdict
         );
+    }
+}
+
+#[test]
+fn every_cluster_check_fails_on_a_mutation() {
+    for (mutation, file, caught_by) in CLUSTER_CASES {
+        let report = run(file, Some(mutation));
+        let failure = report.failure.clone().unwrap_or_default();
+        assert!(failure.contains(caught_by), "{mutation:?} on {file}: expected `{caught_by}`, got {failure:?}");
     }
 }
 

@@ -179,17 +179,21 @@ impl Client {
     }
 
     /// The broker requests go to now: its index (for [`Client::observe`]) and channel.
-    pub(crate) fn target(&self) -> (usize, Channel) {
+    pub fn target(&self) -> (usize, Channel) {
         let index = self.brokers.current.load(Ordering::Relaxed) % self.brokers.nodes.len();
         (index, self.brokers.nodes[index].1.clone())
     }
 
     /// Learns from a failed request sent to broker `used`: a leader hint moves the client
-    /// there; UNAVAILABLE without one (a broker down, or one that knows no leader) moves it
-    /// to the next broker, unless another request already moved it. Says where the next
-    /// attempt goes, so a retry can go there at once instead of backing off.
-    pub(crate) fn observe(&self, used: usize, status: &Status) -> Moved {
-        if status.code() != tonic::Code::Unavailable || self.brokers.nodes.len() == 1 {
+    /// there; UNAVAILABLE without one (a broker down, or one that knows no leader), or a
+    /// failure of the connection itself (UNKNOWN: it broke; DEADLINE_EXCEEDED: the broker
+    /// did not answer in time, as one cut off or powered off does not), moves it to the
+    /// next broker, unless another request already moved it. Says where the next attempt
+    /// goes, so a retry can go there at once instead of backing off.
+    pub fn observe(&self, used: usize, status: &Status) -> Moved {
+        let moves =
+            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded);
+        if !moves || self.brokers.nodes.len() == 1 {
             return Moved::Stayed;
         }
         let hinted = status.metadata().get("leader-addr").and_then(|v| v.to_str().ok());
@@ -237,7 +241,7 @@ impl Client {
 
 /// Where a failed request sent the client's next one (see [`Client::observe`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Moved {
+pub enum Moved {
     /// To the same broker (one broker, or a failure that says nothing of leadership): back
     /// off as usual.
     Stayed,

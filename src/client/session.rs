@@ -137,11 +137,13 @@ impl Session {
         loop {
             if failures > 0 {
                 tokio::select! {
+                    biased;
                     () = stopped(&mut shutdown) => return self.stop_between_streams().await,
                     () = tokio::time::sleep(retry.backoff(failures)) => {}
                 }
             }
             let attempt = tokio::select! {
+                biased;
                 () = stopped(&mut shutdown) => return self.stop_between_streams().await,
                 attempt = self.open() => attempt,
             };
@@ -218,6 +220,7 @@ impl Session {
             }
             None => {
                 tokio::select! {
+                    biased;
                     () = stopped(shutdown) => {}
                     _ = self.deliveries.send(Err(error.clone())) => {}
                 }
@@ -297,8 +300,13 @@ impl Session {
             // The flush timer runs only while there is something to send: an idle
             // subscriber does not wake every ack_flush_interval.
             let has_pending = self.held().pending_len() > 0;
+            // Biased, so that a simulated run replays; the timers go before the stream, for
+            // they are ready only when due and the stream must not starve them.
             tokio::select! {
+                biased;
                 () = stopped(shutdown) => break End::Stopped,
+                _ = flush.tick(), if has_pending => self.send_pending(&mut live).await,
+                _ = check.tick() => self.check_leases(&mut live).await,
                 response = inbound.message() => match response {
                     Ok(Some(response)) => self.absorb(&mut live, response),
                     Ok(None) => break End::Broken(Status::unavailable("the broker closed the stream without a status")),
@@ -315,8 +323,6 @@ impl Session {
                         self.send_pending(&mut live).await;
                     }
                 }
-                _ = flush.tick(), if has_pending => self.send_pending(&mut live).await,
-                _ = check.tick() => self.check_leases(&mut live).await,
             }
         };
         if let End::Stopped = end {

@@ -403,6 +403,7 @@ impl Subscriber {
         tokio::pin!(shutdown);
         let ended = loop {
             tokio::select! {
+                biased;
                 () = &mut shutdown => break Ok(()),
                 Some(joined) = running.join_next(), if !running.is_empty() => log_handler_end(joined),
                 next = self.next(), if running.len() < self.handler_concurrency => match next {

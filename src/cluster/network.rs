@@ -143,6 +143,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             wire::snapshot_response_of,
         );
         tokio::select! {
+            biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
             answered = call => answered.map_err(|e| match e {
                 RPCError::Timeout(t) => StreamingError::Timeout(t),

@@ -58,6 +58,8 @@ pub struct Broker {
     /// a publish adjusts it by what its topic's index gained or lost, and anything else that
     /// changes indexes counts them again.
     pub(super) dedupe_entries: usize,
+    /// Replicated ack floors applied so far (only a mutation reads it).
+    pub(super) floors_applied: u64,
 }
 
 /// Leases a run may issue per millisecond of wall time before a restart could reuse its
@@ -101,6 +103,7 @@ impl Broker {
             read_faults: BTreeMap::new(),
             notices: None,
             dedupe_entries: 0,
+            floors_applied: 0,
         })
     }
 

@@ -27,11 +27,17 @@ pub enum Mutation {
     /// An ack stops its lease's timer but keeps the lease: the core's
     /// invariants break.
     InvariantBroken,
+    /// Every third replicated ack floor a node applies puts the partition's committed
+    /// offset back at the log's start: the replica forgets acknowledgements.
+    FloorForgotten,
+    /// A node that does not lead stores every seventh replicated publish with its value
+    /// changed: the replicas no longer hold the same messages.
+    FollowerDiverges,
 }
 
 impl Mutation {
     /// Every mutation, for the test that proves each is caught.
-    pub const ALL: [Mutation; 7] = [
+    pub const ALL: [Mutation; 9] = [
         Mutation::AckNotRecorded,
         Mutation::OffsetGivenTwice,
         Mutation::RedeliveryAfterAck,
@@ -39,6 +45,8 @@ impl Mutation {
         Mutation::KeyOrderIgnored,
         Mutation::FlowControlIgnored,
         Mutation::InvariantBroken,
+        Mutation::FloorForgotten,
+        Mutation::FollowerDiverges,
     ];
 }
 

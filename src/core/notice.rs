@@ -77,6 +77,31 @@ pub enum Notice {
         /// The next lease sequence number when it was applied.
         lease_seq: u64,
     },
+    /// A publish stored a message (a duplicate stores none): where, under which id, and a
+    /// CRC32C of its key and value, so an observer can tell whether replicas hold the same
+    /// message at the same place.
+    Appended {
+        /// The topic's name.
+        topic: String,
+        /// The message's partition.
+        partition: u32,
+        /// Its offset.
+        offset: u64,
+        /// Its id (`topic uid-partition-offset`).
+        message_id: String,
+        /// CRC32C of its key's bytes followed by its value's.
+        digest: u32,
+    },
+    /// A replicated ack floor (`AckFloors`) moved a subscription's committed offset in a
+    /// partition: every offset below `offset` is acknowledged.
+    FloorRaised {
+        /// The subscription's name.
+        subscription: String,
+        /// The partition.
+        partition: u32,
+        /// Its committed offset now.
+        offset: u64,
+    },
     /// A stream closed and its leases went back to the subscription at once (no backoff).
     LeasesReleased {
         /// The subscription.

@@ -10,7 +10,7 @@ use super::dedupe::{BatchKeys, Dedupe, Original};
 use super::error::BrokerError;
 use super::name;
 use super::topic::Topic;
-use super::Mutation;
+use super::{Mutation, Notice};
 use crate::storage::{message_size, PartitionLog, Record, Retention};
 
 /// A message as a publisher sends it.
@@ -123,10 +123,20 @@ impl Broker {
         } else {
             KeysBound { name: "dedupe_keys_max", max: self.config.dedupe_keys_max, whole: self.config.dedupe_keys_max }
         };
+        let digests: Vec<u32> = match self.notices.is_some() {
+            true => messages.iter().map(digest).collect(),
+            false => Vec::new(),
+        };
         let slots = plan(&t.dedupe, messages);
         let stored = store(t, wall_ms, slots, bound);
         self.dedupe_entries = others + t.dedupe.len();
         let (mut results, appended) = stored?;
+        for (result, digest) in results.iter().zip(digests).filter(|(r, _)| !r.duplicate) {
+            let (partition, offset, message_id) = (result.partition, result.offset, result.message_id.clone());
+            let topic = topic.to_string();
+            self.notice(|_| Notice::Appended { topic, partition, offset, message_id, digest });
+        }
+        let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
         if self.config.mutated(Mutation::OffsetGivenTwice) {
             for result in results.iter_mut().filter(|r| !r.duplicate && r.offset % 3 == 2) {
                 result.offset -= 1;
@@ -247,6 +257,12 @@ enum Slot {
 }
 
 /// Sorts the messages of a request into new ones and duplicates.
+/// CRC32C of a message's key bytes followed by its value (see [`Notice::Appended`]).
+fn digest(message: &OutgoingMessage) -> u32 {
+    let key = crc32c::crc32c(message.key.as_deref().unwrap_or_default().as_bytes());
+    crc32c::crc32c_append(key, &message.value)
+}
+
 fn plan(dedupe: &Dedupe, messages: Vec<OutgoingMessage>) -> Vec<Slot> {
     // The keys are borrowed from the request: finding a repeat copies none.
     let mut first_keys = FirstKeys::default();

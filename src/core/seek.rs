@@ -6,7 +6,7 @@ use super::broker::Broker;
 use super::error::BrokerError;
 use super::name;
 use super::topic::visible_end;
-use super::Notice;
+use super::{Mutation, Notice};
 
 /// A subscription's ack floor on one partition: every offset below it is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,12 +136,18 @@ impl Broker {
             let sub = &self.subscriptions[&floor.uid];
             let Some(cursor) = sub.cursors.get(floor.partition as usize) else { continue };
             let Ok(topic) = self.topic(&sub.topic) else { continue };
-            let end = topic.logs[floor.partition as usize].end_offset();
+            let log = &topic.logs[floor.partition as usize];
+            let (start, end) = (log.start_offset(), log.end_offset());
             if cursor.committed >= floor.offset || floor.offset > end {
                 continue;
             }
-            let dropped = self.cursor_mut(floor.uid, floor.partition).reset(floor.offset);
+            self.floors_applied += 1;
+            let forget = self.config.mutated(Mutation::FloorForgotten) && self.floors_applied % 3 == 0;
+            let offset = if forget { start } else { floor.offset };
+            let dropped = self.cursor_mut(floor.uid, floor.partition).reset(offset);
             self.forget_dropped(floor.uid, floor.partition, dropped);
+            let (subscription, partition) = (floor.subscription, floor.partition);
+            self.notice(|_| Notice::FloorRaised { subscription, partition, offset });
             raised.insert(floor.uid);
         }
         for uid in raised {

@@ -234,6 +234,7 @@ impl pb::admin_server::Admin for AdminService {
                 tokio::pin!(retry);
                 loop {
                     tokio::select! {
+                        biased;
                         () = &mut retry => break,
                         alive = watcher.changed() => if !alive || view.node.state().leader == Some(to) { break },
                     }

@@ -309,7 +309,12 @@ impl Driver {
         loop {
             let deadline = self.broker.poll_timeout().expect("the checkpoint timer is always set");
             let wait = Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()));
+            // Biased, in this order, so that a run replays (an unbiased select picks at random,
+            // from a seed tokio draws per process): the timers first, which are ready only
+            // when due, so the jobs never starve them.
             tokio::select! {
+                biased;
+                () = tokio::time::sleep(wait) => self.handle_timers(),
                 job = jobs.recv() => {
                     let Some(job) = job else { break };
                     if self.run_job(job) {
@@ -322,7 +327,6 @@ impl Driver {
                         }
                     }
                 }
-                () = tokio::time::sleep(wait) => self.handle_timers(),
             }
             self.commit().await;
             self.flush();

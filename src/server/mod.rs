@@ -349,6 +349,7 @@ where
         }
     };
     tokio::select! {
+        biased;
         served = serve => served?,
         () = grace_over => tracing::warn!(
             grace_ms = config.shutdown_grace_ms,
@@ -382,6 +383,7 @@ async fn start_driver(
     if observer.is_some() {
         broker.observe();
     }
+    let watcher = observer.clone();
     let recorder = record.map(|to| start_recording(to, &broker)).transpose()?;
     let checks = Checks {
         invariants: config.check_invariants || cfg!(debug_assertions),
@@ -397,7 +399,7 @@ async fn start_driver(
     };
     let driver = Driver::spawn(broker, clock.clone(), settings, checks);
     let cluster = match cluster {
-        Some(run) => Some(start_node(run, &driver, clock.clone()).await?),
+        Some(run) => Some(start_node(run, &driver, clock.clone(), watcher).await?),
         None => None,
     };
     Ok((driver, cluster))
@@ -408,6 +410,7 @@ async fn start_node(
     run: ClusterRun,
     driver: &DriverHandle,
     clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn Observer>>,
 ) -> Result<admin::ClusterView, ServerError> {
     let applier: Arc<dyn Applier> = Arc::new(driver.clone());
     let fs: Arc<dyn Fs> =
@@ -417,6 +420,9 @@ async fn start_node(
     let node = Arc::new(node);
     tokio::spawn((run.serve_peers)(node.service()));
     driver.attach(node.clone()).await;
+    if let Some(observer) = observer {
+        tokio::spawn(observe_cluster(node.clone(), observer));
+    }
     info!(node = run.settings.id, peers = ?run.settings.peers, "cluster node started");
     Ok(admin::ClusterView { node, peers: run.settings.peers, brokers: run.brokers })
 }
@@ -424,6 +430,27 @@ async fn start_node(
 /// How often a node rechecks whether it serves: a leader that stops hearing from a quorum
 /// changes nothing Raft reports, so it is looked at on this period too.
 const LEADERSHIP_CHECK_MS: u64 = 200;
+
+/// Tells `observer` each change of this node's role, term, leader or serving (see
+/// [`Observer::cluster`]), looking on every change Raft reports and every
+/// [`LEADERSHIP_CHECK_MS`].
+async fn observe_cluster(node: Arc<ClusterNode>, observer: Arc<dyn Observer>) {
+    let mut watcher = node.watcher();
+    let mut told = None;
+    loop {
+        let state = node.state();
+        let now = (state.role, state.term, state.leader, state.serving);
+        if told != Some(now) {
+            told = Some(now);
+            observer.cluster(&state);
+        }
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep(Duration::from_millis(LEADERSHIP_CHECK_MS)) => {}
+            alive = watcher.changed() => if !alive { return },
+        }
+    }
+}
 
 /// Keeps the health of `pubsub.PubSub` and `pubsub.Admin` SERVING only while this node
 /// leads and hears from a quorum, so a load balancer's health check finds the leader; with
@@ -449,8 +476,9 @@ async fn report_leadership(node: Arc<ClusterNode>, health: tonic_health::server:
             }
         }
         tokio::select! {
-            alive = watcher.changed() => if !alive { return },
+            biased;
             () = tokio::time::sleep(Duration::from_millis(LEADERSHIP_CHECK_MS)) => {}
+            alive = watcher.changed() => if !alive { return },
         }
     }
 }

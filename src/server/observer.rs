@@ -2,6 +2,7 @@
 //! could not be read, and a broken invariant. The simulator passes one to write them into
 //! a run's history; production passes none, and the core then records no notices at all.
 
+use crate::cluster::ClusterState;
 use crate::core::Notice;
 use crate::storage::StorageError;
 
@@ -21,4 +22,10 @@ pub trait Observer: Send + Sync + 'static {
     /// The core broke an invariant (a bug): the driver stops right after telling (without
     /// an observer, it panics).
     fn invariant_broken(&self, what: &str);
+
+    /// A node of a cluster changed its role, term, leader or whether it serves (told from
+    /// a task of its own, soon after the change).
+    fn cluster(&self, state: &ClusterState) {
+        let _ = state;
+    }
 }

@@ -171,6 +171,7 @@ async fn pump(
     let mut half_closed = false;
     let status = loop {
         tokio::select! {
+            biased;
             status = &mut end => break status.ok(),
             () = responses.closed() => break None,
             request = inbound.message(), if !half_closed => match request {

@@ -45,8 +45,22 @@ impl App {
 
     /// Sends an admin step once; answers what the broker did, in a few words.
     async fn admin_once(&self, command: &Admin, ack_deadline: Duration) -> Result<String, tonic::Status> {
-        let mut admin = pb::admin_client::AdminClient::new(self.channel.clone());
-        let mut pubsub = pb::pub_sub_client::PubSubClient::new(self.channel.clone());
+        let (used, channel) = self.client.target();
+        let answer = self.admin_at(channel, command, ack_deadline).await;
+        if let Err(status) = &answer {
+            self.client.observe(used, status);
+        }
+        answer
+    }
+
+    async fn admin_at(
+        &self,
+        channel: tonic::transport::Channel,
+        command: &Admin,
+        ack_deadline: Duration,
+    ) -> Result<String, tonic::Status> {
+        let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+        let mut pubsub = pb::pub_sub_client::PubSubClient::new(channel);
         let start =
             |to| if to == SeekTo::Latest { pb::StartPosition::Latest } else { pb::StartPosition::Earliest } as i32;
         match command.clone() {
@@ -106,6 +120,12 @@ impl App {
                 let offsets = pubsub.seek(req).await?.into_inner().offsets;
                 let at: Vec<String> = offsets.iter().map(|o| format!("p{}@{}", o.partition, o.offset)).collect();
                 Ok(format!("committed offsets now {}", at.join(" ")))
+            }
+            Admin::TransferLeader { to } => {
+                // Broker `brokerN` is node N (see the driver's `Node`).
+                let node_id = to.trim_start_matches("broker").parse().unwrap_or(0);
+                let cluster = admin.transfer_leadership(pb::TransferLeadershipRequest { node_id }).await?.into_inner();
+                Ok(format!("broker{} leads term {}", cluster.leader_id, cluster.term))
             }
             Admin::Redrive { sub, max } => {
                 let req = pb::RedriveDeadLettersRequest { subscription: sub.clone(), max_messages: max };

@@ -10,10 +10,12 @@
 //! - `acks`: redelivered-after-ack, and flow control;
 //! - `backoff`: retry policies;
 //! - `stored`: unexpected, duplicated, offsets, duplicated-publish;
-//! - `exclusive`: partition-exclusive subscriptions.
+//! - `exclusive`: partition-exclusive subscriptions;
+//! - `cluster`: what a replicated cluster's nodes reported.
 
 mod acks;
 mod backoff;
+pub mod cluster;
 mod delivery;
 mod exclusive;
 pub mod model;
@@ -133,6 +135,10 @@ fn safety(entries: &[Entry], model: &Model, context: &Context) -> (Vec<Check>, V
     // verdict on them.
     if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {
         some.push(exclusive::exclusive(entries));
+    }
+    // Only a cluster's runs have nodes that report their Raft state and stored messages.
+    if cluster::is_cluster(entries) {
+        some.extend(cluster::checks(entries, context));
     }
     (always, some)
 }

@@ -206,7 +206,11 @@ impl<'e> Model<'e> {
                     }
                 }
             }
-            Notice::TopicDeleted { .. } | Notice::Redriven { .. } | Notice::LeasesReleased { .. } => {}
+            Notice::TopicDeleted { .. }
+            | Notice::Redriven { .. }
+            | Notice::LeasesReleased { .. }
+            | Notice::Appended { .. }
+            | Notice::FloorRaised { .. } => {}
         }
     }
 

@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, Mutex};
 use super::{ADMIN_HOST, DRAIN};
 use crate::agent::{self, Command, Counters, PORT};
 use crate::disk::{corrupt_newest_segment, CorruptAsk, ObservedStorage, TurmoilFs};
-use crate::history::{BrokerObserver, Event, History};
+use crate::history::{BrokerObserver, Event, History, Replicated};
 use crate::scenario::{self, Action, Admin, Scenario, Step, Wait};
-use crate::world::{listen_addr, SimClock, SimNet, Traffic};
+use crate::world::{listen_addr, Counted, SimClock, SimNet, Traffic};
 
 /// Commands waiting for an app host.
 const COMMAND_QUEUE_MAX: usize = 256;
@@ -33,6 +33,12 @@ const START_ATTEMPTS_MAX: u32 = 600;
 const DATA_DIR: &str = "/data";
 /// Turmoil's torn-write block: a crash may keep any whole-block prefix of a pending write.
 const DISK_BLOCK_BYTES: u64 = 512;
+/// A cluster's Raft heartbeat, and the silence after which a follower stands for election
+/// (at random within the range).
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1_000);
+/// The port a cluster's brokers take Raft traffic on.
+pub const PEER_PORT: u16 = 7000;
 
 pub(super) struct Driver<'a> {
     pub(super) sim: turmoil::Sim<'a>,
@@ -45,6 +51,9 @@ pub(super) struct Driver<'a> {
     /// Every pair of hosts a fault touched, to heal at the end.
     pub(super) touched: Vec<(String, String)>,
     pub(super) crashed: Vec<String>,
+    /// What each target (`@leader`...) last resolved to: a step that ends a fault resolves
+    /// its targets to the hosts the fault began on.
+    pub(super) resolved: BTreeMap<String, Vec<String>>,
     /// Faults in place, and what they acted on so far.
     pub(super) open_faults: Vec<super::faults::OpenFault>,
     /// When the last fault ended, while none is in place: liveness is measured from here.
@@ -79,8 +88,16 @@ impl<'a> Driver<'a> {
         let (history, traffic) = (History::default(), Traffic::default());
         let storage = storage_config(scenario);
         let (mut disks, mut corrupters, mut crash_flags) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        for broker in &scenario.brokers {
+        let notices = Arc::default();
+        for (i, broker) in scenario.brokers.iter().enumerate() {
             let config = broker_config(scenario, mutation);
+            let node = (scenario.brokers.len() > 1).then(|| Node {
+                id: i as u64 + 1,
+                brokers: scenario.brokers.clone(),
+                seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                fsync: scenario.config.storage == scenario::Storage::File(scenario::Fsync::Always),
+                notices: Arc::clone(&notices),
+            });
             let disk = FaultyFs::new(Arc::new(TurmoilFs));
             let (corrupt_tx, corrupt_rx) = mpsc::channel::<CorruptAsk>(COMMAND_QUEUE_MAX);
             let recording = record.clone().map(|dir| Recording::new(dir, storage.as_ref(), &config));
@@ -95,6 +112,7 @@ impl<'a> Driver<'a> {
                 recording,
                 crashing: crashing.clone(),
                 traffic: traffic.clone(),
+                node,
             };
             sim.host(broker.as_str(), move || host.clone().life());
             disks.insert(broker.clone(), disk);
@@ -115,6 +133,7 @@ impl<'a> Driver<'a> {
             brokers: scenario.brokers.clone(),
             touched: Vec::new(),
             crashed: Vec::new(),
+            resolved: BTreeMap::new(),
             faults: Vec::new(),
             ack_deadline: scenario.config.ack_deadline,
             disks,
@@ -195,6 +214,19 @@ impl<'a> Driver<'a> {
     /// Applies one step. Expectations answer with their verdict line (`Err` when failed);
     /// a heal that ends a fault which did nothing is an `Err` too (the heal still happens).
     pub(super) fn apply(&mut self, step: &Step) -> Result<Option<String>, String> {
+        let Action::Fault(fault) = &step.action else { return self.apply_one(step) };
+        let faults = self.resolve(fault)?;
+        let mut answer = Ok(None);
+        for fault in faults {
+            let applied = self.apply_one(&Step { action: Action::Fault(fault), ..step.clone() });
+            if answer.is_ok() {
+                answer = applied;
+            }
+        }
+        answer
+    }
+
+    fn apply_one(&mut self, step: &Step) -> Result<Option<String>, String> {
         let tracked = match &step.action {
             Action::Fault(fault) => self.track_fault(fault),
             _ => Ok(()),
@@ -243,6 +275,9 @@ impl<'a> Driver<'a> {
             Action::Fault(fault) => return self.apply_fault(fault),
             Action::Advance { .. } | Action::Check(_) => {}
             Action::Expect(expectation) => return self.expect(step.line, expectation).map(Some),
+            Action::ExpectLeader { host, within } => {
+                return self.expect_leader(step.line, host.as_deref(), *within).map(Some);
+            }
         }
         Ok(None)
     }
@@ -299,10 +334,10 @@ fn start_apps(
         if app == ADMIN_HOST {
             admin = counters.clone();
         }
-        let (name, broker, h) = (app.to_string(), scenario.brokers[0].clone(), history.clone());
+        let (name, brokers, h) = (app.to_string(), scenario.brokers.clone(), history.clone());
         let traffic = traffic.clone();
         sim.host(app, move || {
-            agent::run(name.clone(), broker.clone(), rx.clone(), counters.clone(), h.clone(), traffic.clone())
+            agent::run(name.clone(), brokers.clone(), rx.clone(), counters.clone(), h.clone(), traffic.clone())
         });
         apps.insert(app.to_string(), tx);
     }
@@ -356,6 +391,57 @@ struct BrokerHost {
     /// Set while the host crashes, so its connections close without a FIN.
     crashing: Arc<AtomicBool>,
     traffic: Traffic,
+    /// Its place in a cluster (`config brokers=N`, N > 1).
+    node: Option<Node>,
+}
+
+/// A broker host's place in a cluster: node `id` of the brokers named, which are nodes 1,
+/// 2... in order; each takes Raft traffic on [`PEER_PORT`] and clients on [`PORT`].
+#[derive(Clone)]
+struct Node {
+    id: u64,
+    brokers: Vec<String>,
+    /// Seeds its election timeouts: from the run's seed, so a run replays.
+    seed: u64,
+    /// Whether its Raft log is synced before an entry counts as written (`fsync=always`).
+    fsync: bool,
+    /// What every node reported (see [`Replicated`]).
+    notices: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Node {
+    /// What the server runs this node with: its Raft log in `/data/raft` on `disk`, its
+    /// peer connections over turmoil's network (closing without a FIN when it crashes).
+    async fn run(&self, disk: &FaultyFs, net: SimNet) -> std::io::Result<server::ClusterRun> {
+        let ids = self.brokers.iter().enumerate().map(|(i, b)| (i as u64 + 1, b));
+        let peers = ids.clone().map(|(id, b)| (id, format!("{b}:{PEER_PORT}"))).collect();
+        let mut settings = mini_pubsub::cluster::NodeSettings::new(self.id, peers, self.seed);
+        settings.fsync = self.fsync;
+        // turmoil delivers each message after up to 100 ms: the cluster's timing is that of
+        // brokers a WAN apart, not of the loopback that production's defaults are tuned on.
+        settings.heartbeat_ms = HEARTBEAT_MS;
+        settings.election_timeout_ms = ELECTION_TIMEOUT_MS;
+        let brokers = ids.map(|(id, b)| (id, format!("{b}:{PORT}"))).collect();
+        let (_, incoming) = net.bind(listen_addr(PEER_PORT)).await?;
+        let serve_peers: Box<
+            dyn FnOnce(server::PeerService) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send,
+        > = Box::new(move |service| {
+            Box::pin(async move {
+                let served = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming);
+                let _ = served.await;
+            })
+        });
+        let crashing = net.crashing.clone();
+        let (traffic, own) = net.traffic.clone().expect("a broker host counts its traffic");
+        let connect: mini_pubsub::cluster::Connector = Arc::new(move |addr: &str| {
+            let (host, port) = addr.rsplit_once(':').expect("peers are HOST:PORT");
+            let counted = Counted { traffic: traffic.clone(), from: own.clone(), to: host.to_string() };
+            crate::world::peer_channel(host, port.parse().expect("a port"), crashing.clone(), counted)
+        });
+        let dir = std::path::Path::new(DATA_DIR).join("raft");
+        let fs: Arc<dyn Fs> = Arc::new(disk.clone());
+        Ok(server::ClusterRun { settings, brokers, fs, dir, connect, serve_peers })
+    }
 }
 
 impl BrokerHost {
@@ -380,7 +466,20 @@ impl BrokerHost {
     /// the host crashes; an error when the log cannot be opened or the port bound.
     async fn serve(&self) -> Result<(), Box<dyn std::error::Error>> {
         let (name, history) = (&self.name, &self.history);
-        let store: Box<dyn Storage> = match self.storage.clone() {
+        let storage = match (&self.node, self.storage.clone()) {
+            // A node's broker state is rebuilt from its Raft log at each start, and never
+            // synced: the Raft log makes writes durable.
+            (Some(_), Some(mut config)) => {
+                config.dir = std::path::Path::new(DATA_DIR).join("state");
+                config.fsync = FsyncPolicy::Never;
+                if self.disk.exists(&config.dir) {
+                    self.disk.remove_dir_all(&config.dir)?;
+                }
+                Some(config)
+            }
+            (_, storage) => storage,
+        };
+        let store: Box<dyn Storage> = match storage {
             Some(config) => Box::new(ObservedStorage {
                 inner: FileStorage::open(Arc::new(self.disk.clone()), config)?,
                 host: name.clone(),
@@ -393,10 +492,22 @@ impl BrokerHost {
         let net = SimNet { crashing: Some(self.crashing.clone()), traffic };
         let (_, incoming) = net.bind(listen_addr(PORT)).await?;
         let shutdown = std::future::pending::<()>();
-        let observer = Arc::new(BrokerObserver { host: name.clone(), history: history.clone() });
+        let cluster =
+            self.node.as_ref().map(|node| Replicated { nodes: node.notices.clone(), ..Replicated::default() });
+        let observer = Arc::new(BrokerObserver { host: name.clone(), history: history.clone(), cluster });
         let (config, clock) = (self.config.clone(), Arc::new(SimClock));
         let record = self.recording.as_ref().map(|recording| recording.next_life(name));
-        let hooks = server::Hooks { observer: Some(observer), record, cluster: None };
+        let cluster = match &self.node {
+            Some(node) => {
+                let net = SimNet {
+                    crashing: Some(self.crashing.clone()),
+                    traffic: Some((self.traffic.clone(), name.clone())),
+                };
+                Some(node.run(&self.disk, net).await?)
+            }
+            None => None,
+        };
+        let hooks = server::Hooks { observer: Some(observer), record, cluster };
         server::run_with(incoming, shutdown, config, store, clock, hooks).await?;
         Ok(())
     }

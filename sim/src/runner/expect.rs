@@ -1,6 +1,7 @@
 //! Expectations: evaluated against the history now, or (`eventually`) as soon as they hold
 //! within their bound, while simulated time runs on.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::driver::Driver;
@@ -71,6 +72,61 @@ impl Driver<'_> {
             }
         };
         (seen as u64 >= expectation.least()).then(|| format!("{seen} seen"))
+    }
+}
+
+impl Driver<'_> {
+    /// `expect cluster leader[=HOST]`: now, or as soon as it holds within its bound.
+    pub(super) fn expect_leader(
+        &mut self,
+        line: usize,
+        host: Option<&str>,
+        within: Option<Duration>,
+    ) -> Result<String, String> {
+        let deadline = self.sim.elapsed() + within.unwrap_or_default();
+        let what = match host {
+            Some(host) => format!("cluster leader={host}"),
+            None => "cluster leader".to_string(),
+        };
+        let within = within.map(|w| format!(" within {} ms", w.as_millis())).unwrap_or_default();
+        loop {
+            let leader = self.leader();
+            if let Some(leader) = leader.filter(|l| host.is_none_or(|h| h == l.0)) {
+                let seen = format!("{what}{within} ({} serves term {})", leader.0, leader.1);
+                self.note(format!("expect {seen} ok"));
+                return Ok(format!("line {line}: pass at {} ms: {seen}", self.now_ms()));
+            }
+            if self.sim.elapsed() >= deadline {
+                let seen = match self.leader() {
+                    Some((leader, term)) => format!("{leader} serves term {term}"),
+                    None => "no broker serves".to_string(),
+                };
+                self.note(format!("expect {what}{within} FAILED ({seen})"));
+                return Err(format!("line {line}: FAIL at {} ms: {what}{within} ({seen})", self.now_ms()));
+            }
+            if let Err(message) = self.advance_to(self.sim.elapsed() + Duration::from_millis(1)) {
+                return Err(format!("line {line}: FAIL: {message}"));
+            }
+        }
+    }
+
+    /// The broker that serves as the cluster's leader now, with its term: of the brokers
+    /// running that last said they serve, the one of the highest term.
+    pub(super) fn leader(&self) -> Option<(String, u64)> {
+        let mut states: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+        for entry in self.history.entries() {
+            match &entry.event {
+                Event::Cluster { term, serving, .. } => {
+                    states.insert(entry.host.clone(), (*term, *serving));
+                }
+                Event::Crashed { host } => {
+                    states.remove(host);
+                }
+                _ => {}
+            }
+        }
+        let serving = states.into_iter().filter(|(_, (_, serving))| *serving);
+        serving.map(|(host, (term, _))| (host, term)).max_by_key(|(_, term)| *term)
     }
 }
 

@@ -139,6 +139,65 @@ impl<'a> Driver<'a> {
         pairs.iter().filter(|(src, dst)| along.carries(&name(*src), &name(*dst))).count() as u64
     }
 
+    /// The faults a step means: itself, or, when it names targets (`@leader`, `@follower`,
+    /// `@followers`, `@brokers`), one for each host (pair) they resolve to. A step that
+    /// begins a fault resolves them now; one that ends a fault (heal, release, restart,
+    /// `disk ok`, a zero latency) to the hosts they resolved to last, so it ends what the
+    /// step that began it did.
+    pub(super) fn resolve(&mut self, fault: &Fault) -> Result<Vec<Fault>, String> {
+        let ends = match fault {
+            Fault::Heal { .. } | Fault::Release { .. } | Fault::Restart { .. } => true,
+            Fault::Latency { delay, .. } => delay.is_zero(),
+            Fault::Disk { fault, .. } => *fault == DiskFault::Ok,
+            _ => false,
+        };
+        let mut hosts = |name: &String| -> Result<Vec<String>, String> {
+            if !name.starts_with('@') {
+                return Ok(vec![name.clone()]);
+            }
+            if ends {
+                return self.resolved.get(name).cloned().ok_or_else(|| {
+                    format!("{fault}: {name} names the hosts a step before it resolved it to, and none did")
+                });
+            }
+            let leader = self.leader().map(|(leader, _)| leader);
+            let hosts: Vec<String> = match (name.as_str(), leader) {
+                ("@brokers", _) => self.brokers.clone(),
+                ("@leader", Some(leader)) => vec![leader],
+                ("@followers", Some(leader)) => self.brokers.iter().filter(|b| **b != leader).cloned().collect(),
+                ("@follower", Some(leader)) => self.brokers.iter().filter(|b| **b != leader).take(1).cloned().collect(),
+                _ => return Err(format!("{fault}: no broker serves as the leader now, so {name} names nobody")),
+            };
+            self.note(format!("{name} is {}", hosts.join(", ")));
+            self.resolved.insert(name.clone(), hosts.clone());
+            Ok(hosts)
+        };
+        let pairs = |a: &String, b: &String, hosts: &mut dyn FnMut(&String) -> Result<Vec<String>, String>| {
+            let (a, b) = (hosts(a)?, hosts(b)?);
+            Ok::<_, String>(a.iter().flat_map(|a| b.iter().map(move |b| (a.clone(), b.clone()))).collect::<Vec<_>>())
+        };
+        Ok(match fault.clone() {
+            Fault::Partition { a, b, oneway } => {
+                pairs(&a, &b, &mut hosts)?.into_iter().map(|(a, b)| Fault::Partition { a, b, oneway }).collect()
+            }
+            Fault::Heal { a, b, oneway } => {
+                pairs(&a, &b, &mut hosts)?.into_iter().map(|(a, b)| Fault::Heal { a, b, oneway }).collect()
+            }
+            Fault::Hold { a, b } => pairs(&a, &b, &mut hosts)?.into_iter().map(|(a, b)| Fault::Hold { a, b }).collect(),
+            Fault::Release { a, b } => {
+                pairs(&a, &b, &mut hosts)?.into_iter().map(|(a, b)| Fault::Release { a, b }).collect()
+            }
+            Fault::Latency { a, b, delay } => {
+                pairs(&a, &b, &mut hosts)?.into_iter().map(|(a, b)| Fault::Latency { a, b, delay }).collect()
+            }
+            Fault::Isolate { host } => hosts(&host)?.into_iter().map(|host| Fault::Isolate { host }).collect(),
+            Fault::Crash { host } => hosts(&host)?.into_iter().map(|host| Fault::Crash { host }).collect(),
+            Fault::Restart { host } => hosts(&host)?.into_iter().map(|host| Fault::Restart { host }).collect(),
+            Fault::Disk { host, fault } => hosts(&host)?.into_iter().map(|host| Fault::Disk { host, fault }).collect(),
+            other @ Fault::FailRate { .. } => vec![other],
+        })
+    }
+
     /// Applies a fault step.
     pub(super) fn apply_fault(&mut self, fault: &Fault) -> Result<Option<String>, String> {
         match fault {

@@ -133,6 +133,12 @@ pub enum Action {
         by: Duration,
     },
     Expect(Expectation),
+    /// `expect cluster leader[=HOST]`: a broker (that one) serves as the cluster's leader,
+    /// now or (`eventually`) within the bound.
+    ExpectLeader {
+        host: Option<String>,
+        within: Option<Duration>,
+    },
     Check(CheckName),
 }
 
@@ -169,6 +175,10 @@ pub enum Admin {
     Redrive {
         sub: String,
         max: u32,
+    },
+    /// Asks the cluster's leader to hand the leadership to broker `to`.
+    TransferLeader {
+        to: String,
     },
 }
 
@@ -389,6 +399,7 @@ impl Action {
         match self {
             Action::Admin { wait, .. } => *wait == Wait::Blocking,
             Action::Expect(expectation) => expectation.within.is_some(),
+            Action::ExpectLeader { within, .. } => within.is_some(),
             _ => false,
         }
     }
@@ -473,6 +484,7 @@ impl fmt::Display for Admin {
                 write!(f, "redrive {sub}")?;
                 option(f, "max", (*max > 0).then_some(max))
             }
+            Admin::TransferLeader { to } => write!(f, "transfer_leader {to}"),
         }
     }
 }
@@ -597,6 +609,16 @@ impl fmt::Display for Action {
                 Some(within) => write!(f, "eventually {} expect {e}", ms(within)),
                 None => write!(f, "expect {e}"),
             },
+            Action::ExpectLeader { host, within } => {
+                if let Some(within) = within {
+                    write!(f, "eventually {} ", ms(*within))?;
+                }
+                write!(f, "expect cluster leader")?;
+                match host {
+                    Some(host) => write!(f, "={host}"),
+                    None => Ok(()),
+                }
+            }
             Action::Check(name) => write!(f, "check {}", name.as_str()),
         }
     }

@@ -65,13 +65,20 @@ enum Verb {
     Advance,
     Expect,
     Check,
+    TransferLeader,
 }
 
 impl Verb {
     fn is_admin(self) -> bool {
         matches!(
             self,
-            Verb::TopicCreate | Verb::TopicDelete | Verb::SubCreate | Verb::SubDelete | Verb::Seek | Verb::Redrive
+            Verb::TopicCreate
+                | Verb::TopicDelete
+                | Verb::SubCreate
+                | Verb::SubDelete
+                | Verb::Seek
+                | Verb::Redrive
+                | Verb::TransferLeader
         )
     }
 }
@@ -222,7 +229,18 @@ const SPECS: &[Spec] = &[
         ],
     },
     Spec { words: &["check"], verb: Verb::Check, positionals: &[("what", CHECKS)], options: &[] },
+    Spec {
+        words: &["transfer_leader"],
+        verb: Verb::TransferLeader,
+        positionals: &[("host", Kind::Host)],
+        options: &[],
+    },
 ];
+
+/// Targets a fault step may name instead of a broker in a cluster, resolved when the step
+/// runs: the broker that serves as the leader, the first other broker by name, every other
+/// broker, every broker.
+pub const TARGETS: &[&str] = &["@leader", "@follower", "@followers", "@brokers"];
 
 /// Settings `config` accepts.
 const CONFIG_KEYS: &[(&str, Kind)] = &[
@@ -387,11 +405,50 @@ impl Parser<'_> {
                 return Err(self.error(number, column, message));
             }
         }
-        let words = self.words(number, &tokens, line.len() + 1)?;
-        let action = self.action(number, &words, within, wait)?;
+        let (action, hosts) = match tokens.get(1) {
+            Some(host) if tokens[0].text == "expect" && host.text == "cluster" => {
+                self.expect_leader(number, &tokens, within)?
+            }
+            _ => {
+                let words = self.words(number, &tokens, line.len() + 1)?;
+                (self.action(number, &words, within, wait)?, words.hosts)
+            }
+        };
         self.clock = at;
-        self.steps.push((Step { line: number, at, timed, action }, words.hosts));
+        self.steps.push((Step { line: number, at, timed, action }, hosts));
         Ok(())
+    }
+
+    /// `expect cluster leader` (some broker serves as the leader) or `expect cluster
+    /// leader=HOST` (that one does); returns the step and the host it names.
+    fn expect_leader(
+        &self,
+        number: usize,
+        tokens: &[Token],
+        within: Option<Duration>,
+    ) -> Result<(Action, Vec<Token>), ParseError> {
+        let usage = "the step is `expect cluster leader` or `expect cluster leader=HOST`";
+        let Some(what) = tokens.get(2) else {
+            return Err(self.error(
+                number,
+                tokens[1].column + tokens[1].text.len(),
+                format!("missing leader: {usage}"),
+            ));
+        };
+        if let Some(extra) = tokens.get(3) {
+            return Err(self.error(number, extra.column, format!("unexpected `{}`: {usage}", extra.text)));
+        }
+        let (host, hosts) = match what.text.split_once('=') {
+            None if what.text == "leader" => (None, Vec::new()),
+            Some(("leader", host)) => {
+                let column = what.column + "leader=".len();
+                check_value(Kind::Host, host).map_err(|m| self.error(number, column, format!("leader: {m}")))?;
+                let token = Token { text: host.to_string(), column };
+                (Some(host.to_string()), vec![token])
+            }
+            _ => return Err(self.error(number, what.column, format!("unexpected `{}`: {usage}", what.text))),
+        };
+        Ok((Action::ExpectLeader { host, within }, hosts))
     }
 
     fn config_line(&mut self, number: usize, tokens: &[Token]) -> Result<(), ParseError> {
@@ -405,9 +462,6 @@ impl Parser<'_> {
             };
             let column = token.column + key.len() + 1;
             check_value(*kind, value).map_err(|m| self.error(number, column, format!("{key}: {m}")))?;
-            if key == "brokers" && value != "1" {
-                return Err(self.error(number, column, "brokers: one broker only, until replication lands"));
-            }
             self.config.insert(key.to_string(), value.to_string());
             self.config_line = number;
         }
@@ -550,6 +604,7 @@ impl Parser<'_> {
             }
             Verb::Advance => Action::Advance { by: duration(&w.arg("by")).unwrap() },
             Verb::Expect => Action::Expect(self.expectation(number, w, within)?),
+            Verb::TransferLeader => admin(Admin::TransferLeader { to: w.arg("host") }),
             Verb::Check => Action::Check(
                 CheckName::ALL.iter().find(|(n, _)| *n == w.arg("what")).map(|(_, c)| *c).expect("checked"),
             ),
@@ -647,7 +702,11 @@ impl Parser<'_> {
 
     /// Names the hosts, checks every step names a known one, and types the config.
     fn finish(self) -> Result<Scenario, ParseError> {
-        let brokers = vec!["broker".to_string()];
+        let brokers = match self.config.get("brokers").map_or(1, |n| n.parse().expect("checked")) {
+            1 => vec!["broker".to_string()],
+            n => (1..=n).map(|i| format!("broker{i}")).collect::<Vec<String>>(),
+        };
+        let cluster = brokers.len() > 1;
         let mut apps: Vec<String> = Vec::new();
         for (step, hosts) in &self.steps {
             let (Action::Publish(Publish { host, .. }) | Action::Subscribe(Subscribe { host, .. })) = &step.action
@@ -671,6 +730,17 @@ impl Parser<'_> {
         let known: BTreeSet<&str> = brokers.iter().chain(&apps).map(String::as_str).chain([ADMIN_HOST]).collect();
         for (step, hosts) in &self.steps {
             for token in hosts {
+                if TARGETS.contains(&token.text.as_str()) {
+                    if !cluster {
+                        let message = format!("{} names a cluster's brokers: set `config brokers=3`", token.text);
+                        return Err(self.error(step.line, token.column, message));
+                    }
+                    if matches!(step.action, Action::Admin { .. }) || step.action.app().is_some() {
+                        let message = format!("{}: only fault steps resolve targets", token.text);
+                        return Err(self.error(step.line, token.column, message));
+                    }
+                    continue;
+                }
                 if !known.contains(token.text.as_str()) {
                     let list: Vec<&str> = known.iter().copied().collect();
                     return Err(self.error(step.line, token.column, unknown("host", &token.text, &list)));
@@ -678,9 +748,11 @@ impl Parser<'_> {
             }
             let broker_only = match &step.action {
                 Action::Fault(Fault::Crash { host } | Fault::Restart { host } | Fault::Disk { host, .. }) => Some(host),
+                Action::Admin { admin: Admin::TransferLeader { to }, .. } => Some(to),
+                Action::ExpectLeader { host: Some(host), .. } => Some(host),
                 _ => None,
             };
-            if let Some(host) = broker_only.filter(|h| !brokers.contains(h)) {
+            if let Some(host) = broker_only.filter(|h| !brokers.contains(h) && !TARGETS.contains(&h.as_str())) {
                 let column = hosts.first().map_or(1, |t| t.column);
                 let message = format!("`{host}` is an app; crash, restart and disk act on a broker");
                 return Err(self.error(step.line, column, message));
@@ -691,6 +763,15 @@ impl Parser<'_> {
             }
         }
         let config = self.config()?;
+        if cluster && config.storage == Storage::Memory {
+            return Err(self.error(self.config_line, 1, "storage: a cluster's brokers keep their Raft log on disk"));
+        }
+        let needs_cluster = self.steps.iter().find(|(s, _)| {
+            matches!(s.action, Action::ExpectLeader { .. } | Action::Admin { admin: Admin::TransferLeader { .. }, .. })
+        });
+        if let (false, Some((step, _))) = (cluster, needs_cluster) {
+            return Err(self.error(step.line, 1, "a step about a cluster's leader needs `config brokers=3`"));
+        }
         let steps = self.steps.into_iter().map(|(s, _)| s).collect();
         Ok(Scenario { config, steps, brokers, apps })
     }
@@ -778,6 +859,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 fn check_value(kind: Kind, value: &str) -> Result<(), String> {
     let ok = match kind {
+        Kind::Host if TARGETS.contains(&value) => true,
         Kind::Name | Kind::Host => {
             !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         }

@@ -21,7 +21,7 @@ use tonic::Status;
 
 use super::{Driver, DriverHandle, Job, Replier, StreamSink};
 use crate::cluster::{Applier, ClusterNode, Committed, ProposeError};
-use crate::core::{BrokerError, Command, LeaderHint};
+use crate::core::{BrokerError, Command, LeaderHint, Mutation};
 use crate::record::{self, pb};
 use crate::server::metrics::{self, LatencyTimer};
 
@@ -213,7 +213,10 @@ impl Driver {
         for committed in batch {
             let reply = Replier::Raft(committed.answer);
             match decode(&committed.proposal) {
-                Ok((wall_ms, command)) => {
+                Ok((wall_ms, mut command)) => {
+                    if self.broker.config().mutated(Mutation::FollowerDiverges) && committed.index % 7 == 0 {
+                        diverge(&mut command, self.replication.as_ref().is_some_and(|r| r.serving));
+                    }
                     self.decided_wall_ms = Some(wall_ms);
                     self.command(command, None, reply);
                     self.decided_wall_ms = None;
@@ -323,5 +326,15 @@ fn not_in_cluster(command: &Command) -> Option<BrokerError> {
         }
         Command::Redrive { .. } => Some(BrokerError::NotInCluster { what: "Redrive", why }),
         _ => None,
+    }
+}
+
+/// [`Mutation::FollowerDiverges`]: a node that does not lead changes the value of the
+/// first message of a replicated publish.
+fn diverge(command: &mut Command, serving: bool) {
+    if let (false, Command::Publish { messages, .. }) = (serving, command) {
+        if let Some(first) = messages.first_mut() {
+            first.value = bytes::Bytes::from(format!("diverged {}", first.value.len()));
+        }
     }
 }
