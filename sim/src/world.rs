@@ -228,6 +228,11 @@ pub fn lazy_channel(app: &str, host: &str, port: u16, timeout: Duration, traffic
 fn endpoint(host: &str, port: u16) -> Endpoint {
     Endpoint::from_shared(format!("http://{host}:{port}"))
         .expect("a host name and port make a valid uri")
+        // HTTP/2 remembers a stream it reset for this long, in real time, not simulated
+        // time: frames that arrive for it later are answered with a reset of their own.
+        // Remembered for the whole run instead (up to the count HTTP/2 keeps), the network
+        // carries the same frames in every run of a seed.
+        .http2_reset_stream_duration(Duration::from_secs(24 * 3600))
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
