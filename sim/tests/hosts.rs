@@ -226,7 +226,7 @@ fn a_record_the_broker_cannot_read_reaches_the_trace() {
         let history = observed.clone();
         async move {
             let (_, incoming) = SimNet::default().bind(listen_addr(PORT)).await?;
-            let observer = Arc::new(BrokerObserver { host: "broker".into(), history });
+            let observer = Arc::new(BrokerObserver { host: "broker".into(), history, cluster: None });
             let storage = Box::new(DamagedStorage(MemoryStorage));
             let (config, clock) = (ServerConfig::default(), Arc::new(SimClock));
             server::run_with(

@@ -66,6 +66,8 @@ struct Inner {
     /// Whether votes, appends and truncations are fsynced before they count (true unless
     /// [`RaftLog::without_fsync`]).
     fsync: bool,
+    /// See [`RaftLog::with_unsynced_appends`].
+    appends_unsynced: bool,
 }
 
 /// The identity of node `node` in the cluster of `nodes` (any order).
@@ -108,6 +110,7 @@ impl RaftLog {
             dead: 0,
             identity: None,
             fsync: true,
+            appends_unsynced: false,
         };
         inner.replay(&bytes, &path)?;
         match &inner.identity {
@@ -141,6 +144,13 @@ impl RaftLog {
         self
     }
 
+    /// A defect on purpose ([`Mutation::RaftLogUnsynced`](crate::core::Mutation)): appends
+    /// count once written, never synced; votes and truncations still are.
+    pub fn with_unsynced_appends(self) -> Self {
+        self.lock().appends_unsynced = true;
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -151,14 +161,26 @@ impl Inner {
     fn replay(&mut self, bytes: &Bytes, path: &Path) -> io::Result<()> {
         let mut at = 0usize;
         while at < bytes.len() {
-            let record = match frame_at(bytes, at)
+            // A zeroed stretch (a file grown but its blocks never written, as after a power
+            // failure) reads as empty frames with a good checksum: a record of no kind is
+            // torn like one that does not decode.
+            let decoded = frame_at(bytes, at)
                 .and_then(|body| pb::LogRecord::decode(body).map_err(|e| format!("a record that does not decode: {e}")))
-            {
+                .and_then(|record| match record.kind {
+                    Some(_) => Ok(record),
+                    None => Err("a record of no kind".to_string()),
+                });
+            let record = match decoded {
                 Ok(record) => record,
                 Err(reason) => {
-                    if let Some(later) =
-                        later_frame(bytes, at + 1, |b| pb::LogRecord::decode(b).is_ok_and(|r| r.kind.is_some()))
-                    {
+                    // A stretch of zeros before an intact record is a write that never
+                    // reached the disk while a later one did: no fsync ended after it (one
+                    // would have made it durable), so nothing from here on was ever
+                    // acknowledged, and it is cut like any torn tail. Other damage followed
+                    // by an intact record is corruption of what was synced: refused.
+                    let later =
+                        later_frame(bytes, at + 1, |b| pb::LogRecord::decode(b).is_ok_and(|r| r.kind.is_some()));
+                    if let Some(later) = later.filter(|later| bytes[at..*later].iter().any(|b| *b != 0)) {
                         return Err(corrupt(
                             path,
                             at,
@@ -350,6 +372,11 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         // fsync that ends first reports a later batch flushed, which it is: it covers every
         // write made before it began; openraft ignores the earlier one's report after it.
         let file = inner.file.clone();
+        if inner.appends_unsynced {
+            drop(inner);
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
         drop(inner);
         tokio::spawn(async move {
             let synced = blocking(|| file.sync_data());

@@ -126,6 +126,35 @@ fn damage_before_intact_records_refuses_to_open() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing is cut");
 }
 
+/// What a power failure leaves when a write never reached the disk but a later one did:
+/// zeros where the first was, then an intact record. No fsync ended after the zeroed write
+/// (it would have made it durable), so the records from it on were never acknowledged:
+/// they are cut, as a torn tail is.
+#[test]
+fn a_zeroed_write_before_intact_records_is_cut_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft/log");
+    let (whole, lost_end) = block_on(async {
+        let mut log = open(dir.path()).unwrap();
+        append(&mut log, vec![entry(1, 1, "synced")]).await;
+        let synced = std::fs::metadata(&path).unwrap().len() as usize;
+        append(&mut log, vec![entry(1, 2, "lost")]).await;
+        let lost_end = std::fs::metadata(&path).unwrap().len() as usize;
+        append(&mut log, vec![entry(1, 3, "written after")]).await;
+        (synced, lost_end)
+    });
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(lost_end > whole && bytes.len() > lost_end);
+    // The first unsynced record's bytes never reached the disk; the one after it did.
+    bytes[whole..lost_end].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    block_on(async {
+        let mut log = open(dir.path()).unwrap();
+        assert_eq!(contents(&mut log).await.1, vec![entry(1, 1, "synced")]);
+    });
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole, "cut where the zeros begin");
+}
+
 #[test]
 fn purged_records_are_compacted_away_and_the_state_kept() {
     let dir = tempfile::tempdir().unwrap();

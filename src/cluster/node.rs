@@ -47,6 +47,9 @@ pub struct NodeSettings {
     /// Whether the Raft log is fsynced before a write counts (`fsync = always`); without,
     /// a write is acknowledged once a majority wrote it (see [`RaftLog::without_fsync`]).
     pub fsync: bool,
+    /// A defect on purpose, for the simulator's mutation test: the Raft log counts an
+    /// append before it is synced (see [`RaftLog::with_unsynced_appends`]).
+    pub appends_unsynced: bool,
 }
 
 impl NodeSettings {
@@ -54,7 +57,15 @@ impl NodeSettings {
     /// to 300 ms of silence, so a dead leader is replaced in well under a second. (The Raft
     /// log's fsyncs run beside the heartbeats, not in their way.)
     pub fn new(id: u64, peers: BTreeMap<u64, String>, seed: u64) -> Self {
-        Self { id, peers, heartbeat_ms: 50, election_timeout_ms: (150, 300), seed, fsync: true }
+        Self {
+            id,
+            peers,
+            heartbeat_ms: 50,
+            election_timeout_ms: (150, 300),
+            seed,
+            fsync: true,
+            appends_unsynced: false,
+        }
     }
 }
 
@@ -154,6 +165,7 @@ impl ClusterNode {
         scoped(settings.seed, async move {
             let log = RaftLog::open(fs, dir, &identity(settings.id, settings.peers.keys().copied()))?;
             let log = if settings.fsync { log } else { log.without_fsync() };
+            let log = if settings.appends_unsynced { log.with_unsynced_appends() } else { log };
             let config = Config {
                 cluster_name: "mini-pubsub".into(),
                 heartbeat_interval: settings.heartbeat_ms,

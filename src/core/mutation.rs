@@ -33,11 +33,14 @@ pub enum Mutation {
     /// A node that does not lead stores every seventh replicated publish with its value
     /// changed: the replicas no longer hold the same messages.
     FollowerDiverges,
+    /// Under `fsync=always` a cluster node's Raft log counts an entry written before it is
+    /// synced: a power failure of every node loses what a majority acknowledged.
+    RaftLogUnsynced,
 }
 
 impl Mutation {
     /// Every mutation, for the test that proves each is caught.
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 10] = [
         Mutation::AckNotRecorded,
         Mutation::OffsetGivenTwice,
         Mutation::RedeliveryAfterAck,
@@ -47,6 +50,7 @@ impl Mutation {
         Mutation::InvariantBroken,
         Mutation::FloorForgotten,
         Mutation::FollowerDiverges,
+        Mutation::RaftLogUnsynced,
     ];
 }
 

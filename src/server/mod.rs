@@ -399,7 +399,12 @@ async fn start_driver(
     };
     let driver = Driver::spawn(broker, clock.clone(), settings, checks);
     let cluster = match cluster {
-        Some(run) => Some(start_node(run, &driver, clock.clone(), watcher).await?),
+        Some(mut run) => {
+            if config.broker.mutated(crate::core::Mutation::RaftLogUnsynced) {
+                run.settings.appends_unsynced = true;
+            }
+            Some(start_node(run, &driver, clock.clone(), watcher).await?)
+        }
         None => None,
     };
     Ok((driver, cluster))

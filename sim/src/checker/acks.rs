@@ -19,11 +19,18 @@ use crate::history::{Entry, Event};
 /// after the restart is a redelivery. An answer that reaches the client while the broker
 /// is down was given after the last checkpoint, so it is forgotten too. A seek (as the
 /// broker applied it) releases every ack of its subscription sent before it.
+///
+/// In a cluster an ack binds once a replicated ack floor past its offset was applied: a
+/// new leader (after a crash or a cut) forgets the others, and counts attempts from 1, so
+/// any delivery of a bound ack's message on a stream opened after the change is a
+/// redelivery. A follower's crash forgets nothing.
 pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
     struct Acked<'e> {
         id: &'e str,
         at_ms: u64,
         attempt: u32,
+        partition: u32,
+        offset: u64,
         /// Set for an ack that survived a crash: the restart it survived.
         survived_restart_ms: Option<u64>,
     }
@@ -33,6 +40,11 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
     let mut opened: BTreeMap<(&str, &str, u64), u64> = BTreeMap::new();
     let mut last_checkpoint_ms: Option<u64> = None;
     let mut crashed = false;
+    let cluster = super::cluster::is_cluster(entries);
+    // In a cluster: the replicated floor of each (subscription, partition), and the node
+    // that serves as the leader.
+    let mut floors: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+    let (mut leader, mut led): (Option<&str>, bool) = (None, false);
     let (mut applied, mut watched, mut checked, mut problems) = (0, 0, 0, Vec::new());
     for e in entries {
         match &e.event {
@@ -41,7 +53,7 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
             }
             // An answer that arrives while the broker is down was given by the crashed
             // incarnation after its last checkpoint: forgotten like the acks above.
-            Event::AckAnswered { id, message_id, sub, op, attempt, result, .. }
+            Event::AckAnswered { id, message_id, sub, op, attempt, result, partition, offset }
                 if result == "applied" && op == "ack" =>
             {
                 applied += 1;
@@ -52,7 +64,8 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
                 }
                 watched += 1;
                 let key = (sub.as_str(), message_id.as_str());
-                let ack = Acked { id: id.as_str(), at_ms: e.at_ms, attempt: *attempt, survived_restart_ms: None };
+                let (partition, offset) = (*partition, *offset);
+                let ack = Acked { id, at_ms: e.at_ms, attempt: *attempt, partition, offset, survived_restart_ms: None };
                 // A place a crash lost and a new message took holds a different message.
                 if acked.get(&key).is_none_or(|a| a.id != id.as_str()) {
                     acked.insert(key, ack);
@@ -62,6 +75,25 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
                 acked.retain(|(s, _), _| s != subscription);
                 seeked.insert(subscription, e.at_ms);
             }
+            Event::Broker(Notice::FloorRaised { subscription, partition, offset }) => {
+                let floor = floors.entry((subscription.as_str(), *partition)).or_default();
+                *floor = (*floor).max(*offset);
+            }
+            Event::Cluster { serving: true, .. } if leader != Some(e.host.as_str()) => {
+                leader = Some(e.host.as_str());
+                if std::mem::replace(&mut led, true) {
+                    acked.retain(|(s, _), a| floors.get(&(*s, a.partition)).is_some_and(|f| a.offset < *f));
+                    for a in acked.values_mut() {
+                        a.survived_restart_ms.get_or_insert(e.at_ms);
+                    }
+                }
+            }
+            Event::Crashed { host } if cluster => {
+                if leader == Some(host.as_str()) {
+                    leader = None;
+                }
+            }
+            Event::Restarted { .. } if cluster => {}
             Event::Checkpoint => last_checkpoint_ms = Some(e.at_ms),
             Event::Crashed { .. } => {
                 acked.retain(|_, a| last_checkpoint_ms.is_some_and(|k| a.at_ms < k));

@@ -215,15 +215,14 @@ impl<'a> Driver<'a> {
     /// a heal that ends a fault which did nothing is an `Err` too (the heal still happens).
     pub(super) fn apply(&mut self, step: &Step) -> Result<Option<String>, String> {
         let Action::Fault(fault) = &step.action else { return self.apply_one(step) };
+        // A step that names targets acts on each host (pair) they resolve to; it did
+        // something when any of them did (a deposed leader's link to a follower that no
+        // longer talks to it may carry nothing, while its links to the new leader do).
         let faults = self.resolve(fault)?;
-        let mut answer = Ok(None);
-        for fault in faults {
-            let applied = self.apply_one(&Step { action: Action::Fault(fault), ..step.clone() });
-            if answer.is_ok() {
-                answer = applied;
-            }
-        }
-        answer
+        let answers: Vec<_> =
+            faults.into_iter().map(|f| self.apply_one(&Step { action: Action::Fault(f), ..step.clone() })).collect();
+        let first_ok = answers.iter().position(Result::is_ok);
+        answers.into_iter().nth(first_ok.unwrap_or(0)).unwrap_or(Ok(None))
     }
 
     fn apply_one(&mut self, step: &Step) -> Result<Option<String>, String> {

@@ -149,7 +149,42 @@ fn a_mistyped_argument_is_an_error_never_a_default() {
         error("subscribe w s\nexpect w received code=NOT_FOUND"),
         "bad.scn:2:24: code: `expect received` does not count by code"
     );
-    assert_eq!(error("config brokers=3"), "bad.scn:1:16: brokers: one broker only, until replication lands");
+    assert_eq!(error("config brokers=10"), "bad.scn:1:16: brokers: 10 is outside 1 to 9");
+    assert_eq!(
+        error("config brokers=3 storage=memory"),
+        "bad.scn:1:1: storage: a cluster's brokers keep their Raft log on disk"
+    );
+    assert_eq!(error("crash @leader"), "bad.scn:1:7: @leader names a cluster's brokers: set `config brokers=3`");
+    assert_eq!(error("expect cluster leader"), "bad.scn:1:1: a step about a cluster's leader needs `config brokers=3`");
+    assert_eq!(
+        error(
+            "config brokers=3
+subscribe @leader s"
+        ),
+        "bad.scn:2:11: @leader: only fault steps resolve targets"
+    );
+    assert_eq!(
+        error(
+            "config brokers=3
+expect cluster leader=broker7"
+        ),
+        "bad.scn:2:23: unknown host `broker7`; did you mean `broker1`?"
+    );
+    assert_eq!(
+        error(
+            "config brokers=3
+expect cluster leaders"
+        ),
+        "bad.scn:2:16: unexpected `leaders`: the step is `expect cluster leader` or `expect cluster leader=HOST`"
+    );
+    assert_eq!(
+        error(
+            "config brokers=3
+transfer_leader w
+publish w t"
+        ),
+        "bad.scn:2:17: `w` is an app; crash, restart and disk act on a broker"
+    );
     assert_eq!(
         error("config fsync=always fsync_interval=5ms"),
         "bad.scn:1:1: fsync_interval: applies only with fsync=interval"
@@ -196,4 +231,30 @@ fn durations() {
     for bad in ["", "5", "s", "5h", "-1s", "1.5s"] {
         assert_eq!(duration(bad), None, "{bad:?}");
     }
+}
+
+#[test]
+fn a_cluster_names_its_brokers_and_its_steps_print_as_they_parse() {
+    let text = "config brokers=3
+eventually 5s expect cluster leader
+expect cluster leader=broker2
+transfer_leader broker3
+async transfer_leader broker1
+partition @leader @followers
+heal @leader @followers
+crash @brokers
+restart @follower
+disk @leader eio
+";
+    let s = parse("c.scn", text).unwrap();
+    assert_eq!(s.brokers, ["broker1", "broker2", "broker3"]);
+    let printed: Vec<String> = s.steps.iter().map(|s| s.action.to_string()).collect();
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(printed, lines);
+    assert!(s.steps[0].action.blocks() && !s.steps[1].action.blocks());
+    let again = parse("c.scn", &format!("config brokers=3\n{}", printed.join("\n"))).unwrap();
+    assert_eq!(
+        again.steps.iter().map(|s| &s.action).collect::<Vec<_>>(),
+        s.steps.iter().map(|s| &s.action).collect::<Vec<_>>()
+    );
 }
