@@ -283,10 +283,13 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
         conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
     });
-    let serve_peers: Box<dyn FnOnce(server::PeerService) -> futures_util::future::BoxFuture<'static, ()> + Send> =
-        Box::new(move |service| {
+    type Stop = futures_util::future::BoxFuture<'static, ()>;
+    let serve_peers: Box<dyn FnOnce(server::PeerService, Stop) -> futures_util::future::BoxFuture<'static, ()> + Send> =
+        Box::new(move |service, stop| {
             Box::pin(async move {
-                let served = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming);
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop);
                 if let Err(error) = served.await {
                     tracing::error!(%error, "the peer port stopped serving");
                 }

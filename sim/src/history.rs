@@ -102,6 +102,9 @@ pub enum Event {
     /// A node of a cluster changed its role, term, leader (a broker host) or whether it
     /// serves (leads, has applied an entry of its term, and hears from a quorum).
     Cluster { role: String, term: u64, leader: Option<String>, serving: bool },
+    /// A node of a cluster applied a seek another node had reported first (the history has
+    /// the first report as the seek): where this node's replicated floors start over.
+    ReplicaSeeked { subscription: String },
 }
 
 /// What a dead-letter copy says of the message it copies.
@@ -221,6 +224,8 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
             format!("{role} in term {term}, {leader}")
         }
         Event::Cluster { .. } => return None,
+        Event::ReplicaSeeked { subscription } if full => format!("seek applied here too: {subscription}"),
+        Event::ReplicaSeeked { .. } => return None,
         Event::ReadFailed { topic, partition, offset, error } => {
             format!("cannot read {topic} p{partition}@{offset}: {error}; its readers wait there")
         }
@@ -336,6 +341,9 @@ impl Observer for BrokerObserver {
             Notice::LeasesReleased { .. } => {}
             ref replicated => {
                 if !cluster.first(replicated) {
+                    if let Notice::Seeked { subscription, .. } = notice {
+                        self.history.record(&self.host, Event::ReplicaSeeked { subscription });
+                    }
                     return;
                 }
             }

@@ -256,6 +256,17 @@ impl ClusterNode {
         self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
     }
 
+    /// Resolves when this node's Raft stopped on its own: openraft stops a node whose log
+    /// or state machine failed (a disk error), and it does not start again by itself.
+    pub async fn stopped(&self) {
+        let mut watcher = self.watcher();
+        while self.state().role != "shutdown" {
+            if !watcher.changed().await {
+                return;
+            }
+        }
+    }
+
     /// Stops this node's Raft.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {

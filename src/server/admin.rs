@@ -17,6 +17,10 @@ pub struct AdminService {
     pub(super) cluster: Option<ClusterView>,
 }
 
+/// What stops a node's peer port, and the task that serves it.
+pub(super) type PeerPort =
+    Arc<std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>>;
+
 /// What `GetCluster` reads: the node, and every node's addresses.
 #[derive(Clone)]
 pub(super) struct ClusterView {
@@ -25,6 +29,8 @@ pub(super) struct ClusterView {
     pub(super) peers: BTreeMap<u64, String>,
     /// Client addresses, by node id (those the `brokers` setting names).
     pub(super) brokers: BTreeMap<u64, String>,
+    /// Stops the peer port, and the task serving it (taken once, at shutdown).
+    pub(super) peer_port: PeerPort,
 }
 
 impl ClusterView {

@@ -106,6 +106,10 @@ impl Default for ServerConfig {
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// This node's Raft stopped on its own (its log failed): the server shut down, and a
+    /// supervisor should start it again on its data.
+    #[error("this node's Raft stopped after its log failed; start it again on its data")]
+    RaftStopped,
     /// The core's settings (`server.broker`) cannot work.
     #[error("invalid configuration: {0}")]
     Config(#[from] BrokerError),
@@ -241,7 +245,9 @@ pub struct ClusterRun {
     /// Makes the channel to a peer.
     pub connect: Connector,
     /// Serves the Raft service on the peer port; the future runs until the process ends.
-    pub serve_peers: Box<dyn FnOnce(PeerService) -> BoxFuture<'static, ()> + Send>,
+    /// It stops accepting when the second future resolves (the node stops) and closes its
+    /// connections, so that peers connect again to whatever serves the port next.
+    pub serve_peers: Box<dyn FnOnce(PeerService, BoxFuture<'static, ()>) -> BoxFuture<'static, ()> + Send>,
 }
 
 /// The Raft service a node's peer port serves.
@@ -318,6 +324,23 @@ where
 
     let last_call = driver.clone();
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    // A node whose Raft stopped on its own (its log failed) cannot serve again in this
+    // process: the server shuts down and `run` fails, so a supervisor starts it again on its
+    // data (as it does after a crash).
+    let raft_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let node = cluster.as_ref().map(|view| view.node.clone());
+    let stopped = raft_stopped.clone();
+    let shutdown = async move {
+        let Some(node) = node else { return shutdown.await };
+        tokio::select! {
+            biased;
+            () = shutdown => {}
+            () = node.stopped() => {
+                tracing::error!("this node's Raft stopped (its log failed); the server shuts down");
+                stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    };
     let signal = async move {
         shutdown.await;
         let _ = stopping_tx.send(());
@@ -358,10 +381,23 @@ where
     }
     if let Some(view) = &cluster {
         view.node.shutdown().await;
+        // The peer port closes with the node, its connections too, so a server started
+        // again in this process takes it and peers reach the new node, not the stopped one.
+        let peer_port = view.peer_port.lock().ok().and_then(|mut p| p.take());
+        if let Some((stop, served)) = peer_port {
+            let _ = stop.send(());
+            let grace = Duration::from_millis(config.shutdown_grace_ms);
+            if tokio::time::timeout(grace, served).await.is_err() {
+                tracing::warn!("the peer port still had connections when the grace period ended");
+            }
+        }
     }
     // In-flight requests are done: sync what was written and save the offsets.
     last_call.stop().await;
     info!("stopped");
+    if raft_stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ServerError::RaftStopped);
+    }
     Ok(())
 }
 
@@ -423,13 +459,18 @@ async fn start_node(
     let node =
         ClusterNode::start(&run.settings, fs, &run.dir, run.connect, applier).await.map_err(ServerError::Cluster)?;
     let node = Arc::new(node);
-    tokio::spawn((run.serve_peers)(node.service()));
+    let (stop_peers, peers_stop) = tokio::sync::oneshot::channel::<()>();
+    let peers_stop: BoxFuture<'static, ()> = Box::pin(async move {
+        let _ = peers_stop.await;
+    });
+    let peer_port = tokio::spawn((run.serve_peers)(node.service(), peers_stop));
     driver.attach(node.clone()).await;
     if let Some(observer) = observer {
         tokio::spawn(observe_cluster(node.clone(), observer));
     }
     info!(node = run.settings.id, peers = ?run.settings.peers, "cluster node started");
-    Ok(admin::ClusterView { node, peers: run.settings.peers, brokers: run.brokers })
+    let peer_port = Arc::new(std::sync::Mutex::new(Some((stop_peers, peer_port))));
+    Ok(admin::ClusterView { node, peers: run.settings.peers, brokers: run.brokers, peer_port })
 }
 
 /// How often a node rechecks whether it serves: a leader that stops hearing from a quorum

@@ -43,7 +43,7 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
     let cluster = super::cluster::is_cluster(entries);
     // In a cluster: the replicated floor of each (subscription, partition), and the node
     // that serves as the leader.
-    let mut floors: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+    let mut floors: BTreeMap<(&str, &str, u32), u64> = BTreeMap::new();
     let (mut leader, mut led): (Option<&str>, bool) = (None, false);
     let (mut applied, mut watched, mut checked, mut problems) = (0, 0, 0, Vec::new());
     for e in entries {
@@ -72,17 +72,21 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
                 }
             }
             Event::Broker(Notice::Seeked { subscription, .. }) => {
+                floors.retain(|(h, s, _), _| *h != e.host.as_str() || s != subscription);
                 acked.retain(|(s, _), _| s != subscription);
                 seeked.insert(subscription, e.at_ms);
             }
             Event::Broker(Notice::FloorRaised { subscription, partition, offset }) => {
-                let floor = floors.entry((subscription.as_str(), *partition)).or_default();
-                *floor = (*floor).max(*offset);
+                floors.insert((e.host.as_str(), subscription.as_str(), *partition), *offset);
+            }
+            Event::ReplicaSeeked { subscription } => {
+                floors.retain(|(h, s, _), _| *h != e.host.as_str() || *s != subscription.as_str());
             }
             Event::Cluster { serving: true, .. } if leader != Some(e.host.as_str()) => {
-                leader = Some(e.host.as_str());
+                let host = e.host.as_str();
+                leader = Some(host);
                 if std::mem::replace(&mut led, true) {
-                    acked.retain(|(s, _), a| floors.get(&(*s, a.partition)).is_some_and(|f| a.offset < *f));
+                    acked.retain(|(s, _), a| floors.get(&(host, *s, a.partition)).is_some_and(|f| a.offset < *f));
                     for a in acked.values_mut() {
                         a.survived_restart_ms.get_or_insert(e.at_ms);
                     }

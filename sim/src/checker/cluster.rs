@@ -123,8 +123,12 @@ pub fn floors(entries: &[Entry]) -> Check {
                     problems.push(Problem::new(text, &[]));
                 }
             }
-            // A seek may move a subscription anywhere; a deleted one's floors are gone.
-            Event::Broker(Notice::Seeked { subscription, .. } | Notice::SubscriptionDeleted { subscription }) => {
+            // A seek may move a subscription anywhere, on the node that applied it.
+            Event::Broker(Notice::Seeked { subscription, .. }) | Event::ReplicaSeeked { subscription } => {
+                last.retain(|(h, s, _), _| *h != e.host.as_str() || *s != subscription.as_str());
+            }
+            // A deleted subscription's floors are gone.
+            Event::Broker(Notice::SubscriptionDeleted { subscription }) => {
                 last.retain(|(_, s, _), _| *s != subscription.as_str());
             }
             // A node restarts empty and replays its log.
@@ -177,10 +181,13 @@ pub fn real_time_order(entries: &[Entry]) -> Check {
 /// Every delivered message (its id and digest) is in the last life of every node's log,
 /// as delivered.
 pub fn delivered_committed(entries: &[Entry]) -> Check {
-    // Each node's stored ids, from its last start on.
+    // Each node's stored ids, from its last start on; a node that never stored one counts.
     let mut lives: BTreeMap<&str, BTreeMap<&str, u32>> = BTreeMap::new();
     for e in entries {
         match &e.event {
+            Event::Cluster { .. } => {
+                lives.entry(e.host.as_str()).or_default();
+            }
             Event::Broker(Notice::Appended { message_id, digest, .. }) => {
                 lives.entry(e.host.as_str()).or_default().insert(message_id.as_str(), *digest);
             }

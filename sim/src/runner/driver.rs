@@ -422,14 +422,16 @@ impl Node {
         settings.election_timeout_ms = ELECTION_TIMEOUT_MS;
         let brokers = ids.map(|(id, b)| (id, format!("{b}:{PORT}"))).collect();
         let (_, incoming) = net.bind(listen_addr(PEER_PORT)).await?;
-        let serve_peers: Box<
-            dyn FnOnce(server::PeerService) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send,
-        > = Box::new(move |service| {
-            Box::pin(async move {
-                let served = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming);
-                let _ = served.await;
-            })
-        });
+        type Boxed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+        let serve_peers: Box<dyn FnOnce(server::PeerService, Boxed) -> Boxed + Send> =
+            Box::new(move |service, stop| {
+                Box::pin(async move {
+                    let served = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(incoming, stop);
+                    let _ = served.await;
+                })
+            });
         let crashing = net.crashing.clone();
         let (traffic, own) = net.traffic.clone().expect("a broker host counts its traffic");
         let connect: mini_pubsub::cluster::Connector = Arc::new(move |addr: &str| {
