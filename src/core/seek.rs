@@ -142,7 +142,7 @@ impl Broker {
                 continue;
             }
             self.floors_applied += 1;
-            let forget = self.config.mutated(Mutation::FloorForgotten) && self.floors_applied % 3 == 0;
+            let forget = self.config.mutated(Mutation::FloorForgotten) && self.floors_applied.is_multiple_of(3);
             let offset = if forget { start } else { floor.offset };
             let dropped = self.cursor_mut(floor.uid, floor.partition).reset(offset);
             self.forget_dropped(floor.uid, floor.partition, dropped);

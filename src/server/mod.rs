@@ -328,19 +328,7 @@ where
     // process: the server shuts down and `run` fails, so a supervisor starts it again on its
     // data (as it does after a crash).
     let raft_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let node = cluster.as_ref().map(|view| view.node.clone());
-    let stopped = raft_stopped.clone();
-    let shutdown = async move {
-        let Some(node) = node else { return shutdown.await };
-        tokio::select! {
-            biased;
-            () = shutdown => {}
-            () = node.stopped() => {
-                tracing::error!("this node's Raft stopped (its log failed); the server shuts down");
-                stopped.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    };
+    let shutdown = until_raft_stops(shutdown, cluster.as_ref().map(|view| view.node.clone()), raft_stopped.clone());
     let signal = async move {
         shutdown.await;
         let _ = stopping_tx.send(());
@@ -380,17 +368,7 @@ where
         ),
     }
     if let Some(view) = &cluster {
-        view.node.shutdown().await;
-        // The peer port closes with the node, its connections too, so a server started
-        // again in this process takes it and peers reach the new node, not the stopped one.
-        let peer_port = view.peer_port.lock().ok().and_then(|mut p| p.take());
-        if let Some((stop, served)) = peer_port {
-            let _ = stop.send(());
-            let grace = Duration::from_millis(config.shutdown_grace_ms);
-            if tokio::time::timeout(grace, served).await.is_err() {
-                tracing::warn!("the peer port still had connections when the grace period ended");
-            }
-        }
+        stop_node(view, Duration::from_millis(config.shutdown_grace_ms)).await;
     }
     // In-flight requests are done: sync what was written and save the offsets.
     last_call.stop().await;
@@ -399,6 +377,38 @@ where
         return Err(ServerError::RaftStopped);
     }
     Ok(())
+}
+
+/// `shutdown`, or for a node of a cluster also its Raft stopping on its own (its log
+/// failed), which sets `stopped`.
+async fn until_raft_stops(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    node: Option<Arc<ClusterNode>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let Some(node) = node else { return shutdown.await };
+    tokio::select! {
+        biased;
+        () = shutdown => {}
+        () = node.stopped() => {
+            tracing::error!("this node's Raft stopped (its log failed); the server shuts down");
+            stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Stops a node's Raft, then its peer port and the port's connections, so that a server
+/// started again in this process takes the port and peers reach the new node, not the
+/// stopped one; waits for the connections at most `grace`.
+async fn stop_node(view: &admin::ClusterView, grace: Duration) {
+    view.node.shutdown().await;
+    let peer_port = view.peer_port.lock().ok().and_then(|mut p| p.take());
+    if let Some((stop, served)) = peer_port {
+        let _ = stop.send(());
+        if tokio::time::timeout(grace, served).await.is_err() {
+            tracing::warn!("the peer port still had connections when the grace period ended");
+        }
+    }
 }
 
 /// Opens the broker and starts its driver, and in a cluster the node's Raft.

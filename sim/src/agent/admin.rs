@@ -121,12 +121,7 @@ impl App {
                 let at: Vec<String> = offsets.iter().map(|o| format!("p{}@{}", o.partition, o.offset)).collect();
                 Ok(format!("committed offsets now {}", at.join(" ")))
             }
-            Admin::TransferLeader { to } => {
-                // Broker `brokerN` is node N (see the driver's `Node`).
-                let node_id = to.trim_start_matches("broker").parse().unwrap_or(0);
-                let cluster = admin.transfer_leadership(pb::TransferLeadershipRequest { node_id }).await?.into_inner();
-                Ok(format!("broker{} leads term {}", cluster.leader_id, cluster.term))
-            }
+            Admin::TransferLeader { to } => transfer_leader(&mut admin, &to).await,
             Admin::Redrive { sub, max } => {
                 let req = pb::RedriveDeadLettersRequest { subscription: sub.clone(), max_messages: max };
                 let results = admin.redrive_dead_letters(req).await?.into_inner().results;
@@ -141,4 +136,15 @@ impl App {
             }
         }
     }
+}
+
+/// Asks the leader to hand over to broker `to` (`brokerN` is node N: see the driver's
+/// `Node`); says who leads after.
+async fn transfer_leader(
+    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    to: &str,
+) -> Result<String, tonic::Status> {
+    let node_id = to.trim_start_matches("broker").parse().unwrap_or(0);
+    let cluster = admin.transfer_leadership(pb::TransferLeadershipRequest { node_id }).await?.into_inner();
+    Ok(format!("broker{} leads term {}", cluster.leader_id, cluster.term))
 }

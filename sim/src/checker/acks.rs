@@ -25,15 +25,6 @@ use crate::history::{Entry, Event};
 /// any delivery of a bound ack's message on a stream opened after the change is a
 /// redelivery. A follower's crash forgets nothing.
 pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
-    struct Acked<'e> {
-        id: &'e str,
-        at_ms: u64,
-        attempt: u32,
-        partition: u32,
-        offset: u64,
-        /// Set for an ack that survived a crash: the restart it survived.
-        survived_restart_ms: Option<u64>,
-    }
     let mut acked: BTreeMap<(&str, &str), Acked> = BTreeMap::new();
     let mut sent: BTreeMap<(&str, &str, u32), u64> = BTreeMap::new();
     let mut seeked: BTreeMap<&str, u64> = BTreeMap::new();
@@ -41,10 +32,7 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
     let mut last_checkpoint_ms: Option<u64> = None;
     let mut crashed = false;
     let cluster = super::cluster::is_cluster(entries);
-    // In a cluster: the replicated floor of each (subscription, partition), and the node
-    // that serves as the leader.
-    let mut floors: BTreeMap<(&str, &str, u32), u64> = BTreeMap::new();
-    let (mut leader, mut led): (Option<&str>, bool) = (None, false);
+    let mut nodes = Nodes::default();
     let (mut applied, mut watched, mut checked, mut problems) = (0, 0, 0, Vec::new());
     for e in entries {
         match &e.event {
@@ -72,31 +60,16 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
                 }
             }
             Event::Broker(Notice::Seeked { subscription, .. }) => {
-                floors.retain(|(h, s, _), _| *h != e.host.as_str() || s != subscription);
+                nodes.seeked(&e.host, subscription);
                 acked.retain(|(s, _), _| s != subscription);
                 seeked.insert(subscription, e.at_ms);
             }
             Event::Broker(Notice::FloorRaised { subscription, partition, offset }) => {
-                floors.insert((e.host.as_str(), subscription.as_str(), *partition), *offset);
+                nodes.floors.insert((e.host.as_str(), subscription.as_str(), *partition), *offset);
             }
-            Event::ReplicaSeeked { subscription } => {
-                floors.retain(|(h, s, _), _| *h != e.host.as_str() || *s != subscription.as_str());
-            }
-            Event::Cluster { serving: true, .. } if leader != Some(e.host.as_str()) => {
-                let host = e.host.as_str();
-                leader = Some(host);
-                if std::mem::replace(&mut led, true) {
-                    acked.retain(|(s, _), a| floors.get(&(host, *s, a.partition)).is_some_and(|f| a.offset < *f));
-                    for a in acked.values_mut() {
-                        a.survived_restart_ms.get_or_insert(e.at_ms);
-                    }
-                }
-            }
-            Event::Crashed { host } if cluster => {
-                if leader == Some(host.as_str()) {
-                    leader = None;
-                }
-            }
+            Event::ReplicaSeeked { subscription } => nodes.seeked(&e.host, subscription),
+            Event::Cluster { serving: true, .. } => nodes.serves(&e.host, e.at_ms, &mut acked),
+            Event::Crashed { host } if cluster => nodes.crashed(host),
             Event::Restarted { .. } if cluster => {}
             Event::Checkpoint => last_checkpoint_ms = Some(e.at_ms),
             Event::Crashed { .. } => {
@@ -112,19 +85,12 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
             Event::StreamOpened { sub, stream, .. } => {
                 opened.insert((e.host.as_str(), sub.as_str(), *stream), e.at_ms);
             }
-            Event::Delivered { id, message_id, sub, stream, partition, offset, attempt, .. } => {
+            Event::Delivered { id, message_id, sub, stream, .. } => {
                 let key = (sub.as_str(), message_id.as_str());
                 let Some(a) = acked.get(&key).filter(|a| a.id == id.as_str()) else { continue };
                 checked += 1;
                 let stream_opened = opened.get(&(e.host.as_str(), sub.as_str(), *stream)).copied();
-                let after_restart = a.survived_restart_ms.is_some_and(|r| stream_opened.is_some_and(|o| o >= r));
-                if *attempt > a.attempt || after_restart {
-                    let (when, at, acked_attempt) = (e.at_ms, a.at_ms, a.attempt);
-                    let text = format!(
-                        "{id} (p{partition}@{offset}) delivered to {sub} as attempt {attempt} at {when} ms, after attempt {acked_attempt} was acked at {at} ms"
-                    );
-                    problems.push(Problem::new(text, &[id]));
-                }
+                problems.extend(redelivery(e, a, stream_opened));
             }
             _ => {}
         }
@@ -140,6 +106,70 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
         checked
     );
     result("redelivered-after-ack", problems, ok)
+}
+
+/// The delivery `e` of an acked message, when it breaks the ack `a`: a higher attempt, or
+/// any on a stream opened after the restart (or change of leader) the ack survived.
+fn redelivery(e: &Entry, a: &Acked, stream_opened: Option<u64>) -> Option<Problem> {
+    let Event::Delivered { id, sub, partition, offset, attempt, .. } = &e.event else { return None };
+    let after_restart = a.survived_restart_ms.is_some_and(|r| stream_opened.is_some_and(|o| o >= r));
+    if *attempt <= a.attempt && !after_restart {
+        return None;
+    }
+    let (when, at, acked_attempt) = (e.at_ms, a.at_ms, a.attempt);
+    let text = format!(
+        "{id} (p{partition}@{offset}) delivered to {sub} as attempt {attempt} at {when} ms, after attempt {acked_attempt} was acked at {at} ms"
+    );
+    Some(Problem::new(text, &[id]))
+}
+
+/// An applied ack the check watches.
+struct Acked<'e> {
+    id: &'e str,
+    at_ms: u64,
+    attempt: u32,
+    partition: u32,
+    offset: u64,
+    /// Set for an ack that survived a crash (or, in a cluster, a change of leader): the
+    /// restart (or change) it survived.
+    survived_restart_ms: Option<u64>,
+}
+
+/// What `redelivered_after_ack` knows of a cluster's nodes: each node's replicated floor
+/// per (subscription, partition), and the node that serves as the leader.
+#[derive(Default)]
+struct Nodes<'e> {
+    floors: BTreeMap<(&'e str, &'e str, u32), u64>,
+    leader: Option<&'e str>,
+    led: bool,
+}
+
+impl<'e> Nodes<'e> {
+    /// Node `host` applied a seek of `sub`: its floors start over.
+    fn seeked(&mut self, host: &str, sub: &str) {
+        self.floors.retain(|(h, s, _), _| *h != host || *s != sub);
+    }
+
+    fn crashed(&mut self, host: &str) {
+        if self.leader == Some(host) {
+            self.leader = None;
+        }
+    }
+
+    /// Node `host` serves as the leader from `at_ms`: a change of leader keeps the acks
+    /// its floors cover, which bind from then on, and forgets the others.
+    fn serves(&mut self, host: &'e str, at_ms: u64, acked: &mut BTreeMap<(&'e str, &'e str), Acked<'e>>) {
+        if self.leader == Some(host) {
+            return;
+        }
+        self.leader = Some(host);
+        if std::mem::replace(&mut self.led, true) {
+            acked.retain(|(s, _), a| self.floors.get(&(host, *s, a.partition)).is_some_and(|f| a.offset < *f));
+            for a in acked.values_mut() {
+                a.survived_restart_ms.get_or_insert(at_ms);
+            }
+        }
+    }
 }
 
 /// Turmoil's largest default link latency, with room: a lease a client received was made

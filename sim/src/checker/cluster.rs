@@ -140,14 +140,17 @@ pub fn floors(entries: &[Entry]) -> Check {
     result("floors", problems, ok)
 }
 
+/// The highest offset answered so far per (topic uid, partition), with its publish's id.
+type Highest<'e> = BTreeMap<(String, u32), (u64, &'e str)>;
+
 /// A publish answered before another began (its first attempt) has the lower offset when
 /// both went to one partition of one topic: offsets follow real time, as a linearizable
 /// log's must. Duplicates (answered with an earlier message's place) are left out.
 pub fn real_time_order(entries: &[Entry]) -> Check {
     // The highest answered offset per (topic uid, partition) so far, and for each publish
     // what it was when the publish began.
-    let mut answered: BTreeMap<(String, u32), (u64, &str)> = BTreeMap::new();
-    let mut at_start: BTreeMap<&str, BTreeMap<(String, u32), (u64, &str)>> = BTreeMap::new();
+    let mut answered: Highest = BTreeMap::new();
+    let mut at_start: BTreeMap<&str, Highest> = BTreeMap::new();
     let (mut problems, mut pairs) = (Vec::new(), 0);
     for e in entries {
         match &e.event {
