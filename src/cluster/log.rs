@@ -371,7 +371,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         // own fsync runs, and the next appends are written meanwhile (group commit). A later
         // fsync that ends first reports a later batch flushed, which it is: it covers every
         // write made before it began; openraft ignores the earlier one's report after it.
-        let file = inner.file.clone();
+        let (file, fs) = (inner.file.clone(), inner.fs.clone());
         if inner.appends_unsynced {
             drop(inner);
             callback.io_completed(Ok(()));
@@ -379,6 +379,11 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         }
         drop(inner);
         tokio::spawn(async move {
+            // A simulated slow disk: the fsync ends this much later.
+            let latency = fs.sync_latency();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             let synced = blocking(|| file.sync_data());
             callback.io_completed(synced.map_err(|e| io::Error::new(e.kind(), e.to_string())));
         });

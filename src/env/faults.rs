@@ -25,12 +25,32 @@ pub struct FaultyFs {
     inner: Arc<dyn Fs>,
     fault: Arc<Mutex<Option<DiskFault>>>,
     refused: Arc<AtomicU64>,
+    /// See [`FaultyFs::set_sync_latency`].
+    latency_us: Arc<AtomicU64>,
+    /// Fsyncs that were told to wait.
+    delayed: Arc<AtomicU64>,
 }
 
 impl FaultyFs {
     /// `inner` with no fault set and nothing refused yet.
     pub fn new(inner: Arc<dyn Fs>) -> Self {
-        Self { inner, fault: Arc::new(Mutex::new(None)), refused: Arc::default() }
+        Self {
+            inner,
+            fault: Arc::new(Mutex::new(None)),
+            refused: Arc::default(),
+            latency_us: Arc::default(),
+            delayed: Arc::default(),
+        }
+    }
+
+    /// Makes every fsync take `latency` more (see [`Fs::sync_latency`]); zero clears it.
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        self.latency_us.store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How many fsyncs were told to wait: whether a slow disk did anything.
+    pub fn delayed(&self) -> u64 {
+        self.delayed.load(Ordering::Relaxed)
     }
 
     /// How many operations an injected fault has refused so far: whether a fault did
@@ -118,6 +138,14 @@ impl Fs for FaultyFs {
 
     fn exists(&self, path: &Path) -> bool {
         self.inner.exists(path)
+    }
+
+    fn sync_latency(&self) -> std::time::Duration {
+        let us = self.latency_us.load(Ordering::Relaxed);
+        if us > 0 {
+            self.delayed.fetch_add(1, Ordering::Relaxed);
+        }
+        std::time::Duration::from_micros(us) + self.inner.sync_latency()
     }
 }
 

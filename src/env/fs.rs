@@ -29,6 +29,12 @@ pub trait Fs: Send + Sync + 'static {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Whether something is at `path` (an error reading it counts as no).
     fn exists(&self, path: &Path) -> bool;
+    /// How long an fsync takes on this disk beyond the call itself: none on a real disk
+    /// (the call takes what it takes); on a simulated slow disk, a wait that a caller able to
+    /// wait without blocking (the Raft log's appends) waits before it fsyncs.
+    fn sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// An open file.

@@ -107,7 +107,7 @@ impl<'a> Driver<'a> {
         }
         if fault.in_flight == 0 && self.activity(&fault.along) == fault.before {
             let what = match fault.along {
-                Along::Disk(_) => "the disk refused nothing while it was in place",
+                Along::Disk(_) => "the disk refused nothing and delayed no fsync while it was in place",
                 _ => "no traffic met it (nothing in flight when it began, nothing sent across it while in place)",
             };
             return Err(format!("fault `{}` did nothing: {what}", fault.text));
@@ -119,7 +119,7 @@ impl<'a> Driver<'a> {
     /// for a network fault the bytes written along it.
     fn activity(&self, along: &Along) -> u64 {
         match along {
-            Along::Disk(host) => self.disks.get(host).map_or(0, |disk| disk.refused()),
+            Along::Disk(host) => self.disks.get(host).map_or(0, |disk| disk.refused() + disk.delayed()),
             _ => self.traffic.along(|from, to| along.carries(from, to)),
         }
     }
@@ -289,8 +289,13 @@ impl<'a> Driver<'a> {
                 disk.set_fault(Some(Disk::TornWrite));
                 "torn"
             }
+            DiskFault::Slow(latency) => {
+                disk.set_sync_latency(latency);
+                "slow"
+            }
             DiskFault::Ok => {
                 disk.set_fault(None);
+                disk.set_sync_latency(std::time::Duration::ZERO);
                 "ok"
             }
             DiskFault::Corrupt(target) => {
@@ -346,6 +351,7 @@ impl<'a> Driver<'a> {
         self.sim.set_fail_rate(0.0);
         for disk in self.disks.values() {
             disk.set_fault(None);
+            disk.set_sync_latency(Duration::ZERO);
         }
         for host in std::mem::take(&mut self.crashed) {
             self.sim.bounce(host.as_str());

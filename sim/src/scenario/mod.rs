@@ -315,6 +315,8 @@ pub enum DiskFault {
     /// Flips one byte of the newest segment, once: anywhere (chosen by the seed), or in
     /// the frame of one record.
     Corrupt(Option<CorruptTarget>),
+    /// Every fsync of a cluster node's Raft log takes this much longer, until `ok`.
+    Slow(Duration),
     /// Ends the fault in place.
     Ok,
 }
@@ -520,6 +522,7 @@ impl fmt::Display for Fault {
                     DiskFault::Corrupt(Some(CorruptTarget { offset, length: true })) => {
                         format!("corrupt offset={offset} part=length")
                     }
+                    DiskFault::Slow(latency) => format!("slow latency={}", ms(*latency)),
                     DiskFault::Ok => "ok".to_string(),
                 };
                 write!(f, "disk {host} {fault}")

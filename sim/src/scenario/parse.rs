@@ -205,8 +205,12 @@ const SPECS: &[Spec] = &[
     Spec {
         words: &["disk"],
         verb: Verb::Disk,
-        positionals: &[("host", Kind::Host), ("fault", Kind::OneOf(&["eio", "full", "torn", "corrupt", "ok"]))],
-        options: &[("offset", Kind::Int(0, u64::MAX)), ("part", Kind::OneOf(&["length", "body"]))],
+        positionals: &[("host", Kind::Host), ("fault", Kind::OneOf(&["eio", "full", "torn", "corrupt", "slow", "ok"]))],
+        options: &[
+            ("offset", Kind::Int(0, u64::MAX)),
+            ("part", Kind::OneOf(&["length", "body"])),
+            ("latency", Kind::Dur),
+        ],
     },
     Spec { words: &["isolate"], verb: Verb::Isolate, positionals: &[("host", Kind::Host)], options: &[] },
     Spec {
@@ -582,7 +586,18 @@ impl Parser<'_> {
                 let target = w
                     .number("offset")
                     .map(|offset| CorruptTarget { offset, length: w.option("part") == Some("length") });
+                let latency = w.duration("latency");
                 let fault = match disk_fault(&w.arg("fault")) {
+                    DiskFault::Slow(_) => match latency {
+                        Some(latency) if !latency.is_zero() => DiskFault::Slow(latency),
+                        _ => {
+                            let message = "slow needs latency=D (more than 0): how much longer each fsync takes";
+                            return Err(self.error(number, w.column("latency"), message));
+                        }
+                    },
+                    _ if latency.is_some() => {
+                        return Err(self.error(number, w.column("latency"), "latency= goes with `slow` only"));
+                    }
                     DiskFault::Corrupt(None) => DiskFault::Corrupt(target),
                     _ if target.is_some() || w.option("part").is_some() => {
                         return Err(self.error(
@@ -769,6 +784,15 @@ impl Parser<'_> {
         let needs_cluster = self.steps.iter().find(|(s, _)| {
             matches!(s.action, Action::ExpectLeader { .. } | Action::Admin { admin: Admin::TransferLeader { .. }, .. })
         });
+        let slow = self
+            .steps
+            .iter()
+            .find(|(s, _)| matches!(s.action, Action::Fault(Fault::Disk { fault: DiskFault::Slow(_), .. })));
+        if let (false, Some((step, _))) = (cluster, slow) {
+            let message =
+                "disk slow: slows a cluster node's Raft log; a single broker's fsyncs take `config disk_latency=D`";
+            return Err(self.error(step.line, 1, message));
+        }
         if let (false, Some((step, _))) = (cluster, needs_cluster) {
             return Err(self.error(step.line, 1, "a step about a cluster's leader needs `config brokers=3`"));
         }
@@ -825,6 +849,7 @@ fn disk_fault(text: &str) -> DiskFault {
         "full" => DiskFault::Full,
         "torn" => DiskFault::Torn,
         "corrupt" => DiskFault::Corrupt(None),
+        "slow" => DiskFault::Slow(Duration::ZERO),
         _ => DiskFault::Ok,
     }
 }

@@ -178,6 +178,15 @@ expect cluster leaders"
         "bad.scn:2:16: unexpected `leaders`: the step is `expect cluster leader` or `expect cluster leader=HOST`"
     );
     assert_eq!(
+        error("disk broker slow latency=5ms"),
+        "bad.scn:1:1: disk slow: slows a cluster node's Raft log; a single broker's fsyncs take `config disk_latency=D`"
+    );
+    assert_eq!(
+        error("config brokers=3\ndisk broker1 slow"),
+        "bad.scn:2:18: slow needs latency=D (more than 0): how much longer each fsync takes"
+    );
+    assert_eq!(error("config brokers=3\ndisk broker1 eio latency=5ms"), "bad.scn:2:26: latency= goes with `slow` only");
+    assert_eq!(
         error(
             "config brokers=3
 transfer_leader w
@@ -245,6 +254,8 @@ heal @leader @followers
 crash @brokers
 restart @follower
 disk @leader eio
+disk @follower slow latency=300ms
+disk @follower ok
 ";
     let s = parse("c.scn", text).unwrap();
     assert_eq!(s.brokers, ["broker1", "broker2", "broker3"]);

@@ -87,6 +87,10 @@ impl Fs for TimedFs {
     fn exists(&self, path: &Path) -> bool {
         self.inner.exists(path)
     }
+
+    fn sync_latency(&self) -> std::time::Duration {
+        self.inner.sync_latency()
+    }
 }
 
 struct TimedFile {
