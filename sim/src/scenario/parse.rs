@@ -582,41 +582,7 @@ impl Parser<'_> {
             Verb::Isolate => Action::Fault(Fault::Isolate { host: w.arg("host") }),
             Verb::Crash => Action::Fault(Fault::Crash { host: w.arg("host") }),
             Verb::Restart => Action::Fault(Fault::Restart { host: w.arg("host") }),
-            Verb::Disk => {
-                let target = w
-                    .number("offset")
-                    .map(|offset| CorruptTarget { offset, length: w.option("part") == Some("length") });
-                let latency = w.duration("latency");
-                let fault = match disk_fault(&w.arg("fault")) {
-                    DiskFault::Slow(_) => match latency {
-                        Some(latency) if !latency.is_zero() => DiskFault::Slow(latency),
-                        _ => {
-                            let message = "slow needs latency=D (more than 0): how much longer each fsync takes";
-                            return Err(self.error(number, w.column("latency"), message));
-                        }
-                    },
-                    _ if latency.is_some() => {
-                        return Err(self.error(number, w.column("latency"), "latency= goes with `slow` only"));
-                    }
-                    DiskFault::Corrupt(None) => DiskFault::Corrupt(target),
-                    _ if target.is_some() || w.option("part").is_some() => {
-                        return Err(self.error(
-                            number,
-                            w.column("offset").max(w.column("part")),
-                            "offset= and part= go with `corrupt` only",
-                        ));
-                    }
-                    fault => fault,
-                };
-                if target.is_none() && w.option("part").is_some() {
-                    return Err(self.error(
-                        number,
-                        w.column("part"),
-                        "part= needs offset=: the record whose frame to damage",
-                    ));
-                }
-                Action::Fault(Fault::Disk { host: w.arg("host"), fault })
-            }
+            Verb::Disk => self.disk(number, w)?,
             Verb::Advance => Action::Advance { by: duration(&w.arg("by")).unwrap() },
             Verb::Expect => Action::Expect(self.expectation(number, w, within)?),
             Verb::TransferLeader => admin(Admin::TransferLeader { to: w.arg("host") }),
@@ -624,6 +590,38 @@ impl Parser<'_> {
                 CheckName::ALL.iter().find(|(n, _)| *n == w.arg("what")).map(|(_, c)| *c).expect("checked"),
             ),
         })
+    }
+
+    /// `disk HOST eio|full|torn|corrupt [offset=N [part=length|body]]|slow latency=D|ok`.
+    fn disk(&self, number: usize, w: &Words) -> Result<Action, ParseError> {
+        let target =
+            w.number("offset").map(|offset| CorruptTarget { offset, length: w.option("part") == Some("length") });
+        let latency = w.duration("latency");
+        let fault = match disk_fault(&w.arg("fault")) {
+            DiskFault::Slow(_) => match latency {
+                Some(latency) if !latency.is_zero() => DiskFault::Slow(latency),
+                _ => {
+                    let message = "slow needs latency=D (more than 0): how much longer each fsync takes";
+                    return Err(self.error(number, w.column("latency"), message));
+                }
+            },
+            _ if latency.is_some() => {
+                return Err(self.error(number, w.column("latency"), "latency= goes with `slow` only"));
+            }
+            DiskFault::Corrupt(None) => DiskFault::Corrupt(target),
+            _ if target.is_some() || w.option("part").is_some() => {
+                return Err(self.error(
+                    number,
+                    w.column("offset").max(w.column("part")),
+                    "offset= and part= go with `corrupt` only",
+                ));
+            }
+            fault => fault,
+        };
+        if target.is_none() && w.option("part").is_some() {
+            return Err(self.error(number, w.column("part"), "part= needs offset=: the record whose frame to damage"));
+        }
+        Ok(Action::Fault(Fault::Disk { host: w.arg("host"), fault }))
     }
 
     fn sub_spec(&self, number: usize, w: &Words) -> Result<SubSpec, ParseError> {

@@ -149,51 +149,6 @@ fn a_mistyped_argument_is_an_error_never_a_default() {
         error("subscribe w s\nexpect w received code=NOT_FOUND"),
         "bad.scn:2:24: code: `expect received` does not count by code"
     );
-    assert_eq!(error("config brokers=10"), "bad.scn:1:16: brokers: 10 is outside 1 to 9");
-    assert_eq!(
-        error("config brokers=3 storage=memory"),
-        "bad.scn:1:1: storage: a cluster's brokers keep their Raft log on disk"
-    );
-    assert_eq!(error("crash @leader"), "bad.scn:1:7: @leader names a cluster's brokers: set `config brokers=3`");
-    assert_eq!(error("expect cluster leader"), "bad.scn:1:1: a step about a cluster's leader needs `config brokers=3`");
-    assert_eq!(
-        error(
-            "config brokers=3
-subscribe @leader s"
-        ),
-        "bad.scn:2:11: @leader: only fault steps resolve targets"
-    );
-    assert_eq!(
-        error(
-            "config brokers=3
-expect cluster leader=broker7"
-        ),
-        "bad.scn:2:23: unknown host `broker7`; did you mean `broker1`?"
-    );
-    assert_eq!(
-        error(
-            "config brokers=3
-expect cluster leaders"
-        ),
-        "bad.scn:2:16: unexpected `leaders`: the step is `expect cluster leader` or `expect cluster leader=HOST`"
-    );
-    assert_eq!(
-        error("disk broker slow latency=5ms"),
-        "bad.scn:1:1: disk slow: slows a cluster node's Raft log; a single broker's fsyncs take `config disk_latency=D`"
-    );
-    assert_eq!(
-        error("config brokers=3\ndisk broker1 slow"),
-        "bad.scn:2:18: slow needs latency=D (more than 0): how much longer each fsync takes"
-    );
-    assert_eq!(error("config brokers=3\ndisk broker1 eio latency=5ms"), "bad.scn:2:26: latency= goes with `slow` only");
-    assert_eq!(
-        error(
-            "config brokers=3
-transfer_leader w
-publish w t"
-        ),
-        "bad.scn:2:17: `w` is an app; crash, restart and disk act on a broker"
-    );
     assert_eq!(
         error("config fsync=always fsync_interval=5ms"),
         "bad.scn:1:1: fsync_interval: applies only with fsync=interval"
@@ -267,5 +222,54 @@ disk @follower ok
     assert_eq!(
         again.steps.iter().map(|s| &s.action).collect::<Vec<_>>(),
         s.steps.iter().map(|s| &s.action).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn cluster_steps_refuse_what_does_not_fit() {
+    assert_eq!(error("config brokers=10"), "bad.scn:1:16: brokers: 10 is outside 1 to 9");
+    assert_eq!(
+        error("config brokers=3 storage=memory"),
+        "bad.scn:1:1: storage: a cluster's brokers keep their Raft log on disk"
+    );
+    assert_eq!(error("crash @leader"), "bad.scn:1:7: @leader names a cluster's brokers: set `config brokers=3`");
+    assert_eq!(error("expect cluster leader"), "bad.scn:1:1: a step about a cluster's leader needs `config brokers=3`");
+    assert_eq!(
+        error(
+            "config brokers=3
+subscribe @leader s"
+        ),
+        "bad.scn:2:11: @leader: only fault steps resolve targets"
+    );
+    assert_eq!(
+        error(
+            "config brokers=3
+expect cluster leader=broker7"
+        ),
+        "bad.scn:2:23: unknown host `broker7`; did you mean `broker1`?"
+    );
+    assert_eq!(
+        error(
+            "config brokers=3
+expect cluster leaders"
+        ),
+        "bad.scn:2:16: unexpected `leaders`: the step is `expect cluster leader` or `expect cluster leader=HOST`"
+    );
+    assert_eq!(
+        error("disk broker slow latency=5ms"),
+        "bad.scn:1:1: disk slow: slows a cluster node's Raft log; a single broker's fsyncs take `config disk_latency=D`"
+    );
+    assert_eq!(
+        error("config brokers=3\ndisk broker1 slow"),
+        "bad.scn:2:18: slow needs latency=D (more than 0): how much longer each fsync takes"
+    );
+    assert_eq!(error("config brokers=3\ndisk broker1 eio latency=5ms"), "bad.scn:2:26: latency= goes with `slow` only");
+    assert_eq!(
+        error(
+            "config brokers=3
+transfer_leader w
+publish w t"
+        ),
+        "bad.scn:2:17: `w` is an app; crash, restart and disk act on a broker"
     );
 }
