@@ -153,6 +153,11 @@ impl History {
         self.0.lock().expect("history lock").iter().rev().find(|e| f(&e.event)).map(|e| e.at_ms)
     }
 
+    /// What `f` makes of the entries so far, read in place (no copy of the history).
+    pub fn scan<R>(&self, f: impl FnOnce(&[Entry]) -> R) -> R {
+        f(&self.0.lock().expect("history lock"))
+    }
+
     /// How many entries match `f`.
     pub fn count(&self, f: impl Fn(&Entry) -> bool) -> usize {
         self.0.lock().expect("history lock").iter().filter(|e| f(e)).count()

@@ -113,20 +113,22 @@ impl Driver<'_> {
     /// The broker that serves as the cluster's leader now, with its term: of the brokers
     /// running that last said they serve, the one of the highest term.
     pub(super) fn leader(&self) -> Option<(String, u64)> {
-        let mut states: BTreeMap<String, (u64, bool)> = BTreeMap::new();
-        for entry in self.history.entries() {
-            match &entry.event {
-                Event::Cluster { term, serving, .. } => {
-                    states.insert(entry.host.clone(), (*term, *serving));
+        self.history.scan(|entries| {
+            let mut states: BTreeMap<&str, (u64, bool)> = BTreeMap::new();
+            for entry in entries {
+                match &entry.event {
+                    Event::Cluster { term, serving, .. } => {
+                        states.insert(entry.host.as_str(), (*term, *serving));
+                    }
+                    Event::Crashed { host } => {
+                        states.remove(host.as_str());
+                    }
+                    _ => {}
                 }
-                Event::Crashed { host } => {
-                    states.remove(host);
-                }
-                _ => {}
             }
-        }
-        let serving = states.into_iter().filter(|(_, (_, serving))| *serving);
-        serving.map(|(host, (term, _))| (host, term)).max_by_key(|(_, term)| *term)
+            let serving = states.into_iter().filter(|(_, (_, serving))| *serving);
+            serving.map(|(host, (term, _))| (host.to_string(), term)).max_by_key(|(_, term)| *term)
+        })
     }
 }
 
