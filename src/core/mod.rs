@@ -66,6 +66,7 @@ mod pending;
 mod persist;
 mod publish;
 mod redrive;
+mod replica;
 mod retry;
 mod seek;
 mod snapshot;

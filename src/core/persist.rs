@@ -275,7 +275,7 @@ impl Broker {
 
     /// The metadata as it is now. Ephemeral subscriptions are not kept: their streams do
     /// not survive a restart either.
-    fn meta_bytes(&self) -> Vec<u8> {
+    pub(super) fn meta_bytes(&self) -> Vec<u8> {
         let topics = self
             .topics
             .values()
@@ -328,7 +328,7 @@ impl Broker {
         self.save_meta_bytes(bytes)
     }
 
-    fn save_meta_bytes(&mut self, bytes: Vec<u8>) -> Result<(), BrokerError> {
+    pub(super) fn save_meta_bytes(&mut self, bytes: Vec<u8>) -> Result<(), BrokerError> {
         self.storage.save_meta(&bytes)?;
         self.saved_meta = bytes;
         // The base covers every entry: a journal that cannot be emptied now is emptied by

@@ -1,0 +1,182 @@
+//! A cluster node's snapshot: a broker's state taken on one node ([`Broker::snapshot`]) and
+//! installed on another ([`Broker::install_replica`]) that fell too far behind to be sent the
+//! Raft log it missed, or that restarts from its own snapshot.
+//!
+//! What a replica holds is what every node applies from the Raft log: topics, records,
+//! subscriptions and their committed offsets, the dedupe indexes and the counters that name
+//! things. What only a leader holds (streams, leases, backoffs, exclusive-group sessions,
+//! ephemeral subscriptions) is dropped when a snapshot is installed, as it is lost when
+//! leadership moves: the messages it had out are delivered again from the committed offset.
+
+use std::collections::VecDeque;
+
+use super::broker::Broker;
+use super::group::Group;
+use super::notice::Notice;
+use super::snapshot::SnapshotError;
+use super::timers::TimerTable;
+use crate::storage::MemoryStorage;
+
+/// Records read at a time while telling an observer what an installed snapshot holds.
+const TELL_BATCH_RECORDS: usize = 4096;
+
+impl Broker {
+    /// Replaces this broker's state with `snapshot` (from [`Broker::snapshot`] on any node of
+    /// the cluster), as a node that does not lead holds it: what only a leader holds is
+    /// dropped (see the module's comment). The old state's logs are removed from the storage,
+    /// and the new metadata saved. With notices on, every restored record is told as
+    /// [`Notice::Appended`] and every committed offset as [`Notice::FloorRaised`], so that an
+    /// observer knows what this node now stores.
+    ///
+    /// A failure leaves the broker without its topics: the caller must not go on with it.
+    pub fn install_replica(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        let observed = self.notices.is_some();
+        for (_, topic) in std::mem::take(&mut self.topics) {
+            self.storage.remove(topic.uid, topic.logs)?;
+        }
+        let storage = std::mem::replace(&mut self.storage, Box::new(MemoryStorage));
+        let mut broker = Broker::from_snapshot(self.config.clone(), storage, snapshot)?;
+        broker.forget_leadership();
+        let meta = broker.meta_bytes();
+        broker.save_meta_bytes(meta)?;
+        if observed {
+            broker.notices = Some(VecDeque::new());
+            broker.tell_installed()?;
+        }
+        *self = broker;
+        Ok(())
+    }
+
+    /// Drops what only a leader holds: streams, leases, backoffs, sessions, dead-letter
+    /// copies in flight and ephemeral subscriptions. Every cursor goes back to its
+    /// committed offset.
+    fn forget_leadership(&mut self) {
+        self.streams.clear();
+        self.detached.clear();
+        self.timers = TimerTable::default();
+        self.transits.clear();
+        let ephemeral: Vec<u64> = self.subscriptions.values().filter(|s| s.ephemeral).map(|s| s.uid).collect();
+        for uid in ephemeral {
+            if let Some(sub) = self.subscriptions.remove(&uid) {
+                self.subscription_uids.remove(&sub.name);
+                if let Some(topic) = self.topics.get_mut(&sub.topic) {
+                    topic.subscriptions.remove(&sub.name);
+                }
+            }
+        }
+        for sub in self.subscriptions.values_mut() {
+            sub.members.clear();
+            sub.clients.clear();
+            sub.next_member = 0;
+            sub.next_partition = 0;
+            if let Some(group) = &mut sub.group {
+                *group = Group { generation: group.generation, ..Group::new(group.owners.len()) };
+            }
+            for cursor in &mut sub.cursors {
+                let committed = cursor.committed;
+                cursor.reset(committed);
+            }
+        }
+    }
+
+    /// Tells every stored record and every committed offset as notices.
+    fn tell_installed(&mut self) -> Result<(), SnapshotError> {
+        let mut told = Vec::new();
+        for topic in self.topics.values() {
+            for (p, log) in topic.logs.iter().enumerate() {
+                let mut next = log.start_offset();
+                while next < log.end_offset() {
+                    let batch = log.read(next, TELL_BATCH_RECORDS, usize::MAX)?;
+                    let Some(last) = batch.last() else { break };
+                    next = last.offset + 1;
+                    for stored in batch {
+                        let record = &stored.record;
+                        let key = crc32c::crc32c(record.key.as_deref().unwrap_or_default().as_bytes());
+                        told.push(Notice::Appended {
+                            topic: topic.name.clone(),
+                            partition: p as u32,
+                            offset: stored.offset,
+                            message_id: topic.message_id(p as u32, stored.offset),
+                            digest: crc32c::crc32c_append(key, &record.value),
+                        });
+                    }
+                }
+            }
+        }
+        for sub in self.subscriptions.values() {
+            for (p, cursor) in sub.cursors.iter().enumerate() {
+                let (subscription, partition, offset) = (sub.name.clone(), p as u32, cursor.committed);
+                told.push(Notice::FloorRaised { subscription, partition, offset });
+            }
+        }
+        for notice in told {
+            self.notice(|_| notice);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use crate::storage::MemoryStorage;
+
+    fn broker() -> Broker {
+        let mut b = Broker::new(BrokerConfig::default(), Box::new(MemoryStorage)).unwrap();
+        b.observe();
+        while b.poll_notice().is_some() {}
+        b
+    }
+
+    fn msg(value: &str, key: &str) -> OutgoingMessage {
+        OutgoingMessage { value: value.to_string().into(), idempotency_key: Some(key.into()), ..Default::default() }
+    }
+
+    fn values(deliveries: &[Delivery]) -> Vec<String> {
+        deliveries.iter().map(|d| String::from_utf8(d.record.value.to_vec()).unwrap()).collect()
+    }
+
+    /// A leader's state, streams, leases and an ephemeral subscription included, installed on
+    /// a replica: the records, committed offsets and dedupe index arrive; what only a leader
+    /// holds does not, and the replica's old state is gone.
+    #[test]
+    fn an_installed_snapshot_holds_what_every_replica_applies_and_no_leases() {
+        let mut leader = broker();
+        leader.create_topic("t", Some(1)).unwrap();
+        let spec = SubscriptionSpec { name: "s".into(), topic: "t".into(), ..Default::default() };
+        leader.create_subscription(spec).unwrap();
+        leader.publish(0, 1000, "t", (0..5).map(|i| msg(&format!("m{i}"), &format!("k{i}"))).collect()).unwrap();
+        let pulled = leader.pull(0, "s", 3).unwrap();
+        let acked: Vec<String> = pulled[..2].iter().map(|d| d.ack_id.clone()).collect();
+        leader.acks(1, "s", AckOp::Ack, acked).unwrap();
+        let target = StreamTarget::Topic { topic: "t".into(), ack_deadline_ms: None, start: StartPosition::Earliest };
+        leader.open_stream(2, target, Flow::default()).unwrap();
+        while leader.poll_output().is_some() {}
+        let snapshot = leader.snapshot(1 << 20).unwrap();
+
+        let mut replica = broker();
+        replica.create_topic("gone", Some(2)).unwrap();
+        replica.install_replica(&snapshot).unwrap();
+        replica.assert_invariants();
+        let notices: Vec<Notice> = std::iter::from_fn(|| replica.poll_notice()).collect();
+        let appended = notices.iter().filter(|n| matches!(n, Notice::Appended { .. })).count();
+        assert_eq!(appended, 5, "{notices:?}");
+        assert!(notices.contains(&Notice::FloorRaised { subscription: "s".into(), partition: 0, offset: 2 }));
+        assert!(replica.topic_info("gone").is_err(), "the replica's old state is replaced");
+        let subscriptions = replica.list_subscriptions(None, None, 100).unwrap().0;
+        assert_eq!(subscriptions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s"], "no ephemeral one");
+        // The lease the leader held on m2 is not the replica's: it delivers from the floor.
+        assert_eq!(values(&replica.pull(3, "s", 10).unwrap()), ["m2", "m3", "m4"]);
+        // The dedupe index came along: a retried publish is a duplicate on both.
+        let again = |b: &mut Broker| b.publish(4, 2000, "t", vec![msg("m4 again", "k4")]).unwrap()[0].duplicate;
+        assert!(again(&mut leader) && again(&mut replica));
+        let fresh = |b: &mut Broker| b.publish(5, 2000, "t", vec![msg("m5", "k5")]).unwrap()[0].offset;
+        assert_eq!(fresh(&mut leader), fresh(&mut replica));
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_snapshot_are_refused() {
+        let mut replica = broker();
+        assert!(matches!(replica.install_replica(b"{not json"), Err(SnapshotError::Malformed(_))));
+    }
+}
