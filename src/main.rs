@@ -303,6 +303,7 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
     let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
     let mut settings = mini_pubsub::cluster::NodeSettings::new(cluster.node_id, peers, seed);
     settings.fsync = config.storage.fsync == config::FsyncMode::Always;
+    settings.snapshot_entries = cluster.snapshot_entries;
     Ok(server::ClusterRun {
         settings,
         brokers,

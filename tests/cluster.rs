@@ -43,6 +43,8 @@ struct Node {
     child: Option<Child>,
     /// Where it serves Prometheus metrics, if it does.
     metrics: Option<String>,
+    /// More settings, as flags.
+    flags: Vec<String>,
 }
 
 impl Node {
@@ -52,6 +54,7 @@ impl Node {
             .args(["serve", "--listen", &self.client, "--node-id", &self.id.to_string(), "--peers", peers])
             .args(["--brokers", brokers])
             .args(self.metrics.iter().flat_map(|m| ["--metrics-listen", m.as_str()]))
+            .args(&self.flags)
             .arg("--data-dir")
             .arg(&self.data)
             .env("RUST_LOG", "info,openraft=warn")
@@ -225,6 +228,11 @@ fn records_on(data: &Path) -> BTreeMap<String, Vec<Vec<StoredRecord>>> {
 /// Three nodes on fresh ports and directories under `dir`, started; the peers and brokers
 /// settings they run with.
 fn cluster(dir: &Path) -> (Vec<Node>, String, String) {
+    cluster_with(dir, &[])
+}
+
+/// [`cluster`], each node with `flags` too.
+fn cluster_with(dir: &Path, flags: &[&str]) -> (Vec<Node>, String, String) {
     let mut nodes: Vec<Node> = (1..=3)
         .map(|id| Node {
             id,
@@ -232,6 +240,7 @@ fn cluster(dir: &Path) -> (Vec<Node>, String, String) {
             data: dir.join(format!("node-{id}")),
             child: None,
             metrics: Some(format!("127.0.0.1:{}", free_port())),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         })
         .collect();
     let peer_ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
@@ -329,7 +338,9 @@ async fn a_new_leader_delivers_from_where_the_old_one_was_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_lose_nothing_acknowledged_when_the_leader_is_killed_three_times() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut nodes, peers, brokers) = cluster(dir.path());
+    // Snapshots every 100 entries or more, so each killed leader restarts on its snapshot
+    // and the log after it, and a node that was down may be sent the leader's.
+    let (mut nodes, peers, brokers) = cluster_with(dir.path(), &["--snapshot-entries", "100"]);
     let first = leader(&nodes).await;
     let mut admin = AdminClient::new(lazy(&nodes[first as usize - 1].client));
     let topic = pb::CreateTopicRequest { name: "orders".into(), partitions: 3, ..Default::default() };
@@ -393,6 +404,26 @@ async fn three_nodes_lose_nothing_acknowledged_when_the_leader_is_killed_three_t
     }
     assert_eq!(stored[0], stored[1], "nodes 1 and 2 hold the same records at every offset");
     assert_eq!(stored[0], stored[2], "nodes 1 and 3 hold the same records at every offset");
+    // The runs above went through snapshots: each node took some, and a restart began on one.
+    let logs = node_logs(dir.path());
+    for node in &nodes {
+        let saved = logs.iter().filter(|(id, text)| *id == node.id && text.contains("snapshot saved")).count();
+        assert!(saved > 0, "node {} took no snapshot", node.id);
+    }
+    assert!(logs.iter().any(|(_, text)| text.contains("snapshot installed")), "no node started on a snapshot");
+}
+
+/// Every node log under `dir`, with the node's id: `node-ID.log.MS`.
+fn node_logs(dir: &Path) -> Vec<(u64, String)> {
+    let mut logs = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(id) = name.strip_prefix("node-").and_then(|rest| rest.split('.').next()) else { continue };
+        if name.contains(".log.") {
+            logs.push((id.parse().unwrap(), std::fs::read_to_string(entry.path()).unwrap()));
+        }
+    }
+    logs
 }
 
 /// Whether process `pid` still runs (`kill -0`).
@@ -403,8 +434,10 @@ fn running(pid: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_cluster_starts_three_nodes_in_one_command_and_stops_each_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    // Ports far from the defaults and from other tests' (those are picked by the system).
-    let base = 41000 + (std::process::id() % 800) as u16 * 10;
+    // Ports far from the defaults, and below Linux's ephemeral range (32768 and up), from
+    // which the system picks other tests' ports: one of those taking a node's port here
+    // made the node exit, and no leader was named.
+    let base = 20000 + (std::process::id() % 800) as u16 * 10;
     let mut child = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
         .args(["dev-cluster", "--nodes", "3", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
@@ -429,7 +462,8 @@ async fn dev_cluster_starts_three_nodes_in_one_command_and_stops_each_on_ctrl_c(
         .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
         .collect();
     assert_eq!(pids.len(), 3, "{lines:?}");
-    let leads = lines.iter().find(|l| l.contains(" leads; send calls to ")).expect("a leader is named");
+    let leads = lines.iter().find(|l| l.contains(" leads; send calls to "));
+    let leads = leads.unwrap_or_else(|| panic!("a leader is named: {lines:?}"));
     let addr = leads.split_whitespace().nth(6).unwrap();
     let cluster = cluster_at(addr).await.expect("the leader answers");
     assert!(cluster.serving, "{cluster:?}");

@@ -105,6 +105,10 @@ pub enum Event {
     /// A node of a cluster applied a seek another node had reported first (the history has
     /// the first report as the seek): where this node's replicated floors start over.
     ReplicaSeeked { subscription: String },
+    /// A node of a cluster replaced its state with a snapshot, the state after Raft entry
+    /// `index` (sent by the leader, or its own at a restart): what it stores now follows as
+    /// notices.
+    SnapshotInstalled { index: u64 },
 }
 
 /// What a dead-letter copy says of the message it copies.
@@ -231,6 +235,7 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::Cluster { .. } => return None,
         Event::ReplicaSeeked { subscription } if full => format!("seek applied here too: {subscription}"),
         Event::ReplicaSeeked { .. } => return None,
+        Event::SnapshotInstalled { index } => format!("installed a snapshot: the state after Raft entry {index}"),
         Event::ReadFailed { topic, partition, offset, error } => {
             format!("cannot read {topic} p{partition}@{offset}: {error}; its readers wait there")
         }
@@ -364,6 +369,10 @@ impl Observer for BrokerObserver {
             serving: state.serving,
         };
         self.history.record(&self.host, event);
+    }
+
+    fn installed(&self, index: u64) {
+        self.history.record(&self.host, Event::SnapshotInstalled { index });
     }
 
     fn read_failed(&self, topic: &str, partition: u32, offset: u64, error: &StorageError) {

@@ -96,7 +96,7 @@ fn mark(entry: &Entry) -> Option<String> {
         Event::AckSent { .. } | Event::Checkpoint => return None,
         // Every stored message, on every broker: the checker's, too many to draw.
         Event::Broker(Notice::Appended { .. } | Notice::FloorRaised { .. }) => return None,
-        Event::Cluster { .. } => ("broker", None),
+        Event::Cluster { .. } | Event::SnapshotInstalled { .. } => ("broker", None),
         Event::ReplicaSeeked { .. } => return None,
         Event::Redriven { .. } | Event::AdminAnswered { .. } => ("admin", None),
         Event::StreamOpened { .. } | Event::Assigned { .. } => ("stream", None),

@@ -27,14 +27,16 @@ mod network_tests;
 mod node;
 #[cfg(test)]
 mod raft_tests;
+mod snapshot;
 #[cfg(test)]
 mod test_sm;
 mod wire;
 
 pub use log::{identity, RaftLog};
-pub use network::{Connector, PeerNetwork, RaftService, SnapshotData};
+pub use network::{Connector, PeerNetwork, RaftService, SnapshotData, SNAPSHOT_BYTES_MAX};
 pub use node::{
     Answerer, Applier, BrokerSm, ClusterNode, ClusterState, Committed, NodeSettings, ProposeError, StateWatcher,
+    SNAPSHOT_ENTRIES_DEFAULT,
 };
 
 /// The generated `pubsub.cluster` package (a node's Raft log records).

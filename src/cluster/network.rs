@@ -30,6 +30,14 @@ use super::{pb, wire, TypeConfig};
 /// What a snapshot is, between the nodes: the state machine's bytes.
 pub type SnapshotData = bytes::Bytes;
 
+/// A snapshot of the broker's state at most, retained records included (they are in it,
+/// base64-encoded): a larger state is not snapshotted, and its Raft log is kept whole.
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+
+/// The largest message between peers: a snapshot, or a batch of entries (up to
+/// `max_payload_entries` proposals of up to a request each), with room to spare.
+const PEER_MESSAGE_BYTES_MAX: usize = SNAPSHOT_BYTES_MAX + (64 << 20);
+
 /// Makes the channel to a peer's address (`HOST:PORT`): tonic over TCP in production, the
 /// simulator's network under turmoil. It must not connect before the first call.
 pub type Connector = Arc<dyn Fn(&str) -> Channel + Send + Sync>;
@@ -54,7 +62,10 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         let channel = self.channels.entry(target).or_insert_with(|| (self.connect)(&node.addr)).clone();
-        PeerClient { id: self.id, target, client: pb::raft_client::RaftClient::new(channel) }
+        let client = pb::raft_client::RaftClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        PeerClient { id: self.id, target, client }
     }
 }
 
@@ -169,6 +180,8 @@ where
     /// The service of the node `raft`.
     pub fn new(raft: openraft::Raft<TypeConfig, SM>) -> pb::raft_server::RaftServer<Self> {
         pb::raft_server::RaftServer::new(Self { raft })
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
     }
 }
 

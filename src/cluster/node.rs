@@ -23,6 +23,7 @@ use openraft::{
 
 use super::log::{identity, RaftLog};
 use super::network::{Connector, PeerNetwork, RaftService, SnapshotData};
+use super::snapshot::SnapshotStore;
 use super::{pb, Applied, Proposal, TypeConfig};
 use crate::core::Reply;
 use crate::env::Fs;
@@ -50,6 +51,10 @@ pub struct NodeSettings {
     /// A defect on purpose, for the simulator's mutation test: the Raft log counts an
     /// append before it is synced (see [`RaftLog::with_unsynced_appends`]).
     pub appends_unsynced: bool,
+    /// Entries applied since the last snapshot before the next is taken, at the soonest;
+    /// as many entries are kept behind it, for a follower a little behind. 0 takes none
+    /// (the log is never purged).
+    pub snapshot_entries: u64,
 }
 
 impl NodeSettings {
@@ -65,9 +70,19 @@ impl NodeSettings {
             seed,
             fsync: true,
             appends_unsynced: false,
+            snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
         }
     }
 }
+
+/// [`NodeSettings::snapshot_entries`] by default.
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 10_000;
+
+/// Entries kept behind a snapshot, at most: a follower further behind gets the snapshot.
+const SNAPSHOT_KEEP_ENTRIES_MAX: u64 = 1_000;
+
+/// How long a snapshot may take to reach a follower and be installed there.
+const SNAPSHOT_SEND_TIMEOUT_MS: u64 = 30_000;
 
 /// A committed proposal, handed to the broker to apply, in log order.
 pub struct Committed {
@@ -97,6 +112,14 @@ pub trait Applier: Send + Sync + 'static {
     /// Applies `batch` in order and resolves once every entry is applied (its answer may
     /// be sent later). An error stops this node's Raft: the broker cannot go on.
     fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Result<(), String>>;
+
+    /// The broker's state now, every entry handed to [`Applier::apply`] applied: a
+    /// snapshot. An error (a state too large to snapshot) puts the snapshot off.
+    fn snapshot(&self) -> BoxFuture<'static, Result<Bytes, String>>;
+
+    /// Replaces the broker's state with `snapshot`, the state after entry `index` (from
+    /// [`Applier::snapshot`] on any node). An error stops this node's Raft.
+    fn install(&self, index: u64, snapshot: Bytes) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// Why a proposal got no reply from the state machine.
@@ -141,12 +164,18 @@ pub struct ClusterNode {
     quorum_lapse: Duration,
 }
 
-/// The state machine openraft drives: it hands each committed batch to the broker.
-#[derive(Clone)]
+/// The state machine openraft drives: it hands each committed batch to the broker, and
+/// takes and installs the broker's snapshots.
 pub struct BrokerSm {
     applier: Arc<dyn Applier>,
     applied: Option<LogId>,
     membership: StoredMembershipOf<TypeConfig>,
+    snapshots: SnapshotStore,
+    /// Bytes of proposals applied since the last snapshot.
+    applied_bytes: u64,
+    /// The last snapshot's size: the next waits until as many bytes were applied since, so
+    /// taking snapshots costs at most about what writing the log did.
+    snapshot_bytes: u64,
 }
 
 impl ClusterNode {
@@ -163,7 +192,8 @@ impl ClusterNode {
     ) -> io::Result<Self> {
         let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
         scoped(settings.seed, async move {
-            let log = RaftLog::open(fs, dir, &identity(settings.id, settings.peers.keys().copied()))?;
+            let log = RaftLog::open(fs.clone(), dir, &identity(settings.id, settings.peers.keys().copied()))?;
+            let snapshots = SnapshotStore::open(fs, dir)?;
             let log = if settings.fsync { log } else { log.without_fsync() };
             let log = if settings.appends_unsynced { log.with_unsynced_appends() } else { log };
             let config = Config {
@@ -171,15 +201,27 @@ impl ClusterNode {
                 heartbeat_interval: settings.heartbeat_ms,
                 election_timeout_min: settings.election_timeout_ms.0,
                 election_timeout_max: settings.election_timeout_ms.1,
-                // The log is the broker's only history until broker snapshots exist: never purged.
-                snapshot_policy: SnapshotPolicy::Never,
+                snapshot_policy: match settings.snapshot_entries {
+                    0 => SnapshotPolicy::Never,
+                    n => SnapshotPolicy::LogsSinceLast(n),
+                },
+                max_in_snapshot_log_to_keep: settings.snapshot_entries.min(SNAPSHOT_KEEP_ENTRIES_MAX),
+                install_snapshot_timeout: SNAPSHOT_SEND_TIMEOUT_MS,
                 // Proposals are up to a publish batch; a lagging follower gets them in bounded
                 // batches.
                 max_payload_entries: 64,
                 ..Default::default()
             };
             let config = Arc::new(config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
-            let machine = BrokerSm { applier, applied: None, membership: StoredMembership::default() };
+            let snapshot_bytes = snapshots.current().map_or(0, |s| s.snapshot.len() as u64);
+            let machine = BrokerSm {
+                applier,
+                applied: None,
+                membership: StoredMembership::default(),
+                snapshots,
+                applied_bytes: 0,
+                snapshot_bytes,
+            };
             let raft = Raft::new(settings.id, config, PeerNetwork::new(settings.id, connect), log, machine)
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))?;
@@ -287,25 +329,41 @@ impl StateWatcher {
     }
 }
 
-/// Snapshots are not built yet: the log is never purged ([`SnapshotPolicy::Never`]), so
-/// openraft never asks for one.
-pub struct NoSnapshots;
-
-fn no_snapshots() -> io::Error {
-    io::Error::new(io::ErrorKind::Unsupported, "broker snapshots are not built yet; the Raft log is never purged")
+/// A snapshot taken, to be saved: openraft runs [`RaftSnapshotBuilder::build_snapshot`] in
+/// a task of its own, beside the next applies, so the broker's state is taken before.
+pub struct SnapshotBuilder {
+    meta: SnapshotMetaOf<TypeConfig>,
+    taken: Result<Bytes, String>,
+    snapshots: SnapshotStore,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        Err(no_snapshots())
+        let data = self.taken.clone().map_err(io::Error::other)?;
+        self.snapshots.save(&self.meta, data.clone())?;
+        tracing::info!(index = self.meta.last_log_id.map_or(0, |l| l.index), bytes = data.len(), "snapshot saved");
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta: self.meta.clone(), snapshot: data })
+    }
+}
+
+impl BrokerSm {
+    /// Takes the broker's state now, for a snapshot at the last applied entry.
+    async fn take(&mut self) -> SnapshotBuilder {
+        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: self.applied, last_membership: self.membership.clone() };
+        let taken = self.applier.snapshot().await;
+        if let Ok(data) = &taken {
+            self.applied_bytes = 0;
+            self.snapshot_bytes = data.len() as u64;
+        }
+        SnapshotBuilder { meta, taken, snapshots: self.snapshots.clone() }
     }
 }
 
 impl RaftStateMachine<TypeConfig> for BrokerSm {
     type SnapshotData = SnapshotData;
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
         Ok((self.applied, self.membership.clone()))
@@ -321,6 +379,7 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
             let index = entry.log_id.index;
             match entry.payload {
                 EntryPayload::Normal(Proposal(proposal)) => {
+                    self.applied_bytes += proposal.len() as u64;
                     let answer = responder.map(|responder| Answerer { index, responder });
                     batch.push(Committed { index, proposal, answer });
                 }
@@ -343,19 +402,38 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
         self.applier.apply(batch).await.map_err(io::Error::other)
     }
 
-    async fn get_snapshot_builder(&mut self) -> NoSnapshots {
-        NoSnapshots
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.take().await
     }
 
-    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<NoSnapshots> {
-        None
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<SnapshotBuilder> {
+        if !force && self.applied_bytes < self.snapshot_bytes {
+            // Not yet: a large state is snapshotted as often as its size is written again.
+            return None;
+        }
+        let builder = self.take().await;
+        match (&builder.taken, force) {
+            (Err(e), false) => {
+                tracing::warn!(error = %e, "no snapshot now; the Raft log is kept until one is taken");
+                None
+            }
+            _ => Some(builder),
+        }
     }
 
-    async fn install_snapshot(&mut self, _meta: &SnapshotMetaOf<TypeConfig>, _data: SnapshotData) -> io::Result<()> {
-        Err(no_snapshots())
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, data: SnapshotData) -> io::Result<()> {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        self.snapshots.save(meta, data.clone())?;
+        self.applier.install(index, data).await.map_err(io::Error::other)?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.applied_bytes = 0;
+        self.snapshot_bytes = self.snapshots.current().map_or(0, |s| s.snapshot.len() as u64);
+        tracing::info!(index, "snapshot installed");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        Ok(None)
+        Ok(self.snapshots.current())
     }
 }

@@ -220,3 +220,28 @@ pub(super) fn transfer_response_of(
         }),
     })
 }
+
+/// A snapshot as a node stores it.
+pub(super) fn stored_snapshot_pb(meta: &SnapshotMetaOf<TypeConfig>, data: bytes::Bytes) -> pb::StoredSnapshot {
+    pb::StoredSnapshot {
+        last_log_id: meta.last_log_id.as_ref().map(log_id_pb),
+        membership: Some(membership_pb(meta.last_membership.membership())),
+        membership_log_id: meta.last_membership.log_id().as_ref().map(log_id_pb),
+        data,
+    }
+}
+
+/// A stored snapshot's description and bytes.
+pub(super) fn stored_snapshot_of(
+    stored: pb::StoredSnapshot,
+) -> Result<(SnapshotMetaOf<TypeConfig>, bytes::Bytes), String> {
+    let membership: StoredMembershipOf<TypeConfig> = StoredMembership::new(
+        stored.membership_log_id.as_ref().map(log_id_of),
+        membership_of(required(stored.membership, "membership")?)?,
+    );
+    let meta = SnapshotMetaOf::<TypeConfig> {
+        last_log_id: stored.last_log_id.as_ref().map(log_id_of),
+        last_membership: membership,
+    };
+    Ok((meta, stored.data))
+}

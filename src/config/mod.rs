@@ -62,7 +62,7 @@ pub struct Config {
 
 /// A replicated broker's static membership: this node and every node, by id and peer
 /// address. No peers: a single broker, exactly as without this section.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
     /// This node's id among `peers` (`node_id` key); 0 with no peers.
     pub node_id: u64,
@@ -72,6 +72,21 @@ pub struct ClusterSettings {
     pub peer_listen: Option<SocketAddr>,
     /// Where clients reach each node (`brokers` key), for leader hints; may be empty.
     pub brokers: Peers,
+    /// Raft entries between snapshots of the broker's state, at the fewest
+    /// (`snapshot_entries` key); 0 takes none, and the Raft log is never purged.
+    pub snapshot_entries: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            peers: Peers::default(),
+            peer_listen: None,
+            brokers: Peers::default(),
+            snapshot_entries: crate::cluster::SNAPSHOT_ENTRIES_DEFAULT,
+        }
+    }
 }
 
 /// The nodes of a cluster, as `ID=HOST:PORT,...` (ids from 1, in the order given).

@@ -341,4 +341,6 @@ settings! {
         "The address this node takes Raft traffic on; empty (the default) is its own address in peers.";
     Cluster brokers: Peers = cluster.brokers,
         "Where clients reach each node's gRPC port, as ID=HOST:PORT, comma-separated: a node that does not lead names the leader's in its refusals and GetCluster; empty (the default) names the leader's id only.";
+    Cluster snapshot_entries: u64 = cluster.snapshot_entries,
+        "Raft entries applied between two snapshots of the broker's state, at the fewest (a large state waits until about its size was written again); as many entries, up to 1000, stay in the log behind a snapshot, and a follower further behind is sent the snapshot. 0 takes none: the Raft log is never purged.";
 }

@@ -31,12 +31,13 @@ impl Broker {
     /// A failure leaves the broker without its topics: the caller must not go on with it.
     pub fn install_replica(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let observed = self.notices.is_some();
+        let timers = self.timers.driver_only();
         for (_, topic) in std::mem::take(&mut self.topics) {
             self.storage.remove(topic.uid, topic.logs)?;
         }
         let storage = std::mem::replace(&mut self.storage, Box::new(MemoryStorage));
         let mut broker = Broker::from_snapshot(self.config.clone(), storage, snapshot)?;
-        broker.forget_leadership();
+        broker.forget_leadership(timers);
         let meta = broker.meta_bytes();
         broker.save_meta_bytes(meta)?;
         if observed {
@@ -49,11 +50,11 @@ impl Broker {
 
     /// Drops what only a leader holds: streams, leases, backoffs, sessions, dead-letter
     /// copies in flight and ephemeral subscriptions. Every cursor goes back to its
-    /// committed offset.
-    fn forget_leadership(&mut self) {
+    /// committed offset. `timers` (this node's driver timers) replace the snapshot's.
+    fn forget_leadership(&mut self, timers: TimerTable) {
         self.streams.clear();
         self.detached.clear();
-        self.timers = TimerTable::default();
+        self.timers = timers;
         self.transits.clear();
         let ephemeral: Vec<u64> = self.subscriptions.values().filter(|s| s.ephemeral).map(|s| s.uid).collect();
         for uid in ephemeral {
@@ -156,7 +157,9 @@ mod tests {
 
         let mut replica = broker();
         replica.create_topic("gone", Some(2)).unwrap();
+        replica.set_driver_timer(DriverTimer::Checkpoint, Some(777));
         replica.install_replica(&snapshot).unwrap();
+        assert_eq!(replica.poll_timeout(), Some(777), "the replica keeps its own driver's timers");
         replica.assert_invariants();
         let notices: Vec<Notice> = std::iter::from_fn(|| replica.poll_notice()).collect();
         let appended = notices.iter().filter(|n| matches!(n, Notice::Appended { .. })).count();

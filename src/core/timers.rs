@@ -77,6 +77,12 @@ pub(super) struct TimerTable {
 }
 
 impl TimerTable {
+    /// A table with only this one's driver timers: a broker that takes another's state
+    /// keeps its own driver's (they are on its own clock), and none of the other's leases.
+    pub(super) fn driver_only(&self) -> TimerTable {
+        TimerTable { driver: self.driver, ..TimerTable::default() }
+    }
+
     /// Starts `timer`, due at `at_ms`. A timer is stopped with the time it was set for.
     pub(super) fn set(&mut self, timer: Timer, at_ms: u64) {
         match timer {

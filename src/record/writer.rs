@@ -57,8 +57,9 @@ const DIGEST_FIELDS_LEN: usize = 2 * 9;
 enum ToWriter {
     /// Frames for the current segment.
     Frames { bytes: Vec<u8> },
-    /// Close the current segment and begin one at entry `first_seq`, with this snapshot.
-    Rotate { first_seq: u64, snapshot: Option<Vec<u8>> },
+    /// Close the current segment and begin one at entry `first_seq`, with this snapshot;
+    /// with `alone`, remove every older segment.
+    Rotate { first_seq: u64, snapshot: Option<Vec<u8>>, alone: bool },
     /// The last frames (the `End`); the writer syncs, answers, and stops.
     Finish { bytes: Vec<u8>, done: mpsc::SyncSender<()> },
 }
@@ -238,8 +239,19 @@ impl Recorder {
         }
     }
 
+    /// The broker's state was replaced (a cluster node installed a snapshot sent by
+    /// another): the recording begins again with a snapshot of the new state, and its older
+    /// segments, which lead to the old one, are removed.
+    pub fn begin_again(&mut self, broker: &Broker) {
+        self.rotate_with(broker, true);
+    }
+
     /// Closes the segment and begins the next with a snapshot of `broker`.
     fn rotate(&mut self, broker: &Broker) {
+        self.rotate_with(broker, false);
+    }
+
+    fn rotate_with(&mut self, broker: &Broker, alone: bool) {
         self.flush();
         if self.writer.is_none() {
             return;
@@ -248,7 +260,7 @@ impl Recorder {
         let Some(writer) = &self.writer else { return };
         self.segment_bytes = 0;
         self.segment_first_seq = self.next_seq;
-        if writer.send(ToWriter::Rotate { first_seq: self.next_seq, snapshot }).is_err() {
+        if writer.send(ToWriter::Rotate { first_seq: self.next_seq, snapshot, alone }).is_err() {
             self.writer = None;
         }
     }
@@ -451,7 +463,7 @@ impl Segments {
                     }
                     (written, None)
                 }
-                ToWriter::Rotate { first_seq, snapshot } => (self.rotate(first_seq, snapshot), None),
+                ToWriter::Rotate { first_seq, snapshot, alone } => (self.rotate(first_seq, snapshot, alone), None),
                 ToWriter::Finish { bytes, done } => {
                     (self.write(&bytes).and_then(|()| self.file.sync_data()), Some(done))
                 }
@@ -483,8 +495,9 @@ impl Segments {
     }
 
     /// Closes the current segment and begins one at entry `first_seq` with `snapshot`, then
-    /// removes the oldest segments while the recording is over its bound.
-    fn rotate(&mut self, first_seq: u64, snapshot: Option<Vec<u8>>) -> io::Result<()> {
+    /// removes the oldest segments while the recording is over its bound (every one before
+    /// it, when `alone`).
+    fn rotate(&mut self, first_seq: u64, snapshot: Option<Vec<u8>>, alone: bool) -> io::Result<()> {
         self.file.sync_data()?;
         let name = segment_name(first_seq);
         self.file = self.fs.open(&self.dir.join(&name), true)?;
@@ -496,7 +509,7 @@ impl Segments {
         }
         self.write(&frames)?;
         let mut total: u64 = self.closed.iter().map(|(_, size)| size).sum::<u64>() + self.file_size;
-        while total > self.max_bytes {
+        while total > self.max_bytes || alone {
             let Some((name, size)) = self.closed.pop_front() else { break };
             self.fs.remove_file(&self.dir.join(&name))?;
             total -= size;

@@ -59,6 +59,10 @@ enum Job {
     Stop { done: oneshot::Sender<()> },
     /// Committed cluster entries to apply, in log order; `done` once all are applied.
     Apply { batch: Vec<Committed>, done: oneshot::Sender<()> },
+    /// The broker's state, for a cluster snapshot.
+    Snapshot { done: oneshot::Sender<Result<bytes::Bytes, String>> },
+    /// A cluster snapshot, the state after entry `index`, to replace the broker's with.
+    Install { index: u64, snapshot: bytes::Bytes, done: oneshot::Sender<Result<(), String>> },
     /// This node of a cluster runs: from now on it proposes what it is asked to change.
     Attach { node: Arc<ClusterNode> },
     /// The cluster's state may have changed (a term, a leader, an index).
@@ -357,6 +361,12 @@ impl Driver {
             Job::Apply { batch, done } => {
                 self.apply_committed(batch);
                 let _ = done.send(());
+            }
+            Job::Snapshot { done } => {
+                let _ = done.send(self.take_snapshot());
+            }
+            Job::Install { index, snapshot, done } => {
+                let _ = done.send(self.install_snapshot(index, &snapshot));
             }
             Job::Attach { node } => self.attach(node),
             Job::ClusterChanged => self.cluster_changed(),

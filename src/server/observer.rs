@@ -28,4 +28,10 @@ pub trait Observer: Send + Sync + 'static {
     fn cluster(&self, state: &ClusterState) {
         let _ = state;
     }
+
+    /// A node of a cluster replaced its broker's state with a snapshot, the state after
+    /// Raft entry `index` (what it now stores follows as notices).
+    fn installed(&self, index: u64) {
+        let _ = index;
+    }
 }

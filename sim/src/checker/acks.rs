@@ -68,6 +68,8 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
                 nodes.floors.insert((e.host.as_str(), subscription.as_str(), *partition), *offset);
             }
             Event::ReplicaSeeked { subscription } => nodes.seeked(&e.host, subscription),
+            // The node's floors are the snapshot's, told next.
+            Event::SnapshotInstalled { .. } => nodes.floors.retain(|(h, _, _), _| *h != e.host.as_str()),
             Event::Cluster { serving: true, .. } => nodes.serves(&e.host, e.at_ms, &mut acked),
             Event::Crashed { host } if cluster => nodes.crashed(host),
             Event::Restarted { .. } if cluster => {}

@@ -133,6 +133,9 @@ pub fn floors(entries: &[Entry]) -> Check {
             }
             // A node restarts empty and replays its log.
             Event::Crashed { host } => last.retain(|(h, _, _), _| *h != host.as_str()),
+            // The node's floors are the snapshot's, told next: a snapshot taken after a seek
+            // it did not apply may hold lower ones.
+            Event::SnapshotInstalled { .. } => last.retain(|(h, _, _), _| *h != e.host.as_str()),
             _ => {}
         }
     }
@@ -196,6 +199,10 @@ pub fn delivered_committed(entries: &[Entry]) -> Check {
             }
             Event::Crashed { host } => {
                 lives.insert(host.as_str(), BTreeMap::new());
+            }
+            // What the node stores now is the snapshot's, told next.
+            Event::SnapshotInstalled { .. } => {
+                lives.insert(e.host.as_str(), BTreeMap::new());
             }
             _ => {}
         }

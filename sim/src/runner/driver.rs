@@ -96,6 +96,7 @@ impl<'a> Driver<'a> {
                 brokers: scenario.brokers.clone(),
                 seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 fsync: scenario.config.storage == scenario::Storage::File(scenario::Fsync::Always),
+                snapshot_entries: scenario.config.snapshot_entries,
                 notices: Arc::clone(&notices),
             });
             let disk = FaultyFs::new(Arc::new(TurmoilFs));
@@ -404,6 +405,8 @@ struct Node {
     seed: u64,
     /// Whether its Raft log is synced before an entry counts as written (`fsync=always`).
     fsync: bool,
+    /// `config snapshot_entries=N`, or the broker's default.
+    snapshot_entries: Option<u64>,
     /// What every node reported (see [`Replicated`]).
     notices: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
 }
@@ -416,6 +419,9 @@ impl Node {
         let peers = ids.clone().map(|(id, b)| (id, format!("{b}:{PEER_PORT}"))).collect();
         let mut settings = mini_pubsub::cluster::NodeSettings::new(self.id, peers, self.seed);
         settings.fsync = self.fsync;
+        if let Some(entries) = self.snapshot_entries {
+            settings.snapshot_entries = entries;
+        }
         // turmoil delivers each message after up to 100 ms: the cluster's timing is that of
         // brokers a WAN apart, not of the loopback that production's defaults are tuned on.
         settings.heartbeat_ms = HEARTBEAT_MS;

@@ -59,6 +59,9 @@ pub struct Config {
     pub storage: Storage,
     /// How long the simulated disk takes to sync [0].
     pub disk_latency: Duration,
+    /// Raft entries between a cluster node's snapshots, at the fewest [the broker's
+    /// default, 10000].
+    pub snapshot_entries: Option<u64>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             loss_allowed: false,
             storage: Storage::File(Fsync::Always),
             disk_latency: Duration::ZERO,
+            snapshot_entries: None,
         }
     }
 }

@@ -257,6 +257,7 @@ const CONFIG_KEYS: &[(&str, Kind)] = &[
     ("fsync", Kind::OneOf(&["always", "interval", "never"])),
     ("fsync_interval", Kind::Dur),
     ("disk_latency", Kind::Dur),
+    ("snapshot_entries", Kind::Int(1, 1_000_000)),
 ];
 
 /// A scenario that cannot run, located in its file.
@@ -807,12 +808,16 @@ impl Parser<'_> {
         config.partitions = get("partitions").map_or(1, |p| p.parse().expect("checked"));
         config.loss_allowed = get("loss") == Some("allowed");
         config.disk_latency = dur("disk_latency").unwrap_or_default();
+        config.snapshot_entries = get("snapshot_entries").map(|n| n.parse().expect("checked"));
         let fsync = match get("fsync") {
             Some("interval") => Fsync::Interval(dur("fsync_interval").unwrap_or(Duration::from_millis(100))),
             Some("never") => Fsync::Never,
             _ => Fsync::Always,
         };
         let misfit = |message: &str| Err(self.error(self.config_line, 1, message));
+        if config.snapshot_entries.is_some() && get("brokers").is_none_or(|n| n == "1") {
+            return misfit("snapshot_entries: a cluster's setting; set `brokers=3`");
+        }
         if get("fsync_interval").is_some() && !matches!(fsync, Fsync::Interval(_)) {
             return misfit("fsync_interval: applies only with fsync=interval");
         }

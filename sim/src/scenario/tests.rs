@@ -229,6 +229,10 @@ disk @follower ok
 fn cluster_steps_refuse_what_does_not_fit() {
     assert_eq!(error("config brokers=10"), "bad.scn:1:16: brokers: 10 is outside 1 to 9");
     assert_eq!(
+        error("config snapshot_entries=50"),
+        "bad.scn:1:1: snapshot_entries: a cluster's setting; set `brokers=3`"
+    );
+    assert_eq!(
         error("config brokers=3 storage=memory"),
         "bad.scn:1:1: storage: a cluster's brokers keep their Raft log on disk"
     );

@@ -20,7 +20,7 @@ use prost::Message as _;
 use tonic::Status;
 
 use super::{Driver, DriverHandle, Job, Replier, StreamSink};
-use crate::cluster::{Applier, ClusterNode, Committed, ProposeError};
+use crate::cluster::{Applier, ClusterNode, Committed, ProposeError, SNAPSHOT_BYTES_MAX};
 use crate::core::{BrokerError, Command, LeaderHint, Mutation};
 use crate::record::{self, pb};
 use crate::server::metrics::{self, LatencyTimer};
@@ -100,14 +100,35 @@ impl DriverHandle {
     }
 }
 
+fn driver_gone() -> String {
+    "the broker's driver stopped".to_string()
+}
+
 impl Applier for DriverHandle {
     fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Result<(), String>> {
         let jobs = self.jobs.clone();
         Box::pin(async move {
             let (done, applied) = tokio::sync::oneshot::channel();
-            let gone = || "the broker's driver stopped".to_string();
-            jobs.send(Job::Apply { batch, done }).await.map_err(|_| gone())?;
-            applied.await.map_err(|_| gone())
+            jobs.send(Job::Apply { batch, done }).await.map_err(|_| driver_gone())?;
+            applied.await.map_err(|_| driver_gone())
+        })
+    }
+
+    fn snapshot(&self) -> BoxFuture<'static, Result<bytes::Bytes, String>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (done, taken) = tokio::sync::oneshot::channel();
+            jobs.send(Job::Snapshot { done }).await.map_err(|_| driver_gone())?;
+            taken.await.map_err(|_| driver_gone())?
+        })
+    }
+
+    fn install(&self, index: u64, snapshot: bytes::Bytes) -> BoxFuture<'static, Result<(), String>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (done, installed) = tokio::sync::oneshot::channel();
+            jobs.send(Job::Install { index, snapshot, done }).await.map_err(|_| driver_gone())?;
+            installed.await.map_err(|_| driver_gone())?
         })
     }
 }
@@ -228,6 +249,34 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The broker's state now, for a cluster snapshot.
+    pub(super) fn take_snapshot(&mut self) -> Result<bytes::Bytes, String> {
+        let taken = self.broker.snapshot(SNAPSHOT_BYTES_MAX).map_err(|e| format!("no snapshot of the broker: {e}"))?;
+        Ok(taken.into())
+    }
+
+    /// Replaces the broker's state with a cluster snapshot's, the state after entry `index`
+    /// (this node fell behind the leader's purged log, or restarts from its own snapshot).
+    /// Streams still open here end first; a recording begins again from the new state.
+    pub(super) fn install_snapshot(&mut self, index: u64, snapshot: &[u8]) -> Result<(), String> {
+        let streams: Vec<_> = self.sinks.keys().copied().collect();
+        for stream in streams {
+            let status = Status::unavailable("this node's state is being replaced by the leader's snapshot");
+            self.end_stream_with(stream, status, Command::LeaveStream { stream });
+        }
+        self.broker
+            .install_replica(snapshot)
+            .map_err(|e| format!("the snapshot at entry {index} was not installed: {e}"))?;
+        tracing::info!(index, bytes = snapshot.len(), "the broker's state was replaced by a snapshot");
+        if let Some(observer) = &self.checks.observer {
+            observer.installed(index);
+        }
+        if let Some(recorder) = &mut self.checks.recorder {
+            recorder.begin_again(&self.broker);
+        }
+        Ok(())
     }
 
     /// The node runs: the driver learns of its changes from a watcher task.
