@@ -422,13 +422,13 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, data: SnapshotData) -> io::Result<()> {
-        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let (index, bytes) = (meta.last_log_id.map_or(0, |l| l.index), data.len() as u64);
         self.snapshots.save(meta, data.clone())?;
         self.applier.install(index, data).await.map_err(io::Error::other)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.applied_bytes = 0;
-        self.snapshot_bytes = self.snapshots.current().map_or(0, |s| s.snapshot.len() as u64);
+        self.snapshot_bytes = bytes;
         tracing::info!(index, "snapshot installed");
         Ok(())
     }

@@ -141,13 +141,31 @@ pub(super) fn snapshot_request_pb(
     meta: &SnapshotMetaOf<TypeConfig>,
     data: bytes::Bytes,
 ) -> pb::InstallSnapshotRequest {
-    pb::InstallSnapshotRequest {
-        vote: Some(vote_pb(vote)),
-        last_log_id: meta.last_log_id.as_ref().map(log_id_pb),
-        membership: Some(membership_pb(meta.last_membership.membership())),
-        membership_log_id: meta.last_membership.log_id().as_ref().map(log_id_pb),
-        data,
-    }
+    let (last_log_id, membership, membership_log_id) = meta_pb(meta);
+    pb::InstallSnapshotRequest { vote: Some(vote_pb(vote)), last_log_id, membership, membership_log_id, data }
+}
+
+/// A snapshot's description as its three fields: the last entry it covers, the membership
+/// there, and the entry that set it.
+fn meta_pb(meta: &SnapshotMetaOf<TypeConfig>) -> (Option<pb::LogId>, Option<pb::Membership>, Option<pb::LogId>) {
+    (
+        meta.last_log_id.as_ref().map(log_id_pb),
+        Some(membership_pb(meta.last_membership.membership())),
+        meta.last_membership.log_id().as_ref().map(log_id_pb),
+    )
+}
+
+/// A snapshot's description from its three fields (see [`meta_pb`]).
+fn meta_of(
+    last_log_id: Option<pb::LogId>,
+    membership: Option<pb::Membership>,
+    membership_log_id: Option<pb::LogId>,
+) -> Result<SnapshotMetaOf<TypeConfig>, String> {
+    let membership: StoredMembershipOf<TypeConfig> = StoredMembership::new(
+        membership_log_id.as_ref().map(log_id_of),
+        membership_of(required(membership, "membership")?)?,
+    );
+    Ok(SnapshotMetaOf::<TypeConfig> { last_log_id: last_log_id.as_ref().map(log_id_of), last_membership: membership })
 }
 
 /// The vote, the snapshot's description and its bytes.
@@ -155,15 +173,7 @@ pub(super) fn snapshot_request_of(
     rpc: pb::InstallSnapshotRequest,
 ) -> Result<(Vote, SnapshotMetaOf<TypeConfig>, bytes::Bytes), String> {
     let vote = vote_of(&required(rpc.vote, "vote")?);
-    let membership: StoredMembershipOf<TypeConfig> = StoredMembership::new(
-        rpc.membership_log_id.as_ref().map(log_id_of),
-        membership_of(required(rpc.membership, "membership")?)?,
-    );
-    let meta = SnapshotMetaOf::<TypeConfig> {
-        last_log_id: rpc.last_log_id.as_ref().map(log_id_of),
-        last_membership: membership,
-    };
-    Ok((vote, meta, rpc.data))
+    Ok((vote, meta_of(rpc.last_log_id, rpc.membership, rpc.membership_log_id)?, rpc.data))
 }
 
 pub(super) fn snapshot_response_pb(response: &SnapshotResponse<TypeConfig>) -> pb::InstallSnapshotResponse {
@@ -223,25 +233,13 @@ pub(super) fn transfer_response_of(
 
 /// A snapshot as a node stores it.
 pub(super) fn stored_snapshot_pb(meta: &SnapshotMetaOf<TypeConfig>, data: bytes::Bytes) -> pb::StoredSnapshot {
-    pb::StoredSnapshot {
-        last_log_id: meta.last_log_id.as_ref().map(log_id_pb),
-        membership: Some(membership_pb(meta.last_membership.membership())),
-        membership_log_id: meta.last_membership.log_id().as_ref().map(log_id_pb),
-        data,
-    }
+    let (last_log_id, membership, membership_log_id) = meta_pb(meta);
+    pb::StoredSnapshot { last_log_id, membership, membership_log_id, data }
 }
 
 /// A stored snapshot's description and bytes.
 pub(super) fn stored_snapshot_of(
     stored: pb::StoredSnapshot,
 ) -> Result<(SnapshotMetaOf<TypeConfig>, bytes::Bytes), String> {
-    let membership: StoredMembershipOf<TypeConfig> = StoredMembership::new(
-        stored.membership_log_id.as_ref().map(log_id_of),
-        membership_of(required(stored.membership, "membership")?)?,
-    );
-    let meta = SnapshotMetaOf::<TypeConfig> {
-        last_log_id: stored.last_log_id.as_ref().map(log_id_of),
-        last_membership: membership,
-    };
-    Ok((meta, stored.data))
+    Ok((meta_of(stored.last_log_id, stored.membership, stored.membership_log_id)?, stored.data))
 }

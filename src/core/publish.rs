@@ -259,8 +259,12 @@ enum Slot {
 /// Sorts the messages of a request into new ones and duplicates.
 /// CRC32C of a message's key bytes followed by its value (see [`Notice::Appended`]).
 fn digest(message: &OutgoingMessage) -> u32 {
-    let key = crc32c::crc32c(message.key.as_deref().unwrap_or_default().as_bytes());
-    crc32c::crc32c_append(key, &message.value)
+    digest_of(message.key.as_deref(), &message.value)
+}
+
+/// CRC32C of `key`'s bytes followed by `value`'s (see [`Notice::Appended`]).
+pub(super) fn digest_of(key: Option<&str>, value: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(key.unwrap_or_default().as_bytes()), value)
 }
 
 fn plan(dedupe: &Dedupe, messages: Vec<OutgoingMessage>) -> Vec<Slot> {

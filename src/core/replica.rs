@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use super::broker::Broker;
 use super::group::Group;
 use super::notice::Notice;
+use super::publish::digest_of;
 use super::snapshot::SnapshotError;
 use super::timers::TimerTable;
 use crate::storage::MemoryStorage;
@@ -92,13 +93,12 @@ impl Broker {
                     next = last.offset + 1;
                     for stored in batch {
                         let record = &stored.record;
-                        let key = crc32c::crc32c(record.key.as_deref().unwrap_or_default().as_bytes());
                         told.push(Notice::Appended {
                             topic: topic.name.clone(),
                             partition: p as u32,
                             offset: stored.offset,
                             message_id: topic.message_id(p as u32, stored.offset),
-                            digest: crc32c::crc32c_append(key, &record.value),
+                            digest: digest_of(record.key.as_deref(), &record.value),
                         });
                     }
                 }

@@ -100,36 +100,35 @@ impl DriverHandle {
     }
 }
 
-fn driver_gone() -> String {
-    "the broker's driver stopped".to_string()
+impl DriverHandle {
+    /// Sends the driver the job `job` makes, and waits for its answer.
+    fn ask<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Job + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, String>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let gone = || "the broker's driver stopped".to_string();
+            let (done, answered) = tokio::sync::oneshot::channel();
+            jobs.send(job(done)).await.map_err(|_| gone())?;
+            answered.await.map_err(|_| gone())
+        })
+    }
 }
 
 impl Applier for DriverHandle {
     fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Result<(), String>> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (done, applied) = tokio::sync::oneshot::channel();
-            jobs.send(Job::Apply { batch, done }).await.map_err(|_| driver_gone())?;
-            applied.await.map_err(|_| driver_gone())
-        })
+        self.ask(|done| Job::Apply { batch, done })
     }
 
     fn snapshot(&self) -> BoxFuture<'static, Result<bytes::Bytes, String>> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (done, taken) = tokio::sync::oneshot::channel();
-            jobs.send(Job::Snapshot { done }).await.map_err(|_| driver_gone())?;
-            taken.await.map_err(|_| driver_gone())?
-        })
+        let taken = self.ask(|done| Job::Snapshot { done });
+        Box::pin(async move { taken.await? })
     }
 
     fn install(&self, index: u64, snapshot: bytes::Bytes) -> BoxFuture<'static, Result<(), String>> {
-        let jobs = self.jobs.clone();
-        Box::pin(async move {
-            let (done, installed) = tokio::sync::oneshot::channel();
-            jobs.send(Job::Install { index, snapshot, done }).await.map_err(|_| driver_gone())?;
-            installed.await.map_err(|_| driver_gone())?
-        })
+        let installed = self.ask(move |done| Job::Install { index, snapshot, done });
+        Box::pin(async move { installed.await? })
     }
 }
 
@@ -261,11 +260,7 @@ impl Driver {
     /// (this node fell behind the leader's purged log, or restarts from its own snapshot).
     /// Streams still open here end first; a recording begins again from the new state.
     pub(super) fn install_snapshot(&mut self, index: u64, snapshot: &[u8]) -> Result<(), String> {
-        let streams: Vec<_> = self.sinks.keys().copied().collect();
-        for stream in streams {
-            let status = Status::unavailable("this node's state is being replaced by the leader's snapshot");
-            self.end_stream_with(stream, status, Command::LeaveStream { stream });
-        }
+        self.leave_streams(&Status::unavailable("this node's state is being replaced by the leader's snapshot"));
         self.broker
             .install_replica(snapshot)
             .map_err(|e| format!("the snapshot at entry {index} was not installed: {e}"))?;
@@ -315,11 +310,15 @@ impl Driver {
         }
         if let (true, Some(refused)) = (was, refused) {
             tracing::info!(%refused, "this node no longer leads: its streams end");
-            let status: Status = refused.into();
-            let streams: Vec<_> = self.sinks.keys().copied().collect();
-            for stream in streams {
-                self.end_stream_with(stream, status.clone(), Command::LeaveStream { stream });
-            }
+            self.leave_streams(&refused.into());
+        }
+    }
+
+    /// Ends every open stream with `status`; their leases are released at once.
+    fn leave_streams(&mut self, status: &Status) {
+        let streams: Vec<_> = self.sinks.keys().copied().collect();
+        for stream in streams {
+            self.end_stream_with(stream, status.clone(), Command::LeaveStream { stream });
         }
     }
 }
