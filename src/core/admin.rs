@@ -141,6 +141,9 @@ pub struct PartitionStats {
     pub member: Option<StreamId>,
 }
 
+/// The first uid of ephemeral subscriptions (the one of `__ephemeral.N` is this plus N).
+pub(super) const EPHEMERAL_UID_BASE: u64 = 1 << 40;
+
 impl Broker {
     /// Creates a topic with `partitions` (default `default_partitions`): the unit tests'
     /// shorthand for [`Command::CreateTopic`](super::Command::CreateTopic).
@@ -320,8 +323,14 @@ impl Broker {
                 StartPosition::Latest => Cursor::at(visible_end(log.as_ref(), self.after_sync)),
             })
             .collect();
-        let uid = self.next_subscription_uid;
-        self.next_subscription_uid += 1;
+        // An ephemeral subscription is a cluster leader's alone: its uid comes from a range
+        // of its own, so the uids every replica gives created subscriptions stay the same.
+        let uid = if ephemeral {
+            EPHEMERAL_UID_BASE + self.next_ephemeral
+        } else {
+            self.next_subscription_uid += 1;
+            self.next_subscription_uid - 1
+        };
         let sub = Subscription {
             name: spec.name.clone(),
             uid,

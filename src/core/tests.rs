@@ -334,6 +334,19 @@ fn ephemeral_subscription_lives_as_long_as_its_stream() {
     b.assert_invariants();
 }
 
+/// In a cluster only the leader has streams, so its ephemeral subscriptions must not take
+/// uids from the counter every replica counts created subscriptions with.
+#[test]
+fn an_ephemeral_subscription_does_not_move_the_uids_of_created_ones() {
+    let mut b = broker();
+    b.create_topic("t", None).unwrap();
+    let target = StreamTarget::Topic { topic: "t".into(), ack_deadline_ms: None, start: StartPosition::Earliest };
+    b.open_stream(0, target, Flow::default()).unwrap();
+    sub(&mut b, "s", "t");
+    let uids: Vec<(String, u64)> = b.ack_floors().into_iter().map(|f| (f.subscription, f.uid)).collect();
+    assert!(uids.contains(&("s".to_string(), 1)), "{uids:?}");
+}
+
 #[test]
 fn deleting_a_topic_in_use_is_refused_unless_forced() {
     let mut b = broker();
