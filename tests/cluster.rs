@@ -286,21 +286,7 @@ async fn a_new_leader_delivers_from_where_the_old_one_was_acknowledged() {
     pubsub.ack(pb::AckRequest { subscription: "workers".into(), ack_ids }).await.unwrap();
     // The leader proposes its ack progress every 100 ms: wait until every node applied an
     // entry past those the acks were made after.
-    let acked_at = cluster_at(&addr).await.unwrap().last_log_index;
-    tokio::time::timeout(WAIT_MAX, async {
-        loop {
-            let mut applied = Vec::new();
-            for node in &nodes {
-                applied.push(cluster_at(&node.client).await.map_or(0, |c| c.applied_index));
-            }
-            if applied.iter().all(|a| *a > acked_at) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the ack progress is applied everywhere within the bound");
+    applied_everywhere(&nodes, &addr).await;
 
     nodes[first as usize - 1].kill();
     let second = leader(&nodes).await;
@@ -333,6 +319,107 @@ async fn a_new_leader_delivers_from_where_the_old_one_was_acknowledged() {
     assert_eq!(stats.await.unwrap().into_inner().outstanding, 50, "the new leases stand");
     let new_ids: Vec<String> = again.iter().map(|m| m.ack_id.clone()).collect();
     pubsub.ack(pb::AckRequest { subscription: "workers".into(), ack_ids: new_ids }).await.unwrap();
+}
+
+/// Waits until every running node applied an entry past the last one the node at `addr`
+/// has in its log now (ack progress is proposed every 100 ms, so what was done before is
+/// then applied everywhere).
+async fn applied_everywhere(nodes: &[Node], addr: &str) {
+    let now_at = cluster_at(addr).await.unwrap().last_log_index;
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let mut applied = Vec::new();
+            for node in nodes.iter().filter(|n| n.child.is_some()) {
+                applied.push(cluster_at(&node.client).await.map_or(0, |c| c.applied_index));
+            }
+            if applied.iter().all(|a| *a > now_at) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("applied everywhere within the bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_a_redrive_are_on_every_node_when_the_leader_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _peers, _brokers) = cluster(dir.path());
+    let first = leader(&nodes).await;
+    let addr = nodes[first as usize - 1].client.clone();
+    let mut admin = AdminClient::new(lazy(&addr));
+    let mut pubsub = PubSubClient::new(lazy(&addr));
+    for topic in ["orders", "orders-dlq"] {
+        let create = pb::CreateTopicRequest { name: topic.into(), partitions: 1, ..Default::default() };
+        admin.create_topic(create).await.unwrap();
+    }
+    let policy = pb::DeadLetterPolicy { dead_letter_topic: "orders-dlq".into(), max_delivery_attempts: 5 };
+    let work = pb::CreateSubscriptionRequest {
+        name: "work".into(),
+        topic: "orders".into(),
+        dead_letter_policy: Some(policy),
+        ..Default::default()
+    };
+    admin.create_subscription(work).await.unwrap();
+    for name in ["dead", "audit"] {
+        let sub = pb::CreateSubscriptionRequest { name: name.into(), topic: "orders-dlq".into(), ..Default::default() };
+        admin.create_subscription(sub).await.unwrap();
+    }
+    let messages: Vec<pb::OutgoingMessage> = (0..10)
+        .map(|i| pb::OutgoingMessage { value: format!("order-{i}").into_bytes().into(), ..Default::default() })
+        .collect();
+    pubsub.publish(pb::PublishRequest { topic: "orders".into(), messages, ..Default::default() }).await.unwrap();
+    let pulled = pubsub.pull(pb::PullRequest { subscription: "work".into(), max_messages: 10 }).await.unwrap();
+    let pulled = pulled.into_inner().received_messages;
+    let (bad, good): (Vec<_>, Vec<_>) = pulled.iter().partition(|m| common::value(m).ends_with(['3', '7']));
+    let nack = pb::NackRequest {
+        subscription: "work".into(),
+        ack_ids: bad.iter().map(|m| m.ack_id.clone()).collect(),
+        reason: "unknown customer".into(),
+        terminal: true,
+        ..Default::default()
+    };
+    pubsub.nack(nack).await.unwrap();
+    let ack_ids = good.iter().map(|m| m.ack_id.clone()).collect();
+    pubsub.ack(pb::AckRequest { subscription: "work".into(), ack_ids }).await.unwrap();
+    // The moves and the ack progress commit, then are applied everywhere.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    applied_everywhere(&nodes, &addr).await;
+
+    nodes[first as usize - 1].kill();
+    let second = leader(&nodes).await;
+    let addr = nodes[second as usize - 1].client.clone();
+    let mut pubsub = PubSubClient::new(lazy(&addr));
+    let mut admin = AdminClient::new(lazy(&addr));
+    let copies = pubsub.pull(pb::PullRequest { subscription: "audit".into(), max_messages: 10 }).await.unwrap();
+    let copies = copies.into_inner().received_messages;
+    let values: Vec<String> = copies.iter().map(common::value).collect();
+    assert_eq!(values, ["order-3", "order-7"], "node {second} holds the copies node {first} made");
+    let copy = copies[0].message.as_ref().unwrap();
+    assert_eq!(copy.attributes["dead_letter_detail"], "nacked: unknown customer");
+    let stats = admin.get_subscription_stats(pb::GetSubscriptionStatsRequest { name: "work".into() });
+    let stats = stats.await.unwrap().into_inner();
+    assert_eq!((stats.backlog, stats.dead_lettered), (0, 2), "nothing of `work` is delivered again");
+
+    let redrive = pb::RedriveDeadLettersRequest { subscription: "dead".into(), max_messages: 0 };
+    let results = admin.redrive_dead_letters(redrive).await.unwrap().into_inner().results;
+    assert!(results.iter().all(|r| r.redriven), "{results:?}");
+    assert_eq!(results.iter().map(|r| r.offset).collect::<Vec<_>>(), [3, 7]);
+    // The node that was killed first comes back; the second leader is killed: the third has
+    // the messages back too.
+    let (peers, brokers) = (_peers, _brokers);
+    nodes[first as usize - 1].start(&peers, &brokers);
+    applied_everywhere(&nodes, &addr).await;
+    nodes[second as usize - 1].kill();
+    let third = leader(&nodes).await;
+    let mut pubsub = PubSubClient::new(lazy(&nodes[third as usize - 1].client));
+    let back = pubsub.pull(pb::PullRequest { subscription: "work".into(), max_messages: 10 }).await.unwrap();
+    let back = back.into_inner().received_messages;
+    let values: Vec<String> = back.iter().map(common::value).collect();
+    assert_eq!(values, ["order-3", "order-7"], "node {third} delivers the redriven messages, and only those");
+    let dead = pubsub.pull(pb::PullRequest { subscription: "dead".into(), max_messages: 10 }).await.unwrap();
+    assert!(dead.into_inner().received_messages.is_empty(), "the redriven copies are done on node {third}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,10 +105,26 @@ pub enum Event {
     /// A node of a cluster applied a seek another node had reported first (the history has
     /// the first report as the seek): where this node's replicated floors start over.
     ReplicaSeeked { subscription: String },
+    /// In a cluster, a redrive applied on another node than the first to apply it (its
+    /// committed offsets may move back there too).
+    ReplicaRedriven { subscription: String },
     /// A node of a cluster replaced its state with a snapshot, the state after Raft entry
     /// `index` (sent by the leader, or its own at a restart): what it stores now follows as
     /// notices.
     SnapshotInstalled { index: u64 },
+}
+
+impl Event {
+    /// The subscription whose committed offsets this may move back on the node that
+    /// reported it: a seek, or a redrive (to the message it puts back), applied there.
+    pub fn moves_floors_back(&self) -> Option<&str> {
+        match self {
+            Event::Broker(Notice::Seeked { subscription, .. } | Notice::Redriven { subscription, .. })
+            | Event::ReplicaSeeked { subscription }
+            | Event::ReplicaRedriven { subscription } => Some(subscription),
+            _ => None,
+        }
+    }
 }
 
 /// What a dead-letter copy says of the message it copies.
@@ -235,6 +251,8 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
         Event::Cluster { .. } => return None,
         Event::ReplicaSeeked { subscription } if full => format!("seek applied here too: {subscription}"),
         Event::ReplicaSeeked { .. } => return None,
+        Event::ReplicaRedriven { subscription } if full => format!("redrive applied here too: {subscription}"),
+        Event::ReplicaRedriven { .. } => return None,
         Event::SnapshotInstalled { index } => format!("installed a snapshot: the state after Raft entry {index}"),
         Event::ReadFailed { topic, partition, offset, error } => {
             format!("cannot read {topic} p{partition}@{offset}: {error}; its readers wait there")
@@ -351,8 +369,14 @@ impl Observer for BrokerObserver {
             Notice::LeasesReleased { .. } => {}
             ref replicated => {
                 if !cluster.first(replicated) {
-                    if let Notice::Seeked { subscription, .. } = notice {
-                        self.history.record(&self.host, Event::ReplicaSeeked { subscription });
+                    match notice {
+                        Notice::Seeked { subscription, .. } => {
+                            self.history.record(&self.host, Event::ReplicaSeeked { subscription });
+                        }
+                        Notice::Redriven { subscription, .. } => {
+                            self.history.record(&self.host, Event::ReplicaRedriven { subscription });
+                        }
+                        _ => {}
                     }
                     return;
                 }

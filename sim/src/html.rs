@@ -97,7 +97,7 @@ fn mark(entry: &Entry) -> Option<String> {
         // Every stored message, on every broker: the checker's, too many to draw.
         Event::Broker(Notice::Appended { .. } | Notice::FloorRaised { .. }) => return None,
         Event::Cluster { .. } | Event::SnapshotInstalled { .. } => ("broker", None),
-        Event::ReplicaSeeked { .. } => return None,
+        Event::ReplicaSeeked { .. } | Event::ReplicaRedriven { .. } => return None,
         Event::Redriven { .. } | Event::AdminAnswered { .. } => ("admin", None),
         Event::StreamOpened { .. } | Event::Assigned { .. } => ("stream", None),
         Event::StreamFailed { .. } => ("ended", None),

@@ -7,7 +7,7 @@ use mini_pubsub::core::Mutation;
 use mini_pubsub_sim::{runner, scenario};
 
 /// The scenario each mutation is run against, and the failure it must cause.
-const CASES: [(Mutation, &str, &str); 10] = [
+const CASES: [(Mutation, &str, &str); 11] = [
     (Mutation::AckNotRecorded, "basic.scn", "check redelivered-after-ack"),
     (Mutation::OffsetGivenTwice, "competing_consumers.scn", "check offsets"),
     (Mutation::RedeliveryAfterAck, "basic.scn", "check redelivered-after-ack"),
@@ -18,6 +18,7 @@ const CASES: [(Mutation, &str, &str); 10] = [
     (Mutation::FloorForgotten, "cluster_leader_crash_under_load.scn", "check floors"),
     (Mutation::FollowerDiverges, "cluster_leader_crash_under_load.scn", "check replicas-agree"),
     (Mutation::RaftLogUnsynced, "cluster_power_failure.scn", "check delivered-committed"),
+    (Mutation::DeadLetterOnLeaderOnly, "cluster_dead_letters_failover.scn", "check delivered-committed"),
 ];
 
 /// The cluster checks that no case above is meant for, each with a mutation that fails it.

@@ -60,6 +60,14 @@ pub struct Broker {
     pub(super) dedupe_entries: usize,
     /// Replicated ack floors applied so far (only a mutation reads it).
     pub(super) floors_applied: u64,
+    /// Set once the broker leads a cluster (`Command::Lead`): dead-letter moves and
+    /// redrives are then decided here and applied by every replica from the Raft log.
+    pub(super) replicated: bool,
+    /// Dead-letter moves this leader decided that have not committed: (subscription uid,
+    /// partition, offset), each in transit in its cursor.
+    pub(super) moves_in_flight: BTreeSet<(u64, u32, u64)>,
+    /// Commands this leader decided for the cluster to commit (see [`Broker::take_decided`]).
+    pub(super) decided: Vec<super::Command>,
 }
 
 /// Leases a run may issue per millisecond of wall time before a restart could reuse its
@@ -104,6 +112,9 @@ impl Broker {
             notices: None,
             dedupe_entries: 0,
             floors_applied: 0,
+            replicated: false,
+            moves_in_flight: BTreeSet::new(),
+            decided: Vec::new(),
         })
     }
 

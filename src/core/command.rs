@@ -6,9 +6,9 @@
 
 use super::name;
 use super::{
-    AckFloor, AckOp, AckReply, Broker, BrokerError, Delivery, Flow, OutgoingMessage, PendingMessage, Published,
-    Redriven, SeekTarget, StreamId, StreamTarget, SubscriptionInfo, SubscriptionSpec, SubscriptionStats, SyncFailure,
-    TopicInfo,
+    AckFloor, AckOp, AckReply, Broker, BrokerError, DeadLetterMove, Delivery, Flow, OutgoingMessage, PendingMessage,
+    Published, Redriven, SeekTarget, StreamId, StreamTarget, SubscriptionInfo, SubscriptionSpec, SubscriptionStats,
+    SyncFailure, TopicInfo,
 };
 
 /// Leases a cluster leader may issue in one term: the next term's leader starts its lease
@@ -137,6 +137,20 @@ pub enum Command {
     },
     /// Saves committed offsets and metadata when they changed.
     Checkpoint,
+    /// Dead-letter moves a cluster leader decided ([`Broker::take_decided`]): every replica
+    /// copies each message to its dead-letter topic and counts its source offset done.
+    DeadLetters(Vec<DeadLetterMove>),
+    /// A redrive a cluster leader decided ([`Broker::take_decided`]): every replica puts
+    /// the messages these dead-letter copies name back into their source subscriptions,
+    /// and counts the copies done in `subscription`.
+    RedriveCopies {
+        /// The subscription on the dead-letter topic the copies were read from.
+        subscription: String,
+        /// Its uid: a redrive of a deleted subscription moves nothing of a namesake.
+        uid: u64,
+        /// Each copy's (partition, offset) in the dead-letter topic.
+        copies: Vec<(u32, u64)>,
+    },
 }
 
 /// A read: it changes nothing, so it is not part of what a recording replays.
@@ -277,6 +291,8 @@ impl Command {
             Command::Checkpoint => "checkpoint",
             Command::AckFloors(_) => "ack-floors",
             Command::Lead { .. } => "lead",
+            Command::DeadLetters(_) => "dead-letters",
+            Command::RedriveCopies { .. } => "redrive-copies",
         }
     }
 }
@@ -347,7 +363,15 @@ impl Broker {
             | Command::Retention
             | Command::Checkpoint
             | Command::AckFloors(_)
-            | Command::Lead { .. } => Ok(()),
+            | Command::Lead { .. }
+            | Command::DeadLetters(_) => Ok(()),
+            Command::RedriveCopies { subscription, uid, .. } => {
+                if self.subscription_uids.get(subscription) == Some(uid) {
+                    Ok(())
+                } else {
+                    Err(BrokerError::SubscriptionNotFound { subscription: subscription.clone() })
+                }
+            }
         }
     }
 
@@ -422,8 +446,15 @@ impl Broker {
             }
             Command::Lead { term } => {
                 self.next_lease_seq = self.next_lease_seq.max(term.saturating_mul(LEASES_PER_TERM_MAX));
+                self.replicated = true;
+                self.drop_moves_in_flight(now);
                 Ok(Answer::Done)
             }
+            Command::DeadLetters(moves) => {
+                self.apply_dead_letters(now, moves);
+                Ok(Answer::Done)
+            }
+            Command::RedriveCopies { uid, copies, .. } => Ok(Answer::Redriven(self.apply_redrive(now, uid, copies))),
             Command::Checkpoint => {
                 self.tell_damage();
                 self.checkpoint().map(|saved| Answer::Checkpointed { saved })

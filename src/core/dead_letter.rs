@@ -8,7 +8,9 @@
 //! source offset is done at once, with the durability those policies promise.
 
 use super::broker::Broker;
-use super::publish::append;
+use super::mutation::Mutation;
+use super::notice::Notice;
+use super::publish::{append, digest_of};
 use crate::storage::Record;
 
 /// `terminal_nack` or `max_delivery_attempts`.
@@ -40,10 +42,34 @@ pub(super) struct Transit {
     pub source_offset: u64,
 }
 
+/// A dead-letter move a cluster leader decided, which every replica applies from the Raft
+/// log (see [`Command::DeadLetters`](super::Command::DeadLetters)): the copy goes to the
+/// dead-letter topic on each node, at the same place, and the source offset is done.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetterMove {
+    /// The subscription that gives the message up.
+    pub subscription: String,
+    /// Its uid: a move of a deleted subscription moves nothing of a namesake.
+    pub uid: u64,
+    /// The message's partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// Its deliveries before it was given up.
+    pub attempts: u32,
+    /// `terminal_nack` or `max_delivery_attempts`.
+    pub reason: String,
+    /// What happened at the last attempt.
+    pub detail: String,
+}
+
 impl Broker {
-    /// Copies the message at `offset` of the subscription's `partition` to its dead-letter
-    /// topic. Returns false, changing nothing, when the copy cannot be made (the source
-    /// record cannot be read, the topic is gone, or its storage refuses).
+    /// Gives up on the message at `offset` of the subscription's `partition`: copies it to
+    /// its dead-letter topic. Returns false, changing nothing, when the copy cannot be made
+    /// (the source record cannot be read, the topic is gone, or its storage refuses).
+    ///
+    /// A cluster's leader copies nothing here: the move is decided, held in transit, and
+    /// proposed; every replica makes the copy when it commits ([`Broker::apply_dead_letters`]).
     pub(super) fn dead_letter(
         &mut self,
         uid: u64,
@@ -53,54 +79,16 @@ impl Broker {
         reason: &str,
         detail: &str,
     ) -> bool {
-        let sub = &self.subscriptions[&uid];
-        let policy = sub.dead_letter.as_ref().expect("dead-lettering needs a policy");
-        let source = &self.topics[&sub.topic];
-        let Some(original) = source.logs[partition as usize]
-            .read(offset, 1, usize::MAX)
-            .ok()
-            .and_then(|records| records.into_iter().next())
-            .filter(|r| r.offset == offset)
+        if self.replicated {
+            return self.decide_dead_letter(uid, partition, offset, attempts, reason, detail);
+        }
+        let Some((target_name, target_uid, target_partition, target_offset)) =
+            self.copy_dead_letter(uid, partition, offset, attempts, reason, detail)
         else {
             return false;
         };
-        let original = original.record;
-        let mut attributes = original.attributes.clone();
-        let facts = [
-            (ATTR_REASON, reason.to_string()),
-            (ATTR_DETAIL, detail.to_string()),
-            (ATTR_SOURCE_SUBSCRIPTION, sub.name.clone()),
-            (ATTR_SOURCE_TOPIC, sub.topic.clone()),
-            (ATTR_DELIVERY_ATTEMPTS, attempts.to_string()),
-            (ATTR_MESSAGE_ID, source.message_id(partition, offset)),
-            (ATTR_PARTITION, partition.to_string()),
-            (ATTR_OFFSET, offset.to_string()),
-        ];
-        attributes.extend(facts.map(|(k, v)| (k.to_string(), v)));
-        let copy = Record {
-            key: original.key.clone(),
-            value: original.value.clone(),
-            attributes,
-            publish_time_ms: self.wall_ms.max(original.publish_time_ms),
-            // The copy is not the publisher's retry: it must never answer for the key.
-            idempotency_key: None,
-        };
-        let target_name = policy.topic.clone();
-        let Some(target_uid) = self.topics.get(&target_name).map(|t| t.uid) else { return false };
-        // A dead-letter topic made since the journal's last sync is made durable first.
-        if self.sync_metadata_before_append(target_uid).is_err() {
-            return false;
-        }
-        let Some(target) = self.topics.get_mut(&target_name) else { return false };
-        let target_partition = target.choose_partition(copy.key.as_deref(), None);
-        let Ok((target_offset, _)) = append(target.logs[target_partition as usize].as_mut(), vec![copy]) else {
-            return false;
-        };
         let after_sync = self.after_sync;
-        let sub = self.subscription_mut(uid);
-        sub.dead_lettered += 1;
-        sub.counts.dead_lettered += 1;
-        let cursor = &mut sub.cursors[partition as usize];
+        let cursor = &mut self.subscription_mut(uid).cursors[partition as usize];
         if after_sync {
             cursor.in_transit.insert(offset);
             self.transits.push(Transit {
@@ -117,6 +105,172 @@ impl Broker {
             self.topics_to_dispatch.insert(target_name);
         }
         true
+    }
+
+    /// A cluster leader's decision to dead-letter: the offset waits in transit (no consumer
+    /// gets it) until the move commits. False when the dead-letter topic is gone.
+    fn decide_dead_letter(
+        &mut self,
+        uid: u64,
+        partition: u32,
+        offset: u64,
+        attempts: u32,
+        reason: &str,
+        detail: &str,
+    ) -> bool {
+        let sub = &self.subscriptions[&uid];
+        let policy = sub.dead_letter.as_ref().expect("dead-lettering needs a policy");
+        if !self.topics.contains_key(&policy.topic) {
+            return false;
+        }
+        let decided = DeadLetterMove {
+            subscription: sub.name.clone(),
+            uid,
+            partition,
+            offset,
+            attempts,
+            reason: reason.to_string(),
+            detail: detail.to_string(),
+        };
+        self.cursor_mut(uid, partition).in_transit.insert(offset);
+        self.moves_in_flight.insert((uid, partition, offset));
+        self.decided.push(super::Command::DeadLetters(vec![decided]));
+        true
+    }
+
+    /// Applies dead-letter moves a cluster leader decided, on every replica alike: each
+    /// copy is made, and its source offset is done (on the leader it leaves transit; on
+    /// another node it counts as acknowledged). A move whose subscription is gone does
+    /// nothing; one whose copy cannot be made gives the message back on the leader.
+    pub(super) fn apply_dead_letters(&mut self, now_ms: u64, moves: Vec<DeadLetterMove>) {
+        let mut returned = Vec::new();
+        for m in moves {
+            let decided_here = self.moves_in_flight.remove(&(m.uid, m.partition, m.offset));
+            let known = self.subscription_uids.get(&m.subscription) == Some(&m.uid)
+                && (m.partition as usize) < self.subscriptions[&m.uid].cursors.len();
+            if !known || (!decided_here && self.config.mutated(Mutation::DeadLetterOnLeaderOnly)) {
+                continue;
+            }
+            let copy = self.copy_dead_letter(m.uid, m.partition, m.offset, m.attempts, &m.reason, &m.detail);
+            let copied = copy.is_some();
+            if let Some((target, ..)) = copy {
+                self.topics_to_dispatch.insert(target);
+            }
+            let cursor = self.cursor_mut(m.uid, m.partition);
+            match (copied, decided_here) {
+                (true, true) => {
+                    cursor.finish_transit(m.offset);
+                }
+                (true, false) => cursor.settle(m.offset),
+                (false, true) => {
+                    if cursor.abort_transit(m.offset) {
+                        returned.push(m.uid);
+                    }
+                }
+                (false, false) => {}
+            }
+            if decided_here {
+                returned.push(m.uid);
+            }
+        }
+        returned.sort_unstable();
+        returned.dedup();
+        for uid in returned {
+            self.dispatch(now_ms, uid);
+        }
+        self.dispatch_dead_letters(now_ms);
+    }
+
+    /// A new cluster leader: moves an earlier term of its own decided and that never
+    /// committed never will (every entry of earlier terms is applied before it leads), so
+    /// their messages are delivered again.
+    pub(super) fn drop_moves_in_flight(&mut self, now_ms: u64) {
+        let mut returned = Vec::new();
+        for (uid, partition, offset) in std::mem::take(&mut self.moves_in_flight) {
+            let Some(cursor) = self.subscriptions.get_mut(&uid).and_then(|s| s.cursors.get_mut(partition as usize))
+            else {
+                continue;
+            };
+            if cursor.abort_transit(offset) {
+                returned.push(uid);
+            }
+        }
+        returned.dedup();
+        for uid in returned {
+            self.dispatch(now_ms, uid);
+        }
+    }
+
+    /// What this leader decided for the cluster to commit since it was last asked: dead-letter
+    /// moves and redrives ([`Command::DeadLetters`](super::Command::DeadLetters),
+    /// [`Command::RedriveCopies`](super::Command::RedriveCopies)). The driver proposes them;
+    /// until they commit their messages are held (in transit, or leased to the redrive).
+    pub fn take_decided(&mut self) -> Vec<super::Command> {
+        std::mem::take(&mut self.decided)
+    }
+
+    /// Copies the message at `offset` of the subscription's `partition` to its dead-letter
+    /// topic and counts it; returns where the copy went (topic, uid, partition, offset), or
+    /// `None`, changing nothing, when it cannot be made.
+    fn copy_dead_letter(
+        &mut self,
+        uid: u64,
+        partition: u32,
+        offset: u64,
+        attempts: u32,
+        reason: &str,
+        detail: &str,
+    ) -> Option<(String, u64, u32, u64)> {
+        let sub = &self.subscriptions[&uid];
+        let policy = sub.dead_letter.as_ref()?;
+        let source = self.topics.get(&sub.topic)?;
+        let original = source.logs[partition as usize]
+            .read(offset, 1, usize::MAX)
+            .ok()
+            .and_then(|records| records.into_iter().next())
+            .filter(|r| r.offset == offset)?;
+        let original = original.record;
+        let mut attributes = original.attributes.clone();
+        let facts = [
+            (ATTR_REASON, reason.to_string()),
+            (ATTR_DETAIL, detail.to_string()),
+            (ATTR_SOURCE_SUBSCRIPTION, sub.name.clone()),
+            (ATTR_SOURCE_TOPIC, sub.topic.clone()),
+            (ATTR_DELIVERY_ATTEMPTS, attempts.to_string()),
+            (ATTR_MESSAGE_ID, source.message_id(partition, offset)),
+            (ATTR_PARTITION, partition.to_string()),
+            (ATTR_OFFSET, offset.to_string()),
+        ];
+        attributes.extend(facts.map(|(k, v)| (k.to_string(), v)));
+        let digest = digest_of(original.key.as_deref(), &original.value);
+        let copy = Record {
+            key: original.key.clone(),
+            value: original.value.clone(),
+            attributes,
+            publish_time_ms: self.wall_ms.max(original.publish_time_ms),
+            // The copy is not the publisher's retry: it must never answer for the key.
+            idempotency_key: None,
+        };
+        let target_name = policy.topic.clone();
+        let target_uid = self.topics.get(&target_name)?.uid;
+        // A dead-letter topic made since the journal's last sync is made durable first.
+        self.sync_metadata_before_append(target_uid).ok()?;
+        let target = self.topics.get_mut(&target_name)?;
+        let target_partition = target.choose_partition(copy.key.as_deref(), None);
+        let (target_offset, _) = append(target.logs[target_partition as usize].as_mut(), vec![copy]).ok()?;
+        let message_id = target.message_id(target_partition, target_offset);
+        let topic = target_name.clone();
+        self.notice(|_| Notice::Appended {
+            topic,
+            partition: target_partition,
+            offset: target_offset,
+            message_id,
+            digest,
+        });
+        let sub = self.subscription_mut(uid);
+        sub.dead_lettered += 1;
+        sub.counts.dead_lettered += 1;
+        Some((target_name, target_uid, target_partition, target_offset))
     }
 
     /// After a sync: source offsets whose dead-letter copy is now synced are done; those

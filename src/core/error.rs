@@ -151,14 +151,6 @@ pub enum BrokerError {
         "not acknowledged: {0}; the write may still take effect, so retry it with the same idempotency keys (a publish without them may be stored twice)"
     )]
     Indeterminate(String),
-    /// UNIMPLEMENTED: what a replicated broker does not do yet.
-    #[error("{what} is not available in a cluster yet: {why}")]
-    NotInCluster {
-        /// What was asked for.
-        what: &'static str,
-        /// Why, and what to do instead.
-        why: &'static str,
-    },
 }
 
 /// The leader a follower knows of: its node id, and its gRPC address when the cluster's

@@ -83,7 +83,7 @@ pub use command::{Answer, At, Command, Query, Reply};
 pub use config::BrokerConfig;
 pub use counts::{SubscriptionCounts, SubscriptionCountsView};
 pub use dead_letter::{
-    ATTR_DELIVERY_ATTEMPTS, ATTR_DETAIL, ATTR_MESSAGE_ID, ATTR_OFFSET, ATTR_PARTITION, ATTR_REASON,
+    DeadLetterMove, ATTR_DELIVERY_ATTEMPTS, ATTR_DETAIL, ATTR_MESSAGE_ID, ATTR_OFFSET, ATTR_PARTITION, ATTR_REASON,
     ATTR_SOURCE_SUBSCRIPTION, ATTR_SOURCE_TOPIC,
 };
 pub(crate) use decimal::{dashed_after, undashed};
@@ -120,6 +120,8 @@ mod persist_tests;
 mod policy_proptests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod replicated_tests;
 #[cfg(test)]
 mod retry_tests;
 #[cfg(test)]

@@ -36,11 +36,14 @@ pub enum Mutation {
     /// Under `fsync=always` a cluster node's Raft log counts an entry written before it is
     /// synced: a power failure of every node loses what a majority acknowledged.
     RaftLogUnsynced,
+    /// A cluster's dead-letter moves copy the message on the leader that decided them
+    /// only: the other nodes' dead-letter topics miss the copies.
+    DeadLetterOnLeaderOnly,
 }
 
 impl Mutation {
     /// Every mutation, for the test that proves each is caught.
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::AckNotRecorded,
         Mutation::OffsetGivenTwice,
         Mutation::RedeliveryAfterAck,
@@ -51,6 +54,7 @@ impl Mutation {
         Mutation::FloorForgotten,
         Mutation::FollowerDiverges,
         Mutation::RaftLogUnsynced,
+        Mutation::DeadLetterOnLeaderOnly,
     ];
 }
 

@@ -439,6 +439,12 @@ impl Broker {
     /// `wall_ms` is the wall clock that publish times are stamped with. A partition the
     /// storage fails on does not stop the others, and returns the first error after all
     /// have run.
+    /// Whether a retention pass could change anything: time retention is configured, or
+    /// some topic remembers idempotency keys that may expire.
+    pub fn retention_has_work(&self) -> bool {
+        self.config.partition_retention_ms.is_some() || self.dedupe_entries > 0
+    }
+
     pub(super) fn enforce_retention(&mut self, now_ms: u64, wall_ms: u64) -> Result<(), BrokerError> {
         self.set_wall_ms(wall_ms);
         // Expired keys also leave on the next publish to their topic; this frees the memory

@@ -57,6 +57,10 @@ impl Broker {
         self.detached.clear();
         self.timers = timers;
         self.transits.clear();
+        // It leads no more: what it decided and did not commit is dropped with the cursors'
+        // in-transit offsets; it decides again once it applies a `Lead`.
+        self.moves_in_flight.clear();
+        self.replicated = false;
         let ephemeral: Vec<u64> = self.subscriptions.values().filter(|s| s.ephemeral).map(|s| s.uid).collect();
         for uid in ephemeral {
             if let Some(sub) = self.subscriptions.remove(&uid) {

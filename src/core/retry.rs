@@ -107,6 +107,16 @@ impl Broker {
         self.lease_ended(now_ms, uid, partition, offset, why);
     }
 
+    /// Ends the current lease on `offset` with an ack (a cluster's redrive of a copy it
+    /// held): out of the cursor, the deadline index and flow control.
+    pub(super) fn end_lease_acked(&mut self, uid: u64, partition: u32, offset: u64) {
+        let sub = self.subscription_mut(uid);
+        sub.counts.acked += 1;
+        let lease = sub.cursors[partition as usize].ack(offset).expect("acking a lease that exists");
+        self.timers.stop(Timer::Lease(MessageKey::new(uid, partition, offset)), lease.deadline_ms);
+        self.uncount(&lease);
+    }
+
     /// Decides what comes after a lease that ended without an ack: dead-letter it, wait
     /// out a backoff, or offer it again now.
     fn lease_ended(&mut self, now_ms: u64, uid: u64, partition: u32, offset: u64, why: &Unacked) {

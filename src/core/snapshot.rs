@@ -140,6 +140,8 @@ struct SavedRef<'a> {
     journal_seq: u64,
     #[serde(serialize_with = "pairs_of_ref")]
     read_faults: &'a BTreeMap<(u64, u32, u64), StorageError>,
+    replicated: bool,
+    moves_in_flight: &'a BTreeSet<(u64, u32, u64)>,
 }
 
 fn pairs_of_ref<S: serde::Serializer>(
@@ -172,6 +174,11 @@ struct Saved {
     journal_seq: u64,
     #[serde(with = "pairs")]
     read_faults: BTreeMap<(u64, u32, u64), StorageError>,
+    /// Whether it led a cluster (false in snapshots taken before clusters moved dead letters).
+    #[serde(default)]
+    replicated: bool,
+    #[serde(default)]
+    moves_in_flight: BTreeSet<(u64, u32, u64)>,
 }
 
 impl Broker {
@@ -218,6 +225,8 @@ impl Broker {
             saved_meta: &self.saved_meta,
             journal_seq: self.journal.seq,
             read_faults: &self.read_faults,
+            replicated: self.replicated,
+            moves_in_flight: &self.moves_in_flight,
         };
         let bytes = serde_json::to_vec(&saved).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
         if bytes.len() > limit {
@@ -274,6 +283,8 @@ impl Broker {
         broker.saved_meta = saved.saved_meta;
         broker.journal.seq = saved.journal_seq;
         broker.read_faults = saved.read_faults;
+        broker.replicated = saved.replicated;
+        broker.moves_in_flight = saved.moves_in_flight;
         Ok(broker)
     }
 }

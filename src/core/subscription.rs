@@ -20,6 +20,11 @@ pub enum StartPosition {
     Latest,
 }
 
+/// How far past a replica's first undelivered offset a replicated dead-letter move or
+/// redrive still counts an offset as done there ([`Cursor::settle`]); farther, it is left
+/// to the next replicated ack floor (a failover before it delivers the message again).
+const SETTLE_AHEAD_MAX: u64 = 100_000;
+
 /// A consumer group. Its members (streams) compete for its messages.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Subscription {
@@ -243,6 +248,27 @@ impl Cursor {
         }
     }
 
+    /// A replica learns from its leader that `offset` is done (dead-lettered or redriven
+    /// there), though this node never delivered it: it counts as acknowledged. Offsets it
+    /// skips past wait for delivery, as after a restart. Farther than `SETTLE_AHEAD_MAX`
+    /// past the first undelivered offset it is left to the next replicated floor.
+    pub fn settle(&mut self, offset: u64) {
+        if offset < self.committed || self.acked.contains(&offset) {
+            return;
+        }
+        if offset >= self.next {
+            if offset - self.next > SETTLE_AHEAD_MAX {
+                return;
+            }
+            self.pending.extend(self.next..offset);
+            self.next = offset + 1;
+            self.high = self.high.max(self.next);
+            self.mark_acked(offset);
+        } else if self.pending.remove(&offset) {
+            self.mark_acked(offset);
+        }
+    }
+
     /// The dead-letter copy of `offset` is synced: it is done. False if a seek or
     /// retention already took it away.
     pub fn finish_transit(&mut self, offset: u64) -> bool {
@@ -267,6 +293,21 @@ impl Cursor {
     /// offset between is remembered as acked, at most `rewind_max` of them. Says why not
     /// when it cannot.
     pub fn reopen(&mut self, offset: u64, log_start: u64, rewind_max: u64) -> Result<(), String> {
+        self.check_reopen(offset, log_start, rewind_max)?;
+        if offset < self.committed {
+            self.acked.extend(offset + 1..self.committed);
+            self.committed = offset;
+        } else {
+            let was_acked = self.acked.remove(&offset);
+            assert!(was_acked, "offset {offset} in [committed, next) was in no state");
+        }
+        self.attempts.remove(&offset);
+        self.pending.insert(offset);
+        Ok(())
+    }
+
+    /// Why `reopen` would refuse `offset`, changing nothing.
+    pub fn check_reopen(&self, offset: u64, log_start: u64, rewind_max: u64) -> Result<(), String> {
         if offset < log_start {
             return Err(format!("offset {offset} was removed by retention (the log starts at {log_start})"));
         }
@@ -287,15 +328,19 @@ impl Cursor {
                     self.committed
                 ));
             }
-            self.acked.extend(offset + 1..self.committed);
-            self.committed = offset;
-        } else {
-            let was_acked = self.acked.remove(&offset);
-            assert!(was_acked, "offset {offset} in [committed, next) was in no state");
         }
-        self.attempts.remove(&offset);
-        self.pending.insert(offset);
         Ok(())
+    }
+
+    /// A redrive a cluster leader decided (it checked `offset` with `check_reopen`), applied
+    /// on a replica: `offset` waits for delivery again, whatever this node knew of it. One
+    /// already waiting here stays as it is; below the floor, at most `rewind_max` behind.
+    pub fn reopen_replicated(&mut self, offset: u64, log_start: u64, rewind_max: u64) -> Result<(), String> {
+        match self.check_reopen(offset, log_start, rewind_max) {
+            Ok(()) => self.reopen(offset, log_start, rewind_max),
+            Err(_) if offset >= log_start && self.committed.saturating_sub(offset) <= rewind_max => Ok(()),
+            Err(why) => Err(why),
+        }
     }
 
     /// Moves the cursor to `offset` (a seek): drops every lease, ack, backoff and pending

@@ -3,8 +3,8 @@
 use super::pb;
 use super::pb::{ack_op, command::Kind, open_stream, seek};
 use crate::core::{
-    AckFloor, AckOp, Command, DeadLetterSpec, DeliveryMode, Flow, OutgoingMessage, RetrySpec, SeekTarget,
-    StartPosition, StreamId, StreamTarget, SubscriptionSpec,
+    AckFloor, AckOp, Command, DeadLetterMove, DeadLetterSpec, DeliveryMode, Flow, OutgoingMessage, RetrySpec,
+    SeekTarget, StartPosition, StreamId, StreamTarget, SubscriptionSpec,
 };
 
 /// The protobuf form of a command, by reference (a copy; see [`into_pb`]).
@@ -87,6 +87,12 @@ pub fn into_pb(command: Command) -> pb::Command {
         Command::Checkpoint => Kind::Checkpoint(pb::Empty {}),
         Command::AckFloors(floors) => Kind::AckFloors(floors_pb(floors)),
         Command::Lead { term } => Kind::Lead(term),
+        Command::DeadLetters(moves) => Kind::DeadLetters(moves_pb(moves)),
+        Command::RedriveCopies { subscription, uid, copies } => Kind::RedriveCopies(pb::RedriveCopies {
+            subscription,
+            uid,
+            copies: copies.into_iter().map(|(partition, offset)| pb::PartitionOffset { partition, offset }).collect(),
+        }),
     };
     pb::Command { kind: Some(kind) }
 }
@@ -163,6 +169,12 @@ pub fn decode(command: pb::Command) -> Result<Command, String> {
         Kind::Checkpoint(_) => Command::Checkpoint,
         Kind::AckFloors(a) => Command::AckFloors(floors_of(a)),
         Kind::Lead(term) => Command::Lead { term },
+        Kind::DeadLetters(d) => Command::DeadLetters(moves_of(d)),
+        Kind::RedriveCopies(r) => Command::RedriveCopies {
+            subscription: r.subscription,
+            uid: r.uid,
+            copies: r.copies.into_iter().map(|c| (c.partition, c.offset)).collect(),
+        },
         Kind::KeysUsed(_) => return Err("keys_used: a metadata journal entry, not a broker input".to_string()),
     })
 }
@@ -184,6 +196,38 @@ fn floors_pb(floors: Vec<AckFloor>) -> pb::AckFloors {
         .map(|f| pb::AckFloor { subscription: f.subscription, uid: f.uid, partition: f.partition, offset: f.offset })
         .collect();
     pb::AckFloors { floors }
+}
+
+fn moves_pb(moves: Vec<DeadLetterMove>) -> pb::DeadLetters {
+    let moves = moves
+        .into_iter()
+        .map(|m| pb::DeadLetterMove {
+            subscription: m.subscription,
+            uid: m.uid,
+            partition: m.partition,
+            offset: m.offset,
+            attempts: m.attempts,
+            reason: m.reason,
+            detail: m.detail,
+        })
+        .collect();
+    pb::DeadLetters { moves }
+}
+
+fn moves_of(moves: pb::DeadLetters) -> Vec<DeadLetterMove> {
+    moves
+        .moves
+        .into_iter()
+        .map(|m| DeadLetterMove {
+            subscription: m.subscription,
+            uid: m.uid,
+            partition: m.partition,
+            offset: m.offset,
+            attempts: m.attempts,
+            reason: m.reason,
+            detail: m.detail,
+        })
+        .collect()
 }
 
 fn floors_of(floors: pb::AckFloors) -> Vec<AckFloor> {

@@ -296,6 +296,7 @@ impl Driver {
             None => command,
         };
         let reply = self.broker.handle(at, command);
+        self.take_decided();
         let first = self.outbox.len();
         while let Some(output) = self.broker.poll_output() {
             self.outbox.push_back(output);
@@ -332,6 +333,7 @@ impl Driver {
                     }
                 }
             }
+            self.propose_decided();
             self.commit().await;
             self.flush();
             if let Some(recorder) = &mut self.checks.recorder {
@@ -420,6 +422,7 @@ impl Driver {
                 }
                 reply.send(answer);
             }
+            Command::Redrive { .. } if self.replication.is_some() => self.redrive(command, reply),
             Command::CreateTopic { .. }
             | Command::DeleteTopic { .. }
             | Command::CreateSubscription(_)
@@ -489,7 +492,9 @@ impl Driver {
         }
         if self.broker.driver_timer_due(DriverTimer::Retention, now) {
             self.broker.set_driver_timer(DriverTimer::Retention, Some(now + CHECKPOINT_INTERVAL_MS));
-            if let Err(e) = self.apply(Command::Retention) {
+            if self.replication.is_some() {
+                self.propose_retention();
+            } else if let Err(e) = self.apply(Command::Retention) {
                 tracing::warn!(error = %e, "time retention failed; it is tried again in a second");
             }
         }

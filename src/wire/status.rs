@@ -25,7 +25,6 @@ pub fn status_of(error: &BrokerError) -> Status {
         BrokerError::Storage(StorageError::Corrupt { .. }) => Code::DataLoss,
         BrokerError::NotLeader { leader } => return not_leader(error, leader.as_ref()),
         BrokerError::Indeterminate(_) => Code::Unavailable,
-        BrokerError::NotInCluster { .. } => Code::Unimplemented,
     };
     Status::new(code, error.to_string())
 }

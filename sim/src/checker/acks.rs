@@ -23,7 +23,8 @@ use crate::history::{Entry, Event};
 /// In a cluster an ack binds once a replicated ack floor past its offset was applied: a
 /// new leader (after a crash or a cut) forgets the others, and counts attempts from 1, so
 /// any delivery of a bound ack's message on a stream opened after the change is a
-/// redelivery. A follower's crash forgets nothing.
+/// redelivery. A follower's crash forgets nothing. A seek or a redrive applied on a node
+/// may move its floors back: the node's floors for that subscription start over.
 pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
     let mut acked: BTreeMap<(&str, &str), Acked> = BTreeMap::new();
     let mut sent: BTreeMap<(&str, &str, u32), u64> = BTreeMap::new();
@@ -35,6 +36,9 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
     let mut nodes = Nodes::default();
     let (mut applied, mut watched, mut checked, mut problems) = (0, 0, 0, Vec::new());
     for e in entries {
+        if let Some(subscription) = e.event.moves_floors_back() {
+            nodes.seeked(&e.host, subscription);
+        }
         match &e.event {
             Event::AckSent { message_id, sub, op, attempt, .. } if op == "ack" => {
                 sent.insert((sub.as_str(), message_id.as_str(), *attempt), e.at_ms);
@@ -60,14 +64,12 @@ pub(super) fn redelivered_after_ack(entries: &[Entry]) -> Check {
                 }
             }
             Event::Broker(Notice::Seeked { subscription, .. }) => {
-                nodes.seeked(&e.host, subscription);
                 acked.retain(|(s, _), _| s != subscription);
                 seeked.insert(subscription, e.at_ms);
             }
             Event::Broker(Notice::FloorRaised { subscription, partition, offset }) => {
                 nodes.floors.insert((e.host.as_str(), subscription.as_str(), *partition), *offset);
             }
-            Event::ReplicaSeeked { subscription } => nodes.seeked(&e.host, subscription),
             // The node's floors are the snapshot's, told next.
             Event::SnapshotInstalled { .. } => nodes.floors.retain(|(h, _, _), _| *h != e.host.as_str()),
             Event::Cluster { serving: true, .. } => nodes.serves(&e.host, e.at_ms, &mut acked),

@@ -123,9 +123,11 @@ pub fn floors(entries: &[Entry]) -> Check {
                     problems.push(Problem::new(text, &[]));
                 }
             }
-            // A seek may move a subscription anywhere, on the node that applied it.
-            Event::Broker(Notice::Seeked { subscription, .. }) | Event::ReplicaSeeked { subscription } => {
-                last.retain(|(h, s, _), _| *h != e.host.as_str() || *s != subscription.as_str());
+            // A seek may move a subscription anywhere, on the node that applied it; a
+            // redrive may move it back to the message it puts back.
+            event if event.moves_floors_back().is_some() => {
+                let subscription = event.moves_floors_back().unwrap_or_default();
+                last.retain(|(h, s, _), _| *h != e.host.as_str() || *s != subscription);
             }
             // A deleted subscription's floors are gone.
             Event::Broker(Notice::SubscriptionDeleted { subscription }) => {
@@ -209,7 +211,7 @@ pub fn delivered_committed(entries: &[Entry]) -> Check {
     }
     let (mut problems, mut delivered) = (Vec::new(), BTreeSet::new());
     for e in entries {
-        let Event::Delivered { id, message_id, key, value, dead_letter: None, .. } = &e.event else { continue };
+        let Event::Delivered { id, message_id, key, value, .. } = &e.event else { continue };
         if !delivered.insert(message_id.as_str()) {
             continue;
         }

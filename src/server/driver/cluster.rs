@@ -5,6 +5,11 @@
 //!   seeks) are decided here (the core's `check` refuses bad input at once) and proposed;
 //!   every node applies them when they commit, through the same path as a single broker,
 //!   with the wall time the leader decided them at, so every replica stores the same.
+//! - What the leader's own state decides (a message given up on after its last attempt or
+//!   a terminal nack, the dead-letter copies a redrive takes) is decided by its broker,
+//!   held there, and proposed as a command every node applies (`DeadLetters`,
+//!   `RedriveCopies`). Time retention and idempotency-key expiry are a `Retention` the
+//!   leader proposes with its wall time: every node expires by the same clock.
 //! - Everything else (streams, pulls, acks, reads) is served by the leader from its own
 //!   state, as a single broker does. Leases, streams and sessions are the leader's alone and
 //!   are lost when leadership moves: their messages are delivered again (at-least-once).
@@ -21,7 +26,7 @@ use tonic::Status;
 
 use super::{Driver, DriverHandle, Job, Replier, StreamSink};
 use crate::cluster::{Applier, ClusterNode, Committed, ProposeError, SNAPSHOT_BYTES_MAX};
-use crate::core::{BrokerError, Command, LeaderHint, Mutation};
+use crate::core::{Answer, BrokerError, Command, LeaderHint, Mutation};
 use crate::record::{self, pb};
 use crate::server::metrics::{self, LatencyTimer};
 
@@ -44,6 +49,9 @@ pub(in crate::server) struct Replication {
     seeks_in_flight: Arc<AtomicUsize>,
     /// Times proposals into `mini_pubsub_raft_propose_seconds` (with metrics on).
     propose_timer: Option<LatencyTimer>,
+    /// What the broker decided for the cluster to commit this turn (dead-letter moves,
+    /// redrives), proposed at the turn's end.
+    decided: Vec<Command>,
 }
 
 /// How often a leader proposes its ack progress: a failover redelivers at most what was
@@ -60,6 +68,9 @@ const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Ack floors in one Raft entry at most (about 40 bytes each).
 const FLOORS_PER_ENTRY: usize = 10_000;
 
+/// Dead-letter moves in one Raft entry at most (each about 100 bytes and its nack reason).
+const MOVES_PER_ENTRY: usize = 1_000;
+
 impl Replication {
     /// A link whose leader hints name the nodes' client addresses.
     pub(in crate::server) fn new(brokers: BTreeMap<u64, String>) -> Self {
@@ -71,6 +82,7 @@ impl Replication {
             floor_rounds: 0,
             seeks_in_flight: Arc::new(AtomicUsize::new(0)),
             propose_timer: None,
+            decided: Vec::new(),
         }
     }
 }
@@ -166,10 +178,6 @@ impl Driver {
             // It leads, and the watcher has not said so yet: take the lead before serving.
             self.cluster_changed();
         }
-        if let Some(refused) = not_in_cluster(&command) {
-            reply.send(Err(refused));
-            return None;
-        }
         if !replicated(&command) {
             return Some((command, sink, reply));
         }
@@ -177,16 +185,31 @@ impl Driver {
             reply.send(Err(refused));
             return None;
         }
-        let seeks = matches!(command, Command::Seek { .. })
-            .then(|| self.replication.as_ref().map(|r| r.seeks_in_flight.clone()))
-            .flatten();
+        let holds_floors = matches!(command, Command::Seek { .. });
+        self.propose_answering(&command, holds_floors, reply, |answer| answer);
+        None
+    }
+
+    /// Proposes `command` and answers `reply` with what it did when it commits, through
+    /// `then`; or that this node does not lead, or that its fate is unknown. With
+    /// `holds_floors` (a seek, a redrive: they may move committed offsets back) no ack
+    /// floors are proposed until it is answered, for a floor read before it applied could
+    /// undo it.
+    fn propose_answering(
+        &mut self,
+        command: &Command,
+        holds_floors: bool,
+        reply: Replier,
+        then: impl FnOnce(crate::core::Reply) -> crate::core::Reply + Send + 'static,
+    ) {
+        let replication = self.replication.as_ref().expect("only a cluster node proposes");
+        let seeks = holds_floors.then(|| replication.seeks_in_flight.clone());
         if let Some(seeks) = &seeks {
             seeks.fetch_add(1, Ordering::SeqCst);
         }
-        let replication = self.replication.as_ref().expect("checked above");
         let node = replication.node.clone().expect("a serving node is attached");
         let brokers = replication.brokers.clone();
-        let proposal = encode(self.clock.wall_ms(), &command);
+        let proposal = encode(self.clock.wall_ms(), command);
         let timer = replication.propose_timer.clone();
         tokio::spawn(async move {
             let start = timer.as_ref().map(LatencyTimer::start);
@@ -205,13 +228,88 @@ impl Driver {
                 seeks.fetch_sub(1, Ordering::SeqCst);
             }
             let answer = match proposed {
-                Ok(answer) => answer,
+                Ok(answer) => then(answer),
                 Err(ProposeError::NotLeader(leader)) => Err(BrokerError::NotLeader { leader: hint(&brokers, leader) }),
                 Err(ProposeError::Indeterminate(why)) => Err(BrokerError::Indeterminate(why)),
             };
             reply.send(answer);
         });
-        None
+    }
+
+    /// A redrive in a cluster: the leader takes the dead-letter copies that can go back and
+    /// proposes them; every node puts them back when that commits, and the client hears of
+    /// those with the copies that stay. Nothing to put back is answered at once.
+    pub(super) fn redrive(&mut self, command: Command, reply: Replier) {
+        let answer = self.apply(command);
+        let replication = self.replication.as_mut().expect("a cluster node");
+        let at = replication.decided.iter().position(|c| matches!(c, Command::RedriveCopies { .. }));
+        let copies = at.map(|at| replication.decided.remove(at));
+        match (answer, copies) {
+            (Ok(Answer::Redriven(stayed)), Some(copies)) => {
+                self.propose_answering(&copies, true, reply, move |answer| match answer {
+                    Ok(Answer::Redriven(mut moved)) => {
+                        moved.extend(stayed);
+                        Ok(Answer::Redriven(moved))
+                    }
+                    other => other,
+                });
+            }
+            (answer, _) => reply.send(answer),
+        }
+    }
+
+    /// Takes what the broker decided for the cluster to commit (see
+    /// [`Broker::take_decided`](crate::core::Broker::take_decided)).
+    pub(super) fn take_decided(&mut self) {
+        if let Some(replication) = &mut self.replication {
+            replication.decided.extend(self.broker.take_decided());
+        }
+    }
+
+    /// At a turn's end, proposes what the broker decided during it that no client waits
+    /// for: its dead-letter moves, in as few entries as fit. A proposal that fails leaves
+    /// their messages held until this node leads again (a new leader delivers them again).
+    pub(super) fn propose_decided(&mut self) {
+        let Some(replication) = &mut self.replication else { return };
+        if replication.decided.is_empty() {
+            return;
+        }
+        let decided = std::mem::take(&mut replication.decided);
+        let Some(node) = replication.node.clone() else { return };
+        let mut moves = Vec::new();
+        for command in decided {
+            match command {
+                Command::DeadLetters(more) => moves.extend(more),
+                other => tracing::error!(command = other.name(), "a decided command no client waits for was dropped"),
+            }
+        }
+        let wall_ms = self.clock.wall_ms();
+        let proposals: Vec<_> =
+            moves.chunks(MOVES_PER_ENTRY).map(|chunk| encode(wall_ms, &Command::DeadLetters(chunk.to_vec()))).collect();
+        tokio::spawn(async move {
+            for proposal in proposals {
+                if let Err(e) = node.propose(proposal).await {
+                    tracing::debug!(error = ?e, "dead-letter moves were not replicated; a new leader delivers them again");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A leader proposes a retention pass with its wall time, which every node applies
+    /// alike: messages and idempotency keys expire by one clock, the leader's. Nothing when
+    /// there is nothing time could expire, or on a node that does not serve.
+    pub(super) fn propose_retention(&mut self) {
+        if self.refuse_unless_leading().is_some() || !self.broker.retention_has_work() {
+            return;
+        }
+        let Some(node) = self.replication.as_ref().and_then(|r| r.node.clone()) else { return };
+        let proposal = encode(self.clock.wall_ms(), &Command::Retention);
+        tokio::spawn(async move {
+            if let Err(e) = node.propose(proposal).await {
+                tracing::debug!(error = ?e, "a retention pass was not replicated; the next one is a second later");
+            }
+        });
     }
 
     /// In a cluster, the refusal of a call on a node that does not serve now.
@@ -361,19 +459,6 @@ impl Driver {
                 }
             }
         });
-    }
-}
-
-/// What a cluster does not do yet, refused before anything changes: dead-letter copies and
-/// redrives are decided by the leader's own timers and nacks, and are not replicated yet.
-fn not_in_cluster(command: &Command) -> Option<BrokerError> {
-    let why = "dead-letter copies are not replicated yet, so a leader's copy would exist on it alone";
-    match command {
-        Command::CreateSubscription(spec) if spec.dead_letter.is_some() => {
-            Some(BrokerError::NotInCluster { what: "a subscription with a dead_letter_policy", why })
-        }
-        Command::Redrive { .. } => Some(BrokerError::NotInCluster { what: "Redrive", why }),
-        _ => None,
     }
 }
 
