@@ -349,6 +349,7 @@ impl Broker {
             counts: SubscriptionCounts::default(),
             ordered: spec.ordered,
             group: (spec.delivery_mode == DeliveryMode::Exclusive).then(|| Group::new(partition_count)),
+            cursor_moves: 0,
         };
         let info = subscription_info(&sub);
         self.topics.get_mut(&spec.topic).expect("topic checked above").subscriptions.insert(spec.name.clone());

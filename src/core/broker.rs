@@ -64,8 +64,10 @@ pub struct Broker {
     /// redrives are then decided here and applied by every replica from the Raft log.
     pub(super) replicated: bool,
     /// Dead-letter moves this leader decided that have not committed: (subscription uid,
-    /// partition, offset), each in transit in its cursor.
-    pub(super) moves_in_flight: BTreeSet<(u64, u32, u64)>,
+    /// partition, offset), each in transit in its cursor, to the term it decided it in.
+    pub(super) moves_in_flight: BTreeMap<(u64, u32, u64), u64>,
+    /// The cluster term this broker last led in (0: it never led).
+    pub(super) term: u64,
     /// Commands this leader decided for the cluster to commit (see [`Broker::take_decided`]).
     pub(super) decided: Vec<super::Command>,
 }
@@ -113,7 +115,8 @@ impl Broker {
             dedupe_entries: 0,
             floors_applied: 0,
             replicated: false,
-            moves_in_flight: BTreeSet::new(),
+            moves_in_flight: BTreeMap::new(),
+            term: 0,
             decided: Vec::new(),
         })
     }

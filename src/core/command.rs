@@ -447,7 +447,8 @@ impl Broker {
             Command::Lead { term } => {
                 self.next_lease_seq = self.next_lease_seq.max(term.saturating_mul(LEASES_PER_TERM_MAX));
                 self.replicated = true;
-                self.drop_moves_in_flight(now);
+                self.term = self.term.max(term);
+                self.drop_moves_in_flight(now, term);
                 Ok(Answer::Done)
             }
             Command::DeadLetters(moves) => {

@@ -44,8 +44,10 @@ pub(super) struct Transit {
 
 /// A dead-letter move a cluster leader decided, which every replica applies from the Raft
 /// log (see [`Command::DeadLetters`](super::Command::DeadLetters)): the copy goes to the
-/// dead-letter topic on each node, at the same place, and the source offset is done.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// dead-letter topic on each node, at the same place, and the source offset is done. The
+/// copy is made on the leader and carried whole, so that no replica reads its own log (where
+/// retention may already have removed the original) or its own clock to make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterMove {
     /// The subscription that gives the message up.
     pub subscription: String,
@@ -55,12 +57,9 @@ pub struct DeadLetterMove {
     pub partition: u32,
     /// Its offset.
     pub offset: u64,
-    /// Its deliveries before it was given up.
-    pub attempts: u32,
-    /// `terminal_nack` or `max_delivery_attempts`.
-    pub reason: String,
-    /// What happened at the last attempt.
-    pub detail: String,
+    /// The copy: the original's key, value and attributes with those that say why and from
+    /// where, and its publish time (the leader's wall clock, or the original's if later).
+    pub copy: Record,
 }
 
 impl Broker {
@@ -82,9 +81,8 @@ impl Broker {
         if self.replicated {
             return self.decide_dead_letter(uid, partition, offset, attempts, reason, detail);
         }
-        let Some((target_name, target_uid, target_partition, target_offset)) =
-            self.copy_dead_letter(uid, partition, offset, attempts, reason, detail)
-        else {
+        let Some(copy) = self.make_copy(uid, partition, offset, attempts, reason, detail) else { return false };
+        let Some((target_name, target_uid, target_partition, target_offset)) = self.append_copy(uid, copy) else {
             return false;
         };
         let after_sync = self.after_sync;
@@ -107,8 +105,9 @@ impl Broker {
         true
     }
 
-    /// A cluster leader's decision to dead-letter: the offset waits in transit (no consumer
-    /// gets it) until the move commits. False when the dead-letter topic is gone.
+    /// A cluster leader's decision to dead-letter: the copy is made now and the offset waits
+    /// in transit (no consumer gets it) until the move commits. False when the copy cannot
+    /// be made.
     fn decide_dead_letter(
         &mut self,
         uid: u64,
@@ -118,22 +117,15 @@ impl Broker {
         reason: &str,
         detail: &str,
     ) -> bool {
-        let sub = &self.subscriptions[&uid];
-        let policy = sub.dead_letter.as_ref().expect("dead-lettering needs a policy");
+        let Some(copy) = self.make_copy(uid, partition, offset, attempts, reason, detail) else { return false };
+        let policy = self.subscriptions[&uid].dead_letter.as_ref().expect("dead-lettering needs a policy");
         if !self.topics.contains_key(&policy.topic) {
             return false;
         }
-        let decided = DeadLetterMove {
-            subscription: sub.name.clone(),
-            uid,
-            partition,
-            offset,
-            attempts,
-            reason: reason.to_string(),
-            detail: detail.to_string(),
-        };
+        let subscription = self.subscriptions[&uid].name.clone();
         self.cursor_mut(uid, partition).in_transit.insert(offset);
-        self.moves_in_flight.insert((uid, partition, offset));
+        self.moves_in_flight.insert((uid, partition, offset), self.term);
+        let decided = DeadLetterMove { subscription, uid, partition, offset, copy };
         self.decided.push(super::Command::DeadLetters(vec![decided]));
         true
     }
@@ -145,21 +137,25 @@ impl Broker {
     pub(super) fn apply_dead_letters(&mut self, now_ms: u64, moves: Vec<DeadLetterMove>) {
         let mut returned = Vec::new();
         for m in moves {
-            let decided_here = self.moves_in_flight.remove(&(m.uid, m.partition, m.offset));
+            let decided_here = self.moves_in_flight.remove(&(m.uid, m.partition, m.offset)).is_some();
             let known = self.subscription_uids.get(&m.subscription) == Some(&m.uid)
                 && (m.partition as usize) < self.subscriptions[&m.uid].cursors.len();
             if !known || (!decided_here && self.config.mutated(Mutation::DeadLetterOnLeaderOnly)) {
                 continue;
             }
-            let copy = self.copy_dead_letter(m.uid, m.partition, m.offset, m.attempts, &m.reason, &m.detail);
-            let copied = copy.is_some();
-            if let Some((target, ..)) = copy {
+            let appended = self.append_copy(m.uid, m.copy);
+            let copied = appended.is_some();
+            if let Some((target, ..)) = appended {
                 self.topics_to_dispatch.insert(target);
             }
             let cursor = self.cursor_mut(m.uid, m.partition);
             match (copied, decided_here) {
                 (true, true) => {
-                    cursor.finish_transit(m.offset);
+                    // Not in transit any more if a replicated floor reset the cursor
+                    // while this node did not lead.
+                    if !cursor.finish_transit(m.offset) {
+                        cursor.settle(m.offset);
+                    }
                 }
                 (true, false) => cursor.settle(m.offset),
                 (false, true) => {
@@ -181,12 +177,16 @@ impl Broker {
         self.dispatch_dead_letters(now_ms);
     }
 
-    /// A new cluster leader: moves an earlier term of its own decided and that never
+    /// This node leads from `term` on: moves it decided in an earlier term that never
     /// committed never will (every entry of earlier terms is applied before it leads), so
-    /// their messages are delivered again.
-    pub(super) fn drop_moves_in_flight(&mut self, now_ms: u64) {
+    /// their messages are delivered again. Moves of this very term (it stopped serving for
+    /// a while, and serves again) are still in its log, and may commit.
+    pub(super) fn drop_moves_in_flight(&mut self, now_ms: u64, term: u64) {
         let mut returned = Vec::new();
-        for (uid, partition, offset) in std::mem::take(&mut self.moves_in_flight) {
+        let earlier: Vec<(u64, u32, u64)> =
+            self.moves_in_flight.iter().filter(|(_, decided)| **decided < term).map(|(key, _)| *key).collect();
+        for key @ (uid, partition, offset) in earlier {
+            self.moves_in_flight.remove(&key);
             let Some(cursor) = self.subscriptions.get_mut(&uid).and_then(|s| s.cursors.get_mut(partition as usize))
             else {
                 continue;
@@ -209,20 +209,21 @@ impl Broker {
         std::mem::take(&mut self.decided)
     }
 
-    /// Copies the message at `offset` of the subscription's `partition` to its dead-letter
-    /// topic and counts it; returns where the copy went (topic, uid, partition, offset), or
-    /// `None`, changing nothing, when it cannot be made.
-    fn copy_dead_letter(
-        &mut self,
+    /// The dead-letter copy of the message at `offset` of the subscription's `partition`:
+    /// its payload, key and attributes, with attributes that say why and from where, stamped
+    /// with the broker's wall time (or the original's publish time, if later). `None` when
+    /// the original cannot be read (or the subscription has no policy).
+    fn make_copy(
+        &self,
         uid: u64,
         partition: u32,
         offset: u64,
         attempts: u32,
         reason: &str,
         detail: &str,
-    ) -> Option<(String, u64, u32, u64)> {
+    ) -> Option<Record> {
         let sub = &self.subscriptions[&uid];
-        let policy = sub.dead_letter.as_ref()?;
+        sub.dead_letter.as_ref()?;
         let source = self.topics.get(&sub.topic)?;
         let original = source.logs[partition as usize]
             .read(offset, 1, usize::MAX)
@@ -242,22 +243,33 @@ impl Broker {
             (ATTR_OFFSET, offset.to_string()),
         ];
         attributes.extend(facts.map(|(k, v)| (k.to_string(), v)));
-        let digest = digest_of(original.key.as_deref(), &original.value);
-        let copy = Record {
+        Some(Record {
             key: original.key.clone(),
             value: original.value.clone(),
             attributes,
             publish_time_ms: self.wall_ms.max(original.publish_time_ms),
             // The copy is not the publisher's retry: it must never answer for the key.
             idempotency_key: None,
-        };
-        let target_name = policy.topic.clone();
+        })
+    }
+
+    /// Appends `copy` to the dead-letter topic of subscription `uid` and counts it; returns
+    /// where it went (topic, uid, partition, offset), or `None`, changing nothing, when the
+    /// topic is gone or its storage refuses.
+    fn append_copy(&mut self, uid: u64, copy: Record) -> Option<(String, u64, u32, u64)> {
+        let target_name = self.subscriptions[&uid].dead_letter.as_ref()?.topic.clone();
         let target_uid = self.topics.get(&target_name)?.uid;
         // A dead-letter topic made since the journal's last sync is made durable first.
         self.sync_metadata_before_append(target_uid).ok()?;
+        let digest = digest_of(copy.key.as_deref(), &copy.value);
         let target = self.topics.get_mut(&target_name)?;
+        let round_robin = target.round_robin;
         let target_partition = target.choose_partition(copy.key.as_deref(), None);
-        let (target_offset, _) = append(target.logs[target_partition as usize].as_mut(), vec![copy]).ok()?;
+        let Ok((target_offset, _)) = append(target.logs[target_partition as usize].as_mut(), vec![copy]) else {
+            // Nothing stored: the next keyless message goes where this one would have.
+            target.round_robin = round_robin;
+            return None;
+        };
         let message_id = target.message_id(target_partition, target_offset);
         let topic = target_name.clone();
         self.notice(|_| Notice::Appended {

@@ -265,6 +265,7 @@ impl Broker {
                     counts: SubscriptionCounts::default(),
                     ordered: s.ordered,
                     group: s.exclusive.then(|| Group::new(topic.logs.len())),
+                    cursor_moves: 0,
                 },
             );
         }

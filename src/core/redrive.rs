@@ -187,6 +187,9 @@ impl Broker {
                 source.subscription
             ));
         }
+        if let Reopen::Now { .. } = how {
+            sub.cursor_moves += 1;
+        }
         let cursor = sub.cursors.get_mut(source.partition as usize).ok_or("the partition no longer exists")?;
         let log_start = topic.logs[source.partition as usize].start_offset();
         let rewind_max = self.config.redrive_rewind_offsets_max;

@@ -15,6 +15,7 @@ use super::group::Group;
 use super::notice::Notice;
 use super::publish::digest_of;
 use super::snapshot::SnapshotError;
+use super::subscription::Cursor;
 use super::timers::TimerTable;
 use crate::storage::MemoryStorage;
 
@@ -51,7 +52,7 @@ impl Broker {
 
     /// Drops what only a leader holds: streams, leases, backoffs, sessions, dead-letter
     /// copies in flight and ephemeral subscriptions. Every cursor goes back to its
-    /// committed offset. `timers` (this node's driver timers) replace the snapshot's.
+    /// committed offset and the offsets acked above it. `timers` (this node's driver timers) replace the snapshot's.
     fn forget_leadership(&mut self, timers: TimerTable) {
         self.streams.clear();
         self.detached.clear();
@@ -78,9 +79,12 @@ impl Broker {
             if let Some(group) = &mut sub.group {
                 *group = Group { generation: group.generation, ..Group::new(group.owners.len()) };
             }
+            // Acked offsets above the floor stay acked (those a redrive moved the floor
+            // back over, or a replicated move settled): only what they held out is owed.
             for cursor in &mut sub.cursors {
-                let committed = cursor.committed;
-                cursor.reset(committed);
+                let high = cursor.high;
+                let acked = std::mem::take(&mut cursor.acked);
+                *cursor = Cursor { high, ..Cursor::restored(cursor.committed, acked) };
             }
         }
     }

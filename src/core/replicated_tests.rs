@@ -127,7 +127,7 @@ fn a_redrive_is_decided_by_the_leader_and_applied_by_every_replica() {
     for decided in give_up(&mut leader, &["m0", "m2"]) {
         both(&mut leader, &mut follower, decided);
     }
-    let floor = AckFloor { subscription: "s".into(), uid: 1, partition: 0, offset: committed(&leader, "s") };
+    let floor = leader.ack_floors().into_iter().find(|f| f.subscription == "s").unwrap();
     both(&mut leader, &mut follower, Command::AckFloors(vec![floor]));
     assert_eq!((committed(&leader, "s"), committed(&follower, "s")), (3, 3));
 
@@ -162,4 +162,57 @@ fn a_redrive_that_can_no_longer_move_a_copy_gives_it_back_on_the_leader() {
     assert!(moved[0].outcome.as_ref().unwrap_err().contains("no longer exists"), "{moved:?}");
     let copies = pull(&mut leader, "dead");
     assert_eq!((copies.len(), copies[0].1), (1, 1), "the copy is offered again, no attempt counted");
+}
+
+/// Every record of `topic` partition 0, as stored.
+fn stored(b: &Broker, topic: &str) -> Vec<crate::storage::Record> {
+    let log = &b.topics[topic].logs[0];
+    log.read(log.start_offset(), 100, usize::MAX).unwrap().into_iter().map(|r| r.record.as_ref().clone()).collect()
+}
+
+#[test]
+fn a_copy_is_the_same_on_every_replica_whatever_their_clocks_and_logs() {
+    let (mut leader, mut follower) = cluster(2);
+    // The follower's clock runs a minute ahead, and its own input carries it.
+    follower.handle(At { now_ms: 0, wall_ms: 61_000 }, Command::Tick).unwrap();
+    let decided = give_up(&mut leader, &["m1"]);
+    both(&mut leader, &mut follower, decided[0].clone());
+    let (l, f) = (stored(&leader, "dlq"), stored(&follower, "dlq"));
+    assert_eq!(l.len(), 1);
+    assert_eq!(l, f, "same key, value, attributes and publish time");
+    assert_eq!(l[0].publish_time_ms, 1_000, "the leader's time");
+}
+
+#[test]
+fn a_floor_read_before_a_redrive_and_committed_after_it_moves_nothing() {
+    let (mut leader, mut follower) = cluster(3);
+    for decided in give_up(&mut leader, &["m1"]) {
+        both(&mut leader, &mut follower, decided);
+    }
+    let floors = Command::AckFloors(leader.ack_floors());
+    both(&mut leader, &mut follower, floors);
+    assert_eq!((committed(&leader, "s"), committed(&follower, "s")), (3, 3));
+    leader.handle(AT, Command::Redrive { subscription: "dead".into(), max_messages: 10 }).unwrap();
+    let redrive = leader.take_decided().remove(0);
+    // Read while the redrive was in flight, proposed, and committed after it.
+    let stale = leader.ack_floors().into_iter().find(|f| f.subscription == "s").unwrap();
+    assert_eq!(stale.offset, 3);
+    both(&mut leader, &mut follower, redrive);
+    both(&mut leader, &mut follower, Command::AckFloors(vec![stale]));
+    for b in [&mut leader, &mut follower] {
+        assert_eq!(committed(b, "s"), 1, "the redrive stands");
+        assert_eq!(pull(b, "s").into_iter().map(|d| d.0).collect::<Vec<_>>(), ["m1"]);
+    }
+}
+
+#[test]
+fn a_node_that_serves_again_in_its_own_term_keeps_the_moves_still_in_its_log() {
+    let (mut leader, mut follower) = cluster(1);
+    let decided = give_up(&mut leader, &["m0"]);
+    // It stopped serving (no quorum heard) and serves again, in the same term.
+    leader.handle(AT, Command::Lead { term: 1 }).unwrap();
+    assert!(pull(&mut leader, "s").is_empty(), "still held for its move");
+    both(&mut leader, &mut follower, decided[0].clone());
+    assert_eq!(committed(&leader, "s"), 1);
+    assert_eq!(stored(&leader, "dlq").len(), 1, "one copy");
 }

@@ -19,6 +19,9 @@ pub struct AckFloor {
     pub partition: u32,
     /// The committed offset.
     pub offset: u64,
+    /// The subscription's seeks and redrives applied when it was read: a floor read before
+    /// one of them (and committed after it) is stale, and moves nothing.
+    pub moves: u64,
 }
 
 /// Where a Seek moves a subscription.
@@ -44,6 +47,7 @@ impl Broker {
         target: SeekTarget,
     ) -> Result<Vec<(u32, u64)>, BrokerError> {
         let (uid, moves) = self.check_seek(subscription, &target)?;
+        self.subscription_mut(uid).cursor_moves += 1;
         for &(partition, offset) in &moves {
             let dropped = self.cursor_mut(uid, partition).reset(offset);
             self.forget_dropped(uid, partition, dropped);
@@ -116,6 +120,7 @@ impl Broker {
                     uid: sub.uid,
                     partition: partition as u32,
                     offset: cursor.committed,
+                    moves: sub.cursor_moves,
                 });
             }
         }
@@ -134,6 +139,9 @@ impl Broker {
                 continue;
             }
             let sub = &self.subscriptions[&floor.uid];
+            if sub.cursor_moves != floor.moves {
+                continue;
+            }
             let Some(cursor) = sub.cursors.get(floor.partition as usize) else { continue };
             let Ok(topic) = self.topic(&sub.topic) else { continue };
             let log = &topic.logs[floor.partition as usize];

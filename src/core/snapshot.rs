@@ -141,7 +141,9 @@ struct SavedRef<'a> {
     #[serde(serialize_with = "pairs_of_ref")]
     read_faults: &'a BTreeMap<(u64, u32, u64), StorageError>,
     replicated: bool,
-    moves_in_flight: &'a BTreeSet<(u64, u32, u64)>,
+    #[serde(serialize_with = "moves_of_ref")]
+    moves_in_flight: &'a BTreeMap<(u64, u32, u64), u64>,
+    term: u64,
 }
 
 fn pairs_of_ref<S: serde::Serializer>(
@@ -177,8 +179,14 @@ struct Saved {
     /// Whether it led a cluster (false in snapshots taken before clusters moved dead letters).
     #[serde(default)]
     replicated: bool,
+    #[serde(default, with = "pairs")]
+    moves_in_flight: BTreeMap<(u64, u32, u64), u64>,
     #[serde(default)]
-    moves_in_flight: BTreeSet<(u64, u32, u64)>,
+    term: u64,
+}
+
+fn moves_of_ref<S: serde::Serializer>(map: &&BTreeMap<(u64, u32, u64), u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    pairs::serialize(*map, serializer)
 }
 
 impl Broker {
@@ -227,6 +235,7 @@ impl Broker {
             read_faults: &self.read_faults,
             replicated: self.replicated,
             moves_in_flight: &self.moves_in_flight,
+            term: self.term,
         };
         let bytes = serde_json::to_vec(&saved).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
         if bytes.len() > limit {
@@ -285,6 +294,7 @@ impl Broker {
         broker.read_faults = saved.read_faults;
         broker.replicated = saved.replicated;
         broker.moves_in_flight = saved.moves_in_flight;
+        broker.term = saved.term;
         Ok(broker)
     }
 }

@@ -61,6 +61,11 @@ pub struct Subscription {
     pub ordered: bool,
     /// The partition assignment of an exclusive subscription; `None` when shared.
     pub group: Option<Group>,
+    /// Seeks and redrives applied to it: each may move its committed offsets back. A cluster
+    /// leader's ack floor carries the count it was read at, and a replica applies only one
+    /// read since the last move (one read before could undo the move).
+    #[serde(default)]
+    pub cursor_moves: u64,
 }
 
 /// A subscription's state on one partition.

@@ -288,8 +288,13 @@ fn ack_floors_only_raise_a_cursor_of_the_same_subscription_within_the_log() {
     let floors = b.ack_floors();
     assert_eq!(floors.len(), 1);
     let uid = floors[0].uid;
-    let floor =
-        |subscription: &str, uid, offset| AckFloor { subscription: subscription.into(), uid, partition: 0, offset };
+    let floor = |subscription: &str, uid, offset| AckFloor {
+        subscription: subscription.into(),
+        uid,
+        partition: 0,
+        offset,
+        moves: 0,
+    };
     // Another uid (a deleted namesake's floor), and an offset past the end: nothing moves.
     b.handle(at(1), Command::AckFloors(vec![floor("s", uid + 1, 3), floor("s", uid, 9)])).unwrap();
     assert_eq!(b.ack_floors()[0].offset, 0);

@@ -6,6 +6,7 @@ use crate::core::{
     AckFloor, AckOp, Command, DeadLetterMove, DeadLetterSpec, DeliveryMode, Flow, OutgoingMessage, RetrySpec,
     SeekTarget, StartPosition, StreamId, StreamTarget, SubscriptionSpec,
 };
+use crate::storage::Record;
 
 /// The protobuf form of a command, by reference (a copy; see [`into_pb`]).
 pub fn encode(command: &Command) -> pb::Command {
@@ -169,7 +170,7 @@ pub fn decode(command: pb::Command) -> Result<Command, String> {
         Kind::Checkpoint(_) => Command::Checkpoint,
         Kind::AckFloors(a) => Command::AckFloors(floors_of(a)),
         Kind::Lead(term) => Command::Lead { term },
-        Kind::DeadLetters(d) => Command::DeadLetters(moves_of(d)),
+        Kind::DeadLetters(d) => Command::DeadLetters(moves_of(d)?),
         Kind::RedriveCopies(r) => Command::RedriveCopies {
             subscription: r.subscription,
             uid: r.uid,
@@ -193,7 +194,13 @@ fn seek_target_of(target: Option<seek::Target>) -> Result<SeekTarget, String> {
 fn floors_pb(floors: Vec<AckFloor>) -> pb::AckFloors {
     let floors = floors
         .into_iter()
-        .map(|f| pb::AckFloor { subscription: f.subscription, uid: f.uid, partition: f.partition, offset: f.offset })
+        .map(|f| pb::AckFloor {
+            subscription: f.subscription,
+            uid: f.uid,
+            partition: f.partition,
+            offset: f.offset,
+            moves: f.moves,
+        })
         .collect();
     pb::AckFloors { floors }
 }
@@ -206,26 +213,37 @@ fn moves_pb(moves: Vec<DeadLetterMove>) -> pb::DeadLetters {
             uid: m.uid,
             partition: m.partition,
             offset: m.offset,
-            attempts: m.attempts,
-            reason: m.reason,
-            detail: m.detail,
+            copy: Some(pb::Message {
+                value: m.copy.value,
+                key: m.copy.key,
+                attributes: m.copy.attributes,
+                ..Default::default()
+            }),
+            publish_time_ms: m.copy.publish_time_ms,
         })
         .collect();
     pb::DeadLetters { moves }
 }
 
-fn moves_of(moves: pb::DeadLetters) -> Vec<DeadLetterMove> {
+fn moves_of(moves: pb::DeadLetters) -> Result<Vec<DeadLetterMove>, String> {
     moves
         .moves
         .into_iter()
-        .map(|m| DeadLetterMove {
-            subscription: m.subscription,
-            uid: m.uid,
-            partition: m.partition,
-            offset: m.offset,
-            attempts: m.attempts,
-            reason: m.reason,
-            detail: m.detail,
+        .map(|m| {
+            let copy = m.copy.ok_or("dead_letters.moves.copy: not set")?;
+            Ok(DeadLetterMove {
+                subscription: m.subscription,
+                uid: m.uid,
+                partition: m.partition,
+                offset: m.offset,
+                copy: Record {
+                    key: copy.key,
+                    value: copy.value,
+                    attributes: copy.attributes,
+                    publish_time_ms: m.publish_time_ms,
+                    idempotency_key: None,
+                },
+            })
         })
         .collect()
 }
@@ -233,7 +251,13 @@ fn moves_of(moves: pb::DeadLetters) -> Vec<DeadLetterMove> {
 fn floors_of(floors: pb::AckFloors) -> Vec<AckFloor> {
     let floors = floors.floors.into_iter();
     floors
-        .map(|f| AckFloor { subscription: f.subscription, uid: f.uid, partition: f.partition, offset: f.offset })
+        .map(|f| AckFloor {
+            subscription: f.subscription,
+            uid: f.uid,
+            partition: f.partition,
+            offset: f.offset,
+            moves: f.moves,
+        })
         .collect()
 }
 

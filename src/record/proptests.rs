@@ -147,7 +147,7 @@ fn command(op: &Op, seen: &Seen, n: usize) -> Command {
         Op::Checkpoint => Command::Checkpoint,
         Op::DeleteTopic { force } => Command::DeleteTopic { name: "other".into(), force },
         Op::AckFloors { uid, partition, offset } => {
-            Command::AckFloors(vec![AckFloor { subscription: "s".into(), uid, partition, offset }])
+            Command::AckFloors(vec![AckFloor { subscription: "s".into(), uid, partition, offset, moves: 0 }])
         }
         Op::Lead { term } => Command::Lead { term },
     }
