@@ -19,20 +19,55 @@ use crate::storage::MemoryStorage;
 /// those the broker gave so far.
 #[derive(Debug, Clone)]
 enum Op {
-    Publish { key: Option<u8>, count: u8, idempotency: Option<u8> },
-    Open { subscription: bool, max: u32, client: Option<u8> },
-    StreamAcks { stream: usize, delivery: usize, nack: bool },
-    Close { stream: usize, leave: bool },
-    Pull { max: u32 },
-    Acks { delivery: usize, op: u8 },
-    Advance { ms: u64 },
-    Seek { target: u8 },
+    Publish {
+        key: Option<u8>,
+        count: u8,
+        idempotency: Option<u8>,
+    },
+    Open {
+        subscription: bool,
+        max: u32,
+        client: Option<u8>,
+    },
+    StreamAcks {
+        stream: usize,
+        delivery: usize,
+        nack: bool,
+    },
+    Close {
+        stream: usize,
+        leave: bool,
+    },
+    Pull {
+        max: u32,
+    },
+    Acks {
+        delivery: usize,
+        op: u8,
+    },
+    Advance {
+        ms: u64,
+    },
+    Seek {
+        target: u8,
+    },
     Redrive,
     Sync,
     Checkpoint,
-    DeleteTopic { force: bool },
-    AckFloors { uid: u64, partition: u32, offset: u64 },
-    Lead { term: u64 },
+    DeleteTopic {
+        force: bool,
+    },
+    AckFloors {
+        uid: u64,
+        partition: u32,
+        offset: u64,
+    },
+    Lead {
+        term: u64,
+    },
+    /// The first command the broker decided as a cluster leader (a dead-letter move, a
+    /// redrive) commits; the others are lost, as proposals of a deposed leader are.
+    Commit,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -54,6 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(|force| Op::DeleteTopic { force }),
         1 => (0u64..6, 0u32..3, 0u64..12).prop_map(|(uid, partition, offset)| Op::AckFloors { uid, partition, offset }),
         1 => (0u64..4).prop_map(|term| Op::Lead { term }),
+        2 => Just(Op::Commit),
     ]
 }
 
@@ -150,6 +186,7 @@ fn command(op: &Op, seen: &Seen, n: usize) -> Command {
             Command::AckFloors(vec![AckFloor { subscription: "s".into(), uid, partition, offset, moves: 0 }])
         }
         Op::Lead { term } => Command::Lead { term },
+        Op::Commit => unreachable!("taken from the broker's decisions"),
     }
 }
 
@@ -224,7 +261,12 @@ proptest! {
                         at.now_ms += ms;
                         at.wall_ms += ms;
                     }
-                    command(op, &seen, n)
+                    if let Op::Commit = op {
+                        let _ = replayed.take_decided();
+                        recorded.take_decided().into_iter().next().unwrap_or(Command::Tick)
+                    } else {
+                        command(op, &seen, n)
+                    }
                 }
             };
             // From here on the replay goes on from a snapshot of the recorded broker, as a

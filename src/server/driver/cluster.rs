@@ -68,8 +68,12 @@ const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Ack floors in one Raft entry at most (about 40 bytes each).
 const FLOORS_PER_ENTRY: usize = 10_000;
 
-/// Dead-letter moves in one Raft entry at most (each about 100 bytes and its nack reason).
+/// Dead-letter moves in one Raft entry at most.
 const MOVES_PER_ENTRY: usize = 1_000;
+
+/// Bytes of dead-letter copies in one Raft entry at most (one copy alone may be larger: it
+/// goes in an entry of its own, as a publish of it would).
+const MOVE_BYTES_PER_ENTRY: usize = 8 << 20;
 
 impl Replication {
     /// A link whose leader hints name the nodes' client addresses.
@@ -284,8 +288,19 @@ impl Driver {
             }
         }
         let wall_ms = self.clock.wall_ms();
-        let proposals: Vec<_> =
-            moves.chunks(MOVES_PER_ENTRY).map(|chunk| encode(wall_ms, &Command::DeadLetters(chunk.to_vec()))).collect();
+        let mut chunks: Vec<Vec<_>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for m in moves {
+            let size = m.copy.size_bytes();
+            let last = chunks.last().expect("one chunk at least");
+            if !last.is_empty() && (last.len() >= MOVES_PER_ENTRY || bytes + size > MOVE_BYTES_PER_ENTRY) {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            chunks.last_mut().expect("one chunk at least").push(m);
+        }
+        let proposals: Vec<_> = chunks.into_iter().map(|chunk| encode(wall_ms, &Command::DeadLetters(chunk))).collect();
         tokio::spawn(async move {
             for proposal in proposals {
                 if let Err(e) = node.propose(proposal).await {
