@@ -34,9 +34,12 @@ pub type SnapshotData = bytes::Bytes;
 /// base64-encoded): a larger state is not snapshotted, and its Raft log is kept whole.
 pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 
-/// The largest message between peers: a snapshot, or a batch of entries (up to
-/// `max_payload_entries` proposals of up to a request each), with room to spare.
+/// The largest message between peers: a batch of entries (up to `max_payload_entries`
+/// proposals of up to a request each), with room to spare.
 const PEER_MESSAGE_BYTES_MAX: usize = SNAPSHOT_BYTES_MAX + (64 << 20);
+
+/// A snapshot is sent in chunks of this many bytes at most, on one stream.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Makes the channel to a peer's address (`HOST:PORT`): tonic over TCP in production, the
 /// simulator's network under turmoil. It must not connect before the first call.
@@ -146,11 +149,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client.clone();
-        let request = wire::snapshot_request_pb(&vote, &snapshot.meta, snapshot.snapshot);
+        let chunks = wire::snapshot_chunks_pb(&vote, &snapshot.meta, &snapshot.snapshot, SNAPSHOT_CHUNK_BYTES);
         let call = self.call(
             RPCTypes::InstallSnapshot,
             option.soft_ttl(),
-            client.install_snapshot(request),
+            client.install_snapshot(futures_util::stream::iter(chunks)),
             wire::snapshot_response_of,
         );
         tokio::select! {
@@ -216,9 +219,14 @@ where
 
     async fn install_snapshot(
         &self,
-        request: Request<pb::InstallSnapshotRequest>,
+        request: Request<tonic::Streaming<pb::InstallSnapshotRequest>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
-        let (vote, meta, data) = wire::snapshot_request_of(request.into_inner()).map_err(invalid)?;
+        let mut chunks = request.into_inner();
+        let mut assembly = wire::SnapshotAssembly::new(SNAPSHOT_BYTES_MAX);
+        while let Some(chunk) = chunks.message().await? {
+            assembly.push(chunk).map_err(invalid)?;
+        }
+        let (vote, meta, data) = assembly.finish().map_err(invalid)?;
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: data };
         let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(unavailable)?;
         Ok(Response::new(wire::snapshot_response_pb(&response)))

@@ -136,13 +136,60 @@ pub(super) fn vote_response_of(response: pb::VoteResponse) -> Result<VoteRespons
     Ok(VoteResponse::new(vote, response.last_log_id.as_ref().map(log_id_of), response.vote_granted))
 }
 
-pub(super) fn snapshot_request_pb(
+/// A snapshot as the chunks of an `InstallSnapshot` stream: the first carries the vote and
+/// the description, and each at most `chunk_bytes` of the data (one, empty, for none).
+pub(super) fn snapshot_chunks_pb(
     vote: &Vote,
     meta: &SnapshotMetaOf<TypeConfig>,
-    data: bytes::Bytes,
-) -> pb::InstallSnapshotRequest {
+    data: &bytes::Bytes,
+    chunk_bytes: usize,
+) -> Vec<pb::InstallSnapshotRequest> {
     let (last_log_id, membership, membership_log_id) = meta_pb(meta);
-    pb::InstallSnapshotRequest { vote: Some(vote_pb(vote)), last_log_id, membership, membership_log_id, data }
+    let mut chunks: Vec<pb::InstallSnapshotRequest> = (0..data.len().div_ceil(chunk_bytes).max(1))
+        .map(|i| pb::InstallSnapshotRequest {
+            data: data.slice(i * chunk_bytes..((i + 1) * chunk_bytes).min(data.len())),
+            ..Default::default()
+        })
+        .collect();
+    let first = &mut chunks[0];
+    (first.vote, first.last_log_id, first.membership, first.membership_log_id) =
+        (Some(vote_pb(vote)), last_log_id, membership, membership_log_id);
+    chunks
+}
+
+/// A streamed snapshot as it arrives: the description from its first chunk, the data from
+/// all of them, at most `bytes_max` in all.
+pub(super) struct SnapshotAssembly {
+    head: Option<(Vote, SnapshotMetaOf<TypeConfig>)>,
+    data: bytes::BytesMut,
+    bytes_max: usize,
+}
+
+impl SnapshotAssembly {
+    pub(super) fn new(bytes_max: usize) -> Self {
+        Self { head: None, data: bytes::BytesMut::new(), bytes_max }
+    }
+
+    /// Takes the next chunk; an error says what is wrong with the stream.
+    pub(super) fn push(&mut self, chunk: pb::InstallSnapshotRequest) -> Result<(), String> {
+        if self.head.is_none() {
+            let vote = vote_of(&required(chunk.vote, "vote")?);
+            self.head = Some((vote, meta_of(chunk.last_log_id, chunk.membership, chunk.membership_log_id)?));
+        } else if chunk.vote.is_some() || chunk.last_log_id.is_some() || chunk.membership.is_some() {
+            return Err("a snapshot chunk after the first sets the vote or the description".to_string());
+        }
+        if self.data.len() + chunk.data.len() > self.bytes_max {
+            return Err(format!("a snapshot over {} bytes", self.bytes_max));
+        }
+        self.data.extend_from_slice(&chunk.data);
+        Ok(())
+    }
+
+    /// The vote, the snapshot's description and its bytes, once the stream ended.
+    pub(super) fn finish(self) -> Result<(Vote, SnapshotMetaOf<TypeConfig>, bytes::Bytes), String> {
+        let (vote, meta) = self.head.ok_or("a snapshot stream without a chunk")?;
+        Ok((vote, meta, self.data.freeze()))
+    }
 }
 
 /// A snapshot's description as its three fields: the last entry it covers, the membership
@@ -166,14 +213,6 @@ fn meta_of(
         membership_of(required(membership, "membership")?)?,
     );
     Ok(SnapshotMetaOf::<TypeConfig> { last_log_id: last_log_id.as_ref().map(log_id_of), last_membership: membership })
-}
-
-/// The vote, the snapshot's description and its bytes.
-pub(super) fn snapshot_request_of(
-    rpc: pb::InstallSnapshotRequest,
-) -> Result<(Vote, SnapshotMetaOf<TypeConfig>, bytes::Bytes), String> {
-    let vote = vote_of(&required(rpc.vote, "vote")?);
-    Ok((vote, meta_of(rpc.last_log_id, rpc.membership, rpc.membership_log_id)?, rpc.data))
 }
 
 pub(super) fn snapshot_response_pb(response: &SnapshotResponse<TypeConfig>) -> pb::InstallSnapshotResponse {
@@ -242,4 +281,60 @@ pub(super) fn stored_snapshot_of(
     stored: pb::StoredSnapshot,
 ) -> Result<(SnapshotMetaOf<TypeConfig>, bytes::Bytes), String> {
     Ok((meta_of(stored.last_log_id, stored.membership, stored.membership_log_id)?, stored.data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vote and a snapshot description, as a first chunk would carry them.
+    fn head() -> (Vote, SnapshotMetaOf<TypeConfig>) {
+        let vote = vote_of(&pb::Vote { term: 3, node: 2, committed: true });
+        let membership = pb::Membership {
+            configs: vec![pb::VoterSet { voters: vec![1, 2, 3] }],
+            nodes: (1..=3).map(|id| pb::Node { id, addr: format!("127.0.0.1:{id}") }).collect(),
+        };
+        let log_id = Some(pb::LogId { term: 3, index: 41 });
+        let meta = meta_of(log_id, Some(membership), Some(pb::LogId { term: 1, index: 1 })).unwrap();
+        (vote, meta)
+    }
+
+    #[test]
+    fn a_snapshot_goes_in_chunks_and_comes_back_whole() {
+        let (vote, meta) = head();
+        let data = bytes::Bytes::from((0..2500u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let chunks = snapshot_chunks_pb(&vote, &meta, &data, 1000);
+        assert_eq!(chunks.iter().map(|c| c.data.len()).collect::<Vec<_>>(), [1000, 1000, 500]);
+        assert!(chunks[1..].iter().all(|c| c.vote.is_none() && c.membership.is_none()));
+        let mut assembly = SnapshotAssembly::new(2500);
+        for chunk in chunks {
+            assembly.push(chunk).unwrap();
+        }
+        let (v, m, d) = assembly.finish().unwrap();
+        assert_eq!((v, m, d), (vote, meta.clone(), data));
+
+        let empty = snapshot_chunks_pb(&vote, &meta, &bytes::Bytes::new(), 1000);
+        assert_eq!(empty.len(), 1, "the description travels even with no data");
+    }
+
+    #[test]
+    fn a_snapshot_stream_that_is_too_large_or_malformed_is_refused() {
+        let (vote, meta) = head();
+        let data = bytes::Bytes::from(vec![7u8; 2001]);
+        let mut assembly = SnapshotAssembly::new(2000);
+        let mut chunks = snapshot_chunks_pb(&vote, &meta, &data, 1000).into_iter();
+        assembly.push(chunks.next().unwrap()).unwrap();
+        assembly.push(chunks.next().unwrap()).unwrap();
+        assert_eq!(assembly.push(chunks.next().unwrap()).unwrap_err(), "a snapshot over 2000 bytes");
+
+        let mut assembly = SnapshotAssembly::new(2000);
+        let chunks = snapshot_chunks_pb(&vote, &meta, &data, 1000);
+        assembly.push(chunks[0].clone()).unwrap();
+        let again = assembly.push(chunks[0].clone()).unwrap_err();
+        assert!(again.contains("after the first sets the vote"), "{again}");
+
+        let headless = SnapshotAssembly::new(2000).push(chunks[1].clone()).unwrap_err();
+        assert!(headless.contains("vote"), "{headless}");
+        assert_eq!(SnapshotAssembly::new(2000).finish().unwrap_err(), "a snapshot stream without a chunk");
+    }
 }
