@@ -304,6 +304,8 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
     let mut settings = mini_pubsub::cluster::NodeSettings::new(cluster.node_id, peers, seed);
     settings.fsync = config.storage.fsync == config::FsyncMode::Always;
     settings.snapshot_entries = cluster.snapshot_entries;
+    // A proposal is a request, encoded again with the time it was decided at.
+    settings.entry_bytes_max = config.server.request_bytes_max + (1 << 20);
     Ok(server::ClusterRun {
         settings,
         brokers,

@@ -36,7 +36,7 @@ pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 
 /// The largest message between peers: a batch of entries (up to `max_payload_entries`
 /// proposals of up to a request each), with room to spare.
-const PEER_MESSAGE_BYTES_MAX: usize = SNAPSHOT_BYTES_MAX + (64 << 20);
+pub(super) const PEER_MESSAGE_BYTES_MAX: usize = SNAPSHOT_BYTES_MAX + (64 << 20);
 
 /// A snapshot is sent in chunks of this many bytes at most, on one stream.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;

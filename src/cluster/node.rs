@@ -22,7 +22,7 @@ use openraft::{
 };
 
 use super::log::{identity, RaftLog};
-use super::network::{Connector, PeerNetwork, RaftService, SnapshotData};
+use super::network::{Connector, PeerNetwork, RaftService, SnapshotData, PEER_MESSAGE_BYTES_MAX};
 use super::snapshot::SnapshotStore;
 use super::{pb, Applied, Proposal, TypeConfig};
 use crate::core::Reply;
@@ -55,6 +55,9 @@ pub struct NodeSettings {
     /// as many entries are kept behind it, for a follower a little behind. 0 takes none
     /// (the log is never purged).
     pub snapshot_entries: u64,
+    /// The largest entry a proposal makes (about the largest publish request): a batch of
+    /// entries sent to a follower holds as many as fit in a peer message.
+    pub entry_bytes_max: usize,
 }
 
 impl NodeSettings {
@@ -71,8 +74,15 @@ impl NodeSettings {
             fsync: true,
             appends_unsynced: false,
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
+            entry_bytes_max: 16 << 20,
         }
     }
+}
+
+/// Entries in one AppendEntries at most: 64, or fewer when that many of the largest would
+/// not fit in one peer message.
+fn payload_entries_max(entry_bytes_max: usize) -> u64 {
+    (PEER_MESSAGE_BYTES_MAX / entry_bytes_max.max(1)).clamp(1, 64) as u64
 }
 
 /// [`NodeSettings::snapshot_entries`] by default.
@@ -207,9 +217,9 @@ impl ClusterNode {
                 },
                 max_in_snapshot_log_to_keep: settings.snapshot_entries.min(SNAPSHOT_KEEP_ENTRIES_MAX),
                 install_snapshot_timeout: SNAPSHOT_SEND_TIMEOUT_MS,
-                // Proposals are up to a publish batch; a lagging follower gets them in bounded
-                // batches.
-                max_payload_entries: 64,
+                // Proposals are up to a publish request each; a lagging follower gets them in
+                // batches that fit in one peer message.
+                max_payload_entries: payload_entries_max(settings.entry_bytes_max),
                 ..Default::default()
             };
             let config = Arc::new(config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
@@ -435,5 +445,20 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
         Ok(self.snapshots.current())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_the_largest_entries_fits_in_one_peer_message() {
+        assert_eq!(payload_entries_max(16 << 20), 64, "the default request bound");
+        let largest = (60 << 20) + (1 << 20);
+        let entries = payload_entries_max(largest);
+        assert_eq!(entries, 17);
+        assert!(entries as usize * largest <= PEER_MESSAGE_BYTES_MAX);
+        assert_eq!(payload_entries_max(usize::MAX), 1, "one entry always goes");
     }
 }
