@@ -41,11 +41,10 @@
 
 mod acks;
 mod admin;
-mod codec;
 mod error;
 mod held;
 mod lease;
-mod message;
+pub(crate) mod message;
 mod publisher;
 mod received;
 mod retry;

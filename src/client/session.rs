@@ -24,13 +24,13 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::acks::NackKey;
-use super::codec::{self, StreamResponse};
 use super::error::{is_retryable, ClientError};
 use super::held::Held;
 use super::received::{AckHandle, LeaseId, Op, ReceivedMessage};
 use super::subscriber::{Delivery, Shared, SubscribeTarget, SubscriberSettings};
 use super::Client;
 use crate::env::{Clock, TokioClock};
+use crate::wire::client_codec::{self as codec, StreamResponse};
 use crate::wire::pb;
 
 /// Longest wait for a stream to open (the call, then its opening response).

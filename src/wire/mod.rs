@@ -1,6 +1,7 @@
 //! The wire edge: generated protobuf types, their conversions to and from core types, and
 //! the one mapping of broker errors to gRPC statuses. Generated types go no further in.
 
+pub(crate) mod client_codec;
 mod codec;
 mod convert;
 mod status;

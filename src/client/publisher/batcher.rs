@@ -12,11 +12,11 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{Command, Counters, PublisherSettings, Queued};
-use crate::client::codec;
 use crate::client::error::{is_retryable, ClientError};
 use crate::client::message::PublishResult;
 use crate::client::Moved;
 use crate::env::{Clock, TokioClock};
+use crate::wire::client_codec as codec;
 
 /// The wait between attempts that follow a cluster's leadership: this many steps of the
 /// backoff (100 ms by default). An election takes a fraction of a second, and a grown wait

@@ -210,3 +210,42 @@ fn a_publish_response_reads_as_the_generated_decoding_reads_it() {
         assert_eq!(decode_publish_response(&mut &cut[..]).is_ok(), theirs, "cut at {len}");
     }
 }
+
+/// Fields of the messages above that the codec leaves to others on purpose.
+const NOT_READ: &[(&str, &str)] = &[
+    // The generation is the broker's business (and the stream's assignment's).
+    ("ReceivedMessage", "generation"),
+    // A publish of one message by its top-level fields: the library sends `messages`.
+    ("PublishRequest", "value"),
+    ("PublishRequest", "key"),
+    ("PublishRequest", "attributes"),
+    ("PublishRequest", "partition"),
+    ("PublishRequest", "idempotency_key"),
+];
+
+#[test]
+fn every_field_number_is_the_one_the_proto_gives_and_no_field_goes_unread() {
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+    let file = set.file.iter().find(|f| f.package() == "pubsub").expect("the pubsub package");
+    let number = |message: &str, field: &str| {
+        let m = file.message_type.iter().find(|m| m.name() == message).unwrap_or_else(|| panic!("{message}"));
+        m.field.iter().find(|f| f.name() == field).map(|f| f.number())
+    };
+    for (message, field, ours) in fields::ALL {
+        assert_eq!(number(message, field), Some(*ours as i32), "{message}.{field}");
+    }
+    let messages: std::collections::BTreeSet<&str> = fields::ALL.iter().map(|(m, ..)| *m).collect();
+    for message in messages {
+        let m = file.message_type.iter().find(|m| m.name() == message).unwrap();
+        for field in &m.field {
+            let known = fields::ALL.iter().any(|(mm, f, _)| *mm == message && *f == field.name())
+                || NOT_READ.contains(&(message, field.name()));
+            assert!(
+                known,
+                "{message}.{} (field {}) is in the proto but not in the codec",
+                field.name(),
+                field.number()
+            );
+        }
+    }
+}

@@ -9,7 +9,9 @@
 //! where they end up. A publish request is encoded once per batch from the queued messages
 //! (by reference) and the same bytes are sent on every attempt, where the generated client
 //! needed a copy of every message per attempt. The wire format is the one
-//! `proto/pubsub.proto` defines; the tests decode and encode the same bytes both ways.
+//! `proto/pubsub.proto` defines; the tests decode and encode the same bytes both ways, and
+//! check every field number here (`fields`) against the compiled descriptor set. It lives
+//! here, beside the server's codec, so the two edges of the wire are read together.
 
 use std::fmt;
 
@@ -20,8 +22,95 @@ use tonic::transport::Channel;
 use tonic::Status;
 use tonic_prost::ProstEncoder;
 
-use super::message::{system_time, Message, PublishResult};
+use crate::client::message::{system_time, Message, PublishResult};
 use crate::wire::pb;
+use fields::{
+    ack_confirmation, message, publish_request, publish_response, publish_result, received_message, subscribe_response,
+};
+
+/// The field numbers this codec reads and writes, by message, as `proto/pubsub.proto` has
+/// them; a test checks every one against the compiled descriptor set, so the proto and the
+/// codec cannot drift apart.
+pub(crate) mod fields {
+    /// `pubsub.SubscribeResponse`.
+    pub(crate) mod subscribe_response {
+        pub(crate) const RECEIVED_MESSAGES: u32 = 1;
+        pub(crate) const ACK_CONFIRMATIONS: u32 = 2;
+        pub(crate) const SUBSCRIPTION: u32 = 3;
+        pub(crate) const ASSIGNMENT: u32 = 4;
+    }
+    /// `pubsub.ReceivedMessage`.
+    pub(crate) mod received_message {
+        pub(crate) const ACK_ID: u32 = 1;
+        pub(crate) const MESSAGE: u32 = 2;
+        pub(crate) const DELIVERY_ATTEMPT: u32 = 3;
+    }
+    /// `pubsub.AckConfirmation`.
+    pub(crate) mod ack_confirmation {
+        pub(crate) const ACK_ID: u32 = 1;
+        pub(crate) const OPERATION: u32 = 2;
+        pub(crate) const RESULT: u32 = 3;
+    }
+    /// `pubsub.Message`.
+    pub(crate) mod message {
+        pub(crate) const MESSAGE_ID: u32 = 1;
+        pub(crate) const TOPIC: u32 = 2;
+        pub(crate) const PARTITION: u32 = 3;
+        pub(crate) const OFFSET: u32 = 4;
+        pub(crate) const KEY: u32 = 5;
+        pub(crate) const VALUE: u32 = 6;
+        pub(crate) const ATTRIBUTES: u32 = 7;
+        pub(crate) const PUBLISH_TIME: u32 = 8;
+        pub(crate) const IDEMPOTENCY_KEY: u32 = 9;
+    }
+    /// `pubsub.PublishRequest` (its messages are encoded by prost, from the generated type).
+    pub(crate) mod publish_request {
+        pub(crate) const TOPIC: u32 = 1;
+        pub(crate) const MESSAGES: u32 = 6;
+    }
+    /// `pubsub.PublishResponse`.
+    pub(crate) mod publish_response {
+        pub(crate) const RESULTS: u32 = 1;
+    }
+    /// `pubsub.PublishResult`.
+    pub(crate) mod publish_result {
+        pub(crate) const MESSAGE_ID: u32 = 1;
+        pub(crate) const PARTITION: u32 = 2;
+        pub(crate) const OFFSET: u32 = 3;
+        pub(crate) const DUPLICATE: u32 = 4;
+    }
+
+    /// Every field above: (message, field, number), for the test against the descriptors.
+    #[cfg(test)]
+    pub(crate) const ALL: &[(&str, &str, u32)] = &[
+        ("SubscribeResponse", "received_messages", subscribe_response::RECEIVED_MESSAGES),
+        ("SubscribeResponse", "ack_confirmations", subscribe_response::ACK_CONFIRMATIONS),
+        ("SubscribeResponse", "subscription", subscribe_response::SUBSCRIPTION),
+        ("SubscribeResponse", "assignment", subscribe_response::ASSIGNMENT),
+        ("ReceivedMessage", "ack_id", received_message::ACK_ID),
+        ("ReceivedMessage", "message", received_message::MESSAGE),
+        ("ReceivedMessage", "delivery_attempt", received_message::DELIVERY_ATTEMPT),
+        ("AckConfirmation", "ack_id", ack_confirmation::ACK_ID),
+        ("AckConfirmation", "operation", ack_confirmation::OPERATION),
+        ("AckConfirmation", "result", ack_confirmation::RESULT),
+        ("Message", "message_id", message::MESSAGE_ID),
+        ("Message", "topic", message::TOPIC),
+        ("Message", "partition", message::PARTITION),
+        ("Message", "offset", message::OFFSET),
+        ("Message", "key", message::KEY),
+        ("Message", "value", message::VALUE),
+        ("Message", "attributes", message::ATTRIBUTES),
+        ("Message", "publish_time", message::PUBLISH_TIME),
+        ("Message", "idempotency_key", message::IDEMPOTENCY_KEY),
+        ("PublishRequest", "topic", publish_request::TOPIC),
+        ("PublishRequest", "messages", publish_request::MESSAGES),
+        ("PublishResponse", "results", publish_response::RESULTS),
+        ("PublishResult", "message_id", publish_result::MESSAGE_ID),
+        ("PublishResult", "partition", publish_result::PARTITION),
+        ("PublishResult", "offset", publish_result::OFFSET),
+        ("PublishResult", "duplicate", publish_result::DUPLICATE),
+    ];
+}
 
 /// One response of the Subscribe stream (`pb::SubscribeResponse`).
 #[derive(Debug, Default)]
@@ -113,7 +202,8 @@ impl fmt::Display for Malformed {
 /// Reads a whole `SubscribeResponse` from `buf`.
 pub(crate) fn decode_response(buf: &mut impl Buf) -> Result<StreamResponse, Malformed> {
     let ctx = DecodeContext::default();
-    let (messages, confirmations) = count_repeated(buf.chunk(), &ctx);
+    let (messages, confirmations) =
+        count_repeated(buf.chunk(), &ctx, subscribe_response::RECEIVED_MESSAGES, subscribe_response::ACK_CONFIRMATIONS);
     let mut response = StreamResponse {
         received: Vec::with_capacity(messages),
         ack_confirmations: Vec::with_capacity(confirmations),
@@ -122,16 +212,16 @@ pub(crate) fn decode_response(buf: &mut impl Buf) -> Result<StreamResponse, Malf
     while buf.has_remaining() {
         let (tag, wire_type) = decode_key(buf)?;
         match tag {
-            1 => {
+            subscribe_response::RECEIVED_MESSAGES => {
                 let end = field_end(wire_type, buf)?;
                 response.received.push(received_message(buf, end, &ctx)?);
             }
-            2 => {
+            subscribe_response::ACK_CONFIRMATIONS => {
                 let end = field_end(wire_type, buf)?;
                 response.ack_confirmations.push(ack_confirmation(buf, end, &ctx)?);
             }
-            3 => response.subscription = text(wire_type, buf)?,
-            4 => {
+            subscribe_response::SUBSCRIPTION => response.subscription = text(wire_type, buf)?,
+            subscribe_response::ASSIGNMENT => {
                 let assignment = response.assignment.get_or_insert_with(Default::default);
                 encoding::message::merge(wire_type, assignment, buf, ctx.clone())?;
             }
@@ -141,17 +231,17 @@ pub(crate) fn decode_response(buf: &mut impl Buf) -> Result<StreamResponse, Malf
     Ok(response)
 }
 
-/// How many times fields 1 and 2 occur at the top of the message in `bytes`, to size their
+/// How many times fields `first` and `second` occur at the top of the message in `bytes`, to size their
 /// `Vec`s once (growing them copied each element several times). Counts what it can read;
 /// the decoding proper reports what is malformed.
-fn count_repeated(mut bytes: &[u8], ctx: &DecodeContext) -> (usize, usize) {
+fn count_repeated(mut bytes: &[u8], ctx: &DecodeContext, first: u32, second: u32) -> (usize, usize) {
     let (mut ones, mut twos) = (0, 0);
     while !bytes.is_empty() {
         let Ok((tag, wire_type)) = decode_key(&mut bytes) else { break };
-        match tag {
-            1 => ones += 1,
-            2 => twos += 1,
-            _ => {}
+        if tag == first {
+            ones += 1;
+        } else if tag == second {
+            twos += 1;
         }
         if skip_field(wire_type, tag, &mut bytes, ctx.clone()).is_err() {
             break;
@@ -183,12 +273,12 @@ pub(crate) fn encode_publish<'a>(
 ) -> Bytes {
     let mut buf = BytesMut::with_capacity(capacity);
     if !topic.is_empty() {
-        encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
+        encoding::encode_key(publish_request::TOPIC, WireType::LengthDelimited, &mut buf);
         encoding::encode_varint(topic.len() as u64, &mut buf);
         buf.put_slice(topic.as_bytes());
     }
     for message in messages {
-        encoding::message::encode(6, message, &mut buf);
+        encoding::message::encode(publish_request::MESSAGES, message, &mut buf);
     }
     buf.freeze()
 }
@@ -241,10 +331,10 @@ impl Decoder for PublishDecoder {
 /// Reads a whole `PublishResponse` from `buf`: its results, in order.
 pub(crate) fn decode_publish_response(buf: &mut impl Buf) -> Result<Vec<PublishResult>, Malformed> {
     let ctx = DecodeContext::default();
-    let mut results = Vec::with_capacity(count_repeated(buf.chunk(), &ctx).0);
+    let mut results = Vec::with_capacity(count_repeated(buf.chunk(), &ctx, publish_response::RESULTS, 0).0);
     while buf.has_remaining() {
         let (tag, wire_type) = decode_key(buf)?;
-        if tag != 1 {
+        if tag != publish_response::RESULTS {
             skip_field(wire_type, tag, buf, ctx.clone())?;
             continue;
         }
@@ -259,10 +349,10 @@ pub(crate) fn decode_publish_response(buf: &mut impl Buf) -> Result<Vec<PublishR
         while buf.remaining() > end {
             let (tag, wire_type) = decode_key(buf)?;
             match tag {
-                1 => result.message_id = text(wire_type, buf)?,
-                2 => result.partition = varint(wire_type, buf)? as u32,
-                3 => result.offset = varint(wire_type, buf)?,
-                4 => result.duplicate = varint(wire_type, buf)? != 0,
+                publish_result::MESSAGE_ID => result.message_id = text(wire_type, buf)?,
+                publish_result::PARTITION => result.partition = varint(wire_type, buf)? as u32,
+                publish_result::OFFSET => result.offset = varint(wire_type, buf)?,
+                publish_result::DUPLICATE => result.duplicate = varint(wire_type, buf)? != 0,
                 _ => skip_field(wire_type, tag, buf, ctx.clone())?,
             }
         }
@@ -302,15 +392,15 @@ fn received_message(buf: &mut impl Buf, end: usize, ctx: &DecodeContext) -> Resu
     while buf.remaining() > end {
         let (tag, wire_type) = decode_key(buf)?;
         match tag {
-            1 => ack_id = text(wire_type, buf)?,
-            2 => {
+            received_message::ACK_ID => ack_id = text(wire_type, buf)?,
+            received_message::MESSAGE => {
                 let message_end = field_end(wire_type, buf)?;
                 if message_end < end {
                     return Err(Malformed::Length);
                 }
                 wire_message(buf, message_end, &mut message, ctx)?;
             }
-            3 => message.delivery_attempt = varint(wire_type, buf)? as u32,
+            received_message::DELIVERY_ATTEMPT => message.delivery_attempt = varint(wire_type, buf)? as u32,
             // The generation is the broker's business (and the stream's assignment's).
             _ => skip_field(wire_type, tag, buf, ctx.clone())?,
         }
@@ -325,10 +415,10 @@ fn ack_confirmation(buf: &mut impl Buf, end: usize, ctx: &DecodeContext) -> Resu
     while buf.remaining() > end {
         let (tag, wire_type) = decode_key(buf)?;
         match tag {
-            1 => confirmation.ack_id = text(wire_type, buf)?,
+            ack_confirmation::ACK_ID => confirmation.ack_id = text(wire_type, buf)?,
             // Enums as prost reads them: the number, whether or not it is known.
-            2 => confirmation.operation = varint(wire_type, buf)? as i32,
-            3 => confirmation.result = varint(wire_type, buf)? as i32,
+            ack_confirmation::OPERATION => confirmation.operation = varint(wire_type, buf)? as i32,
+            ack_confirmation::RESULT => confirmation.result = varint(wire_type, buf)? as i32,
             _ => skip_field(wire_type, tag, buf, ctx.clone())?,
         }
     }
@@ -341,25 +431,25 @@ fn wire_message(buf: &mut impl Buf, end: usize, message: &mut Message, ctx: &Dec
     while buf.remaining() > end {
         let (tag, wire_type) = decode_key(buf)?;
         match tag {
-            1 => message.message_id = text(wire_type, buf)?,
-            2 => message.topic = text(wire_type, buf)?,
-            3 => message.partition = varint(wire_type, buf)? as u32,
-            4 => message.offset = varint(wire_type, buf)?,
-            5 => message.key = Some(text(wire_type, buf)?),
-            6 => message.value = bytes(wire_type, buf)?,
-            7 => encoding::btree_map::merge(
+            message::MESSAGE_ID => message.message_id = text(wire_type, buf)?,
+            message::TOPIC => message.topic = text(wire_type, buf)?,
+            message::PARTITION => message.partition = varint(wire_type, buf)? as u32,
+            message::OFFSET => message.offset = varint(wire_type, buf)?,
+            message::KEY => message.key = Some(text(wire_type, buf)?),
+            message::VALUE => message.value = bytes(wire_type, buf)?,
+            message::ATTRIBUTES => encoding::btree_map::merge(
                 encoding::string::merge,
                 encoding::string::merge,
                 &mut message.attributes,
                 buf,
                 ctx.clone(),
             )?,
-            8 => {
+            message::PUBLISH_TIME => {
                 let mut time = prost_types::Timestamp::default();
                 encoding::message::merge(wire_type, &mut time, buf, ctx.clone())?;
                 message.publish_time = system_time(time);
             }
-            9 => message.idempotency_key = Some(text(wire_type, buf)?),
+            message::IDEMPOTENCY_KEY => message.idempotency_key = Some(text(wire_type, buf)?),
             _ => skip_field(wire_type, tag, buf, ctx.clone())?,
         }
     }
