@@ -130,6 +130,18 @@ impl DriverHandle {
         self.send_command(command, Some(sink)).await
     }
 
+    /// Queues `command` for the driver (waiting for room in its queue) and returns, without
+    /// waiting for it, the future of its answer: commands submitted one after another are
+    /// applied in that order.
+    pub async fn submit(
+        &self,
+        command: Command,
+    ) -> Result<impl std::future::Future<Output = Result<Answer, Status>> + Send + 'static, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Command { command, sink: None, reply }).await.map_err(|_| stopped())?;
+        Ok(async move { Ok(rx.await.map_err(|_| stopped())??) })
+    }
+
     async fn send_command(&self, command: Command, sink: Option<StreamSink>) -> Result<Answer, Status> {
         let (reply, rx) = oneshot::channel();
         self.jobs.send(Job::Command { command, sink, reply }).await.map_err(|_| stopped())?;

@@ -301,7 +301,9 @@ where
     let (driver, cluster) = start_driver(&config, storage, clock.clone(), hooks, metrics_on).await?;
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
 
-    let pubsub = pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency };
+    let publish_window = if cluster.is_some() { 1 } else { pubsub::PUBLISH_STREAM_WINDOW };
+    let pubsub =
+        pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency, publish_window };
     let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
     let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);

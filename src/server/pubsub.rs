@@ -18,15 +18,43 @@ use crate::wire::{self, pb};
 /// How long a stream's task waits to queue its final status behind undelivered responses.
 const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 
+/// Unanswered batches a PublishStream may have at once on a single broker: the next
+/// request is read only when one is answered, so a fast client is held back by HTTP/2's
+/// flow control, not queued here.
+pub const PUBLISH_STREAM_WINDOW: usize = 16;
+
 /// Publishing and consuming, backed by the driver.
 pub struct PubSubService {
     pub(super) driver: DriverHandle,
     pub(super) config: ServerConfig,
+    /// Unanswered batches a PublishStream may have at once: [`PUBLISH_STREAM_WINDOW`], or 1
+    /// on a cluster node, whose proposals are not ordered among themselves until they reach
+    /// the Raft log (a stream's batches must be stored in its order).
+    pub(super) publish_window: usize,
     /// Times acknowledged publishes when metrics are on.
     pub(super) publish_latency: Option<LatencyTimer>,
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+type PublishResponses = Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
+
+/// The answer to one batch of a PublishStream: where its messages went, or its refusal.
+fn stream_answer(sequence: u64, answer: Result<Answer, Status>) -> pb::PublishStreamResponse {
+    let stored = answer.and_then(|answer| match answer {
+        Answer::Published(published) => Ok(wire::publish_response(published).results),
+        other => Err(unexpected(&other)),
+    });
+    match stored {
+        Ok(results) => pb::PublishStreamResponse { sequence, results, ..Default::default() },
+        Err(status) => pb::PublishStreamResponse {
+            sequence,
+            results: Vec::new(),
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        },
+    }
+}
 
 #[tonic::async_trait]
 impl pb::pub_sub_server::PubSub for PubSubService {
@@ -43,6 +71,67 @@ impl pb::pub_sub_server::PubSub for PubSubService {
             timer.record(start);
         }
         Ok(response)
+    }
+
+    type PublishStreamStream = PublishResponses;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (responses, rx) = mpsc::channel(self.publish_window);
+        let (driver, window) = (self.driver.clone(), self.publish_window);
+        tokio::spawn(
+            async move {
+                // Submitted in request order, so the driver stores them in that order; answered
+                // in the same order, each once its own answer came.
+                let mut unanswered = std::collections::VecDeque::new();
+                let mut reading = true;
+                loop {
+                    let room = reading && unanswered.len() < window;
+                    let front = async {
+                        match unanswered.front_mut() {
+                            Some((_, answer)) => Some(answer.await),
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        answered = front => {
+                            let Some((sequence, _)) = unanswered.pop_front() else { break };
+                            let answered: Result<Answer, Status> = answered.unwrap_or_else(|| Err(Status::internal("no answer")));
+                            if responses.send(Ok(stream_answer(sequence, answered))).await.is_err() {
+                                return;
+                            }
+                        }
+                        next = inbound.message(), if room => match next {
+                            Ok(Some(request)) => {
+                                let sequence = request.sequence;
+                                let answer = match publish_of(request) {
+                                    Ok(command) => match driver.submit(command).await {
+                                        Ok(answer) => Box::pin(answer) as Pin<Box<dyn std::future::Future<Output = Result<Answer, Status>> + Send>>,
+                                        Err(stopped) => Box::pin(std::future::ready(Err(stopped))),
+                                    },
+                                    Err(refused) => Box::pin(std::future::ready(Err(refused))),
+                                };
+                                unanswered.push_back((sequence, answer));
+                            }
+                            Ok(None) => reading = false,
+                            Err(status) => {
+                                let _ = responses.send(Err(status)).await;
+                                return;
+                            }
+                        },
+                    }
+                    if !reading && unanswered.is_empty() {
+                        return;
+                    }
+                }
+            }
+            .instrument(info_span!("publish_stream")),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type SubscribeStream = ResponseStream;
@@ -226,4 +315,13 @@ fn is_undecodable(error: &Status) -> bool {
 async fn leave(driver: &DriverHandle, stream: StreamId) {
     debug!("client leaves; its leases are released");
     let _ = driver.handle(Command::LeaveStream { stream }).await;
+}
+
+/// The publish a PublishStream request carries, checked as Publish checks it.
+fn publish_of(request: pb::PublishStreamRequest) -> Result<Command, Status> {
+    let publish = request.publish.ok_or_else(|| {
+        Status::invalid_argument("publish: not set; each PublishStream request carries a batch for one topic")
+    })?;
+    let (topic, messages) = wire::publish_messages(publish)?;
+    Ok(Command::Publish { topic, messages })
 }
