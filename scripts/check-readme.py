@@ -20,21 +20,32 @@ ROOT = Path(__file__).resolve().parent.parent
 LIVE = "grpcurl -plaintext -d '{\"topic\":\"events\",\"value\":\"bGl2ZQ==\"}' localhost:50051 pubsub.PubSub/Publish"
 
 
+HEREDOC = " <<'EOF'"
+
+
 def blocks(readme):
-    """(command, expected output) for every `$ grpcurl` line in ```text blocks."""
+    """(command, expected output, stdin) for every `$ grpcurl` line in ```text blocks; a
+    command ending in <<'EOF' (grpcurl -d @) takes the lines up to EOF as its input."""
     out = []
     for block in re.findall(r"```text\n(.*?)```", readme, re.S):
-        command, expected = None, []
+        command, expected, stdin, reading = None, [], None, False
         for line in block.splitlines():
-            if line.startswith("$ "):
+            if reading:
+                if line == "EOF":
+                    reading = False
+                else:
+                    stdin.append(line)
+            elif line.startswith("$ "):
                 if command:
-                    out.append((command, "\n".join(expected)))
-                command, expected = line[2:], []
+                    out.append((command, "\n".join(expected), stdin))
+                command, expected, stdin = line[2:], [], None
+                if command.endswith(HEREDOC):
+                    command, stdin, reading = command[: -len(HEREDOC)], [], True
             elif command:
                 expected.append(line)
         if command:
-            out.append((command, "\n".join(expected)))
-    return [(c, e) for c, e in out if c.startswith("grpcurl")]
+            out.append((command, "\n".join(expected), stdin))
+    return [(c, e, i) for c, e, i in out if c.startswith("grpcurl")]
 
 
 def mask(text):
@@ -44,8 +55,9 @@ def mask(text):
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
-def run(command):
-    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=20)
+def run(command, stdin=None):
+    text = "\n".join(stdin) + "\n" if stdin is not None else None
+    done = subprocess.run(shlex.split(command), input=text, capture_output=True, text=True, timeout=20)
     return done.stdout + done.stderr
 
 
@@ -63,7 +75,7 @@ def main():
         startup = server.stderr.readline()
         assert "listening on 127.0.0.1:50051" in startup, startup
         streams = []
-        for command, expected in blocks(readme):
+        for command, expected, stdin in blocks(readme):
             if "Subscribe" in command:
                 streams.append((command, expected, subprocess.Popen(
                     shlex.split(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
@@ -76,7 +88,7 @@ def main():
                     proc.terminate()
                     failures += compare(stream_command, stream_expected, proc.communicate()[0])
                 streams = []
-            failures += compare(command, expected, run(command))
+            failures += compare(command, expected, run(command, stdin))
     finally:
         server.terminate()
         server.wait(timeout=10)
