@@ -60,6 +60,10 @@ pub struct DeadLetterMove {
     /// The copy: the original's key, value and attributes with those that say why and from
     /// where, and its publish time (the leader's wall clock, or the original's if later).
     pub copy: Record,
+    /// The subscription's seeks and redrives applied when the move was decided: a seek
+    /// committed before the move put the offset where the seek says, so the move does not
+    /// count it done (it is delivered again, as the seek asked; its copy is still made).
+    pub moves: u64,
 }
 
 impl Broker {
@@ -122,10 +126,10 @@ impl Broker {
         if !self.topics.contains_key(&policy.topic) {
             return false;
         }
-        let subscription = self.subscriptions[&uid].name.clone();
+        let (subscription, moves) = (self.subscriptions[&uid].name.clone(), self.subscriptions[&uid].cursor_moves);
         self.cursor_mut(uid, partition).in_transit.insert(offset);
         self.moves_in_flight.insert((uid, partition, offset), self.term);
-        let decided = DeadLetterMove { subscription, uid, partition, offset, copy };
+        let decided = DeadLetterMove { subscription, uid, partition, offset, copy, moves };
         self.decided.push(super::Command::DeadLetters(vec![decided]));
         true
     }
@@ -148,16 +152,18 @@ impl Broker {
             if let Some((target, ..)) = appended {
                 self.topics_to_dispatch.insert(target);
             }
+            let unmoved = self.subscriptions[&m.uid].cursor_moves == m.moves;
             let cursor = self.cursor_mut(m.uid, m.partition);
             match (copied, decided_here) {
                 (true, true) => {
                     // Not in transit any more if a replicated floor reset the cursor
-                    // while this node did not lead.
-                    if !cursor.finish_transit(m.offset) {
+                    // while this node did not lead (or a seek moved it: then it is owed).
+                    if !cursor.finish_transit(m.offset) && unmoved {
                         cursor.settle(m.offset);
                     }
                 }
-                (true, false) => cursor.settle(m.offset),
+                (true, false) if unmoved => cursor.settle(m.offset),
+                (true, false) => {}
                 (false, true) => {
                     if cursor.abort_transit(m.offset) {
                         returned.push(m.uid);

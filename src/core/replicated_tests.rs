@@ -216,3 +216,17 @@ fn a_node_that_serves_again_in_its_own_term_keeps_the_moves_still_in_its_log() {
     assert_eq!(committed(&leader, "s"), 1);
     assert_eq!(stored(&leader, "dlq").len(), 1, "one copy");
 }
+
+#[test]
+fn a_seek_committed_before_a_move_leaves_its_message_owed_though_the_copy_is_made() {
+    let (mut leader, mut follower) = cluster(2);
+    let decided = give_up(&mut leader, &["m0"]);
+    let seek = Command::Seek { subscription: "s".into(), target: SeekTarget::Earliest };
+    both(&mut leader, &mut follower, seek);
+    both(&mut leader, &mut follower, decided[0].clone());
+    for b in [&mut leader, &mut follower] {
+        assert_eq!(stored(b, "dlq").len(), 1, "the copy is made");
+        let owed: Vec<String> = pull(b, "s").into_iter().map(|d| d.0).collect();
+        assert_eq!(owed, ["m0", "m1"], "the seek asked for both again, and the move does not take m0 away");
+    }
+}

@@ -220,6 +220,7 @@ fn moves_pb(moves: Vec<DeadLetterMove>) -> pb::DeadLetters {
                 ..Default::default()
             }),
             publish_time_ms: m.copy.publish_time_ms,
+            moves: m.moves,
         })
         .collect();
     pb::DeadLetters { moves }
@@ -243,6 +244,7 @@ fn moves_of(moves: pb::DeadLetters) -> Result<Vec<DeadLetterMove>, String> {
                     publish_time_ms: m.publish_time_ms,
                     idempotency_key: None,
                 },
+                moves: m.moves,
             })
         })
         .collect()

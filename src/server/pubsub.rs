@@ -82,6 +82,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let mut inbound = request.into_inner();
         let (responses, rx) = mpsc::channel(self.publish_window);
         let (driver, window) = (self.driver.clone(), self.publish_window);
+        let latency = self.publish_latency.clone();
         tokio::spawn(
             async move {
                 // Submitted in request order, so the driver stores them in that order; answered
@@ -92,15 +93,18 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                     let room = reading && unanswered.len() < window;
                     let front = async {
                         match unanswered.front_mut() {
-                            Some((_, answer)) => Some(answer.await),
+                            Some((_, _, answer)) => Some(answer.await),
                             None => std::future::pending().await,
                         }
                     };
                     tokio::select! {
                         biased;
                         answered = front => {
-                            let Some((sequence, _)) = unanswered.pop_front() else { break };
+                            let Some((sequence, start, _)) = unanswered.pop_front() else { break };
                             let answered: Result<Answer, Status> = answered.unwrap_or_else(|| Err(Status::internal("no answer")));
+                            if let (Some(timer), Some(start), Ok(_)) = (&latency, start, &answered) {
+                                timer.record(start);
+                            }
                             if responses.send(Ok(stream_answer(sequence, answered))).await.is_err() {
                                 return;
                             }
@@ -115,7 +119,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                                     },
                                     Err(refused) => Box::pin(std::future::ready(Err(refused))),
                                 };
-                                unanswered.push_back((sequence, answer));
+                                unanswered.push_back((sequence, latency.as_ref().map(LatencyTimer::start), answer));
                             }
                             Ok(None) => reading = false,
                             Err(status) => {
