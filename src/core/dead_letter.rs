@@ -82,10 +82,10 @@ impl Broker {
         reason: &str,
         detail: &str,
     ) -> bool {
-        if self.replicated {
-            return self.decide_dead_letter(uid, partition, offset, attempts, reason, detail);
-        }
         let Some(copy) = self.make_copy(uid, partition, offset, attempts, reason, detail) else { return false };
+        if self.replicated {
+            return self.decide_dead_letter(uid, partition, offset, copy);
+        }
         let Some((target_name, target_uid, target_partition, target_offset)) = self.append_copy(uid, copy) else {
             return false;
         };
@@ -109,19 +109,10 @@ impl Broker {
         true
     }
 
-    /// A cluster leader's decision to dead-letter: the copy is made now and the offset waits
-    /// in transit (no consumer gets it) until the move commits. False when the copy cannot
-    /// be made.
-    fn decide_dead_letter(
-        &mut self,
-        uid: u64,
-        partition: u32,
-        offset: u64,
-        attempts: u32,
-        reason: &str,
-        detail: &str,
-    ) -> bool {
-        let Some(copy) = self.make_copy(uid, partition, offset, attempts, reason, detail) else { return false };
+    /// A cluster leader's decision to dead-letter with `copy` (made here, now): the offset
+    /// waits in transit (no consumer gets it) until the move commits. False when the
+    /// dead-letter topic is gone.
+    fn decide_dead_letter(&mut self, uid: u64, partition: u32, offset: u64, copy: Record) -> bool {
         let policy = self.subscriptions[&uid].dead_letter.as_ref().expect("dead-lettering needs a policy");
         if !self.topics.contains_key(&policy.topic) {
             return false;

@@ -122,12 +122,14 @@ impl DriverHandle {
     /// Has the driver apply `command` and returns its answer; waits while the queue is
     /// full. A publish is answered once the storage's fsync policy is met.
     pub async fn handle(&self, command: Command) -> Result<Answer, Status> {
-        self.send_command(command, None).await
+        self.submit(command).await?.await
     }
 
     /// Opens a stream ([`Command::OpenStream`]) whose responses go to `sink`.
     pub async fn open_stream(&self, command: Command, sink: StreamSink) -> Result<Answer, Status> {
-        self.send_command(command, Some(sink)).await
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Command { command, sink: Some(sink), reply }).await.map_err(|_| stopped())?;
+        Ok(rx.await.map_err(|_| stopped())??)
     }
 
     /// Queues `command` for the driver (waiting for room in its queue) and returns, without
@@ -140,12 +142,6 @@ impl DriverHandle {
         let (reply, rx) = oneshot::channel();
         self.jobs.send(Job::Command { command, sink: None, reply }).await.map_err(|_| stopped())?;
         Ok(async move { Ok(rx.await.map_err(|_| stopped())??) })
-    }
-
-    async fn send_command(&self, command: Command, sink: Option<StreamSink>) -> Result<Answer, Status> {
-        let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job::Command { command, sink, reply }).await.map_err(|_| stopped())?;
-        Ok(rx.await.map_err(|_| stopped())??)
     }
 
     /// Answers a read, with the time it was read at.

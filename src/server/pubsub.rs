@@ -39,6 +39,9 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, St
 
 type PublishResponses = Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
 
+/// The answer a PublishStream batch waits for.
+type Answering = Pin<Box<dyn std::future::Future<Output = Result<Answer, Status>> + Send>>;
+
 /// The answer to one batch of a PublishStream: where its messages went, or its refusal.
 fn stream_answer(sequence: u64, answer: Result<Answer, Status>) -> pb::PublishStreamResponse {
     let stored = answer.and_then(|answer| match answer {
@@ -93,7 +96,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                     let room = reading && unanswered.len() < window;
                     let front = async {
                         match unanswered.front_mut() {
-                            Some((_, _, answer)) => Some(answer.await),
+                            Some((_, _, answer)) => answer.await,
                             None => std::future::pending().await,
                         }
                     };
@@ -101,7 +104,6 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                         biased;
                         answered = front => {
                             let Some((sequence, start, _)) = unanswered.pop_front() else { break };
-                            let answered: Result<Answer, Status> = answered.unwrap_or_else(|| Err(Status::internal("no answer")));
                             if let (Some(timer), Some(start), Ok(_)) = (&latency, start, &answered) {
                                 timer.record(start);
                             }
@@ -111,15 +113,8 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                         }
                         next = inbound.message(), if room => match next {
                             Ok(Some(request)) => {
-                                let sequence = request.sequence;
-                                let answer = match publish_of(request) {
-                                    Ok(command) => match driver.submit(command).await {
-                                        Ok(answer) => Box::pin(answer) as Pin<Box<dyn std::future::Future<Output = Result<Answer, Status>> + Send>>,
-                                        Err(stopped) => Box::pin(std::future::ready(Err(stopped))),
-                                    },
-                                    Err(refused) => Box::pin(std::future::ready(Err(refused))),
-                                };
-                                unanswered.push_back((sequence, latency.as_ref().map(LatencyTimer::start), answer));
+                                let (sequence, start) = (request.sequence, latency.as_ref().map(LatencyTimer::start));
+                                unanswered.push_back((sequence, start, submit_batch(&driver, request).await));
                             }
                             Ok(None) => reading = false,
                             Err(status) => {
@@ -319,6 +314,18 @@ fn is_undecodable(error: &Status) -> bool {
 async fn leave(driver: &DriverHandle, stream: StreamId) {
     debug!("client leaves; its leases are released");
     let _ = driver.handle(Command::LeaveStream { stream }).await;
+}
+
+/// Submits the batch a PublishStream request carries; its answer, or its refusal.
+async fn submit_batch(driver: &DriverHandle, request: pb::PublishStreamRequest) -> Answering {
+    let submitted = match publish_of(request) {
+        Ok(command) => driver.submit(command).await,
+        Err(refused) => return Box::pin(std::future::ready(Err(refused))),
+    };
+    match submitted {
+        Ok(answer) => Box::pin(answer),
+        Err(stopped) => Box::pin(std::future::ready(Err(stopped))),
+    }
 }
 
 /// The publish a PublishStream request carries, checked as Publish checks it.

@@ -301,14 +301,7 @@ impl Driver {
             chunks.last_mut().expect("one chunk at least").push(m);
         }
         let proposals: Vec<_> = chunks.into_iter().map(|chunk| encode(wall_ms, &Command::DeadLetters(chunk))).collect();
-        tokio::spawn(async move {
-            for proposal in proposals {
-                if let Err(e) = node.propose(proposal).await {
-                    tracing::debug!(error = ?e, "dead-letter moves were not replicated; a new leader delivers them again");
-                    return;
-                }
-            }
-        });
+        propose_unanswered(node, proposals, "dead-letter moves were not replicated; a new leader delivers them again");
     }
 
     /// A leader proposes a retention pass with its wall time, which every node applies
@@ -320,11 +313,7 @@ impl Driver {
         }
         let Some(node) = self.replication.as_ref().and_then(|r| r.node.clone()) else { return };
         let proposal = encode(self.clock.wall_ms(), &Command::Retention);
-        tokio::spawn(async move {
-            if let Err(e) = node.propose(proposal).await {
-                tracing::debug!(error = ?e, "a retention pass was not replicated; the next one is a second later");
-            }
-        });
+        propose_unanswered(node, vec![proposal], "a retention pass was not replicated; the next one is a second later");
     }
 
     /// In a cluster, the refusal of a call on a node that does not serve now.
@@ -466,15 +455,21 @@ impl Driver {
         let wall_ms = self.clock.wall_ms();
         let proposals: Vec<_> =
             moved.chunks(FLOORS_PER_ENTRY).map(|chunk| encode(wall_ms, &Command::AckFloors(chunk.to_vec()))).collect();
-        tokio::spawn(async move {
-            for proposal in proposals {
-                if let Err(e) = node.propose(proposal).await {
-                    tracing::debug!(error = ?e, "ack progress was not replicated; the next leader redelivers from its own");
-                    return;
-                }
-            }
-        });
+        propose_unanswered(node, proposals, "ack progress was not replicated; the next leader redelivers from its own");
     }
+}
+
+/// Proposes `proposals` one after another in a task of their own, for no client: the first
+/// that fails stops the rest, and is logged (at debug) with `lost`, what that means.
+fn propose_unanswered(node: Arc<ClusterNode>, proposals: Vec<bytes::Bytes>, lost: &'static str) {
+    tokio::spawn(async move {
+        for proposal in proposals {
+            if let Err(e) = node.propose(proposal).await {
+                tracing::debug!(error = ?e, "{lost}");
+                return;
+            }
+        }
+    });
 }
 
 /// [`Mutation::FollowerDiverges`]: a node that does not lead changes the value of the
