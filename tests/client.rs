@@ -746,3 +746,54 @@ async fn acks_made_while_the_subscriber_fails_do_not_wait_for_ever() {
     let error = ended.expect("the stream yields its error");
     assert_eq!(error.code(), Some(tonic::Code::NotFound), "{error}");
 }
+
+#[tokio::test]
+async fn a_publisher_with_batches_in_flight_keeps_each_keys_order_across_a_broker_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr().await;
+    let broker = Broker::start(addr, file_storage(data.path())).await;
+    let client = Client::connect_lazy(format!("http://{addr}")).unwrap();
+    let settings =
+        PublisherSettings { batch_messages_max: 3, batches_in_flight: 8, retry: quick_retries(), ..Default::default() };
+    let publisher = Arc::new(client.publisher("keyed", settings).unwrap());
+    let background = publisher.clone();
+    let publishing = tokio::spawn(async move {
+        let mut handles = Vec::new();
+        // At least 300 ms of publishing (a pause every 10 messages), so the restart comes
+        // while batches are in flight.
+        for n in 0..3000 {
+            let message = OutgoingMessage::new(format!("m{n}")).key(format!("k{}", n % 3));
+            handles.push(background.publish(message).await.unwrap());
+            if n % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        answers(handles).await
+    });
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    broker.stop().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let broker = Broker::start(addr, file_storage(data.path())).await;
+    let results = tokio::time::timeout(PATIENT, publishing).await.expect("publishing finishes").unwrap();
+
+    // Each key's messages were handed over in the order of n: their places rise with it.
+    for key in 0..3 {
+        let places: Vec<(u32, u64)> = results.iter().skip(key).step_by(3).map(|r| (r.partition, r.offset)).collect();
+        assert!(places.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 < w[1].1), "key k{key}: {places:?}");
+    }
+    let values = read_all(&client, "keyed", 3000).await;
+    let distinct: BTreeSet<&String> = values.iter().collect();
+    assert_eq!((values.len(), distinct.len()), (3000, 3000), "each message stored once");
+    let stats = publisher.stats();
+    assert!(stats.requests > stats.batches, "the restart made it send batches again: {stats:?}");
+    drop(broker);
+}
+
+#[test]
+fn batches_in_flight_must_be_within_the_brokers_window() {
+    for bad in [0, 17] {
+        let settings = PublisherSettings { batches_in_flight: bad, ..Default::default() };
+        let error = settings.validate().unwrap_err().to_string();
+        assert_eq!(error, format!("batches_in_flight: is {bad}; allowed is 1 to 16 (the broker's window per stream)"));
+    }
+}

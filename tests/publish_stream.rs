@@ -65,3 +65,50 @@ async fn batches_on_one_stream_are_stored_and_answered_in_order_and_a_refused_on
     let nowhere = server.admin.clone().get_topic(pb::GetTopicRequest { name: "nowhere".into() }).await;
     assert_eq!(nowhere.unwrap_err().code(), Code::NotFound, "the refused publish created nothing");
 }
+
+#[tokio::test]
+async fn after_a_batch_a_client_would_send_again_the_streams_later_batches_are_not_applied() {
+    let server = start_with(ServerConfig::default()).await;
+    server.create_topic("orders", 1).await;
+    let mut refused = batch(2, "orders", &["b", "c"]);
+    // A key past idempotency_key_bytes_max (256): the broker refuses the batch naming that
+    // message, and a client takes it out and sends the rest again.
+    refused.publish.as_mut().unwrap().messages[1].idempotency_key = Some("k".repeat(300));
+    let requests =
+        vec![batch(1, "orders", &["a"]), refused, batch(3, "orders", &["d"]), batch(4, "orders", &["e", "f"])];
+    let answers = server.pubsub.clone().publish_stream(tokio_stream::iter(requests)).await.unwrap();
+    let mut answers = answers.into_inner();
+    let mut got = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        got.push(answer);
+    }
+    let codes: Vec<(u64, i32)> = got.iter().map(|a| (a.sequence, a.code)).collect();
+    let aborted = Code::Aborted as i32;
+    assert_eq!(codes, [(1, 0), (2, Code::InvalidArgument as i32), (3, aborted), (4, aborted)]);
+    assert!(got[1].message.starts_with("messages[1].idempotency_key"), "{}", got[1].message);
+    assert_eq!(
+        got[2].message,
+        "not applied: batch 2 of this stream was refused before it, and later batches wait for it to be sent again; \
+         send batch 2 and those after it again, on a new stream"
+    );
+    let end = |server: &TestServer| {
+        let mut admin = server.admin.clone();
+        async move {
+            let topic = admin.get_topic(pb::GetTopicRequest { name: "orders".into() }).await.unwrap();
+            topic.into_inner().partition_info[0].end_offset
+        }
+    };
+    assert_eq!(end(&server).await, 1, "only the batch before the refused one is stored");
+
+    // On a new stream the client sends the rest of batch 2, then 3 and 4: stored in order.
+    let resent = vec![batch(5, "orders", &["b"]), batch(6, "orders", &["d"]), batch(7, "orders", &["e", "f"])];
+    let answers = server.pubsub.clone().publish_stream(tokio_stream::iter(resent)).await.unwrap();
+    let mut answers = answers.into_inner();
+    let mut offsets = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        assert_eq!(answer.code, 0, "{answer:?}");
+        offsets.extend(answer.results.iter().map(|r| r.offset));
+    }
+    assert_eq!(offsets, [1, 2, 3, 4]);
+    assert_eq!(end(&server).await, 5);
+}

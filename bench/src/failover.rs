@@ -28,7 +28,7 @@ pub async fn measure(system: System, class: Class, binaries: &Binaries, kills: u
     let driver = Driver::connect(&server, class, &Layout::publish_only()).await.context("set-up")?;
     let mut times = Vec::new();
     for kill in 0..kills {
-        let sender = driver.sender().await?;
+        let sender = driver.sender(None).await?;
         // One acknowledged publish first: the client knows the leader.
         sender.send(Bytes::from_static(b"before")).await?.await?;
         let leader = leader(&server).await.with_context(|| format!("kill {kill}: no leader found"))?;

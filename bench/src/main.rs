@@ -75,6 +75,10 @@ struct Args {
     /// message) instead of the client library's Publisher.
     #[arg(long)]
     sync_via_generated: bool,
+    /// Batches mini-pubsub's `Publisher` keeps in flight (its `batches_in_flight`, 1 to 16);
+    /// default: the library's default.
+    #[arg(long)]
+    publisher_in_flight: Option<usize>,
     /// Where the report goes. Default bench/results (bench/results/quick with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -217,6 +221,7 @@ fn plan_from(args: &Args) -> anyhow::Result<Plan> {
         backlog_seconds_max: if quick { 20 } else { 30 },
         retained_messages: backlog_messages_max,
         sync_via_generated: args.sync_via_generated,
+        publisher_in_flight: args.publisher_in_flight,
     })
 }
 

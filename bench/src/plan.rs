@@ -235,6 +235,9 @@ pub struct Plan {
     /// library's `Publisher`.
     #[serde(default)]
     pub sync_via_generated: bool,
+    /// Batches mini-pubsub's `Publisher` keeps in flight, when not the library's default.
+    #[serde(default)]
+    pub publisher_in_flight: Option<usize>,
 }
 
 impl Plan {
@@ -322,6 +325,7 @@ mod tests {
             backlog_seconds_max: 1,
             retained_messages: 0,
             sync_via_generated: false,
+            publisher_in_flight: None,
         };
         assert_eq!(plan.backlog_messages(128), 1_000_000);
         assert_eq!(plan.backlog_messages(1024), 524_288);

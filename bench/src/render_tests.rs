@@ -46,6 +46,7 @@ fn fixed_report() -> Report {
         backlog_seconds_max: 60,
         retained_messages: 1_000_000,
         sync_via_generated: false,
+        publisher_in_flight: None,
     };
     Report { machine: Machine { cpu: "Test CPU".into(), cores: 2, ..Default::default() }, plan, runs, footprints }
 }

@@ -109,6 +109,9 @@ fn method(out: &mut String, report: &Report) {
     if p.sync_via_generated {
         let _ = writeln!(out, "This run sent mini-pubsub's sync publishes through the generated client.\n");
     }
+    if let Some(in_flight) = p.publisher_in_flight {
+        let _ = writeln!(out, "This run's `Publisher` kept up to {in_flight} batches in flight.\n");
+    }
 }
 
 const CLIENTS: &str = "\

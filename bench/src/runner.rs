@@ -112,7 +112,7 @@ async fn measure_footprint(system: System, plan: &Plan, binaries: &Binaries) -> 
 
 async fn fill_and_read(server: &ServerProcess, plan: &Plan) -> anyhow::Result<Usage> {
     let driver = Driver::connect(server, Class::Memory, &Layout::publish_only()).await?;
-    let sender = driver.sender().await?;
+    let sender = driver.sender(plan.publisher_in_flight).await?;
     let bound = Duration::from_secs(plan.backlog_seconds_max);
     let stored = workloads::prefill(&sender, plan.retained_messages, FOOTPRINT_VALUE_BYTES, bound).await?;
     sender.close().await?;

@@ -217,7 +217,7 @@ async fn publish_only(
     shape: Shape,
     window: Window,
 ) -> anyhow::Result<Measured> {
-    let sender = driver.sender().await?;
+    let sender = driver.sender(plan.publisher_in_flight).await?;
     let p = publish_loop(&sender, size, plan, pid, shape, window, &AtomicBool::new(false)).await?;
     sender.close().await?;
     let latency = p.latencies.summary();
@@ -230,7 +230,7 @@ async fn publish_only(
 /// creates per second, and the note gives the creates' own latency.
 async fn during_creates(driver: &Driver, size: usize, plan: &Plan, pid: Pids) -> anyhow::Result<Measured> {
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = driver.sender().await?;
+    let sender = driver.sender(plan.publisher_in_flight).await?;
     // A short warm-up on the topic alone, then the creates begin with the window.
     let from = Instant::now() + plan.warmup().min(Duration::from_secs(1));
     let window = Window { from, until: from + CREATES_SECONDS_MAX };
@@ -303,7 +303,7 @@ async fn during_creates(driver: &Driver, size: usize, plan: &Plan, pid: Pids) ->
 async fn backlog(driver: &Driver, size: usize, plan: &Plan, pid: Pids) -> anyhow::Result<Measured> {
     let target = plan.backlog_messages(size);
     let bound = Duration::from_secs(plan.backlog_seconds_max);
-    let sender = driver.sender().await?;
+    let sender = driver.sender(plan.publisher_in_flight).await?;
     let filled = prefill(&sender, target, size, bound).await?;
     sender.close().await?;
     let meter = Meter::start(pid)?;
@@ -372,7 +372,7 @@ async fn live(
         let consumer = driver.consumer(group, member).await?;
         consumers.spawn(count_in_window(consumer, window, stop.clone()));
     }
-    let sender = driver.sender().await?;
+    let sender = driver.sender(plan.publisher_in_flight).await?;
     let published = publish_loop(&sender, size, plan, pid, Shape::ASYNC, window, &stop).await;
     stop.store(true, Ordering::Relaxed);
     let mut delivered = 0u64;
@@ -409,7 +409,7 @@ async fn count_in_window(mut consumer: Consumer, window: Window, stop: Arc<Atomi
 async fn end_to_end(driver: &Driver, size: usize, plan: &Plan, pid: Pids, rate: u32) -> anyhow::Result<Measured> {
     let table = Timetable::new(rate);
     let consumer = driver.consumer(0, 0).await?;
-    let sender = Arc::new(driver.sender().await?);
+    let sender = Arc::new(driver.sender(plan.publisher_in_flight).await?);
     let start = Instant::now();
     let warm = table.due_by(plan.warmup());
     let total = table.due_by(plan.warmup() + plan.window()).min(warm + plan.case_messages_max);

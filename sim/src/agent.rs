@@ -257,10 +257,11 @@ impl App {
     /// its own business, and the checker sees what an application would.
     async fn publish_with_library(self, spec: Publish, counters: &Counters) {
         let first = counters.messages.load(Ordering::Relaxed) + 1;
+        let publisher_id = format!("{}-p{first}", self.name);
         let settings = PublisherSettings {
             // Unique in the run and the same in every replay: the library's default id
             // reads the wall clock and the process id.
-            publisher_id: Some(format!("{}-p{first}", self.name)),
+            publisher_id: Some(publisher_id.clone()),
             request_timeout: REQUEST_TIMEOUT,
             // The batching the scenarios' traces were recorded with (the library's defaults
             // until they were tuned for throughput): batches of 100 gathered for 10 ms.
@@ -290,7 +291,13 @@ impl App {
                 idempotency_key,
                 ..OutgoingMessage::new(value).attribute("id", id.clone())
             };
-            app.record(Event::PublishInvoked { id: id.clone(), topic: spec.topic.clone(), attempt: 1, after: None });
+            app.record(Event::PublishInvoked {
+                id: id.clone(),
+                topic: spec.topic.clone(),
+                attempt: 1,
+                after: None,
+                publisher: (spec.key.is_some() || spec.partition.is_some()).then(|| publisher_id.clone()),
+            });
             let handle = match publisher.publish(message).await {
                 Ok(handle) => handle,
                 Err(error) => {
@@ -325,7 +332,15 @@ impl App {
         let topic = req.topic.clone();
         let mut after = None;
         for attempt in 1..=PUBLISH_ATTEMPTS_MAX {
-            self.record(Event::PublishInvoked { id: id.clone(), topic: topic.clone(), attempt, after: after.take() });
+            let retried_after = after.take();
+            let invoked = Event::PublishInvoked {
+                id: id.clone(),
+                topic: topic.clone(),
+                attempt,
+                after: retried_after,
+                publisher: None,
+            };
+            self.record(invoked);
             let (used, channel) = self.client.target();
             match pb::pub_sub_client::PubSubClient::new(channel).publish(req.clone()).await {
                 Ok(reply) => {

@@ -12,7 +12,12 @@ use mini_pubsub::storage::StorageError;
 pub enum Event {
     /// A publish of message `id` was sent (again, on retry); a retry says which code
     /// refused the attempt before it.
-    PublishInvoked { id: String, topic: String, attempt: u32, after: Option<String> },
+    ///
+    /// `publisher` names the library publisher it was handed to (each `publish ... via=library`
+    /// step has its own) when the message's partition is the client's to choose (it has a
+    /// key or a partition): the publish-order check holds those messages to their order. A
+    /// keyless message is placed by the broker, and a retry may place it elsewhere.
+    PublishInvoked { id: String, topic: String, attempt: u32, after: Option<String>, publisher: Option<String> },
     /// The broker acknowledged the publish; `duplicate` when it answered with the place of
     /// an earlier message with the same idempotency key and stored nothing.
     Published {
@@ -196,10 +201,10 @@ pub fn trace_line(entry: &Entry, full: bool) -> Option<String> {
     let what = match &entry.event {
         Event::PublishInvoked { id, topic, attempt: 1, .. } if full => format!("publish {id} to {topic}"),
         Event::PublishInvoked { attempt: 1, .. } => return None,
-        Event::PublishInvoked { id, topic, attempt, after: Some(code) } => {
+        Event::PublishInvoked { id, topic, attempt, after: Some(code), .. } => {
             format!("publish {id} to {topic}: retry {attempt} after {code}")
         }
-        Event::PublishInvoked { id, topic, attempt, after: None } => {
+        Event::PublishInvoked { id, topic, attempt, after: None, .. } => {
             format!("publish {id} to {topic}: retry {attempt}")
         }
         Event::Published { id, topic, partition, offset, idempotency_key, duplicate, .. } => {

@@ -192,7 +192,13 @@ impl Replay {
                     self.push(
                         at_ms,
                         "publisher",
-                        Event::PublishInvoked { id: id.clone(), topic: topic.clone(), attempt: 1, after: None },
+                        Event::PublishInvoked {
+                            id: id.clone(),
+                            topic: topic.clone(),
+                            attempt: 1,
+                            after: None,
+                            publisher: None,
+                        },
                     );
                     self.push(
                         at_ms,

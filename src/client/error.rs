@@ -4,6 +4,8 @@ use std::fmt;
 
 use tonic::{Code, Status};
 
+pub use crate::wire::is_retryable;
+
 /// Why a client operation failed.
 ///
 /// `Display` is one line meant for people: a server refusal prints as
@@ -111,34 +113,6 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// How the broker names the limits that retrying does not lift (its RESOURCE_EXHAUSTED
-/// messages end with `the limit is NAME = N`).
-const HARD_LIMITS: [&str; 2] = ["the limit is topics_max =", "the limit is subscriptions_max ="];
-
-/// Whether a failed request may succeed if sent again unchanged.
-///
-/// What the broker means by its codes (`wire::status`): UNAVAILABLE is shutdown, a refused
-/// connection or a disk I/O error; RESOURCE_EXHAUSTED is a configured limit (for publishes,
-/// the dedupe key table, which frees as keys expire) or a full disk; ABORTED is a session
-/// timeout. DEADLINE_EXCEEDED is the client's own per-attempt timeout. All of these may
-/// pass, but for the topic and subscription limits (`topics_max`, `subscriptions_max`),
-/// which wait for an operator.
-///
-/// UNKNOWN, INTERNAL and CANCELLED are retried only when the transport made them up (a
-/// connection cut mid-request: tonic attaches the transport error as the status's source).
-/// Sent by the server they mean a bug (INTERNAL is a storage read out of range), and
-/// sending the request again would only repeat it.
-pub fn is_retryable(status: &Status) -> bool {
-    match status.code() {
-        // A full disk, a full dedupe index or the stream limit clear by themselves; a topic
-        // or subscription count at its limit waits for an operator.
-        Code::ResourceExhausted => !HARD_LIMITS.iter().any(|limit| status.message().contains(limit)),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => true,
-        Code::Unknown | Code::Internal | Code::Cancelled => std::error::Error::source(status).is_some(),
-        _ => false,
     }
 }
 

@@ -19,6 +19,7 @@ use super::message::{OutgoingMessage, PublishResult};
 use super::retry::RetrySettings;
 
 mod batcher;
+mod pipeline;
 
 /// The broker's limit on messages in one publish request (`publish_batch_messages_max`).
 const BATCH_MESSAGES_LIMIT: usize = 1000;
@@ -64,6 +65,11 @@ pub struct PublisherSettings {
     /// while a message does not fit, and a message larger than this is refused. At least
     /// `batch_bytes_max`, at most 4 GiB; default 64 MiB.
     pub queue_bytes_max: usize,
+    /// Batches sent and not yet answered, at most: 1 to 16 (a broker reads at most 16
+    /// unanswered batches of a stream; a cluster node reads one at a time, and the rest wait
+    /// in the connection's flow control). Batches go on one PublishStream and are stored in
+    /// the order they were sent, across retries too. Default 4.
+    pub batches_in_flight: usize,
     /// How long one attempt waits for its answer before it counts as DEADLINE_EXCEEDED
     /// and is retried. Default 30 s.
     pub request_timeout: Duration,
@@ -80,6 +86,7 @@ impl Default for PublisherSettings {
             linger: Duration::ZERO,
             queue_messages_max: 10_000,
             queue_bytes_max: 64 * 1024 * 1024,
+            batches_in_flight: 4,
             request_timeout: Duration::from_secs(30),
             retry: RetrySettings::default(),
         }
@@ -119,6 +126,12 @@ impl PublisherSettings {
             (bytes..=QUEUE_BYTES_LIMIT).contains(&self.queue_bytes_max),
             "queue_bytes_max",
             format!("is {}; allowed is batch_bytes_max ({bytes}) to {QUEUE_BYTES_LIMIT}", self.queue_bytes_max),
+        )?;
+        let window = crate::server::PUBLISH_STREAM_WINDOW;
+        check(
+            (1..=window).contains(&self.batches_in_flight),
+            "batches_in_flight",
+            format!("is {}; allowed is 1 to {window} (the broker's window per stream)", self.batches_in_flight),
         )?;
         check(!self.request_timeout.is_zero(), "request_timeout", "is 0; it must be positive".to_string())?;
         self.retry.validate()
@@ -243,14 +256,23 @@ impl Publisher {
         let (commands, rx) = mpsc::channel(settings.queue_messages_max);
         let counters = Arc::new(Counters::default());
         let clock = crate::env::TokioClock::new();
+        let (items, batches) = mpsc::channel(settings.batches_in_flight);
         let batcher = batcher::Batcher {
+            settings: settings.clone(),
+            window: Arc::new(Semaphore::new(settings.batches_in_flight)),
+            pipeline: items,
+        };
+        let pipeline = pipeline::Pipeline {
             client,
             topic: topic.clone(),
             settings: settings.clone(),
             counters: counters.clone(),
             clock: clock.clone(),
         };
-        let task = tokio::spawn(batcher.run(rx));
+        // The gatherer ends when the publisher is gone; the pipeline once it has answered
+        // every batch the gatherer handed it.
+        tokio::spawn(batcher.run(rx));
+        let task = tokio::spawn(pipeline.run(batches));
         debug!(publisher = %id, %topic, "publisher started");
         Ok(Self {
             id,

@@ -124,6 +124,17 @@ pub enum BrokerError {
         /// The newer stream.
         by: String,
     },
+    /// ABORTED: a PublishStream batch sent after one of the same stream that was refused in a
+    /// way a client answers by sending it again (a retryable status, or one message of it
+    /// refused and the rest to go again). It is not applied, so that what the client
+    /// resends is stored in the order it was first sent.
+    #[error(
+        "not applied: batch {refused} of this stream was refused before it, and later batches wait for it to be sent again; send batch {refused} and those after it again, on a new stream"
+    )]
+    BatchAfterRefused {
+        /// The refused batch's sequence number.
+        refused: u64,
+    },
     /// RESOURCE_EXHAUSTED: a configured bound was reached.
     #[error("{what}: the limit is {limit_name} = {limit}")]
     LimitReached {

@@ -39,11 +39,14 @@ pub enum Mutation {
     /// A cluster's dead-letter moves copy the message on the leader that decided them
     /// only: the other nodes' dead-letter topics miss the copies.
     DeadLetterOnLeaderOnly,
+    /// A PublishStream's batches after one refused for the client to send again are
+    /// applied anyway: what the client resends is stored after them, out of its order.
+    PublishChainIgnored,
 }
 
 impl Mutation {
     /// Every mutation, for the test that proves each is caught.
-    pub const ALL: [Mutation; 11] = [
+    pub const ALL: [Mutation; 12] = [
         Mutation::AckNotRecorded,
         Mutation::OffsetGivenTwice,
         Mutation::RedeliveryAfterAck,
@@ -55,6 +58,7 @@ impl Mutation {
         Mutation::FollowerDiverges,
         Mutation::RaftLogUnsynced,
         Mutation::DeadLetterOnLeaderOnly,
+        Mutation::PublishChainIgnored,
     ];
 }
 

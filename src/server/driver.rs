@@ -50,7 +50,8 @@ const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 enum Job {
     /// A command; `sink` comes with [`Command::OpenStream`] only: where the new stream's
     /// responses go.
-    Command { command: Command, sink: Option<StreamSink>, reply: oneshot::Sender<Reply> },
+    /// `link` places a PublishStream's batch in its stream's order.
+    Command { command: Command, sink: Option<StreamSink>, reply: oneshot::Sender<Reply>, link: Option<Link> },
     /// A read, answered with the time it was read at.
     Query { query: Query, reply: oneshot::Sender<(Reply, At)> },
     /// Shutdown: end every open stream with `status` and refuse new ones.
@@ -73,6 +74,8 @@ enum Job {
 /// entry, the proposer waiting for it (on the node that proposed it; nobody elsewhere).
 pub(super) enum Replier {
     Client(oneshot::Sender<Reply>),
+    /// A PublishStream's batch: a refusal the client sends again breaks its stream's chain.
+    Chained(oneshot::Sender<Reply>, Link),
     Raft(Option<Answerer>),
 }
 
@@ -80,6 +83,14 @@ impl Replier {
     fn send(self, reply: Reply) {
         match self {
             Replier::Client(tx) => {
+                let _ = tx.send(reply);
+            }
+            Replier::Chained(tx, link) => {
+                if let Err(refused) = &reply {
+                    if wire::resent_by_clients(&wire::status_of(refused)) {
+                        link.chain.break_at(link.sequence);
+                    }
+                }
                 let _ = tx.send(reply);
             }
             Replier::Raft(Some(answer)) => answer.send(reply),
@@ -128,7 +139,7 @@ impl DriverHandle {
     /// Opens a stream ([`Command::OpenStream`]) whose responses go to `sink`.
     pub async fn open_stream(&self, command: Command, sink: StreamSink) -> Result<Answer, Status> {
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job::Command { command, sink: Some(sink), reply }).await.map_err(|_| stopped())?;
+        self.jobs.send(Job::Command { command, sink: Some(sink), reply, link: None }).await.map_err(|_| stopped())?;
         Ok(rx.await.map_err(|_| stopped())??)
     }
 
@@ -139,8 +150,25 @@ impl DriverHandle {
         &self,
         command: Command,
     ) -> Result<impl std::future::Future<Output = Result<Answer, Status>> + Send + 'static, Status> {
+        self.submit_linked(command, None).await
+    }
+
+    /// [`DriverHandle::submit`] for a PublishStream's batch, in its stream's chain.
+    pub async fn submit_chained(
+        &self,
+        command: Command,
+        link: Link,
+    ) -> Result<impl std::future::Future<Output = Result<Answer, Status>> + Send + 'static, Status> {
+        self.submit_linked(command, Some(link)).await
+    }
+
+    async fn submit_linked(
+        &self,
+        command: Command,
+        link: Option<Link>,
+    ) -> Result<impl std::future::Future<Output = Result<Answer, Status>> + Send + 'static, Status> {
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job::Command { command, sink: None, reply }).await.map_err(|_| stopped())?;
+        self.jobs.send(Job::Command { command, sink: None, reply, link }).await.map_err(|_| stopped())?;
         Ok(async move { Ok(rx.await.map_err(|_| stopped())??) })
     }
 
@@ -167,6 +195,37 @@ impl DriverHandle {
             let _ = rx.await;
         }
     }
+}
+
+/// The order of one PublishStream's batches. The driver applies them in the order they
+/// were submitted; once one is refused in a way the client answers by sending it again
+/// ([`wire::resent_by_clients`]), none after it is applied (each is answered
+/// [`BrokerError::BatchAfterRefused`]), so the batches resent from the refused one on a new
+/// stream are stored in their first order, never behind a later batch. Kafka's idempotent
+/// producer gets the same from the broker refusing a batch out of sequence.
+#[derive(Debug, Default)]
+pub struct PublishChain {
+    /// The sequence number of the first batch refused that way, once there is one.
+    broken_at: std::sync::OnceLock<u64>,
+}
+
+impl PublishChain {
+    /// The refused batch's sequence number, once the chain is broken.
+    pub fn broken_at(&self) -> Option<u64> {
+        self.broken_at.get().copied()
+    }
+
+    /// Breaks the chain at batch `sequence`, unless it is broken already.
+    pub fn break_at(&self, sequence: u64) {
+        let _ = self.broken_at.set(sequence);
+    }
+}
+
+/// A batch's place in its stream's [`PublishChain`].
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub chain: Arc<PublishChain>,
+    pub sequence: u64,
 }
 
 /// A handler got an answer of another kind than its command's: a bug in the driver.
@@ -359,7 +418,13 @@ impl Driver {
     /// Runs one job; true when it was the last turn (the driver ends).
     fn run_job(&mut self, job: Job) -> bool {
         match job {
-            Job::Command { command, sink, reply } => self.command(command, sink, Replier::Client(reply)),
+            Job::Command { command, sink, reply, link: None } => self.command(command, sink, Replier::Client(reply)),
+            Job::Command { command, reply, link: Some(link), .. } => match link.chain.broken_at() {
+                Some(refused) if !self.broker.config().mutated(crate::core::Mutation::PublishChainIgnored) => {
+                    let _ = reply.send(Err(BrokerError::BatchAfterRefused { refused }));
+                }
+                _ => self.command(command, None, Replier::Chained(reply, link)),
+            },
             Job::Query { query, reply } => {
                 let at = self.at();
                 let answer = match self.refuse_unless_leading() {

@@ -22,6 +22,7 @@ use tracing::info;
 
 pub use driver::{Checks, Driver, DriverHandle, DriverSettings};
 pub use observer::Observer;
+pub use pubsub::PUBLISH_STREAM_WINDOW;
 
 use crate::cluster::{Applier, ClusterNode, Connector, NodeSettings};
 use crate::env::Fs;
@@ -301,9 +302,8 @@ where
     let (driver, cluster) = start_driver(&config, storage, clock.clone(), hooks, metrics_on).await?;
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
 
-    let publish_window = if cluster.is_some() { 1 } else { pubsub::PUBLISH_STREAM_WINDOW };
-    let pubsub =
-        pubsub::PubSubService { driver: driver.clone(), config: config.clone(), publish_latency, publish_window };
+    let (pubsub, stop_publish_streams) =
+        pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, cluster.is_some());
     let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
     let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
@@ -338,6 +338,7 @@ where
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         health.set_not_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
         let status = Status::unavailable("the server is shutting down; reconnect to another broker or retry later");
+        let _ = stop_publish_streams.send(true);
         driver.end_all_streams(status).await;
     };
 

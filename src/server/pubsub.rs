@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
-use super::driver::{unexpected, DriverHandle, ResponseTx, StreamSink};
+use super::driver::{unexpected, DriverHandle, Link, PublishChain, ResponseTx, StreamSink};
 use super::metrics::LatencyTimer;
 use super::ServerConfig;
 use crate::core::{AckOp, Answer, Command, StreamId};
@@ -25,14 +25,33 @@ pub const PUBLISH_STREAM_WINDOW: usize = 16;
 
 /// Publishing and consuming, backed by the driver.
 pub struct PubSubService {
-    pub(super) driver: DriverHandle,
-    pub(super) config: ServerConfig,
+    driver: DriverHandle,
+    config: ServerConfig,
     /// Unanswered batches a PublishStream may have at once: [`PUBLISH_STREAM_WINDOW`], or 1
     /// on a cluster node, whose proposals are not ordered among themselves until they reach
     /// the Raft log (a stream's batches must be stored in its order).
-    pub(super) publish_window: usize,
+    publish_window: usize,
     /// Times acknowledged publishes when metrics are on.
-    pub(super) publish_latency: Option<LatencyTimer>,
+    publish_latency: Option<LatencyTimer>,
+    /// Turns true when the server stops: PublishStreams then read no more batches, answer
+    /// those they took, and end with UNAVAILABLE.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl PubSubService {
+    /// The service, and what tells its PublishStreams the server is stopping: they then
+    /// read no more batches, answer those they took, and end with UNAVAILABLE (Subscribe
+    /// streams are ended by the driver).
+    pub(super) fn new(
+        driver: DriverHandle,
+        config: ServerConfig,
+        publish_latency: Option<LatencyTimer>,
+        clustered: bool,
+    ) -> (Self, tokio::sync::watch::Sender<bool>) {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let publish_window = if clustered { 1 } else { PUBLISH_STREAM_WINDOW };
+        (Self { driver, config, publish_window, publish_latency, stopping }, stop)
+    }
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
@@ -86,12 +105,15 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let (responses, rx) = mpsc::channel(self.publish_window);
         let (driver, window) = (self.driver.clone(), self.publish_window);
         let latency = self.publish_latency.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(
             async move {
                 // Submitted in request order, so the driver stores them in that order; answered
                 // in the same order, each once its own answer came.
                 let mut unanswered = std::collections::VecDeque::new();
                 let mut reading = true;
+                let mut stopped = false;
+                let chain = std::sync::Arc::new(PublishChain::default());
                 loop {
                     let room = reading && unanswered.len() < window;
                     let front = async {
@@ -107,14 +129,28 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                             if let (Some(timer), Some(start), Ok(_)) = (&latency, start, &answered) {
                                 timer.record(start);
                             }
+                            // A refusal with metadata (a follower's hint of the leader) has no
+                            // place in a response: it ends the stream, as Publish would answer it.
+                            let answered: Result<Answer, Status> = answered;
+                            if let Err(status) = &answered {
+                                if !status.metadata().is_empty() {
+                                    let _ = responses.send(Err(status.clone())).await;
+                                    return;
+                                }
+                            }
                             if responses.send(Ok(stream_answer(sequence, answered))).await.is_err() {
                                 return;
                             }
                         }
+                        () = stop(&mut stopping), if reading => {
+                            reading = false;
+                            stopped = true;
+                        }
                         next = inbound.message(), if room => match next {
                             Ok(Some(request)) => {
                                 let (sequence, start) = (request.sequence, latency.as_ref().map(LatencyTimer::start));
-                                unanswered.push_back((sequence, start, submit_batch(&driver, request).await));
+                                let link = Link { chain: chain.clone(), sequence };
+                                unanswered.push_back((sequence, start, submit_batch(&driver, request, link).await));
                             }
                             Ok(None) => reading = false,
                             Err(status) => {
@@ -124,6 +160,10 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                         },
                     }
                     if !reading && unanswered.is_empty() {
+                        if stopped {
+                            let status = "the server is shutting down; send the batches not answered again, to another broker or later";
+                            let _ = responses.send(Err(Status::unavailable(status))).await;
+                        }
                         return;
                     }
                 }
@@ -316,11 +356,18 @@ async fn leave(driver: &DriverHandle, stream: StreamId) {
     let _ = driver.handle(Command::LeaveStream { stream }).await;
 }
 
-/// Submits the batch a PublishStream request carries; its answer, or its refusal.
-async fn submit_batch(driver: &DriverHandle, request: pb::PublishStreamRequest) -> Answering {
+/// Submits the batch a PublishStream request carries, in its stream's chain; its answer,
+/// or its refusal.
+async fn submit_batch(driver: &DriverHandle, request: pb::PublishStreamRequest, link: Link) -> Answering {
     let submitted = match publish_of(request) {
-        Ok(command) => driver.submit(command).await,
-        Err(refused) => return Box::pin(std::future::ready(Err(refused))),
+        Ok(command) => driver.submit_chained(command, link).await,
+        Err(refused) => {
+            // Refused before the driver saw it: the chain breaks here, as the driver breaks it.
+            if wire::resent_by_clients(&refused) {
+                link.chain.break_at(link.sequence);
+            }
+            return Box::pin(std::future::ready(Err(refused)));
+        }
     };
     match submitted {
         Ok(answer) => Box::pin(answer),
@@ -335,4 +382,9 @@ fn publish_of(request: pb::PublishStreamRequest) -> Result<Command, Status> {
     })?;
     let (topic, messages) = wire::publish_messages(publish)?;
     Ok(Command::Publish { topic, messages })
+}
+
+/// Resolves once the server is stopping (or the server is gone).
+async fn stop(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }

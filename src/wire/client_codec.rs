@@ -25,7 +25,8 @@ use tonic_prost::ProstEncoder;
 use crate::client::message::{system_time, Message, PublishResult};
 use crate::wire::pb;
 use fields::{
-    ack_confirmation, message, publish_request, publish_response, publish_result, received_message, subscribe_response,
+    ack_confirmation, message, publish_request, publish_result, publish_stream_request, publish_stream_response,
+    received_message, subscribe_response,
 };
 
 /// The field numbers this codec reads and writes, by message, as `proto/pubsub.proto` has
@@ -68,9 +69,17 @@ pub(crate) mod fields {
         pub(crate) const TOPIC: u32 = 1;
         pub(crate) const MESSAGES: u32 = 6;
     }
-    /// `pubsub.PublishResponse`.
-    pub(crate) mod publish_response {
-        pub(crate) const RESULTS: u32 = 1;
+    /// `pubsub.PublishStreamRequest`.
+    pub(crate) mod publish_stream_request {
+        pub(crate) const SEQUENCE: u32 = 1;
+        pub(crate) const PUBLISH: u32 = 2;
+    }
+    /// `pubsub.PublishStreamResponse`.
+    pub(crate) mod publish_stream_response {
+        pub(crate) const SEQUENCE: u32 = 1;
+        pub(crate) const RESULTS: u32 = 2;
+        pub(crate) const CODE: u32 = 3;
+        pub(crate) const MESSAGE: u32 = 4;
     }
     /// `pubsub.PublishResult`.
     pub(crate) mod publish_result {
@@ -104,7 +113,12 @@ pub(crate) mod fields {
         ("Message", "idempotency_key", message::IDEMPOTENCY_KEY),
         ("PublishRequest", "topic", publish_request::TOPIC),
         ("PublishRequest", "messages", publish_request::MESSAGES),
-        ("PublishResponse", "results", publish_response::RESULTS),
+        ("PublishStreamRequest", "sequence", publish_stream_request::SEQUENCE),
+        ("PublishStreamRequest", "publish", publish_stream_request::PUBLISH),
+        ("PublishStreamResponse", "sequence", publish_stream_response::SEQUENCE),
+        ("PublishStreamResponse", "results", publish_stream_response::RESULTS),
+        ("PublishStreamResponse", "code", publish_stream_response::CODE),
+        ("PublishStreamResponse", "message", publish_stream_response::MESSAGE),
         ("PublishResult", "message_id", publish_result::MESSAGE_ID),
         ("PublishResult", "partition", publish_result::PARTITION),
         ("PublishResult", "offset", publish_result::OFFSET),
@@ -250,17 +264,6 @@ fn count_repeated(mut bytes: &[u8], ctx: &DecodeContext, first: u32, second: u32
     (ones, twos)
 }
 
-/// Calls `pubsub.PubSub/Publish` on `channel` with an [`encode_publish`]ed request, as the
-/// generated client does; answers with the results in request order.
-pub(crate) async fn publish(channel: Channel, request: Bytes) -> Result<Vec<PublishResult>, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
-    let mut request = tonic::Request::new(request);
-    request.extensions_mut().insert(tonic::GrpcMethod::new("pubsub.PubSub", "Publish"));
-    let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/Publish");
-    Ok(grpc.unary(request, path, PublishCodec).await?.into_inner())
-}
-
 /// A `PublishRequest` of `topic` and `messages`, encoded as prost encodes it (fields in
 /// tag order: the topic, then each message), without copying the messages. `capacity` is
 /// what to reserve: the publisher passes its batch's byte count (each message's
@@ -283,83 +286,125 @@ pub(crate) fn encode_publish<'a>(
     buf.freeze()
 }
 
-/// Requests already encoded; responses decoded by [`PublishDecoder`].
-#[derive(Debug, Default, Clone, Copy)]
-struct PublishCodec;
+/// A `PublishResult` whose fields run until `buf.remaining()` is `end`.
+fn publish_result(buf: &mut impl Buf, end: usize, ctx: &DecodeContext) -> Result<PublishResult, Malformed> {
+    let mut result =
+        PublishResult { message_id: String::new(), partition: 0, offset: 0, duplicate: false, idempotency_key: None };
+    while buf.remaining() > end {
+        let (tag, wire_type) = decode_key(buf)?;
+        match tag {
+            publish_result::MESSAGE_ID => result.message_id = text(wire_type, buf)?,
+            publish_result::PARTITION => result.partition = varint(wire_type, buf)? as u32,
+            publish_result::OFFSET => result.offset = varint(wire_type, buf)?,
+            publish_result::DUPLICATE => result.duplicate = varint(wire_type, buf)? != 0,
+            _ => skip_field(wire_type, tag, buf, ctx.clone())?,
+        }
+    }
+    ended(buf, end)?;
+    Ok(result)
+}
 
-impl Codec for PublishCodec {
-    type Encode = Bytes;
-    type Decode = Vec<PublishResult>;
-    type Encoder = EncodedRequest;
-    type Decoder = PublishDecoder;
+/// One batch of a PublishStream: its sequence number and its `PublishRequest` as
+/// [`encode_publish`] made it (the same bytes on every stream it is sent on).
+#[derive(Debug, Clone)]
+pub(crate) struct StreamBatch {
+    pub sequence: u64,
+    pub publish: Bytes,
+}
+
+/// The answer to one batch of a PublishStream: its results, or its refusal.
+#[derive(Debug)]
+pub(crate) struct StreamAnswer {
+    pub sequence: u64,
+    pub outcome: Result<Vec<PublishResult>, Status>,
+}
+
+/// Opens `pubsub.PubSub/PublishStream` on `channel`, sending `batches` as they come; the
+/// answers arrive in the order the batches were sent.
+pub(crate) async fn publish_stream(
+    channel: Channel,
+    batches: impl tokio_stream::Stream<Item = StreamBatch> + Send + 'static,
+) -> Result<tonic::Streaming<StreamAnswer>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+    let mut request = tonic::Request::new(batches);
+    request.extensions_mut().insert(tonic::GrpcMethod::new("pubsub.PubSub", "PublishStream"));
+    let path = http::uri::PathAndQuery::from_static("/pubsub.PubSub/PublishStream");
+    Ok(grpc.streaming(request, path, PublishStreamCodec).await?.into_inner())
+}
+
+/// A `PublishStreamRequest`, encoded as prost encodes it: the sequence (left out when 0),
+/// then the publish request's bytes as they are.
+pub(crate) fn encode_stream_batch(batch: &StreamBatch, buf: &mut impl BufMut) {
+    if batch.sequence != 0 {
+        encoding::encode_key(publish_stream_request::SEQUENCE, WireType::Varint, buf);
+        encoding::encode_varint(batch.sequence, buf);
+    }
+    encoding::encode_key(publish_stream_request::PUBLISH, WireType::LengthDelimited, buf);
+    encoding::encode_varint(batch.publish.len() as u64, buf);
+    buf.put_slice(&batch.publish);
+}
+
+/// Reads a whole `PublishStreamResponse` from `buf`.
+pub(crate) fn decode_stream_answer(buf: &mut impl Buf) -> Result<StreamAnswer, Malformed> {
+    let ctx = DecodeContext::default();
+    let mut results = Vec::with_capacity(count_repeated(buf.chunk(), &ctx, publish_stream_response::RESULTS, 0).0);
+    let (mut sequence, mut code, mut message) = (0, 0i32, String::new());
+    while buf.has_remaining() {
+        let (tag, wire_type) = decode_key(buf)?;
+        match tag {
+            publish_stream_response::SEQUENCE => sequence = varint(wire_type, buf)?,
+            publish_stream_response::RESULTS => {
+                let end = field_end(wire_type, buf)?;
+                results.push(publish_result(buf, end, &ctx)?);
+            }
+            // An int32 as protobuf writes it: a negative one as a ten-byte varint.
+            publish_stream_response::CODE => code = varint(wire_type, buf)? as i32,
+            publish_stream_response::MESSAGE => message = text(wire_type, buf)?,
+            _ => skip_field(wire_type, tag, buf, ctx.clone())?,
+        }
+    }
+    let outcome = if code == 0 { Ok(results) } else { Err(Status::new(tonic::Code::from_i32(code), message)) };
+    Ok(StreamAnswer { sequence, outcome })
+}
+
+/// Batches encoded by [`encode_stream_batch`]; answers decoded by [`decode_stream_answer`].
+#[derive(Debug, Default, Clone, Copy)]
+struct PublishStreamCodec;
+
+impl Codec for PublishStreamCodec {
+    type Encode = StreamBatch;
+    type Decode = StreamAnswer;
+    type Encoder = PublishStreamCodec;
+    type Decoder = PublishStreamCodec;
 
     fn encoder(&mut self) -> Self::Encoder {
-        EncodedRequest
+        PublishStreamCodec
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        PublishDecoder
+        PublishStreamCodec
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct EncodedRequest;
-
-impl Encoder for EncodedRequest {
-    type Item = Bytes;
+impl Encoder for PublishStreamCodec {
+    type Item = StreamBatch;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.put(item);
+    fn encode(&mut self, item: StreamBatch, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        encode_stream_batch(&item, buf);
         Ok(())
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct PublishDecoder;
-
-impl Decoder for PublishDecoder {
-    type Item = Vec<PublishResult>;
+impl Decoder for PublishStreamCodec {
+    type Item = StreamAnswer;
     type Error = Status;
 
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<PublishResult>>, Status> {
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<StreamAnswer>, Status> {
         let mut message = buf.copy_to_bytes(buf.remaining());
-        decode_publish_response(&mut message).map(Some).map_err(|error| Status::internal(error.to_string()))
+        decode_stream_answer(&mut message).map(Some).map_err(|error| Status::internal(error.to_string()))
     }
-}
-
-/// Reads a whole `PublishResponse` from `buf`: its results, in order.
-pub(crate) fn decode_publish_response(buf: &mut impl Buf) -> Result<Vec<PublishResult>, Malformed> {
-    let ctx = DecodeContext::default();
-    let mut results = Vec::with_capacity(count_repeated(buf.chunk(), &ctx, publish_response::RESULTS, 0).0);
-    while buf.has_remaining() {
-        let (tag, wire_type) = decode_key(buf)?;
-        if tag != publish_response::RESULTS {
-            skip_field(wire_type, tag, buf, ctx.clone())?;
-            continue;
-        }
-        let end = field_end(wire_type, buf)?;
-        let mut result = PublishResult {
-            message_id: String::new(),
-            partition: 0,
-            offset: 0,
-            duplicate: false,
-            idempotency_key: None,
-        };
-        while buf.remaining() > end {
-            let (tag, wire_type) = decode_key(buf)?;
-            match tag {
-                publish_result::MESSAGE_ID => result.message_id = text(wire_type, buf)?,
-                publish_result::PARTITION => result.partition = varint(wire_type, buf)? as u32,
-                publish_result::OFFSET => result.offset = varint(wire_type, buf)?,
-                publish_result::DUPLICATE => result.duplicate = varint(wire_type, buf)? != 0,
-                _ => skip_field(wire_type, tag, buf, ctx.clone())?,
-            }
-        }
-        ended(buf, end)?;
-        results.push(result);
-    }
-    Ok(results)
 }
 
 /// Checks that a field is length-delimited, reads its length, and returns what

@@ -8,7 +8,7 @@ mod status;
 
 pub use codec::{set_entry_limits, BytesDecoder, WireCodec, FIELD_ENTRIES_MAX, STREAM_ACK_ENTRY_BYTES_MIN};
 pub use convert::*;
-pub use status::status_of;
+pub use status::{is_retryable, refused_message_index, resent_by_clients, status_of};
 
 /// The generated `pubsub` package.
 #[allow(clippy::all, clippy::too_many_lines, missing_docs)]

@@ -65,10 +65,11 @@ impl Driver {
         })
     }
 
-    /// A new publishing client on the topic.
-    pub async fn sender(&self) -> anyhow::Result<Sender> {
+    /// A new publishing client on the topic; mini-pubsub's keeps `publisher_in_flight`
+    /// batches in flight when given.
+    pub async fn sender(&self, publisher_in_flight: Option<usize>) -> anyhow::Result<Sender> {
         Ok(match self {
-            Driver::Ours(d) => Sender::Ours(d.sender().await?),
+            Driver::Ours(d) => Sender::Ours(d.sender(publisher_in_flight).await?),
             Driver::Nats(d) => Sender::Nats(d.sender().await?),
             Driver::Redis(d) => Sender::Redis(d.sender().await?),
         })

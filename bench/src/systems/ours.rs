@@ -70,11 +70,14 @@ impl Ours {
         Ok(Ours { url })
     }
 
-    pub async fn sender(&self) -> anyhow::Result<OursSender> {
+    pub async fn sender(&self, in_flight: Option<usize>) -> anyhow::Result<OursSender> {
         let client = Client::connect(self.url.clone()).await?;
-        // No linger: a batch goes as soon as the previous one is answered, holding what
+        // No linger: a batch goes as soon as a slot of the window is free, holding what
         // queued meanwhile, so one message in flight is sent alone and at once.
-        let settings = PublisherSettings { linger: Duration::ZERO, ..Default::default() };
+        let mut settings = PublisherSettings { linger: Duration::ZERO, ..Default::default() };
+        if let Some(in_flight) = in_flight {
+            settings.batches_in_flight = in_flight;
+        }
         let publisher = client.publisher(TOPIC, settings)?;
         Ok(OursSender { publisher, raw: client.pubsub_client() })
     }

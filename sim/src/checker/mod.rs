@@ -131,6 +131,10 @@ fn safety(entries: &[Entry], model: &Model, context: &Context) -> (Vec<Check>, V
     if entries.iter().any(|e| matches!(&e.event, Event::Published { idempotency_key: Some(_), .. })) {
         some.push(stored::duplicated_publish(entries, context.dedupe_window_ms));
     }
+    // Only runs that publish through the library have a verdict on its order.
+    if entries.iter().any(|e| matches!(&e.event, Event::PublishInvoked { publisher: Some(_), .. })) {
+        some.push(order::publish_order(entries, context.loss_allowed));
+    }
     // Only runs with exclusive subscriptions (whose members are told assignments) have a
     // verdict on them.
     if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {

@@ -1,6 +1,7 @@
 //! Order: first deliveries rise per partition and stream, and on ordered subscriptions a
 //! key's messages go out one at a time. Seeks and redrives restart the reckoning where the
-//! broker applied them (its notices), not where a client heard of it.
+//! broker applied them (its notices), not where a client heard of it. A library
+//! publisher's messages are stored in the order they were handed to it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -163,4 +164,61 @@ pub(super) fn key_order(entries: &[Entry], ordered: &BTreeSet<String>) -> Check 
     }
     let ok = format!("{}, each after the one before it finished", count(checked, "keyed delivery"));
     result("key-order", problems, ok)
+}
+
+/// Where a publisher's answers are compared: (publisher, topic uid, partition, crashes
+/// before the answer). Each holds (position, offset, id) of every answer.
+type Stream<'a> = (&'a str, &'a str, u32, usize);
+
+/// A library publisher's messages stored out of the order they were handed to it: within a
+/// partition (of one incarnation of a topic), the places its answers name must rise in
+/// that order, retries and duplicate answers included, however many batches were in flight
+/// and however often the stream under them broke. Only messages whose partition the client
+/// chose (a key or a partition) are held to it: the broker places a keyless one, and a
+/// retry of a batch partly stored before a crash may place it in another partition, after
+/// messages handed over later. Messages that failed have no place and are skipped. Where a
+/// crash may lose acknowledged messages (`loss_allowed`), only answers between the same two
+/// crashes are compared.
+pub(super) fn publish_order(entries: &[Entry], loss_allowed: bool) -> Check {
+    // Each message's publisher and its position among that publisher's messages.
+    let mut handed: BTreeMap<&str, (&str, usize)> = BTreeMap::new();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut places: BTreeMap<Stream<'_>, Vec<(usize, u64, &str)>> = BTreeMap::new();
+    let (mut answered, mut crashes) = (0, 0);
+    for e in entries {
+        match &e.event {
+            Event::PublishInvoked { id, attempt: 1, publisher: Some(publisher), .. } => {
+                let n = counts.entry(publisher).or_default();
+                handed.insert(id, (publisher, *n));
+                *n += 1;
+            }
+            Event::Crashed { .. } if loss_allowed => crashes += 1,
+            Event::Published { id, message_id, partition, offset, .. } => {
+                let Some(&(publisher, position)) = handed.get(id.as_str()) else { continue };
+                answered += 1;
+                let uid = message_id.split('-').next().unwrap_or_default();
+                places.entry((publisher, uid, *partition, crashes)).or_default().push((position, *offset, id));
+            }
+            _ => {}
+        }
+    }
+    let mut problems = Vec::new();
+    for ((publisher, _, partition, _), mut seen) in places {
+        seen.sort_unstable();
+        for pair in seen.windows(2) {
+            let ((_, at, first), (_, later, second)) = (pair[0], pair[1]);
+            if later <= at {
+                let text = format!(
+                    "{publisher} was handed {first} before {second}, but they are stored at p{partition}@{at} and p{partition}@{later}"
+                );
+                problems.push(Problem::new(text, &[first, second]));
+            }
+        }
+    }
+    let ok = format!(
+        "{} from {}: each stored after those handed to its publisher before it",
+        count(answered, "answered message"),
+        count(counts.len(), "library publisher")
+    );
+    result("publish-order", problems, ok)
 }

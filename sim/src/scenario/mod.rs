@@ -233,13 +233,22 @@ pub struct Publish {
     /// The idempotency key of a single message, or the stem of `stem-1`, `stem-2`... for
     /// several. A retry resends the same key.
     pub idempotency_key: Option<String>,
+    /// Every this-many-th message carries an idempotency key longer than the broker allows
+    /// (`idempotency_key_bytes_max`), so the broker refuses it: INVALID_ARGUMENT naming it,
+    /// and through the library, the rest of its batch sent again without it.
+    pub refuse_every: Option<u64>,
     pub via: Via,
 }
+
+/// The length of the idempotency keys `refuse_every` gives: past the broker's default
+/// `idempotency_key_bytes_max` of 256.
+const REFUSED_KEY_BYTES: usize = 300;
 
 impl Publish {
     /// The value and idempotency key of message `i` (from 0), whose id is `id`: the value
     /// (the id unless given) padded with dots to `size`; a key stem becomes `stem-1`,
-    /// `stem-2`... when several messages are sent.
+    /// `stem-2`... when several messages are sent; every `refuse_every`-th message gets a
+    /// key the broker refuses.
     pub fn nth(&self, i: u64, id: &str) -> (String, Option<String>) {
         let mut value = self.value.clone().unwrap_or_else(|| id.to_string());
         if value.len() < self.size {
@@ -249,6 +258,9 @@ impl Publish {
             Some(stem) if self.count > 1 => Some(format!("{stem}-{}", i + 1)),
             other => other.clone(),
         };
+        if self.refuse_every.is_some_and(|n| (i + 1).is_multiple_of(n)) {
+            return (value, Some(format!("{id}-{}", "x".repeat(REFUSED_KEY_BYTES))));
+        }
         (value, idempotency_key)
     }
 }

@@ -181,7 +181,7 @@ fn a_publish_request_is_encoded_as_prost_encodes_it() {
     }
 }
 
-fn publish_response(count: u64, text: &str) -> pb::PublishResponse {
+fn stream_response(sequence: u64, count: u64, text: &str) -> pb::PublishStreamResponse {
     let results = (0..count)
         .map(|n| pb::PublishResult {
             message_id: format!("{text}-{n}"),
@@ -190,24 +190,47 @@ fn publish_response(count: u64, text: &str) -> pb::PublishResponse {
             duplicate: n.is_multiple_of(3),
         })
         .collect();
-    pb::PublishResponse { results }
+    pb::PublishStreamResponse { sequence, results, ..Default::default() }
 }
 
 #[test]
-fn a_publish_response_reads_as_the_generated_decoding_reads_it() {
-    for (count, text) in [(0, "a"), (1, ""), (50, "9-0"), (7, "é漢字")] {
-        let bytes = publish_response(count, text).encode_to_vec();
-        let ours = decode_publish_response(&mut &bytes[..]).unwrap();
-        let theirs: Vec<PublishResult> =
-            pb::PublishResponse::decode(&bytes[..]).unwrap().results.into_iter().map(PublishResult::from).collect();
-        assert_eq!(ours, theirs);
-        assert_eq!(ours.capacity(), count as usize, "sized once");
+fn a_publish_stream_answer_reads_as_the_generated_decoding_reads_it() {
+    for (sequence, count, text) in [(0, 0, "a"), (1, 1, ""), (u64::MAX, 50, "9-0"), (7, 7, "é漢字")] {
+        let bytes = stream_response(sequence, count, text).encode_to_vec();
+        let ours = decode_stream_answer(&mut &bytes[..]).unwrap();
+        let theirs = pb::PublishStreamResponse::decode(&bytes[..]).unwrap();
+        assert_eq!(ours.sequence, theirs.sequence);
+        let results = ours.outcome.unwrap();
+        assert_eq!(results, theirs.results.into_iter().map(PublishResult::from).collect::<Vec<_>>());
+        assert_eq!(results.capacity(), count as usize, "sized once");
     }
-    let bytes = publish_response(4, "cut").encode_to_vec();
+    let refused = pb::PublishStreamResponse {
+        sequence: 9,
+        code: tonic::Code::ResourceExhausted as i32,
+        message: "disk full: é".to_string(),
+        ..Default::default()
+    };
+    let ours = decode_stream_answer(&mut &refused.encode_to_vec()[..]).unwrap();
+    let status = ours.outcome.unwrap_err();
+    assert_eq!((ours.sequence, status.code(), status.message()), (9, tonic::Code::ResourceExhausted, "disk full: é"));
+    let bytes = stream_response(3, 4, "cut").encode_to_vec();
     for len in 0..bytes.len() {
         let cut = &bytes[..len];
-        let theirs = pb::PublishResponse::decode(cut).is_ok();
-        assert_eq!(decode_publish_response(&mut &cut[..]).is_ok(), theirs, "cut at {len}");
+        let theirs = pb::PublishStreamResponse::decode(cut).is_ok();
+        assert_eq!(decode_stream_answer(&mut &cut[..]).is_ok(), theirs, "cut at {len}");
+    }
+}
+
+#[test]
+fn a_publish_stream_batch_is_encoded_as_prost_encodes_it() {
+    for (sequence, count) in [(0, 1), (1, 3), (u64::MAX, 20)] {
+        let messages: Vec<pb::OutgoingMessage> = (0..count).map(|n| outgoing(n, "orders")).collect();
+        let publish = encode_publish("orders", messages.iter(), 0);
+        let mut ours = Vec::new();
+        encode_stream_batch(&StreamBatch { sequence, publish }, &mut ours);
+        let request = pb::PublishRequest { topic: "orders".to_string(), messages, ..Default::default() };
+        let theirs = pb::PublishStreamRequest { sequence, publish: Some(request) }.encode_to_vec();
+        assert_eq!(ours, theirs, "sequence {sequence}, {count} messages");
     }
 }
 
