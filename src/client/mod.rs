@@ -282,6 +282,9 @@ fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
+        // Deliveries of large messages cross in one frame each (windows: hyper's defaults
+        // for a client, 2 MiB a stream and 5 MiB a connection).
+        .max_frame_size(crate::wire::HTTP2_MAX_FRAME)
         .tcp_nodelay(true))
 }
 
