@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Runs every `$ grpcurl ...` command of README.md against a fresh release server and
-compares the output with what the README prints (publish times masked).
+compares the output with what the README prints (publish times masked). The Security
+walk-through's commands (port 50443) go to a second server, on TLS with developer
+certificates.
 
 The two Subscribe streams run in the background while a message is published from "another
 terminal", as the README describes. Needs grpcurl on PATH and port 50051 free.
@@ -55,18 +57,37 @@ def mask(text):
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
-def run(command, stdin=None):
+def run(command, stdin=None, where=None):
     text = "\n".join(stdin) + "\n" if stdin is not None else None
-    done = subprocess.run(shlex.split(command), input=text, capture_output=True, text=True, timeout=20)
+    done = subprocess.run(shlex.split(command), input=text, capture_output=True, text=True, timeout=20, cwd=where)
     return done.stdout + done.stderr
+
+
+TLS_PORT = "localhost:50443"
+
+
+def tls_server(binary):
+    """The Security walk-through's server: developer certificates in a fresh directory (the
+    commands run there, so `certs/ca.pem` resolves), TLS on port 50443."""
+    where = tempfile.mkdtemp(prefix="check-readme-tls-")
+    subprocess.run([binary, "certs", "dev", "--out", "certs"], cwd=where, check=True, capture_output=True)
+    server = subprocess.Popen(
+        [binary, "serve", "--listen", "127.0.0.1:50443", "--data-dir", "data",
+         "--tls-cert", "certs/server.pem", "--tls-key", "certs/server-key.pem"],
+        cwd=where, stderr=subprocess.PIPE, text=True)
+    startup = server.stderr.readline()
+    assert "listening on 127.0.0.1:50443 (TLS" in startup, startup
+    return server, where
 
 
 def main():
     readme = (ROOT / "README.md").read_text()
+    binary = os.environ.get("MINI_PUBSUB_BIN", str(ROOT / "target/release/mini-pubsub"))
+    secure, secure_dir = tls_server(binary)
     # A fresh data directory: the walk-through starts from an empty broker.
     data = tempfile.mkdtemp(prefix="check-readme-")
     server = subprocess.Popen(
-        [os.environ.get("MINI_PUBSUB_BIN", str(ROOT / "target/release/mini-pubsub")), "serve", "--data-dir", data],
+        [binary, "serve", "--data-dir", data],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -88,10 +109,13 @@ def main():
                     proc.terminate()
                     failures += compare(stream_command, stream_expected, proc.communicate()[0])
                 streams = []
-            failures += compare(command, expected, run(command, stdin))
+            where = secure_dir if TLS_PORT in command else None
+            failures += compare(command, expected, run(command, stdin, where))
     finally:
         server.terminate()
         server.wait(timeout=10)
+        secure.terminate()
+        secure.wait(timeout=10)
     print(f"{failures} failed" if failures else "every README command printed what the README shows")
     return 1 if failures else 0
 

@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -40,8 +40,24 @@ enum Command {
     /// Starts a local cluster on 127.0.0.1 (three nodes unless --nodes says otherwise),
     /// prints each node's ports, pid, data and log, and stops them all on Ctrl-C.
     DevCluster(dev_cluster::DevCluster),
+    /// Makes certificates for TLS.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     #[command(flatten)]
     Client(cli::ClientCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Writes a local CA, a server certificate for localhost, 127.0.0.1 and ::1, and a client
+    /// certificate (for mutual TLS), each with its key, as PEM files; for trying TLS on one
+    /// machine, not for production.
+    Dev {
+        /// The directory to write them into (created if missing; existing files are kept,
+        /// and the command refuses).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +164,18 @@ impl ConfigArgs {
     }
 }
 
+/// `mini-pubsub certs dev --out DIR`: writes the files and says how to use them.
+fn certs_dev(out: &std::path::Path) -> anyhow::Result<()> {
+    let written = mini_pubsub::certs::write_dev(out).map_err(anyhow::Error::msg)?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    let dir = out.display();
+    println!("serve with:   mini-pubsub serve --tls-cert {dir}/server.pem --tls-key {dir}/server-key.pem");
+    println!("connect with: --server https://localhost:50051 --ca {dir}/ca.pem");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -157,6 +185,7 @@ fn main() -> ExitCode {
         }),
         Command::Config(ConfigCommand::Print(args)) => args.load().map(|loaded| print!("{}", loaded.describe())),
         Command::DevCluster(args) => runtime().and_then(|runtime| runtime.block_on(args.run(shutdown_signal()))),
+        Command::Certs(CertsCommand::Dev { out }) => certs_dev(&out),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::example_file());
             Ok(())
@@ -197,7 +226,12 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let (storage, described) = if config.cluster.enabled() { open_node_state(config)? } else { open_storage(config)? };
     let (addr, incoming) =
         TokioNet.bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!("mini-pubsub listening on {addr} (storage: {described})");
+    let security = if config.server.tls_cert.is_some() { "TLS" } else { "plaintext" };
+    info!("mini-pubsub listening on {addr} ({security}; storage: {described})");
+    if config.server.tls_cert.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond this machine without TLS: anyone who can reach the port can read \
+            and change every topic; set tls_cert and tls_key (mini-pubsub certs dev makes a pair to try)");
+    }
     if let Some(metrics_addr) = config.metrics_listen {
         server::metrics::install(metrics_addr).await?;
     }

@@ -25,6 +25,30 @@ pub struct ServerOption {
     /// commands go to the leader, and follow it when it changes.
     #[arg(long, global = true, env = "MINI_PUBSUB_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// Connect over TLS, trusting the CA certificate in this PEM file (the --server URLs then
+    /// start with https://).
+    #[arg(long, global = true, env = "MINI_PUBSUB_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// For mutual TLS: this client's PEM certificate (with --key and --ca).
+    #[arg(long, global = true, env = "MINI_PUBSUB_CERT", requires_all = ["key", "ca"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, global = true, env = "MINI_PUBSUB_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ServerOption {
+    /// Connects as the options say.
+    async fn connect(&self) -> Result<Client, ClientError> {
+        let tls = match &self.ca {
+            Some(ca) => {
+                let identity = self.cert.as_deref().zip(self.key.as_deref());
+                Some(mini_pubsub::client::ClientTls::from_files(ca, identity)?)
+            }
+            None => None,
+        };
+        Client::connect_with(self.server.clone(), tls.as_ref()).await
+    }
 }
 
 /// The client commands.
@@ -82,7 +106,7 @@ impl From<std::io::Error> for CliError {
 /// Runs a client command. On failure prints the reason on stderr and exits with 1.
 pub async fn run(command: ClientCommand, server: ServerOption) {
     let outcome = async {
-        let client = Client::connect(server.server).await?;
+        let client = server.connect().await?;
         match command {
             ClientCommand::Publish(args) => publish::run(&client, args).await,
             ClientCommand::Subscribe(args) => subscribe::run(&client, args).await,

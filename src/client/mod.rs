@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
 pub use admin::{DeadLetterPolicy, RetryPolicy, SubscriptionSettings, TopicSettings};
@@ -117,17 +117,22 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`Client::connect`] over TLS when `tls` is given (the URLs then start `https://`).
+    pub async fn connect_with(url: impl Into<String>, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
         let url = url.into();
         let urls = split(&url);
         if urls.len() == 1 {
-            let endpoint = endpoint(&url)?;
+            let endpoint = endpoint(&url, tls)?;
             let channel = endpoint
                 .connect()
                 .await
                 .map_err(|e| ClientError::Connect { url: url.clone(), reason: error_chain(&e) })?;
             return Ok(Self::from_channels(vec![(authority(&url), channel)]));
         }
-        let client = Self::connect_lazy(url.clone())?;
+        let client = Self::connect_lazy_with(url.clone(), tls)?;
         let mut last = String::new();
         for (index, (_, channel)) in client.brokers.nodes.iter().enumerate() {
             let mut admin = AdminClient::new(channel.clone());
@@ -156,10 +161,15 @@ impl Client {
     /// # drop(client) }
     /// ```
     pub fn connect_lazy(url: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect_lazy_with(url, None)
+    }
+
+    /// [`Client::connect_lazy`] over TLS when `tls` is given (the URLs then start `https://`).
+    pub fn connect_lazy_with(url: impl Into<String>, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
         let url = url.into();
         let mut nodes = Vec::new();
         for one in split(&url) {
-            nodes.push((authority(&one), endpoint(&one)?.connect_lazy()));
+            nodes.push((authority(&one), endpoint(&one, tls)?.connect_lazy()));
         }
         Ok(Self::from_channels(nodes))
     }
@@ -238,6 +248,61 @@ impl Client {
     }
 }
 
+/// TLS for a client: the CA certificate that signed the broker's (PEM), and, for mutual
+/// TLS, this client's certificate and private key (PEM).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates in `ca_pem` (and only those).
+    pub fn new(ca_pem: impl Into<Vec<u8>>) -> Self {
+        Self { ca: ca_pem.into(), identity: None, domain: None }
+    }
+
+    /// Reads the CA file, and the client's certificate and key files when both are given
+    /// (`--ca`, `--cert`, `--key`); the error names the file.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, ClientError> {
+        let read = |field: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| ClientError::invalid(field, format!("cannot read {}: {e}", path.display())))
+        };
+        let mut tls = Self::new(read("ca", ca)?);
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(read("cert", cert)?, read("key", key)?);
+        }
+        Ok(tls)
+    }
+
+    /// Presents `cert_pem` with its private key `key_pem` (mutual TLS).
+    pub fn identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Checks the broker's certificate against `name` instead of the URL's host.
+    pub fn domain(mut self, name: impl Into<String>) -> Self {
+        self.domain = Some(name.into());
+        self
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.domain {
+            config = config.domain_name(name.clone());
+        }
+        config
+    }
+}
+
 /// Where a failed request sent the client's next one (see [`Client::observe`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Moved {
@@ -274,9 +339,20 @@ fn authority(url: &str) -> String {
     rest.split('/').next().unwrap_or_default().to_string()
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) })?;
+fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError> {
+    let refused = |reason: String| ClientError::Connect { url: url.to_string(), reason };
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| refused(error_chain(&e)))?;
+    let https = url.starts_with("https://");
+    match tls {
+        Some(tls) if https => {
+            endpoint = endpoint.tls_config(tls.config()).map_err(|e| refused(error_chain(&e)))?;
+        }
+        Some(_) => return Err(refused("TLS settings were given, so the URL must start with https://".into())),
+        None if https => {
+            return Err(refused("an https:// URL needs the CA that signed the broker's certificate (--ca)".into()))
+        }
+        None => {}
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -247,6 +247,10 @@ settings! {
         "How long a new connection has to send its HTTP/2 preface before it is closed.";
     Server shutdown_grace_ms: u64 = server.shutdown_grace_ms,
         "How long a graceful stop waits for connections to close before dropping them.";
+    Server tls_cert: Option<PathBuf> = server.tls_cert,
+        "Serve the gRPC port over TLS (1.2 and 1.3) with this PEM certificate chain (and tls_key); read again on SIGHUP. Empty (the default): plaintext.";
+    Server tls_key: Option<PathBuf> = server.tls_key,
+        "The PEM private key of tls_cert.";
     Server record: Option<PathBuf> = record,
         "Record every command the broker applies into this directory (a flight recording, replayed by mini-pubsub-sim replay DIR); empty (the default) records nothing.";
     Server record_max_bytes: u64 = record_max_bytes,

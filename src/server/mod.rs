@@ -8,6 +8,7 @@ mod driver;
 pub mod metrics;
 mod observer;
 mod pubsub;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -83,6 +84,11 @@ pub struct ServerConfig {
     /// Checks the core's invariants after every driver turn, and panics at a broken one.
     /// Debug builds always check; the simulator turns it on in every build.
     pub check_invariants: bool,
+    /// The PEM certificate chain the gRPC port presents over TLS (with `tls_key`); `None`:
+    /// plaintext. Read again on SIGHUP.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +106,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             sync_delay_ms: 0,
             check_invariants: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -146,6 +154,9 @@ pub enum ServerError {
     /// or another cluster's, or damaged), or Raft refused to start.
     #[error("cannot start this cluster node: {0}")]
     Cluster(std::io::Error),
+    /// The TLS certificate or key cannot be read, or they do not belong together.
+    #[error("cannot serve TLS: {0}")]
+    Tls(String),
 }
 
 impl ServerConfig {
@@ -177,6 +188,16 @@ impl ServerConfig {
         check((100..=600_000).contains(&self.handshake_timeout_ms), "handshake_timeout_ms", "100 to 600000")?;
         check((1..=3_600_000).contains(&self.shutdown_grace_ms), "shutdown_grace_ms", "1 to 3600000")?;
         check(self.sync_delay_ms <= 1000, "sync_delay_ms", "0 to 1000")?;
+        check(
+            self.tls_key.is_some() || self.tls_cert.is_none(),
+            "tls_key",
+            "set with tls_cert (the certificate's PEM private key)",
+        )?;
+        check(
+            self.tls_cert.is_some() || self.tls_key.is_none(),
+            "tls_cert",
+            "set with tls_key (a PEM certificate chain)",
+        )?;
         Ok(())
     }
 }
@@ -279,6 +300,19 @@ fn start_recording(to: RecordTo, broker: &Broker) -> Result<Recorder, ServerErro
     Ok(recorder)
 }
 
+/// The connections of `incoming` the server takes: admitted under the bounds
+/// ([`conn::Admitting`]), over TLS when `config` names a certificate.
+fn admit<I, IO, IE>(incoming: I, config: &ServerConfig) -> Result<tls::Connections<conn::Admitted<IO>>, ServerError>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handshake = Duration::from_millis(config.handshake_timeout_ms);
+    let admitting = conn::Admitting::new(Box::pin(incoming), config.connections_max, handshake);
+    tls::secure(admitting, config).map_err(ServerError::Tls)
+}
+
 /// [`run`], with [`Hooks`].
 pub async fn run_with<I, IO, IE>(
     incoming: I,
@@ -294,8 +328,7 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     config.validate()?;
-    let handshake = Duration::from_millis(config.handshake_timeout_ms);
-    let incoming = conn::Admitting::new(Box::pin(incoming), config.connections_max, handshake);
+    let incoming = admit(incoming, &config)?;
     let metrics_on = metrics::enabled();
     let storage: Box<dyn Storage> =
         if metrics_on { Box::new(metrics::TimedStorage::new(storage, clock.clone())) } else { storage };

@@ -1,0 +1,113 @@
+//! Developer certificates (`mini-pubsub certs dev --out DIR`): a local CA, a server
+//! certificate for `localhost`, `127.0.0.1` and `::1` that the CA signed, and a client
+//! certificate it signed too, each with its private key, as PEM files. They let a newcomer
+//! try TLS (and mutual TLS) on one machine in two commands; they are not for production,
+//! where certificates come from the organisation's own CA.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// The CA's certificate: what clients trust (`grpcurl -cacert`, `--ca`).
+pub const CA_CERT: &str = "ca.pem";
+/// The CA's private key: signs more certificates; keep it to yourself.
+pub const CA_KEY: &str = "ca-key.pem";
+/// The server's certificate (`tls_cert`).
+pub const SERVER_CERT: &str = "server.pem";
+/// The server's private key (`tls_key`).
+pub const SERVER_KEY: &str = "server-key.pem";
+/// A client certificate, for mutual TLS (`--cert`).
+pub const CLIENT_CERT: &str = "client.pem";
+/// Its private key (`--key`).
+pub const CLIENT_KEY: &str = "client-key.pem";
+/// The client certificate's subject common name, and its DNS name.
+pub const CLIENT_NAME: &str = "dev-client";
+
+/// How long developer certificates are valid: a year from a day ago (a clock a little
+/// behind still accepts them).
+const VALID_DAYS: u64 = 365;
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Writes the developer certificates into `dir` (created if missing), valid for a year;
+/// refuses to overwrite any of them. Returns the files written.
+pub fn write_dev(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let wall_ms = crate::env::Clock::wall_ms(&crate::env::TokioClock::new());
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(wall_ms);
+    write_dev_valid(dir, now - DAY, now + DAY * VALID_DAYS as u32)
+}
+
+/// [`write_dev`] with a validity of its own (tests make expired ones).
+pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime) -> Result<Vec<PathBuf>, String> {
+    let names = [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY];
+    if let Some(existing) = names.iter().map(|name| dir.join(name)).find(|path| path.exists()) {
+        return Err(format!("{} exists; remove it or choose another --out", existing.display()));
+    }
+    let failed = |what: &'static str| move |e: rcgen::Error| format!("cannot make the {what}: {e}");
+    let validity = |params: &mut CertificateParams| {
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+    };
+
+    let ca_key = KeyPair::generate().map_err(failed("CA key"))?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed("CA"))?;
+    ca.distinguished_name.push(DnType::CommonName, "mini-pubsub development CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut ca);
+    let ca_cert = ca.self_signed(&ca_key).map_err(failed("CA certificate"))?;
+    let ca_pem = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let server_key = KeyPair::generate().map_err(failed("server key"))?;
+    let mut server = CertificateParams::new(names).map_err(failed("server certificate"))?;
+    server.distinguished_name.push(DnType::CommonName, "localhost");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut server);
+    let server_cert = server.signed_by(&server_key, &issuer).map_err(failed("server certificate"))?;
+
+    let client_key = KeyPair::generate().map_err(failed("client key"))?;
+    let mut client = CertificateParams::new(vec![CLIENT_NAME.to_string()]).map_err(failed("client certificate"))?;
+    client.distinguished_name.push(DnType::CommonName, CLIENT_NAME);
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut client);
+    let client_cert = client.signed_by(&client_key, &issuer).map_err(failed("client certificate"))?;
+
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let files = [
+        (CA_CERT, ca_pem, false),
+        (CA_KEY, ca_key_pem, true),
+        (SERVER_CERT, server_cert.pem(), false),
+        (SERVER_KEY, server_key.serialize_pem(), true),
+        (CLIENT_CERT, client_cert.pem(), false),
+        (CLIENT_KEY, client_key.serialize_pem(), true),
+    ];
+    let mut written = Vec::new();
+    for (name, pem, secret) in files {
+        let path = dir.join(name);
+        write(&path, pem.as_bytes(), secret).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Writes a new file; a private key readable by its owner only.
+fn write(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

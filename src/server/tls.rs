@@ -1,0 +1,286 @@
+//! TLS on the gRPC port: rustls, TLS 1.2 and 1.3 only, HTTP/2 by ALPN. The certificate
+//! and key are read from their PEM files at start, and again on SIGHUP: a new pair that
+//! loads replaces the old one for new connections (open ones keep theirs, with their
+//! streams); one that does not load is logged, and the old one stays.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::Stream;
+
+/// The largest certificate chain or key file read, in bytes.
+const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// The certificate the port presents, reloadable.
+#[derive(Debug)]
+pub struct Certificates {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    /// Reads the certificate chain at `cert` and the private key at `key` (PEM); the error
+    /// names the setting and the file at fault.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+        let current = certified_key(cert, key)?;
+        Ok(Self { cert: cert.to_path_buf(), key: key.to_path_buf(), current: RwLock::new(Arc::new(current)) })
+    }
+
+    /// Reads the files again; on success new connections get the new pair, and on failure
+    /// the old one stays. Says which happened.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The files it reads.
+    pub fn files(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+}
+
+fn read_pem(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?.len();
+    if size > PEM_FILE_BYTES_MAX {
+        return Err(format!(
+            "{setting}: {} is {size} bytes; a PEM file is at most {PEM_FILE_BYTES_MAX}",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))
+}
+
+/// The chain and key in the two files, checked to belong together.
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain_pem = read_pem(cert, "tls_cert")?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls_cert: {} is not a PEM certificate chain: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("tls_cert: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert.display()));
+    }
+    let key_pem = read_pem(key, "tls_key")?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("tls_key: {} holds no PEM private key: {e}", key.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, private, &provider)
+        .map_err(|e| format!("tls_key: {} does not fit {}: {e}", key.display(), cert.display()))?;
+    Ok(certified)
+}
+
+/// An acceptor for `certificates`: TLS 1.3 and 1.2, HTTP/2 by ALPN, no client certificate.
+pub fn acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+type Handshake<C> = Pin<Box<dyn Future<Output = Option<TlsStream<C>>> + Send>>;
+
+/// The connections of `incoming` once their TLS handshakes are done; each handshake runs
+/// beside the others, bounded by `handshake`, so a slow client holds up nobody. A failed
+/// or late handshake closes its connection (the count of connections, which `incoming`
+/// bounds, includes those in a handshake).
+pub struct TlsIncoming<S, C> {
+    incoming: Option<S>,
+    acceptor: TlsAcceptor,
+    handshake: Duration,
+    handshakes: FuturesUnordered<Handshake<C>>,
+}
+
+impl<S, C> TlsIncoming<S, C> {
+    /// Handshakes on the connections of `incoming`, each given `handshake` to finish.
+    pub fn new(incoming: S, acceptor: TlsAcceptor, handshake: Duration) -> Self {
+        Self { incoming: Some(incoming), acceptor, handshake, handshakes: FuturesUnordered::new() }
+    }
+}
+
+impl<S, C, E> Stream for TlsIncoming<S, C>
+where
+    S: Stream<Item = Result<C, E>> + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: std::fmt::Display,
+{
+    type Item = Result<TlsStream<C>, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        // Takes every connection accepted so far into a handshake; `incoming` is bounded
+        // (connections_max), so is this.
+        while let Some(incoming) = this.incoming.as_mut() {
+            match Pin::new(incoming).poll_next(cx) {
+                Poll::Ready(Some(Ok(conn))) => {
+                    let (accept, limit) = (this.acceptor.accept(conn), this.handshake);
+                    this.handshakes.push(Box::pin(async move {
+                        match tokio::time::timeout(limit, accept).await {
+                            Ok(Ok(stream)) => Some(stream),
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "a TLS handshake failed; the connection is closed");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(?limit, "a TLS handshake took too long; the connection is closed");
+                                None
+                            }
+                        }
+                    }));
+                }
+                Poll::Ready(Some(Err(error))) => tracing::debug!(%error, "accepting a connection failed"),
+                Poll::Ready(None) => this.incoming = None,
+                Poll::Pending => break,
+            }
+        }
+        // Each round yields a finished handshake or drops a failed one.
+        loop {
+            match Pin::new(&mut this.handshakes).poll_next(cx) {
+                Poll::Ready(Some(Some(stream))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Some(None)) => {}
+                Poll::Ready(None) if this.incoming.is_none() => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Reloads `certificates` on every SIGHUP until the process ends, logging the outcome.
+#[cfg(unix)]
+pub fn reload_on_sighup(certificates: Arc<Certificates>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch for SIGHUP: the TLS certificate will not be reloaded");
+        return;
+    };
+    tokio::spawn(async move {
+        // One reload per signal, for as long as the process runs.
+        while hangups.recv().await.is_some() {
+            let (cert, key) = certificates.files();
+            match certificates.reload() {
+                Ok(()) => tracing::info!(cert = %cert.display(), key = %key.display(),
+                    "SIGHUP: TLS certificate reloaded; new connections use it"),
+                Err(error) => tracing::warn!(%error, "SIGHUP: TLS certificate not reloaded; the old one stays"),
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+pub fn reload_on_sighup(_certificates: Arc<Certificates>) {}
+
+/// A connection of the gRPC port: plaintext, or TLS over it.
+pub enum Conn<C> {
+    /// Plaintext HTTP/2.
+    Plain(C),
+    /// HTTP/2 over TLS.
+    Tls(Box<TlsStream<C>>),
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<C> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<C> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(c) => c.is_write_vectored(),
+            Conn::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_flush(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl<C: tonic::transport::server::Connected> tonic::transport::server::Connected for Conn<C> {
+    type ConnectInfo = C::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Conn::Plain(c) => c.connect_info(),
+            Conn::Tls(t) => t.get_ref().0.connect_info(),
+        }
+    }
+}
+
+/// The connections the server serves.
+pub type Connections<C> = Pin<Box<dyn Stream<Item = io::Result<Conn<C>>> + Send>>;
+
+/// The connections the server takes: `incoming` as it is, or, with a certificate in
+/// `config`, each after its TLS handshake (the certificate reloaded on SIGHUP).
+pub fn secure<S, C, E>(incoming: S, config: &super::ServerConfig) -> Result<Connections<C>, String>
+where
+    S: Stream<Item = Result<C, E>> + Unpin + Send + 'static,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use tokio_stream::StreamExt;
+    let incoming = incoming.map(|conn| conn.map_err(io::Error::other));
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(Box::pin(incoming.map(|conn| conn.map(Conn::Plain))));
+    };
+    let certificates = Arc::new(Certificates::load(cert, key)?);
+    let acceptor = acceptor(certificates.clone())?;
+    reload_on_sighup(certificates);
+    let handshake = Duration::from_millis(config.handshake_timeout_ms);
+    let secured = TlsIncoming::new(incoming, acceptor, handshake);
+    Ok(Box::pin(secured.map(|conn| conn.map(|tls| Conn::Tls(Box::new(tls))))))
+}

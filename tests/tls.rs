@@ -1,0 +1,206 @@
+//! TLS on the gRPC port against a real server on 127.0.0.1: the client library with the
+//! developer CA works; a wrong CA, an expired certificate, a plaintext client on the TLS port
+//! and a TLS client on a plaintext port each fail at once; SIGHUP reloads the certificate
+//! for new connections while an open one goes on.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mini_pubsub::certs;
+use mini_pubsub::client::{Client, ClientTls, OutgoingMessage, PublisherSettings};
+use mini_pubsub::env::{Net, TokioClock, TokioNet};
+use mini_pubsub::server::{self, ServerConfig};
+use mini_pubsub::storage::MemoryStorage;
+use tokio::sync::oneshot;
+
+/// How long a test waits for what should happen at once.
+const PROMPT: Duration = Duration::from_secs(10);
+
+struct Broker {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start(tls: Option<&Path>) -> Broker {
+    let mut config = ServerConfig::default();
+    if let Some(dir) = tls {
+        config.tls_cert = Some(dir.join(certs::SERVER_CERT));
+        config.tls_key = Some(dir.join(certs::SERVER_KEY));
+    }
+    let (addr, incoming) = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let signal = async move {
+        let _ = stopped.await;
+    };
+    let clock = Arc::new(TokioClock::new());
+    let run = server::run_with(incoming, signal, config, Box::new(MemoryStorage), clock, server::Hooks::default());
+    tokio::spawn(run);
+    Broker { addr, stop: Some(stop) }
+}
+
+fn dev_certs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    certs::write_dev(dir.path()).unwrap();
+    dir
+}
+
+fn trusting(dir: &Path) -> ClientTls {
+    ClientTls::from_files(&dir.join(certs::CA_CERT), None).unwrap()
+}
+
+async fn publish_one(client: &Client, value: &str) -> Result<u64, String> {
+    let publisher = client.publisher("secure", PublisherSettings::default()).map_err(|e| e.to_string())?;
+    let handle = publisher.publish(OutgoingMessage::new(value.to_string())).await.map_err(|e| e.to_string())?;
+    let stored = tokio::time::timeout(PROMPT, handle).await.map_err(|_| "no answer".to_string())?;
+    let stored = stored.map_err(|e| e.to_string())?;
+    publisher.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(stored.offset)
+}
+
+#[tokio::test]
+async fn a_client_that_trusts_the_ca_publishes_over_tls() {
+    let dir = dev_certs();
+    let broker = start(Some(dir.path())).await;
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("https://{host}:{}", broker.addr.port());
+        let client = Client::connect_with(url, Some(&trusting(dir.path()))).await.unwrap();
+        publish_one(&client, host).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_ca_an_expired_certificate_and_a_plaintext_client_are_refused_at_once() {
+    let dir = dev_certs();
+    let broker = start(Some(dir.path())).await;
+    let url = format!("https://localhost:{}", broker.addr.port());
+
+    let other = dev_certs();
+    let wrong_ca = trusting(other.path());
+    let wrong = tokio::time::timeout(PROMPT, Client::connect_with(url.clone(), Some(&wrong_ca)));
+    let error = wrong.await.expect("refused at once").unwrap_err().to_string();
+    // Another CA of the same name: its signature does not verify.
+    assert!(error.contains("invalid peer certificate"), "{error}");
+
+    let plaintext = format!("http://localhost:{}", broker.addr.port());
+    let client = Client::connect_lazy(plaintext).unwrap();
+    let refused = tokio::time::timeout(PROMPT, client.list_topics()).await.expect("refused at once");
+    assert!(refused.is_err(), "a plaintext client on the TLS port must fail");
+
+    // The same server, but its certificate expired yesterday.
+    let expired = tempfile::tempdir().unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(mini_pubsub::env::Clock::wall_ms(&TokioClock::new()));
+    let day = Duration::from_secs(24 * 3600);
+    certs::write_dev_valid(expired.path(), now - day * 30, now - day).unwrap();
+    let old = start(Some(expired.path())).await;
+    let url = format!("https://localhost:{}", old.addr.port());
+    let ca = trusting(expired.path());
+    let refused = tokio::time::timeout(PROMPT, Client::connect_with(url, Some(&ca)));
+    let error = refused.await.expect("refused at once").unwrap_err().to_string();
+    assert!(error.contains("invalid peer certificate: certificate expired"), "{error}");
+}
+
+#[tokio::test]
+async fn a_tls_client_on_a_plaintext_port_is_refused_at_once() {
+    let dir = dev_certs();
+    let broker = start(None).await;
+    let url = format!("https://localhost:{}", broker.addr.port());
+    let ca = trusting(dir.path());
+    let refused = tokio::time::timeout(PROMPT, Client::connect_with(url, Some(&ca)));
+    assert!(refused.await.expect("refused at once").is_err());
+}
+
+#[tokio::test]
+async fn a_certificate_or_key_that_cannot_be_read_stops_the_start_naming_the_setting() {
+    let dir = dev_certs();
+    let mut config = ServerConfig {
+        tls_cert: Some(dir.path().join(certs::SERVER_CERT)),
+        tls_key: Some(dir.path().join("missing.pem")),
+        ..Default::default()
+    };
+    let (_, incoming) = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let clock = Arc::new(TokioClock::new());
+    let storage = Box::new(MemoryStorage);
+    let ran = server::run_with(incoming, async {}, config.clone(), storage, clock.clone(), server::Hooks::default());
+    let error = ran.await.unwrap_err().to_string();
+    assert!(error.starts_with("cannot serve TLS: tls_key: cannot read"), "{error}");
+
+    // A key that is not the certificate's.
+    let other = dev_certs();
+    config.tls_key = Some(other.path().join(certs::SERVER_KEY));
+    let (_, incoming) = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let ran =
+        server::run_with(incoming, async {}, config.clone(), Box::new(MemoryStorage), clock, server::Hooks::default());
+    let error = ran.await.unwrap_err().to_string();
+    assert!(error.contains("does not fit"), "{error}");
+
+    config.tls_key = None;
+    assert_eq!(
+        config.validate().unwrap_err().to_string(),
+        "invalid configuration: tls_key must be set with tls_cert (the certificate's PEM private key)"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_for_new_connections_and_a_bad_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    certs::write_dev(&first).unwrap();
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    for name in [certs::SERVER_CERT, certs::SERVER_KEY] {
+        std::fs::copy(first.join(name), live.join(name)).unwrap();
+    }
+    let broker = start(Some(&live)).await;
+    let url = format!("https://localhost:{}", broker.addr.port());
+    let open = Client::connect_with(url.clone(), Some(&trusting(&first))).await.unwrap();
+    publish_one(&open, "before").await.unwrap();
+
+    // A new pair from another CA replaces the files; SIGHUP.
+    let second = dir.path().join("second");
+    certs::write_dev(&second).unwrap();
+    for name in [certs::SERVER_CERT, certs::SERVER_KEY] {
+        std::fs::copy(second.join(name), live.join(name)).unwrap();
+    }
+    hang_up();
+    let fresh = wait_until_connects(&url, &second).await;
+    publish_one(&fresh, "new connection").await.unwrap();
+    // The connection opened before goes on with the old certificate.
+    publish_one(&open, "old connection").await.unwrap();
+
+    // A broken file: the reload fails and the second certificate stays.
+    std::fs::write(live.join(certs::SERVER_CERT), "not a certificate").unwrap();
+    hang_up();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = Client::connect_with(url, Some(&trusting(&second))).await.unwrap();
+    publish_one(&again, "after a bad reload").await.unwrap();
+}
+
+/// Sends SIGHUP to this process (the TLS server started above watches for it).
+fn hang_up() {
+    let pid = std::process::id().to_string();
+    let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Connects trusting the CA in `ca_dir` once the server presents its certificate (the
+/// reload happens on the signal task, soon after the signal).
+async fn wait_until_connects(url: &str, ca_dir: &Path) -> Client {
+    // Bounded: 50 tries, 100 ms apart.
+    for _ in 0..50 {
+        if let Ok(client) = Client::connect_with(url.to_string(), Some(&trusting(ca_dir))).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server never presented the reloaded certificate");
+}
