@@ -204,3 +204,93 @@ async fn wait_until_connects(url: &str, ca_dir: &Path) -> Client {
     }
     panic!("the server never presented the reloaded certificate");
 }
+
+/// The SHA-256 of `token` in hex, as `tokens` takes it (`printf %s TOKEN | sha256sum`).
+fn sha256_hex(token: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(token.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+async fn start_with(config: ServerConfig) -> Broker {
+    let (addr, incoming) = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let signal = async move {
+        let _ = stopped.await;
+    };
+    let clock = Arc::new(TokioClock::new());
+    let run = server::run_with(incoming, signal, config, Box::new(MemoryStorage), clock, server::Hooks::default());
+    tokio::spawn(run);
+    Broker { addr, stop: Some(stop) }
+}
+
+#[tokio::test]
+async fn with_a_client_ca_a_client_certificate_lets_in_and_no_credential_is_unauthenticated_and_stores_nothing() {
+    let dir = dev_certs();
+    let config = ServerConfig {
+        tls_cert: Some(dir.path().join(certs::SERVER_CERT)),
+        tls_key: Some(dir.path().join(certs::SERVER_KEY)),
+        tls_client_ca: Some(dir.path().join(certs::CA_CERT)),
+        ..Default::default()
+    };
+    let broker = start_with(config).await;
+    let url = format!("https://localhost:{}", broker.addr.port());
+    let identity = Some((dir.path().join(certs::CLIENT_CERT), dir.path().join(certs::CLIENT_KEY)));
+    let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let tls = ClientTls::from_files(&dir.path().join(certs::CA_CERT), identity).unwrap();
+    let with_certificate = Client::connect_with(url.clone(), Some(&tls)).await.unwrap();
+    publish_one(&with_certificate, "let in").await.unwrap();
+
+    let without = Client::connect_with(url, Some(&trusting(dir.path()))).await.unwrap();
+    let request = mini_pubsub::wire::pb::PublishRequest {
+        topic: "refused".into(),
+        value: b"x".to_vec().into(),
+        ..Default::default()
+    };
+    let refused = without.pubsub_client().publish(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        refused.message(),
+        "no credential; this broker expects a TLS client certificate signed by the broker's client CA"
+    );
+    let topics = with_certificate.list_topics().await.unwrap();
+    assert_eq!(
+        topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["secure"],
+        "the refused publish stored nothing"
+    );
+    // Health answers without a credential.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(without.target().1);
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn a_bearer_token_lets_in_as_its_principal_and_a_wrong_one_is_unauthenticated_without_echoing_it() {
+    let config = ServerConfig { tokens: format!("ops={}", sha256_hex("rotate-me-1")), ..Default::default() };
+    let broker = start_with(config).await;
+    let client = Client::connect(format!("http://{}", broker.addr)).await.unwrap();
+    let with = |token: &str| {
+        let mut request = tonic::Request::new(mini_pubsub::wire::pb::ListTopicsRequest::default());
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    client.admin_client().list_topics(with("rotate-me-1")).await.unwrap();
+    let refused = client.admin_client().list_topics(with("not-the-token")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(!refused.message().contains("not-the-token"), "{}", refused.message());
+    assert_eq!(
+        refused.message(),
+        "authorization: the bearer token is not one this broker knows; it expects an `authorization: bearer TOKEN` header"
+    );
+    let missing = client.admin_client().list_topics(mini_pubsub::wire::pb::ListTopicsRequest::default()).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::Unauthenticated);
+}

@@ -29,12 +29,12 @@ pub struct ServerOption {
     /// start with https://).
     #[arg(long, global = true, env = "MINI_PUBSUB_CA")]
     pub ca: Option<std::path::PathBuf>,
-    /// For mutual TLS: this client's PEM certificate (with --key and --ca).
-    #[arg(long, global = true, env = "MINI_PUBSUB_CERT", requires_all = ["key", "ca"])]
+    /// For mutual TLS: this client's PEM certificate (with --cert-key and --ca).
+    #[arg(long, global = true, env = "MINI_PUBSUB_CERT", requires_all = ["cert_key", "ca"])]
     pub cert: Option<std::path::PathBuf>,
-    /// The PEM private key of --cert.
-    #[arg(long, global = true, env = "MINI_PUBSUB_KEY", requires = "cert")]
-    pub key: Option<std::path::PathBuf>,
+    /// The PEM private key of --cert (`--key` is publish's message key).
+    #[arg(long, global = true, env = "MINI_PUBSUB_CERT_KEY", requires = "cert")]
+    pub cert_key: Option<std::path::PathBuf>,
 }
 
 impl ServerOption {
@@ -42,7 +42,7 @@ impl ServerOption {
     async fn connect(&self) -> Result<Client, ClientError> {
         let tls = match &self.ca {
             Some(ca) => {
-                let identity = self.cert.as_deref().zip(self.key.as_deref());
+                let identity = self.cert.as_deref().zip(self.cert_key.as_deref());
                 Some(mini_pubsub::client::ClientTls::from_files(ca, identity)?)
             }
             None => None,

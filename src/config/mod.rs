@@ -317,6 +317,7 @@ impl Config {
             ServerError::StreamQueue { least } => {
                 invalid("stream_queue_max", &format!("pull_messages_max + 16 = {least} to 1000000"))
             }
+            ServerError::Tokens(reason) => invalid("tokens", &format!("PRINCIPAL=SHA256HEX,... ({reason})")),
             other => invalid("server", &other.to_string()),
         })?;
         if self.log_filter.parse::<tracing_subscriber::EnvFilter>().is_err() {

@@ -251,6 +251,12 @@ settings! {
         "Serve the gRPC port over TLS (1.2 and 1.3) with this PEM certificate chain (and tls_key); read again on SIGHUP. Empty (the default): plaintext.";
     Server tls_key: Option<PathBuf> = server.tls_key,
         "The PEM private key of tls_cert.";
+    Server tls_client_ca: Option<PathBuf> = server.tls_client_ca,
+        "Mutual TLS: a client certificate signed by this CA (PEM) names the client's principal; needs tls_cert. Empty (the default): no client certificates.";
+    Server tls_client_identity: String = server.tls_client_identity,
+        "Which name of a client certificate is its principal: subject (its common name) or san (its first DNS or URI alternative name).";
+    Server tokens: String = server.tokens,
+        "Bearer tokens, as PRINCIPAL=SHA256HEX,... (the SHA-256 of each token, never the token). With tokens or tls_client_ca set, PubSub and Admin calls without a known credential are refused UNAUTHENTICATED.";
     Server record: Option<PathBuf> = record,
         "Record every command the broker applies into this directory (a flight recording, replayed by mini-pubsub-sim replay DIR); empty (the default) records nothing.";
     Server record_max_bytes: u64 = record_max_bytes,

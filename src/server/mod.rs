@@ -3,6 +3,7 @@
 //! [`metrics::install`] turns on Prometheus metrics for the servers started after it.
 
 mod admin;
+pub mod auth;
 mod conn;
 mod driver;
 pub mod metrics;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tonic::Status;
 use tracing::info;
@@ -89,6 +91,13 @@ pub struct ServerConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     /// The PEM private key of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// The CA (PEM) whose client certificates name a principal (mutual TLS); needs TLS.
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Which name of a client certificate is its principal: `subject` (its common name)
+    /// or `san` (its first DNS or URI subject alternative name).
+    pub tls_client_identity: String,
+    /// Bearer tokens, as `PRINCIPAL=SHA256HEX,...` (see [`auth::parse_tokens`]).
+    pub tokens: String,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +117,9 @@ impl Default for ServerConfig {
             check_invariants: false,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            tls_client_identity: "subject".to_string(),
+            tokens: String::new(),
         }
     }
 }
@@ -157,6 +169,9 @@ pub enum ServerError {
     /// The TLS certificate or key cannot be read, or they do not belong together.
     #[error("cannot serve TLS: {0}")]
     Tls(String),
+    /// `tokens` is not `PRINCIPAL=SHA256HEX,...`.
+    #[error("invalid configuration: tokens: {0}")]
+    Tokens(String),
 }
 
 impl ServerConfig {
@@ -198,6 +213,19 @@ impl ServerConfig {
             "tls_cert",
             "set with tls_key (a PEM certificate chain)",
         )?;
+        check(
+            self.tls_client_ca.is_none() || self.tls_cert.is_some(),
+            "tls_client_ca",
+            "unset unless tls_cert and tls_key are set (client certificates travel over TLS)",
+        )?;
+        check(
+            auth::IdentityField::parse(&self.tls_client_identity).is_some(),
+            "tls_client_identity",
+            "subject or san",
+        )?;
+        if let Err(reason) = auth::parse_tokens(&self.tokens) {
+            return Err(ServerError::Tokens(reason));
+        }
         Ok(())
     }
 }
@@ -313,6 +341,22 @@ where
     tls::secure(admitting, config).map_err(ServerError::Tls)
 }
 
+/// The PubSub and Admin services, each request authenticated first when the settings
+/// configure credentials (`tokens`, `tls_client_ca`).
+fn authenticated(
+    pubsub: pubsub::PubSubService,
+    admin: admin::AdminService,
+    config: &ServerConfig,
+) -> (
+    InterceptedService<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>, auth::Authenticate>,
+    InterceptedService<pb::admin_server::AdminServer<admin::AdminService>, auth::Authenticate>,
+) {
+    let authenticate = auth::Authenticate::from_config(config);
+    let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
+    let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);
+    (InterceptedService::new(pubsub, authenticate.clone()), InterceptedService::new(admin, authenticate))
+}
+
 /// [`run`], with [`Hooks`].
 pub async fn run_with<I, IO, IE>(
     incoming: I,
@@ -339,8 +383,7 @@ where
         pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, cluster.is_some());
     let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
-    let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
-    let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);
+    let (pubsub, admin) = authenticated(pubsub, admin, &config);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;

@@ -21,6 +21,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
 
+use super::auth::{identity_of, IdentityField, Peer};
+
 /// The largest certificate chain or key file read, in bytes.
 const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
 
@@ -89,19 +91,41 @@ fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     Ok(certified)
 }
 
-/// An acceptor for `certificates`: TLS 1.3 and 1.2, HTTP/2 by ALPN, no client certificate.
-pub fn acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, String> {
+/// An acceptor for `certificates`: TLS 1.3 and 1.2, HTTP/2 by ALPN. With `client_ca`, a
+/// client may present a certificate, which must be signed by that CA; one that presents
+/// none is let through the handshake, to be judged by its bearer token (or refused
+/// UNAUTHENTICATED, with a message, rather than a failed handshake).
+pub fn acceptor(certificates: Arc<Certificates>, client_ca: Option<&Path>) -> Result<TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(certificates);
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let pem = read_pem(path, "tls_client_ca")?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("tls_client_ca: {} is not PEM: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("tls_client_ca: {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("tls_client_ca: {} holds no PEM certificate", path.display()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("tls_client_ca: {}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(certificates);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-type Handshake<C> = Pin<Box<dyn Future<Output = Option<TlsStream<C>>> + Send>>;
+/// A finished handshake: the stream, and the principal its client certificate names.
+type Handshake<C> = Pin<Box<dyn Future<Output = Option<(TlsStream<C>, Option<Arc<str>>)>> + Send>>;
 
 /// The connections of `incoming` once their TLS handshakes are done; each handshake runs
 /// beside the others, bounded by `handshake`, so a slow client holds up nobody. A failed
@@ -111,13 +135,15 @@ pub struct TlsIncoming<S, C> {
     incoming: Option<S>,
     acceptor: TlsAcceptor,
     handshake: Duration,
+    identity: IdentityField,
     handshakes: FuturesUnordered<Handshake<C>>,
 }
 
 impl<S, C> TlsIncoming<S, C> {
-    /// Handshakes on the connections of `incoming`, each given `handshake` to finish.
-    pub fn new(incoming: S, acceptor: TlsAcceptor, handshake: Duration) -> Self {
-        Self { incoming: Some(incoming), acceptor, handshake, handshakes: FuturesUnordered::new() }
+    /// Handshakes on the connections of `incoming`, each given `handshake` to finish; a
+    /// client certificate's principal is the name `identity` picks.
+    pub fn new(incoming: S, acceptor: TlsAcceptor, handshake: Duration, identity: IdentityField) -> Self {
+        Self { incoming: Some(incoming), acceptor, handshake, identity, handshakes: FuturesUnordered::new() }
     }
 }
 
@@ -127,7 +153,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
-    type Item = Result<TlsStream<C>, io::Error>;
+    type Item = Result<(TlsStream<C>, Option<Arc<str>>), io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -136,10 +162,14 @@ where
         while let Some(incoming) = this.incoming.as_mut() {
             match Pin::new(incoming).poll_next(cx) {
                 Poll::Ready(Some(Ok(conn))) => {
-                    let (accept, limit) = (this.acceptor.accept(conn), this.handshake);
+                    let (accept, limit, field) = (this.acceptor.accept(conn), this.handshake, this.identity);
                     this.handshakes.push(Box::pin(async move {
                         match tokio::time::timeout(limit, accept).await {
-                            Ok(Ok(stream)) => Some(stream),
+                            Ok(Ok(stream)) => {
+                                let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
+                                let identity = certificate.and_then(|der| identity_of(der, field)).map(Arc::from);
+                                Some((stream, identity))
+                            }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "a TLS handshake failed; the connection is closed");
                                 None
@@ -196,15 +226,15 @@ pub fn reload_on_sighup(_certificates: Arc<Certificates>) {}
 pub enum Conn<C> {
     /// Plaintext HTTP/2.
     Plain(C),
-    /// HTTP/2 over TLS.
-    Tls(Box<TlsStream<C>>),
+    /// HTTP/2 over TLS, with the principal the client's certificate names.
+    Tls(Box<TlsStream<C>>, Option<Arc<str>>),
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<C> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_read(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -213,7 +243,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<C> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_write(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -224,39 +254,39 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<C> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Plain(c) => c.is_write_vectored(),
-            Conn::Tls(t) => t.is_write_vectored(),
+            Conn::Tls(t, _) => t.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_flush(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_shutdown(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
-impl<C: tonic::transport::server::Connected> tonic::transport::server::Connected for Conn<C> {
-    type ConnectInfo = C::ConnectInfo;
+impl<C> tonic::transport::server::Connected for Conn<C> {
+    type ConnectInfo = Peer;
 
-    fn connect_info(&self) -> Self::ConnectInfo {
+    fn connect_info(&self) -> Peer {
         match self {
-            Conn::Plain(c) => c.connect_info(),
-            Conn::Tls(t) => t.get_ref().0.connect_info(),
+            Conn::Plain(_) => Peer::default(),
+            Conn::Tls(_, identity) => Peer { identity: identity.clone() },
         }
     }
 }
@@ -278,9 +308,10 @@ where
         return Ok(Box::pin(incoming.map(|conn| conn.map(Conn::Plain))));
     };
     let certificates = Arc::new(Certificates::load(cert, key)?);
-    let acceptor = acceptor(certificates.clone())?;
+    let acceptor = acceptor(certificates.clone(), config.tls_client_ca.as_deref())?;
     reload_on_sighup(certificates);
     let handshake = Duration::from_millis(config.handshake_timeout_ms);
-    let secured = TlsIncoming::new(incoming, acceptor, handshake);
-    Ok(Box::pin(secured.map(|conn| conn.map(|tls| Conn::Tls(Box::new(tls))))))
+    let identity = IdentityField::parse(&config.tls_client_identity).unwrap_or_default();
+    let secured = TlsIncoming::new(incoming, acceptor, handshake, identity);
+    Ok(Box::pin(secured.map(|conn| conn.map(|(tls, identity)| Conn::Tls(Box::new(tls), identity)))))
 }
