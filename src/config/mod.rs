@@ -318,6 +318,9 @@ impl Config {
                 invalid("stream_queue_max", &format!("pull_messages_max + 16 = {least} to 1000000"))
             }
             ServerError::Tokens(reason) => invalid("tokens", &format!("PRINCIPAL=SHA256HEX,... ({reason})")),
+            ServerError::Permissions(reason) => {
+                invalid("permissions", &format!("PERMISSION:PATTERN:PRINCIPAL,... ({reason})"))
+            }
             other => invalid("server", &other.to_string()),
         })?;
         if self.log_filter.parse::<tracing_subscriber::EnvFilter>().is_err() {

@@ -257,6 +257,8 @@ settings! {
         "Which name of a client certificate is its principal: subject (its common name) or san (its first DNS or URI alternative name).";
     Server tokens: String = server.tokens,
         "Bearer tokens, as PRINCIPAL=SHA256HEX,... (the SHA-256 of each token, never the token). With tokens or tls_client_ca set, PubSub and Admin calls without a known credential are refused UNAUTHENTICATED.";
+    Server permissions: String = server.permissions,
+        "Grants, as PERMISSION:PATTERN:PRINCIPAL,... (publish, subscribe or admin; a name or a prefix ending in *; the principal anonymous is a client without a credential). With permissions, tokens or tls_client_ca set, a call no grant covers is refused PERMISSION_DENIED.";
     Server record: Option<PathBuf> = record,
         "Record every command the broker applies into this directory (a flight recording, replayed by mini-pubsub-sim replay DIR); empty (the default) records nothing.";
     Server record_max_bytes: u64 = record_max_bytes,

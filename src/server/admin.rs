@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::access::{principal_of, Permission};
 use super::driver::{unexpected, DriverHandle};
 use crate::cluster::ClusterNode;
 use crate::core::{Answer, BrokerError, Command, LeaderHint, Query, SubscriptionSpec};
@@ -15,6 +16,8 @@ pub struct AdminService {
     pub(super) driver: DriverHandle,
     /// This node's cluster, when it is one.
     pub(super) cluster: Option<ClusterView>,
+    /// What each principal may do.
+    pub(super) access: Arc<crate::server::access::Access>,
 }
 
 /// What stops a node's peer port, and the task that serves it.
@@ -65,7 +68,9 @@ type Reply<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Reply<pb::Topic> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "topic", &req.name)?;
         let partitions = (req.partitions != 0).then_some(req.partitions);
         let window_ms = wire::dedupe_window_ms(req.dedupe_window.as_ref())?;
         let command = Command::CreateTopic { name: req.name, partitions, dedupe_window_ms: window_ms };
@@ -76,7 +81,9 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_topic(&self, request: Request<pb::GetTopicRequest>) -> Reply<pb::Topic> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "topic", &req.name)?;
         match self.driver.query(Query::Topic { name: req.name }).await?.0 {
             Answer::Topic(info) => Ok(Response::new(wire::topic(info))),
             other => Err(unexpected(&other)),
@@ -84,6 +91,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Reply<pb::ListTopicsResponse> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let limit = wire::page_size(req.page_size)?;
         let after = wire::page_token(&req.page_token).map(str::to_string);
@@ -91,14 +99,18 @@ impl pb::admin_server::Admin for AdminService {
             Answer::Topics { topics, next } => (topics, next),
             other => return Err(unexpected(&other)),
         };
+        // Only the topics the principal administers (a page may come back short).
+        let topics = topics.into_iter().filter(|t| self.access.allows(principal.as_ref(), Permission::Admin, &t.name));
         Ok(Response::new(pb::ListTopicsResponse {
-            topics: topics.into_iter().map(wire::topic).collect(),
+            topics: topics.map(wire::topic).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Reply<pb::DeleteTopicResponse> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "topic", &req.name)?;
         match self.driver.handle(Command::DeleteTopic { name: req.name, force: req.force }).await? {
             Answer::TopicDeleted { subscriptions } => {
                 Ok(Response::new(pb::DeleteTopicResponse { deleted_subscriptions: subscriptions }))
@@ -108,7 +120,18 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn create_subscription(&self, request: Request<pb::CreateSubscriptionRequest>) -> Reply<pb::Subscription> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
+        // Dead-lettering is the broker's own act, but it publishes where its creator says.
+        if let Some(policy) = req.dead_letter_policy.as_ref().filter(|p| !p.dead_letter_topic.is_empty()) {
+            self.access.check(
+                principal.as_ref(),
+                Permission::Publish,
+                "dead-letter topic",
+                &policy.dead_letter_topic,
+            )?;
+        }
         let spec = SubscriptionSpec {
             name: req.name,
             topic: req.topic,
@@ -126,7 +149,9 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_subscription(&self, request: Request<pb::GetSubscriptionRequest>) -> Reply<pb::Subscription> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
         match self.driver.query(Query::Subscription { name: req.name }).await?.0 {
             Answer::Subscription(info) => Ok(Response::new(wire::subscription(info))),
             other => Err(unexpected(&other)),
@@ -137,6 +162,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Reply<pb::ListSubscriptionsResponse> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let limit = wire::page_size(req.page_size)?;
         let topic = (!req.topic.is_empty()).then_some(req.topic);
@@ -146,8 +172,11 @@ impl pb::admin_server::Admin for AdminService {
             Answer::Subscriptions { subscriptions, next } => (subscriptions, next),
             other => return Err(unexpected(&other)),
         };
+        let access = &self.access;
+        let subscriptions =
+            subscriptions.into_iter().filter(|s| access.allows(principal.as_ref(), Permission::Admin, &s.name));
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: subscriptions.into_iter().map(wire::subscription).collect(),
+            subscriptions: subscriptions.map(wire::subscription).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }
@@ -156,7 +185,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Reply<pb::DeleteSubscriptionResponse> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
         self.driver.handle(Command::DeleteSubscription { name: req.name }).await?;
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
@@ -165,7 +196,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetSubscriptionStatsRequest>,
     ) -> Reply<pb::SubscriptionStats> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
         match self.driver.query(Query::Stats { subscription: req.name }).await?.0 {
             Answer::Stats(stats) => Ok(Response::new(wire::subscription_stats(stats))),
             other => Err(unexpected(&other)),
@@ -173,7 +206,9 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_pending(&self, request: Request<pb::ListPendingRequest>) -> Reply<pb::ListPendingResponse> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.subscription)?;
         let limit = wire::page_size(req.page_size)?;
         let after = wire::pending_token(&req.page_token)?;
         let query = Query::Pending { subscription: req.subscription, after, limit };
@@ -191,7 +226,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RedriveDeadLettersRequest>,
     ) -> Reply<pb::RedriveDeadLettersResponse> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.subscription)?;
         let command = Command::Redrive { subscription: req.subscription, max_messages: req.max_messages };
         match self.driver.handle(command).await? {
             Answer::Redriven(results) => Ok(Response::new(pb::RedriveDeadLettersResponse {
@@ -210,6 +247,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn transfer_leadership(&self, request: Request<pb::TransferLeadershipRequest>) -> Reply<pb::Cluster> {
+        self.access.check_everything(principal_of(&request).as_ref())?;
         let to = request.into_inner().node_id;
         let Some(view) = &self.cluster else {
             return Err(Status::failed_precondition(

@@ -176,7 +176,12 @@ impl Authenticator {
 
     /// The principal of a request with `metadata` from a peer whose certificate named
     /// `identity`; UNAUTHENTICATED, saying what was expected, otherwise.
-    pub fn authenticate(&self, metadata: &MetadataMap, identity: Option<&str>) -> Result<Principal, Status> {
+    pub fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        identity: Option<&str>,
+        anonymous: bool,
+    ) -> Result<Principal, Status> {
         let expected = self.expected();
         if let Some(value) = metadata.get("authorization") {
             if self.tokens.is_empty() {
@@ -204,6 +209,9 @@ impl Authenticator {
                 return Ok(Principal(name.to_string()));
             }
         }
+        if anonymous {
+            return Ok(Principal(super::access::ANONYMOUS.to_string()));
+        }
         Err(Status::unauthenticated(format!("no credential; this broker expects {expected}")))
     }
 
@@ -226,23 +234,35 @@ impl Authenticator {
 /// authenticator, otherwise only an authenticated one, with its [`Principal`] in its
 /// extensions.
 #[derive(Debug, Clone, Default)]
-pub struct Authenticate(pub Option<Arc<Authenticator>>);
+pub struct Authenticate {
+    auth: Option<Arc<Authenticator>>,
+    /// Whether a client without a credential is let in as `anonymous` (it has a grant).
+    anonymous: bool,
+    /// Whether permissions are checked (a principal is needed then).
+    checked: bool,
+}
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(auth) = &self.0 else { return Ok(request) };
-        let identity = request.extensions().get::<Peer>().and_then(|peer| peer.identity.clone());
-        let principal = auth.authenticate(request.metadata(), identity.as_deref())?;
+        let principal = match &self.auth {
+            Some(auth) => {
+                let identity = request.extensions().get::<Peer>().and_then(|peer| peer.identity.clone());
+                auth.authenticate(request.metadata(), identity.as_deref(), self.anonymous)?
+            }
+            None if self.checked => Principal(super::access::ANONYMOUS.to_string()),
+            None => return Ok(request),
+        };
         request.extensions_mut().insert(principal);
         Ok(request)
     }
 }
 
 impl Authenticate {
-    /// The interceptor the settings call for (tokens checked by `validate`).
-    pub fn from_config(config: &super::ServerConfig) -> Self {
+    /// The interceptor the settings call for (tokens checked by `validate`), for `access`.
+    pub fn from_config(config: &super::ServerConfig, access: &super::access::Access) -> Self {
         let tokens = parse_tokens(&config.tokens).unwrap_or_default();
-        Self(Authenticator::new(tokens, config.tls_client_ca.is_some()).map(Arc::new))
+        let auth = Authenticator::new(tokens, config.tls_client_ca.is_some()).map(Arc::new);
+        Self { auth, anonymous: access.anonymous_granted(), checked: access.active() }
     }
 }
 

@@ -2,6 +2,7 @@
 //! reflection, all started by [`run`] on whatever listener and shutdown signal it is given.
 //! [`metrics::install`] turns on Prometheus metrics for the servers started after it.
 
+pub mod access;
 mod admin;
 pub mod auth;
 mod conn;
@@ -98,6 +99,8 @@ pub struct ServerConfig {
     pub tls_client_identity: String,
     /// Bearer tokens, as `PRINCIPAL=SHA256HEX,...` (see [`auth::parse_tokens`]).
     pub tokens: String,
+    /// Grants, as `PERMISSION:PATTERN:PRINCIPAL,...` (see [`access`]).
+    pub permissions: String,
 }
 
 impl Default for ServerConfig {
@@ -120,6 +123,7 @@ impl Default for ServerConfig {
             tls_client_ca: None,
             tls_client_identity: "subject".to_string(),
             tokens: String::new(),
+            permissions: String::new(),
         }
     }
 }
@@ -172,6 +176,9 @@ pub enum ServerError {
     /// `tokens` is not `PRINCIPAL=SHA256HEX,...`.
     #[error("invalid configuration: tokens: {0}")]
     Tokens(String),
+    /// `permissions` is not `PERMISSION:PATTERN:PRINCIPAL,...`.
+    #[error("invalid configuration: permissions: {0}")]
+    Permissions(String),
 }
 
 impl ServerConfig {
@@ -225,6 +232,9 @@ impl ServerConfig {
         )?;
         if let Err(reason) = auth::parse_tokens(&self.tokens) {
             return Err(ServerError::Tokens(reason));
+        }
+        if let Err(reason) = access::parse_permissions(&self.permissions) {
+            return Err(ServerError::Permissions(reason));
         }
         Ok(())
     }
@@ -351,7 +361,7 @@ fn authenticated(
     InterceptedService<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>, auth::Authenticate>,
     InterceptedService<pb::admin_server::AdminServer<admin::AdminService>, auth::Authenticate>,
 ) {
-    let authenticate = auth::Authenticate::from_config(config);
+    let authenticate = auth::Authenticate::from_config(config, &access::Access::from_config(config));
     let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
     let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);
     (InterceptedService::new(pubsub, authenticate.clone()), InterceptedService::new(admin, authenticate))
@@ -379,9 +389,10 @@ where
     let (driver, cluster) = start_driver(&config, storage, clock.clone(), hooks, metrics_on).await?;
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
 
+    let access = Arc::new(access::Access::from_config(&config));
     let (pubsub, stop_publish_streams) =
-        pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, cluster.is_some());
-    let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone() };
+        pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, cluster.is_some(), access.clone());
+    let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone(), access: access.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
     let (pubsub, admin) = authenticated(pubsub, admin, &config);
 

@@ -9,10 +9,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
+use super::access::{principal_of, Access, Permission};
 use super::driver::{unexpected, DriverHandle, Link, PublishChain, ResponseTx, StreamSink};
 use super::metrics::LatencyTimer;
 use super::ServerConfig;
-use crate::core::{AckOp, Answer, Command, StreamId};
+use crate::core::{AckOp, Answer, Command, StreamId, StreamTarget};
 use crate::wire::{self, pb};
 
 /// How long a stream's task waits to queue its final status behind undelivered responses.
@@ -36,6 +37,8 @@ pub struct PubSubService {
     /// Turns true when the server stops: PublishStreams then read no more batches, answer
     /// those they took, and end with UNAVAILABLE.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// What each principal may do.
+    access: std::sync::Arc<Access>,
 }
 
 impl PubSubService {
@@ -47,10 +50,11 @@ impl PubSubService {
         config: ServerConfig,
         publish_latency: Option<LatencyTimer>,
         clustered: bool,
+        access: std::sync::Arc<Access>,
     ) -> (Self, tokio::sync::watch::Sender<bool>) {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let publish_window = if clustered { 1 } else { PUBLISH_STREAM_WINDOW };
-        (Self { driver, config, publish_window, publish_latency, stopping }, stop)
+        (Self { driver, config, publish_window, publish_latency, stopping, access }, stop)
     }
 }
 
@@ -82,7 +86,9 @@ fn stream_answer(sequence: u64, answer: Result<Answer, Status>) -> pb::PublishSt
 impl pb::pub_sub_server::PubSub for PubSubService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let start = self.publish_latency.as_ref().map(LatencyTimer::start);
+        let principal = principal_of(&request);
         let (topic, messages) = wire::publish_messages(request.into_inner())?;
+        self.access.check(principal.as_ref(), Permission::Publish, "topic", &topic)?;
         debug!(%topic, messages = messages.len(), "publish");
         let published = match self.driver.handle(Command::Publish { topic, messages }).await? {
             Answer::Published(published) => published,
@@ -101,6 +107,8 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         &self,
         request: Request<Streaming<pb::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        // Each batch is checked against the principal the stream opened as.
+        let allowed = Allowed { access: self.access.clone(), principal: principal_of(&request) };
         let mut inbound = request.into_inner();
         let (responses, rx) = mpsc::channel(self.publish_window);
         let (driver, window) = (self.driver.clone(), self.publish_window);
@@ -150,7 +158,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                             Ok(Some(request)) => {
                                 let (sequence, start) = (request.sequence, latency.as_ref().map(LatencyTimer::start));
                                 let link = Link { chain: chain.clone(), sequence };
-                                unanswered.push_back((sequence, start, submit_batch(&driver, request, link).await));
+                                unanswered.push_back((sequence, start, submit_batch(&driver, request, link, &allowed).await));
                             }
                             Ok(None) => reading = false,
                             Err(status) => {
@@ -179,6 +187,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let principal = principal_of(&request);
         let mut inbound = request.into_inner();
         let Some(mut first) = inbound.message().await? else {
             return Err(Status::invalid_argument(
@@ -186,6 +195,14 @@ impl pb::pub_sub_server::PubSub for PubSubService {
             ));
         };
         let (target, flow) = wire::stream_open(&first)?;
+        match &target {
+            StreamTarget::Subscription(name) => {
+                self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", name)?;
+            }
+            StreamTarget::Topic { topic, .. } => {
+                self.access.check(principal.as_ref(), Permission::Subscribe, "topic", topic)?;
+            }
+        }
         let ops = wire::stream_ack_ops(&mut first)?;
         let session_timeout_ms = wire::session_timeout_ms(&first);
         let client_id = wire::client_id(&first);
@@ -220,7 +237,9 @@ impl pb::pub_sub_server::PubSub for PubSubService {
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<pb::PullResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         let command = Command::Pull { subscription: req.subscription, max_messages: req.max_messages };
         let deliveries = match self.driver.handle(command).await? {
             Answer::Deliveries(deliveries) => deliveries,
@@ -231,12 +250,16 @@ impl pb::pub_sub_server::PubSub for PubSubService {
     }
 
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         self.acks(req.subscription, AckOp::Ack, req.ack_ids).await
     }
 
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         let op = wire::nack_op("delay", req.delay.as_ref(), &req.reason, req.terminal)?;
         self.acks(req.subscription, op, req.ack_ids).await
     }
@@ -245,13 +268,17 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         &self,
         request: Request<pb::ModifyAckDeadlineRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         let op = AckOp::ModifyDeadline { deadline_ms: u64::from(req.ack_deadline_seconds) * 1000 };
         self.acks(req.subscription, op, req.ack_ids).await
     }
 
     async fn seek(&self, request: Request<pb::SeekRequest>) -> Result<Response<pb::SeekResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.subscription)?;
         let target = wire::seek_target(req.target)?;
         let offsets = match self.driver.handle(Command::Seek { subscription: req.subscription, target }).await? {
             Answer::Offsets(offsets) => offsets,
@@ -358,8 +385,14 @@ async fn leave(driver: &DriverHandle, stream: StreamId) {
 
 /// Submits the batch a PublishStream request carries, in its stream's chain; its answer,
 /// or its refusal.
-async fn submit_batch(driver: &DriverHandle, request: pb::PublishStreamRequest, link: Link) -> Answering {
-    let submitted = match publish_of(request) {
+async fn submit_batch(
+    driver: &DriverHandle,
+    request: pb::PublishStreamRequest,
+    link: Link,
+    allowed: &Allowed,
+) -> Answering {
+    let checked = publish_of(request).and_then(|command| allowed.publish(command));
+    let submitted = match checked {
         Ok(command) => driver.submit_chained(command, link).await,
         Err(refused) => {
             // Refused before the driver saw it: the chain breaks here, as the driver breaks it.
@@ -372,6 +405,22 @@ async fn submit_batch(driver: &DriverHandle, request: pb::PublishStreamRequest, 
     match submitted {
         Ok(answer) => Box::pin(answer),
         Err(stopped) => Box::pin(std::future::ready(Err(stopped))),
+    }
+}
+
+/// Who a PublishStream's batches are checked as.
+struct Allowed {
+    access: std::sync::Arc<Access>,
+    principal: Option<crate::server::auth::Principal>,
+}
+
+impl Allowed {
+    /// The publish, if the principal may publish to its topic.
+    fn publish(&self, command: Command) -> Result<Command, Status> {
+        if let Command::Publish { topic, .. } = &command {
+            self.access.check(self.principal.as_ref(), Permission::Publish, "topic", topic)?;
+        }
+        Ok(command)
     }
 }
 

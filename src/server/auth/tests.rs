@@ -23,34 +23,34 @@ fn tokens_auth() -> Authenticator {
 #[test]
 fn a_known_token_names_its_principal_and_anything_else_is_unauthenticated() {
     let auth = tokens_auth();
-    let principal = auth.authenticate(&with_authorization("Bearer s3cret-b"), None).unwrap();
+    let principal = auth.authenticate(&with_authorization("Bearer s3cret-b"), None, false).unwrap();
     assert_eq!(principal, Principal("bob".into()));
-    assert_eq!(auth.authenticate(&with_authorization("bearer  s3cret-a"), None).unwrap().0, "alice");
+    assert_eq!(auth.authenticate(&with_authorization("bearer  s3cret-a"), None, false).unwrap().0, "alice");
     for (value, says) in [
         ("Bearer wrong", "the bearer token is not one this broker knows"),
         ("Basic czNjcmV0LWE=", "the header is not `Bearer TOKEN`"),
         ("Bearer ", "has no token"),
         ("Bearer s3cret-a extra", "is not `Bearer TOKEN`"),
     ] {
-        let refused = auth.authenticate(&with_authorization(value), None).unwrap_err();
+        let refused = auth.authenticate(&with_authorization(value), None, false).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{value}");
         assert!(refused.message().contains(says), "{value}: {}", refused.message());
         assert!(refused.message().ends_with("an `authorization: bearer TOKEN` header"), "{}", refused.message());
     }
-    let missing = auth.authenticate(&MetadataMap::new(), Some("dev-client")).unwrap_err();
+    let missing = auth.authenticate(&MetadataMap::new(), Some("dev-client"), false).unwrap_err();
     assert_eq!(missing.message(), "no credential; this broker expects an `authorization: bearer TOKEN` header");
 }
 
 #[test]
 fn a_client_certificate_names_the_principal_when_the_broker_has_a_client_ca() {
     let auth = Authenticator::new(Vec::new(), true).unwrap();
-    assert_eq!(auth.authenticate(&MetadataMap::new(), Some("dev-client")).unwrap().0, "dev-client");
-    let missing = auth.authenticate(&MetadataMap::new(), None).unwrap_err();
+    assert_eq!(auth.authenticate(&MetadataMap::new(), Some("dev-client"), false).unwrap().0, "dev-client");
+    let missing = auth.authenticate(&MetadataMap::new(), None, false).unwrap_err();
     assert_eq!(
         missing.message(),
         "no credential; this broker expects a TLS client certificate signed by the broker's client CA"
     );
-    let token = auth.authenticate(&with_authorization("Bearer x"), Some("dev-client")).unwrap_err();
+    let token = auth.authenticate(&with_authorization("Bearer x"), Some("dev-client"), false).unwrap_err();
     assert!(token.message().starts_with("this broker takes no bearer tokens"), "{}", token.message());
     assert!(Authenticator::new(Vec::new(), false).is_none(), "nothing configured: everyone is let in");
 }
@@ -93,7 +93,7 @@ proptest! {
         if let Ok(metadata_value) = MetadataValue::try_from(header.as_str()) {
             let mut metadata = MetadataMap::new();
             metadata.insert("authorization", metadata_value);
-            match auth.authenticate(&metadata, None) {
+            match auth.authenticate(&metadata, None, false) {
                 Ok(principal) => prop_assert!(token == "s3cret-a" || token == "s3cret-b", "{principal:?}"),
                 Err(refused) => {
                     prop_assert_eq!(refused.code(), tonic::Code::Unauthenticated);
