@@ -200,11 +200,14 @@ enum Command {
 
 /// Publishes to one topic in batches. Create it with [`super::Client::publisher`].
 ///
-/// Messages are sent in the order they were queued, one batch at a time. A batch that
-/// fails with a retryable status is sent again, unchanged, after a backoff; because each
-/// message carries an idempotency key, a batch whose first answer was lost is answered
-/// from the topic's dedupe index the second time (`duplicate: true`) instead of being
-/// stored twice. A batch that fails for good fails every message in it.
+/// Messages are sent in the order they were queued, in batches on one PublishStream, up to
+/// `batches_in_flight` unanswered. When the stream breaks, or a batch fails with a
+/// retryable status, every unanswered batch is sent again, unchanged and in order, after a
+/// backoff; because each message carries an idempotency key, a batch whose first answer was
+/// lost is answered from the topic's dedupe index the second time (`duplicate: true`)
+/// instead of being stored twice, and the broker applies nothing of a stream after a batch
+/// it refused for resending, so a retry never stores a message after one queued later. A
+/// batch that fails for good fails every message in it.
 ///
 /// Dropping the publisher without [`shutdown`](Publisher::shutdown) still sends what was
 /// queued, in the background, while the runtime lives.
