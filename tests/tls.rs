@@ -239,6 +239,8 @@ async fn with_a_client_ca_a_client_certificate_lets_in_and_no_credential_is_unau
         tls_cert: Some(dir.path().join(certs::SERVER_CERT)),
         tls_key: Some(dir.path().join(certs::SERVER_KEY)),
         tls_client_ca: Some(dir.path().join(certs::CA_CERT)),
+        // With a client CA, permissions deny by default: the certificate's principal gets these.
+        permissions: format!("publish:*:{name},admin:*:{name}", name = certs::CLIENT_NAME),
         ..Default::default()
     };
     let broker = start_with(config).await;
