@@ -57,6 +57,14 @@ impl Broker {
         tokio::time::timeout(PROMPT, task).await.expect("the broker stops promptly").unwrap().unwrap();
     }
 
+    /// Stops, waits `down`, and starts again on the same address and data.
+    async fn restart(self, down: Duration, data: &Path) -> Broker {
+        let addr = self.addr;
+        self.stop().await;
+        tokio::time::sleep(down).await;
+        Broker::start(addr, file_storage(data)).await
+    }
+
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -198,9 +206,7 @@ async fn a_publisher_retries_while_the_broker_is_down_or_restarting_and_stores_e
         answers(handles).await
     });
     tokio::time::sleep(Duration::from_millis(60)).await;
-    broker.stop().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let broker = Broker::start(addr, file_storage(data.path())).await;
+    let broker = broker.restart(Duration::from_millis(200), data.path()).await;
     results.extend(tokio::time::timeout(PATIENT, more).await.expect("publishing finishes").unwrap());
 
     let places: BTreeSet<(u32, u64)> = results.iter().map(|r| (r.partition, r.offset)).collect();
@@ -771,9 +777,7 @@ async fn a_publisher_with_batches_in_flight_keeps_each_keys_order_across_a_broke
         answers(handles).await
     });
     tokio::time::sleep(Duration::from_millis(40)).await;
-    broker.stop().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let broker = Broker::start(addr, file_storage(data.path())).await;
+    let broker = broker.restart(Duration::from_millis(100), data.path()).await;
     let results = tokio::time::timeout(PATIENT, publishing).await.expect("publishing finishes").unwrap();
 
     // Each key's messages were handed over in the order of n: their places rise with it.

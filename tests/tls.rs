@@ -31,21 +31,14 @@ impl Drop for Broker {
     }
 }
 
+/// A broker on TLS with the developer certificates in `tls`, or on plaintext.
 async fn start(tls: Option<&Path>) -> Broker {
     let mut config = ServerConfig::default();
     if let Some(dir) = tls {
         config.tls_cert = Some(dir.join(certs::SERVER_CERT));
         config.tls_key = Some(dir.join(certs::SERVER_KEY));
     }
-    let (addr, incoming) = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let signal = async move {
-        let _ = stopped.await;
-    };
-    let clock = Arc::new(TokioClock::new());
-    let run = server::run_with(incoming, signal, config, Box::new(MemoryStorage), clock, server::Hooks::default());
-    tokio::spawn(run);
-    Broker { addr, stop: Some(stop) }
+    start_with(config).await
 }
 
 fn dev_certs() -> tempfile::TempDir {
@@ -207,17 +200,8 @@ async fn wait_until_connects(url: &str, ca_dir: &Path) -> Client {
 
 /// The SHA-256 of `token` in hex, as `tokens` takes it (`printf %s TOKEN | sha256sum`).
 fn sha256_hex(token: &str) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(token.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn start_with(config: ServerConfig) -> Broker {

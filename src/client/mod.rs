@@ -254,13 +254,12 @@ impl Client {
 pub struct ClientTls {
     ca: Vec<u8>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
-    domain: Option<String>,
 }
 
 impl ClientTls {
     /// Trusts the CA certificates in `ca_pem` (and only those).
     pub fn new(ca_pem: impl Into<Vec<u8>>) -> Self {
-        Self { ca: ca_pem.into(), identity: None, domain: None }
+        Self { ca: ca_pem.into(), identity: None }
     }
 
     /// Reads the CA file, and the client's certificate and key files when both are given
@@ -285,19 +284,10 @@ impl ClientTls {
         self
     }
 
-    /// Checks the broker's certificate against `name` instead of the URL's host.
-    pub fn domain(mut self, name: impl Into<String>) -> Self {
-        self.domain = Some(name.into());
-        self
-    }
-
     fn config(&self) -> ClientTlsConfig {
         let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
         if let Some((cert, key)) = &self.identity {
             config = config.identity(Identity::from_pem(cert, key));
-        }
-        if let Some(name) = &self.domain {
-            config = config.domain_name(name.clone());
         }
         config
     }

@@ -187,6 +187,21 @@ pub fn principal_of<T>(request: &Request<T>) -> Option<Principal> {
     request.extensions().get::<Principal>().cloned()
 }
 
+impl Access {
+    /// [`Access::check`] for the principal `request` was let in as, on the name `name`
+    /// reads from its message.
+    pub fn check_request<T>(
+        &self,
+        request: &Request<T>,
+        permission: Permission,
+        what: &str,
+        name: impl FnOnce(&T) -> &str,
+    ) -> Result<(), Status> {
+        let principal = request.extensions().get::<Principal>();
+        self.check(principal, permission, what, name(request.get_ref()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

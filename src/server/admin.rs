@@ -68,9 +68,8 @@ type Reply<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Reply<pb::Topic> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "topic", |r| &r.name)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "topic", &req.name)?;
         let partitions = (req.partitions != 0).then_some(req.partitions);
         let window_ms = wire::dedupe_window_ms(req.dedupe_window.as_ref())?;
         let command = Command::CreateTopic { name: req.name, partitions, dedupe_window_ms: window_ms };
@@ -81,9 +80,8 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_topic(&self, request: Request<pb::GetTopicRequest>) -> Reply<pb::Topic> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "topic", |r| &r.name)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "topic", &req.name)?;
         match self.driver.query(Query::Topic { name: req.name }).await?.0 {
             Answer::Topic(info) => Ok(Response::new(wire::topic(info))),
             other => Err(unexpected(&other)),
@@ -108,9 +106,8 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Reply<pb::DeleteTopicResponse> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "topic", |r| &r.name)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "topic", &req.name)?;
         match self.driver.handle(Command::DeleteTopic { name: req.name, force: req.force }).await? {
             Answer::TopicDeleted { subscriptions } => {
                 Ok(Response::new(pb::DeleteTopicResponse { deleted_subscriptions: subscriptions }))
@@ -120,18 +117,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn create_subscription(&self, request: Request<pb::CreateSubscriptionRequest>) -> Reply<pb::Subscription> {
-        let principal = principal_of(&request);
-        let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
+        self.access.check_request(&request, Permission::Admin, "subscription", |r| &r.name)?;
         // Dead-lettering is the broker's own act, but it publishes where its creator says.
-        if let Some(policy) = req.dead_letter_policy.as_ref().filter(|p| !p.dead_letter_topic.is_empty()) {
-            self.access.check(
-                principal.as_ref(),
-                Permission::Publish,
-                "dead-letter topic",
-                &policy.dead_letter_topic,
-            )?;
+        if !dead_letter_topic(request.get_ref()).is_empty() {
+            self.access.check_request(&request, Permission::Publish, "dead-letter topic", dead_letter_topic)?;
         }
+        let req = request.into_inner();
         let spec = SubscriptionSpec {
             name: req.name,
             topic: req.topic,
@@ -149,9 +140,8 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_subscription(&self, request: Request<pb::GetSubscriptionRequest>) -> Reply<pb::Subscription> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "subscription", |r| &r.name)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
         match self.driver.query(Query::Subscription { name: req.name }).await?.0 {
             Answer::Subscription(info) => Ok(Response::new(wire::subscription(info))),
             other => Err(unexpected(&other)),
@@ -185,9 +175,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Reply<pb::DeleteSubscriptionResponse> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "subscription", |r| &r.name)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
         self.driver.handle(Command::DeleteSubscription { name: req.name }).await?;
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
@@ -196,9 +185,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetSubscriptionStatsRequest>,
     ) -> Reply<pb::SubscriptionStats> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "subscription", |r| &r.name)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.name)?;
         match self.driver.query(Query::Stats { subscription: req.name }).await?.0 {
             Answer::Stats(stats) => Ok(Response::new(wire::subscription_stats(stats))),
             other => Err(unexpected(&other)),
@@ -206,9 +194,8 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_pending(&self, request: Request<pb::ListPendingRequest>) -> Reply<pb::ListPendingResponse> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "subscription", |r| &r.subscription)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.subscription)?;
         let limit = wire::page_size(req.page_size)?;
         let after = wire::pending_token(&req.page_token)?;
         let query = Query::Pending { subscription: req.subscription, after, limit };
@@ -226,9 +213,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RedriveDeadLettersRequest>,
     ) -> Reply<pb::RedriveDeadLettersResponse> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "subscription", |r| &r.subscription)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.subscription)?;
         let command = Command::Redrive { subscription: req.subscription, max_messages: req.max_messages };
         match self.driver.handle(command).await? {
             Answer::Redriven(results) => Ok(Response::new(pb::RedriveDeadLettersResponse {
@@ -247,7 +233,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn transfer_leadership(&self, request: Request<pb::TransferLeadershipRequest>) -> Reply<pb::Cluster> {
-        self.access.check_everything(principal_of(&request).as_ref())?;
+        self.access.check_everything(request.extensions().get())?;
         let to = request.into_inner().node_id;
         let Some(view) = &self.cluster else {
             return Err(Status::failed_precondition(
@@ -303,3 +289,8 @@ const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often TransferLeadership asks again while the target has not taken over.
 const TRANSFER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The dead-letter topic a subscription is created with; empty without one.
+fn dead_letter_topic(request: &pb::CreateSubscriptionRequest) -> &str {
+    request.dead_letter_policy.as_ref().map_or("", |p| p.dead_letter_topic.as_str())
+}

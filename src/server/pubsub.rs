@@ -86,9 +86,8 @@ fn stream_answer(sequence: u64, answer: Result<Answer, Status>) -> pb::PublishSt
 impl pb::pub_sub_server::PubSub for PubSubService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let start = self.publish_latency.as_ref().map(LatencyTimer::start);
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Publish, "topic", |r| &r.topic)?;
         let (topic, messages) = wire::publish_messages(request.into_inner())?;
-        self.access.check(principal.as_ref(), Permission::Publish, "topic", &topic)?;
         debug!(%topic, messages = messages.len(), "publish");
         let published = match self.driver.handle(Command::Publish { topic, messages }).await? {
             Answer::Published(published) => published,
@@ -237,9 +236,8 @@ impl pb::pub_sub_server::PubSub for PubSubService {
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<pb::PullResponse>, Status> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Subscribe, "subscription", |r| &r.subscription)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         let command = Command::Pull { subscription: req.subscription, max_messages: req.max_messages };
         let deliveries = match self.driver.handle(command).await? {
             Answer::Deliveries(deliveries) => deliveries,
@@ -250,16 +248,14 @@ impl pb::pub_sub_server::PubSub for PubSubService {
     }
 
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Subscribe, "subscription", |r| &r.subscription)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         self.acks(req.subscription, AckOp::Ack, req.ack_ids).await
     }
 
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::AckResponse>, Status> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Subscribe, "subscription", |r| &r.subscription)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         let op = wire::nack_op("delay", req.delay.as_ref(), &req.reason, req.terminal)?;
         self.acks(req.subscription, op, req.ack_ids).await
     }
@@ -268,17 +264,15 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         &self,
         request: Request<pb::ModifyAckDeadlineRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Subscribe, "subscription", |r| &r.subscription)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", &req.subscription)?;
         let op = AckOp::ModifyDeadline { deadline_ms: u64::from(req.ack_deadline_seconds) * 1000 };
         self.acks(req.subscription, op, req.ack_ids).await
     }
 
     async fn seek(&self, request: Request<pb::SeekRequest>) -> Result<Response<pb::SeekResponse>, Status> {
-        let principal = principal_of(&request);
+        self.access.check_request(&request, Permission::Admin, "subscription", |r| &r.subscription)?;
         let req = request.into_inner();
-        self.access.check(principal.as_ref(), Permission::Admin, "subscription", &req.subscription)?;
         let target = wire::seek_target(req.target)?;
         let offsets = match self.driver.handle(Command::Seek { subscription: req.subscription, target }).await? {
             Answer::Offsets(offsets) => offsets,

@@ -140,24 +140,19 @@ impl Pipeline {
                         stream = None;
                     }
                 }
-                Event::Answer(Ok(None)) => {
+                // The stream ended (with a status, or none): its unanswered batches go again.
+                Event::Answer(ended) => {
                     let used = stream.take().map_or(0, |open| open.used);
                     if !unanswered.is_empty() {
-                        let status = Status::unavailable("the broker ended the publish stream with batches unanswered");
-                        self.failed(&mut unanswered, status, used).await;
-                    }
-                }
-                Event::Answer(Err(status)) => {
-                    let used = stream.take().map_or(0, |open| open.used);
-                    if !unanswered.is_empty() {
+                        let status = ended.err().unwrap_or_else(|| {
+                            Status::unavailable("the broker ended the publish stream with batches unanswered")
+                        });
                         self.failed(&mut unanswered, status, used).await;
                     }
                 }
                 Event::Overdue => {
                     let used = stream.take().map_or(0, |open| open.used);
-                    let timeout = self.settings.request_timeout;
-                    let status = Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"));
-                    self.failed(&mut unanswered, status, used).await;
+                    self.failed(&mut unanswered, self.no_answer(), used).await;
                 }
             }
         }
@@ -228,11 +223,16 @@ impl Pipeline {
                 None
             }
             Err(_) => {
-                let status = Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"));
-                self.failed(unanswered, status, used).await;
+                self.failed(unanswered, self.no_answer(), used).await;
                 None
             }
         }
+    }
+
+    /// What an attempt that got no answer in `request_timeout` failed with.
+    fn no_answer(&self) -> Status {
+        let timeout = self.settings.request_timeout;
+        Status::deadline_exceeded(format!("no answer within request_timeout = {timeout:?}"))
     }
 
     /// Fails, for good, each unanswered batch queued longer than `retry.total_timeout`.
