@@ -69,6 +69,7 @@ enum ConfigCommand {
 }
 
 /// `--config FILE` and one flag per setting, collected as (setting, flag, value).
+#[derive(Clone)]
 struct ConfigArgs {
     file: Option<PathBuf>,
     flags: Vec<(&'static str, String, String)>,
@@ -179,9 +180,9 @@ fn certs_dev(out: &std::path::Path) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => args.load().and_then(|loaded| {
+        Command::Serve(args) => args.clone().load().and_then(|loaded| {
             init_logging(loaded.config.log_format, &loaded.config.log_filter);
-            runtime()?.block_on(serve(loaded))
+            runtime()?.block_on(serve(loaded, args))
         }),
         Command::Config(ConfigCommand::Print(args)) => args.load().map(|loaded| print!("{}", loaded.describe())),
         Command::DevCluster(args) => runtime().and_then(|runtime| runtime.block_on(args.run(shutdown_signal()))),
@@ -221,7 +222,9 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
-async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+/// Serves the broker `loaded` configures; on SIGHUP, `args` are read again for the tokens
+/// and permissions to put in force.
+async fn serve(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<()> {
     let config = &loaded.config;
     let (storage, described) = if config.cluster.enabled() { open_node_state(config)? } else { open_storage(config)? };
     let (addr, incoming) =
@@ -242,7 +245,9 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         settings_toml: loaded.describe(),
     });
     let cluster = if config.cluster.enabled() { Some(cluster_run(config).await?) } else { None };
-    let hooks = server::Hooks { observer: None, record, cluster };
+    let reload: server::Reload =
+        Box::new(move || args.clone().load().map(|loaded| loaded.config.server).map_err(|e| format!("{e:#}")));
+    let hooks = server::Hooks { observer: None, record, cluster, reload: Some(reload) };
     let clock = Arc::new(TokioClock::new());
     server::run_with(incoming, shutdown_signal(), config.server.clone(), storage, clock, hooks).await?;
     Ok(())

@@ -59,7 +59,7 @@ async fn start_recording(data: &Path, recording: &Path) -> (TestServer, Loaded) 
         max_bytes: record::RECORD_MAX_BYTES_DEFAULT,
         settings_toml: loaded.describe(),
     };
-    let hooks = Hooks { observer: None, record: Some(record), cluster: None };
+    let hooks = Hooks { record: Some(record), ..Hooks::default() };
     let server = start_hooked(loaded.config.server.clone(), storage, hooks).await;
     (server, loaded)
 }
@@ -223,7 +223,7 @@ async fn a_changed_reply_is_caught_by_its_digest() {
         max_bytes: record::RECORD_MAX_BYTES_DEFAULT,
         settings_toml: loaded.describe(),
     };
-    let hooks = Hooks { observer: None, record: Some(record), cluster: None };
+    let hooks = Hooks { record: Some(record), ..Hooks::default() };
     let server = start_hooked(loaded.config.server.clone(), Box::new(mini_pubsub::storage::MemoryStorage), hooks).await;
     server.create_topic("t", 3).await;
     server.publish("t", &["a", "b", "c"]).await;

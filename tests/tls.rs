@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mini_pubsub::certs;
-use mini_pubsub::client::{Client, ClientTls, OutgoingMessage, PublisherSettings};
+use mini_pubsub::client::{Client, ClientTls, ConnectOptions, OutgoingMessage, PublisherSettings};
 use mini_pubsub::env::{Net, TokioClock, TokioNet};
 use mini_pubsub::server::{self, ServerConfig};
 use mini_pubsub::storage::MemoryStorage;
@@ -47,8 +47,8 @@ fn dev_certs() -> tempfile::TempDir {
     dir
 }
 
-fn trusting(dir: &Path) -> ClientTls {
-    ClientTls::from_files(&dir.join(certs::CA_CERT), None).unwrap()
+fn trusting(dir: &Path) -> ConnectOptions {
+    ConnectOptions::default().tls(ClientTls::from_files(&dir.join(certs::CA_CERT), None).unwrap())
 }
 
 async fn publish_one(client: &Client, value: &str) -> Result<u64, String> {
@@ -66,7 +66,7 @@ async fn a_client_that_trusts_the_ca_publishes_over_tls() {
     let broker = start(Some(dir.path())).await;
     for host in ["localhost", "127.0.0.1"] {
         let url = format!("https://{host}:{}", broker.addr.port());
-        let client = Client::connect_with(url, Some(&trusting(dir.path()))).await.unwrap();
+        let client = Client::connect_with(url, &trusting(dir.path())).await.unwrap();
         publish_one(&client, host).await.unwrap();
     }
 }
@@ -79,7 +79,7 @@ async fn a_wrong_ca_an_expired_certificate_and_a_plaintext_client_are_refused_at
 
     let other = dev_certs();
     let wrong_ca = trusting(other.path());
-    let wrong = tokio::time::timeout(PROMPT, Client::connect_with(url.clone(), Some(&wrong_ca)));
+    let wrong = tokio::time::timeout(PROMPT, Client::connect_with(url.clone(), &wrong_ca));
     let error = wrong.await.expect("refused at once").unwrap_err().to_string();
     // Another CA of the same name: its signature does not verify.
     assert!(error.contains("invalid peer certificate"), "{error}");
@@ -97,7 +97,7 @@ async fn a_wrong_ca_an_expired_certificate_and_a_plaintext_client_are_refused_at
     let old = start(Some(expired.path())).await;
     let url = format!("https://localhost:{}", old.addr.port());
     let ca = trusting(expired.path());
-    let refused = tokio::time::timeout(PROMPT, Client::connect_with(url, Some(&ca)));
+    let refused = tokio::time::timeout(PROMPT, Client::connect_with(url, &ca));
     let error = refused.await.expect("refused at once").unwrap_err().to_string();
     assert!(error.contains("invalid peer certificate: certificate expired"), "{error}");
 }
@@ -108,7 +108,7 @@ async fn a_tls_client_on_a_plaintext_port_is_refused_at_once() {
     let broker = start(None).await;
     let url = format!("https://localhost:{}", broker.addr.port());
     let ca = trusting(dir.path());
-    let refused = tokio::time::timeout(PROMPT, Client::connect_with(url, Some(&ca)));
+    let refused = tokio::time::timeout(PROMPT, Client::connect_with(url, &ca));
     assert!(refused.await.expect("refused at once").is_err());
 }
 
@@ -155,7 +155,7 @@ async fn sighup_reloads_the_certificate_for_new_connections_and_a_bad_file_keeps
     }
     let broker = start(Some(&live)).await;
     let url = format!("https://localhost:{}", broker.addr.port());
-    let open = Client::connect_with(url.clone(), Some(&trusting(&first))).await.unwrap();
+    let open = Client::connect_with(url.clone(), &trusting(&first)).await.unwrap();
     publish_one(&open, "before").await.unwrap();
 
     // A new pair from another CA replaces the files; SIGHUP.
@@ -174,7 +174,7 @@ async fn sighup_reloads_the_certificate_for_new_connections_and_a_bad_file_keeps
     std::fs::write(live.join(certs::SERVER_CERT), "not a certificate").unwrap();
     hang_up();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = Client::connect_with(url, Some(&trusting(&second))).await.unwrap();
+    let again = Client::connect_with(url, &trusting(&second)).await.unwrap();
     publish_one(&again, "after a bad reload").await.unwrap();
 }
 
@@ -190,7 +190,7 @@ fn hang_up() {
 async fn wait_until_connects(url: &str, ca_dir: &Path) -> Client {
     // Bounded: 50 tries, 100 ms apart.
     for _ in 0..50 {
-        if let Ok(client) = Client::connect_with(url.to_string(), Some(&trusting(ca_dir))).await {
+        if let Ok(client) = Client::connect_with(url.to_string(), &trusting(ca_dir)).await {
             return client;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -232,10 +232,10 @@ async fn with_a_client_ca_a_client_certificate_lets_in_and_no_credential_is_unau
     let identity = Some((dir.path().join(certs::CLIENT_CERT), dir.path().join(certs::CLIENT_KEY)));
     let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let tls = ClientTls::from_files(&dir.path().join(certs::CA_CERT), identity).unwrap();
-    let with_certificate = Client::connect_with(url.clone(), Some(&tls)).await.unwrap();
+    let with_certificate = Client::connect_with(url.clone(), &ConnectOptions::default().tls(tls)).await.unwrap();
     publish_one(&with_certificate, "let in").await.unwrap();
 
-    let without = Client::connect_with(url, Some(&trusting(dir.path()))).await.unwrap();
+    let without = Client::connect_with(url, &trusting(dir.path())).await.unwrap();
     let request = mini_pubsub::wire::pb::PublishRequest {
         topic: "refused".into(),
         value: b"x".to_vec().into(),
@@ -261,22 +261,29 @@ async fn with_a_client_ca_a_client_certificate_lets_in_and_no_credential_is_unau
 
 #[tokio::test]
 async fn a_bearer_token_lets_in_as_its_principal_and_a_wrong_one_is_unauthenticated_without_echoing_it() {
-    let config = ServerConfig { tokens: format!("ops={}", sha256_hex("rotate-me-1")), ..Default::default() };
-    let broker = start_with(config).await;
-    let client = Client::connect(format!("http://{}", broker.addr)).await.unwrap();
-    let with = |token: &str| {
-        let mut request = tonic::Request::new(mini_pubsub::wire::pb::ListTopicsRequest::default());
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        request
+    let config = ServerConfig {
+        tokens: format!("ops={}", sha256_hex("rotate-me-1")),
+        permissions: "publish:*:ops".into(),
+        ..Default::default()
     };
-    client.admin_client().list_topics(with("rotate-me-1")).await.unwrap();
-    let refused = client.admin_client().list_topics(with("not-the-token")).await.unwrap_err();
+    let broker = start_with(config).await;
+    let url = format!("http://{}", broker.addr);
+    let with = |token: &str| ConnectOptions::default().token(token).unwrap();
+    let client = Client::connect_with(url.clone(), &with("rotate-me-1")).await.unwrap();
+    publish_one(&client, "let in").await.unwrap();
+    let wrong = Client::connect_with(url.clone(), &with("not-the-token")).await.unwrap();
+    let refused = wrong.admin_client().list_topics(mini_pubsub::wire::pb::ListTopicsRequest::default()).await;
+    let refused = refused.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     assert!(!refused.message().contains("not-the-token"), "{}", refused.message());
     assert_eq!(
         refused.message(),
         "authorization: the bearer token is not one this broker knows; it expects an `authorization: bearer TOKEN` header"
     );
+    let published = publish_one(&wrong, "refused").await.unwrap_err();
+    assert!(published.contains("UNAUTHENTICATED"), "{published}");
+    assert!(!format!("{:?}", with("not-the-token")).contains("not-the-token"), "Debug hides the token");
+    let client = Client::connect(url).await.unwrap();
     let missing = client.admin_client().list_topics(mini_pubsub::wire::pb::ListTopicsRequest::default()).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::Unauthenticated);
 }

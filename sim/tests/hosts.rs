@@ -235,7 +235,7 @@ fn a_record_the_broker_cannot_read_reaches_the_trace() {
                 config,
                 storage,
                 clock,
-                server::Hooks { observer: Some(observer), record: None, cluster: None },
+                server::Hooks { observer: Some(observer), ..server::Hooks::default() },
             )
             .await?;
             Ok(())

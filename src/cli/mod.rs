@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use mini_pubsub::client::{Client, ClientError};
+use mini_pubsub::client::{Client, ClientError, ClientTls, ConnectOptions};
 
 /// The broker the client commands talk to.
 #[derive(clap::Args)]
@@ -35,19 +35,24 @@ pub struct ServerOption {
     /// The PEM private key of --cert (`--key` is publish's message key).
     #[arg(long, global = true, env = "MINI_PUBSUB_CERT_KEY", requires = "cert")]
     pub cert_key: Option<std::path::PathBuf>,
+    /// A bearer token, sent with every request as `authorization: Bearer TOKEN` (prefer the
+    /// environment variable: a flag shows in the process list).
+    #[arg(long, global = true, env = "MINI_PUBSUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ServerOption {
     /// Connects as the options say.
     async fn connect(&self) -> Result<Client, ClientError> {
-        let tls = match &self.ca {
-            Some(ca) => {
-                let identity = self.cert.as_deref().zip(self.cert_key.as_deref());
-                Some(mini_pubsub::client::ClientTls::from_files(ca, identity)?)
-            }
-            None => None,
-        };
-        Client::connect_with(self.server.clone(), tls.as_ref()).await
+        let mut options = ConnectOptions::default();
+        if let Some(ca) = &self.ca {
+            let identity = self.cert.as_deref().zip(self.cert_key.as_deref());
+            options = options.tls(ClientTls::from_files(ca, identity)?);
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token)?;
+        }
+        Client::connect_with(self.server.clone(), &options).await
     }
 }
 

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
-
 use super::error::ClientError;
 use super::pb::admin_client::AdminClient;
 use super::Client;
@@ -73,7 +71,7 @@ impl Client {
     async fn admin_call<Q, R, F>(
         &self,
         request: Q,
-        call: impl FnOnce(AdminClient<Channel>, Q) -> F,
+        call: impl FnOnce(AdminClient<super::Connection>, Q) -> F,
     ) -> Result<tonic::Response<R>, tonic::Status>
     where
         F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,

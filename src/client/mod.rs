@@ -55,6 +55,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
@@ -95,12 +97,16 @@ pub struct Client {
     brokers: Arc<Brokers>,
 }
 
+/// A broker's channel, each request on it carrying the client's bearer token if it has
+/// one (see [`ConnectOptions::token`]).
+pub type Connection = InterceptedService<Channel, Credentials>;
+
 /// The brokers a client knows, and which one it sends to.
 #[derive(Debug)]
 struct Brokers {
     /// Each broker's address (`host:port`, as a leader hint names it) and its connection,
     /// in the order given.
-    nodes: Vec<(String, Channel)>,
+    nodes: Vec<(String, Connection)>,
     /// The index of the one requests go to now.
     current: AtomicUsize,
 }
@@ -117,22 +123,23 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
-        Self::connect_with(url, None).await
+        Self::connect_with(url, &ConnectOptions::default()).await
     }
 
-    /// [`Client::connect`] over TLS when `tls` is given (the URLs then start `https://`).
-    pub async fn connect_with(url: impl Into<String>, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+    /// [`Client::connect`] with TLS (the URLs then start `https://`) or a bearer token, as
+    /// `options` say.
+    pub async fn connect_with(url: impl Into<String>, options: &ConnectOptions) -> Result<Self, ClientError> {
         let url = url.into();
         let urls = split(&url);
         if urls.len() == 1 {
-            let endpoint = endpoint(&url, tls)?;
+            let endpoint = endpoint(&url, options.tls.as_ref())?;
             let channel = endpoint
                 .connect()
                 .await
                 .map_err(|e| ClientError::Connect { url: url.clone(), reason: error_chain(&e) })?;
-            return Ok(Self::from_channels(vec![(authority(&url), channel)]));
+            return Ok(Self::with_credentials(vec![(authority(&url), channel)], options.credentials()));
         }
-        let client = Self::connect_lazy_with(url.clone(), tls)?;
+        let client = Self::connect_lazy_with(url.clone(), options)?;
         let mut last = String::new();
         for (index, (_, channel)) in client.brokers.nodes.iter().enumerate() {
             let mut admin = AdminClient::new(channel.clone());
@@ -161,17 +168,18 @@ impl Client {
     /// # drop(client) }
     /// ```
     pub fn connect_lazy(url: impl Into<String>) -> Result<Self, ClientError> {
-        Self::connect_lazy_with(url, None)
+        Self::connect_lazy_with(url, &ConnectOptions::default())
     }
 
-    /// [`Client::connect_lazy`] over TLS when `tls` is given (the URLs then start `https://`).
-    pub fn connect_lazy_with(url: impl Into<String>, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+    /// [`Client::connect_lazy`] with TLS (the URLs then start `https://`) or a bearer token,
+    /// as `options` say.
+    pub fn connect_lazy_with(url: impl Into<String>, options: &ConnectOptions) -> Result<Self, ClientError> {
         let url = url.into();
         let mut nodes = Vec::new();
         for one in split(&url) {
-            nodes.push((authority(&one), endpoint(&one, tls)?.connect_lazy()));
+            nodes.push((authority(&one), endpoint(&one, options.tls.as_ref())?.connect_lazy()));
         }
-        Ok(Self::from_channels(nodes))
+        Ok(Self::with_credentials(nodes, options.credentials()))
     }
 
     /// A client over an existing channel (the simulator builds its channels with
@@ -183,12 +191,20 @@ impl Client {
     /// A client over several brokers' channels, each with its address as a leader hint
     /// names it (`host:port`); requests go to the first until one points elsewhere.
     pub fn from_channels(nodes: Vec<(String, Channel)>) -> Self {
+        Self::with_credentials(nodes, Credentials::default())
+    }
+
+    fn with_credentials(nodes: Vec<(String, Channel)>, credentials: Credentials) -> Self {
         assert!(!nodes.is_empty(), "a client needs a broker");
+        let nodes = nodes
+            .into_iter()
+            .map(|(addr, channel)| (addr, InterceptedService::new(channel, credentials.clone())))
+            .collect();
         Self { brokers: Arc::new(Brokers { nodes, current: AtomicUsize::new(0) }) }
     }
 
-    /// The broker requests go to now: its index (for [`Client::observe`]) and channel.
-    pub fn target(&self) -> (usize, Channel) {
+    /// The broker requests go to now: its index (for [`Client::observe`]) and connection.
+    pub fn target(&self) -> (usize, Connection) {
         let index = self.brokers.current.load(Ordering::Relaxed) % self.brokers.nodes.len();
         (index, self.brokers.nodes[index].1.clone())
     }
@@ -221,12 +237,12 @@ impl Client {
 
     /// The generated `pubsub.PubSub` client on this connection, for calls this library does
     /// not wrap (Pull, Seek, unary Ack).
-    pub fn pubsub_client(&self) -> PubSubClient<Channel> {
+    pub fn pubsub_client(&self) -> PubSubClient<Connection> {
         PubSubClient::new(self.target().1)
     }
 
     /// The generated `pubsub.Admin` client on this connection (ListPending, redrive).
-    pub fn admin_client(&self) -> AdminClient<Channel> {
+    pub fn admin_client(&self) -> AdminClient<Connection> {
         AdminClient::new(self.target().1)
     }
 
@@ -290,6 +306,82 @@ impl ClientTls {
             config = config.identity(Identity::from_pem(cert, key));
         }
         config
+    }
+}
+
+/// How a client connects: over TLS or plaintext, and with or without a bearer token.
+///
+/// ```
+/// # fn example(ca_pem: Vec<u8>) -> Result<(), mini_pubsub::client::ClientError> {
+/// use mini_pubsub::client::{ClientTls, ConnectOptions};
+/// let options = ConnectOptions::default().tls(ClientTls::new(ca_pem)).token("s3cret")?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    tls: Option<ClientTls>,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+/// The longest token [`ConnectOptions::token`] takes, as the broker bounds it.
+pub const TOKEN_BYTES_MAX: usize = 4096;
+
+impl ConnectOptions {
+    /// Connects over TLS (the URLs then start `https://`).
+    #[must_use]
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sends `token` with every request, as `authorization: Bearer TOKEN`. Refused unless it
+    /// is 1 to 4096 visible ASCII characters (no spaces); the error never shows the token.
+    pub fn token(mut self, token: &str) -> Result<Self, ClientError> {
+        let shape = !token.is_empty() && token.len() <= TOKEN_BYTES_MAX && token.bytes().all(|b| b.is_ascii_graphic());
+        let value = shape.then(|| MetadataValue::try_from(format!("Bearer {token}")).ok()).flatten();
+        let Some(mut value) = value else {
+            return Err(ClientError::invalid(
+                "token",
+                format!("must be 1 to {TOKEN_BYTES_MAX} visible ASCII characters without spaces"),
+            ));
+        };
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    fn credentials(&self) -> Credentials {
+        Credentials { authorization: self.authorization.clone() }
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.authorization.as_ref().map(|_| "<hidden>");
+        f.debug_struct("ConnectOptions").field("tls", &self.tls).field("token", &token).finish()
+    }
+}
+
+/// What every request of a [`Connection`] carries: the `authorization` header, if any.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.authorization.as_ref().map(|_| "<hidden>");
+        f.debug_struct("Credentials").field("token", &token).finish()
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
     }
 }
 

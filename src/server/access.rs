@@ -10,9 +10,12 @@
 //! PERMISSION_DENIED naming the principal, the permission and the resource, and is decided
 //! before the broker sees the request, so it changes nothing (no topic is auto-created).
 
+use std::sync::{Arc, RwLock};
+
 use tonic::{Request, Status};
 
-use super::auth::Principal;
+use super::auth::{parse_tokens, Authenticator, Principal};
+use super::refusals::{Reason, Refusals, UNAUTHENTICATED};
 
 /// The principal of a client that presented no credential.
 pub const ANONYMOUS: &str = "anonymous";
@@ -111,24 +114,29 @@ pub fn parse_permissions(text: &str) -> Result<Vec<Grant>, String> {
     Ok(grants)
 }
 
-/// The grants in force; `None`: everyone may do everything (nothing configured).
+/// Grants as configured; `None`: everyone may do everything (nothing configured).
 #[derive(Debug, Clone, Default)]
-pub struct Access {
+pub struct Grants {
     grants: Option<Vec<Grant>>,
 }
 
-impl Access {
-    /// The access the settings call for (`permissions` checked by `validate`): deny by
-    /// default once credentials or permissions are configured.
-    pub fn from_config(config: &super::ServerConfig) -> Self {
-        let grants = parse_permissions(&config.permissions).unwrap_or_default();
-        let active = !grants.is_empty() || !config.tokens.trim().is_empty() || config.tls_client_ca.is_some();
-        Self { grants: active.then_some(grants) }
+impl Grants {
+    /// The grants `permissions` and `tokens` call for (both checked by `validate`), with a
+    /// client CA or not: deny by default once credentials or permissions are configured.
+    fn new(permissions: &str, tokens: &str, client_certificates: bool) -> Result<Self, String> {
+        let grants = parse_permissions(permissions)?;
+        let active = !grants.is_empty() || !tokens.trim().is_empty() || client_certificates;
+        Ok(Self { grants: active.then_some(grants) })
     }
 
     /// Whether requests are checked at all.
     pub fn active(&self) -> bool {
         self.grants.is_some()
+    }
+
+    /// How many grants are configured.
+    pub fn count(&self) -> usize {
+        self.grants.as_ref().map_or(0, Vec::len)
     }
 
     /// Whether a client without a credential may do something (`anonymous` has a grant).
@@ -139,12 +147,104 @@ impl Access {
     /// Whether `principal` may use `permission` on `name`.
     pub fn allows(&self, principal: Option<&Principal>, permission: Permission, name: &str) -> bool {
         let Some(grants) = &self.grants else { return true };
-        let who = principal.map_or(ANONYMOUS, |p| p.0.as_str());
+        let who = principal.map_or(ANONYMOUS, |p| p.name.as_str());
         grants.iter().any(|g| g.permission == permission && g.principal == who && g.pattern.matches(name))
     }
 
-    /// PERMISSION_DENIED unless `principal` may use `permission` on `what` (`topic` or
-    /// `subscription`) `name`.
+    /// Whether `principal` holds `admin` on every name (`*`).
+    fn allows_everything(&self, principal: Option<&Principal>) -> bool {
+        let Some(grants) = &self.grants else { return true };
+        let who = principal.map_or(ANONYMOUS, |p| p.name.as_str());
+        let all = Pattern::Prefix(String::new());
+        grants.iter().any(|g| g.permission == Permission::Admin && g.principal == who && g.pattern == all)
+    }
+}
+
+/// The credentials and grants in force, replaced whole by a reload.
+#[derive(Debug)]
+struct Policy {
+    grants: Grants,
+    auth: Option<Authenticator>,
+}
+
+/// Who may do what: the credentials (`tokens`, and client certificates with a client CA)
+/// and grants (`permissions`) in force, reloadable while the server runs ([`Access::reload`],
+/// on SIGHUP), and the record of what they refused.
+#[derive(Debug)]
+pub struct Access {
+    policy: RwLock<Arc<Policy>>,
+    client_certificates: bool,
+    refusals: Arc<Refusals>,
+}
+
+impl Access {
+    /// The access the settings call for (`tokens` and `permissions` checked by `validate`);
+    /// refusals are counted and logged in `refusals`.
+    pub fn from_config(config: &super::ServerConfig, refusals: Arc<Refusals>) -> Self {
+        let client_certificates = config.tls_client_ca.is_some();
+        let policy = Self::policy_of(config, client_certificates).unwrap_or_else(|_| Policy {
+            grants: Grants { grants: Some(Vec::new()) },
+            auth: Authenticator::new(Vec::new(), client_certificates),
+        });
+        Self { policy: RwLock::new(Arc::new(policy)), client_certificates, refusals }
+    }
+
+    fn policy_of(config: &super::ServerConfig, client_certificates: bool) -> Result<Policy, String> {
+        let tokens = parse_tokens(&config.tokens).map_err(|e| format!("tokens: {e}"))?;
+        let grants = Grants::new(&config.permissions, &config.tokens, client_certificates)
+            .map_err(|e| format!("permissions: {e}"))?;
+        Ok(Policy { grants, auth: Authenticator::new(tokens, client_certificates) })
+    }
+
+    /// Puts `config`'s `tokens` and `permissions` in force for the requests that come next,
+    /// and says how many of each there are now; a setting that does not parse changes
+    /// nothing and is named in the error. The client CA stays as the server started.
+    pub fn reload(&self, config: &super::ServerConfig) -> Result<(usize, usize), String> {
+        let policy = Self::policy_of(config, self.client_certificates)?;
+        let counts = (policy.auth.as_ref().map_or(0, Authenticator::token_count), policy.grants.count());
+        let mut current = self.policy.write().map_err(|_| "the policy lock is poisoned".to_string())?;
+        *current = Arc::new(policy);
+        Ok(counts)
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(policy) => policy.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The principal of a request with `metadata` from `addr` whose certificate named
+    /// `identity`: `None` when no credential is configured and nothing is checked.
+    /// UNAUTHENTICATED (counted and logged) when a credential is needed and missing or
+    /// wrong.
+    pub fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        identity: Option<&str>,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Result<Option<Principal>, Status> {
+        let policy = self.policy();
+        match &policy.auth {
+            Some(auth) => match auth.authenticate(metadata, identity, policy.grants.anonymous_granted()) {
+                Ok(principal) => Ok(Some(principal)),
+                Err(refused) => {
+                    self.refusals.refused(UNAUTHENTICATED, refused.reason, addr, refused.status.message());
+                    Err(refused.status)
+                }
+            },
+            None if policy.grants.active() => Ok(Some(Principal::new(ANONYMOUS))),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `principal` may use `permission` on `name`.
+    pub fn allows(&self, principal: Option<&Principal>, permission: Permission, name: &str) -> bool {
+        self.policy().grants.allows(principal, permission, name)
+    }
+
+    /// PERMISSION_DENIED (counted and logged) unless `principal` may use `permission` on
+    /// `what` (`topic` or `subscription`) `name`.
     pub fn check(
         &self,
         principal: Option<&Principal>,
@@ -155,8 +255,8 @@ impl Access {
         if self.allows(principal, permission, name) {
             return Ok(());
         }
-        let who = principal.map_or(ANONYMOUS, |p| p.0.as_str());
-        Err(Status::permission_denied(format!(
+        let who = principal.map_or(ANONYMOUS, |p| p.name.as_str());
+        let status = Status::permission_denied(format!(
             "principal `{who}` may not {} {what} `{name}`: no `{}` grant matches it",
             match permission {
                 Permission::Publish => "publish to",
@@ -164,21 +264,28 @@ impl Access {
                 Permission::Admin => "administer",
             },
             permission.name()
-        )))
+        ));
+        let reason = match permission {
+            Permission::Publish => Reason::NoPublishGrant,
+            Permission::Subscribe => Reason::NoSubscribeGrant,
+            Permission::Admin => Reason::NoAdminGrant,
+        };
+        self.refusals.refused(who, reason, principal.and_then(|p| p.peer), status.message());
+        Err(status)
     }
 
-    /// PERMISSION_DENIED unless `principal` holds `admin` on every name (`*`): for the
-    /// cluster's own operations.
+    /// PERMISSION_DENIED (counted and logged) unless `principal` holds `admin` on every
+    /// name (`*`): for the cluster's own operations.
     pub fn check_everything(&self, principal: Option<&Principal>) -> Result<(), Status> {
-        let Some(grants) = &self.grants else { return Ok(()) };
-        let who = principal.map_or(ANONYMOUS, |p| p.0.as_str());
-        let all = Pattern::Prefix(String::new());
-        if grants.iter().any(|g| g.permission == Permission::Admin && g.principal == who && g.pattern == all) {
+        if self.policy().grants.allows_everything(principal) {
             return Ok(());
         }
-        Err(Status::permission_denied(format!(
+        let who = principal.map_or(ANONYMOUS, |p| p.name.as_str());
+        let status = Status::permission_denied(format!(
             "principal `{who}` may not change the cluster: that takes an `admin:*` grant"
-        )))
+        ));
+        self.refusals.refused(who, Reason::NoClusterGrant, principal.and_then(|p| p.peer), status.message());
+        Err(status)
     }
 }
 
@@ -206,33 +313,68 @@ impl Access {
 mod tests {
     use super::*;
 
+    fn refusals() -> Arc<Refusals> {
+        Arc::new(Refusals::new(Arc::new(crate::env::TokioClock::new())))
+    }
+
     fn access(text: &str) -> Access {
-        Access { grants: Some(parse_permissions(text).unwrap()) }
+        let config = crate::server::ServerConfig { permissions: text.into(), ..Default::default() };
+        Access::from_config(&config, refusals())
     }
 
     #[test]
     fn a_grant_covers_its_principal_permission_and_names_only() {
         let access =
             access("publish:orders.*:shop, subscribe:orders-audit:shop, admin:*:ops, subscribe:public.*:anonymous");
-        let shop = Some(Principal("shop".into()));
+        let shop = Some(Principal::new("shop"));
         assert!(access.allows(shop.as_ref(), Permission::Publish, "orders.eu"));
         assert!(!access.allows(shop.as_ref(), Permission::Publish, "orders"), "the prefix is `orders.`");
         assert!(!access.allows(shop.as_ref(), Permission::Admin, "orders.eu"));
         assert!(access.allows(shop.as_ref(), Permission::Subscribe, "orders-audit"));
         assert!(!access.allows(shop.as_ref(), Permission::Subscribe, "orders-audit-2"), "exact");
-        let ops = Some(Principal("ops".into()));
+        let ops = Some(Principal::new("ops"));
         assert!(access.allows(ops.as_ref(), Permission::Admin, "anything"));
         assert!(access.check_everything(ops.as_ref()).is_ok());
         assert!(access.check_everything(shop.as_ref()).is_err());
         assert!(access.allows(None, Permission::Subscribe, "public.news"));
-        assert!(access.anonymous_granted());
+        assert!(access.policy().grants.anonymous_granted());
         let denied = access.check(shop.as_ref(), Permission::Publish, "topic", "payments").unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert_eq!(
             denied.message(),
             "principal `shop` may not publish to topic `payments`: no `publish` grant matches it"
         );
-        assert!(Access::default().allows(None, Permission::Admin, "x"), "nothing configured: everything allowed");
+        let open = super::tests::access("");
+        assert!(open.allows(None, Permission::Admin, "x"), "nothing configured: everything allowed");
+    }
+
+    #[test]
+    fn a_reload_replaces_tokens_and_grants_whole_and_a_bad_one_changes_nothing() {
+        let refusals = refusals();
+        let config = crate::server::ServerConfig { permissions: "publish:a:shop".into(), ..Default::default() };
+        let access = Access::from_config(&config, refusals.clone());
+        let shop = Some(Principal::new("shop"));
+        assert!(access.check(shop.as_ref(), Permission::Publish, "topic", "b").is_err());
+        let hash = "ab".repeat(32);
+        let next = crate::server::ServerConfig {
+            permissions: "publish:b:shop, admin:*:ops".into(),
+            tokens: format!("shop={hash}"),
+            ..Default::default()
+        };
+        assert_eq!(access.reload(&next), Ok((1, 2)));
+        assert!(access.allows(shop.as_ref(), Permission::Publish, "b"));
+        assert!(!access.allows(shop.as_ref(), Permission::Publish, "a"), "the old grant is gone");
+        let bad = crate::server::ServerConfig { permissions: "write:b:shop".into(), ..next.clone() };
+        let error = access.reload(&bad).unwrap_err();
+        assert!(error.starts_with("permissions: expected PERMISSION:PATTERN:PRINCIPAL"), "{error}");
+        assert!(access.allows(shop.as_ref(), Permission::Publish, "b"), "a bad reload keeps what was in force");
+        // Without a credential, a request is now refused, and counted.
+        let refused = access.authenticate(&tonic::metadata::MetadataMap::new(), None, None).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            refusals.counts(),
+            [("shop".to_string(), "no_publish_grant", 1), ("unauthenticated".to_string(), "no_credential", 1)]
+        );
     }
 
     #[test]

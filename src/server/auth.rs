@@ -10,6 +10,9 @@ use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
+use super::access::Access;
+use super::refusals::Reason;
+
 /// The largest `authorization` value read; a longer one is malformed.
 const AUTHORIZATION_BYTES_MAX: usize = 4096;
 /// The most tokens `tokens` may configure.
@@ -41,11 +44,25 @@ impl IdentityField {
 pub struct Peer {
     /// The principal its verified client certificate names, if it presented one.
     pub identity: Option<Arc<str>>,
+    /// Its address, when the network says (for the log lines of refusals).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// The principal a request was let in as, in its extensions (for permissions).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal(pub String);
+pub struct Principal {
+    /// Its name: a token's principal, a certificate's name, or `anonymous`.
+    pub name: String,
+    /// The address of the peer it came from, if known.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+impl Principal {
+    /// `name`, from an unknown address.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), peer: None }
+    }
+}
 
 /// The name `field` picks in a DER certificate, if it has one.
 pub fn identity_of(der: &[u8], field: IdentityField) -> Option<String> {
@@ -181,13 +198,15 @@ impl Authenticator {
         metadata: &MetadataMap,
         identity: Option<&str>,
         anonymous: bool,
-    ) -> Result<Principal, Status> {
+    ) -> Result<Principal, Refused> {
         let expected = self.expected();
+        let refused = |reason, message: String| Refused { reason, status: Status::unauthenticated(message) };
         if let Some(value) = metadata.get("authorization") {
             if self.tokens.is_empty() {
-                return Err(Status::unauthenticated(format!(
-                    "this broker takes no bearer tokens; it expects {expected}"
-                )));
+                return Err(refused(
+                    Reason::TokensNotAccepted,
+                    format!("this broker takes no bearer tokens; it expects {expected}"),
+                ));
             }
             let token = parse_bearer(value.as_bytes()).map_err(|why| {
                 let what = match why {
@@ -196,23 +215,32 @@ impl Authenticator {
                     Malformed::TooLong => "is longer than 4096 bytes",
                     Malformed::NotText => "is not text",
                 };
-                Status::unauthenticated(format!("authorization: the header {what}; this broker expects {expected}"))
+                refused(
+                    Reason::MalformedCredential,
+                    format!("authorization: the header {what}; this broker expects {expected}"),
+                )
             })?;
             return self.principal_of(token).ok_or_else(|| {
-                Status::unauthenticated(format!(
-                    "authorization: the bearer token is not one this broker knows; it expects {expected}"
-                ))
+                refused(
+                    Reason::UnknownToken,
+                    format!("authorization: the bearer token is not one this broker knows; it expects {expected}"),
+                )
             });
         }
         if self.client_certificates {
             if let Some(name) = identity {
-                return Ok(Principal(name.to_string()));
+                return Ok(Principal::new(name));
             }
         }
         if anonymous {
-            return Ok(Principal(super::access::ANONYMOUS.to_string()));
+            return Ok(Principal::new(super::access::ANONYMOUS));
         }
-        Err(Status::unauthenticated(format!("no credential; this broker expects {expected}")))
+        Err(refused(Reason::NoCredential, format!("no credential; this broker expects {expected}")))
+    }
+
+    /// How many tokens it knows.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
     }
 
     /// The principal whose hash is the token's: every configured hash is compared in full,
@@ -226,43 +254,45 @@ impl Authenticator {
                 found = Some(configured.principal.clone());
             }
         }
-        found.map(Principal)
+        found.map(Principal::new)
     }
 }
 
-/// The interceptor of the PubSub and Admin services: lets every request in when it holds no
-/// authenticator, otherwise only an authenticated one, with its [`Principal`] in its
-/// extensions.
-#[derive(Debug, Clone, Default)]
+/// A refused credential: why (the metrics' reason) and the status the client gets.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why, for the count and the log line.
+    pub reason: Reason,
+    /// UNAUTHENTICATED, saying what the broker expects.
+    pub status: Status,
+}
+
+/// The interceptor of the PubSub and Admin services: lets every request in when no
+/// credentials are configured, otherwise only an authenticated one, with its [`Principal`]
+/// in its extensions. It reads the credentials in force from the [`Access`], so a reload
+/// applies to the next request.
+#[derive(Debug, Clone)]
 pub struct Authenticate {
-    auth: Option<Arc<Authenticator>>,
-    /// Whether a client without a credential is let in as `anonymous` (it has a grant).
-    anonymous: bool,
-    /// Whether permissions are checked (a principal is needed then).
-    checked: bool,
+    access: Arc<Access>,
+}
+
+impl Authenticate {
+    /// The interceptor for the credentials and grants in `access`.
+    pub fn new(access: Arc<Access>) -> Self {
+        Self { access }
+    }
 }
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let principal = match &self.auth {
-            Some(auth) => {
-                let identity = request.extensions().get::<Peer>().and_then(|peer| peer.identity.clone());
-                auth.authenticate(request.metadata(), identity.as_deref(), self.anonymous)?
-            }
-            None if self.checked => Principal(super::access::ANONYMOUS.to_string()),
-            None => return Ok(request),
-        };
-        request.extensions_mut().insert(principal);
+        let peer = request.extensions().get::<Peer>();
+        let addr = peer.and_then(|peer| peer.addr);
+        let identity = peer.and_then(|peer| peer.identity.clone());
+        if let Some(mut principal) = self.access.authenticate(request.metadata(), identity.as_deref(), addr)? {
+            principal.peer = addr;
+            request.extensions_mut().insert(principal);
+        }
         Ok(request)
-    }
-}
-
-impl Authenticate {
-    /// The interceptor the settings call for (tokens checked by `validate`), for `access`.
-    pub fn from_config(config: &super::ServerConfig, access: &super::access::Access) -> Self {
-        let tokens = parse_tokens(&config.tokens).unwrap_or_default();
-        let auth = Authenticator::new(tokens, config.tls_client_ca.is_some()).map(Arc::new);
-        Self { auth, anonymous: access.anonymous_granted(), checked: access.active() }
     }
 }
 

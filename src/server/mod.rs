@@ -10,6 +10,7 @@ mod driver;
 pub mod metrics;
 mod observer;
 mod pubsub;
+pub mod refusals;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -288,6 +289,72 @@ pub struct Hooks {
     pub record: Option<RecordTo>,
     /// Runs this broker as a node of a cluster.
     pub cluster: Option<ClusterRun>,
+    /// Reads the settings again on SIGHUP, for the `tokens` and `permissions` to put in
+    /// force (`serve` reads its file, environment and flags again).
+    pub reload: Option<Reload>,
+}
+
+/// Reads the settings again: the server's, or why they cannot be read.
+pub type Reload = Box<dyn Fn() -> Result<ServerConfig, String> + Send + Sync>;
+
+/// Puts the `tokens` and `permissions` that `reload` reads in force on every SIGHUP, until
+/// the process ends, logging the outcome; settings that cannot be read or parsed keep the
+/// old ones.
+#[cfg(unix)]
+fn reload_access_on_sighup(access: Arc<access::Access>, reload: Reload) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch for SIGHUP: tokens and permissions will not be reloaded");
+        return;
+    };
+    let access = Arc::downgrade(&access);
+    tokio::spawn(async move {
+        // One reload per signal, while the server runs.
+        while hangups.recv().await.is_some() {
+            let Some(access) = access.upgrade() else { return };
+            match reload().and_then(|config| access.reload(&config)) {
+                Ok((tokens, grants)) => {
+                    info!(tokens, grants, "SIGHUP: tokens and permissions reloaded; the next requests use them");
+                }
+                Err(error) => tracing::warn!(%error, "SIGHUP: tokens and permissions not reloaded; the old ones stay"),
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_access_on_sighup(_access: Arc<access::Access>, _reload: Reload) {}
+
+/// Who may do what, as `config` says: reloaded on SIGHUP by `reload`, its refusals
+/// exported while `metrics` are on.
+fn start_access(
+    config: &ServerConfig,
+    clock: Arc<dyn Clock>,
+    metrics: bool,
+    reload: Option<Reload>,
+) -> Arc<access::Access> {
+    let refusals = Arc::new(refusals::Refusals::new(clock));
+    let access = Arc::new(access::Access::from_config(config, refusals.clone()));
+    if metrics {
+        tokio::spawn(export_refusals(Arc::downgrade(&refusals)));
+    }
+    if let Some(reload) = reload {
+        reload_access_on_sighup(access.clone(), reload);
+    }
+    access
+}
+
+/// Keeps the refusal counters in the Prometheus output, refreshed every second, until the
+/// server that counts them is gone.
+async fn export_refusals(refusals: std::sync::Weak<refusals::Refusals>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One pass per second over a bounded table, while the server runs.
+    loop {
+        tick.tick().await;
+        let Some(refusals) = refusals.upgrade() else { return };
+        refusals.export();
+    }
 }
 
 /// What a node of a cluster starts with. Its broker's storage is the state machine's: it
@@ -343,7 +410,7 @@ fn start_recording(to: RecordTo, broker: &Broker) -> Result<Recorder, ServerErro
 fn admit<I, IO, IE>(incoming: I, config: &ServerConfig) -> Result<tls::Connections<conn::Admitted<IO>>, ServerError>
 where
     I: Stream<Item = Result<IO, IE>> + Send + 'static,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let handshake = Duration::from_millis(config.handshake_timeout_ms);
@@ -357,11 +424,12 @@ fn authenticated(
     pubsub: pubsub::PubSubService,
     admin: admin::AdminService,
     config: &ServerConfig,
+    access: Arc<access::Access>,
 ) -> (
     InterceptedService<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>, auth::Authenticate>,
     InterceptedService<pb::admin_server::AdminServer<admin::AdminService>, auth::Authenticate>,
 ) {
-    let authenticate = auth::Authenticate::from_config(config, &access::Access::from_config(config));
+    let authenticate = auth::Authenticate::new(access);
     let pubsub = pb::pub_sub_server::PubSubServer::new(pubsub).max_decoding_message_size(config.request_bytes_max);
     let admin = pb::admin_server::AdminServer::new(admin).max_decoding_message_size(config.request_bytes_max);
     (InterceptedService::new(pubsub, authenticate.clone()), InterceptedService::new(admin, authenticate))
@@ -374,7 +442,7 @@ pub async fn run_with<I, IO, IE>(
     config: ServerConfig,
     storage: Box<dyn Storage>,
     clock: Arc<dyn Clock>,
-    hooks: Hooks,
+    mut hooks: Hooks,
 ) -> Result<(), ServerError>
 where
     I: Stream<Item = Result<IO, IE>> + Send + 'static,
@@ -386,15 +454,14 @@ where
     let metrics_on = metrics::enabled();
     let storage: Box<dyn Storage> =
         if metrics_on { Box::new(metrics::TimedStorage::new(storage, clock.clone())) } else { storage };
+    let access = start_access(&config, clock.clone(), metrics_on, hooks.reload.take());
     let (driver, cluster) = start_driver(&config, storage, clock.clone(), hooks, metrics_on).await?;
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
-
-    let access = Arc::new(access::Access::from_config(&config));
     let (pubsub, stop_publish_streams) =
         pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, cluster.is_some(), access.clone());
     let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone(), access: access.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
-    let (pubsub, admin) = authenticated(pubsub, admin, &config);
+    let (pubsub, admin) = authenticated(pubsub, admin, &config, access);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
@@ -513,7 +580,7 @@ async fn start_driver(
     metrics_on: bool,
 ) -> Result<(DriverHandle, Option<admin::ClusterView>), ServerError> {
     let mut broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
-    let Hooks { observer, record, cluster } = hooks;
+    let Hooks { observer, record, cluster, reload: _ } = hooks;
     if cluster.is_some() && !broker.is_pristine() {
         return Err(ServerError::Cluster(std::io::Error::other(
             "a cluster node's broker state must start empty: it is rebuilt from the Raft log",

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -20,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
+use tonic::transport::server::Connected;
 
 use super::auth::{identity_of, IdentityField, Peer};
 
@@ -224,16 +226,16 @@ pub fn reload_on_sighup(_certificates: Arc<Certificates>) {}
 
 /// A connection of the gRPC port: plaintext, or TLS over it.
 pub enum Conn<C> {
-    /// Plaintext HTTP/2.
-    Plain(C),
-    /// HTTP/2 over TLS, with the principal the client's certificate names.
-    Tls(Box<TlsStream<C>>, Option<Arc<str>>),
+    /// Plaintext HTTP/2, from the peer at this address (if the network says).
+    Plain(C, Option<SocketAddr>),
+    /// HTTP/2 over TLS, with the peer's address and the principal its certificate names.
+    Tls(Box<TlsStream<C>>, Peer),
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<C> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            Conn::Plain(c, _) => Pin::new(c).poll_read(cx, buf),
             Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
     }
@@ -242,7 +244,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<C> {
 impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<C> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            Conn::Plain(c, _) => Pin::new(c).poll_write(cx, buf),
             Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }
@@ -253,28 +255,28 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<C> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            Conn::Plain(c, _) => Pin::new(c).poll_write_vectored(cx, bufs),
             Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Conn::Plain(c) => c.is_write_vectored(),
+            Conn::Plain(c, _) => c.is_write_vectored(),
             Conn::Tls(t, _) => t.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_flush(cx),
+            Conn::Plain(c, _) => Pin::new(c).poll_flush(cx),
             Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            Conn::Plain(c, _) => Pin::new(c).poll_shutdown(cx),
             Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_shutdown(cx),
         }
     }
@@ -285,8 +287,8 @@ impl<C> tonic::transport::server::Connected for Conn<C> {
 
     fn connect_info(&self) -> Peer {
         match self {
-            Conn::Plain(_) => Peer::default(),
-            Conn::Tls(_, identity) => Peer { identity: identity.clone() },
+            Conn::Plain(_, addr) => Peer { identity: None, addr: *addr },
+            Conn::Tls(_, peer) => peer.clone(),
         }
     }
 }
@@ -299,13 +301,18 @@ pub type Connections<C> = Pin<Box<dyn Stream<Item = io::Result<Conn<C>>> + Send>
 pub fn secure<S, C, E>(incoming: S, config: &super::ServerConfig) -> Result<Connections<C>, String>
 where
     S: Stream<Item = Result<C, E>> + Unpin + Send + 'static,
-    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use tokio_stream::StreamExt;
     let incoming = incoming.map(|conn| conn.map_err(io::Error::other));
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(Box::pin(incoming.map(|conn| conn.map(Conn::Plain))));
+        return Ok(Box::pin(incoming.map(|conn| {
+            conn.map(|conn| {
+                let addr = remote_addr(&conn);
+                Conn::Plain(conn, addr)
+            })
+        })));
     };
     let certificates = Arc::new(Certificates::load(cert, key)?);
     let acceptor = acceptor(certificates.clone(), config.tls_client_ca.as_deref())?;
@@ -313,5 +320,18 @@ where
     let handshake = Duration::from_millis(config.handshake_timeout_ms);
     let identity = IdentityField::parse(&config.tls_client_identity).unwrap_or_default();
     let secured = TlsIncoming::new(incoming, acceptor, handshake, identity);
-    Ok(Box::pin(secured.map(|conn| conn.map(|(tls, identity)| Conn::Tls(Box::new(tls), identity)))))
+    Ok(Box::pin(secured.map(|conn| {
+        conn.map(|(tls, identity)| {
+            let addr = remote_addr(tls.get_ref().0);
+            Conn::Tls(Box::new(tls), Peer { identity, addr })
+        })
+    })))
+}
+
+/// The address of the peer of `conn`, when it is a TCP connection (the simulator's are
+/// not, and say nothing).
+fn remote_addr<C: Connected>(conn: &C) -> Option<SocketAddr> {
+    let info = conn.connect_info();
+    let info: &dyn std::any::Any = &info;
+    info.downcast_ref::<tonic::transport::server::TcpConnectInfo>().and_then(|tcp| tcp.remote_addr())
 }

@@ -15,10 +15,10 @@
 
 use std::fmt;
 
+use crate::client::Connection;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, check_wire_type, decode_key, decode_varint, skip_field, DecodeContext, WireType};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
 use tonic::Status;
 use tonic_prost::ProstEncoder;
 
@@ -139,7 +139,7 @@ pub(crate) struct StreamResponse {
 /// Opens `pubsub.PubSub/Subscribe` on `channel`, as the generated client does, with
 /// responses read by [`StreamDecoder`].
 pub(crate) async fn subscribe(
-    channel: Channel,
+    channel: Connection,
     requests: impl tonic::IntoStreamingRequest<Message = pb::SubscribeRequest>,
 ) -> Result<tonic::Response<tonic::Streaming<StreamResponse>>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -322,7 +322,7 @@ pub(crate) struct StreamAnswer {
 /// Opens `pubsub.PubSub/PublishStream` on `channel`, sending `batches` as they come; the
 /// answers arrive in the order the batches were sent.
 pub(crate) async fn publish_stream(
-    channel: Channel,
+    channel: Connection,
     batches: impl tokio_stream::Stream<Item = StreamBatch> + Send + 'static,
 ) -> Result<tonic::Streaming<StreamAnswer>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel);

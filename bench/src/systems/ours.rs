@@ -117,7 +117,7 @@ impl OursCreator {
 
 pub struct OursSender {
     publisher: mini_pubsub::client::Publisher,
-    raw: pb::pub_sub_client::PubSubClient<tonic::transport::Channel>,
+    raw: pb::pub_sub_client::PubSubClient<mini_pubsub::client::Connection>,
 }
 
 impl OursSender {

@@ -55,7 +55,7 @@ impl App {
 
     async fn admin_at(
         &self,
-        channel: tonic::transport::Channel,
+        channel: mini_pubsub::client::Connection,
         command: &Admin,
         ack_deadline: Duration,
     ) -> Result<String, tonic::Status> {
@@ -141,7 +141,7 @@ impl App {
 /// Asks the leader to hand over to broker `to` (`brokerN` is node N: see the driver's
 /// `Node`); says who leads after.
 async fn transfer_leader(
-    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    admin: &mut pb::admin_client::AdminClient<mini_pubsub::client::Connection>,
     to: &str,
 ) -> Result<String, tonic::Status> {
     let node_id = to.trim_start_matches("broker").parse().unwrap_or(0);

@@ -514,7 +514,7 @@ impl BrokerHost {
             }
             None => None,
         };
-        let hooks = server::Hooks { observer: Some(observer), record, cluster };
+        let hooks = server::Hooks { observer: Some(observer), record, cluster, reload: None };
         server::run_with(incoming, shutdown, config, store, clock, hooks).await?;
         Ok(())
     }

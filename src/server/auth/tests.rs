@@ -24,33 +24,33 @@ fn tokens_auth() -> Authenticator {
 fn a_known_token_names_its_principal_and_anything_else_is_unauthenticated() {
     let auth = tokens_auth();
     let principal = auth.authenticate(&with_authorization("Bearer s3cret-b"), None, false).unwrap();
-    assert_eq!(principal, Principal("bob".into()));
-    assert_eq!(auth.authenticate(&with_authorization("bearer  s3cret-a"), None, false).unwrap().0, "alice");
+    assert_eq!(principal, Principal::new("bob"));
+    assert_eq!(auth.authenticate(&with_authorization("bearer  s3cret-a"), None, false).unwrap().name, "alice");
     for (value, says) in [
         ("Bearer wrong", "the bearer token is not one this broker knows"),
         ("Basic czNjcmV0LWE=", "the header is not `Bearer TOKEN`"),
         ("Bearer ", "has no token"),
         ("Bearer s3cret-a extra", "is not `Bearer TOKEN`"),
     ] {
-        let refused = auth.authenticate(&with_authorization(value), None, false).unwrap_err();
+        let refused = auth.authenticate(&with_authorization(value), None, false).unwrap_err().status;
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{value}");
         assert!(refused.message().contains(says), "{value}: {}", refused.message());
         assert!(refused.message().ends_with("an `authorization: bearer TOKEN` header"), "{}", refused.message());
     }
-    let missing = auth.authenticate(&MetadataMap::new(), Some("dev-client"), false).unwrap_err();
+    let missing = auth.authenticate(&MetadataMap::new(), Some("dev-client"), false).unwrap_err().status;
     assert_eq!(missing.message(), "no credential; this broker expects an `authorization: bearer TOKEN` header");
 }
 
 #[test]
 fn a_client_certificate_names_the_principal_when_the_broker_has_a_client_ca() {
     let auth = Authenticator::new(Vec::new(), true).unwrap();
-    assert_eq!(auth.authenticate(&MetadataMap::new(), Some("dev-client"), false).unwrap().0, "dev-client");
-    let missing = auth.authenticate(&MetadataMap::new(), None, false).unwrap_err();
+    assert_eq!(auth.authenticate(&MetadataMap::new(), Some("dev-client"), false).unwrap().name, "dev-client");
+    let missing = auth.authenticate(&MetadataMap::new(), None, false).unwrap_err().status;
     assert_eq!(
         missing.message(),
         "no credential; this broker expects a TLS client certificate signed by the broker's client CA"
     );
-    let token = auth.authenticate(&with_authorization("Bearer x"), Some("dev-client"), false).unwrap_err();
+    let token = auth.authenticate(&with_authorization("Bearer x"), Some("dev-client"), false).unwrap_err().status;
     assert!(token.message().starts_with("this broker takes no bearer tokens"), "{}", token.message());
     assert!(Authenticator::new(Vec::new(), false).is_none(), "nothing configured: everyone is let in");
 }
@@ -96,8 +96,8 @@ proptest! {
             match auth.authenticate(&metadata, None, false) {
                 Ok(principal) => prop_assert!(token == "s3cret-a" || token == "s3cret-b", "{principal:?}"),
                 Err(refused) => {
-                    prop_assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-                    prop_assert!(token.len() < 4 || !refused.message().contains(token.trim()), "{}", refused.message());
+                    prop_assert_eq!(refused.status.code(), tonic::Code::Unauthenticated);
+                    prop_assert!(token.len() < 4 || !refused.status.message().contains(token.trim()), "{}", refused.status.message());
                 }
             }
         }

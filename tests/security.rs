@@ -1,0 +1,237 @@
+//! Credentials against the real binary on 127.0.0.1: tokens rotated by editing the
+//! configuration file and sending SIGHUP; the CLI's `--token` and `MINI_PUBSUB_TOKEN`;
+//! refusals counted per principal and reason on `/metrics` and logged with the peer's
+//! address, once per burst, never with the token.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{KillOnDrop, PROMPT};
+use mini_pubsub::client::{Client, ConnectOptions};
+use mini_pubsub::wire::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The SHA-256 of `token` in hex, as `tokens` takes it.
+fn sha256_hex(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `[server]` section granting `ops` everything and `shop` publishing to `orders.*`, with
+/// each principal's token.
+fn config_file(path: &Path, ops_token: &str, shop_token: &str) {
+    let text = format!(
+        "[server]\ntokens = \"ops={}, shop={}\"\npermissions = \"admin:*:ops, publish:*:ops, publish:orders.*:shop\"\n",
+        sha256_hex(ops_token),
+        sha256_hex(shop_token)
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// The binary serving in-memory on `config`, its log lines gathered as they come.
+struct Served {
+    child: KillOnDrop,
+    log: Arc<Mutex<Vec<String>>>,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+}
+
+fn serve(config: &Path, metrics: bool) -> Served {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--storage", "memory", "--config"]).arg(config);
+    if metrics {
+        command.args(["--metrics-listen", "127.0.0.1:0"]);
+    }
+    let mut child = command.env("RUST_LOG", "info").stderr(Stdio::piped()).spawn().expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let gathered = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            gathered.lock().unwrap().push(line);
+        }
+    });
+    let mut served = Served { child: KillOnDrop(child), log, grpc: "0.0.0.0:0".parse().unwrap(), metrics: None };
+    // Bounded: 100 looks, 100 ms apart.
+    for _ in 0..100 {
+        let after = |marker: &str| served.find(marker).and_then(|line| word_after(&line, marker));
+        if let Some(grpc) = after("listening on ") {
+            let metrics_addr = after("metrics on http://").and_then(|a| a.strip_suffix("/metrics").map(str::to_string));
+            if !metrics || metrics_addr.is_some() {
+                served.grpc = grpc.parse().unwrap();
+                served.metrics = metrics_addr.map(|a| a.parse().unwrap());
+                return served;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the server did not start: {:#?}", served.log.lock().unwrap());
+}
+
+fn word_after(line: &str, marker: &str) -> Option<String> {
+    line.split(marker).nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
+}
+
+impl Served {
+    fn find(&self, text: &str) -> Option<String> {
+        self.log.lock().unwrap().iter().find(|line| line.contains(text)).cloned()
+    }
+
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        self.log.lock().unwrap().iter().filter(|line| line.contains(text)).cloned().collect()
+    }
+
+    fn hang_up(&self) {
+        let pid = self.child.0.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
+    async fn client(&self, token: &str) -> Client {
+        let options = ConnectOptions::default().token(token).unwrap();
+        Client::connect_with(format!("http://{}", self.grpc), &options).await.unwrap()
+    }
+}
+
+async fn list_code(client: &Client) -> tonic::Code {
+    match client.admin_client().list_topics(pb::ListTopicsRequest::default()).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test]
+async fn tokens_rotate_when_the_config_file_changes_and_sighup_is_sent_and_a_bad_file_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mini-pubsub.toml");
+    config_file(&config, "ops-token-1", "shop-token-1");
+    let served = serve(&config, false);
+    let old = served.client("ops-token-1").await;
+    assert_eq!(list_code(&old).await, tonic::Code::Ok);
+
+    config_file(&config, "ops-token-2", "shop-token-1");
+    served.hang_up();
+    let new = served.client("ops-token-2").await;
+    // Bounded: the reload runs on the signal task, within moments of the signal.
+    for _ in 0..100 {
+        if list_code(&new).await == tonic::Code::Ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(list_code(&new).await, tonic::Code::Ok, "the new token is let in");
+    assert_eq!(list_code(&old).await, tonic::Code::Unauthenticated, "the old token is refused");
+    assert!(served.find("SIGHUP: tokens and permissions reloaded").is_some());
+
+    // A file that does not parse keeps the tokens in force.
+    std::fs::write(&config, "[server]\ntokens = \"ops=not-a-hash\"\n").unwrap();
+    served.hang_up();
+    for _ in 0..100 {
+        if served.find("tokens and permissions not reloaded").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = served.find("tokens and permissions not reloaded").expect("the failed reload is logged");
+    assert!(kept.contains("tokens"), "{kept}");
+    assert_eq!(list_code(&new).await, tonic::Code::Ok, "a bad file keeps the tokens in force");
+}
+
+#[tokio::test]
+async fn the_cli_sends_its_token_from_the_flag_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mini-pubsub.toml");
+    config_file(&config, "ops-token", "shop-token");
+    let served = serve(&config, false);
+    let server = format!("http://{}", served.grpc);
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"));
+        command.args(["--server", &server]).args(args).env_remove("MINI_PUBSUB_TOKEN");
+        if let Some(token) = token {
+            command.env("MINI_PUBSUB_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let published = cli(&["publish", "orders.eu", "hello"], Some("shop-token"));
+    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    let flagged = cli(&["--token", "ops-token", "topic", "list"], None);
+    assert!(flagged.status.success(), "{}", String::from_utf8_lossy(&flagged.stderr));
+    assert!(String::from_utf8_lossy(&flagged.stdout).contains("orders.eu"));
+
+    let denied = cli(&["publish", "payments", "hello"], Some("shop-token"));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(!denied.status.success());
+    assert!(stderr.contains("PERMISSION_DENIED") && stderr.contains("topic `payments`"), "{stderr}");
+    let missing = cli(&["topic", "list"], None);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("UNAUTHENTICATED"));
+    let wrong = cli(&["topic", "list"], Some("guessed-token"));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED") && !stderr.contains("guessed-token"), "{stderr}");
+    let bad = cli(&["topic", "list"], Some("two words"));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("token") && !stderr.contains("two words"), "{stderr}");
+}
+
+/// The value of the sample line `series value` in Prometheus text.
+fn value(text: &str, series: &str) -> Option<f64> {
+    let prefix = format!("{series} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
+}
+
+/// A plain HTTP/1.1 GET of `/metrics`.
+async fn scrape(addr: SocketAddr) -> String {
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    tokio::time::timeout(PROMPT, exchange).await.expect("an HTTP answer")
+}
+
+#[tokio::test]
+async fn refusals_are_counted_per_principal_and_reason_and_a_burst_is_one_log_line_with_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mini-pubsub.toml");
+    config_file(&config, "ops-token", "shop-token");
+    let served = serve(&config, true);
+    let guesser = served.client("guessed-token-123").await;
+    for _ in 0..30 {
+        assert_eq!(list_code(&guesser).await, tonic::Code::Unauthenticated);
+    }
+    let shop = served.client("shop-token").await;
+    let request = pb::PublishRequest { topic: "payments".into(), value: b"x".to_vec().into(), ..Default::default() };
+    let denied = shop.pubsub_client().publish(request).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    let metrics = served.metrics.unwrap();
+    let unknown = r#"mini_pubsub_refused_requests_total{principal="unauthenticated",reason="unknown_token"}"#;
+    let no_grant = r#"mini_pubsub_refused_requests_total{principal="shop",reason="no_publish_grant"}"#;
+    let mut text = String::new();
+    // Bounded: the counters are exported once a second.
+    for _ in 0..50 {
+        text = scrape(metrics).await;
+        if value(&text, unknown).is_some() && value(&text, no_grant).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(value(&text, unknown), Some(30.0), "{text}");
+    assert_eq!(value(&text, no_grant), Some(1.0), "{text}");
+
+    // One line for the burst of 30 and for the denial (both from 127.0.0.1, so the denial
+    // falls in the burst's interval), each naming the peer, none the token.
+    let refused = served.lines_with("refused:");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(refused[0].contains("peer=127.0.0.1:"), "{}", refused[0]);
+    assert!(refused[0].contains("reason=\"unknown_token\"") || refused[0].contains("reason=unknown_token"));
+    let log = served.log.lock().unwrap().join("\n");
+    assert!(!log.contains("guessed-token-123") && !log.contains("shop-token"), "a token in the log:\n{log}");
+}
