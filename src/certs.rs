@@ -1,6 +1,7 @@
 //! Developer certificates (`mini-pubsub certs dev --out DIR`): a local CA, a server
-//! certificate for `localhost`, `127.0.0.1` and `::1` that the CA signed, and a client
-//! certificate it signed too, each with its private key, as PEM files. They let a newcomer
+//! certificate for `localhost`, `127.0.0.1` and `::1` that the CA signed, a client
+//! certificate, and a cluster node's certificate (for mutual TLS between the nodes of a
+//! local cluster) it signed too, each with its private key, as PEM files. They let a newcomer
 //! try TLS (and mutual TLS) on one machine in two commands; they are not for production,
 //! where certificates come from the organisation's own CA.
 
@@ -25,6 +26,13 @@ pub const CLIENT_CERT: &str = "client.pem";
 pub const CLIENT_KEY: &str = "client-key.pem";
 /// The client certificate's subject common name, and its DNS name.
 pub const CLIENT_NAME: &str = "dev-client";
+/// A cluster node's certificate (`peer_tls_cert`), for `localhost`, `127.0.0.1` and `::1`,
+/// good at both ends of a Raft connection: every node of a local cluster can use it.
+pub const PEER_CERT: &str = "peer.pem";
+/// Its private key (`peer_tls_key`).
+pub const PEER_KEY: &str = "peer-key.pem";
+/// The peer certificate's subject common name.
+pub const PEER_NAME: &str = "mini-pubsub-peer";
 
 /// How long developer certificates are valid: a year from a day ago (a clock a little
 /// behind still accepts them).
@@ -41,7 +49,7 @@ pub fn write_dev(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// [`write_dev`] with a validity of its own (tests make expired ones).
 pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime) -> Result<Vec<PathBuf>, String> {
-    let names = [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY];
+    let names = [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY, PEER_CERT, PEER_KEY];
     if let Some(existing) = names.iter().map(|name| dir.join(name)).find(|path| path.exists()) {
         return Err(format!("{} exists; remove it or choose another --out", existing.display()));
     }
@@ -64,7 +72,7 @@ pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime
 
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     let server_key = KeyPair::generate().map_err(failed("server key"))?;
-    let mut server = CertificateParams::new(names).map_err(failed("server certificate"))?;
+    let mut server = CertificateParams::new(names.clone()).map_err(failed("server certificate"))?;
     server.distinguished_name.push(DnType::CommonName, "localhost");
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut server);
@@ -77,6 +85,13 @@ pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime
     validity(&mut client);
     let client_cert = client.signed_by(&client_key, &issuer).map_err(failed("client certificate"))?;
 
+    let peer_key = KeyPair::generate().map_err(failed("peer key"))?;
+    let mut peer = CertificateParams::new(names).map_err(failed("peer certificate"))?;
+    peer.distinguished_name.push(DnType::CommonName, PEER_NAME);
+    peer.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut peer);
+    let peer_cert = peer.signed_by(&peer_key, &issuer).map_err(failed("peer certificate"))?;
+
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let files = [
         (CA_CERT, ca_pem, false),
@@ -85,6 +100,8 @@ pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime
         (SERVER_KEY, server_key.serialize_pem(), true),
         (CLIENT_CERT, client_cert.pem(), false),
         (CLIENT_KEY, client_key.serialize_pem(), true),
+        (PEER_CERT, peer_cert.pem(), false),
+        (PEER_KEY, peer_key.serialize_pem(), true),
     ];
     let mut written = Vec::new();
     for (name, pem, secret) in files {

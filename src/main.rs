@@ -174,6 +174,9 @@ fn certs_dev(out: &std::path::Path) -> anyhow::Result<()> {
     let dir = out.display();
     println!("serve with:   mini-pubsub serve --tls-cert {dir}/server.pem --tls-key {dir}/server-key.pem");
     println!("connect with: --server https://localhost:50051 --ca {dir}/ca.pem");
+    println!(
+        "cluster with: --peer-tls-cert {dir}/peer.pem --peer-tls-key {dir}/peer-key.pem --peer-tls-ca {dir}/ca.pem"
+    );
     Ok(())
 }
 
@@ -322,22 +325,26 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
         conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
     });
-    type Stop = futures_util::future::BoxFuture<'static, ()>;
-    let serve_peers: Box<dyn FnOnce(server::PeerService, Stop) -> futures_util::future::BoxFuture<'static, ()> + Send> =
-        Box::new(move |service, stop| {
-            Box::pin(async move {
-                let served = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, stop);
-                if let Err(error) = served.await {
-                    tracing::error!(%error, "the peer port stopped serving");
-                }
-            })
-        });
-    let connect: mini_pubsub::cluster::Connector = Arc::new(|addr: &str| {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("peers are HOST:PORT");
-        endpoint.tcp_nodelay(true).connect_lazy()
-    });
+    let (serve_peers, connect): (_, mini_pubsub::cluster::Connector) = match peer_tls(cluster)? {
+        Some(tls) => {
+            let tls = Arc::new(tls);
+            server::tls::reload_on_sighup(tls.certificates());
+            let serve_peers = serve_peers_on(tls.secure(incoming));
+            let connect = Arc::new(move |addr: &str| {
+                let endpoint = tls.endpoint(addr).expect("peers are HOST:PORT");
+                endpoint.tcp_nodelay(true).connect_lazy()
+            });
+            (serve_peers, connect)
+        }
+        None => {
+            let connect = Arc::new(|addr: &str| {
+                let endpoint =
+                    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("peers are HOST:PORT");
+                endpoint.tcp_nodelay(true).connect_lazy()
+            });
+            (serve_peers_on(incoming), connect)
+        }
+    };
     // The standard library seeds each RandomState from the OS: a seed nobody picked.
     let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
     let mut settings = mini_pubsub::cluster::NodeSettings::new(cluster.node_id, peers, seed);
@@ -354,6 +361,41 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
         serve_peers,
     })
 }
+
+/// Mutual TLS between the nodes, when `peer_tls_cert`, `peer_tls_key` and `peer_tls_ca` are
+/// set (validation makes it all three or none).
+fn peer_tls(cluster: &config::ClusterSettings) -> anyhow::Result<Option<server::tls::peer::PeerTls>> {
+    let (Some(cert), Some(key), Some(ca)) = (&cluster.peer_tls_cert, &cluster.peer_tls_key, &cluster.peer_tls_ca)
+    else {
+        return Ok(None);
+    };
+    let tls =
+        server::tls::peer::PeerTls::load(cert, key, ca).map_err(|e| anyhow::anyhow!("cannot serve peers: {e}"))?;
+    info!(cert = %cert.display(), ca = %ca.display(), "Raft traffic is mutual TLS with the cluster's CA");
+    Ok(Some(tls))
+}
+
+/// What serves the Raft service on `incoming` until the node stops.
+fn serve_peers_on<S, IO>(
+    incoming: S,
+) -> Box<dyn FnOnce(server::PeerService, PeerStop) -> futures_util::future::BoxFuture<'static, ()> + Send>
+where
+    S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+{
+    Box::new(move |service, stop| {
+        Box::pin(async move {
+            let served =
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, stop);
+            if let Err(error) = served.await {
+                tracing::error!(%error, "the peer port stopped serving");
+            }
+        })
+    })
+}
+
+/// Resolves when a node's peer port should stop.
+type PeerStop = futures_util::future::BoxFuture<'static, ()>;
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {

@@ -748,3 +748,64 @@ async fn a_leader_that_loses_its_quorum_stops_taking_writes_and_says_so_in_healt
         "the first write is there, the refused ones are not: offset {offset}, {unknown} of unknown fate"
     );
 }
+
+/// Whether a Raft Vote call on `endpoint` reached the service (which refuses the empty
+/// request) rather than failing in the transport.
+async fn vote_reaches_the_service(endpoint: tonic::transport::Endpoint) -> Result<(), String> {
+    use mini_pubsub::cluster::pb::raft_client::RaftClient;
+    let channel = endpoint.timeout(Duration::from_secs(5)).connect_lazy();
+    let answer = RaftClient::new(channel).vote(mini_pubsub::cluster::pb::VoteRequest::default()).await;
+    match answer {
+        // The service's own refusal of a request without a vote.
+        Err(status) if status.code() == tonic::Code::InvalidArgument && status.message() == "vote: not set" => Ok(()),
+        Ok(_) => Err("an empty vote request was answered".to_string()),
+        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peer_tls_the_nodes_replicate_over_mutual_tls_and_the_peer_port_refuses_anyone_else() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    mini_pubsub::certs::write_dev(&certs).unwrap();
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
+    let (cert, key, ca) =
+        (file(mini_pubsub::certs::PEER_CERT), file(mini_pubsub::certs::PEER_KEY), file(mini_pubsub::certs::CA_CERT));
+    let flags = ["--peer-tls-cert", &cert, "--peer-tls-key", &key, "--peer-tls-ca", &ca];
+    let (mut nodes, peers, _brokers) = cluster_with(dir.path(), &flags);
+    let first = leader(&nodes).await;
+    let addr = nodes[first as usize - 1].client.clone();
+    let messages: Vec<pb::OutgoingMessage> = (0..50)
+        .map(|i| pb::OutgoingMessage { value: format!("m-{i}").into_bytes().into(), ..Default::default() })
+        .collect();
+    let request = pb::PublishRequest { topic: "secure".into(), messages, ..Default::default() };
+    PubSubClient::new(lazy(&addr)).publish(request).await.unwrap();
+    settled(&nodes).await;
+    // The two others elect a new leader over TLS, which takes writes.
+    nodes[first as usize - 1].kill();
+    let second = leader(&nodes).await;
+    let request = pb::PublishRequest { topic: "secure".into(), value: b"after".to_vec().into(), ..Default::default() };
+    PubSubClient::new(lazy(&nodes[second as usize - 1].client)).publish(request).await.unwrap();
+
+    let peer = peers.split(',').find_map(|p| p.strip_prefix(&format!("{second}="))).unwrap().to_string();
+    let pem = |path: &str| std::fs::read(path).unwrap();
+    let trusting = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(&ca)));
+    let https = || Endpoint::from_shared(format!("https://{peer}")).unwrap();
+    // A node's own certificate gets through (the control)...
+    let node = https().tls_config(trusting.clone().identity(Identity::from_pem(pem(&cert), pem(&key)))).unwrap();
+    vote_reaches_the_service(node).await.unwrap();
+    // ...plaintext, TLS without a client certificate, and a certificate of another CA do not.
+    let plaintext = Endpoint::from_shared(format!("http://{peer}")).unwrap();
+    assert!(vote_reaches_the_service(plaintext).await.is_err(), "plaintext reached the Raft service");
+    let anonymous = https().tls_config(trusting.clone()).unwrap();
+    assert!(vote_reaches_the_service(anonymous).await.is_err(), "a client without a certificate got in");
+    let other = dir.path().join("other-certs");
+    mini_pubsub::certs::write_dev(&other).unwrap();
+    let stranger = Identity::from_pem(
+        std::fs::read(other.join(mini_pubsub::certs::PEER_CERT)).unwrap(),
+        std::fs::read(other.join(mini_pubsub::certs::PEER_KEY)).unwrap(),
+    );
+    let stranger = https().tls_config(trusting.identity(stranger)).unwrap();
+    assert!(vote_reaches_the_service(stranger).await.is_err(), "another CA's certificate got in");
+}

@@ -75,6 +75,13 @@ pub struct ClusterSettings {
     /// Raft entries between snapshots of the broker's state, at the fewest
     /// (`snapshot_entries` key); 0 takes none, and the Raft log is never purged.
     pub snapshot_entries: u64,
+    /// Mutual TLS between nodes: this node's PEM certificate chain (`peer_tls_cert` key),
+    /// presented on its peer port and to the peers it calls; `None`: plaintext.
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `peer_tls_cert` (`peer_tls_key` key).
+    pub peer_tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM) that signs every node's certificate (`peer_tls_ca` key).
+    pub peer_tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterSettings {
@@ -85,6 +92,9 @@ impl Default for ClusterSettings {
             peer_listen: None,
             brokers: Peers::default(),
             snapshot_entries: crate::cluster::SNAPSHOT_ENTRIES_DEFAULT,
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
         }
     }
 }
@@ -144,12 +154,28 @@ impl ClusterSettings {
     fn validate(&self, listen: SocketAddr) -> Result<(), ConfigError> {
         let invalid = |key: &str, allowed: String| ConfigError::Invalid { key: key.to_string(), allowed };
         let peers = &self.peers.0;
+        let tls = [
+            ("peer_tls_cert", &self.peer_tls_cert),
+            ("peer_tls_key", &self.peer_tls_key),
+            ("peer_tls_ca", &self.peer_tls_ca),
+        ];
+        let tls_set = tls.iter().filter(|(_, path)| path.is_some()).count();
+        if tls_set != 0 && tls_set != tls.len() {
+            let (missing, _) = tls.iter().find(|(_, path)| path.is_none()).expect("one is unset");
+            return Err(invalid(
+                missing,
+                "set with the other two of peer_tls_cert, peer_tls_key and peer_tls_ca (mutual TLS between nodes)"
+                    .into(),
+            ));
+        }
         if peers.is_empty() {
-            if self.node_id != 0 || self.peer_listen.is_some() || !self.brokers.0.is_empty() {
+            if self.node_id != 0 || self.peer_listen.is_some() || !self.brokers.0.is_empty() || tls_set != 0 {
                 let key = if self.node_id != 0 {
                     "node_id"
                 } else if self.peer_listen.is_some() {
                     "peer_listen"
+                } else if tls_set != 0 {
+                    "peer_tls_cert"
                 } else {
                     "brokers"
                 };

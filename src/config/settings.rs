@@ -355,4 +355,10 @@ settings! {
         "Where clients reach each node's gRPC port, as ID=HOST:PORT, comma-separated: a node that does not lead names the leader's in its refusals and GetCluster; empty (the default) names the leader's id only.";
     Cluster snapshot_entries: u64 = cluster.snapshot_entries,
         "Raft entries applied between two snapshots of the broker's state, at the fewest (a large state waits until about its size was written again); as many entries, up to 1000, stay in the log behind a snapshot, and a follower further behind is sent the snapshot. 0 takes none: the Raft log is never purged.";
+    Cluster peer_tls_cert: Option<PathBuf> = cluster.peer_tls_cert,
+        "Mutual TLS between nodes: this node's PEM certificate chain, presented on its peer port and to the peers it calls (with peer_tls_key and peer_tls_ca); read again on SIGHUP for new connections. Empty (the default): plaintext Raft traffic.";
+    Cluster peer_tls_key: Option<PathBuf> = cluster.peer_tls_key,
+        "The PEM private key of peer_tls_cert.";
+    Cluster peer_tls_ca: Option<PathBuf> = cluster.peer_tls_ca,
+        "The cluster's CA (PEM): a node talks Raft only with peers whose certificate it signed, on both ends of a connection.";
 }

@@ -202,7 +202,15 @@ fn a_cluster_is_configured_in_the_file_the_environment_or_flags_like_any_setting
 #[test]
 fn a_membership_that_cannot_work_is_refused_naming_the_setting() {
     let three = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003";
-    let cases: [(&[(&'static str, &str)], &str); 10] = [
+    let cases: [(&[(&'static str, &str)], &str); 12] = [
+        (
+            &[("node_id", "1"), ("peers", three), ("peer_tls_cert", "p.pem"), ("peer_tls_ca", "ca.pem")],
+            "peer_tls_key must be set with the other two of peer_tls_cert, peer_tls_key and peer_tls_ca",
+        ),
+        (
+            &[("peer_tls_cert", "p.pem"), ("peer_tls_key", "k.pem"), ("peer_tls_ca", "ca.pem")],
+            "peer_tls_cert must be set only with peers",
+        ),
         (&[("node_id", "4"), ("peers", three)], "node_id must be one of the ids in peers (1, 2, 3); 4 is not"),
         (&[("peers", three)], "node_id must be one of the ids in peers (1, 2, 3); 0 is not"),
         (

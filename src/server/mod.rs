@@ -5,7 +5,7 @@
 pub mod access;
 mod admin;
 pub mod auth;
-mod conn;
+pub mod conn;
 mod driver;
 pub mod metrics;
 mod observer;

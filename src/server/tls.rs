@@ -25,6 +25,8 @@ use tonic::transport::server::Connected;
 
 use super::auth::{identity_of, IdentityField, Peer};
 
+pub mod peer;
+
 /// The largest certificate chain or key file read, in bytes.
 const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
 
@@ -33,6 +35,8 @@ const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
 pub struct Certificates {
     cert: PathBuf,
     key: PathBuf,
+    /// The settings that name the two files, for errors.
+    settings: (&'static str, &'static str),
     current: RwLock<Arc<CertifiedKey>>,
 }
 
@@ -40,14 +44,19 @@ impl Certificates {
     /// Reads the certificate chain at `cert` and the private key at `key` (PEM); the error
     /// names the setting and the file at fault.
     pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
-        let current = certified_key(cert, key)?;
-        Ok(Self { cert: cert.to_path_buf(), key: key.to_path_buf(), current: RwLock::new(Arc::new(current)) })
+        Self::load_as(cert, key, ("tls_cert", "tls_key"))
+    }
+
+    /// [`Certificates::load`], the files named by the settings `settings` in errors.
+    pub fn load_as(cert: &Path, key: &Path, settings: (&'static str, &'static str)) -> Result<Self, String> {
+        let current = certified_key(cert, key, settings)?;
+        Ok(Self { cert: cert.to_path_buf(), key: key.to_path_buf(), settings, current: RwLock::new(Arc::new(current)) })
     }
 
     /// Reads the files again; on success new connections get the new pair, and on failure
     /// the old one stays. Says which happened.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = certified_key(&self.cert, &self.key)?;
+        let fresh = certified_key(&self.cert, &self.key, self.settings)?;
         *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
         Ok(())
     }
@@ -76,21 +85,38 @@ fn read_pem(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The chain and key in the two files, checked to belong together.
-fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let chain_pem = read_pem(cert, "tls_cert")?;
+fn certified_key(cert: &Path, key: &Path, (cert_setting, key_setting): (&str, &str)) -> Result<CertifiedKey, String> {
+    let chain_pem = read_pem(cert, cert_setting)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls_cert: {} is not a PEM certificate chain: {e}", cert.display()))?;
+        .map_err(|e| format!("{cert_setting}: {} is not a PEM certificate chain: {e}", cert.display()))?;
     if chain.is_empty() {
-        return Err(format!("tls_cert: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert.display()));
+        return Err(format!(
+            "{cert_setting}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            cert.display()
+        ));
     }
-    let key_pem = read_pem(key, "tls_key")?;
+    let key_pem = read_pem(key, key_setting)?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("tls_key: {} holds no PEM private key: {e}", key.display()))?;
+        .map_err(|e| format!("{key_setting}: {} holds no PEM private key: {e}", key.display()))?;
     let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(chain, private, &provider)
-        .map_err(|e| format!("tls_key: {} does not fit {}: {e}", key.display(), cert.display()))?;
+        .map_err(|e| format!("{key_setting}: {} does not fit {}: {e}", key.display(), cert.display()))?;
     Ok(certified)
+}
+
+/// The CA certificates in the PEM file at `path`, as roots to verify against.
+fn roots(path: &Path, setting: &str) -> Result<rustls::RootCertStore, String> {
+    let pem = read_pem(path, setting)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{setting}: {} is not PEM: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| format!("{setting}: {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{setting}: {} holds no PEM certificate", path.display()));
+    }
+    Ok(roots)
 }
 
 /// An acceptor for `certificates`: TLS 1.3 and 1.2, HTTP/2 by ALPN. With `client_ca`, a
@@ -105,15 +131,7 @@ pub fn acceptor(certificates: Arc<Certificates>, client_ca: Option<&Path>) -> Re
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
-            let pem = read_pem(path, "tls_client_ca")?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("tls_client_ca: {} is not PEM: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("tls_client_ca: {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("tls_client_ca: {} holds no PEM certificate", path.display()));
-            }
+            let roots = roots(path, "tls_client_ca")?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
