@@ -688,7 +688,15 @@ const DRAIN_SUBSCRIPTIONS_MAX: usize = 10_000;
 /// Codes a publisher retries, as Pub/Sub's client libraries do: the broker may accept the
 /// same request later (it was unreachable, overloaded, or its disk was full).
 fn is_retryable(code: Code) -> bool {
-    !matches!(code, Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition)
+    !matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
 }
 
 /// A message the library handed out, in the wire form the history is recorded from.
@@ -727,6 +735,8 @@ fn is_definite(code: Code) -> bool {
             | Code::AlreadyExists
             | Code::FailedPrecondition
             | Code::ResourceExhausted
+            | Code::PermissionDenied
+            | Code::Unauthenticated
     )
 }
 

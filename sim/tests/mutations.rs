@@ -7,7 +7,7 @@ use mini_pubsub::core::Mutation;
 use mini_pubsub_sim::{runner, scenario};
 
 /// The scenario each mutation is run against, and the failure it must cause.
-const CASES: [(Mutation, &str, &str); 12] = [
+const CASES: [(Mutation, &str, &str); 13] = [
     (Mutation::AckNotRecorded, "basic.scn", "check redelivered-after-ack"),
     (Mutation::OffsetGivenTwice, "competing_consumers.scn", "check offsets"),
     (Mutation::RedeliveryAfterAck, "basic.scn", "check redelivered-after-ack"),
@@ -20,6 +20,7 @@ const CASES: [(Mutation, &str, &str); 12] = [
     (Mutation::RaftLogUnsynced, "cluster_power_failure.scn", "check delivered-committed"),
     (Mutation::DeadLetterOnLeaderOnly, "cluster_dead_letters_failover.scn", "check delivered-committed"),
     (Mutation::PublishChainIgnored, "library_publisher_pipeline_faults.scn", "check publish-order"),
+    (Mutation::DeniedPublishStored, "permissions_deny_a_publish.scn", "check refused-stored"),
 ];
 
 /// The cluster checks that no case above is meant for, each with a mutation that fails it.

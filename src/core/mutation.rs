@@ -42,11 +42,14 @@ pub enum Mutation {
     /// A PublishStream's batches after one refused for the client to send again are
     /// applied anyway: what the client resends is stored after them, out of its order.
     PublishChainIgnored,
+    /// A publish its principal may not make is stored anyway, and then answered
+    /// PERMISSION_DENIED.
+    DeniedPublishStored,
 }
 
 impl Mutation {
     /// Every mutation, for the test that proves each is caught.
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 13] = [
         Mutation::AckNotRecorded,
         Mutation::OffsetGivenTwice,
         Mutation::RedeliveryAfterAck,
@@ -59,6 +62,7 @@ impl Mutation {
         Mutation::RaftLogUnsynced,
         Mutation::DeadLetterOnLeaderOnly,
         Mutation::PublishChainIgnored,
+        Mutation::DeniedPublishStored,
     ];
 }
 

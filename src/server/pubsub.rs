@@ -86,7 +86,14 @@ fn stream_answer(sequence: u64, answer: Result<Answer, Status>) -> pb::PublishSt
 impl pb::pub_sub_server::PubSub for PubSubService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let start = self.publish_latency.as_ref().map(LatencyTimer::start);
-        self.access.check_request(&request, Permission::Publish, "topic", |r| &r.topic)?;
+        let denied = self.access.check_request(&request, Permission::Publish, "topic", |r| &r.topic);
+        if let Err(status) = denied {
+            if self.config.broker.mutated(crate::core::Mutation::DeniedPublishStored) {
+                let (topic, messages) = wire::publish_messages(request.into_inner())?;
+                let _ = self.driver.handle(Command::Publish { topic, messages }).await;
+            }
+            return Err(status);
+        }
         let (topic, messages) = wire::publish_messages(request.into_inner())?;
         debug!(%topic, messages = messages.len(), "publish");
         let published = match self.driver.handle(Command::Publish { topic, messages }).await? {

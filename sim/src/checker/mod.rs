@@ -135,6 +135,8 @@ fn safety(entries: &[Entry], model: &Model, context: &Context) -> (Vec<Check>, V
     if entries.iter().any(|e| matches!(&e.event, Event::PublishInvoked { publisher: Some(_), .. })) {
         some.push(order::publish_order(entries, context.loss_allowed));
     }
+    // Only runs with publishes refused for good have a verdict on what those stored.
+    some.extend(stored::refused_stored(entries));
     // Only runs with exclusive subscriptions (whose members are told assignments) have a
     // verdict on them.
     if entries.iter().any(|e| matches!(&e.event, Event::Assigned { .. })) {

@@ -173,3 +173,39 @@ pub(super) fn duplicated_publish(entries: &[Entry], window_ms: u64) -> Check {
     );
     result("duplicated-publish", problems, ok)
 }
+
+/// Publishes the broker refused for good (a definite code, such as PERMISSION_DENIED or
+/// INVALID_ARGUMENT, at the first attempt and every one after) must store nothing: no
+/// such message is ever delivered or answered as stored. A message with any attempt whose
+/// outcome is unknown (a timeout, a retry) is left out; with none left, there is no verdict.
+pub(super) fn refused_stored(entries: &[Entry]) -> Option<Check> {
+    let mut refused: BTreeSet<&str> = BTreeSet::new();
+    let mut unsure: BTreeSet<&str> = BTreeSet::new();
+    for e in entries {
+        match &e.event {
+            Event::PublishFailed { id, definite: true, .. } => {
+                refused.insert(id.as_str());
+            }
+            Event::PublishFailed { id, definite: false, .. } | Event::Published { id, .. } => {
+                unsure.insert(id.as_str());
+            }
+            Event::PublishInvoked { id, attempt, .. } if *attempt > 1 => {
+                unsure.insert(id.as_str());
+            }
+            _ => {}
+        }
+    }
+    let refused: BTreeSet<&str> = refused.difference(&unsure).copied().collect();
+    if refused.is_empty() {
+        return None;
+    }
+    let mut problems = Vec::new();
+    for e in entries {
+        if let Event::Delivered { id, sub, .. } = &e.event {
+            if refused.contains(id.as_str()) {
+                problems.push(Problem::new(format!("{sub} received `{id}`, whose publish was refused"), &[id]));
+            }
+        }
+    }
+    Some(result("refused-stored", problems, format!("{}, none delivered", count(refused.len(), "refused publish"))))
+}

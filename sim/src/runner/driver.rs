@@ -307,6 +307,7 @@ fn broker_config(scenario: &Scenario, mutation: Option<Mutation>) -> ServerConfi
     config.keepalive_timeout_ms = 2_000;
     config.sync_delay_ms = scenario.config.disk_latency.as_millis() as u64;
     config.check_invariants = true;
+    config.permissions = scenario.config.permissions.clone();
     #[cfg(debug_assertions)]
     {
         config.broker.mutation = mutation;

@@ -62,6 +62,10 @@ pub struct Config {
     /// Raft entries between a cluster node's snapshots, at the fewest [the broker's
     /// default, 10000].
     pub snapshot_entries: Option<u64>,
+    /// The brokers' grants, as the server's `permissions` setting takes them; the apps
+    /// connect without a credential, as the principal `anonymous` [none: everyone may do
+    /// everything].
+    pub permissions: String,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             storage: Storage::File(Fsync::Always),
             disk_latency: Duration::ZERO,
             snapshot_entries: None,
+            permissions: String::new(),
         }
     }
 }

@@ -259,6 +259,7 @@ const CONFIG_KEYS: &[(&str, Kind)] = &[
     ("fsync_interval", Kind::Dur),
     ("disk_latency", Kind::Dur),
     ("snapshot_entries", Kind::Int(1, 1_000_000)),
+    ("permissions", Kind::Text),
 ];
 
 /// A scenario that cannot run, located in its file.
@@ -819,6 +820,12 @@ impl Parser<'_> {
         let misfit = |message: &str| Err(self.error(self.config_line, 1, message));
         if config.snapshot_entries.is_some() && get("brokers").is_none_or(|n| n == "1") {
             return misfit("snapshot_entries: a cluster's setting; set `brokers=3`");
+        }
+        if let Some(permissions) = get("permissions") {
+            if let Err(reason) = mini_pubsub::server::access::parse_permissions(permissions) {
+                return misfit(&format!("permissions: {reason}"));
+            }
+            config.permissions = permissions.to_string();
         }
         if get("fsync_interval").is_some() && !matches!(fsync, Fsync::Interval(_)) {
             return misfit("fsync_interval: applies only with fsync=interval");

@@ -226,6 +226,14 @@ disk @follower ok
 }
 
 #[test]
+fn permissions_are_the_servers_grants_checked_as_it_checks_them() {
+    let parsed = parse("ok.scn", "config permissions=publish:orders.*:anonymous,admin:*:anonymous\n").unwrap();
+    assert_eq!(parsed.config.permissions, "publish:orders.*:anonymous,admin:*:anonymous");
+    let refused = error("config permissions=write:orders:anonymous");
+    assert!(refused.starts_with("bad.scn:1:1: permissions: expected PERMISSION:PATTERN:PRINCIPAL"), "{refused}");
+}
+
+#[test]
 fn cluster_steps_refuse_what_does_not_fit() {
     assert_eq!(error("config brokers=10"), "bad.scn:1:16: brokers: 10 is outside 1 to 9");
     assert_eq!(
