@@ -239,7 +239,15 @@ async fn serve(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<()> {
             and change every topic; set tls_cert and tls_key (mini-pubsub certs dev makes a pair to try)");
     }
     if let Some(metrics_addr) = config.metrics_listen {
-        server::metrics::install(metrics_addr).await?;
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) if config.metrics_tls => {
+                let certificates = Arc::new(server::tls::Certificates::load(cert, key).map_err(anyhow::Error::msg)?);
+                server::tls::reload_on_sighup(certificates.clone());
+                Some(certificates)
+            }
+            _ => None,
+        };
+        server::metrics::install_with(metrics_addr, tls).await?;
     }
     let record = config.record.clone().map(|dir| server::RecordTo {
         fs: Arc::new(StdFs),

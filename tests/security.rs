@@ -43,11 +43,17 @@ struct Served {
 }
 
 fn serve(config: &Path, metrics: bool) -> Served {
+    serve_with(config, metrics, &[])
+}
+
+/// [`serve`] with more flags.
+fn serve_with(config: &Path, metrics: bool, flags: &[&str]) -> Served {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"));
     command.args(["serve", "--listen", "127.0.0.1:0", "--storage", "memory", "--config"]).arg(config);
     if metrics {
         command.args(["--metrics-listen", "127.0.0.1:0"]);
     }
+    command.args(flags);
     let mut child = command.env("RUST_LOG", "info").stderr(Stdio::piped()).spawn().expect("the binary starts");
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -62,7 +68,9 @@ fn serve(config: &Path, metrics: bool) -> Served {
     for _ in 0..100 {
         let after = |marker: &str| served.find(marker).and_then(|line| word_after(&line, marker));
         if let Some(grpc) = after("listening on ") {
-            let metrics_addr = after("metrics on http://").and_then(|a| a.strip_suffix("/metrics").map(str::to_string));
+            let metrics_addr = after("metrics on http://")
+                .or_else(|| after("metrics on https://"))
+                .and_then(|a| a.strip_suffix("/metrics").map(str::to_string));
             if !metrics || metrics_addr.is_some() {
                 served.grpc = grpc.parse().unwrap();
                 served.metrics = metrics_addr.map(|a| a.parse().unwrap());
@@ -234,4 +242,47 @@ async fn refusals_are_counted_per_principal_and_reason_and_a_burst_is_one_log_li
     assert!(refused[0].contains("reason=\"unknown_token\"") || refused[0].contains("reason=unknown_token"));
     let log = served.log.lock().unwrap().join("\n");
     assert!(!log.contains("guessed-token-123") && !log.contains("shop-token"), "a token in the log:\n{log}");
+}
+
+#[tokio::test]
+async fn with_metrics_tls_the_metrics_are_served_over_https_with_the_grpc_ports_certificate() {
+    use rustls_pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    mini_pubsub::certs::write_dev(dir.path()).unwrap();
+    let config = dir.path().join("mini-pubsub.toml");
+    std::fs::write(&config, "").unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (cert, key) = (file(mini_pubsub::certs::SERVER_CERT), file(mini_pubsub::certs::SERVER_KEY));
+    let served = serve_with(&config, true, &["--tls-cert", &cert, "--tls-key", &key, "--metrics-tls"]);
+    assert!(served.find("metrics on https://").is_some());
+    let metrics = served.metrics.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(dir.path().join(mini_pubsub::certs::CA_CERT)).unwrap();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&ca).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(metrics).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {metrics}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        // The server may close without a TLS close_notify; what was read before counts.
+        let _ = tls.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).to_string()
+    };
+    let response = tokio::time::timeout(PROMPT, exchange).await.expect("an HTTPS answer");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("# TYPE mini_pubsub_open_streams gauge"), "{response}");
+
+    // Plain HTTP on the same port gets no metrics.
+    let plain = tokio::time::timeout(PROMPT, scrape(metrics)).await.expect("the port answers or closes");
+    assert!(!plain.contains("mini_pubsub_"), "{plain}");
 }

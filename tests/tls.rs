@@ -287,3 +287,44 @@ async fn a_bearer_token_lets_in_as_its_principal_and_a_wrong_one_is_unauthentica
     let missing = client.admin_client().list_topics(mini_pubsub::wire::pb::ListTopicsRequest::default()).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn with_open_services_empty_health_and_reflection_need_a_credential_too() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, ServerReflectionRequest};
+    let config = ServerConfig {
+        tokens: format!("ops={}", sha256_hex("ops-token")),
+        open_services: String::new(),
+        ..Default::default()
+    };
+    let broker = start_with(config).await;
+    let url = format!("http://{}", broker.addr);
+    let anonymous = Client::connect(url.clone()).await.unwrap();
+    let ops = Client::connect_with(url, &ConnectOptions::default().token("ops-token").unwrap()).await.unwrap();
+    let check = |client: &Client| {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(client.target().1);
+        async move { health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await }
+    };
+    let refused = check(&anonymous).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let answered = check(&ops).await.unwrap().into_inner();
+    assert_eq!(answered.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut reflection = ServerReflectionClient::new(anonymous.target().1);
+    let refused = reflection.server_reflection_info(tokio_stream::iter([list()])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut reflection = ServerReflectionClient::new(ops.target().1);
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([list()])).await.unwrap().into_inner();
+    let first = answers.message().await.unwrap().expect("a list of services");
+    assert!(format!("{first:?}").contains("pubsub.PubSub"), "{first:?}");
+
+    // The default lets both answer without a credential (the mutual TLS test checks health).
+    assert_eq!(ServerConfig::default().open_services, "health,reflection");
+    let bad = ServerConfig { open_services: "health,metrics".into(), ..Default::default() };
+    let error = bad.validate().unwrap_err().to_string();
+    assert!(error.contains("open_services must be health, reflection"), "{error}");
+}

@@ -22,6 +22,7 @@ fn color(system: System) -> &'static str {
         System::Redis => "#d62728",
         System::OursRecorded => "#9ecae1",
         System::OursBaseline => "#bdbdbd",
+        System::OursTls => "#6baed6",
         System::OursCluster => "#08519c",
         System::NatsCluster => "#006d2c",
     }

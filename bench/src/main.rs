@@ -62,7 +62,7 @@ struct Args {
     /// Durability classes: memory, no-fsync, fsync.
     #[arg(long, value_delimiter = ',')]
     classes: Vec<String>,
-    /// Systems: mini-pubsub, nats, redis, mini-pubsub-recorded, mini-pubsub-baseline (with --baseline-bin).
+    /// Systems: mini-pubsub, nats, redis, mini-pubsub-recorded, mini-pubsub-tls, mini-pubsub-baseline (with --baseline-bin).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Measured window of a timed case, in seconds (fractions allowed).

@@ -22,10 +22,13 @@ pub enum System {
     OursCluster,
     /// Three nats-server processes clustered on 127.0.0.1, the stream with 3 replicas.
     NatsCluster,
+    /// mini-pubsub with TLS on its gRPC port (`--tls-cert`, `--tls-key`, developer
+    /// certificates), its clients connecting over https: what TLS costs.
+    OursTls,
 }
 
 impl System {
-    pub const ALL: [System; 7] = [
+    pub const ALL: [System; 8] = [
         System::Ours,
         System::Nats,
         System::Redis,
@@ -33,6 +36,7 @@ impl System {
         System::OursBaseline,
         System::OursCluster,
         System::NatsCluster,
+        System::OursTls,
     ];
     /// The systems a run compares when `--systems` names none.
     pub const DEFAULT: [System; 3] = [System::Ours, System::Nats, System::Redis];
@@ -47,6 +51,7 @@ impl System {
             System::OursBaseline => "mini-pubsub-baseline",
             System::OursCluster => "mini-pubsub-3",
             System::NatsCluster => "nats-3",
+            System::OursTls => "mini-pubsub-tls",
         }
     }
 }
@@ -102,6 +107,9 @@ impl Class {
             (Class::Fsync, System::Ours) => "`--storage file --fsync always` (group commit)",
             (Class::Fsync, System::Nats) => "n/a",
             (Class::Fsync, System::Redis) => "`--appendonly yes --appendfsync always`",
+            (Class::Memory, System::OursTls) => "`--storage memory`, TLS 1.3 on the gRPC port",
+            (Class::NoFsync, System::OursTls) => "`--storage file --fsync never`, TLS 1.3 on the gRPC port",
+            (Class::Fsync, System::OursTls) => "`--storage file --fsync always`, TLS 1.3 on the gRPC port",
             (Class::Memory, System::OursRecorded) => "`--storage memory --record DIR`",
             (Class::NoFsync, System::OursRecorded) => "`--storage file --fsync never --record DIR`",
             (Class::Fsync, System::OursRecorded) => "`--storage file --fsync always --record DIR`",

@@ -161,22 +161,23 @@ fn class_section(out: &mut String, table: &Table, class: Class, systems: &[Syste
     }
     let _ = writeln!(out, "\n### Rates (msgs/s, median [min-max])\n");
     let header: Vec<String> = systems.iter().map(|s| s.to_string()).collect();
-    let recorded = systems.contains(&System::OursRecorded);
-    let extra = if recorded { " recorded/ours |" } else { "" };
+    // Variants of mini-pubsub, each also given as its ratio to plain mini-pubsub.
+    let variants: Vec<(System, &str)> = [(System::OursRecorded, "recorded/ours"), (System::OursTls, "tls/ours")]
+        .into_iter()
+        .filter(|(system, _)| systems.contains(system))
+        .collect();
+    let extra: String = variants.iter().map(|(_, name)| format!(" {name} |")).collect();
     let _ = writeln!(out, "| workload | size | {} | ours/NATS | ours/Redis |{extra}", header.join(" | "));
-    let _ = writeln!(out, "|---|--:|{}--:|--:|{}", "--:|".repeat(systems.len()), if recorded { "--:|" } else { "" });
+    let _ = writeln!(out, "|---|--:|{}--:|--:|{}", "--:|".repeat(systems.len()), "--:|".repeat(variants.len()));
     let rows = table.iter().filter(|(case, _)| case.class == class);
     for (case, cells) in rows.clone() {
         let rate = |s: System| cells.get(&s).and_then(|c| c.rate()).map(|r| r.median);
         let columns: Vec<String> = systems.iter().map(|s| rate_cell(cells.get(s))).collect();
-        let recorded_ratio = if recorded {
-            format!(" {} |", ratio(rate(System::OursRecorded), rate(System::Ours)))
-        } else {
-            String::new()
-        };
+        let variant_ratios: String =
+            variants.iter().map(|(system, _)| format!(" {} |", ratio(rate(*system), rate(System::Ours)))).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |{recorded_ratio}",
+            "| {} | {} | {} | {} | {} |{variant_ratios}",
             case.workload.id(),
             size_label(case.size),
             columns.join(" | "),

@@ -66,10 +66,18 @@ impl Pids {
     }
 }
 
+/// Where [`System::OursTls`]'s developer certificates are, in its directory.
+const CERTS_DIR: &str = "certs";
+
 /// Nodes of a cluster system.
 const CLUSTER_NODES: usize = 3;
 
 impl ServerProcess {
+    /// The CA a client trusts to reach this server over TLS, if it serves TLS.
+    pub fn ca(&self) -> Option<PathBuf> {
+        (self.system == System::OursTls).then(|| self.dir.path().join(CERTS_DIR).join(mini_pubsub::certs::CA_CERT))
+    }
+
     /// Starts `system` configured for `class`, and waits until it accepts connections.
     pub fn start(system: System, class: Class, binaries: &Binaries) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix(&format!("bench-{}-", system.id())).tempdir()?;
@@ -100,6 +108,14 @@ impl ServerProcess {
             System::OursRecorded => {
                 let mut command = ours_command(&binaries.mini_pubsub, class, &dir, "127.0.0.1:0");
                 command.arg("--record").arg(dir.join("recording"));
+                (command, None)
+            }
+            System::OursTls => {
+                let certs = dir.join(CERTS_DIR);
+                mini_pubsub::certs::write_dev(&certs).map_err(anyhow::Error::msg)?;
+                let mut command = ours_command(&binaries.mini_pubsub, class, &dir, "127.0.0.1:0");
+                command.arg("--tls-cert").arg(certs.join(mini_pubsub::certs::SERVER_CERT));
+                command.arg("--tls-key").arg(certs.join(mini_pubsub::certs::SERVER_KEY));
                 (command, None)
             }
             System::Nats => {

@@ -44,6 +44,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where Prometheus scrapes `/metrics`; `None` (the default) serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` over HTTPS with the gRPC port's certificate (`tls_cert`, `tls_key`).
+    pub metrics_tls: bool,
     /// Where the flight recorder writes (`serve --record DIR`); `None` records nothing.
     pub record: Option<PathBuf>,
     /// The flight recording's bound in bytes.
@@ -283,6 +285,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: None,
+            metrics_tls: false,
             record: None,
             record_max_bytes: crate::record::RECORD_MAX_BYTES_DEFAULT,
             log_format: LogFormat::Pretty,
@@ -373,6 +376,9 @@ impl Config {
         }
         if self.metrics_listen.is_some_and(|m| m == self.listen && m.port() != 0) {
             return Err(invalid("metrics_listen", "a different address from listen"));
+        }
+        if self.metrics_tls && (self.metrics_listen.is_none() || self.server.tls_cert.is_none()) {
+            return Err(invalid("metrics_tls", "false unless metrics_listen and tls_cert are set"));
         }
         self.cluster.validate(self.listen)
     }

@@ -229,6 +229,8 @@ settings! {
         "The gRPC address to listen on (port 0 picks a free one).";
     Server metrics_listen: Option<SocketAddr> = metrics_listen,
         "Serve Prometheus metrics at http://ADDR/metrics; empty (the default) serves none.";
+    Server metrics_tls: bool = metrics_tls,
+        "Serve the metrics over HTTPS (https://ADDR/metrics) with tls_cert and tls_key, read again on SIGHUP.";
     Server command_queue_max: usize = server.command_queue_max,
         "Requests waiting for the broker's driver; when full, handlers wait (backpressure).";
     Server request_bytes_max: usize = server.request_bytes_max,
@@ -253,6 +255,8 @@ settings! {
         "The PEM private key of tls_cert.";
     Server tls_client_ca: Option<PathBuf> = server.tls_client_ca,
         "Mutual TLS: a client certificate signed by this CA (PEM) names the client's principal; needs tls_cert. Empty (the default): no client certificates.";
+    Server open_services: String = server.open_services,
+        "The services that answer without a credential when tokens or tls_client_ca are set, comma-separated: health, reflection, both (the default) or none (empty).";
     Server tls_client_identity: String = server.tls_client_identity,
         "Which name of a client certificate is its principal: subject (its common name) or san (its first DNS or URI alternative name).";
     Server tokens: String = server.tokens,

@@ -114,6 +114,10 @@ fn validate_names_the_key_the_range_the_value_and_its_source() {
     assert!(loaded.validate().unwrap_err().to_string().contains("log_filter must be a tracing filter"));
     let same = Loaded::load(None, [], [flag("metrics_listen", "127.0.0.1:50051")]).unwrap();
     assert!(same.validate().unwrap_err().to_string().contains("metrics_listen must be a different address"));
+    let plain =
+        Loaded::load(None, [], [flag("metrics_listen", "127.0.0.1:9464"), flag("metrics_tls", "true")]).unwrap();
+    let refused = plain.validate().unwrap_err().to_string();
+    assert!(refused.contains("metrics_tls must be false unless metrics_listen and tls_cert are set"), "{refused}");
 }
 
 #[test]

@@ -102,7 +102,13 @@ pub struct ServerConfig {
     pub tokens: String,
     /// Grants, as `PERMISSION:PATTERN:PRINCIPAL,...` (see [`access`]).
     pub permissions: String,
+    /// The services that answer without a credential when credentials are configured:
+    /// `health`, `reflection`, both (the default), or none (empty).
+    pub open_services: String,
 }
+
+/// The services `open_services` may name.
+pub const OPEN_SERVICES: [&str; 2] = ["health", "reflection"];
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -125,6 +131,7 @@ impl Default for ServerConfig {
             tls_client_identity: "subject".to_string(),
             tokens: String::new(),
             permissions: String::new(),
+            open_services: "health,reflection".to_string(),
         }
     }
 }
@@ -234,6 +241,11 @@ impl ServerConfig {
         if let Err(reason) = auth::parse_tokens(&self.tokens) {
             return Err(ServerError::Tokens(reason));
         }
+        check(
+            self.open_services.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|s| OPEN_SERVICES.contains(&s)),
+            "open_services",
+            "health, reflection, both (comma-separated) or empty",
+        )?;
         if let Err(reason) = access::parse_permissions(&self.permissions) {
             return Err(ServerError::Permissions(reason));
         }
@@ -435,6 +447,47 @@ fn authenticated(
     (InterceptedService::new(pubsub, authenticate.clone()), InterceptedService::new(admin, authenticate))
 }
 
+/// `service`, its requests authenticated unless `open_services` names it (`name`).
+fn gated<S>(
+    service: S,
+    name: &str,
+    config: &ServerConfig,
+    access: &Arc<access::Access>,
+) -> InterceptedService<S, auth::Authenticate> {
+    let open = config.open_services.split(',').any(|s| s.trim() == name);
+    InterceptedService::new(service, auth::Authenticate::open_if(access.clone(), open))
+}
+
+/// gRPC reflection, v1 and v1alpha, of the broker's services and health.
+#[allow(clippy::type_complexity, reason = "the two services' own types")]
+fn reflection(
+    config: &ServerConfig,
+    access: &Arc<access::Access>,
+) -> Result<
+    (
+        InterceptedService<
+            tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+            auth::Authenticate,
+        >,
+        InterceptedService<
+            tonic_reflection::server::v1alpha::ServerReflectionServer<
+                impl tonic_reflection::server::v1alpha::ServerReflection,
+            >,
+            auth::Authenticate,
+        >,
+    ),
+    ServerError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = gated(builder().build_v1()?, "reflection", config, access);
+    let v1alpha = gated(builder().build_v1alpha()?, "reflection", config, access);
+    Ok((v1, v1alpha))
+}
+
 /// [`run`], with [`Hooks`].
 pub async fn run_with<I, IO, IE>(
     incoming: I,
@@ -461,7 +514,7 @@ where
         pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, cluster.is_some(), access.clone());
     let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone(), access: access.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
-    let (pubsub, admin) = authenticated(pubsub, admin, &config, access);
+    let (pubsub, admin) = authenticated(pubsub, admin, &config, access.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::pub_sub_server::PubSubServer<pubsub::PubSubService>>().await;
@@ -470,13 +523,8 @@ where
         tokio::spawn(report_leadership(view.node.clone(), health.clone(), metrics_on));
     }
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection(&config, &access)?;
+    let health_service = gated(health_service, "health", &config, &access);
 
     let last_call = driver.clone();
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();

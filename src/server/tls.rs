@@ -353,3 +353,73 @@ fn remote_addr<C: Connected>(conn: &C) -> Option<SocketAddr> {
     let info: &dyn std::any::Any = &info;
     info.downcast_ref::<tonic::transport::server::TcpConnectInfo>().and_then(|tcp| tcp.remote_addr())
 }
+
+/// An acceptor for HTTP/1.1 over TLS (the metrics endpoint) with `certificates`.
+pub fn http1_acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The most connections the metrics endpoint holds at once over TLS.
+const HTTPS_CONNECTIONS_MAX: usize = 256;
+/// How long a metrics client has for its TLS handshake.
+const HTTPS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// A TCP listener whose connections are served once their TLS handshake is done (each
+/// handshake beside the others, bounded in time and count), for axum.
+pub struct HttpsListener {
+    local: io::Result<SocketAddr>,
+    secured: Pin<Box<dyn Stream<Item = io::Result<Handshaken<HttpsStream>>> + Send>>,
+}
+
+/// A connection through its TLS handshake, and the principal its client certificate names.
+type Handshaken<T> = (T, Option<Arc<str>>);
+
+/// A metrics connection over TLS.
+type HttpsStream = TlsStream<super::conn::Admitted<tokio::net::TcpStream>>;
+
+impl HttpsListener {
+    /// Serves TLS with `acceptor` on `listener`.
+    pub fn new(listener: tokio::net::TcpListener, acceptor: TlsAcceptor) -> Self {
+        use tokio_stream::StreamExt;
+        let local = listener.local_addr();
+        let accepted = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let admitting = super::conn::Admitting::new(Box::pin(accepted), HTTPS_CONNECTIONS_MAX, HTTPS_HANDSHAKE)
+            .map(|conn| conn.map_err(io::Error::other));
+        let secured = TlsIncoming::new(admitting, acceptor, HTTPS_HANDSHAKE, IdentityField::Subject);
+        Self { local, secured: Box::pin(secured) }
+    }
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = HttpsStream;
+    type Addr = Option<SocketAddr>;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        // Failed handshakes are dropped inside the stream; it ends only with the listener.
+        loop {
+            match self.secured.next().await {
+                Some(Ok((tls, _))) => {
+                    let addr = remote_addr(tls.get_ref().0);
+                    return (tls, addr);
+                }
+                Some(Err(error)) => tracing::debug!(%error, "a metrics connection failed"),
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        match &self.local {
+            Ok(addr) => Ok(Some(*addr)),
+            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+        }
+    }
+}

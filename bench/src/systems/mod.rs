@@ -57,8 +57,8 @@ impl Driver {
     pub async fn connect(server: &ServerProcess, class: Class, layout: &Layout) -> anyhow::Result<Driver> {
         let addrs = &server.addrs;
         Ok(match server.system {
-            System::Ours | System::OursRecorded | System::OursBaseline | System::OursCluster => {
-                Driver::Ours(ours::Ours::connect(addrs, layout).await?)
+            System::Ours | System::OursRecorded | System::OursBaseline | System::OursCluster | System::OursTls => {
+                Driver::Ours(ours::Ours::connect(addrs, server.ca().as_deref(), layout).await?)
             }
             System::Nats | System::NatsCluster => Driver::Nats(nats::Nats::connect(addrs, class, layout).await?),
             System::Redis => Driver::Redis(redis::Redis::connect(addrs[0], layout).await?),

@@ -11,8 +11,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures::FutureExt;
 use mini_pubsub::client::{
-    pb, Client, DeliveryMode, PublisherSettings, StartPosition, SubscribeTarget, Subscriber, SubscriberSettings,
-    SubscriptionSettings, TopicSettings,
+    pb, Client, ClientTls, ConnectOptions, DeliveryMode, PublisherSettings, StartPosition, SubscribeTarget, Subscriber,
+    SubscriberSettings, SubscriptionSettings, TopicSettings,
 };
 
 use super::{take_ready, Ack, Layout};
@@ -25,21 +25,27 @@ const LEADER_WAIT: Duration = Duration::from_secs(15);
 /// separate processes would.
 pub struct Ours {
     url: String,
+    options: ConnectOptions,
 }
 
 impl Ours {
     /// Connects to the broker (the leader, given a cluster's nodes: the client library finds
     /// it) and makes the topic and subscriptions.
-    pub async fn connect(addrs: &[SocketAddr], layout: &Layout) -> anyhow::Result<Ours> {
-        let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    pub async fn connect(addrs: &[SocketAddr], ca: Option<&std::path::Path>, layout: &Layout) -> anyhow::Result<Ours> {
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        let urls: Vec<String> = addrs.iter().map(|a| format!("{scheme}://{a}")).collect();
         let url = urls.join(",");
+        let options = match ca {
+            Some(ca) => ConnectOptions::default().tls(ClientTls::from_files(ca, None)?),
+            None => ConnectOptions::default(),
+        };
         let topic = TopicSettings { partitions: Some(layout.partitions), ..Default::default() };
         // A new cluster elects its leader within a second or so: until then calls are
         // refused with UNAVAILABLE.
         let started = std::time::Instant::now();
         let client = loop {
             let attempt = async {
-                let client = Client::connect(url.clone()).await?;
+                let client = Client::connect_with(url.clone(), &options).await?;
                 match client.create_topic(TOPIC, &topic).await {
                     Ok(_) => Ok(client),
                     Err(e) if e.to_string().contains("already exists") => Ok(client),
@@ -67,11 +73,11 @@ impl Ours {
             };
             client.create_subscription(&subscription(group), TOPIC, &settings).await.context("create subscription")?;
         }
-        Ok(Ours { url })
+        Ok(Ours { url, options })
     }
 
     pub async fn sender(&self, in_flight: Option<usize>) -> anyhow::Result<OursSender> {
-        let client = Client::connect(self.url.clone()).await?;
+        let client = Client::connect_with(self.url.clone(), &self.options).await?;
         // No linger: a batch goes as soon as a slot of the window is free, holding what
         // queued meanwhile, so one message in flight is sent alone and at once.
         let mut settings = PublisherSettings { linger: Duration::ZERO, ..Default::default() };
@@ -83,12 +89,12 @@ impl Ours {
     }
 
     pub async fn creator(&self) -> anyhow::Result<OursCreator> {
-        Ok(OursCreator { client: Client::connect(self.url.clone()).await? })
+        Ok(OursCreator { client: Client::connect_with(self.url.clone(), &self.options).await? })
     }
 
     pub async fn consumer(&self, group: usize, member: usize) -> anyhow::Result<OursConsumer> {
         let settings = SubscriberSettings { client_id: Some(format!("bench-{group}-{member}")), ..Default::default() };
-        let client = Client::connect(self.url.clone()).await?;
+        let client = Client::connect_with(self.url.clone(), &self.options).await?;
         let subscriber = client.subscribe(SubscribeTarget::subscription(subscription(group)), settings).await?;
         Ok(OursConsumer { subscriber, scratch: Vec::new() })
     }

@@ -126,6 +126,9 @@ pub enum MetricsError {
     /// The Prometheus recorder cannot be built, or another recorder is already installed.
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(#[from] BuildError),
+    /// The certificate cannot serve HTTPS.
+    #[error("cannot serve the metrics over TLS: {0}")]
+    Tls(String),
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -136,8 +139,21 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Needs a tokio runtime; fails if the address cannot be bound or a recorder is already
 /// installed.
 pub async fn install(addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
+    install_with(addr, None).await
+}
+
+/// [`install`], serving `https://<addr>/metrics` with `tls` (the gRPC port's certificate,
+/// reloaded on SIGHUP by its owner) when given.
+pub async fn install_with(
+    addr: SocketAddr,
+    tls: Option<Arc<super::tls::Certificates>>,
+) -> Result<SocketAddr, MetricsError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;
+    let acceptor = match tls {
+        Some(certificates) => Some(super::tls::http1_acceptor(certificates).map_err(MetricsError::Tls)?),
+        None => None,
+    };
     let handle = builder()?.install_recorder()?;
     describe();
     let _ = HANDLE.set(handle.clone());
@@ -149,8 +165,16 @@ pub async fn install(addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
             upkeep.run_upkeep();
         }
     });
-    tokio::spawn(serve(listener, handle));
-    tracing::info!("metrics on http://{local}/metrics");
+    match acceptor {
+        Some(acceptor) => {
+            tokio::spawn(serve(super::tls::HttpsListener::new(listener, acceptor), handle));
+            tracing::info!("metrics on https://{local}/metrics");
+        }
+        None => {
+            tokio::spawn(serve(listener, handle));
+            tracing::info!("metrics on http://{local}/metrics");
+        }
+    }
     Ok(local)
 }
 
@@ -202,7 +226,11 @@ fn describe() {
 /// Answers `GET /metrics` with the rendered series, anything else with 404. Rendering runs
 /// on a blocking thread: with 10 000 subscriptions it takes about 0.2 s and 12 MiB of text,
 /// which would otherwise hold up one of the runtime's workers.
-async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+async fn serve<L>(listener: L, handle: PrometheusHandle)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     use axum::http::header::CONTENT_TYPE;
     use axum::http::StatusCode;
     let render = move || {
