@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Runs every `$ grpcurl ...` command of README.md against a fresh release server and
 compares the output with what the README prints (publish times masked). The Security
-walk-through's commands (port 50443) go to a second server, on TLS with developer
-certificates.
+walk-through's commands go to two more servers on TLS with developer certificates: port
+50443 with TLS alone, port 50444 with client certificates, a token and grants.
 
 The two Subscribe streams run in the background while a message is published from "another
-terminal", as the README describes. Needs grpcurl on PATH and port 50051 free.
+terminal", as the README describes. Needs grpcurl on PATH and ports 50051, 50443 and 50444 free.
 Usage: cargo build --release && python3 scripts/check-readme.py
 (MINI_PUBSUB_BIN names another build of the server, such as target/debug/mini-pubsub.)
 """
@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import tempfile
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def run(command, stdin=None, where=None):
 
 
 TLS_PORT = "localhost:50443"
+# The identities walk-through's server: client certificates, a token for `ops`, grants.
+IDENTITIES_PORT = "localhost:50444"
+OPS_TOKEN = "s3cret-ops"
 
 
 def tls_server(binary):
@@ -80,10 +84,28 @@ def tls_server(binary):
     return server, where
 
 
+def identities_server(binary, where):
+    """The second Security server, as the README starts it (the token given by its hash)."""
+    import hashlib
+    digest = hashlib.sha256(OPS_TOKEN.encode()).hexdigest()
+    server = subprocess.Popen(
+        [binary, "serve", "--listen", "127.0.0.1:50444", "--storage", "memory",
+         "--tls-cert", "certs/server.pem", "--tls-key", "certs/server-key.pem",
+         "--tls-client-ca", "certs/ca.pem", "--tokens", f"ops={digest}",
+         "--permissions", "publish:orders.*:dev-client,admin:*:ops"],
+        cwd=where, stderr=subprocess.PIPE, text=True)
+    startup = server.stderr.readline()
+    assert "listening on 127.0.0.1:50444 (TLS" in startup, startup
+    # Its log holds the refusals' lines; read and dropped so the pipe never fills.
+    threading.Thread(target=server.stderr.read, daemon=True).start()
+    return server
+
+
 def main():
     readme = (ROOT / "README.md").read_text()
     binary = os.environ.get("MINI_PUBSUB_BIN", str(ROOT / "target/release/mini-pubsub"))
     secure, secure_dir = tls_server(binary)
+    identities = identities_server(binary, secure_dir)
     # A fresh data directory: the walk-through starts from an empty broker.
     data = tempfile.mkdtemp(prefix="check-readme-")
     server = subprocess.Popen(
@@ -109,13 +131,15 @@ def main():
                     proc.terminate()
                     failures += compare(stream_command, stream_expected, proc.communicate()[0])
                 streams = []
-            where = secure_dir if TLS_PORT in command else None
+            where = secure_dir if TLS_PORT in command or IDENTITIES_PORT in command else None
             failures += compare(command, expected, run(command, stdin, where))
     finally:
         server.terminate()
         server.wait(timeout=10)
         secure.terminate()
         secure.wait(timeout=10)
+        identities.terminate()
+        identities.wait(timeout=10)
     print(f"{failures} failed" if failures else "every README command printed what the README shows")
     return 1 if failures else 0
 
