@@ -1,7 +1,7 @@
 //! Developer certificates (`mini-pubsub certs dev --out DIR`): a local CA, a server
 //! certificate for `localhost`, `127.0.0.1` and `::1` that the CA signed, a client
-//! certificate, and a cluster node's certificate (for mutual TLS between the nodes of a
-//! local cluster) it signed too, each with its private key, as PEM files. They let a newcomer
+//! certificate it signed too, and a cluster CA of its own with a node's certificate (for
+//! mutual TLS between the nodes of a local cluster), each with its private key, as PEM files. They let a newcomer
 //! try TLS (and mutual TLS) on one machine in two commands; they are not for production,
 //! where certificates come from the organisation's own CA.
 
@@ -26,8 +26,14 @@ pub const CLIENT_CERT: &str = "client.pem";
 pub const CLIENT_KEY: &str = "client-key.pem";
 /// The client certificate's subject common name, and its DNS name.
 pub const CLIENT_NAME: &str = "dev-client";
+/// The cluster's CA (`peer_tls_ca`): signs the nodes' certificates only. It is not the CA of
+/// the client certificates, so that no client certificate can talk Raft to a node.
+pub const CLUSTER_CA_CERT: &str = "cluster-ca.pem";
+/// The cluster CA's private key.
+pub const CLUSTER_CA_KEY: &str = "cluster-ca-key.pem";
 /// A cluster node's certificate (`peer_tls_cert`), for `localhost`, `127.0.0.1` and `::1`,
-/// good at both ends of a Raft connection: every node of a local cluster can use it.
+/// signed by the cluster's CA, good at both ends of a Raft connection: every node of a
+/// local cluster can use it.
 pub const PEER_CERT: &str = "peer.pem";
 /// Its private key (`peer_tls_key`).
 pub const PEER_KEY: &str = "peer-key.pem";
@@ -49,7 +55,18 @@ pub fn write_dev(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// [`write_dev`] with a validity of its own (tests make expired ones).
 pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime) -> Result<Vec<PathBuf>, String> {
-    let names = [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY, PEER_CERT, PEER_KEY];
+    let names = [
+        CA_CERT,
+        CA_KEY,
+        SERVER_CERT,
+        SERVER_KEY,
+        CLIENT_CERT,
+        CLIENT_KEY,
+        CLUSTER_CA_CERT,
+        CLUSTER_CA_KEY,
+        PEER_CERT,
+        PEER_KEY,
+    ];
     if let Some(existing) = names.iter().map(|name| dir.join(name)).find(|path| path.exists()) {
         return Err(format!("{} exists; remove it or choose another --out", existing.display()));
     }
@@ -85,12 +102,23 @@ pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime
     validity(&mut client);
     let client_cert = client.signed_by(&client_key, &issuer).map_err(failed("client certificate"))?;
 
+    let cluster_ca_key = KeyPair::generate().map_err(failed("cluster CA key"))?;
+    let mut cluster_ca = CertificateParams::new(Vec::<String>::new()).map_err(failed("cluster CA"))?;
+    cluster_ca.distinguished_name.push(DnType::CommonName, "mini-pubsub development cluster CA");
+    cluster_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    cluster_ca.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut cluster_ca);
+    let cluster_ca_cert = cluster_ca.self_signed(&cluster_ca_key).map_err(failed("cluster CA certificate"))?;
+    let (cluster_ca_pem, cluster_ca_key_pem) = (cluster_ca_cert.pem(), cluster_ca_key.serialize_pem());
+    let cluster_issuer = Issuer::new(cluster_ca, cluster_ca_key);
+
     let peer_key = KeyPair::generate().map_err(failed("peer key"))?;
     let mut peer = CertificateParams::new(names).map_err(failed("peer certificate"))?;
     peer.distinguished_name.push(DnType::CommonName, PEER_NAME);
     peer.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut peer);
-    let peer_cert = peer.signed_by(&peer_key, &issuer).map_err(failed("peer certificate"))?;
+    let peer_cert = peer.signed_by(&peer_key, &cluster_issuer).map_err(failed("peer certificate"))?;
 
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let files = [
@@ -100,6 +128,8 @@ pub fn write_dev_valid(dir: &Path, not_before: SystemTime, not_after: SystemTime
         (SERVER_KEY, server_key.serialize_pem(), true),
         (CLIENT_CERT, client_cert.pem(), false),
         (CLIENT_KEY, client_key.serialize_pem(), true),
+        (CLUSTER_CA_CERT, cluster_ca_pem, false),
+        (CLUSTER_CA_KEY, cluster_ca_key_pem, true),
         (PEER_CERT, peer_cert.pem(), false),
         (PEER_KEY, peer_key.serialize_pem(), true),
     ];

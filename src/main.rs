@@ -333,7 +333,7 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
         conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
     });
-    let (serve_peers, connect): (_, mini_pubsub::cluster::Connector) = match peer_tls(cluster)? {
+    let (serve_peers, connect): (_, mini_pubsub::cluster::Connector) = match peer_tls(config)? {
         Some(tls) => {
             let tls = Arc::new(tls);
             server::tls::reload_on_sighup(tls.certificates());
@@ -372,13 +372,20 @@ async fn cluster_run(config: &Config) -> anyhow::Result<server::ClusterRun> {
 
 /// Mutual TLS between the nodes, when `peer_tls_cert`, `peer_tls_key` and `peer_tls_ca` are
 /// set (validation makes it all three or none).
-fn peer_tls(cluster: &config::ClusterSettings) -> anyhow::Result<Option<server::tls::peer::PeerTls>> {
+fn peer_tls(config: &Config) -> anyhow::Result<Option<server::tls::peer::PeerTls>> {
+    let cluster = &config.cluster;
     let (Some(cert), Some(key), Some(ca)) = (&cluster.peer_tls_cert, &cluster.peer_tls_key, &cluster.peer_tls_ca)
     else {
         return Ok(None);
     };
-    let tls =
-        server::tls::peer::PeerTls::load(cert, key, ca).map_err(|e| anyhow::anyhow!("cannot serve peers: {e}"))?;
+    let client_ca = config.server.tls_client_ca.as_deref();
+    let tls = server::tls::peer::PeerTls::load(cert, key, ca, client_ca)
+        .map_err(|e| anyhow::anyhow!("cannot serve peers: {e}"))?;
+    // Every peer's endpoint is built now, so a setting that cannot make one stops the start
+    // here rather than a connection later.
+    for peer in &cluster.peers.0 {
+        tls.endpoint(&peer.addr).map_err(|e| anyhow::anyhow!("cannot call peers: {e}"))?;
+    }
     info!(cert = %cert.display(), ca = %ca.display(), "Raft traffic is mutual TLS with the cluster's CA");
     Ok(Some(tls))
 }

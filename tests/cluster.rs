@@ -770,8 +770,11 @@ async fn with_peer_tls_the_nodes_replicate_over_mutual_tls_and_the_peer_port_ref
     let certs = dir.path().join("certs");
     mini_pubsub::certs::write_dev(&certs).unwrap();
     let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
-    let (cert, key, ca) =
-        (file(mini_pubsub::certs::PEER_CERT), file(mini_pubsub::certs::PEER_KEY), file(mini_pubsub::certs::CA_CERT));
+    let (cert, key, ca) = (
+        file(mini_pubsub::certs::PEER_CERT),
+        file(mini_pubsub::certs::PEER_KEY),
+        file(mini_pubsub::certs::CLUSTER_CA_CERT),
+    );
     let flags = ["--peer-tls-cert", &cert, "--peer-tls-key", &key, "--peer-tls-ca", &ca];
     let (mut nodes, peers, _brokers) = cluster_with(dir.path(), &flags);
     let first = leader(&nodes).await;
@@ -800,6 +803,11 @@ async fn with_peer_tls_the_nodes_replicate_over_mutual_tls_and_the_peer_port_ref
     assert!(vote_reaches_the_service(plaintext).await.is_err(), "plaintext reached the Raft service");
     let anonymous = https().tls_config(trusting.clone()).unwrap();
     assert!(vote_reaches_the_service(anonymous).await.is_err(), "a client without a certificate got in");
+    // The gRPC port's client certificate (another CA: the cluster's is its own) does not either.
+    let client =
+        Identity::from_pem(pem(&file(mini_pubsub::certs::CLIENT_CERT)), pem(&file(mini_pubsub::certs::CLIENT_KEY)));
+    let client = https().tls_config(trusting.clone().identity(client)).unwrap();
+    assert!(vote_reaches_the_service(client).await.is_err(), "a gRPC client certificate got in");
     let other = dir.path().join("other-certs");
     mini_pubsub::certs::write_dev(&other).unwrap();
     let stranger = Identity::from_pem(
@@ -808,4 +816,39 @@ async fn with_peer_tls_the_nodes_replicate_over_mutual_tls_and_the_peer_port_ref
     );
     let stranger = https().tls_config(trusting.identity(stranger)).unwrap();
     assert!(vote_reaches_the_service(stranger).await.is_err(), "another CA's certificate got in");
+}
+
+#[tokio::test]
+async fn a_node_whose_cluster_ca_also_signs_client_certificates_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    mini_pubsub::certs::write_dev(dir.path()).unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let ca = file(mini_pubsub::certs::CA_CERT);
+    let peers = format!("1=127.0.0.1:{}", free_port());
+    let output = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--node-id", "1", "--peers", &peers])
+        .args([
+            "--tls-cert",
+            &file(mini_pubsub::certs::SERVER_CERT),
+            "--tls-key",
+            &file(mini_pubsub::certs::SERVER_KEY),
+        ])
+        .args(["--tls-client-ca", &ca, "--peer-tls-ca", &ca])
+        .args([
+            "--peer-tls-cert",
+            &file(mini_pubsub::certs::PEER_CERT),
+            "--peer-tls-key",
+            &file(mini_pubsub::certs::PEER_KEY),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("node.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = common::KillOnDrop(output);
+    let exit = common::exit_within(&mut child.0, Duration::from_secs(15)).await;
+    let stderr = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(exit.is_some_and(|e| !e.success()), "the node must refuse to start: {exit:?}\n{stderr}");
+    assert!(stderr.contains("peer_tls_ca:") && stderr.contains("the cluster needs a CA of its own"), "{stderr}");
 }

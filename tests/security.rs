@@ -27,7 +27,7 @@ fn sha256_hex(token: &str) -> String {
 /// each principal's token.
 fn config_file(path: &Path, ops_token: &str, shop_token: &str) {
     let text = format!(
-        "[server]\ntokens = \"ops={}, shop={}\"\npermissions = \"admin:*:ops, publish:*:ops, publish:orders.*:shop\"\n",
+        "[server]\ntokens = \"ops={}, shop={}\"\npermissions = \"admin:*:ops, publish:*:ops, subscribe:*:ops, publish:orders.*:shop\"\n",
         sha256_hex(ops_token),
         sha256_hex(shop_token)
     );
@@ -121,6 +121,16 @@ async fn tokens_rotate_when_the_config_file_changes_and_sighup_is_sent_and_a_bad
     let served = serve(&config, false);
     let old = served.client("ops-token-1").await;
     assert_eq!(list_code(&old).await, tonic::Code::Ok);
+    // A stream opened with the old token.
+    old.create_topic("rotation", &mini_pubsub::client::TopicSettings::default()).await.unwrap();
+    let open = |client: Client| async move {
+        let first = pb::SubscribeRequest { topic: "rotation".into(), ..Default::default() };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(first).await.unwrap();
+        let stream = client.pubsub_client().subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        (tx, stream.unwrap().into_inner())
+    };
+    let (_old_tx, mut old_stream) = open(old.clone()).await;
 
     config_file(&config, "ops-token-2", "shop-token-1");
     served.hang_up();
@@ -135,9 +145,21 @@ async fn tokens_rotate_when_the_config_file_changes_and_sighup_is_sent_and_a_bad
     assert_eq!(list_code(&new).await, tonic::Code::Ok, "the new token is let in");
     assert_eq!(list_code(&old).await, tonic::Code::Unauthenticated, "the old token is refused");
     assert!(served.find("SIGHUP: tokens and permissions reloaded").is_some());
+    // The stream opened with the removed token is ended, not left open.
+    let ended = tokio::time::timeout(PROMPT, async {
+        loop {
+            match old_stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return tonic::Code::Ok,
+                Err(status) => return status.code(),
+            }
+        }
+    });
+    assert_eq!(ended.await.expect("the old token's stream ends"), tonic::Code::Unauthenticated);
 
-    // A file that does not parse keeps the tokens in force.
-    std::fs::write(&config, "[server]\ntokens = \"ops=not-a-hash\"\n").unwrap();
+    // A file that does not parse keeps the tokens in force, and its log line does not show
+    // the value (here a token pasted in place of its hash).
+    std::fs::write(&config, "[server]\ntokens = \"ops=s3cret-pasted-raw\"\n").unwrap();
     served.hang_up();
     for _ in 0..100 {
         if served.find("tokens and permissions not reloaded").is_some() {
@@ -146,7 +168,8 @@ async fn tokens_rotate_when_the_config_file_changes_and_sighup_is_sent_and_a_bad
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let kept = served.find("tokens and permissions not reloaded").expect("the failed reload is logged");
-    assert!(kept.contains("tokens"), "{kept}");
+    assert!(kept.contains("tokens must be PRINCIPAL=SHA256HEX"), "{kept}");
+    assert!(!kept.contains("s3cret-pasted-raw"), "the refused token reached the log: {kept}");
     assert_eq!(list_code(&new).await, tonic::Code::Ok, "a bad file keeps the tokens in force");
 }
 

@@ -352,6 +352,9 @@ impl ConnectOptions {
     }
 
     fn credentials(&self) -> Credentials {
+        if self.authorization.is_some() && self.tls.is_none() {
+            tracing::warn!("the bearer token travels in plaintext: anyone on the path can read it; connect over https");
+        }
         Credentials { authorization: self.authorization.clone() }
     }
 }

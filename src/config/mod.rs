@@ -37,6 +37,9 @@ pub const CONFIG_FILE_ENV: &str = "MINI_PUBSUB_CONFIG";
 /// The largest configuration file read, in bytes.
 const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
+/// Settings whose value a refusal never shows.
+const SECRET_SETTINGS: [&str; 1] = ["tokens"];
+
 /// Everything the `serve` command needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -574,14 +577,19 @@ impl Loaded {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.config.validate().map_err(|error| match &error {
             ConfigError::Invalid { key, allowed } => match SETTINGS.iter().position(|s| s.name == key) {
-                Some(i) => ConfigError::Invalid {
-                    key: key.clone(),
-                    allowed: format!(
-                        "{allowed}; it is {} (from {})",
-                        (SETTINGS[i].show)(&self.config),
-                        self.sources[i]
-                    ),
-                },
+                Some(i) => {
+                    // `tokens` holds hashes, but a token pasted in place of its hash is a
+                    // secret: a refusal (logged at start and on SIGHUP) never shows it.
+                    let value = if SECRET_SETTINGS.contains(&key.as_str()) {
+                        "not shown (it may hold a secret)".to_string()
+                    } else {
+                        (SETTINGS[i].show)(&self.config)
+                    };
+                    ConfigError::Invalid {
+                        key: key.clone(),
+                        allowed: format!("{allowed}; it is {value} (from {})", self.sources[i]),
+                    }
+                }
                 None => error,
             },
             _ => error,

@@ -186,6 +186,14 @@ fn cluster_refusal(settings: &[(&'static str, &str)]) -> String {
 }
 
 #[test]
+fn a_refused_tokens_setting_never_shows_its_value() {
+    let loaded = Loaded::load(None, [], [flag("tokens", "ops=s3cret-pasted-in-place-of-its-hash")]).unwrap();
+    let refused = loaded.validate().unwrap_err().to_string();
+    assert!(refused.starts_with("invalid configuration: tokens must be PRINCIPAL=SHA256HEX"), "{refused}");
+    assert!(!refused.contains("s3cret"), "{refused}");
+}
+
+#[test]
 fn a_cluster_is_configured_in_the_file_the_environment_or_flags_like_any_setting() {
     let (_dir, path) = file("[cluster]\nnode_id = 2\npeers = \"1=127.0.0.1:7001, 2=127.0.0.1:7002,3=node-c:7003\"\n");
     let loaded = Loaded::load(Some(&path), env(&[("MINI_PUBSUB_PEER_LISTEN", "0.0.0.0:7002")]), []).unwrap();

@@ -175,6 +175,8 @@ pub struct Access {
     policy: RwLock<Arc<Policy>>,
     client_certificates: bool,
     refusals: Arc<Refusals>,
+    /// Counts the reloads, so open streams check their credential again after one.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl Access {
@@ -186,7 +188,8 @@ impl Access {
             grants: Grants { grants: Some(Vec::new()) },
             auth: Authenticator::new(Vec::new(), client_certificates),
         });
-        Self { policy: RwLock::new(Arc::new(policy)), client_certificates, refusals }
+        let (reloads, _) = tokio::sync::watch::channel(0);
+        Self { policy: RwLock::new(Arc::new(policy)), client_certificates, refusals, reloads }
     }
 
     fn policy_of(config: &super::ServerConfig, client_certificates: bool) -> Result<Policy, String> {
@@ -202,9 +205,25 @@ impl Access {
     pub fn reload(&self, config: &super::ServerConfig) -> Result<(usize, usize), String> {
         let policy = Self::policy_of(config, self.client_certificates)?;
         let counts = (policy.auth.as_ref().map_or(0, Authenticator::token_count), policy.grants.count());
-        let mut current = self.policy.write().map_err(|_| "the policy lock is poisoned".to_string())?;
-        *current = Arc::new(policy);
+        {
+            let mut current = self.policy.write().map_err(|_| "the policy lock is poisoned".to_string())?;
+            *current = Arc::new(policy);
+        }
+        self.reloads.send_modify(|n| *n += 1);
         Ok(counts)
+    }
+
+    /// A guard for a stream opened by `request`: it resolves when a reload took away the
+    /// stream's credential (or its grant), so the stream can be ended.
+    pub fn guard<T>(self: &Arc<Self>, request: &Request<T>) -> StreamGuard {
+        let peer = request.extensions().get::<super::auth::Peer>();
+        StreamGuard {
+            access: self.clone(),
+            authorization: request.metadata().get("authorization").cloned(),
+            identity: peer.and_then(|peer| peer.identity.clone()),
+            addr: peer.and_then(|peer| peer.addr),
+            reloads: self.reloads.subscribe(),
+        }
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -256,6 +275,8 @@ impl Access {
             return Ok(());
         }
         let who = principal.map_or(ANONYMOUS, |p| p.name.as_str());
+        // The name is not validated yet: shown escaped and cut, so it cannot forge log lines.
+        let name = shown_name(name);
         let status = Status::permission_denied(format!(
             "principal `{who}` may not {} {what} `{name}`: no `{}` grant matches it",
             match permission {
@@ -286,6 +307,59 @@ impl Access {
         ));
         self.refusals.refused(who, Reason::NoClusterGrant, principal.and_then(|p| p.peer), status.message());
         Err(status)
+    }
+}
+
+/// What a stream was opened with, checked again after every reload of tokens and grants:
+/// a stream whose token was removed, or whose principal lost its grant, is ended, as NATS
+/// closes the connections of a user a reload removed.
+#[derive(Debug)]
+pub struct StreamGuard {
+    access: Arc<Access>,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    identity: Option<Arc<str>>,
+    addr: Option<std::net::SocketAddr>,
+    reloads: tokio::sync::watch::Receiver<u64>,
+}
+
+impl StreamGuard {
+    /// Resolves, after a reload, with the status to end the stream with when its credential
+    /// is no longer let in, or (given `grant`: permission, resource kind, name) no longer
+    /// holds that grant. Never resolves otherwise. Cancel-safe.
+    pub async fn revoked(&mut self, grant: Option<(Permission, &str, &str)>) -> Status {
+        // One pass per reload, for as long as the stream lives.
+        loop {
+            if self.reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Some(value) = &self.authorization {
+                metadata.insert("authorization", value.clone());
+            }
+            let principal = match self.access.authenticate(&metadata, self.identity.as_deref(), self.addr) {
+                Ok(principal) => principal.map(|p| Principal { peer: self.addr, ..p }),
+                Err(status) => return status,
+            };
+            if let Some((permission, what, name)) = grant {
+                if let Err(status) = self.access.check(principal.as_ref(), permission, what, name) {
+                    return status;
+                }
+            }
+        }
+    }
+}
+
+/// The most characters of a refused name a refusal shows.
+const SHOWN_NAME_CHARS: usize = 256;
+
+/// `name` as a refusal shows it: escaped (no newline or control character reaches a log
+/// line) and cut at [`SHOWN_NAME_CHARS`].
+fn shown_name(name: &str) -> String {
+    let shown: String = name.chars().take(SHOWN_NAME_CHARS).flat_map(char::escape_debug).collect();
+    if name.chars().count() > SHOWN_NAME_CHARS {
+        format!("{shown}...")
+    } else {
+        shown
     }
 }
 
@@ -334,6 +408,10 @@ mod tests {
         assert!(!access.allows(shop.as_ref(), Permission::Subscribe, "orders-audit-2"), "exact");
         let ops = Some(Principal::new("ops"));
         assert!(access.allows(ops.as_ref(), Permission::Admin, "anything"));
+        let forged = access.check(shop.as_ref(), Permission::Admin, "topic", "a\nWARN forged").unwrap_err();
+        assert!(forged.message().contains("`a\\nWARN forged`"), "{}", forged.message());
+        let long = access.check(shop.as_ref(), Permission::Admin, "topic", &"x".repeat(10_000)).unwrap_err();
+        assert!(long.message().len() < 400, "{}", long.message().len());
         assert!(access.check_everything(ops.as_ref()).is_ok());
         assert!(access.check_everything(shop.as_ref()).is_err());
         assert!(access.allows(None, Permission::Subscribe, "public.news"));

@@ -111,12 +111,15 @@ pub fn parse_tokens(text: &str) -> Result<Vec<TokenHash>, String> {
 
 /// An item as an error may show it: the principal and the first hex digits only, so a
 /// token pasted by mistake in place of its hash is not printed whole.
+/// What an error may show of a `tokens` item: its principal only, never what follows the
+/// `=` (a token pasted in place of its hash must not reach a log line).
 fn shown(item: &str) -> String {
-    let cut: String = item.chars().take(24).collect();
-    if cut.len() < item.len() {
-        format!("{cut}...")
-    } else {
-        cut
+    match item.split_once('=') {
+        Some((principal, _)) => {
+            let principal: String = principal.trim().chars().take(64).collect();
+            format!("{principal}=(hidden)")
+        }
+        None => "(an item without `=`, hidden)".to_string(),
     }
 }
 

@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
-use super::access::{principal_of, Access, Permission};
+use super::access::{principal_of, Access, Permission, StreamGuard};
 use super::driver::{unexpected, DriverHandle, Link, PublishChain, ResponseTx, StreamSink};
 use super::metrics::LatencyTimer;
 use super::ServerConfig;
@@ -115,6 +115,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         // Each batch is checked against the principal the stream opened as.
         let allowed = Allowed { access: self.access.clone(), principal: principal_of(&request) };
+        let mut guard = self.access.guard(&request);
         let mut inbound = request.into_inner();
         let (responses, rx) = mpsc::channel(self.publish_window);
         let (driver, window) = (self.driver.clone(), self.publish_window);
@@ -160,6 +161,11 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                             reading = false;
                             stopped = true;
                         }
+                        // A reload took the stream's token away: it ends, answered or not.
+                        status = guard.revoked(None) => {
+                            let _ = responses.send(Err(status)).await;
+                            return;
+                        }
                         next = inbound.message(), if room => match next {
                             Ok(Some(request)) => {
                                 let (sequence, start) = (request.sequence, latency.as_ref().map(LatencyTimer::start));
@@ -194,6 +200,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = principal_of(&request);
+        let guard = self.access.guard(&request);
         let mut inbound = request.into_inner();
         let Some(mut first) = inbound.message().await? else {
             return Err(Status::invalid_argument(
@@ -201,14 +208,12 @@ impl pb::pub_sub_server::PubSub for PubSubService {
             ));
         };
         let (target, flow) = wire::stream_open(&first)?;
-        match &target {
-            StreamTarget::Subscription(name) => {
-                self.access.check(principal.as_ref(), Permission::Subscribe, "subscription", name)?;
-            }
-            StreamTarget::Topic { topic, .. } => {
-                self.access.check(principal.as_ref(), Permission::Subscribe, "topic", topic)?;
-            }
-        }
+        let resource = match &target {
+            StreamTarget::Subscription(name) => ("subscription", name.clone()),
+            StreamTarget::Topic { topic, .. } => ("topic", topic.clone()),
+        };
+        self.access.check(principal.as_ref(), Permission::Subscribe, resource.0, &resource.1)?;
+        let revoked = Revocation { guard, what: resource.0, name: resource.1 };
         let ops = wire::stream_ack_ops(&mut first)?;
         let session_timeout_ms = wire::session_timeout_ms(&first);
         let client_id = wire::client_id(&first);
@@ -231,7 +236,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                 Ok(stream) => {
                     let _ = opened_tx.send(Ok(()));
                     let span = info_span!("subscribe", %stream);
-                    pump(inbound, driver, stream, responses, end_rx, leaving).instrument(span).await;
+                    pump(inbound, driver, stream, responses, end_rx, leaving, revoked).instrument(span).await;
                 }
                 Err(status) => {
                     let _ = opened_tx.send(Err(status));
@@ -320,6 +325,7 @@ async fn pump(
     responses: ResponseTx,
     mut end: oneshot::Receiver<Status>,
     leaving: bool,
+    mut revocation: Revocation,
 ) {
     if leaving {
         return leave(&driver, stream).await;
@@ -330,6 +336,7 @@ async fn pump(
             biased;
             status = &mut end => break status.ok(),
             () = responses.closed() => break None,
+            status = revocation.revoked() => break Some(status),
             request = inbound.message(), if !half_closed => match request {
                 Ok(Some(mut request)) => {
                     let applied = match wire::stream_ack_ops(&mut request) {
@@ -367,6 +374,20 @@ async fn pump(
         let _ = tokio::time::timeout(FINAL_STATUS_WAIT, responses.send(Err(status))).await;
     }
     let _ = driver.handle(Command::CloseStream { stream }).await;
+}
+
+/// What a Subscribe stream is checked against after a reload of tokens and grants: its
+/// credential, and its `subscribe` grant on the subscription (or topic) it opened.
+struct Revocation {
+    guard: StreamGuard,
+    what: &'static str,
+    name: String,
+}
+
+impl Revocation {
+    async fn revoked(&mut self) -> Status {
+        self.guard.revoked(Some((Permission::Subscribe, self.what, &self.name))).await
+    }
 }
 
 /// True when a later request arrived but could not be read as a `SubscribeRequest`: the

@@ -6,7 +6,9 @@
 //!
 //! Both tables are bounded: past [`SERIES_MAX`] principal-and-reason pairs, new principals
 //! are counted as [`OTHER_PRINCIPAL`]; past [`ADDRESSES_MAX`] addresses in the log table,
-//! a new address's lines are suppressed (and counted) until an old one ages out.
+//! a new address's lines are suppressed (and counted) until an old one ages out, and an
+//! entry ages out [`LOG_INTERVAL`] after its line, whatever it suppressed since (that count
+//! goes into the next line). IPv6 addresses are limited by their /64.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -78,8 +80,11 @@ struct Logged {
 struct Tables {
     counts: BTreeMap<(String, Reason), u64>,
     logged: BTreeMap<Option<IpAddr>, Logged>,
-    /// Lines suppressed because the address table was full.
+    /// Lines suppressed because the address table was full, or counted in entries that
+    /// aged out of it: told in the next line written.
     overflow: u64,
+    /// When the full address table is scanned for entries to drop next.
+    evict_at: u64,
 }
 
 /// The refusals of one server: counts and the log's rate limit.
@@ -152,6 +157,7 @@ impl Refusals {
 impl Tables {
     /// Whether `ip`'s line is written at `now`, updating its entry.
     fn line_for(&mut self, ip: Option<IpAddr>, now: u64) -> Line {
+        let ip = ip.map(grouped);
         if let Some(entry) = self.logged.get_mut(&ip) {
             if now.saturating_sub(entry.at_ms) < LOG_INTERVAL_MS {
                 entry.suppressed += 1;
@@ -161,15 +167,40 @@ impl Tables {
             entry.at_ms = now;
             return Line::Written { suppressed };
         }
+        if self.logged.len() >= ADDRESSES_MAX && now >= self.evict_at {
+            // The entries whose interval is over go, their suppressed lines counted in the
+            // next line written; the scan runs again only once another entry can go.
+            let (mut oldest_kept, mut folded) = (u64::MAX, 0);
+            self.logged.retain(|_, entry| {
+                let keep = now.saturating_sub(entry.at_ms) < LOG_INTERVAL_MS;
+                if keep {
+                    oldest_kept = oldest_kept.min(entry.at_ms);
+                } else {
+                    folded += entry.suppressed;
+                }
+                keep
+            });
+            self.overflow += folded;
+            self.evict_at = oldest_kept.saturating_add(LOG_INTERVAL_MS);
+        }
         if self.logged.len() >= ADDRESSES_MAX {
-            self.logged.retain(|_, entry| now.saturating_sub(entry.at_ms) < LOG_INTERVAL_MS || entry.suppressed > 0);
-            if self.logged.len() >= ADDRESSES_MAX {
-                self.overflow += 1;
-                return Line::Suppressed;
-            }
+            self.overflow += 1;
+            return Line::Suppressed;
         }
         self.logged.insert(ip, Logged { at_ms: now, suppressed: 0 });
         Line::Written { suppressed: std::mem::take(&mut self.overflow) }
+    }
+}
+
+/// The address a rate limit applies to: an IPv4 address, or an IPv6 address's /64 (one
+/// host usually has a whole /64 to pick addresses from).
+fn grouped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
     }
 }
 
@@ -238,15 +269,25 @@ mod tests {
         assert!(counts.contains(&(OTHER_PRINCIPAL.to_string(), "no_admin_grant", 10)), "{:?}", counts.last());
 
         let refusals = Refusals::new(clock.clone());
+        // Every address of the table refused twice: each entry holds a suppressed line.
         for n in 0..ADDRESSES_MAX {
             let ip = IpAddr::from(u32::try_from(n).unwrap().to_be_bytes());
-            refusals.refused("p", Reason::NoAdminGrant, Some(SocketAddr::new(ip, 1)), "m");
+            for _ in 0..2 {
+                refusals.refused("p", Reason::NoAdminGrant, Some(SocketAddr::new(ip, 1)), "m");
+            }
         }
         let late = Some(SocketAddr::from(([192, 168, 0, 1], 1)));
         assert_eq!(refusals.refused("p", Reason::NoAdminGrant, late, "m"), Line::Suppressed, "the table is full");
         clock.0.store(LOG_INTERVAL_MS, Ordering::Relaxed);
-        // The old entries aged out; the suppressed line is counted in the next one.
-        assert_eq!(refusals.refused("p", Reason::NoAdminGrant, late, "m"), Line::Written { suppressed: 1 });
-        assert!(refusals.tables.lock().unwrap().logged.len() <= ADDRESSES_MAX);
+        // The old entries aged out although they held suppressed lines; those, and the late
+        // address's, are counted in the next line.
+        let expected = u64::try_from(ADDRESSES_MAX).unwrap() + 1;
+        assert_eq!(refusals.refused("p", Reason::NoAdminGrant, late, "m"), Line::Written { suppressed: expected });
+        assert_eq!(refusals.tables.lock().unwrap().logged.len(), 1);
+
+        // The addresses of one IPv6 /64 share a limit.
+        let v6 = |last: u16| Some(SocketAddr::from(([0x2001, 0xdb8, 0, 1, 0, 0, 0, last], 1)));
+        assert!(matches!(refusals.refused("p", Reason::NoAdminGrant, v6(1), "m"), Line::Written { .. }));
+        assert_eq!(refusals.refused("p", Reason::NoAdminGrant, v6(2), "m"), Line::Suppressed);
     }
 }

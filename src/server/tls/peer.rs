@@ -1,7 +1,9 @@
 //! Mutual TLS between a cluster's nodes (`peer_tls_cert`, `peer_tls_key`, `peer_tls_ca`).
 //!
 //! Both ends of every Raft connection present a certificate signed by the cluster's CA and
-//! check the other's against it: the peer port refuses, in the handshake, a client without
+//! check the other's against it. The cluster's CA must be its own: a node refuses to start
+//! when the gRPC port's client CA holds it too, since any client certificate could then
+//! talk Raft. the peer port refuses, in the handshake, a client without
 //! one (or with one from another CA), and a node calling a peer checks that the peer's
 //! certificate names the host it dialled (a DNS name or an IP address in its SANs). The
 //! port's certificate is read again on SIGHUP, for new connections; the one a node presents
@@ -18,6 +20,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
 use super::{read_pem, roots, Certificates, Conn, Connections, TlsIncoming};
 use crate::server::auth::{IdentityField, Peer};
 use crate::server::conn::{Admitted, Admitting};
@@ -25,8 +30,9 @@ use crate::server::conn::{Admitted, Admitting};
 /// The most connections a peer port holds at once (a cluster has at most 7 nodes, each
 /// with a channel or two to every other); more are closed as they are accepted.
 pub const PEER_CONNECTIONS_MAX: usize = 64;
-/// How long a peer's TLS handshake may take.
-pub const PEER_HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a peer's TLS handshake may take: short, so that clients that stall their
+/// handshakes cannot hold the port's connections for long.
+pub const PEER_HANDSHAKE: Duration = Duration::from_secs(3);
 
 /// A node's TLS for Raft traffic: the acceptor of its peer port and the client
 /// configuration of its calls to peers.
@@ -45,8 +51,23 @@ impl std::fmt::Debug for PeerTls {
 impl PeerTls {
     /// Reads the node's certificate chain and key and the cluster's CA (PEM); the error
     /// names the setting and the file at fault.
-    pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, String> {
+    /// Refused when `client_ca` (the gRPC port's `tls_client_ca`) holds a certificate of
+    /// `ca`: every client certificate would then be let into the Raft port.
+    pub fn load(cert: &Path, key: &Path, ca: &Path, client_ca: Option<&Path>) -> Result<Self, String> {
         let certificates = Arc::new(Certificates::load_as(cert, key, ("peer_tls_cert", "peer_tls_key"))?);
+        if let Some(client_ca) = client_ca {
+            let clients = read_pem(client_ca, "tls_client_ca")?;
+            let clients: Vec<_> = CertificateDer::pem_slice_iter(&clients).filter_map(Result::ok).collect();
+            let cluster = read_pem(ca, "peer_tls_ca")?;
+            if CertificateDer::pem_slice_iter(&cluster).filter_map(Result::ok).any(|c| clients.contains(&c)) {
+                return Err(format!(
+                    "peer_tls_ca: {} holds a CA that tls_client_ca ({}) holds too; the cluster needs a CA of its own, \
+                     or every client certificate could talk Raft to this node (mini-pubsub certs dev writes cluster-ca.pem)",
+                    ca.display(),
+                    client_ca.display()
+                ));
+            }
+        }
         let roots = Arc::new(roots(ca, "peer_tls_ca")?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
