@@ -185,7 +185,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => args.clone().load().and_then(|loaded| {
             init_logging(loaded.config.log_format, &loaded.config.log_filter);
-            runtime()?.block_on(serve(loaded, args))
+            server_runtime(loaded.config.worker_threads)?.block_on(serve(loaded, args))
         }),
         Command::Config(ConfigCommand::Print(args)) => args.load().map(|loaded| print!("{}", loaded.describe())),
         Command::DevCluster(args) => runtime().and_then(|runtime| runtime.block_on(args.run(shutdown_signal()))),
@@ -212,6 +212,15 @@ fn main() -> ExitCode {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The server's runtime: `worker_threads` threads, or one per core when 0.
+fn server_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 /// Log lines go to standard error, filtered by `log_filter` (RUST_LOG syntax), as readable

@@ -37,6 +37,9 @@ pub const CONFIG_FILE_ENV: &str = "MINI_PUBSUB_CONFIG";
 /// The largest configuration file read, in bytes.
 const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
+/// The most `worker_threads`.
+const WORKER_THREADS_MAX: usize = 1024;
+
 /// Settings whose value a refusal never shows.
 const SECRET_SETTINGS: [&str; 1] = ["tokens"];
 
@@ -53,6 +56,8 @@ pub struct Config {
     pub record: Option<PathBuf>,
     /// The flight recording's bound in bytes.
     pub record_max_bytes: u64,
+    /// Threads of the runtime that serves gRPC and runs the driver; 0: one per core.
+    pub worker_threads: usize,
     /// How log lines are written to standard error: pretty (the default) or JSON lines.
     pub log_format: LogFormat,
     /// A `tracing` filter (`RUST_LOG` syntax): `info`, `mini_pubsub=debug,tower=warn`, ...
@@ -291,6 +296,7 @@ impl Default for Config {
             metrics_tls: false,
             record: None,
             record_max_bytes: crate::record::RECORD_MAX_BYTES_DEFAULT,
+            worker_threads: 0,
             log_format: LogFormat::Pretty,
             // openraft writes a line at info for every vote and heartbeat round trip.
             log_filter: "info,openraft=warn".to_string(),
@@ -373,6 +379,9 @@ impl Config {
         }
         if storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "a directory path"));
+        }
+        if self.worker_threads > WORKER_THREADS_MAX {
+            return Err(invalid("worker_threads", "0 (one per core) to 1024"));
         }
         if self.record_max_bytes < crate::record::RECORD_MAX_BYTES_MIN {
             return Err(invalid("record_max_bytes", "at least 8388608 (8 MiB)"));

@@ -267,6 +267,8 @@ settings! {
         "Record every command the broker applies into this directory (a flight recording, replayed by mini-pubsub-sim replay DIR); empty (the default) records nothing.";
     Server record_max_bytes: u64 = record_max_bytes,
         "The flight recording's bound in bytes; past it its oldest segments are removed (at least 8388608).";
+    Server worker_threads: usize = worker_threads,
+        "Threads that serve gRPC and run the broker's driver; 0 (the default) is one per core. On a machine whose cores the clients share, 1 saves waking a second thread for each delivery (perf log 14).";
     Log log_format: LogFormat = log_format,
         "How log lines are written to standard error: pretty or json (one object per line).";
     Log log_filter: String = log_filter,

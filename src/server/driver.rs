@@ -384,11 +384,13 @@ impl Driver {
             // Biased, in this order, so that a run replays (an unbiased select picks at random,
             // from a seed tokio draws per process): the timers first, which are ready only
             // when due, so the jobs never starve them.
+            let mut turn = None;
             tokio::select! {
                 biased;
                 () = tokio::time::sleep(wait) => self.handle_timers(),
                 job = jobs.recv() => {
                     let Some(job) = job else { break };
+                    turn = super::stages::turn_started();
                     if self.run_job(job) {
                         return;
                     }
@@ -402,7 +404,14 @@ impl Driver {
             }
             self.propose_decided();
             self.commit().await;
+            if let Some(turn) = &mut turn {
+                turn.committed();
+            }
+            let delivered = turn.is_some() && self.outbox.iter().any(|o| matches!(o, Output::Deliver { .. }));
             self.flush();
+            if let Some(turn) = turn {
+                turn.flushed(delivered);
+            }
             if let Some(recorder) = &mut self.checks.recorder {
                 recorder.turn_ended(&self.broker);
             }
@@ -760,10 +769,13 @@ impl Driver {
         let sent = if sink.responses.is_closed() {
             Err(mpsc::error::TrySendError::Closed(()))
         } else if sink.responses.capacity() > 1 {
-            sink.responses.try_send(Ok(response)).map_err(|e| match e {
+            let queueing = super::stages::queueing();
+            let sent = sink.responses.try_send(Ok(response)).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
                 mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-            })
+            });
+            super::stages::queued(queueing);
+            sent
         } else {
             Err(mpsc::error::TrySendError::Full(()))
         };

@@ -11,6 +11,7 @@ pub mod metrics;
 mod observer;
 mod pubsub;
 pub mod refusals;
+pub mod stages;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -580,6 +581,7 @@ where
     }
     // In-flight requests are done: sync what was written and save the offsets.
     last_call.stop().await;
+    stages::write_summary();
     info!("stopped");
     if raft_stopped.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ServerError::RaftStopped);

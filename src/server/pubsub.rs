@@ -86,6 +86,7 @@ fn stream_answer(sequence: u64, answer: Result<Answer, Status>) -> pb::PublishSt
 impl pb::pub_sub_server::PubSub for PubSubService {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let start = self.publish_latency.as_ref().map(LatencyTimer::start);
+        super::stages::arrived();
         let denied = self.access.check_request(&request, Permission::Publish, "topic", |r| &r.topic);
         if let Err(status) = denied {
             if self.config.broker.mutated(crate::core::Mutation::DeniedPublishStored) {
@@ -168,6 +169,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                         }
                         next = inbound.message(), if room => match next {
                             Ok(Some(request)) => {
+                                super::stages::arrived();
                                 let (sequence, start) = (request.sequence, latency.as_ref().map(LatencyTimer::start));
                                 let link = Link { chain: chain.clone(), sequence };
                                 unanswered.push_back((sequence, start, submit_batch(&driver, request, link, &allowed).await));
@@ -244,7 +246,13 @@ impl pb::pub_sub_server::PubSub for PubSubService {
             }
         });
         opened_rx.await.map_err(|_| Status::unavailable("the broker is shutting down"))??;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |response| {
+            if matches!(&response, Ok(r) if !r.received_messages.is_empty()) {
+                super::stages::polled();
+            }
+            response
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<pb::PullResponse>, Status> {
