@@ -370,6 +370,9 @@ pub fn http1_acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, St
 const HTTPS_CONNECTIONS_MAX: usize = 256;
 /// How long a metrics client has for its TLS handshake.
 const HTTPS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a metrics connection may go without reading or writing a byte before it is
+/// closed, so idle clients cannot hold the endpoint's connections (a scrape takes a moment).
+const HTTPS_IDLE: Duration = Duration::from_secs(60);
 
 /// A TCP listener whose connections are served once their TLS handshake is done (each
 /// handshake beside the others, bounded in time and count), for axum.
@@ -398,7 +401,7 @@ impl HttpsListener {
 }
 
 impl axum::serve::Listener for HttpsListener {
-    type Io = HttpsStream;
+    type Io = Idle<HttpsStream>;
     type Addr = Option<SocketAddr>;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -408,7 +411,7 @@ impl axum::serve::Listener for HttpsListener {
             match self.secured.next().await {
                 Some(Ok((tls, _))) => {
                     let addr = remote_addr(tls.get_ref().0);
-                    return (tls, addr);
+                    return (Idle::new(tls, HTTPS_IDLE), addr);
                 }
                 Some(Err(error)) => tracing::debug!(%error, "a metrics connection failed"),
                 None => std::future::pending::<()>().await,
@@ -421,5 +424,87 @@ impl axum::serve::Listener for HttpsListener {
             Ok(addr) => Ok(Some(*addr)),
             Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
         }
+    }
+}
+
+/// A connection closed (its reads fail with `TimedOut`) once it has gone `limit` without
+/// reading or writing a byte.
+pub struct Idle<S> {
+    inner: S,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Idle<S> {
+    /// `inner`, closed after `limit` without progress.
+    pub fn new(inner: S, limit: Duration) -> Self {
+        Self { inner, limit, timer: Box::pin(tokio::time::sleep(limit)) }
+    }
+
+    fn progressed(&mut self) {
+        self.timer = Box::pin(tokio::time::sleep(self.limit));
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(read) => {
+                self.progressed();
+                Poll::Ready(read)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle for too long"))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if written.is_ready() {
+            self.progressed();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_its_limit_and_traffic_keeps_it_open() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut idle = Idle::new(near, Duration::from_secs(60));
+        let mut byte = [0u8; 1];
+        // Traffic every 50 s keeps it open past the limit.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            far.write_all(b"x").await.unwrap();
+            idle.read_exact(&mut byte).await.unwrap();
+        }
+        // Then silence: closed a whole limit after the last byte, not at once.
+        let clock = crate::env::TokioClock::new();
+        let before = crate::env::Clock::now_ms(&clock);
+        let read = tokio::time::timeout(Duration::from_secs(120), idle.read(&mut byte)).await;
+        let read = read.expect("closed within its limit");
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(crate::env::Clock::now_ms(&clock) - before, 60_000);
     }
 }
