@@ -9,9 +9,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{channel, subscribe, KillOnDrop, PROMPT};
+use common::{channel, http_get as get, sample as value, subscribe, KillOnDrop};
 use mini_pubsub::wire::pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a series may take to show a change: the driver exports once a second.
 const EXPORTED: Duration = Duration::from_secs(5);
@@ -127,12 +126,6 @@ fn addresses(child: &mut std::process::Child) -> (SocketAddr, SocketAddr) {
     panic!("no gRPC and metrics addresses in {seen:#?}");
 }
 
-/// The value of the sample line `series value` in Prometheus text.
-fn value(text: &str, series: &str) -> Option<f64> {
-    let prefix = format!("{series} ");
-    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
-}
-
 async fn wait_for(addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
     wait_within(EXPORTED, addr, done).await
 }
@@ -151,19 +144,4 @@ async fn wait_within(limit: Duration, addr: SocketAddr, done: impl Fn(&str) -> b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("not within {limit:?}; the last scrape:\n{text}");
-}
-
-/// A plain HTTP/1.1 GET; returns the status line and the body.
-async fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let exchange = async {
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        conn.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).await.unwrap();
-        response
-    };
-    let response = tokio::time::timeout(PROMPT, exchange).await.expect("an HTTP answer");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {response:?}"));
-    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
 }

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{KillOnDrop, PROMPT};
+use common::{http_get, sample, KillOnDrop, PROMPT};
 use mini_pubsub::client::{Client, ConnectOptions};
 use mini_pubsub::wire::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +32,16 @@ fn config_file(path: &Path, ops_token: &str, shop_token: &str) {
         sha256_hex(shop_token)
     );
     std::fs::write(path, text).unwrap();
+}
+
+/// The binary serving in-memory on a configuration file `config_file` writes (with those
+/// two tokens), and the directory holding the file.
+fn serve_tokens(ops_token: &str, shop_token: &str, metrics: bool) -> (tempfile::TempDir, std::path::PathBuf, Served) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mini-pubsub.toml");
+    config_file(&config, ops_token, shop_token);
+    let served = serve(&config, metrics);
+    (dir, config, served)
 }
 
 /// The binary serving in-memory on `config`, its log lines gathered as they come.
@@ -115,10 +125,7 @@ async fn list_code(client: &Client) -> tonic::Code {
 
 #[tokio::test]
 async fn tokens_rotate_when_the_config_file_changes_and_sighup_is_sent_and_a_bad_file_keeps_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mini-pubsub.toml");
-    config_file(&config, "ops-token-1", "shop-token-1");
-    let served = serve(&config, false);
+    let (_dir, config, served) = serve_tokens("ops-token-1", "shop-token-1", false);
     let old = served.client("ops-token-1").await;
     assert_eq!(list_code(&old).await, tonic::Code::Ok);
     // A stream opened with the old token.
@@ -175,10 +182,7 @@ async fn tokens_rotate_when_the_config_file_changes_and_sighup_is_sent_and_a_bad
 
 #[tokio::test]
 async fn the_cli_sends_its_token_from_the_flag_or_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mini-pubsub.toml");
-    config_file(&config, "ops-token", "shop-token");
-    let served = serve(&config, false);
+    let (_dir, _config, served) = serve_tokens("ops-token", "shop-token", false);
     let server = format!("http://{}", served.grpc);
     let cli = |args: &[&str], token: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mini-pubsub"));
@@ -208,31 +212,23 @@ async fn the_cli_sends_its_token_from_the_flag_or_the_environment() {
     assert!(stderr.contains("token") && !stderr.contains("two words"), "{stderr}");
 }
 
-/// The value of the sample line `series value` in Prometheus text.
-fn value(text: &str, series: &str) -> Option<f64> {
-    let prefix = format!("{series} ");
-    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
-}
-
-/// A plain HTTP/1.1 GET of `/metrics`.
-async fn scrape(addr: SocketAddr) -> String {
+/// What the port at `addr` sends back to a plain HTTP GET of `/metrics`, whatever it is
+/// (a TLS port sends an alert or closes; a failed read ends what was read).
+async fn plain_get(addr: SocketAddr) -> String {
     let exchange = async {
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         conn.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).await.unwrap();
-        response
+        let mut response = Vec::new();
+        let _ = conn.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).to_string()
     };
-    tokio::time::timeout(PROMPT, exchange).await.expect("an HTTP answer")
+    tokio::time::timeout(PROMPT, exchange).await.expect("the port answers or closes")
 }
 
 #[tokio::test]
 async fn refusals_are_counted_per_principal_and_reason_and_a_burst_is_one_log_line_with_the_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mini-pubsub.toml");
-    config_file(&config, "ops-token", "shop-token");
-    let served = serve(&config, true);
+    let (_dir, _config, served) = serve_tokens("ops-token", "shop-token", true);
     let guesser = served.client("guessed-token-123").await;
     for _ in 0..30 {
         assert_eq!(list_code(&guesser).await, tonic::Code::Unauthenticated);
@@ -248,14 +244,14 @@ async fn refusals_are_counted_per_principal_and_reason_and_a_burst_is_one_log_li
     let mut text = String::new();
     // Bounded: the counters are exported once a second.
     for _ in 0..50 {
-        text = scrape(metrics).await;
-        if value(&text, unknown).is_some() && value(&text, no_grant).is_some() {
+        text = http_get(metrics, "/metrics").await.1;
+        if sample(&text, unknown).is_some() && sample(&text, no_grant).is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(value(&text, unknown), Some(30.0), "{text}");
-    assert_eq!(value(&text, no_grant), Some(1.0), "{text}");
+    assert_eq!(sample(&text, unknown), Some(30.0), "{text}");
+    assert_eq!(sample(&text, no_grant), Some(1.0), "{text}");
 
     // One line for the burst of 30 and for the denial (both from 127.0.0.1, so the denial
     // falls in the burst's interval), each naming the peer, none the token.
@@ -306,6 +302,6 @@ async fn with_metrics_tls_the_metrics_are_served_over_https_with_the_grpc_ports_
     assert!(response.contains("# TYPE mini_pubsub_open_streams gauge"), "{response}");
 
     // Plain HTTP on the same port gets no metrics.
-    let plain = tokio::time::timeout(PROMPT, scrape(metrics)).await.expect("the port answers or closes");
+    let plain = plain_get(metrics).await;
     assert!(!plain.contains("mini_pubsub_"), "{plain}");
 }

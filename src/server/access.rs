@@ -233,8 +233,9 @@ impl Access {
         }
     }
 
-    /// The principal of a request with `metadata` from `addr` whose certificate named
-    /// `identity`: `None` when no credential is configured and nothing is checked.
+    /// The principal (from `addr`) of a request with `metadata` from `addr` whose
+    /// certificate named `identity`: `None` when no credential is configured and nothing is
+    /// checked.
     /// UNAUTHENTICATED (counted and logged) when a credential is needed and missing or
     /// wrong.
     pub fn authenticate(
@@ -246,13 +247,13 @@ impl Access {
         let policy = self.policy();
         match &policy.auth {
             Some(auth) => match auth.authenticate(metadata, identity, policy.grants.anonymous_granted()) {
-                Ok(principal) => Ok(Some(principal)),
+                Ok(principal) => Ok(Some(Principal { peer: addr, ..principal })),
                 Err(refused) => {
                     self.refusals.refused(UNAUTHENTICATED, refused.reason, addr, refused.status.message());
                     Err(refused.status)
                 }
             },
-            None if policy.grants.active() => Ok(Some(Principal::new(ANONYMOUS))),
+            None if policy.grants.active() => Ok(Some(Principal { peer: addr, ..Principal::new(ANONYMOUS) })),
             None => Ok(None),
         }
     }
@@ -337,7 +338,7 @@ impl StreamGuard {
                 metadata.insert("authorization", value.clone());
             }
             let principal = match self.access.authenticate(&metadata, self.identity.as_deref(), self.addr) {
-                Ok(principal) => principal.map(|p| Principal { peer: self.addr, ..p }),
+                Ok(principal) => principal,
                 Err(status) => return status,
             };
             if let Some((permission, what, name)) = grant {

@@ -301,8 +301,7 @@ impl tonic::service::Interceptor for Authenticate {
         let peer = request.extensions().get::<Peer>();
         let addr = peer.and_then(|peer| peer.addr);
         let identity = peer.and_then(|peer| peer.identity.clone());
-        if let Some(mut principal) = self.access.authenticate(request.metadata(), identity.as_deref(), addr)? {
-            principal.peer = addr;
+        if let Some(principal) = self.access.authenticate(request.metadata(), identity.as_deref(), addr)? {
             request.extensions_mut().insert(principal);
         }
         Ok(request)

@@ -310,33 +310,22 @@ pub struct Hooks {
 /// Reads the settings again: the server's, or why they cannot be read.
 pub type Reload = Box<dyn Fn() -> Result<ServerConfig, String> + Send + Sync>;
 
-/// Puts the `tokens` and `permissions` that `reload` reads in force on every SIGHUP, until
-/// the process ends, logging the outcome; settings that cannot be read or parsed keep the
+/// Puts the `tokens` and `permissions` that `reload` reads in force on every SIGHUP, while
+/// the server runs, logging the outcome; settings that cannot be read or parsed keep the
 /// old ones.
-#[cfg(unix)]
 fn reload_access_on_sighup(access: Arc<access::Access>, reload: Reload) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot watch for SIGHUP: tokens and permissions will not be reloaded");
-        return;
-    };
     let access = Arc::downgrade(&access);
-    tokio::spawn(async move {
-        // One reload per signal, while the server runs.
-        while hangups.recv().await.is_some() {
-            let Some(access) = access.upgrade() else { return };
-            match reload().and_then(|config| access.reload(&config)) {
-                Ok((tokens, grants)) => {
-                    info!(tokens, grants, "SIGHUP: tokens and permissions reloaded; the next requests use them");
-                }
-                Err(error) => tracing::warn!(%error, "SIGHUP: tokens and permissions not reloaded; the old ones stay"),
+    tls::on_sighup("tokens and permissions will not be reloaded", move || {
+        let Some(access) = access.upgrade() else { return false };
+        match reload().and_then(|config| access.reload(&config)) {
+            Ok((tokens, grants)) => {
+                info!(tokens, grants, "SIGHUP: tokens and permissions reloaded; the next requests use them");
             }
+            Err(error) => tracing::warn!(%error, "SIGHUP: tokens and permissions not reloaded; the old ones stay"),
         }
+        true
     });
 }
-
-#[cfg(not(unix))]
-fn reload_access_on_sighup(_access: Arc<access::Access>, _reload: Reload) {}
 
 /// Who may do what, as `config` says: reloaded on SIGHUP by `reload`, its refusals
 /// exported while `metrics` are on.

@@ -107,9 +107,13 @@ fn certified_key(cert: &Path, key: &Path, (cert_setting, key_setting): (&str, &s
 
 /// The CA certificates in the PEM file at `path`, as roots to verify against.
 fn roots(path: &Path, setting: &str) -> Result<rustls::RootCertStore, String> {
-    let pem = read_pem(path, setting)?;
+    roots_of(&read_pem(path, setting)?, path, setting)
+}
+
+/// [`roots`] of `pem`, read from `path`.
+fn roots_of(pem: &[u8], path: &Path, setting: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| format!("{setting}: {} is not PEM: {e}", path.display()))?;
         roots.add(cert).map_err(|e| format!("{setting}: {}: {e}", path.display()))?;
     }
@@ -219,28 +223,39 @@ where
 }
 
 /// Reloads `certificates` on every SIGHUP until the process ends, logging the outcome.
-#[cfg(unix)]
 pub fn reload_on_sighup(certificates: Arc<Certificates>) {
+    on_sighup("the TLS certificate will not be reloaded", move || {
+        let (cert, key) = certificates.files();
+        match certificates.reload() {
+            Ok(()) => tracing::info!(cert = %cert.display(), key = %key.display(),
+                "SIGHUP: TLS certificate reloaded; new connections use it"),
+            Err(error) => tracing::warn!(%error, "SIGHUP: TLS certificate not reloaded; the old one stays"),
+        }
+        true
+    });
+}
+
+/// Runs `each` on every SIGHUP, until it returns false; `cannot` says what is lost when the
+/// signal cannot be watched. Needs a tokio runtime.
+#[cfg(unix)]
+pub(crate) fn on_sighup(cannot: &'static str, mut each: impl FnMut() -> bool + Send + 'static) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot watch for SIGHUP: the TLS certificate will not be reloaded");
+        tracing::warn!("cannot watch for SIGHUP: {cannot}");
         return;
     };
     tokio::spawn(async move {
-        // One reload per signal, for as long as the process runs.
+        // One pass per signal, until `each` is done.
         while hangups.recv().await.is_some() {
-            let (cert, key) = certificates.files();
-            match certificates.reload() {
-                Ok(()) => tracing::info!(cert = %cert.display(), key = %key.display(),
-                    "SIGHUP: TLS certificate reloaded; new connections use it"),
-                Err(error) => tracing::warn!(%error, "SIGHUP: TLS certificate not reloaded; the old one stays"),
+            if !each() {
+                return;
             }
         }
     });
 }
 
 #[cfg(not(unix))]
-pub fn reload_on_sighup(_certificates: Arc<Certificates>) {}
+pub(crate) fn on_sighup(_cannot: &'static str, _each: impl FnMut() -> bool + Send + 'static) {}
 
 /// A connection of the gRPC port: plaintext, or TLS over it.
 pub enum Conn<C> {

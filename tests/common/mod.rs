@@ -237,3 +237,26 @@ pub async fn exit_within(child: &mut std::process::Child, within: Duration) -> O
     }
     None
 }
+
+/// A plain HTTP/1.1 GET of `path` at `addr` (the metrics endpoint); returns the status line
+/// and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let response = tokio::time::timeout(PROMPT, exchange).await.expect("an HTTP answer");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {response:?}"));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+/// The value of the sample line `series value` in Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    let prefix = format!("{series} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
+}

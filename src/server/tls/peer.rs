@@ -23,7 +23,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use super::{read_pem, roots, Certificates, Conn, Connections, TlsIncoming};
+use super::{read_pem, roots_of, Certificates, Conn, Connections, TlsIncoming};
 use crate::server::auth::{IdentityField, Peer};
 use crate::server::conn::{Admitted, Admitting};
 
@@ -55,11 +55,11 @@ impl PeerTls {
     /// `ca`: every client certificate would then be let into the Raft port.
     pub fn load(cert: &Path, key: &Path, ca: &Path, client_ca: Option<&Path>) -> Result<Self, String> {
         let certificates = Arc::new(Certificates::load_as(cert, key, ("peer_tls_cert", "peer_tls_key"))?);
+        let ca_pem = read_pem(ca, "peer_tls_ca")?;
         if let Some(client_ca) = client_ca {
             let clients = read_pem(client_ca, "tls_client_ca")?;
             let clients: Vec<_> = CertificateDer::pem_slice_iter(&clients).filter_map(Result::ok).collect();
-            let cluster = read_pem(ca, "peer_tls_ca")?;
-            if CertificateDer::pem_slice_iter(&cluster).filter_map(Result::ok).any(|c| clients.contains(&c)) {
+            if CertificateDer::pem_slice_iter(&ca_pem).filter_map(Result::ok).any(|c| clients.contains(&c)) {
                 return Err(format!(
                     "peer_tls_ca: {} holds a CA that tls_client_ca ({}) holds too; the cluster needs a CA of its own, \
                      or every client certificate could talk Raft to this node (mini-pubsub certs dev writes cluster-ca.pem)",
@@ -68,7 +68,7 @@ impl PeerTls {
                 ));
             }
         }
-        let roots = Arc::new(roots(ca, "peer_tls_ca")?);
+        let roots = Arc::new(roots_of(&ca_pem, ca, "peer_tls_ca")?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .build()
@@ -80,7 +80,7 @@ impl PeerTls {
             .with_cert_resolver(certificates.clone());
         server.alpn_protocols = vec![b"h2".to_vec()];
         let client = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read_pem(ca, "peer_tls_ca")?))
+            .ca_certificate(Certificate::from_pem(&ca_pem))
             .identity(Identity::from_pem(read_pem(cert, "peer_tls_cert")?, read_pem(key, "peer_tls_key")?));
         Ok(Self { certificates, acceptor: TlsAcceptor::from(Arc::new(server)), client })
     }
