@@ -852,3 +852,51 @@ async fn a_node_whose_cluster_ca_also_signs_client_certificates_refuses_to_start
     assert!(exit.is_some_and(|e| !e.success()), "the node must refuse to start: {exit:?}\n{stderr}");
     assert!(stderr.contains("peer_tls_ca:") && stderr.contains("the cluster needs a CA of its own"), "{stderr}");
 }
+
+/// One batch of a PublishStream: `keys` messages, each with an idempotency key of its own
+/// (not numbered in order, so each is an entry of the dedupe index).
+fn keyed_batch(sequence: u64, keys: u64) -> pb::PublishStreamRequest {
+    let messages = (0..keys)
+        .map(|i| pb::OutgoingMessage {
+            value: format!("b{sequence}m{i}").into_bytes().into(),
+            idempotency_key: Some(format!("key{sequence}x{i}y")),
+            ..Default::default()
+        })
+        .collect();
+    let publish = pb::PublishRequest { topic: "orders".into(), messages, ..Default::default() };
+    pb::PublishStreamRequest { sequence, publish: Some(publish) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stores_a_streams_batches_in_flight_in_order_and_refuses_one_without_dedupe_room_before_proposing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _peers, _brokers) = cluster_with(dir.path(), &["--dedupe-keys-max", "100"]);
+    let first = leader(&nodes).await;
+    let addr = nodes[first as usize - 1].client.clone();
+    let topic = pb::CreateTopicRequest { name: "orders".into(), partitions: 1, ..Default::default() };
+    AdminClient::new(lazy(&addr)).create_topic(topic).await.unwrap();
+
+    // 40 batches of 5 keys sent at once: the leader holds up to its window of them in
+    // flight. The index has room for 100 keys, so 20 batches.
+    let requests: Vec<_> = (1..=40).map(|s| keyed_batch(s, 5)).collect();
+    let answers = PubSubClient::new(lazy(&addr)).publish_stream(tokio_stream::iter(requests)).await.unwrap();
+    let mut answers = answers.into_inner();
+    let mut got = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        got.push(answer);
+    }
+    assert_eq!(got.iter().map(|a| a.sequence).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
+    let offsets: Vec<u64> = got[..20].iter().flat_map(|a| a.results.iter().map(|r| r.offset)).collect();
+    assert_eq!(offsets, (0..100).collect::<Vec<_>>(), "stored in the stream's order: {:?}", &got[..20]);
+    // The 21st would fill the index past its bound: refused by the leader before it was
+    // proposed, so the batches behind it, in flight, are not applied (and could not be
+    // stored before it is sent again).
+    assert_eq!(got[20].code, tonic::Code::ResourceExhausted as i32, "{:?}", got[20]);
+    assert!(got[20].message.contains("dedupe_keys_max = 100"), "{}", got[20].message);
+    for later in &got[21..] {
+        assert_eq!(later.code, tonic::Code::Aborted as i32, "{later:?}");
+        assert!(later.message.contains("batch 21 of this stream was refused"), "{}", later.message);
+    }
+    let topic = AdminClient::new(lazy(&addr)).get_topic(pb::GetTopicRequest { name: "orders".into() }).await;
+    assert_eq!(topic.unwrap().into_inner().partition_info[0].end_offset, 100, "the topic holds the 20 batches");
+}

@@ -36,7 +36,7 @@ pub use log::{identity, RaftLog};
 pub use network::{Connector, PeerNetwork, RaftService, SnapshotData, SNAPSHOT_BYTES_MAX};
 pub use node::{
     Answerer, Applier, BrokerSm, ClusterNode, ClusterState, Committed, NodeSettings, ProposeError, StateWatcher,
-    SNAPSHOT_ENTRIES_DEFAULT,
+    Submitted, SNAPSHOT_ENTRIES_DEFAULT,
 };
 
 /// The generated `pubsub.cluster` package (a node's Raft log records).

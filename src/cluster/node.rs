@@ -12,10 +12,12 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::TryStreamExt;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
 use openraft::rt::watch::WatchReceiver;
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
-use openraft::type_config::alias::WatchReceiverOf;
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::type_config::alias::{OneshotReceiverOf, WatchReceiverOf};
 use openraft::Instant as _;
 use openraft::{
     BasicNode, Config, EntryPayload, OptionalSend, RaftSnapshotBuilder, ServerState, SnapshotPolicy, StoredMembership,
@@ -143,6 +145,26 @@ pub enum ProposeError {
     Indeterminate(String),
 }
 
+/// An entry handed to the Raft core: [`Submitted::applied`] waits for the broker's reply.
+pub struct Submitted(OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>);
+
+impl Submitted {
+    /// Waits until this node applied the entry; the broker's reply, or why there is none.
+    pub async fn applied(self) -> Result<Reply, ProposeError> {
+        let Ok(written) = self.0.await else {
+            return Err(ProposeError::Indeterminate("this node's Raft stopped before the entry applied".into()));
+        };
+        match written {
+            Ok(response) => response
+                .data
+                .reply
+                .ok_or_else(|| ProposeError::Indeterminate("the entry applied without a reply".into())),
+            Err(ClientWriteError::ForwardToLeader(f)) => Err(ProposeError::NotLeader(f.leader_id)),
+            Err(e) => Err(ProposeError::Indeterminate(e.to_string())),
+        }
+    }
+}
+
 /// The cluster's state as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
@@ -254,18 +276,19 @@ impl ClusterNode {
 
     /// Proposes one entry and waits until this node applied it; the broker's reply.
     pub async fn propose(&self, proposal: Bytes) -> Result<Reply, ProposeError> {
-        match self.raft.client_write(Proposal(proposal)).await {
-            Ok(response) => response
-                .data
-                .reply
-                .ok_or_else(|| ProposeError::Indeterminate("the entry applied without a reply".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
-            Err(RaftError::APIError(e @ ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ProposeError::Indeterminate(e.to_string()))
-            }
-            Err(RaftError::APIError(e)) => Err(ProposeError::Indeterminate(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Indeterminate(format!("this node's Raft stopped: {e}"))),
-        }
+        self.submit(proposal).await?.applied().await
+    }
+
+    /// Hands one entry to the Raft core without waiting for it to commit. The core takes
+    /// entries in the order of these calls, so one task submitting one after another puts
+    /// them in the log in that order (as `propose` from several tasks would not).
+    pub async fn submit(&self, proposal: Bytes) -> Result<Submitted, ProposeError> {
+        let (responder, applied) = ProgressResponder::complete_only();
+        self.raft
+            .client_write_ff(Proposal(proposal), Some(responder))
+            .await
+            .map_err(|e| ProposeError::Indeterminate(format!("this node's Raft stopped: {e}")))?;
+        Ok(Submitted(applied))
     }
 
     /// The cluster's state as this node sees it now.

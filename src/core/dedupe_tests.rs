@@ -142,6 +142,30 @@ fn all_topics_together_hold_at_most_the_brokers_bound() {
 }
 
 #[test]
+fn a_leader_refuses_a_publish_whose_keys_and_those_in_flight_would_pass_the_bound() {
+    let config = BrokerConfig { dedupe_keys_max: 4, dedupe_keys_broker_max: 6, ..Default::default() };
+    let mut b = memory(config);
+    b.publish(0, 0, "t", vec![keyed("a", "a"), keyed("b", "b")]).unwrap();
+    let two = [keyed("c", "c"), keyed("d", "d")];
+    assert!(b.check_publish_room("t", &two, 0).is_ok(), "2 held and 2 new fit in 4");
+    let err = b.check_publish_room("t", &two, 1).unwrap_err();
+    assert!(matches!(err, BrokerError::LimitReached { limit_name: "dedupe_keys_max", limit: 4, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("holds 2 dedupe entries, publishes waiting to commit may add 1, and this publish up to 2"),
+        "{text}"
+    );
+    assert!(b.check_publish_room("t", &[msg("keyless", None)], 10).is_ok(), "no key, no entry");
+    assert!(b.check_publish_room("new", &two, 2).is_ok(), "a topic made by the publish starts empty");
+    assert!(b.check_publish_room("new", &two, 3).is_err(), "and publishes in flight may fill it");
+    // The broker's bound, when the other topics leave less than the topic's own.
+    b.publish(0, 0, "u", vec![keyed("1", "x"), keyed("2", "y"), keyed("3", "z")]).unwrap();
+    let err = b.check_publish_room("t", &two, 0).unwrap_err();
+    assert!(matches!(err, BrokerError::LimitReached { limit_name: "dedupe_keys_broker_max", limit: 6, .. }), "{err:?}");
+    assert_eq!(ends(&b, "t"), vec![2], "a check stores nothing");
+}
+
+#[test]
 fn a_reopened_broker_keeps_the_newest_entries_of_all_topics_within_the_brokers_bound() {
     let dir = tempfile::tempdir().unwrap();
     let open = |keys_broker_max| {

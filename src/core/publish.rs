@@ -91,6 +91,46 @@ impl Broker {
         Ok(create)
     }
 
+    /// A cluster leader's check that a publish will find room in the dedupe index when it
+    /// applies, with `reserved` entries more that publishes proposed before it (to any topic)
+    /// may add: a refusal at apply, after the publishes behind it on its stream were
+    /// proposed, would let those be stored before it is sent again. Counts every idempotency
+    /// key as an entry of its own, so it may refuse a publish a little below the bound that
+    /// would fit.
+    pub fn check_publish_room(
+        &self,
+        topic: &str,
+        messages: &[OutgoingMessage],
+        reserved: usize,
+    ) -> Result<(), BrokerError> {
+        let keyed = messages.iter().filter(|m| m.idempotency_key.is_some()).count();
+        // A topic the publish creates holds none yet.
+        let held = self.topics.get(topic).map_or(0, |t| t.dedupe.len());
+        let bound = self.keys_bound(held);
+        if keyed == 0 || held + reserved + keyed <= bound.max {
+            return Ok(());
+        }
+        Err(BrokerError::LimitReached {
+            what: format!(
+                "topic `{topic}` holds {held} dedupe entries, publishes waiting to commit may add {reserved}, and this publish up to {keyed}; retry when older keys pass the dedupe window"
+            ),
+            limit_name: bound.name,
+            limit: bound.whole as u64,
+        })
+    }
+
+    /// The bound on a topic's dedupe index that holds `held` entries: its own, or what the
+    /// other topics leave of the broker's.
+    fn keys_bound(&self, held: usize) -> KeysBound {
+        let others = self.dedupe_entries.saturating_sub(held);
+        let broker_left = self.config.dedupe_keys_broker_max.saturating_sub(others);
+        if broker_left < self.config.dedupe_keys_max {
+            KeysBound { name: "dedupe_keys_broker_max", max: broker_left, whole: self.config.dedupe_keys_broker_max }
+        } else {
+            KeysBound { name: "dedupe_keys_max", max: self.config.dedupe_keys_max, whole: self.config.dedupe_keys_max }
+        }
+    }
+
     /// The applying half of a publish that [`Broker::check_publish`] let through: creates
     /// the topic when `create`, looks the idempotency keys up, places and appends the new
     /// messages, applies retention, and dispatches. Deterministic given the state, the
@@ -111,18 +151,13 @@ impl Broker {
         }
         let uid = self.topics[topic].uid;
         self.sync_metadata_before_append(uid)?;
-        let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
-        let held = t.dedupe.len();
-        t.dedupe.expire(wall_ms);
         // The index may grow to its own bound, and to what the other topics leave of the
         // broker's.
+        let held = self.topics[topic].dedupe.len();
         let others = self.dedupe_entries.saturating_sub(held);
-        let broker_left = self.config.dedupe_keys_broker_max.saturating_sub(others);
-        let bound = if broker_left < self.config.dedupe_keys_max {
-            KeysBound { name: "dedupe_keys_broker_max", max: broker_left, whole: self.config.dedupe_keys_broker_max }
-        } else {
-            KeysBound { name: "dedupe_keys_max", max: self.config.dedupe_keys_max, whole: self.config.dedupe_keys_max }
-        };
+        let bound = self.keys_bound(held);
+        let t = self.topics.get_mut(topic).expect("the topic exists or was just made");
+        t.dedupe.expire(wall_ms);
         let digests: Vec<u32> = match self.notices.is_some() {
             true => messages.iter().map(digest).collect(),
             false => Vec::new(),

@@ -501,7 +501,7 @@ where
     let (driver, cluster) = start_driver(&config, storage, clock.clone(), hooks, metrics_on).await?;
     let publish_latency = metrics_on.then(|| metrics::LatencyTimer::new(clock.clone(), metrics::PUBLISH_LATENCY));
     let (pubsub, stop_publish_streams) =
-        pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, cluster.is_some(), access.clone());
+        pubsub::PubSubService::new(driver.clone(), config.clone(), publish_latency, access.clone());
     let admin = admin::AdminService { driver: driver.clone(), cluster: cluster.clone(), access: access.clone() };
     crate::wire::set_entry_limits(config.broker.publish_batch_messages_max, config.broker.attributes_max);
     let (pubsub, admin) = authenticated(pubsub, admin, &config, access.clone());

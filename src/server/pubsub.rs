@@ -19,19 +19,15 @@ use crate::wire::{self, pb};
 /// How long a stream's task waits to queue its final status behind undelivered responses.
 const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 
-/// Unanswered batches a PublishStream may have at once on a single broker: the next
-/// request is read only when one is answered, so a fast client is held back by HTTP/2's
-/// flow control, not queued here.
+/// Unanswered batches a PublishStream may have at once: the next request is read only when
+/// one is answered, so a fast client is held back by HTTP/2's flow control, not queued here.
+/// On a cluster node too: its proposals reach the Raft log in the order they were made.
 pub const PUBLISH_STREAM_WINDOW: usize = 16;
 
 /// Publishing and consuming, backed by the driver.
 pub struct PubSubService {
     driver: DriverHandle,
     config: ServerConfig,
-    /// Unanswered batches a PublishStream may have at once: [`PUBLISH_STREAM_WINDOW`], or 1
-    /// on a cluster node, whose proposals are not ordered among themselves until they reach
-    /// the Raft log (a stream's batches must be stored in its order).
-    publish_window: usize,
     /// Times acknowledged publishes when metrics are on.
     publish_latency: Option<LatencyTimer>,
     /// Turns true when the server stops: PublishStreams then read no more batches, answer
@@ -49,12 +45,10 @@ impl PubSubService {
         driver: DriverHandle,
         config: ServerConfig,
         publish_latency: Option<LatencyTimer>,
-        clustered: bool,
         access: std::sync::Arc<Access>,
     ) -> (Self, tokio::sync::watch::Sender<bool>) {
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let publish_window = if clustered { 1 } else { PUBLISH_STREAM_WINDOW };
-        (Self { driver, config, publish_window, publish_latency, stopping, access }, stop)
+        (Self { driver, config, publish_latency, stopping, access }, stop)
     }
 }
 
@@ -118,8 +112,8 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let allowed = Allowed { access: self.access.clone(), principal: principal_of(&request) };
         let mut guard = self.access.guard(&request);
         let mut inbound = request.into_inner();
-        let (responses, rx) = mpsc::channel(self.publish_window);
-        let (driver, window) = (self.driver.clone(), self.publish_window);
+        let (responses, rx) = mpsc::channel(PUBLISH_STREAM_WINDOW);
+        let (driver, window) = (self.driver.clone(), PUBLISH_STREAM_WINDOW);
         let latency = self.publish_latency.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(

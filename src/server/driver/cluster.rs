@@ -34,6 +34,8 @@ use crate::server::metrics::{self, LatencyTimer};
 pub(in crate::server) struct Replication {
     /// The running node; `None` until it is attached (until then every call is refused).
     node: Option<Arc<ClusterNode>>,
+    /// Hands the node this driver's proposals, in the order they were made; with the node.
+    proposer: Option<Proposer>,
     /// Where clients reach each node (`[cluster] brokers`), for leader hints.
     brokers: Arc<BTreeMap<u64, String>>,
     /// Whether this node served at the last look: when it stops, its streams end.
@@ -44,6 +46,12 @@ pub(in crate::server) struct Replication {
     proposed_floors: BTreeMap<(u64, u32), u64>,
     /// Rounds of ack progress since the floors were last all proposed.
     floor_rounds: u32,
+    /// Idempotency keys of the publishes this leader proposed and has not applied: a publish
+    /// is proposed only if the dedupe index has room for its keys and these (see
+    /// [`Broker::check_publish_room`](crate::core::Broker::check_publish_room)). Counted
+    /// down as they apply here; back to 0 when leadership changes (what was proposed
+    /// then is no longer this node's to answer).
+    reserved_keys: usize,
     /// Seeks proposed and not yet answered: while one is, no floors are proposed, for a
     /// floor read before the seek applied could undo it.
     seeks_in_flight: Arc<AtomicUsize>,
@@ -65,6 +73,11 @@ const FLOORS_REFRESH: u32 = 50;
 /// unknown (a leader cut off from its quorum after it accepted the proposal).
 const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Proposals handed to the node and not yet answered, at most: past it, a publish or an
+/// admin call is refused (RESOURCE_EXHAUSTED, which clients retry) until the quorum catches
+/// up. A PublishStream holds at most its window of them.
+const PROPOSALS_IN_FLIGHT_MAX: usize = 8_192;
+
 /// Ack floors in one Raft entry at most (about 40 bytes each).
 const FLOORS_PER_ENTRY: usize = 10_000;
 
@@ -80,14 +93,29 @@ impl Replication {
     pub(in crate::server) fn new(brokers: BTreeMap<u64, String>) -> Self {
         Self {
             node: None,
+            proposer: None,
             brokers: Arc::new(brokers),
             serving: false,
             proposed_floors: BTreeMap::new(),
             floor_rounds: 0,
+            reserved_keys: 0,
             seeks_in_flight: Arc::new(AtomicUsize::new(0)),
             propose_timer: None,
             decided: Vec::new(),
         }
+    }
+}
+
+/// Whether an entry being applied was proposed by this node while it led (its client waits here).
+fn reply_is_ours(reply: &Replier) -> bool {
+    matches!(reply, Replier::Raft(Some(_)))
+}
+
+/// The idempotency keys a publish carries (0 for any other command).
+fn keyed(command: &Command) -> usize {
+    match command {
+        Command::Publish { messages, .. } => messages.iter().filter(|m| m.idempotency_key.is_some()).count(),
+        _ => 0,
     }
 }
 
@@ -189,6 +217,13 @@ impl Driver {
             reply.send(Err(refused));
             return None;
         }
+        if let (Command::Publish { topic, messages }, Some(replication)) = (&command, &mut self.replication) {
+            if let Err(refused) = self.broker.check_publish_room(topic, messages, replication.reserved_keys) {
+                reply.send(Err(refused));
+                return None;
+            }
+            replication.reserved_keys += keyed(&command);
+        }
         let holds_floors = matches!(command, Command::Seek { .. });
         self.propose_answering(&command, holds_floors, reply, |answer| answer);
         None
@@ -207,37 +242,41 @@ impl Driver {
         then: impl FnOnce(crate::core::Reply) -> crate::core::Reply + Send + 'static,
     ) {
         let replication = self.replication.as_ref().expect("only a cluster node proposes");
+        let proposer = replication.proposer.as_ref().expect("a serving node is attached");
+        if proposer.in_flight.load(Ordering::SeqCst) >= PROPOSALS_IN_FLIGHT_MAX {
+            reply.send(Err(BrokerError::LimitReached {
+                what: "not proposed: this leader waits for a quorum to commit as many proposals as it holds".into(),
+                limit_name: "proposals in flight (fixed)",
+                limit: PROPOSALS_IN_FLIGHT_MAX as u64,
+            }));
+            return;
+        }
         let seeks = holds_floors.then(|| replication.seeks_in_flight.clone());
         if let Some(seeks) = &seeks {
             seeks.fetch_add(1, Ordering::SeqCst);
         }
-        let node = replication.node.clone().expect("a serving node is attached");
         let brokers = replication.brokers.clone();
-        let proposal = encode(self.clock.wall_ms(), command);
         let timer = replication.propose_timer.clone();
-        tokio::spawn(async move {
-            let start = timer.as_ref().map(LatencyTimer::start);
-            let proposed = match tokio::time::timeout(PROPOSE_TIMEOUT, node.propose(proposal)).await {
-                Ok(proposed) => proposed,
-                Err(_) => Err(ProposeError::Indeterminate(format!(
-                    "it was not committed within {} s (no quorum answered); it stays in this node's log and \
-                     commits if a quorum comes back",
-                    PROPOSE_TIMEOUT.as_secs()
-                ))),
-            };
-            if let (Some(timer), Some(start), Ok(_)) = (&timer, start, &proposed) {
-                timer.record(start);
-            }
-            if let Some(seeks) = seeks {
-                seeks.fetch_sub(1, Ordering::SeqCst);
-            }
-            let answer = match proposed {
-                Ok(answer) => then(answer),
-                Err(ProposeError::NotLeader(leader)) => Err(BrokerError::NotLeader { leader: hint(&brokers, leader) }),
-                Err(ProposeError::Indeterminate(why)) => Err(BrokerError::Indeterminate(why)),
-            };
-            reply.send(answer);
-        });
+        let start = timer.as_ref().map(LatencyTimer::start);
+        proposer.propose(
+            encode(self.clock.wall_ms(), command),
+            Box::new(move |proposed| {
+                if let (Some(timer), Some(start), Ok(_)) = (&timer, start, &proposed) {
+                    timer.record(start);
+                }
+                if let Some(seeks) = seeks {
+                    seeks.fetch_sub(1, Ordering::SeqCst);
+                }
+                let answer = match proposed {
+                    Ok(answer) => then(answer),
+                    Err(ProposeError::NotLeader(leader)) => {
+                        Err(BrokerError::NotLeader { leader: hint(&brokers, leader) })
+                    }
+                    Err(ProposeError::Indeterminate(why)) => Err(BrokerError::Indeterminate(why)),
+                };
+                reply.send(answer);
+            }),
+        );
     }
 
     /// A redrive in a cluster: the leader takes the dead-letter copies that can go back and
@@ -279,7 +318,7 @@ impl Driver {
             return;
         }
         let decided = std::mem::take(&mut replication.decided);
-        let Some(node) = replication.node.clone() else { return };
+        let Some(proposer) = replication.proposer.clone() else { return };
         let mut moves = Vec::new();
         for command in decided {
             match command {
@@ -301,7 +340,8 @@ impl Driver {
             chunks.last_mut().expect("one chunk at least").push(m);
         }
         let proposals: Vec<_> = chunks.into_iter().map(|chunk| encode(wall_ms, &Command::DeadLetters(chunk))).collect();
-        propose_unanswered(node, proposals, "dead-letter moves were not replicated; a new leader delivers them again");
+        proposer
+            .propose_unanswered(proposals, "dead-letter moves were not replicated; a new leader delivers them again");
     }
 
     /// A leader proposes a retention pass with its wall time, which every node applies
@@ -311,9 +351,10 @@ impl Driver {
         if self.refuse_unless_leading().is_some() || !self.broker.retention_has_work() {
             return;
         }
-        let Some(node) = self.replication.as_ref().and_then(|r| r.node.clone()) else { return };
+        let Some(proposer) = self.replication.as_ref().and_then(|r| r.proposer.clone()) else { return };
         let proposal = encode(self.clock.wall_ms(), &Command::Retention);
-        propose_unanswered(node, vec![proposal], "a retention pass was not replicated; the next one is a second later");
+        proposer
+            .propose_unanswered(vec![proposal], "a retention pass was not replicated; the next one is a second later");
     }
 
     /// In a cluster, the refusal of a call on a node that does not serve now.
@@ -338,6 +379,9 @@ impl Driver {
                 Ok((wall_ms, mut command)) => {
                     if self.broker.config().mutated(Mutation::FollowerDiverges) && committed.index % 7 == 0 {
                         diverge(&mut command, self.replication.as_ref().is_some_and(|r| r.serving));
+                    }
+                    if let (Some(replication), true) = (&mut self.replication, reply_is_ours(&reply)) {
+                        replication.reserved_keys = replication.reserved_keys.saturating_sub(keyed(&command));
                     }
                     self.decided_wall_ms = Some(wall_ms);
                     self.command(command, None, reply);
@@ -380,6 +424,7 @@ impl Driver {
     pub(super) fn attach(&mut self, node: Arc<ClusterNode>) {
         let Some(replication) = self.replication.as_mut() else { return };
         let mut watcher = node.watcher();
+        replication.proposer = Some(Proposer::start(node.clone()));
         replication.node = Some(node);
         if self.metrics.is_some() {
             replication.propose_timer = Some(LatencyTimer::new(self.clock.clone(), metrics::RAFT_PROPOSE));
@@ -404,6 +449,7 @@ impl Driver {
         let was = std::mem::replace(&mut replication.serving, refused.is_none());
         if was != replication.serving {
             replication.proposed_floors.clear();
+            replication.reserved_keys = 0;
         }
         if !was && replication.serving {
             let term = replication.node.as_ref().map_or(0, |n| n.state().term);
@@ -451,25 +497,86 @@ impl Driver {
         for f in &moved {
             proposed.insert((f.uid, f.partition), f.offset);
         }
-        let node = replication.node.clone().expect("a serving node is attached");
+        let proposer = replication.proposer.clone().expect("a serving node is attached");
         let wall_ms = self.clock.wall_ms();
         let proposals: Vec<_> =
             moved.chunks(FLOORS_PER_ENTRY).map(|chunk| encode(wall_ms, &Command::AckFloors(chunk.to_vec()))).collect();
-        propose_unanswered(node, proposals, "ack progress was not replicated; the next leader redelivers from its own");
+        proposer
+            .propose_unanswered(proposals, "ack progress was not replicated; the next leader redelivers from its own");
     }
 }
 
-/// Proposes `proposals` one after another in a task of their own, for no client: the first
-/// that fails stops the rest, and is logged (at debug) with `lost`, what that means.
-fn propose_unanswered(node: Arc<ClusterNode>, proposals: Vec<bytes::Bytes>, lost: &'static str) {
-    tokio::spawn(async move {
-        for proposal in proposals {
-            if let Err(e) = node.propose(proposal).await {
-                tracing::debug!(error = ?e, "{lost}");
-                return;
+/// What a proposal's maker does with its outcome.
+type Answered = Box<dyn FnOnce(Result<crate::core::Reply, ProposeError>) + Send>;
+
+/// Hands a node the driver's proposals in the order the driver made them: one task submits
+/// them one after another, so the Raft log holds them in that order and a PublishStream's
+/// batches, several in flight, are stored in the stream's order. Each is answered once it
+/// applied, without holding up the next.
+#[derive(Clone)]
+struct Proposer {
+    /// To the submitting task. Unbounded, for the driver must never wait on Raft (Raft waits
+    /// on the driver to apply); its length is bounded by `in_flight`.
+    submit: tokio::sync::mpsc::UnboundedSender<(bytes::Bytes, Answered)>,
+    /// Proposals made and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Proposer {
+    /// Starts the submitting task; it ends when the driver drops its last `Proposer`.
+    fn start(node: Arc<ClusterNode>) -> Self {
+        let (submit, mut proposals) = tokio::sync::mpsc::unbounded_channel::<(bytes::Bytes, Answered)>();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let answered_count = in_flight.clone();
+        tokio::spawn(async move {
+            while let Some((proposal, answered)) = proposals.recv().await {
+                let submitted = node.submit(proposal).await;
+                let in_flight = answered_count.clone();
+                tokio::spawn(async move {
+                    let proposed = match submitted {
+                        Ok(submitted) => {
+                            tokio::time::timeout(PROPOSE_TIMEOUT, submitted.applied()).await.unwrap_or_else(|_| {
+                                Err(ProposeError::Indeterminate(format!(
+                                    "it was not committed within {} s (no quorum answered); it stays in this node's \
+                                     log and commits if a quorum comes back",
+                                    PROPOSE_TIMEOUT.as_secs()
+                                )))
+                            })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    answered(proposed);
+                });
             }
+        });
+        Self { submit, in_flight }
+    }
+
+    /// Submits `proposal` behind every proposal made before it; `answered` gets its outcome.
+    fn propose(&self, proposal: bytes::Bytes, answered: Answered) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Err(unsent) = self.submit.send((proposal, answered)) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let (_, answered) = unsent.0;
+            answered(Err(ProposeError::Indeterminate("this node's proposer stopped".into())));
         }
-    });
+    }
+
+    /// Proposes `proposals` in order for no client; a failure is logged (at debug) with
+    /// `lost`, what it means.
+    fn propose_unanswered(&self, proposals: Vec<bytes::Bytes>, lost: &'static str) {
+        for proposal in proposals {
+            self.propose(
+                proposal,
+                Box::new(move |proposed| {
+                    if let Err(e) = proposed {
+                        tracing::debug!(error = ?e, "{lost}");
+                    }
+                }),
+            );
+        }
+    }
 }
 
 /// [`Mutation::FollowerDiverges`]: a node that does not lead changes the value of the
