@@ -13,8 +13,8 @@ pub use status::{is_retryable, refused_message_index, resent_by_clients, status_
 /// The largest HTTP/2 frame the broker's port and the client library accept (the
 /// protocol's default is 16 KiB). A 16 KiB message, or a batch of them, then crosses in one
 /// frame where it took two or more: at 20k msgs/s of 16 KiB, end to end, p50 fell from
-/// 317-326 us to 212-250 us and p99 from 2.9-3.3 ms to 1.0-1.2 ms, and the broker's CPU from
-/// 1.49 s to 1.32-1.40 s (`bench/results/perf-log.md`, change 13).
+/// 317-326 us to 212-250 us and p99 from 2.9-3.3 ms to 1.0-1.8 ms, and the broker's CPU from
+/// 1.49 s to 1.32-1.40 s (`bench/results/perf-log.md`, change 16).
 pub const HTTP2_MAX_FRAME: u32 = 1 << 20;
 /// How many bytes a client may send on one stream of the broker before the broker has read
 /// them (hyper's default for a server, said here so the bound is ours).
