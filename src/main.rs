@@ -188,7 +188,13 @@ fn main() -> ExitCode {
             server_runtime(loaded.config.worker_threads)?.block_on(serve(loaded, args))
         }),
         Command::Config(ConfigCommand::Print(args)) => args.load().map(|loaded| print!("{}", loaded.describe())),
-        Command::DevCluster(args) => runtime().and_then(|runtime| runtime.block_on(args.run(shutdown_signal()))),
+        Command::DevCluster(args) => runtime().and_then(|runtime| {
+            let stop = {
+                let _inside = runtime.enter();
+                shutdown_signal()
+            };
+            runtime.block_on(args.run(stop))
+        }),
         Command::Certs(CertsCommand::Dev { out }) => certs_dev(&out),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::example_file());
@@ -241,6 +247,8 @@ async fn serve(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<()> {
     let (storage, described) = if config.cluster.enabled() { open_node_state(config)? } else { open_storage(config)? };
     let (addr, incoming) =
         TokioNet.bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Before the line that says the port is open: a signal from then on stops the server.
+    let stop = shutdown_signal();
     let security = if config.server.tls_cert.is_some() { "TLS" } else { "plaintext" };
     info!("mini-pubsub listening on {addr} ({security}; storage: {described})");
     if config.server.tls_cert.is_none() && !addr.ip().is_loopback() {
@@ -269,7 +277,7 @@ async fn serve(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<()> {
         Box::new(move || args.clone().load().map(|loaded| loaded.config.server).map_err(|e| format!("{e:#}")));
     let hooks = server::Hooks { observer: None, record, cluster, reload: Some(reload) };
     let clock = Arc::new(TokioClock::new());
-    server::run_with(incoming, shutdown_signal(), config.server.clone(), storage, clock, hooks).await?;
+    server::run_with(incoming, stop, config.server.clone(), storage, clock, hooks).await?;
     Ok(())
 }
 
@@ -421,30 +429,56 @@ where
 /// Resolves when a node's peer port should stop.
 type PeerStop = futures_util::future::BoxFuture<'static, ()>;
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
+/// Resolves on Ctrl-C or SIGTERM. The handlers are in place when this returns, not when the
+/// future is first polled: a server polls it only from its accept loop, and a SIGTERM sent
+/// before that (a client that connects at once, or a supervisor stopping a server that has
+/// just started) would otherwise end the process with no graceful stop. Call it inside the
+/// runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
     };
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let (ctrl_c, terminate) = (
+        async move {
+            match interrupt {
+                Ok(mut interrupt) => {
+                    interrupt.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for Ctrl-C");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
+        },
+        async move {
+            match terminate {
+                Ok(mut terminate) => {
+                    terminate.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        },
+    );
+    #[cfg(not(unix))]
+    let (ctrl_c, terminate) = (
+        async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! {
+            () = ctrl_c => info!("Ctrl-C received"),
+            () = terminate => info!("SIGTERM received"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!("Ctrl-C received"),
-        () = terminate => info!("SIGTERM received"),
     }
 }
