@@ -326,20 +326,36 @@ async fn a_new_leader_delivers_from_where_the_old_one_was_acknowledged() {
 /// then applied everywhere).
 async fn applied_everywhere(nodes: &[Node], addr: &str) {
     let now_at = cluster_at(addr).await.unwrap().last_log_index;
-    tokio::time::timeout(WAIT_MAX, async {
+    let mut seen = Vec::new();
+    let waited = tokio::time::timeout(WAIT_MAX, async {
         loop {
-            let mut applied = Vec::new();
+            seen.clear();
             for node in nodes.iter().filter(|n| n.child.is_some()) {
-                applied.push(cluster_at(&node.client).await.map_or(0, |c| c.applied_index));
+                seen.push((node.id, cluster_at(&node.client).await));
             }
-            if applied.iter().all(|a| *a > now_at) {
+            if seen.iter().all(|(_, c)| c.as_ref().is_some_and(|c| c.applied_index > now_at)) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
-    .await
-    .expect("applied everywhere within the bound");
+    .await;
+    if waited.is_err() {
+        // What each node said last, and what each logged: a failure here says why.
+        let logs = nodes.first().and_then(|n| n.data.parent()).map(node_logs).unwrap_or_default();
+        let tails: Vec<String> = logs
+            .iter()
+            .map(|(id, log)| {
+                let lines: Vec<&str> = log.lines().collect();
+                format!("node {id}:\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+            })
+            .collect();
+        panic!(
+            "not every running node applied past entry {now_at} (the last in {addr}'s log) within {WAIT_MAX:?}: \
+             {seen:#?}\n{}",
+            tails.join("\n")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
