@@ -436,35 +436,10 @@ type PeerStop = futures_util::future::BoxFuture<'static, ()>;
 /// runtime.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let (interrupt, terminate) = {
+    let (ctrl_c, terminate) = {
         use tokio::signal::unix::{signal, SignalKind};
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        (delivered(signal(SignalKind::interrupt()), "Ctrl-C"), delivered(signal(SignalKind::terminate()), "SIGTERM"))
     };
-    #[cfg(unix)]
-    let (ctrl_c, terminate) = (
-        async move {
-            match interrupt {
-                Ok(mut interrupt) => {
-                    interrupt.recv().await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for Ctrl-C");
-                    std::future::pending::<()>().await;
-                }
-            }
-        },
-        async move {
-            match terminate {
-                Ok(mut terminate) => {
-                    terminate.recv().await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
-            }
-        },
-    );
     #[cfg(not(unix))]
     let (ctrl_c, terminate) = (
         async {
@@ -479,6 +454,20 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
         tokio::select! {
             () = ctrl_c => info!("Ctrl-C received"),
             () = terminate => info!("SIGTERM received"),
+        }
+    }
+}
+
+/// Resolves when `signal` (`name`) is delivered; never, logged, if it could not be listened for.
+#[cfg(unix)]
+async fn delivered(signal: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+    match signal {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for {name}");
+            std::future::pending::<()>().await;
         }
     }
 }

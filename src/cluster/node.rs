@@ -274,14 +274,9 @@ impl ClusterNode {
         RaftService::new(self.raft.clone())
     }
 
-    /// Proposes one entry and waits until this node applied it; the broker's reply.
-    pub async fn propose(&self, proposal: Bytes) -> Result<Reply, ProposeError> {
-        self.submit(proposal).await?.applied().await
-    }
-
     /// Hands one entry to the Raft core without waiting for it to commit. The core takes
     /// entries in the order of these calls, so one task submitting one after another puts
-    /// them in the log in that order (as `propose` from several tasks would not).
+    /// them in the log in that order; [`Submitted::applied`] waits for its reply.
     pub async fn submit(&self, proposal: Bytes) -> Result<Submitted, ProposeError> {
         let (responder, applied) = ProgressResponder::complete_only();
         self.raft

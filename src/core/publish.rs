@@ -96,19 +96,19 @@ impl Broker {
     /// may add: a refusal at apply, after the publishes behind it on its stream were
     /// proposed, would let those be stored before it is sent again. Counts every idempotency
     /// key as an entry of its own, so it may refuse a publish a little below the bound that
-    /// would fit.
+    /// would fit. The keys to reserve for it: its idempotency keys.
     pub fn check_publish_room(
         &self,
         topic: &str,
         messages: &[OutgoingMessage],
         reserved: usize,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<usize, BrokerError> {
         let keyed = messages.iter().filter(|m| m.idempotency_key.is_some()).count();
         // A topic the publish creates holds none yet.
         let held = self.topics.get(topic).map_or(0, |t| t.dedupe.len());
         let bound = self.keys_bound(held);
         if keyed == 0 || held + reserved + keyed <= bound.max {
-            return Ok(());
+            return Ok(keyed);
         }
         Err(BrokerError::LimitReached {
             what: format!(

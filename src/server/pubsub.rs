@@ -113,7 +113,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
         let mut guard = self.access.guard(&request);
         let mut inbound = request.into_inner();
         let (responses, rx) = mpsc::channel(PUBLISH_STREAM_WINDOW);
-        let (driver, window) = (self.driver.clone(), PUBLISH_STREAM_WINDOW);
+        let driver = self.driver.clone();
         let latency = self.publish_latency.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(
@@ -125,7 +125,7 @@ impl pb::pub_sub_server::PubSub for PubSubService {
                 let mut stopped = false;
                 let chain = std::sync::Arc::new(PublishChain::default());
                 loop {
-                    let room = reading && unanswered.len() < window;
+                    let room = reading && unanswered.len() < PUBLISH_STREAM_WINDOW;
                     let front = async {
                         match unanswered.front_mut() {
                             Some((_, _, answer)) => answer.await,

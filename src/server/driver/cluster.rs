@@ -218,11 +218,13 @@ impl Driver {
             return None;
         }
         if let (Command::Publish { topic, messages }, Some(replication)) = (&command, &mut self.replication) {
-            if let Err(refused) = self.broker.check_publish_room(topic, messages, replication.reserved_keys) {
-                reply.send(Err(refused));
-                return None;
+            match self.broker.check_publish_room(topic, messages, replication.reserved_keys) {
+                Ok(keys) => replication.reserved_keys += keys,
+                Err(refused) => {
+                    reply.send(Err(refused));
+                    return None;
+                }
             }
-            replication.reserved_keys += keyed(&command);
         }
         let holds_floors = matches!(command, Command::Seek { .. });
         self.propose_answering(&command, holds_floors, reply, |answer| answer);
