@@ -293,15 +293,16 @@ fn open_storage(config: &Config) -> anyhow::Result<(Box<dyn Storage>, String)> {
     Ok((Box::new(storage), described))
 }
 
-/// A cluster node's broker state: `<data_dir>/state`, emptied at every start, for the node
-/// rebuilds it from its Raft log (`<data_dir>/raft`). It is never synced: the Raft log is
-/// what makes a write durable, synced before the write is acknowledged.
+/// A cluster node's broker state: `<data_dir>/state`, the partition logs its Raft
+/// snapshots (`<data_dir>/raft`) checkpoint. It is synced when a snapshot is taken, not
+/// before a write is acknowledged: the Raft log makes a write durable, and a restart cuts
+/// the partition logs back to the snapshot and applies the log on.
 fn open_node_state(config: &Config) -> anyhow::Result<(Box<dyn Storage>, String)> {
     anyhow::ensure!(
         config.storage.kind == StorageKind::File,
         "invalid configuration: storage must be file on a cluster node (its Raft log is kept in data_dir)"
     );
-    let mut file = config.file_storage();
+    let file = config.file_storage();
     let data_dir = file.dir.clone();
     anyhow::ensure!(
         !data_dir.join("meta").exists(),
@@ -309,12 +310,7 @@ fn open_node_state(config: &Config) -> anyhow::Result<(Box<dyn Storage>, String)
          so give it another",
         data_dir.display()
     );
-    file.dir = data_dir.join("state");
-    file.fsync = mini_pubsub::storage::FsyncPolicy::Never;
-    if file.dir.exists() {
-        std::fs::remove_dir_all(&file.dir)
-            .with_context(|| format!("cannot empty the node's broker state in {}", file.dir.display()))?;
-    }
+    let file = file.node_state();
     let storage = FileStorage::open(Arc::new(StdFs), file)
         .with_context(|| format!("cannot open the node's broker state in {}", data_dir.display()))?;
     let synced = if config.storage.fsync == config::FsyncMode::Always {

@@ -148,6 +148,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        if snapshot.snapshot.is_empty() {
+            // No state is empty: the state machine could not take it (see its log). As if the
+            // follower were unreachable, the sending backs off and is tried again.
+            let reason = "this node could not take its state for the follower; tried again later";
+            return Err(StreamingError::Unreachable(Unreachable::from_string(reason)));
+        }
         let mut client = self.client.clone();
         let chunks = wire::snapshot_chunks_pb(&vote, &snapshot.meta, &snapshot.snapshot, SNAPSHOT_CHUNK_BYTES);
         let call = self.call(

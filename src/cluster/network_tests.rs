@@ -137,3 +137,30 @@ fn three_nodes_over_grpc_elect_replicate_and_fail_over() {
     let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
     runtime.block_on(scoped(11, cluster()));
 }
+
+/// A leader whose state machine could not take its state for a follower hands the network
+/// an empty one: it is not sent, and the sending counts as a follower out of reach (openraft
+/// backs off and tries again) rather than an error that would stop the leader.
+#[tokio::test]
+async fn an_empty_state_is_not_sent_and_the_follower_counts_as_out_of_reach() {
+    use openraft::network::v2::RaftNetworkV2;
+    use openraft::network::{RPCOption, RaftNetworkFactory};
+    use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+
+    // No peer listens: a send that went out would fail otherwise (as unreachable too, but
+    // after the connect), so the message tells the two apart.
+    let connect: Connector =
+        Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")).expect("an address").connect_lazy());
+    let mut network = PeerNetwork::new(1, connect);
+    let mut peer = network.new_client(2, &BasicNode { addr: "127.0.0.1:9".into() }).await;
+    let empty = SnapshotOf::<TypeConfig, bytes::Bytes> {
+        meta: SnapshotMetaOf::<TypeConfig>::default(),
+        snapshot: bytes::Bytes::new(),
+    };
+    let vote = VoteOf::<TypeConfig>::new_committed(3, 1);
+    let option = RPCOption::new(Duration::from_secs(1));
+    let refused = peer.full_snapshot(vote, empty, std::future::pending(), option).await.unwrap_err();
+    let text = refused.to_string();
+    assert!(matches!(refused, openraft::errors::StreamingError::Unreachable(_)), "{text}");
+    assert!(text.contains("could not take its state for the follower"), "{text}");
+}

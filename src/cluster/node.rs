@@ -125,13 +125,24 @@ pub trait Applier: Send + Sync + 'static {
     /// be sent later). An error stops this node's Raft: the broker cannot go on.
     fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Result<(), String>>;
 
-    /// The broker's state now, every entry handed to [`Applier::apply`] applied: a
-    /// snapshot. An error (a state too large to snapshot) puts the snapshot off.
+    /// The broker's checkpoint now, every entry handed to [`Applier::apply`] applied: its
+    /// records made durable where they are, and the rest of its state, to restart from
+    /// ([`Applier::restore`]). An error (a disk that refused a sync) puts the snapshot off.
     fn snapshot(&self) -> BoxFuture<'static, Result<Bytes, String>>;
 
-    /// Replaces the broker's state with `snapshot`, the state after entry `index` (from
-    /// [`Applier::snapshot`] on any node). An error stops this node's Raft.
-    fn install(&self, index: u64, snapshot: Bytes) -> BoxFuture<'static, Result<(), String>>;
+    /// The broker's whole state now, records included, every entry handed to
+    /// [`Applier::apply`] applied: what a follower behind the purged log is sent. An error
+    /// (a state too large to send) fails the sending, which is tried again.
+    fn whole_state(&self) -> BoxFuture<'static, Result<Bytes, String>>;
+
+    /// Replaces the broker's state with `state`, the state after entry `index` (from
+    /// [`Applier::whole_state`] on another node). An error stops this node's Raft.
+    fn install(&self, index: u64, state: Bytes) -> BoxFuture<'static, Result<(), String>>;
+
+    /// As the node starts, before any entry is applied: restores the broker to this node's
+    /// last checkpoint and the entry it was taken after, or with none to nothing. An error
+    /// refuses the start.
+    fn restore(&self, checkpoint: Option<(u64, Bytes)>) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// Why a proposal got no reply from the state machine.
@@ -198,11 +209,20 @@ pub struct ClusterNode {
 
 /// The state machine openraft drives: it hands each committed batch to the broker, and
 /// takes and installs the broker's snapshots.
+///
+/// A snapshot saved here is the broker's checkpoint: its partition logs are the data, synced
+/// when it is taken, and the snapshot holds the rest (topics, subscriptions, offsets, dedupe
+/// indexes), so taking one costs a sync and the metadata, not a copy of every record. The
+/// node restarts from it and applies the Raft log on. A follower behind the purged log is
+/// sent the broker's whole state instead, records included, taken when it is sent.
 pub struct BrokerSm {
     applier: Arc<dyn Applier>,
     applied: Option<LogId>,
     membership: StoredMembershipOf<TypeConfig>,
     snapshots: SnapshotStore,
+    /// Set once Raft started: from then on openraft reads the current snapshot only to send
+    /// it to a follower (before, to learn where the node restarts from).
+    sending: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of proposals applied since the last snapshot.
     applied_bytes: u64,
     /// The last snapshot's size: the next waits until as many bytes were applied since, so
@@ -245,18 +265,28 @@ impl ClusterNode {
                 ..Default::default()
             };
             let config = Arc::new(config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
-            let snapshot_bytes = snapshots.current().map_or(0, |s| s.snapshot.len() as u64);
+            // The broker restarts from its checkpoint; openraft applies the log on from there.
+            let current = snapshots.current();
+            let (applied, membership) = current
+                .as_ref()
+                .map_or((None, StoredMembership::default()), |s| (s.meta.last_log_id, s.meta.last_membership.clone()));
+            let checkpoint = current.as_ref().map(|s| (s.meta.last_log_id.map_or(0, |l| l.index), s.snapshot.clone()));
+            applier.restore(checkpoint).await.map_err(io::Error::other)?;
+            let snapshot_bytes = current.map_or(0, |s| s.snapshot.len() as u64);
+            let sending = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let machine = BrokerSm {
                 applier,
-                applied: None,
-                membership: StoredMembership::default(),
+                applied,
+                membership,
                 snapshots,
+                sending: sending.clone(),
                 applied_bytes: 0,
                 snapshot_bytes,
             };
             let raft = Raft::new(settings.id, config, PeerNetwork::new(settings.id, connect), log, machine)
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))?;
+            sending.store(true, std::sync::atomic::Ordering::Release);
             let members: BTreeMap<u64, BasicNode> =
                 settings.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
             match raft.initialize(members).await {
@@ -450,19 +480,41 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, data: SnapshotData) -> io::Result<()> {
-        let (index, bytes) = (meta.last_log_id.map_or(0, |l| l.index), data.len() as u64);
-        self.snapshots.save(meta, data.clone())?;
+        let index = meta.last_log_id.map_or(0, |l| l.index);
         self.applier.install(index, data).await.map_err(io::Error::other)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // The node restarts from its own checkpoint of what it installed.
+        let checkpoint = self.applier.snapshot().await.map_err(io::Error::other)?;
+        self.snapshots.save(meta, checkpoint.clone())?;
         self.applied_bytes = 0;
-        self.snapshot_bytes = bytes;
+        self.snapshot_bytes = checkpoint.len() as u64;
         tracing::info!(index, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        Ok(self.snapshots.current())
+        let Some(saved) = self.snapshots.current() else { return Ok(None) };
+        if !self.sending.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Some(saved));
+        }
+        // For a follower: the whole state now, at the last entry applied (at or after the
+        // checkpoint's, which openraft purged the log behind).
+        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: self.applied, last_membership: self.membership.clone() };
+        let index = self.applied.map_or(0, |l| l.index);
+        let state = match self.applier.whole_state().await {
+            Ok(state) => {
+                tracing::info!(index, bytes = state.len(), "whole state taken for a follower");
+                state
+            }
+            // An error here would stop this node's Raft: the sending fails instead (an empty
+            // state, which the network refuses to send), and is tried again later.
+            Err(e) => {
+                tracing::warn!(error = %e, "a follower behind the purged log cannot be sent this node's state");
+                Bytes::new()
+            }
+        };
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: state }))
     }
 }
 

@@ -1,6 +1,7 @@
-//! A cluster node's snapshot: a broker's state taken on one node ([`Broker::snapshot`]) and
-//! installed on another ([`Broker::install_replica`]) that fell too far behind to be sent the
-//! Raft log it missed, or that restarts from its own snapshot.
+//! A cluster node's snapshots: a broker's whole state taken on one node
+//! ([`Broker::snapshot`]) and installed on another ([`Broker::install_replica`]) that fell
+//! too far behind to be sent the Raft log it missed; and a node's own checkpoint
+//! ([`Broker::checkpoint_replica`]), which it restarts from ([`Broker::restore_replica`]).
 //!
 //! What a replica holds is what every node applies from the Raft log: topics, records,
 //! subscriptions and their committed offsets, the dedupe indexes and the counters that name
@@ -32,13 +33,41 @@ impl Broker {
     ///
     /// A failure leaves the broker without its topics: the caller must not go on with it.
     pub fn install_replica(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let observed = self.notices.is_some();
-        let timers = self.timers.driver_only();
         for (_, topic) in std::mem::take(&mut self.topics) {
             self.storage.remove(topic.uid, topic.logs)?;
         }
+        self.replace_with(|config, storage| Broker::from_snapshot(config, storage, snapshot))
+    }
+
+    /// Restores a node of a cluster, as it starts, to `checkpoint` (from
+    /// [`Broker::checkpoint_replica`] on this node's storage), as a node that does not lead
+    /// holds it; with none (no snapshot taken yet), to nothing: every topic's files are
+    /// removed, for the Raft log makes them again. This broker must be pristine (new). With
+    /// notices on, what it restored is told as [`Broker::install_replica`] tells it.
+    pub fn restore_replica(&mut self, checkpoint: Option<&[u8]>) -> Result<(), SnapshotError> {
+        if !self.is_pristine() {
+            return Err(SnapshotError::Malformed("a checkpoint is restored on a new broker only".into()));
+        }
+        let Some(checkpoint) = checkpoint else {
+            self.storage.retain_topics(&[], u64::MAX)?;
+            // Empties the metadata journal a last life left.
+            let meta = self.meta_bytes();
+            self.save_meta_bytes(meta)?;
+            return Ok(());
+        };
+        self.replace_with(|config, storage| Broker::from_checkpoint(config, storage, checkpoint))
+    }
+
+    /// Replaces this broker with the one `restore` makes on its storage, keeping this one's
+    /// driver timers and notices.
+    fn replace_with(
+        &mut self,
+        restore: impl FnOnce(super::config::BrokerConfig, Box<dyn crate::storage::Storage>) -> Result<Broker, SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        let observed = self.notices.is_some();
+        let timers = self.timers.driver_only();
         let storage = std::mem::replace(&mut self.storage, Box::new(MemoryStorage));
-        let mut broker = Broker::from_snapshot(self.config.clone(), storage, snapshot)?;
+        let mut broker = restore(self.config.clone(), storage)?;
         broker.forget_leadership(timers);
         let meta = broker.meta_bytes();
         broker.save_meta_bytes(meta)?;
@@ -183,6 +212,96 @@ mod tests {
         assert!(again(&mut leader) && again(&mut replica));
         let fresh = |b: &mut Broker| b.publish(5, 2000, "t", vec![msg("m5", "k5")]).unwrap()[0].offset;
         assert_eq!(fresh(&mut leader), fresh(&mut replica));
+    }
+
+    fn on_file(dir: &std::path::Path) -> Broker {
+        let mut config = crate::storage::FileStorageConfig::new(dir);
+        config.fsync = crate::storage::FsyncPolicy::Never;
+        let storage = crate::storage::FileStorage::open(std::sync::Arc::new(crate::env::StdFs), config).unwrap();
+        let mut b = Broker::new(BrokerConfig::default(), Box::new(storage)).unwrap();
+        b.observe();
+        b
+    }
+
+    fn ends(b: &Broker, topic: &str) -> Vec<(u64, u64)> {
+        b.topic_info(topic).unwrap().partitions.iter().map(|p| (p.start_offset, p.end_offset)).collect()
+    }
+
+    /// A node restarts on its own storage from its checkpoint: the checkpoint holds no
+    /// record, the partition logs hold them. What was appended after it is cut off, the
+    /// files of a topic made after it are removed, and a topic deleted after it (its files
+    /// gone) starts empty at the end the checkpoint saw; the metadata (dedupe index, floors)
+    /// is the checkpoint's. Applying the same commands again then gives the same offsets.
+    #[test]
+    fn a_node_restores_its_checkpoint_from_its_partition_logs_cut_back_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = on_file(dir.path());
+        node.create_topic("keep", Some(2)).unwrap();
+        node.create_topic("doomed", Some(1)).unwrap();
+        let spec = SubscriptionSpec { name: "s".into(), topic: "keep".into(), ..Default::default() };
+        node.create_subscription(spec).unwrap();
+        let body = "a value only the partition logs hold";
+        node.publish(0, 1000, "keep", (0..6).map(|i| msg(&format!("{body} {i}"), &format!("k{i}"))).collect()).unwrap();
+        node.publish(1, 1000, "doomed", (0..3).map(|i| msg(&format!("d{i}"), &format!("d{i}"))).collect()).unwrap();
+        let pulled = node.pull(2, "s", 2).unwrap();
+        node.acks(3, "s", AckOp::Ack, pulled.iter().map(|d| d.ack_id.clone()).collect()).unwrap();
+        while node.poll_output().is_some() {}
+        let checkpoint = node.checkpoint_replica().unwrap();
+        let (keep_at, doomed_at) = (ends(&node, "keep"), ends(&node, "doomed"));
+        assert!(!String::from_utf8_lossy(&checkpoint).contains("partition logs hold"), "no record in it");
+        assert!(Broker::from_snapshot(BrokerConfig::default(), Box::new(MemoryStorage), &checkpoint).is_err());
+
+        // After it: more records, a deleted topic, a new one.
+        let later = |b: &mut Broker| {
+            let published =
+                b.publish(4, 2000, "keep", (6..9).map(|i| msg(&format!("m{i}"), &format!("k{i}"))).collect());
+            published.unwrap().iter().map(|p| (p.partition, p.offset, p.duplicate)).collect::<Vec<_>>()
+        };
+        let first = later(&mut node);
+        node.delete_topic("doomed", true).unwrap();
+        node.create_topic("late", Some(1)).unwrap();
+        node.publish(5, 2000, "late", vec![msg("l0", "l0")]).unwrap();
+        let late_uid = node.topics["late"].uid;
+        drop(node);
+        let late_dir = dir.path().join("topics").join(late_uid.to_string());
+        assert!(late_dir.exists());
+
+        let mut restarted = on_file(dir.path());
+        restarted.restore_replica(Some(&checkpoint)).unwrap();
+        restarted.assert_invariants();
+        assert_eq!(ends(&restarted, "keep"), keep_at, "cut back to the checkpoint");
+        let (_, doomed_end) = doomed_at[0];
+        assert_eq!(ends(&restarted, "doomed"), [(doomed_end, doomed_end)], "its files went with the deletion");
+        assert!(restarted.topic_info("late").is_err() && !late_dir.exists(), "made after: its files are removed");
+        let notices: Vec<Notice> = std::iter::from_fn(|| restarted.poll_notice()).collect();
+        let appended = notices.iter().filter(|n| matches!(n, Notice::Appended { .. })).count();
+        assert_eq!(appended, 6, "every record it holds is told: {notices:?}");
+        // The floor and the dedupe index are the checkpoint's.
+        assert_eq!(restarted.pull(6, "s", 10).unwrap().len(), 4);
+        assert_eq!(later(&mut restarted), first, "the same commands store the same records at the same places");
+        assert!(later(&mut restarted).iter().all(|(_, _, duplicate)| *duplicate));
+        let value = |b: &Broker, p: u32, o: u64| b.topics["keep"].logs[p as usize].read_one(o).unwrap().unwrap();
+        let (p, o, _) = first[0];
+        assert_eq!(value(&restarted, p, o).record.value, "m6");
+
+        // A log that holds fewer records than the checkpoint synced is damaged: refused.
+        let checkpoint = restarted.checkpoint_replica().unwrap();
+        let keep_dir = dir.path().join("topics").join(restarted.topics["keep"].uid.to_string());
+        drop(restarted);
+        let segment = keep_dir.join(p.to_string()).join(format!("{:020}.log", 0));
+        let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+        file.set_len(file.metadata().unwrap().len() / 2).unwrap();
+        drop(file);
+        let refused = on_file(dir.path()).restore_replica(Some(&checkpoint)).unwrap_err().to_string();
+        assert!(refused.contains("the node's data is damaged"), "{refused}");
+
+        // A node without a checkpoint starts empty: every topic's files go.
+        let mut pristine = on_file(dir.path());
+        pristine.restore_replica(None).unwrap();
+        assert!(std::fs::read_dir(dir.path().join("topics")).unwrap().next().is_none());
+        assert!(pristine.restore_replica(None).is_ok());
+        pristine.create_topic("x", Some(1)).unwrap();
+        assert!(pristine.restore_replica(Some(&checkpoint)).is_err(), "only on a new broker");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! It is JSON (the state) with the records' values in base64: readable by other tools,
 //! and bound to this version's state (a recording is replayed by the version that made it).
 //!
+//! A checkpoint ([`Broker::checkpoint_replica`]) is the same state without the records: a
+//! node of a cluster restarts from it on its own partition logs, synced when it was taken.
+//!
 //! One thing it does not carry: where a file log's segments begin. A restored file log
 //! rolls its segments anew, so a later retention, which removes whole segments, can remove
 //! a different number of records than the recorded broker's did; a replay then reports
@@ -89,11 +92,15 @@ struct SavedRecord {
     idempotency_key: Option<String>,
 }
 
-/// One partition: where it starts, and every record from there on.
+/// One partition: where it starts, and every record from there on; or, in a checkpoint,
+/// where it starts and ends (its records are in the partition log, synced).
 #[derive(Serialize, Deserialize)]
 struct SavedPartition {
     start: u64,
     records: Vec<SavedRecord>,
+    /// The end offset, in a checkpoint only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end: Option<u64>,
 }
 
 /// A topic without its logs, and its partitions' records, as it is written.
@@ -144,6 +151,7 @@ struct SavedRef<'a> {
     #[serde(serialize_with = "moves_of_ref")]
     moves_in_flight: &'a BTreeMap<(u64, u32, u64), u64>,
     term: u64,
+    checkpoint: bool,
 }
 
 fn pairs_of_ref<S: serde::Serializer>(
@@ -183,6 +191,9 @@ struct Saved {
     moves_in_flight: BTreeMap<(u64, u32, u64), u64>,
     #[serde(default)]
     term: u64,
+    /// A checkpoint: the partitions' records are not in it but in their logs.
+    #[serde(default)]
+    checkpoint: bool,
 }
 
 fn moves_of_ref<S: serde::Serializer>(map: &&BTreeMap<(u64, u32, u64), u64>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -200,11 +211,37 @@ impl Broker {
             return Err(SnapshotError::TooLarge { limit });
         }
         let mut budget = limit;
+        let bytes = self.save(false, |log| save_partition(log, &mut budget, limit))?;
+        if bytes.len() > limit {
+            return Err(SnapshotError::TooLarge { limit });
+        }
+        Ok(bytes)
+    }
+
+    /// The broker's state without its records, which stay in the partition logs: every
+    /// log is synced first, so the records up to each end survive a crash. It is what a
+    /// node of a cluster restarts from ([`Broker::from_checkpoint`], on the same storage).
+    /// Its size is the metadata's (topics, subscriptions, dedupe indexes), not the records'.
+    pub fn checkpoint_replica(&mut self) -> Result<Vec<u8>, SnapshotError> {
+        for log in self.topics.values_mut().flat_map(|t| &mut t.logs) {
+            log.sync()?;
+        }
+        self.save(true, |log| {
+            Ok(SavedPartition { start: log.start_offset(), records: Vec::new(), end: Some(log.end_offset()) })
+        })
+    }
+
+    /// Serializes the state, each partition as `partition` saves it.
+    fn save(
+        &self,
+        checkpoint: bool,
+        mut partition: impl FnMut(&dyn crate::storage::PartitionLog) -> Result<SavedPartition, SnapshotError>,
+    ) -> Result<Vec<u8>, SnapshotError> {
         let mut topics = Vec::with_capacity(self.topics.len());
         for topic in self.topics.values() {
             let mut partitions = Vec::with_capacity(topic.logs.len());
             for log in &topic.logs {
-                partitions.push(save_partition(log.as_ref(), &mut budget, limit)?);
+                partitions.push(partition(log.as_ref())?);
             }
             topics.push(SavedTopicRef {
                 name: &topic.name,
@@ -236,12 +273,9 @@ impl Broker {
             replicated: self.replicated,
             moves_in_flight: &self.moves_in_flight,
             term: self.term,
+            checkpoint,
         };
-        let bytes = serde_json::to_vec(&saved).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-        if bytes.len() > limit {
-            return Err(SnapshotError::TooLarge { limit });
-        }
-        Ok(bytes)
+        serde_json::to_vec(&saved).map_err(|e| SnapshotError::Malformed(e.to_string()))
     }
 
     /// A broker with `config` on `storage` (empty) holding what `snapshot` saved.
@@ -251,27 +285,108 @@ impl Broker {
         snapshot: &[u8],
     ) -> Result<Broker, SnapshotError> {
         let saved: Saved = serde_json::from_slice(snapshot).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if saved.checkpoint {
+            return Err(SnapshotError::Malformed("a checkpoint, without records, not a whole snapshot".into()));
+        }
+        Self::restore_saved(config, storage, saved, |storage, uid, p, partition| {
+            let mut log = storage.open_at(uid, p, partition.start)?;
+            // In batches: each is one buffer of values, and a file log rolls its segments
+            // between them as it would between publishes.
+            let mut records = partition.records.into_iter().map(restore_record);
+            loop {
+                let batch = records.by_ref().take(RESTORE_BATCH_RECORDS).collect::<Result<Vec<_>, _>>()?;
+                if batch.is_empty() {
+                    break;
+                }
+                log.append(batch)?;
+            }
+            log.sync()?;
+            Ok(log)
+        })
+    }
+
+    /// A broker with `config` on `storage`, the storage [`Broker::checkpoint_replica`] took
+    /// `checkpoint` on, holding what it saved. Each partition log is cut back to the end
+    /// the checkpoint saw (what was appended after is the Raft log's to apply again), and
+    /// the files of topics the checkpoint does not hold are removed (topics made after it,
+    /// made again as the log is applied).
+    ///
+    /// Records the checkpoint saw may be gone by right: its topic deleted after it (the
+    /// partition has no file left), or retention after it removed every segment up to its
+    /// end. The partition then starts empty at that end; the Raft log holds the deletion or
+    /// retention, and applies it again before this node can lead. A partition that holds
+    /// records but fewer than the checkpoint synced is damaged, and refuses the restore.
+    pub fn from_checkpoint(
+        config: BrokerConfig,
+        mut storage: Box<dyn Storage>,
+        checkpoint: &[u8],
+    ) -> Result<Broker, SnapshotError> {
+        let saved: Saved = serde_json::from_slice(checkpoint).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if !saved.checkpoint {
+            return Err(SnapshotError::Malformed("a whole snapshot, not a checkpoint".into()));
+        }
+        let uids: Vec<u64> = saved.topics.iter().map(|t| t.uid).collect();
+        // Every other topic directory is one the Raft log makes again, or deleted: none is
+        // unknown, so none is refused as the metadata's newer than the data.
+        storage.retain_topics(&uids, u64::MAX)?;
+        Self::restore_saved(config, storage, saved, |storage, uid, p, partition| {
+            let end = partition.end.ok_or_else(|| SnapshotError::Malformed("a partition without its end".into()))?;
+            let mut log = storage.open(uid, p)?;
+            let (start_now, end_now) = (log.start_offset(), log.end_offset());
+            let files_gone = (start_now, end_now) == (0, 0);
+            if start_now > end || (end_now < end && files_gone) {
+                tracing::info!(
+                    topic_uid = uid,
+                    partition = p,
+                    checkpoint_end = end,
+                    "the partition's records up to the checkpoint were removed after it; it starts empty there"
+                );
+                return Ok(storage.open_at(uid, p, end)?);
+            }
+            if end_now < end {
+                let reason = format!(
+                    "the node's checkpoint synced offsets up to {end} of topic uid {uid} partition {p}, \
+                     and the log ends at {end_now}: the node's data is damaged; remove its data_dir \
+                     to have it join again from the leader's snapshot"
+                );
+                return Err(SnapshotError::Storage(crate::storage::StorageError::Corrupt {
+                    file: format!("topics/{uid}/{p}"),
+                    position: 0,
+                    reason,
+                }));
+            }
+            log.truncate(end)?;
+            Ok(log)
+        })
+    }
+
+    /// A broker with `config` on `storage` holding `saved`, each partition's log made by
+    /// `open_log`.
+    fn restore_saved(
+        config: BrokerConfig,
+        storage: Box<dyn Storage>,
+        saved: Saved,
+        mut open_log: impl FnMut(
+            &mut dyn Storage,
+            u64,
+            u32,
+            SavedPartition,
+        ) -> Result<Box<dyn crate::storage::PartitionLog>, SnapshotError>,
+    ) -> Result<Broker, SnapshotError> {
         let mut broker = Broker::new(config, storage)?;
         for t in saved.topics {
             let mut logs = Vec::with_capacity(t.partitions.len());
             for (p, partition) in t.partitions.into_iter().enumerate() {
-                let mut log = broker.storage.open_at(t.uid, p as u32, partition.start)?;
-                // In batches: each is one buffer of values, and a file log rolls its segments
-                // between them as it would between publishes.
-                let mut records = partition.records.into_iter().map(restore_record);
-                loop {
-                    let batch = records.by_ref().take(RESTORE_BATCH_RECORDS).collect::<Result<Vec<_>, _>>()?;
-                    if batch.is_empty() {
-                        break;
-                    }
-                    log.append(batch)?;
-                }
-                log.sync()?;
-                logs.push(log);
+                logs.push(open_log(broker.storage.as_mut(), t.uid, p as u32, partition)?);
             }
             let mut topic = Topic::new(t.name.clone(), t.uid, logs, 0);
             topic.subscriptions = t.subscriptions;
             topic.dedupe = t.dedupe;
+            // A checkpoint's partition may start later than it saw (its records removed
+            // after it): the index names none of the records gone.
+            for (p, log) in topic.logs.iter().enumerate() {
+                topic.dedupe.retained_from(p as u32, log.start_offset());
+            }
             topic.round_robin = t.round_robin;
             broker.topics.insert(t.name, topic);
         }
@@ -325,7 +440,7 @@ fn save_partition(
             });
         }
     }
-    Ok(SavedPartition { start, records })
+    Ok(SavedPartition { start, records, end: None })
 }
 
 fn restore_record(saved: SavedRecord) -> Result<Record, SnapshotError> {

@@ -60,10 +60,15 @@ enum Job {
     Stop { done: oneshot::Sender<()> },
     /// Committed cluster entries to apply, in log order; `done` once all are applied.
     Apply { batch: Vec<Committed>, done: oneshot::Sender<()> },
-    /// The broker's state, for a cluster snapshot.
+    /// The broker's checkpoint, for a cluster snapshot: its logs synced, its state but them.
     Snapshot { done: oneshot::Sender<Result<bytes::Bytes, String>> },
-    /// A cluster snapshot, the state after entry `index`, to replace the broker's with.
+    /// The broker's whole state, records included, to send a follower.
+    WholeState { done: oneshot::Sender<Result<bytes::Bytes, String>> },
+    /// A whole state from another node, the state after entry `index`, to replace the
+    /// broker's with.
     Install { index: u64, snapshot: bytes::Bytes, done: oneshot::Sender<Result<(), String>> },
+    /// The node starts: its checkpoint at entry `index`, if it took one, to restore.
+    Restore { checkpoint: Option<(u64, bytes::Bytes)>, done: oneshot::Sender<Result<(), String>> },
     /// This node of a cluster runs: from now on it proposes what it is asked to change.
     Attach { node: Arc<ClusterNode> },
     /// The cluster's state may have changed (a term, a leader, an index).
@@ -447,10 +452,16 @@ impl Driver {
                 let _ = done.send(());
             }
             Job::Snapshot { done } => {
-                let _ = done.send(self.take_snapshot());
+                let _ = done.send(self.take_checkpoint());
+            }
+            Job::WholeState { done } => {
+                let _ = done.send(self.take_whole_state());
             }
             Job::Install { index, snapshot, done } => {
                 let _ = done.send(self.install_snapshot(index, &snapshot));
+            }
+            Job::Restore { checkpoint, done } => {
+                let _ = done.send(self.restore_checkpoint(checkpoint));
             }
             Job::Attach { node } => self.attach(node),
             Job::ClusterChanged => self.cluster_changed(),

@@ -359,8 +359,9 @@ async fn export_refusals(refusals: std::sync::Weak<refusals::Refusals>) {
     }
 }
 
-/// What a node of a cluster starts with. Its broker's storage is the state machine's: it
-/// must be empty, for the node applies its whole Raft log to it as it starts.
+/// What a node of a cluster starts with. Its broker's storage is the state machine's: the
+/// partition logs its last checkpoint synced are kept, every other file of it is replaced
+/// as the node restores the checkpoint and applies its Raft log on.
 pub struct ClusterRun {
     /// Its Raft settings: its id, every node's peer address, timing, seed.
     pub settings: NodeSettings,
@@ -618,13 +619,13 @@ async fn start_driver(
     hooks: Hooks,
     metrics_on: bool,
 ) -> Result<(DriverHandle, Option<admin::ClusterView>), ServerError> {
-    let mut broker = Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?;
     let Hooks { observer, record, cluster, reload: _ } = hooks;
-    if cluster.is_some() && !broker.is_pristine() {
-        return Err(ServerError::Cluster(std::io::Error::other(
-            "a cluster node's broker state must start empty: it is rebuilt from the Raft log",
-        )));
-    }
+    // A node of a cluster does not read its storage's metadata: it restores the broker from
+    // its checkpoint (the Raft snapshot) when its Raft starts, and applies the log on.
+    let mut broker = match cluster {
+        Some(_) => Broker::new(config.broker.clone(), storage).map_err(ServerError::Recovery)?,
+        None => Broker::open(config.broker.clone(), storage).map_err(ServerError::Recovery)?,
+    };
     if observer.is_some() {
         broker.observe();
     }

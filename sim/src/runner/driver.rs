@@ -475,15 +475,10 @@ impl BrokerHost {
     async fn serve(&self) -> Result<(), Box<dyn std::error::Error>> {
         let (name, history) = (&self.name, &self.history);
         let storage = match (&self.node, self.storage.clone()) {
-            // A node's broker state is rebuilt from its Raft log at each start, and never
-            // synced: the Raft log makes writes durable.
-            (Some(_), Some(mut config)) => {
-                config.dir = std::path::Path::new(DATA_DIR).join("state");
-                config.fsync = FsyncPolicy::Never;
-                if self.disk.exists(&config.dir) {
-                    self.disk.remove_dir_all(&config.dir)?;
-                }
-                Some(config)
+            // A node's broker state is synced by its Raft snapshots, and restored from the
+            // last at each start: the Raft log makes writes durable.
+            (Some(_), Some(config)) => {
+                Some(FileStorageConfig { dir: std::path::Path::new(DATA_DIR).into(), ..config }.node_state())
             }
             (_, storage) => storage,
         };

@@ -27,6 +27,7 @@ use tonic::Status;
 use super::{Driver, DriverHandle, Job, Replier, StreamSink};
 use crate::cluster::{Applier, ClusterNode, Committed, ProposeError, SNAPSHOT_BYTES_MAX};
 use crate::core::{Answer, BrokerError, Command, LeaderHint, Mutation};
+use crate::env::blocking;
 use crate::record::{self, pb};
 use crate::server::metrics::{self, LatencyTimer};
 
@@ -168,6 +169,16 @@ impl Applier for DriverHandle {
     fn snapshot(&self) -> BoxFuture<'static, Result<bytes::Bytes, String>> {
         let taken = self.ask(|done| Job::Snapshot { done });
         Box::pin(async move { taken.await? })
+    }
+
+    fn whole_state(&self) -> BoxFuture<'static, Result<bytes::Bytes, String>> {
+        let taken = self.ask(|done| Job::WholeState { done });
+        Box::pin(async move { taken.await? })
+    }
+
+    fn restore(&self, checkpoint: Option<(u64, bytes::Bytes)>) -> BoxFuture<'static, Result<(), String>> {
+        let restored = self.ask(move |done| Job::Restore { checkpoint, done });
+        Box::pin(async move { restored.await? })
     }
 
     fn install(&self, index: u64, snapshot: bytes::Bytes) -> BoxFuture<'static, Result<(), String>> {
@@ -398,10 +409,37 @@ impl Driver {
         }
     }
 
-    /// The broker's state now, for a cluster snapshot.
-    pub(super) fn take_snapshot(&mut self) -> Result<bytes::Bytes, String> {
+    /// The broker's checkpoint now, for a cluster snapshot: its partition logs are synced
+    /// (on a thread that may block), and its state but the records taken.
+    pub(super) fn take_checkpoint(&mut self) -> Result<bytes::Bytes, String> {
+        let taken = blocking(|| self.broker.checkpoint_replica());
+        Ok(taken.map_err(|e| format!("no checkpoint of the broker: {e}"))?.into())
+    }
+
+    /// The broker's whole state now, records included, for a follower that fell behind
+    /// the purged log.
+    pub(super) fn take_whole_state(&mut self) -> Result<bytes::Bytes, String> {
         let taken = self.broker.snapshot(SNAPSHOT_BYTES_MAX).map_err(|e| format!("no snapshot of the broker: {e}"))?;
         Ok(taken.into())
+    }
+
+    /// Restores the broker, as its node starts, to the node's checkpoint at entry `index`
+    /// (or, with none, to nothing): the Raft log is applied on from there.
+    pub(super) fn restore_checkpoint(&mut self, checkpoint: Option<(u64, bytes::Bytes)>) -> Result<(), String> {
+        let index = checkpoint.as_ref().map_or(0, |(index, _)| *index);
+        self.broker
+            .restore_replica(checkpoint.as_ref().map(|(_, bytes)| bytes.as_ref()))
+            .map_err(|e| format!("the checkpoint at entry {index} was not restored: {e}"))?;
+        if checkpoint.is_some() {
+            tracing::info!(index, "the broker's state was restored from this node's checkpoint");
+            if let Some(observer) = &self.checks.observer {
+                observer.installed(index);
+            }
+            if let Some(recorder) = &mut self.checks.recorder {
+                recorder.begin_again(&self.broker);
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the broker's state with a cluster snapshot's, the state after entry `index`

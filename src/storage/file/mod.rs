@@ -58,6 +58,17 @@ impl FileStorageConfig {
             truncate_corrupt: false,
         }
     }
+
+    /// These settings as a cluster node's broker state takes them, in `<dir>/state`: never
+    /// fsynced as records are appended (the Raft log makes a write durable; the node's
+    /// snapshots sync the partition logs), and damage a crash left cut rather than refused,
+    /// for the node cuts its logs back to its last snapshot and applies the Raft log on.
+    pub fn node_state(mut self) -> Self {
+        self.dir = self.dir.join("state");
+        self.fsync = FsyncPolicy::Never;
+        self.truncate_corrupt = true;
+        self
+    }
 }
 
 /// What recovery cut from a log.
