@@ -35,8 +35,8 @@ mod wire;
 pub use log::{identity, RaftLog};
 pub use network::{Connector, PeerNetwork, RaftService, SnapshotData, SNAPSHOT_BYTES_MAX};
 pub use node::{
-    Answerer, Applier, BrokerSm, ClusterNode, ClusterState, Committed, NodeSettings, ProposeError, StateWatcher,
-    Submitted, SNAPSHOT_ENTRIES_DEFAULT,
+    Answerer, Applier, BrokerSm, Checkpoint, ClusterNode, ClusterState, Committed, NodeSettings, ProposeError,
+    StateWatcher, Submitted, SNAPSHOT_ENTRIES_DEFAULT,
 };
 
 /// The generated `pubsub.cluster` package (a node's Raft log records).

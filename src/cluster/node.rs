@@ -126,9 +126,9 @@ pub trait Applier: Send + Sync + 'static {
     fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Result<(), String>>;
 
     /// The broker's checkpoint now, every entry handed to [`Applier::apply`] applied: its
-    /// records made durable where they are, and the rest of its state, to restart from
-    /// ([`Applier::restore`]). An error (a disk that refused a sync) puts the snapshot off.
-    fn snapshot(&self) -> BoxFuture<'static, Result<Bytes, String>>;
+    /// state but the records, to restart from ([`Applier::restore`]), and what makes the
+    /// records durable where they are. An error puts the snapshot off.
+    fn snapshot(&self) -> BoxFuture<'static, Result<Checkpoint, String>>;
 
     /// The broker's whole state now, records included, every entry handed to
     /// [`Applier::apply`] applied: what a follower behind the purged log is sent. An error
@@ -143,6 +143,23 @@ pub trait Applier: Send + Sync + 'static {
     /// last checkpoint and the entry it was taken after, or with none to nothing. An error
     /// refuses the start.
     fn restore(&self, checkpoint: Option<(u64, Bytes)>) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// A broker's checkpoint ([`Applier::snapshot`]).
+pub struct Checkpoint {
+    /// The broker's state but its records.
+    pub state: Bytes,
+    /// Makes the records the state counts durable: it may block, and runs beside the
+    /// broker's next applies. The checkpoint counts only once it succeeded.
+    pub sync: Box<dyn FnOnce() -> Result<(), String> + Send + Sync>,
+}
+
+impl Checkpoint {
+    /// Runs the sync (on a thread that may block), then hands back the state.
+    fn synced(self) -> io::Result<Bytes> {
+        crate::env::blocking(self.sync).map_err(io::Error::other)?;
+        Ok(self.state)
+    }
 }
 
 /// Why a proposal got no reply from the state machine.
@@ -391,15 +408,18 @@ impl StateWatcher {
 /// a task of its own, beside the next applies, so the broker's state is taken before.
 pub struct SnapshotBuilder {
     meta: SnapshotMetaOf<TypeConfig>,
-    taken: Result<Bytes, String>,
+    taken: Option<Result<Checkpoint, String>>,
     snapshots: SnapshotStore,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
+    /// Syncs the records the checkpoint counts (the broker applies on meanwhile), then
+    /// saves it.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        let data = self.taken.clone().map_err(io::Error::other)?;
+        let taken = self.taken.take().unwrap_or_else(|| Err("the snapshot was built already".into()));
+        let data = taken.map_err(io::Error::other)?.synced()?;
         self.snapshots.save(&self.meta, data.clone())?;
         tracing::info!(index = self.meta.last_log_id.map_or(0, |l| l.index), bytes = data.len(), "snapshot saved");
         Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta: self.meta.clone(), snapshot: data })
@@ -411,11 +431,11 @@ impl BrokerSm {
     async fn take(&mut self) -> SnapshotBuilder {
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: self.applied, last_membership: self.membership.clone() };
         let taken = self.applier.snapshot().await;
-        if let Ok(data) = &taken {
+        if let Ok(checkpoint) = &taken {
             self.applied_bytes = 0;
-            self.snapshot_bytes = data.len() as u64;
+            self.snapshot_bytes = checkpoint.state.len() as u64;
         }
-        SnapshotBuilder { meta, taken, snapshots: self.snapshots.clone() }
+        SnapshotBuilder { meta, taken: Some(taken), snapshots: self.snapshots.clone() }
     }
 }
 
@@ -471,7 +491,7 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
         }
         let builder = self.take().await;
         match (&builder.taken, force) {
-            (Err(e), false) => {
+            (Some(Err(e)), false) => {
                 tracing::warn!(error = %e, "no snapshot now; the Raft log is kept until one is taken");
                 None
             }
@@ -485,7 +505,7 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         // The node restarts from its own checkpoint of what it installed.
-        let checkpoint = self.applier.snapshot().await.map_err(io::Error::other)?;
+        let checkpoint = self.applier.snapshot().await.map_err(io::Error::other)?.synced()?;
         self.snapshots.save(meta, checkpoint.clone())?;
         self.applied_bytes = 0;
         self.snapshot_bytes = checkpoint.len() as u64;

@@ -246,7 +246,8 @@ mod tests {
         let pulled = node.pull(2, "s", 2).unwrap();
         node.acks(3, "s", AckOp::Ack, pulled.iter().map(|d| d.ack_id.clone()).collect()).unwrap();
         while node.poll_output().is_some() {}
-        let checkpoint = node.checkpoint_replica().unwrap();
+        let (checkpoint, sync) = node.checkpoint_replica().unwrap();
+        sync.run().unwrap();
         let (keep_at, doomed_at) = (ends(&node, "keep"), ends(&node, "doomed"));
         assert!(!String::from_utf8_lossy(&checkpoint).contains("partition logs hold"), "no record in it");
         assert!(Broker::from_snapshot(BrokerConfig::default(), Box::new(MemoryStorage), &checkpoint).is_err());
@@ -285,7 +286,8 @@ mod tests {
         assert_eq!(value(&restarted, p, o).record.value, "m6");
 
         // A log that holds fewer records than the checkpoint synced is damaged: refused.
-        let checkpoint = restarted.checkpoint_replica().unwrap();
+        let (checkpoint, sync) = restarted.checkpoint_replica().unwrap();
+        sync.run().unwrap();
         let keep_dir = dir.path().join("topics").join(restarted.topics["keep"].uid.to_string());
         drop(restarted);
         let segment = keep_dir.join(p.to_string()).join(format!("{:020}.log", 0));

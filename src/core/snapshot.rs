@@ -31,7 +31,7 @@ use super::subscription::Subscription;
 use super::timers::TimerTable;
 use super::topic::Topic;
 use super::StreamId;
-use crate::storage::{Record, Storage, StorageError};
+use crate::storage::{LaterSync, Record, Storage, StorageError};
 
 /// Records read from a partition at a time while taking a snapshot.
 const READ_BATCH_RECORDS: usize = 4096;
@@ -218,17 +218,20 @@ impl Broker {
         Ok(bytes)
     }
 
-    /// The broker's state without its records, which stay in the partition logs: every
-    /// log is synced first, so the records up to each end survive a crash. It is what a
-    /// node of a cluster restarts from ([`Broker::from_checkpoint`], on the same storage).
-    /// Its size is the metadata's (topics, subscriptions, dedupe indexes), not the records'.
-    pub fn checkpoint_replica(&mut self) -> Result<Vec<u8>, SnapshotError> {
+    /// The broker's state without its records, which stay in the partition logs, and what
+    /// makes the records up to each log's end durable: run it (on any thread, while the
+    /// broker goes on) before the checkpoint counts. It is what a node of a cluster restarts
+    /// from ([`Broker::from_checkpoint`], on the same storage). Its size is the metadata's
+    /// (topics, subscriptions, dedupe indexes), not the records'.
+    pub fn checkpoint_replica(&mut self) -> Result<(Vec<u8>, LaterSync), SnapshotError> {
+        let mut sync = LaterSync::default();
         for log in self.topics.values_mut().flat_map(|t| &mut t.logs) {
-            log.sync()?;
+            sync = sync.and(log.sync_later()?);
         }
-        self.save(true, |log| {
+        let state = self.save(true, |log| {
             Ok(SavedPartition { start: log.start_offset(), records: Vec::new(), end: Some(log.end_offset()) })
-        })
+        })?;
+        Ok((state, sync))
     }
 
     /// Serializes the state, each partition as `partition` saves it.

@@ -61,7 +61,7 @@ enum Job {
     /// Committed cluster entries to apply, in log order; `done` once all are applied.
     Apply { batch: Vec<Committed>, done: oneshot::Sender<()> },
     /// The broker's checkpoint, for a cluster snapshot: its logs synced, its state but them.
-    Snapshot { done: oneshot::Sender<Result<bytes::Bytes, String>> },
+    Snapshot { done: oneshot::Sender<Result<crate::cluster::Checkpoint, String>> },
     /// The broker's whole state, records included, to send a follower.
     WholeState { done: oneshot::Sender<Result<bytes::Bytes, String>> },
     /// A whole state from another node, the state after entry `index`, to replace the

@@ -151,6 +151,50 @@ pub struct Retention {
     pub min_publish_time_ms: Option<u64>,
 }
 
+/// Files and directories to fsync, so that what a log held when it made this
+/// ([`PartitionLog::sync_later`]) is durable: run on any thread, beside new appends. A file
+/// removed meanwhile is skipped (its records went with it).
+#[derive(Default)]
+pub struct LaterSync {
+    fs: Option<Arc<dyn crate::env::Fs>>,
+    files: Vec<std::path::PathBuf>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl LaterSync {
+    /// Syncs the data of `files`, then `dirs`, on `fs`.
+    pub fn new(fs: Arc<dyn crate::env::Fs>, files: Vec<std::path::PathBuf>, dirs: Vec<std::path::PathBuf>) -> Self {
+        Self { fs: Some(fs), files, dirs }
+    }
+
+    /// This and `other`, which must be on the same filesystem.
+    pub fn and(mut self, other: LaterSync) -> LaterSync {
+        self.fs = self.fs.or(other.fs);
+        self.files.extend(other.files);
+        self.dirs.extend(other.dirs);
+        self
+    }
+
+    /// Syncs; the first failure is returned (what was synced before it stays so).
+    pub fn run(self) -> Result<(), StorageError> {
+        let Some(fs) = self.fs else { return Ok(()) };
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        for path in &self.files {
+            match fs.open(path, false).and_then(|file| file.sync_data()) {
+                Err(e) if !gone(&e) => return Err(file::io_error(path, "fsync", e)),
+                _ => {}
+            }
+        }
+        for dir in &self.dirs {
+            match fs.sync_dir(dir) {
+                Err(e) if !gone(&e) => return Err(file::io_error(dir, "sync directory", e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One partition's log.
 pub trait PartitionLog: Send {
     /// Appends `records` in order and returns the offset of the first one. All or nothing.
@@ -182,6 +226,13 @@ pub trait PartitionLog: Send {
 
     /// Makes every appended record durable. A no-op for memory.
     fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// What makes every record appended so far durable, to run later on another thread
+    /// ([`LaterSync::run`]) while the log takes more appends. The default syncs now.
+    fn sync_later(&mut self) -> Result<LaterSync, StorageError> {
+        self.sync()?;
+        Ok(LaterSync::default())
+    }
 
     /// Removes every record at or after `from` (a torn tail, an unreplicated suffix).
     fn truncate(&mut self, from: u64) -> Result<(), StorageError>;

@@ -25,9 +25,8 @@ use prost::Message as _;
 use tonic::Status;
 
 use super::{Driver, DriverHandle, Job, Replier, StreamSink};
-use crate::cluster::{Applier, ClusterNode, Committed, ProposeError, SNAPSHOT_BYTES_MAX};
+use crate::cluster::{Applier, Checkpoint, ClusterNode, Committed, ProposeError, SNAPSHOT_BYTES_MAX};
 use crate::core::{Answer, BrokerError, Command, LeaderHint, Mutation};
-use crate::env::blocking;
 use crate::record::{self, pb};
 use crate::server::metrics::{self, LatencyTimer};
 
@@ -166,7 +165,7 @@ impl Applier for DriverHandle {
         self.ask(|done| Job::Apply { batch, done })
     }
 
-    fn snapshot(&self) -> BoxFuture<'static, Result<bytes::Bytes, String>> {
+    fn snapshot(&self) -> BoxFuture<'static, Result<Checkpoint, String>> {
         let taken = self.ask(|done| Job::Snapshot { done });
         Box::pin(async move { taken.await? })
     }
@@ -409,11 +408,13 @@ impl Driver {
         }
     }
 
-    /// The broker's checkpoint now, for a cluster snapshot: its partition logs are synced
-    /// (on a thread that may block), and its state but the records taken.
-    pub(super) fn take_checkpoint(&mut self) -> Result<bytes::Bytes, String> {
-        let taken = blocking(|| self.broker.checkpoint_replica());
-        Ok(taken.map_err(|e| format!("no checkpoint of the broker: {e}"))?.into())
+    /// The broker's checkpoint now, for a cluster snapshot: its state but the records, and
+    /// the sync of its partition logs, which the snapshot runs off the driver.
+    pub(super) fn take_checkpoint(&mut self) -> Result<Checkpoint, String> {
+        let (state, sync) =
+            self.broker.checkpoint_replica().map_err(|e| format!("no checkpoint of the broker: {e}"))?;
+        let sync = Box::new(move || sync.run().map_err(|e| format!("the partition logs did not sync: {e}")));
+        Ok(Checkpoint { state: state.into(), sync })
     }
 
     /// The broker's whole state now, records included, for a follower that fell behind

@@ -125,6 +125,10 @@ impl PartitionLog for TimedLog {
         self.inner.synced_end()
     }
 
+    fn sync_later(&mut self) -> Result<crate::storage::LaterSync, StorageError> {
+        self.inner.sync_later()
+    }
+
     /// Only a sync with records to make durable is timed: the broker syncs every partition
     /// at each group commit, and the idle ones cost nothing.
     fn sync(&mut self) -> Result<(), StorageError> {

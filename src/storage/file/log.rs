@@ -420,6 +420,18 @@ impl PartitionLog for FileLog {
         Ok(())
     }
 
+    fn sync_later(&mut self) -> Result<crate::storage::LaterSync, StorageError> {
+        self.finish_cuts()?;
+        let mut files = Vec::new();
+        for seg in self.segments.values_mut() {
+            files.extend(seg.unsynced()?.map(Path::to_path_buf));
+        }
+        // The segments' directory entries, and those it depends on.
+        let mut dirs = self.new_dirs.clone();
+        dirs.push(self.dir.clone());
+        Ok(crate::storage::LaterSync::new(Arc::clone(&self.fs), files, dirs))
+    }
+
     /// The records leave the log at once, even when the disk refuses to cut or remove
     /// their files (the error is still returned): those files are finished before the
     /// next write or sync, and a later sync never brings the records back.

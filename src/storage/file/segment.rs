@@ -579,6 +579,13 @@ impl Segment {
         self.index.first().map(|e| e.time_ms)
     }
 
+    /// Finishes a pending cut, and the file's path if it holds writes not yet synced: what
+    /// a later sync must sync.
+    pub fn unsynced(&mut self) -> Result<Option<&Path>, StorageError> {
+        self.finish_cut()?;
+        Ok(self.dirty.then_some(self.path.as_path()))
+    }
+
     /// Makes the written records durable (and a pending cut, first).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.finish_cut()?;
