@@ -517,6 +517,58 @@ async fn three_nodes_lose_nothing_acknowledged_when_the_leader_is_killed_three_t
     assert!(logs.iter().any(|(_, text)| text.contains(restored)), "no node restarted on its snapshot");
 }
 
+/// A follower down while the leader snapshots and purges its log is sent the leader's whole
+/// state when it comes back (its log behind the purge point is gone), installs it, and then
+/// holds every record at the leader's offsets. Restarted once more, it starts on its own
+/// checkpoint. Snapshots are taken every 50 entries or more, 50 kept behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_gets_the_whole_state_and_restarts_on_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, peers, brokers) = cluster_with(dir.path(), &["--snapshot-entries", "50"]);
+    let first = leader(&nodes).await;
+    let addr = nodes[first as usize - 1].client.clone();
+    let topic = pb::CreateTopicRequest { name: "orders".into(), partitions: 2, ..Default::default() };
+    AdminClient::new(lazy(&addr)).create_topic(topic).await.unwrap();
+    let behind = nodes.iter().map(|n| n.id).find(|id| *id != first).unwrap();
+    nodes[behind as usize - 1].kill();
+
+    // 400 entries of 10 messages each, 1 KiB apiece: several snapshots, the log purged.
+    let mut pubsub = PubSubClient::new(lazy(&addr));
+    for batch in 0..400 {
+        let messages = (0..10)
+            .map(|i| pb::OutgoingMessage {
+                value: format!("{batch}-{i}:{}", "x".repeat(1000)).into_bytes().into(),
+                idempotency_key: Some(format!("b{batch}-{i}")),
+                ..Default::default()
+            })
+            .collect();
+        pubsub.publish(pb::PublishRequest { topic: "orders".into(), messages, ..Default::default() }).await.unwrap();
+    }
+    nodes[behind as usize - 1].start(&peers, &brokers);
+    applied_everywhere(&nodes, &addr).await;
+    let logs = node_logs(dir.path());
+    let said = |id: u64, text: &str| logs.iter().any(|(n, log)| *n == id && log.contains(text));
+    assert!(said(first, "whole state taken for a follower"), "the leader sent its state");
+    assert!(said(behind, "snapshot installed"), "node {behind} installed the leader's state");
+
+    // Once more: the node that caught up restarts on its own checkpoint.
+    nodes[behind as usize - 1].terminate().await;
+    nodes[behind as usize - 1].start(&peers, &brokers);
+    applied_everywhere(&nodes, &addr).await;
+    let logs = node_logs(dir.path());
+    let restored = "the broker's state was restored from this node's checkpoint";
+    assert!(logs.iter().any(|(n, log)| *n == behind && log.contains(restored)), "node {behind} restarted on it");
+
+    for node in &mut nodes {
+        node.terminate().await;
+    }
+    let stored: Vec<_> = nodes.iter().map(|n| records_on(&n.data)).collect();
+    let total: usize = stored[0]["orders"].iter().map(Vec::len).sum();
+    assert_eq!(total, 4000, "every message once");
+    assert_eq!(stored[0], stored[1], "nodes 1 and 2 hold the same records at every offset");
+    assert_eq!(stored[0], stored[2], "nodes 1 and 3 hold the same records at every offset");
+}
+
 /// Every node log under `dir`, with the node's id: `node-ID.log.MS`.
 fn node_logs(dir: &Path) -> Vec<(u64, String)> {
     let mut logs = Vec::new();
