@@ -368,7 +368,8 @@ impl Observer for BrokerObserver {
         match notice {
             // Each node's own log, for the checks that compare replicas.
             Notice::Appended { .. } | Notice::FloorRaised { .. } => {}
-            // A node starts empty and rebuilds its state from the Raft log: nothing vanished.
+            // A node restarts from its checkpoint (told as an installed snapshot) and the
+            // Raft log after it: nothing vanished.
             Notice::Restored { .. } => return,
             // Leases live on the leader alone.
             Notice::LeasesReleased { .. } => {}

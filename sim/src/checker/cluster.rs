@@ -133,7 +133,7 @@ pub fn floors(entries: &[Entry]) -> Check {
             Event::Broker(Notice::SubscriptionDeleted { subscription }) => {
                 last.retain(|(_, s, _), _| *s != subscription.as_str());
             }
-            // A node restarts empty and replays its log.
+            // A node restarts from its checkpoint, told next, and applies its log on.
             Event::Crashed { host } => last.retain(|(h, _, _), _| *h != host.as_str()),
             // The node's floors are the snapshot's, told next: a snapshot taken after a seek
             // it did not apply may hold lower ones.
