@@ -419,8 +419,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// saves it.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let taken = self.taken.take().unwrap_or_else(|| Err("the snapshot was built already".into()));
-        let data = taken.map_err(io::Error::other)?.synced()?;
-        self.snapshots.save(&self.meta, data.clone())?;
+        let synced = taken.map_err(io::Error::other).and_then(Checkpoint::synced);
+        let data = match (synced, self.snapshots.current()) {
+            (Ok(data), _) => data,
+            // openraft stops a node whose snapshot fails: the last one stands instead (it
+            // purges nothing behind an older snapshot), and the next is tried later.
+            (Err(e), Some(last)) => {
+                tracing::warn!(error = %e, "no snapshot now; the last one stands and the Raft log is kept");
+                return Ok(last);
+            }
+            (Err(e), None) => return Err(e),
+        };
+        if !self.snapshots.save_if_newer(&self.meta, data.clone())? {
+            // An install from the leader saved a newer one meanwhile.
+            return Ok(self.snapshots.current().expect("a newer one was saved"));
+        }
         tracing::info!(index = self.meta.last_log_id.map_or(0, |l| l.index), bytes = data.len(), "snapshot saved");
         Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta: self.meta.clone(), snapshot: data })
     }
@@ -501,6 +514,8 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, data: SnapshotData) -> io::Result<()> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
+        // Saved first: a crash while the broker's logs are rewritten restarts from it.
+        self.snapshots.save(meta, data.clone())?;
         self.applier.install(index, data).await.map_err(io::Error::other)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

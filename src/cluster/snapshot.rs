@@ -28,7 +28,7 @@ const HEADER: usize = 12;
 
 /// The last snapshot of a node. Clones share it.
 #[derive(Clone)]
-pub(super) struct SnapshotStore(Arc<Mutex<Inner>>);
+pub(super) struct SnapshotStore(Arc<Mutex<Inner>>, Arc<Mutex<()>>);
 
 struct Inner {
     fs: Arc<dyn Fs>,
@@ -47,7 +47,8 @@ impl SnapshotStore {
         }
         let path = dir.join(SNAPSHOT_FILE);
         let current = if fs.exists(&path) { Some(decode(&path, Bytes::from(fs.read(&path)?))?) } else { None };
-        Ok(Self(Arc::new(Mutex::new(Inner { fs, dir: dir.to_path_buf(), current }))))
+        let inner = Inner { fs, dir: dir.to_path_buf(), current };
+        Ok(Self(Arc::new(Mutex::new(inner)), Arc::new(Mutex::new(()))))
     }
 
     /// The last snapshot saved.
@@ -59,8 +60,27 @@ impl SnapshotStore {
             .map(|(meta, data)| SnapshotOf::<TypeConfig, SnapshotData> { meta: meta.clone(), snapshot: data.clone() })
     }
 
+    /// [`SnapshotStore::save`], unless the node's snapshot is at `meta`'s entry or later
+    /// already (a checkpoint whose sync ran while an install from the leader saved a newer
+    /// one); whether it saved.
+    pub(super) fn save_if_newer(&self, meta: &Meta, data: Bytes) -> io::Result<bool> {
+        let _saving = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let newer = self.lock().current.as_ref().is_none_or(|(saved, _)| saved.last_log_id < meta.last_log_id);
+        if !newer {
+            return Ok(false);
+        }
+        self.write(meta, data)?;
+        Ok(true)
+    }
+
     /// Makes `data`, the state at `meta`, the node's snapshot, durably.
     pub(super) fn save(&self, meta: &Meta, data: Bytes) -> io::Result<()> {
+        let _saving = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.write(meta, data)
+    }
+
+    /// One save at a time (the caller holds the second lock).
+    fn write(&self, meta: &Meta, data: Bytes) -> io::Result<()> {
         let body = stored_snapshot_pb(meta, data.clone()).encode_to_vec();
         let mut bytes = Vec::with_capacity(HEADER + body.len());
         bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -134,6 +154,9 @@ mod tests {
         assert!(store.current().is_none());
         store.save(&meta(40), Bytes::from_static(b"state at 40")).unwrap();
         store.save(&meta(90), Bytes::from_static(b"state at 90")).unwrap();
+        // A checkpoint that synced while a newer snapshot was installed is not saved over it.
+        assert!(!store.save_if_newer(&meta(60), Bytes::from_static(b"state at 60")).unwrap());
+        assert!(!store.save_if_newer(&meta(90), Bytes::from_static(b"again at 90")).unwrap());
         let again = SnapshotStore::open(fs.clone(), dir.path()).unwrap().current().unwrap();
         assert_eq!((again.meta, again.snapshot), (meta(90), Bytes::from_static(b"state at 90")));
         // A crash mid-save leaves a temporary file: the old snapshot stands.

@@ -40,8 +40,8 @@ impl Broker {
     }
 
     /// Restores a node of a cluster, as it starts, to `checkpoint` (from
-    /// [`Broker::checkpoint_replica`] on this node's storage), as a node that does not lead
-    /// holds it; with none (no snapshot taken yet), to nothing: every topic's files are
+    /// [`Broker::checkpoint_replica`] on this node's storage, or a whole state from
+    /// [`Broker::snapshot`], installed again), as a node that does not lead holds it; with none (no snapshot taken yet), to nothing: every topic's files are
     /// removed, for the Raft log makes them again. This broker must be pristine (new). With
     /// notices on, what it restored is told as [`Broker::install_replica`] tells it.
     pub fn restore_replica(&mut self, checkpoint: Option<&[u8]>) -> Result<(), SnapshotError> {
@@ -55,6 +55,12 @@ impl Broker {
             self.save_meta_bytes(meta)?;
             return Ok(());
         };
+        if !super::snapshot::is_checkpoint(checkpoint)? {
+            // A whole state the node saved before installing it (a crash came before its own
+            // checkpoint replaced it), or a snapshot of an earlier version: installed again.
+            self.storage.retain_topics(&[], u64::MAX)?;
+            return self.install_replica(checkpoint);
+        }
         self.replace_with(|config, storage| Broker::from_checkpoint(config, storage, checkpoint))
     }
 
@@ -296,6 +302,20 @@ mod tests {
         drop(file);
         let refused = on_file(dir.path()).restore_replica(Some(&checkpoint)).unwrap_err().to_string();
         assert!(refused.contains("the node's data is damaged"), "{refused}");
+
+        // A whole state saved before it was installed (a crash came before the node's own
+        // checkpoint replaced it) is installed again.
+        let leader_dir = tempfile::tempdir().unwrap();
+        let mut leader = on_file(leader_dir.path());
+        leader.create_topic("w", Some(1)).unwrap();
+        leader.publish(7, 3000, "w", vec![msg("w0", "w0"), msg("w1", "w1")]).unwrap();
+        while leader.poll_output().is_some() {}
+        let whole = leader.snapshot(1 << 20).unwrap();
+        let mut installed = on_file(dir.path());
+        installed.restore_replica(Some(&whole)).unwrap();
+        assert_eq!(ends(&installed, "w"), [(0, 2)]);
+        assert!(installed.topic_info("keep").is_err(), "what the storage held before is gone");
+        drop(installed);
 
         // A node without a checkpoint starts empty: every topic's files go.
         let mut pristine = on_file(dir.path());

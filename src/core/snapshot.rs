@@ -417,6 +417,18 @@ impl Broker {
     }
 }
 
+/// Whether `bytes` are a checkpoint ([`Broker::checkpoint_replica`]) rather than a whole
+/// state ([`Broker::snapshot`]).
+pub(super) fn is_checkpoint(bytes: &[u8]) -> Result<bool, SnapshotError> {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(default)]
+        checkpoint: bool,
+    }
+    let kind: Kind = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    Ok(kind.checkpoint)
+}
+
 /// Every record of `log` from its start, charged against `budget` (their values' bytes).
 fn save_partition(
     log: &dyn crate::storage::PartitionLog,
