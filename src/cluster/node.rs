@@ -152,13 +152,27 @@ pub struct Checkpoint {
     /// Makes the records the state counts durable: it may block, and runs beside the
     /// broker's next applies. The checkpoint counts only once it succeeded.
     pub sync: Box<dyn FnOnce() -> Result<(), String> + Send + Sync>,
+    /// Removes files of records the state no longer counts (retention's), once the
+    /// checkpoint is saved: the snapshot before it may count them.
+    pub after_save: Box<dyn FnOnce() -> Result<(), String> + Send + Sync>,
 }
 
+/// What to run once a synced checkpoint is saved.
+type AfterSave = Box<dyn FnOnce() -> Result<(), String> + Send + Sync>;
+
 impl Checkpoint {
-    /// Runs the sync (on a thread that may block), then hands back the state.
-    fn synced(self) -> io::Result<Bytes> {
+    /// Runs the sync (on a thread that may block), then hands back the state and what to
+    /// run once it is saved.
+    fn synced(self) -> io::Result<(Bytes, AfterSave)> {
         crate::env::blocking(self.sync).map_err(io::Error::other)?;
-        Ok(self.state)
+        Ok((self.state, self.after_save))
+    }
+}
+
+/// Runs `after_save` (on a thread that may block); a failure leaves files behind, and says so.
+fn run_after_save(after_save: AfterSave) {
+    if let Err(e) = crate::env::blocking(after_save) {
+        tracing::warn!(error = %e, "files the last snapshot no longer counts were not removed");
     }
 }
 
@@ -420,8 +434,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let taken = self.taken.take().unwrap_or_else(|| Err("the snapshot was built already".into()));
         let synced = taken.map_err(io::Error::other).and_then(Checkpoint::synced);
-        let data = match (synced, self.snapshots.current()) {
-            (Ok(data), _) => data,
+        let (data, after_save) = match (synced, self.snapshots.current()) {
+            (Ok(synced), _) => synced,
             // openraft stops a node whose snapshot fails: the last one stands instead (it
             // purges nothing behind an older snapshot), and the next is tried later.
             (Err(e), Some(last)) => {
@@ -430,7 +444,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }
             (Err(e), None) => return Err(e),
         };
-        if !self.snapshots.save_if_newer(&self.meta, data.clone())? {
+        let saved = self.snapshots.save_if_newer(&self.meta, data.clone())?;
+        // Either way a snapshot at or after this one is saved: it counts none of them.
+        run_after_save(after_save);
+        if !saved {
             // An install from the leader saved a newer one meanwhile.
             return Ok(self.snapshots.current().expect("a newer one was saved"));
         }
@@ -520,8 +537,9 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         // The node restarts from its own checkpoint of what it installed.
-        let checkpoint = self.applier.snapshot().await.map_err(io::Error::other)?.synced()?;
+        let (checkpoint, after_save) = self.applier.snapshot().await.map_err(io::Error::other)?.synced()?;
         self.snapshots.save(meta, checkpoint.clone())?;
+        run_after_save(after_save);
         self.applied_bytes = 0;
         self.snapshot_bytes = checkpoint.len() as u64;
         tracing::info!(index, "snapshot installed");

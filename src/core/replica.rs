@@ -326,6 +326,54 @@ mod tests {
         assert!(pristine.restore_replica(Some(&checkpoint)).is_err(), "only on a new broker");
     }
 
+    /// Retention after a checkpoint removes no file the checkpoint counts until a later
+    /// checkpoint is saved: a node that crashes in between restores every record (and so
+    /// every dedupe key) the checkpoint counts, and a retried publish the cluster answered
+    /// as a duplicate is answered so again as the log is applied.
+    #[test]
+    fn retention_after_a_checkpoint_keeps_the_files_it_counts_until_the_next_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let config = crate::storage::FileStorageConfig {
+                segment_bytes: 120,
+                ..crate::storage::FileStorageConfig::new(dir.path())
+            };
+            let storage =
+                crate::storage::FileStorage::open(std::sync::Arc::new(crate::env::StdFs), config.node_state()).unwrap();
+            let config =
+                BrokerConfig { max_message_bytes: 100, partition_retention_bytes: 200, ..BrokerConfig::default() };
+            Broker::new(config, Box::new(storage)).unwrap()
+        };
+        let publish = |b: &mut Broker, i: u32| {
+            let published = b.publish(u64::from(i), 1000, "t", vec![msg(&format!("value {i:03}"), &format!("k{i}"))]);
+            let p = &published.unwrap()[0];
+            (p.offset, p.duplicate)
+        };
+        let mut node = open();
+        node.create_topic("t", Some(1)).unwrap();
+        for i in 0..3 {
+            publish(&mut node, i);
+        }
+        let (checkpoint, mut sync) = node.checkpoint_replica().unwrap();
+        let retired = sync.take_retired();
+        sync.run().unwrap();
+        // Saved; what it retired may go.
+        retired.remove_retired().unwrap();
+        let at_checkpoint = ends(&node, "t");
+        for i in 3..12 {
+            publish(&mut node, i);
+        }
+        let (start, _) = ends(&node, "t")[0];
+        assert!(start > at_checkpoint[0].1, "retention moved the start past the checkpoint's end: {start}");
+        drop(node);
+
+        let mut restarted = open();
+        restarted.restore_replica(Some(&checkpoint)).unwrap();
+        restarted.assert_invariants();
+        assert_eq!(ends(&restarted, "t"), at_checkpoint, "every record the checkpoint counts is there");
+        assert_eq!(publish(&mut restarted, 0), (0, true), "k0 is still a duplicate");
+    }
+
     #[test]
     fn bytes_that_are_not_a_snapshot_are_refused() {
         let mut replica = broker();

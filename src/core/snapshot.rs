@@ -359,6 +359,12 @@ impl Broker {
                 }));
             }
             log.truncate(end)?;
+            if log.start_offset() < partition.start {
+                // Segments retention removed before the checkpoint, kept until a checkpoint
+                // after it was saved: removed again (see `removals_after_sync`).
+                let everything = crate::storage::Retention { max_bytes: 0, min_publish_time_ms: None };
+                log.apply_retention(&everything, partition.start)?;
+            }
             Ok(log)
         })
     }

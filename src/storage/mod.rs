@@ -159,12 +159,50 @@ pub struct LaterSync {
     fs: Option<Arc<dyn crate::env::Fs>>,
     files: Vec<std::path::PathBuf>,
     dirs: Vec<std::path::PathBuf>,
+    /// Files of records the log no longer holds, kept until what this syncs is saved
+    /// ([`crate::storage::FileStorageConfig::removals_after_sync`]).
+    retired: Vec<std::path::PathBuf>,
 }
 
 impl LaterSync {
     /// Syncs the data of `files`, then `dirs`, on `fs`.
     pub fn new(fs: Arc<dyn crate::env::Fs>, files: Vec<std::path::PathBuf>, dirs: Vec<std::path::PathBuf>) -> Self {
-        Self { fs: Some(fs), files, dirs }
+        Self { fs: Some(fs), files, dirs, retired: Vec::new() }
+    }
+
+    /// This, handing over `retired`: files to remove by [`LaterSync::remove_retired`].
+    pub fn retiring(mut self, retired: Vec<std::path::PathBuf>) -> Self {
+        self.retired.extend(retired);
+        self
+    }
+
+    /// Splits off the removal of the retired files, to run once what this syncs is saved.
+    pub fn take_retired(&mut self) -> LaterSync {
+        LaterSync { fs: self.fs.clone(), retired: std::mem::take(&mut self.retired), ..LaterSync::default() }
+    }
+
+    /// Removes the retired files (one already gone is skipped) and syncs their directories.
+    pub fn remove_retired(self) -> Result<(), StorageError> {
+        let Some(fs) = self.fs else { return Ok(()) };
+        let mut dirs: Vec<&std::path::Path> = Vec::new();
+        for path in &self.retired {
+            match fs.remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(file::io_error(path, "remove", e)),
+                _ => {}
+            }
+            if let Some(dir) = path.parent().filter(|d| !dirs.contains(d)) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            match fs.sync_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(file::io_error(dir, "sync directory", e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// This and `other`, which must be on the same filesystem.
@@ -172,6 +210,7 @@ impl LaterSync {
         self.fs = self.fs.or(other.fs);
         self.files.extend(other.files);
         self.dirs.extend(other.dirs);
+        self.retired.extend(other.retired);
         self
     }
 

@@ -411,10 +411,12 @@ impl Driver {
     /// The broker's checkpoint now, for a cluster snapshot: its state but the records, and
     /// the sync of its partition logs, which the snapshot runs off the driver.
     pub(super) fn take_checkpoint(&mut self) -> Result<Checkpoint, String> {
-        let (state, sync) =
+        let (state, mut sync) =
             self.broker.checkpoint_replica().map_err(|e| format!("no checkpoint of the broker: {e}"))?;
+        let retired = sync.take_retired();
         let sync = Box::new(move || sync.run().map_err(|e| format!("the partition logs did not sync: {e}")));
-        Ok(Checkpoint { state: state.into(), sync })
+        let after_save = Box::new(move || retired.remove_retired().map_err(|e| e.to_string()));
+        Ok(Checkpoint { state: state.into(), sync, after_save })
     }
 
     /// The broker's whole state now, records included, for a follower that fell behind

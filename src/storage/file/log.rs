@@ -43,6 +43,9 @@ pub struct FileLog {
     new_dirs: Vec<PathBuf>,
     /// Records were appended since the log was opened.
     appended: bool,
+    /// Files of segments retention removed from the log, kept on disk until the next
+    /// `sync_later` hands them over (with `removals_after_sync`).
+    retired: Vec<PathBuf>,
     /// Damaged runs found (by the opening scan or by reads) and not yet taken by
     /// [`PartitionLog::take_damaged`], at most [`segment::GAPS_MAX`].
     damage_found: RefCell<Vec<std::ops::Range<u64>>>,
@@ -212,6 +215,7 @@ impl FileLog {
             new_dirs: Vec::new(),
             appended: false,
             damage_found: RefCell::new(Vec::new()),
+            retired: Vec::new(),
         }
     }
 
@@ -280,8 +284,12 @@ impl FileLog {
     /// Removes the oldest segment (never the only one); if the disk refuses, the log keeps it.
     fn remove_oldest(&mut self) -> Result<(), StorageError> {
         let path = &self.segments.values().next().expect("checked by the caller").path;
-        self.fs.remove_file(path).map_err(|e| io_error(path, "remove", e))?;
-        self.dir_dirty = true;
+        if self.config.removals_after_sync {
+            self.retired.push(path.clone());
+        } else {
+            self.fs.remove_file(path).map_err(|e| io_error(path, "remove", e))?;
+            self.dir_dirty = true;
+        }
         let (_, seg) = self.segments.pop_first().expect("checked above");
         self.size -= seg.size;
         let start = self.start_offset();
@@ -429,7 +437,8 @@ impl PartitionLog for FileLog {
         // The segments' directory entries, and those it depends on.
         let mut dirs = self.new_dirs.clone();
         dirs.push(self.dir.clone());
-        Ok(crate::storage::LaterSync::new(Arc::clone(&self.fs), files, dirs))
+        let retired = std::mem::take(&mut self.retired);
+        Ok(crate::storage::LaterSync::new(Arc::clone(&self.fs), files, dirs).retiring(retired))
     }
 
     /// The records leave the log at once, even when the disk refuses to cut or remove

@@ -43,6 +43,11 @@ pub struct FileStorageConfig {
     pub tail_cache_bytes: usize,
     /// Cut the log at damage in an older segment instead of refusing to start.
     pub truncate_corrupt: bool,
+    /// Segment files retention removes stay on disk until the next
+    /// [`PartitionLog::sync_later`](crate::storage::PartitionLog::sync_later) hands them over,
+    /// to be removed once what it syncs is saved: a cluster node restarting from its last
+    /// checkpoint then finds every record the checkpoint counts.
+    pub removals_after_sync: bool,
 }
 
 impl FileStorageConfig {
@@ -56,17 +61,20 @@ impl FileStorageConfig {
             segment_ms: 7 * 24 * 3600 * 1000,
             tail_cache_bytes: 4 * 1024 * 1024,
             truncate_corrupt: false,
+            removals_after_sync: false,
         }
     }
 
     /// These settings as a cluster node's broker state takes them, in `<dir>/state`: never
     /// fsynced as records are appended (the Raft log makes a write durable; the node's
-    /// snapshots sync the partition logs), and damage a crash left cut rather than refused,
-    /// for the node cuts its logs back to its last snapshot and applies the Raft log on.
+    /// snapshots sync the partition logs), damage a crash left cut rather than refused, for
+    /// the node cuts its logs back to its last snapshot and applies the Raft log on, and
+    /// segments retention removes kept until a snapshot after it is saved.
     pub fn node_state(mut self) -> Self {
         self.dir = self.dir.join("state");
         self.fsync = FsyncPolicy::Never;
         self.truncate_corrupt = true;
+        self.removals_after_sync = true;
         self
     }
 }
