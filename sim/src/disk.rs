@@ -211,6 +211,14 @@ impl mini_pubsub::storage::Storage for ObservedStorage {
         self.inner.retain_topics(topic_uids, next_topic_uid)
     }
 
+    fn take_retired(&mut self) -> mini_pubsub::storage::LaterSync {
+        self.inner.take_retired()
+    }
+
+    fn restore_retired(&mut self, topic_uids: &[u64]) -> Result<(), mini_pubsub::storage::StorageError> {
+        self.inner.restore_retired(topic_uids)
+    }
+
     fn fsync_policy(&self) -> mini_pubsub::storage::FsyncPolicy {
         self.inner.fsync_policy()
     }

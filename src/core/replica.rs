@@ -49,6 +49,7 @@ impl Broker {
             return Err(SnapshotError::Malformed("a checkpoint is restored on a new broker only".into()));
         }
         let Some(checkpoint) = checkpoint else {
+            self.storage.restore_retired(&[])?;
             self.storage.retain_topics(&[], u64::MAX)?;
             // Empties the metadata journal a last life left.
             let meta = self.meta_bytes();
@@ -58,6 +59,7 @@ impl Broker {
         if !super::snapshot::is_checkpoint(checkpoint)? {
             // A whole state the node saved before installing it (a crash came before its own
             // checkpoint replaced it), or a snapshot of an earlier version: installed again.
+            self.storage.restore_retired(&[])?;
             self.storage.retain_topics(&[], u64::MAX)?;
             return self.install_replica(checkpoint);
         }
@@ -326,12 +328,12 @@ mod tests {
         assert!(pristine.restore_replica(Some(&checkpoint)).is_err(), "only on a new broker");
     }
 
-    /// Retention after a checkpoint removes no file the checkpoint counts until a later
-    /// checkpoint is saved: a node that crashes in between restores every record (and so
-    /// every dedupe key) the checkpoint counts, and a retried publish the cluster answered
-    /// as a duplicate is answered so again as the log is applied.
+    /// Retention, and a topic's deletion, after a checkpoint remove no file the checkpoint
+    /// counts until a later checkpoint is saved: a node that crashes in between restores
+    /// every record (and so every dedupe key) the checkpoint counts, and a retried publish
+    /// the cluster answered as a duplicate is answered so again as the log is applied.
     #[test]
-    fn retention_after_a_checkpoint_keeps_the_files_it_counts_until_the_next_is_saved() {
+    fn retention_and_deletion_after_a_checkpoint_keep_the_files_it_counts_until_the_next_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
             let config = crate::storage::FileStorageConfig {
@@ -351,6 +353,8 @@ mod tests {
         };
         let mut node = open();
         node.create_topic("t", Some(1)).unwrap();
+        node.create_topic("d", Some(1)).unwrap();
+        node.publish(50, 1000, "d", vec![msg("d0", "d0"), msg("d1", "d1")]).unwrap();
         for i in 0..3 {
             publish(&mut node, i);
         }
@@ -363,6 +367,9 @@ mod tests {
         for i in 3..12 {
             publish(&mut node, i);
         }
+        // A topic deleted after the checkpoint keeps its files aside until the next one.
+        node.delete_topic("d", true).unwrap();
+        node.sync_metadata().unwrap();
         let (start, _) = ends(&node, "t")[0];
         assert!(start > at_checkpoint[0].1, "retention moved the start past the checkpoint's end: {start}");
         drop(node);
@@ -372,6 +379,19 @@ mod tests {
         restarted.assert_invariants();
         assert_eq!(ends(&restarted, "t"), at_checkpoint, "every record the checkpoint counts is there");
         assert_eq!(publish(&mut restarted, 0), (0, true), "k0 is still a duplicate");
+        assert_eq!(ends(&restarted, "d"), [(0, 2)], "the topic deleted after it has its records back");
+
+        // Deleted again and checkpointed: its files go once that checkpoint is saved.
+        restarted.delete_topic("d", true).unwrap();
+        restarted.sync_metadata().unwrap();
+        let topics = dir.path().join("state").join("topics");
+        let names = || std::fs::read_dir(&topics).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+        assert!(names().iter().any(|n| n.to_string_lossy().starts_with("retired-")), "{:?}", names());
+        let (_, mut sync) = restarted.checkpoint_replica().unwrap();
+        let retired = sync.take_retired();
+        sync.run().unwrap();
+        retired.remove_retired().unwrap();
+        assert!(!names().iter().any(|n| n.to_string_lossy().starts_with("retired-")), "{:?}", names());
     }
 
     #[test]

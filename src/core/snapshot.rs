@@ -224,7 +224,7 @@ impl Broker {
     /// from ([`Broker::from_checkpoint`], on the same storage). Its size is the metadata's
     /// (topics, subscriptions, dedupe indexes), not the records'.
     pub fn checkpoint_replica(&mut self) -> Result<(Vec<u8>, LaterSync), SnapshotError> {
-        let mut sync = LaterSync::default();
+        let mut sync = self.storage.take_retired();
         for log in self.topics.values_mut().flat_map(|t| &mut t.logs) {
             sync = sync.and(log.sync_later()?);
         }
@@ -329,6 +329,8 @@ impl Broker {
             return Err(SnapshotError::Malformed("a whole snapshot, not a checkpoint".into()));
         }
         let uids: Vec<u64> = saved.topics.iter().map(|t| t.uid).collect();
+        // A topic deleted after the checkpoint has its files back (see `removals_after_sync`).
+        storage.restore_retired(&uids)?;
         // Every other topic directory is one the Raft log makes again, or deleted: none is
         // unknown, so none is refused as the metadata's newer than the data.
         storage.retain_topics(&uids, u64::MAX)?;

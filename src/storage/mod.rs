@@ -162,12 +162,14 @@ pub struct LaterSync {
     /// Files of records the log no longer holds, kept until what this syncs is saved
     /// ([`crate::storage::FileStorageConfig::removals_after_sync`]).
     retired: Vec<std::path::PathBuf>,
+    /// Directories of removed topics, kept likewise.
+    retired_dirs: Vec<std::path::PathBuf>,
 }
 
 impl LaterSync {
     /// Syncs the data of `files`, then `dirs`, on `fs`.
     pub fn new(fs: Arc<dyn crate::env::Fs>, files: Vec<std::path::PathBuf>, dirs: Vec<std::path::PathBuf>) -> Self {
-        Self { fs: Some(fs), files, dirs, retired: Vec::new() }
+        Self { fs: Some(fs), files, dirs, retired: Vec::new(), retired_dirs: Vec::new() }
     }
 
     /// This, handing over `retired`: files to remove by [`LaterSync::remove_retired`].
@@ -176,15 +178,31 @@ impl LaterSync {
         self
     }
 
+    /// Directories to remove by [`LaterSync::remove_retired`], on `fs`.
+    pub fn retiring_dirs(fs: Arc<dyn crate::env::Fs>, dirs: Vec<std::path::PathBuf>) -> Self {
+        Self { fs: Some(fs), retired_dirs: dirs, ..Self::default() }
+    }
+
     /// Splits off the removal of the retired files, to run once what this syncs is saved.
     pub fn take_retired(&mut self) -> LaterSync {
-        LaterSync { fs: self.fs.clone(), retired: std::mem::take(&mut self.retired), ..LaterSync::default() }
+        LaterSync {
+            fs: self.fs.clone(),
+            retired: std::mem::take(&mut self.retired),
+            retired_dirs: std::mem::take(&mut self.retired_dirs),
+            ..LaterSync::default()
+        }
     }
 
     /// Removes the retired files (one already gone is skipped) and syncs their directories.
     pub fn remove_retired(self) -> Result<(), StorageError> {
         let Some(fs) = self.fs else { return Ok(()) };
         let mut dirs: Vec<&std::path::Path> = Vec::new();
+        for dir in &self.retired_dirs {
+            if fs.exists(dir) {
+                fs.remove_dir_all(dir).map_err(|e| file::io_error(dir, "remove", e))?;
+            }
+            dirs.extend(dir.parent().filter(|d| !dirs.contains(d)));
+        }
         for path in &self.retired {
             match fs.remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(file::io_error(path, "remove", e)),
@@ -211,6 +229,7 @@ impl LaterSync {
         self.files.extend(other.files);
         self.dirs.extend(other.dirs);
         self.retired.extend(other.retired);
+        self.retired_dirs.extend(other.retired_dirs);
         self
     }
 
@@ -330,6 +349,20 @@ pub trait Storage: Send {
     /// empty. Logs with records that the metadata does not know refuse the start: the
     /// metadata is missing or older than the data. Returns the uids removed.
     fn retain_topics(&mut self, topic_uids: &[u64], next_topic_uid: u64) -> Result<Vec<u64>, StorageError>;
+
+    /// The files of topics removed since the last call, when this storage keeps them until
+    /// a checkpoint after the removal is saved
+    /// ([`crate::storage::FileStorageConfig::removals_after_sync`]): to remove then.
+    fn take_retired(&mut self) -> LaterSync {
+        LaterSync::default()
+    }
+
+    /// As a node restarts from a checkpoint that holds `topic_uids`: the kept files of a
+    /// removed topic among them are its files again, and those of every other are removed.
+    fn restore_retired(&mut self, topic_uids: &[u64]) -> Result<(), StorageError> {
+        let _ = topic_uids;
+        Ok(())
+    }
 
     /// When appends become durable.
     fn fsync_policy(&self) -> FsyncPolicy;

@@ -60,6 +60,14 @@ impl Storage for TimedStorage {
         self.inner.retain_topics(topic_uids, next_topic_uid)
     }
 
+    fn take_retired(&mut self) -> crate::storage::LaterSync {
+        self.inner.take_retired()
+    }
+
+    fn restore_retired(&mut self, topic_uids: &[u64]) -> Result<(), StorageError> {
+        self.inner.restore_retired(topic_uids)
+    }
+
     fn fsync_policy(&self) -> FsyncPolicy {
         self.inner.fsync_policy()
     }

@@ -104,6 +104,8 @@ pub struct FileStorage {
     config: FileStorageConfig,
     notes: Vec<RecoveryNote>,
     journal: Journal,
+    /// Directories of topics removed since the last `take_retired`.
+    retired_dirs: Vec<PathBuf>,
 }
 
 /// The metadata journal's file, open for appends.
@@ -125,12 +127,14 @@ const META_MAGIC: &[u8; 4] = b"MPSM";
 const META_FILE: &str = "meta";
 const META_TEMP_FILE: &str = "meta.tmp";
 const JOURNAL_FILE: &str = "meta.journal";
+/// Before a removed topic's uid, the name its files wait under (with `removals_after_sync`).
+const RETIRED_PREFIX: &str = "retired-";
 
 impl FileStorage {
     /// Opens the data directory, creating it (durably) if needed.
     pub fn open(fs: Arc<dyn Fs>, config: FileStorageConfig) -> Result<Self, StorageError> {
         OPEN_FILES_LIMIT.get_or_init(read_open_files_limit);
-        let storage = Self { fs, config, notes: Vec::new(), journal: Journal::default() };
+        let storage = Self { fs, config, notes: Vec::new(), journal: Journal::default(), retired_dirs: Vec::new() };
         storage.create_dirs(&storage.config.dir.join("topics"))?;
         Ok(storage)
     }
@@ -147,6 +151,11 @@ impl FileStorage {
 
     fn topic_dir(&self, topic_uid: u64) -> PathBuf {
         self.config.dir.join("topics").join(topic_uid.to_string())
+    }
+
+    /// Where a removed topic's files wait (with `removals_after_sync`).
+    fn retired_dir(&self, topic_uid: u64) -> PathBuf {
+        self.config.dir.join("topics").join(format!("{RETIRED_PREFIX}{topic_uid}"))
     }
 
     /// Whether any segment file of the topic directory `dir` has bytes in it.
@@ -233,6 +242,18 @@ impl Storage for FileStorage {
     fn remove(&mut self, topic_uid: u64, logs: Vec<Box<dyn PartitionLog>>) -> Result<(), StorageError> {
         drop(logs);
         let dir = self.topic_dir(topic_uid);
+        if self.config.removals_after_sync && self.fs.exists(&dir) {
+            // Kept aside, under a name no topic has, until a checkpoint after it is saved.
+            let kept = self.retired_dir(topic_uid);
+            if self.fs.exists(&kept) {
+                self.fs.remove_dir_all(&kept).map_err(|e| io_error(&kept, "remove", e))?;
+            }
+            self.fs.rename(&dir, &kept).map_err(|e| io_error(&dir, "rename", e))?;
+            let parent = self.config.dir.join("topics");
+            self.fs.sync_dir(&parent).map_err(|e| io_error(&parent, "sync directory", e))?;
+            self.retired_dirs.push(kept);
+            return Ok(());
+        }
         if self.fs.exists(&dir) {
             self.fs.remove_dir_all(&dir).map_err(|e| io_error(&dir, "remove", e))?;
             let parent = self.config.dir.join("topics");
@@ -267,6 +288,30 @@ impl Storage for FileStorage {
             self.fs.sync_dir(&topics).map_err(|e| io_error(&topics, "sync directory", e))?;
         }
         Ok(orphans)
+    }
+
+    fn take_retired(&mut self) -> crate::storage::LaterSync {
+        crate::storage::LaterSync::retiring_dirs(Arc::clone(&self.fs), std::mem::take(&mut self.retired_dirs))
+    }
+
+    fn restore_retired(&mut self, topic_uids: &[u64]) -> Result<(), StorageError> {
+        let topics = self.config.dir.join("topics");
+        let names = self.fs.list_dir(&topics).map_err(|e| io_error(&topics, "list", e))?;
+        let mut changed = false;
+        for uid in names.iter().filter_map(|n| n.strip_prefix(RETIRED_PREFIX)?.parse::<u64>().ok()) {
+            let (kept, dir) = (self.retired_dir(uid), self.topic_dir(uid));
+            if topic_uids.contains(&uid) && !self.fs.exists(&dir) {
+                self.fs.rename(&kept, &dir).map_err(|e| io_error(&kept, "rename", e))?;
+            } else {
+                self.fs.remove_dir_all(&kept).map_err(|e| io_error(&kept, "remove", e))?;
+            }
+            changed = true;
+        }
+        self.retired_dirs.clear();
+        if changed {
+            self.fs.sync_dir(&topics).map_err(|e| io_error(&topics, "sync directory", e))?;
+        }
+        Ok(())
     }
 
     fn fsync_policy(&self) -> FsyncPolicy {
