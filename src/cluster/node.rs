@@ -151,26 +151,26 @@ pub struct Checkpoint {
     pub state: Bytes,
     /// Makes the records the state counts durable: it may block, and runs beside the
     /// broker's next applies. The checkpoint counts only once it succeeded.
-    pub sync: Box<dyn FnOnce() -> Result<(), String> + Send + Sync>,
-    /// Removes files of records the state no longer counts (retention's), once the
-    /// checkpoint is saved: the snapshot before it may count them.
-    pub after_save: Box<dyn FnOnce() -> Result<(), String> + Send + Sync>,
+    pub sync: FileWork,
+    /// Removes files of records the state no longer counts (retention's and deleted
+    /// topics'), once the checkpoint is saved: the snapshot before it may count them.
+    pub after_save: FileWork,
 }
 
-/// What to run once a synced checkpoint is saved.
-type AfterSave = Box<dyn FnOnce() -> Result<(), String> + Send + Sync>;
+/// Work on the broker's files that may block, run off the broker's thread.
+pub type FileWork = Box<dyn FnOnce() -> Result<(), String> + Send + Sync>;
 
 impl Checkpoint {
     /// Runs the sync (on a thread that may block), then hands back the state and what to
     /// run once it is saved.
-    fn synced(self) -> io::Result<(Bytes, AfterSave)> {
+    fn synced(self) -> io::Result<(Bytes, FileWork)> {
         crate::env::blocking(self.sync).map_err(io::Error::other)?;
         Ok((self.state, self.after_save))
     }
 }
 
 /// Runs `after_save` (on a thread that may block); a failure leaves files behind, and says so.
-fn run_after_save(after_save: AfterSave) {
+fn run_after_save(after_save: FileWork) {
     if let Err(e) = crate::env::blocking(after_save) {
         tracing::warn!(error = %e, "files the last snapshot no longer counts were not removed");
     }
@@ -242,7 +242,7 @@ pub struct ClusterNode {
 /// takes and installs the broker's snapshots.
 ///
 /// A snapshot saved here is the broker's checkpoint: its partition logs are the data, synced
-/// when it is taken, and the snapshot holds the rest (topics, subscriptions, offsets, dedupe
+/// before it is saved, and the snapshot holds the rest (topics, subscriptions, offsets, dedupe
 /// indexes), so taking one costs a sync and the metadata, not a copy of every record. The
 /// node restarts from it and applies the Raft log on. A follower behind the purged log is
 /// sent the broker's whole state instead, records included, taken when it is sent.

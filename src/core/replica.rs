@@ -41,16 +41,16 @@ impl Broker {
 
     /// Restores a node of a cluster, as it starts, to `checkpoint` (from
     /// [`Broker::checkpoint_replica`] on this node's storage, or a whole state from
-    /// [`Broker::snapshot`], installed again), as a node that does not lead holds it; with none (no snapshot taken yet), to nothing: every topic's files are
-    /// removed, for the Raft log makes them again. This broker must be pristine (new). With
-    /// notices on, what it restored is told as [`Broker::install_replica`] tells it.
+    /// [`Broker::snapshot`], installed again), as a node that does not lead holds it; with
+    /// none (no snapshot taken yet), to nothing: every topic's files are removed, for the
+    /// Raft log makes them again. This broker must be pristine (new). With notices on, what
+    /// it restored is told as [`Broker::install_replica`] tells it.
     pub fn restore_replica(&mut self, checkpoint: Option<&[u8]>) -> Result<(), SnapshotError> {
         if !self.is_pristine() {
             return Err(SnapshotError::Malformed("a checkpoint is restored on a new broker only".into()));
         }
         let Some(checkpoint) = checkpoint else {
-            self.storage.restore_retired(&[])?;
-            self.storage.retain_topics(&[], u64::MAX)?;
+            self.remove_stored_topics()?;
             // Empties the metadata journal a last life left.
             let meta = self.meta_bytes();
             self.save_meta_bytes(meta)?;
@@ -59,11 +59,17 @@ impl Broker {
         if !super::snapshot::is_checkpoint(checkpoint)? {
             // A whole state the node saved before installing it (a crash came before its own
             // checkpoint replaced it), or a snapshot of an earlier version: installed again.
-            self.storage.restore_retired(&[])?;
-            self.storage.retain_topics(&[], u64::MAX)?;
+            self.remove_stored_topics()?;
             return self.install_replica(checkpoint);
         }
         self.replace_with(|config, storage| Broker::from_checkpoint(config, storage, checkpoint))
+    }
+
+    /// Removes every topic's files from the storage, those kept aside included.
+    fn remove_stored_topics(&mut self) -> Result<(), SnapshotError> {
+        self.storage.restore_retired(&[])?;
+        self.storage.retain_topics(&[], u64::MAX)?;
+        Ok(())
     }
 
     /// Replaces this broker with the one `restore` makes on its storage, keeping this one's

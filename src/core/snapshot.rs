@@ -314,11 +314,12 @@ impl Broker {
     /// the files of topics the checkpoint does not hold are removed (topics made after it,
     /// made again as the log is applied).
     ///
-    /// Records the checkpoint saw may be gone by right: its topic deleted after it (the
-    /// partition has no file left), or retention after it removed every segment up to its
-    /// end. The partition then starts empty at that end; the Raft log holds the deletion or
-    /// retention, and applies it again before this node can lead. A partition that holds
-    /// records but fewer than the checkpoint synced is damaged, and refuses the restore.
+    /// A node's storage keeps what retention or a topic's deletion removed after the
+    /// checkpoint until a later one is saved (`removals_after_sync`): a deleted topic gets
+    /// its files back here, and segments below the checkpoint's start are removed again. A
+    /// partition with no file at all (or starting past the checkpoint's end) starts empty at
+    /// that end; one that holds records but fewer than the checkpoint synced is damaged, and
+    /// refuses the restore.
     pub fn from_checkpoint(
         config: BrokerConfig,
         mut storage: Box<dyn Storage>,
@@ -344,7 +345,7 @@ impl Broker {
                     topic_uid = uid,
                     partition = p,
                     checkpoint_end = end,
-                    "the partition's records up to the checkpoint were removed after it; it starts empty there"
+                    "the partition has none of the records the checkpoint counts; it starts empty at its end"
                 );
                 return Ok(storage.open_at(uid, p, end)?);
             }

@@ -60,7 +60,8 @@ enum Job {
     Stop { done: oneshot::Sender<()> },
     /// Committed cluster entries to apply, in log order; `done` once all are applied.
     Apply { batch: Vec<Committed>, done: oneshot::Sender<()> },
-    /// The broker's checkpoint, for a cluster snapshot: its logs synced, its state but them.
+    /// The broker's checkpoint, for a cluster snapshot: its state but the records, and the
+    /// sync of its logs to run off the driver.
     Snapshot { done: oneshot::Sender<Result<crate::cluster::Checkpoint, String>> },
     /// The broker's whole state, records included, to send a follower.
     WholeState { done: oneshot::Sender<Result<bytes::Bytes, String>> },
