@@ -746,7 +746,14 @@ async fn a_node_exports_its_raft_state_in_prometheus() {
         (&follower_metrics, "mini_pubsub_raft_log_fsync_seconds_count", 10.0),
     ];
     for (addr, name, least) in at_least {
-        let seen = scrape(addr, name).await;
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = scrape(addr, name).await;
+            if seen.is_some_and(|v| v >= least) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(seen.is_some_and(|v| v >= least), "{name} at {addr}: {seen:?}, expected at least {least}");
     }
 }

@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use futures_util::TryStreamExt;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
 use openraft::impls::ProgressResponder;
+use openraft::metrics::{RaftDataMetrics, RaftServerMetrics};
 use openraft::raft::ClientWriteResult;
 use openraft::rt::watch::WatchReceiver;
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
@@ -231,6 +232,7 @@ pub struct ClusterState {
 }
 
 /// A running node.
+#[derive(Clone)]
 pub struct ClusterNode {
     id: u64,
     raft: Raft,
@@ -379,7 +381,12 @@ impl ClusterNode {
 
     /// A watcher of the cluster's state for another task.
     pub fn watcher(&self) -> StateWatcher {
-        StateWatcher { metrics: self.raft.metrics() }
+        StateWatcher {
+            node: self.clone(),
+            server: self.raft.server_metrics(),
+            data: self.raft.data_metrics(),
+            seen: None,
+        }
     }
 
     /// Asks node `to` to take over the leadership from this node (a leader).
@@ -406,15 +413,39 @@ impl ClusterNode {
     }
 }
 
-/// Waits for changes of a node's state.
+/// Waits for changes of a node's role, term, leader or serving.
+///
+/// openraft reports its metrics after every turn of its loop, thousands of times a second
+/// under load, mostly for the log's and the applies' progress. A watcher of those would
+/// wake on each; this one wakes on a change of the node's role, vote or membership, and
+/// looks at the progress only while it can make a leader serve (its own term's first entry
+/// applied, a quorum heard). That a serving leader stops hearing from a quorum changes
+/// nothing Raft reports, so it is looked at on a timer then.
 pub struct StateWatcher {
-    metrics: WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    node: ClusterNode,
+    server: WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>,
+    data: WatchReceiverOf<TypeConfig, RaftDataMetrics<TypeConfig>>,
+    seen: Option<(&'static str, u64, Option<u64>, bool)>,
 }
 
 impl StateWatcher {
-    /// Resolves when the node's state may have changed; false once the node stopped.
+    /// Resolves when the node's role, term, leader or serving differs from what the last
+    /// call saw (the first call at once); false once the node stopped.
     pub async fn changed(&mut self) -> bool {
-        self.metrics.changed().await.is_ok()
+        loop {
+            let state = self.node.state();
+            let now = (state.role, state.term, state.leader, state.serving);
+            if self.seen != Some(now) {
+                self.seen = Some(now);
+                return true;
+            }
+            let leading = state.role == "leader";
+            tokio::select! {
+                changed = self.server.changed() => if changed.is_err() { return false },
+                changed = self.data.changed(), if leading && !state.serving => if changed.is_err() { return false },
+                () = tokio::time::sleep(self.node.quorum_lapse / 4), if leading && state.serving => {}
+            }
+        }
     }
 }
 
