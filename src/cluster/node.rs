@@ -238,6 +238,11 @@ pub struct ClusterNode {
     raft: Raft,
     /// A leader that heard from no quorum for this long stops serving.
     quorum_lapse: Duration,
+    /// openraft's reports, read in place: its role, vote and leader; its log's and applies'
+    /// progress; and the whole, read only for the stop (its last report goes there alone).
+    server: WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>,
+    data: WatchReceiverOf<TypeConfig, RaftDataMetrics<TypeConfig>>,
+    all: WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
 }
 
 /// The state machine openraft drives: it hands each committed batch to the broker, and
@@ -327,7 +332,8 @@ impl ClusterNode {
                 Err(e) => return Err(io::Error::other(format!("cannot initialise the cluster: {e}"))),
             }
             let quorum_lapse = Duration::from_millis(settings.election_timeout_ms.1);
-            Ok(Self { id: settings.id, raft, quorum_lapse })
+            let (server, data, all) = (raft.server_metrics(), raft.data_metrics(), raft.metrics());
+            Ok(Self { id: settings.id, raft, quorum_lapse, server, data, all })
         })
         .await
     }
@@ -350,30 +356,36 @@ impl ClusterNode {
     }
 
     /// The cluster's state as this node sees it now.
+    ///
+    /// It is read from the two reports a [`StateWatcher`] wakes on (openraft sends the
+    /// progress, then the role, then the whole), so a watcher that wakes reads what woke it.
+    /// The term is the vote's once it is saved.
     pub fn state(&self) -> ClusterState {
         // Read in place: this runs for every call a node takes.
-        let watched = self.raft.metrics();
-        let metrics = watched.borrow_watched();
-        let role = match metrics.state {
+        let stopped = self.all.borrow_watched().state == ServerState::Shutdown;
+        let server = self.server.borrow_watched();
+        let data = self.data.borrow_watched();
+        let state = if stopped { ServerState::Shutdown } else { server.state };
+        let role = match state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
             ServerState::Follower => "follower",
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let term = metrics.current_term;
-        let own_term_applied = metrics.last_applied.is_some_and(|l| l.leader_id.term == term);
-        let quorum_heard = metrics.last_quorum_acked.is_some_and(|at| (*at).elapsed() < self.quorum_lapse);
+        let term = server.vote.leader_id.term;
+        let own_term_applied = data.last_applied.is_some_and(|l| l.leader_id.term == term);
+        let quorum_heard = data.last_quorum_acked.is_some_and(|at| (*at).elapsed() < self.quorum_lapse);
         ClusterState {
             id: self.id,
             role,
             term,
-            leader: metrics.current_leader,
-            committed: metrics.cluster_committed.or(metrics.local_committed).map_or(0, |l| l.index),
-            applied: metrics.last_applied.map_or(0, |l| l.index),
-            last_log: metrics.last_log_index.unwrap_or(0),
-            serving: metrics.state == ServerState::Leader
-                && metrics.current_leader == Some(self.id)
+            leader: server.current_leader,
+            committed: data.cluster_committed.or(data.local_committed).map_or(0, |l| l.index),
+            applied: data.last_applied.map_or(0, |l| l.index),
+            last_log: data.last_log.map_or(0, |l| l.index),
+            serving: state == ServerState::Leader
+                && server.current_leader == Some(self.id)
                 && own_term_applied
                 && quorum_heard,
         }
@@ -383,9 +395,10 @@ impl ClusterNode {
     pub fn watcher(&self) -> StateWatcher {
         StateWatcher {
             node: self.clone(),
-            server: self.raft.server_metrics(),
-            data: self.raft.data_metrics(),
+            server: self.server.clone(),
+            data: self.data.clone(),
             seen: None,
+            stopped: false,
         }
     }
 
@@ -426,11 +439,14 @@ pub struct StateWatcher {
     server: WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>,
     data: WatchReceiverOf<TypeConfig, RaftDataMetrics<TypeConfig>>,
     seen: Option<(&'static str, u64, Option<u64>, bool)>,
+    /// openraft stopped: its reports end.
+    stopped: bool,
 }
 
 impl StateWatcher {
     /// Resolves when the node's role, term, leader or serving differs from what the last
-    /// call saw (the first call at once); false once the node stopped.
+    /// call saw (the first call at once); false once the node stopped and its last state
+    /// (shutdown) was told.
     pub async fn changed(&mut self) -> bool {
         loop {
             let state = self.node.state();
@@ -439,12 +455,16 @@ impl StateWatcher {
                 self.seen = Some(now);
                 return true;
             }
-            let leading = state.role == "leader";
-            tokio::select! {
-                changed = self.server.changed() => if changed.is_err() { return false },
-                changed = self.data.changed(), if leading && !state.serving => if changed.is_err() { return false },
-                () = tokio::time::sleep(self.node.quorum_lapse / 4), if leading && state.serving => {}
+            if self.stopped {
+                return false;
             }
+            let leading = state.role == "leader";
+            // A report channel that closes is openraft stopping: its state is read once more.
+            self.stopped = tokio::select! {
+                changed = self.server.changed() => changed.is_err(),
+                changed = self.data.changed(), if leading && !state.serving => changed.is_err(),
+                () = tokio::time::sleep(self.node.quorum_lapse / 4), if leading && state.serving => false,
+            };
         }
     }
 }
