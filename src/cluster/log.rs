@@ -12,7 +12,8 @@
 //!
 //! Records that no longer count (purged or truncated entries, old votes) are dropped by
 //! rewriting the file once they outweigh the live ones (temp file, fsync, rename, directory
-//! fsync).
+//! fsync), in a task beside the appends: the log is locked only to copy what was written
+//! during the rewrite and to swap the files.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -68,6 +69,18 @@ struct Inner {
     fsync: bool,
     /// See [`RaftLog::with_unsynced_appends`].
     appends_unsynced: bool,
+    /// A rewrite runs (one at a time, beside the appends).
+    compacting: bool,
+}
+
+/// What a rewrite of the log file starts from: the records that count when it begins, and
+/// where the file ended then. Records written after are copied from the old file as they are.
+struct Compaction {
+    records: Vec<pb::LogRecord>,
+    /// The old file's length when the records were taken.
+    from: u64,
+    /// Its dead bytes then: the rewrite drops them, and only them.
+    dead: u64,
 }
 
 /// The identity of node `node` in the cluster of `nodes` (any order).
@@ -111,6 +124,7 @@ impl RaftLog {
             identity: None,
             fsync: true,
             appends_unsynced: false,
+            compacting: false,
         };
         inner.replay(&bytes, &path)?;
         match &inner.identity {
@@ -154,6 +168,67 @@ impl RaftLog {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Rewrites the file with the records of `plan`, then what was written after it began,
+    /// into a temp file that replaces the log (fsync, rename, directory fsync). The log is
+    /// locked only to copy the last of those writes and swap the files: appends go on while
+    /// the bulk is written. A rewrite that fails leaves the old file, which still holds
+    /// everything; the next purge tries again.
+    fn compact(&self, plan: Compaction) {
+        if let Err(e) = self.try_compact(plan) {
+            tracing::warn!(error = %e, "the Raft log's rewrite failed; it keeps its file and tries again later");
+            let mut inner = self.lock();
+            let _ = inner.fs.remove_file(&inner.dir.join(LOG_TEMP_FILE));
+            inner.compacting = false;
+        }
+    }
+
+    fn try_compact(&self, plan: Compaction) -> io::Result<()> {
+        let (fs, dir, old) = {
+            let inner = self.lock();
+            (inner.fs.clone(), inner.dir.clone(), inner.file.clone())
+        };
+        let mut bytes = Vec::new();
+        for r in &plan.records {
+            frame(&r.encode_to_vec(), &mut bytes);
+        }
+        let (temp, path) = (dir.join(LOG_TEMP_FILE), dir.join(LOG_FILE));
+        let file: Arc<dyn FsFile> = Arc::from(fs.open(&temp, true)?);
+        file.set_len(0)?;
+        file.write_all_at(&bytes, 0)?;
+        // What was written since, copied unlocked while the log goes on, then the rest locked.
+        let head = bytes.len() as u64;
+        let mut copied = plan.from;
+        let end = self.lock().len;
+        copy_range(old.as_ref(), file.as_ref(), copied, end, head + (copied - plan.from))?;
+        copied = end;
+        file.sync_data()?;
+        let mut inner = self.lock();
+        copy_range(old.as_ref(), file.as_ref(), copied, inner.len, head + (copied - plan.from))?;
+        file.sync_data()?;
+        fs.rename(&temp, &path)?;
+        fs.sync_dir(&dir)?;
+        inner.len = head + (inner.len - plan.from);
+        inner.file = file;
+        inner.dead -= plan.dead.min(inner.dead);
+        inner.compacting = false;
+        Ok(())
+    }
+}
+
+/// Copies bytes `from..to` of `source` to `target` at `at`, a bounded chunk at a time.
+fn copy_range(source: &dyn FsFile, target: &dyn FsFile, from: u64, to: u64, at: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buffer = Vec::new();
+    let mut done = 0;
+    while from + done < to {
+        let n = CHUNK.min(to - from - done);
+        buffer.resize(n as usize, 0);
+        crate::env::read_exact_at(source, &mut buffer, from + done)?;
+        target.write_all_at(&buffer, at + done)?;
+        done += n;
+    }
+    Ok(())
 }
 
 impl Inner {
@@ -269,42 +344,21 @@ impl Inner {
         self.file.sync_data()
     }
 
-    /// Rewrites the file with only what counts, once the dead bytes outweigh the live ones.
-    fn compact_if_due(&mut self) -> io::Result<()> {
+    /// What a rewrite of the file would keep, once the dead bytes outweigh the live ones and
+    /// no rewrite runs; the rewrite is then running.
+    fn compaction_due(&mut self) -> Option<Compaction> {
         let live = self.len - self.dead.min(self.len);
-        if self.dead < COMPACT_MIN_BYTES.max(live) {
-            return Ok(());
+        if self.compacting || self.dead < COMPACT_MIN_BYTES.max(live) {
+            return None;
         }
-        let mut head = Vec::new();
-        head.extend(self.identity.clone().map(|i| record(pb::log_record::Kind::Identity(i))));
-        head.extend(self.vote.map(|v| record(pb::log_record::Kind::Vote(vote_pb(&v)))));
-        head.extend(self.purged.map(|p| record(pb::log_record::Kind::Purged(log_id_pb(&p)))));
-        head.extend(self.committed.map(|c| record(pb::log_record::Kind::Committed(log_id_pb(&c)))));
-        let mut bytes = Vec::new();
-        for r in &head {
-            frame(&r.encode_to_vec(), &mut bytes);
-        }
-        // Each entry's record size in the new file, taken as it is written.
-        let mut sizes = Vec::with_capacity(self.entries.len());
-        for (entry, _) in self.entries.values() {
-            let before = bytes.len();
-            frame(&record(pb::log_record::Kind::Entry(entry_pb(entry))).encode_to_vec(), &mut bytes);
-            sizes.push((bytes.len() - before) as u64);
-        }
-        let (temp, path) = (self.dir.join(LOG_TEMP_FILE), self.dir.join(LOG_FILE));
-        let file = self.fs.open(&temp, true)?;
-        file.set_len(0)?;
-        file.write_all_at(&bytes, 0)?;
-        file.sync_data()?;
-        self.fs.rename(&temp, &path)?;
-        self.fs.sync_dir(&self.dir)?;
-        self.file = Arc::from(file);
-        self.len = bytes.len() as u64;
-        self.dead = 0;
-        for ((_, size), new) in self.entries.values_mut().zip(sizes) {
-            *size = new;
-        }
-        Ok(())
+        let mut records = Vec::with_capacity(4 + self.entries.len());
+        records.extend(self.identity.clone().map(|i| record(pb::log_record::Kind::Identity(i))));
+        records.extend(self.vote.map(|v| record(pb::log_record::Kind::Vote(vote_pb(&v)))));
+        records.extend(self.purged.map(|p| record(pb::log_record::Kind::Purged(log_id_pb(&p)))));
+        records.extend(self.committed.map(|c| record(pb::log_record::Kind::Committed(log_id_pb(&c)))));
+        records.extend(self.entries.values().map(|(entry, _)| record(pb::log_record::Kind::Entry(entry_pb(entry)))));
+        self.compacting = true;
+        Some(Compaction { records, from: self.len, dead: self.dead })
     }
 
     fn state(&self) -> LogState<TypeConfig> {
@@ -398,9 +452,17 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let mut inner = self.lock();
-        inner.write(vec![record(pb::log_record::Kind::Purged(log_id_pb(&log_id)))])?;
-        inner.compact_if_due()
+        let plan = {
+            let mut inner = self.lock();
+            inner.write(vec![record(pb::log_record::Kind::Purged(log_id_pb(&log_id)))])?;
+            inner.compaction_due()
+        };
+        if let Some(plan) = plan {
+            // Beside the appends: rewriting a large log holds nothing up for its duration.
+            let log = self.clone();
+            tokio::spawn(async move { blocking(|| log.compact(plan)) });
+        }
+        Ok(())
     }
 }
 

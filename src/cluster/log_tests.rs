@@ -167,6 +167,13 @@ fn purged_records_are_compacted_away_and_the_state_kept() {
         }
         let full = std::fs::metadata(&path).unwrap().len();
         log.purge(LogId::new_term_index(1, 2_900)).await.unwrap();
+        // The rewrite runs in a task of its own, beside the appends.
+        for _ in 0..1000 {
+            if std::fs::metadata(&path).unwrap().len() < full / 10 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let compacted = std::fs::metadata(&path).unwrap().len();
         assert!(compacted < full / 10, "{compacted} bytes after the purge, {full} before");
         let before = contents(&mut log).await;
@@ -177,6 +184,48 @@ fn purged_records_are_compacted_away_and_the_state_kept() {
         let after = contents(&mut again).await;
         assert_eq!((after.1.len(), after.2), (101, before.2));
     });
+}
+
+/// The rewrite runs beside the appends (a multi-thread runtime here): what is written while
+/// it runs, appends and a truncation, is in the new file, and a reopen finds the same log.
+#[test]
+fn writes_during_a_rewrite_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft/log");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
+    runtime.block_on(scoped(7, async {
+        let mut log = open(dir.path()).unwrap();
+        let value = "x".repeat(1000);
+        for batch in 0..60u64 {
+            append(&mut log, (1..=100).map(|i| entry(1, batch * 100 + i, &value)).collect()).await;
+        }
+        let full = std::fs::metadata(&path).unwrap().len();
+        // More than half the log purged: a rewrite of the rest (2.9 MB) begins.
+        log.purge(LogId::new_term_index(1, 3_100)).await.unwrap();
+        for i in 6_001..=6_200u64 {
+            append(&mut log, vec![entry(1, i, &value)]).await;
+        }
+        log.truncate_after(Some(LogId::new_term_index(1, 6_150))).await.unwrap();
+        append(&mut log, vec![entry(2, 6_151, "after the truncation")]).await;
+        let mut rewritten = false;
+        for _ in 0..5000 {
+            if std::fs::metadata(&path).unwrap().len() < full * 3 / 4 {
+                rewritten = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(rewritten, "the log was not rewritten");
+        let before = contents(&mut log).await;
+        assert_eq!(before.1.len(), 3_051);
+        assert_eq!(before.1.last().map(|e| e.log_id), Some(LogId::new_term_index(2, 6_151)));
+        drop(log);
+        let mut again = open(dir.path()).unwrap();
+        let after = contents(&mut again).await;
+        assert_eq!(after.1, before.1);
+        assert_eq!((after.0, after.2), (before.0, before.2));
+    }));
 }
 
 #[test]
