@@ -71,6 +71,10 @@ struct Inner {
     appends_unsynced: bool,
     /// A rewrite runs (one at a time, beside the appends).
     compacting: bool,
+    /// Why the log takes no more writes: a rewrite replaced the file but could not make
+    /// the replacement durable. openraft stops the node on the next write's error, as it did
+    /// when the rewrite ran in the purge.
+    broken: Option<String>,
 }
 
 /// What a rewrite of the log file starts from: the records that count when it begins, and
@@ -125,6 +129,7 @@ impl RaftLog {
             fsync: true,
             appends_unsynced: false,
             compacting: false,
+            broken: None,
         };
         inner.replay(&bytes, &path)?;
         match &inner.identity {
@@ -172,11 +177,13 @@ impl RaftLog {
     /// Rewrites the file with the records of `plan`, then what was written after it began,
     /// into a temp file that replaces the log (fsync, rename, directory fsync). The log is
     /// locked only to copy the last of those writes and swap the files: appends go on while
-    /// the bulk is written. A rewrite that fails leaves the old file, which still holds
-    /// everything; the next purge tries again.
+    /// the bulk is written. A rewrite that fails before the rename leaves the old file, which
+    /// still holds everything; the next purge tries again.
     fn compact(&self, plan: Compaction) {
         if let Err(e) = self.try_compact(plan) {
-            tracing::warn!(error = %e, "the Raft log's rewrite failed; it keeps its file and tries again later");
+            // Before the rename the old file stands and the next purge tries again; after it,
+            // the log is broken (see `Inner::broken`).
+            tracing::warn!(error = %e, "the Raft log's rewrite failed");
             let mut inner = self.lock();
             let _ = inner.fs.remove_file(&inner.dir.join(LOG_TEMP_FILE));
             inner.compacting = false;
@@ -207,11 +214,15 @@ impl RaftLog {
         copy_range(old.as_ref(), file.as_ref(), copied, inner.len, head + (copied - plan.from))?;
         file.sync_data()?;
         fs.rename(&temp, &path)?;
-        fs.sync_dir(&dir)?;
+        // The new file is the log from here on, whatever follows.
         inner.len = head + (inner.len - plan.from);
         inner.file = file;
         inner.dead -= plan.dead.min(inner.dead);
         inner.compacting = false;
+        if let Err(e) = fs.sync_dir(&dir) {
+            inner.broken = Some(format!("the Raft log's rewrite was not made durable: {e}"));
+            return Err(e);
+        }
         Ok(())
     }
 }
@@ -322,6 +333,9 @@ impl Inner {
 
     /// Writes records at the end of the file, and applies them.
     fn write(&mut self, records: Vec<pb::LogRecord>) -> io::Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(io::Error::other(why.clone()));
+        }
         let mut bytes = Vec::new();
         let mut sizes = Vec::with_capacity(records.len());
         for record in &records {
