@@ -180,7 +180,9 @@ impl RaftLog {
     /// the bulk is written. A rewrite that fails before the rename leaves the old file, which
     /// still holds everything; the next purge tries again.
     fn compact(&self, plan: Compaction) {
-        if let Err(e) = self.try_compact(plan) {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_compact(plan)))
+            .unwrap_or_else(|_| Err(io::Error::other("the rewrite panicked")));
+        if let Err(e) = done {
             // Before the rename the old file stands and the next purge tries again; after it,
             // the log is broken (see `Inner::broken`).
             tracing::warn!(error = %e, "the Raft log's rewrite failed");
@@ -211,6 +213,11 @@ impl RaftLog {
         copied = end;
         file.sync_data()?;
         let mut inner = self.lock();
+        if Arc::strong_count(&self.0) == 1 {
+            // Every other holder is gone: the node stopped, and another may open the log
+            // now. The old file stands.
+            return Err(io::Error::other("the log was closed while it was rewritten"));
+        }
         copy_range(old.as_ref(), file.as_ref(), copied, inner.len, head + (copied - plan.from))?;
         file.sync_data()?;
         fs.rename(&temp, &path)?;

@@ -228,6 +228,32 @@ fn writes_during_a_rewrite_are_kept() {
     }));
 }
 
+/// A rewrite that finds the log closed (the node stopped, and another may open it) leaves
+/// the file as it was.
+#[test]
+fn a_rewrite_of_a_closed_log_leaves_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft/log");
+    block_on(async {
+        let mut log = open(dir.path()).unwrap();
+        let value = "x".repeat(1000);
+        for batch in 0..30u64 {
+            append(&mut log, (1..=100).map(|i| entry(1, batch * 100 + i, &value)).collect()).await;
+        }
+        log.purge(LogId::new_term_index(1, 2_900)).await.unwrap();
+        let before = contents(&mut log).await;
+        let full = std::fs::metadata(&path).unwrap().len();
+        // The rewrite's task has not run yet on this one-thread runtime.
+        drop(log);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), full, "the closed log was rewritten");
+        let mut again = open(dir.path()).unwrap();
+        assert_eq!(contents(&mut again).await.1, before.1);
+    });
+}
+
 #[test]
 fn a_log_of_another_node_or_another_cluster_is_refused_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
