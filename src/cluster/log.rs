@@ -221,14 +221,19 @@ impl RaftLog {
         copy_range(old.as_ref(), file.as_ref(), copied, inner.len, head + (copied - plan.from))?;
         file.sync_data()?;
         fs.rename(&temp, &path)?;
-        // The new file is the log from here on, whatever follows.
+        // The new file is the log from here on, whatever follows. It is opened again by its
+        // name: a handle need not follow a rename (the simulator's do not).
         inner.len = head + (inner.len - plan.from);
-        inner.file = file;
         inner.dead -= plan.dead.min(inner.dead);
         inner.compacting = false;
-        if let Err(e) = fs.sync_dir(&dir) {
-            inner.broken = Some(format!("the Raft log's rewrite was not made durable: {e}"));
-            return Err(e);
+        let reopened = fs.open(&path, false).and_then(|file| fs.sync_dir(&dir).map(|()| file));
+        match reopened {
+            Ok(file) => inner.file = Arc::from(file),
+            Err(e) => {
+                inner.file = file;
+                inner.broken = Some(format!("the Raft log's rewrite was not made durable: {e}"));
+                return Err(e);
+            }
         }
         Ok(())
     }
