@@ -54,6 +54,14 @@ async fn append(log: &mut RaftLog, entries: Vec<Entry>) {
     flushed.await.unwrap().unwrap();
 }
 
+/// Appends `batches` batches of 100 entries of 1000 bytes, from index 1, in term 1.
+async fn fill(log: &mut RaftLog, batches: u64) {
+    let value = "x".repeat(1000);
+    for batch in 0..batches {
+        append(log, (1..=100).map(|i| entry(1, batch * 100 + i, &value)).collect()).await;
+    }
+}
+
 async fn contents(log: &mut RaftLog) -> (Option<VoteOf<TypeConfig>>, Vec<Entry>, Option<LogId>, Option<LogId>) {
     let state = log.get_log_state().await.unwrap();
     let entries = log.try_get_log_entries(..).await.unwrap();
@@ -161,10 +169,7 @@ fn purged_records_are_compacted_away_and_the_state_kept() {
     let path = dir.path().join("raft/log");
     block_on(async {
         let mut log = open(dir.path()).unwrap();
-        let value = "x".repeat(1000);
-        for batch in 0..30u64 {
-            append(&mut log, (1..=100).map(|i| entry(1, batch * 100 + i, &value)).collect()).await;
-        }
+        fill(&mut log, 30).await;
         let full = std::fs::metadata(&path).unwrap().len();
         log.purge(LogId::new_term_index(1, 2_900)).await.unwrap();
         // The rewrite runs in a task of its own, beside the appends.
@@ -196,10 +201,8 @@ fn writes_during_a_rewrite_are_kept() {
     let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
     runtime.block_on(scoped(7, async {
         let mut log = open(dir.path()).unwrap();
+        fill(&mut log, 60).await;
         let value = "x".repeat(1000);
-        for batch in 0..60u64 {
-            append(&mut log, (1..=100).map(|i| entry(1, batch * 100 + i, &value)).collect()).await;
-        }
         let full = std::fs::metadata(&path).unwrap().len();
         // More than half the log purged: a rewrite of the rest (2.9 MB) begins.
         log.purge(LogId::new_term_index(1, 3_100)).await.unwrap();
@@ -236,10 +239,7 @@ fn a_rewrite_of_a_closed_log_leaves_its_file() {
     let path = dir.path().join("raft/log");
     block_on(async {
         let mut log = open(dir.path()).unwrap();
-        let value = "x".repeat(1000);
-        for batch in 0..30u64 {
-            append(&mut log, (1..=100).map(|i| entry(1, batch * 100 + i, &value)).collect()).await;
-        }
+        fill(&mut log, 30).await;
         log.purge(LogId::new_term_index(1, 2_900)).await.unwrap();
         let before = contents(&mut log).await;
         let full = std::fs::metadata(&path).unwrap().len();
