@@ -31,8 +31,6 @@ const ADMIN_WAIT_MAX: Duration = Duration::from_secs(15);
 const START_ATTEMPTS_MAX: u32 = 600;
 /// Where a broker keeps its file log on its simulated disk.
 const DATA_DIR: &str = "/data";
-/// Turmoil's torn-write block: a crash may keep any whole-block prefix of a pending write.
-const DISK_BLOCK_BYTES: u64 = 512;
 /// A cluster's Raft heartbeat, and the silence after which a follower stands for election
 /// (at random within the range).
 const HEARTBEAT_MS: u64 = 100;
@@ -293,7 +291,7 @@ fn simulation<'a>(scenario: &Scenario, seed: u64) -> turmoil::Sim<'a> {
     let last = scenario.steps.iter().map(|s| s.at + within(s)).max().unwrap_or_default();
     let mut builder = turmoil::Builder::new();
     builder.rng_seed(seed).enable_random_order().simulation_duration(last + DRAIN + Duration::from_secs(60));
-    builder.fs().block_size(DISK_BLOCK_BYTES);
+    builder.fs().block_size(crate::disk::DISK_BLOCK_BYTES);
     builder.build()
 }
 
