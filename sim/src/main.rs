@@ -9,7 +9,8 @@
 //!
 //! `mini-pubsub-sim explore [--seeds N] [--start S]`: runs generated scenarios, prints each
 //! failing seed with its replay command, and writes each failure, shrunk, to
-//! `scenarios/regressions/`; exits 1 when any seed failed.
+//! `scenarios/regressions/`; exits 1 when any seed failed. With `--cluster` the scenarios
+//! run three or five brokers under cluster faults.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,9 @@ enum Command {
     Generate {
         #[arg(long)]
         seed: u64,
+        /// A cluster scenario (three or five brokers, cluster faults).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Runs generated scenarios with random workloads and fault mixes.
     Explore {
@@ -94,6 +98,11 @@ enum Command {
         /// Explore this scenario under many seeds instead of generated ones.
         #[arg(long)]
         scenario: Option<PathBuf>,
+        /// Generate cluster scenarios: three or five brokers, with crashes of the leader or
+        /// a follower, power failures, partitions of the leader, leader transfers, slow
+        /// disks and slow links, one after another.
+        #[arg(long, conflicts_with = "scenario")]
+        cluster: bool,
     },
 }
 
@@ -110,7 +119,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Explore { seeds, start, out, scenario } => match scenario {
+        Command::Explore { seeds, start, out, scenario, cluster } => match scenario {
             Some(file) => match std::fs::read_to_string(&file) {
                 Ok(text) => explore(seeds, start, &out, false, |seed| with_seed(&text, seed)),
                 Err(error) => {
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
+            None if cluster => explore(seeds, start, &out, true, explore::generate_cluster),
             None => explore(seeds, start, &out, true, explore::generate),
         },
         Command::Bench { dir, repeat } => bench(&dir, repeat),
@@ -136,8 +146,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Sweep { dir, seeds, jobs } => sweep(&dir, seeds, jobs),
-        Command::Generate { seed } => {
-            print!("{}", explore::generate(seed));
+        Command::Generate { seed, cluster } => {
+            print!("{}", if cluster { explore::generate_cluster(seed) } else { explore::generate(seed) });
             ExitCode::SUCCESS
         }
     }
