@@ -9,8 +9,10 @@ use crate::history::{Entry, Event};
 /// messages reached one member (a host's stream) only, and a member got messages only from
 /// the partitions its assignment for that generation gave it (the assignment comes on the
 /// same stream before anything leased under it). A broker crash starts the generations
-/// over (members do not survive it), so generations are told apart by the broker's life
-/// too. Pulls (stream 0) may only read partitions no member holds: they count as a holder.
+/// over (members do not survive it), and so does a new leader of a cluster (groups live on
+/// the leader): generations are told apart by the broker's life too, a life ending at each
+/// crash and each time a node starts to serve as the leader. Pulls (stream 0) may only read
+/// partitions no member holds: they count as a holder.
 pub(super) fn exclusive(entries: &[Entry]) -> Check {
     let subs: BTreeSet<&str> = entries
         .iter()
@@ -36,7 +38,7 @@ pub(super) fn exclusive(entries: &[Entry]) -> Check {
     for e in entries {
         let host = e.host.as_str();
         match &e.event {
-            Event::Crashed { .. } => life += 1,
+            Event::Crashed { .. } | Event::Cluster { serving: true, .. } => life += 1,
             Event::StreamOpened { sub, stream, .. } => {
                 opened_in.insert((host, sub.as_str(), *stream), life);
             }
