@@ -130,6 +130,26 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.call(RPCTypes::Vote, option.soft_ttl(), client.vote(request), wire::vote_response_of).await
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client.clone();
+        let request = wire::vote_request_pb(&rpc);
+        let call = async {
+            match client.pre_vote(request).await {
+                // A peer of a version without Pre-Vote counts as granting it, as openraft
+                // asks: its real vote still decides, so a cluster mid-upgrade stays live.
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    Ok(Response::new(wire::vote_response_pb(&VoteResponse::new(rpc.vote, None, true))))
+                }
+                answered => answered,
+            }
+        };
+        self.call(RPCTypes::Vote, option.soft_ttl(), call, wire::vote_response_of).await
+    }
+
     async fn transfer_leader(
         &mut self,
         rpc: TransferLeaderRequest<TypeConfig>,
@@ -220,6 +240,12 @@ where
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let rpc = wire::vote_request_of(request.into_inner()).map_err(invalid)?;
         let response = self.raft.vote(rpc).await.map_err(unavailable)?;
+        Ok(Response::new(wire::vote_response_pb(&response)))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let rpc = wire::vote_request_of(request.into_inner()).map_err(invalid)?;
+        let response = self.raft.pre_vote(rpc).await.map_err(unavailable)?;
         Ok(Response::new(wire::vote_response_pb(&response)))
     }
 

@@ -82,8 +82,13 @@ async fn applied_everywhere(nodes: &BTreeMap<u64, Node>, count: usize) {
 
 async fn cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        Config { heartbeat_interval: 100, election_timeout_min: 300, election_timeout_max: 600, ..Default::default() };
+    let config = Config {
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
     let config = Arc::new(config.validate().unwrap());
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
@@ -163,4 +168,63 @@ async fn an_empty_state_is_not_sent_and_the_follower_counts_as_out_of_reach() {
     let text = refused.to_string();
     assert!(matches!(refused, openraft::errors::StreamingError::Unreachable(_)), "{text}");
     assert!(text.contains("could not take its state for the follower"), "{text}");
+}
+
+/// Pre-Vote crosses gRPC: a node that leads its term refuses a pre-vote for that term; a
+/// peer without the `PreVote` call (an older version) counts as granting it, as openraft
+/// asks, so its real vote decides; a peer out of reach is an error, never a grant.
+#[test]
+fn pre_votes_are_answered_by_the_peer_and_granted_by_an_older_one() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
+    runtime.block_on(scoped(12, pre_votes()));
+}
+
+async fn pre_votes() {
+    use openraft::network::v2::RaftNetworkV2;
+    use openraft::network::{RPCOption, RaftNetworkFactory};
+    use openraft::raft::VoteRequest;
+    use openraft::type_config::alias::VoteOf;
+
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = Arc::new(Config { enable_pre_vote: Some(true), ..Default::default() }.validate().unwrap());
+    let node = start(1, dir.path(), listener, config).await;
+    node.raft.initialize(BTreeMap::from([(1, BasicNode { addr: addr.clone() })])).await.unwrap();
+    let nodes = BTreeMap::from([(1, node)]);
+    leader(&nodes).await;
+    let term = nodes[&1].raft.metrics().borrow_watched().current_term;
+
+    // An older peer: a gRPC server without the Raft service answers UNIMPLEMENTED.
+    let older = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let older_addr = older.local_addr().unwrap().to_string();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(older);
+    let older_server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await;
+    });
+
+    let connect: Connector =
+        Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")).expect("an address").connect_lazy());
+    let mut network = PeerNetwork::new(2, connect);
+    let option = RPCOption::new(Duration::from_secs(5));
+    let ask = || VoteRequest::<TypeConfig>::new(VoteOf::<TypeConfig>::new(term, 2), None);
+
+    let mut peer = network.new_client(1, &BasicNode { addr }).await;
+    let answer = peer.pre_vote(ask(), option.clone()).await.unwrap();
+    assert!(!answer.vote_granted, "a leader of the term refuses: {answer}");
+
+    let mut older_peer = network.new_client(3, &BasicNode { addr: older_addr }).await;
+    let answer = older_peer.pre_vote(ask(), option.clone()).await.unwrap();
+    assert!(answer.vote_granted, "{answer}");
+
+    let mut gone = network.new_client(4, &BasicNode { addr: "127.0.0.1:9".into() }).await;
+    assert!(gone.pre_vote(ask(), option).await.is_err());
+
+    older_server.abort();
+    for node in nodes.into_values() {
+        node.raft.shutdown().await.unwrap();
+        node.server.abort();
+    }
 }

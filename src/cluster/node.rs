@@ -300,6 +300,10 @@ impl ClusterNode {
                 // Proposals are up to a publish request each; a lagging follower gets them in
                 // batches that fit in one peer message.
                 max_payload_entries: payload_entries_max(settings.entry_bytes_max),
+                // A node that times out asks first whether it would win: one whose log is
+                // behind (back from a crash, say) or that was cut off then moves no term, so it
+                // neither deposes a leader nor keeps a node that could win from standing.
+                enable_pre_vote: Some(true),
                 ..Default::default()
             };
             let config = Arc::new(config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
