@@ -210,9 +210,9 @@ impl Segment {
     /// writes never synced, to be cut as a torn tail. A segment before the newest was synced
     /// whole before the next one began, so damage in it is never a lost write (its records
     /// run on to `next_base`). In the newest, damage with intact records after it is kept
-    /// unless its bytes look like a lost write: a whole disk block of zeros, or zeros from a
-    /// block boundary (or from the damage itself) to the intact record, where the lost
-    /// blocks of a write were.
+    /// unless its bytes look like a lost write: a whole disk block of zeros, zeros from the
+    /// damage itself to the end of its block, or zeros from a block boundary (or from the
+    /// damage itself) to the intact record, where the lost blocks of a write were.
     fn kept_after(
         &self,
         position: u64,
@@ -239,6 +239,13 @@ impl Segment {
                 return Ok(true);
             }
             block += LOST_WRITE_BLOCK_BYTES;
+        }
+        // A write that began inside a block and lost that block's part but not a later
+        // block: zeros from the damaged frame (where the write began) to the block's end.
+        // At least its length field is zeros, which no frame written whole has.
+        let head = from.next_multiple_of(LOST_WRITE_BLOCK_BYTES);
+        if head >= from + 4 && head <= to && bytes[..(head - from) as usize].iter().all(|b| *b == 0) {
+            return Ok(true);
         }
         let zeros = bytes.iter().rev().take_while(|b| **b == 0).count() as u64;
         let start = to - zeros;

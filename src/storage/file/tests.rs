@@ -550,6 +550,32 @@ fn a_block_of_zeros_in_the_newest_segment_is_a_lost_write_and_is_cut() {
 }
 
 #[test]
+fn a_write_that_lost_its_first_block_but_not_a_later_one_is_cut() {
+    // The write began inside a block, at a record; the crash lost that block's part of it
+    // and kept the next block: zeros from the record to the block's end, then intact bytes
+    // (the end of a record whose start was lost, then whole records). Never synced, so it
+    // goes as a torn tail instead of damage that readers would wait at.
+    let dir = tempfile::tempdir().unwrap();
+    let config = uncached(dir.path());
+    let (mut log, _) = open(&config);
+    let n = per_segment();
+    append_each(&mut log, 0..n + 15);
+    drop(log);
+    // A record whose frame starts at least 4 bytes before a block boundary.
+    let k = (2..12).find(|k| (k * frame()).next_multiple_of(512) - k * frame() >= 4).unwrap();
+    let (start, head) = (k * frame(), (k * frame()).next_multiple_of(512));
+    let newest = seg_path(dir.path(), n);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[start as usize..head as usize].fill(0);
+    std::fs::write(&newest, bytes).unwrap();
+    let (log, notes) = open(&config);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].position, start);
+    assert_holds(&log, 0..n + k);
+    assert!(log.damaged().is_empty(), "{:?}", log.damaged());
+}
+
+#[test]
 fn a_read_never_loops_between_a_stale_frame_and_damage_right_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = uncached(dir.path());
