@@ -11,8 +11,8 @@ use crate::history::{Entry, Event};
 /// same stream before anything leased under it). A broker crash starts the generations
 /// over (members do not survive it), and so does a new leader of a cluster (groups live on
 /// the leader): generations are told apart by the broker's life too, a life ending at each
-/// crash and each time a node starts to serve as the leader. Pulls (stream 0) may only read
-/// partitions no member holds: they count as a holder.
+/// crash and each time another node, or a new term, starts to serve as the leader. Pulls
+/// (stream 0) may only read partitions no member holds: they count as a holder.
 pub(super) fn exclusive(entries: &[Entry]) -> Check {
     let subs: BTreeSet<&str> = entries
         .iter()
@@ -22,6 +22,8 @@ pub(super) fn exclusive(entries: &[Entry]) -> Check {
         })
         .collect();
     let mut life = 0u32;
+    // The node serving as a cluster's leader, and its term.
+    let mut serving: Option<(&str, u64)> = None;
     // A stream lives in the broker life it opened in: what it receives after a crash was
     // sent before it, by the broker that crashed.
     let mut opened_in: BTreeMap<(&str, &str, u64), u32> = BTreeMap::new();
@@ -38,7 +40,14 @@ pub(super) fn exclusive(entries: &[Entry]) -> Check {
     for e in entries {
         let host = e.host.as_str();
         match &e.event {
-            Event::Crashed { .. } | Event::Cluster { serving: true, .. } => life += 1,
+            Event::Crashed { .. } => life += 1,
+            // A new leader (another node, or a new term): a leader whose quorum lapsed and
+            // came back within its term keeps its groups, and stays in its life.
+            Event::Cluster { serving: true, term, .. } => {
+                if serving.replace((host, *term)) != Some((host, *term)) {
+                    life += 1;
+                }
+            }
             Event::StreamOpened { sub, stream, .. } => {
                 opened_in.insert((host, sub.as_str(), *stream), life);
             }
