@@ -192,7 +192,11 @@ pub fn generate_cluster(seed: u64) -> String {
         let kind = if kind == "power" && !fsync { "crash_leader" } else { kind };
         let gap = rng.random_range(300..2000u32);
         let _ = writeln!(out, "+{gap}ms eventually 10s expect cluster leader");
-        let lasts = rng.random_range(500..4000u32);
+        // A step's time counts from the steps before it as written, not from when a wait
+        // ended: a fault lasts longer than an election may take, so it still has a window
+        // when the wait for a leader ran late (else it did nothing, and the run is
+        // inconclusive).
+        let lasts = rng.random_range(1500..4500u32);
         match kind {
             "crash_leader" => {
                 let _ = writeln!(out, "crash @leader\n+{lasts}ms restart @leader");
