@@ -142,6 +142,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 // A peer of a version without Pre-Vote counts as granting it, as openraft
                 // asks: its real vote still decides, so a cluster mid-upgrade stays live.
                 Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    // Also what any other HTTP/2 server at a wrong address answers: say so.
+                    tracing::warn!(
+                        peer = self.target,
+                        "a peer without PreVote (an older version, or not a peer port) is counted as granting it"
+                    );
                     Ok(Response::new(wire::vote_response_pb(&VoteResponse::new(rpc.vote, None, true))))
                 }
                 answered => answered,
