@@ -44,9 +44,8 @@ pub(super) fn exclusive(entries: &[Entry]) -> Check {
             // A new leader (another node, or a new term): a leader whose quorum lapsed and
             // came back within its term keeps its groups, and stays in its life.
             Event::Cluster { serving: true, term, .. } => {
-                if serving.replace((host, *term)) != Some((host, *term)) {
-                    life += 1;
-                }
+                let leader = Some((host, *term));
+                life += u32::from(std::mem::replace(&mut serving, leader) != leader);
             }
             Event::StreamOpened { sub, stream, .. } => {
                 opened_in.insert((host, sub.as_str(), *stream), life);
