@@ -92,8 +92,34 @@ fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
 }
 
-/// A free port on 127.0.0.1 (bound and released: the node binds it again at once).
+/// A free port on 127.0.0.1 (bound and released: the node binds it again at once), below
+/// the range the OS takes ports for outgoing connections from: a node restarted on its
+/// port must find it free, and an outgoing connection made meanwhile (a peer's, a client's)
+/// could hold a port of that range. Ports are handed out once per test process.
 fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral_low = range.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1).max(10_001));
+    // Each test process starts at its own place in the range, so two runs at once rarely meet.
+    let span = high - low;
+    let _ = NEXT.compare_exchange(
+        0,
+        low + (std::process::id() % u32::from(span)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let mut port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= high {
+            port = low + (port - low) % span;
+            NEXT.store(port + 1, Ordering::SeqCst);
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
