@@ -7,23 +7,31 @@
 //! openraft backs off before it tries again; a call that runs out of time is reported as a
 //! timeout, which openraft retries at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
+
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
-use openraft::type_config::alias::{SnapshotOf, VoteOf};
+use openraft::type_config::alias::{InstantOf, SleepOf, SnapshotOf, VoteOf};
+use openraft::type_config::TypeConfigExt;
 use openraft::{BasicNode, OptionalSend, RPCTypes};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{pb, wire, TypeConfig};
 
@@ -51,12 +59,15 @@ pub struct PeerNetwork {
     id: u64,
     connect: Connector,
     channels: BTreeMap<u64, Channel>,
+    /// Per peer: it answered `StreamAppend` with UNIMPLEMENTED (an older version), so its
+    /// entries go one `AppendEntries` call at a time.
+    unary: BTreeMap<u64, Arc<AtomicBool>>,
 }
 
 impl PeerNetwork {
     /// The network of node `id`, reaching peers through `connect`.
     pub fn new(id: u64, connect: Connector) -> Self {
-        Self { id, connect, channels: BTreeMap::new() }
+        Self { id, connect, channels: BTreeMap::new(), unary: BTreeMap::new() }
     }
 }
 
@@ -68,7 +79,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         let client = pb::raft_client::RaftClient::new(channel)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        PeerClient { id: self.id, target, client }
+        let unary = self.unary.entry(target).or_default().clone();
+        PeerClient { id: self.id, target, client, unary }
     }
 }
 
@@ -77,6 +89,8 @@ pub struct PeerClient {
     id: u64,
     target: u64,
     client: pb::raft_client::RaftClient<Channel>,
+    /// See [`PeerNetwork`]'s `unary`.
+    unary: Arc<AtomicBool>,
 }
 
 impl PeerClient {
@@ -102,6 +116,165 @@ impl PeerClient {
     }
 }
 
+/// One answer of a `StreamAppend` stream, as openraft takes it.
+type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// Requests of one `StreamAppend` call that may be unanswered at once: as many as a
+/// follower takes before it answers the first (openraft's pipeline there holds 64).
+const APPEND_PIPELINE_MAX: usize = 64;
+
+/// A timer of openraft's runtime.
+type Timer = Pin<Box<SleepOf<TypeConfig>>>;
+
+/// One `StreamAppend` call, as the stream of its answers.
+///
+/// openraft's requests are pulled only when openraft polls for answers, never by the
+/// transport's own task: openraft looks whether this node still leads before it polls, and
+/// a request made after it stepped down would be read from a log that moved on since. The
+/// call starts with the first request, so openraft's backoff after a failure (waited as it
+/// makes a request) comes before the next attempt to connect. The stream fails with a
+/// timeout once the oldest unanswered request has waited openraft's soft time-to-live; an
+/// idle stream waits as long as openraft keeps it.
+struct AppendStream<S> {
+    /// openraft's requests; none once they ended.
+    input: Option<S>,
+    /// The call's body; closed when the input ends.
+    body: Option<mpsc::UnboundedSender<pb::AppendEntriesRequest>>,
+    /// The call until the follower answers it: its answers from then on.
+    call: Option<BoxFuture<'static, Result<Response<Streaming<pb::StreamAppendResponse>>, Status>>>,
+    answers: Option<Streaming<pb::StreamAppendResponse>>,
+    /// When each unanswered request was sent, oldest first (at most [`APPEND_PIPELINE_MAX`]),
+    /// by openraft's runtime clock.
+    sent: VecDeque<InstantOf<TypeConfig>>,
+    /// The oldest one's deadline, and its timer.
+    deadline: Option<(InstantOf<TypeConfig>, Timer)>,
+    timeout: Timeout<TypeConfig>,
+    /// Set when the peer does not know `StreamAppend`.
+    unary: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl<S> AppendStream<S> {
+    fn new(
+        mut client: pb::raft_client::RaftClient<Channel>,
+        input: S,
+        timeout: Timeout<TypeConfig>,
+        unary: Arc<AtomicBool>,
+    ) -> Self {
+        let (body, requests) = mpsc::unbounded_channel();
+        let call = Box::pin(async move {
+            client.stream_append(tokio_stream::wrappers::UnboundedReceiverStream::new(requests)).await
+        });
+        Self {
+            input: Some(input),
+            body: Some(body),
+            call: Some(call),
+            answers: None,
+            sent: VecDeque::new(),
+            deadline: None,
+            timeout,
+            unary,
+            done: false,
+        }
+    }
+
+    /// Ends the stream with `error`.
+    fn fail(&mut self, error: RPCError<TypeConfig>) -> Poll<Option<AppendAnswer>> {
+        self.done = true;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl<S> Stream for AppendStream<S>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    type Item = AppendAnswer;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AppendAnswer>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // What openraft has made, while the pipeline has room.
+        while this.sent.len() < APPEND_PIPELINE_MAX {
+            let Some(input) = this.input.as_mut() else { break };
+            match input.poll_next_unpin(cx) {
+                Poll::Ready(Some(rpc)) => {
+                    this.sent.push_back(TypeConfig::now());
+                    if let Some(body) = &this.body {
+                        // The call may have ended already; its answer says why.
+                        let _ = body.send(wire::append_request_pb(rpc));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.input = None;
+                    this.body = None;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if this.sent.is_empty() && this.answers.is_none() {
+            // No request yet: the call has not started.
+            if this.input.is_none() {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            return Poll::Pending;
+        }
+        if let Some(call) = this.call.as_mut() {
+            match call.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => {
+                    this.call = None;
+                    this.answers = Some(response.into_inner());
+                }
+                Poll::Ready(Err(status)) => {
+                    if status.code() == tonic::Code::Unimplemented {
+                        // An older peer: openraft tries again after its backoff, and this
+                        // peer's entries then go one call at a time.
+                        tracing::warn!(
+                            peer = this.timeout.target,
+                            "the peer does not take StreamAppend (an older version?): appending one call at a time"
+                        );
+                        this.unary.store(true, Ordering::Relaxed);
+                    }
+                    return this.fail(unreachable(&status.to_string()));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some(answers) = this.answers.as_mut() {
+            match answers.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(answer))) => {
+                    this.sent.pop_front();
+                    return match wire::stream_result_of(answer) {
+                        Ok(result) => Poll::Ready(Some(Ok(result))),
+                        Err(e) => this.fail(unreachable(&format!("an answer that does not decode: {e}"))),
+                    };
+                }
+                Poll::Ready(Some(Err(status))) => return this.fail(unreachable(&status.to_string())),
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some(oldest) = this.sent.front() {
+            let at = *oldest + this.timeout.timeout;
+            let (_, timer) = match &mut this.deadline {
+                Some(deadline) if deadline.0 == at => deadline,
+                other => other.insert((at, Box::pin(TypeConfig::sleep_until(at)))),
+            };
+            if timer.as_mut().poll(cx).is_ready() {
+                let timeout = this.timeout.clone();
+                return this.fail(RPCError::Timeout(timeout));
+            }
+        }
+        Poll::Pending
+    }
+}
+
 fn unreachable(why: &str) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(why))
 }
@@ -118,6 +291,26 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let request = wire::append_request_pb(rpc);
         self.call(RPCTypes::AppendEntries, option.soft_ttl(), client.append_entries(request), wire::append_response_of)
             .await
+    }
+
+    /// Pipelined: each request goes out as openraft makes it, and the answers come back in
+    /// order on the same stream (see [`AppendStream`]). A peer that does not know
+    /// `StreamAppend` (an older version) is sent one `AppendEntries` call at a time instead.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendAnswer>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if self.unary.load(Ordering::Relaxed) {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        let timeout =
+            Timeout { action: RPCTypes::AppendEntries, id: self.id, target: self.target, timeout: option.soft_ttl() };
+        let stream = AppendStream::new(self.client.clone(), input, timeout, self.unary.clone());
+        Box::pin(std::future::ready(Ok(Box::pin(stream) as BoxStream<'s, AppendAnswer>)))
     }
 
     async fn vote(
@@ -205,6 +398,8 @@ where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
     raft: openraft::Raft<TypeConfig, SM>,
+    /// `StreamAppend` streams taken so far.
+    streams: AtomicU64,
 }
 
 impl<SM> RaftService<SM>
@@ -213,9 +408,15 @@ where
 {
     /// The service of the node `raft`.
     pub fn new(raft: openraft::Raft<TypeConfig, SM>) -> pb::raft_server::RaftServer<Self> {
-        pb::raft_server::RaftServer::new(Self { raft })
+        pb::raft_server::RaftServer::new(Self { raft, streams: AtomicU64::new(0) })
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    }
+
+    /// The service of the node `raft`, not yet wrapped for tonic (for a test's own wrapper).
+    #[cfg(test)]
+    pub(super) fn bare(raft: openraft::Raft<TypeConfig, SM>) -> Self {
+        Self { raft, streams: AtomicU64::new(0) }
     }
 }
 
@@ -240,6 +441,49 @@ where
         let rpc = wire::append_request_of(request.into_inner()).map_err(invalid)?;
         let response = self.raft.append_entries(rpc).await.map_err(unavailable)?;
         Ok(Response::new(wire::append_response_pb(&response)))
+    }
+
+    type StreamAppendStream = BoxStream<'static, Result<pb::StreamAppendResponse, Status>>;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // A request that does not decode ends the stream: openraft answers those before it,
+        // then the leader hears why.
+        let refused = Arc::new(Mutex::new(None));
+        let requests = {
+            let refused = refused.clone();
+            futures_util::stream::unfold(request.into_inner(), move |mut requests| {
+                let refused = refused.clone();
+                async move {
+                    match requests.message().await {
+                        Ok(Some(rpc)) => match wire::append_request_of(rpc) {
+                            Ok(rpc) => Some((rpc, requests)),
+                            Err(e) => {
+                                *refused.lock().expect("not poisoned") = Some(invalid(e));
+                                None
+                            }
+                        },
+                        // The leader closed the stream, or went away.
+                        Ok(None) | Err(_) => None,
+                    }
+                }
+            })
+        };
+        // openraft spawns the stream's task on its seeded runtime, which takes the seed of
+        // the task that spawns: a handler's task has none, so each stream is given one, from
+        // a counter.
+        let seed = self.streams.fetch_add(1, Ordering::Relaxed);
+        let seeded = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
+        let answers = seeded(seed, async { self.raft.stream_append(requests) }).await;
+        let answers = answers.map(|answer| match answer {
+            Ok(result) => Ok(wire::stream_result_pb(&result)),
+            Err(fatal) => Err(unavailable(fatal)),
+        });
+        let refusal = futures_util::stream::once(async move { refused.lock().expect("not poisoned").take().map(Err) })
+            .filter_map(std::future::ready);
+        Ok(Response::new(Box::pin(answers.chain(refusal))))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {

@@ -10,10 +10,11 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{BasicNode, Config, ServerState};
 use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
 
 use super::log::identity;
 use super::test_sm::ListSm;
-use super::{Connector, PeerNetwork, Proposal, RaftLog, RaftService, TypeConfig};
+use super::{pb, Connector, PeerNetwork, Proposal, RaftLog, RaftService, TypeConfig};
 use crate::env::StdFs;
 
 type Raft = openraft::Raft<TypeConfig, ListSm>;
@@ -27,17 +28,86 @@ struct Node {
     server: JoinHandle<()>,
 }
 
+/// Which version of the Raft service a node runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Version {
+    Current,
+    /// The one before `StreamAppend`: that call is UNIMPLEMENTED, the rest as today.
+    BeforeStreamAppend,
+}
+
+/// The Raft service of a node of [`Version::BeforeStreamAppend`].
+struct BeforeStreamAppend(RaftService<ListSm>);
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for BeforeStreamAppend {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.0.append_entries(request).await
+    }
+
+    type StreamAppendStream = <RaftService<ListSm> as pb::raft_server::Raft>::StreamAppendStream;
+
+    async fn stream_append(
+        &self,
+        _request: Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        Err(Status::unimplemented("no StreamAppend in this version"))
+    }
+
+    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        self.0.vote(request).await
+    }
+
+    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        self.0.pre_vote(request).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<tonic::Streaming<pb::InstallSnapshotRequest>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        self.0.install_snapshot(request).await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.0.transfer_leader(request).await
+    }
+}
+
 async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener, config: Arc<Config>) -> Node {
+    start_version(id, dir, listener, config, Version::Current).await
+}
+
+async fn start_version(
+    id: u64,
+    dir: &std::path::Path,
+    listener: tokio::net::TcpListener,
+    config: Arc<Config>,
+    version: Version,
+) -> Node {
     let connect: Connector =
         Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")).expect("an address").connect_lazy());
     let log = RaftLog::open(Arc::new(StdFs), &dir.join(format!("node-{id}")), &identity(id, 1..=3)).unwrap();
     let machine = ListSm::default();
     let raft = Raft::new(id, config, PeerNetwork::new(id, connect), log, machine.clone()).await.unwrap();
-    let service = RaftService::new(raft.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
-    });
+    let server = if version == Version::Current {
+        let service = RaftService::new(raft.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        })
+    } else {
+        let service = pb::raft_server::RaftServer::new(BeforeStreamAppend(RaftService::bare(raft.clone())));
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        })
+    };
     Node { raft, machine, server }
 }
 
@@ -227,4 +297,185 @@ async fn pre_votes() {
         node.raft.shutdown().await.unwrap();
         node.server.abort();
     }
+}
+
+/// A peer whose `StreamAppend` takes every request and never answers: it counts the
+/// requests it received, and the connections made to it.
+#[derive(Clone, Default)]
+struct SilentPeer {
+    received: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for SilentPeer {
+    async fn append_entries(
+        &self,
+        _: tonic::Request<pb::AppendEntriesRequest>,
+    ) -> Result<tonic::Response<pb::AppendEntriesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("silent"))
+    }
+
+    type StreamAppendStream = openraft::base::BoxStream<'static, Result<pb::StreamAppendResponse, tonic::Status>>;
+
+    async fn stream_append(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
+        let mut requests = request.into_inner();
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = requests.message().await {
+                received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(futures_util::stream::pending())))
+    }
+
+    async fn vote(
+        &self,
+        _: tonic::Request<pb::VoteRequest>,
+    ) -> Result<tonic::Response<pb::VoteResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("silent"))
+    }
+
+    async fn pre_vote(
+        &self,
+        _: tonic::Request<pb::VoteRequest>,
+    ) -> Result<tonic::Response<pb::VoteResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("silent"))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _: tonic::Request<tonic::Streaming<pb::InstallSnapshotRequest>>,
+    ) -> Result<tonic::Response<pb::InstallSnapshotResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("silent"))
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: tonic::Request<pb::TransferLeaderRequest>,
+    ) -> Result<tonic::Response<pb::TransferLeaderResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("silent"))
+    }
+}
+
+/// Serves `peer` on a port of 127.0.0.1, counting the connections it accepts.
+async fn serve_silent(peer: SilentPeer) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use futures_util::StreamExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).inspect(move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let service = pb::raft_server::RaftServer::new(peer);
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+    });
+    (addr, accepted)
+}
+
+fn heartbeat() -> openraft::raft::AppendEntriesRequest<TypeConfig> {
+    openraft::raft::AppendEntriesRequest {
+        vote: openraft::type_config::alias::VoteOf::<TypeConfig>::new_committed(2, 1),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    }
+}
+
+/// The leader's side of `StreamAppend`: no call before openraft makes a request (its backoff
+/// is waited as it makes one), every request sent without waiting for the answers before it,
+/// and a timeout once the oldest unanswered one has waited the time-to-live.
+#[tokio::test]
+async fn stream_append_starts_with_a_request_pipelines_them_and_times_out_on_silence() {
+    use futures_util::StreamExt;
+    use openraft::network::v2::RaftNetworkV2;
+    use openraft::network::{RPCOption, RaftNetworkFactory};
+    use std::sync::atomic::Ordering;
+
+    let peer = SilentPeer::default();
+    let (addr, accepted) = serve_silent(peer.clone()).await;
+    let connect: Connector =
+        Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")).expect("an address").connect_lazy());
+    let mut network = PeerNetwork::new(1, connect);
+    let mut client = network.new_client(2, &BasicNode { addr: addr.clone() }).await;
+
+    // openraft has no request yet: nothing connects.
+    let ttl = Duration::from_millis(300);
+    let idle = futures_util::stream::pending::<openraft::raft::AppendEntriesRequest<TypeConfig>>();
+    let mut answers = client.stream_append(idle, RPCOption::new(ttl)).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), answers.next()).await.is_err(), "an idle stream waits");
+    drop(answers);
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "no request, no connection");
+
+    // Three requests at once: all reach the peer though none is answered, then the stream
+    // times out, measured from the oldest.
+    let three =
+        futures_util::stream::iter([heartbeat(), heartbeat(), heartbeat()]).chain(futures_util::stream::pending());
+    #[allow(clippy::disallowed_methods, reason = "the test measures the real wait for the timeout")]
+    let started = tokio::time::Instant::now();
+    let option = RPCOption::new(ttl);
+    let soft = option.soft_ttl();
+    let mut answers = client.stream_append(Box::pin(three), option).await.unwrap();
+    let answer = tokio::time::timeout(WAIT_MAX, answers.next()).await.expect("an answer in time").expect("one");
+    let waited = started.elapsed();
+    assert!(matches!(answer, Err(openraft::errors::RPCError::Timeout(_))), "{answer:?}");
+    assert!(waited >= soft && waited < soft * 10, "timed out after {waited:?}, the time-to-live being {soft:?}");
+    assert_eq!(peer.received.load(Ordering::SeqCst), 3, "every request sent before any answer");
+    assert!(answers.next().await.is_none(), "the stream ends after its timeout");
+}
+
+/// A follower of the version before `StreamAppend` answers it UNIMPLEMENTED: the leader
+/// then sends it one `AppendEntries` call at a time, so a cluster being upgraded one node
+/// at a time keeps replicating to every node.
+#[test]
+fn a_follower_without_stream_append_is_sent_one_call_at_a_time() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
+    runtime.block_on(scoped(12, async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().unwrap());
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode { addr: listener.local_addr().unwrap().to_string() });
+            listeners.push((id, listener));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, listener) in listeners {
+            let version = if id == 3 { Version::BeforeStreamAppend } else { Version::Current };
+            nodes.insert(id, start_version(id, dir.path(), listener, config.clone(), version).await);
+        }
+        nodes[&1].raft.initialize(members).await.unwrap();
+        // Node 3 follows, so the leader's replication to it meets the older service.
+        tokio::time::timeout(WAIT_MAX, async {
+            while leader(&nodes).await == 3 {
+                let _ = nodes[&3].raft.trigger().transfer_leader(1).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("node 3 hands over within the bound");
+        for i in 0..20 {
+            write(&nodes, &format!("a{i}")).await;
+        }
+        // Node 3 applies what the leader committed only once it has the entries (openraft
+        // sends the commit index with them).
+        applied_everywhere(&nodes, 20).await;
+        assert_ne!(leader(&nodes).await, 3);
+        for node in nodes.into_values() {
+            node.raft.shutdown().await.unwrap();
+            node.server.abort();
+        }
+    }));
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError, StreamAppendResult,
+    TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, StoredMembershipOf, VoteOf};
 use openraft::{BasicNode, EntryPayload, Membership, StoredMembership};
@@ -112,6 +112,25 @@ pub(super) fn append_response_of(
         R::PartialSuccess(p) => AppendEntriesResponse::PartialSuccess(p.matching.as_ref().map(log_id_of)),
         R::Conflict(_) => AppendEntriesResponse::Conflict,
         R::HigherVote(v) => AppendEntriesResponse::HigherVote(vote_of(&v)),
+    })
+}
+
+pub(super) fn stream_result_pb(result: &StreamAppendResult<TypeConfig>) -> pb::StreamAppendResponse {
+    use pb::stream_append_response::Result as R;
+    let result = match result {
+        Ok(matched) => R::Matched(pb::Matched { log_id: matched.as_ref().map(log_id_pb) }),
+        Err(StreamAppendError::Conflict(at)) => R::Conflict(log_id_pb(at)),
+        Err(StreamAppendError::HigherVote(vote)) => R::HigherVote(vote_pb(vote)),
+    };
+    pb::StreamAppendResponse { result: Some(result) }
+}
+
+pub(super) fn stream_result_of(response: pb::StreamAppendResponse) -> Result<StreamAppendResult<TypeConfig>, String> {
+    use pb::stream_append_response::Result as R;
+    Ok(match required(response.result, "result")? {
+        R::Matched(m) => Ok(m.log_id.as_ref().map(log_id_of)),
+        R::Conflict(at) => Err(StreamAppendError::Conflict(log_id_of(&at))),
+        R::HigherVote(v) => Err(StreamAppendError::HigherVote(vote_of(&v))),
     })
 }
 
