@@ -197,7 +197,7 @@ mod tests {
             Event::Crashed { host } | Event::Restarted { host } => host == "broker1",
             _ => true,
         });
-        entries.retain(|e| !(e.at_ms == 4114));
+        entries.retain(|e| e.at_ms != 4114);
         let check = exclusive(&entries);
         assert!(!check.passed, "{}", check.detail);
     }
