@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::type_config::alias::{InstantOf, SleepOf, SnapshotOf, VoteOf};
 use openraft::type_config::TypeConfigExt;
 use openraft::{BasicNode, OptionalSend, RPCTypes};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -59,9 +60,8 @@ pub struct PeerNetwork {
     id: u64,
     connect: Connector,
     channels: BTreeMap<u64, Channel>,
-    /// Per peer: it answered `StreamAppend` with UNIMPLEMENTED (an older version), so its
-    /// entries go one `AppendEntries` call at a time.
-    unary: BTreeMap<u64, Arc<AtomicBool>>,
+    /// Per peer: whether its entries go one `AppendEntries` call at a time (see [`Unary`]).
+    unary: BTreeMap<u64, Unary>,
 }
 
 impl PeerNetwork {
@@ -89,8 +89,8 @@ pub struct PeerClient {
     id: u64,
     target: u64,
     client: pb::raft_client::RaftClient<Channel>,
-    /// See [`PeerNetwork`]'s `unary`.
-    unary: Arc<AtomicBool>,
+    /// See [`Unary`].
+    unary: Unary,
 }
 
 impl PeerClient {
@@ -123,6 +123,14 @@ type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>
 /// follower takes before it answers the first (openraft's pipeline there holds 64).
 const APPEND_PIPELINE_MAX: usize = 64;
 
+/// Bytes of unanswered requests of one `StreamAppend` call (their encoded size) past which
+/// no more are sent until answers come; one request is always let through, however large.
+pub(super) const APPEND_PIPELINE_BYTES_MAX: usize = 16 << 20;
+
+/// How long a peer that answered `StreamAppend` UNIMPLEMENTED is sent one `AppendEntries`
+/// call at a time before the stream is tried again (the peer may have been upgraded).
+pub(super) const UNARY_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// A timer of openraft's runtime.
 type Timer = Pin<Box<SleepOf<TypeConfig>>>;
 
@@ -133,8 +141,9 @@ type Timer = Pin<Box<SleepOf<TypeConfig>>>;
 /// a request made after it stepped down would be read from a log that moved on since. The
 /// call starts with the first request, so openraft's backoff after a failure (waited as it
 /// makes a request) comes before the next attempt to connect. The stream fails with a
-/// timeout once the oldest unanswered request has waited openraft's soft time-to-live; an
-/// idle stream waits as long as openraft keeps it.
+/// timeout once a request is unanswered and neither it was sent nor an answer came within
+/// openraft's soft time-to-live; an idle stream waits as long as openraft keeps it, and one
+/// whose requests ended and were all answered ends.
 struct AppendStream<S> {
     /// openraft's requests; none once they ended.
     input: Option<S>,
@@ -143,14 +152,18 @@ struct AppendStream<S> {
     /// The call until the follower answers it: its answers from then on.
     call: Option<BoxFuture<'static, Result<Response<Streaming<pb::StreamAppendResponse>>, Status>>>,
     answers: Option<Streaming<pb::StreamAppendResponse>>,
-    /// When each unanswered request was sent, oldest first (at most [`APPEND_PIPELINE_MAX`]),
-    /// by openraft's runtime clock.
-    sent: VecDeque<InstantOf<TypeConfig>>,
-    /// The oldest one's deadline, and its timer.
+    /// When each unanswered request was sent and its encoded size, oldest first (at most
+    /// [`APPEND_PIPELINE_MAX`]), by openraft's runtime clock.
+    sent: VecDeque<(InstantOf<TypeConfig>, usize)>,
+    /// The encoded bytes of the unanswered requests.
+    sent_bytes: usize,
+    /// When the last answer came.
+    answered: Option<InstantOf<TypeConfig>>,
+    /// The deadline of the oldest unanswered request, and its timer.
     deadline: Option<(InstantOf<TypeConfig>, Timer)>,
     timeout: Timeout<TypeConfig>,
     /// Set when the peer does not know `StreamAppend`.
-    unary: Arc<AtomicBool>,
+    unary: Unary,
     done: bool,
 }
 
@@ -159,7 +172,7 @@ impl<S> AppendStream<S> {
         mut client: pb::raft_client::RaftClient<Channel>,
         input: S,
         timeout: Timeout<TypeConfig>,
-        unary: Arc<AtomicBool>,
+        unary: Unary,
     ) -> Self {
         let (body, requests) = mpsc::unbounded_channel();
         let call = Box::pin(async move {
@@ -171,11 +184,58 @@ impl<S> AppendStream<S> {
             call: Some(call),
             answers: None,
             sent: VecDeque::new(),
+            sent_bytes: 0,
+            answered: None,
             deadline: None,
             timeout,
             unary,
             done: false,
         }
+    }
+
+    /// Takes what openraft has made and sends it, while the pipeline has room.
+    fn pull(&mut self, cx: &mut Context<'_>)
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+    {
+        while self.sent.is_empty()
+            || (self.sent.len() < APPEND_PIPELINE_MAX && self.sent_bytes < APPEND_PIPELINE_BYTES_MAX)
+        {
+            let Some(input) = self.input.as_mut() else { break };
+            match input.poll_next_unpin(cx) {
+                Poll::Ready(Some(rpc)) => {
+                    let request = wire::append_request_pb(rpc);
+                    let size = request.encoded_len();
+                    self.sent.push_back((TypeConfig::now(), size));
+                    self.sent_bytes += size;
+                    if let Some(body) = &self.body {
+                        // The call may have ended already; its answer says why.
+                        let _ = body.send(request);
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.input = None;
+                    self.body = None;
+                }
+                Poll::Pending => break,
+            }
+        }
+    }
+
+    /// Whether a request is unanswered and neither it was sent nor an answer came within
+    /// the time-to-live (the timer wakes the task when that time comes).
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some((oldest, _)) = self.sent.front() {
+            // A follower that answers keeps the stream alive, however many wait behind.
+            let since = self.answered.map_or(*oldest, |answered| answered.max(*oldest));
+            let at = since + self.timeout.timeout;
+            let (_, timer) = match &mut self.deadline {
+                Some(deadline) if deadline.0 == at => deadline,
+                other => other.insert((at, Box::pin(TypeConfig::sleep_until(at)))),
+            };
+            return timer.as_mut().poll(cx).is_ready();
+        }
+        false
     }
 
     /// Ends the stream with `error`.
@@ -196,31 +256,18 @@ where
         if this.done {
             return Poll::Ready(None);
         }
-        // What openraft has made, while the pipeline has room.
-        while this.sent.len() < APPEND_PIPELINE_MAX {
-            let Some(input) = this.input.as_mut() else { break };
-            match input.poll_next_unpin(cx) {
-                Poll::Ready(Some(rpc)) => {
-                    this.sent.push_back(TypeConfig::now());
-                    if let Some(body) = &this.body {
-                        // The call may have ended already; its answer says why.
-                        let _ = body.send(wire::append_request_pb(rpc));
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.input = None;
-                    this.body = None;
-                }
-                Poll::Pending => break,
-            }
-        }
-        if this.sent.is_empty() && this.answers.is_none() {
-            // No request yet: the call has not started.
+        this.pull(cx);
+        if this.sent.is_empty() {
+            // Every request answered, and openraft made its last: done (without waiting for
+            // the follower to close its side, which a dead connection never would).
             if this.input.is_none() {
                 this.done = true;
                 return Poll::Ready(None);
             }
-            return Poll::Pending;
+            // No request yet: the call has not started.
+            if this.answers.is_none() {
+                return Poll::Pending;
+            }
         }
         if let Some(call) = this.call.as_mut() {
             match call.as_mut().poll(cx) {
@@ -236,7 +283,7 @@ where
                             peer = this.timeout.target,
                             "the peer does not take StreamAppend (an older version?): appending one call at a time"
                         );
-                        this.unary.store(true, Ordering::Relaxed);
+                        this.unary.set(Some(TypeConfig::now()));
                     }
                     return this.fail(unreachable(&status.to_string()));
                 }
@@ -246,7 +293,10 @@ where
         if let Some(answers) = this.answers.as_mut() {
             match answers.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(answer))) => {
-                    this.sent.pop_front();
+                    if let Some((_, size)) = this.sent.pop_front() {
+                        this.sent_bytes -= size;
+                    }
+                    this.answered = Some(TypeConfig::now());
                     return match wire::stream_result_of(answer) {
                         Ok(result) => Poll::Ready(Some(Ok(result))),
                         Err(e) => this.fail(unreachable(&format!("an answer that does not decode: {e}"))),
@@ -260,18 +310,36 @@ where
                 Poll::Pending => {}
             }
         }
-        if let Some(oldest) = this.sent.front() {
-            let at = *oldest + this.timeout.timeout;
-            let (_, timer) = match &mut this.deadline {
-                Some(deadline) if deadline.0 == at => deadline,
-                other => other.insert((at, Box::pin(TypeConfig::sleep_until(at)))),
-            };
-            if timer.as_mut().poll(cx).is_ready() {
-                let timeout = this.timeout.clone();
-                return this.fail(RPCError::Timeout(timeout));
-            }
+        if this.timed_out(cx) {
+            let timeout = this.timeout.clone();
+            return this.fail(RPCError::Timeout(timeout));
         }
         Poll::Pending
+    }
+}
+
+/// Per peer: when it answered `StreamAppend` UNIMPLEMENTED (an older version); its entries
+/// go one `AppendEntries` call at a time for [`UNARY_RETRY_AFTER`] from then.
+#[derive(Clone, Default)]
+pub(super) struct Unary(Arc<Mutex<Option<InstantOf<TypeConfig>>>>);
+
+impl Unary {
+    pub(super) fn set(&self, at: Option<InstantOf<TypeConfig>>) {
+        *self.0.lock().expect("not poisoned") = at;
+    }
+
+    /// Whether the peer is sent one call at a time now; once the time is up, the stream is
+    /// tried again.
+    pub(super) fn now(&self) -> bool {
+        let mut since = self.0.lock().expect("not poisoned");
+        match *since {
+            Some(at) if TypeConfig::now() < at + UNARY_RETRY_AFTER => true,
+            Some(_) => {
+                *since = None;
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -304,7 +372,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        if self.unary.load(Ordering::Relaxed) {
+        if self.unary.now() {
             return openraft::network::stream_append_sequential(self, input, option);
         }
         let timeout =
@@ -465,8 +533,14 @@ where
                                 None
                             }
                         },
-                        // The leader closed the stream, or went away.
-                        Ok(None) | Err(_) => None,
+                        // The leader closed the stream.
+                        Ok(None) => None,
+                        // The stream broke (the leader went away, or sent what HTTP/2 or
+                        // gRPC refuses): said in the answer, should the leader still hear.
+                        Err(status) => {
+                            *refused.lock().expect("not poisoned") = Some(status);
+                            None
+                        }
                     }
                 }
             })

@@ -299,11 +299,13 @@ async fn pre_votes() {
     }
 }
 
-/// A peer whose `StreamAppend` takes every request and never answers: it counts the
-/// requests it received, and the connections made to it.
+/// A peer whose `StreamAppend` takes every request and never answers (or, with `answer_after`,
+/// answers each that long after the one before): it counts the requests it received, and
+/// the connections made to it. It never closes its side of the stream.
 #[derive(Clone, Default)]
 struct SilentPeer {
     received: Arc<std::sync::atomic::AtomicUsize>,
+    answer_after: Option<Duration>,
 }
 
 #[tonic::async_trait]
@@ -323,12 +325,33 @@ impl pb::raft_server::Raft for SilentPeer {
     ) -> Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
         let mut requests = request.into_inner();
         let received = self.received.clone();
+        let Some(pace) = self.answer_after else {
+            tokio::spawn(async move {
+                while let Ok(Some(_)) = requests.message().await {
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            return Ok(tonic::Response::new(Box::pin(futures_util::stream::pending())));
+        };
+        let (answers, answered) = tokio::sync::mpsc::unbounded_channel();
+        let (taken, mut to_answer) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(Some(_)) = requests.message().await {
                 received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = taken.send(());
             }
         });
-        Ok(tonic::Response::new(Box::pin(futures_util::stream::pending())))
+        tokio::spawn(async move {
+            while to_answer.recv().await.is_some() {
+                tokio::time::sleep(pace).await;
+                let matched = pb::stream_append_response::Result::Matched(pb::Matched { log_id: None });
+                let _ = answers.send(Ok(pb::StreamAppendResponse { result: Some(matched) }));
+            }
+            // Every request answered: the stream stays open, as over a dead connection.
+            std::future::pending::<()>().await;
+            drop(answers);
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(answered))))
     }
 
     async fn vote(
@@ -478,4 +501,100 @@ fn a_follower_without_stream_append_is_sent_one_call_at_a_time() {
             node.server.abort();
         }
     }));
+}
+
+async fn client_of(addr: &str) -> super::network::PeerClient {
+    use openraft::network::RaftNetworkFactory;
+    let connect: Connector =
+        Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")).expect("an address").connect_lazy());
+    PeerNetwork::new(1, connect).new_client(2, &BasicNode { addr: addr.to_string() }).await
+}
+
+/// A stream whose requests ended and were all answered ends, though the follower keeps its
+/// side open (a dead connection would never close it).
+#[tokio::test]
+async fn stream_append_ends_once_its_last_request_is_answered() {
+    use futures_util::StreamExt;
+    use openraft::network::v2::RaftNetworkV2;
+    use openraft::network::RPCOption;
+
+    let peer = SilentPeer { answer_after: Some(Duration::from_millis(10)), ..Default::default() };
+    let (addr, _) = serve_silent(peer).await;
+    let mut client = client_of(&addr).await;
+    let two = futures_util::stream::iter([heartbeat(), heartbeat()]);
+    let answers = client.stream_append(two, RPCOption::new(Duration::from_secs(10))).await.unwrap();
+    let answers: Vec<_> = tokio::time::timeout(WAIT_MAX, answers.collect()).await.expect("the stream ends");
+    assert_eq!(answers.len(), 2);
+    assert!(answers.iter().all(|a| matches!(a, Ok(Ok(None)))), "{answers:?}");
+}
+
+/// A follower that keeps answering keeps the stream alive, however long the later requests
+/// wait behind the earlier ones: the time-to-live runs from the last answer.
+#[tokio::test]
+async fn stream_append_times_out_on_silence_not_on_a_long_queue() {
+    use futures_util::StreamExt;
+    use openraft::network::v2::RaftNetworkV2;
+    use openraft::network::RPCOption;
+
+    let peer = SilentPeer { answer_after: Some(Duration::from_millis(100)), ..Default::default() };
+    let (addr, _) = serve_silent(peer).await;
+    let mut client = client_of(&addr).await;
+    // Six at once, answered 100 ms apart: the last waits 600 ms, twice the time-to-live.
+    let six =
+        futures_util::stream::iter(std::iter::repeat_with(heartbeat).take(6)).chain(futures_util::stream::pending());
+    let option = RPCOption::new(Duration::from_millis(400));
+    assert!(option.soft_ttl() < Duration::from_millis(600));
+    let mut answers = client.stream_append(Box::pin(six), option).await.unwrap();
+    for n in 0..6 {
+        let answer = tokio::time::timeout(WAIT_MAX, answers.next()).await.expect("an answer in time").expect("one");
+        assert!(matches!(answer, Ok(Ok(None))), "answer {n}: {answer:?}");
+    }
+}
+
+/// Unanswered requests are bounded by their bytes too: large batches stop at
+/// `APPEND_PIPELINE_BYTES_MAX`, well before `APPEND_PIPELINE_MAX` of them.
+#[tokio::test]
+async fn stream_append_holds_large_batches_at_the_byte_bound() {
+    use futures_util::StreamExt;
+    use openraft::network::v2::RaftNetworkV2;
+    use openraft::network::RPCOption;
+    use openraft::type_config::alias::{EntryOf, LogIdOf};
+    use std::sync::atomic::Ordering;
+
+    let peer = SilentPeer::default();
+    let (addr, _) = serve_silent(peer.clone()).await;
+    let mut client = client_of(&addr).await;
+    let mib = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    let large = (1..=40u64).map(move |index| {
+        let mut request = heartbeat();
+        request.prev_log_id = (index > 1).then(|| LogIdOf::<TypeConfig>::new_term_index(2, index - 1));
+        request.entries = vec![EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(2, index),
+            payload: openraft::EntryPayload::Normal(Proposal(mib.clone())),
+        }];
+        request
+    });
+    let large = futures_util::stream::iter(large).chain(futures_util::stream::pending());
+    let mut answers = client.stream_append(Box::pin(large), RPCOption::new(Duration::from_secs(60))).await.unwrap();
+    // Polled for a while: the requests go out until the bound, and no answer comes.
+    assert!(tokio::time::timeout(Duration::from_secs(2), answers.next()).await.is_err());
+    let sent = peer.received.load(Ordering::SeqCst);
+    let bound = super::network::APPEND_PIPELINE_BYTES_MAX >> 20;
+    assert_eq!(sent, bound, "1 MiB requests sent before any answer");
+}
+
+/// A peer that answered `StreamAppend` UNIMPLEMENTED is sent one call at a time for a
+/// while, then the stream is tried again (it may have been upgraded).
+#[tokio::test(start_paused = true)]
+async fn an_older_peer_is_tried_with_the_stream_again_after_a_while() {
+    use openraft::type_config::TypeConfigExt;
+    let unary = super::network::Unary::default();
+    assert!(!unary.now());
+    unary.set(Some(TypeConfig::now()));
+    assert!(unary.now());
+    tokio::time::advance(super::network::UNARY_RETRY_AFTER - Duration::from_secs(1)).await;
+    assert!(unary.now());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(!unary.now(), "tried again");
+    assert!(!unary.now(), "and stays so until the peer refuses again");
 }
