@@ -11,7 +11,9 @@ use crate::history::{Entry, Event};
 /// same stream before anything leased under it). A broker crash starts the generations
 /// over (members do not survive it), and so does a new leader of a cluster (groups live on
 /// the leader): generations are told apart by the broker's life too, a life ending at each
-/// crash and each time another node, or a new term, starts to serve as the leader. A stream
+/// crash of the broker (of a cluster's serving leader: a follower's crash leaves the
+/// leader's groups as they are) and each time another node, or a new term, starts to serve
+/// as the leader. A stream
 /// whose opening reaches its client after its broker crashed, before that broker is back or
 /// another serves, was opened by the broker that crashed: the answer was on its way. Pulls
 /// (stream 0) may only read partitions no member holds: they count as a holder.
@@ -46,11 +48,9 @@ pub(super) fn exclusive(entries: &[Entry]) -> Check {
     for e in entries {
         let host = e.host.as_str();
         match &e.event {
-            Event::Crashed { host: crashed } => {
-                // A power failure crashes several in one instant: the life before the first.
-                if crashed_life.is_none() && serving.is_none_or(|(leader, _)| leader == crashed) {
-                    crashed_life = Some((crashed.as_str(), life));
-                }
+            // The broker, the serving leader, or any node before one serves.
+            Event::Crashed { host: crashed } if serving.is_none_or(|(leader, _)| leader == crashed) => {
+                crashed_life.get_or_insert((crashed.as_str(), life));
                 life += 1;
             }
             Event::Restarted { host: restarted } => {
@@ -159,8 +159,9 @@ mod tests {
         at(at_ms, host, Event::Cluster { role: "leader".into(), term, leader: Some(host.into()), serving: true })
     }
 
-    /// Every broker crashes while the answer that opens stream 2 (generation 1) is on its
-    /// way; the leader restarts, starts the generations over, and gives stream 4 generation 1.
+    /// Every broker crashes (the leader, broker2, not first) while the answer that opens
+    /// stream 2 (generation 1) is on its way; the leader restarts, starts the generations
+    /// over, and gives stream 4 generation 1.
     fn power_failure(opened_after_crash: bool) -> Vec<Entry> {
         let crash = |at_ms, host: &str| driver(at_ms, Event::Crashed { host: host.into() });
         let restart = |at_ms, host: &str| driver(at_ms, Event::Restarted { host: host.into() });
@@ -184,6 +185,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_whose_opening_arrives_after_the_crash_holds_with_the_streams_before_it() {
+        // Before the crash, stream 1 held p1 in generation 1; the in-flight opening of
+        // stream 2 gave it p1 in that same generation of the same broker life.
+        let mut entries = power_failure(true);
+        entries.extend([opened(1000, 1), assigned(1000, 1), delivered(1000, 1, "p1-0")]);
+        entries.sort_by_key(|e| e.at_ms);
+        let check = exclusive(&entries);
+        assert!(!check.passed, "{}", check.detail);
+        assert!(check.detail.contains("p1-1 reached w1#2, but w1#1 holds the partition"), "{}", check.detail);
+    }
+
+    #[test]
     fn two_streams_holding_one_partition_in_one_life_fail() {
         // No crash between them: one broker gave generation 1's partition to two streams.
         let mut entries = power_failure(true);
@@ -191,14 +204,20 @@ mod tests {
         let check = exclusive(&entries);
         assert!(!check.passed);
         assert!(check.detail.contains("w1#2 holds the partition"), "{}", check.detail);
-        // A stream opened while a follower is down is the leader's, in the leader's life.
-        let mut entries = power_failure(true);
-        entries.retain(|e| match &e.event {
-            Event::Crashed { host } | Event::Restarted { host } => host == "broker1",
-            _ => true,
-        });
-        entries.retain(|e| e.at_ms != 4114);
+        // A follower's crash between them changes nothing: the leader kept its groups.
+        let entries = vec![
+            serving(817, "broker2", 2),
+            opened(1000, 1),
+            assigned(1000, 1),
+            delivered(1000, 1, "p1-0"),
+            driver(2265, Event::Crashed { host: "broker1".into() }),
+            driver(3973, Event::Restarted { host: "broker1".into() }),
+            opened(6456, 4),
+            assigned(6463, 4),
+            delivered(6463, 4, "p1-1"),
+        ];
         let check = exclusive(&entries);
         assert!(!check.passed, "{}", check.detail);
+        assert!(check.detail.contains("p1-1 reached w1#4, but w1#1 holds the partition"), "{}", check.detail);
     }
 }
