@@ -31,7 +31,7 @@ use prost::Message;
 use super::wire::{entry_of, entry_pb, log_id_of, log_id_pb, vote_of, vote_pb};
 use super::{pb, TypeConfig};
 use crate::env::{blocking, Fs, FsFile};
-use crate::record::{frame, frame_at, frame_size, later_frame};
+use crate::record::{frame, frame_at, frame_size, later_frame, looks_lost};
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
@@ -271,14 +271,15 @@ impl Inner {
             let record = match decoded {
                 Ok(record) => record,
                 Err(reason) => {
-                    // A stretch of zeros before an intact record is a write that never
-                    // reached the disk while a later one did: no fsync ended after it (one
-                    // would have made it durable), so nothing from here on was ever
-                    // acknowledged, and it is cut like any torn tail. Other damage followed
-                    // by an intact record is corruption of what was synced: refused.
+                    // Damage that looks like a lost write (zeros where a write never reached
+                    // the disk while a later one did; `record::looks_lost`) before an intact
+                    // record: no fsync ended after it (one would have made it durable), so
+                    // nothing from here on was ever acknowledged, and it is cut like any
+                    // torn tail. Other damage followed by an intact record is corruption of
+                    // what was synced: refused.
                     let later =
                         later_frame(bytes, at + 1, |b| pb::LogRecord::decode(b).is_ok_and(|r| r.kind.is_some()));
-                    if let Some(later) = later.filter(|later| bytes[at..*later].iter().any(|b| *b != 0)) {
+                    if let Some(later) = later.filter(|later| !looks_lost(&bytes[at..*later], at as u64)) {
                         return Err(corrupt(
                             path,
                             at,

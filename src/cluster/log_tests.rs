@@ -163,6 +163,51 @@ fn a_zeroed_write_before_intact_records_is_cut_with_them() {
     assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole, "cut where the zeros begin");
 }
 
+/// A write that began inside a disk block and lost that block's part, while its later
+/// block (with the end of the record and the next record) reached the disk: zeros from the
+/// record's start to the block's end. Cut there too (found by the simulator: a node whose
+/// log held this refused to start, seed 11 of `cluster_seek_across_failover`).
+#[test]
+fn a_write_that_lost_its_first_block_but_not_a_later_one_is_cut() {
+    let block = crate::record::LOST_WRITE_BLOCK_BYTES as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft/log");
+    let (whole, torn_end) = block_on(async {
+        let mut log = open(dir.path()).unwrap();
+        // Records until one would cross a block boundary.
+        let mut index = 1;
+        loop {
+            let before = std::fs::metadata(&path).unwrap().len() as usize;
+            append(&mut log, vec![entry(1, index, "a record of some bytes")]).await;
+            index += 1;
+            let after = std::fs::metadata(&path).unwrap().len() as usize;
+            if after / block > before / block && !after.is_multiple_of(block) && block - before % block >= 4 {
+                append(&mut log, vec![entry(1, index, "written after")]).await;
+                return (before, after);
+            }
+        }
+    });
+    let mut bytes = std::fs::read(&path).unwrap();
+    let boundary = torn_end / block * block;
+    assert!(whole < boundary && boundary < torn_end && bytes.len() > torn_end);
+    // The torn record's part in its first block never reached the disk.
+    bytes[whole..boundary].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let kept = block_on(async {
+        let mut log = open(dir.path()).unwrap();
+        contents(&mut log).await.1.len()
+    });
+    assert!(kept > 0);
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole, "cut where the zeros begin");
+    // The same damage with a byte of it not zero is corruption: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let path2 = dir.path().join("raft/log");
+    std::fs::create_dir_all(path2.parent().unwrap()).unwrap();
+    bytes[whole + 5] = 1;
+    std::fs::write(&path2, &bytes).unwrap();
+    assert!(open(dir.path()).is_err(), "damage that is not a lost write is refused");
+}
+
 #[test]
 fn purged_records_are_compacted_away_and_the_state_kept() {
     let dir = tempfile::tempdir().unwrap();

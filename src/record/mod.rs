@@ -75,6 +75,35 @@ pub(crate) fn later_frame(bytes: &bytes::Bytes, from: usize, accept: impl Fn(byt
     None
 }
 
+/// The unit in which a crash loses or tears a write that was never synced (a disk sector).
+pub(crate) const LOST_WRITE_BLOCK_BYTES: u64 = 512;
+
+/// Whether `bytes`, a file's bytes from offset `from` on (a damaged frame up to the next
+/// intact one), look like a write a crash lost rather than corruption of what was synced:
+/// a whole block of zeros within them; zeros from `from` (where the write began) to the end
+/// of its block, at least a frame's length field of them, which no frame written whole has;
+/// or zeros at their end from `from` or from a block boundary. A lost block means no sync
+/// ended after its write (one would have made it durable), so nothing written after it was
+/// synced either.
+pub(crate) fn looks_lost(bytes: &[u8], from: u64) -> bool {
+    let to = from + bytes.len() as u64;
+    let mut block = from.next_multiple_of(LOST_WRITE_BLOCK_BYTES);
+    while block + LOST_WRITE_BLOCK_BYTES <= to {
+        let at = (block - from) as usize;
+        if bytes[at..at + LOST_WRITE_BLOCK_BYTES as usize].iter().all(|b| *b == 0) {
+            return true;
+        }
+        block += LOST_WRITE_BLOCK_BYTES;
+    }
+    let head = from.next_multiple_of(LOST_WRITE_BLOCK_BYTES);
+    if head >= from + 4 && head <= to && bytes[..(head - from) as usize].iter().all(|b| *b == 0) {
+        return true;
+    }
+    let zeros = bytes.iter().rev().take_while(|b| **b == 0).count() as u64;
+    let start = to - zeros;
+    zeros > 0 && (start == from || start.is_multiple_of(LOST_WRITE_BLOCK_BYTES))
+}
+
 /// The name of the segment whose first entry is `seq`.
 fn segment_name(seq: u64) -> String {
     format!("{seq:020}.rec")

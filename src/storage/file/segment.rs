@@ -29,9 +29,6 @@ const RESYNC_WINDOW_BYTES: u64 = 1024 * 1024;
 /// payloads full of plausible lengths cannot make it cost more than about 10 ms.
 const RESYNC_CRC_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The unit in which a crash loses or tears a write that was never synced (a disk sector).
-const LOST_WRITE_BLOCK_BYTES: u64 = 512;
-
 /// The smallest frame: its header and the smallest body.
 const FRAME_BYTES_MIN: u64 = 36;
 
@@ -232,24 +229,7 @@ impl Segment {
     /// [`Segment::kept_after`]).
     fn looks_lost(&self, from: u64, to: u64) -> Result<bool, StorageError> {
         let bytes = self.read_bytes(from, (to - from) as usize)?;
-        let mut block = from.next_multiple_of(LOST_WRITE_BLOCK_BYTES);
-        while block + LOST_WRITE_BLOCK_BYTES <= to {
-            let at = (block - from) as usize;
-            if bytes[at..at + LOST_WRITE_BLOCK_BYTES as usize].iter().all(|b| *b == 0) {
-                return Ok(true);
-            }
-            block += LOST_WRITE_BLOCK_BYTES;
-        }
-        // A write that began inside a block and lost that block's part but not a later
-        // block: zeros from the damaged frame (where the write began) to the block's end.
-        // At least its length field is zeros, which no frame written whole has.
-        let head = from.next_multiple_of(LOST_WRITE_BLOCK_BYTES);
-        if head >= from + 4 && head <= to && bytes[..(head - from) as usize].iter().all(|b| *b == 0) {
-            return Ok(true);
-        }
-        let zeros = bytes.iter().rev().take_while(|b| **b == 0).count() as u64;
-        let start = to - zeros;
-        Ok(zeros > 0 && (start == from || start.is_multiple_of(LOST_WRITE_BLOCK_BYTES)))
+        Ok(crate::record::looks_lost(&bytes, from))
     }
 
     /// Looks for the first intact record after the damaged frame at `position` (where the
