@@ -595,6 +595,44 @@ async fn a_follower_behind_the_purged_log_gets_the_whole_state_and_restarts_on_i
     assert_eq!(stored[0], stored[2], "nodes 1 and 3 hold the same records at every offset");
 }
 
+/// A node asks for a snapshot once 64 MiB of proposals were applied since its last, though
+/// far fewer entries than `snapshot_entries` were: its Raft log, kept in memory until a
+/// snapshot lets it purge, is bounded by bytes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_snapshots_after_64_mib_of_proposals_whatever_the_entry_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _, _) = cluster_with(dir.path(), &["--snapshot-entries", "1000000"]);
+    let first = leader(&nodes).await;
+    let addr = nodes[first as usize - 1].client.clone();
+    let topic = pb::CreateTopicRequest { name: "large".into(), partitions: 1, ..Default::default() };
+    AdminClient::new(lazy(&addr)).create_topic(topic).await.unwrap();
+    // 72 entries of 1 MiB each (4 messages of 256 KiB).
+    let mut pubsub = PubSubClient::new(lazy(&addr));
+    for batch in 0..72 {
+        let messages = (0..4)
+            .map(|i| pb::OutgoingMessage {
+                value: format!("{batch}-{i}:{}", "x".repeat(256 << 10)).into_bytes().into(),
+                ..Default::default()
+            })
+            .collect();
+        pubsub.publish(pb::PublishRequest { topic: "large".into(), messages, ..Default::default() }).await.unwrap();
+    }
+    let saved = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let logs = node_logs(dir.path());
+            if nodes.iter().all(|n| logs.iter().any(|(id, log)| *id == n.id && log.contains("snapshot saved"))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    for node in &mut nodes {
+        node.terminate().await;
+    }
+    assert!(saved.is_ok(), "every node took a snapshot after 72 MiB in 72 entries");
+}
+
 /// Every node log under `dir`, with the node's id: `node-ID.log.MS`.
 fn node_logs(dir: &Path) -> Vec<(u64, String)> {
     let mut logs = Vec::new();

@@ -88,6 +88,12 @@ fn payload_entries_max(entry_bytes_max: usize) -> u64 {
     (PEER_MESSAGE_BYTES_MAX / entry_bytes_max.max(1)).clamp(1, 64) as u64
 }
 
+/// Bytes of proposals applied since the last snapshot past which a node asks openraft for
+/// one, whatever [`NodeSettings::snapshot_entries`] says: a node keeps its Raft log in memory
+/// until a snapshot lets it purge, and an entry is a publish request, of any size up to the
+/// limit, so a count of entries alone bounds that memory only loosely.
+pub const SNAPSHOT_APPLIED_BYTES: u64 = 64 << 20;
+
 /// [`NodeSettings::snapshot_entries`] by default.
 pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 10_000;
 
@@ -266,6 +272,9 @@ pub struct BrokerSm {
     /// The last snapshot's size: the next waits until as many bytes were applied since, so
     /// taking snapshots costs at most about what writing the log did.
     snapshot_bytes: u64,
+    /// The node's Raft once it started (never set when snapshots are off): asked for a
+    /// snapshot each time another [`SNAPSHOT_APPLIED_BYTES`] were applied since the last.
+    raft: Arc<std::sync::OnceLock<Raft>>,
 }
 
 impl ClusterNode {
@@ -316,6 +325,7 @@ impl ClusterNode {
             applier.restore(checkpoint).await.map_err(io::Error::other)?;
             let snapshot_bytes = current.map_or(0, |s| s.snapshot.len() as u64);
             let sending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let raft_of_machine = Arc::new(std::sync::OnceLock::new());
             let machine = BrokerSm {
                 applier,
                 applied,
@@ -324,10 +334,14 @@ impl ClusterNode {
                 sending: sending.clone(),
                 applied_bytes: 0,
                 snapshot_bytes,
+                raft: raft_of_machine.clone(),
             };
             let raft = Raft::new(settings.id, config, PeerNetwork::new(settings.id, connect), log, machine)
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))?;
+            if settings.snapshot_entries > 0 {
+                let _ = raft_of_machine.set(raft.clone());
+            }
             sending.store(true, std::sync::atomic::Ordering::Release);
             let members: BTreeMap<u64, BasicNode> =
                 settings.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
@@ -542,7 +556,20 @@ impl RaftStateMachine<TypeConfig> for BrokerSm {
             let index = entry.log_id.index;
             match entry.payload {
                 EntryPayload::Normal(Proposal(proposal)) => {
+                    let before = self.applied_bytes;
                     self.applied_bytes += proposal.len() as u64;
+                    if self.applied_bytes / SNAPSHOT_APPLIED_BYTES > before / SNAPSHOT_APPLIED_BYTES {
+                        if let Some(raft) = self.raft.get() {
+                            // Asked from a task of its own: openraft's core may be waiting for
+                            // this apply to end.
+                            let raft = raft.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = raft.trigger().snapshot().await {
+                                    tracing::debug!(error = %e, "no snapshot asked for: Raft stopped");
+                                }
+                            });
+                        }
+                    }
                     let answer = responder.map(|responder| Answerer { index, responder });
                     batch.push(Committed { index, proposal, answer });
                 }
