@@ -80,11 +80,7 @@ impl pb::raft_server::Raft for BeforeStreamAppend {
     }
 }
 
-async fn start(id: u64, dir: &std::path::Path, listener: tokio::net::TcpListener, config: Arc<Config>) -> Node {
-    start_version(id, dir, listener, config, Version::Current).await
-}
-
-async fn start_version(
+async fn start(
     id: u64,
     dir: &std::path::Path,
     listener: tokio::net::TcpListener,
@@ -150,13 +146,14 @@ async fn applied_everywhere(nodes: &BTreeMap<u64, Node>, count: usize) {
     .expect("every node applies within the bound");
 }
 
-async fn cluster() {
-    let dir = tempfile::tempdir().unwrap();
+/// Nodes 1 to 3 on ports of 127.0.0.1, each of `version(id)`, with pre-vote as asked; node
+/// 1 initialises the cluster.
+async fn three_nodes(dir: &std::path::Path, pre_vote: bool, version: impl Fn(u64) -> Version) -> BTreeMap<u64, Node> {
     let config = Config {
         heartbeat_interval: 100,
         election_timeout_min: 300,
         election_timeout_max: 600,
-        enable_pre_vote: Some(true),
+        enable_pre_vote: Some(pre_vote),
         ..Default::default()
     };
     let config = Arc::new(config.validate().unwrap());
@@ -169,9 +166,15 @@ async fn cluster() {
     }
     let mut nodes = BTreeMap::new();
     for (id, listener) in listeners {
-        nodes.insert(id, start(id, dir.path(), listener, config.clone()).await);
+        nodes.insert(id, start(id, dir, listener, config.clone(), version(id)).await);
     }
     nodes[&1].raft.initialize(members).await.unwrap();
+    nodes
+}
+
+async fn cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path(), true, |_| Version::Current).await;
     for i in 0..20 {
         write(&nodes, &format!("a{i}")).await;
     }
@@ -260,7 +263,7 @@ async fn pre_votes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let config = Arc::new(Config { enable_pre_vote: Some(true), ..Default::default() }.validate().unwrap());
-    let node = start(1, dir.path(), listener, config).await;
+    let node = start(1, dir.path(), listener, config, Version::Current).await;
     node.raft.initialize(BTreeMap::from([(1, BasicNode { addr: addr.clone() })])).await.unwrap();
     let nodes = BTreeMap::from([(1, node)]);
     leader(&nodes).await;
@@ -460,26 +463,8 @@ fn a_follower_without_stream_append_is_sent_one_call_at_a_time() {
     let scoped = openraft::rt::deterministic_rng::DeterministicRng::<openraft_rt_tokio::TokioRuntime>::scope;
     runtime.block_on(scoped(12, async {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().unwrap());
-        let mut listeners = Vec::new();
-        let mut members = BTreeMap::new();
-        for id in 1..=3u64 {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            members.insert(id, BasicNode { addr: listener.local_addr().unwrap().to_string() });
-            listeners.push((id, listener));
-        }
-        let mut nodes = BTreeMap::new();
-        for (id, listener) in listeners {
-            let version = if id == 3 { Version::BeforeStreamAppend } else { Version::Current };
-            nodes.insert(id, start_version(id, dir.path(), listener, config.clone(), version).await);
-        }
-        nodes[&1].raft.initialize(members).await.unwrap();
+        let version = |id| if id == 3 { Version::BeforeStreamAppend } else { Version::Current };
+        let nodes = three_nodes(dir.path(), false, version).await;
         // Node 3 follows, so the leader's replication to it meets the older service.
         tokio::time::timeout(WAIT_MAX, async {
             while leader(&nodes).await == 3 {
